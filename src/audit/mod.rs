@@ -1,0 +1,501 @@
+//! The audit log: an append-only, hash-chained SQLite record of every decision casewarden
+//! makes (planned, applied, failed, skipped), plus one row per pass.
+
+pub mod report;
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{AssertSqlSafe, FromRow, Row};
+
+/// The `prev_hash` of the first row.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit DB {path}: {message}")]
+    Open { path: PathBuf, message: String },
+    #[error("audit DB {path} was written by a newer casewarden (schema version {found}, this build knows up to {known}); upgrade casewarden or set audit.path to another file — the file was not changed")]
+    NewerSchema { path: PathBuf, found: i64, known: i64 },
+    #[error("audit DB: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// What happened to a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Planned,
+    Applied,
+    Failed,
+    Skipped,
+    /// A crash left a planned row whose result could not be read back.
+    Unknown,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Planned => "planned",
+            Outcome::Applied => "applied",
+            Outcome::Failed => "failed",
+            Outcome::Skipped => "skipped",
+            Outcome::Unknown => "unknown",
+        }
+    }
+}
+
+/// One row to append.
+#[derive(Debug, Clone, Default)]
+pub struct NewEvent {
+    pub run_id: String,
+    pub rule: String,
+    pub rule_hash: String,
+    pub case_id: String,
+    pub ticket_id: Option<i64>,
+    pub field: String,
+    pub old: Option<String>,
+    pub new: Option<String>,
+    pub reason: String,
+    pub dry_run: bool,
+    pub outcome: Option<Outcome>,
+    pub error: Option<String>,
+    pub http_status: Option<i64>,
+    /// For an outcome row: the `seq` of the planned row it settles.
+    pub planned_seq: Option<i64>,
+}
+
+/// One stored row, as the audit command prints it.
+#[derive(Debug, Clone, FromRow, Serialize, PartialEq)]
+pub struct EventRow {
+    pub seq: i64,
+    pub run_id: String,
+    pub recorded_at: String,
+    pub rule: String,
+    pub rule_hash: String,
+    pub case_id: String,
+    pub ticket_id: Option<i64>,
+    pub field: String,
+    pub old: Option<String>,
+    pub new: Option<String>,
+    pub reason: String,
+    pub dry_run: bool,
+    pub outcome: String,
+    pub error: Option<String>,
+    pub http_status: Option<i64>,
+    pub planned_seq: Option<i64>,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl EventRow {
+    /// SHA-256 of the previous hash and this row's content in a fixed order.
+    pub fn compute_hash(&self) -> String {
+        let canonical = serde_json::json!([
+            self.seq,
+            self.run_id,
+            self.recorded_at,
+            self.rule,
+            self.rule_hash,
+            self.case_id,
+            self.ticket_id,
+            self.field,
+            self.old,
+            self.new,
+            self.reason,
+            self.dry_run,
+            self.outcome,
+            self.error,
+            self.http_status,
+            self.planned_seq,
+        ]);
+        let mut h = Sha256::new();
+        h.update(self.prev_hash.as_bytes());
+        h.update(b"\n");
+        h.update(canonical.to_string().as_bytes());
+        hex::encode(h.finalize())
+    }
+}
+
+/// Totals of a finished pass.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PassTotals {
+    pub cases_seen: i64,
+    pub planned: i64,
+    pub applied: i64,
+    pub failed: i64,
+    pub skipped: i64,
+    pub status: String,
+    pub error: Option<String>,
+}
+
+/// Filters for `casewarden audit`.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub case_id: Option<String>,
+    pub ticket_id: Option<i64>,
+    pub rule: Option<String>,
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub outcome: Option<Outcome>,
+    pub run_id: Option<String>,
+    pub limit: Option<i64>,
+}
+
+/// The result of walking the chain.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verification {
+    Intact { rows: u64, head: String },
+    Broken { seq: i64, rows_checked: u64, problem: String },
+}
+
+/// Timestamps in the log: RFC 3339, UTC, milliseconds; they sort as text.
+pub fn timestamp(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[derive(Clone)]
+pub struct AuditStore {
+    pool: SqlitePool,
+    path: PathBuf,
+    write: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+impl AuditStore {
+    /// Opens (creating folders and file on first start) and migrates the log. A file that
+    /// is not SQLite, or a newer schema, is an error and is left untouched.
+    pub async fn open(path: &Path) -> Result<AuditStore, AuditError> {
+        let fail = |message: String| AuditError::Open {
+            path: path.to_path_buf(),
+            message,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| fail(format!("cannot create folder {}: {e}", dir.display())))?;
+        }
+        let options = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(|e| fail(e.to_string()))?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(false);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(|e| fail(describe_open_error(&e)))?;
+        let store = AuditStore {
+            pool,
+            path: path.to_path_buf(),
+            write: Default::default(),
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn migrate(&self) -> Result<(), AuditError> {
+        let migrator = sqlx::migrate!("./migrations");
+        let known = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+        let has_table: Option<(String,)> = sqlx::query_as(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| AuditError::Open {
+            path: self.path.clone(),
+            message: describe_open_error(&e),
+        })?;
+        if has_table.is_some() {
+            let found: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+                .fetch_one(&self.pool)
+                .await?;
+            if let Some(found) = found.filter(|f| *f > known) {
+                return Err(AuditError::NewerSchema {
+                    path: self.path.clone(),
+                    found,
+                    known,
+                });
+            }
+        }
+        migrator.run(&self.pool).await.map_err(|e| AuditError::Open {
+            path: self.path.clone(),
+            message: format!("migration failed: {e}"),
+        })
+    }
+
+    /// Appends rows in one transaction, extending the hash chain; returns their `seq`s.
+    /// When this returns Ok the rows are on disk (synchronous=FULL).
+    pub async fn append(&self, events: &[NewEvent]) -> Result<Vec<i64>, AuditError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let _guard = self.write.lock().await;
+        // IMMEDIATE takes the write lock before reading the head, so two writers (even in
+        // two processes) can never fork the chain.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let head: Option<(i64, String)> =
+            sqlx::query_as("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await?;
+        let (mut seq, mut prev) = head.unwrap_or((0, GENESIS.to_string()));
+        let now = timestamp(chrono::Utc::now());
+        let mut seqs = Vec::with_capacity(events.len());
+        for e in events {
+            seq += 1;
+            let mut row = EventRow {
+                seq,
+                run_id: e.run_id.clone(),
+                recorded_at: now.clone(),
+                rule: e.rule.clone(),
+                rule_hash: e.rule_hash.clone(),
+                case_id: e.case_id.clone(),
+                ticket_id: e.ticket_id,
+                field: e.field.clone(),
+                old: e.old.clone(),
+                new: e.new.clone(),
+                reason: e.reason.clone(),
+                dry_run: e.dry_run,
+                outcome: e.outcome.unwrap_or(Outcome::Planned).as_str().to_string(),
+                error: e.error.clone(),
+                http_status: e.http_status,
+                planned_seq: e.planned_seq,
+                prev_hash: prev,
+                hash: String::new(),
+            };
+            row.hash = row.compute_hash();
+            sqlx::query(
+                "INSERT INTO events (seq, run_id, recorded_at, rule, rule_hash, case_id, ticket_id, field, old, new, reason, dry_run, outcome, error, http_status, planned_seq, prev_hash, hash) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(row.seq)
+            .bind(&row.run_id)
+            .bind(&row.recorded_at)
+            .bind(&row.rule)
+            .bind(&row.rule_hash)
+            .bind(&row.case_id)
+            .bind(row.ticket_id)
+            .bind(&row.field)
+            .bind(&row.old)
+            .bind(&row.new)
+            .bind(&row.reason)
+            .bind(row.dry_run)
+            .bind(&row.outcome)
+            .bind(&row.error)
+            .bind(row.http_status)
+            .bind(row.planned_seq)
+            .bind(&row.prev_hash)
+            .bind(&row.hash)
+            .execute(&mut *tx)
+            .await?;
+            seqs.push(seq);
+            prev = row.hash;
+        }
+        tx.commit().await?;
+        Ok(seqs)
+    }
+
+    /// The newest row's hash (the chain head) and row count.
+    pub async fn head(&self) -> Result<(i64, String), AuditError> {
+        let head: Option<(i64, String)> =
+            sqlx::query_as("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(head.unwrap_or((0, GENESIS.to_string())))
+    }
+
+    pub async fn start_pass(
+        &self,
+        id: &str,
+        trigger: &str,
+        fingerprint: &str,
+        dry_run: bool,
+    ) -> Result<(), AuditError> {
+        sqlx::query(
+            "INSERT INTO passes (id, started_at, trigger_kind, rules_fingerprint, dry_run, status) VALUES (?, ?, ?, ?, ?, 'running')",
+        )
+        .bind(id)
+        .bind(timestamp(chrono::Utc::now()))
+        .bind(trigger)
+        .bind(fingerprint)
+        .bind(dry_run)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn finish_pass(&self, id: &str, t: &PassTotals) -> Result<(), AuditError> {
+        sqlx::query(
+            "UPDATE passes SET finished_at = ?, cases_seen = ?, planned = ?, applied = ?, failed = ?, skipped = ?, status = ?, error = ? WHERE id = ?",
+        )
+        .bind(timestamp(chrono::Utc::now()))
+        .bind(t.cases_seen)
+        .bind(t.planned)
+        .bind(t.applied)
+        .bind(t.failed)
+        .bind(t.skipped)
+        .bind(&t.status)
+        .bind(&t.error)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Passes still marked running (a crash or kill interrupted them).
+    pub async fn mark_interrupted_passes(&self) -> Result<u64, AuditError> {
+        let r = sqlx::query(
+            "UPDATE passes SET status = 'interrupted', finished_at = ? WHERE status = 'running'",
+        )
+        .bind(timestamp(chrono::Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    /// Planned (non-dry-run) rows that no outcome row settles: left by a crash.
+    pub async fn unsettled(&self) -> Result<Vec<EventRow>, AuditError> {
+        Ok(sqlx::query_as::<_, EventRow>(
+            "SELECT * FROM events p WHERE p.outcome = 'planned' AND p.dry_run = 0 \
+             AND NOT EXISTS (SELECT 1 FROM events o WHERE o.planned_seq = p.seq) ORDER BY p.seq",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The newest applied change of `field` on a case by `rule`, with the value it set.
+    pub async fn last_applied(
+        &self,
+        case_id: &str,
+        rule: &str,
+        field: &str,
+    ) -> Result<Option<EventRow>, AuditError> {
+        Ok(sqlx::query_as::<_, EventRow>(
+            "SELECT * FROM events WHERE case_id = ? AND rule = ? AND field = ? AND outcome = 'applied' AND dry_run = 0 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(case_id)
+        .bind(rule)
+        .bind(field)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Rows matching `filter`, oldest first, streamed from the database.
+    pub fn query<'a>(&'a self, filter: &'a Filter) -> impl Stream<Item = Result<EventRow, AuditError>> + 'a {
+        let mut sql = String::from("SELECT * FROM events WHERE 1 = 1");
+        let conds: [(&str, bool); 7] = [
+            (" AND case_id = ?", filter.case_id.is_some()),
+            (" AND ticket_id = ?", filter.ticket_id.is_some()),
+            (" AND rule = ?", filter.rule.is_some()),
+            (" AND recorded_at >= ?", filter.since.is_some()),
+            (" AND recorded_at <= ?", filter.until.is_some()),
+            (" AND outcome = ?", filter.outcome.is_some()),
+            (" AND run_id = ?", filter.run_id.is_some()),
+        ];
+        for (cond, on) in conds {
+            if on {
+                sql.push_str(cond);
+            }
+        }
+        sql.push_str(" ORDER BY seq");
+        if filter.limit.is_some() {
+            sql.push_str(" LIMIT ?");
+        }
+        let mut q = sqlx::query_as::<_, EventRow>(AssertSqlSafe(sql));
+        if let Some(v) = &filter.case_id {
+            q = q.bind(v);
+        }
+        if let Some(v) = filter.ticket_id {
+            q = q.bind(v);
+        }
+        if let Some(v) = &filter.rule {
+            q = q.bind(v);
+        }
+        if let Some(v) = &filter.since {
+            q = q.bind(v);
+        }
+        if let Some(v) = &filter.until {
+            q = q.bind(v);
+        }
+        if let Some(v) = filter.outcome {
+            q = q.bind(v.as_str());
+        }
+        if let Some(v) = &filter.run_id {
+            q = q.bind(v);
+        }
+        if let Some(v) = filter.limit {
+            q = q.bind(v);
+        }
+        q.fetch(&self.pool).map(|r| r.map_err(AuditError::from))
+    }
+
+    /// Walks the whole chain in order, recomputing every hash.
+    pub async fn verify(&self) -> Result<Verification, AuditError> {
+        let mut rows = sqlx::query("SELECT * FROM events ORDER BY seq").fetch(&self.pool);
+        let mut prev = GENESIS.to_string();
+        let mut count = 0u64;
+        let mut last_seq = 0i64;
+        while let Some(row) = rows.next().await {
+            let row = EventRow::from_row(&row?)?;
+            let broken = |problem: String| Verification::Broken {
+                seq: row.seq,
+                rows_checked: count,
+                problem,
+            };
+            if row.prev_hash != prev {
+                return Ok(broken(format!(
+                    "row {} does not follow row {last_seq}: its prev_hash does not match (a row was deleted or inserted before it)",
+                    row.seq
+                )));
+            }
+            if row.compute_hash() != row.hash {
+                return Ok(broken(format!(
+                    "row {}'s content does not match its hash (the row was edited or forged)",
+                    row.seq
+                )));
+            }
+            prev = row.hash.clone();
+            last_seq = row.seq;
+            count += 1;
+        }
+        Ok(Verification::Intact { rows: count, head: prev })
+    }
+
+    /// Summary counts of one pass's rows by outcome (for reports).
+    pub async fn outcome_counts(&self, run_id: &str) -> Result<Vec<(String, i64)>, AuditError> {
+        let rows = sqlx::query("SELECT outcome, COUNT(*) AS n FROM events WHERE run_id = ? GROUP BY outcome ORDER BY outcome")
+            .bind(run_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("outcome")?, r.try_get("n")?)))
+            .collect()
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn describe_open_error(e: &sqlx::Error) -> String {
+    let text = e.to_string();
+    if text.contains("file is not a database") || text.contains("not a database") {
+        "the file exists but is not an SQLite database (was audit.path pointed at another file?); it was not changed".into()
+    } else if text.contains("unable to open") {
+        format!("cannot open the file ({text}); check that the folder exists and is writable")
+    } else if text.contains("readonly") || text.contains("read-only") {
+        format!("the database is read-only ({text})")
+    } else {
+        text
+    }
+}

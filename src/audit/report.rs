@@ -1,0 +1,186 @@
+//! Printing audit rows for people (table) and programs (JSON lines, CSV), one row at a
+//! time so an export of millions of rows never sits in memory.
+
+use std::io::Write;
+
+use super::EventRow;
+
+/// Output format of `casewarden audit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+/// Writes rows in one format; `finish` flushes.
+pub struct Printer<W: Write> {
+    format: Format,
+    sink: Sink<W>,
+    rows: u64,
+}
+
+enum Sink<W: Write> {
+    Plain(W),
+    Csv(csv::Writer<W>),
+}
+
+const CSV_HEADER: [&str; 18] = [
+    "seq", "run_id", "recorded_at", "rule", "rule_hash", "case_id", "ticket_id", "field", "old",
+    "new", "reason", "dry_run", "outcome", "error", "http_status", "planned_seq", "prev_hash", "hash",
+];
+
+impl<W: Write> Printer<W> {
+    pub fn new(format: Format, mut out: W) -> std::io::Result<Printer<W>> {
+        let sink = match format {
+            Format::Csv => {
+                let mut w = csv::Writer::from_writer(out);
+                w.write_record(CSV_HEADER)?;
+                Sink::Csv(w)
+            }
+            Format::Json => Sink::Plain(out),
+            Format::Table => {
+                writeln!(
+                    out,
+                "{:>6}  {:<19}  {:<22}  {:>8}  {:<11}  {:<34}  {:<8}  {}",
+                    "SEQ", "RECORDED (UTC)", "RULE", "TICKET", "FIELD", "CHANGE", "OUTCOME", "REASON / ERROR"
+                )?;
+                Sink::Plain(out)
+            }
+        };
+        Ok(Printer { format, sink, rows: 0 })
+    }
+
+    pub fn row(&mut self, r: &EventRow) -> std::io::Result<()> {
+        self.rows += 1;
+        let out = match &mut self.sink {
+            Sink::Csv(w) => {
+                let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+                let num = |v: Option<i64>| v.map(|n| n.to_string()).unwrap_or_default();
+                w.write_record([
+                    r.seq.to_string(),
+                    r.run_id.clone(),
+                    r.recorded_at.clone(),
+                    r.rule.clone(),
+                    r.rule_hash.clone(),
+                    r.case_id.clone(),
+                    num(r.ticket_id),
+                    r.field.clone(),
+                    opt(&r.old),
+                    opt(&r.new),
+                    r.reason.clone(),
+                    r.dry_run.to_string(),
+                    r.outcome.clone(),
+                    opt(&r.error),
+                    num(r.http_status),
+                    num(r.planned_seq),
+                    r.prev_hash.clone(),
+                    r.hash.clone(),
+                ])?;
+                return Ok(());
+            }
+            Sink::Plain(out) => out,
+        };
+        match self.format {
+            Format::Json => {
+                serde_json::to_writer(&mut *out, r)?;
+                writeln!(out)
+            }
+            _ => {
+                let when = r.recorded_at.replace('T', " ");
+                let change = describe_change(r);
+                let outcome = if r.dry_run {
+                    format!("{} (dry)", r.outcome)
+                } else {
+                    r.outcome.clone()
+                };
+                let note = match (&r.error, r.planned_seq) {
+                    (Some(e), _) => format!("error: {e}"),
+                    (None, Some(p)) if r.reason.is_empty() => format!("outcome of #{p}"),
+                    _ => r.reason.clone(),
+                };
+                writeln!(
+                    out,
+                    "{:>6}  {:<19}  {:<22}  {:>8}  {:<11}  {:<34}  {:<8}  {}",
+                    r.seq,
+                    clip(&when, 19),
+                    clip(&r.rule, 22),
+                    r.ticket_id.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
+                    clip(&r.field, 11),
+                    clip(&change, 34),
+                    outcome,
+                    clip(&note, 100)
+                )
+            }
+        }
+    }
+
+    /// Flushes and returns how many rows were written.
+    pub fn finish(self) -> std::io::Result<u64> {
+        match self.sink {
+            Sink::Csv(mut w) => w.flush()?,
+            Sink::Plain(mut out) => {
+                if self.format == Format::Table && self.rows == 0 {
+                    writeln!(out, "(no audit rows match)")?;
+                }
+                out.flush()?;
+            }
+        }
+        Ok(self.rows)
+    }
+}
+
+/// `old -> new` for fields, `+tag`/`-tag` for tags, the text for comments.
+pub fn describe_change(r: &EventRow) -> String {
+    let new = r.new.as_deref().unwrap_or("");
+    match (r.field.as_str(), r.old.as_deref()) {
+        ("tags", _) | ("comment", _) => new.to_string(),
+        (_, Some(old)) => format!("{} -> {new}", if old.is_empty() { "(none)" } else { old }),
+        (_, None) => new.to_string(),
+    }
+}
+
+fn clip(s: &str, width: usize) -> String {
+    let s = s.replace('\n', " ");
+    if s.chars().count() <= width {
+        s
+    } else {
+        let mut out: String = s.chars().take(width.saturating_sub(1)).collect();
+        out.push('…');
+        out
+    }
+}
+
+/// `--since`/`--until`: an RFC 3339 time, or a duration back from now like `30m`, `24h`, `7d`.
+pub fn parse_time(text: &str) -> Result<String, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(super::timestamp(t.with_timezone(&chrono::Utc)));
+    }
+    let (num, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: i64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is neither an RFC 3339 time (2026-01-31T08:00:00Z) nor a duration like 24h or 7d"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        "w" => n * 7 * 86_400,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?}; use s, m, h, d or w")),
+    };
+    Ok(super::timestamp(chrono::Utc::now() - chrono::Duration::seconds(secs)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_and_durations() {
+        assert_eq!(parse_time("2026-01-31T08:00:00+01:00").unwrap(), "2026-01-31T07:00:00.000Z");
+        let t = parse_time("7d").unwrap();
+        assert!(t < super::super::timestamp(chrono::Utc::now()));
+        assert!(parse_time("yesterday").unwrap_err().contains("RFC 3339"));
+        assert!(parse_time("3y").unwrap_err().contains("unknown unit"));
+    }
+}

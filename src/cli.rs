@@ -1,0 +1,692 @@
+//! The command line: clap definitions and the glue that runs each command and turns its
+//! result into the exit codes of INTERFACE.md.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use futures::StreamExt;
+
+use crate::audit::report::{parse_time, Format, Printer};
+use crate::audit::{AuditStore, Filter, Outcome, Verification};
+use crate::config::{ApiFlavor, Config};
+use crate::pass::{PassContext, PassOptions, PassReport, PassSettings};
+use crate::plan::{plan_case, RuleChanges};
+use crate::rules::{case_to_dynamic, EvalEnv, RuleSet};
+use crate::sim::{Faults, SimOptions, Simulator};
+use crate::stellar::{ApiError, Case, Client, ClientSettings};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "casewarden",
+    version,
+    about = "Keeps Stellar Cyber cases clean: runs Rhai rules against the Cases API and audits every change.",
+    after_help = "Start with `casewarden demo`, then `casewarden simulate` and `casewarden once --dry-run`."
+)]
+pub struct Cli {
+    /// Config file [default: $CASEWARDEN_CONFIG, then ./casewarden.toml]
+    #[arg(long, global = true, env = "CASEWARDEN_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log line format (logs go to stderr)
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// More logging: -v debug, -vv trace (RUST_LOG overrides)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only warnings and errors
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one pass now and print a summary (exit 0 ok, 1 some change failed, 2 config/rule error)
+    Once(OnceArgs),
+    /// Validate the config and compile every rule; errors name file:line:col (exit 0/2)
+    Check,
+    /// Evaluate one rule offline on a case file and print the changes it would make
+    TestRule(TestRuleArgs),
+    /// Query the audit log, or verify its hash chain (`audit verify`)
+    Audit(AuditArgs),
+    /// Serve a local Stellar Cyber Cases API simulator
+    Simulate(SimulateArgs),
+    /// Run the example rules against an in-process simulator and show what they change
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct OnceArgs {
+    /// Plan and record, but send no change to the server
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Only run this rule (repeatable); disabled rules run when named
+    #[arg(long = "rule", value_name = "NAME")]
+    pub rules: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TestRuleArgs {
+    /// The rule file (*.rhai)
+    pub rule: PathBuf,
+    /// A case, an array of cases, or the API's {"data":{"cases":[...]}} answer
+    pub cases: PathBuf,
+    /// The time rules see as now() (RFC 3339) [default: the real clock]
+    #[arg(long, value_name = "RFC3339")]
+    pub now: Option<String>,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = TestFormat::Table)]
+    pub format: TestFormat,
+    /// casewarden's own API user (id or email): its "api" history entries are not human activity
+    #[arg(long = "self-user", value_name = "USER")]
+    pub self_users: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TestFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    pub verify: Option<AuditCommand>,
+    #[command(flatten)]
+    pub query: AuditQuery,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain; exit 0 with the row count and head, 1 naming the first broken row
+    Verify {
+        /// Fail unless the newest row's hash is this (catches truncation)
+        #[arg(long, value_name = "HASH")]
+        expect_head: Option<String>,
+        /// Audit DB file [default: audit.path from the config]
+        #[arg(long, value_name = "PATH")]
+        db: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AuditQuery {
+    /// Only this case id
+    #[arg(long = "case", value_name = "ID")]
+    pub case_id: Option<String>,
+    /// Only this ticket number
+    #[arg(long)]
+    pub ticket: Option<i64>,
+    /// Only this rule
+    #[arg(long)]
+    pub rule: Option<String>,
+    /// From this time: RFC 3339 or a duration back from now (30m, 24h, 7d)
+    #[arg(long, value_name = "T")]
+    pub since: Option<String>,
+    /// Up to this time: RFC 3339 or a duration back from now
+    #[arg(long, value_name = "T")]
+    pub until: Option<String>,
+    /// Only rows with this outcome
+    #[arg(long, value_enum, value_name = "O")]
+    pub outcome: Option<Outcome>,
+    /// Only rows of this pass (run_id)
+    #[arg(long = "pass", value_name = "RUN_ID")]
+    pub run_id: Option<String>,
+    /// At most this many rows
+    #[arg(long)]
+    pub limit: Option<i64>,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Audit DB file [default: audit.path from the config]
+    #[arg(long, value_name = "PATH")]
+    pub db: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Address to listen on
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub listen: SocketAddr,
+    /// Number of generated cases
+    #[arg(long, default_value_t = 200)]
+    pub cases: usize,
+    /// Seed for the generated population (same seed, same cases)
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Load cases from a JSON array (or API answer) instead of generating them
+    #[arg(long, value_name = "FILE")]
+    pub cases_file: Option<PathBuf>,
+    /// Update flavour the server speaks
+    #[arg(long, value_enum, default_value_t = ApiFlavor::Legacy)]
+    pub flavor: ApiFlavor,
+    /// API user for Basic auth
+    #[arg(long, default_value = "demo@example.com")]
+    pub user: String,
+    /// API key (Basic with --user, or alone as a Bearer per-user key)
+    #[arg(long, default_value = "demo-key")]
+    pub api_key: String,
+    /// Lifetime of issued tokens in seconds
+    #[arg(long, default_value_t = 600)]
+    pub token_ttl: u64,
+    /// Serve HTTPS with a self-signed chain; its CA certificate is written here
+    #[arg(long, value_name = "PATH")]
+    pub tls_cert_out: Option<PathBuf>,
+    /// Fault: added latency per request, ms
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Fault: share of API requests answered 503 (0.0-1.0)
+    #[arg(long, default_value_t = 0.0)]
+    pub error_rate: f64,
+    /// Fault: every Nth API request starts a burst of 429s
+    #[arg(long, default_value_t = 0)]
+    pub rate_limit_every: u64,
+    /// Fault: length of each 429 burst
+    #[arg(long, default_value_t = 3)]
+    pub rate_limit_burst: u64,
+    /// Fault: Retry-After seconds sent with 429
+    #[arg(long, default_value_t = 1)]
+    pub retry_after: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Number of simulated cases
+    #[arg(long, default_value_t = 400)]
+    pub cases: usize,
+    /// Seed for the simulated population
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Rules folder [default: ./rules if present, else the built-in examples]
+    #[arg(long, value_name = "DIR")]
+    pub rules_dir: Option<PathBuf>,
+}
+
+/// An error that maps to an exit code (2 unless said otherwise).
+#[derive(Debug)]
+pub struct Exit(pub u8);
+
+fn config_path(cli: &Cli) -> PathBuf {
+    cli.config.clone().unwrap_or_else(|| PathBuf::from("casewarden.toml"))
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    Ok(Config::load(&config_path(cli))?)
+}
+
+/// Loads the rules folder, printing every error; None when any rule is broken.
+fn load_rules(dir: &Path) -> Option<RuleSet> {
+    match RuleSet::load_dir(dir) {
+        Ok(set) => Some(set),
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            eprintln!("{} rule error(s) in {}", errors.len(), dir.display());
+            None
+        }
+    }
+}
+
+/// Runs the parsed command; returns the process exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<u8> {
+    match &cli.command {
+        Command::Once(args) => once(&cli, args).await,
+        Command::Check => check(&cli),
+        Command::TestRule(args) => test_rule(args),
+        Command::Audit(args) => audit(&cli, args).await,
+        Command::Simulate(args) => simulate(args).await,
+        Command::Demo(args) => crate::demo::run(args).await,
+    }
+}
+
+fn check(cli: &Cli) -> anyhow::Result<u8> {
+    let path = config_path(cli);
+    let mut ok = true;
+    let config = match Config::load(&path) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ok = false;
+            None
+        }
+    };
+    let Some(config) = config else {
+        return Ok(2);
+    };
+    if let Err(e) = config.api_key() {
+        eprintln!("error: {e}");
+        ok = false;
+    }
+    if let Some(ca) = &config.stellar.ca_file {
+        if let Err(e) = std::fs::read(ca) {
+            eprintln!("error: {}: stellar.ca_file {}: {e}", path.display(), ca.display());
+            ok = false;
+        }
+    }
+    println!("config {}: ok", path.display());
+    match load_rules(&config.daemon.rules_dir) {
+        Some(set) => {
+            println!("rules in {}:", config.daemon.rules_dir.display());
+            for r in &set.rules {
+                let schedule = r.schedule.as_deref().unwrap_or(&config.daemon.schedule);
+                let next = crate::rules::validate_cron(schedule)
+                    .ok()
+                    .and_then(|c| c.find_next_occurrence(&chrono::Utc::now(), false).ok())
+                    .map(|t| crate::audit::timestamp(t))
+                    .unwrap_or_default();
+                println!(
+                    "  {:<24} {:<9} schedule {:<16} next {}  {}",
+                    r.name,
+                    if r.enabled { "enabled" } else { "disabled" },
+                    schedule,
+                    next,
+                    r.file.display()
+                );
+            }
+        }
+        None => ok = false,
+    }
+    Ok(if ok { 0 } else { 2 })
+}
+
+async fn connect(config: &Config) -> anyhow::Result<Client> {
+    let settings = ClientSettings::from_config(config)?;
+    Ok(Client::new(settings)?)
+}
+
+async fn once(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
+    let config = match load_config(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(2);
+        }
+    };
+    let Some(set) = load_rules(&config.daemon.rules_dir) else {
+        return Ok(2);
+    };
+    for name in &args.rules {
+        if !set.rules.iter().any(|r| &r.name == name) {
+            let known: Vec<&str> = set.rules.iter().map(|r| r.name.as_str()).collect();
+            eprintln!("error: --rule {name:?}: no such rule (known: {})", known.join(", "));
+            return Ok(2);
+        }
+    }
+    let client = match connect(&config).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(2);
+        }
+    };
+    let audit = AuditStore::open(&config.audit.path).await?;
+    if let Err(e) = client.authenticate().await {
+        eprintln!("error: {e}");
+        return Ok(if matches!(e, ApiError::KeyRejected { .. }) { 2 } else { 1 });
+    }
+    let ctx = PassContext {
+        client,
+        audit,
+        settings: PassSettings::from_config(&config),
+    };
+    crate::pass::reconcile(&ctx).await?;
+    let report = crate::pass::run_pass(
+        &ctx,
+        &set,
+        &PassOptions {
+            dry_run: args.dry_run,
+            only: args.rules.clone(),
+            trigger: "once".into(),
+        },
+    )
+    .await;
+    print_report(&mut std::io::stdout().lock(), &report)?;
+    ctx.audit.close().await;
+    Ok(if report.has_failures() { 1 } else { 0 })
+}
+
+/// The pass summary: the plan (for dry runs), per-rule counts, and what to look at.
+pub fn print_report(out: &mut impl Write, r: &PassReport) -> std::io::Result<()> {
+    if r.dry_run {
+        writeln!(out, "DRY RUN: nothing was sent to the server. These are the changes a real run would make:")?;
+        print_plans(out, &r.plans)?;
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "pass {}: {} case(s) seen{}, status {}",
+        r.run_id,
+        r.cases_seen,
+        if r.cases_unparsable > 0 {
+            format!(" ({} skipped: not parseable, see log)", r.cases_unparsable)
+        } else {
+            String::new()
+        },
+        r.status
+    )?;
+    writeln!(
+        out,
+        "  {:<26} {:>6} {:>8} {:>8} {:>7} {:>8} {:>7} {:>9}  guard",
+        "RULE", "SEEN", "MATCHED", "APPLIED", "FAILED", "SKIPPED", "ERRORS", "DEFERRED"
+    )?;
+    for s in &r.rules {
+        writeln!(
+            out,
+            "  {:<26} {:>6} {:>8} {:>8} {:>7} {:>8} {:>7} {:>9}  {}",
+            s.name,
+            s.seen,
+            s.matched,
+            if r.dry_run { "-".to_string() } else { s.applied.to_string() },
+            s.failed,
+            s.skipped,
+            s.errors,
+            s.deferred,
+            if s.guard_halted { "HALTED" } else { "ok" }
+        )?;
+    }
+    for s in r.rules.iter().filter(|s| s.guard_halted) {
+        writeln!(
+            out,
+            "  ! rule {} wanted to change {} of the {} cases it saw; the blast-radius guard halted it, nothing it asked for was applied. Check the rule, or raise daemon.max_change_fraction if this is intended.",
+            s.name, s.matched, s.seen
+        )?;
+    }
+    if r.budget_exhausted {
+        writeln!(
+            out,
+            "  ! change budget (daemon.max_changes_per_run) spent: {} change(s) deferred to the next pass.",
+            r.deferred_changes
+        )?;
+    }
+    if r.rules.iter().any(|s| s.errors > 0) {
+        writeln!(out, "  ! some rules failed on some cases; the log names each rule, case and position.")?;
+    }
+    if let Some(e) = &r.error {
+        writeln!(out, "  ! the pass stopped early: {e}")?;
+    }
+    if !r.chain_head.is_empty() {
+        writeln!(out, "  audit chain head: {}", r.chain_head)?;
+    }
+    Ok(())
+}
+
+/// One line per decision, grouped by case.
+pub fn print_plans(out: &mut impl Write, plans: &[crate::plan::CasePlan]) -> std::io::Result<()> {
+    if plans.is_empty() {
+        writeln!(out, "  (no changes)")?;
+    }
+    for p in plans {
+        writeln!(
+            out,
+            "  case {} (ticket {})",
+            p.case_id,
+            p.ticket_id.map(|t| t.to_string()).unwrap_or_else(|| "-".into())
+        )?;
+        for d in &p.decisions {
+            let change = match (d.field.as_str(), d.old.as_deref()) {
+                ("tags", _) | ("comment", _) => d.new.clone().unwrap_or_default(),
+                (_, Some(old)) => format!(
+                    "{} -> {}",
+                    if old.is_empty() { "(none)" } else { old },
+                    d.new.as_deref().unwrap_or("")
+                ),
+                _ => d.new.clone().unwrap_or_default(),
+            };
+            let status = match &d.skipped {
+                Some(why) => format!("  SKIPPED: {why}"),
+                None => String::new(),
+            };
+            writeln!(
+                out,
+                "    {:<24} {:<12} {:<36} {}{}",
+                d.rule,
+                d.field,
+                change,
+                d.reason,
+                status
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn test_rule(args: &TestRuleArgs) -> anyhow::Result<u8> {
+    let text = match std::fs::read_to_string(&args.rule) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot read rule {}: {e}", args.rule.display());
+            return Ok(2);
+        }
+    };
+    let set = match RuleSet::from_sources(vec![(args.rule.clone(), text)]) {
+        Ok(s) => s,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("error: {e}");
+            }
+            return Ok(2);
+        }
+    };
+    let rule = &set.rules[0];
+    let raw = match std::fs::read_to_string(&args.cases) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot read case file {}: {e}", args.cases.display());
+            return Ok(2);
+        }
+    };
+    let json: serde_json::Value = match serde_json::from_str(&raw) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!(
+                "error: {}:{}:{}: not valid JSON: {e}",
+                args.cases.display(),
+                e.line(),
+                e.column()
+            );
+            return Ok(2);
+        }
+    };
+    let Some(items) = crate::rules::cases_from_json(json) else {
+        eprintln!(
+            "error: {}: expected a case object, an array of cases, or {{\"data\":{{\"cases\":[...]}}}}",
+            args.cases.display()
+        );
+        return Ok(2);
+    };
+    let now_ms = match &args.now {
+        Some(t) => match chrono::DateTime::parse_from_rfc3339(t) {
+            Ok(t) => Some(t.timestamp_millis()),
+            Err(e) => {
+                eprintln!("error: --now {t:?}: not an RFC 3339 time ({e}), e.g. 2026-01-31T08:00:00Z");
+                return Ok(2);
+            }
+        },
+        None => None,
+    };
+    let env = EvalEnv {
+        now_ms,
+        own_users: std::sync::Arc::new(args.self_users.clone()),
+    };
+    let mut failed = false;
+    let mut out = std::io::stdout().lock();
+    if matches!(args.format, TestFormat::Table) {
+        writeln!(out, "rule {} ({})", rule.name, rule.file.display())?;
+    }
+    for (n, item) in items.into_iter().enumerate() {
+        let case = match Case::from_value(item) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {} case #{}: {e}", args.cases.display(), n + 1);
+                failed = true;
+                continue;
+            }
+        };
+        let result = set.evaluate(rule, &case.id, case_to_dynamic(&case), &env);
+        let (plan, error) = match result {
+            Ok(changes) => (
+                Some(plan_case(
+                    &case,
+                    &[RuleChanges {
+                        rule: rule.name.clone(),
+                        changes,
+                    }],
+                )),
+                None,
+            ),
+            Err(e) => {
+                failed = true;
+                (None, Some(e.to_string()))
+            }
+        };
+        match args.format {
+            TestFormat::Json => {
+                let changes: Vec<serde_json::Value> = plan
+                    .iter()
+                    .flat_map(|p| &p.decisions)
+                    .map(|d| {
+                        serde_json::json!({
+                            "rule": d.rule, "field": d.field, "old": d.old, "new": d.new,
+                            "reason": d.reason, "skipped": d.skipped,
+                        })
+                    })
+                    .collect();
+                let body = plan.as_ref().and_then(|p| p.body());
+                serde_json::to_writer(
+                    &mut out,
+                    &serde_json::json!({
+                        "case_id": case.id, "ticket_id": case.ticket_id(),
+                        "changes": changes, "update": body, "error": error,
+                    }),
+                )?;
+                writeln!(out)?;
+            }
+            TestFormat::Table => match (&plan, &error) {
+                (_, Some(e)) => writeln!(out, "  case {}: ERROR {e}", case.id)?,
+                (Some(p), None) if p.decisions.is_empty() => writeln!(
+                    out,
+                    "  case {} (ticket {}): no changes",
+                    case.id,
+                    case.ticket_id().map(|t| t.to_string()).unwrap_or_else(|| "-".into())
+                )?,
+                (Some(p), None) => print_plans(&mut out, std::slice::from_ref(p))?,
+                (None, None) => {}
+            },
+        }
+    }
+    Ok(if failed { 2 } else { 0 })
+}
+
+async fn open_audit(cli: &Cli, db: &Option<PathBuf>) -> anyhow::Result<AuditStore> {
+    let path = match db {
+        Some(p) => p.clone(),
+        None => load_config(cli)?.audit.path,
+    };
+    if !path.exists() {
+        anyhow::bail!("audit DB {} does not exist (no pass has run with this config yet?)", path.display());
+    }
+    Ok(AuditStore::open(&path).await?)
+}
+
+async fn audit(cli: &Cli, args: &AuditArgs) -> anyhow::Result<u8> {
+    if let Some(AuditCommand::Verify { expect_head, db }) = &args.verify {
+        let store = open_audit(cli, db).await?;
+        let result = store.verify().await?;
+        return Ok(match result {
+            Verification::Intact { rows, head } => {
+                if let Some(expected) = expect_head {
+                    if !head.eq_ignore_ascii_case(expected) {
+                        println!(
+                            "BROKEN: the chain is intact over {rows} row(s) but its head is {head}, not the expected {expected}: newest rows were removed or the log was replaced"
+                        );
+                        return Ok(1);
+                    }
+                }
+                println!("ok: {rows} row(s), hash chain intact, head {head}");
+                0
+            }
+            Verification::Broken { seq, rows_checked, problem } => {
+                println!("BROKEN at row {seq} (after {rows_checked} good row(s)): {problem}");
+                1
+            }
+        });
+    }
+    let q = &args.query;
+    let filter = Filter {
+        case_id: q.case_id.clone(),
+        ticket_id: q.ticket,
+        rule: q.rule.clone(),
+        since: q.since.as_deref().map(parse_time).transpose().map_err(|e| anyhow::anyhow!("--since: {e}"))?,
+        until: q.until.as_deref().map(parse_time).transpose().map_err(|e| anyhow::anyhow!("--until: {e}"))?,
+        outcome: q.outcome,
+        run_id: q.run_id.clone(),
+        limit: q.limit,
+    };
+    let store = open_audit(cli, &q.db).await?;
+    let stdout = std::io::stdout();
+    let mut printer = Printer::new(q.format, std::io::BufWriter::new(stdout.lock()))?;
+    let mut rows = std::pin::pin!(store.query(&filter));
+    while let Some(row) = rows.next().await {
+        match printer.row(&row?) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(0),
+            other => other?,
+        }
+    }
+    printer.finish()?;
+    Ok(0)
+}
+
+async fn simulate(args: &SimulateArgs) -> anyhow::Result<u8> {
+    let opts = SimOptions {
+        cases: args.cases,
+        seed: args.seed,
+        flavor: args.flavor,
+        user: args.user.clone(),
+        api_key: args.api_key.clone(),
+        token_ttl_secs: args.token_ttl,
+        cases_file: args.cases_file.clone(),
+        faults: Faults {
+            latency_ms: args.latency_ms,
+            error_rate: args.error_rate,
+            rate_limit_every: args.rate_limit_every,
+            rate_limit_burst: args.rate_limit_burst,
+            retry_after_secs: args.retry_after,
+            ..Faults::default()
+        },
+    };
+    let sim = Simulator::start(opts, args.listen, args.tls_cert_out.as_deref())
+        .await
+        .context("cannot start the simulator")?;
+    let case_count = sim.state().cases.len();
+    println!("casewarden simulator: Stellar Cyber Cases API ({} flavour) with {case_count} cases", args.flavor.as_str());
+    println!("  url:      {}", sim.url);
+    println!("  user:     {}", args.user);
+    println!("  api key:  {} (simulator credentials; Basic with the user, or Bearer alone)", args.api_key);
+    if let Some(ca) = &args.tls_cert_out {
+        println!("  CA cert:  {} (set stellar.ca_file to it)", ca.display());
+    }
+    println!();
+    println!("Point casewarden at it with a casewarden.toml like:");
+    println!("  [stellar]\n  url = \"{}\"\n  api_flavor = \"{}\"\n  user = \"{}\"\n  api_key_env = \"CASEWARDEN_API_KEY\"", sim.url, args.flavor.as_str(), args.user);
+    if let Some(ca) = &args.tls_cert_out {
+        println!("  ca_file = \"{}\"", ca.display());
+    }
+    println!("and `CASEWARDEN_API_KEY={} casewarden once --dry-run`. Ctrl-C stops the simulator.", args.api_key);
+    std::io::stdout().flush()?;
+    tokio::select! {
+        r = sim.wait() => r?,
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(0)
+}

@@ -1,0 +1,440 @@
+//! The TOML configuration: typed sections validated once at start-up, with the API key
+//! loaded from a file, an environment variable or systemd's credentials directory.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::secret::Secret;
+
+/// Which generation of the update call the server speaks (see INTERFACE.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiFlavor {
+    /// 4.3: `POST /cases?id=`, `priority`, `case_score`.
+    #[default]
+    Legacy,
+    /// 4.3.7+: `PUT /cases/{id}`, `severity`, `score`.
+    V5,
+}
+
+impl ApiFlavor {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiFlavor::Legacy => "legacy",
+            ApiFlavor::V5 => "v5",
+        }
+    }
+}
+
+/// Everything that can be wrong with a configuration, each naming where.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source} (pass --config PATH or set CASEWARDEN_CONFIG)")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+    #[error("{path}: no API key configured: set stellar.api_key_file or stellar.api_key_env, or run under systemd with LoadCredential=api_key")]
+    NoApiKey { path: PathBuf },
+    #[error("{path}: stellar.api_key_file {file}: {source}")]
+    KeyFile {
+        path: PathBuf,
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: stellar.api_key_env: environment variable {var} is not set or empty")]
+    KeyEnv { path: PathBuf, var: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub stellar: StellarConfig,
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
+    /// The file this was read from; relative paths are resolved against its folder.
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StellarConfig {
+    pub url: String,
+    #[serde(default)]
+    pub api_flavor: ApiFlavor,
+    pub user: Option<String>,
+    pub api_key_file: Option<PathBuf>,
+    pub api_key_env: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub insecure_skip_tls_verify: bool,
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+    #[serde(default = "default_page_size")]
+    pub page_size: u32,
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Attempts per request before giving up (connect errors, timeouts, 5xx, 429).
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// First backoff step; doubles per attempt, with full jitter, capped at 30 s.
+    #[serde(default = "default_backoff_ms")]
+    pub retry_base_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    #[serde(default = "default_schedule")]
+    pub schedule: String,
+    #[serde(default = "default_rules_dir")]
+    pub rules_dir: PathBuf,
+    #[serde(default)]
+    pub dry_run: bool,
+    #[serde(default = "default_budget")]
+    pub max_changes_per_run: usize,
+    #[serde(default = "default_true")]
+    pub comment_changes: bool,
+    #[serde(default = "default_fraction")]
+    pub max_change_fraction: f64,
+    #[serde(default = "default_guard_min")]
+    pub guard_min_cases: usize,
+    #[serde(default = "default_breaker")]
+    pub breaker_passes: u32,
+    #[serde(default = "default_shutdown")]
+    pub shutdown_timeout_secs: u64,
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    #[serde(default = "default_audit_path")]
+    pub path: PathBuf,
+}
+
+fn default_timeout() -> u64 {
+    30
+}
+fn default_page_size() -> u32 {
+    100
+}
+fn default_max_in_flight() -> usize {
+    8
+}
+fn default_max_attempts() -> u32 {
+    5
+}
+fn default_backoff_ms() -> u64 {
+    250
+}
+fn default_schedule() -> String {
+    "0 */5 * * * *".into()
+}
+fn default_rules_dir() -> PathBuf {
+    "rules".into()
+}
+fn default_budget() -> usize {
+    500
+}
+fn default_true() -> bool {
+    true
+}
+fn default_fraction() -> f64 {
+    0.25
+}
+fn default_guard_min() -> usize {
+    40
+}
+fn default_breaker() -> u32 {
+    3
+}
+fn default_shutdown() -> u64 {
+    30
+}
+fn default_audit_path() -> PathBuf {
+    "/var/lib/casewarden/audit.db".into()
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            schedule: default_schedule(),
+            rules_dir: default_rules_dir(),
+            dry_run: false,
+            max_changes_per_run: default_budget(),
+            comment_changes: true,
+            max_change_fraction: default_fraction(),
+            guard_min_cases: default_guard_min(),
+            breaker_passes: default_breaker(),
+            shutdown_timeout_secs: default_shutdown(),
+            listen: None,
+        }
+    }
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            path: default_audit_path(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates the file; relative paths become relative to its folder.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses config text as if it came from `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: describe_toml_error(text, &e),
+        })?;
+        config.source = path.to_path_buf();
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut config.daemon.rules_dir);
+        resolve(&mut config.audit.path);
+        if let Some(p) = config.stellar.api_key_file.as_mut() {
+            resolve(p);
+        }
+        if let Some(p) = config.stellar.ca_file.as_mut() {
+            resolve(p);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn invalid(&self, key: &'static str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.source.clone(),
+            key,
+            message: message.into(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.stellar;
+        let url = reqwest::Url::parse(&s.url)
+            .map_err(|e| self.invalid("stellar.url", format!("not a URL ({e}): {:?}", s.url)))?;
+        match url.scheme() {
+            "https" => {}
+            "http" if is_loopback(&url) => {}
+            "http" => {
+                return Err(self.invalid(
+                    "stellar.url",
+                    "http:// is only allowed for loopback addresses; use https://",
+                ))
+            }
+            other => {
+                return Err(self.invalid(
+                    "stellar.url",
+                    format!("unsupported scheme {other:?}; use https://"),
+                ))
+            }
+        }
+        if s.page_size == 0 || s.page_size > 500 {
+            return Err(self.invalid(
+                "stellar.page_size",
+                format!("{} is out of range: the API serves 1 to 500 cases per page", s.page_size),
+            ));
+        }
+        if s.timeout_secs == 0 {
+            return Err(self.invalid("stellar.timeout_secs", "must be at least 1"));
+        }
+        if s.max_in_flight == 0 {
+            return Err(self.invalid("stellar.max_in_flight", "must be at least 1"));
+        }
+        if s.max_attempts == 0 {
+            return Err(self.invalid("stellar.max_attempts", "must be at least 1"));
+        }
+        if s.api_key_file.is_some() && s.api_key_env.is_some() {
+            return Err(self.invalid(
+                "stellar.api_key_file",
+                "set only one of api_key_file and api_key_env",
+            ));
+        }
+        let d = &self.daemon;
+        if !(d.max_change_fraction > 0.0 && d.max_change_fraction <= 1.0) {
+            return Err(self.invalid(
+                "daemon.max_change_fraction",
+                format!("{} must be in (0, 1]", d.max_change_fraction),
+            ));
+        }
+        if d.breaker_passes == 0 {
+            return Err(self.invalid("daemon.breaker_passes", "must be at least 1"));
+        }
+        if let Err(e) = crate::rules::validate_cron(&d.schedule) {
+            return Err(self.invalid("daemon.schedule", e));
+        }
+        if let Some(listen) = &d.listen {
+            if listen.parse::<std::net::SocketAddr>().is_err() {
+                return Err(self.invalid(
+                    "daemon.listen",
+                    format!("{listen:?} is not an address like 127.0.0.1:9187"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads the API key: `api_key_file`, else `api_key_env`, else
+    /// `$CREDENTIALS_DIRECTORY/api_key` (systemd's LoadCredential).
+    pub fn api_key(&self) -> Result<Secret, ConfigError> {
+        let s = &self.stellar;
+        let file = match (&s.api_key_file, &s.api_key_env) {
+            (Some(f), _) => f.clone(),
+            (None, Some(var)) => {
+                return match std::env::var(var) {
+                    Ok(v) if !v.trim().is_empty() => Ok(Secret::new(v.trim())),
+                    _ => Err(ConfigError::KeyEnv {
+                        path: self.source.clone(),
+                        var: var.clone(),
+                    }),
+                }
+            }
+            (None, None) => match std::env::var_os("CREDENTIALS_DIRECTORY") {
+                Some(dir) => PathBuf::from(dir).join("api_key"),
+                None => {
+                    return Err(ConfigError::NoApiKey {
+                        path: self.source.clone(),
+                    })
+                }
+            },
+        };
+        warn_if_world_readable(&file);
+        let text = std::fs::read_to_string(&file).map_err(|source| ConfigError::KeyFile {
+            path: self.source.clone(),
+            file: file.clone(),
+            source,
+        })?;
+        let key = text.trim();
+        if key.is_empty() {
+            return Err(ConfigError::KeyFile {
+                path: self.source.clone(),
+                file,
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, "the file is empty"),
+            });
+        }
+        Ok(Secret::new(key))
+    }
+}
+
+#[cfg(unix)]
+fn warn_if_world_readable(file: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(file) {
+        if meta.permissions().mode() & 0o004 != 0 {
+            tracing::warn!(
+                file = %file.display(),
+                "the API key file is readable by every user on this machine; chmod 600 it"
+            );
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn warn_if_world_readable(_file: &Path) {}
+
+fn is_loopback(url: &reqwest::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// toml's message plus the line and column it points at, so the user can jump there.
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {col}: {message}")
+        }
+        None => message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[stellar]\nurl = \"https://stellar.example.com\"\n";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/casewarden/casewarden.toml"))
+    }
+
+    #[test]
+    fn defaults_and_relative_paths() {
+        let c = parse(&format!("{MINIMAL}api_key_file = \"key\"\n[audit]\npath = \"a.db\"\n")).unwrap();
+        assert_eq!(c.stellar.page_size, 100);
+        assert_eq!(c.stellar.api_flavor, ApiFlavor::Legacy);
+        assert_eq!(c.daemon.max_changes_per_run, 500);
+        assert_eq!(c.audit.path, Path::new("/etc/casewarden/a.db"));
+        assert_eq!(c.daemon.rules_dir, Path::new("/etc/casewarden/rules"));
+        assert_eq!(
+            c.stellar.api_key_file.as_deref(),
+            Some(Path::new("/etc/casewarden/key"))
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let err = parse(&format!("{MINIMAL}page_sise = 5\n")).unwrap_err().to_string();
+        assert!(err.contains("page_sise"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_rejected() {
+        let err = parse(&format!("{MINIMAL}page_size = 900\n")).unwrap_err().to_string();
+        assert!(err.contains("stellar.page_size"), "{err}");
+        let err = parse("[stellar]\nurl = \"http://stellar.example.com\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("loopback"), "{err}");
+        let err = parse(&format!("{MINIMAL}[daemon]\nschedule = \"every minute\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("daemon.schedule"), "{err}");
+    }
+
+    #[test]
+    fn missing_key_env_is_a_clear_error() {
+        let c = parse(&format!("{MINIMAL}api_key_env = \"CASEWARDEN_TEST_UNSET_VAR\"\n")).unwrap();
+        let err = c.api_key().unwrap_err().to_string();
+        assert!(err.contains("CASEWARDEN_TEST_UNSET_VAR"), "{err}");
+    }
+}

@@ -1,0 +1,18 @@
+//! casewarden: keeps Stellar Cyber cases clean by running Rhai rules against the Cases API
+//! and recording every planned and applied change in a hash-chained SQLite audit log.
+
+pub mod audit;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod pass;
+pub mod plan;
+pub mod rules;
+pub mod secret;
+pub mod sim;
+pub mod stellar;
+
+/// Milliseconds since the Unix epoch, the unit the Cases API uses for every timestamp.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

@@ -1,0 +1,780 @@
+//! One pass: fetch -> evaluate -> plan -> apply -> audit. Pages are evaluated on all
+//! cores while the next page downloads; every change is committed to the audit log as
+//! `planned` before its request goes out, and its outcome after the answer.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use serde_json::Value;
+use tracing::Instrument;
+
+use crate::audit::{AuditStore, NewEvent, Outcome, PassTotals};
+use crate::config::Config;
+use crate::plan::{self, CasePlan, ChangeKind, Decision, RuleChanges};
+use crate::rules::{case_to_dynamic, hints_match, EvalEnv, EvalError, Rule, RuleSet};
+use crate::stellar::model::history_of;
+use crate::stellar::{ApiError, Case, Client};
+
+/// Errors logged in full per rule and pass; the rest are counted.
+const LOGGED_ERRORS_PER_RULE: usize = 5;
+
+/// The knobs of a pass, from `[daemon]` and `[stellar]`.
+#[derive(Debug, Clone)]
+pub struct PassSettings {
+    pub dry_run: bool,
+    pub max_changes: usize,
+    pub comment_changes: bool,
+    pub max_change_fraction: f64,
+    pub guard_min_cases: usize,
+    pub max_in_flight: usize,
+}
+
+impl PassSettings {
+    pub fn from_config(c: &Config) -> PassSettings {
+        PassSettings {
+            dry_run: c.daemon.dry_run,
+            max_changes: c.daemon.max_changes_per_run,
+            comment_changes: c.daemon.comment_changes,
+            max_change_fraction: c.daemon.max_change_fraction,
+            guard_min_cases: c.daemon.guard_min_cases,
+            max_in_flight: c.stellar.max_in_flight,
+        }
+    }
+}
+
+/// What a pass needs: the API, the log, and the settings.
+#[derive(Clone)]
+pub struct PassContext {
+    pub client: Client,
+    pub audit: AuditStore,
+    pub settings: PassSettings,
+}
+
+/// Per-pass choices: which rules, dry run, what triggered it.
+#[derive(Debug, Clone, Default)]
+pub struct PassOptions {
+    pub dry_run: bool,
+    /// Rule names to run; empty = all enabled rules.
+    pub only: Vec<String>,
+    pub trigger: String,
+}
+
+/// How one rule fared in a pass.
+#[derive(Debug, Clone, Default)]
+pub struct RuleStats {
+    pub name: String,
+    /// Cases the rule was evaluated on.
+    pub seen: usize,
+    /// Cases it wanted to change.
+    pub matched: usize,
+    pub planned: usize,
+    pub applied: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub errors: usize,
+    pub deferred: usize,
+    /// Halted by the blast-radius guard.
+    pub guard_halted: bool,
+}
+
+/// The result of a pass, for the summary and the exit code.
+#[derive(Debug, Clone, Default)]
+pub struct PassReport {
+    pub run_id: String,
+    pub dry_run: bool,
+    pub cases_seen: usize,
+    pub cases_unparsable: usize,
+    pub rules: Vec<RuleStats>,
+    /// The plans that were (or in a dry run, would be) sent, in order.
+    pub plans: Vec<CasePlan>,
+    pub applied: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub deferred_changes: usize,
+    pub budget_exhausted: bool,
+    pub status: String,
+    pub chain_head: String,
+    /// A failure that stopped the pass early (listing failed, audit unwritable).
+    pub error: Option<String>,
+}
+
+impl PassReport {
+    /// Whether any change failed or the pass could not finish.
+    pub fn has_failures(&self) -> bool {
+        self.failed > 0 || self.error.is_some()
+    }
+}
+
+/// One case after evaluation.
+struct Evaluated {
+    case: Case,
+    requests: Vec<RuleChanges>,
+    seen_by: Vec<usize>,
+    errors: Vec<(usize, EvalError)>,
+}
+
+/// Who casewarden is in case histories: its API user's email and id.
+pub async fn own_users(client: &Client) -> Vec<String> {
+    let Some(user) = client.user() else {
+        return Vec::new();
+    };
+    let mut own = vec![user.to_string()];
+    match client.list_users().await {
+        Ok(users) => own.extend(users.iter().filter_map(|u| {
+            let email = u.get("email")?.as_str()?;
+            email
+                .eq_ignore_ascii_case(user)
+                .then(|| u.get("user_id")?.as_str().map(str::to_string))?
+        })),
+        Err(e) => tracing::warn!(error = %e, "cannot list users to find casewarden's own user id; own history entries are matched by email only"),
+    }
+    own
+}
+
+/// Server-side filters: the hints every due rule agrees on (status lists are unioned),
+/// so no rule misses a case it would have matched; each rule re-checks its own hints.
+fn pushdown(rules: &[Arc<Rule>]) -> Vec<(String, String)> {
+    let Some(first) = rules.first() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (key, value) in &first.query {
+        if key == "status" || key == "priority" || key == "severity" {
+            let mut union: Vec<String> = Vec::new();
+            let all = rules.iter().all(|r| match r.query.iter().find(|(k, _)| k == key) {
+                Some((_, v)) => {
+                    for s in v.split(',').map(str::trim) {
+                        if !union.iter().any(|u| u == s) {
+                            union.push(s.to_string());
+                        }
+                    }
+                    true
+                }
+                None => false,
+            });
+            if all {
+                out.push((key.clone(), union.join(",")));
+            }
+        } else if rules.iter().all(|r| r.query.iter().any(|(k, v)| k == key && v == value)) {
+            out.push((key.clone(), value.clone()));
+        }
+    }
+    out.push(("sort".into(), "modified_at".into()));
+    out.push(("order".into(), "asc".into()));
+    out
+}
+
+/// Evaluates every rule on every case of a page, in parallel across cores.
+fn evaluate_page(set: &RuleSet, rules: &[Arc<Rule>], cases: Vec<Case>, env: &EvalEnv) -> Vec<Evaluated> {
+    let eval_one = |case: Case| {
+        let dynamic = case_to_dynamic(&case);
+        let mut ev = Evaluated {
+            requests: Vec::new(),
+            seen_by: Vec::new(),
+            errors: Vec::new(),
+            case,
+        };
+        for (i, rule) in rules.iter().enumerate() {
+            if !hints_match(&ev.case, &rule.query) {
+                continue;
+            }
+            ev.seen_by.push(i);
+            match set.evaluate(rule, &ev.case.id, dynamic.clone(), env) {
+                Ok(changes) if !changes.is_empty() => ev.requests.push(RuleChanges {
+                    rule: rule.name.clone(),
+                    changes,
+                }),
+                Ok(_) => {}
+                Err(e) => ev.errors.push((i, e)),
+            }
+        }
+        ev
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads == 1 || cases.len() < 16 {
+        return cases.into_iter().map(eval_one).collect();
+    }
+    let chunk = cases.len().div_ceil(threads);
+    let mut chunks: Vec<Vec<Case>> = Vec::new();
+    let mut it = cases.into_iter().peekable();
+    while it.peek().is_some() {
+        chunks.push(it.by_ref().take(chunk).collect());
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|c| s.spawn(|| c.into_iter().map(eval_one).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    })
+}
+
+fn event(run_id: &str, rule: &Rule, plan: &CasePlan, d: &Decision, dry_run: bool) -> NewEvent {
+    NewEvent {
+        run_id: run_id.to_string(),
+        rule: d.rule.clone(),
+        rule_hash: rule.source_hash.clone(),
+        case_id: plan.case_id.clone(),
+        ticket_id: plan.ticket_id,
+        field: d.field.clone(),
+        old: d.old.clone(),
+        new: d.new.clone(),
+        reason: match &d.skipped {
+            Some(why) => format!("{} [skipped: {why}]", d.reason).trim_start().to_string(),
+            None => d.reason.clone(),
+        },
+        dry_run,
+        outcome: Some(if d.is_planned() {
+            Outcome::Planned
+        } else {
+            Outcome::Skipped
+        }),
+        ..NewEvent::default()
+    }
+}
+
+/// Resolves `assign("someone@x")` to user ids; unknown emails become rule errors.
+fn resolve_assignees(
+    ev: &mut Evaluated,
+    users: &HashMap<String, String>,
+    index_of: &HashMap<&str, usize>,
+) {
+    for rc in &mut ev.requests {
+        let mut unknown = Vec::new();
+        rc.changes.retain_mut(|c| {
+            if let ChangeKind::Assign(who) = &mut c.kind {
+                if who.contains('@') {
+                    match users.get(&who.to_lowercase()) {
+                        Some(id) => *who = id.clone(),
+                        None => {
+                            unknown.push(who.clone());
+                            return false;
+                        }
+                    }
+                }
+            }
+            true
+        });
+        for who in unknown {
+            if let Some(&i) = index_of.get(rc.rule.as_str()) {
+                ev.errors.push((
+                    i,
+                    EvalError {
+                        rule: rc.rule.clone(),
+                        case_id: ev.case.id.clone(),
+                        location: "assign".into(),
+                        message: format!("assign: no user with email {who:?} on the server"),
+                    },
+                ));
+            }
+        }
+    }
+}
+
+/// A person changed `field` after casewarden's own last change of it by `rule`.
+async fn overridden(
+    audit: &AuditStore,
+    case: &Case,
+    d: &Decision,
+    own: &[String],
+) -> Result<bool, crate::audit::AuditError> {
+    let history = history_of(case.raw());
+    let is_own = |h: &crate::stellar::model::HistoryEntry| h.api && (own.is_empty() || own.contains(&h.user));
+    if !history.iter().any(|h| h.field == d.field && !is_own(h)) {
+        return Ok(false);
+    }
+    let Some(last) = audit.last_applied(&case.id, &d.rule, &d.field).await? else {
+        return Ok(false);
+    };
+    if d.field == "tags" && last.new != d.new {
+        return Ok(false);
+    }
+    let ours = history
+        .iter()
+        .filter(|h| h.field == d.field && is_own(h))
+        .map(|h| h.timestamp)
+        .max()
+        .or_else(|| {
+            chrono::DateTime::parse_from_rfc3339(&last.recorded_at)
+                .ok()
+                .map(|t| t.timestamp_millis())
+        })
+        .unwrap_or(i64::MAX);
+    Ok(history
+        .iter()
+        .any(|h| h.field == d.field && !is_own(h) && h.timestamp > ours))
+}
+
+/// Runs one pass with `rules` and records it.
+pub async fn run_pass(ctx: &PassContext, set: &RuleSet, opts: &PassOptions) -> PassReport {
+    let dry_run = opts.dry_run || ctx.settings.dry_run;
+    let run_id = format!(
+        "{}-{:06x}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
+        fastrand::u32(..0x100_0000)
+    );
+    let span = tracing::info_span!("pass", pass_id = %run_id, dry_run);
+    async {
+        let mut report = PassReport {
+            run_id: run_id.clone(),
+            dry_run,
+            ..PassReport::default()
+        };
+        if let Err(e) = run(ctx, set, opts, dry_run, &mut report).await {
+            tracing::error!(error = %e, "pass stopped early");
+            report.error = Some(e.to_string());
+        }
+        report.status = if report.error.is_some() {
+            "error".into()
+        } else if report.failed > 0 {
+            "failed-changes".into()
+        } else if report.budget_exhausted {
+            "budget-exhausted".into()
+        } else if dry_run {
+            "dry-run".into()
+        } else {
+            "ok".into()
+        };
+        let totals = PassTotals {
+            cases_seen: report.cases_seen as i64,
+            planned: report.plans.iter().map(|p| p.decisions.iter().filter(|d| d.is_planned()).count() as i64).sum(),
+            applied: report.applied as i64,
+            failed: report.failed as i64,
+            skipped: report.skipped as i64,
+            status: report.status.clone(),
+            error: report.error.clone(),
+        };
+        if let Err(e) = ctx.audit.finish_pass(&run_id, &totals).await {
+            tracing::error!(error = %e, "cannot record the end of the pass");
+        }
+        if let Ok((rows, head)) = ctx.audit.head().await {
+            tracing::info!(rows, chain_head = %head, status = %report.status, cases = report.cases_seen, applied = report.applied, failed = report.failed, "pass finished");
+            report.chain_head = head;
+        }
+        report
+    }
+    .instrument(span)
+    .await
+}
+
+async fn run(
+    ctx: &PassContext,
+    set: &RuleSet,
+    opts: &PassOptions,
+    dry_run: bool,
+    report: &mut PassReport,
+) -> anyhow::Result<()> {
+    let rules: Vec<Arc<Rule>> = set
+        .rules
+        .iter()
+        .filter(|r| if opts.only.is_empty() { r.enabled } else { opts.only.contains(&r.name) })
+        .cloned()
+        .collect();
+    report.rules = rules
+        .iter()
+        .map(|r| RuleStats {
+            name: r.name.clone(),
+            ..RuleStats::default()
+        })
+        .collect();
+    let index_of: HashMap<&str, usize> = rules.iter().enumerate().map(|(i, r)| (r.name.as_str(), i)).collect();
+    ctx.audit
+        .start_pass(&report.run_id, &opts.trigger, &set.fingerprint, dry_run)
+        .await?;
+    if rules.is_empty() {
+        return Ok(());
+    }
+    let own = Arc::new(own_users(&ctx.client).await);
+    let env = EvalEnv {
+        now_ms: None,
+        own_users: own.clone(),
+    };
+    let mut users: Option<HashMap<String, String>> = None;
+    let budget = ctx.settings.max_changes;
+    let mut used = 0usize;
+    let mut retained: Vec<CasePlan> = Vec::new();
+
+    let mut pager = ctx.client.list_cases(pushdown(&rules));
+    let mut next = Some(tokio::spawn(async move {
+        let page = pager.next_page().await;
+        (pager, page)
+    }));
+    while let Some(fetch) = next.take() {
+        let (mut pager, page) = fetch.await?;
+        let Some(page) = page? else { break };
+        // Start the next download before evaluating this page.
+        next = Some(tokio::spawn(async move {
+            let page = pager.next_page().await;
+            (pager, page)
+        }));
+        report.cases_unparsable += page.skipped.len();
+        report.cases_seen += page.cases.len();
+        let (set2, rules2, env2) = (set.clone(), rules.clone(), env.clone());
+        let evaluated = tokio::task::spawn_blocking(move || evaluate_page(&set2, &rules2, page.cases, &env2)).await?;
+
+        let mut deferred_events = Vec::new();
+        for mut ev in evaluated {
+            for &i in &ev.seen_by {
+                report.rules[i].seen += 1;
+            }
+            let wants_assign_email = ev.requests.iter().flat_map(|r| &r.changes).any(|c| matches!(&c.kind, ChangeKind::Assign(w) if w.contains('@')));
+            if wants_assign_email && users.is_none() {
+                users = Some(user_index(&ctx.client).await);
+            }
+            if let Some(u) = &users {
+                resolve_assignees(&mut ev, u, &index_of);
+            }
+            for (i, e) in &ev.errors {
+                let stats = &mut report.rules[*i];
+                stats.errors += 1;
+                if stats.errors <= LOGGED_ERRORS_PER_RULE {
+                    tracing::warn!(rule = %e.rule, case_id = %e.case_id, location = %e.location, "rule failed on a case: {}", e.message);
+                }
+            }
+            if ev.requests.is_empty() {
+                continue;
+            }
+            let mut plan = plan::plan_case(&ev.case, &ev.requests);
+            let mut override_skips = Vec::new();
+            for (k, d) in plan.decisions.iter().enumerate() {
+                if d.is_planned() && d.field != "comment" && overridden(&ctx.audit, &ev.case, d, &own).await? {
+                    override_skips.push(k);
+                }
+            }
+            for k in override_skips {
+                plan.decisions[k].skipped = Some("overridden by a person".into());
+            }
+            let mut wanted: Vec<usize> = plan.decisions.iter().filter(|d| d.is_planned()).filter_map(|d| index_of.get(d.rule.as_str()).copied()).collect();
+            wanted.dedup();
+            wanted.sort_unstable();
+            wanted.dedup();
+            for &i in &wanted {
+                report.rules[i].matched += 1;
+            }
+            if plan.decisions.is_empty() {
+                continue;
+            }
+            let cost = plan.decisions.iter().filter(|d| d.is_planned()).count();
+            if cost > 0 && (report.budget_exhausted || used + cost > budget) {
+                report.budget_exhausted = true;
+                report.deferred_changes += cost;
+                for d in plan.decisions.iter().filter(|d| d.is_planned()) {
+                    if let Some(&i) = index_of.get(d.rule.as_str()) {
+                        report.rules[i].deferred += 1;
+                        let mut d = d.clone();
+                        d.skipped = Some(format!("change budget of {budget} per pass spent; deferred to the next pass"));
+                        deferred_events.push(event(&report.run_id, &rules[i], &plan, &d, dry_run));
+                    }
+                }
+                continue;
+            }
+            used += cost;
+            retained.push(plan);
+        }
+        if !deferred_events.is_empty() {
+            report.skipped += deferred_events.len();
+            ctx.audit.append(&deferred_events).await?;
+        }
+    }
+    if report.budget_exhausted {
+        tracing::warn!(deferred = report.deferred_changes, budget, "change budget exhausted: {} change(s) deferred to the next pass", report.deferred_changes);
+    }
+
+    // Blast-radius guard: a rule wanting to change too large a share of what it saw is
+    // halted for the whole pass.
+    for (i, stats) in report.rules.iter_mut().enumerate() {
+        let wanted = stats.matched;
+        if plan::guard_trips(wanted, stats.seen, ctx.settings.max_change_fraction, ctx.settings.guard_min_cases) {
+            stats.guard_halted = true;
+            let why = format!(
+                "blast-radius guard: rule wanted to change {wanted} of {} cases it saw (limit {:.0}%)",
+                stats.seen,
+                ctx.settings.max_change_fraction * 100.0
+            );
+            tracing::warn!(rule = %stats.name, wanted, seen = stats.seen, "rule halted by the blast-radius guard; none of its changes are applied this pass");
+            for p in &mut retained {
+                p.skip_rule(&rules[i].name, &why);
+            }
+        }
+    }
+
+    // Write-ahead: every decision is committed before any request goes out.
+    let mut events = Vec::new();
+    let mut owners = Vec::new();
+    for (pi, p) in retained.iter().enumerate() {
+        for (di, d) in p.decisions.iter().enumerate() {
+            let Some(&ri) = index_of.get(d.rule.as_str()) else { continue };
+            events.push(event(&report.run_id, &rules[ri], p, d, dry_run));
+            owners.push((pi, di, ri));
+            if d.is_planned() {
+                report.rules[ri].planned += 1;
+            } else {
+                report.rules[ri].skipped += 1;
+                report.skipped += 1;
+            }
+        }
+    }
+    let seqs = ctx.audit.append(&events).await?;
+    let mut seq_of: HashMap<(usize, usize), i64> = HashMap::new();
+    for ((pi, di, _), seq) in owners.iter().zip(seqs) {
+        seq_of.insert((*pi, *di), seq);
+    }
+    retained.retain(|p| p.has_work() || p.decisions.iter().any(|d| !d.is_planned()));
+    if dry_run {
+        report.plans = retained;
+        return Ok(());
+    }
+
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<NewEvent>>(256);
+    let audit = ctx.audit.clone();
+    let writer = tokio::spawn(async move {
+        // Batches whatever outcomes have arrived into one transaction.
+        while let Some(mut batch) = rx.recv().await {
+            while let Ok(mut more) = rx.try_recv() {
+                batch.append(&mut more);
+            }
+            audit.append(&batch).await?;
+        }
+        Ok::<(), crate::audit::AuditError>(())
+    });
+    let comment_changes = ctx.settings.comment_changes;
+    let client = ctx.client.clone();
+    let run_id = report.run_id.clone();
+    let rule_hash: HashMap<String, String> = rules.iter().map(|r| (r.name.clone(), r.source_hash.clone())).collect();
+    let results: Vec<(usize, Vec<(usize, bool)>)> = futures::stream::iter(retained.iter().enumerate().filter(|(_, p)| p.has_work()))
+        .map(|(pi, p)| {
+            let client = client.clone();
+            let tx = tx.clone();
+            let seq_of = &seq_of;
+            let rule_hash = &rule_hash;
+            let run_id = run_id.clone();
+            async move {
+                let outcomes = apply_case(&client, p, comment_changes).await;
+                let events: Vec<NewEvent> = outcomes
+                    .iter()
+                    .map(|(di, result)| {
+                        let d = &p.decisions[*di];
+                        let (outcome, error, status) = match result {
+                            Ok(()) => (Outcome::Applied, None, None),
+                            Err((msg, status)) => (Outcome::Failed, Some(msg.clone()), *status),
+                        };
+                        NewEvent {
+                            run_id: run_id.clone(),
+                            rule: d.rule.clone(),
+                            rule_hash: rule_hash.get(&d.rule).cloned().unwrap_or_default(),
+                            case_id: p.case_id.clone(),
+                            ticket_id: p.ticket_id,
+                            field: d.field.clone(),
+                            old: d.old.clone(),
+                            new: d.new.clone(),
+                            reason: String::new(),
+                            dry_run: false,
+                            outcome: Some(outcome),
+                            error,
+                            http_status: status.map(i64::from),
+                            planned_seq: seq_of.get(&(pi, *di)).copied(),
+                        }
+                    })
+                    .collect();
+                let _ = tx.send(events).await;
+                (pi, outcomes.into_iter().map(|(di, r)| (di, r.is_ok())).collect())
+            }
+        })
+        .buffer_unordered(ctx.settings.max_in_flight.max(1))
+        .collect()
+        .await;
+    drop(tx);
+    writer.await??;
+    for (pi, outcomes) in results {
+        for (di, ok) in outcomes {
+            let d = &retained[pi].decisions[di];
+            if let Some(&ri) = index_of.get(d.rule.as_str()) {
+                if ok {
+                    report.rules[ri].applied += 1;
+                    report.applied += 1;
+                } else {
+                    report.rules[ri].failed += 1;
+                    report.failed += 1;
+                }
+            }
+        }
+    }
+    report.plans = retained;
+    Ok(())
+}
+
+type DecisionResult = Result<(), (String, Option<u16>)>;
+
+/// Sends one case's update, then its comment; returns the outcome of every planned decision.
+async fn apply_case(client: &Client, plan: &CasePlan, comment_changes: bool) -> Vec<(usize, DecisionResult)> {
+    let span = tracing::info_span!("case", case_id = %plan.case_id);
+    async {
+        let planned: Vec<usize> = (0..plan.decisions.len()).filter(|&i| plan.decisions[i].is_planned()).collect();
+        let fields: Vec<usize> = planned.iter().copied().filter(|&i| plan.decisions[i].field != "comment").collect();
+        let comments: Vec<usize> = planned.iter().copied().filter(|&i| plan.decisions[i].field == "comment").collect();
+        let mut out = Vec::new();
+        let update: DecisionResult = match plan.body() {
+            Some(body) => match client.update_case(&plan.case_id, &body).await {
+                Ok(updated) => check_updated(&updated, plan),
+                Err(e) => Err(failure(&e)),
+            },
+            None => Ok(()),
+        };
+        for &i in &fields {
+            out.push((i, update.clone()));
+        }
+        let mut text = Vec::new();
+        if update.is_ok() && comment_changes && !fields.is_empty() {
+            text.push(change_summary(plan, &fields));
+        }
+        for &i in &comments {
+            text.push(format!("[{}] {}", plan.decisions[i].rule, plan.decisions[i].new.as_deref().unwrap_or("")));
+        }
+        if update.is_err() {
+            for &i in &comments {
+                out.push((i, Err(("not sent: the case update failed".to_string(), None))));
+            }
+        } else if !text.is_empty() {
+            let posted = client
+                .add_comment(&plan.case_id, &text.join("\n\n"))
+                .await
+                .map_err(|e| failure(&e));
+            if let Err((e, _)) = &posted {
+                tracing::warn!(error = %e, "the case was updated but its explanatory comment could not be posted");
+            }
+            for &i in &comments {
+                out.push((i, posted.clone()));
+            }
+        }
+        out
+    }
+    .instrument(span)
+    .await
+}
+
+fn failure(e: &ApiError) -> (String, Option<u16>) {
+    (e.to_string(), e.http_status())
+}
+
+/// The server answered 2xx; make sure the case it returned holds what we sent.
+fn check_updated(updated: &Value, plan: &CasePlan) -> DecisionResult {
+    let Ok(case) = Case::from_value(updated.clone()) else {
+        // Some servers answer with a bare acknowledgement; trust the 2xx.
+        return Ok(());
+    };
+    let missing: Vec<String> = plan
+        .field_changes()
+        .filter(|d| d.field != "resolution" && !plan::case_holds(&case, d))
+        .map(|d| d.field.clone())
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err((format!("the server accepted the update but the case does not hold the new {}", missing.join(", ")), None))
+    }
+}
+
+/// The comment an analyst sees in the UI: which rules changed what, and why.
+fn change_summary(plan: &CasePlan, fields: &[usize]) -> String {
+    let mut lines = vec!["casewarden changed this case:".to_string()];
+    for &i in fields {
+        let d = &plan.decisions[i];
+        let what = match (d.field.as_str(), d.old.as_deref()) {
+            ("tags", _) => format!("tags {}", d.new.as_deref().unwrap_or("")),
+            (f, Some(old)) => format!("{f}: {} -> {}", if old.is_empty() { "(none)" } else { old }, d.new.as_deref().unwrap_or("")),
+            (f, None) => format!("{f}: {}", d.new.as_deref().unwrap_or("")),
+        };
+        let why = if d.reason.is_empty() { String::new() } else { format!(" — {}", d.reason) };
+        lines.push(format!("- {what} (rule {}){why}", d.rule));
+    }
+    lines.join("\n")
+}
+
+async fn user_index(client: &Client) -> HashMap<String, String> {
+    match client.list_users().await {
+        Ok(users) => users
+            .iter()
+            .filter_map(|u| Some((u.get("email")?.as_str()?.to_lowercase(), u.get("user_id")?.as_str()?.to_string())))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list users; assignments by email fail this pass");
+            HashMap::new()
+        }
+    }
+}
+
+/// What start-up reconciliation found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reconciled {
+    pub applied: usize,
+    pub failed: usize,
+    pub unknown: usize,
+}
+
+/// Settles `planned` rows that a crash left without an outcome: reads each case back and
+/// records `applied` if it holds the planned value, `failed` ("interrupted") if not, and
+/// `unknown` when it cannot be read or the change (a comment) cannot be checked.
+pub async fn reconcile(ctx: &PassContext) -> Result<Reconciled, crate::audit::AuditError> {
+    let interrupted = ctx.audit.mark_interrupted_passes().await?;
+    let rows = ctx.audit.unsettled().await?;
+    let mut summary = Reconciled::default();
+    if rows.is_empty() {
+        return Ok(summary);
+    }
+    let mut cases: HashMap<String, Result<Case, String>> = HashMap::new();
+    let mut events = Vec::new();
+    for row in rows {
+        if !cases.contains_key(&row.case_id) {
+            let fetched = ctx.client.get_case(&row.case_id).await.map_err(|e| e.to_string());
+            cases.insert(row.case_id.clone(), fetched);
+        }
+        let decision = Decision {
+            rule: row.rule.clone(),
+            field: row.field.clone(),
+            old: row.old.clone(),
+            new: row.new.clone(),
+            reason: row.reason.clone(),
+            skipped: None,
+        };
+        let (outcome, error) = match &cases[&row.case_id] {
+            Err(e) => (Outcome::Unknown, Some(format!("interrupted; cannot read the case back: {e}"))),
+            Ok(_) if row.field == "comment" => (Outcome::Unknown, Some("interrupted; whether the comment was posted cannot be checked".to_string())),
+            Ok(case) if plan::case_holds(case, &decision) => (Outcome::Applied, None),
+            Ok(_) => (Outcome::Failed, Some("interrupted: the case does not hold the planned value".to_string())),
+        };
+        match outcome {
+            Outcome::Applied => summary.applied += 1,
+            Outcome::Failed => summary.failed += 1,
+            _ => summary.unknown += 1,
+        }
+        events.push(NewEvent {
+            run_id: row.run_id.clone(),
+            rule: row.rule.clone(),
+            rule_hash: row.rule_hash.clone(),
+            case_id: row.case_id.clone(),
+            ticket_id: row.ticket_id,
+            field: row.field.clone(),
+            old: row.old.clone(),
+            new: row.new.clone(),
+            reason: "reconciled at start-up after an interrupted pass".into(),
+            dry_run: false,
+            outcome: Some(outcome),
+            error,
+            http_status: None,
+            planned_seq: Some(row.seq),
+        });
+    }
+    ctx.audit.append(&events).await?;
+    tracing::warn!(
+        interrupted_passes = interrupted,
+        applied = summary.applied,
+        failed = summary.failed,
+        unknown = summary.unknown,
+        "reconciled changes left planned by an interrupted pass"
+    );
+    Ok(summary)
+}

@@ -1,0 +1,318 @@
+//! The sandboxed Rhai engine and the functions rules can call. Change functions record
+//! into a per-thread collector, so one shared engine evaluates on many threads at once.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use rhai::{Dynamic, Engine, EvalAltResult, ImmutableString, Map, INT};
+
+use crate::plan::{Change, ChangeKind};
+use crate::stellar::model::{entity_of, history_of, priority_rank, PRIORITIES, RESOLUTIONS, STATUSES};
+
+/// What a rule's environment holds besides the case: the clock and who "we" are.
+#[derive(Debug, Clone, Default)]
+pub struct EvalEnv {
+    /// `now()` in ms; None means the real clock.
+    pub now_ms: Option<i64>,
+    /// History `user` values that are casewarden itself (its API user's id and email);
+    /// their `"api": true` entries are not human activity.
+    pub own_users: Arc<Vec<String>>,
+}
+
+struct Collector {
+    rule: String,
+    now_ms: i64,
+    own_users: Arc<Vec<String>>,
+    changes: Vec<Change>,
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Collector>> = const { RefCell::new(None) };
+}
+
+/// Starts collecting for one evaluation on this thread.
+pub(super) fn begin(env: &EvalEnv, rule: &str) {
+    CURRENT.with(|c| {
+        *c.borrow_mut() = Some(Collector {
+            rule: rule.to_string(),
+            now_ms: env.now_ms.unwrap_or_else(crate::now_ms),
+            own_users: env.own_users.clone(),
+            changes: Vec::new(),
+        })
+    });
+}
+
+/// Ends the evaluation and returns what the rule asked for.
+pub(super) fn finish() -> Vec<Change> {
+    CURRENT.with(|c| c.borrow_mut().take().map(|c| c.changes).unwrap_or_default())
+}
+
+fn with<T>(f: impl FnOnce(&mut Collector) -> T, fallback: T) -> T {
+    CURRENT.with(|c| c.borrow_mut().as_mut().map(f).unwrap_or(fallback))
+}
+
+fn now() -> INT {
+    with(|c| c.now_ms, crate::now_ms())
+}
+
+fn rule_name() -> String {
+    with(|c| c.rule.clone(), String::new())
+}
+
+type Res = Result<(), Box<EvalAltResult>>;
+
+fn record(kind: ChangeKind, reason: &str) -> Res {
+    with(
+        |c| {
+            c.changes.push(Change {
+                kind,
+                reason: reason.to_string(),
+            })
+        },
+        (),
+    );
+    Ok(())
+}
+
+fn one_of(what: &str, value: &str, allowed: &[&str]) -> Res {
+    if allowed.contains(&value) {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid {what} {value:?}: expected one of {}",
+            allowed.join(", ")
+        )
+        .into())
+    }
+}
+
+fn non_empty(what: &str, value: &str) -> Res {
+    if value.trim().is_empty() {
+        Err(format!("{what} must not be empty").into())
+    } else {
+        Ok(())
+    }
+}
+
+fn set_priority(p: &str, reason: &str) -> Res {
+    one_of("priority", p, &PRIORITIES)?;
+    record(ChangeKind::Priority(p.into()), reason)
+}
+
+fn set_status(s: &str, reason: &str) -> Res {
+    one_of("status", s, &STATUSES)?;
+    record(ChangeKind::Status(s.into()), reason)
+}
+
+fn resolve(resolution: &str, reason: &str) -> Res {
+    one_of("resolution", resolution, &RESOLUTIONS)?;
+    record(ChangeKind::Resolve(resolution.into()), reason)
+}
+
+fn assign(user: &str, reason: &str) -> Res {
+    non_empty("assign: the user", user)?;
+    record(ChangeKind::Assign(user.trim().into()), reason)
+}
+
+fn add_tag(t: &str, reason: &str) -> Res {
+    non_empty("add_tag: the tag", t)?;
+    record(ChangeKind::AddTag(t.into()), reason)
+}
+
+fn remove_tag(t: &str, reason: &str) -> Res {
+    non_empty("remove_tag: the tag", t)?;
+    record(ChangeKind::RemoveTag(t.into()), reason)
+}
+
+fn set_description(text: &str, reason: &str) -> Res {
+    record(ChangeKind::Description(text.into()), reason)
+}
+
+fn comment(text: &str) -> Res {
+    non_empty("comment: the text", text)?;
+    record(ChangeKind::Comment(text.into()), "")
+}
+
+fn since(ms: INT, unit: INT) -> INT {
+    (now() - ms).div_euclid(unit)
+}
+
+fn has_tag(c: &mut Map, t: &str) -> bool {
+    c.get("tags")
+        .and_then(|v| v.read_lock::<rhai::Array>().map(|a| a.iter().any(|x| x.clone().into_immutable_string().is_ok_and(|s| s == t))))
+        .unwrap_or(false)
+}
+
+fn to_json(c: &Map) -> serde_json::Map<String, serde_json::Value> {
+    match rhai::serde::from_dynamic::<serde_json::Value>(&Dynamic::from_map(c.clone())) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
+    }
+}
+
+fn entity(c: &mut Map) -> Dynamic {
+    let Some(meta) = c.get("metadata").and_then(|m| m.read_lock::<Map>().map(|m| m.clone())) else {
+        return Dynamic::UNIT;
+    };
+    let mut wrapper = serde_json::Map::new();
+    wrapper.insert("metadata".into(), serde_json::Value::Object(to_json(&meta)));
+    match entity_of(&wrapper) {
+        Some(e) => {
+            let mut m = Map::new();
+            m.insert("kind".into(), e.kind.into());
+            m.insert("name".into(), e.name.into());
+            m.insert("ip".into(), e.ip.map_or(Dynamic::UNIT, Dynamic::from));
+            Dynamic::from_map(m)
+        }
+        None => Dynamic::UNIT,
+    }
+}
+
+fn last_human_activity(c: &mut Map) -> INT {
+    let own = with(|ctx| ctx.own_users.clone(), Arc::new(Vec::new()));
+    let created = c.get("created_at").and_then(|v| v.as_int().ok()).unwrap_or(0);
+    let mut history = serde_json::Map::new();
+    if let Some(h) = c.get("history") {
+        if let Ok(v) = rhai::serde::from_dynamic::<serde_json::Value>(h) {
+            history.insert("history".into(), v);
+        }
+    }
+    history_of(&history)
+        .into_iter()
+        .filter(|h| !(h.api && (own.is_empty() || own.contains(&h.user))))
+        .map(|h| h.timestamp)
+        .max()
+        .unwrap_or(created)
+        .max(created)
+}
+
+/// The engine every rule runs in, with every limit set explicitly (the defaults differ
+/// between debug and release builds) and no way out of the sandbox.
+pub(super) fn engine() -> Engine {
+    let mut e = Engine::new();
+    e.set_max_operations(500_000)
+        .set_max_call_levels(32)
+        .set_max_expr_depths(64, 32)
+        .set_max_string_size(256 * 1024)
+        .set_max_array_size(100_000)
+        .set_max_map_size(10_000)
+        .set_max_modules(0)
+        .set_max_variables(1_000)
+        .set_max_functions(1_000)
+        .set_strict_variables(true);
+    e.disable_symbol("eval");
+    e.on_print(|text| tracing::info!(rule = %rule_name(), "print: {text}"));
+    e.on_debug(|text, _source, pos| tracing::debug!(rule = %rule_name(), %pos, "debug: {text}"));
+
+    e.register_fn("set_priority", |p: &str, r: &str| set_priority(p, r))
+        .register_fn("set_priority", |p: &str| set_priority(p, ""))
+        .register_fn("set_status", |s: &str, r: &str| set_status(s, r))
+        .register_fn("set_status", |s: &str| set_status(s, ""))
+        .register_fn("resolve", |x: &str, r: &str| resolve(x, r))
+        .register_fn("resolve", |x: &str| resolve(x, ""))
+        .register_fn("assign", |u: &str, r: &str| assign(u, r))
+        .register_fn("assign", |u: &str| assign(u, ""))
+        .register_fn("add_tag", |t: &str, r: &str| add_tag(t, r))
+        .register_fn("add_tag", |t: &str| add_tag(t, ""))
+        .register_fn("remove_tag", |t: &str, r: &str| remove_tag(t, r))
+        .register_fn("remove_tag", |t: &str| remove_tag(t, ""))
+        .register_fn("set_description", |d: &str, r: &str| set_description(d, r))
+        .register_fn("set_description", |d: &str| set_description(d, ""))
+        .register_fn("comment", comment);
+
+    e.register_fn("now", now)
+        .register_fn("minutes_since", |ms: INT| since(ms, 60_000))
+        .register_fn("hours_since", |ms: INT| since(ms, 3_600_000))
+        .register_fn("days_since", |ms: INT| since(ms, 86_400_000))
+        .register_fn("minutes_since", |ms: rhai::FLOAT| since(ms as INT, 60_000))
+        .register_fn("hours_since", |ms: rhai::FLOAT| since(ms as INT, 3_600_000))
+        .register_fn("days_since", |ms: rhai::FLOAT| since(ms as INT, 86_400_000));
+
+    e.register_fn("priority_rank", |p: ImmutableString| priority_rank(&p))
+        .register_fn("priority_rank", |_: ()| 0 as INT)
+        .register_fn("has_tag", has_tag)
+        .register_fn("entity", entity)
+        .register_fn("last_human_activity", last_human_activity);
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(script: &str, env: &EvalEnv) -> (Result<Dynamic, Box<EvalAltResult>>, Vec<Change>) {
+        let e = engine();
+        begin(env, "t");
+        let r = e.eval::<Dynamic>(script);
+        (r, finish())
+    }
+
+    fn fixed(now: i64) -> EvalEnv {
+        EvalEnv {
+            now_ms: Some(now),
+            own_users: Arc::new(vec!["me".into()]),
+        }
+    }
+
+    #[test]
+    fn time_helpers_use_the_injected_clock() {
+        let (r, _) = run("[now(), hours_since(0), days_since(0), minutes_since(0)]", &fixed(2 * 86_400_000));
+        let v: Vec<INT> = r.unwrap().into_typed_array().unwrap();
+        assert_eq!(v, [2 * 86_400_000, 48, 2, 2880]);
+    }
+
+    #[test]
+    fn invalid_values_are_errors_not_changes() {
+        let (r, changes) = run("set_priority(\"Urgent\", \"why\")", &fixed(0));
+        let msg = r.unwrap_err().to_string();
+        assert!(msg.contains("invalid priority \"Urgent\""), "{msg}");
+        assert!(changes.is_empty());
+        let (r, _) = run("resolve(\"Fixed\")", &fixed(0));
+        assert!(r.unwrap_err().to_string().contains("False Positive"));
+    }
+
+    #[test]
+    fn changes_are_collected_with_reasons() {
+        let (r, changes) = run("add_tag(\"x\", \"because\"); set_status(\"Escalated\"); comment(\"hi\")", &fixed(0));
+        r.unwrap();
+        assert_eq!(changes.len(), 3);
+        assert_eq!(changes[0].kind, ChangeKind::AddTag("x".into()));
+        assert_eq!(changes[0].reason, "because");
+        assert_eq!(changes[1].reason, "");
+    }
+
+    #[test]
+    fn case_helpers() {
+        let script = r#"
+            let c = #{ tags: ["a", "b"], created_at: 100,
+                       metadata: #{ entity_id: "asset,,10.10.30.20" },
+                       history: [ #{ field: "tags", timestamp: 500, user: "me", api: true },
+                                  #{ field: "status", timestamp: 300, user: "alice" } ] };
+            let e = entity(c);
+            [has_tag(c, "b"), c.has_tag("z"), e.kind, e.ip, last_human_activity(c),
+             priority_rank("High"), priority_rank("nope"), entity(#{})]
+        "#;
+        let (r, _) = run(script, &fixed(0));
+        let v: Vec<Dynamic> = r.unwrap().into_typed_array().unwrap();
+        assert!(v[0].as_bool().unwrap());
+        assert!(!v[1].as_bool().unwrap());
+        assert_eq!(v[2].to_string(), "asset");
+        assert_eq!(v[3].to_string(), "10.10.30.20");
+        assert_eq!(v[4].as_int().unwrap(), 300);
+        assert_eq!(v[5].as_int().unwrap(), 3);
+        assert_eq!(v[6].as_int().unwrap(), 0);
+        assert!(v[7].is_unit());
+    }
+
+    #[test]
+    fn sandbox_stops_runaway_scripts() {
+        let (r, _) = run("loop {}", &fixed(0));
+        assert!(matches!(*r.unwrap_err(), EvalAltResult::ErrorTooManyOperations(_)));
+        let (r, _) = run("fn f(x) { f(x + 1) } f(0)", &fixed(0));
+        assert!(r.is_err());
+        let (r, _) = run("let s = \"x\"; loop { s += s; }", &fixed(0));
+        assert!(matches!(*r.unwrap_err(), EvalAltResult::ErrorDataTooLarge(..)));
+        let (r, _) = run("eval(\"1\")", &fixed(0));
+        assert!(r.is_err());
+    }
+}

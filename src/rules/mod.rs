@@ -1,0 +1,495 @@
+//! Rules: loading `*.rhai` files into compiled ASTs with their `RULE` metadata, the
+//! sandboxed engine they run in, and evaluation of one rule on one case.
+
+mod library;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rhai::{Dynamic, Engine, EvalAltResult, Position, Scope, AST};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+pub use library::EvalEnv;
+
+use crate::plan::Change;
+use crate::stellar::Case;
+
+/// Query hint keys a rule may push down to the server (plus `FROM~`/`TO~` on timestamps
+/// and score, and a `NOT~` prefix on any of them).
+const HINT_KEYS: [&str; 8] = [
+    "status", "priority", "severity", "assignee", "tags", "tenantid", "cust_id", "ticket_id",
+];
+const RANGE_FIELDS: [&str; 3] = ["created_at", "modified_at", "score"];
+
+/// A problem with one rule file, located as precisely as we can.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+impl fmt::Display for RuleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.col, self.message)
+    }
+}
+
+/// A failed evaluation of one rule on one case.
+#[derive(Debug, Clone)]
+pub struct EvalError {
+    pub rule: String,
+    pub case_id: String,
+    pub location: String,
+    pub message: String,
+}
+
+impl fmt::Display for EvalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "rule {} on case {} ({}): {}",
+            self.rule, self.case_id, self.location, self.message
+        )
+    }
+}
+
+/// One compiled rule and its declared metadata.
+pub struct Rule {
+    pub name: String,
+    pub description: String,
+    pub schedule: Option<String>,
+    /// Server-side filter hints, re-checked on each case before evaluation.
+    pub query: Vec<(String, String)>,
+    pub enabled: bool,
+    pub file: PathBuf,
+    /// SHA-256 of the file's text, recorded with every audit row the rule causes.
+    pub source_hash: String,
+    /// `ruleN::evaluate(c)`, calling into the rule's module registered on the engine.
+    call: AST,
+}
+
+impl fmt::Debug for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rule")
+            .field("name", &self.name)
+            .field("file", &self.file)
+            .finish()
+    }
+}
+
+/// All rules of a folder, in file-name order, sharing one engine.
+#[derive(Clone)]
+pub struct RuleSet {
+    pub rules: Vec<Arc<Rule>>,
+    engine: Arc<Engine>,
+    /// SHA-256 over every rule file's name and text.
+    pub fingerprint: String,
+}
+
+impl RuleSet {
+    /// Loads every `*.rhai` in `dir`. All problems are returned, not only the first.
+    pub fn load_dir(dir: &Path) -> Result<RuleSet, Vec<RuleError>> {
+        let at_dir = |message: String| {
+            vec![RuleError {
+                file: dir.to_path_buf(),
+                line: 0,
+                col: 0,
+                message,
+            }]
+        };
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| at_dir(format!("cannot read the rules folder: {e} (daemon.rules_dir)")))?;
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "rhai") && p.is_file())
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(at_dir(
+                "no *.rhai rule files here; copy one from the project's rules/ folder".into(),
+            ));
+        }
+        let sources = files
+            .into_iter()
+            .map(|f| {
+                let text = std::fs::read_to_string(&f);
+                (f, text)
+            })
+            .collect::<Vec<_>>();
+        let mut errors = Vec::new();
+        let mut loaded = Vec::new();
+        for (file, text) in sources {
+            match text {
+                Ok(text) => loaded.push((file, text)),
+                Err(e) => errors.push(RuleError {
+                    file,
+                    line: 0,
+                    col: 0,
+                    message: format!("cannot read: {e}"),
+                }),
+            }
+        }
+        let set = RuleSet::from_sources(loaded);
+        match set {
+            Ok(set) if errors.is_empty() => Ok(set),
+            Ok(_) => Err(errors),
+            Err(mut more) => {
+                errors.append(&mut more);
+                Err(errors)
+            }
+        }
+    }
+
+    /// Compiles rules from (file name, text) pairs, already in the order they run in.
+    pub fn from_sources(sources: Vec<(PathBuf, String)>) -> Result<RuleSet, Vec<RuleError>> {
+        let loader = library::engine();
+        let mut errors = Vec::new();
+        let mut compiled: Vec<(Rule, rhai::Module)> = Vec::new();
+        let mut hasher = Sha256::new();
+        for (file, text) in &sources {
+            hasher.update(file.file_name().map(|n| n.as_encoded_bytes()).unwrap_or(b""));
+            hasher.update([0]);
+            hasher.update(text.as_bytes());
+            hasher.update([0]);
+            match compile(&loader, file, text) {
+                Ok((rule, module)) => {
+                    if let Some((first, _)) = compiled.iter().find(|(r, _)| r.name == rule.name) {
+                        let (line, col) = locate(text, "name");
+                        errors.push(RuleError {
+                            file: file.clone(),
+                            line,
+                            col,
+                            message: format!(
+                                "duplicate rule name {:?}: {} already uses it; names must be unique",
+                                rule.name,
+                                first.file.display()
+                            ),
+                        });
+                    } else {
+                        compiled.push((rule, module));
+                    }
+                }
+                Err(mut e) => errors.append(&mut e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        // Each rule becomes a static module `ruleN`; calling `ruleN::evaluate(c)` runs the
+        // function with its file's constants (`global::X`) without re-running the file.
+        let mut engine = library::engine();
+        for (i, (_, module)) in compiled.iter_mut().enumerate() {
+            engine.register_static_module(format!("rule{i}"), std::mem::take(module).into());
+        }
+        let mut scope = Scope::new();
+        scope.push("c", Dynamic::UNIT);
+        let mut rules = Vec::new();
+        for (i, (mut rule, _)) in compiled.into_iter().enumerate() {
+            rule.call = engine
+                .compile_with_scope(&scope, format!("rule{i}::evaluate(c)"))
+                .map_err(|e| {
+                    vec![RuleError {
+                        file: rule.file.clone(),
+                        line: 0,
+                        col: 0,
+                        message: format!("internal error preparing the rule: {e}"),
+                    }]
+                })?;
+            rules.push(Arc::new(rule));
+        }
+        Ok(RuleSet {
+            rules,
+            engine: Arc::new(engine),
+            fingerprint: hex::encode(hasher.finalize()),
+        })
+    }
+
+    /// Runs `rule` on one case (already converted with [`case_to_dynamic`]).
+    pub fn evaluate(
+        &self,
+        rule: &Rule,
+        case_id: &str,
+        case: Dynamic,
+        env: &EvalEnv,
+    ) -> Result<Vec<Change>, EvalError> {
+        library::begin(env, &rule.name);
+        let mut scope = Scope::new();
+        scope.push("c", case);
+        let result = self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, &rule.call);
+        let changes = library::finish();
+        match result {
+            Ok(_) => Ok(changes),
+            Err(err) => {
+                let (message, pos) = innermost(*err);
+                Err(EvalError {
+                    rule: rule.name.clone(),
+                    case_id: case_id.to_string(),
+                    location: format!(
+                        "{}:{}:{}",
+                        rule.file.display(),
+                        pos.line().unwrap_or(0),
+                        pos.position().unwrap_or(0)
+                    ),
+                    message,
+                })
+            }
+        }
+    }
+}
+
+/// The case as a Rhai map; convert once per case and clone per rule.
+pub fn case_to_dynamic(case: &Case) -> Dynamic {
+    rhai::serde::to_dynamic(case.raw()).unwrap_or(Dynamic::UNIT)
+}
+
+/// The deepest error in a chain of function calls, without its position, and that position.
+fn innermost(err: EvalAltResult) -> (String, Position) {
+    match err {
+        EvalAltResult::ErrorInFunctionCall(_, _, inner, _) => innermost(*inner),
+        EvalAltResult::ErrorTooManyOperations(pos) => (
+            "stopped: too many operations (an endless loop?)".into(),
+            pos,
+        ),
+        EvalAltResult::ErrorStackOverflow(pos) => (
+            "stopped: calls nested too deep (endless recursion?)".into(),
+            pos,
+        ),
+        EvalAltResult::ErrorDataTooLarge(what, pos) => {
+            (format!("stopped: {what} grew beyond the sandbox limit"), pos)
+        }
+        mut other => {
+            let pos = other.take_position();
+            (other.to_string(), pos)
+        }
+    }
+}
+
+/// Line and column of the first occurrence of `needle` in `text` (1-based), or 1:1.
+fn locate(text: &str, needle: &str) -> (usize, usize) {
+    text.lines()
+        .enumerate()
+        .find_map(|(i, l)| l.find(needle).map(|c| (i + 1, c + 1)))
+        .unwrap_or((1, 1))
+}
+
+fn compile(engine: &Engine, file: &Path, text: &str) -> Result<(Rule, rhai::Module), Vec<RuleError>> {
+    let err = |line: usize, col: usize, message: String| {
+        vec![RuleError {
+            file: file.to_path_buf(),
+            line,
+            col,
+            message,
+        }]
+    };
+    let at = |needle: &str, message: String| {
+        let (line, col) = locate(text, needle);
+        err(line, col, message)
+    };
+    let mut ast = engine.compile(text).map_err(|e| {
+        err(
+            e.position().line().unwrap_or(0),
+            e.position().position().unwrap_or(0),
+            format!("syntax error: {}", e.err_type()),
+        )
+    })?;
+    ast.set_source(file.display().to_string());
+    if !ast
+        .iter_functions()
+        .any(|f| f.name == "evaluate" && f.params.len() == 1)
+    {
+        return Err(at(
+            "fn ",
+            "no `fn evaluate(c)` with one argument: every rule needs one".into(),
+        ));
+    }
+    // Run the top level once, only to read the RULE constant.
+    let mut scope = Scope::new();
+    library::begin(&EvalEnv::default(), "<loading>");
+    let run = engine.run_ast_with_scope(&mut scope, &ast);
+    library::finish();
+    if let Err(e) = run {
+        let (message, pos) = innermost(*e);
+        return Err(err(
+            pos.line().unwrap_or(0),
+            pos.position().unwrap_or(0),
+            format!("error while loading: {message}"),
+        ));
+    }
+    // Functions called later without re-running the top level still need its constants
+    // (`global::MAX_HOURS`): a module built from the AST encapsulates them with each function.
+    let module = rhai::Module::eval_ast_as_new(Scope::new(), &ast, engine).map_err(|e| {
+        let (message, pos) = innermost(*e);
+        err(pos.line().unwrap_or(0), pos.position().unwrap_or(0), format!("error while loading: {message}"))
+    })?;
+    let Some(meta) = scope.get_value::<rhai::Map>("RULE") else {
+        return Err(err(
+            1,
+            1,
+            "no `const RULE = #{ name: \"...\", ... };` map at the top level".into(),
+        ));
+    };
+    let get_str = |key: &str| -> Result<Option<String>, Vec<RuleError>> {
+        match meta.get(key) {
+            None => Ok(None),
+            Some(v) if v.is_string() => Ok(Some(v.to_string())),
+            Some(v) => Err(at(
+                &format!("{key}:"),
+                format!("RULE.{key} must be a string, not {}", v.type_name()),
+            )),
+        }
+    };
+    for key in meta.keys() {
+        if !["name", "description", "schedule", "query", "enabled"].contains(&key.as_str()) {
+            return Err(at(
+                &format!("{key}:"),
+                format!("unknown RULE key {key:?}: expected name, description, schedule, query, enabled"),
+            ));
+        }
+    }
+    let name = get_str("name")?.filter(|n| !n.trim().is_empty()).ok_or_else(|| {
+        at("RULE", "RULE.name is missing: every rule needs a unique name".into())
+    })?;
+    let schedule = get_str("schedule")?;
+    if let Some(s) = &schedule {
+        validate_cron(s).map_err(|e| at("schedule", format!("RULE.schedule: {e}")))?;
+    }
+    let enabled = match meta.get("enabled") {
+        None => true,
+        Some(v) => v
+            .as_bool()
+            .map_err(|t| at("enabled", format!("RULE.enabled must be true or false, not {t}")))?,
+    };
+    let query = match meta.get("query") {
+        None => Vec::new(),
+        Some(q) => match q.read_lock::<rhai::Map>() {
+            Some(map) => parse_hints(&map).map_err(|m| at("query", format!("RULE.query: {m}")))?,
+            None => return Err(at("query", "RULE.query must be a map like #{ status: \"New\" }".into())),
+        },
+    };
+    let rule = Rule {
+        name,
+        description: get_str("description")?.unwrap_or_default(),
+        schedule,
+        query,
+        enabled,
+        file: file.to_path_buf(),
+        source_hash: hex::encode(Sha256::digest(text.as_bytes())),
+        call: AST::empty(),
+    };
+    Ok((rule, module))
+}
+
+fn parse_hints(map: &rhai::Map) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for (key, value) in map {
+        let bare = key.strip_prefix("NOT~").unwrap_or(key);
+        let known = HINT_KEYS.contains(&bare)
+            || ["FROM~", "TO~"].iter().any(|p| {
+                bare.strip_prefix(p)
+                    .is_some_and(|f| RANGE_FIELDS.contains(&f))
+            });
+        if !known {
+            return Err(format!(
+                "unknown filter {key:?}: expected one of {}, FROM~/TO~ on {}, optionally NOT~",
+                HINT_KEYS.join(", "),
+                RANGE_FIELDS.join(", ")
+            ));
+        }
+        let text = if let Some(arr) = value.read_lock::<rhai::Array>() {
+            arr.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(",")
+        } else if value.is_string() || value.is_int() || value.is_float() {
+            value.to_string()
+        } else {
+            return Err(format!("{key}: expected a string, number or list, not {}", value.type_name()));
+        };
+        out.push((key.to_string(), text));
+    }
+    Ok(out)
+}
+
+/// Whether a case satisfies a rule's query hints (servers may ignore filters).
+pub fn hints_match(case: &Case, hints: &[(String, String)]) -> bool {
+    hints.iter().all(|(k, v)| {
+        let (key, negate) = match k.strip_prefix("NOT~") {
+            Some(key) => (key, true),
+            None => (k.as_str(), false),
+        };
+        filter_matches(case.raw(), key, v) != negate
+    })
+}
+
+/// One Cases API filter (without `NOT~`) applied to a case object; shared with the
+/// simulator so the server and the client agree on what a filter means.
+pub fn filter_matches(case: &serde_json::Map<String, Value>, key: &str, value: &str) -> bool {
+    let str_field = |k: &str| case.get(k).and_then(Value::as_str).unwrap_or("");
+    let list = || value.split(',').map(str::trim);
+    if let Some(field) = key.strip_prefix("FROM~") {
+        let bound: f64 = value.parse().unwrap_or(f64::MIN);
+        return num_field(case, field).is_some_and(|v| v >= bound);
+    }
+    if let Some(field) = key.strip_prefix("TO~") {
+        let bound: f64 = value.parse().unwrap_or(f64::MAX);
+        return num_field(case, field).is_some_and(|v| v <= bound);
+    }
+    match key {
+        "status" | "assignee" => list().any(|v| v == str_field(key)),
+        "priority" | "severity" => {
+            let p = match str_field("priority") {
+                "" => str_field("severity"),
+                p => p,
+            };
+            list().any(|v| v == p)
+        }
+        "tenantid" | "cust_id" => list().any(|v| v == str_field("cust_id")),
+        "ticket_id" => list().any(|v| case.get("ticket_id").is_some_and(|t| t.to_string() == v)),
+        "tags" => {
+            let tags = case.get("tags").and_then(Value::as_array);
+            list().any(|v| tags.is_some_and(|t| t.iter().any(|x| x.as_str() == Some(v))))
+        }
+        _ => true,
+    }
+}
+
+fn num_field(case: &serde_json::Map<String, Value>, field: &str) -> Option<f64> {
+    let v = case.get(field).or_else(|| match field {
+        "score" => case.get("case_score"),
+        _ => None,
+    })?;
+    v.as_f64()
+}
+
+/// Checks a 6-field cron expression (seconds first), as the scheduler will read it.
+pub fn validate_cron(expr: &str) -> Result<croner::Cron, String> {
+    if expr.split_whitespace().count() != 6 {
+        return Err(format!(
+            "{expr:?} is not a 6-field cron expression (sec min hour day month weekday), e.g. \"0 */5 * * * *\""
+        ));
+    }
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .build()
+        .parse(expr)
+        .map_err(|e| format!("{expr:?} is not a valid cron expression: {e}"))
+}
+
+/// Cases from a JSON document: one case, an array of cases, or the API's envelope
+/// `{"data": {"cases": [...]}}` (or `{"data": {case}}`).
+pub fn cases_from_json(v: Value) -> Option<Vec<Value>> {
+    match v {
+        Value::Array(items) => Some(items),
+        Value::Object(mut obj) => match obj.remove("data") {
+            Some(Value::Object(mut data)) => match data.remove("cases") {
+                Some(Value::Array(items)) => Some(items),
+                Some(_) => None,
+                None => Some(vec![Value::Object(data)]),
+            },
+            Some(_) => None,
+            None => Some(vec![Value::Object(obj)]),
+        },
+        _ => None,
+    }
+}

@@ -1,0 +1,180 @@
+//! A deterministic, realistic population of cases, users and tenants for the simulator.
+
+use serde_json::{json, Value};
+
+use crate::config::ApiFlavor;
+
+/// A user of the simulated server.
+#[derive(Debug, Clone)]
+pub struct SimUser {
+    pub user_id: String,
+    pub email: String,
+    pub name: String,
+}
+
+pub const TENANTS: [(&str, &str); 3] = [
+    ("3b5cd2d5bd1c4b8a9b8a2f0e1d6c7a10", "Acme Corp"),
+    ("7e2f6a0c3d9b4e1f8a5c2b7d0e4f6a21", "Globex"),
+    ("c41d8a7e5f2b4c0d9e3a6b1f7c8d2e32", "Initech"),
+];
+
+const PEOPLE: [(&str, &str); 6] = [
+    ("alice@example.com", "Alice Ng"),
+    ("bob@example.com", "Bob Ortiz"),
+    ("carol@example.com", "Carol Singh"),
+    ("dave@example.com", "Dave Kim"),
+    ("soc-phishing@example.com", "Phishing desk"),
+    ("soc-tier2@example.com", "Tier 2 queue"),
+];
+
+const NAMES: [&str; 8] = [
+    "Carbon Black:XDR Endpoint Indicator of Threat",
+    "Suspicious PowerShell execution",
+    "Phishing email reported by user",
+    "Brute force login attempts",
+    "Outbound traffic to known C2 domain",
+    "Impossible travel sign-in",
+    "Malware detected on endpoint",
+    "Data exfiltration over DNS",
+];
+
+const TAGS: [&str; 7] = [
+    "phishing", "malware", "vpn", "pci", "vip", "insider", "October-event",
+];
+
+const HOUR: i64 = 3_600_000;
+const DAY: i64 = 24 * HOUR;
+
+/// A stable 32-hex id derived from a label, so the same seed always gives the same ids.
+pub fn hex_id(label: &str, n: u64) -> String {
+    let mut rng = fastrand::Rng::with_seed(n ^ label.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3)));
+    (0..32).map(|_| char::from_digit(rng.u32(0..16), 16).unwrap_or('0')).collect()
+}
+
+/// The server's users: the API user first, then the people cases are assigned to.
+pub fn users(api_user: &str) -> Vec<SimUser> {
+    std::iter::once((api_user, "casewarden automation"))
+        .chain(PEOPLE)
+        .enumerate()
+        .map(|(i, (email, name))| SimUser {
+            user_id: hex_id(email, i as u64),
+            email: email.to_string(),
+            name: name.to_string(),
+        })
+        .collect()
+}
+
+/// `n` cases drawn from `seed`, with ages counted back from `now_ms`.
+pub fn generate(n: usize, seed: u64, now_ms: i64, flavor: ApiFlavor, users: &[SimUser]) -> Vec<Value> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let people = &users[1..];
+    (0..n)
+        .map(|i| one_case(&mut rng, i, now_ms, flavor, people))
+        .collect()
+}
+
+fn pick<'a, T>(rng: &mut fastrand::Rng, weighted: &'a [(T, u32)]) -> &'a T {
+    let total: u32 = weighted.iter().map(|(_, w)| w).sum();
+    let mut roll = rng.u32(0..total);
+    for (item, w) in weighted {
+        if roll < *w {
+            return item;
+        }
+        roll -= w;
+    }
+    &weighted[0].0
+}
+
+/// Log-uniform between `lo` and `hi` ms: many young cases, a long tail of old ones.
+fn age(rng: &mut fastrand::Rng, lo: i64, hi: i64) -> i64 {
+    let (l, h) = ((lo as f64).ln(), (hi as f64).ln());
+    (l + rng.f64() * (h - l)).exp() as i64
+}
+
+fn one_case(rng: &mut fastrand::Rng, i: usize, now: i64, flavor: ApiFlavor, people: &[SimUser]) -> Value {
+    let status = *pick(
+        rng,
+        &[("New", 30), ("In Progress", 25), ("Escalated", 10), ("Resolved", 25), ("Cancelled", 10)],
+    );
+    let priority = *pick(rng, &[("Low", 30), ("Medium", 35), ("High", 25), ("Critical", 10)]);
+    let case_age = match status {
+        "New" if rng.u32(0..100) < 80 => age(rng, 5 * 60_000, 20 * HOUR),
+        "New" => age(rng, DAY, 10 * DAY),
+        "In Progress" | "Escalated" => age(rng, HOUR, 90 * DAY),
+        _ => age(rng, DAY, 180 * DAY),
+    };
+    let created = now - case_age;
+    let modified = created + (rng.f64() * case_age as f64 * 0.3) as i64;
+    let acknowledged = if status == "New" && rng.u32(0..100) < 70 {
+        0
+    } else {
+        created + (rng.f64() * (modified - created) as f64) as i64
+    };
+    let closed = if matches!(status, "Resolved" | "Cancelled") { modified } else { 0 };
+    let assignee = if status == "New" && rng.u32(0..100) < 75 {
+        String::new()
+    } else {
+        people[rng.usize(0..4)].user_id.clone()
+    };
+    let mut tags: Vec<&str> = Vec::new();
+    for t in TAGS {
+        if rng.u32(0..100) < 10 {
+            tags.push(t);
+        }
+    }
+    let octet = *pick(rng, &[(10u8, 12), (20, 12), (30, 40), (40, 36)]);
+    let ip = format!("10.{octet}.{}.{}", rng.u8(0..=254), rng.u8(1..=254));
+    let entity_id = match rng.u32(0..10) {
+        0..=5 => format!("asset,,{ip}"),
+        6..=7 => format!("user,{}{},,{ip}", ["jdoe", "asmith", "mlee"][rng.usize(0..3)], rng.u8(1..99)),
+        _ => format!("host,{},{},{ip}", ["vpn-gw", "web", "db"][rng.usize(0..3)], hex_id("host", rng.u64(..))),
+    };
+    let (tenant, _) = TENANTS[rng.usize(0..TENANTS.len())];
+    let score = rng.u32(1..=100);
+    let mut history = vec![json!({"field": "created_at", "timestamp": created, "user": "System"})];
+    if !assignee.is_empty() {
+        history.push(json!({"field": "assignee", "from": "", "to": assignee, "timestamp": acknowledged.max(created + 1), "user": people[rng.usize(0..4)].user_id}));
+    }
+    if status != "New" {
+        history.push(json!({"field": "status", "from": "New", "to": status, "timestamp": modified, "user": people[rng.usize(0..4)].user_id}));
+    }
+    let event_ids: Vec<Value> = (0..rng.usize(1..5))
+        .map(|_| json!({"_id": hex_id("event", rng.u64(..)), "_index": "aella-ser-1658966542094-"}))
+        .collect();
+    let mut case = json!({
+        "_id": hex_id("case", i as u64 ^ 0x5eed),
+        "ticket_id": 60000 + i as i64,
+        "name": NAMES[rng.usize(0..NAMES.len())],
+        "status": status,
+        "priority_num": crate::stellar::model::priority_rank(priority),
+        "assignee": assignee,
+        "tags": tags,
+        "created_at": created,
+        "created_by": "System",
+        "modified_at": modified,
+        "modified_by": "System",
+        "acknowledged": acknowledged,
+        "closed": closed,
+        "size": event_ids.len(),
+        "cust_id": tenant,
+        "resolution": "",
+        "start_timestamp": created - 600_000,
+        "end_timestamp": modified,
+        "metadata": {"entity_id": entity_id, "algorithm": "algorithm_4.0", "description_auto": "generated by casewarden simulate"},
+        "history": history,
+        "event_ids": event_ids,
+        "version": if status == "New" { 1 } else { 3 },
+    });
+    let obj = case.as_object_mut().expect("json! object");
+    match flavor {
+        ApiFlavor::Legacy => {
+            obj.insert("priority".into(), json!(priority));
+            obj.insert("case_score".into(), json!(score));
+        }
+        ApiFlavor::V5 => {
+            obj.insert("severity".into(), json!(priority));
+            obj.insert("score".into(), json!(score));
+        }
+    }
+    case
+}

@@ -1,0 +1,739 @@
+//! The Cases API simulator: an axum server that behaves like a Stellar Cyber server
+//! (tokens, filters, paging, both update flavours, history, comments, users, tenants) with
+//! switchable faults. `casewarden simulate`, the demo, the tests and the benchmarks use it.
+
+pub mod data;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::extract::{Path as UrlPath, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use serde_json::{json, Map, Value};
+
+use crate::config::ApiFlavor;
+use crate::stellar::model::{PRIORITIES, RESOLUTIONS, STATUSES};
+use data::SimUser;
+
+/// How the simulator starts.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    pub cases: usize,
+    pub seed: u64,
+    pub flavor: ApiFlavor,
+    pub user: String,
+    pub api_key: String,
+    pub token_ttl_secs: u64,
+    /// Cases loaded from a JSON array instead of generated.
+    pub cases_file: Option<PathBuf>,
+    pub faults: Faults,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions {
+            cases: 200,
+            seed: 1,
+            flavor: ApiFlavor::Legacy,
+            user: "demo@example.com".into(),
+            api_key: "demo-key".into(),
+            token_ttl_secs: 600,
+            cases_file: None,
+            faults: Faults::default(),
+        }
+    }
+}
+
+/// Misbehaviour to inject, switchable at run time through [`Simulator::state`].
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Added to every answer.
+    pub latency_ms: u64,
+    /// Share of API requests (not token requests) answered with 503.
+    pub error_rate: f64,
+    /// Every Nth API request starts a burst of `rate_limit_burst` 429 answers.
+    pub rate_limit_every: u64,
+    pub rate_limit_burst: u64,
+    pub retry_after_secs: u64,
+    /// Updates to these case ids always answer 500 (and change nothing).
+    pub fail_updates_for: HashSet<String>,
+    /// Every API request answers 503 (the server "goes away").
+    pub down: bool,
+}
+
+/// One request as the simulator saw it.
+#[derive(Debug, Clone)]
+pub struct SeenRequest {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub status: u16,
+}
+
+/// The simulator's data and counters; tests lock it to inspect or rig the server.
+pub struct SimState {
+    pub flavor: ApiFlavor,
+    pub cases: Vec<Value>,
+    index: HashMap<String, usize>,
+    pub comments: HashMap<String, Vec<Value>>,
+    pub users: Vec<SimUser>,
+    api_user: String,
+    api_key: String,
+    pub token_ttl_secs: u64,
+    tokens: HashMap<String, i64>,
+    /// Every JWT handed out, so tests can grep logs for them.
+    pub issued_tokens: Vec<String>,
+    pub requests: Vec<SeenRequest>,
+    pub faults: Faults,
+    rng: fastrand::Rng,
+    api_requests: u64,
+    burst_left: u64,
+}
+
+impl SimState {
+    pub fn new(opts: &SimOptions) -> anyhow::Result<SimState> {
+        let users = data::users(&opts.user);
+        let cases = match &opts.cases_file {
+            Some(path) => load_cases(path)?,
+            None => data::generate(opts.cases, opts.seed, crate::now_ms(), opts.flavor, &users),
+        };
+        let index = cases
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| Some((c.get("_id")?.as_str()?.to_string(), i)))
+            .collect();
+        Ok(SimState {
+            flavor: opts.flavor,
+            cases,
+            index,
+            comments: HashMap::new(),
+            users,
+            api_user: opts.user.clone(),
+            api_key: opts.api_key.clone(),
+            token_ttl_secs: opts.token_ttl_secs,
+            tokens: HashMap::new(),
+            issued_tokens: Vec::new(),
+            requests: Vec::new(),
+            faults: opts.faults.clone(),
+            rng: fastrand::Rng::with_seed(opts.seed ^ 0xfa17),
+            api_requests: 0,
+            burst_left: 0,
+        })
+    }
+
+    /// A case by id, as the server currently holds it.
+    pub fn case(&self, id: &str) -> Option<&Value> {
+        self.index.get(id).map(|&i| &self.cases[i])
+    }
+
+    /// Adds or replaces a case (tests plant exactly the cases they need).
+    pub fn put_case(&mut self, case: Value) {
+        let Some(id) = case.get("_id").and_then(Value::as_str).map(str::to_string) else {
+            return;
+        };
+        match self.index.get(&id) {
+            Some(&i) => self.cases[i] = case,
+            None => {
+                self.index.insert(id, self.cases.len());
+                self.cases.push(case);
+            }
+        }
+    }
+
+    /// Makes every issued token invalid, as if they had all expired.
+    pub fn expire_tokens(&mut self) {
+        self.tokens.clear();
+    }
+
+    /// Update and comment requests received (POST/PUT on cases), whatever their answer.
+    pub fn write_requests(&self) -> usize {
+        self.requests
+            .iter()
+            .filter(|r| (r.method == "POST" || r.method == "PUT") && r.path.contains("/cases"))
+            .count()
+    }
+
+    /// The user id history entries carry for changes made through the API.
+    pub fn api_user_id(&self) -> &str {
+        &self.users[0].user_id
+    }
+
+    /// A person changing a case in the UI: records history without `api`.
+    pub fn human_change(&mut self, case_id: &str, user_email: &str, field: &str, to: Value) {
+        let user = self
+            .users
+            .iter()
+            .find(|u| u.email == user_email)
+            .map(|u| u.user_id.clone())
+            .unwrap_or_else(|| user_email.to_string());
+        if let Some(&i) = self.index.get(case_id) {
+            let case = self.cases[i].as_object_mut().expect("cases are objects");
+            let from = case.get(field).cloned().unwrap_or(Value::Null);
+            let now = crate::now_ms();
+            case.insert(field.to_string(), to.clone());
+            case.insert("modified_at".into(), json!(now));
+            push_history(case, json!({"field": field, "from": from, "to": to, "timestamp": now, "user": user}));
+        }
+    }
+}
+
+fn load_cases(path: &Path) -> anyhow::Result<Vec<Value>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("--cases-file {}: {e}", path.display()))?;
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("--cases-file {}: not JSON: {e}", path.display()))?;
+    match crate::rules::cases_from_json(v) {
+        Some(cases) => Ok(cases),
+        None => anyhow::bail!(
+            "--cases-file {}: expected a JSON array of cases (or the API's {{\"data\":{{\"cases\":[...]}}}})",
+            path.display()
+        ),
+    }
+}
+
+type Shared = Arc<Mutex<SimState>>;
+
+/// A running simulator.
+pub struct Simulator {
+    pub addr: SocketAddr,
+    /// Base URL to put in `stellar.url`.
+    pub url: String,
+    state: Shared,
+    handle: axum_server::Handle<SocketAddr>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Simulator {
+    /// Binds `listen` (port 0 picks a free port) and serves in the background. With
+    /// `tls_cert_out`, serves HTTPS and writes the CA certificate that signed its
+    /// certificate there, for `stellar.ca_file`.
+    pub async fn start(
+        opts: SimOptions,
+        listen: SocketAddr,
+        tls_cert_out: Option<&Path>,
+    ) -> anyhow::Result<Simulator> {
+        let state: Shared = Arc::new(Mutex::new(SimState::new(&opts)?));
+        let app = router(state.clone());
+        let listener = std::net::TcpListener::bind(listen)
+            .map_err(|e| anyhow::anyhow!("simulator cannot listen on {listen}: {e}"))?;
+        let addr = listener.local_addr()?;
+        let handle = axum_server::Handle::new();
+        let (scheme, task) = match tls_cert_out {
+            Some(out) => {
+                let (ca_pem, cert_pem, key_pem) = self_signed_chain()?;
+                std::fs::write(out, ca_pem)
+                    .map_err(|e| anyhow::anyhow!("--tls-cert-out {}: {e}", out.display()))?;
+                let config = axum_server::tls_rustls::RustlsConfig::from_pem(cert_pem.into_bytes(), key_pem.into_bytes()).await?;
+                let server = axum_server::from_tcp_rustls(listener, config)?.handle(handle.clone());
+                ("https", tokio::spawn(server.serve(app.into_make_service())))
+            }
+            None => {
+                let server = axum_server::from_tcp(listener)?.handle(handle.clone());
+                ("http", tokio::spawn(server.serve(app.into_make_service())))
+            }
+        };
+        let host = if tls_cert_out.is_some() && addr.ip().is_loopback() {
+            format!("localhost:{}", addr.port())
+        } else {
+            addr.to_string()
+        };
+        Ok(Simulator {
+            addr,
+            url: format!("{scheme}://{host}"),
+            state,
+            handle,
+            task,
+        })
+    }
+
+    /// Locks the server's state for inspection or rigging.
+    pub fn state(&self) -> MutexGuard<'_, SimState> {
+        lock(&self.state)
+    }
+
+    /// Stops accepting connections and closes open ones.
+    pub async fn stop(self) {
+        self.handle.shutdown();
+        let _ = self.task.await;
+    }
+
+    /// Serves until the task ends (for `casewarden simulate`).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await??;
+        Ok(())
+    }
+}
+
+fn lock(state: &Shared) -> MutexGuard<'_, SimState> {
+    // A handler that panicked left the data as it was; keep serving.
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A CA and a `localhost`/`127.0.0.1` certificate signed by it, all PEM.
+fn self_signed_chain() -> anyhow::Result<(String, String, String)> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "casewarden simulator CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+    let leaf_key = KeyPair::generate()?;
+    let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?
+        .signed_by(&leaf_key, &ca)?;
+    Ok((ca.pem(), leaf.pem(), leaf_key.serialize_pem()))
+}
+
+fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/connect/api/v1/access_token", post(access_token))
+        .route("/connect/api/v1/cases", get(list_cases).post(update_legacy))
+        .route("/connect/api/v1/cases/{id}", get(get_case).put(update_v5))
+        .route(
+            "/connect/api/v1/cases/{id}/comments",
+            get(list_comments).post(add_comment),
+        )
+        .route("/connect/api/v1/users", get(list_users))
+        .route("/connect/api/v1/tenants", get(list_tenants))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), faults_and_log))
+        .with_state(state)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": message.into()}))).into_response()
+}
+
+/// Injects latency, outages, 5xx and 429 bursts, and records every request.
+async fn faults_and_log(State(state): State<Shared>, req: Request, next: Next) -> Response {
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let latency = lock(&state).faults.latency_ms;
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    let injected = {
+        let mut s = lock(&state);
+        let is_token = path.ends_with("/access_token");
+        if s.faults.down {
+            Some(error(StatusCode::SERVICE_UNAVAILABLE, "service unavailable"))
+        } else if is_token {
+            None
+        } else {
+            s.api_requests += 1;
+            let every = s.faults.rate_limit_every;
+            if every > 0 && s.api_requests % every == 0 {
+                s.burst_left = s.faults.rate_limit_burst.max(1);
+            }
+            if s.burst_left > 0 {
+                s.burst_left -= 1;
+                let mut r = error(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
+                r.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    header::HeaderValue::from(s.faults.retry_after_secs),
+                );
+                Some(r)
+            } else if s.faults.error_rate > 0.0 && s.rng.f64() < s.faults.error_rate {
+                Some(error(StatusCode::SERVICE_UNAVAILABLE, "injected fault"))
+            } else {
+                None
+            }
+        }
+    };
+    let resp = match injected {
+        Some(r) => r,
+        None => next.run(req).await,
+    };
+    lock(&state).requests.push(SeenRequest {
+        method,
+        path,
+        query,
+        status: resp.status().as_u16(),
+    });
+    resp
+}
+
+async fn access_token(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    let mut s = lock(&state);
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let ok = if let Some(b) = auth.strip_prefix("Basic ") {
+        base64::engine::general_purpose::STANDARD
+            .decode(b.trim())
+            .ok()
+            .and_then(|raw| String::from_utf8(raw).ok())
+            .is_some_and(|pair| pair == format!("{}:{}", s.api_user, s.api_key))
+    } else if let Some(key) = auth.strip_prefix("Bearer ") {
+        key.trim() == s.api_key
+    } else {
+        false
+    };
+    if !ok {
+        return error(StatusCode::UNAUTHORIZED, "invalid credentials");
+    }
+    let exp = chrono::Utc::now().timestamp() + s.token_ttl_secs as i64;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let n = s.issued_tokens.len();
+    let jwt = format!(
+        "{}.{}.{}",
+        b64.encode(r#"{"alg":"HS256","typ":"JWT"}"#),
+        b64.encode(json!({"sub": s.api_user, "exp": exp, "jti": n, "nonce": s.rng.u64(..)}).to_string()),
+        b64.encode(s.rng.u64(..).to_be_bytes())
+    );
+    s.tokens.insert(jwt.clone(), exp);
+    s.issued_tokens.push(jwt.clone());
+    Json(json!({"access_token": jwt, "exp": exp})).into_response()
+}
+
+/// Checks the Bearer JWT; `Err` is the 401 to send.
+fn authorize(s: &SimState, headers: &HeaderMap) -> Result<(), Response> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    match s.tokens.get(token) {
+        Some(&exp) if exp > chrono::Utc::now().timestamp() => Ok(()),
+        Some(_) => Err(error(StatusCode::UNAUTHORIZED, "token expired")),
+        None => Err(error(StatusCode::UNAUTHORIZED, "invalid token")),
+    }
+}
+
+fn field_str<'a>(case: &'a Value, key: &str) -> &'a str {
+    case.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+fn priority_key(flavor: ApiFlavor) -> &'static str {
+    match flavor {
+        ApiFlavor::Legacy => "priority",
+        ApiFlavor::V5 => "severity",
+    }
+}
+
+async fn list_cases(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Response {
+    let s = lock(&state);
+    if let Err(r) = authorize(&s, &headers) {
+        return r;
+    }
+    let mut limit = 100usize;
+    let mut skip = 0usize;
+    let mut sort: Option<String> = None;
+    let mut desc = false;
+    let mut filters = Vec::new();
+    for (k, v) in &params {
+        match k.as_str() {
+            "limit" => match v.parse::<usize>() {
+                Ok(n) => limit = n.min(500),
+                Err(_) => return error(StatusCode::BAD_REQUEST, format!("limit: not a number: {v}")),
+            },
+            "skip" => match v.parse::<usize>() {
+                Ok(n) => skip = n,
+                Err(_) => return error(StatusCode::BAD_REQUEST, format!("skip: not a number: {v}")),
+            },
+            "sort" => sort = Some(v.clone()),
+            "order" => desc = v.eq_ignore_ascii_case("desc"),
+            _ => match k.strip_prefix("NOT~") {
+                Some(key) => filters.push((key.to_string(), v.clone(), true)),
+                None => filters.push((k.clone(), v.clone(), false)),
+            },
+        }
+    }
+    let mut hits: Vec<&Value> = s
+        .cases
+        .iter()
+        .filter(|c| {
+            filters
+                .iter()
+                .all(|(k, v, negate)| {
+                    c.as_object()
+                        .is_some_and(|o| crate::rules::filter_matches(o, k, v))
+                        != *negate
+                })
+        })
+        .collect();
+    if let Some(key) = &sort {
+        hits.sort_by(|a, b| {
+            let (x, y) = (a.get(key), b.get(key));
+            let ord = match (x.and_then(Value::as_f64), y.and_then(Value::as_f64)) {
+                (Some(x), Some(y)) => x.total_cmp(&y),
+                _ => field_str(a, key).cmp(field_str(b, key)),
+            };
+            if desc {
+                ord.reverse()
+            } else {
+                ord
+            }
+        });
+    }
+    let total = hits.len();
+    let page: Vec<&Value> = hits.into_iter().skip(skip).take(limit).collect();
+    Json(json!({"data": {"cases": page, "total": total}})).into_response()
+}
+
+async fn get_case(State(state): State<Shared>, headers: HeaderMap, UrlPath(id): UrlPath<String>) -> Response {
+    let s = lock(&state);
+    if let Err(r) = authorize(&s, &headers) {
+        return r;
+    }
+    match s.case(&id) {
+        Some(c) => Json(json!({"data": c})).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("case {id} not found")),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct IdQuery {
+    id: Option<String>,
+}
+
+async fn update_legacy(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<IdQuery>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(id) = q.id else {
+        return error(StatusCode::BAD_REQUEST, "missing ?id=<case_id>");
+    };
+    update(&state, &headers, &id, &body, ApiFlavor::Legacy)
+}
+
+async fn update_v5(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    update(&state, &headers, &id, &body, ApiFlavor::V5)
+}
+
+fn update(state: &Shared, headers: &HeaderMap, id: &str, body: &[u8], route: ApiFlavor) -> Response {
+    let mut s = lock(state);
+    if let Err(r) = authorize(&s, headers) {
+        return r;
+    }
+    if route != s.flavor {
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("this server speaks the {} update flavour", s.flavor.as_str()),
+        );
+    }
+    if s.faults.fail_updates_for.contains(id) {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+    }
+    let Some(&idx) = s.index.get(id) else {
+        return error(StatusCode::NOT_FOUND, format!("case {id} not found"));
+    };
+    let body: Map<String, Value> = match serde_json::from_slice(body) {
+        Ok(Value::Object(m)) => m,
+        _ => return error(StatusCode::BAD_REQUEST, "body must be a JSON object"),
+    };
+    let changes = match validate_update(&s, &body) {
+        Ok(c) => c,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
+    };
+    let api_user_id = s.api_user_id().to_string();
+    let api_user = s.api_user.clone();
+    let now = crate::now_ms();
+    let case = s.cases[idx].as_object_mut().expect("cases are objects");
+    for (field, to) in changes {
+        let from = case.get(&field).cloned().unwrap_or(Value::Null);
+        let to = if field == "tags" { apply_tags(&from, &to) } else { to };
+        if from == to {
+            continue;
+        }
+        if field == "status" && matches!(to.as_str(), Some("Resolved" | "Cancelled")) {
+            case.insert("closed".into(), json!(now));
+        }
+        case.insert(field.clone(), to.clone());
+        push_history(case, json!({"api": true, "field": field, "from": from, "to": to, "timestamp": now, "user": api_user_id}));
+    }
+    case.insert("modified_at".into(), json!(now));
+    case.insert("modified_by".into(), json!(api_user));
+    let version = case.get("version").and_then(Value::as_i64).unwrap_or(0) + 1;
+    case.insert("version".into(), json!(version));
+    Json(json!({"data": s.cases[idx]})).into_response()
+}
+
+async fn list_comments(State(state): State<Shared>, headers: HeaderMap, UrlPath(id): UrlPath<String>) -> Response {
+    let s = lock(&state);
+    if let Err(r) = authorize(&s, &headers) {
+        return r;
+    }
+    if s.case(&id).is_none() {
+        return error(StatusCode::NOT_FOUND, format!("case {id} not found"));
+    }
+    let comments = s.comments.get(&id).cloned().unwrap_or_default();
+    Json(json!({"data": comments})).into_response()
+}
+
+async fn add_comment(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let mut s = lock(&state);
+    if let Err(r) = authorize(&s, &headers) {
+        return r;
+    }
+    if s.case(&id).is_none() {
+        return error(StatusCode::NOT_FOUND, format!("case {id} not found"));
+    }
+    let text = match serde_json::from_slice::<Value>(&body) {
+        Ok(v) => match v.get("comment").and_then(Value::as_str) {
+            Some(t) if !t.trim().is_empty() => t.to_string(),
+            _ => return error(StatusCode::BAD_REQUEST, "body must be {\"comment\": \"non-empty text\"}"),
+        },
+        Err(_) => return error(StatusCode::BAD_REQUEST, "body must be JSON"),
+    };
+    let comment = json!({
+        "_id": data::hex_id("comment", s.rng.u64(..)),
+        "comment": text,
+        "created_at": crate::now_ms(),
+        "created_by": s.api_user,
+    });
+    s.comments.entry(id).or_default().push(comment.clone());
+    Json(json!({"data": comment})).into_response()
+}
+
+async fn list_users(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    let s = lock(&state);
+    if let Err(r) = authorize(&s, &headers) {
+        return r;
+    }
+    let users: Vec<Value> = s
+        .users
+        .iter()
+        .map(|u| json!({"user_id": u.user_id, "email": u.email, "name": u.name, "roles": ["analyst"]}))
+        .collect();
+    Json(json!({"data": users})).into_response()
+}
+
+async fn list_tenants(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    let s = lock(&state);
+    if let Err(r) = authorize(&s, &headers) {
+        return r;
+    }
+    let tenants: Vec<Value> = data::TENANTS
+        .iter()
+        .map(|(id, name)| json!({"cust_id": id, "cust_name": name}))
+        .collect();
+    Json(json!({"data": tenants})).into_response()
+}
+
+/// The tag list after `{"add": [...], "delete": [...]}`, keeping the existing order.
+fn apply_tags(current: &Value, ops: &Value) -> Value {
+    let strings = |v: Option<&Value>| -> Vec<String> {
+        v.and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect()
+    };
+    let delete = strings(ops.get("delete"));
+    let mut tags: Vec<String> = strings(Some(current))
+        .into_iter()
+        .filter(|t| !delete.contains(t))
+        .collect();
+    for t in strings(ops.get("add")) {
+        if !tags.contains(&t) {
+            tags.push(t);
+        }
+    }
+    json!(tags)
+}
+
+fn push_history(case: &mut Map<String, Value>, entry: Value) {
+    match case.get_mut("history").and_then(Value::as_array_mut) {
+        Some(h) => h.push(entry),
+        None => {
+            case.insert("history".into(), json!([entry]));
+        }
+    }
+}
+
+/// The (field, new value) pairs an update body asks for, or the 400 message.
+fn validate_update(s: &SimState, body: &Map<String, Value>) -> Result<Vec<(String, Value)>, String> {
+    let pkey = priority_key(s.flavor);
+    let mut out = Vec::new();
+    for (key, value) in body {
+        match key.as_str() {
+            "status" => {
+                let v = value.as_str().filter(|v| STATUSES.contains(v)).ok_or_else(|| {
+                    format!("invalid status {value}: expected one of {}", STATUSES.join(", "))
+                })?;
+                out.push(("status".to_string(), json!(v)));
+            }
+            k if k == pkey => {
+                let v = value.as_str().filter(|v| PRIORITIES.contains(v)).ok_or_else(|| {
+                    format!("invalid {pkey} {value}: expected one of {}", PRIORITIES.join(", "))
+                })?;
+                out.push((pkey.to_string(), json!(v)));
+                out.push((
+                    "priority_num".to_string(),
+                    json!(crate::stellar::model::priority_rank(v)),
+                ));
+            }
+            "resolution" if s.flavor == ApiFlavor::V5 => {
+                let v = value.as_str().filter(|v| RESOLUTIONS.contains(v)).ok_or_else(|| {
+                    format!("invalid resolution {value}: expected one of {}", RESOLUTIONS.join(", "))
+                })?;
+                if body.get("status").and_then(Value::as_str) != Some("Resolved") {
+                    return Err("resolution is only accepted with status Resolved".into());
+                }
+                out.push(("resolution".to_string(), json!(v)));
+            }
+            "assignee" => {
+                let v = value.as_str().ok_or("assignee must be a string")?;
+                let user = s
+                    .users
+                    .iter()
+                    .find(|u| u.user_id == v || u.email.eq_ignore_ascii_case(v))
+                    .ok_or_else(|| format!("unknown assignee {v:?}"))?;
+                out.push(("assignee".to_string(), json!(user.user_id)));
+            }
+            "description" => {
+                let v = value.as_str().ok_or("description must be a string")?;
+                out.push(("description".to_string(), json!(v)));
+            }
+            "tags" => {
+                let list = |k: &str| -> Result<Vec<String>, String> {
+                    match value.get(k) {
+                        None => Ok(vec![]),
+                        Some(Value::Array(a)) => a
+                            .iter()
+                            .map(|t| t.as_str().map(str::to_string).ok_or_else(|| format!("tags.{k} must hold strings")))
+                            .collect(),
+                        Some(_) => Err(format!("tags.{k} must be a list")),
+                    }
+                };
+                if !value.is_object() {
+                    return Err("tags must be {\"add\": [...], \"delete\": [...]}".into());
+                }
+                let (add, delete) = (list("add")?, list("delete")?);
+                out.push(("tags".to_string(), json!({"add": add, "delete": delete})));
+            }
+            other => return Err(format!("unknown field {other:?} for the {} flavour", s.flavor.as_str())),
+        }
+    }
+    if out.is_empty() {
+        return Err("at least one of priority, status, assignee, tags or description is required".into());
+    }
+    Ok(out)
+}

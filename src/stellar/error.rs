@@ -1,0 +1,58 @@
+//! Errors from talking to the Cases API, written for the operator who reads them.
+
+/// How many bytes of a server's error body an error carries.
+const BODY_EXCERPT: usize = 300;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("the API key was rejected by {url} (HTTP 401 on the access_token call); check stellar.user and the key file")]
+    KeyRejected { url: String },
+    #[error("{what}: HTTP {status}: {body}")]
+    Status {
+        what: String,
+        status: u16,
+        body: String,
+    },
+    #[error("{what}: {detail} (gave up after {attempts} attempt(s))")]
+    Transport {
+        what: String,
+        detail: String,
+        attempts: u32,
+    },
+    #[error("{what}: HTTP {status} after {attempts} attempt(s): {body}")]
+    GaveUp {
+        what: String,
+        status: u16,
+        attempts: u32,
+        body: String,
+    },
+    #[error("{what}: the server's answer is not what the Cases API sends: {detail}")]
+    BadResponse { what: String, detail: String },
+    #[error("cannot set up the HTTP client: {0}")]
+    Setup(String),
+}
+
+impl ApiError {
+    /// The HTTP status the server answered with, when there was one.
+    pub fn http_status(&self) -> Option<u16> {
+        match self {
+            ApiError::Status { status, .. } | ApiError::GaveUp { status, .. } => Some(*status),
+            ApiError::KeyRejected { .. } => Some(401),
+            _ => None,
+        }
+    }
+}
+
+/// A body trimmed to a readable excerpt; bodies never contain our credentials, but they
+/// can be megabytes of HTML.
+pub(crate) fn excerpt(body: &str) -> String {
+    let body = body.trim();
+    if body.len() <= BODY_EXCERPT {
+        return body.to_string();
+    }
+    let mut end = BODY_EXCERPT;
+    while !body.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &body[..end], body.len())
+}

@@ -1,0 +1,525 @@
+//! The Cases API client: token handling, retries, paging and the update calls of both API
+//! flavours. One `Client` is built per process and cloned cheaply.
+
+mod auth;
+mod error;
+pub mod model;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::header::{AUTHORIZATION, RETRY_AFTER};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use tracing::Instrument;
+
+pub use auth::Credentials;
+pub use error::ApiError;
+pub use model::{Case, CaseParseError};
+
+use crate::config::{ApiFlavor, Config};
+use crate::secret::Secret;
+use error::excerpt;
+
+/// Largest answer we read; a page of 500 cases with long histories stays far below it.
+const MAX_BODY: usize = 64 * 1024 * 1024;
+/// Longest wait a `Retry-After` can impose on one attempt.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
+
+/// Everything needed to build a [`Client`], separate from `Config` so tests and the demo
+/// can build one without a file.
+#[derive(Clone)]
+pub struct ClientSettings {
+    pub url: String,
+    pub flavor: ApiFlavor,
+    pub credentials: Credentials,
+    pub ca_pem: Option<Vec<u8>>,
+    pub insecure_skip_tls_verify: bool,
+    pub timeout: Duration,
+    pub page_size: u32,
+    pub max_attempts: u32,
+    pub retry_base: Duration,
+}
+
+impl ClientSettings {
+    /// Settings from the `[stellar]` section, reading the key and CA file.
+    pub fn from_config(config: &Config) -> anyhow::Result<ClientSettings> {
+        let s = &config.stellar;
+        let ca_pem = match &s.ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                anyhow::anyhow!("stellar.ca_file {}: {e}", path.display())
+            })?),
+            None => None,
+        };
+        Ok(ClientSettings {
+            url: s.url.clone(),
+            flavor: s.api_flavor,
+            credentials: Credentials {
+                user: s.user.clone(),
+                key: config.api_key()?,
+            },
+            ca_pem,
+            insecure_skip_tls_verify: s.insecure_skip_tls_verify,
+            timeout: Duration::from_secs(s.timeout_secs),
+            page_size: s.page_size,
+            max_attempts: s.max_attempts,
+            retry_base: Duration::from_millis(s.retry_base_ms),
+        })
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    base: String,
+    flavor: ApiFlavor,
+    user: Option<String>,
+    page_size: u32,
+    max_attempts: u32,
+    retry_base: Duration,
+    tokens: auth::TokenCache,
+}
+
+/// A request body and whether sending it twice is harmless (updates set absolute values
+/// and add/delete tags; a comment posted twice is a duplicate).
+struct Call<'a> {
+    method: Method,
+    path: String,
+    query: &'a [(String, String)],
+    body: Option<&'a Value>,
+    idempotent: bool,
+}
+
+impl Client {
+    pub fn new(settings: ClientSettings) -> Result<Client, ApiError> {
+        let mut builder = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("casewarden/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = &settings.ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| ApiError::Setup(format!("stellar.ca_file is not a PEM certificate: {e}")))?;
+            if certs.is_empty() {
+                return Err(ApiError::Setup(
+                    "stellar.ca_file holds no PEM certificate".into(),
+                ));
+            }
+            builder = builder.tls_certs_merge(certs);
+        }
+        if settings.insecure_skip_tls_verify {
+            tracing::warn!("stellar.insecure_skip_tls_verify is set: the server's certificate is NOT verified; use ca_file instead");
+            builder = builder.tls_danger_accept_invalid_certs(true);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| ApiError::Setup(e.to_string()))?;
+        let base = settings.url.trim_end_matches('/').to_string();
+        Ok(Client {
+            inner: Arc::new(Inner {
+                tokens: auth::TokenCache::new(settings.credentials.clone(), &base),
+                user: settings.credentials.user.clone(),
+                http,
+                base,
+                flavor: settings.flavor,
+                page_size: settings.page_size.clamp(1, 500),
+                max_attempts: settings.max_attempts.max(1),
+                retry_base: settings.retry_base,
+            }),
+        })
+    }
+
+    pub fn flavor(&self) -> ApiFlavor {
+        self.inner.flavor
+    }
+
+    /// The configured API user (None for a per-user Bearer key).
+    pub fn user(&self) -> Option<&str> {
+        self.inner.user.as_deref()
+    }
+
+    /// Tokens fetched so far (for metrics and tests).
+    pub fn token_renewals(&self) -> u64 {
+        self.inner.tokens.renewals()
+    }
+
+    /// Checks that the key is accepted, fetching a token if none is cached.
+    pub async fn authenticate(&self) -> Result<(), ApiError> {
+        self.inner.tokens.get(&self.inner.http).await.map(|_| ())
+    }
+
+    /// Pages through the cases matching `filters`, `page_size` at a time.
+    pub fn list_cases(&self, filters: Vec<(String, String)>) -> CasePager {
+        CasePager {
+            client: self.clone(),
+            filters,
+            skip: 0,
+            total: None,
+            seen: HashSet::new(),
+            done: false,
+        }
+    }
+
+    pub async fn get_case(&self, id: &str) -> Result<Case, ApiError> {
+        let what = format!("GET case {id}");
+        let v = self
+            .call(Call {
+                method: Method::GET,
+                path: format!("/connect/api/v1/cases/{}", urlencode(id)),
+                query: &[],
+                body: None,
+                idempotent: true,
+            })
+            .await?;
+        let data = data_of(v, &what)?;
+        Case::from_value(data).map_err(|e| ApiError::BadResponse {
+            what,
+            detail: e.to_string(),
+        })
+    }
+
+    /// Sends one update. `body` uses `priority`; on v5 servers it is sent as `severity`.
+    pub async fn update_case(&self, id: &str, body: &Value) -> Result<Value, ApiError> {
+        let what = format!("update case {id}");
+        let (method, path, query, body) = match self.inner.flavor {
+            ApiFlavor::Legacy => {
+                let mut b = body.clone();
+                if let Some(obj) = b.as_object_mut() {
+                    obj.remove("resolution");
+                }
+                (
+                    Method::POST,
+                    "/connect/api/v1/cases".to_string(),
+                    vec![("id".to_string(), id.to_string())],
+                    b,
+                )
+            }
+            ApiFlavor::V5 => {
+                let mut b = body.clone();
+                if let Some(obj) = b.as_object_mut() {
+                    if let Some(p) = obj.remove("priority") {
+                        obj.insert("severity".into(), p);
+                    }
+                }
+                (
+                    Method::PUT,
+                    format!("/connect/api/v1/cases/{}", urlencode(id)),
+                    vec![],
+                    b,
+                )
+            }
+        };
+        let v = self
+            .call(Call {
+                method,
+                path,
+                query: &query,
+                body: Some(&body),
+                idempotent: true,
+            })
+            .await?;
+        data_of(v, &what)
+    }
+
+    pub async fn add_comment(&self, id: &str, text: &str) -> Result<(), ApiError> {
+        let body = serde_json::json!({ "comment": text });
+        self.call(Call {
+            method: Method::POST,
+            path: format!("/connect/api/v1/cases/{}/comments", urlencode(id)),
+            query: &[],
+            body: Some(&body),
+            idempotent: false,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn list_comments(&self, id: &str) -> Result<Vec<Value>, ApiError> {
+        self.list_of(&format!("/connect/api/v1/cases/{}/comments", urlencode(id)))
+            .await
+    }
+
+    /// Users as the server lists them (`user_id`, `email`, ...).
+    pub async fn list_users(&self) -> Result<Vec<Value>, ApiError> {
+        self.list_of("/connect/api/v1/users").await
+    }
+
+    /// Tenants as the server lists them (`cust_id`, `cust_name`, ...).
+    pub async fn list_tenants(&self) -> Result<Vec<Value>, ApiError> {
+        self.list_of("/connect/api/v1/tenants").await
+    }
+
+    async fn list_of(&self, path: &str) -> Result<Vec<Value>, ApiError> {
+        let what = format!("GET {path}");
+        let v = self
+            .call(Call {
+                method: Method::GET,
+                path: path.to_string(),
+                query: &[],
+                body: None,
+                idempotent: true,
+            })
+            .await?;
+        match data_of(v, &what)? {
+            Value::Array(items) => Ok(items),
+            other => Err(ApiError::BadResponse {
+                what,
+                detail: format!("data should be a list, got {}", short(&other)),
+            }),
+        }
+    }
+
+    /// One API call with the retry policy: connect errors, timeouts and 5xx back off with
+    /// jitter (timeouts and 5xx only when `idempotent`), 429 waits for Retry-After, and a
+    /// 401 renews the token and retries once.
+    async fn call(&self, call: Call<'_>) -> Result<Value, ApiError> {
+        let inner = &self.inner;
+        let what = format!("{} {}", call.method, call.path);
+        let url = format!("{}{}", inner.base, call.path);
+        let mut renewed = false;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let token = inner.tokens.get(&inner.http).await?;
+            let mut req = inner
+                .http
+                .request(call.method.clone(), &url)
+                .header(AUTHORIZATION, format!("Bearer {}", token.expose()));
+            if !call.query.is_empty() {
+                req = req.query(call.query);
+            }
+            if let Some(body) = call.body {
+                req = req.json(body);
+            }
+            let span = tracing::debug_span!("request", method = %call.method, path = %call.path, attempt);
+            let outcome = req.send().instrument(span).await;
+            let last = attempt >= inner.max_attempts;
+            let resp = match outcome {
+                Ok(resp) => resp,
+                Err(e) => {
+                    let detail = describe_reqwest(&e);
+                    let retryable = e.is_connect() || (call.idempotent && (e.is_timeout() || e.is_request()));
+                    if retryable && !last {
+                        tracing::debug!(%detail, "request failed, retrying");
+                        tokio::time::sleep(self.backoff(attempt)).await;
+                        continue;
+                    }
+                    return Err(ApiError::Transport {
+                        what,
+                        detail,
+                        attempts: attempt,
+                    });
+                }
+            };
+            let status = resp.status();
+            tracing::debug!(status = status.as_u16(), "answer");
+            if status == StatusCode::UNAUTHORIZED && !renewed {
+                // Does not count as an attempt: the token expired early or was revoked.
+                renewed = true;
+                attempt -= 1;
+                inner.tokens.invalidate(&token).await;
+                continue;
+            }
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                let wait = retry_after(&resp).unwrap_or_else(|| self.backoff(attempt));
+                if !last {
+                    tracing::info!(wait_ms = wait.as_millis() as u64, "rate limited (429), waiting");
+                    tokio::time::sleep(wait.min(MAX_RETRY_AFTER)).await;
+                    continue;
+                }
+            }
+            if status.is_server_error() && call.idempotent && !last {
+                tracing::debug!(status = status.as_u16(), "server error, retrying");
+                tokio::time::sleep(self.backoff(attempt)).await;
+                continue;
+            }
+            let body = read_capped(resp).await.map_err(|detail| ApiError::Transport {
+                what: what.clone(),
+                detail,
+                attempts: attempt,
+            })?;
+            if !status.is_success() {
+                let body = excerpt(&String::from_utf8_lossy(&body));
+                let status = status.as_u16();
+                return Err(if attempt > 1 && (status == 429 || status >= 500) {
+                    ApiError::GaveUp {
+                        what,
+                        status,
+                        attempts: attempt,
+                        body,
+                    }
+                } else {
+                    ApiError::Status { what, status, body }
+                });
+            }
+            return serde_json::from_slice(&body).map_err(|e| ApiError::BadResponse {
+                what,
+                detail: format!(
+                    "not JSON ({e}): {}",
+                    excerpt(&String::from_utf8_lossy(&body))
+                ),
+            });
+        }
+    }
+
+    /// Exponential backoff with full jitter, capped at 30 s.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let cap = Duration::from_secs(30);
+        let exp = self.inner.retry_base.saturating_mul(1 << attempt.min(16)).min(cap);
+        exp.mul_f64(0.5 + fastrand::f64() * 0.5)
+    }
+}
+
+/// One page of cases: the cases that parsed and the ones skipped, with reasons.
+#[derive(Debug, Default)]
+pub struct Page {
+    pub cases: Vec<Case>,
+    pub skipped: Vec<CaseParseError>,
+    pub total: u64,
+}
+
+/// Walks the listing with `limit` + `skip` until `total`, yielding each case once even
+/// when the set shifts between pages.
+pub struct CasePager {
+    client: Client,
+    filters: Vec<(String, String)>,
+    skip: u64,
+    total: Option<u64>,
+    seen: HashSet<String>,
+    done: bool,
+}
+
+impl CasePager {
+    /// The next page, or None after the last.
+    pub async fn next_page(&mut self) -> Result<Option<Page>, ApiError> {
+        if self.done {
+            return Ok(None);
+        }
+        let limit = self.client.inner.page_size as u64;
+        let mut query = self.filters.clone();
+        query.push(("limit".into(), limit.to_string()));
+        query.push(("skip".into(), self.skip.to_string()));
+        let what = format!("GET cases (skip {})", self.skip);
+        let v = self
+            .client
+            .call(Call {
+                method: Method::GET,
+                path: "/connect/api/v1/cases".into(),
+                query: &query,
+                body: None,
+                idempotent: true,
+            })
+            .await?;
+        let data = data_of(v, &what)?;
+        let Some(items) = data.get("cases").and_then(Value::as_array) else {
+            return Err(ApiError::BadResponse {
+                what,
+                detail: format!("data.cases should be a list, got {}", short(&data)),
+            });
+        };
+        let total = data.get("total").and_then(Value::as_u64);
+        let received = items.len() as u64;
+        let mut page = Page::default();
+        for item in items.iter().cloned() {
+            match Case::from_value(item) {
+                Ok(case) => {
+                    if self.seen.insert(case.id.clone()) {
+                        page.cases.push(case);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(case_id = e.id.as_deref().unwrap_or("-"), reason = %e.reason, "skipping a case that does not parse");
+                    page.skipped.push(e);
+                }
+            }
+        }
+        self.skip += received;
+        if let Some(t) = total {
+            self.total = Some(t);
+        }
+        page.total = self.total.unwrap_or(self.skip);
+        // A short page ends the listing even if `total` claims more: the server has no more.
+        self.done = received < limit || self.total.is_some_and(|t| self.skip >= t);
+        Ok(Some(page))
+    }
+}
+
+fn data_of(v: Value, what: &str) -> Result<Value, ApiError> {
+    match v {
+        Value::Object(mut obj) => obj.remove("data").ok_or_else(|| ApiError::BadResponse {
+            what: what.to_string(),
+            detail: "no `data` field in the answer".into(),
+        }),
+        other => Err(ApiError::BadResponse {
+            what: what.to_string(),
+            detail: format!("expected a JSON object, got {}", short(&other)),
+        }),
+    }
+}
+
+fn short(v: &Value) -> String {
+    excerpt(&v.to_string())
+}
+
+fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+    let value = resp.headers().get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+async fn read_capped(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
+    if resp.content_length().is_some_and(|n| n as usize > MAX_BODY) {
+        return Err(format!("answer larger than {} MiB", MAX_BODY >> 20));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| describe_reqwest(&e))? {
+        if body.len() + chunk.len() > MAX_BODY {
+            return Err(format!("answer larger than {} MiB", MAX_BODY >> 20));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// reqwest's error with its causes, without the URL's query (never secret here, but long).
+pub(crate) fn describe_reqwest(e: &reqwest::Error) -> String {
+    let mut out = if e.is_timeout() {
+        "timed out".to_string()
+    } else if e.is_connect() {
+        "cannot connect".to_string()
+    } else {
+        "request failed".to_string()
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    if out.contains("certificate") || out.contains("UnknownIssuer") {
+        out.push_str(" (the server's TLS certificate is not trusted: set stellar.ca_file to its CA in PEM form)");
+    }
+    out
+}
+
+/// For tests and the demo: the key used with a configured client, e.g. to grep logs.
+pub fn credentials(user: Option<&str>, key: &str) -> Credentials {
+    Credentials {
+        user: user.map(str::to_string),
+        key: Secret::new(key),
+    }
+}
