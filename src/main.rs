@@ -3,12 +3,14 @@
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use casewarden::cli::{Cli, LogFormat};
+use casewarden::cli::{Cli, Command, LogFormat};
 
 fn init_tracing(cli: &Cli) {
+    // The demo prints its own story; its logs would only interleave with it.
+    let quiet_default = if matches!(cli.command, Command::Demo(_)) { "error" } else { "info" };
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => "warn",
-        (false, 0) => "info",
+        (false, 0) => quiet_default,
         (false, 1) => "debug",
         _ => "trace",
     };

@@ -42,7 +42,7 @@ impl<W: Write> Printer<W> {
             Format::Table => {
                 writeln!(
                     out,
-                "{:>6}  {:<19}  {:<22}  {:>8}  {:<11}  {:<34}  {:<8}  {}",
+                "{:>6}  {:<24}  {:<22}  {:>8}  {:<11}  {:<34}  {:<8}  {}",
                     "SEQ", "RECORDED (UTC)", "RULE", "TICKET", "FIELD", "CHANGE", "OUTCOME", "REASON / ERROR"
                 )?;
                 Sink::Plain(out)
@@ -101,9 +101,9 @@ impl<W: Write> Printer<W> {
                 };
                 writeln!(
                     out,
-                    "{:>6}  {:<19}  {:<22}  {:>8}  {:<11}  {:<34}  {:<8}  {}",
+                    "{:>6}  {:<24}  {:<22}  {:>8}  {:<11}  {:<34}  {:<8}  {}",
                     r.seq,
-                    clip(&when, 19),
+                    clip(&when, 24),
                     clip(&r.rule, 22),
                     r.ticket_id.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
                     clip(&r.field, 11),

@@ -122,12 +122,12 @@ fn one_case(rng: &mut fastrand::Rng, i: usize, now: i64, flavor: ApiFlavor, peop
             tags.push(t);
         }
     }
-    let octet = *pick(rng, &[(10u8, 12), (20, 12), (30, 40), (40, 36)]);
+    let octet = *pick(rng, &[(10u8, 8), (20, 8), (30, 44), (40, 40)]);
     let ip = format!("10.{octet}.{}.{}", rng.u8(0..=254), rng.u8(1..=254));
     let entity_id = match rng.u32(0..10) {
         0..=5 => format!("asset,,{ip}"),
         6..=7 => format!("user,{}{},,{ip}", ["jdoe", "asmith", "mlee"][rng.usize(0..3)], rng.u8(1..99)),
-        _ => format!("host,{},{},{ip}", ["vpn-gw", "web", "db"][rng.usize(0..3)], hex_id("host", rng.u64(..))),
+        _ => format!("host,{},{},{ip}", ["vpn-gw", "web", "db", "mail", "dc"][rng.usize(0..5)], hex_id("host", rng.u64(..))),
     };
     let (tenant, _) = TENANTS[rng.usize(0..TENANTS.len())];
     let score = rng.u32(1..=100);
