@@ -274,7 +274,7 @@ mod tests {
     #[test]
     fn changes_are_collected_with_reasons() {
         let (r, changes) = run("add_tag(\"x\", \"because\"); set_status(\"Escalated\"); comment(\"hi\")", &fixed(0));
-        r.unwrap();
+        assert!(r.is_ok());
         assert_eq!(changes.len(), 3);
         assert_eq!(changes[0].kind, ChangeKind::AddTag("x".into()));
         assert_eq!(changes[0].reason, "because");

@@ -67,6 +67,10 @@ pub struct Faults {
     pub fail_updates_for: HashSet<String>,
     /// Every API request answers 503 (the server "goes away").
     pub down: bool,
+    /// The next N API requests answer 503, then the server recovers.
+    pub fail_next: u32,
+    /// The next N API requests answer 429 with Retry-After.
+    pub throttle_next: u32,
 }
 
 /// One request as the simulator saw it.
@@ -76,6 +80,8 @@ pub struct SeenRequest {
     pub path: String,
     pub query: String,
     pub status: u16,
+    /// When the answer went out.
+    pub at: std::time::Instant,
 }
 
 /// The simulator's data and counters; tests lock it to inspect or rig the server.
@@ -134,9 +140,10 @@ impl SimState {
         self.index.get(id).map(|&i| &self.cases[i])
     }
 
-    /// Adds or replaces a case (tests plant exactly the cases they need).
+    /// Adds or replaces a case (tests plant exactly the cases they need, broken ones too).
     pub fn put_case(&mut self, case: Value) {
         let Some(id) = case.get("_id").and_then(Value::as_str).map(str::to_string) else {
+            self.cases.push(case);
             return;
         };
         match self.index.get(&id) {
@@ -333,6 +340,10 @@ async fn faults_and_log(State(state): State<Shared>, req: Request, next: Next) -
             if every > 0 && s.api_requests % every == 0 {
                 s.burst_left = s.faults.rate_limit_burst.max(1);
             }
+            if s.faults.throttle_next > 0 {
+                s.faults.throttle_next -= 1;
+                s.burst_left += 1;
+            }
             if s.burst_left > 0 {
                 s.burst_left -= 1;
                 let mut r = error(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
@@ -341,6 +352,9 @@ async fn faults_and_log(State(state): State<Shared>, req: Request, next: Next) -
                     header::HeaderValue::from(s.faults.retry_after_secs),
                 );
                 Some(r)
+            } else if s.faults.fail_next > 0 {
+                s.faults.fail_next -= 1;
+                Some(error(StatusCode::SERVICE_UNAVAILABLE, "injected fault"))
             } else if s.faults.error_rate > 0.0 && s.rng.f64() < s.faults.error_rate {
                 Some(error(StatusCode::SERVICE_UNAVAILABLE, "injected fault"))
             } else {
@@ -357,6 +371,7 @@ async fn faults_and_log(State(state): State<Shared>, req: Request, next: Next) -
         path,
         query,
         status: resp.status().as_u16(),
+        at: std::time::Instant::now(),
     });
     resp
 }
@@ -381,7 +396,8 @@ async fn access_token(State(state): State<Shared>, headers: HeaderMap) -> Respon
     if !ok {
         return error(StatusCode::UNAUTHORIZED, "invalid credentials");
     }
-    let exp = chrono::Utc::now().timestamp() + s.token_ttl_secs as i64;
+    let exp_ms = crate::now_ms() + s.token_ttl_secs as i64 * 1000;
+    let exp = exp_ms / 1000;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let n = s.issued_tokens.len();
     let jwt = format!(
@@ -390,7 +406,7 @@ async fn access_token(State(state): State<Shared>, headers: HeaderMap) -> Respon
         b64.encode(json!({"sub": s.api_user, "exp": exp, "jti": n, "nonce": s.rng.u64(..)}).to_string()),
         b64.encode(s.rng.u64(..).to_be_bytes())
     );
-    s.tokens.insert(jwt.clone(), exp);
+    s.tokens.insert(jwt.clone(), exp_ms);
     s.issued_tokens.push(jwt.clone());
     Json(json!({"access_token": jwt, "exp": exp})).into_response()
 }
@@ -403,7 +419,7 @@ fn authorize(s: &SimState, headers: &HeaderMap) -> Result<(), Response> {
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     match s.tokens.get(token) {
-        Some(&exp) if exp > chrono::Utc::now().timestamp() => Ok(()),
+        Some(&exp_ms) if exp_ms > crate::now_ms() => Ok(()),
         Some(_) => Err(error(StatusCode::UNAUTHORIZED, "token expired")),
         None => Err(error(StatusCode::UNAUTHORIZED, "invalid token")),
     }

@@ -129,13 +129,13 @@ impl TokenCache {
                 detail: "no access_token in the answer".into(),
             })?
             .to_string();
-        let now = chrono::Utc::now().timestamp();
+        let now_ms = crate::now_ms();
         let exp = value
             .get("exp")
             .and_then(|v| v.as_i64())
             .or_else(|| jwt_exp(&jwt));
         let lifetime = match exp {
-            Some(exp) if exp > now => Duration::from_secs((exp - now) as u64),
+            Some(exp) if exp * 1000 > now_ms => Duration::from_millis((exp * 1000 - now_ms) as u64),
             Some(_) => Duration::from_secs(1),
             None => DEFAULT_LIFETIME,
         };

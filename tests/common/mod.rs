@@ -1,0 +1,133 @@
+//! Shared helpers: a simulator on a free port, clients and config files pointing at it,
+//! and a runner for the real binary.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use casewarden::config::ApiFlavor;
+use casewarden::sim::{SimOptions, Simulator};
+use casewarden::stellar::{credentials, Client, ClientSettings};
+
+pub const USER: &str = "demo@example.com";
+pub const KEY: &str = "test-key-Zq9xW2vB7";
+
+pub fn sim_options(cases: usize) -> SimOptions {
+    SimOptions {
+        cases,
+        seed: 42,
+        api_key: KEY.into(),
+        ..SimOptions::default()
+    }
+}
+
+pub async fn start(opts: SimOptions) -> Simulator {
+    Simulator::start(opts, "127.0.0.1:0".parse().unwrap(), None)
+        .await
+        .expect("simulator starts")
+}
+
+pub fn settings(sim: &Simulator) -> ClientSettings {
+    ClientSettings {
+        url: sim.url.clone(),
+        flavor: ApiFlavor::Legacy,
+        credentials: credentials(Some(USER), KEY),
+        ca_pem: None,
+        insecure_skip_tls_verify: false,
+        timeout: Duration::from_secs(5),
+        page_size: 100,
+        max_attempts: 4,
+        retry_base: Duration::from_millis(20),
+    }
+}
+
+pub fn client(sim: &Simulator) -> Client {
+    Client::new(settings(sim)).unwrap()
+}
+
+/// A folder with a config (and rules) for the binary.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    /// Config pointing at `url`, with `extra` appended to `[daemon]`; the repo's example
+    /// rules are copied in unless `rules` is given.
+    pub fn new(url: &str, flavor: &str, daemon_extra: &str, rules: Option<&[(&str, &str)]>) -> Workspace {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("api_key"), format!("{KEY}\n")).unwrap();
+        let config = format!(
+            "[stellar]\nurl = \"{url}\"\napi_flavor = \"{flavor}\"\nuser = \"{USER}\"\napi_key_file = \"api_key\"\n\
+             timeout_secs = 5\nmax_attempts = 3\nretry_base_ms = 20\n\n\
+             [daemon]\nrules_dir = \"rules\"\n{daemon_extra}\n\n[audit]\npath = \"state/audit.db\"\n"
+        );
+        std::fs::write(dir.path().join("casewarden.toml"), config).unwrap();
+        let rules_dir = dir.path().join("rules");
+        std::fs::create_dir(&rules_dir).unwrap();
+        match rules {
+            Some(list) => {
+                for (name, text) in list {
+                    std::fs::write(rules_dir.join(name), text).unwrap();
+                }
+            }
+            None => {
+                for entry in std::fs::read_dir(repo().join("rules")).unwrap() {
+                    let p = entry.unwrap().path();
+                    std::fs::copy(&p, rules_dir.join(p.file_name().unwrap())).unwrap();
+                }
+            }
+        }
+        Workspace { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("casewarden.toml")
+    }
+
+    pub fn audit_db(&self) -> PathBuf {
+        self.dir.path().join("state/audit.db")
+    }
+
+    /// Runs the binary with `--config` set to this workspace's config.
+    pub async fn run(&self, args: &[&str]) -> Output {
+        let config = self.config();
+        let mut full = vec!["--config", config.to_str().unwrap()];
+        full.extend_from_slice(args);
+        run_bin(&full, &[]).await
+    }
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub async fn run_bin(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_casewarden"));
+    cmd.args(args).env_remove("RUST_LOG").env_remove("CASEWARDEN_CONFIG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().await.expect("the binary runs")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Lists every case through the client, page by page.
+pub async fn list_all(client: &Client, filters: Vec<(String, String)>) -> Result<Vec<casewarden::stellar::Case>, casewarden::stellar::ApiError> {
+    let mut pager = client.list_cases(filters);
+    let mut out = Vec::new();
+    while let Some(page) = pager.next_page().await? {
+        out.extend(page.cases);
+    }
+    Ok(out)
+}

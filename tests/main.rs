@@ -1,0 +1,8 @@
+//! Integration tests: the library and the real binary against the simulator over real
+//! HTTP on loopback. One test binary keeps link time down.
+
+mod audit_log;
+mod client;
+mod common;
+mod pass;
+mod rules_cli;
