@@ -1,0 +1,316 @@
+//! One pass end to end through `casewarden once` against the simulator: what the server
+//! ends up holding, what the audit log says, and what the summary prints.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use casewarden::audit::{AuditStore, EventRow, Filter};
+use casewarden::sim::Simulator;
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+use crate::common::*;
+
+const HOUR: i64 = 3_600_000;
+const DAY: i64 = 24 * HOUR;
+const PERSON: &str = "826ef6979788454297c85cbba4a51c08";
+
+/// Cases each example rule should change in a known way, plus cases none should touch.
+fn planted() -> Vec<Value> {
+    let now = casewarden::now_ms();
+    let base = |id: &str, ticket: i64, status: &str, priority: &str| {
+        json!({
+            "_id": id, "ticket_id": ticket, "name": format!("case {id}"), "status": status,
+            "priority": priority, "assignee": PERSON, "tags": [], "created_at": now - 2 * DAY,
+            "modified_at": now - 2 * DAY + ticket, "acknowledged": now - 2 * DAY + 60_000, "closed": 0,
+            "case_score": 50, "cust_id": "", "metadata": {"entity_id": "asset,,10.30.0.1"},
+            "history": [{"field": "created_at", "timestamp": now - 2 * DAY, "user": "System"}],
+        })
+    };
+    let mut esc = base("esc", 1, "New", "Medium");
+    esc["created_at"] = json!(now - 30 * HOUR);
+    let mut sla = base("sla", 2, "New", "Critical");
+    sla["created_at"] = json!(now - 2 * HOUR);
+    sla["acknowledged"] = json!(0);
+    let mut ent = base("ent", 3, "In Progress", "Medium");
+    ent["metadata"] = json!({"entity_id": "asset,,10.10.5.5"});
+    let mut asg = base("asg", 4, "In Progress", "Medium");
+    asg["assignee"] = json!("");
+    asg["tags"] = json!(["pci"]);
+    let mut stale = base("stale", 5, "In Progress", "Low");
+    stale["created_at"] = json!(now - 90 * DAY);
+    stale["case_score"] = json!(5);
+    stale["history"] = json!([{"field": "status", "from": "New", "to": "In Progress", "timestamp": now - 60 * DAY, "user": PERSON}]);
+    let resolved = base("done", 6, "Resolved", "Low");
+    let mut young = base("young", 7, "New", "Medium");
+    young["created_at"] = json!(now - 2 * HOUR);
+    let mut quiet_low = base("quiet", 8, "In Progress", "Low");
+    quiet_low["case_score"] = json!(80);
+    vec![esc, sla, ent, asg, stale, resolved, young, quiet_low]
+}
+
+async fn planted_sim() -> Simulator {
+    let sim = start(sim_options(0)).await;
+    for c in planted() {
+        sim.state().put_case(c);
+    }
+    sim
+}
+
+async fn rows(ws: &Workspace, filter: Filter) -> Vec<EventRow> {
+    let store = AuditStore::open(&ws.audit_db()).await.unwrap();
+    let rows = store.query(&filter).collect::<Vec<_>>().await.into_iter().map(Result::unwrap).collect();
+    store.close().await;
+    rows
+}
+
+fn api_changes(sim: &Simulator, id: &str) -> Vec<Value> {
+    sim.state().case(id).unwrap()["history"].as_array().unwrap().iter().filter(|h| h["api"] == true).cloned().collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn example_rules_change_exactly_the_cases_they_should_and_a_second_pass_nothing() {
+    let sim = planted_sim().await;
+    let ws = Workspace::new(&sim.url, "legacy", "", None);
+    let out = ws.run(&["once"]).await;
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", stderr(&out));
+    {
+        let s = sim.state();
+        let esc = s.case("esc").unwrap();
+        assert_eq!(esc["priority"], "High");
+        assert_eq!(esc["tags"], json!(["auto-escalated"]));
+        assert_eq!(s.case("sla").unwrap()["tags"], json!(["sla-breach"]));
+        assert!(s.comments["sla"].iter().any(|c| c["comment"].as_str().unwrap().contains("SLA breach: this Critical case")));
+        assert_eq!(s.case("ent").unwrap()["tags"], json!(["dmz"]));
+        let tier2 = s.users.iter().find(|u| u.email == "soc-tier2@example.com").unwrap().user_id.clone();
+        assert_eq!(s.case("asg").unwrap()["assignee"], json!(tier2));
+        let stale = s.case("stale").unwrap();
+        assert_eq!(stale["status"], "Resolved");
+        assert!(stale["closed"].as_i64().unwrap() > 0);
+        // Every updated case got one comment explaining the change.
+        for id in ["esc", "ent", "asg", "stale"] {
+            let text = s.comments[id][0]["comment"].as_str().unwrap();
+            assert!(text.starts_with("casewarden changed this case:"), "{id}: {text}");
+        }
+        let api_user = s.api_user_id().to_string();
+        drop(s);
+        for id in ["done", "young", "quiet"] {
+            assert!(api_changes(&sim, id).is_empty(), "{id} was changed");
+        }
+        assert!(api_changes(&sim, "esc").iter().all(|h| h["user"] == json!(api_user)));
+    }
+    let applied = rows(&ws, Filter { outcome: Some(casewarden::audit::Outcome::Applied), ..Filter::default() }).await;
+    let planned = rows(&ws, Filter { outcome: Some(casewarden::audit::Outcome::Planned), ..Filter::default() }).await;
+    assert_eq!(applied.len(), planned.len());
+    assert_eq!(applied.len(), 9, "{applied:#?}");
+    assert!(applied.iter().all(|a| planned.iter().any(|p| Some(p.seq) == a.planned_seq && p.seq < a.seq)));
+    assert!(text.contains("escalate-aged-new"), "{text}");
+
+    let writes = sim.state().write_requests();
+    let out = ws.run(&["once"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(sim.state().write_requests(), writes, "the second pass changed something: {}", stdout(&out));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_run_sends_nothing_and_prints_the_plan_a_real_run_applies() {
+    let sim = planted_sim().await;
+    let ws = Workspace::new(&sim.url, "legacy", "", None);
+    let out = ws.run(&["once", "--dry-run"]).await;
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(sim.state().write_requests(), 0);
+    assert!(sim.state().requests.iter().all(|r| r.method == "GET" || r.path.ends_with("/access_token")));
+    assert!(text.contains("DRY RUN"), "{text}");
+    assert!(text.contains("case esc (ticket 1)") && text.contains("Medium -> High"), "{text}");
+    let planned: HashSet<(String, String, Option<String>)> = rows(&ws, Filter::default())
+        .await
+        .into_iter()
+        .inspect(|r| assert!(r.dry_run && r.outcome == "planned"))
+        .map(|r| (r.case_id, r.field, r.new))
+        .collect();
+    let out = ws.run(&["once"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    let applied: HashSet<(String, String, Option<String>)> = rows(&ws, Filter { outcome: Some(casewarden::audit::Outcome::Applied), ..Filter::default() })
+        .await
+        .into_iter()
+        .map(|r| (r.case_id, r.field, r.new))
+        .collect();
+    assert_eq!(planned, applied);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_budget_defers_changes_to_later_passes_oldest_first() {
+    let sim = planted_sim().await;
+    let ws = Workspace::new(&sim.url, "legacy", "max_changes_per_run = 3", None);
+    let out = ws.run(&["once"]).await;
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("change budget"), "{text}");
+    let first = rows(&ws, Filter { outcome: Some(casewarden::audit::Outcome::Applied), ..Filter::default() }).await;
+    assert!(!first.is_empty() && first.len() <= 3, "{first:#?}");
+    // Oldest modified first: "esc" (ticket 1) has the oldest modified_at.
+    assert_eq!(first[0].case_id, "esc");
+    let deferred = rows(&ws, Filter { outcome: Some(casewarden::audit::Outcome::Skipped), ..Filter::default() }).await;
+    assert!(deferred.iter().any(|r| r.reason.contains("budget")));
+    for _ in 0..6 {
+        ws.run(&["once"]).await;
+    }
+    let all = rows(&ws, Filter { outcome: Some(casewarden::audit::Outcome::Applied), ..Filter::default() }).await;
+    assert_eq!(all.len(), 9);
+    assert_eq!(sim.state().case("stale").unwrap()["status"], "Resolved");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_blast_radius_guard_halts_a_rule_that_hits_everything() {
+    let sim = start(sim_options(60)).await;
+    let everything = "const RULE = #{ name: \"tag-everything\" };\nfn evaluate(c) { add_tag(\"oops\", \"misfire\"); }\n";
+    let ws = Workspace::new(&sim.url, "legacy", "", Some(&[("10-everything.rhai", everything)]));
+    let out = ws.run(&["once"]).await;
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(sim.state().write_requests(), 0);
+    assert!(text.contains("HALTED") && text.contains("blast-radius guard halted it"), "{text}");
+    let skipped = rows(&ws, Filter::default()).await;
+    assert_eq!(skipped.len(), 60);
+    assert!(skipped.iter().all(|r| r.outcome == "skipped" && r.reason.contains("blast-radius guard")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_updates_are_recorded_and_the_rest_applied() {
+    let sim = planted_sim().await;
+    sim.state().faults.fail_updates_for.insert("esc".into());
+    let ws = Workspace::new(&sim.url, "legacy", "", None);
+    let out = ws.run(&["once"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let failed = rows(&ws, Filter { outcome: Some(casewarden::audit::Outcome::Failed), ..Filter::default() }).await;
+    assert_eq!(failed.len(), 2);
+    assert!(failed.iter().all(|r| r.case_id == "esc" && r.http_status == Some(500) && r.error.as_deref().unwrap().contains("HTTP 500")));
+    assert_eq!(sim.state().case("ent").unwrap()["tags"], json!(["dmz"]));
+    assert_eq!(sim.state().case("esc").unwrap()["priority"], "Medium");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_expiring_mid_pass_are_renewed() {
+    let mut opts = sim_options(150);
+    opts.token_ttl_secs = 1;
+    opts.faults.latency_ms = 120;
+    let sim = start(opts).await;
+    let ws = Workspace::new(&sim.url, "legacy", "max_change_fraction = 1.0", None);
+    std::fs::write(ws.config(), std::fs::read_to_string(ws.config()).unwrap().replace("timeout_secs = 5", "timeout_secs = 5\npage_size = 15")).unwrap();
+    let out = ws.run(&["once"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", stdout(&out), stderr(&out));
+    assert!(sim.state().issued_tokens.len() >= 2);
+    assert!(stdout(&out).contains("150 case(s) seen"), "{}", stdout(&out));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_case_does_not_stop_the_pass() {
+    let sim = planted_sim().await;
+    sim.state().put_case(json!({"_id": "broken", "status": "New", "created_at": "last week"}));
+    let ws = Workspace::new(&sim.url, "legacy", "", None);
+    let out = ws.run(&["once"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stdout(&out).contains("1 skipped: not parseable"), "{}", stdout(&out));
+    assert!(stderr(&out).contains("broken") && stderr(&out).contains("created_at"), "{}", stderr(&out));
+    assert_eq!(sim.state().case("esc").unwrap()["priority"], "High");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_person_reverting_a_change_wins() {
+    let sim = planted_sim().await;
+    let ws = Workspace::new(&sim.url, "legacy", "", None);
+    ws.run(&["once"]).await;
+    assert_eq!(sim.state().case("esc").unwrap()["priority"], "High");
+    sim.state().human_change("esc", "alice@example.com", "priority", json!("Medium"));
+    let out = ws.run(&["once"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(sim.state().case("esc").unwrap()["priority"], "Medium");
+    let skipped = rows(&ws, Filter { case_id: Some("esc".into()), outcome: Some(casewarden::audit::Outcome::Skipped), ..Filter::default() }).await;
+    assert_eq!(skipped.len(), 1);
+    assert!(skipped[0].reason.contains("overridden by a person"), "{:?}", skipped[0]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_change_reaches_the_server_before_its_planned_row() {
+    let mut opts = sim_options(300);
+    opts.faults.latency_ms = 15;
+    let sim = start(opts).await;
+    let all = "const RULE = #{ name: \"tag-all\" };\nfn evaluate(c) { add_tag(\"seen\", \"test\"); }\n";
+    let ws = Workspace::new(&sim.url, "legacy", "max_change_fraction = 1.0\ncomment_changes = false", Some(&[("all.rhai", all)]));
+    let child = {
+        let config = ws.config();
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_casewarden"))
+            .args(["--config", config.to_str().unwrap(), "once"])
+            .output()
+    };
+    let run = tokio::spawn(child);
+    for _ in 0..200 {
+        if sim.state().write_requests() >= 40 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sim.halt();
+    let out = run.await.unwrap().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let audit = rows(&ws, Filter::default()).await;
+    let planned: HashSet<&str> = audit.iter().filter(|r| r.outcome == "planned").map(|r| r.case_id.as_str()).collect();
+    let changed: Vec<String> = sim
+        .state()
+        .cases
+        .iter()
+        .filter(|c| c["history"].as_array().unwrap().iter().any(|h| h["api"] == true))
+        .map(|c| c["_id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(changed.len() >= 40 && changed.len() < 300, "{}", changed.len());
+    for id in &changed {
+        assert!(planned.contains(id.as_str()), "{id} changed without a planned row");
+    }
+    // Every planned row got an outcome: applied for what the server did, failed otherwise.
+    let settled: HashSet<i64> = audit.iter().filter_map(|r| r.planned_seq).collect();
+    assert!(audit.iter().filter(|r| r.outcome == "planned").all(|r| settled.contains(&r.seq)));
+    for r in audit.iter().filter(|r| r.outcome == "applied") {
+        assert!(changed.contains(&r.case_id), "{} recorded applied but unchanged", r.case_id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_secret_in_any_output_at_trace_level() {
+    let mut opts = sim_options(40);
+    opts.token_ttl_secs = 1;
+    opts.faults.latency_ms = 100;
+    let sim = start(opts).await;
+    sim.state().faults.fail_next = 1;
+    let ws = Workspace::new(&sim.url, "legacy", "max_change_fraction = 1.0", None);
+    std::fs::write(ws.config(), std::fs::read_to_string(ws.config()).unwrap().replace("timeout_secs = 5", "timeout_secs = 5\npage_size = 10")).unwrap();
+    let config = ws.config();
+    let mut outputs = Vec::new();
+    for (args, env) in [
+        (vec!["-vv", "once"], vec![]),
+        (vec!["once", "--dry-run"], vec![("RUST_LOG", "trace")]),
+        (vec!["--log-format", "json", "-vv", "once"], vec![]),
+    ] {
+        let mut full = vec!["--config", config.to_str().unwrap()];
+        full.extend(args);
+        let out = run_bin(&full, &env).await;
+        outputs.push(format!("{}{}", stdout(&out), stderr(&out)));
+    }
+    let tokens = sim.state().issued_tokens.clone();
+    assert!(tokens.len() >= 2);
+    let all = outputs.join("\n");
+    assert!(all.len() > 10_000, "trace output is suspiciously short");
+    assert!(!all.contains(KEY), "the API key leaked");
+    for t in &tokens {
+        assert!(!all.contains(t.as_str()), "a JWT leaked");
+        let signature = t.rsplit('.').next().unwrap();
+        assert!(!all.contains(signature), "a JWT signature leaked");
+    }
+    assert!(!all.contains(&base64_basic()), "the Basic header leaked");
+}
+
+fn base64_basic() -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{KEY}"))
+}

@@ -266,6 +266,11 @@ impl Simulator {
         lock(&self.state)
     }
 
+    /// Stops serving at once, keeping the state readable (a server "going away").
+    pub fn halt(&self) {
+        self.handle.shutdown();
+    }
+
     /// Stops accepting connections and closes open ones.
     pub async fn stop(self) {
         self.handle.shutdown();
