@@ -9,12 +9,12 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
 
-use crate::audit::report::{parse_time, Format, Printer};
+use crate::audit::report::{Format, Printer, parse_time};
 use crate::audit::{AuditStore, Filter, Outcome, Verification};
 use crate::config::{ApiFlavor, Config};
 use crate::pass::{PassContext, PassOptions, PassReport, PassSettings};
-use crate::plan::{plan_case, RuleChanges};
-use crate::rules::{case_to_dynamic, EvalEnv, RuleSet};
+use crate::plan::{RuleChanges, plan_case};
+use crate::rules::{EvalEnv, RuleSet, case_to_dynamic};
 use crate::sim::{Faults, SimOptions, Simulator};
 use crate::stellar::{ApiError, Case, Client, ClientSettings};
 
@@ -217,7 +217,9 @@ pub struct DemoArgs {
 pub struct Exit(pub u8);
 
 fn config_path(cli: &Cli) -> PathBuf {
-    cli.config.clone().unwrap_or_else(|| PathBuf::from("casewarden.toml"))
+    cli.config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("casewarden.toml"))
 }
 
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
@@ -268,11 +270,15 @@ fn check(cli: &Cli) -> anyhow::Result<u8> {
         eprintln!("error: {e}");
         ok = false;
     }
-    if let Some(ca) = &config.stellar.ca_file {
-        if let Err(e) = std::fs::read(ca) {
-            eprintln!("error: {}: stellar.ca_file {}: {e}", path.display(), ca.display());
-            ok = false;
-        }
+    if let Some(ca) = &config.stellar.ca_file
+        && let Err(e) = std::fs::read(ca)
+    {
+        eprintln!(
+            "error: {}: stellar.ca_file {}: {e}",
+            path.display(),
+            ca.display()
+        );
+        ok = false;
     }
     println!("config {}: ok", path.display());
     match load_rules(&config.daemon.rules_dir) {
@@ -283,7 +289,7 @@ fn check(cli: &Cli) -> anyhow::Result<u8> {
                 let next = crate::rules::validate_cron(schedule)
                     .ok()
                     .and_then(|c| c.find_next_occurrence(&chrono::Utc::now(), false).ok())
-                    .map(|t| crate::audit::timestamp(t))
+                    .map(crate::audit::timestamp)
                     .unwrap_or_default();
                 println!(
                     "  {:<24} {:<9} schedule {:<16} next {}  {}",
@@ -319,7 +325,10 @@ async fn once(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
     for name in &args.rules {
         if !set.rules.iter().any(|r| &r.name == name) {
             let known: Vec<&str> = set.rules.iter().map(|r| r.name.as_str()).collect();
-            eprintln!("error: --rule {name:?}: no such rule (known: {})", known.join(", "));
+            eprintln!(
+                "error: --rule {name:?}: no such rule (known: {})",
+                known.join(", ")
+            );
             return Ok(2);
         }
     }
@@ -333,7 +342,11 @@ async fn once(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
     let audit = AuditStore::open(&config.audit.path).await?;
     if let Err(e) = client.authenticate().await {
         eprintln!("error: {e}");
-        return Ok(if matches!(e, ApiError::KeyRejected { .. }) { 2 } else { 1 });
+        return Ok(if matches!(e, ApiError::KeyRejected { .. }) {
+            2
+        } else {
+            1
+        });
     }
     let ctx = PassContext {
         client,
@@ -359,7 +372,10 @@ async fn once(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
 /// The pass summary: the plan (for dry runs), per-rule counts, and what to look at.
 pub fn print_report(out: &mut impl Write, r: &PassReport) -> std::io::Result<()> {
     if r.dry_run {
-        writeln!(out, "DRY RUN: nothing was sent to the server. These are the changes a real run would make:")?;
+        writeln!(
+            out,
+            "DRY RUN: nothing was sent to the server. These are the changes a real run would make:"
+        )?;
         print_plans(out, &r.plans)?;
     }
     writeln!(out)?;
@@ -387,7 +403,11 @@ pub fn print_report(out: &mut impl Write, r: &PassReport) -> std::io::Result<()>
             s.name,
             s.seen,
             s.matched,
-            if r.dry_run { "-".to_string() } else { s.applied.to_string() },
+            if r.dry_run {
+                "-".to_string()
+            } else {
+                s.applied.to_string()
+            },
             s.failed,
             s.skipped,
             s.errors,
@@ -410,7 +430,10 @@ pub fn print_report(out: &mut impl Write, r: &PassReport) -> std::io::Result<()>
         )?;
     }
     if r.rules.iter().any(|s| s.errors > 0) {
-        writeln!(out, "  ! some rules failed on some cases; the log names each rule, case and position.")?;
+        writeln!(
+            out,
+            "  ! some rules failed on some cases; the log names each rule, case and position."
+        )?;
     }
     if let Some(e) = &r.error {
         writeln!(out, "  ! the pass stopped early: {e}")?;
@@ -431,7 +454,9 @@ pub fn print_plans(out: &mut impl Write, plans: &[crate::plan::CasePlan]) -> std
             out,
             "  case {} (ticket {})",
             p.case_id,
-            p.ticket_id.map(|t| t.to_string()).unwrap_or_else(|| "-".into())
+            p.ticket_id
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| "-".into())
         )?;
         for d in &p.decisions {
             let change = match (d.field.as_str(), d.old.as_deref()) {
@@ -450,11 +475,7 @@ pub fn print_plans(out: &mut impl Write, plans: &[crate::plan::CasePlan]) -> std
             writeln!(
                 out,
                 "    {:<24} {:<12} {:<36} {}{}",
-                d.rule,
-                d.field,
-                change,
-                d.reason,
-                status
+                d.rule, d.field, change, d.reason, status
             )?;
         }
     }
@@ -509,7 +530,9 @@ fn test_rule(args: &TestRuleArgs) -> anyhow::Result<u8> {
         Some(t) => match chrono::DateTime::parse_from_rfc3339(t) {
             Ok(t) => Some(t.timestamp_millis()),
             Err(e) => {
-                eprintln!("error: --now {t:?}: not an RFC 3339 time ({e}), e.g. 2026-01-31T08:00:00Z");
+                eprintln!(
+                    "error: --now {t:?}: not an RFC 3339 time ({e}), e.g. 2026-01-31T08:00:00Z"
+                );
                 return Ok(2);
             }
         },
@@ -578,7 +601,9 @@ fn test_rule(args: &TestRuleArgs) -> anyhow::Result<u8> {
                     out,
                     "  case {} (ticket {}): no changes",
                     case.id,
-                    case.ticket_id().map(|t| t.to_string()).unwrap_or_else(|| "-".into())
+                    case.ticket_id()
+                        .map(|t| t.to_string())
+                        .unwrap_or_else(|| "-".into())
                 )?,
                 (Some(p), None) => print_plans(&mut out, std::slice::from_ref(p))?,
                 (None, None) => {}
@@ -594,7 +619,10 @@ async fn open_audit(cli: &Cli, db: &Option<PathBuf>) -> anyhow::Result<AuditStor
         None => load_config(cli)?.audit.path,
     };
     if !path.exists() {
-        anyhow::bail!("audit DB {} does not exist (no pass has run with this config yet?)", path.display());
+        anyhow::bail!(
+            "audit DB {} does not exist (no pass has run with this config yet?)",
+            path.display()
+        );
     }
     Ok(AuditStore::open(&path).await?)
 }
@@ -605,18 +633,22 @@ async fn audit(cli: &Cli, args: &AuditArgs) -> anyhow::Result<u8> {
         let result = store.verify().await?;
         return Ok(match result {
             Verification::Intact { rows, head } => {
-                if let Some(expected) = expect_head {
-                    if !head.eq_ignore_ascii_case(expected) {
-                        println!(
-                            "BROKEN: the chain is intact over {rows} row(s) but its head is {head}, not the expected {expected}: newest rows were removed or the log was replaced"
-                        );
-                        return Ok(1);
-                    }
+                if let Some(expected) = expect_head
+                    && !head.eq_ignore_ascii_case(expected)
+                {
+                    println!(
+                        "BROKEN: the chain is intact over {rows} row(s) but its head is {head}, not the expected {expected}: newest rows were removed or the log was replaced"
+                    );
+                    return Ok(1);
                 }
                 println!("ok: {rows} row(s), hash chain intact, head {head}");
                 0
             }
-            Verification::Broken { seq, rows_checked, problem } => {
+            Verification::Broken {
+                seq,
+                rows_checked,
+                problem,
+            } => {
                 println!("BROKEN at row {seq} (after {rows_checked} good row(s)): {problem}");
                 1
             }
@@ -627,8 +659,18 @@ async fn audit(cli: &Cli, args: &AuditArgs) -> anyhow::Result<u8> {
         case_id: q.case_id.clone(),
         ticket_id: q.ticket,
         rule: q.rule.clone(),
-        since: q.since.as_deref().map(parse_time).transpose().map_err(|e| anyhow::anyhow!("--since: {e}"))?,
-        until: q.until.as_deref().map(parse_time).transpose().map_err(|e| anyhow::anyhow!("--until: {e}"))?,
+        since: q
+            .since
+            .as_deref()
+            .map(parse_time)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--since: {e}"))?,
+        until: q
+            .until
+            .as_deref()
+            .map(parse_time)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--until: {e}"))?,
         outcome: q.outcome,
         run_id: q.run_id.clone(),
         limit: q.limit,
@@ -669,20 +711,34 @@ async fn simulate(args: &SimulateArgs) -> anyhow::Result<u8> {
         .await
         .context("cannot start the simulator")?;
     let case_count = sim.state().cases.len();
-    println!("casewarden simulator: Stellar Cyber Cases API ({} flavour) with {case_count} cases", args.flavor.as_str());
+    println!(
+        "casewarden simulator: Stellar Cyber Cases API ({} flavour) with {case_count} cases",
+        args.flavor.as_str()
+    );
     println!("  url:      {}", sim.url);
     println!("  user:     {}", args.user);
-    println!("  api key:  {} (simulator credentials; Basic with the user, or Bearer alone)", args.api_key);
+    println!(
+        "  api key:  {} (simulator credentials; Basic with the user, or Bearer alone)",
+        args.api_key
+    );
     if let Some(ca) = &args.tls_cert_out {
         println!("  CA cert:  {} (set stellar.ca_file to it)", ca.display());
     }
     println!();
     println!("Point casewarden at it with a casewarden.toml like:");
-    println!("  [stellar]\n  url = \"{}\"\n  api_flavor = \"{}\"\n  user = \"{}\"\n  api_key_env = \"CASEWARDEN_API_KEY\"", sim.url, args.flavor.as_str(), args.user);
+    println!(
+        "  [stellar]\n  url = \"{}\"\n  api_flavor = \"{}\"\n  user = \"{}\"\n  api_key_env = \"CASEWARDEN_API_KEY\"",
+        sim.url,
+        args.flavor.as_str(),
+        args.user
+    );
     if let Some(ca) = &args.tls_cert_out {
         println!("  ca_file = \"{}\"", ca.display());
     }
-    println!("and `CASEWARDEN_API_KEY={} casewarden once --dry-run`. Ctrl-C stops the simulator.", args.api_key);
+    println!(
+        "and `CASEWARDEN_API_KEY={} casewarden once --dry-run`. Ctrl-C stops the simulator.",
+        args.api_key
+    );
     std::io::stdout().flush()?;
     tokio::select! {
         r = sim.wait() => r?,

@@ -30,7 +30,9 @@ impl ApiFlavor {
 /// Everything that can be wrong with a configuration, each naming where.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source} (pass --config PATH or set CASEWARDEN_CONFIG)")]
+    #[error(
+        "cannot read config file {path}: {source} (pass --config PATH or set CASEWARDEN_CONFIG)"
+    )]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -43,7 +45,9 @@ pub enum ConfigError {
         key: &'static str,
         message: String,
     },
-    #[error("{path}: no API key configured: set stellar.api_key_file or stellar.api_key_env, or run under systemd with LoadCredential=api_key")]
+    #[error(
+        "{path}: no API key configured: set stellar.api_key_file or stellar.api_key_env, or run under systemd with LoadCredential=api_key"
+    )]
     NoApiKey { path: PathBuf },
     #[error("{path}: stellar.api_key_file {file}: {source}")]
     KeyFile {
@@ -251,19 +255,22 @@ impl Config {
                 return Err(self.invalid(
                     "stellar.url",
                     "http:// is only allowed for loopback addresses; use https://",
-                ))
+                ));
             }
             other => {
                 return Err(self.invalid(
                     "stellar.url",
                     format!("unsupported scheme {other:?}; use https://"),
-                ))
+                ));
             }
         }
         if s.page_size == 0 || s.page_size > 500 {
             return Err(self.invalid(
                 "stellar.page_size",
-                format!("{} is out of range: the API serves 1 to 500 cases per page", s.page_size),
+                format!(
+                    "{} is out of range: the API serves 1 to 500 cases per page",
+                    s.page_size
+                ),
             ));
         }
         if s.timeout_secs == 0 {
@@ -294,13 +301,13 @@ impl Config {
         if let Err(e) = crate::rules::validate_cron(&d.schedule) {
             return Err(self.invalid("daemon.schedule", e));
         }
-        if let Some(listen) = &d.listen {
-            if listen.parse::<std::net::SocketAddr>().is_err() {
-                return Err(self.invalid(
-                    "daemon.listen",
-                    format!("{listen:?} is not an address like 127.0.0.1:9187"),
-                ));
-            }
+        if let Some(listen) = &d.listen
+            && listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(self.invalid(
+                "daemon.listen",
+                format!("{listen:?} is not an address like 127.0.0.1:9187"),
+            ));
         }
         Ok(())
     }
@@ -318,14 +325,14 @@ impl Config {
                         path: self.source.clone(),
                         var: var.clone(),
                     }),
-                }
+                };
             }
             (None, None) => match std::env::var_os("CREDENTIALS_DIRECTORY") {
                 Some(dir) => PathBuf::from(dir).join("api_key"),
                 None => {
                     return Err(ConfigError::NoApiKey {
                         path: self.source.clone(),
-                    })
+                    });
                 }
             },
         };
@@ -350,13 +357,13 @@ impl Config {
 #[cfg(unix)]
 fn warn_if_world_readable(file: &Path) {
     use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = std::fs::metadata(file) {
-        if meta.permissions().mode() & 0o004 != 0 {
-            tracing::warn!(
-                file = %file.display(),
-                "the API key file is readable by every user on this machine; chmod 600 it"
-            );
-        }
+    if let Ok(meta) = std::fs::metadata(file)
+        && meta.permissions().mode() & 0o004 != 0
+    {
+        tracing::warn!(
+            file = %file.display(),
+            "the API key file is readable by every user on this machine; chmod 600 it"
+        );
     }
 }
 
@@ -398,7 +405,10 @@ mod tests {
 
     #[test]
     fn defaults_and_relative_paths() {
-        let c = parse(&format!("{MINIMAL}api_key_file = \"key\"\n[audit]\npath = \"a.db\"\n")).unwrap();
+        let c = parse(&format!(
+            "{MINIMAL}api_key_file = \"key\"\n[audit]\npath = \"a.db\"\n"
+        ))
+        .unwrap();
         assert_eq!(c.stellar.page_size, 100);
         assert_eq!(c.stellar.api_flavor, ApiFlavor::Legacy);
         assert_eq!(c.daemon.max_changes_per_run, 500);
@@ -412,14 +422,18 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named_with_its_line() {
-        let err = parse(&format!("{MINIMAL}page_sise = 5\n")).unwrap_err().to_string();
+        let err = parse(&format!("{MINIMAL}page_sise = 5\n"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("page_sise"), "{err}");
         assert!(err.contains("line 3"), "{err}");
     }
 
     #[test]
     fn out_of_range_values_are_rejected() {
-        let err = parse(&format!("{MINIMAL}page_size = 900\n")).unwrap_err().to_string();
+        let err = parse(&format!("{MINIMAL}page_size = 900\n"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("stellar.page_size"), "{err}");
         let err = parse("[stellar]\nurl = \"http://stellar.example.com\"\n")
             .unwrap_err()
@@ -433,7 +447,10 @@ mod tests {
 
     #[test]
     fn missing_key_env_is_a_clear_error() {
-        let c = parse(&format!("{MINIMAL}api_key_env = \"CASEWARDEN_TEST_UNSET_VAR\"\n")).unwrap();
+        let c = parse(&format!(
+            "{MINIMAL}api_key_env = \"CASEWARDEN_TEST_UNSET_VAR\"\n"
+        ))
+        .unwrap();
         let err = c.api_key().unwrap_err().to_string();
         assert!(err.contains("CASEWARDEN_TEST_UNSET_VAR"), "{err}");
     }

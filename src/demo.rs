@@ -9,20 +9,35 @@ use futures::StreamExt;
 
 use crate::audit::report::{Format, Printer};
 use crate::audit::{AuditStore, Filter, Verification};
-use crate::cli::{print_plans, print_report, DemoArgs};
+use crate::cli::{DemoArgs, print_plans, print_report};
 use crate::config::ApiFlavor;
-use crate::pass::{run_pass, PassContext, PassOptions, PassSettings};
+use crate::pass::{PassContext, PassOptions, PassSettings, run_pass};
 use crate::rules::RuleSet;
 use crate::sim::{SimOptions, Simulator};
-use crate::stellar::{credentials, Client, ClientSettings};
+use crate::stellar::{Client, ClientSettings, credentials};
 
 /// The example rules, built in so the demo works from any folder.
 const EXAMPLES: [(&str, &str); 5] = [
-    ("10-escalate-aged-new.rhai", include_str!("../rules/10-escalate-aged-new.rhai")),
-    ("20-sla-breach.rhai", include_str!("../rules/20-sla-breach.rhai")),
-    ("30-tag-by-entity.rhai", include_str!("../rules/30-tag-by-entity.rhai")),
-    ("40-assign-by-tag.rhai", include_str!("../rules/40-assign-by-tag.rhai")),
-    ("50-stale-low-resolve.rhai", include_str!("../rules/50-stale-low-resolve.rhai")),
+    (
+        "10-escalate-aged-new.rhai",
+        include_str!("../rules/10-escalate-aged-new.rhai"),
+    ),
+    (
+        "20-sla-breach.rhai",
+        include_str!("../rules/20-sla-breach.rhai"),
+    ),
+    (
+        "30-tag-by-entity.rhai",
+        include_str!("../rules/30-tag-by-entity.rhai"),
+    ),
+    (
+        "40-assign-by-tag.rhai",
+        include_str!("../rules/40-assign-by-tag.rhai"),
+    ),
+    (
+        "50-stale-low-resolve.rhai",
+        include_str!("../rules/50-stale-low-resolve.rhai"),
+    ),
 ];
 
 /// How many changed cases the demo lists in full.
@@ -104,7 +119,10 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<u8> {
 
     let mut first_run = String::new();
     let mut first_changed = None;
-    for (n, title) in [(1, "first pass"), (2, "second pass (should find nothing left to do)")] {
+    for (n, title) in [
+        (1, "first pass"),
+        (2, "second pass (should find nothing left to do)"),
+    ] {
         writeln!(out)?;
         write!(out, "{}. Running the {title}... ", n + 2)?;
         out.flush()?;
@@ -121,7 +139,12 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<u8> {
         writeln!(out, "done in {} ms", started.elapsed().as_millis())?;
         if n == 1 {
             first_run = report.run_id.clone();
-            let changed: Vec<_> = report.plans.iter().filter(|p| p.has_work()).cloned().collect();
+            let changed: Vec<_> = report
+                .plans
+                .iter()
+                .filter(|p| p.has_work())
+                .cloned()
+                .collect();
             first_changed = changed
                 .iter()
                 .max_by_key(|p| p.decisions.len())
@@ -141,7 +164,10 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<u8> {
     }
 
     writeln!(out)?;
-    writeln!(out, "5. The audit trail of one changed case: intent (planned) before each request, outcome after:")?;
+    writeln!(
+        out,
+        "5. The audit trail of one changed case: intent (planned) before each request, outcome after:"
+    )?;
     let filter = Filter {
         case_id: first_changed,
         ..Filter::default()
@@ -158,23 +184,30 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<u8> {
     let counts: Vec<String> = counts.iter().map(|(o, n)| format!("{n} {o}")).collect();
     writeln!(out, "   first pass in the audit log: {}", counts.join(", "))?;
     match audit.verify().await? {
-        Verification::Intact { rows, head } => {
-            writeln!(out, "   audit verify: ok, {rows} rows, hash chain intact, head {head}")?
-        }
+        Verification::Intact { rows, head } => writeln!(
+            out,
+            "   audit verify: ok, {rows} rows, hash chain intact, head {head}"
+        )?,
         Verification::Broken { seq, problem, .. } => {
             writeln!(out, "   audit verify: BROKEN at row {seq}: {problem}")?
         }
     }
     let (writes, comments) = {
         let s = sim.state();
-        (s.write_requests(), s.comments.values().map(Vec::len).sum::<usize>())
+        (
+            s.write_requests(),
+            s.comments.values().map(Vec::len).sum::<usize>(),
+        )
     };
     writeln!(out)?;
     writeln!(
         out,
         "The simulator received {writes} write request(s) and holds {comments} comment(s) explaining the changes."
     )?;
-    writeln!(out, "Next: `casewarden simulate` in one terminal, then `casewarden once --dry-run` against it (see README).")?;
+    writeln!(
+        out,
+        "Next: `casewarden simulate` in one terminal, then `casewarden once --dry-run` against it (see README)."
+    )?;
     audit.close().await;
     sim.stop().await;
     Ok(0)

@@ -7,7 +7,11 @@ use casewarden::cli::{Cli, Command, LogFormat};
 
 fn init_tracing(cli: &Cli) {
     // The demo prints its own story; its logs would only interleave with it.
-    let quiet_default = if matches!(cli.command, Command::Demo(_)) { "error" } else { "info" };
+    let quiet_default = if matches!(cli.command, Command::Demo(_)) {
+        "error"
+    } else {
+        "info"
+    };
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => "warn",
         (false, 0) => quiet_default,
@@ -29,7 +33,10 @@ fn init_tracing(cli: &Cli) {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -12,7 +12,7 @@ use tracing::Instrument;
 use crate::audit::{AuditStore, NewEvent, Outcome, PassTotals};
 use crate::config::Config;
 use crate::plan::{self, CasePlan, ChangeKind, Decision, RuleChanges};
-use crate::rules::{case_to_dynamic, hints_match, EvalEnv, EvalError, Rule, RuleSet};
+use crate::rules::{EvalEnv, EvalError, Rule, RuleSet, case_to_dynamic, hints_match};
 use crate::stellar::model::history_of;
 use crate::stellar::{ApiError, Case, Client};
 
@@ -127,7 +127,9 @@ pub async fn own_users(client: &Client) -> Vec<String> {
                 .eq_ignore_ascii_case(user)
                 .then(|| u.get("user_id")?.as_str().map(str::to_string))?
         })),
-        Err(e) => tracing::warn!(error = %e, "cannot list users to find casewarden's own user id; own history entries are matched by email only"),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list users to find casewarden's own user id; own history entries are matched by email only")
+        }
     }
     own
 }
@@ -142,21 +144,26 @@ fn pushdown(rules: &[Arc<Rule>]) -> Vec<(String, String)> {
     for (key, value) in &first.query {
         if key == "status" || key == "priority" || key == "severity" {
             let mut union: Vec<String> = Vec::new();
-            let all = rules.iter().all(|r| match r.query.iter().find(|(k, _)| k == key) {
-                Some((_, v)) => {
-                    for s in v.split(',').map(str::trim) {
-                        if !union.iter().any(|u| u == s) {
-                            union.push(s.to_string());
+            let all = rules
+                .iter()
+                .all(|r| match r.query.iter().find(|(k, _)| k == key) {
+                    Some((_, v)) => {
+                        for s in v.split(',').map(str::trim) {
+                            if !union.iter().any(|u| u == s) {
+                                union.push(s.to_string());
+                            }
                         }
+                        true
                     }
-                    true
-                }
-                None => false,
-            });
+                    None => false,
+                });
             if all {
                 out.push((key.clone(), union.join(",")));
             }
-        } else if rules.iter().all(|r| r.query.iter().any(|(k, v)| k == key && v == value)) {
+        } else if rules
+            .iter()
+            .all(|r| r.query.iter().any(|(k, v)| k == key && v == value))
+        {
             out.push((key.clone(), value.clone()));
         }
     }
@@ -166,7 +173,12 @@ fn pushdown(rules: &[Arc<Rule>]) -> Vec<(String, String)> {
 }
 
 /// Evaluates every rule on every case of a page, in parallel across cores.
-fn evaluate_page(set: &RuleSet, rules: &[Arc<Rule>], cases: Vec<Case>, env: &EvalEnv) -> Vec<Evaluated> {
+fn evaluate_page(
+    set: &RuleSet,
+    rules: &[Arc<Rule>],
+    cases: Vec<Case>,
+    env: &EvalEnv,
+) -> Vec<Evaluated> {
     let eval_one = |case: Case| {
         let dynamic = case_to_dynamic(&case);
         let mut ev = Evaluated {
@@ -224,7 +236,9 @@ fn event(run_id: &str, rule: &Rule, plan: &CasePlan, d: &Decision, dry_run: bool
         old: d.old.clone(),
         new: d.new.clone(),
         reason: match &d.skipped {
-            Some(why) => format!("{} [skipped: {why}]", d.reason).trim_start().to_string(),
+            Some(why) => format!("{} [skipped: {why}]", d.reason)
+                .trim_start()
+                .to_string(),
             None => d.reason.clone(),
         },
         dry_run,
@@ -246,14 +260,14 @@ fn resolve_assignees(
     for rc in &mut ev.requests {
         let mut unknown = Vec::new();
         rc.changes.retain_mut(|c| {
-            if let ChangeKind::Assign(who) = &mut c.kind {
-                if who.contains('@') {
-                    match users.get(&who.to_lowercase()) {
-                        Some(id) => *who = id.clone(),
-                        None => {
-                            unknown.push(who.clone());
-                            return false;
-                        }
+            if let ChangeKind::Assign(who) = &mut c.kind
+                && who.contains('@')
+            {
+                match users.get(&who.to_lowercase()) {
+                    Some(id) => *who = id.clone(),
+                    None => {
+                        unknown.push(who.clone());
+                        return false;
                     }
                 }
             }
@@ -283,7 +297,9 @@ async fn overridden(
     own: &[String],
 ) -> Result<bool, crate::audit::AuditError> {
     let history = history_of(case.raw());
-    let is_own = |h: &crate::stellar::model::HistoryEntry| h.api && (own.is_empty() || own.contains(&h.user));
+    let is_own = |h: &crate::stellar::model::HistoryEntry| {
+        h.api && (own.is_empty() || own.contains(&h.user))
+    };
     if !history.iter().any(|h| h.field == d.field && !is_own(h)) {
         return Ok(false);
     }
@@ -371,7 +387,13 @@ async fn run(
     let rules: Vec<Arc<Rule>> = set
         .rules
         .iter()
-        .filter(|r| if opts.only.is_empty() { r.enabled } else { opts.only.contains(&r.name) })
+        .filter(|r| {
+            if opts.only.is_empty() {
+                r.enabled
+            } else {
+                opts.only.contains(&r.name)
+            }
+        })
         .cloned()
         .collect();
     report.rules = rules
@@ -381,7 +403,11 @@ async fn run(
             ..RuleStats::default()
         })
         .collect();
-    let index_of: HashMap<&str, usize> = rules.iter().enumerate().map(|(i, r)| (r.name.as_str(), i)).collect();
+    let index_of: HashMap<&str, usize> = rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.name.as_str(), i))
+        .collect();
     ctx.audit
         .start_pass(&report.run_id, &opts.trigger, &set.fingerprint, dry_run)
         .await?;
@@ -414,14 +440,20 @@ async fn run(
         report.cases_unparsable += page.skipped.len();
         report.cases_seen += page.cases.len();
         let (set2, rules2, env2) = (set.clone(), rules.clone(), env.clone());
-        let evaluated = tokio::task::spawn_blocking(move || evaluate_page(&set2, &rules2, page.cases, &env2)).await?;
+        let evaluated =
+            tokio::task::spawn_blocking(move || evaluate_page(&set2, &rules2, page.cases, &env2))
+                .await?;
 
         let mut deferred_events = Vec::new();
         for mut ev in evaluated {
             for &i in &ev.seen_by {
                 report.rules[i].seen += 1;
             }
-            let wants_assign_email = ev.requests.iter().flat_map(|r| &r.changes).any(|c| matches!(&c.kind, ChangeKind::Assign(w) if w.contains('@')));
+            let wants_assign_email = ev
+                .requests
+                .iter()
+                .flat_map(|r| &r.changes)
+                .any(|c| matches!(&c.kind, ChangeKind::Assign(w) if w.contains('@')));
             if wants_assign_email && users.is_none() {
                 users = Some(user_index(&ctx.client).await);
             }
@@ -441,14 +473,22 @@ async fn run(
             let mut plan = plan::plan_case(&ev.case, &ev.requests);
             let mut override_skips = Vec::new();
             for (k, d) in plan.decisions.iter().enumerate() {
-                if d.is_planned() && d.field != "comment" && overridden(&ctx.audit, &ev.case, d, &own).await? {
+                if d.is_planned()
+                    && d.field != "comment"
+                    && overridden(&ctx.audit, &ev.case, d, &own).await?
+                {
                     override_skips.push(k);
                 }
             }
             for k in override_skips {
                 plan.decisions[k].skipped = Some("overridden by a person".into());
             }
-            let mut wanted: Vec<usize> = plan.decisions.iter().filter(|d| d.is_planned()).filter_map(|d| index_of.get(d.rule.as_str()).copied()).collect();
+            let mut wanted: Vec<usize> = plan
+                .decisions
+                .iter()
+                .filter(|d| d.is_planned())
+                .filter_map(|d| index_of.get(d.rule.as_str()).copied())
+                .collect();
             wanted.dedup();
             wanted.sort_unstable();
             wanted.dedup();
@@ -466,7 +506,9 @@ async fn run(
                     if let Some(&i) = index_of.get(d.rule.as_str()) {
                         report.rules[i].deferred += 1;
                         let mut d = d.clone();
-                        d.skipped = Some(format!("change budget of {budget} per pass spent; deferred to the next pass"));
+                        d.skipped = Some(format!(
+                            "change budget of {budget} per pass spent; deferred to the next pass"
+                        ));
                         deferred_events.push(event(&report.run_id, &rules[i], &plan, &d, dry_run));
                     }
                 }
@@ -481,14 +523,24 @@ async fn run(
         }
     }
     if report.budget_exhausted {
-        tracing::warn!(deferred = report.deferred_changes, budget, "change budget exhausted: {} change(s) deferred to the next pass", report.deferred_changes);
+        tracing::warn!(
+            deferred = report.deferred_changes,
+            budget,
+            "change budget exhausted: {} change(s) deferred to the next pass",
+            report.deferred_changes
+        );
     }
 
     // Blast-radius guard: a rule wanting to change too large a share of what it saw is
     // halted for the whole pass.
     for (i, stats) in report.rules.iter_mut().enumerate() {
         let wanted = stats.matched;
-        if plan::guard_trips(wanted, stats.seen, ctx.settings.max_change_fraction, ctx.settings.guard_min_cases) {
+        if plan::guard_trips(
+            wanted,
+            stats.seen,
+            ctx.settings.max_change_fraction,
+            ctx.settings.guard_min_cases,
+        ) {
             stats.guard_halted = true;
             let why = format!(
                 "blast-radius guard: rule wanted to change {wanted} of {} cases it saw (limit {:.0}%)",
@@ -507,7 +559,9 @@ async fn run(
     let mut owners = Vec::new();
     for (pi, p) in retained.iter().enumerate() {
         for (di, d) in p.decisions.iter().enumerate() {
-            let Some(&ri) = index_of.get(d.rule.as_str()) else { continue };
+            let Some(&ri) = index_of.get(d.rule.as_str()) else {
+                continue;
+            };
             events.push(event(&report.run_id, &rules[ri], p, d, dry_run));
             owners.push((pi, di, ri));
             if d.is_planned() {
@@ -544,49 +598,59 @@ async fn run(
     let comment_changes = ctx.settings.comment_changes;
     let client = ctx.client.clone();
     let run_id = report.run_id.clone();
-    let rule_hash: HashMap<String, String> = rules.iter().map(|r| (r.name.clone(), r.source_hash.clone())).collect();
-    let results: Vec<(usize, Vec<(usize, bool)>)> = futures::stream::iter(retained.iter().enumerate().filter(|(_, p)| p.has_work()))
-        .map(|(pi, p)| {
-            let client = client.clone();
-            let tx = tx.clone();
-            let seq_of = &seq_of;
-            let rule_hash = &rule_hash;
-            let run_id = run_id.clone();
-            async move {
-                let outcomes = apply_case(&client, p, comment_changes).await;
-                let events: Vec<NewEvent> = outcomes
-                    .iter()
-                    .map(|(di, result)| {
-                        let d = &p.decisions[*di];
-                        let (outcome, error, status) = match result {
-                            Ok(()) => (Outcome::Applied, None, None),
-                            Err((msg, status)) => (Outcome::Failed, Some(msg.clone()), *status),
-                        };
-                        NewEvent {
-                            run_id: run_id.clone(),
-                            rule: d.rule.clone(),
-                            rule_hash: rule_hash.get(&d.rule).cloned().unwrap_or_default(),
-                            case_id: p.case_id.clone(),
-                            ticket_id: p.ticket_id,
-                            field: d.field.clone(),
-                            old: d.old.clone(),
-                            new: d.new.clone(),
-                            reason: String::new(),
-                            dry_run: false,
-                            outcome: Some(outcome),
-                            error,
-                            http_status: status.map(i64::from),
-                            planned_seq: seq_of.get(&(pi, *di)).copied(),
-                        }
-                    })
-                    .collect();
-                let _ = tx.send(events).await;
-                (pi, outcomes.into_iter().map(|(di, r)| (di, r.is_ok())).collect())
-            }
-        })
-        .buffer_unordered(ctx.settings.max_in_flight.max(1))
-        .collect()
-        .await;
+    let rule_hash: HashMap<String, String> = rules
+        .iter()
+        .map(|r| (r.name.clone(), r.source_hash.clone()))
+        .collect();
+    let results: Vec<(usize, Vec<(usize, bool)>)> =
+        futures::stream::iter(retained.iter().enumerate().filter(|(_, p)| p.has_work()))
+            .map(|(pi, p)| {
+                let client = client.clone();
+                let tx = tx.clone();
+                let seq_of = &seq_of;
+                let rule_hash = &rule_hash;
+                let run_id = run_id.clone();
+                async move {
+                    let outcomes = apply_case(&client, p, comment_changes).await;
+                    let events: Vec<NewEvent> = outcomes
+                        .iter()
+                        .map(|(di, result)| {
+                            let d = &p.decisions[*di];
+                            let (outcome, error, status) = match result {
+                                Ok(()) => (Outcome::Applied, None, None),
+                                Err((msg, status)) => (Outcome::Failed, Some(msg.clone()), *status),
+                            };
+                            NewEvent {
+                                run_id: run_id.clone(),
+                                rule: d.rule.clone(),
+                                rule_hash: rule_hash.get(&d.rule).cloned().unwrap_or_default(),
+                                case_id: p.case_id.clone(),
+                                ticket_id: p.ticket_id,
+                                field: d.field.clone(),
+                                old: d.old.clone(),
+                                new: d.new.clone(),
+                                reason: String::new(),
+                                dry_run: false,
+                                outcome: Some(outcome),
+                                error,
+                                http_status: status.map(i64::from),
+                                planned_seq: seq_of.get(&(pi, *di)).copied(),
+                            }
+                        })
+                        .collect();
+                    let _ = tx.send(events).await;
+                    (
+                        pi,
+                        outcomes
+                            .into_iter()
+                            .map(|(di, r)| (di, r.is_ok()))
+                            .collect(),
+                    )
+                }
+            })
+            .buffer_unordered(ctx.settings.max_in_flight.max(1))
+            .collect()
+            .await;
     drop(tx);
     writer.await??;
     for (pi, outcomes) in results {
@@ -610,7 +674,11 @@ async fn run(
 type DecisionResult = Result<(), (String, Option<u16>)>;
 
 /// Sends one case's update, then its comment; returns the outcome of every planned decision.
-async fn apply_case(client: &Client, plan: &CasePlan, comment_changes: bool) -> Vec<(usize, DecisionResult)> {
+async fn apply_case(
+    client: &Client,
+    plan: &CasePlan,
+    comment_changes: bool,
+) -> Vec<(usize, DecisionResult)> {
     let span = tracing::info_span!("case", case_id = %plan.case_id);
     async {
         let planned: Vec<usize> = (0..plan.decisions.len()).filter(|&i| plan.decisions[i].is_planned()).collect();
@@ -674,7 +742,13 @@ fn check_updated(updated: &Value, plan: &CasePlan) -> DecisionResult {
     if missing.is_empty() {
         Ok(())
     } else {
-        Err((format!("the server accepted the update but the case does not hold the new {}", missing.join(", ")), None))
+        Err((
+            format!(
+                "the server accepted the update but the case does not hold the new {}",
+                missing.join(", ")
+            ),
+            None,
+        ))
     }
 }
 
@@ -685,10 +759,18 @@ fn change_summary(plan: &CasePlan, fields: &[usize]) -> String {
         let d = &plan.decisions[i];
         let what = match (d.field.as_str(), d.old.as_deref()) {
             ("tags", _) => format!("tags {}", d.new.as_deref().unwrap_or("")),
-            (f, Some(old)) => format!("{f}: {} -> {}", if old.is_empty() { "(none)" } else { old }, d.new.as_deref().unwrap_or("")),
+            (f, Some(old)) => format!(
+                "{f}: {} -> {}",
+                if old.is_empty() { "(none)" } else { old },
+                d.new.as_deref().unwrap_or("")
+            ),
             (f, None) => format!("{f}: {}", d.new.as_deref().unwrap_or("")),
         };
-        let why = if d.reason.is_empty() { String::new() } else { format!(" — {}", d.reason) };
+        let why = if d.reason.is_empty() {
+            String::new()
+        } else {
+            format!(" — {}", d.reason)
+        };
         lines.push(format!("- {what} (rule {}){why}", d.rule));
     }
     lines.join("\n")
@@ -698,7 +780,12 @@ async fn user_index(client: &Client) -> HashMap<String, String> {
     match client.list_users().await {
         Ok(users) => users
             .iter()
-            .filter_map(|u| Some((u.get("email")?.as_str()?.to_lowercase(), u.get("user_id")?.as_str()?.to_string())))
+            .filter_map(|u| {
+                Some((
+                    u.get("email")?.as_str()?.to_lowercase(),
+                    u.get("user_id")?.as_str()?.to_string(),
+                ))
+            })
             .collect(),
         Err(e) => {
             tracing::warn!(error = %e, "cannot list users; assignments by email fail this pass");
@@ -729,7 +816,11 @@ pub async fn reconcile(ctx: &PassContext) -> Result<Reconciled, crate::audit::Au
     let mut events = Vec::new();
     for row in rows {
         if !cases.contains_key(&row.case_id) {
-            let fetched = ctx.client.get_case(&row.case_id).await.map_err(|e| e.to_string());
+            let fetched = ctx
+                .client
+                .get_case(&row.case_id)
+                .await
+                .map_err(|e| e.to_string());
             cases.insert(row.case_id.clone(), fetched);
         }
         let decision = Decision {
@@ -741,10 +832,19 @@ pub async fn reconcile(ctx: &PassContext) -> Result<Reconciled, crate::audit::Au
             skipped: None,
         };
         let (outcome, error) = match &cases[&row.case_id] {
-            Err(e) => (Outcome::Unknown, Some(format!("interrupted; cannot read the case back: {e}"))),
-            Ok(_) if row.field == "comment" => (Outcome::Unknown, Some("interrupted; whether the comment was posted cannot be checked".to_string())),
+            Err(e) => (
+                Outcome::Unknown,
+                Some(format!("interrupted; cannot read the case back: {e}")),
+            ),
+            Ok(_) if row.field == "comment" => (
+                Outcome::Unknown,
+                Some("interrupted; whether the comment was posted cannot be checked".to_string()),
+            ),
             Ok(case) if plan::case_holds(case, &decision) => (Outcome::Applied, None),
-            Ok(_) => (Outcome::Failed, Some("interrupted: the case does not hold the planned value".to_string())),
+            Ok(_) => (
+                Outcome::Failed,
+                Some("interrupted: the case does not hold the planned value".to_string()),
+            ),
         };
         match outcome {
             Outcome::Applied => summary.applied += 1,

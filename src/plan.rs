@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 
 use crate::stellar::Case;
 
@@ -155,10 +155,19 @@ fn describe(case: &Case, kind: &ChangeKind) -> Vec<(String, Option<String>, Stri
         ChangeKind::Status(s) => vec![field("status", case.status(), s)],
         ChangeKind::Resolve(r) => {
             let already = case.status() == "Resolved";
-            let old_res = case.raw().get("resolution").and_then(Value::as_str).unwrap_or("");
+            let old_res = case
+                .raw()
+                .get("resolution")
+                .and_then(Value::as_str)
+                .unwrap_or("");
             vec![
                 field("status", case.status(), "Resolved"),
-                ("resolution".into(), Some(old_res.to_string()), r.clone(), already),
+                (
+                    "resolution".into(),
+                    Some(old_res.to_string()),
+                    r.clone(),
+                    already,
+                ),
             ]
         }
         ChangeKind::Assign(u) => vec![field("assignee", case.assignee(), u)],
@@ -274,7 +283,10 @@ mod tests {
             rule: rule.into(),
             changes: kinds
                 .into_iter()
-                .map(|kind| Change { kind, reason: format!("{rule} says so") })
+                .map(|kind| Change {
+                    kind,
+                    reason: format!("{rule} says so"),
+                })
                 .collect(),
         }
     }
@@ -283,13 +295,16 @@ mod tests {
     fn no_ops_are_dropped() {
         let plan = plan_case(
             &case(),
-            &[rc("a", vec![
-                ChangeKind::Priority("Medium".into()),
-                ChangeKind::AddTag("vip".into()),
-                ChangeKind::RemoveTag("absent".into()),
-                ChangeKind::Status("New".into()),
-                ChangeKind::Assign("".into()),
-            ])],
+            &[rc(
+                "a",
+                vec![
+                    ChangeKind::Priority("Medium".into()),
+                    ChangeKind::AddTag("vip".into()),
+                    ChangeKind::RemoveTag("absent".into()),
+                    ChangeKind::Status("New".into()),
+                    ChangeKind::Assign("".into()),
+                ],
+            )],
         );
         assert!(plan.decisions.is_empty());
         assert_eq!(plan.body(), None);
@@ -301,13 +316,22 @@ mod tests {
             &case(),
             &[
                 rc("a", vec![ChangeKind::Priority("High".into())]),
-                rc("b", vec![ChangeKind::Priority("Critical".into()), ChangeKind::Priority("High".into())]),
+                rc(
+                    "b",
+                    vec![
+                        ChangeKind::Priority("Critical".into()),
+                        ChangeKind::Priority("High".into()),
+                    ],
+                ),
             ],
         );
         assert_eq!(plan.decisions.len(), 2);
         assert_eq!(plan.decisions[0].rule, "a");
         assert!(plan.decisions[0].is_planned());
-        assert_eq!(plan.decisions[1].skipped.as_deref(), Some("conflict with a"));
+        assert_eq!(
+            plan.decisions[1].skipped.as_deref(),
+            Some("conflict with a")
+        );
         assert_eq!(plan.body(), Some(json!({"priority": "High"})));
     }
 
@@ -317,7 +341,13 @@ mod tests {
             &case(),
             &[
                 rc("a", vec![ChangeKind::RemoveTag("vip".into())]),
-                rc("b", vec![ChangeKind::AddTag("x".into()), ChangeKind::AddTag("vip".into())]),
+                rc(
+                    "b",
+                    vec![
+                        ChangeKind::AddTag("x".into()),
+                        ChangeKind::AddTag("vip".into()),
+                    ],
+                ),
                 rc("c", vec![ChangeKind::RemoveTag("x".into())]),
             ],
         );
@@ -334,21 +364,36 @@ mod tests {
                 ("c", Some("-x"), Some("conflict with b"))
             ]
         );
-        assert_eq!(plan.body(), Some(json!({"tags": {"add": ["x"], "delete": ["vip"]}})));
+        assert_eq!(
+            plan.body(),
+            Some(json!({"tags": {"add": ["x"], "delete": ["vip"]}}))
+        );
     }
 
     #[test]
     fn decisions_carry_old_new_and_reason() {
         let plan = plan_case(
             &case(),
-            &[rc("a", vec![ChangeKind::Resolve("Benign".into()), ChangeKind::Comment("hi".into())])],
+            &[rc(
+                "a",
+                vec![
+                    ChangeKind::Resolve("Benign".into()),
+                    ChangeKind::Comment("hi".into()),
+                ],
+            )],
         );
         let d = &plan.decisions[0];
-        assert_eq!((d.field.as_str(), d.old.as_deref(), d.new.as_deref()), ("status", Some("New"), Some("Resolved")));
+        assert_eq!(
+            (d.field.as_str(), d.old.as_deref(), d.new.as_deref()),
+            ("status", Some("New"), Some("Resolved"))
+        );
         assert_eq!(d.reason, "a says so");
         assert_eq!(plan.decisions[1].field, "resolution");
         assert_eq!(plan.comments().count(), 1);
-        assert_eq!(plan.body(), Some(json!({"status": "Resolved", "resolution": "Benign"})));
+        assert_eq!(
+            plan.body(),
+            Some(json!({"status": "Resolved", "resolution": "Benign"}))
+        );
         assert_eq!(plan.ticket_id, Some(7));
     }
 

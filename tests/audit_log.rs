@@ -12,7 +12,11 @@ use crate::common::*;
 fn event(n: usize, outcome: Outcome) -> NewEvent {
     NewEvent {
         run_id: format!("run-{}", n % 3),
-        rule: if n % 2 == 0 { "even-rule".into() } else { "odd-rule".into() },
+        rule: if n.is_multiple_of(2) {
+            "even-rule".into()
+        } else {
+            "odd-rule".into()
+        },
         rule_hash: "ab".repeat(32),
         case_id: format!("case-{n}"),
         ticket_id: Some(1000 + n as i64),
@@ -20,7 +24,7 @@ fn event(n: usize, outcome: Outcome) -> NewEvent {
         old: Some("Low".into()),
         new: Some("High".into()),
         reason: format!("reason {n}, with a comma"),
-        dry_run: n % 5 == 0,
+        dry_run: n.is_multiple_of(5),
         outcome: Some(outcome),
         error: (outcome == Outcome::Failed).then(|| "HTTP 500: boom".to_string()),
         http_status: (outcome == Outcome::Failed).then_some(500),
@@ -30,8 +34,21 @@ fn event(n: usize, outcome: Outcome) -> NewEvent {
 
 async fn store_with(rows: usize) -> (tempfile::TempDir, AuditStore) {
     let dir = tempfile::tempdir().unwrap();
-    let store = AuditStore::open(&dir.path().join("nested/dir/audit.db")).await.unwrap();
-    let events: Vec<NewEvent> = (0..rows).map(|n| event(n, if n % 4 == 3 { Outcome::Failed } else { Outcome::Applied })).collect();
+    let store = AuditStore::open(&dir.path().join("nested/dir/audit.db"))
+        .await
+        .unwrap();
+    let events: Vec<NewEvent> = (0..rows)
+        .map(|n| {
+            event(
+                n,
+                if n % 4 == 3 {
+                    Outcome::Failed
+                } else {
+                    Outcome::Applied
+                },
+            )
+        })
+        .collect();
     store.append(&events).await.unwrap();
     (dir, store)
 }
@@ -64,13 +81,36 @@ async fn every_field_round_trips() {
     let mut outcome = event(3, Outcome::Applied);
     outcome.planned_seq = Some(seqs[0]);
     store.append(&[outcome]).await.unwrap();
-    let rows: Vec<_> = store.query(&Filter::default()).collect::<Vec<_>>().await.into_iter().map(Result::unwrap).collect();
+    let rows: Vec<_> = store
+        .query(&Filter::default())
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
     assert_eq!(rows.len(), 2);
     let r = &rows[0];
-    assert_eq!((r.run_id.as_str(), r.rule.as_str(), r.case_id.as_str()), ("run-0", "odd-rule", "case-3"));
-    assert_eq!((r.ticket_id, r.field.as_str(), r.old.as_deref(), r.new.as_deref()), (Some(1003), "priority", Some("Low"), Some("High")));
-    assert_eq!((r.reason.as_str(), r.dry_run, r.outcome.as_str()), ("reason 3, with a comma", false, "failed"));
-    assert_eq!((r.error.as_deref(), r.http_status, r.rule_hash.len()), (Some("HTTP 500: boom"), Some(500), 64));
+    assert_eq!(
+        (r.run_id.as_str(), r.rule.as_str(), r.case_id.as_str()),
+        ("run-0", "odd-rule", "case-3")
+    );
+    assert_eq!(
+        (
+            r.ticket_id,
+            r.field.as_str(),
+            r.old.as_deref(),
+            r.new.as_deref()
+        ),
+        (Some(1003), "priority", Some("Low"), Some("High"))
+    );
+    assert_eq!(
+        (r.reason.as_str(), r.dry_run, r.outcome.as_str()),
+        ("reason 3, with a comma", false, "failed")
+    );
+    assert_eq!(
+        (r.error.as_deref(), r.http_status, r.rule_hash.len()),
+        (Some("HTTP 500: boom"), Some(500), 64)
+    );
     assert_eq!(rows[1].planned_seq, Some(rows[0].seq));
     assert_eq!(rows[1].prev_hash, rows[0].hash);
     assert!(chrono::DateTime::parse_from_rfc3339(&r.recorded_at).is_ok());
@@ -82,30 +122,81 @@ async fn audit_command_filters_and_formats() {
     store.close().await;
     let db = dir.path().join("nested/dir/audit.db");
     let db = db.to_str().unwrap();
-    let out = run_bin(&["audit", "--db", db, "--rule", "odd-rule", "--outcome", "failed", "--format", "json"], &[]).await;
+    let out = run_bin(
+        &[
+            "audit",
+            "--db",
+            db,
+            "--rule",
+            "odd-rule",
+            "--outcome",
+            "failed",
+            "--format",
+            "json",
+        ],
+        &[],
+    )
+    .await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let lines: Vec<serde_json::Value> = stdout(&out).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 10);
     for l in &lines {
-        for key in ["run_id", "recorded_at", "rule", "case_id", "ticket_id", "field", "old", "new", "reason", "dry_run", "outcome", "error"] {
+        for key in [
+            "run_id",
+            "recorded_at",
+            "rule",
+            "case_id",
+            "ticket_id",
+            "field",
+            "old",
+            "new",
+            "reason",
+            "dry_run",
+            "outcome",
+            "error",
+        ] {
             assert!(l.get(key).is_some(), "missing {key}");
         }
         assert_eq!(l["rule"], "odd-rule");
         assert_eq!(l["outcome"], "failed");
         assert!(l["dry_run"].is_boolean());
     }
-    let out = run_bin(&["audit", "--db", db, "--case", "case-7", "--format", "csv"], &[]).await;
+    let out = run_bin(
+        &["audit", "--db", db, "--case", "case-7", "--format", "csv"],
+        &[],
+    )
+    .await;
     let text = stdout(&out);
     let mut reader = csv::Reader::from_reader(text.as_bytes());
     let records: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
     assert_eq!(records.len(), 1);
     assert_eq!(&records[0][10], "reason 7, with a comma");
-    let out = run_bin(&["audit", "--db", db, "--ticket", "1004", "--pass", "run-1"], &[]).await;
+    let out = run_bin(
+        &["audit", "--db", db, "--ticket", "1004", "--pass", "run-1"],
+        &[],
+    )
+    .await;
     let text = stdout(&out);
-    assert!(text.contains("RULE") && text.contains("Low -> High") && text.contains("1004"), "{text}");
-    let out = run_bin(&["audit", "--db", db, "--since", "1h", "--limit", "5", "--format", "json"], &[]).await;
+    assert!(
+        text.contains("RULE") && text.contains("Low -> High") && text.contains("1004"),
+        "{text}"
+    );
+    let out = run_bin(
+        &[
+            "audit", "--db", db, "--since", "1h", "--limit", "5", "--format", "json",
+        ],
+        &[],
+    )
+    .await;
     assert_eq!(stdout(&out).lines().count(), 5);
-    let out = run_bin(&["audit", "--db", db, "--until", "2020-01-01T00:00:00Z"], &[]).await;
+    let out = run_bin(
+        &["audit", "--db", db, "--until", "2020-01-01T00:00:00Z"],
+        &[],
+    )
+    .await;
     assert!(stdout(&out).contains("(no audit rows match)"));
     let out = run_bin(&["audit", "--db", db, "--since", "last tuesday"], &[]).await;
     assert_eq!(out.status.code(), Some(2));
@@ -116,12 +207,18 @@ async fn audit_command_filters_and_formats() {
 async fn a_large_export_streams_every_row() {
     let (dir, store) = store_with(0).await;
     for chunk in 0..10 {
-        let events: Vec<NewEvent> = (0..2000).map(|n| event(chunk * 2000 + n, Outcome::Applied)).collect();
+        let events: Vec<NewEvent> = (0..2000)
+            .map(|n| event(chunk * 2000 + n, Outcome::Applied))
+            .collect();
         store.append(&events).await.unwrap();
     }
     store.close().await;
     let db = dir.path().join("nested/dir/audit.db");
-    let out = run_bin(&["audit", "--db", db.to_str().unwrap(), "--format", "json"], &[]).await;
+    let out = run_bin(
+        &["audit", "--db", db.to_str().unwrap(), "--format", "json"],
+        &[],
+    )
+    .await;
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(stdout(&out).lines().count(), 20_000);
 }
@@ -130,11 +227,18 @@ async fn a_large_export_streams_every_row() {
 async fn updates_and_deletes_are_refused() {
     let (dir, store) = store_with(3).await;
     let pool = raw_pool(&dir.path().join("nested/dir/audit.db")).await;
-    let err = exec(&pool, "UPDATE events SET reason = 'edited' WHERE seq = 2").await.unwrap_err();
+    let err = exec(&pool, "UPDATE events SET reason = 'edited' WHERE seq = 2")
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("append-only"), "{err}");
-    let err = exec(&pool, "DELETE FROM events WHERE seq = 1").await.unwrap_err();
+    let err = exec(&pool, "DELETE FROM events WHERE seq = 1")
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("append-only"), "{err}");
-    assert!(matches!(store.verify().await.unwrap(), Verification::Intact { rows: 3, .. }));
+    assert!(matches!(
+        store.verify().await.unwrap(),
+        Verification::Intact { rows: 3, .. }
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -146,10 +250,15 @@ async fn verify_finds_an_edited_row() {
     assert!(text.contains("ok: 10 row(s)"), "{text}");
     let pool = raw_pool(&db).await;
     exec(&pool, "DROP TRIGGER events_no_update").await.unwrap();
-    exec(&pool, "UPDATE events SET new = 'Critical' WHERE seq = 6").await.unwrap();
+    exec(&pool, "UPDATE events SET new = 'Critical' WHERE seq = 6")
+        .await
+        .unwrap();
     let (code, text) = verify_cli(&db, &[]).await;
     assert_eq!(code, 1);
-    assert!(text.contains("BROKEN at row 6") && text.contains("edited"), "{text}");
+    assert!(
+        text.contains("BROKEN at row 6") && text.contains("edited"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -158,10 +267,15 @@ async fn verify_finds_a_deleted_middle_row() {
     let db = dir.path().join("nested/dir/audit.db");
     let pool = raw_pool(&db).await;
     exec(&pool, "DROP TRIGGER events_no_delete").await.unwrap();
-    exec(&pool, "DELETE FROM events WHERE seq = 4").await.unwrap();
+    exec(&pool, "DELETE FROM events WHERE seq = 4")
+        .await
+        .unwrap();
     let (code, text) = verify_cli(&db, &[]).await;
     assert_eq!(code, 1);
-    assert!(text.contains("BROKEN at row 5") && text.contains("deleted or inserted"), "{text}");
+    assert!(
+        text.contains("BROKEN at row 5") && text.contains("deleted or inserted"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -173,7 +287,9 @@ async fn verify_finds_a_forged_row() {
     // A row slipped in between 3 and 4, copying row 3's hash to look chained.
     exec(&pool, "INSERT INTO events (seq, run_id, recorded_at, rule, rule_hash, case_id, field, reason, dry_run, outcome, prev_hash, hash) \
                  SELECT 1000, run_id, recorded_at, rule, rule_hash, 'forged', field, 'forged', 0, 'applied', hash, hash FROM events WHERE seq = 3").await.unwrap();
-    exec(&pool, "UPDATE events SET seq = 35 WHERE seq = 1000").await.unwrap_or(());
+    exec(&pool, "UPDATE events SET seq = 35 WHERE seq = 1000")
+        .await
+        .unwrap_or(());
     let (code, text) = verify_cli(&db, &[]).await;
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("BROKEN"), "{text}");
@@ -188,7 +304,9 @@ async fn expect_head_catches_truncation() {
     assert_eq!(code, 0);
     let pool = raw_pool(&db).await;
     exec(&pool, "DROP TRIGGER events_no_delete").await.unwrap();
-    exec(&pool, "DELETE FROM events WHERE seq >= 9").await.unwrap();
+    exec(&pool, "DELETE FROM events WHERE seq >= 9")
+        .await
+        .unwrap();
     let (code, text) = verify_cli(&db, &[]).await;
     assert_eq!(code, 0, "a truncated chain is still a valid chain: {text}");
     let (code, text) = verify_cli(&db, &["--expect-head", &head]).await;
@@ -216,7 +334,10 @@ async fn a_newer_schema_is_refused() {
     exec(&pool, "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (9999, 'future', 1, x'00', 0)").await.unwrap();
     pool.close().await;
     let err = AuditStore::open(&db).await.err().unwrap().to_string();
-    assert!(err.contains("newer casewarden") && err.contains("9999"), "{err}");
+    assert!(
+        err.contains("newer casewarden") && err.contains("9999"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -227,16 +348,28 @@ async fn a_reader_and_a_writer_work_at_once() {
         let store = store.clone();
         tokio::spawn(async move {
             for round in 0..40 {
-                let events: Vec<NewEvent> = (0..50).map(|n| event(round * 50 + n, Outcome::Planned)).collect();
+                let events: Vec<NewEvent> = (0..50)
+                    .map(|n| event(round * 50 + n, Outcome::Planned))
+                    .collect();
                 store.append(&events).await.unwrap();
             }
         })
     };
     for _ in 0..5 {
-        let out = run_bin(&["audit", "--db", db.to_str().unwrap(), "--format", "json"], &[]).await;
+        let out = run_bin(
+            &["audit", "--db", db.to_str().unwrap(), "--format", "json"],
+            &[],
+        )
+        .await;
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
         assert!(stdout(&out).lines().count() >= 100);
     }
     writer.await.unwrap();
-    assert_eq!(store.verify().await.unwrap(), Verification::Intact { rows: 2100, head: store.head().await.unwrap().1 });
+    assert_eq!(
+        store.verify().await.unwrap(),
+        Verification::Intact {
+            rows: 2100,
+            head: store.head().await.unwrap().1
+        }
+    );
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use casewarden::config::ApiFlavor;
 use casewarden::sim::Simulator;
 use casewarden::stellar::{ApiError, Case, Client};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::common::*;
 
@@ -20,7 +20,13 @@ async fn paging_returns_every_case_once() {
     assert_eq!(cases.len(), 1234);
     let ids: HashSet<&str> = cases.iter().map(|c| c.id.as_str()).collect();
     assert_eq!(ids.len(), 1234);
-    let pages: Vec<String> = sim.state().requests.iter().filter(|r| r.path.ends_with("/cases")).map(|r| r.query.clone()).collect();
+    let pages: Vec<String> = sim
+        .state()
+        .requests
+        .iter()
+        .filter(|r| r.path.ends_with("/cases"))
+        .map(|r| r.query.clone())
+        .collect();
     assert_eq!(pages.len(), 3, "{pages:?}");
     assert!(pages.iter().all(|q| q.contains("limit=500")));
 }
@@ -29,10 +35,17 @@ async fn paging_returns_every_case_once() {
 async fn filters_are_sent_and_applied() {
     let sim = start(sim_options(300)).await;
     let client = client(&sim);
-    let filters = vec![("status".to_string(), "New,Escalated".to_string()), ("NOT~tags".to_string(), "vip".to_string())];
+    let filters = vec![
+        ("status".to_string(), "New,Escalated".to_string()),
+        ("NOT~tags".to_string(), "vip".to_string()),
+    ];
     let cases = list_all(&client, filters).await.unwrap();
     assert!(!cases.is_empty());
-    assert!(cases.iter().all(|c| (c.status() == "New" || c.status() == "Escalated") && !c.has_tag("vip")));
+    assert!(
+        cases
+            .iter()
+            .all(|c| (c.status() == "New" || c.status() == "Escalated") && !c.has_tag("vip"))
+    );
     let expected = sim
         .state()
         .cases
@@ -53,8 +66,15 @@ async fn tokens_are_renewed_when_they_expire_during_a_listing() {
     let cases = list_all(&client, vec![]).await.unwrap();
     assert_eq!(cases.len(), 600);
     let s = sim.state();
-    assert!(s.issued_tokens.len() >= 2, "only {} token(s) issued", s.issued_tokens.len());
-    assert!(s.requests.iter().all(|r| r.status == 200), "a request failed");
+    assert!(
+        s.issued_tokens.len() >= 2,
+        "only {} token(s) issued",
+        s.issued_tokens.len()
+    );
+    assert!(
+        s.requests.iter().all(|r| r.status == 200),
+        "a request failed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -102,10 +122,20 @@ async fn retry_after_is_honoured() {
     let page = pager.next_page().await.unwrap().unwrap();
     assert_eq!(page.cases.len(), 50);
     let s = sim.state();
-    let api: Vec<_> = s.requests.iter().filter(|r| r.path.ends_with("/cases")).collect();
+    let api: Vec<_> = s
+        .requests
+        .iter()
+        .filter(|r| r.path.ends_with("/cases"))
+        .collect();
     assert_eq!(api[0].status, 429);
-    let ok = api.iter().find(|r| r.status == 200).expect("the retry succeeded");
-    assert!(ok.at.duration_since(api[0].at) >= Duration::from_millis(950), "retried before Retry-After");
+    let ok = api
+        .iter()
+        .find(|r| r.status == 200)
+        .expect("the retry succeeded");
+    assert!(
+        ok.at.duration_since(api[0].at) >= Duration::from_millis(950),
+        "retried before Retry-After"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -114,7 +144,13 @@ async fn server_errors_are_retried_then_succeed() {
     sim.state().faults.fail_next = 2;
     let cases = list_all(&client(&sim), vec![]).await.unwrap();
     assert_eq!(cases.len(), 30);
-    let statuses: Vec<u16> = sim.state().requests.iter().filter(|r| r.path.ends_with("/cases")).map(|r| r.status).collect();
+    let statuses: Vec<u16> = sim
+        .state()
+        .requests
+        .iter()
+        .filter(|r| r.path.ends_with("/cases"))
+        .map(|r| r.status)
+        .collect();
     assert_eq!(statuses, [503, 503, 200]);
 }
 
@@ -127,7 +163,14 @@ async fn server_errors_forever_give_a_clear_error_after_bounded_attempts() {
     let msg = err.to_string();
     assert!(msg.contains("HTTP 503 after 4 attempt(s)"), "{msg}");
     assert!(msg.contains("GET /connect/api/v1/cases"), "{msg}");
-    assert_eq!(sim.state().requests.iter().filter(|r| r.path.ends_with("/cases")).count(), 4);
+    assert_eq!(
+        sim.state()
+            .requests
+            .iter()
+            .filter(|r| r.path.ends_with("/cases"))
+            .count(),
+        4
+    );
 }
 
 async fn update_round_trip(flavor: ApiFlavor) {
@@ -137,8 +180,15 @@ async fn update_round_trip(flavor: ApiFlavor) {
     let mut s = settings(&sim);
     s.flavor = flavor;
     let client = Client::new(s).unwrap();
-    let case = list_all(&client, vec![("status".into(), "New".into())]).await.unwrap().remove(0);
-    let target = if case.priority() == "Critical" { "Low" } else { "Critical" };
+    let case = list_all(&client, vec![("status".into(), "New".into())])
+        .await
+        .unwrap()
+        .remove(0);
+    let target = if case.priority() == "Critical" {
+        "Low"
+    } else {
+        "Critical"
+    };
     let body = json!({"priority": target, "tags": {"add": ["x-test"], "delete": []}});
     let updated = client.update_case(&case.id, &body).await.unwrap();
     let updated = Case::from_value(updated).unwrap();
@@ -146,16 +196,31 @@ async fn update_round_trip(flavor: ApiFlavor) {
     assert!(updated.has_tag("x-test"));
     let s = sim.state();
     let stored = s.case(&case.id).unwrap();
-    let key = if flavor == ApiFlavor::V5 { "severity" } else { "priority" };
+    let key = if flavor == ApiFlavor::V5 {
+        "severity"
+    } else {
+        "priority"
+    };
     assert_eq!(stored[key], target);
     let history = stored["history"].as_array().unwrap();
     let api: Vec<&Value> = history.iter().filter(|h| h["api"] == true).collect();
     assert!(api.iter().any(|h| h["field"] == key && h["to"] == target));
     assert!(api.iter().any(|h| h["field"] == "tags"));
-    let write = s.requests.iter().rev().find(|r| r.method != "GET" && r.path.contains("/cases")).unwrap();
+    let write = s
+        .requests
+        .iter()
+        .rev()
+        .find(|r| r.method != "GET" && r.path.contains("/cases"))
+        .unwrap();
     match flavor {
-        ApiFlavor::Legacy => assert_eq!((write.method.as_str(), write.query.as_str()), ("POST", format!("id={}", case.id).as_str())),
-        ApiFlavor::V5 => assert_eq!((write.method.as_str(), write.path.clone()), ("PUT", format!("/connect/api/v1/cases/{}", case.id))),
+        ApiFlavor::Legacy => assert_eq!(
+            (write.method.as_str(), write.query.as_str()),
+            ("POST", format!("id={}", case.id).as_str())
+        ),
+        ApiFlavor::V5 => assert_eq!(
+            (write.method.as_str(), write.path.clone()),
+            ("PUT", format!("/connect/api/v1/cases/{}", case.id))
+        ),
     }
 }
 
@@ -174,7 +239,10 @@ async fn invalid_values_get_a_400_with_a_message() {
     let sim = start(sim_options(3)).await;
     let client = client(&sim);
     let id = sim.state().cases[0]["_id"].as_str().unwrap().to_string();
-    let err = client.update_case(&id, &json!({"status": "Done"})).await.unwrap_err();
+    let err = client
+        .update_case(&id, &json!({"status": "Done"}))
+        .await
+        .unwrap_err();
     assert_eq!(err.http_status(), Some(400));
     assert!(err.to_string().contains("invalid status"), "{err}");
 }
@@ -188,15 +256,21 @@ async fn comments_users_and_tenants() {
     let comments = client.list_comments(&id).await.unwrap();
     assert_eq!(comments[0]["comment"], "hello from a test");
     let users = client.list_users().await.unwrap();
-    assert!(users.iter().any(|u| u["email"] == USER && u["user_id"].as_str().unwrap().len() == 32));
+    assert!(
+        users
+            .iter()
+            .any(|u| u["email"] == USER && u["user_id"].as_str().unwrap().len() == 32)
+    );
     assert_eq!(client.list_tenants().await.unwrap().len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broken_case_is_skipped_and_reported() {
     let sim = start(sim_options(10)).await;
-    sim.state().put_case(json!({"_id": "broken-1", "status": "New", "tags": "not-a-list"}));
-    sim.state().put_case(json!({"status": "New", "name": "no id at all"}));
+    sim.state()
+        .put_case(json!({"_id": "broken-1", "status": "New", "tags": "not-a-list"}));
+    sim.state()
+        .put_case(json!({"status": "New", "name": "no id at all"}));
     let mut pager = client(&sim).list_cases(vec![]);
     let page = pager.next_page().await.unwrap().unwrap();
     assert_eq!(page.cases.len(), 10);
@@ -230,7 +304,9 @@ async fn the_seed_sample_case_parses_and_keeps_unknown_fields() {
 async fn tls_sim() -> (Simulator, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
-    let sim = Simulator::start(sim_options(5), "127.0.0.1:0".parse().unwrap(), Some(&ca)).await.unwrap();
+    let sim = Simulator::start(sim_options(5), "127.0.0.1:0".parse().unwrap(), Some(&ca))
+        .await
+        .unwrap();
     (sim, dir)
 }
 
@@ -254,7 +330,11 @@ async fn the_vendor_sample_script_works_against_simulate() {
     let case_id = "1674728869334287aba4486901d24c4189a6fe8eab6efe05";
     let cases = dir.path().join("cases.json");
     std::fs::write(&cases, json!([{"_id": case_id, "ticket_id": 1, "status": "New", "priority": "Low", "tags": [], "created_at": 1, "history": []}]).to_string()).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut sim = tokio::process::Command::new(env!("CARGO_BIN_EXE_casewarden"))
         .args(["simulate", "--listen", &format!("127.0.0.1:{port}"), "--cases-file", cases.to_str().unwrap(),
                "--user", "myuser@stellarcyber.ai",
@@ -264,20 +344,34 @@ async fn the_vendor_sample_script_works_against_simulate() {
         .spawn()
         .unwrap();
     for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Only the host and the scheme change.
     let script = script
-        .replace("HOST = \"myserver.stellarcyber.cloud\"", &format!("HOST = \"127.0.0.1:{port}\""))
+        .replace(
+            "HOST = \"myserver.stellarcyber.cloud\"",
+            &format!("HOST = \"127.0.0.1:{port}\""),
+        )
         .replace("urlunparse((\"https\"", "urlunparse((\"http\"");
     let path = dir.path().join("sample.py");
     std::fs::write(&path, script).unwrap();
-    let out = tokio::process::Command::new("python3").arg(&path).output().await.unwrap();
+    let out = tokio::process::Command::new("python3")
+        .arg(&path)
+        .output()
+        .await
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("October-event"), "{text}");
     let check = Client::new({
         let mut s = settings(&start(sim_options(0)).await);

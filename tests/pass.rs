@@ -7,7 +7,7 @@ use std::time::Duration;
 use casewarden::audit::{AuditStore, EventRow, Filter};
 use casewarden::sim::Simulator;
 use futures::StreamExt;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::common::*;
 
@@ -59,13 +59,25 @@ async fn planted_sim() -> Simulator {
 
 async fn rows(ws: &Workspace, filter: Filter) -> Vec<EventRow> {
     let store = AuditStore::open(&ws.audit_db()).await.unwrap();
-    let rows = store.query(&filter).collect::<Vec<_>>().await.into_iter().map(Result::unwrap).collect();
+    let rows = store
+        .query(&filter)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
     store.close().await;
     rows
 }
 
 fn api_changes(sim: &Simulator, id: &str) -> Vec<Value> {
-    sim.state().case(id).unwrap()["history"].as_array().unwrap().iter().filter(|h| h["api"] == true).cloned().collect()
+    sim.state().case(id).unwrap()["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["api"] == true)
+        .cloned()
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -81,9 +93,20 @@ async fn example_rules_change_exactly_the_cases_they_should_and_a_second_pass_no
         assert_eq!(esc["priority"], "High");
         assert_eq!(esc["tags"], json!(["auto-escalated"]));
         assert_eq!(s.case("sla").unwrap()["tags"], json!(["sla-breach"]));
-        assert!(s.comments["sla"].iter().any(|c| c["comment"].as_str().unwrap().contains("SLA breach: this Critical case")));
+        assert!(s.comments["sla"].iter().any(|c| {
+            c["comment"]
+                .as_str()
+                .unwrap()
+                .contains("SLA breach: this Critical case")
+        }));
         assert_eq!(s.case("ent").unwrap()["tags"], json!(["dmz"]));
-        let tier2 = s.users.iter().find(|u| u.email == "soc-tier2@example.com").unwrap().user_id.clone();
+        let tier2 = s
+            .users
+            .iter()
+            .find(|u| u.email == "soc-tier2@example.com")
+            .unwrap()
+            .user_id
+            .clone();
         assert_eq!(s.case("asg").unwrap()["assignee"], json!(tier2));
         let stale = s.case("stale").unwrap();
         assert_eq!(stale["status"], "Resolved");
@@ -91,26 +114,56 @@ async fn example_rules_change_exactly_the_cases_they_should_and_a_second_pass_no
         // Every updated case got one comment explaining the change.
         for id in ["esc", "ent", "asg", "stale"] {
             let text = s.comments[id][0]["comment"].as_str().unwrap();
-            assert!(text.starts_with("casewarden changed this case:"), "{id}: {text}");
+            assert!(
+                text.starts_with("casewarden changed this case:"),
+                "{id}: {text}"
+            );
         }
         let api_user = s.api_user_id().to_string();
         drop(s);
         for id in ["done", "young", "quiet"] {
             assert!(api_changes(&sim, id).is_empty(), "{id} was changed");
         }
-        assert!(api_changes(&sim, "esc").iter().all(|h| h["user"] == json!(api_user)));
+        assert!(
+            api_changes(&sim, "esc")
+                .iter()
+                .all(|h| h["user"] == json!(api_user))
+        );
     }
-    let applied = rows(&ws, Filter { outcome: Some(casewarden::audit::Outcome::Applied), ..Filter::default() }).await;
-    let planned = rows(&ws, Filter { outcome: Some(casewarden::audit::Outcome::Planned), ..Filter::default() }).await;
+    let applied = rows(
+        &ws,
+        Filter {
+            outcome: Some(casewarden::audit::Outcome::Applied),
+            ..Filter::default()
+        },
+    )
+    .await;
+    let planned = rows(
+        &ws,
+        Filter {
+            outcome: Some(casewarden::audit::Outcome::Planned),
+            ..Filter::default()
+        },
+    )
+    .await;
     assert_eq!(applied.len(), planned.len());
     assert_eq!(applied.len(), 9, "{applied:#?}");
-    assert!(applied.iter().all(|a| planned.iter().any(|p| Some(p.seq) == a.planned_seq && p.seq < a.seq)));
+    assert!(applied.iter().all(|a| {
+        planned
+            .iter()
+            .any(|p| Some(p.seq) == a.planned_seq && p.seq < a.seq)
+    }));
     assert!(text.contains("escalate-aged-new"), "{text}");
 
     let writes = sim.state().write_requests();
     let out = ws.run(&["once"]).await;
     assert_eq!(out.status.code(), Some(0));
-    assert_eq!(sim.state().write_requests(), writes, "the second pass changed something: {}", stdout(&out));
+    assert_eq!(
+        sim.state().write_requests(),
+        writes,
+        "the second pass changed something: {}",
+        stdout(&out)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -121,9 +174,17 @@ async fn dry_run_sends_nothing_and_prints_the_plan_a_real_run_applies() {
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert_eq!(sim.state().write_requests(), 0);
-    assert!(sim.state().requests.iter().all(|r| r.method == "GET" || r.path.ends_with("/access_token")));
+    assert!(
+        sim.state()
+            .requests
+            .iter()
+            .all(|r| r.method == "GET" || r.path.ends_with("/access_token"))
+    );
     assert!(text.contains("DRY RUN"), "{text}");
-    assert!(text.contains("case esc (ticket 1)") && text.contains("Medium -> High"), "{text}");
+    assert!(
+        text.contains("case esc (ticket 1)") && text.contains("Medium -> High"),
+        "{text}"
+    );
     let planned: HashSet<(String, String, Option<String>)> = rows(&ws, Filter::default())
         .await
         .into_iter()
@@ -132,11 +193,17 @@ async fn dry_run_sends_nothing_and_prints_the_plan_a_real_run_applies() {
         .collect();
     let out = ws.run(&["once"]).await;
     assert_eq!(out.status.code(), Some(0));
-    let applied: HashSet<(String, String, Option<String>)> = rows(&ws, Filter { outcome: Some(casewarden::audit::Outcome::Applied), ..Filter::default() })
-        .await
-        .into_iter()
-        .map(|r| (r.case_id, r.field, r.new))
-        .collect();
+    let applied: HashSet<(String, String, Option<String>)> = rows(
+        &ws,
+        Filter {
+            outcome: Some(casewarden::audit::Outcome::Applied),
+            ..Filter::default()
+        },
+    )
+    .await
+    .into_iter()
+    .map(|r| (r.case_id, r.field, r.new))
+    .collect();
     assert_eq!(planned, applied);
 }
 
@@ -148,16 +215,37 @@ async fn the_budget_defers_changes_to_later_passes_oldest_first() {
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("change budget"), "{text}");
-    let first = rows(&ws, Filter { outcome: Some(casewarden::audit::Outcome::Applied), ..Filter::default() }).await;
+    let first = rows(
+        &ws,
+        Filter {
+            outcome: Some(casewarden::audit::Outcome::Applied),
+            ..Filter::default()
+        },
+    )
+    .await;
     assert!(!first.is_empty() && first.len() <= 3, "{first:#?}");
     // Oldest modified first: "esc" (ticket 1) has the oldest modified_at.
     assert_eq!(first[0].case_id, "esc");
-    let deferred = rows(&ws, Filter { outcome: Some(casewarden::audit::Outcome::Skipped), ..Filter::default() }).await;
+    let deferred = rows(
+        &ws,
+        Filter {
+            outcome: Some(casewarden::audit::Outcome::Skipped),
+            ..Filter::default()
+        },
+    )
+    .await;
     assert!(deferred.iter().any(|r| r.reason.contains("budget")));
     for _ in 0..6 {
         ws.run(&["once"]).await;
     }
-    let all = rows(&ws, Filter { outcome: Some(casewarden::audit::Outcome::Applied), ..Filter::default() }).await;
+    let all = rows(
+        &ws,
+        Filter {
+            outcome: Some(casewarden::audit::Outcome::Applied),
+            ..Filter::default()
+        },
+    )
+    .await;
     assert_eq!(all.len(), 9);
     assert_eq!(sim.state().case("stale").unwrap()["status"], "Resolved");
 }
@@ -166,15 +254,27 @@ async fn the_budget_defers_changes_to_later_passes_oldest_first() {
 async fn the_blast_radius_guard_halts_a_rule_that_hits_everything() {
     let sim = start(sim_options(60)).await;
     let everything = "const RULE = #{ name: \"tag-everything\" };\nfn evaluate(c) { add_tag(\"oops\", \"misfire\"); }\n";
-    let ws = Workspace::new(&sim.url, "legacy", "", Some(&[("10-everything.rhai", everything)]));
+    let ws = Workspace::new(
+        &sim.url,
+        "legacy",
+        "",
+        Some(&[("10-everything.rhai", everything)]),
+    );
     let out = ws.run(&["once"]).await;
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert_eq!(sim.state().write_requests(), 0);
-    assert!(text.contains("HALTED") && text.contains("blast-radius guard halted it"), "{text}");
+    assert!(
+        text.contains("HALTED") && text.contains("blast-radius guard halted it"),
+        "{text}"
+    );
     let skipped = rows(&ws, Filter::default()).await;
     assert_eq!(skipped.len(), 60);
-    assert!(skipped.iter().all(|r| r.outcome == "skipped" && r.reason.contains("blast-radius guard")));
+    assert!(
+        skipped
+            .iter()
+            .all(|r| r.outcome == "skipped" && r.reason.contains("blast-radius guard"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -184,9 +284,18 @@ async fn failed_updates_are_recorded_and_the_rest_applied() {
     let ws = Workspace::new(&sim.url, "legacy", "", None);
     let out = ws.run(&["once"]).await;
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
-    let failed = rows(&ws, Filter { outcome: Some(casewarden::audit::Outcome::Failed), ..Filter::default() }).await;
+    let failed = rows(
+        &ws,
+        Filter {
+            outcome: Some(casewarden::audit::Outcome::Failed),
+            ..Filter::default()
+        },
+    )
+    .await;
     assert_eq!(failed.len(), 2);
-    assert!(failed.iter().all(|r| r.case_id == "esc" && r.http_status == Some(500) && r.error.as_deref().unwrap().contains("HTTP 500")));
+    assert!(failed.iter().all(|r| r.case_id == "esc"
+        && r.http_status == Some(500)
+        && r.error.as_deref().unwrap().contains("HTTP 500")));
     assert_eq!(sim.state().case("ent").unwrap()["tags"], json!(["dmz"]));
     assert_eq!(sim.state().case("esc").unwrap()["priority"], "Medium");
 }
@@ -198,22 +307,47 @@ async fn tokens_expiring_mid_pass_are_renewed() {
     opts.faults.latency_ms = 120;
     let sim = start(opts).await;
     let ws = Workspace::new(&sim.url, "legacy", "max_change_fraction = 1.0", None);
-    std::fs::write(ws.config(), std::fs::read_to_string(ws.config()).unwrap().replace("timeout_secs = 5", "timeout_secs = 5\npage_size = 15")).unwrap();
+    std::fs::write(
+        ws.config(),
+        std::fs::read_to_string(ws.config())
+            .unwrap()
+            .replace("timeout_secs = 5", "timeout_secs = 5\npage_size = 15"),
+    )
+    .unwrap();
     let out = ws.run(&["once"]).await;
-    assert_eq!(out.status.code(), Some(0), "{}\n{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
     assert!(sim.state().issued_tokens.len() >= 2);
-    assert!(stdout(&out).contains("150 case(s) seen"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("150 case(s) seen"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broken_case_does_not_stop_the_pass() {
     let sim = planted_sim().await;
-    sim.state().put_case(json!({"_id": "broken", "status": "New", "created_at": "last week"}));
+    sim.state()
+        .put_case(json!({"_id": "broken", "status": "New", "created_at": "last week"}));
     let ws = Workspace::new(&sim.url, "legacy", "", None);
     let out = ws.run(&["once"]).await;
     assert_eq!(out.status.code(), Some(0));
-    assert!(stdout(&out).contains("1 skipped: not parseable"), "{}", stdout(&out));
-    assert!(stderr(&out).contains("broken") && stderr(&out).contains("created_at"), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("1 skipped: not parseable"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stderr(&out).contains("broken") && stderr(&out).contains("created_at"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(sim.state().case("esc").unwrap()["priority"], "High");
 }
 
@@ -223,13 +357,26 @@ async fn a_person_reverting_a_change_wins() {
     let ws = Workspace::new(&sim.url, "legacy", "", None);
     ws.run(&["once"]).await;
     assert_eq!(sim.state().case("esc").unwrap()["priority"], "High");
-    sim.state().human_change("esc", "alice@example.com", "priority", json!("Medium"));
+    sim.state()
+        .human_change("esc", "alice@example.com", "priority", json!("Medium"));
     let out = ws.run(&["once"]).await;
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(sim.state().case("esc").unwrap()["priority"], "Medium");
-    let skipped = rows(&ws, Filter { case_id: Some("esc".into()), outcome: Some(casewarden::audit::Outcome::Skipped), ..Filter::default() }).await;
+    let skipped = rows(
+        &ws,
+        Filter {
+            case_id: Some("esc".into()),
+            outcome: Some(casewarden::audit::Outcome::Skipped),
+            ..Filter::default()
+        },
+    )
+    .await;
     assert_eq!(skipped.len(), 1);
-    assert!(skipped[0].reason.contains("overridden by a person"), "{:?}", skipped[0]);
+    assert!(
+        skipped[0].reason.contains("overridden by a person"),
+        "{:?}",
+        skipped[0]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -237,8 +384,14 @@ async fn no_change_reaches_the_server_before_its_planned_row() {
     let mut opts = sim_options(300);
     opts.faults.latency_ms = 15;
     let sim = start(opts).await;
-    let all = "const RULE = #{ name: \"tag-all\" };\nfn evaluate(c) { add_tag(\"seen\", \"test\"); }\n";
-    let ws = Workspace::new(&sim.url, "legacy", "max_change_fraction = 1.0\ncomment_changes = false", Some(&[("all.rhai", all)]));
+    let all =
+        "const RULE = #{ name: \"tag-all\" };\nfn evaluate(c) { add_tag(\"seen\", \"test\"); }\n";
+    let ws = Workspace::new(
+        &sim.url,
+        "legacy",
+        "max_change_fraction = 1.0\ncomment_changes = false",
+        Some(&[("all.rhai", all)]),
+    );
     let child = {
         let config = ws.config();
         tokio::process::Command::new(env!("CARGO_BIN_EXE_casewarden"))
@@ -256,23 +409,49 @@ async fn no_change_reaches_the_server_before_its_planned_row() {
     let out = run.await.unwrap().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     let audit = rows(&ws, Filter::default()).await;
-    let planned: HashSet<&str> = audit.iter().filter(|r| r.outcome == "planned").map(|r| r.case_id.as_str()).collect();
+    let planned: HashSet<&str> = audit
+        .iter()
+        .filter(|r| r.outcome == "planned")
+        .map(|r| r.case_id.as_str())
+        .collect();
     let changed: Vec<String> = sim
         .state()
         .cases
         .iter()
-        .filter(|c| c["history"].as_array().unwrap().iter().any(|h| h["api"] == true))
+        .filter(|c| {
+            c["history"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|h| h["api"] == true)
+        })
         .map(|c| c["_id"].as_str().unwrap().to_string())
         .collect();
-    assert!(changed.len() >= 40 && changed.len() < 300, "{}", changed.len());
+    assert!(
+        changed.len() >= 40 && changed.len() < 300,
+        "{}",
+        changed.len()
+    );
     for id in &changed {
-        assert!(planned.contains(id.as_str()), "{id} changed without a planned row");
+        assert!(
+            planned.contains(id.as_str()),
+            "{id} changed without a planned row"
+        );
     }
     // Every planned row got an outcome: applied for what the server did, failed otherwise.
     let settled: HashSet<i64> = audit.iter().filter_map(|r| r.planned_seq).collect();
-    assert!(audit.iter().filter(|r| r.outcome == "planned").all(|r| settled.contains(&r.seq)));
+    assert!(
+        audit
+            .iter()
+            .filter(|r| r.outcome == "planned")
+            .all(|r| settled.contains(&r.seq))
+    );
     for r in audit.iter().filter(|r| r.outcome == "applied") {
-        assert!(changed.contains(&r.case_id), "{} recorded applied but unchanged", r.case_id);
+        assert!(
+            changed.contains(&r.case_id),
+            "{} recorded applied but unchanged",
+            r.case_id
+        );
     }
 }
 
@@ -284,7 +463,13 @@ async fn no_secret_in_any_output_at_trace_level() {
     let sim = start(opts).await;
     sim.state().faults.fail_next = 1;
     let ws = Workspace::new(&sim.url, "legacy", "max_change_fraction = 1.0", None);
-    std::fs::write(ws.config(), std::fs::read_to_string(ws.config()).unwrap().replace("timeout_secs = 5", "timeout_secs = 5\npage_size = 10")).unwrap();
+    std::fs::write(
+        ws.config(),
+        std::fs::read_to_string(ws.config())
+            .unwrap()
+            .replace("timeout_secs = 5", "timeout_secs = 5\npage_size = 10"),
+    )
+    .unwrap();
     let config = ws.config();
     let mut outputs = Vec::new();
     for (args, env) in [

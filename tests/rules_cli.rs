@@ -10,33 +10,64 @@ const NOW: &str = "2022-08-20T00:00:00Z";
 async fn test_rule(rule: &str, cases: &str, extra: &[&str]) -> (i32, Vec<Value>, String) {
     let rule = repo().join(rule);
     let cases = repo().join(cases);
-    let mut args = vec!["test-rule", rule.to_str().unwrap(), cases.to_str().unwrap(), "--now", NOW, "--format", "json"];
+    let mut args = vec![
+        "test-rule",
+        rule.to_str().unwrap(),
+        cases.to_str().unwrap(),
+        "--now",
+        NOW,
+        "--format",
+        "json",
+    ];
     args.extend_from_slice(extra);
     let out = run_bin(&args, &[]).await;
-    let lines = stdout(&out).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     (out.status.code().unwrap(), lines, stderr(&out))
 }
 
-fn changes(v: &Value) -> Vec<(String, String, String)> {
+/// (field, old, new) of each planned change.
+type Changes = Vec<(String, String, String)>;
+
+fn changes(v: &Value) -> Changes {
     v["changes"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|c| (c["field"].as_str().unwrap().to_string(), c["old"].as_str().unwrap_or("").to_string(), c["new"].as_str().unwrap().to_string()))
+        .map(|c| {
+            (
+                c["field"].as_str().unwrap().to_string(),
+                c["old"].as_str().unwrap_or("").to_string(),
+                c["new"].as_str().unwrap().to_string(),
+            )
+        })
         .collect()
 }
 
-fn owned(list: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {
-    list.iter().map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string())).collect()
+fn owned(list: &[(&str, &str, &str)]) -> Changes {
+    list.iter()
+        .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn example_rules_on_the_seed_sample_case() {
     let seed = "tests/fixtures/seed-page.json";
-    let expected: [(&str, Vec<(String, String, String)>); 5] = [
-        ("rules/10-escalate-aged-new.rhai", owned(&[("priority", "Medium", "High"), ("tags", "", "+auto-escalated")])),
+    let expected: [(&str, Changes); 5] = [
+        (
+            "rules/10-escalate-aged-new.rhai",
+            owned(&[
+                ("priority", "Medium", "High"),
+                ("tags", "", "+auto-escalated"),
+            ]),
+        ),
         ("rules/20-sla-breach.rhai", vec![]),
-        ("rules/30-tag-by-entity.rhai", owned(&[("tags", "", "+dmz")])),
+        (
+            "rules/30-tag-by-entity.rhai",
+            owned(&[("tags", "", "+dmz")]),
+        ),
         ("rules/40-assign-by-tag.rhai", vec![]),
         ("rules/50-stale-low-resolve.rhai", vec![]),
     ];
@@ -48,7 +79,10 @@ async fn example_rules_on_the_seed_sample_case() {
         assert_eq!(changes(&out[0]), want, "{rule}");
     }
     let (_, out, _) = test_rule("rules/10-escalate-aged-new.rhai", seed, &[]).await;
-    assert_eq!(out[0]["update"], serde_json::json!({"priority": "High", "tags": {"add": ["auto-escalated"], "delete": []}}));
+    assert_eq!(
+        out[0]["update"],
+        serde_json::json!({"priority": "High", "tags": {"add": ["auto-escalated"], "delete": []}})
+    );
     assert_eq!(out[0]["changes"][0]["reason"], "New for 58h (over 24h)");
 }
 
@@ -57,34 +91,82 @@ async fn example_rules_on_their_own_fixtures() {
     let cases = "tests/fixtures/cases.json";
     let (code, out, err) = test_rule("rules/20-sla-breach.rhai", cases, &[]).await;
     assert_eq!(code, 0, "{err}");
-    assert_eq!(changes(&out[0]), owned(&[("tags", "", "+sla-breach"), ("comment", "", "SLA breach: this High case has not been acknowledged for 12h (SLA 4h).")]));
+    assert_eq!(
+        changes(&out[0]),
+        owned(&[
+            ("tags", "", "+sla-breach"),
+            (
+                "comment",
+                "",
+                "SLA breach: this High case has not been acknowledged for 12h (SLA 4h)."
+            )
+        ])
+    );
     assert!(changes(&out[1]).is_empty() && changes(&out[2]).is_empty());
 
     // The only recent activity on the stale case is casewarden's own: it does not count.
-    let (_, out, _) = test_rule("rules/50-stale-low-resolve.rhai", cases, &["--self-user", "aaaabbbbccccddddeeeeffff00001111"]).await;
+    let (_, out, _) = test_rule(
+        "rules/50-stale-low-resolve.rhai",
+        cases,
+        &["--self-user", "aaaabbbbccccddddeeeeffff00001111"],
+    )
+    .await;
     let c = changes(&out[1]);
-    assert_eq!(&c[..2], &owned(&[("status", "In Progress", "Resolved"), ("resolution", "", "Benign")])[..]);
+    assert_eq!(
+        &c[..2],
+        &owned(&[
+            ("status", "In Progress", "Resolved"),
+            ("resolution", "", "Benign")
+        ])[..]
+    );
     assert_eq!(c[2].0, "comment");
-    let (_, out, _) = test_rule("rules/50-stale-low-resolve.rhai", cases, &["--self-user", "someone-else"]).await;
-    assert!(changes(&out[1]).is_empty(), "a foreign API change is activity");
+    let (_, out, _) = test_rule(
+        "rules/50-stale-low-resolve.rhai",
+        cases,
+        &["--self-user", "someone-else"],
+    )
+    .await;
+    assert!(
+        changes(&out[1]).is_empty(),
+        "a foreign API change is activity"
+    );
 
     let (_, out, _) = test_rule("rules/40-assign-by-tag.rhai", cases, &[]).await;
-    assert_eq!(changes(&out[2]), owned(&[("assignee", "", "soc-phishing@example.com")]));
+    assert_eq!(
+        changes(&out[2]),
+        owned(&[("assignee", "", "soc-phishing@example.com")])
+    );
     assert!(changes(&out[0]).is_empty());
 
     let (_, out, _) = test_rule("rules/30-tag-by-entity.rhai", cases, &[]).await;
     assert!(changes(&out[0]).is_empty());
     assert!(changes(&out[1]).is_empty());
-    assert_eq!(changes(&out[2]), owned(&[("tags", "", "+datacenter"), ("tags", "", "+vpn")]));
+    assert_eq!(
+        changes(&out[2]),
+        owned(&[("tags", "", "+datacenter"), ("tags", "", "+vpn")])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn test_rule_table_output_is_readable() {
     let rule = repo().join("rules/10-escalate-aged-new.rhai");
     let cases = repo().join("tests/fixtures/seed-page.json");
-    let out = run_bin(&["test-rule", rule.to_str().unwrap(), cases.to_str().unwrap(), "--now", NOW], &[]).await;
+    let out = run_bin(
+        &[
+            "test-rule",
+            rule.to_str().unwrap(),
+            cases.to_str().unwrap(),
+            "--now",
+            NOW,
+        ],
+        &[],
+    )
+    .await;
     let text = stdout(&out);
-    assert!(text.contains("case 62fceb4a48be7776c793a02a (ticket 67535)"), "{text}");
+    assert!(
+        text.contains("case 62fceb4a48be7776c793a02a (ticket 67535)"),
+        "{text}"
+    );
     assert!(text.contains("Medium -> High"), "{text}");
     assert!(text.contains("+auto-escalated"), "{text}");
 }
@@ -99,20 +181,45 @@ fn write_rules(files: &[(&str, &str)]) -> tempfile::TempDir {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn check_lists_every_broken_rule_with_its_location() {
-    let ws = Workspace::new("https://stellar.example.com", "legacy", "", Some(&[
-        ("01-syntax.rhai", "const RULE = #{ name: \"a\" };\n\nfn evaluate(c) {\n    let x = ;\n}\n"),
-        ("02-no-evaluate.rhai", "const RULE = #{ name: \"b\" };\nfn judge(c) { }\n"),
-        ("03-bad-cron.rhai", "const RULE = #{\n    name: \"c\",\n    schedule: \"every five minutes\",\n};\nfn evaluate(c) { }\n"),
-        ("04-good.rhai", "const RULE = #{ name: \"d\" };\nfn evaluate(c) { }\n"),
-    ]));
+    let ws = Workspace::new(
+        "https://stellar.example.com",
+        "legacy",
+        "",
+        Some(&[
+            (
+                "01-syntax.rhai",
+                "const RULE = #{ name: \"a\" };\n\nfn evaluate(c) {\n    let x = ;\n}\n",
+            ),
+            (
+                "02-no-evaluate.rhai",
+                "const RULE = #{ name: \"b\" };\nfn judge(c) { }\n",
+            ),
+            (
+                "03-bad-cron.rhai",
+                "const RULE = #{\n    name: \"c\",\n    schedule: \"every five minutes\",\n};\nfn evaluate(c) { }\n",
+            ),
+            (
+                "04-good.rhai",
+                "const RULE = #{ name: \"d\" };\nfn evaluate(c) { }\n",
+            ),
+        ]),
+    );
     let out = ws.run(&["check"]).await;
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(2), "{err}");
     let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 3, "{err}");
     assert!(errors[0].contains("01-syntax.rhai:4:"), "{}", errors[0]);
-    assert!(errors[1].contains("02-no-evaluate.rhai:2:1") && errors[1].contains("fn evaluate"), "{}", errors[1]);
-    assert!(errors[2].contains("03-bad-cron.rhai:3:5") && errors[2].contains("6-field cron"), "{}", errors[2]);
+    assert!(
+        errors[1].contains("02-no-evaluate.rhai:2:1") && errors[1].contains("fn evaluate"),
+        "{}",
+        errors[1]
+    );
+    assert!(
+        errors[2].contains("03-bad-cron.rhai:3:5") && errors[2].contains("6-field cron"),
+        "{}",
+        errors[2]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -121,7 +228,13 @@ async fn check_passes_on_the_examples_and_prints_next_runs() {
     let out = ws.run(&["check"]).await;
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    for name in ["escalate-aged-new", "sla-breach", "tag-by-entity", "assign-by-tag", "stale-low-resolve"] {
+    for name in [
+        "escalate-aged-new",
+        "sla-breach",
+        "tag-by-entity",
+        "assign-by-tag",
+        "stale-low-resolve",
+    ] {
         assert!(text.contains(name), "{text}");
     }
     assert!(text.contains("next 20"), "{text}");
@@ -130,11 +243,22 @@ async fn check_passes_on_the_examples_and_prints_next_runs() {
 #[tokio::test(flavor = "multi_thread")]
 async fn check_reports_duplicate_names_and_bad_hints() {
     let dir = write_rules(&[
-        ("a.rhai", "const RULE = #{ name: \"same\" };\nfn evaluate(c) { }\n"),
-        ("b.rhai", "const RULE = #{ name: \"same\" };\nfn evaluate(c) { }\n"),
-        ("c.rhai", "const RULE = #{ name: \"q\", query: #{ stauts: \"New\" } };\nfn evaluate(c) { }\n"),
+        (
+            "a.rhai",
+            "const RULE = #{ name: \"same\" };\nfn evaluate(c) { }\n",
+        ),
+        (
+            "b.rhai",
+            "const RULE = #{ name: \"same\" };\nfn evaluate(c) { }\n",
+        ),
+        (
+            "c.rhai",
+            "const RULE = #{ name: \"q\", query: #{ stauts: \"New\" } };\nfn evaluate(c) { }\n",
+        ),
     ]);
-    let errors = casewarden::rules::RuleSet::load_dir(dir.path()).err().unwrap();
+    let errors = casewarden::rules::RuleSet::load_dir(dir.path())
+        .err()
+        .unwrap();
     assert_eq!(errors.len(), 2);
     assert!(errors[0].message.contains("duplicate rule name \"same\""));
     assert!(errors[1].message.contains("unknown filter \"stauts\""));
@@ -144,21 +268,48 @@ async fn check_reports_duplicate_names_and_bad_hints() {
 async fn runaway_and_invalid_rules_are_stopped_and_located() {
     let seed = repo().join("tests/fixtures/seed-page.json");
     let cases = [
-        ("loop.rhai", "const RULE = #{ name: \"loop\" };\nfn evaluate(c) {\n    loop { }\n}\n", "too many operations"),
-        ("recurse.rhai", "const RULE = #{ name: \"deep\" };\nfn f(n) { f(n + 1) }\nfn evaluate(c) { f(0) }\n", "nested too deep"),
-        ("huge.rhai", "const RULE = #{ name: \"huge\" };\nfn evaluate(c) {\n    let s = \"x\";\n    loop { s += s; }\n}\n", "beyond the sandbox limit"),
-        ("status.rhai", "const RULE = #{ name: \"bad-status\" };\nfn evaluate(c) {\n    set_status(\"Closed\", \"done\");\n}\n", "invalid status \"Closed\""),
-        ("throw.rhai", "const RULE = #{ name: \"thrower\" };\nfn evaluate(c) {\n    throw \"no way\";\n}\n", "no way"),
+        (
+            "loop.rhai",
+            "const RULE = #{ name: \"loop\" };\nfn evaluate(c) {\n    loop { }\n}\n",
+            "too many operations",
+        ),
+        (
+            "recurse.rhai",
+            "const RULE = #{ name: \"deep\" };\nfn f(n) { f(n + 1) }\nfn evaluate(c) { f(0) }\n",
+            "nested too deep",
+        ),
+        (
+            "huge.rhai",
+            "const RULE = #{ name: \"huge\" };\nfn evaluate(c) {\n    let s = \"x\";\n    loop { s += s; }\n}\n",
+            "beyond the sandbox limit",
+        ),
+        (
+            "status.rhai",
+            "const RULE = #{ name: \"bad-status\" };\nfn evaluate(c) {\n    set_status(\"Closed\", \"done\");\n}\n",
+            "invalid status \"Closed\"",
+        ),
+        (
+            "throw.rhai",
+            "const RULE = #{ name: \"thrower\" };\nfn evaluate(c) {\n    throw \"no way\";\n}\n",
+            "no way",
+        ),
     ];
     for (file, text, message) in cases {
         let dir = write_rules(&[(file, text)]);
         let path = dir.path().join(file);
-        let out = run_bin(&["test-rule", path.to_str().unwrap(), seed.to_str().unwrap()], &[]).await;
+        let out = run_bin(
+            &["test-rule", path.to_str().unwrap(), seed.to_str().unwrap()],
+            &[],
+        )
+        .await;
         let text = stdout(&out);
         assert_eq!(out.status.code(), Some(2), "{file}: {text}");
         assert!(text.contains(message), "{file}: {text}");
         assert!(text.contains("62fceb4a48be7776c793a02a"), "{file}: {text}");
-        assert!(text.contains(&format!("{file}:")), "{file}: position missing: {text}");
+        assert!(
+            text.contains(&format!("{file}:")),
+            "{file}: position missing: {text}"
+        );
     }
 }
 
@@ -168,11 +319,27 @@ async fn bad_case_files_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.json");
     std::fs::write(&bad, "{\"data\": {\"cases\": [\n  {\"_id\": \"x\",}\n]}}").unwrap();
-    let out = run_bin(&["test-rule", rule.to_str().unwrap(), bad.to_str().unwrap()], &[]).await;
+    let out = run_bin(
+        &["test-rule", rule.to_str().unwrap(), bad.to_str().unwrap()],
+        &[],
+    )
+    .await;
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("bad.json:2:"), "{}", stderr(&out));
     let missing = dir.path().join("missing.json");
-    let out = run_bin(&["test-rule", rule.to_str().unwrap(), missing.to_str().unwrap()], &[]).await;
+    let out = run_bin(
+        &[
+            "test-rule",
+            rule.to_str().unwrap(),
+            missing.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("cannot read case file"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot read case file"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -10,7 +10,9 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{AssertSqlSafe, FromRow, Row};
 
 /// The `prev_hash` of the first row.
@@ -20,8 +22,14 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 pub enum AuditError {
     #[error("audit DB {path}: {message}")]
     Open { path: PathBuf, message: String },
-    #[error("audit DB {path} was written by a newer casewarden (schema version {found}, this build knows up to {known}); upgrade casewarden or set audit.path to another file — the file was not changed")]
-    NewerSchema { path: PathBuf, found: i64, known: i64 },
+    #[error(
+        "audit DB {path} was written by a newer casewarden (schema version {found}, this build knows up to {known}); upgrade casewarden or set audit.path to another file — the file was not changed"
+    )]
+    NewerSchema {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
     #[error("audit DB: {0}")]
     Db(#[from] sqlx::Error),
 }
@@ -150,8 +158,15 @@ pub struct Filter {
 /// The result of walking the chain.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verification {
-    Intact { rows: u64, head: String },
-    Broken { seq: i64, rows_checked: u64, problem: String },
+    Intact {
+        rows: u64,
+        head: String,
+    },
+    Broken {
+        seq: i64,
+        rows_checked: u64,
+        problem: String,
+    },
 }
 
 /// Timestamps in the log: RFC 3339, UTC, milliseconds; they sort as text.
@@ -217,9 +232,10 @@ impl AuditStore {
             message: describe_open_error(&e),
         })?;
         if has_table.is_some() {
-            let found: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
-                .fetch_one(&self.pool)
-                .await?;
+            let found: Option<i64> =
+                sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+                    .fetch_one(&self.pool)
+                    .await?;
             if let Some(found) = found.filter(|f| *f > known) {
                 return Err(AuditError::NewerSchema {
                     path: self.path.clone(),
@@ -228,10 +244,13 @@ impl AuditStore {
                 });
             }
         }
-        migrator.run(&self.pool).await.map_err(|e| AuditError::Open {
-            path: self.path.clone(),
-            message: format!("migration failed: {e}"),
-        })
+        migrator
+            .run(&self.pool)
+            .await
+            .map_err(|e| AuditError::Open {
+                path: self.path.clone(),
+                message: format!("migration failed: {e}"),
+            })
     }
 
     /// Appends rows in one transaction, extending the hash chain; returns their `seq`s.
@@ -391,7 +410,10 @@ impl AuditStore {
     }
 
     /// Rows matching `filter`, oldest first, streamed from the database.
-    pub fn query<'a>(&'a self, filter: &'a Filter) -> impl Stream<Item = Result<EventRow, AuditError>> + 'a {
+    pub fn query<'a>(
+        &'a self,
+        filter: &'a Filter,
+    ) -> impl Stream<Item = Result<EventRow, AuditError>> + 'a {
         let mut sql = String::from("SELECT * FROM events WHERE 1 = 1");
         let conds: [(&str, bool); 7] = [
             (" AND case_id = ?", filter.case_id.is_some()),
@@ -468,7 +490,10 @@ impl AuditStore {
             last_seq = row.seq;
             count += 1;
         }
-        Ok(Verification::Intact { rows: count, head: prev })
+        Ok(Verification::Intact {
+            rows: count,
+            head: prev,
+        })
     }
 
     /// Summary counts of one pass's rows by outcome (for reports).

@@ -22,12 +22,28 @@ pub struct Printer<W: Write> {
 
 enum Sink<W: Write> {
     Plain(W),
-    Csv(csv::Writer<W>),
+    Csv(Box<csv::Writer<W>>),
 }
 
 const CSV_HEADER: [&str; 18] = [
-    "seq", "run_id", "recorded_at", "rule", "rule_hash", "case_id", "ticket_id", "field", "old",
-    "new", "reason", "dry_run", "outcome", "error", "http_status", "planned_seq", "prev_hash", "hash",
+    "seq",
+    "run_id",
+    "recorded_at",
+    "rule",
+    "rule_hash",
+    "case_id",
+    "ticket_id",
+    "field",
+    "old",
+    "new",
+    "reason",
+    "dry_run",
+    "outcome",
+    "error",
+    "http_status",
+    "planned_seq",
+    "prev_hash",
+    "hash",
 ];
 
 impl<W: Write> Printer<W> {
@@ -36,19 +52,23 @@ impl<W: Write> Printer<W> {
             Format::Csv => {
                 let mut w = csv::Writer::from_writer(out);
                 w.write_record(CSV_HEADER)?;
-                Sink::Csv(w)
+                Sink::Csv(Box::new(w))
             }
             Format::Json => Sink::Plain(out),
             Format::Table => {
                 writeln!(
                     out,
-                "{:>6}  {:<24}  {:<22}  {:>8}  {:<11}  {:<34}  {:<8}  {}",
-                    "SEQ", "RECORDED (UTC)", "RULE", "TICKET", "FIELD", "CHANGE", "OUTCOME", "REASON / ERROR"
+                    "{:>6}  {:<24}  {:<22}  {:>8}  {:<11}  {:<34}  {:<8}  REASON / ERROR",
+                    "SEQ", "RECORDED (UTC)", "RULE", "TICKET", "FIELD", "CHANGE", "OUTCOME"
                 )?;
                 Sink::Plain(out)
             }
         };
-        Ok(Printer { format, sink, rows: 0 })
+        Ok(Printer {
+            format,
+            sink,
+            rows: 0,
+        })
     }
 
     pub fn row(&mut self, r: &EventRow) -> std::io::Result<()> {
@@ -105,7 +125,9 @@ impl<W: Write> Printer<W> {
                     r.seq,
                     clip(&when, 24),
                     clip(&r.rule, 22),
-                    r.ticket_id.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
+                    r.ticket_id
+                        .map(|t| t.to_string())
+                        .unwrap_or_else(|| "-".into()),
                     clip(&r.field, 11),
                     clip(&change, 34),
                     outcome,
@@ -156,7 +178,10 @@ pub fn parse_time(text: &str) -> Result<String, String> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
         return Ok(super::timestamp(t.with_timezone(&chrono::Utc)));
     }
-    let (num, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let (num, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
     let n: i64 = num
         .parse()
         .map_err(|_| format!("{text:?} is neither an RFC 3339 time (2026-01-31T08:00:00Z) nor a duration like 24h or 7d"))?;
@@ -166,9 +191,15 @@ pub fn parse_time(text: &str) -> Result<String, String> {
         "h" => n * 3600,
         "d" => n * 86_400,
         "w" => n * 7 * 86_400,
-        _ => return Err(format!("{text:?}: unknown unit {unit:?}; use s, m, h, d or w")),
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?}; use s, m, h, d or w"
+            ));
+        }
     };
-    Ok(super::timestamp(chrono::Utc::now() - chrono::Duration::seconds(secs)))
+    Ok(super::timestamp(
+        chrono::Utc::now() - chrono::Duration::seconds(secs),
+    ))
 }
 
 #[cfg(test)]
@@ -177,7 +208,10 @@ mod tests {
 
     #[test]
     fn times_and_durations() {
-        assert_eq!(parse_time("2026-01-31T08:00:00+01:00").unwrap(), "2026-01-31T07:00:00.000Z");
+        assert_eq!(
+            parse_time("2026-01-31T08:00:00+01:00").unwrap(),
+            "2026-01-31T07:00:00.000Z"
+        );
         let t = parse_time("7d").unwrap();
         assert!(t < super::super::timestamp(chrono::Utc::now()));
         assert!(parse_time("yesterday").unwrap_err().contains("RFC 3339"));

@@ -4,10 +4,12 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
-use rhai::{Dynamic, Engine, EvalAltResult, ImmutableString, Map, INT};
+use rhai::{Dynamic, Engine, EvalAltResult, INT, ImmutableString, Map};
 
 use crate::plan::{Change, ChangeKind};
-use crate::stellar::model::{entity_of, history_of, priority_rank, PRIORITIES, RESOLUTIONS, STATUSES};
+use crate::stellar::model::{
+    PRIORITIES, RESOLUTIONS, STATUSES, entity_of, history_of, priority_rank,
+};
 
 /// What a rule's environment holds besides the case: the clock and who "we" are.
 #[derive(Debug, Clone, Default)]
@@ -139,7 +141,12 @@ fn since(ms: INT, unit: INT) -> INT {
 
 fn has_tag(c: &mut Map, t: &str) -> bool {
     c.get("tags")
-        .and_then(|v| v.read_lock::<rhai::Array>().map(|a| a.iter().any(|x| x.clone().into_immutable_string().is_ok_and(|s| s == t))))
+        .and_then(|v| {
+            v.read_lock::<rhai::Array>().map(|a| {
+                a.iter()
+                    .any(|x| x.clone().into_immutable_string().is_ok_and(|s| s == t))
+            })
+        })
         .unwrap_or(false)
 }
 
@@ -151,7 +158,10 @@ fn to_json(c: &Map) -> serde_json::Map<String, serde_json::Value> {
 }
 
 fn entity(c: &mut Map) -> Dynamic {
-    let Some(meta) = c.get("metadata").and_then(|m| m.read_lock::<Map>().map(|m| m.clone())) else {
+    let Some(meta) = c
+        .get("metadata")
+        .and_then(|m| m.read_lock::<Map>().map(|m| m.clone()))
+    else {
         return Dynamic::UNIT;
     };
     let mut wrapper = serde_json::Map::new();
@@ -170,12 +180,15 @@ fn entity(c: &mut Map) -> Dynamic {
 
 fn last_human_activity(c: &mut Map) -> INT {
     let own = with(|ctx| ctx.own_users.clone(), Arc::new(Vec::new()));
-    let created = c.get("created_at").and_then(|v| v.as_int().ok()).unwrap_or(0);
+    let created = c
+        .get("created_at")
+        .and_then(|v| v.as_int().ok())
+        .unwrap_or(0);
     let mut history = serde_json::Map::new();
-    if let Some(h) = c.get("history") {
-        if let Ok(v) = rhai::serde::from_dynamic::<serde_json::Value>(h) {
-            history.insert("history".into(), v);
-        }
+    if let Some(h) = c.get("history")
+        && let Ok(v) = rhai::serde::from_dynamic::<serde_json::Value>(h)
+    {
+        history.insert("history".into(), v);
     }
     history_of(&history)
         .into_iter()
@@ -256,7 +269,10 @@ mod tests {
 
     #[test]
     fn time_helpers_use_the_injected_clock() {
-        let (r, _) = run("[now(), hours_since(0), days_since(0), minutes_since(0)]", &fixed(2 * 86_400_000));
+        let (r, _) = run(
+            "[now(), hours_since(0), days_since(0), minutes_since(0)]",
+            &fixed(2 * 86_400_000),
+        );
         let v: Vec<INT> = r.unwrap().into_typed_array().unwrap();
         assert_eq!(v, [2 * 86_400_000, 48, 2, 2880]);
     }
@@ -273,7 +289,10 @@ mod tests {
 
     #[test]
     fn changes_are_collected_with_reasons() {
-        let (r, changes) = run("add_tag(\"x\", \"because\"); set_status(\"Escalated\"); comment(\"hi\")", &fixed(0));
+        let (r, changes) = run(
+            "add_tag(\"x\", \"because\"); set_status(\"Escalated\"); comment(\"hi\")",
+            &fixed(0),
+        );
         assert!(r.is_ok());
         assert_eq!(changes.len(), 3);
         assert_eq!(changes[0].kind, ChangeKind::AddTag("x".into()));
@@ -307,11 +326,17 @@ mod tests {
     #[test]
     fn sandbox_stops_runaway_scripts() {
         let (r, _) = run("loop {}", &fixed(0));
-        assert!(matches!(*r.unwrap_err(), EvalAltResult::ErrorTooManyOperations(_)));
+        assert!(matches!(
+            *r.unwrap_err(),
+            EvalAltResult::ErrorTooManyOperations(_)
+        ));
         let (r, _) = run("fn f(x) { f(x + 1) } f(0)", &fixed(0));
         assert!(r.is_err());
         let (r, _) = run("let s = \"x\"; loop { s += s; }", &fixed(0));
-        assert!(matches!(*r.unwrap_err(), EvalAltResult::ErrorDataTooLarge(..)));
+        assert!(matches!(
+            *r.unwrap_err(),
+            EvalAltResult::ErrorDataTooLarge(..)
+        ));
         let (r, _) = run("eval(\"1\")", &fixed(0));
         assert!(r.is_err());
     }

@@ -7,7 +7,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rhai::{Dynamic, Engine, EvalAltResult, Position, Scope, AST};
+use rhai::{AST, Dynamic, Engine, EvalAltResult, Position, Scope};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -19,7 +19,14 @@ use crate::stellar::Case;
 /// Query hint keys a rule may push down to the server (plus `FROM~`/`TO~` on timestamps
 /// and score, and a `NOT~` prefix on any of them).
 const HINT_KEYS: [&str; 8] = [
-    "status", "priority", "severity", "assignee", "tags", "tenantid", "cust_id", "ticket_id",
+    "status",
+    "priority",
+    "severity",
+    "assignee",
+    "tags",
+    "tenantid",
+    "cust_id",
+    "ticket_id",
 ];
 const RANGE_FIELDS: [&str; 3] = ["created_at", "modified_at", "score"];
 
@@ -34,7 +41,14 @@ pub struct RuleError {
 
 impl fmt::Display for RuleError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.col, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.col,
+            self.message
+        )
     }
 }
 
@@ -101,8 +115,11 @@ impl RuleSet {
                 message,
             }]
         };
-        let entries = std::fs::read_dir(dir)
-            .map_err(|e| at_dir(format!("cannot read the rules folder: {e} (daemon.rules_dir)")))?;
+        let entries = std::fs::read_dir(dir).map_err(|e| {
+            at_dir(format!(
+                "cannot read the rules folder: {e} (daemon.rules_dir)"
+            ))
+        })?;
         let mut files: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "rhai") && p.is_file())
@@ -151,7 +168,11 @@ impl RuleSet {
         let mut compiled: Vec<(Rule, rhai::Module)> = Vec::new();
         let mut hasher = Sha256::new();
         for (file, text) in &sources {
-            hasher.update(file.file_name().map(|n| n.as_encoded_bytes()).unwrap_or(b""));
+            hasher.update(
+                file.file_name()
+                    .map(|n| n.as_encoded_bytes())
+                    .unwrap_or(b""),
+            );
             hasher.update([0]);
             hasher.update(text.as_bytes());
             hasher.update([0]);
@@ -219,7 +240,9 @@ impl RuleSet {
         library::begin(env, &rule.name);
         let mut scope = Scope::new();
         scope.push("c", case);
-        let result = self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, &rule.call);
+        let result = self
+            .engine
+            .eval_ast_with_scope::<Dynamic>(&mut scope, &rule.call);
         let changes = library::finish();
         match result {
             Ok(_) => Ok(changes),
@@ -258,9 +281,10 @@ fn innermost(err: EvalAltResult) -> (String, Position) {
             "stopped: calls nested too deep (endless recursion?)".into(),
             pos,
         ),
-        EvalAltResult::ErrorDataTooLarge(what, pos) => {
-            (format!("stopped: {what} grew beyond the sandbox limit"), pos)
-        }
+        EvalAltResult::ErrorDataTooLarge(what, pos) => (
+            format!("stopped: {what} grew beyond the sandbox limit"),
+            pos,
+        ),
         mut other => {
             let pos = other.take_position();
             (other.to_string(), pos)
@@ -276,7 +300,11 @@ fn locate(text: &str, needle: &str) -> (usize, usize) {
         .unwrap_or((1, 1))
 }
 
-fn compile(engine: &Engine, file: &Path, text: &str) -> Result<(Rule, rhai::Module), Vec<RuleError>> {
+fn compile(
+    engine: &Engine,
+    file: &Path,
+    text: &str,
+) -> Result<(Rule, rhai::Module), Vec<RuleError>> {
     let err = |line: usize, col: usize, message: String| {
         vec![RuleError {
             file: file.to_path_buf(),
@@ -323,7 +351,11 @@ fn compile(engine: &Engine, file: &Path, text: &str) -> Result<(Rule, rhai::Modu
     // (`global::MAX_HOURS`): a module built from the AST encapsulates them with each function.
     let module = rhai::Module::eval_ast_as_new(Scope::new(), &ast, engine).map_err(|e| {
         let (message, pos) = innermost(*e);
-        err(pos.line().unwrap_or(0), pos.position().unwrap_or(0), format!("error while loading: {message}"))
+        err(
+            pos.line().unwrap_or(0),
+            pos.position().unwrap_or(0),
+            format!("error while loading: {message}"),
+        )
     })?;
     let Some(meta) = scope.get_value::<rhai::Map>("RULE") else {
         return Err(err(
@@ -346,28 +378,43 @@ fn compile(engine: &Engine, file: &Path, text: &str) -> Result<(Rule, rhai::Modu
         if !["name", "description", "schedule", "query", "enabled"].contains(&key.as_str()) {
             return Err(at(
                 &format!("{key}:"),
-                format!("unknown RULE key {key:?}: expected name, description, schedule, query, enabled"),
+                format!(
+                    "unknown RULE key {key:?}: expected name, description, schedule, query, enabled"
+                ),
             ));
         }
     }
-    let name = get_str("name")?.filter(|n| !n.trim().is_empty()).ok_or_else(|| {
-        at("RULE", "RULE.name is missing: every rule needs a unique name".into())
-    })?;
+    let name = get_str("name")?
+        .filter(|n| !n.trim().is_empty())
+        .ok_or_else(|| {
+            at(
+                "RULE",
+                "RULE.name is missing: every rule needs a unique name".into(),
+            )
+        })?;
     let schedule = get_str("schedule")?;
     if let Some(s) = &schedule {
         validate_cron(s).map_err(|e| at("schedule", format!("RULE.schedule: {e}")))?;
     }
     let enabled = match meta.get("enabled") {
         None => true,
-        Some(v) => v
-            .as_bool()
-            .map_err(|t| at("enabled", format!("RULE.enabled must be true or false, not {t}")))?,
+        Some(v) => v.as_bool().map_err(|t| {
+            at(
+                "enabled",
+                format!("RULE.enabled must be true or false, not {t}"),
+            )
+        })?,
     };
     let query = match meta.get("query") {
         None => Vec::new(),
         Some(q) => match q.read_lock::<rhai::Map>() {
             Some(map) => parse_hints(&map).map_err(|m| at("query", format!("RULE.query: {m}")))?,
-            None => return Err(at("query", "RULE.query must be a map like #{ status: \"New\" }".into())),
+            None => {
+                return Err(at(
+                    "query",
+                    "RULE.query must be a map like #{ status: \"New\" }".into(),
+                ));
+            }
         },
     };
     let rule = Rule {
@@ -400,11 +447,17 @@ fn parse_hints(map: &rhai::Map) -> Result<Vec<(String, String)>, String> {
             ));
         }
         let text = if let Some(arr) = value.read_lock::<rhai::Array>() {
-            arr.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(",")
+            arr.iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
         } else if value.is_string() || value.is_int() || value.is_float() {
             value.to_string()
         } else {
-            return Err(format!("{key}: expected a string, number or list, not {}", value.type_name()));
+            return Err(format!(
+                "{key}: expected a string, number or list, not {}",
+                value.type_name()
+            ));
         };
         out.push((key.to_string(), text));
     }
@@ -445,7 +498,7 @@ pub fn filter_matches(case: &serde_json::Map<String, Value>, key: &str, value: &
             list().any(|v| v == p)
         }
         "tenantid" | "cust_id" => list().any(|v| v == str_field("cust_id")),
-        "ticket_id" => list().any(|v| case.get("ticket_id").is_some_and(|t| t.to_string() == v)),
+        "ticket_id" => list().any(|v| case.get("ticket_id").is_some_and(|t| *t == v)),
         "tags" => {
             let tags = case.get("tags").and_then(Value::as_array);
             list().any(|v| tags.is_some_and(|t| t.iter().any(|x| x.as_str() == Some(v))))

@@ -1,6 +1,6 @@
 //! A deterministic, realistic population of cases, users and tenants for the simulator.
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::config::ApiFlavor;
 
@@ -39,7 +39,13 @@ const NAMES: [&str; 8] = [
 ];
 
 const TAGS: [&str; 7] = [
-    "phishing", "malware", "vpn", "pci", "vip", "insider", "October-event",
+    "phishing",
+    "malware",
+    "vpn",
+    "pci",
+    "vip",
+    "insider",
+    "October-event",
 ];
 
 const HOUR: i64 = 3_600_000;
@@ -47,8 +53,14 @@ const DAY: i64 = 24 * HOUR;
 
 /// A stable 32-hex id derived from a label, so the same seed always gives the same ids.
 pub fn hex_id(label: &str, n: u64) -> String {
-    let mut rng = fastrand::Rng::with_seed(n ^ label.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3)));
-    (0..32).map(|_| char::from_digit(rng.u32(0..16), 16).unwrap_or('0')).collect()
+    let mut rng = fastrand::Rng::with_seed(
+        n ^ label.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100000001b3)
+        }),
+    );
+    (0..32)
+        .map(|_| char::from_digit(rng.u32(0..16), 16).unwrap_or('0'))
+        .collect()
 }
 
 /// The server's users: the API user first, then the people cases are assigned to.
@@ -65,7 +77,13 @@ pub fn users(api_user: &str) -> Vec<SimUser> {
 }
 
 /// `n` cases drawn from `seed`, with ages counted back from `now_ms`.
-pub fn generate(n: usize, seed: u64, now_ms: i64, flavor: ApiFlavor, users: &[SimUser]) -> Vec<Value> {
+pub fn generate(
+    n: usize,
+    seed: u64,
+    now_ms: i64,
+    flavor: ApiFlavor,
+    users: &[SimUser],
+) -> Vec<Value> {
     let mut rng = fastrand::Rng::with_seed(seed);
     let people = &users[1..];
     (0..n)
@@ -91,12 +109,27 @@ fn age(rng: &mut fastrand::Rng, lo: i64, hi: i64) -> i64 {
     (l + rng.f64() * (h - l)).exp() as i64
 }
 
-fn one_case(rng: &mut fastrand::Rng, i: usize, now: i64, flavor: ApiFlavor, people: &[SimUser]) -> Value {
+fn one_case(
+    rng: &mut fastrand::Rng,
+    i: usize,
+    now: i64,
+    flavor: ApiFlavor,
+    people: &[SimUser],
+) -> Value {
     let status = *pick(
         rng,
-        &[("New", 30), ("In Progress", 25), ("Escalated", 10), ("Resolved", 25), ("Cancelled", 10)],
+        &[
+            ("New", 30),
+            ("In Progress", 25),
+            ("Escalated", 10),
+            ("Resolved", 25),
+            ("Cancelled", 10),
+        ],
     );
-    let priority = *pick(rng, &[("Low", 30), ("Medium", 35), ("High", 25), ("Critical", 10)]);
+    let priority = *pick(
+        rng,
+        &[("Low", 30), ("Medium", 35), ("High", 25), ("Critical", 10)],
+    );
     let case_age = match status {
         "New" if rng.u32(0..100) < 80 => age(rng, 5 * 60_000, 20 * HOUR),
         "New" => age(rng, DAY, 10 * DAY),
@@ -110,7 +143,11 @@ fn one_case(rng: &mut fastrand::Rng, i: usize, now: i64, flavor: ApiFlavor, peop
     } else {
         created + (rng.f64() * (modified - created) as f64) as i64
     };
-    let closed = if matches!(status, "Resolved" | "Cancelled") { modified } else { 0 };
+    let closed = if matches!(status, "Resolved" | "Cancelled") {
+        modified
+    } else {
+        0
+    };
     let assignee = if status == "New" && rng.u32(0..100) < 75 {
         String::new()
     } else {
@@ -126,8 +163,16 @@ fn one_case(rng: &mut fastrand::Rng, i: usize, now: i64, flavor: ApiFlavor, peop
     let ip = format!("10.{octet}.{}.{}", rng.u8(0..=254), rng.u8(1..=254));
     let entity_id = match rng.u32(0..10) {
         0..=5 => format!("asset,,{ip}"),
-        6..=7 => format!("user,{}{},,{ip}", ["jdoe", "asmith", "mlee"][rng.usize(0..3)], rng.u8(1..99)),
-        _ => format!("host,{},{},{ip}", ["vpn-gw", "web", "db", "mail", "dc"][rng.usize(0..5)], hex_id("host", rng.u64(..))),
+        6..=7 => format!(
+            "user,{}{},,{ip}",
+            ["jdoe", "asmith", "mlee"][rng.usize(0..3)],
+            rng.u8(1..99)
+        ),
+        _ => format!(
+            "host,{},{},{ip}",
+            ["vpn-gw", "web", "db", "mail", "dc"][rng.usize(0..5)],
+            hex_id("host", rng.u64(..))
+        ),
     };
     let (tenant, _) = TENANTS[rng.usize(0..TENANTS.len())];
     let score = rng.u32(1..=100);

@@ -11,13 +11,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::extract::{Path as UrlPath, Query, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 
 use crate::config::ApiFlavor;
 use crate::stellar::model::{PRIORITIES, RESOLUTIONS, STATUSES};
@@ -187,7 +187,10 @@ impl SimState {
             let now = crate::now_ms();
             case.insert(field.to_string(), to.clone());
             case.insert("modified_at".into(), json!(now));
-            push_history(case, json!({"field": field, "from": from, "to": to, "timestamp": now, "user": user}));
+            push_history(
+                case,
+                json!({"field": field, "from": from, "to": to, "timestamp": now, "user": user}),
+            );
         }
     }
 }
@@ -238,7 +241,11 @@ impl Simulator {
                 let (ca_pem, cert_pem, key_pem) = self_signed_chain()?;
                 std::fs::write(out, ca_pem)
                     .map_err(|e| anyhow::anyhow!("--tls-cert-out {}: {e}", out.display()))?;
-                let config = axum_server::tls_rustls::RustlsConfig::from_pem(cert_pem.into_bytes(), key_pem.into_bytes()).await?;
+                let config = axum_server::tls_rustls::RustlsConfig::from_pem(
+                    cert_pem.into_bytes(),
+                    key_pem.into_bytes(),
+                )
+                .await?;
                 let server = axum_server::from_tcp_rustls(listener, config)?.handle(handle.clone());
                 ("https", tokio::spawn(server.serve(app.into_make_service())))
             }
@@ -315,7 +322,10 @@ fn router(state: Shared) -> Router {
         )
         .route("/connect/api/v1/users", get(list_users))
         .route("/connect/api/v1/tenants", get(list_tenants))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), faults_and_log))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            faults_and_log,
+        ))
         .with_state(state)
 }
 
@@ -336,13 +346,16 @@ async fn faults_and_log(State(state): State<Shared>, req: Request, next: Next) -
         let mut s = lock(&state);
         let is_token = path.ends_with("/access_token");
         if s.faults.down {
-            Some(error(StatusCode::SERVICE_UNAVAILABLE, "service unavailable"))
+            Some(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service unavailable",
+            ))
         } else if is_token {
             None
         } else {
             s.api_requests += 1;
             let every = s.faults.rate_limit_every;
-            if every > 0 && s.api_requests % every == 0 {
+            if every > 0 && s.api_requests.is_multiple_of(every) {
                 s.burst_left = s.faults.rate_limit_burst.max(1);
             }
             if s.faults.throttle_next > 0 {
@@ -408,7 +421,9 @@ async fn access_token(State(state): State<Shared>, headers: HeaderMap) -> Respon
     let jwt = format!(
         "{}.{}.{}",
         b64.encode(r#"{"alg":"HS256","typ":"JWT"}"#),
-        b64.encode(json!({"sub": s.api_user, "exp": exp, "jti": n, "nonce": s.rng.u64(..)}).to_string()),
+        b64.encode(
+            json!({"sub": s.api_user, "exp": exp, "jti": n, "nonce": s.rng.u64(..)}).to_string()
+        ),
         b64.encode(s.rng.u64(..).to_be_bytes())
     );
     s.tokens.insert(jwt.clone(), exp_ms);
@@ -416,8 +431,8 @@ async fn access_token(State(state): State<Shared>, headers: HeaderMap) -> Respon
     Json(json!({"access_token": jwt, "exp": exp})).into_response()
 }
 
-/// Checks the Bearer JWT; `Err` is the 401 to send.
-fn authorize(s: &SimState, headers: &HeaderMap) -> Result<(), Response> {
+/// Checks the Bearer JWT; `Err` is the message of the 401 to send.
+fn authorize(s: &SimState, headers: &HeaderMap) -> Result<(), &'static str> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -425,8 +440,8 @@ fn authorize(s: &SimState, headers: &HeaderMap) -> Result<(), Response> {
         .unwrap_or("");
     match s.tokens.get(token) {
         Some(&exp_ms) if exp_ms > crate::now_ms() => Ok(()),
-        Some(_) => Err(error(StatusCode::UNAUTHORIZED, "token expired")),
-        None => Err(error(StatusCode::UNAUTHORIZED, "invalid token")),
+        Some(_) => Err("token expired"),
+        None => Err("invalid token"),
     }
 }
 
@@ -447,8 +462,8 @@ async fn list_cases(
     Query(params): Query<Vec<(String, String)>>,
 ) -> Response {
     let s = lock(&state);
-    if let Err(r) = authorize(&s, &headers) {
-        return r;
+    if let Err(msg) = authorize(&s, &headers) {
+        return error(StatusCode::UNAUTHORIZED, msg);
     }
     let mut limit = 100usize;
     let mut skip = 0usize;
@@ -459,11 +474,15 @@ async fn list_cases(
         match k.as_str() {
             "limit" => match v.parse::<usize>() {
                 Ok(n) => limit = n.min(500),
-                Err(_) => return error(StatusCode::BAD_REQUEST, format!("limit: not a number: {v}")),
+                Err(_) => {
+                    return error(StatusCode::BAD_REQUEST, format!("limit: not a number: {v}"));
+                }
             },
             "skip" => match v.parse::<usize>() {
                 Ok(n) => skip = n,
-                Err(_) => return error(StatusCode::BAD_REQUEST, format!("skip: not a number: {v}")),
+                Err(_) => {
+                    return error(StatusCode::BAD_REQUEST, format!("skip: not a number: {v}"));
+                }
             },
             "sort" => sort = Some(v.clone()),
             "order" => desc = v.eq_ignore_ascii_case("desc"),
@@ -477,13 +496,11 @@ async fn list_cases(
         .cases
         .iter()
         .filter(|c| {
-            filters
-                .iter()
-                .all(|(k, v, negate)| {
-                    c.as_object()
-                        .is_some_and(|o| crate::rules::filter_matches(o, k, v))
-                        != *negate
-                })
+            filters.iter().all(|(k, v, negate)| {
+                c.as_object()
+                    .is_some_and(|o| crate::rules::filter_matches(o, k, v))
+                    != *negate
+            })
         })
         .collect();
     if let Some(key) = &sort {
@@ -493,11 +510,7 @@ async fn list_cases(
                 (Some(x), Some(y)) => x.total_cmp(&y),
                 _ => field_str(a, key).cmp(field_str(b, key)),
             };
-            if desc {
-                ord.reverse()
-            } else {
-                ord
-            }
+            if desc { ord.reverse() } else { ord }
         });
     }
     let total = hits.len();
@@ -505,10 +518,14 @@ async fn list_cases(
     Json(json!({"data": {"cases": page, "total": total}})).into_response()
 }
 
-async fn get_case(State(state): State<Shared>, headers: HeaderMap, UrlPath(id): UrlPath<String>) -> Response {
+async fn get_case(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
     let s = lock(&state);
-    if let Err(r) = authorize(&s, &headers) {
-        return r;
+    if let Err(msg) = authorize(&s, &headers) {
+        return error(StatusCode::UNAUTHORIZED, msg);
     }
     match s.case(&id) {
         Some(c) => Json(json!({"data": c})).into_response(),
@@ -542,15 +559,24 @@ async fn update_v5(
     update(&state, &headers, &id, &body, ApiFlavor::V5)
 }
 
-fn update(state: &Shared, headers: &HeaderMap, id: &str, body: &[u8], route: ApiFlavor) -> Response {
+fn update(
+    state: &Shared,
+    headers: &HeaderMap,
+    id: &str,
+    body: &[u8],
+    route: ApiFlavor,
+) -> Response {
     let mut s = lock(state);
-    if let Err(r) = authorize(&s, headers) {
-        return r;
+    if let Err(msg) = authorize(&s, headers) {
+        return error(StatusCode::UNAUTHORIZED, msg);
     }
     if route != s.flavor {
         return error(
             StatusCode::METHOD_NOT_ALLOWED,
-            format!("this server speaks the {} update flavour", s.flavor.as_str()),
+            format!(
+                "this server speaks the {} update flavour",
+                s.flavor.as_str()
+            ),
         );
     }
     if s.faults.fail_updates_for.contains(id) {
@@ -573,7 +599,11 @@ fn update(state: &Shared, headers: &HeaderMap, id: &str, body: &[u8], route: Api
     let case = s.cases[idx].as_object_mut().expect("cases are objects");
     for (field, to) in changes {
         let from = case.get(&field).cloned().unwrap_or(Value::Null);
-        let to = if field == "tags" { apply_tags(&from, &to) } else { to };
+        let to = if field == "tags" {
+            apply_tags(&from, &to)
+        } else {
+            to
+        };
         if from == to {
             continue;
         }
@@ -581,7 +611,10 @@ fn update(state: &Shared, headers: &HeaderMap, id: &str, body: &[u8], route: Api
             case.insert("closed".into(), json!(now));
         }
         case.insert(field.clone(), to.clone());
-        push_history(case, json!({"api": true, "field": field, "from": from, "to": to, "timestamp": now, "user": api_user_id}));
+        push_history(
+            case,
+            json!({"api": true, "field": field, "from": from, "to": to, "timestamp": now, "user": api_user_id}),
+        );
     }
     case.insert("modified_at".into(), json!(now));
     case.insert("modified_by".into(), json!(api_user));
@@ -590,10 +623,14 @@ fn update(state: &Shared, headers: &HeaderMap, id: &str, body: &[u8], route: Api
     Json(json!({"data": s.cases[idx]})).into_response()
 }
 
-async fn list_comments(State(state): State<Shared>, headers: HeaderMap, UrlPath(id): UrlPath<String>) -> Response {
+async fn list_comments(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
     let s = lock(&state);
-    if let Err(r) = authorize(&s, &headers) {
-        return r;
+    if let Err(msg) = authorize(&s, &headers) {
+        return error(StatusCode::UNAUTHORIZED, msg);
     }
     if s.case(&id).is_none() {
         return error(StatusCode::NOT_FOUND, format!("case {id} not found"));
@@ -609,8 +646,8 @@ async fn add_comment(
     body: axum::body::Bytes,
 ) -> Response {
     let mut s = lock(&state);
-    if let Err(r) = authorize(&s, &headers) {
-        return r;
+    if let Err(msg) = authorize(&s, &headers) {
+        return error(StatusCode::UNAUTHORIZED, msg);
     }
     if s.case(&id).is_none() {
         return error(StatusCode::NOT_FOUND, format!("case {id} not found"));
@@ -618,7 +655,12 @@ async fn add_comment(
     let text = match serde_json::from_slice::<Value>(&body) {
         Ok(v) => match v.get("comment").and_then(Value::as_str) {
             Some(t) if !t.trim().is_empty() => t.to_string(),
-            _ => return error(StatusCode::BAD_REQUEST, "body must be {\"comment\": \"non-empty text\"}"),
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "body must be {\"comment\": \"non-empty text\"}",
+                );
+            }
         },
         Err(_) => return error(StatusCode::BAD_REQUEST, "body must be JSON"),
     };
@@ -634,8 +676,8 @@ async fn add_comment(
 
 async fn list_users(State(state): State<Shared>, headers: HeaderMap) -> Response {
     let s = lock(&state);
-    if let Err(r) = authorize(&s, &headers) {
-        return r;
+    if let Err(msg) = authorize(&s, &headers) {
+        return error(StatusCode::UNAUTHORIZED, msg);
     }
     let users: Vec<Value> = s
         .users
@@ -647,8 +689,8 @@ async fn list_users(State(state): State<Shared>, headers: HeaderMap) -> Response
 
 async fn list_tenants(State(state): State<Shared>, headers: HeaderMap) -> Response {
     let s = lock(&state);
-    if let Err(r) = authorize(&s, &headers) {
-        return r;
+    if let Err(msg) = authorize(&s, &headers) {
+        return error(StatusCode::UNAUTHORIZED, msg);
     }
     let tenants: Vec<Value> = data::TENANTS
         .iter()
@@ -690,21 +732,36 @@ fn push_history(case: &mut Map<String, Value>, entry: Value) {
 }
 
 /// The (field, new value) pairs an update body asks for, or the 400 message.
-fn validate_update(s: &SimState, body: &Map<String, Value>) -> Result<Vec<(String, Value)>, String> {
+fn validate_update(
+    s: &SimState,
+    body: &Map<String, Value>,
+) -> Result<Vec<(String, Value)>, String> {
     let pkey = priority_key(s.flavor);
     let mut out = Vec::new();
     for (key, value) in body {
         match key.as_str() {
             "status" => {
-                let v = value.as_str().filter(|v| STATUSES.contains(v)).ok_or_else(|| {
-                    format!("invalid status {value}: expected one of {}", STATUSES.join(", "))
-                })?;
+                let v = value
+                    .as_str()
+                    .filter(|v| STATUSES.contains(v))
+                    .ok_or_else(|| {
+                        format!(
+                            "invalid status {value}: expected one of {}",
+                            STATUSES.join(", ")
+                        )
+                    })?;
                 out.push(("status".to_string(), json!(v)));
             }
             k if k == pkey => {
-                let v = value.as_str().filter(|v| PRIORITIES.contains(v)).ok_or_else(|| {
-                    format!("invalid {pkey} {value}: expected one of {}", PRIORITIES.join(", "))
-                })?;
+                let v = value
+                    .as_str()
+                    .filter(|v| PRIORITIES.contains(v))
+                    .ok_or_else(|| {
+                        format!(
+                            "invalid {pkey} {value}: expected one of {}",
+                            PRIORITIES.join(", ")
+                        )
+                    })?;
                 out.push((pkey.to_string(), json!(v)));
                 out.push((
                     "priority_num".to_string(),
@@ -712,9 +769,15 @@ fn validate_update(s: &SimState, body: &Map<String, Value>) -> Result<Vec<(Strin
                 ));
             }
             "resolution" if s.flavor == ApiFlavor::V5 => {
-                let v = value.as_str().filter(|v| RESOLUTIONS.contains(v)).ok_or_else(|| {
-                    format!("invalid resolution {value}: expected one of {}", RESOLUTIONS.join(", "))
-                })?;
+                let v = value
+                    .as_str()
+                    .filter(|v| RESOLUTIONS.contains(v))
+                    .ok_or_else(|| {
+                        format!(
+                            "invalid resolution {value}: expected one of {}",
+                            RESOLUTIONS.join(", ")
+                        )
+                    })?;
                 if body.get("status").and_then(Value::as_str) != Some("Resolved") {
                     return Err("resolution is only accepted with status Resolved".into());
                 }
@@ -739,7 +802,11 @@ fn validate_update(s: &SimState, body: &Map<String, Value>) -> Result<Vec<(Strin
                         None => Ok(vec![]),
                         Some(Value::Array(a)) => a
                             .iter()
-                            .map(|t| t.as_str().map(str::to_string).ok_or_else(|| format!("tags.{k} must hold strings")))
+                            .map(|t| {
+                                t.as_str()
+                                    .map(str::to_string)
+                                    .ok_or_else(|| format!("tags.{k} must hold strings"))
+                            })
                             .collect(),
                         Some(_) => Err(format!("tags.{k} must be a list")),
                     }
@@ -750,11 +817,18 @@ fn validate_update(s: &SimState, body: &Map<String, Value>) -> Result<Vec<(Strin
                 let (add, delete) = (list("add")?, list("delete")?);
                 out.push(("tags".to_string(), json!({"add": add, "delete": delete})));
             }
-            other => return Err(format!("unknown field {other:?} for the {} flavour", s.flavor.as_str())),
+            other => {
+                return Err(format!(
+                    "unknown field {other:?} for the {} flavour",
+                    s.flavor.as_str()
+                ));
+            }
         }
     }
     if out.is_empty() {
-        return Err("at least one of priority, status, assignee, tags or description is required".into());
+        return Err(
+            "at least one of priority, status, assignee, tags or description is required".into(),
+        );
     }
     Ok(out)
 }

@@ -8,7 +8,7 @@ use base64::Engine as _;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use tokio::sync::Mutex;
 
-use super::error::{excerpt, ApiError};
+use super::error::{ApiError, excerpt};
 use crate::secret::Secret;
 
 /// Used when neither the answer nor the JWT says when the token expires.
@@ -68,10 +68,10 @@ impl TokenCache {
     /// lock across the fetch is what makes concurrent callers share one renewal.
     pub async fn get(&self, http: &reqwest::Client) -> Result<Secret, ApiError> {
         let mut current = self.current.lock().await;
-        if let Some(t) = current.as_ref() {
-            if Instant::now() < t.renew_at {
-                return Ok(t.jwt.clone());
-            }
+        if let Some(t) = current.as_ref()
+            && Instant::now() < t.renew_at
+        {
+            return Ok(t.jwt.clone());
         }
         let token = self.fetch(http).await?;
         let jwt = token.jwt.clone();
@@ -143,7 +143,10 @@ impl TokenCache {
         // goes out with a token that expires in flight.
         let margin = (lifetime / 4).min(Duration::from_secs(60));
         self.renewals.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(lifetime_secs = lifetime.as_secs(), "obtained an access token");
+        tracing::debug!(
+            lifetime_secs = lifetime.as_secs(),
+            "obtained an access token"
+        );
         Ok(Token {
             jwt: Secret::new(jwt),
             renew_at: Instant::now() + lifetime - margin,
@@ -167,7 +170,8 @@ mod tests {
 
     #[test]
     fn reads_exp_claim() {
-        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"exp":1700000000}"#);
+        let payload =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"exp":1700000000}"#);
         assert_eq!(jwt_exp(&format!("x.{payload}.y")), Some(1_700_000_000));
         assert_eq!(jwt_exp("not-a-jwt"), None);
     }
@@ -175,7 +179,11 @@ mod tests {
     #[test]
     fn header_forms() {
         let key = Secret::new("k");
-        let basic = Credentials { user: Some("u".into()), key: key.clone() }.header();
+        let basic = Credentials {
+            user: Some("u".into()),
+            key: key.clone(),
+        }
+        .header();
         assert_eq!(basic, "Basic dTpr");
         let bearer = Credentials { user: None, key }.header();
         assert_eq!(bearer, "Bearer k");

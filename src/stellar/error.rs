@@ -5,7 +5,9 @@ const BODY_EXCERPT: usize = 300;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("the API key was rejected by {url} (HTTP 401 on the access_token call); check stellar.user and the key file")]
+    #[error(
+        "the API key was rejected by {url} (HTTP 401 on the access_token call); check stellar.user and the key file"
+    )]
     KeyRejected { url: String },
     #[error("{what}: HTTP {status}: {body}")]
     Status {

@@ -47,9 +47,10 @@ impl ClientSettings {
     pub fn from_config(config: &Config) -> anyhow::Result<ClientSettings> {
         let s = &config.stellar;
         let ca_pem = match &s.ca_file {
-            Some(path) => Some(std::fs::read(path).map_err(|e| {
-                anyhow::anyhow!("stellar.ca_file {}: {e}", path.display())
-            })?),
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|e| anyhow::anyhow!("stellar.ca_file {}: {e}", path.display()))?,
+            ),
             None => None,
         };
         Ok(ClientSettings {
@@ -102,8 +103,9 @@ impl Client {
             .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("casewarden/", env!("CARGO_PKG_VERSION")));
         if let Some(pem) = &settings.ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| ApiError::Setup(format!("stellar.ca_file is not a PEM certificate: {e}")))?;
+            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+                ApiError::Setup(format!("stellar.ca_file is not a PEM certificate: {e}"))
+            })?;
             if certs.is_empty() {
                 return Err(ApiError::Setup(
                     "stellar.ca_file holds no PEM certificate".into(),
@@ -112,7 +114,9 @@ impl Client {
             builder = builder.tls_certs_merge(certs);
         }
         if settings.insecure_skip_tls_verify {
-            tracing::warn!("stellar.insecure_skip_tls_verify is set: the server's certificate is NOT verified; use ca_file instead");
+            tracing::warn!(
+                "stellar.insecure_skip_tls_verify is set: the server's certificate is NOT verified; use ca_file instead"
+            );
             builder = builder.tls_danger_accept_invalid_certs(true);
         }
         let http = builder
@@ -200,10 +204,10 @@ impl Client {
             }
             ApiFlavor::V5 => {
                 let mut b = body.clone();
-                if let Some(obj) = b.as_object_mut() {
-                    if let Some(p) = obj.remove("priority") {
-                        obj.insert("severity".into(), p);
-                    }
+                if let Some(obj) = b.as_object_mut()
+                    && let Some(p) = obj.remove("priority")
+                {
+                    obj.insert("severity".into(), p);
                 }
                 (
                     Method::PUT,
@@ -295,14 +299,16 @@ impl Client {
             if let Some(body) = call.body {
                 req = req.json(body);
             }
-            let span = tracing::debug_span!("request", method = %call.method, path = %call.path, attempt);
+            let span =
+                tracing::debug_span!("request", method = %call.method, path = %call.path, attempt);
             let outcome = req.send().instrument(span).await;
             let last = attempt >= inner.max_attempts;
             let resp = match outcome {
                 Ok(resp) => resp,
                 Err(e) => {
                     let detail = describe_reqwest(&e);
-                    let retryable = e.is_connect() || (call.idempotent && (e.is_timeout() || e.is_request()));
+                    let retryable =
+                        e.is_connect() || (call.idempotent && (e.is_timeout() || e.is_request()));
                     if retryable && !last {
                         tracing::debug!(%detail, "request failed, retrying");
                         tokio::time::sleep(self.backoff(attempt)).await;
@@ -327,7 +333,10 @@ impl Client {
             if status == StatusCode::TOO_MANY_REQUESTS {
                 let wait = retry_after(&resp).unwrap_or_else(|| self.backoff(attempt));
                 if !last {
-                    tracing::info!(wait_ms = wait.as_millis() as u64, "rate limited (429), waiting");
+                    tracing::info!(
+                        wait_ms = wait.as_millis() as u64,
+                        "rate limited (429), waiting"
+                    );
                     tokio::time::sleep(wait.min(MAX_RETRY_AFTER)).await;
                     continue;
                 }
@@ -337,11 +346,13 @@ impl Client {
                 tokio::time::sleep(self.backoff(attempt)).await;
                 continue;
             }
-            let body = read_capped(resp).await.map_err(|detail| ApiError::Transport {
-                what: what.clone(),
-                detail,
-                attempts: attempt,
-            })?;
+            let body = read_capped(resp)
+                .await
+                .map_err(|detail| ApiError::Transport {
+                    what: what.clone(),
+                    detail,
+                    attempts: attempt,
+                })?;
             if !status.is_success() {
                 let body = excerpt(&String::from_utf8_lossy(&body));
                 let status = status.as_u16();
@@ -369,7 +380,11 @@ impl Client {
     /// Exponential backoff with full jitter, capped at 30 s.
     fn backoff(&self, attempt: u32) -> Duration {
         let cap = Duration::from_secs(30);
-        let exp = self.inner.retry_base.saturating_mul(1 << attempt.min(16)).min(cap);
+        let exp = self
+            .inner
+            .retry_base
+            .saturating_mul(1 << attempt.min(16))
+            .min(cap);
         exp.mul_f64(0.5 + fastrand::f64() * 0.5)
     }
 }

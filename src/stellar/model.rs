@@ -66,27 +66,29 @@ impl Case {
                 return Err(CaseParseError {
                     id: None,
                     reason: format!("_id must be a non-empty string, got {}", type_name(other)),
-                })
+                });
             }
             None => {
                 return Err(CaseParseError {
                     id: None,
                     reason: "missing _id".into(),
-                })
+                });
             }
         };
         let fail = |reason: String| CaseParseError {
             id: Some(id.clone()),
             reason,
         };
-        for key in ["status", "priority", "severity", "assignee", "name", "cust_id"] {
+        for key in [
+            "status", "priority", "severity", "assignee", "name", "cust_id",
+        ] {
             match raw.get(key) {
                 None | Some(Value::Null) | Some(Value::String(_)) => {}
                 Some(other) => {
                     return Err(fail(format!(
                         "{key} must be a string, got {}",
                         type_name(other)
-                    )))
+                    )));
                 }
             }
         }
@@ -105,7 +107,7 @@ impl Case {
                     return Err(fail(format!(
                         "{key} must be a number, got {}",
                         type_name(other)
-                    )))
+                    )));
                 }
             }
         }
@@ -120,18 +122,18 @@ impl Case {
                 return Err(fail(format!(
                     "history must be a list, got {}",
                     type_name(other)
-                )))
+                )));
             }
         }
-        if !matches!(raw.get("priority"), Some(Value::String(_))) {
-            if let Some(sev) = raw.get("severity").cloned() {
-                raw.insert("priority".into(), sev);
-            }
+        if !matches!(raw.get("priority"), Some(Value::String(_)))
+            && let Some(sev) = raw.get("severity").cloned()
+        {
+            raw.insert("priority".into(), sev);
         }
-        if !matches!(raw.get("score"), Some(Value::Number(_))) {
-            if let Some(score) = raw.get("case_score").cloned() {
-                raw.insert("score".into(), score);
-            }
+        if !matches!(raw.get("score"), Some(Value::Number(_)))
+            && let Some(score) = raw.get("case_score").cloned()
+        {
+            raw.insert("score".into(), score);
         }
         Ok(Case { id, raw })
     }
@@ -256,7 +258,8 @@ pub fn parse_entity(entity_id: &str) -> Option<Entity> {
         return None;
     }
     let last = parts[parts.len() - 1];
-    let ip = (parts.len() >= 3 && last.parse::<std::net::IpAddr>().is_ok()).then(|| last.to_string());
+    let ip =
+        (parts.len() >= 3 && last.parse::<std::net::IpAddr>().is_ok()).then(|| last.to_string());
     Some(Entity {
         kind: parts[0].to_string(),
         name: parts[1].to_string(),
@@ -301,9 +304,15 @@ mod tests {
     #[test]
     fn entity_forms() {
         let e = parse_entity("asset,,10.10.30.20").unwrap();
-        assert_eq!((e.kind.as_str(), e.name.as_str(), e.ip.as_deref()), ("asset", "", Some("10.10.30.20")));
+        assert_eq!(
+            (e.kind.as_str(), e.name.as_str(), e.ip.as_deref()),
+            ("asset", "", Some("10.10.30.20"))
+        );
         let e = parse_entity("user,jdoe,abc,def,10.1.2.3").unwrap();
-        assert_eq!((e.name.as_str(), e.ip.as_deref()), ("jdoe", Some("10.1.2.3")));
+        assert_eq!(
+            (e.name.as_str(), e.ip.as_deref()),
+            ("jdoe", Some("10.1.2.3"))
+        );
         let e = parse_entity("host,web01").unwrap();
         assert_eq!(e.ip, None);
         assert_eq!(parse_entity(""), None);

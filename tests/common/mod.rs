@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use casewarden::config::ApiFlavor;
 use casewarden::sim::{SimOptions, Simulator};
-use casewarden::stellar::{credentials, Client, ClientSettings};
+use casewarden::stellar::{Client, ClientSettings, credentials};
 
 pub const USER: &str = "demo@example.com";
 pub const KEY: &str = "test-key-Zq9xW2vB7";
@@ -53,7 +53,12 @@ pub struct Workspace {
 impl Workspace {
     /// Config pointing at `url`, with `extra` appended to `[daemon]`; the repo's example
     /// rules are copied in unless `rules` is given.
-    pub fn new(url: &str, flavor: &str, daemon_extra: &str, rules: Option<&[(&str, &str)]>) -> Workspace {
+    pub fn new(
+        url: &str,
+        flavor: &str,
+        daemon_extra: &str,
+        rules: Option<&[(&str, &str)]>,
+    ) -> Workspace {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("api_key"), format!("{KEY}\n")).unwrap();
         let config = format!(
@@ -80,10 +85,6 @@ impl Workspace {
         Workspace { dir }
     }
 
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
     pub fn config(&self) -> PathBuf {
         self.dir.path().join("casewarden.toml")
     }
@@ -107,7 +108,9 @@ pub fn repo() -> PathBuf {
 
 pub async fn run_bin(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_casewarden"));
-    cmd.args(args).env_remove("RUST_LOG").env_remove("CASEWARDEN_CONFIG");
+    cmd.args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("CASEWARDEN_CONFIG");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -123,7 +126,10 @@ pub fn stderr(o: &Output) -> String {
 }
 
 /// Lists every case through the client, page by page.
-pub async fn list_all(client: &Client, filters: Vec<(String, String)>) -> Result<Vec<casewarden::stellar::Case>, casewarden::stellar::ApiError> {
+pub async fn list_all(
+    client: &Client,
+    filters: Vec<(String, String)>,
+) -> Result<Vec<casewarden::stellar::Case>, casewarden::stellar::ApiError> {
     let mut pager = client.list_cases(filters);
     let mut out = Vec::new();
     while let Some(page) = pager.next_page().await? {
