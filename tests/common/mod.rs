@@ -1,7 +1,7 @@
 //! Shared helpers: a simulator on a free port, clients and config files pointing at it,
 //! and a runner for the real binary.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
