@@ -50,6 +50,8 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the daemon: passes on schedule until SIGTERM/SIGINT; SIGHUP reloads rules
+    Run,
     /// Run one pass now and print a summary (exit 0 ok, 1 some change failed, 2 config/rule error)
     Once(OnceArgs),
     /// Validate the config and compile every rule; errors name file:line:col (exit 0/2)
@@ -243,6 +245,13 @@ fn load_rules(dir: &Path) -> Option<RuleSet> {
 /// Runs the parsed command; returns the process exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     match &cli.command {
+        Command::Run => match load_config(&cli) {
+            Ok(config) => crate::daemon::run(config).await,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                Ok(2)
+            }
+        },
         Command::Once(args) => once(&cli, args).await,
         Command::Check => check(&cli),
         Command::TestRule(args) => test_rule(args),
@@ -361,6 +370,7 @@ async fn once(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
             dry_run: args.dry_run,
             only: args.rules.clone(),
             trigger: "once".into(),
+            ..PassOptions::default()
         },
     )
     .await;

@@ -4,7 +4,9 @@
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod demo;
+pub mod metrics;
 pub mod pass;
 pub mod plan;
 pub mod rules;

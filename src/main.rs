@@ -1,5 +1,7 @@
 //! The `casewarden` binary: parse the command line, set up logging, run the command.
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -23,6 +25,7 @@ fn init_tracing(cli: &Cli) {
         .unwrap_or_else(|_| EnvFilter::new(format!("warn,casewarden={level}")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => builder.init(),

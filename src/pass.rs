@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::StreamExt;
 use serde_json::Value;
@@ -58,6 +59,17 @@ pub struct PassOptions {
     /// Rule names to run; empty = all enabled rules.
     pub only: Vec<String>,
     pub trigger: String,
+    /// Set on shutdown: no new page is fetched and no new request is sent; requests
+    /// already in flight finish and are recorded.
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+impl PassOptions {
+    fn cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::SeqCst))
+    }
 }
 
 /// How one rule fared in a pass.
@@ -93,6 +105,8 @@ pub struct PassReport {
     pub skipped: usize,
     pub deferred_changes: usize,
     pub budget_exhausted: bool,
+    /// Cut short by shutdown.
+    pub interrupted: bool,
     pub status: String,
     pub chain_head: String,
     /// A failure that stopped the pass early (listing failed, audit unwritable).
@@ -346,6 +360,8 @@ pub async fn run_pass(ctx: &PassContext, set: &RuleSet, opts: &PassOptions) -> P
         }
         report.status = if report.error.is_some() {
             "error".into()
+        } else if report.interrupted {
+            "interrupted".into()
         } else if report.failed > 0 {
             "failed-changes".into()
         } else if report.budget_exhausted {
@@ -430,6 +446,10 @@ async fn run(
         (pager, page)
     }));
     while let Some(fetch) = next.take() {
+        if opts.cancelled() {
+            report.interrupted = true;
+            return Ok(());
+        }
         let (mut pager, page) = fetch.await?;
         let Some(page) = page? else { break };
         // Start the next download before evaluating this page.
@@ -554,6 +574,10 @@ async fn run(
         }
     }
 
+    if opts.cancelled() {
+        report.interrupted = true;
+        return Ok(());
+    }
     // Write-ahead: every decision is committed before any request goes out.
     let mut events = Vec::new();
     let mut owners = Vec::new();
@@ -595,64 +619,32 @@ async fn run(
         }
         Ok::<(), crate::audit::AuditError>(())
     });
-    let comment_changes = ctx.settings.comment_changes;
-    let client = ctx.client.clone();
-    let run_id = report.run_id.clone();
-    let rule_hash: HashMap<String, String> = rules
+    let work: Vec<(usize, CasePlan)> = retained
         .iter()
-        .map(|r| (r.name.clone(), r.source_hash.clone()))
+        .enumerate()
+        .filter(|(_, p)| p.has_work())
+        .map(|(i, p)| (i, p.clone()))
         .collect();
-    let results: Vec<(usize, Vec<(usize, bool)>)> =
-        futures::stream::iter(retained.iter().enumerate().filter(|(_, p)| p.has_work()))
-            .map(|(pi, p)| {
-                let client = client.clone();
-                let tx = tx.clone();
-                let seq_of = &seq_of;
-                let rule_hash = &rule_hash;
-                let run_id = run_id.clone();
-                async move {
-                    let outcomes = apply_case(&client, p, comment_changes).await;
-                    let events: Vec<NewEvent> = outcomes
-                        .iter()
-                        .map(|(di, result)| {
-                            let d = &p.decisions[*di];
-                            let (outcome, error, status) = match result {
-                                Ok(()) => (Outcome::Applied, None, None),
-                                Err((msg, status)) => (Outcome::Failed, Some(msg.clone()), *status),
-                            };
-                            NewEvent {
-                                run_id: run_id.clone(),
-                                rule: d.rule.clone(),
-                                rule_hash: rule_hash.get(&d.rule).cloned().unwrap_or_default(),
-                                case_id: p.case_id.clone(),
-                                ticket_id: p.ticket_id,
-                                field: d.field.clone(),
-                                old: d.old.clone(),
-                                new: d.new.clone(),
-                                reason: String::new(),
-                                dry_run: false,
-                                outcome: Some(outcome),
-                                error,
-                                http_status: status.map(i64::from),
-                                planned_seq: seq_of.get(&(pi, *di)).copied(),
-                            }
-                        })
-                        .collect();
-                    let _ = tx.send(events).await;
-                    (
-                        pi,
-                        outcomes
-                            .into_iter()
-                            .map(|(di, r)| (di, r.is_ok()))
-                            .collect(),
-                    )
-                }
-            })
-            .buffer_unordered(ctx.settings.max_in_flight.max(1))
-            .collect()
-            .await;
-    drop(tx);
+    let apply = Arc::new(Applier {
+        client: ctx.client.clone(),
+        tx,
+        seq_of,
+        rule_hash: rules
+            .iter()
+            .map(|r| (r.name.clone(), r.source_hash.clone()))
+            .collect(),
+        run_id: report.run_id.clone(),
+        cancel: opts.cancel.clone(),
+        comment_changes: ctx.settings.comment_changes,
+    });
+    let results: Vec<(usize, Vec<(usize, bool)>)> = futures::stream::iter(work)
+        .map(|(pi, p)| apply.clone().apply(pi, p))
+        .buffer_unordered(ctx.settings.max_in_flight.max(1))
+        .collect()
+        .await;
+    drop(apply);
     writer.await??;
+    report.interrupted |= opts.cancelled();
     for (pi, outcomes) in results {
         for (di, ok) in outcomes {
             let d = &retained[pi].decisions[di];
@@ -672,6 +664,77 @@ async fn run(
 }
 
 type DecisionResult = Result<(), (String, Option<u16>)>;
+
+/// What sending one case's changes needs, owned so each send is a `'static` task.
+struct Applier {
+    client: Client,
+    tx: tokio::sync::mpsc::Sender<Vec<NewEvent>>,
+    seq_of: HashMap<(usize, usize), i64>,
+    rule_hash: HashMap<String, String>,
+    run_id: String,
+    cancel: Option<Arc<AtomicBool>>,
+    comment_changes: bool,
+}
+
+impl Applier {
+    /// Sends (or, once shutdown began, does not send) one case's update and hands the
+    /// outcome rows to the audit writer; returns (decision index, applied?) pairs.
+    async fn apply(self: Arc<Self>, pi: usize, p: CasePlan) -> (usize, Vec<(usize, bool)>) {
+        let cancelled = self
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::SeqCst));
+        let outcomes = if cancelled {
+            p.decisions
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| d.is_planned())
+                .map(|(i, _)| {
+                    (
+                        i,
+                        Err(("not sent: casewarden is shutting down".to_string(), None)),
+                    )
+                })
+                .collect()
+        } else {
+            apply_case(&self.client, &p, self.comment_changes).await
+        };
+        let events: Vec<NewEvent> = outcomes
+            .iter()
+            .map(|(di, result)| {
+                let d = &p.decisions[*di];
+                let (outcome, error, status) = match result {
+                    Ok(()) => (Outcome::Applied, None, None),
+                    Err((msg, status)) => (Outcome::Failed, Some(msg.clone()), *status),
+                };
+                NewEvent {
+                    run_id: self.run_id.clone(),
+                    rule: d.rule.clone(),
+                    rule_hash: self.rule_hash.get(&d.rule).cloned().unwrap_or_default(),
+                    case_id: p.case_id.clone(),
+                    ticket_id: p.ticket_id,
+                    field: d.field.clone(),
+                    old: d.old.clone(),
+                    new: d.new.clone(),
+                    reason: String::new(),
+                    dry_run: false,
+                    outcome: Some(outcome),
+                    error,
+                    http_status: status.map(i64::from),
+                    planned_seq: self.seq_of.get(&(pi, *di)).copied(),
+                }
+            })
+            .collect();
+        let _ = self.tx.send(events).await;
+        (
+            pi,
+            outcomes
+                .into_iter()
+                .map(|(di, r)| (di, r.is_ok()))
+                .collect(),
+        )
+    }
+}
 
 /// Sends one case's update, then its comment; returns the outcome of every planned decision.
 async fn apply_case(

@@ -4,5 +4,6 @@
 mod audit_log;
 mod client;
 mod common;
+mod daemon;
 mod pass;
 mod rules_cli;

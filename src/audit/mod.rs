@@ -130,6 +130,24 @@ impl EventRow {
     }
 }
 
+/// One row of the passes table.
+#[derive(Debug, Clone, FromRow, Serialize, PartialEq)]
+pub struct PassRow {
+    pub id: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub trigger_kind: String,
+    pub rules_fingerprint: String,
+    pub dry_run: bool,
+    pub cases_seen: i64,
+    pub planned: i64,
+    pub applied: i64,
+    pub failed: i64,
+    pub skipped: i64,
+    pub status: String,
+    pub error: Option<String>,
+}
+
 /// Totals of a finished pass.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PassTotals {
@@ -369,6 +387,15 @@ impl AuditStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Every pass, oldest first.
+    pub async fn passes(&self) -> Result<Vec<PassRow>, AuditError> {
+        Ok(
+            sqlx::query_as::<_, PassRow>("SELECT * FROM passes ORDER BY started_at, id")
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     /// Passes still marked running (a crash or kill interrupted them).

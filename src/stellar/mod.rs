@@ -76,6 +76,7 @@ pub struct Client {
 }
 
 struct Inner {
+    metrics: Option<Arc<crate::metrics::Metrics>>,
     http: reqwest::Client,
     base: String,
     flavor: ApiFlavor,
@@ -98,6 +99,14 @@ struct Call<'a> {
 
 impl Client {
     pub fn new(settings: ClientSettings) -> Result<Client, ApiError> {
+        Client::with_metrics(settings, None)
+    }
+
+    /// A client that counts every answer by status in `metrics`.
+    pub fn with_metrics(
+        settings: ClientSettings,
+        metrics: Option<Arc<crate::metrics::Metrics>>,
+    ) -> Result<Client, ApiError> {
         let mut builder = reqwest::Client::builder()
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
@@ -125,6 +134,7 @@ impl Client {
         let base = settings.url.trim_end_matches('/').to_string();
         Ok(Client {
             inner: Arc::new(Inner {
+                metrics,
                 tokens: auth::TokenCache::new(settings.credentials.clone(), &base),
                 user: settings.credentials.user.clone(),
                 http,
@@ -303,6 +313,12 @@ impl Client {
                 tracing::debug_span!("request", method = %call.method, path = %call.path, attempt);
             let outcome = req.send().instrument(span).await;
             let last = attempt >= inner.max_attempts;
+            if let Some(m) = &inner.metrics {
+                match &outcome {
+                    Ok(r) => m.api_request(r.status().as_str()),
+                    Err(_) => m.api_request("error"),
+                }
+            }
             let resp = match outcome {
                 Ok(resp) => resp,
                 Err(e) => {

@@ -1,0 +1,480 @@
+//! `casewarden run` as a child process against the simulator: scheduling, skipped
+//! ticks, reloads, the circuit breaker, signals, crash recovery, HTTP endpoints, systemd.
+
+use std::collections::HashSet;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use casewarden::audit::{AuditStore, EventRow, Filter, Verification};
+use futures::StreamExt;
+
+use crate::common::*;
+
+const EVERY_SECOND: &str = "schedule = \"* * * * * *\"";
+const TAG_ALL: &str =
+    "const RULE = #{ name: \"tag-all\" };\nfn evaluate(c) { add_tag(\"seen\", \"test\"); }\n";
+
+struct Daemon {
+    child: tokio::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Daemon {
+    fn start(ws: &Workspace, env: &[(&str, &str)]) -> Daemon {
+        let log = ws
+            .dir
+            .path()
+            .join(format!("daemon-{}.log", fastrand::u32(..)));
+        let file = std::fs::File::create(&log).unwrap();
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_casewarden"));
+        cmd.args(["--config", ws.config().to_str().unwrap(), "run"])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file))
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Daemon {
+            child: cmd.spawn().unwrap(),
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: i32) {
+        let pid = self.child.id().unwrap() as i32;
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    }
+
+    async fn wait_log(&self, needle: &str, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{needle:?} not logged within {secs}s:\n{}", self.log());
+    }
+
+    async fn exit_code(mut self, secs: u64) -> i32 {
+        tokio::time::timeout(Duration::from_secs(secs), self.child.wait())
+            .await
+            .expect("the daemon exits in time")
+            .unwrap()
+            .code()
+            .unwrap_or(-1)
+    }
+}
+
+async fn until<F: FnMut() -> bool>(secs: u64, mut f: F) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+async fn audit_rows(ws: &Workspace) -> Vec<EventRow> {
+    let store = AuditStore::open(&ws.audit_db()).await.unwrap();
+    let rows = store
+        .query(&Filter::default())
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    store.close().await;
+    rows
+}
+
+async fn passes(ws: &Workspace) -> Vec<casewarden::audit::PassRow> {
+    if !ws.audit_db().exists() {
+        return Vec::new();
+    }
+    let store = AuditStore::open(&ws.audit_db()).await.unwrap();
+    let p = store.passes().await.unwrap();
+    store.close().await;
+    p
+}
+
+async fn wait_passes(ws: &Workspace, n: usize, secs: u64) -> Vec<casewarden::audit::PassRow> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let p = passes(ws).await;
+        if p.iter().filter(|p| p.finished_at.is_some()).count() >= n || Instant::now() > deadline {
+            return p;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn passes_run_on_schedule_and_the_endpoints_answer() {
+    let sim = start(sim_options(50)).await;
+    let port = free_port();
+    let ws = Workspace::new(
+        &sim.url,
+        "legacy",
+        &format!("{EVERY_SECOND}\nlisten = \"127.0.0.1:{port}\""),
+        None,
+    );
+    let d = Daemon::start(&ws, &[]);
+    let done = wait_passes(&ws, 2, 15).await;
+    assert!(done.len() >= 2, "{}", d.log());
+    assert!(
+        d.log().contains("next_run="),
+        "next run times are logged at start"
+    );
+    let http = reqwest::Client::new();
+    let health = http
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let body: serde_json::Value = health.json().await.unwrap();
+    assert_eq!(body["status"], "ok");
+    let metrics = http
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "casewarden_passes_total{status=\"ok\"}",
+        "casewarden_api_requests_total{status=\"200\"}",
+        "casewarden_pass_duration_seconds_count",
+        "casewarden_token_renewals_total",
+        "casewarden_rules_disabled",
+    ] {
+        assert!(metrics.contains(name), "{name} missing:\n{metrics}");
+    }
+    // The server goes away: the token check and the failing passes make it unhealthy.
+    sim.state().faults.down = true;
+    sim.state().expire_tokens();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut status = 0;
+    while Instant::now() < deadline && status != 503 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        status = http
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .map_or(0, |r| r.status().as_u16());
+    }
+    assert_eq!(status, 503, "{}", d.log());
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.exit_code(20).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_server_makes_ticks_skip_instead_of_overlap() {
+    let mut opts = sim_options(30);
+    opts.faults.latency_ms = 700;
+    let sim = start(opts).await;
+    let ws = Workspace::new(&sim.url, "legacy", EVERY_SECOND, None);
+    let d = Daemon::start(&ws, &[]);
+    d.wait_log("tick skipped", 20).await;
+    let done = wait_passes(&ws, 2, 20).await;
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.exit_code(30).await, 0);
+    let mut finished: Vec<_> = done.iter().filter(|p| p.finished_at.is_some()).collect();
+    finished.sort_by(|a, b| a.started_at.cmp(&b.started_at));
+    for pair in finished.windows(2) {
+        assert!(
+            pair[1].started_at >= *pair[0].finished_at.as_ref().unwrap(),
+            "passes overlapped: {pair:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_keeps_the_old_rules_on_errors_and_switches_on_a_fixed_set() {
+    let sim = start(sim_options(30)).await;
+    let good =
+        "const RULE = #{ name: \"first\", schedule: \"* * * * * *\" };\nfn evaluate(c) { }\n";
+    let ws = Workspace::new(
+        &sim.url,
+        "legacy",
+        "schedule = \"0 0 0 1 1 *\"\nmax_change_fraction = 1.0",
+        Some(&[("a.rhai", good)]),
+    );
+    let d = Daemon::start(&ws, &[]);
+    d.wait_log("casewarden started", 15).await;
+    let rules = ws.dir.path().join("rules");
+    std::fs::write(
+        rules.join("b.rhai"),
+        "const RULE = #{ name: \"second\" };\nfn evaluate(c) { let = ; }\n",
+    )
+    .unwrap();
+    d.signal(libc::SIGHUP);
+    d.wait_log("rules NOT reloaded", 10).await;
+    assert!(d.log().contains("b.rhai:2:"), "{}", d.log());
+    std::fs::write(rules.join("b.rhai"), "const RULE = #{ name: \"second\", schedule: \"* * * * * *\" };\nfn evaluate(c) { add_tag(\"second-was-here\"); }\n").unwrap();
+    d.signal(libc::SIGHUP);
+    d.wait_log("rules reloaded", 10).await;
+    assert!(
+        until(15, || sim.state().cases.iter().all(|c| c["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "second-was-here")))
+        .await,
+        "{}",
+        d.log()
+    );
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.exit_code(20).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_rule_file_is_reloaded_without_a_signal() {
+    let sim = start(sim_options(10)).await;
+    let ws = Workspace::new(
+        &sim.url,
+        "legacy",
+        "schedule = \"0 0 0 1 1 *\"",
+        Some(&[(
+            "a.rhai",
+            "const RULE = #{ name: \"a\" };\nfn evaluate(c) { }\n",
+        )]),
+    );
+    let d = Daemon::start(&ws, &[]);
+    d.wait_log("casewarden started", 15).await;
+    std::fs::write(
+        ws.dir.path().join("rules/a.rhai"),
+        "const RULE = #{ name: \"a2\" };\nfn evaluate(c) { }\n",
+    )
+    .unwrap();
+    d.wait_log("rules folder changed", 15).await;
+    d.wait_log("rules reloaded", 5).await;
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.exit_code(20).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_circuit_breaker_disables_a_rule_failing_everywhere_until_its_file_changes() {
+    let sim = start(sim_options(10)).await;
+    let broken = "const RULE = #{ name: \"thrower\" };\nfn evaluate(c) { throw \"always\"; }\n";
+    let ws = Workspace::new(
+        &sim.url,
+        "legacy",
+        &format!("{EVERY_SECOND}\nbreaker_passes = 2"),
+        Some(&[("a.rhai", broken)]),
+    );
+    let d = Daemon::start(&ws, &[]);
+    d.wait_log("CIRCUIT BREAKER", 20).await;
+    let rows = audit_rows(&ws).await;
+    assert!(
+        rows.iter().any(|r| r.rule == "thrower"
+            && r.field == "rule"
+            && r.new.as_deref() == Some("disabled"))
+    );
+    std::fs::write(
+        ws.dir.path().join("rules/a.rhai"),
+        broken.replace("always", "still"),
+    )
+    .unwrap();
+    d.wait_log("re-enabling", 15).await;
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.exit_code(20).await, 0);
+}
+
+fn settled(rows: &[EventRow]) -> bool {
+    let done: HashSet<i64> = rows.iter().filter_map(|r| r.planned_seq).collect();
+    rows.iter()
+        .filter(|r| r.outcome == "planned" && !r.dry_run)
+        .all(|r| done.contains(&r.seq))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_mid_pass_exits_cleanly_with_every_planned_row_settled() {
+    let mut opts = sim_options(200);
+    opts.faults.latency_ms = 40;
+    let sim = start(opts).await;
+    let ws = Workspace::new(
+        &sim.url,
+        "legacy",
+        &format!("{EVERY_SECOND}\nmax_change_fraction = 1.0\ncomment_changes = false"),
+        Some(&[("all.rhai", TAG_ALL)]),
+    );
+    std::fs::write(
+        ws.config(),
+        std::fs::read_to_string(ws.config())
+            .unwrap()
+            .replace("timeout_secs = 5", "timeout_secs = 5\nmax_in_flight = 2"),
+    )
+    .unwrap();
+    let d = Daemon::start(&ws, &[]);
+    assert!(
+        until(20, || sim.state().write_requests() >= 10).await,
+        "{}",
+        d.log()
+    );
+    let t = Instant::now();
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.exit_code(35).await, 0);
+    assert!(t.elapsed() < Duration::from_secs(30));
+    let rows = audit_rows(&ws).await;
+    assert!(settled(&rows), "a planned row has no outcome");
+    let writes = sim.state().write_requests();
+    assert!(writes < 200, "the pass was not cut short ({writes} writes)");
+    let p = passes(&ws).await;
+    assert!(p.iter().any(|p| p.status == "interrupted"), "{p:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_mid_pass_then_restart_reconciles_honestly() {
+    let mut opts = sim_options(200);
+    opts.faults.latency_ms = 40;
+    let sim = start(opts).await;
+    let ws = Workspace::new(
+        &sim.url,
+        "legacy",
+        &format!("{EVERY_SECOND}\nmax_change_fraction = 1.0\ncomment_changes = false"),
+        Some(&[("all.rhai", TAG_ALL)]),
+    );
+    std::fs::write(
+        ws.config(),
+        std::fs::read_to_string(ws.config())
+            .unwrap()
+            .replace("timeout_secs = 5", "timeout_secs = 5\nmax_in_flight = 2"),
+    )
+    .unwrap();
+    let d = Daemon::start(&ws, &[]);
+    assert!(
+        until(20, || sim.state().write_requests() >= 10).await,
+        "{}",
+        d.log()
+    );
+    d.signal(libc::SIGKILL);
+    assert_ne!(d.exit_code(10).await, 0);
+    let before = audit_rows(&ws).await;
+    assert!(
+        !settled(&before),
+        "the kill left nothing in flight; the test proves nothing"
+    );
+    sim.state().faults.latency_ms = 0;
+    // Restart with a schedule that will not fire, so only reconciliation touches the log.
+    let config = std::fs::read_to_string(ws.config())
+        .unwrap()
+        .replace(EVERY_SECOND, "schedule = \"0 0 0 1 1 *\"");
+    std::fs::write(ws.config(), config).unwrap();
+    let d = Daemon::start(&ws, &[]);
+    d.wait_log("reconciled changes left planned", 20).await;
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.exit_code(30).await, 0);
+    let rows = audit_rows(&ws).await;
+    assert!(settled(&rows));
+    // Honest: a reconciled `applied` is a case that holds the tag, `failed` one that does not.
+    let reconciled: Vec<&EventRow> = rows
+        .iter()
+        .filter(|r| r.reason.starts_with("reconciled"))
+        .collect();
+    assert!(!reconciled.is_empty());
+    for r in reconciled {
+        let holds = sim.state().case(&r.case_id).unwrap()["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "seen");
+        match r.outcome.as_str() {
+            "applied" => assert!(holds, "{} recorded applied but lacks the tag", r.case_id),
+            "failed" => assert!(!holds, "{} recorded failed but holds the tag", r.case_id),
+            other => panic!("unexpected outcome {other}"),
+        }
+    }
+    // Every change the server holds has an applied row.
+    let applied: HashSet<&str> = rows
+        .iter()
+        .filter(|r| r.outcome == "applied")
+        .map(|r| r.case_id.as_str())
+        .collect();
+    for c in sim
+        .state()
+        .cases
+        .iter()
+        .filter(|c| c["tags"].as_array().unwrap().iter().any(|t| t == "seen"))
+    {
+        assert!(applied.contains(c["_id"].as_str().unwrap()));
+    }
+    let store = AuditStore::open(&ws.audit_db()).await.unwrap();
+    assert!(matches!(
+        store.verify().await.unwrap(),
+        Verification::Intact { .. }
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn systemd_notifications_reach_the_notify_socket() {
+    let sim = start(sim_options(10)).await;
+    let ws = Workspace::new(&sim.url, "legacy", EVERY_SECOND, None);
+    let socket_path = ws.dir.path().join("notify.sock");
+    let socket = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
+    let d = Daemon::start(
+        &ws,
+        &[
+            ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "1000000"),
+        ],
+    );
+    let mut got = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut buf = vec![0u8; 4096];
+    while Instant::now() < deadline
+        && !(got.contains("READY=1")
+            && got.contains("STATUS=last pass")
+            && got.contains("WATCHDOG=1"))
+    {
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(500), socket.recv(&mut buf)).await
+        {
+            got.push_str(&String::from_utf8_lossy(&buf[..n]));
+            got.push('\n');
+        }
+    }
+    d.signal(libc::SIGTERM);
+    let code = d.exit_code(20).await;
+    assert!(got.contains("READY=1"), "{got}");
+    assert!(got.contains("STATUS=last pass"), "{got}");
+    assert!(got.contains("WATCHDOG=1"), "{got}");
+    assert_eq!(code, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broken_rules_refuse_to_start_with_the_full_list() {
+    let ws = Workspace::new(
+        "http://127.0.0.1:9",
+        "legacy",
+        "",
+        Some(&[
+            ("a.rhai", "fn evaluate(c) { }\n"),
+            ("b.rhai", "const RULE = #{ name: \"b\" };\n"),
+        ]),
+    );
+    let out = ws.run(&["run"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("a.rhai:1:1") && err.contains("b.rhai:1:1") && err.contains("2 rule error(s)"),
+        "{err}"
+    );
+}
