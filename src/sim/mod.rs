@@ -102,6 +102,9 @@ pub struct SimState {
     rng: fastrand::Rng,
     api_requests: u64,
     burst_left: u64,
+    /// Bumped on every change to `cases`; invalidates `list_cache`.
+    version: u64,
+    list_cache: Option<(String, u64, Arc<Vec<usize>>)>,
 }
 
 impl SimState {
@@ -132,6 +135,8 @@ impl SimState {
             rng: fastrand::Rng::with_seed(opts.seed ^ 0xfa17),
             api_requests: 0,
             burst_left: 0,
+            version: 0,
+            list_cache: None,
         })
     }
 
@@ -142,6 +147,7 @@ impl SimState {
 
     /// Adds or replaces a case (tests plant exactly the cases they need, broken ones too).
     pub fn put_case(&mut self, case: Value) {
+        self.version += 1;
         let Some(id) = case.get("_id").and_then(Value::as_str).map(str::to_string) else {
             self.cases.push(case);
             return;
@@ -182,6 +188,7 @@ impl SimState {
             .map(|u| u.user_id.clone())
             .unwrap_or_else(|| user_email.to_string());
         if let Some(&i) = self.index.get(case_id) {
+            self.version += 1;
             let case = self.cases[i].as_object_mut().expect("cases are objects");
             let from = case.get(field).cloned().unwrap_or(Value::Null);
             let now = crate::now_ms();
@@ -461,7 +468,7 @@ async fn list_cases(
     headers: HeaderMap,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Response {
-    let s = lock(&state);
+    let mut s = lock(&state);
     if let Err(msg) = authorize(&s, &headers) {
         return error(StatusCode::UNAUTHORIZED, msg);
     }
@@ -492,29 +499,44 @@ async fn list_cases(
             },
         }
     }
-    let mut hits: Vec<&Value> = s
-        .cases
-        .iter()
-        .filter(|c| {
-            filters.iter().all(|(k, v, negate)| {
-                c.as_object()
-                    .is_some_and(|o| crate::rules::filter_matches(o, k, v))
-                    != *negate
-            })
-        })
-        .collect();
-    if let Some(key) = &sort {
-        hits.sort_by(|a, b| {
-            let (x, y) = (a.get(key), b.get(key));
-            let ord = match (x.and_then(Value::as_f64), y.and_then(Value::as_f64)) {
-                (Some(x), Some(y)) => x.total_cmp(&y),
-                _ => field_str(a, key).cmp(field_str(b, key)),
-            };
-            if desc { ord.reverse() } else { ord }
-        });
-    }
+    // Paging re-runs the same query with a growing `skip`; filtering and sorting a large
+    // population once per query (until a case changes) keeps big listings linear.
+    let query_key = format!("{filters:?} {sort:?} {desc}");
+    let cached = s
+        .list_cache
+        .as_ref()
+        .filter(|(k, v, _)| *k == query_key && *v == s.version)
+        .map(|(_, _, hits)| hits.clone());
+    let hits = match cached {
+        Some(hits) => hits,
+        None => {
+            let mut hits: Vec<usize> = (0..s.cases.len())
+                .filter(|&i| {
+                    filters.iter().all(|(k, v, negate)| {
+                        s.cases[i]
+                            .as_object()
+                            .is_some_and(|o| crate::rules::filter_matches(o, k, v))
+                            != *negate
+                    })
+                })
+                .collect();
+            if let Some(key) = &sort {
+                hits.sort_by(|&a, &b| {
+                    let (a, b) = (&s.cases[a], &s.cases[b]);
+                    let ord = match (a.get(key).and_then(Value::as_f64), b.get(key).and_then(Value::as_f64)) {
+                        (Some(x), Some(y)) => x.total_cmp(&y),
+                        _ => field_str(a, key).cmp(field_str(b, key)),
+                    };
+                    if desc { ord.reverse() } else { ord }
+                });
+            }
+            let hits = Arc::new(hits);
+            s.list_cache = Some((query_key, s.version, hits.clone()));
+            hits
+        }
+    };
     let total = hits.len();
-    let page: Vec<&Value> = hits.into_iter().skip(skip).take(limit).collect();
+    let page: Vec<&Value> = hits.iter().skip(skip).take(limit).map(|&i| &s.cases[i]).collect();
     Json(json!({"data": {"cases": page, "total": total}})).into_response()
 }
 
@@ -595,6 +617,7 @@ fn update(
     };
     let api_user_id = s.api_user_id().to_string();
     let api_user = s.api_user.clone();
+    s.version += 1;
     let now = crate::now_ms();
     let case = s.cases[idx].as_object_mut().expect("cases are objects");
     for (field, to) in changes {

@@ -173,7 +173,7 @@ impl Client {
             filters,
             skip: 0,
             total: None,
-            seen: HashSet::new(),
+            recent: [HashSet::new(), HashSet::new()],
             done: false,
         }
     }
@@ -413,14 +413,15 @@ pub struct Page {
     pub total: u64,
 }
 
-/// Walks the listing with `limit` + `skip` until `total`, yielding each case once even
-/// when the set shifts between pages.
+/// Walks the listing with `limit` + `skip` until `total`. When the set shifts between
+/// pages, a case can come back on the next page: the ids of the last two pages are kept
+/// so it is yielded once, while memory stays bounded whatever the total.
 pub struct CasePager {
     client: Client,
     filters: Vec<(String, String)>,
     skip: u64,
     total: Option<u64>,
-    seen: HashSet<String>,
+    recent: [HashSet<String>; 2],
     done: bool,
 }
 
@@ -455,10 +456,12 @@ impl CasePager {
         let total = data.get("total").and_then(Value::as_u64);
         let received = items.len() as u64;
         let mut page = Page::default();
+        let mut ids = HashSet::with_capacity(items.len());
         for item in items.iter().cloned() {
             match Case::from_value(item) {
                 Ok(case) => {
-                    if self.seen.insert(case.id.clone()) {
+                    let repeat = self.recent.iter().any(|r| r.contains(&case.id));
+                    if ids.insert(case.id.clone()) && !repeat {
                         page.cases.push(case);
                     }
                 }
@@ -468,6 +471,8 @@ impl CasePager {
                 }
             }
         }
+        self.recent.swap(0, 1);
+        self.recent[1] = ids;
         self.skip += received;
         if let Some(t) = total {
             self.total = Some(t);
