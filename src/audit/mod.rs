@@ -15,6 +15,9 @@ use sqlx::sqlite::{
 };
 use sqlx::{AssertSqlSafe, FromRow, Row};
 
+/// Rows per INSERT statement (18 parameters each).
+const ROWS_PER_INSERT: usize = 100;
+
 /// The `prev_hash` of the first row.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -288,6 +291,7 @@ impl AuditStore {
         let (mut seq, mut prev) = head.unwrap_or((0, GENESIS.to_string()));
         let now = timestamp(chrono::Utc::now());
         let mut seqs = Vec::with_capacity(events.len());
+        let mut rows = Vec::with_capacity(events.len());
         for e in events {
             seq += 1;
             let mut row = EventRow {
@@ -311,32 +315,37 @@ impl AuditStore {
                 hash: String::new(),
             };
             row.hash = row.compute_hash();
-            sqlx::query(
-                "INSERT INTO events (seq, run_id, recorded_at, rule, rule_hash, case_id, ticket_id, field, old, new, reason, dry_run, outcome, error, http_status, planned_seq, prev_hash, hash) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(row.seq)
-            .bind(&row.run_id)
-            .bind(&row.recorded_at)
-            .bind(&row.rule)
-            .bind(&row.rule_hash)
-            .bind(&row.case_id)
-            .bind(row.ticket_id)
-            .bind(&row.field)
-            .bind(&row.old)
-            .bind(&row.new)
-            .bind(&row.reason)
-            .bind(row.dry_run)
-            .bind(&row.outcome)
-            .bind(&row.error)
-            .bind(row.http_status)
-            .bind(row.planned_seq)
-            .bind(&row.prev_hash)
-            .bind(&row.hash)
-            .execute(&mut *tx)
-            .await?;
+            prev = row.hash.clone();
             seqs.push(seq);
-            prev = row.hash;
+            rows.push(row);
+        }
+        // Multi-row INSERTs: one statement per ROWS_PER_INSERT rows, well under SQLite's
+        // limit of bound parameters, cuts the per-statement cost that dominates otherwise.
+        for chunk in rows.chunks(ROWS_PER_INSERT) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO events (seq, run_id, recorded_at, rule, rule_hash, case_id, ticket_id, field, old, new, reason, dry_run, outcome, error, http_status, planned_seq, prev_hash, hash) ",
+            );
+            q.push_values(chunk, |mut b, row| {
+                b.push_bind(row.seq)
+                    .push_bind(row.run_id.clone())
+                    .push_bind(row.recorded_at.clone())
+                    .push_bind(row.rule.clone())
+                    .push_bind(row.rule_hash.clone())
+                    .push_bind(row.case_id.clone())
+                    .push_bind(row.ticket_id)
+                    .push_bind(row.field.clone())
+                    .push_bind(row.old.clone())
+                    .push_bind(row.new.clone())
+                    .push_bind(row.reason.clone())
+                    .push_bind(row.dry_run)
+                    .push_bind(row.outcome.clone())
+                    .push_bind(row.error.clone())
+                    .push_bind(row.http_status)
+                    .push_bind(row.planned_seq)
+                    .push_bind(row.prev_hash.clone())
+                    .push_bind(row.hash.clone());
+            });
+            q.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(seqs)

@@ -7,9 +7,7 @@ use std::sync::Arc;
 use rhai::{Dynamic, Engine, EvalAltResult, INT, ImmutableString, Map};
 
 use crate::plan::{Change, ChangeKind};
-use crate::stellar::model::{
-    PRIORITIES, RESOLUTIONS, STATUSES, entity_of, history_of, priority_rank,
-};
+use crate::stellar::model::{PRIORITIES, RESOLUTIONS, STATUSES, parse_entity, priority_rank};
 
 /// What a rule's environment holds besides the case: the clock and who "we" are.
 #[derive(Debug, Clone, Default)]
@@ -139,34 +137,32 @@ fn since(ms: INT, unit: INT) -> INT {
     (now() - ms).div_euclid(unit)
 }
 
-fn has_tag(c: &mut Map, t: &str) -> bool {
-    c.get("tags")
-        .and_then(|v| {
-            v.read_lock::<rhai::Array>().map(|a| {
-                a.iter()
-                    .any(|x| x.clone().into_immutable_string().is_ok_and(|s| s == t))
-            })
-        })
-        .unwrap_or(false)
+// Case helpers take the case as a `Dynamic`: it is shared and read-only, so a `&mut Map`
+// parameter would make Rhai copy the whole case on every call.
+
+/// Runs `f` on a field of a case map, borrowed through the shared value (no copies).
+fn with_field<T>(c: &Dynamic, key: &str, f: impl FnOnce(&Dynamic) -> Option<T>) -> Option<T> {
+    f(c.read_lock::<Map>()?.get(key)?)
 }
 
-fn to_json(c: &Map) -> serde_json::Map<String, serde_json::Value> {
-    match rhai::serde::from_dynamic::<serde_json::Value>(&Dynamic::from_map(c.clone())) {
-        Ok(serde_json::Value::Object(m)) => m,
-        _ => serde_json::Map::new(),
-    }
+fn has_tag(c: Dynamic, t: &str) -> bool {
+    with_field(&c, "tags", |v| {
+        Some(
+            v.read_lock::<rhai::Array>()?
+                .iter()
+                .any(|x| x.read_lock::<ImmutableString>().is_some_and(|s| s.as_str() == t)),
+        )
+    })
+    .unwrap_or(false)
 }
 
-fn entity(c: &mut Map) -> Dynamic {
-    let Some(meta) = c
-        .get("metadata")
-        .and_then(|m| m.read_lock::<Map>().map(|m| m.clone()))
-    else {
-        return Dynamic::UNIT;
-    };
-    let mut wrapper = serde_json::Map::new();
-    wrapper.insert("metadata".into(), serde_json::Value::Object(to_json(&meta)));
-    match entity_of(&wrapper) {
+fn entity(c: Dynamic) -> Dynamic {
+    let parsed = with_field(&c, "metadata", |m| {
+        let meta = m.read_lock::<Map>()?;
+        let id = meta.get("entity_id")?.read_lock::<ImmutableString>()?;
+        parse_entity(id.as_str())
+    });
+    match parsed {
         Some(e) => {
             let mut m = Map::new();
             m.insert("kind".into(), e.kind.into());
@@ -178,25 +174,30 @@ fn entity(c: &mut Map) -> Dynamic {
     }
 }
 
-fn last_human_activity(c: &mut Map) -> INT {
+fn last_human_activity(c: Dynamic) -> INT {
     let own = with(|ctx| ctx.own_users.clone(), Arc::new(Vec::new()));
-    let created = c
-        .get("created_at")
-        .and_then(|v| v.as_int().ok())
-        .unwrap_or(0);
-    let mut history = serde_json::Map::new();
-    if let Some(h) = c.get("history")
-        && let Ok(v) = rhai::serde::from_dynamic::<serde_json::Value>(h)
-    {
-        history.insert("history".into(), v);
-    }
-    history_of(&history)
-        .into_iter()
-        .filter(|h| !(h.api && (own.is_empty() || own.contains(&h.user))))
-        .map(|h| h.timestamp)
-        .max()
-        .unwrap_or(created)
-        .max(created)
+    let created = with_field(&c, "created_at", |v| v.as_int().ok()).unwrap_or(0);
+    with_field(&c, "history", |history| {
+        let entries = history.read_lock::<rhai::Array>()?;
+        let mut newest = created;
+        for h in entries.iter() {
+            let Some(h) = h.read_lock::<Map>() else { continue };
+            let api = h.get("api").and_then(|v| v.as_bool().ok()).unwrap_or(false);
+            let mine = || {
+                h.get("user")
+                    .and_then(|u| u.read_lock::<ImmutableString>().map(|u| own.iter().any(|o| o == u.as_str())))
+                    .unwrap_or(false)
+            };
+            if api && (own.is_empty() || mine()) {
+                continue;
+            }
+            if let Some(ts) = h.get("timestamp").and_then(|v| v.as_int().ok()) {
+                newest = newest.max(ts);
+            }
+        }
+        Some(newest)
+    })
+    .unwrap_or(created)
 }
 
 /// The engine every rule runs in, with every limit set explicitly (the defaults differ

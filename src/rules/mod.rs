@@ -264,9 +264,33 @@ impl RuleSet {
     }
 }
 
-/// The case as a Rhai map; convert once per case and clone per rule.
+/// The case as a Rhai map, converted once per case. It is read-only (a rule cannot change
+/// what the next rule sees) and shared, so handing it to each rule copies a pointer.
 pub fn case_to_dynamic(case: &Case) -> Dynamic {
-    rhai::serde::to_dynamic(case.raw()).unwrap_or(Dynamic::UNIT)
+    let map: rhai::Map = case
+        .raw()
+        .iter()
+        .map(|(k, v)| (k.as_str().into(), json_to_dynamic(v)))
+        .collect();
+    Dynamic::from_map(map).into_read_only().into_shared()
+}
+
+fn json_to_dynamic(v: &Value) -> Dynamic {
+    match v {
+        Value::Null => Dynamic::UNIT,
+        Value::Bool(b) => Dynamic::from_bool(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => Dynamic::from_int(i),
+            None => Dynamic::from_float(n.as_f64().unwrap_or(0.0)),
+        },
+        Value::String(s) => Dynamic::from(s.clone()),
+        Value::Array(a) => Dynamic::from_array(a.iter().map(json_to_dynamic).collect()),
+        Value::Object(o) => Dynamic::from_map(
+            o.iter()
+                .map(|(k, v)| (k.as_str().into(), json_to_dynamic(v)))
+                .collect(),
+        ),
+    }
 }
 
 /// The deepest error in a chain of function calls, without its position, and that position.

@@ -1,0 +1,73 @@
+//! Rule evaluation throughput on one core: the example rules against an empty rule as the
+//! baseline, both on the same generated cases in the same run.
+//!
+//! cargo bench --bench engine
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use casewarden::config::ApiFlavor;
+use casewarden::rules::{case_to_dynamic, EvalEnv, RuleSet};
+use casewarden::sim::data;
+use casewarden::stellar::Case;
+
+const CASES: usize = 20_000;
+const ROUNDS: usize = 3;
+
+/// Case-rule evaluations per second over `cases`, single-threaded, best of ROUNDS.
+fn rate(set: &RuleSet, cases: &[Case], env: &EvalEnv) -> (f64, usize) {
+    let mut best = 0.0f64;
+    let mut changes = 0;
+    for _ in 0..ROUNDS {
+        let start = Instant::now();
+        let mut evals = 0usize;
+        changes = 0;
+        for case in cases {
+            let dynamic = case_to_dynamic(case);
+            for rule in &set.rules {
+                if !casewarden::rules::hints_match(case, &rule.query) {
+                    continue;
+                }
+                evals += 1;
+                changes += set.evaluate(rule, &case.id, dynamic.clone(), env).map(|c| c.len()).unwrap_or(0);
+            }
+        }
+        best = best.max(evals as f64 / start.elapsed().as_secs_f64());
+    }
+    (best, changes)
+}
+
+fn main() {
+    let users = data::users("demo@example.com");
+    let cases: Vec<Case> = data::generate(CASES, 7, casewarden::now_ms(), ApiFlavor::Legacy, &users)
+        .into_iter()
+        .map(|v| Case::from_value(v).expect("generated cases parse"))
+        .collect();
+    let env = EvalEnv::default();
+    let rules_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("rules");
+    let examples = RuleSet::load_dir(&rules_dir).expect("example rules compile");
+    let baseline = RuleSet::from_sources(vec![(
+        PathBuf::from("empty.rhai"),
+        "const RULE = #{ name: \"empty\" };\nfn evaluate(c) { }\n".into(),
+    )])
+    .expect("baseline compiles");
+    let start = Instant::now();
+    for c in &cases {
+        std::hint::black_box(case_to_dynamic(c));
+    }
+    let convert = CASES as f64 / start.elapsed().as_secs_f64();
+    let (base_rate, _) = rate(&baseline, &cases, &env);
+    let (rate_examples, changes) = rate(&examples, &cases, &env);
+    println!("rule evaluation, one core, {CASES} generated cases, best of {ROUNDS}:");
+    println!("  baseline (empty rule):     {:>10.0} case-rule evaluations/s", base_rate);
+    println!("  example rules ({} rules):   {:>10.0} case-rule evaluations/s ({changes} changes requested)", examples.rules.len(), rate_examples);
+    println!("  ratio example/baseline:    {:>10.2}", rate_examples / base_rate);
+    println!("  case -> Rhai map conversion alone: {convert:.0} cases/s (once per case, shared by its rules)");
+    println!("  per rule (conversion included, one rule per case):");
+    for rule in &examples.rules {
+        let text = std::fs::read_to_string(&rule.file).expect("rule file");
+        let one = RuleSet::from_sources(vec![(rule.file.clone(), text)]).expect("compiles");
+        let (r, _) = rate(&one, &cases, &env);
+        println!("    {:<22} {:>10.0} evaluations/s", rule.name, r);
+    }
+}
