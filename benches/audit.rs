@@ -23,7 +23,11 @@ fn event(n: usize) -> NewEvent {
         old: Some("Medium".into()),
         new: Some("High".into()),
         reason: "New for 31h (over 24h)".into(),
-        outcome: Some(if n % 2 == 0 { Outcome::Planned } else { Outcome::Applied }),
+        outcome: Some(if n % 2 == 0 {
+            Outcome::Planned
+        } else {
+            Outcome::Applied
+        }),
         ..NewEvent::default()
     }
 }
@@ -31,13 +35,26 @@ fn event(n: usize) -> NewEvent {
 fn peak_rss_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
 async fn baseline(path: &std::path::Path, rows: usize) -> Duration {
-    let opts = SqliteConnectOptions::from_str("sqlite://").unwrap().filename(path).create_if_missing(true).journal_mode(SqliteJournalMode::Wal).synchronous(SqliteSynchronous::Full);
-    let pool = SqlitePoolOptions::new().max_connections(1).connect_with(opts).await.unwrap();
+    let opts = SqliteConnectOptions::from_str("sqlite://")
+        .unwrap()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(opts)
+        .await
+        .unwrap();
     sqlx::query("CREATE TABLE plain (seq INTEGER PRIMARY KEY, run_id TEXT, recorded_at TEXT, rule TEXT, rule_hash TEXT, case_id TEXT, ticket_id INTEGER, field TEXT, old TEXT, new TEXT, reason TEXT, dry_run INTEGER, outcome TEXT)")
         .execute(&pool).await.unwrap();
     let start = Instant::now();
@@ -57,11 +74,16 @@ async fn baseline(path: &std::path::Path, rows: usize) -> Duration {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let rows: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(200_000);
+    let rows: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(200_000);
     let dir = tempfile::tempdir().unwrap();
     let base = baseline(&dir.path().join("plain.db"), rows).await;
 
-    let store = AuditStore::open(&dir.path().join("audit.db")).await.unwrap();
+    let store = AuditStore::open(&dir.path().join("audit.db"))
+        .await
+        .unwrap();
     let start = Instant::now();
     for chunk in (0..rows).collect::<Vec<_>>().chunks(BATCH) {
         let events: Vec<NewEvent> = chunk.iter().map(|&n| event(n)).collect();
@@ -72,7 +94,9 @@ async fn main() {
     let rss_before = peak_rss_kb();
     let start = Instant::now();
     let mut out = std::io::sink();
-    let mut printer = casewarden::audit::report::Printer::new(casewarden::audit::report::Format::Json, &mut out).unwrap();
+    let mut printer =
+        casewarden::audit::report::Printer::new(casewarden::audit::report::Format::Json, &mut out)
+            .unwrap();
     let filter = Filter::default();
     let mut stream = std::pin::pin!(store.query(&filter));
     while let Some(row) = stream.next().await {
@@ -89,7 +113,19 @@ async fn main() {
     let rate = |d: Duration| rows as f64 / d.as_secs_f64();
     println!("audit log, {rows} rows in batches of {BATCH}, synchronous=FULL, WAL:");
     println!("  baseline plain inserts:   {:>9.0} rows/s", rate(base));
-    println!("  hash-chained append:      {:>9.0} rows/s   (ratio {:.2} of baseline)", rate(write), base.as_secs_f64() / write.as_secs_f64());
-    println!("  JSON export (streamed):   {:>9.0} rows/s   ({exported} rows; peak RSS {} MiB before, {} MiB after)", rate(export), rss_before / 1024, rss_after / 1024);
-    println!("  verify (walk the chain):  {:>9.0} rows/s   ({verified:?})", rate(verify));
+    println!(
+        "  hash-chained append:      {:>9.0} rows/s   (ratio {:.2} of baseline)",
+        rate(write),
+        base.as_secs_f64() / write.as_secs_f64()
+    );
+    println!(
+        "  JSON export (streamed):   {:>9.0} rows/s   ({exported} rows; peak RSS {} MiB before, {} MiB after)",
+        rate(export),
+        rss_before / 1024,
+        rss_after / 1024
+    );
+    println!(
+        "  verify (walk the chain):  {:>9.0} rows/s   ({verified:?})",
+        rate(verify)
+    );
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use casewarden::config::ApiFlavor;
-use casewarden::rules::{case_to_dynamic, EvalEnv, RuleSet};
+use casewarden::rules::{EvalEnv, RuleSet, case_to_dynamic};
 use casewarden::sim::data;
 use casewarden::stellar::Case;
 
@@ -29,7 +29,10 @@ fn rate(set: &RuleSet, cases: &[Case], env: &EvalEnv) -> (f64, usize) {
                     continue;
                 }
                 evals += 1;
-                changes += set.evaluate(rule, &case.id, dynamic.clone(), env).map(|c| c.len()).unwrap_or(0);
+                changes += set
+                    .evaluate(rule, &case.id, dynamic.clone(), env)
+                    .map(|c| c.len())
+                    .unwrap_or(0);
             }
         }
         best = best.max(evals as f64 / start.elapsed().as_secs_f64());
@@ -39,10 +42,11 @@ fn rate(set: &RuleSet, cases: &[Case], env: &EvalEnv) -> (f64, usize) {
 
 fn main() {
     let users = data::users("demo@example.com");
-    let cases: Vec<Case> = data::generate(CASES, 7, casewarden::now_ms(), ApiFlavor::Legacy, &users)
-        .into_iter()
-        .map(|v| Case::from_value(v).expect("generated cases parse"))
-        .collect();
+    let cases: Vec<Case> =
+        data::generate(CASES, 7, casewarden::now_ms(), ApiFlavor::Legacy, &users)
+            .into_iter()
+            .map(|v| Case::from_value(v).expect("generated cases parse"))
+            .collect();
     let env = EvalEnv::default();
     let rules_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("rules");
     let examples = RuleSet::load_dir(&rules_dir).expect("example rules compile");
@@ -59,10 +63,22 @@ fn main() {
     let (base_rate, _) = rate(&baseline, &cases, &env);
     let (rate_examples, changes) = rate(&examples, &cases, &env);
     println!("rule evaluation, one core, {CASES} generated cases, best of {ROUNDS}:");
-    println!("  baseline (empty rule):     {:>10.0} case-rule evaluations/s", base_rate);
-    println!("  example rules ({} rules):   {:>10.0} case-rule evaluations/s ({changes} changes requested)", examples.rules.len(), rate_examples);
-    println!("  ratio example/baseline:    {:>10.2}", rate_examples / base_rate);
-    println!("  case -> Rhai map conversion alone: {convert:.0} cases/s (once per case, shared by its rules)");
+    println!(
+        "  baseline (empty rule):     {:>10.0} case-rule evaluations/s",
+        base_rate
+    );
+    println!(
+        "  example rules ({} rules):   {:>10.0} case-rule evaluations/s ({changes} changes requested)",
+        examples.rules.len(),
+        rate_examples
+    );
+    println!(
+        "  ratio example/baseline:    {:>10.2}",
+        rate_examples / base_rate
+    );
+    println!(
+        "  case -> Rhai map conversion alone: {convert:.0} cases/s (once per case, shared by its rules)"
+    );
     println!("  per rule (conversion included, one rule per case):");
     for rule in &examples.rules {
         let text = std::fs::read_to_string(&rule.file).expect("rule file");

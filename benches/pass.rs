@@ -11,31 +11,62 @@ use std::time::{Duration, Instant};
 
 use casewarden::audit::AuditStore;
 use casewarden::config::ApiFlavor;
-use casewarden::pass::{run_pass, PassContext, PassOptions, PassSettings};
+use casewarden::pass::{PassContext, PassOptions, PassSettings, run_pass};
 use casewarden::rules::RuleSet;
-use casewarden::stellar::{credentials, Client, ClientSettings};
+use casewarden::stellar::{Client, ClientSettings, credentials};
 
 fn peak_rss_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     let cases: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(10_000);
-    let only: Vec<String> = args.iter().filter(|a| a.parse::<usize>().is_err()).cloned().collect();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let only: Vec<String> = args
+        .iter()
+        .filter(|a| a.parse::<usize>().is_err())
+        .cloned()
+        .collect();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut sim = Command::new(env!("CARGO_BIN_EXE_casewarden"))
-        .args(["simulate", "--listen", &format!("127.0.0.1:{port}"), "--cases", &cases.to_string(), "--seed", "7", "--api-key", "bench-key"])
+        .args([
+            "simulate",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--cases",
+            &cases.to_string(),
+            "--seed",
+            "7",
+            "--api-key",
+            "bench-key",
+        ])
         .stdout(Stdio::null())
         .spawn()
         .expect("the simulator starts");
     let ready = Instant::now();
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        assert!(ready.elapsed() < Duration::from_secs(300), "simulator did not come up");
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            ready.elapsed() < Duration::from_secs(300),
+            "simulator did not come up"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let client = Client::new(ClientSettings {
@@ -52,7 +83,10 @@ async fn main() {
     .unwrap();
 
     let start = Instant::now();
-    let mut pager = client.list_cases(vec![("sort".into(), "modified_at".into()), ("order".into(), "asc".into())]);
+    let mut pager = client.list_cases(vec![
+        ("sort".into(), "modified_at".into()),
+        ("order".into(), "asc".into()),
+    ]);
     let mut listed = 0;
     while let Some(page) = pager.next_page().await.unwrap() {
         listed += page.cases.len();
@@ -63,7 +97,9 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let ctx = PassContext {
         client,
-        audit: AuditStore::open(&dir.path().join("audit.db")).await.unwrap(),
+        audit: AuditStore::open(&dir.path().join("audit.db"))
+            .await
+            .unwrap(),
         settings: PassSettings {
             dry_run: false,
             max_changes: 50_000,
@@ -89,9 +125,19 @@ async fn main() {
     let changed = report.plans.iter().filter(|p| p.has_work()).count();
     let _ = sim.kill();
 
-    let rules = if only.is_empty() { "all example rules".to_string() } else { only.join(", ") };
-    println!("one pass, {cases} simulated cases, {rules}, page size 500, max_in_flight 8, budget 50000:");
-    println!("  baseline listing only:  {:>8.2} s  ({listed} cases; peak RSS {} MiB)", list_time.as_secs_f64(), rss_listing / 1024);
+    let rules = if only.is_empty() {
+        "all example rules".to_string()
+    } else {
+        only.join(", ")
+    };
+    println!(
+        "one pass, {cases} simulated cases, {rules}, page size 500, max_in_flight 8, budget 50000:"
+    );
+    println!(
+        "  baseline listing only:  {:>8.2} s  ({listed} cases; peak RSS {} MiB)",
+        list_time.as_secs_f64(),
+        rss_listing / 1024
+    );
     println!(
         "  full pass:              {:>8.2} s  ({} seen, {changed} cases changed = {:.1}%, {} changes applied, {} failed, {} deferred; status {})",
         pass_time.as_secs_f64(),
@@ -102,6 +148,9 @@ async fn main() {
         report.deferred_changes,
         report.status
     );
-    println!("  ratio pass/listing:     {:>8.2}", pass_time.as_secs_f64() / list_time.as_secs_f64());
+    println!(
+        "  ratio pass/listing:     {:>8.2}",
+        pass_time.as_secs_f64() / list_time.as_secs_f64()
+    );
     println!("  peak RSS after pass:    {:>8} MiB", peak_rss_kb() / 1024);
 }

@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -348,7 +349,11 @@ async fn once(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
             return Ok(2);
         }
     };
-    let audit = AuditStore::open(&config.audit.path).await?;
+    let audit = AuditStore::open_with(
+        &config.audit.path,
+        Duration::from_secs(config.audit.busy_timeout_secs),
+    )
+    .await?;
     if let Err(e) = client.authenticate().await {
         eprintln!("error: {e}");
         return Ok(if matches!(e, ApiError::KeyRejected { .. }) {

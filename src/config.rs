@@ -127,6 +127,9 @@ pub struct DaemonConfig {
 pub struct AuditConfig {
     #[serde(default = "default_audit_path")]
     pub path: PathBuf,
+    /// How long a write waits for another process holding the database lock.
+    #[serde(default = "default_busy_timeout")]
+    pub busy_timeout_secs: u64,
 }
 
 fn default_timeout() -> u64 {
@@ -168,6 +171,9 @@ fn default_breaker() -> u32 {
 fn default_shutdown() -> u64 {
     30
 }
+fn default_busy_timeout() -> u64 {
+    10
+}
 fn default_audit_path() -> PathBuf {
     "/var/lib/casewarden/audit.db".into()
 }
@@ -193,6 +199,7 @@ impl Default for AuditConfig {
     fn default() -> Self {
         AuditConfig {
             path: default_audit_path(),
+            busy_timeout_secs: default_busy_timeout(),
         }
     }
 }

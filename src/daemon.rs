@@ -115,7 +115,11 @@ pub async fn run(config: Config) -> anyhow::Result<u8> {
         }
     };
     let client = Client::with_metrics(settings, Some(metrics.clone()))?;
-    let audit = AuditStore::open(&config.audit.path).await?;
+    let audit = AuditStore::open_with(
+        &config.audit.path,
+        Duration::from_secs(config.audit.busy_timeout_secs),
+    )
+    .await?;
     match client.authenticate().await {
         Err(e @ ApiError::KeyRejected { .. }) => {
             eprintln!("error: {e}");

@@ -751,6 +751,10 @@ async fn apply_case(
         let update: DecisionResult = match plan.body() {
             Some(body) => match client.update_case(&plan.case_id, &body).await {
                 Ok(updated) => check_updated(&updated, plan),
+                Err(e) if may_have_landed(&e) && landed(client, plan).await => {
+                    tracing::info!(error = %e, "the update's answer was lost, but reading the case back shows it was applied");
+                    Ok(())
+                }
                 Err(e) => Err(failure(&e)),
             },
             None => Ok(()),
@@ -785,6 +789,26 @@ async fn apply_case(
     }
     .instrument(span)
     .await
+}
+
+/// An error after which the server may still have applied the update: the request
+/// went out but no (good) answer came back.
+fn may_have_landed(e: &ApiError) -> bool {
+    match e {
+        ApiError::Transport { .. } => true,
+        other => other.http_status().is_some_and(|s| s >= 500),
+    }
+}
+
+/// Reads the case back: does it hold every field change of the plan?
+async fn landed(client: &Client, plan: &CasePlan) -> bool {
+    match client.get_case(&plan.case_id).await {
+        Ok(case) => plan
+            .field_changes()
+            .filter(|d| d.field != "resolution")
+            .all(|d| plan::case_holds(&case, d)),
+        Err(_) => false,
+    }
 }
 
 fn failure(e: &ApiError) -> (String, Option<u16>) {

@@ -389,11 +389,23 @@ async fn the_vendor_sample_script_works_against_simulate() {
 async fn a_case_pushed_into_the_next_page_by_a_shifting_set_is_yielded_once() {
     let sim = start(sim_options(250)).await;
     let client = client(&sim);
-    let sort = vec![("sort".to_string(), "modified_at".to_string()), ("order".to_string(), "asc".to_string())];
+    let sort = vec![
+        ("sort".to_string(), "modified_at".to_string()),
+        ("order".to_string(), "asc".to_string()),
+    ];
     let mut pager = client.list_cases(sort);
-    let mut ids: Vec<String> = pager.next_page().await.unwrap().unwrap().cases.into_iter().map(|c| c.id).collect();
+    let mut ids: Vec<String> = pager
+        .next_page()
+        .await
+        .unwrap()
+        .unwrap()
+        .cases
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
     // A new case sorts first: everything shifts by one, so page 2 starts with page 1's last case.
-    sim.state().put_case(json!({"_id": "newcomer", "status": "New", "modified_at": 0, "created_at": 0}));
+    sim.state()
+        .put_case(json!({"_id": "newcomer", "status": "New", "modified_at": 0, "created_at": 0}));
     while let Some(page) = pager.next_page().await.unwrap() {
         ids.extend(page.cases.into_iter().map(|c| c.id));
     }

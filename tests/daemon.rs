@@ -481,7 +481,11 @@ async fn broken_rules_refuse_to_start_with_the_full_list() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_systemd_unit_verifies() {
-    let Ok(probe) = tokio::process::Command::new("systemd-analyze").arg("--version").output().await else {
+    let Ok(probe) = tokio::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .await
+    else {
         eprintln!("systemd-analyze is not installed here; the unit was not verified");
         return;
     };
@@ -490,8 +494,20 @@ async fn the_systemd_unit_verifies() {
     assert!(unit.contains("Type=notify") && unit.contains("LoadCredential=api_key"));
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("casewarden.service");
-    std::fs::write(&path, unit.replace("/usr/local/bin/casewarden", env!("CARGO_BIN_EXE_casewarden"))).unwrap();
-    let out = tokio::process::Command::new("systemd-analyze").arg("verify").arg(&path).output().await.unwrap();
+    std::fs::write(
+        &path,
+        unit.replace(
+            "/usr/local/bin/casewarden",
+            env!("CARGO_BIN_EXE_casewarden"),
+        ),
+    )
+    .unwrap();
+    let out = tokio::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .await
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stderr(&out).trim(), "", "systemd-analyze has remarks");
 }

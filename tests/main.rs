@@ -5,5 +5,6 @@ mod audit_log;
 mod client;
 mod common;
 mod daemon;
+mod faults;
 mod pass;
 mod rules_cli;

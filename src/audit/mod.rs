@@ -206,6 +206,11 @@ impl AuditStore {
     /// Opens (creating folders and file on first start) and migrates the log. A file that
     /// is not SQLite, or a newer schema, is an error and is left untouched.
     pub async fn open(path: &Path) -> Result<AuditStore, AuditError> {
+        AuditStore::open_with(path, Duration::from_secs(10)).await
+    }
+
+    /// Like [`AuditStore::open`], waiting at most `busy` for another process's lock.
+    pub async fn open_with(path: &Path, busy: Duration) -> Result<AuditStore, AuditError> {
         let fail = |message: String| AuditError::Open {
             path: path.to_path_buf(),
             message,
@@ -220,7 +225,7 @@ impl AuditStore {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(10))
+            .busy_timeout(busy)
             .foreign_keys(false);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)

@@ -147,11 +147,10 @@ fn with_field<T>(c: &Dynamic, key: &str, f: impl FnOnce(&Dynamic) -> Option<T>) 
 
 fn has_tag(c: Dynamic, t: &str) -> bool {
     with_field(&c, "tags", |v| {
-        Some(
-            v.read_lock::<rhai::Array>()?
-                .iter()
-                .any(|x| x.read_lock::<ImmutableString>().is_some_and(|s| s.as_str() == t)),
-        )
+        Some(v.read_lock::<rhai::Array>()?.iter().any(|x| {
+            x.read_lock::<ImmutableString>()
+                .is_some_and(|s| s.as_str() == t)
+        }))
     })
     .unwrap_or(false)
 }
@@ -181,11 +180,16 @@ fn last_human_activity(c: Dynamic) -> INT {
         let entries = history.read_lock::<rhai::Array>()?;
         let mut newest = created;
         for h in entries.iter() {
-            let Some(h) = h.read_lock::<Map>() else { continue };
+            let Some(h) = h.read_lock::<Map>() else {
+                continue;
+            };
             let api = h.get("api").and_then(|v| v.as_bool().ok()).unwrap_or(false);
             let mine = || {
                 h.get("user")
-                    .and_then(|u| u.read_lock::<ImmutableString>().map(|u| own.iter().any(|o| o == u.as_str())))
+                    .and_then(|u| {
+                        u.read_lock::<ImmutableString>()
+                            .map(|u| own.iter().any(|o| o == u.as_str()))
+                    })
                     .unwrap_or(false)
             };
             if api && (own.is_empty() || mine()) {

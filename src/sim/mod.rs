@@ -71,6 +71,9 @@ pub struct Faults {
     pub fail_next: u32,
     /// The next N API requests answer 429 with Retry-After.
     pub throttle_next: u32,
+    /// Writes (POST/PUT) are applied, then their answer is held back this long, so a
+    /// client with a shorter timeout never learns that they succeeded.
+    pub slow_write_answers_ms: u64,
 }
 
 /// One request as the simulator saw it.
@@ -391,6 +394,10 @@ async fn faults_and_log(State(state): State<Shared>, req: Request, next: Next) -
         Some(r) => r,
         None => next.run(req).await,
     };
+    let slow = lock(&state).faults.slow_write_answers_ms;
+    if slow > 0 && (method == "POST" || method == "PUT") && !path.ends_with("/access_token") {
+        tokio::time::sleep(Duration::from_millis(slow)).await;
+    }
     lock(&state).requests.push(SeenRequest {
         method,
         path,
@@ -523,7 +530,10 @@ async fn list_cases(
             if let Some(key) = &sort {
                 hits.sort_by(|&a, &b| {
                     let (a, b) = (&s.cases[a], &s.cases[b]);
-                    let ord = match (a.get(key).and_then(Value::as_f64), b.get(key).and_then(Value::as_f64)) {
+                    let ord = match (
+                        a.get(key).and_then(Value::as_f64),
+                        b.get(key).and_then(Value::as_f64),
+                    ) {
                         (Some(x), Some(y)) => x.total_cmp(&y),
                         _ => field_str(a, key).cmp(field_str(b, key)),
                     };
@@ -536,7 +546,12 @@ async fn list_cases(
         }
     };
     let total = hits.len();
-    let page: Vec<&Value> = hits.iter().skip(skip).take(limit).map(|&i| &s.cases[i]).collect();
+    let page: Vec<&Value> = hits
+        .iter()
+        .skip(skip)
+        .take(limit)
+        .map(|&i| &s.cases[i])
+        .collect();
     Json(json!({"data": {"cases": page, "total": total}})).into_response()
 }
 

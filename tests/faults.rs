@@ -1,0 +1,307 @@
+//! Faults: a flaky, slow, rate-limiting server, one that goes away, a daemon killed at
+//! random moments, and an audit database someone else holds locked. After each, the
+//! server's history and the audit log must agree.
+
+use std::collections::HashSet;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use casewarden::audit::{AuditStore, EventRow, Filter, Verification};
+use casewarden::sim::Simulator;
+use futures::StreamExt;
+
+use crate::common::*;
+
+const TAG_ALL: &str =
+    "const RULE = #{ name: \"tag-all\" };\nfn evaluate(c) { add_tag(\"seen\", \"test\"); }\n";
+const GUARD_OFF: &str =
+    "max_change_fraction = 1.0\ncomment_changes = false\nmax_changes_per_run = 100000";
+
+async fn audit_rows(ws: &Workspace) -> Vec<EventRow> {
+    let store = AuditStore::open(&ws.audit_db()).await.unwrap();
+    let rows = store
+        .query(&Filter::default())
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    store.close().await;
+    rows
+}
+
+/// Cases whose history holds an API change of the tag the rule adds.
+fn tagged_by_api(sim: &Simulator) -> HashSet<String> {
+    sim.state()
+        .cases
+        .iter()
+        .filter(|c| {
+            c["history"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|h| h["api"] == true && h["field"] == "tags")
+        })
+        .map(|c| c["_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Every change the server saw has an `applied` row; every `applied` row is a change
+/// the server saw; every planned row is settled; no change was applied twice.
+fn assert_agreement(sim: &Simulator, rows: &[EventRow]) {
+    let server = tagged_by_api(sim);
+    let applied: HashSet<String> = rows
+        .iter()
+        .filter(|r| r.outcome == "applied")
+        .map(|r| r.case_id.clone())
+        .collect();
+    let missing: Vec<_> = server.difference(&applied).collect();
+    let phantom: Vec<_> = applied.difference(&server).collect();
+    assert!(
+        missing.is_empty(),
+        "changed on the server without an applied row: {missing:?}"
+    );
+    assert!(
+        phantom.is_empty(),
+        "applied rows for changes the server never saw: {phantom:?}"
+    );
+    let settled: HashSet<i64> = rows.iter().filter_map(|r| r.planned_seq).collect();
+    for r in rows.iter().filter(|r| r.outcome == "planned" && !r.dry_run) {
+        assert!(
+            settled.contains(&r.seq),
+            "planned row {} has no outcome",
+            r.seq
+        );
+    }
+    for c in sim.state().cases.iter() {
+        let n = c["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h["api"] == true)
+            .count();
+        assert!(n <= 1, "{} was changed {n} times", c["_id"]);
+    }
+}
+
+fn workspace(sim: &Simulator, extra: &str) -> Workspace {
+    Workspace::new(
+        &sim.url,
+        "legacy",
+        &format!("{GUARD_OFF}\n{extra}"),
+        Some(&[("all.rhai", TAG_ALL)]),
+    )
+}
+
+/// Replaces the workspace's timeout and retry settings with `extra`.
+fn set_stellar(ws: &Workspace, extra: &str) {
+    let text = std::fs::read_to_string(ws.config()).unwrap().replace(
+        "timeout_secs = 5\nmax_attempts = 3\nretry_base_ms = 20",
+        extra,
+    );
+    std::fs::write(ws.config(), text).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn flaky_and_slow_server_the_log_and_the_history_agree() {
+    let mut opts = sim_options(150);
+    opts.faults.error_rate = 0.2;
+    let sim = start(opts).await;
+    let ws = workspace(&sim, "");
+    set_stellar(
+        &ws,
+        "timeout_secs = 1\nmax_attempts = 2\nretry_base_ms = 10",
+    );
+    let out = ws.run(&["once"]).await;
+    assert!(
+        matches!(out.status.code(), Some(0) | Some(1)),
+        "{}",
+        stdout(&out)
+    );
+    assert_agreement(&sim, &audit_rows(&ws).await);
+
+    // Updates are applied but their answers come after the client's timeout: reading the
+    // case back must turn those into `applied`, not `failed`.
+    sim.state().faults.error_rate = 0.0;
+    sim.state().faults.slow_write_answers_ms = 1500;
+    let out = ws.run(&["once"]).await;
+    assert!(
+        matches!(out.status.code(), Some(0) | Some(1)),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stderr(&out).contains("reading the case back shows it was applied"),
+        "{}",
+        stderr(&out)
+    );
+    sim.state().faults.slow_write_answers_ms = 0;
+    let rows = audit_rows(&ws).await;
+    assert_agreement(&sim, &rows);
+    let out = ws.run(&["once"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_agreement(&sim, &audit_rows(&ws).await);
+    assert_eq!(
+        tagged_by_api(&sim).len(),
+        150,
+        "a clean pass finishes the job"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limits_and_short_lived_tokens_are_ridden_out() {
+    let mut opts = sim_options(120);
+    opts.token_ttl_secs = 1;
+    opts.faults.rate_limit_every = 25;
+    opts.faults.rate_limit_burst = 2;
+    opts.faults.retry_after_secs = 1;
+    opts.faults.latency_ms = 10;
+    let sim = start(opts).await;
+    let ws = workspace(&sim, "");
+    set_stellar(
+        &ws,
+        "timeout_secs = 5\npage_size = 20\nmax_attempts = 4\nretry_base_ms = 10",
+    );
+    let out = ws.run(&["once"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let s = sim.state();
+    assert!(s.requests.iter().filter(|r| r.status == 429).count() >= 4);
+    assert!(s.issued_tokens.len() >= 2);
+    drop(s);
+    assert_eq!(tagged_by_api(&sim).len(), 120);
+    assert_agreement(&sim, &audit_rows(&ws).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_that_goes_away_mid_pass_and_comes_back() {
+    let mut opts = sim_options(200);
+    opts.faults.latency_ms = 10;
+    let sim = start(opts).await;
+    let ws = workspace(&sim, "");
+    set_stellar(
+        &ws,
+        "timeout_secs = 2\nmax_in_flight = 2\nmax_attempts = 2\nretry_base_ms = 10",
+    );
+    let child = tokio::spawn({
+        let config = ws.config();
+        async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_casewarden"))
+                .args(["--config", config.to_str().unwrap(), "once"])
+                .output()
+                .await
+                .unwrap()
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sim.state().write_requests() < 30 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    sim.state().faults.down = true;
+    let out = child.await.unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert_agreement(&sim, &audit_rows(&ws).await);
+    sim.state().faults.down = false;
+    let out = ws.run(&["once"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(tagged_by_api(&sim).len(), 200);
+    assert_agreement(&sim, &audit_rows(&ws).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_loop_loses_nothing_and_applies_nothing_twice() {
+    let seed: u64 = std::env::var("CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20261125);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut opts = sim_options(300);
+    opts.faults.latency_ms = 3;
+    let sim = start(opts).await;
+    let ws = workspace(&sim, "schedule = \"* * * * * *\"");
+    set_stellar(
+        &ws,
+        "timeout_secs = 5\nmax_in_flight = 4\npage_size = 50\nmax_attempts = 3\nretry_base_ms = 20",
+    );
+    let mut kills = 0;
+    while kills < 20 {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_casewarden"))
+            .args(["--config", ws.config().to_str().unwrap(), "run"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let before = sim.state().write_requests();
+        let wait = Duration::from_millis(rng.u64(50..1200));
+        tokio::time::sleep(wait).await;
+        child.start_kill().unwrap();
+        child.wait().await.unwrap();
+        kills += 1;
+        if tagged_by_api(&sim).len() == 300 && sim.state().write_requests() == before {
+            break;
+        }
+    }
+    // A last clean start reconciles whatever the final kill left in flight.
+    let text = std::fs::read_to_string(ws.config())
+        .unwrap()
+        .replace("schedule = \"* * * * * *\"", "schedule = \"0 0 0 1 1 *\"");
+    std::fs::write(ws.config(), text).unwrap();
+    let out = ws.run(&["once", "--dry-run"]).await;
+    assert_eq!(out.status.code(), Some(0), "seed {seed}: {}", stderr(&out));
+    let rows = audit_rows(&ws).await;
+    assert_agreement(&sim, &rows);
+    let store = AuditStore::open(&ws.audit_db()).await.unwrap();
+    assert!(
+        matches!(store.verify().await.unwrap(), Verification::Intact { .. }),
+        "seed {seed}"
+    );
+    assert!(kills >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_locked_audit_db_means_no_change_is_sent_until_it_is_free() {
+    let sim = start(sim_options(20)).await;
+    let ws = workspace(&sim, "");
+    std::fs::write(
+        ws.config(),
+        std::fs::read_to_string(ws.config()).unwrap().replace(
+            "path = \"state/audit.db\"",
+            "path = \"state/audit.db\"\nbusy_timeout_secs = 1",
+        ),
+    )
+    .unwrap();
+    let out = ws.run(&["once", "--dry-run"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect(&format!("sqlite://{}", ws.audit_db().display()))
+        .await
+        .unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let out = ws.run(&["once"]).await;
+    assert_ne!(out.status.code(), Some(0));
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(text.contains("audit") && text.contains("locked"), "{text}");
+    assert_eq!(
+        sim.state().write_requests(),
+        0,
+        "a change went out that could not be recorded"
+    );
+    sqlx::query("ROLLBACK").execute(&mut *conn).await.unwrap();
+    drop(conn);
+    pool.close().await;
+    let out = ws.run(&["once"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(tagged_by_api(&sim).len(), 20);
+    assert_agreement(&sim, &audit_rows(&ws).await);
+}
