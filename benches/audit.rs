@@ -23,7 +23,7 @@ fn event(n: usize) -> NewEvent {
         old: Some("Medium".into()),
         new: Some("High".into()),
         reason: "New for 31h (over 24h)".into(),
-        outcome: Some(if n % 2 == 0 {
+        outcome: Some(if n.is_multiple_of(2) {
             Outcome::Planned
         } else {
             Outcome::Applied

@@ -57,7 +57,7 @@ fn main() {
     .expect("baseline compiles");
     let start = Instant::now();
     for c in &cases {
-        std::hint::black_box(case_to_dynamic(c));
+        let _ = std::hint::black_box(case_to_dynamic(c));
     }
     let convert = CASES as f64 / start.elapsed().as_secs_f64();
     let (base_rate, _) = rate(&baseline, &cases, &env);
