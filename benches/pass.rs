@@ -124,6 +124,7 @@ async fn main() {
     let pass_time = start.elapsed();
     let changed = report.plans.iter().filter(|p| p.has_work()).count();
     let _ = sim.kill();
+    let _ = sim.wait();
 
     let rules = if only.is_empty() {
         "all example rules".to_string()

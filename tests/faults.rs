@@ -170,10 +170,11 @@ async fn rate_limits_and_short_lived_tokens_are_ridden_out() {
         stdout(&out),
         stderr(&out)
     );
-    let s = sim.state();
-    assert!(s.requests.iter().filter(|r| r.status == 429).count() >= 4);
-    assert!(s.issued_tokens.len() >= 2);
-    drop(s);
+    {
+        let s = sim.state();
+        assert!(s.requests.iter().filter(|r| r.status == 429).count() >= 4);
+        assert!(s.issued_tokens.len() >= 2);
+    }
     assert_eq!(tagged_by_api(&sim).len(), 120);
     assert_agreement(&sim, &audit_rows(&ws).await);
 }
