@@ -2,9 +2,11 @@
 //! HTTP on loopback. One test binary keeps link time down.
 
 mod audit_log;
+mod bad_input;
 mod client;
 mod common;
 mod daemon;
 mod faults;
+mod fuzz;
 mod pass;
 mod rules_cli;

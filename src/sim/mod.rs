@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
+use futures::StreamExt as _;
 use serde_json::{Map, Value, json};
 
 use crate::config::ApiFlavor;
@@ -71,9 +72,43 @@ pub struct Faults {
     pub fail_next: u32,
     /// The next N API requests answer 429 with Retry-After.
     pub throttle_next: u32,
+    /// Replaces the answer to case listings, to serve malformed or hostile pages.
+    pub list_answer: Option<RawAnswer>,
     /// Writes (POST/PUT) are applied, then their answer is held back this long, so a
     /// client with a shorter timeout never learns that they succeeded.
     pub slow_write_answers_ms: u64,
+}
+
+/// A hand-made answer: status, content type, body, and an optional delay between
+/// 1 KiB chunks of the body (a slow-loris server).
+#[derive(Debug, Clone)]
+pub struct RawAnswer {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Vec<u8>,
+    pub drip_ms: u64,
+}
+
+impl RawAnswer {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = if self.drip_ms == 0 {
+            axum::body::Body::from(self.body)
+        } else {
+            let chunks: Vec<Vec<u8>> = self.body.chunks(1024).map(<[u8]>::to_vec).collect();
+            let drip = Duration::from_millis(self.drip_ms);
+            axum::body::Body::from_stream(futures::stream::iter(chunks).then(move |c| async move {
+                tokio::time::sleep(drip).await;
+                Ok::<_, std::io::Error>(c)
+            }))
+        };
+        let mut r = Response::new(body);
+        *r.status_mut() = status;
+        if let Ok(v) = header::HeaderValue::from_str(&self.content_type) {
+            r.headers_mut().insert(header::CONTENT_TYPE, v);
+        }
+        r
+    }
 }
 
 /// One request as the simulator saw it.
@@ -478,6 +513,9 @@ async fn list_cases(
     let mut s = lock(&state);
     if let Err(msg) = authorize(&s, &headers) {
         return error(StatusCode::UNAUTHORIZED, msg);
+    }
+    if let Some(raw) = s.faults.list_answer.clone() {
+        return raw.into_response();
     }
     let mut limit = 100usize;
     let mut skip = 0usize;

@@ -1,0 +1,358 @@
+//! The bad-input catalogue: each entry is one piece of bad input (config, rule, API
+//! answer, command line) and the clear error it must produce, through the real binary.
+//! README's "Reliability" section lists these entries; keep the two in step.
+
+use casewarden::sim::RawAnswer;
+use serde_json::json;
+
+use crate::common::*;
+
+const OK_RULE: &str = "const RULE = #{ name: \"ok\" };\nfn evaluate(c) { add_tag(\"x\"); }\n";
+
+/// (what, config text after the [stellar] url line, expected exit code, expected text)
+const CONFIGS: [(&str, &str, i32, &str); 7] = [
+    (
+        "TOML syntax error",
+        "api_key_env = \"K\"\npage_size = = 3\n",
+        2,
+        "line 4",
+    ),
+    (
+        "unknown key",
+        "api_key_env = \"K\"\npage_sise = 3\n",
+        2,
+        "unknown field `page_sise`",
+    ),
+    (
+        "wrong type",
+        "api_key_env = \"K\"\npage_size = \"ten\"\n",
+        2,
+        "invalid type",
+    ),
+    (
+        "missing key file",
+        "api_key_file = \"no-such-key\"\n",
+        2,
+        "no-such-key",
+    ),
+    (
+        "world-readable key file (warning only)",
+        "api_key_file = \"open_key\"\n",
+        0,
+        "readable by every user",
+    ),
+    (
+        "bad cron",
+        "api_key_env = \"K\"\n[daemon]\nschedule = \"61 * * * * *\"\n",
+        2,
+        "daemon.schedule",
+    ),
+    (
+        "page size over the API's 500",
+        "api_key_env = \"K\"\npage_size = 501\n",
+        2,
+        "stellar.page_size",
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_configs() {
+    for (what, tail, code, needle) in CONFIGS {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("rules")).unwrap();
+        std::fs::write(dir.path().join("rules/ok.rhai"), OK_RULE).unwrap();
+        let open_key = dir.path().join("open_key");
+        std::fs::write(&open_key, "k").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&open_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let config = dir.path().join("c.toml");
+        std::fs::write(
+            &config,
+            format!("[stellar]\nurl = \"https://stellar.example.com\"\n{tail}"),
+        )
+        .unwrap();
+        let out = run_bin(
+            &["--config", config.to_str().unwrap(), "check"],
+            &[("K", "key")],
+        )
+        .await;
+        let text = format!("{}{}", stdout(&out), stderr(&out));
+        assert_eq!(out.status.code(), Some(code), "{what}: {text}");
+        assert!(
+            text.contains(needle),
+            "{what}: expected {needle:?} in {text}"
+        );
+        assert!(!text.contains("panicked"), "{what}: {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_config_and_bad_url() {
+    let out = run_bin(&["--config", "/nonexistent/casewarden.toml", "check"], &[]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("cannot read config file /nonexistent/casewarden.toml"),
+        "{}",
+        stderr(&out)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        "[stellar]\nurl = \"stellar.example.com\"\napi_key_env = \"K\"\n",
+    )
+    .unwrap();
+    let out = run_bin(
+        &["--config", config.to_str().unwrap(), "once"],
+        &[("K", "key")],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("stellar.url: not a URL"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// (what, rule file text, expected text) — each through `casewarden check`.
+const RULES: [(&str, &str, &str); 6] = [
+    (
+        "syntax error",
+        "const RULE = #{ name: \"a\" };\nfn evaluate(c) { let = 1; }\n",
+        "bad.rhai:2:",
+    ),
+    (
+        "missing evaluate",
+        "const RULE = #{ name: \"a\" };\nfn judge(c) { }\n",
+        "no `fn evaluate(c)`",
+    ),
+    ("missing RULE", "fn evaluate(c) { }\n", "no `const RULE"),
+    (
+        "RULE without name",
+        "const RULE = #{ description: \"x\" };\nfn evaluate(c) { }\n",
+        "RULE.name is missing",
+    ),
+    (
+        "unknown RULE key",
+        "const RULE = #{ name: \"a\", shedule: \"x\" };\nfn evaluate(c) { }\n",
+        "unknown RULE key \"shedule\"",
+    ),
+    (
+        "eval is disabled",
+        "const RULE = #{ name: \"a\" };\nfn evaluate(c) { eval(\"1\") }\n",
+        "bad.rhai:2:",
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_rules() {
+    for (what, text, needle) in RULES {
+        let ws = Workspace::new(
+            "https://stellar.example.com",
+            "legacy",
+            "",
+            Some(&[("bad.rhai", text)]),
+        );
+        let out = ws.run(&["check"]).await;
+        assert_eq!(out.status.code(), Some(2), "{what}");
+        assert!(
+            stderr(&out).contains(needle),
+            "{what}: expected {needle:?} in {}",
+            stderr(&out)
+        );
+    }
+    let ws = Workspace::new(
+        "https://stellar.example.com",
+        "legacy",
+        "",
+        Some(&[("a.rhai", OK_RULE), ("b.rhai", OK_RULE)]),
+    );
+    let out = ws.run(&["check"]).await;
+    assert!(
+        stderr(&out).contains("duplicate rule name \"ok\""),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// (what, answer to the listing, expected exit code, expected text in stdout+stderr)
+fn answers() -> Vec<(&'static str, RawAnswer, i32, &'static str)> {
+    let raw = |status: u16, ct: &str, body: Vec<u8>| RawAnswer {
+        status,
+        content_type: ct.into(),
+        body,
+        drip_ms: 0,
+    };
+    let case = |id: &str| json!({"_id": id, "status": "New", "priority": "Low", "tags": [], "created_at": 1, "history": []});
+    let big = json!({"data": {"cases": [{"_id": "big", "status": "New", "tags": [], "description": "x".repeat(10 << 20)}], "total": 1}});
+    vec![
+        (
+            "non-JSON body",
+            raw(200, "text/plain", b"hello".to_vec()),
+            1,
+            "not JSON",
+        ),
+        (
+            "HTML error page",
+            raw(
+                502,
+                "text/html",
+                b"<html><body><h1>502 Bad Gateway</h1></body></html>".to_vec(),
+            ),
+            1,
+            "HTTP 502",
+        ),
+        (
+            "JSON with wrong types",
+            raw(
+                200,
+                "application/json",
+                br#"{"data": {"cases": "none", "total": "many"}}"#.to_vec(),
+            ),
+            1,
+            "data.cases should be a list",
+        ),
+        (
+            "missing data",
+            raw(200, "application/json", br#"{"cases": []}"#.to_vec()),
+            1,
+            "no `data` field",
+        ),
+        (
+            "total smaller than the cases sent",
+            raw(
+                200,
+                "application/json",
+                json!({"data": {"cases": [case("a"), case("b"), case("c")], "total": 1}})
+                    .to_string()
+                    .into_bytes(),
+            ),
+            0,
+            "3 case(s) seen",
+        ),
+        (
+            "a case without _id",
+            raw(
+                200,
+                "application/json",
+                json!({"data": {"cases": [case("a"), {"status": "New"}], "total": 2}})
+                    .to_string()
+                    .into_bytes(),
+            ),
+            0,
+            "1 skipped: not parseable",
+        ),
+        (
+            "a 10 MB body",
+            raw(200, "application/json", big.to_string().into_bytes()),
+            0,
+            "1 case(s) seen",
+        ),
+        (
+            "slow-loris body",
+            RawAnswer {
+                status: 200,
+                content_type: "application/json".into(),
+                body: vec![b' '; 64 * 1024],
+                drip_ms: 200,
+            },
+            1,
+            "timed out",
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_api_answers() {
+    for (what, answer, code, needle) in answers() {
+        let sim = start(sim_options(0)).await;
+        sim.state().faults.list_answer = Some(answer);
+        let ws = Workspace::new(
+            &sim.url,
+            "legacy",
+            "comment_changes = false",
+            Some(&[("ok.rhai", OK_RULE)]),
+        );
+        let text = std::fs::read_to_string(ws.config()).unwrap().replace(
+            "timeout_secs = 5\nmax_attempts = 3",
+            "timeout_secs = 2\nmax_attempts = 1",
+        );
+        std::fs::write(ws.config(), text).unwrap();
+        let out = ws.run(&["once", "--dry-run"]).await;
+        let text = format!("{}{}", stdout(&out), stderr(&out));
+        assert_eq!(out.status.code(), Some(code), "{what}: {text}");
+        assert!(
+            text.contains(needle),
+            "{what}: expected {needle:?} in {text}"
+        );
+        assert!(!text.contains("panicked"), "{what}: {text}");
+        assert!(
+            text.len() < 20_000,
+            "{what}: the error repeats the whole body"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_command_lines() {
+    let out = run_bin(&["once", "--dry-rn"], &[]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("unexpected argument '--dry-rn'"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run_bin(&["audit", "--format", "xml", "--db", "x.db"], &[]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("invalid value 'xml'"),
+        "{}",
+        stderr(&out)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let unreadable = dir.path().join("cases.json");
+    std::fs::create_dir(&unreadable).unwrap();
+    let rule = repo().join("rules/10-escalate-aged-new.rhai");
+    let out = run_bin(
+        &[
+            "test-rule",
+            rule.to_str().unwrap(),
+            unreadable.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("cannot read case file"),
+        "{}",
+        stderr(&out)
+    );
+
+    let ws = Workspace::new("https://stellar.example.com", "legacy", "", Some(&[]));
+    let out = ws.run(&["check"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("no *.rhai rule files"),
+        "{}",
+        stderr(&out)
+    );
+
+    let ws = Workspace::new("https://stellar.example.com", "legacy", "", None);
+    let out = ws.run(&["once", "--rule", "no-such-rule"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("--rule \"no-such-rule\": no such rule"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = run_bin(&["audit", "--db", "/nonexistent/audit.db"], &[]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+}
