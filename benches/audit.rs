@@ -3,6 +3,8 @@
 //!
 //! cargo bench --bench audit [-- ROWS]
 
+mod support;
+
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -30,17 +32,6 @@ fn event(n: usize) -> NewEvent {
         }),
         ..NewEvent::default()
     }
-}
-
-fn peak_rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 async fn baseline(path: &std::path::Path, rows: usize) -> Duration {
@@ -91,7 +82,7 @@ async fn main() {
     }
     let write = start.elapsed();
 
-    let rss_before = peak_rss_kb();
+    let rss_before = support::peak_rss_kb();
     let start = Instant::now();
     let mut out = std::io::sink();
     let mut printer =
@@ -104,7 +95,7 @@ async fn main() {
     }
     let exported = printer.finish().unwrap();
     let export = start.elapsed();
-    let rss_after = peak_rss_kb();
+    let rss_after = support::peak_rss_kb();
 
     let start = Instant::now();
     let verified = store.verify().await.unwrap();

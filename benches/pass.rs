@@ -5,6 +5,8 @@
 //! cargo bench --bench pass -- 100000 [RULE...]   (N defaults to 10000; RULEs default to
 //! every example rule)
 
+mod support;
+
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,17 +16,6 @@ use casewarden::config::ApiFlavor;
 use casewarden::pass::{PassContext, PassOptions, PassSettings, run_pass};
 use casewarden::rules::RuleSet;
 use casewarden::stellar::{Client, ClientSettings, credentials};
-
-fn peak_rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
@@ -92,7 +83,7 @@ async fn main() {
         listed += page.cases.len();
     }
     let list_time = start.elapsed();
-    let rss_listing = peak_rss_kb();
+    let rss_listing = support::peak_rss_kb();
 
     let dir = tempfile::tempdir().unwrap();
     let ctx = PassContext {
@@ -153,5 +144,8 @@ async fn main() {
         "  ratio pass/listing:     {:>8.2}",
         pass_time.as_secs_f64() / list_time.as_secs_f64()
     );
-    println!("  peak RSS after pass:    {:>8} MiB", peak_rss_kb() / 1024);
+    println!(
+        "  peak RSS after pass:    {:>8} MiB",
+        support::peak_rss_kb() / 1024
+    );
 }

@@ -509,7 +509,6 @@ async fn run(
                 .filter(|d| d.is_planned())
                 .filter_map(|d| index_of.get(d.rule.as_str()).copied())
                 .collect();
-            wanted.dedup();
             wanted.sort_unstable();
             wanted.dedup();
             for &i in &wanted {

@@ -277,11 +277,10 @@ async fn bad_api_answers() {
             "comment_changes = false",
             Some(&[("ok.rhai", OK_RULE)]),
         );
-        let text = std::fs::read_to_string(ws.config()).unwrap().replace(
+        ws.edit_config(
             "timeout_secs = 5\nmax_attempts = 3",
             "timeout_secs = 2\nmax_attempts = 1",
         );
-        std::fs::write(ws.config(), text).unwrap();
         let out = ws.run(&["once", "--dry-run"]).await;
         let text = format!("{}{}", stdout(&out), stderr(&out));
         assert_eq!(out.status.code(), Some(code), "{what}: {text}");

@@ -6,7 +6,6 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use casewarden::audit::{AuditStore, EventRow, Filter, Verification};
-use futures::StreamExt;
 
 use crate::common::*;
 
@@ -80,19 +79,6 @@ async fn until<F: FnMut() -> bool>(secs: u64, mut f: F) -> bool {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     false
-}
-
-async fn audit_rows(ws: &Workspace) -> Vec<EventRow> {
-    let store = AuditStore::open(&ws.audit_db()).await.unwrap();
-    let rows = store
-        .query(&Filter::default())
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
-    store.close().await;
-    rows
 }
 
 async fn passes(ws: &Workspace) -> Vec<casewarden::audit::PassRow> {
@@ -282,7 +268,7 @@ async fn the_circuit_breaker_disables_a_rule_failing_everywhere_until_its_file_c
     );
     let d = Daemon::start(&ws, &[]);
     d.wait_log("CIRCUIT BREAKER", 20).await;
-    let rows = audit_rows(&ws).await;
+    let rows = ws.audit(Filter::default()).await;
     assert!(
         rows.iter().any(|r| r.rule == "thrower"
             && r.field == "rule"
@@ -298,6 +284,27 @@ async fn the_circuit_breaker_disables_a_rule_failing_everywhere_until_its_file_c
     assert_eq!(d.exit_code(20).await, 0);
 }
 
+/// A daemon in the middle of a long pass that tags every case, two updates at a time.
+async fn daemon_mid_pass() -> (casewarden::sim::Simulator, Workspace, Daemon) {
+    let mut opts = sim_options(200);
+    opts.faults.latency_ms = 40;
+    let sim = start(opts).await;
+    let ws = Workspace::new(
+        &sim.url,
+        "legacy",
+        &format!("{EVERY_SECOND}\nmax_change_fraction = 1.0\ncomment_changes = false"),
+        Some(&[("all.rhai", TAG_ALL)]),
+    );
+    ws.edit_config("timeout_secs = 5", "timeout_secs = 5\nmax_in_flight = 2");
+    let d = Daemon::start(&ws, &[]);
+    assert!(
+        until(20, || sim.state().write_requests() >= 10).await,
+        "{}",
+        d.log()
+    );
+    (sim, ws, d)
+}
+
 fn settled(rows: &[EventRow]) -> bool {
     let done: HashSet<i64> = rows.iter().filter_map(|r| r.planned_seq).collect();
     rows.iter()
@@ -307,33 +314,12 @@ fn settled(rows: &[EventRow]) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_mid_pass_exits_cleanly_with_every_planned_row_settled() {
-    let mut opts = sim_options(200);
-    opts.faults.latency_ms = 40;
-    let sim = start(opts).await;
-    let ws = Workspace::new(
-        &sim.url,
-        "legacy",
-        &format!("{EVERY_SECOND}\nmax_change_fraction = 1.0\ncomment_changes = false"),
-        Some(&[("all.rhai", TAG_ALL)]),
-    );
-    std::fs::write(
-        ws.config(),
-        std::fs::read_to_string(ws.config())
-            .unwrap()
-            .replace("timeout_secs = 5", "timeout_secs = 5\nmax_in_flight = 2"),
-    )
-    .unwrap();
-    let d = Daemon::start(&ws, &[]);
-    assert!(
-        until(20, || sim.state().write_requests() >= 10).await,
-        "{}",
-        d.log()
-    );
+    let (sim, ws, d) = daemon_mid_pass().await;
     let t = Instant::now();
     d.signal(libc::SIGTERM);
     assert_eq!(d.exit_code(35).await, 0);
     assert!(t.elapsed() < Duration::from_secs(30));
-    let rows = audit_rows(&ws).await;
+    let rows = ws.audit(Filter::default()).await;
     assert!(settled(&rows), "a planned row has no outcome");
     let writes = sim.state().write_requests();
     assert!(writes < 200, "the pass was not cut short ({writes} writes)");
@@ -343,46 +329,22 @@ async fn sigterm_mid_pass_exits_cleanly_with_every_planned_row_settled() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_mid_pass_then_restart_reconciles_honestly() {
-    let mut opts = sim_options(200);
-    opts.faults.latency_ms = 40;
-    let sim = start(opts).await;
-    let ws = Workspace::new(
-        &sim.url,
-        "legacy",
-        &format!("{EVERY_SECOND}\nmax_change_fraction = 1.0\ncomment_changes = false"),
-        Some(&[("all.rhai", TAG_ALL)]),
-    );
-    std::fs::write(
-        ws.config(),
-        std::fs::read_to_string(ws.config())
-            .unwrap()
-            .replace("timeout_secs = 5", "timeout_secs = 5\nmax_in_flight = 2"),
-    )
-    .unwrap();
-    let d = Daemon::start(&ws, &[]);
-    assert!(
-        until(20, || sim.state().write_requests() >= 10).await,
-        "{}",
-        d.log()
-    );
+    let (sim, ws, d) = daemon_mid_pass().await;
     d.signal(libc::SIGKILL);
     assert_ne!(d.exit_code(10).await, 0);
-    let before = audit_rows(&ws).await;
+    let before = ws.audit(Filter::default()).await;
     assert!(
         !settled(&before),
         "the kill left nothing in flight; the test proves nothing"
     );
     sim.state().faults.latency_ms = 0;
     // Restart with a schedule that will not fire, so only reconciliation touches the log.
-    let config = std::fs::read_to_string(ws.config())
-        .unwrap()
-        .replace(EVERY_SECOND, "schedule = \"0 0 0 1 1 *\"");
-    std::fs::write(ws.config(), config).unwrap();
+    ws.edit_config(EVERY_SECOND, "schedule = \"0 0 0 1 1 *\"");
     let d = Daemon::start(&ws, &[]);
     d.wait_log("reconciled changes left planned", 20).await;
     d.signal(libc::SIGTERM);
     assert_eq!(d.exit_code(30).await, 0);
-    let rows = audit_rows(&ws).await;
+    let rows = ws.audit(Filter::default()).await;
     assert!(settled(&rows));
     // Honest: a reconciled `applied` is a case that holds the tag, `failed` one that does not.
     let reconciled: Vec<&EventRow> = rows

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use casewarden::audit::{AuditStore, EventRow, Filter, Verification};
 use casewarden::sim::Simulator;
-use futures::StreamExt;
 
 use crate::common::*;
 
@@ -16,19 +15,6 @@ const TAG_ALL: &str =
     "const RULE = #{ name: \"tag-all\" };\nfn evaluate(c) { add_tag(\"seen\", \"test\"); }\n";
 const GUARD_OFF: &str =
     "max_change_fraction = 1.0\ncomment_changes = false\nmax_changes_per_run = 100000";
-
-async fn audit_rows(ws: &Workspace) -> Vec<EventRow> {
-    let store = AuditStore::open(&ws.audit_db()).await.unwrap();
-    let rows = store
-        .query(&Filter::default())
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
-    store.close().await;
-    rows
-}
 
 /// Cases whose history holds an API change of the tag the rule adds.
 fn tagged_by_api(sim: &Simulator) -> HashSet<String> {
@@ -95,11 +81,10 @@ fn workspace(sim: &Simulator, extra: &str) -> Workspace {
 
 /// Replaces the workspace's timeout and retry settings with `extra`.
 fn set_stellar(ws: &Workspace, extra: &str) {
-    let text = std::fs::read_to_string(ws.config()).unwrap().replace(
+    ws.edit_config(
         "timeout_secs = 5\nmax_attempts = 3\nretry_base_ms = 20",
         extra,
     );
-    std::fs::write(ws.config(), text).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -118,7 +103,7 @@ async fn flaky_and_slow_server_the_log_and_the_history_agree() {
         "{}",
         stdout(&out)
     );
-    assert_agreement(&sim, &audit_rows(&ws).await);
+    assert_agreement(&sim, &ws.audit(Filter::default()).await);
 
     // Updates are applied but their answers come after the client's timeout: reading the
     // case back must turn those into `applied`, not `failed`.
@@ -136,11 +121,11 @@ async fn flaky_and_slow_server_the_log_and_the_history_agree() {
         stderr(&out)
     );
     sim.state().faults.slow_write_answers_ms = 0;
-    let rows = audit_rows(&ws).await;
+    let rows = ws.audit(Filter::default()).await;
     assert_agreement(&sim, &rows);
     let out = ws.run(&["once"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
-    assert_agreement(&sim, &audit_rows(&ws).await);
+    assert_agreement(&sim, &ws.audit(Filter::default()).await);
     assert_eq!(
         tagged_by_api(&sim).len(),
         150,
@@ -176,7 +161,7 @@ async fn rate_limits_and_short_lived_tokens_are_ridden_out() {
         assert!(s.issued_tokens.len() >= 2);
     }
     assert_eq!(tagged_by_api(&sim).len(), 120);
-    assert_agreement(&sim, &audit_rows(&ws).await);
+    assert_agreement(&sim, &ws.audit(Filter::default()).await);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -206,12 +191,12 @@ async fn a_server_that_goes_away_mid_pass_and_comes_back() {
     sim.state().faults.down = true;
     let out = child.await.unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
-    assert_agreement(&sim, &audit_rows(&ws).await);
+    assert_agreement(&sim, &ws.audit(Filter::default()).await);
     sim.state().faults.down = false;
     let out = ws.run(&["once"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     assert_eq!(tagged_by_api(&sim).len(), 200);
-    assert_agreement(&sim, &audit_rows(&ws).await);
+    assert_agreement(&sim, &ws.audit(Filter::default()).await);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -249,13 +234,10 @@ async fn a_crash_loop_loses_nothing_and_applies_nothing_twice() {
         }
     }
     // A last clean start reconciles whatever the final kill left in flight.
-    let text = std::fs::read_to_string(ws.config())
-        .unwrap()
-        .replace("schedule = \"* * * * * *\"", "schedule = \"0 0 0 1 1 *\"");
-    std::fs::write(ws.config(), text).unwrap();
+    ws.edit_config("schedule = \"* * * * * *\"", "schedule = \"0 0 0 1 1 *\"");
     let out = ws.run(&["once", "--dry-run"]).await;
     assert_eq!(out.status.code(), Some(0), "seed {seed}: {}", stderr(&out));
-    let rows = audit_rows(&ws).await;
+    let rows = ws.audit(Filter::default()).await;
     assert_agreement(&sim, &rows);
     let store = AuditStore::open(&ws.audit_db()).await.unwrap();
     assert!(
@@ -269,14 +251,10 @@ async fn a_crash_loop_loses_nothing_and_applies_nothing_twice() {
 async fn a_locked_audit_db_means_no_change_is_sent_until_it_is_free() {
     let sim = start(sim_options(20)).await;
     let ws = workspace(&sim, "");
-    std::fs::write(
-        ws.config(),
-        std::fs::read_to_string(ws.config()).unwrap().replace(
-            "path = \"state/audit.db\"",
-            "path = \"state/audit.db\"\nbusy_timeout_secs = 1",
-        ),
-    )
-    .unwrap();
+    ws.edit_config(
+        "path = \"state/audit.db\"",
+        "path = \"state/audit.db\"\nbusy_timeout_secs = 1",
+    );
     let out = ws.run(&["once", "--dry-run"]).await;
     assert_eq!(out.status.code(), Some(0));
     let pool = sqlx::sqlite::SqlitePoolOptions::new()
@@ -304,5 +282,5 @@ async fn a_locked_audit_db_means_no_change_is_sent_until_it_is_free() {
     let out = ws.run(&["once"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(tagged_by_api(&sim).len(), 20);
-    assert_agreement(&sim, &audit_rows(&ws).await);
+    assert_agreement(&sim, &ws.audit(Filter::default()).await);
 }

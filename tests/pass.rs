@@ -4,9 +4,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use casewarden::audit::{AuditStore, EventRow, Filter};
+use casewarden::audit::Filter;
 use casewarden::sim::Simulator;
-use futures::StreamExt;
 use serde_json::{Value, json};
 
 use crate::common::*;
@@ -55,19 +54,6 @@ async fn planted_sim() -> Simulator {
         sim.state().put_case(c);
     }
     sim
-}
-
-async fn rows(ws: &Workspace, filter: Filter) -> Vec<EventRow> {
-    let store = AuditStore::open(&ws.audit_db()).await.unwrap();
-    let rows = store
-        .query(&filter)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
-    store.close().await;
-    rows
 }
 
 fn api_changes(sim: &Simulator, id: &str) -> Vec<Value> {
@@ -130,22 +116,18 @@ async fn example_rules_change_exactly_the_cases_they_should_and_a_second_pass_no
                 .all(|h| h["user"] == json!(api_user))
         );
     }
-    let applied = rows(
-        &ws,
-        Filter {
+    let applied = ws
+        .audit(Filter {
             outcome: Some(casewarden::audit::Outcome::Applied),
             ..Filter::default()
-        },
-    )
-    .await;
-    let planned = rows(
-        &ws,
-        Filter {
+        })
+        .await;
+    let planned = ws
+        .audit(Filter {
             outcome: Some(casewarden::audit::Outcome::Planned),
             ..Filter::default()
-        },
-    )
-    .await;
+        })
+        .await;
     assert_eq!(applied.len(), planned.len());
     assert_eq!(applied.len(), 9, "{applied:#?}");
     assert!(applied.iter().all(|a| {
@@ -185,7 +167,8 @@ async fn dry_run_sends_nothing_and_prints_the_plan_a_real_run_applies() {
         text.contains("case esc (ticket 1)") && text.contains("Medium -> High"),
         "{text}"
     );
-    let planned: HashSet<(String, String, Option<String>)> = rows(&ws, Filter::default())
+    let planned: HashSet<(String, String, Option<String>)> = ws
+        .audit(Filter::default())
         .await
         .into_iter()
         .inspect(|r| assert!(r.dry_run && r.outcome == "planned"))
@@ -193,17 +176,15 @@ async fn dry_run_sends_nothing_and_prints_the_plan_a_real_run_applies() {
         .collect();
     let out = ws.run(&["once"]).await;
     assert_eq!(out.status.code(), Some(0));
-    let applied: HashSet<(String, String, Option<String>)> = rows(
-        &ws,
-        Filter {
+    let applied: HashSet<(String, String, Option<String>)> = ws
+        .audit(Filter {
             outcome: Some(casewarden::audit::Outcome::Applied),
             ..Filter::default()
-        },
-    )
-    .await
-    .into_iter()
-    .map(|r| (r.case_id, r.field, r.new))
-    .collect();
+        })
+        .await
+        .into_iter()
+        .map(|r| (r.case_id, r.field, r.new))
+        .collect();
     assert_eq!(planned, applied);
 }
 
@@ -215,37 +196,31 @@ async fn the_budget_defers_changes_to_later_passes_oldest_first() {
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("change budget"), "{text}");
-    let first = rows(
-        &ws,
-        Filter {
+    let first = ws
+        .audit(Filter {
             outcome: Some(casewarden::audit::Outcome::Applied),
             ..Filter::default()
-        },
-    )
-    .await;
+        })
+        .await;
     assert!(!first.is_empty() && first.len() <= 3, "{first:#?}");
     // Oldest modified first: "esc" (ticket 1) has the oldest modified_at.
     assert_eq!(first[0].case_id, "esc");
-    let deferred = rows(
-        &ws,
-        Filter {
+    let deferred = ws
+        .audit(Filter {
             outcome: Some(casewarden::audit::Outcome::Skipped),
             ..Filter::default()
-        },
-    )
-    .await;
+        })
+        .await;
     assert!(deferred.iter().any(|r| r.reason.contains("budget")));
     for _ in 0..6 {
         ws.run(&["once"]).await;
     }
-    let all = rows(
-        &ws,
-        Filter {
+    let all = ws
+        .audit(Filter {
             outcome: Some(casewarden::audit::Outcome::Applied),
             ..Filter::default()
-        },
-    )
-    .await;
+        })
+        .await;
     assert_eq!(all.len(), 9);
     assert_eq!(sim.state().case("stale").unwrap()["status"], "Resolved");
 }
@@ -268,7 +243,7 @@ async fn the_blast_radius_guard_halts_a_rule_that_hits_everything() {
         text.contains("HALTED") && text.contains("blast-radius guard halted it"),
         "{text}"
     );
-    let skipped = rows(&ws, Filter::default()).await;
+    let skipped = ws.audit(Filter::default()).await;
     assert_eq!(skipped.len(), 60);
     assert!(
         skipped
@@ -284,14 +259,12 @@ async fn failed_updates_are_recorded_and_the_rest_applied() {
     let ws = Workspace::new(&sim.url, "legacy", "", None);
     let out = ws.run(&["once"]).await;
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
-    let failed = rows(
-        &ws,
-        Filter {
+    let failed = ws
+        .audit(Filter {
             outcome: Some(casewarden::audit::Outcome::Failed),
             ..Filter::default()
-        },
-    )
-    .await;
+        })
+        .await;
     assert_eq!(failed.len(), 2);
     assert!(failed.iter().all(|r| r.case_id == "esc"
         && r.http_status == Some(500)
@@ -307,13 +280,7 @@ async fn tokens_expiring_mid_pass_are_renewed() {
     opts.faults.latency_ms = 120;
     let sim = start(opts).await;
     let ws = Workspace::new(&sim.url, "legacy", "max_change_fraction = 1.0", None);
-    std::fs::write(
-        ws.config(),
-        std::fs::read_to_string(ws.config())
-            .unwrap()
-            .replace("timeout_secs = 5", "timeout_secs = 5\npage_size = 15"),
-    )
-    .unwrap();
+    ws.edit_config("timeout_secs = 5", "timeout_secs = 5\npage_size = 15");
     let out = ws.run(&["once"]).await;
     assert_eq!(
         out.status.code(),
@@ -362,15 +329,13 @@ async fn a_person_reverting_a_change_wins() {
     let out = ws.run(&["once"]).await;
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(sim.state().case("esc").unwrap()["priority"], "Medium");
-    let skipped = rows(
-        &ws,
-        Filter {
+    let skipped = ws
+        .audit(Filter {
             case_id: Some("esc".into()),
             outcome: Some(casewarden::audit::Outcome::Skipped),
             ..Filter::default()
-        },
-    )
-    .await;
+        })
+        .await;
     assert_eq!(skipped.len(), 1);
     assert!(
         skipped[0].reason.contains("overridden by a person"),
@@ -408,7 +373,7 @@ async fn no_change_reaches_the_server_before_its_planned_row() {
     sim.halt();
     let out = run.await.unwrap().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
-    let audit = rows(&ws, Filter::default()).await;
+    let audit = ws.audit(Filter::default()).await;
     let planned: HashSet<&str> = audit
         .iter()
         .filter(|r| r.outcome == "planned")
@@ -463,13 +428,7 @@ async fn no_secret_in_any_output_at_trace_level() {
     let sim = start(opts).await;
     sim.state().faults.fail_next = 1;
     let ws = Workspace::new(&sim.url, "legacy", "max_change_fraction = 1.0", None);
-    std::fs::write(
-        ws.config(),
-        std::fs::read_to_string(ws.config())
-            .unwrap()
-            .replace("timeout_secs = 5", "timeout_secs = 5\npage_size = 10"),
-    )
-    .unwrap();
+    ws.edit_config("timeout_secs = 5", "timeout_secs = 5\npage_size = 10");
     let config = ws.config();
     let mut outputs = Vec::new();
     for (args, env) in [

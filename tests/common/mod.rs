@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
+use futures::StreamExt;
+
+use casewarden::audit::{AuditStore, EventRow, Filter};
 use casewarden::config::ApiFlavor;
 use casewarden::sim::{SimOptions, Simulator};
 use casewarden::stellar::{Client, ClientSettings, credentials};
@@ -91,6 +94,27 @@ impl Workspace {
 
     pub fn audit_db(&self) -> PathBuf {
         self.dir.path().join("state/audit.db")
+    }
+
+    /// Replaces `from` with `to` in the config file.
+    pub fn edit_config(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(self.config()).unwrap();
+        assert!(text.contains(from), "{from:?} is not in the config");
+        std::fs::write(self.config(), text.replace(from, to)).unwrap();
+    }
+
+    /// The audit rows matching `filter`, oldest first.
+    pub async fn audit(&self, filter: Filter) -> Vec<EventRow> {
+        let store = AuditStore::open(&self.audit_db()).await.unwrap();
+        let rows = store
+            .query(&filter)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        store.close().await;
+        rows
     }
 
     /// Runs the binary with `--config` set to this workspace's config.
