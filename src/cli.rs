@@ -352,6 +352,7 @@ async fn once(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
     let audit = AuditStore::open_with(
         &config.audit.path,
         Duration::from_secs(config.audit.busy_timeout_secs),
+        config.audit.max_size_mb,
     )
     .await?;
     if let Err(e) = client.authenticate().await {

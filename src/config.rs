@@ -130,6 +130,9 @@ pub struct AuditConfig {
     /// How long a write waits for another process holding the database lock.
     #[serde(default = "default_busy_timeout")]
     pub busy_timeout_secs: u64,
+    /// Optional cap on the database size; at the cap, passes stop (nothing is sent that
+    /// cannot be recorded) until the file is archived or the cap raised.
+    pub max_size_mb: Option<u64>,
 }
 
 fn default_timeout() -> u64 {
@@ -200,6 +203,7 @@ impl Default for AuditConfig {
         AuditConfig {
             path: default_audit_path(),
             busy_timeout_secs: default_busy_timeout(),
+            max_size_mb: None,
         }
     }
 }

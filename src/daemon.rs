@@ -118,6 +118,7 @@ pub async fn run(config: Config) -> anyhow::Result<u8> {
     let audit = AuditStore::open_with(
         &config.audit.path,
         Duration::from_secs(config.audit.busy_timeout_secs),
+        config.audit.max_size_mb,
     )
     .await?;
     match client.authenticate().await {

@@ -608,15 +608,28 @@ async fn run(
 
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<NewEvent>>(256);
     let audit = ctx.audit.clone();
-    let writer = tokio::spawn(async move {
-        // Batches whatever outcomes have arrived into one transaction.
-        while let Some(mut batch) = rx.recv().await {
-            while let Ok(mut more) = rx.try_recv() {
-                batch.append(&mut more);
+    let audit_broken = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let audit_broken = audit_broken.clone();
+        async move {
+            // Batches whatever outcomes have arrived into one transaction. After a failed
+            // write no further request is sent (the senders check `audit_broken`); what
+            // was in flight stays `planned` for the next start to reconcile.
+            let mut failure = None;
+            while let Some(mut batch) = rx.recv().await {
+                while let Ok(mut more) = rx.try_recv() {
+                    batch.append(&mut more);
+                }
+                if failure.is_none()
+                    && let Err(e) = audit.append(&batch).await
+                {
+                    tracing::error!(error = %e, "cannot record outcomes; no further change is sent this pass");
+                    audit_broken.store(true, Ordering::SeqCst);
+                    failure = Some(e);
+                }
             }
-            audit.append(&batch).await?;
+            failure.map_or(Ok(()), Err)
         }
-        Ok::<(), crate::audit::AuditError>(())
     });
     let work: Vec<(usize, CasePlan)> = retained
         .iter()
@@ -634,6 +647,7 @@ async fn run(
             .collect(),
         run_id: report.run_id.clone(),
         cancel: opts.cancel.clone(),
+        audit_broken,
         comment_changes: ctx.settings.comment_changes,
     });
     let results: Vec<(usize, Vec<(usize, bool)>)> = futures::stream::iter(work)
@@ -672,6 +686,7 @@ struct Applier {
     rule_hash: HashMap<String, String>,
     run_id: String,
     cancel: Option<Arc<AtomicBool>>,
+    audit_broken: Arc<AtomicBool>,
     comment_changes: bool,
 }
 
@@ -679,21 +694,23 @@ impl Applier {
     /// Sends (or, once shutdown began, does not send) one case's update and hands the
     /// outcome rows to the audit writer; returns (decision index, applied?) pairs.
     async fn apply(self: Arc<Self>, pi: usize, p: CasePlan) -> (usize, Vec<(usize, bool)>) {
-        let cancelled = self
+        let stop = if self.audit_broken.load(Ordering::SeqCst) {
+            Some("not sent: the audit log cannot be written")
+        } else if self
             .cancel
             .as_ref()
-            .is_some_and(|c| c.load(Ordering::SeqCst));
-        let outcomes = if cancelled {
+            .is_some_and(|c| c.load(Ordering::SeqCst))
+        {
+            Some("not sent: casewarden is shutting down")
+        } else {
+            None
+        };
+        let outcomes = if let Some(why) = stop {
             p.decisions
                 .iter()
                 .enumerate()
                 .filter(|(_, d)| d.is_planned())
-                .map(|(i, _)| {
-                    (
-                        i,
-                        Err(("not sent: casewarden is shutting down".to_string(), None)),
-                    )
-                })
+                .map(|(i, _)| (i, Err((why.to_string(), None))))
                 .collect()
         } else {
             apply_case(&self.client, &p, self.comment_changes).await

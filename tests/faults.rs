@@ -284,3 +284,47 @@ async fn a_locked_audit_db_means_no_change_is_sent_until_it_is_free() {
     assert_eq!(tagged_by_api(&sim).len(), 20);
     assert_agreement(&sim, &ws.audit(Filter::default()).await);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_audit_db_means_no_change_is_sent_until_there_is_room() {
+    let sim = start(sim_options(5000)).await;
+    let ws = workspace(&sim, "");
+    ws.edit_config(
+        "path = \"state/audit.db\"",
+        "path = \"state/audit.db\"\nmax_size_mb = 1",
+    );
+    let out = ws.run(&["once"]).await;
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("full"), "{text}");
+    assert_eq!(
+        sim.state().write_requests(),
+        0,
+        "a change went out that could not be recorded"
+    );
+    ws.edit_config("max_size_mb = 1", "max_size_mb = 100");
+    let out = ws.run(&["once"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(tagged_by_api(&sim).len(), 5000);
+    assert_agreement(&sim, &ws.audit(Filter::default()).await);
+
+    // The log fills up while outcomes are being written: sending stops at once, and the
+    // next start reconciles what was in flight.
+    let sim = start(sim_options(1200)).await;
+    let ws = workspace(&sim, "");
+    ws.edit_config(
+        "path = \"state/audit.db\"",
+        "path = \"state/audit.db\"\nmax_size_mb = 1",
+    );
+    let out = ws.run(&["once"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let sent = sim.state().write_requests();
+    assert!(
+        sent > 0 && sent < 1200,
+        "{sent} updates sent after the log filled up"
+    );
+    ws.edit_config("max_size_mb = 1", "max_size_mb = 100");
+    let out = ws.run(&["once", "--dry-run"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_agreement(&sim, &ws.audit(Filter::default()).await);
+}

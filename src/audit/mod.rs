@@ -33,8 +33,23 @@ pub enum AuditError {
         found: i64,
         known: i64,
     },
-    #[error("audit DB: {0}")]
+    #[error("audit DB: {}", with_hint(.0))]
     Db(#[from] sqlx::Error),
+}
+
+/// The database's message plus what the operator can do about it.
+fn with_hint(e: &sqlx::Error) -> String {
+    let text = e.to_string();
+    let hint = if text.contains("full") {
+        " (the disk or audit.max_size_mb is full: nothing further is sent until the log can be written; archive the file or raise the limit)"
+    } else if text.contains("locked") || text.contains("busy") {
+        " (another process holds the database lock; nothing is sent until it is released)"
+    } else if text.contains("readonly") {
+        " (the file or its folder is read-only for this user)"
+    } else {
+        ""
+    };
+    format!("{text}{hint}")
 }
 
 /// What happened to a decision.
@@ -206,11 +221,16 @@ impl AuditStore {
     /// Opens (creating folders and file on first start) and migrates the log. A file that
     /// is not SQLite, or a newer schema, is an error and is left untouched.
     pub async fn open(path: &Path) -> Result<AuditStore, AuditError> {
-        AuditStore::open_with(path, Duration::from_secs(10)).await
+        AuditStore::open_with(path, Duration::from_secs(10), None).await
     }
 
-    /// Like [`AuditStore::open`], waiting at most `busy` for another process's lock.
-    pub async fn open_with(path: &Path, busy: Duration) -> Result<AuditStore, AuditError> {
+    /// Like [`AuditStore::open`], waiting at most `busy` for another process's lock and
+    /// refusing to grow the file beyond `max_size_mb`.
+    pub async fn open_with(
+        path: &Path,
+        busy: Duration,
+        max_size_mb: Option<u64>,
+    ) -> Result<AuditStore, AuditError> {
         let fail = |message: String| AuditError::Open {
             path: path.to_path_buf(),
             message,
@@ -227,6 +247,11 @@ impl AuditStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(busy)
             .foreign_keys(false);
+        // SQLite's default page size is 4 KiB; max_page_count is per connection.
+        let options = match max_size_mb {
+            Some(mb) => options.pragma("max_page_count", (mb * 256).max(1).to_string()),
+            None => options,
+        };
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
