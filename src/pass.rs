@@ -11,7 +11,7 @@ use serde_json::Value;
 use tracing::Instrument;
 
 use crate::audit::{AuditStore, NewEvent, Outcome, PassTotals};
-use crate::config::Config;
+use crate::config::{ApiFlavor, Config};
 use crate::plan::{self, CasePlan, ChangeKind, Decision, RuleChanges};
 use crate::rules::{EvalEnv, EvalError, Rule, RuleSet, case_to_dynamic, hints_match};
 use crate::stellar::model::history_of;
@@ -491,6 +491,15 @@ async fn run(
                 continue;
             }
             let mut plan = plan::plan_case(&ev.case, &ev.requests);
+            if ctx.client.flavor() == ApiFlavor::Legacy {
+                for d in plan
+                    .decisions
+                    .iter_mut()
+                    .filter(|d| d.field == "resolution" && d.is_planned())
+                {
+                    d.skipped = Some("the legacy (4.3) update call has no resolution field; the status is set without it".into());
+                }
+            }
             let mut override_skips = Vec::new();
             for (k, d) in plan.decisions.iter().enumerate() {
                 if d.is_planned()

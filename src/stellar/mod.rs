@@ -200,18 +200,12 @@ impl Client {
     pub async fn update_case(&self, id: &str, body: &Value) -> Result<Value, ApiError> {
         let what = format!("update case {id}");
         let (method, path, query, body) = match self.inner.flavor {
-            ApiFlavor::Legacy => {
-                let mut b = body.clone();
-                if let Some(obj) = b.as_object_mut() {
-                    obj.remove("resolution");
-                }
-                (
-                    Method::POST,
-                    "/connect/api/v1/cases".to_string(),
-                    vec![("id".to_string(), id.to_string())],
-                    b,
-                )
-            }
+            ApiFlavor::Legacy => (
+                Method::POST,
+                "/connect/api/v1/cases".to_string(),
+                vec![("id".to_string(), id.to_string())],
+                body.clone(),
+            ),
             ApiFlavor::V5 => {
                 let mut b = body.clone();
                 if let Some(obj) = b.as_object_mut()
