@@ -283,7 +283,7 @@ fn json_to_dynamic(v: &Value) -> Dynamic {
             Some(i) => Dynamic::from_int(i),
             None => Dynamic::from_float(n.as_f64().unwrap_or(0.0)),
         },
-        Value::String(s) => Dynamic::from(s.clone()),
+        Value::String(s) => Dynamic::from(rhai::ImmutableString::from(s.as_str())),
         Value::Array(a) => Dynamic::from_array(a.iter().map(json_to_dynamic).collect()),
         Value::Object(o) => Dynamic::from_map(
             o.iter()
