@@ -120,3 +120,6 @@ async fn main() {
         rate(verify)
     );
 }
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;

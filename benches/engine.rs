@@ -87,3 +87,7 @@ fn main() {
         println!("    {:<22} {:>10.0} evaluations/s", rule.name, r);
     }
 }
+
+// The same allocator as the binary, so the numbers are the product's.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;

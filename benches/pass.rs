@@ -149,3 +149,6 @@ async fn main() {
         support::peak_rss_kb() / 1024
     );
 }
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;

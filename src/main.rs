@@ -7,6 +7,10 @@ use tracing_subscriber::EnvFilter;
 
 use casewarden::cli::{Cli, Command, LogFormat};
 
+// Rule evaluation builds a map per case: mimalloc makes that ~12% faster (BENCHMARKS.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn init_tracing(cli: &Cli) {
     // The demo prints its own story; its logs would only interleave with it.
     let quiet_default = if matches!(cli.command, Command::Demo(_)) {
