@@ -290,17 +290,15 @@ fn check(cli: &Cli) -> anyhow::Result<u8> {
         );
         ok = false;
     }
-    println!("config {}: ok", path.display());
+    if ok {
+        println!("config {}: ok", path.display());
+    }
     match load_rules(&config.daemon.rules_dir) {
         Some(set) => {
             println!("rules in {}:", config.daemon.rules_dir.display());
             for r in &set.rules {
                 let schedule = r.schedule.as_deref().unwrap_or(&config.daemon.schedule);
-                let next = crate::rules::validate_cron(schedule)
-                    .ok()
-                    .and_then(|c| c.find_next_occurrence(&chrono::Utc::now(), false).ok())
-                    .map(crate::audit::timestamp)
-                    .unwrap_or_default();
+                let next = crate::rules::next_run(schedule).unwrap_or_default();
                 println!(
                     "  {:<24} {:<9} schedule {:<16} next {}  {}",
                     r.name,

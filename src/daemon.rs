@@ -65,11 +65,7 @@ fn schedules(set: &RuleSet, default: &str) -> BTreeMap<String, Vec<String>> {
 
 fn log_next_runs(groups: &BTreeMap<String, Vec<String>>) {
     for (schedule, rules) in groups {
-        let next = crate::rules::validate_cron(schedule)
-            .ok()
-            .and_then(|c| c.find_next_occurrence(&chrono::Utc::now(), false).ok())
-            .map(crate::audit::timestamp)
-            .unwrap_or_default();
+        let next = crate::rules::next_run(schedule).unwrap_or_default();
         tracing::info!(%schedule, next_run = %next, rules = %rules.join(", "), "schedule");
     }
 }

@@ -553,6 +553,17 @@ pub fn validate_cron(expr: &str) -> Result<croner::Cron, String> {
         .map_err(|e| format!("{expr:?} is not a valid cron expression: {e}"))
 }
 
+/// When a cron schedule fires next (UTC, RFC 3339), for `check` and the daemon's start log.
+pub fn next_run(expr: &str) -> Option<String> {
+    use chrono::Timelike;
+    let now = chrono::Utc::now().with_nanosecond(0)?;
+    let next = validate_cron(expr)
+        .ok()?
+        .find_next_occurrence(&now, false)
+        .ok()?;
+    Some(crate::audit::timestamp(next))
+}
+
 /// Cases from a JSON document: one case, an array of cases, or the API's envelope
 /// `{"data": {"cases": [...]}}` (or `{"data": {case}}`).
 pub fn cases_from_json(v: Value) -> Option<Vec<Value>> {
