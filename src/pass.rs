@@ -303,6 +303,12 @@ fn resolve_assignees(
     }
 }
 
+/// Whether a history entry's field is the decision's field (v5 servers call priority
+/// `severity`).
+fn same_field(history_field: &str, field: &str) -> bool {
+    history_field == field || (field == "priority" && history_field == "severity")
+}
+
 /// A person changed `field` after casewarden's own last change of it by `rule`.
 async fn overridden(
     audit: &AuditStore,
@@ -314,7 +320,10 @@ async fn overridden(
     let is_own = |h: &crate::stellar::model::HistoryEntry| {
         h.api && (own.is_empty() || own.contains(&h.user))
     };
-    if !history.iter().any(|h| h.field == d.field && !is_own(h)) {
+    if !history
+        .iter()
+        .any(|h| same_field(&h.field, &d.field) && !is_own(h))
+    {
         return Ok(false);
     }
     let Some(last) = audit.last_applied(&case.id, &d.rule, &d.field).await? else {
@@ -325,7 +334,7 @@ async fn overridden(
     }
     let ours = history
         .iter()
-        .filter(|h| h.field == d.field && is_own(h))
+        .filter(|h| same_field(&h.field, &d.field) && is_own(h))
         .map(|h| h.timestamp)
         .max()
         .or_else(|| {
@@ -336,7 +345,7 @@ async fn overridden(
         .unwrap_or(i64::MAX);
     Ok(history
         .iter()
-        .any(|h| h.field == d.field && !is_own(h) && h.timestamp > ours))
+        .any(|h| same_field(&h.field, &d.field) && !is_own(h) && h.timestamp > ours))
 }
 
 /// Runs one pass with `rules` and records it.

@@ -482,9 +482,17 @@ async fn v5_servers_get_severity_and_resolution() {
         stdout(&out),
         stderr(&out)
     );
+    {
+        let s = sim.state();
+        assert_eq!(s.case("esc").unwrap()["severity"], "High");
+        assert!(s.case("esc").unwrap().get("priority").is_none());
+    }
+    // A person lowering the severity again wins on v5 too.
+    sim.state()
+        .human_change("esc", "alice@example.com", "severity", json!("Medium"));
+    assert_eq!(ws.run(&["once"]).await.status.code(), Some(0));
     let s = sim.state();
-    assert_eq!(s.case("esc").unwrap()["severity"], "High");
-    assert!(s.case("esc").unwrap().get("priority").is_none());
+    assert_eq!(s.case("esc").unwrap()["severity"], "Medium");
     let stale = s.case("stale").unwrap();
     assert_eq!(
         (stale["status"].as_str(), stale["resolution"].as_str()),
