@@ -58,7 +58,7 @@ impl<W: Write> Printer<W> {
             Format::Table => {
                 writeln!(
                     out,
-                    "{:>6}  {:<24}  {:<22}  {:>8}  {:<11}  {:<34}  {:<8}  REASON / ERROR",
+                    "{:>6}  {:<24}  {:<22}  {:>8}  {:<11}  {:<34}  {:<13}  REASON / ERROR",
                     "SEQ", "RECORDED (UTC)", "RULE", "TICKET", "FIELD", "CHANGE", "OUTCOME"
                 )?;
                 Sink::Plain(out)
@@ -121,7 +121,7 @@ impl<W: Write> Printer<W> {
                 };
                 writeln!(
                     out,
-                    "{:>6}  {:<24}  {:<22}  {:>8}  {:<11}  {:<34}  {:<8}  {}",
+                    "{:>6}  {:<24}  {:<22}  {:>8}  {:<11}  {:<34}  {:<13}  {}",
                     r.seq,
                     clip(&when, 24),
                     clip(&r.rule, 22),
