@@ -324,7 +324,7 @@ async fn sigterm_mid_pass_exits_cleanly_with_every_planned_row_settled() {
     let writes = sim.state().write_requests();
     assert!(writes < 200, "the pass was not cut short ({writes} writes)");
     let p = passes(&ws).await;
-    assert!(p.iter().any(|p| p.status == "interrupted"), "{p:?}");
+    assert!(p.iter().any(|p| p.totals.status == "interrupted"), "{p:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

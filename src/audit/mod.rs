@@ -157,17 +157,13 @@ pub struct PassRow {
     pub trigger_kind: String,
     pub rules_fingerprint: String,
     pub dry_run: bool,
-    pub cases_seen: i64,
-    pub planned: i64,
-    pub applied: i64,
-    pub failed: i64,
-    pub skipped: i64,
-    pub status: String,
-    pub error: Option<String>,
+    #[sqlx(flatten)]
+    #[serde(flatten)]
+    pub totals: PassTotals,
 }
 
 /// Totals of a finished pass.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, FromRow, PartialEq)]
 pub struct PassTotals {
     pub cases_seen: i64,
     pub planned: i64,
