@@ -115,15 +115,6 @@ impl CasePlan {
             }
         }
     }
-
-    /// Marks every planned decision skipped with `reason`.
-    pub fn skip_all(&mut self, reason: &str) {
-        for d in &mut self.decisions {
-            if d.is_planned() {
-                d.skipped = Some(reason.to_string());
-            }
-        }
-    }
 }
 
 /// A (field, value) pair used to detect no-ops and conflicts; tags are keyed per tag.

@@ -262,10 +262,6 @@ impl AuditStore {
         Ok(store)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     async fn migrate(&self) -> Result<(), AuditError> {
         let migrator = sqlx::migrate!("./migrations");
         let known = migrator.iter().map(|m| m.version).max().unwrap_or(0);

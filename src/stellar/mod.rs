@@ -404,7 +404,6 @@ impl Client {
 pub struct Page {
     pub cases: Vec<Case>,
     pub skipped: Vec<CaseParseError>,
-    pub total: u64,
 }
 
 /// Walks the listing with `limit` + `skip` until `total`. When the set shifts between
@@ -471,7 +470,6 @@ impl CasePager {
         if let Some(t) = total {
             self.total = Some(t);
         }
-        page.total = self.total.unwrap_or(self.skip);
         // A short page ends the listing even if `total` claims more: the server has no more.
         self.done = received < limit || self.total.is_some_and(|t| self.skip >= t);
         Ok(Some(page))

@@ -155,9 +155,6 @@ impl Case {
     pub fn ticket_id(&self) -> Option<i64> {
         self.int_field("ticket_id")
     }
-    pub fn name(&self) -> &str {
-        self.str_field("name").unwrap_or("")
-    }
     pub fn status(&self) -> &str {
         self.str_field("status").unwrap_or("")
     }
@@ -171,18 +168,9 @@ impl Case {
     pub fn description(&self) -> &str {
         self.str_field("description").unwrap_or("")
     }
-    pub fn cust_id(&self) -> &str {
-        self.str_field("cust_id").unwrap_or("")
-    }
     /// `score`, or `case_score` on legacy servers.
     pub fn score(&self) -> Option<f64> {
         self.raw.get("score").and_then(Value::as_f64)
-    }
-    pub fn created_at(&self) -> i64 {
-        self.int_field("created_at").unwrap_or(0)
-    }
-    pub fn modified_at(&self) -> i64 {
-        self.int_field("modified_at").unwrap_or(0)
     }
     pub fn tags(&self) -> impl Iterator<Item = &str> {
         self.raw
