@@ -23,16 +23,9 @@ fn rate(set: &RuleSet, cases: &[Case], env: &EvalEnv) -> (f64, usize) {
         let mut evals = 0usize;
         changes = 0;
         for case in cases {
-            let dynamic = case_to_dynamic(case);
-            for rule in &set.rules {
-                if !casewarden::rules::hints_match(case, &rule.query) {
-                    continue;
-                }
+            for (_, result) in set.evaluate_case(&set.rules, case, env) {
                 evals += 1;
-                changes += set
-                    .evaluate(rule, &case.id, dynamic.clone(), env)
-                    .map(|c| c.len())
-                    .unwrap_or(0);
+                changes += result.map(|c| c.len()).unwrap_or(0);
             }
         }
         best = best.max(evals as f64 / start.elapsed().as_secs_f64());

@@ -13,7 +13,7 @@ use tracing::Instrument;
 use crate::audit::{AuditStore, NewEvent, Outcome, PassTotals};
 use crate::config::{ApiFlavor, Config};
 use crate::plan::{self, CasePlan, ChangeKind, Decision, RuleChanges};
-use crate::rules::{EvalEnv, EvalError, Rule, RuleSet, case_to_dynamic, hints_match};
+use crate::rules::{EvalEnv, EvalError, Rule, RuleSet};
 use crate::stellar::model::history_of;
 use crate::stellar::{ApiError, Case, Client};
 
@@ -194,21 +194,17 @@ fn evaluate_page(
     env: &EvalEnv,
 ) -> Vec<Evaluated> {
     let eval_one = |case: Case| {
-        let dynamic = case_to_dynamic(&case);
         let mut ev = Evaluated {
             requests: Vec::new(),
             seen_by: Vec::new(),
             errors: Vec::new(),
             case,
         };
-        for (i, rule) in rules.iter().enumerate() {
-            if !hints_match(&ev.case, &rule.query) {
-                continue;
-            }
+        for (i, result) in set.evaluate_case(rules, &ev.case, env) {
             ev.seen_by.push(i);
-            match set.evaluate(rule, &ev.case.id, dynamic.clone(), env) {
+            match result {
                 Ok(changes) if !changes.is_empty() => ev.requests.push(RuleChanges {
-                    rule: rule.name.clone(),
+                    rule: rules[i].name.clone(),
                     changes,
                 }),
                 Ok(_) => {}

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use casewarden::config::Config;
-use casewarden::rules::{EvalEnv, RuleSet, case_to_dynamic};
+use casewarden::rules::{EvalEnv, RuleSet};
 use casewarden::stellar::Case;
 use proptest::prelude::*;
 use serde_json::{Map, Value};
@@ -91,10 +91,7 @@ proptest! {
     fn example_rules_never_panic_on_odd_cases(v in case_like()) {
         if let Ok(case) = Case::from_value(v) {
             let set = examples();
-            let d = case_to_dynamic(&case);
-            for rule in &set.rules {
-                let _ = set.evaluate(rule, &case.id, d.clone(), &EvalEnv::default());
-            }
+            let _ = set.evaluate_case(&set.rules, &case, &EvalEnv::default());
         }
     }
 

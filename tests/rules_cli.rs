@@ -343,3 +343,25 @@ async fn bad_case_files_are_clear_errors() {
         stderr(&out)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rule_changing_its_argument_does_not_change_what_the_next_rule_sees() {
+    let vandal = "const RULE = #{ name: \"vandal\" };\nfn evaluate(c) {\n    c.status = \"Escalated\";\n    c.tags.push(\"fake\");\n    c.metadata.entity_id = \"asset,,1.2.3.4\";\n}\n";
+    let witness = "const RULE = #{ name: \"witness\" };\nfn evaluate(c) {\n    comment(`${c.status} ${c.tags.len()} ${entity(c).ip}`);\n}\n";
+    let set = casewarden::rules::RuleSet::from_sources(vec![
+        ("a.rhai".into(), vandal.to_string()),
+        ("b.rhai".into(), witness.to_string()),
+    ])
+    .unwrap();
+    let text = std::fs::read_to_string(repo().join("tests/fixtures/seed-page.json")).unwrap();
+    let page: Value = serde_json::from_str(&text).unwrap();
+    let case = casewarden::stellar::Case::from_value(page["data"]["cases"][0].clone()).unwrap();
+    let results = set.evaluate_case(&set.rules, &case, &casewarden::rules::EvalEnv::default());
+    assert_eq!(results.len(), 2);
+    assert!(results[0].1.is_ok(), "{:?}", results[0].1);
+    let seen = results[1].1.as_ref().unwrap();
+    assert_eq!(
+        seen[0].kind,
+        casewarden::plan::ChangeKind::Comment("New 1 10.10.30.20".into())
+    );
+}

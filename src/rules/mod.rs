@@ -229,7 +229,35 @@ impl RuleSet {
         })
     }
 
-    /// Runs `rule` on one case (already converted with [`case_to_dynamic`]).
+    /// Runs every rule of `rules` whose query hints the case matches, in order. Each rule
+    /// gets its own copy of the case, so whatever a rule does to its argument, the next
+    /// rule sees the case as the server sent it. Returns (index in `rules`, result).
+    pub fn evaluate_case(
+        &self,
+        rules: &[Arc<Rule>],
+        case: &Case,
+        env: &EvalEnv,
+    ) -> Vec<(usize, Result<Vec<Change>, EvalError>)> {
+        let due: Vec<usize> = (0..rules.len())
+            .filter(|&i| hints_match(case, &rules[i].query))
+            .collect();
+        let mut base = Some(case_to_dynamic(case));
+        due.iter()
+            .enumerate()
+            .map(|(n, &i)| {
+                // The last rule takes the converted map itself; the others get deep copies.
+                let arg = if n + 1 == due.len() {
+                    base.take().unwrap_or_default()
+                } else {
+                    base.clone().unwrap_or_default()
+                };
+                (i, self.evaluate(&rules[i], &case.id, arg, env))
+            })
+            .collect()
+    }
+
+    /// Runs `rule` on one case converted with [`case_to_dynamic`]; the rule may change its
+    /// argument freely, it is the rule's own.
     pub fn evaluate(
         &self,
         rule: &Rule,
@@ -239,7 +267,8 @@ impl RuleSet {
     ) -> Result<Vec<Change>, EvalError> {
         library::begin(env, &rule.name);
         let mut scope = Scope::new();
-        scope.push("c", case);
+        // Shared, so passing it into `evaluate(c)` copies a pointer, not the map.
+        scope.push("c", case.into_shared());
         let result = self
             .engine
             .eval_ast_with_scope::<Dynamic>(&mut scope, &rule.call);
@@ -264,15 +293,14 @@ impl RuleSet {
     }
 }
 
-/// The case as a Rhai map, converted once per case. It is read-only (a rule cannot change
-/// what the next rule sees) and shared, so handing it to each rule copies a pointer.
+/// The case as a Rhai map, as rules see it.
 pub fn case_to_dynamic(case: &Case) -> Dynamic {
     let map: rhai::Map = case
         .raw()
         .iter()
         .map(|(k, v)| (k.as_str().into(), json_to_dynamic(v)))
         .collect();
-    Dynamic::from_map(map).into_read_only().into_shared()
+    Dynamic::from_map(map)
 }
 
 fn json_to_dynamic(v: &Value) -> Dynamic {
