@@ -92,6 +92,12 @@ fn dir_state(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
 
 /// Starts the daemon and runs until SIGTERM/SIGINT; returns the exit code.
 pub async fn run(config: Config) -> anyhow::Result<u8> {
+    // Handlers first: a signal during start-up (reconciliation can take a while) must not
+    // kill the process with the default action.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let set = match RuleSet::load_dir(&config.daemon.rules_dir) {
         Ok(s) => s,
         Err(errors) => {
@@ -158,8 +164,6 @@ pub async fn run(config: Config) -> anyhow::Result<u8> {
     log_next_runs(&groups);
     scheduler.start().await?;
 
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut watch = tokio::time::interval(WATCH_INTERVAL);
     let watchdog = sd_notify::watchdog_enabled();
     let mut pet = tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |d| d / 2));
@@ -210,7 +214,7 @@ pub async fn run(config: Config) -> anyhow::Result<u8> {
             _ = pet.tick(), if watchdog.is_some() => notify(&[NotifyState::Watchdog]),
             Some(_) = passes.join_next(), if !passes.is_empty() => {}
             _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
+            _ = int.recv() => break,
         }
     }
 
@@ -230,7 +234,7 @@ pub async fn run(config: Config) -> anyhow::Result<u8> {
             tracing::warn!("second signal: exiting now; the next start reconciles what was in flight");
             return Ok(130);
         }
-        _ = tokio::signal::ctrl_c() => {
+        _ = int.recv() => {
             tracing::warn!("second signal: exiting now; the next start reconciles what was in flight");
             return Ok(130);
         }
