@@ -241,6 +241,9 @@ impl RuleSet {
         let due: Vec<usize> = (0..rules.len())
             .filter(|&i| hints_match(case, &rules[i].query))
             .collect();
+        if due.is_empty() {
+            return Vec::new();
+        }
         let mut base = Some(case_to_dynamic(case));
         due.iter()
             .enumerate()
