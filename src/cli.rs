@@ -473,15 +473,7 @@ pub fn print_plans(out: &mut impl Write, plans: &[crate::plan::CasePlan]) -> std
                 .unwrap_or_else(|| "-".into())
         )?;
         for d in &p.decisions {
-            let change = match (d.field.as_str(), d.old.as_deref()) {
-                ("tags", _) | ("comment", _) => d.new.clone().unwrap_or_default(),
-                (_, Some(old)) => format!(
-                    "{} -> {}",
-                    if old.is_empty() { "(none)" } else { old },
-                    d.new.as_deref().unwrap_or("")
-                ),
-                _ => d.new.clone().unwrap_or_default(),
-            };
+            let change = crate::plan::describe_change(&d.field, d.old.as_deref(), d.new.as_deref());
             let status = match &d.skipped {
                 Some(why) => format!("  SKIPPED: {why}"),
                 None => String::new(),

@@ -14,7 +14,7 @@ use crate::audit::{AuditStore, NewEvent, Outcome, PassTotals};
 use crate::config::{ApiFlavor, Config};
 use crate::plan::{self, CasePlan, ChangeKind, Decision, RuleChanges};
 use crate::rules::{EvalEnv, EvalError, Rule, RuleSet};
-use crate::stellar::model::history_of;
+use crate::stellar::model::{history_of, is_own_entry};
 use crate::stellar::{ApiError, Case, Client};
 
 /// Errors logged in full per rule and pass; the rest are counted.
@@ -128,24 +128,13 @@ struct Evaluated {
     errors: Vec<(usize, EvalError)>,
 }
 
-/// Who casewarden is in case histories: its API user's email and id.
-pub async fn own_users(client: &Client) -> Vec<String> {
-    let Some(user) = client.user() else {
+/// Who casewarden is in case histories: its API user's email and, from the users list, id.
+fn own_identities(user: Option<&str>, users: Option<&HashMap<String, String>>) -> Vec<String> {
+    let Some(user) = user else {
         return Vec::new();
     };
-    let mut own = vec![user.to_string()];
-    match client.list_users().await {
-        Ok(users) => own.extend(users.iter().filter_map(|u| {
-            let email = u.get("email")?.as_str()?;
-            email
-                .eq_ignore_ascii_case(user)
-                .then(|| u.get("user_id")?.as_str().map(str::to_string))?
-        })),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot list users to find casewarden's own user id; own history entries are matched by email only")
-        }
-    }
-    own
+    let id = users.and_then(|u| u.get(&user.to_lowercase()).cloned());
+    std::iter::once(user.to_string()).chain(id).collect()
 }
 
 /// Server-side filters: the hints every due rule agrees on (status lists are unioned),
@@ -313,9 +302,7 @@ async fn overridden(
     own: &[String],
 ) -> Result<bool, crate::audit::AuditError> {
     let history = history_of(case.raw());
-    let is_own = |h: &crate::stellar::model::HistoryEntry| {
-        h.api && (own.is_empty() || own.contains(&h.user))
-    };
+    let is_own = |h: &crate::stellar::model::HistoryEntry| is_own_entry(h.api, &h.user, own);
     if !history
         .iter()
         .any(|h| same_field(&h.field, &d.field) && !is_own(h))
@@ -378,7 +365,7 @@ pub async fn run_pass(ctx: &PassContext, set: &RuleSet, opts: &PassOptions) -> P
         };
         let totals = PassTotals {
             cases_seen: report.cases_seen as i64,
-            planned: report.plans.iter().map(|p| p.decisions.iter().filter(|d| d.is_planned()).count() as i64).sum(),
+            planned: report.rules.iter().map(|r| r.planned as i64).sum(),
             applied: report.applied as i64,
             failed: report.failed as i64,
             skipped: report.skipped as i64,
@@ -435,12 +422,17 @@ async fn run(
     if rules.is_empty() {
         return Ok(());
     }
-    let own = Arc::new(own_users(&ctx.client).await);
+    // The users list is fetched at most once per pass: now if casewarden's own user id is
+    // needed to tell its history entries apart, else when a rule first assigns by email.
+    let mut users = match ctx.client.user() {
+        Some(_) => Some(user_index(&ctx.client).await),
+        None => None,
+    };
+    let own = Arc::new(own_identities(ctx.client.user(), users.as_ref()));
     let env = EvalEnv {
         now_ms: None,
         own_users: own.clone(),
     };
-    let mut users: Option<HashMap<String, String>> = None;
     let budget = ctx.settings.max_changes;
     let mut used = 0usize;
     let mut retained: Vec<CasePlan> = Vec::new();
@@ -614,7 +606,6 @@ async fn run(
     for ((pi, di, _), seq) in owners.iter().zip(seqs) {
         seq_of.insert((*pi, *di), seq);
     }
-    retained.retain(|p| p.has_work() || p.decisions.iter().any(|d| !d.is_planned()));
     if dry_run {
         report.plans = retained;
         return Ok(());
@@ -833,12 +824,17 @@ fn may_have_landed(e: &ApiError) -> bool {
 /// Reads the case back: does it hold every field change of the plan?
 async fn landed(client: &Client, plan: &CasePlan) -> bool {
     match client.get_case(&plan.case_id).await {
-        Ok(case) => plan
-            .field_changes()
-            .filter(|d| d.field != "resolution")
-            .all(|d| plan::case_holds(&case, d)),
+        Ok(case) => unheld_fields(&case, plan).is_empty(),
         Err(_) => false,
     }
+}
+
+/// The fields of the plan's changes that `case` does not hold.
+fn unheld_fields(case: &Case, plan: &CasePlan) -> Vec<String> {
+    plan.field_changes()
+        .filter(|d| !plan::case_holds(case, d))
+        .map(|d| d.field.clone())
+        .collect()
 }
 
 fn failure(e: &ApiError) -> (String, Option<u16>) {
@@ -851,11 +847,7 @@ fn check_updated(updated: &Value, plan: &CasePlan) -> DecisionResult {
         // Some servers answer with a bare acknowledgement; trust the 2xx.
         return Ok(());
     };
-    let missing: Vec<String> = plan
-        .field_changes()
-        .filter(|d| d.field != "resolution" && !plan::case_holds(&case, d))
-        .map(|d| d.field.clone())
-        .collect();
+    let missing = unheld_fields(&case, plan);
     if missing.is_empty() {
         Ok(())
     } else {
@@ -874,15 +866,11 @@ fn change_summary(plan: &CasePlan, fields: &[usize]) -> String {
     let mut lines = vec!["casewarden changed this case:".to_string()];
     for &i in fields {
         let d = &plan.decisions[i];
-        let what = match (d.field.as_str(), d.old.as_deref()) {
-            ("tags", _) => format!("tags {}", d.new.as_deref().unwrap_or("")),
-            (f, Some(old)) => format!(
-                "{f}: {} -> {}",
-                if old.is_empty() { "(none)" } else { old },
-                d.new.as_deref().unwrap_or("")
-            ),
-            (f, None) => format!("{f}: {}", d.new.as_deref().unwrap_or("")),
-        };
+        let what = format!(
+            "{}: {}",
+            d.field,
+            plan::describe_change(&d.field, d.old.as_deref(), d.new.as_deref())
+        );
         let why = if d.reason.is_empty() {
             String::new()
         } else {
@@ -893,6 +881,7 @@ fn change_summary(plan: &CasePlan, fields: &[usize]) -> String {
     lines.join("\n")
 }
 
+/// The server's users by email (lower case) -> user id; empty, with a warning, on error.
 async fn user_index(client: &Client) -> HashMap<String, String> {
     match client.list_users().await {
         Ok(users) => users
@@ -905,7 +894,7 @@ async fn user_index(client: &Client) -> HashMap<String, String> {
             })
             .collect(),
         Err(e) => {
-            tracing::warn!(error = %e, "cannot list users; assignments by email fail this pass");
+            tracing::warn!(error = %e, "cannot list users: assignments by email fail this pass, and casewarden's own history entries are matched by email only");
             HashMap::new()
         }
     }

@@ -117,6 +117,16 @@ impl CasePlan {
     }
 }
 
+/// A change as people read it: `old -> new` for fields (`(none)` for empty), `+tag`/`-tag`
+/// for tags, the text for comments. Plans, the audit table and case comments all use it.
+pub fn describe_change(field: &str, old: Option<&str>, new: Option<&str>) -> String {
+    let new = new.unwrap_or("");
+    match (field, old) {
+        ("tags" | "comment", _) | (_, None) => new.to_string(),
+        (_, Some(old)) => format!("{} -> {new}", if old.is_empty() { "(none)" } else { old }),
+    }
+}
+
 /// A (field, value) pair used to detect no-ops and conflicts; tags are keyed per tag.
 fn target(kind: &ChangeKind) -> (String, String) {
     match kind {

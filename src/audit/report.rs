@@ -153,13 +153,8 @@ impl<W: Write> Printer<W> {
 }
 
 /// `old -> new` for fields, `+tag`/`-tag` for tags, the text for comments.
-pub fn describe_change(r: &EventRow) -> String {
-    let new = r.new.as_deref().unwrap_or("");
-    match (r.field.as_str(), r.old.as_deref()) {
-        ("tags", _) | ("comment", _) => new.to_string(),
-        (_, Some(old)) => format!("{} -> {new}", if old.is_empty() { "(none)" } else { old }),
-        (_, None) => new.to_string(),
-    }
+fn describe_change(r: &EventRow) -> String {
+    crate::plan::describe_change(&r.field, r.old.as_deref(), r.new.as_deref())
 }
 
 fn clip(s: &str, width: usize) -> String {

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use rhai::{Dynamic, Engine, EvalAltResult, INT, ImmutableString, Map};
 
 use crate::plan::{Change, ChangeKind};
-use crate::stellar::model::{PRIORITIES, RESOLUTIONS, STATUSES, parse_entity, priority_rank};
+use crate::stellar::model::{
+    PRIORITIES, RESOLUTIONS, STATUSES, is_own_entry, parse_entity, priority_rank,
+};
 
 /// What a rule's environment holds besides the case: the clock and who "we" are.
 #[derive(Debug, Clone, Default)]
@@ -184,15 +186,10 @@ fn last_human_activity(c: Dynamic) -> INT {
                 continue;
             };
             let api = h.get("api").and_then(|v| v.as_bool().ok()).unwrap_or(false);
-            let mine = || {
-                h.get("user")
-                    .and_then(|u| {
-                        u.read_lock::<ImmutableString>()
-                            .map(|u| own.iter().any(|o| o == u.as_str()))
-                    })
-                    .unwrap_or(false)
-            };
-            if api && (own.is_empty() || mine()) {
+            let user = h
+                .get("user")
+                .and_then(|u| u.read_lock::<ImmutableString>().map(|u| u.to_string()));
+            if is_own_entry(api, user.as_deref().unwrap_or(""), &own) {
                 continue;
             }
             if let Some(ts) = h.get("timestamp").and_then(|v| v.as_int().ok()) {

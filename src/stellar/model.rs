@@ -200,6 +200,13 @@ impl Case {
     }
 }
 
+/// Whether a history entry is casewarden's own: made through the API by one of its
+/// identities or, when those are unknown (a Bearer key without `stellar.user`), through the
+/// API at all. Own entries are not human activity.
+pub fn is_own_entry(api: bool, user: &str, own: &[String]) -> bool {
+    api && (own.is_empty() || own.iter().any(|o| o == user))
+}
+
 /// History entries of a raw case object (shared with the rule library, which sees maps).
 pub fn history_of(raw: &Map<String, Value>) -> Vec<HistoryEntry> {
     raw.get("history")
