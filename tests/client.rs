@@ -413,3 +413,19 @@ async fn a_case_pushed_into_the_next_page_by_a_shifting_set_is_yielded_once() {
     assert_eq!(unique.len(), ids.len(), "a case was yielded twice");
     assert_eq!(ids.len(), 250);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_token_service_is_retried() {
+    let sim = start(sim_options(5)).await;
+    sim.state().faults.token_fail_next = 2;
+    let cases = list_all(&client(&sim), vec![]).await.unwrap();
+    assert_eq!(cases.len(), 5);
+    let tokens: Vec<u16> = sim
+        .state()
+        .requests
+        .iter()
+        .filter(|r| r.path.ends_with("/access_token"))
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(tokens, [503, 503, 200]);
+}

@@ -72,6 +72,8 @@ pub struct Faults {
     pub fail_next: u32,
     /// The next N API requests answer 429 with Retry-After.
     pub throttle_next: u32,
+    /// The next N token requests answer 503.
+    pub token_fail_next: u32,
     /// Replaces the answer to case listings, to serve malformed or hostile pages.
     pub list_answer: Option<RawAnswer>,
     /// Writes (POST/PUT) are applied, then their answer is held back this long, so a
@@ -394,6 +396,12 @@ async fn faults_and_log(State(state): State<Shared>, req: Request, next: Next) -
             Some(error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "service unavailable",
+            ))
+        } else if is_token && s.faults.token_fail_next > 0 {
+            s.faults.token_fail_next -= 1;
+            Some(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "token service unavailable",
             ))
         } else if is_token {
             None

@@ -292,7 +292,23 @@ impl Client {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let token = inner.tokens.get(&inner.http).await?;
+            let last = attempt >= inner.max_attempts;
+            // A token call that fails on the way (network, 5xx, 429) is retried like any
+            // other; a rejected key is not.
+            let token = match inner.tokens.get(&inner.http).await {
+                Ok(token) => token,
+                Err(e)
+                    if !last
+                        && !matches!(e, ApiError::KeyRejected { .. })
+                        && (matches!(e, ApiError::Transport { .. })
+                            || e.http_status().is_some_and(|s| s == 429 || s >= 500)) =>
+                {
+                    tracing::debug!(error = %e, "getting a token failed, retrying");
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let mut req = inner
                 .http
                 .request(call.method.clone(), &url)
@@ -306,7 +322,6 @@ impl Client {
             let span =
                 tracing::debug_span!("request", method = %call.method, path = %call.path, attempt);
             let outcome = req.send().instrument(span).await;
-            let last = attempt >= inner.max_attempts;
             if let Some(m) = &inner.metrics {
                 match &outcome {
                     Ok(r) => m.api_request(r.status().as_str()),
