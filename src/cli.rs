@@ -215,10 +215,6 @@ pub struct DemoArgs {
     pub rules_dir: Option<PathBuf>,
 }
 
-/// An error that maps to an exit code (2 unless said otherwise).
-#[derive(Debug)]
-pub struct Exit(pub u8);
-
 fn config_path(cli: &Cli) -> PathBuf {
     cli.config
         .clone()
@@ -314,7 +310,7 @@ fn check(cli: &Cli) -> anyhow::Result<u8> {
     Ok(if ok { 0 } else { 2 })
 }
 
-async fn connect(config: &Config) -> anyhow::Result<Client> {
+fn connect(config: &Config) -> anyhow::Result<Client> {
     let settings = ClientSettings::from_config(config)?;
     Ok(Client::new(settings)?)
 }
@@ -340,7 +336,7 @@ async fn once(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
             return Ok(2);
         }
     }
-    let client = match connect(&config).await {
+    let client = match connect(&config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e:#}");
