@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use casewarden::config::ApiFlavor;
-use casewarden::rules::{EvalEnv, RuleSet, case_to_dynamic};
+use casewarden::rules::{EvalEnv, RuleSet};
 use casewarden::sim::data;
 use casewarden::stellar::Case;
 
@@ -48,11 +48,6 @@ fn main() {
         "const RULE = #{ name: \"empty\" };\nfn evaluate(c) { }\n".into(),
     )])
     .expect("baseline compiles");
-    let start = Instant::now();
-    for c in &cases {
-        let _ = std::hint::black_box(case_to_dynamic(c));
-    }
-    let convert = CASES as f64 / start.elapsed().as_secs_f64();
     let (base_rate, _) = rate(&baseline, &cases, &env);
     let (rate_examples, changes) = rate(&examples, &cases, &env);
     println!("rule evaluation, one core, {CASES} generated cases, best of {ROUNDS}:");
@@ -69,10 +64,7 @@ fn main() {
         "  ratio example/baseline:    {:>10.2}",
         rate_examples / base_rate
     );
-    println!(
-        "  case -> Rhai map conversion alone: {convert:.0} cases/s (once per case; each further rule on the case gets a deep copy)"
-    );
-    println!("  per rule (conversion included, one rule per case):");
+    println!("  per rule (each alone):");
     for rule in &examples.rules {
         let text = std::fs::read_to_string(&rule.file).expect("rule file");
         let one = RuleSet::from_sources(vec![(rule.file.clone(), text)]).expect("compiles");

@@ -15,7 +15,7 @@ use crate::audit::{AuditStore, Filter, Outcome, Verification};
 use crate::config::{ApiFlavor, Config};
 use crate::pass::{PassContext, PassOptions, PassReport, PassSettings};
 use crate::plan::{RuleChanges, plan_case};
-use crate::rules::{EvalEnv, RuleSet, case_to_dynamic};
+use crate::rules::{EvalEnv, RuleSet, case_arg};
 use crate::sim::{Faults, SimOptions, Simulator};
 use crate::stellar::{ApiError, Case, Client, ClientSettings};
 
@@ -558,7 +558,7 @@ fn test_rule(args: &TestRuleArgs) -> anyhow::Result<u8> {
                 continue;
             }
         };
-        let result = set.evaluate(rule, &case.id, case_to_dynamic(&case), &env);
+        let result = set.evaluate(rule, &case.id, case_arg(&case), &env);
         let (plan, error) = match result {
             Ok(changes) => (
                 Some(plan_case(

@@ -4,11 +4,13 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
-use rhai::{Dynamic, Engine, EvalAltResult, INT, ImmutableString, Map};
+use rhai::{Array, Dynamic, Engine, EvalAltResult, INT, ImmutableString, Map};
+use serde_json::Value;
 
+use super::view::{CaseView, Fields};
 use crate::plan::{Change, ChangeKind};
 use crate::stellar::model::{
-    PRIORITIES, RESOLUTIONS, STATUSES, is_own_entry, parse_entity, priority_rank,
+    PRIORITIES, RESOLUTIONS, STATUSES, entity_of, is_own_entry, parse_entity, priority_rank,
 };
 
 /// What a rule's environment holds besides the case: the clock and who "we" are.
@@ -139,30 +141,36 @@ fn since(ms: INT, unit: INT) -> INT {
     (now() - ms).div_euclid(unit)
 }
 
-// Case helpers take the case as a `Dynamic`: it is shared and read-only, so a `&mut Map`
-// parameter would make Rhai copy the whole case on every call.
+// Case helpers read the case in place (`&mut`, so Rhai passes a reference, not a copy),
+// whether it is still the server's JSON or a map the rule has made of it.
 
-/// Runs `f` on a field of a case map, borrowed through the shared value (no copies).
-fn with_field<T>(c: &Dynamic, key: &str, f: impl FnOnce(&Dynamic) -> Option<T>) -> Option<T> {
-    f(c.read_lock::<Map>()?.get(key)?)
+fn has_tag(c: Fields, t: &str) -> bool {
+    match c {
+        Fields::Json(json) => json
+            .get("tags")
+            .and_then(Value::as_array)
+            .is_some_and(|tags| tags.iter().any(|x| x.as_str() == Some(t))),
+        Fields::Map(map) => map
+            .get("tags")
+            .and_then(|v| v.read_lock::<Array>())
+            .is_some_and(|tags| {
+                tags.iter().any(|x| {
+                    x.read_lock::<ImmutableString>()
+                        .is_some_and(|s| s.as_str() == t)
+                })
+            }),
+    }
 }
 
-fn has_tag(c: Dynamic, t: &str) -> bool {
-    with_field(&c, "tags", |v| {
-        Some(v.read_lock::<rhai::Array>()?.iter().any(|x| {
-            x.read_lock::<ImmutableString>()
-                .is_some_and(|s| s.as_str() == t)
-        }))
-    })
-    .unwrap_or(false)
-}
-
-fn entity(c: Dynamic) -> Dynamic {
-    let parsed = with_field(&c, "metadata", |m| {
-        let meta = m.read_lock::<Map>()?;
-        let id = meta.get("entity_id")?.read_lock::<ImmutableString>()?;
-        parse_entity(id.as_str())
-    });
+fn entity(c: Fields) -> Dynamic {
+    let parsed = match c {
+        Fields::Json(json) => entity_of(json),
+        Fields::Map(map) => map.get("metadata").and_then(|m| {
+            let meta = m.read_lock::<Map>()?;
+            let id = meta.get("entity_id")?.read_lock::<ImmutableString>()?;
+            parse_entity(id.as_str())
+        }),
+    };
     match parsed {
         Some(e) => {
             let mut m = Map::new();
@@ -175,30 +183,43 @@ fn entity(c: Dynamic) -> Dynamic {
     }
 }
 
-fn last_human_activity(c: Dynamic) -> INT {
+fn last_human_activity(c: Fields) -> INT {
     let own = with(|ctx| ctx.own_users.clone(), Arc::new(Vec::new()));
-    let created = with_field(&c, "created_at", |v| v.as_int().ok()).unwrap_or(0);
-    with_field(&c, "history", |history| {
-        let entries = history.read_lock::<rhai::Array>()?;
-        let mut newest = created;
-        for h in entries.iter() {
-            let Some(h) = h.read_lock::<Map>() else {
-                continue;
-            };
-            let api = h.get("api").and_then(|v| v.as_bool().ok()).unwrap_or(false);
-            let user = h
-                .get("user")
-                .and_then(|u| u.read_lock::<ImmutableString>().map(|u| u.to_string()));
-            if is_own_entry(api, user.as_deref().unwrap_or(""), &own) {
-                continue;
-            }
-            if let Some(ts) = h.get("timestamp").and_then(|v| v.as_int().ok()) {
-                newest = newest.max(ts);
-            }
+    let human = |api: bool, user: &str| !is_own_entry(api, user, &own);
+    match c {
+        Fields::Json(json) => {
+            let created = json.get("created_at").and_then(Value::as_i64).unwrap_or(0);
+            json.get("history")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|h| {
+                    let api = h.get("api").and_then(Value::as_bool).unwrap_or(false);
+                    human(api, h.get("user").and_then(Value::as_str).unwrap_or(""))
+                })
+                .filter_map(|h| h.get("timestamp")?.as_i64())
+                .fold(created, INT::max)
         }
-        Some(newest)
-    })
-    .unwrap_or(created)
+        Fields::Map(map) => {
+            let created = map
+                .get("created_at")
+                .and_then(|v| v.as_int().ok())
+                .unwrap_or(0);
+            let Some(history) = map.get("history").and_then(|h| h.read_lock::<Array>()) else {
+                return created;
+            };
+            history
+                .iter()
+                .filter_map(|h| {
+                    let h = h.read_lock::<Map>()?;
+                    let api = h.get("api").and_then(|v| v.as_bool().ok()).unwrap_or(false);
+                    let user = h.get("user").and_then(|u| u.read_lock::<ImmutableString>());
+                    human(api, user.as_deref().map_or("", |u| u.as_str()))
+                        .then(|| h.get("timestamp")?.as_int().ok())?
+                })
+                .fold(created, INT::max)
+        }
+    }
 }
 
 /// The engine every rule runs in, with every limit set explicitly (the defaults differ
@@ -245,9 +266,19 @@ pub(super) fn engine() -> Engine {
 
     e.register_fn("priority_rank", |p: ImmutableString| priority_rank(&p))
         .register_fn("priority_rank", |_: ()| 0 as INT)
-        .register_fn("has_tag", has_tag)
-        .register_fn("entity", entity)
-        .register_fn("last_human_activity", last_human_activity);
+        .register_fn("has_tag", |c: &mut CaseView, t: &str| {
+            has_tag(c.fields(), t)
+        })
+        .register_fn("has_tag", |c: &mut Map, t: &str| has_tag(Fields::Map(c), t))
+        .register_fn("entity", |c: &mut CaseView| entity(c.fields()))
+        .register_fn("entity", |c: &mut Map| entity(Fields::Map(c)))
+        .register_fn("last_human_activity", |c: &mut CaseView| {
+            last_human_activity(c.fields())
+        })
+        .register_fn("last_human_activity", |c: &mut Map| {
+            last_human_activity(Fields::Map(c))
+        });
+    super::view::register(&mut e);
     e
 }
 

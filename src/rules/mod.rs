@@ -2,16 +2,18 @@
 //! sandboxed engine they run in, and evaluation of one rule on one case.
 
 mod library;
+mod view;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rhai::{AST, Dynamic, Engine, EvalAltResult, Position, Scope};
+use rhai::{AST, Dynamic, Engine, EvalAltResult, FnPtr, Position, Scope};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 pub use library::EvalEnv;
+pub use view::CaseView;
 
 use crate::plan::Change;
 use crate::stellar::Case;
@@ -82,8 +84,10 @@ pub struct Rule {
     pub file: PathBuf,
     /// SHA-256 of the file's text, recorded with every audit row the rule causes.
     pub source_hash: String,
-    /// `ruleN::evaluate(c)`, calling into the rule's module registered on the engine.
-    call: AST,
+    /// The rule's functions as a module, each carrying its file's constants (`global::X`),
+    /// so `evaluate` runs without re-running the file's top level.
+    module: AST,
+    evaluate: FnPtr,
 }
 
 impl fmt::Debug for Rule {
@@ -163,9 +167,9 @@ impl RuleSet {
 
     /// Compiles rules from (file name, text) pairs, already in the order they run in.
     pub fn from_sources(sources: Vec<(PathBuf, String)>) -> Result<RuleSet, Vec<RuleError>> {
-        let loader = library::engine();
+        let engine = library::engine();
         let mut errors = Vec::new();
-        let mut compiled: Vec<(Rule, rhai::Module)> = Vec::new();
+        let mut rules: Vec<Arc<Rule>> = Vec::new();
         let mut hasher = Sha256::new();
         for (file, text) in &sources {
             hasher.update(
@@ -176,9 +180,9 @@ impl RuleSet {
             hasher.update([0]);
             hasher.update(text.as_bytes());
             hasher.update([0]);
-            match compile(&loader, file, text) {
-                Ok((rule, module)) => {
-                    if let Some((first, _)) = compiled.iter().find(|(r, _)| r.name == rule.name) {
+            match compile(&engine, file, text) {
+                Ok(rule) => {
+                    if let Some(first) = rules.iter().find(|r| r.name == rule.name) {
                         let (line, col) = locate(text, "name");
                         errors.push(RuleError {
                             file: file.clone(),
@@ -191,7 +195,7 @@ impl RuleSet {
                             ),
                         });
                     } else {
-                        compiled.push((rule, module));
+                        rules.push(Arc::new(rule));
                     }
                 }
                 Err(mut e) => errors.append(&mut e),
@@ -199,28 +203,6 @@ impl RuleSet {
         }
         if !errors.is_empty() {
             return Err(errors);
-        }
-        // Each rule becomes a static module `ruleN`; calling `ruleN::evaluate(c)` runs the
-        // function with its file's constants (`global::X`) without re-running the file.
-        let mut engine = library::engine();
-        for (i, (_, module)) in compiled.iter_mut().enumerate() {
-            engine.register_static_module(format!("rule{i}"), std::mem::take(module).into());
-        }
-        let mut scope = Scope::new();
-        scope.push("c", Dynamic::UNIT);
-        let mut rules = Vec::new();
-        for (i, (mut rule, _)) in compiled.into_iter().enumerate() {
-            rule.call = engine
-                .compile_with_scope(&scope, format!("rule{i}::evaluate(c)"))
-                .map_err(|e| {
-                    vec![RuleError {
-                        file: rule.file.clone(),
-                        line: 0,
-                        col: 0,
-                        message: format!("internal error preparing the rule: {e}"),
-                    }]
-                })?;
-            rules.push(Arc::new(rule));
         }
         Ok(RuleSet {
             rules,
@@ -230,8 +212,9 @@ impl RuleSet {
     }
 
     /// Runs every rule of `rules` whose query hints the case matches, in order. Each rule
-    /// gets its own copy of the case, so whatever a rule does to its argument, the next
-    /// rule sees the case as the server sent it. Returns (index in `rules`, result).
+    /// gets its own view of the case (copy-on-write), so whatever a rule does to its
+    /// argument, the next rule sees the case as the server sent it. Returns (index in
+    /// `rules`, result).
     pub fn evaluate_case(
         &self,
         rules: &[Arc<Rule>],
@@ -244,23 +227,14 @@ impl RuleSet {
         if due.is_empty() {
             return Vec::new();
         }
-        let mut base = Some(case_to_dynamic(case));
-        due.iter()
-            .enumerate()
-            .map(|(n, &i)| {
-                // The last rule takes the converted map itself; the others get deep copies.
-                let arg = if n + 1 == due.len() {
-                    base.take().unwrap_or_default()
-                } else {
-                    base.clone().unwrap_or_default()
-                };
-                (i, self.evaluate(&rules[i], &case.id, arg, env))
-            })
+        let view = case_arg(case);
+        due.into_iter()
+            .map(|i| (i, self.evaluate(&rules[i], &case.id, view.clone(), env)))
             .collect()
     }
 
-    /// Runs `rule` on one case converted with [`case_to_dynamic`]; the rule may change its
-    /// argument freely, it is the rule's own.
+    /// Runs `rule` on one case made with [`case_arg`]; the rule may change its argument
+    /// freely, it is the rule's own.
     pub fn evaluate(
         &self,
         rule: &Rule,
@@ -269,12 +243,9 @@ impl RuleSet {
         env: &EvalEnv,
     ) -> Result<Vec<Change>, EvalError> {
         library::begin(env, &rule.name);
-        let mut scope = Scope::new();
-        // Shared, so passing it into `evaluate(c)` copies a pointer, not the map.
-        scope.push("c", case.into_shared());
-        let result = self
-            .engine
-            .eval_ast_with_scope::<Dynamic>(&mut scope, &rule.call);
+        let result = rule
+            .evaluate
+            .call::<Dynamic>(&self.engine, &rule.module, (case,));
         let changes = library::finish();
         match result {
             Ok(_) => Ok(changes),
@@ -296,32 +267,9 @@ impl RuleSet {
     }
 }
 
-/// The case as a Rhai map, as rules see it.
-pub fn case_to_dynamic(case: &Case) -> Dynamic {
-    let map: rhai::Map = case
-        .raw()
-        .iter()
-        .map(|(k, v)| (k.as_str().into(), json_to_dynamic(v)))
-        .collect();
-    Dynamic::from_map(map)
-}
-
-fn json_to_dynamic(v: &Value) -> Dynamic {
-    match v {
-        Value::Null => Dynamic::UNIT,
-        Value::Bool(b) => Dynamic::from_bool(*b),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => Dynamic::from_int(i),
-            None => Dynamic::from_float(n.as_f64().unwrap_or(0.0)),
-        },
-        Value::String(s) => Dynamic::from(rhai::ImmutableString::from(s.as_str())),
-        Value::Array(a) => Dynamic::from_array(a.iter().map(json_to_dynamic).collect()),
-        Value::Object(o) => Dynamic::from_map(
-            o.iter()
-                .map(|(k, v)| (k.as_str().into(), json_to_dynamic(v)))
-                .collect(),
-        ),
-    }
+/// The case as a rule's argument: a map, as the server sent it (see [`CaseView`]).
+pub fn case_arg(case: &Case) -> Dynamic {
+    Dynamic::from(CaseView::new(case.shared_raw()))
 }
 
 /// The deepest error in a chain of function calls, without its position, and that position.
@@ -355,11 +303,7 @@ fn locate(text: &str, needle: &str) -> (usize, usize) {
         .unwrap_or((1, 1))
 }
 
-fn compile(
-    engine: &Engine,
-    file: &Path,
-    text: &str,
-) -> Result<(Rule, rhai::Module), Vec<RuleError>> {
+fn compile(engine: &Engine, file: &Path, text: &str) -> Result<Rule, Vec<RuleError>> {
     let err = |line: usize, col: usize, message: String| {
         vec![RuleError {
             file: file.to_path_buf(),
@@ -480,9 +424,10 @@ fn compile(
         enabled,
         file: file.to_path_buf(),
         source_hash: hex::encode(Sha256::digest(text.as_bytes())),
-        call: AST::empty(),
+        module: AST::new_from_module(module),
+        evaluate: FnPtr::new("evaluate").expect("a valid function name"),
     };
-    Ok((rule, module))
+    Ok(rule)
 }
 
 fn parse_hints(map: &rhai::Map) -> Result<Vec<(String, String)>, String> {

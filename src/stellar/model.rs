@@ -1,6 +1,8 @@
 //! The case object, normalised across the legacy (priority, case_score) and v5 (severity,
 //! score) flavours while keeping every field the server sent.
 
+use std::sync::Arc;
+
 use serde_json::{Map, Value};
 
 /// Case statuses the API accepts.
@@ -23,7 +25,8 @@ pub fn priority_rank(p: &str) -> i64 {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Case {
     pub id: String,
-    raw: Map<String, Value>,
+    /// Shared with the rules' views of the case, which only read it.
+    raw: Arc<Map<String, Value>>,
 }
 
 /// Why a case object was skipped: its id when it had one, and what was wrong.
@@ -135,12 +138,19 @@ impl Case {
         {
             raw.insert("score".into(), score);
         }
-        Ok(Case { id, raw })
+        Ok(Case {
+            id,
+            raw: Arc::new(raw),
+        })
     }
 
     /// The normalised object, as rules see it.
     pub fn raw(&self) -> &Map<String, Value> {
         &self.raw
+    }
+
+    pub fn shared_raw(&self) -> Arc<Map<String, Value>> {
+        self.raw.clone()
     }
 
     fn str_field(&self, key: &str) -> Option<&str> {
@@ -191,11 +201,11 @@ impl Case {
 
     /// A copy with fields replaced, as the server would hold them after an update.
     pub fn with_field(&self, key: &str, value: Value) -> Case {
-        let mut raw = self.raw.clone();
+        let mut raw = (*self.raw).clone();
         raw.insert(key.to_string(), value);
         Case {
             id: self.id.clone(),
-            raw,
+            raw: Arc::new(raw),
         }
     }
 }
