@@ -88,6 +88,8 @@ pub struct Rule {
     /// so `evaluate` runs without re-running the file's top level.
     module: AST,
     evaluate: FnPtr,
+    /// Where `evaluate`'s body starts: the position given for a stop Rhai does not locate.
+    body: Position,
 }
 
 impl fmt::Debug for Rule {
@@ -251,6 +253,8 @@ impl RuleSet {
             Ok(_) => Ok(changes),
             Err(err) => {
                 let (message, pos) = innermost(*err);
+                // Rhai moves a sandbox stop's position to the outermost call, which is ours.
+                let pos = if pos.is_none() { rule.body } else { pos };
                 Err(EvalError {
                     rule: rule.name.clone(),
                     case_id: case_id.to_string(),
@@ -324,15 +328,16 @@ fn compile(engine: &Engine, file: &Path, text: &str) -> Result<Rule, Vec<RuleErr
         )
     })?;
     ast.set_source(file.display().to_string());
-    if !ast
-        .iter_functions()
-        .any(|f| f.name == "evaluate" && f.params.len() == 1)
-    {
+    let Some(body) = ast
+        .iter_fn_def()
+        .find(|f| f.name == "evaluate" && f.params.len() == 1)
+        .map(|f| f.body.start_position())
+    else {
         return Err(at(
             "fn ",
             "no `fn evaluate(c)` with one argument: every rule needs one".into(),
         ));
-    }
+    };
     // Run the top level once, only to read the RULE constant.
     let mut scope = Scope::new();
     library::begin(&EvalEnv::default(), "<loading>");
@@ -426,6 +431,7 @@ fn compile(engine: &Engine, file: &Path, text: &str) -> Result<Rule, Vec<RuleErr
         source_hash: hex::encode(Sha256::digest(text.as_bytes())),
         module: AST::new_from_module(module),
         evaluate: FnPtr::new("evaluate").expect("a valid function name"),
+        body,
     };
     Ok(rule)
 }

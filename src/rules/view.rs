@@ -150,3 +150,106 @@ pub(super) fn register(e: &mut Engine) {
         ctx.call_fn_raw(name, is_method, is_method, args).map(Some)
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rhai::{AST, FnPtr, Module, Scope};
+
+    /// Every expression gives the same answer on a view as on the plain map it stands for.
+    #[test]
+    fn a_view_behaves_as_the_map_it_stands_for() {
+        let exprs = [
+            "type_of(c)",
+            "c.status",
+            "c[\"status\"]",
+            "c.no_such_field",
+            "c?.status",
+            "c.metadata.entity_id",
+            "c.history[0].user",
+            "c.tags.len()",
+            "c.len()",
+            "c.is_empty()",
+            "c.keys()",
+            "c.values().len()",
+            "c.get(\"priority\")",
+            "\"status\" in c",
+            "c.contains(\"nope\")",
+            "c.to_json()",
+            "`${c}`",
+            "to_string(c)",
+            "to_debug(c)",
+            "c == c",
+            "c != #{}",
+            "c.filter(|k, v| k == \"status\")",
+            "(c + #{ extra: 1 }).extra",
+            "{ let n = 0; for k in c.keys() { n += 1 } n }",
+            "{ c.status = \"Escalated\"; c.status }",
+            "{ c.status += \"!\"; c }",
+            "{ c.tags.push(\"x\"); c.tags }",
+            "{ c.tags += [\"y\"]; c }",
+            "{ c.history[0].user = \"z\"; c.history }",
+            "{ c.metadata.x = 1; c.metadata }",
+            "{ c.remove(\"status\"); [c.status, c.len()] }",
+            "{ remove(c, \"tags\"); c.tags }",
+            "{ c.mixin(#{ q: 1 }); c.q }",
+            "{ c.fill_with(#{ status: \"x\", w: 2 }); [c.status, c.w] }",
+            "{ let d = c; d.status = \"x\"; [d.status, c.status] }",
+            "{ let f = |x| x.status; f.call(c) }",
+            "[c, 1]",
+            "#{ k: c }",
+            "{ let a = [c]; a[0].status = \"x\"; [a[0].status, c.status] }",
+            "has_tag(c, \"a\") && c.has_tag(\"b\") && !c.has_tag(\"zz\")",
+            "entity(c)",
+            "last_human_activity(c)",
+            "{ c.tags = []; [c.has_tag(\"a\"), entity(c), last_human_activity(c)] }",
+        ];
+        let json: serde_json::Map<String, Value> = serde_json::from_str(
+            r#"{"_id": "1", "status": "New", "priority": "High", "tags": ["a", "b"],
+                "created_at": 100, "score": 12.5, "acknowledged": 0, "assignee": null,
+                "metadata": {"entity_id": "asset,,10.10.30.20"},
+                "history": [{"user": "u1", "timestamp": 300, "field": "status"}]}"#,
+        )
+        .unwrap();
+        let engine = super::super::library::engine();
+        let mut src = String::new();
+        for (i, e) in exprs.iter().enumerate() {
+            src.push_str(&format!(
+                "fn t{i}(c) {{ let r = {{ {e} }}; to_debug(r) }}\n"
+            ));
+        }
+        let ast = engine.compile(&src).unwrap();
+        let module =
+            AST::new_from_module(Module::eval_ast_as_new(Scope::new(), &ast, &engine).unwrap());
+        let view = CaseView::new(Arc::new(json.clone()));
+        for (i, e) in exprs.iter().enumerate() {
+            let f = FnPtr::new(format!("t{i}")).unwrap();
+            let run = |arg: Dynamic| {
+                super::super::library::begin(&Default::default(), "t");
+                let r = f.call::<Dynamic>(&engine, &module, (arg,));
+                super::super::library::finish();
+                r.map(|v| v.to_string()).map_err(|e| e.to_string())
+            };
+            let on_view = run(Dynamic::from(view.clone()));
+            let on_map = run(Dynamic::from_map(object_to_map(&json)));
+            assert!(on_view.is_ok(), "{e}: {on_view:?}");
+            assert_eq!(on_view, on_map, "{e}");
+        }
+        assert!(view.own.is_none(), "the shared view itself never changes");
+    }
+
+    #[test]
+    fn a_missing_function_is_still_an_error_naming_a_map() {
+        let engine = super::super::library::engine();
+        let ast = engine.compile("fn t(c) { c.frobnicate(1) }").unwrap();
+        let module =
+            AST::new_from_module(Module::eval_ast_as_new(Scope::new(), &ast, &engine).unwrap());
+        let view = CaseView::new(Arc::new(serde_json::Map::new()));
+        let err = FnPtr::new("t")
+            .unwrap()
+            .call::<Dynamic>(&engine, &module, (Dynamic::from(view),))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("frobnicate (map, i64)"), "{err}");
+    }
+}
