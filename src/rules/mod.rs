@@ -13,7 +13,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 pub use library::EvalEnv;
-pub use view::CaseView;
+use view::CaseView;
 
 use crate::plan::Change;
 use crate::stellar::Case;

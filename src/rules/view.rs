@@ -75,7 +75,7 @@ fn object_to_map(o: &serde_json::Map<String, Value>) -> Map {
 }
 
 /// JSON to Rhai, one allocation per string.
-pub fn json_to_dynamic(v: &Value) -> Dynamic {
+fn json_to_dynamic(v: &Value) -> Dynamic {
     match v {
         Value::Null => Dynamic::UNIT,
         Value::Bool(b) => Dynamic::from_bool(*b),
@@ -181,6 +181,9 @@ mod tests {
             "to_debug(c)",
             "c == c",
             "c != #{}",
+            "c == (c + #{})",
+            "(c + #{}) == c",
+            "(c + #{}) != c",
             "c.filter(|k, v| k == \"status\")",
             "(c + #{ extra: 1 }).extra",
             "{ let n = 0; for k in c.keys() { n += 1 } n }",
