@@ -89,6 +89,18 @@ fn json_to_dynamic(v: &Value) -> Dynamic {
     }
 }
 
+/// Turns every view inside `v` into the map it stands for.
+fn expand_views(v: &mut Dynamic) {
+    if v.is::<CaseView>() {
+        let view = std::mem::take(v).cast::<CaseView>();
+        *v = Dynamic::from_map(view.into_map());
+    } else if let Some(mut map) = v.write_lock::<Map>() {
+        map.values_mut().for_each(expand_views);
+    } else if let Some(mut array) = v.write_lock::<rhai::Array>() {
+        array.iter_mut().for_each(expand_views);
+    }
+}
+
 /// Compares through Rhai's own `==` on maps, so a view equals the map it stands for.
 fn equals(ctx: &NativeCallContext, a: Map, b: Map) -> Result<bool, Box<rhai::EvalAltResult>> {
     ctx.call_native_fn::<bool>("==", (a, b))
@@ -108,6 +120,12 @@ pub(super) fn register(e: &mut Engine) {
         })
         .register_fn("to_debug", |c: &mut CaseView| {
             format!("{:?}", Dynamic::from_map(c.to_map()))
+        })
+        // Rhai's own `to_json` cannot see into a view held inside another map.
+        .register_fn("to_json", |m: &mut Map| {
+            let mut m = Dynamic::from_map(m.clone());
+            expand_views(&mut m);
+            rhai::format_map_as_json(&m.cast::<Map>())
         })
         .register_fn(
             "==",
@@ -201,6 +219,7 @@ mod tests {
             "{ let f = |x| x.status; f.call(c) }",
             "[c, 1]",
             "#{ k: c }",
+            "#{ k: [c, #{ d: c }] }.to_json()",
             "{ let a = [c]; a[0].status = \"x\"; [a[0].status, c.status] }",
             "has_tag(c, \"a\") && c.has_tag(\"b\") && !c.has_tag(\"zz\")",
             "entity(c)",
