@@ -172,70 +172,67 @@ pub(super) fn register(e: &mut Engine) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use rhai::{AST, FnPtr, Module, Scope};
 
-    /// Every expression gives the same answer on a view as on the plain map it stands for.
-    #[test]
-    fn a_view_behaves_as_the_map_it_stands_for() {
-        let exprs = [
-            "type_of(c)",
-            "c.status",
-            "c[\"status\"]",
-            "c.no_such_field",
-            "c?.status",
-            "c.metadata.entity_id",
-            "c.history[0].user",
-            "c.tags.len()",
-            "c.len()",
-            "c.is_empty()",
-            "c.keys()",
-            "c.values().len()",
-            "c.get(\"priority\")",
-            "\"status\" in c",
-            "c.contains(\"nope\")",
-            "c.to_json()",
-            "`${c}`",
-            "to_string(c)",
-            "to_debug(c)",
-            "c == c",
-            "c != #{}",
-            "c == (c + #{})",
-            "(c + #{}) == c",
-            "(c + #{}) != c",
-            "c.filter(|k, v| k == \"status\")",
-            "(c + #{ extra: 1 }).extra",
-            "{ let n = 0; for k in c.keys() { n += 1 } n }",
-            "{ c.status = \"Escalated\"; c.status }",
-            "{ c.status += \"!\"; c }",
-            "{ c.tags.push(\"x\"); c.tags }",
-            "{ c.tags += [\"y\"]; c }",
-            "{ c.history[0].user = \"z\"; c.history }",
-            "{ c.metadata.x = 1; c.metadata }",
-            "{ c.remove(\"status\"); [c.status, c.len()] }",
-            "{ remove(c, \"tags\"); c.tags }",
-            "{ c.mixin(#{ q: 1 }); c.q }",
-            "{ c.fill_with(#{ status: \"x\", w: 2 }); [c.status, c.w] }",
-            "{ let d = c; d.status = \"x\"; [d.status, c.status] }",
-            "{ let f = |x| x.status; f.call(c) }",
-            "[c, 1]",
-            "#{ k: c }",
-            "#{ k: [c, #{ d: c }] }.to_json()",
-            "{ let a = [c]; a[0].status = \"x\"; [a[0].status, c.status] }",
-            "has_tag(c, \"a\") && c.has_tag(\"b\") && !c.has_tag(\"zz\")",
-            "entity(c)",
-            "last_human_activity(c)",
-            "{ c.tags = []; [c.has_tag(\"a\"), entity(c), last_human_activity(c)] }",
-        ];
-        let json: serde_json::Map<String, Value> = serde_json::from_str(
-            r#"{"_id": "1", "status": "New", "priority": "High", "tags": ["a", "b"],
-                "created_at": 100, "score": 12.5, "acknowledged": 0, "assignee": null,
-                "metadata": {"entity_id": "asset,,10.10.30.20"},
-                "history": [{"user": "u1", "timestamp": 300, "field": "status"}]}"#,
-        )
-        .unwrap();
+    /// What a rule may do with its argument; each must give the same answer on a view as on
+    /// the plain map it stands for.
+    const EXPRS: &[&str] = &[
+        "type_of(c)",
+        "c.status",
+        "c[\"status\"]",
+        "c.no_such_field",
+        "c?.status",
+        "c.metadata.entity_id",
+        "c.history[0].user",
+        "c.tags.len()",
+        "c.len()",
+        "c.is_empty()",
+        "c.keys()",
+        "c.values().len()",
+        "c.get(\"priority\")",
+        "\"status\" in c",
+        "c.contains(\"nope\")",
+        "c.to_json()",
+        "`${c}`",
+        "to_string(c)",
+        "to_debug(c)",
+        "c == c",
+        "c != #{}",
+        "c == (c + #{})",
+        "(c + #{}) == c",
+        "(c + #{}) != c",
+        "c.filter(|k, v| k == \"status\")",
+        "(c + #{ extra: 1 }).extra",
+        "{ let n = 0; for k in c.keys() { n += 1 } n }",
+        "{ c.status = \"Escalated\"; c.status }",
+        "{ c.status += \"!\"; c }",
+        "{ c.tags.push(\"x\"); c.tags }",
+        "{ c.tags += [\"y\"]; c }",
+        "{ c.history[0].user = \"z\"; c.history }",
+        "{ c.metadata.x = 1; c.metadata }",
+        "{ c.remove(\"status\"); [c.status, c.len()] }",
+        "{ remove(c, \"tags\"); c.tags }",
+        "{ c.mixin(#{ q: 1 }); c.q }",
+        "{ c.fill_with(#{ status: \"x\", w: 2 }); [c.status, c.w] }",
+        "{ let d = c; d.status = \"x\"; [d.status, c.status] }",
+        "{ let f = |x| x.status; f.call(c) }",
+        "[c, 1]",
+        "#{ k: c }",
+        "#{ k: [c, #{ d: c }] }.to_json()",
+        "{ let a = [c]; a[0].status = \"x\"; [a[0].status, c.status] }",
+        "has_tag(c, \"a\") && c.has_tag(\"b\") && !c.has_tag(\"zz\")",
+        "entity(c)",
+        "last_human_activity(c)",
+        "{ c.tags = []; [c.has_tag(\"a\"), entity(c), last_human_activity(c)] }",
+    ];
+
+    /// Runs every expression of EXPRS on a view of `json` and on the plain map, returning
+    /// the pairs of answers (as Rhai prints them, or the error).
+    fn both_ways(json: &serde_json::Map<String, Value>) -> Vec<(&'static str, Answer, Answer)> {
         let engine = super::super::library::engine();
         let mut src = String::new();
-        for (i, e) in exprs.iter().enumerate() {
+        for (i, e) in EXPRS.iter().enumerate() {
             src.push_str(&format!(
                 "fn t{i}(c) {{ let r = {{ {e} }}; to_debug(r) }}\n"
             ));
@@ -244,20 +241,81 @@ mod tests {
         let module =
             AST::new_from_module(Module::eval_ast_as_new(Scope::new(), &ast, &engine).unwrap());
         let view = CaseView::new(Arc::new(json.clone()));
-        for (i, e) in exprs.iter().enumerate() {
-            let f = FnPtr::new(format!("t{i}")).unwrap();
-            let run = |arg: Dynamic| {
-                super::super::library::begin(&Default::default(), "t");
-                let r = f.call::<Dynamic>(&engine, &module, (arg,));
-                super::super::library::finish();
-                r.map(|v| v.to_string()).map_err(|e| e.to_string())
-            };
-            let on_view = run(Dynamic::from(view.clone()));
-            let on_map = run(Dynamic::from_map(object_to_map(&json)));
+        let out = EXPRS
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let f = FnPtr::new(format!("t{i}")).unwrap();
+                let run = |arg: Dynamic| {
+                    super::super::library::begin(&Default::default(), "t");
+                    let r = f.call::<Dynamic>(&engine, &module, (arg,));
+                    super::super::library::finish();
+                    r.map(|v| v.to_string()).map_err(|e| e.to_string())
+                };
+                (
+                    *e,
+                    run(Dynamic::from(view.clone())),
+                    run(Dynamic::from_map(object_to_map(json))),
+                )
+            })
+            .collect();
+        assert!(view.own.is_none(), "the shared view itself never changes");
+        out
+    }
+
+    type Answer = Result<String, String>;
+
+    #[test]
+    fn a_view_behaves_as_the_map_it_stands_for() {
+        let json: serde_json::Map<String, Value> = serde_json::from_str(
+            r#"{"_id": "1", "status": "New", "priority": "High", "tags": ["a", "b"],
+                "created_at": 100, "score": 12.5, "acknowledged": 0, "assignee": null,
+                "metadata": {"entity_id": "asset,,10.10.30.20"},
+                "history": [{"user": "u1", "timestamp": 300, "field": "status"}]}"#,
+        )
+        .unwrap();
+        for (e, on_view, on_map) in both_ways(&json) {
             assert!(on_view.is_ok(), "{e}: {on_view:?}");
             assert_eq!(on_view, on_map, "{e}");
         }
-        assert!(view.own.is_none(), "the shared view itself never changes");
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            (-1e9f64..1e9).prop_map(Value::from),
+            "[a-z0-9 ,.]{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("[a-z_]{1,10}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Any object, with the case's field names holding any kind of value.
+        #[test]
+        fn any_object_reads_the_same_through_a_view(
+            fields in prop::collection::btree_map(
+                prop_oneof![
+                    Just("status".to_string()), Just("tags".to_string()),
+                    Just("metadata".to_string()), Just("history".to_string()),
+                    Just("created_at".to_string()), "[a-z_]{1,10}",
+                ],
+                json_value(),
+                0..8,
+            )
+        ) {
+            let json: serde_json::Map<String, Value> = fields.into_iter().collect();
+            for (e, on_view, on_map) in both_ways(&json) {
+                prop_assert_eq!(on_view, on_map, "{} on {:?}", e, json);
+            }
+        }
     }
 
     #[test]
