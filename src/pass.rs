@@ -718,7 +718,7 @@ impl Applier {
                 .map(|(i, _)| (i, Err((why.to_string(), None))))
                 .collect()
         } else {
-            apply_case(&self.client, &p, self.comment_changes).await
+            apply_case(&self.client, &p, self.comment_changes, &self.run_id).await
         };
         let events: Vec<NewEvent> = outcomes
             .iter()
@@ -762,6 +762,7 @@ async fn apply_case(
     client: &Client,
     plan: &CasePlan,
     comment_changes: bool,
+    run_id: &str,
 ) -> Vec<(usize, DecisionResult)> {
     let span = tracing::info_span!("case", case_id = %plan.case_id);
     async {
@@ -788,17 +789,25 @@ async fn apply_case(
             text.push(change_summary(plan, &fields));
         }
         for &i in &comments {
-            text.push(format!("[{}] {}", plan.decisions[i].rule, plan.decisions[i].new.as_deref().unwrap_or("")));
+            text.push(rule_comment(&plan.decisions[i].rule, plan.decisions[i].new.as_deref()));
         }
         if update.is_err() {
             for &i in &comments {
                 out.push((i, Err(("not sent: the case update failed".to_string(), None))));
             }
         } else if !text.is_empty() {
-            let posted = client
-                .add_comment(&plan.case_id, &text.join("\n\n"))
-                .await
-                .map_err(|e| failure(&e));
+            text.push(comment_trailer(run_id));
+            let body = text.join("\n\n");
+            // A comment is not idempotent, so it is never re-sent; whether a lost answer's
+            // comment landed is read from the case's comments (the trailer makes it unique).
+            let posted = match client.add_comment(&plan.case_id, &body).await {
+                Ok(()) => Ok(()),
+                Err(e) if may_have_landed(&e) && matches!(comment_posted(client, &plan.case_id, |c| c == body).await, Ok(true)) => {
+                    tracing::info!(error = %e, "the comment's answer was lost, but the case's comments show it was posted");
+                    Ok(())
+                }
+                Err(e) => Err(failure(&e)),
+            };
             if let Err((e, _)) = &posted {
                 tracing::warn!(error = %e, "the case was updated but its explanatory comment could not be posted");
             }
@@ -835,6 +844,31 @@ fn unheld_fields(case: &Case, plan: &CasePlan) -> Vec<String> {
         .filter(|d| !plan::case_holds(case, d))
         .map(|d| d.field.clone())
         .collect()
+}
+
+/// A rule's `comment(..)` as it appears in the posted comment.
+fn rule_comment(rule: &str, text: Option<&str>) -> String {
+    format!("[{rule}] {}", text.unwrap_or(""))
+}
+
+/// The last line of every comment casewarden posts: the pass that wrote it, for the analyst
+/// (`casewarden audit --pass ID`) and for telling this pass's comment from earlier ones.
+fn comment_trailer(run_id: &str) -> String {
+    format!("(casewarden pass {run_id})")
+}
+
+/// Whether one of the case's comments satisfies `is_ours`.
+async fn comment_posted(
+    client: &Client,
+    case_id: &str,
+    is_ours: impl Fn(&str) -> bool,
+) -> Result<bool, ApiError> {
+    Ok(client
+        .list_comments(case_id)
+        .await?
+        .iter()
+        .filter_map(|c| c.get("comment").and_then(Value::as_str))
+        .any(is_ours))
 }
 
 fn failure(e: &ApiError) -> (String, Option<u16>) {
@@ -908,9 +942,9 @@ pub struct Reconciled {
     pub unknown: usize,
 }
 
-/// Settles `planned` rows that a crash left without an outcome: reads each case back and
-/// records `applied` if it holds the planned value, `failed` ("interrupted") if not, and
-/// `unknown` when it cannot be read or the change (a comment) cannot be checked.
+/// Settles `planned` rows that a crash left without an outcome: reads each case (for a
+/// comment, its comments) back and records `applied` if it holds the planned change,
+/// `failed` ("interrupted") if not, and `unknown` when it cannot be read.
 pub async fn reconcile(ctx: &PassContext) -> Result<Reconciled, crate::audit::AuditError> {
     let interrupted = ctx.audit.mark_interrupted_passes().await?;
     let rows = ctx.audit.unsettled().await?;
@@ -942,10 +976,22 @@ pub async fn reconcile(ctx: &PassContext) -> Result<Reconciled, crate::audit::Au
                 Outcome::Unknown,
                 Some(format!("interrupted; cannot read the case back: {e}")),
             ),
-            Ok(_) if row.field == "comment" => (
-                Outcome::Unknown,
-                Some("interrupted; whether the comment was posted cannot be checked".to_string()),
-            ),
+            Ok(_) if row.field == "comment" => {
+                let line = rule_comment(&row.rule, row.new.as_deref());
+                let trailer = comment_trailer(&row.run_id);
+                let is_ours = |c: &str| c.contains(&line) && c.ends_with(&trailer);
+                match comment_posted(&ctx.client, &row.case_id, is_ours).await {
+                    Ok(true) => (Outcome::Applied, None),
+                    Ok(false) => (
+                        Outcome::Failed,
+                        Some("interrupted: the comment is not on the case".to_string()),
+                    ),
+                    Err(e) => (
+                        Outcome::Unknown,
+                        Some(format!("interrupted; cannot read the case's comments: {e}")),
+                    ),
+                }
+            }
             Ok(case) if plan::case_holds(case, &decision) => (Outcome::Applied, None),
             Ok(_) => (
                 Outcome::Failed,

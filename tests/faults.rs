@@ -133,6 +133,125 @@ async fn flaky_and_slow_server_the_log_and_the_history_agree() {
     );
 }
 
+/// A comment is never re-sent (it is not idempotent), so when its answer is lost the
+/// case's comments tell whether it landed: `applied` exactly when the server holds it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_comment_whose_answer_is_lost_is_checked_not_resent() {
+    let sim = start(sim_options(16)).await;
+    let rule = "const RULE = #{ name: \"note-all\" };\nfn evaluate(c) { add_tag(\"seen\", \"test\"); comment(\"looked at\"); }\n";
+    let ws = Workspace::new(&sim.url, "legacy", GUARD_OFF, Some(&[("note.rhai", rule)]));
+    set_stellar(
+        &ws,
+        "timeout_secs = 1\nmax_attempts = 2\nretry_base_ms = 10",
+    );
+    sim.state().faults.slow_write_answers_ms = 1500;
+    let out = ws.run(&["once"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("the case's comments show it was posted"),
+        "{}",
+        stderr(&out)
+    );
+    let rows = ws.audit(Filter::default()).await;
+    let run_id = rows[0].run_id.clone();
+    let s = sim.state();
+    for case in s.cases.iter() {
+        let id = case["_id"].as_str().unwrap();
+        let comments = &s.comments[id];
+        assert_eq!(comments.len(), 1, "{id}: {comments:?}");
+        assert_eq!(
+            comments[0]["comment"],
+            format!("[note-all] looked at\n\n(casewarden pass {run_id})")
+        );
+        let outcome = |field: &str| {
+            rows.iter()
+                .filter(|r| r.case_id == id && r.field == field && r.outcome != "planned")
+                .map(|r| r.outcome.as_str())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(outcome("comment"), ["applied"], "{id}");
+        assert_eq!(outcome("tags"), ["applied"], "{id}");
+    }
+}
+
+/// After a crash, a planned comment is settled by reading the case's comments: `applied`
+/// if this pass's comment is there, `failed` if not.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_before_a_comment_is_reconciled_from_the_case_comments() {
+    let sim = start(sim_options(5)).await;
+    let noop = "const RULE = #{ name: \"noop\" };\nfn evaluate(c) { }\n";
+    let ws = Workspace::new(&sim.url, "legacy", GUARD_OFF, Some(&[("noop.rhai", noop)]));
+    let ids: Vec<String> = sim.state().cases[..2]
+        .iter()
+        .map(|c| c["_id"].as_str().unwrap().to_string())
+        .collect();
+    std::fs::create_dir(ws.dir.path().join("state")).unwrap();
+    let store = AuditStore::open(&ws.audit_db()).await.unwrap();
+    let planned = |case_id: &str| casewarden::audit::NewEvent {
+        run_id: "20261125T000000Z-crashed".into(),
+        rule: "sla-breach".into(),
+        rule_hash: "ab".repeat(32),
+        case_id: case_id.into(),
+        ticket_id: None,
+        field: "comment".into(),
+        old: None,
+        new: Some("SLA breach".into()),
+        reason: String::new(),
+        dry_run: false,
+        outcome: None,
+        error: None,
+        http_status: None,
+        planned_seq: None,
+    };
+    store
+        .append(&[planned(&ids[0]), planned(&ids[1])])
+        .await
+        .unwrap();
+    store.close().await;
+    // The first case's comment reached the server before the crash; the second's did not.
+    client(&sim)
+        .add_comment(
+            &ids[0],
+            "[sla-breach] SLA breach\n\n(casewarden pass 20261125T000000Z-crashed)",
+        )
+        .await
+        .unwrap();
+    let out = ws.run(&["once"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let rows = ws.audit(Filter::default()).await;
+    let settled = |id: &str| {
+        rows.iter()
+            .find(|r| r.case_id == id && r.planned_seq.is_some())
+            .map(|r| (r.outcome.clone(), r.error.clone()))
+            .unwrap()
+    };
+    assert_eq!(settled(&ids[0]), ("applied".to_string(), None));
+    assert_eq!(
+        settled(&ids[1]),
+        (
+            "failed".to_string(),
+            Some("interrupted: the comment is not on the case".to_string())
+        )
+    );
+    assert_eq!(sim.state().comments[&ids[0]].len(), 1, "nothing re-sent");
+    assert!(
+        !sim.state().comments.contains_key(&ids[1]),
+        "nothing re-sent"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn rate_limits_and_short_lived_tokens_are_ridden_out() {
     let mut opts = sim_options(120);
