@@ -217,7 +217,7 @@ pub fn is_own_entry(api: bool, user: &str, own: &[String]) -> bool {
     api && (own.is_empty() || own.iter().any(|o| o == user))
 }
 
-/// History entries of a raw case object (shared with the rule library, which sees maps).
+/// History entries of a raw case object.
 pub fn history_of(raw: &Map<String, Value>) -> Vec<HistoryEntry> {
     raw.get("history")
         .and_then(Value::as_array)
