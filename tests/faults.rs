@@ -146,13 +146,7 @@ async fn a_comment_whose_answer_is_lost_is_checked_not_resent() {
     );
     sim.state().faults.slow_write_answers_ms = 1500;
     let out = ws.run(&["once"]).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
     assert!(
         stderr(&out).contains("the case's comments show it was posted"),
         "{}",
@@ -223,13 +217,7 @@ async fn a_crash_before_a_comment_is_reconciled_from_the_case_comments() {
         .await
         .unwrap();
     let out = ws.run(&["once"]).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
     let rows = ws.audit(Filter::default()).await;
     let settled = |id: &str| {
         rows.iter()
@@ -267,13 +255,7 @@ async fn rate_limits_and_short_lived_tokens_are_ridden_out() {
         "timeout_secs = 5\npage_size = 20\nmax_attempts = 4\nretry_base_ms = 10",
     );
     let out = ws.run(&["once"]).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
     {
         let s = sim.state();
         assert!(s.requests.iter().filter(|r| r.status == 429).count() >= 4);

@@ -283,13 +283,7 @@ async fn tokens_expiring_mid_pass_are_renewed() {
     let ws = Workspace::new(&sim.url, "legacy", "max_change_fraction = 1.0", None);
     ws.edit_config("timeout_secs = 5", "timeout_secs = 5\npage_size = 15");
     let out = ws.run(&["once"]).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
     assert!(sim.state().issued_tokens.len() >= 2);
     assert!(
         stdout(&out).contains("150 case(s) seen"),
@@ -475,13 +469,7 @@ async fn v5_servers_get_severity_and_resolution() {
     }
     let ws = Workspace::new(&sim.url, "v5", "", None);
     let out = ws.run(&["once"]).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
     {
         let s = sim.state();
         assert_eq!(s.case("esc").unwrap()["severity"], "High");

@@ -141,6 +141,11 @@ pub async fn run_bin(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().await.expect("the binary runs")
 }
 
+/// The binary exited with `code`; otherwise fail showing everything it printed.
+pub fn assert_exit(o: &Output, code: i32) {
+    assert_eq!(o.status.code(), Some(code), "{}\n{}", stdout(o), stderr(o));
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
