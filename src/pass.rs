@@ -802,7 +802,7 @@ async fn apply_case(
             // comment landed is read from the case's comments (the trailer makes it unique).
             let posted = match client.add_comment(&plan.case_id, &body).await {
                 Ok(()) => Ok(()),
-                Err(e) if may_have_landed(&e) && matches!(comment_posted(client, &plan.case_id, |c| c == body).await, Ok(true)) => {
+                Err(e) if may_have_landed(&e) && comment_texts(client, &plan.case_id).await.is_ok_and(|t| t.contains(&body)) => {
                     tracing::info!(error = %e, "the comment's answer was lost, but the case's comments show it was posted");
                     Ok(())
                 }
@@ -857,18 +857,15 @@ fn comment_trailer(run_id: &str) -> String {
     format!("(casewarden pass {run_id})")
 }
 
-/// Whether one of the case's comments satisfies `is_ours`.
-async fn comment_posted(
-    client: &Client,
-    case_id: &str,
-    is_ours: impl Fn(&str) -> bool,
-) -> Result<bool, ApiError> {
+/// The texts of a case's comments.
+async fn comment_texts(client: &Client, case_id: &str) -> Result<Vec<String>, ApiError> {
     Ok(client
         .list_comments(case_id)
         .await?
         .iter()
         .filter_map(|c| c.get("comment").and_then(Value::as_str))
-        .any(is_ours))
+        .map(str::to_string)
+        .collect())
 }
 
 fn failure(e: &ApiError) -> (String, Option<u16>) {
@@ -953,6 +950,7 @@ pub async fn reconcile(ctx: &PassContext) -> Result<Reconciled, crate::audit::Au
         return Ok(summary);
     }
     let mut cases: HashMap<String, Result<Case, String>> = HashMap::new();
+    let mut comments: HashMap<String, Result<Vec<String>, String>> = HashMap::new();
     let mut events = Vec::new();
     for row in rows {
         if !cases.contains_key(&row.case_id) {
@@ -977,12 +975,23 @@ pub async fn reconcile(ctx: &PassContext) -> Result<Reconciled, crate::audit::Au
                 Some(format!("interrupted; cannot read the case back: {e}")),
             ),
             Ok(_) if row.field == "comment" => {
+                if !comments.contains_key(&row.case_id) {
+                    let texts = comment_texts(&ctx.client, &row.case_id)
+                        .await
+                        .map_err(|e| e.to_string());
+                    comments.insert(row.case_id.clone(), texts);
+                }
                 let line = rule_comment(&row.rule, row.new.as_deref());
                 let trailer = comment_trailer(&row.run_id);
-                let is_ours = |c: &str| c.contains(&line) && c.ends_with(&trailer);
-                match comment_posted(&ctx.client, &row.case_id, is_ours).await {
-                    Ok(true) => (Outcome::Applied, None),
-                    Ok(false) => (
+                match &comments[&row.case_id] {
+                    Ok(texts)
+                        if texts
+                            .iter()
+                            .any(|c| c.contains(&line) && c.ends_with(&trailer)) =>
+                    {
+                        (Outcome::Applied, None)
+                    }
+                    Ok(_) => (
                         Outcome::Failed,
                         Some("interrupted: the comment is not on the case".to_string()),
                     ),

@@ -92,11 +92,10 @@ async fn bad_configs() {
 #[tokio::test(flavor = "multi_thread")]
 async fn missing_config_and_bad_url() {
     let out = run_bin(&["--config", "/nonexistent/casewarden.toml", "check"], &[]).await;
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("cannot read config file /nonexistent/casewarden.toml"),
-        "{}",
-        stderr(&out)
+    assert_fails_with(
+        &out,
+        2,
+        "cannot read config file /nonexistent/casewarden.toml",
     );
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("c.toml");
@@ -110,12 +109,7 @@ async fn missing_config_and_bad_url() {
         &[("K", "key")],
     )
     .await;
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("stellar.url: not a URL"),
-        "{}",
-        stderr(&out)
-    );
+    assert_fails_with(&out, 2, "stellar.url: not a URL");
 }
 
 /// (what, rule file text, expected text) — each through `casewarden check`.
@@ -299,19 +293,9 @@ async fn bad_api_answers() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_command_lines() {
     let out = run_bin(&["once", "--dry-rn"], &[]).await;
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("unexpected argument '--dry-rn'"),
-        "{}",
-        stderr(&out)
-    );
+    assert_fails_with(&out, 2, "unexpected argument '--dry-rn'");
     let out = run_bin(&["audit", "--format", "xml", "--db", "x.db"], &[]).await;
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("invalid value 'xml'"),
-        "{}",
-        stderr(&out)
-    );
+    assert_fails_with(&out, 2, "invalid value 'xml'");
 
     let dir = tempfile::tempdir().unwrap();
     let unreadable = dir.path().join("cases.json");
@@ -326,32 +310,16 @@ async fn bad_command_lines() {
         &[],
     )
     .await;
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("cannot read case file"),
-        "{}",
-        stderr(&out)
-    );
+    assert_fails_with(&out, 2, "cannot read case file");
 
     let ws = Workspace::new("https://stellar.example.com", "legacy", "", Some(&[]));
     let out = ws.run(&["check"]).await;
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("no *.rhai rule files"),
-        "{}",
-        stderr(&out)
-    );
+    assert_fails_with(&out, 2, "no *.rhai rule files");
 
     let ws = Workspace::new("https://stellar.example.com", "legacy", "", None);
     let out = ws.run(&["once", "--rule", "no-such-rule"]).await;
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("--rule \"no-such-rule\": no such rule"),
-        "{}",
-        stderr(&out)
-    );
+    assert_fails_with(&out, 2, "--rule \"no-such-rule\": no such rule");
 
     let out = run_bin(&["audit", "--db", "/nonexistent/audit.db"], &[]).await;
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+    assert_fails_with(&out, 2, "does not exist");
 }

@@ -18,18 +18,7 @@ const GUARD_OFF: &str =
 
 /// Cases whose history holds an API change of the tag the rule adds.
 fn tagged_by_api(sim: &Simulator) -> HashSet<String> {
-    sim.state()
-        .cases
-        .iter()
-        .filter(|c| {
-            c["history"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|h| h["api"] == true && h["field"] == "tags")
-        })
-        .map(|c| c["_id"].as_str().unwrap().to_string())
-        .collect()
+    changed_by_api(sim, Some("tags"))
 }
 
 /// Every change the server saw has an `applied` row; every `applied` row is a change

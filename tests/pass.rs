@@ -374,19 +374,7 @@ async fn no_change_reaches_the_server_before_its_planned_row() {
         .filter(|r| r.outcome == "planned")
         .map(|r| r.case_id.as_str())
         .collect();
-    let changed: Vec<String> = sim
-        .state()
-        .cases
-        .iter()
-        .filter(|c| {
-            c["history"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|h| h["api"] == true)
-        })
-        .map(|c| c["_id"].as_str().unwrap().to_string())
-        .collect();
+    let changed = changed_by_api(&sim, None);
     assert!(
         changed.len() >= 40 && changed.len() < 300,
         "{}",

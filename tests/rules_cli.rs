@@ -328,8 +328,7 @@ async fn bad_case_files_are_clear_errors() {
         &[],
     )
     .await;
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("bad.json:2:"), "{}", stderr(&out));
+    assert_fails_with(&out, 2, "bad.json:2:");
     let missing = dir.path().join("missing.json");
     let out = run_bin(
         &[
@@ -340,12 +339,7 @@ async fn bad_case_files_are_clear_errors() {
         &[],
     )
     .await;
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("cannot read case file"),
-        "{}",
-        stderr(&out)
-    );
+    assert_fails_with(&out, 2, "cannot read case file");
 }
 
 #[tokio::test(flavor = "multi_thread")]

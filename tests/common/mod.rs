@@ -141,9 +141,32 @@ pub async fn run_bin(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().await.expect("the binary runs")
 }
 
+/// Ids of the simulator's cases whose history holds a change made through the API (of
+/// `field`, when given).
+pub fn changed_by_api(sim: &Simulator, field: Option<&str>) -> std::collections::HashSet<String> {
+    sim.state()
+        .cases
+        .iter()
+        .filter(|c| {
+            c["history"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|h| h["api"] == true && field.is_none_or(|f| h["field"] == f))
+        })
+        .map(|c| c["_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// The binary exited with `code`; otherwise fail showing everything it printed.
 pub fn assert_exit(o: &Output, code: i32) {
     assert_eq!(o.status.code(), Some(code), "{}\n{}", stdout(o), stderr(o));
+}
+
+/// The binary exited with `code` and said `message` on stderr.
+pub fn assert_fails_with(o: &Output, code: i32, message: &str) {
+    assert_eq!(o.status.code(), Some(code), "{}", stderr(o));
+    assert!(stderr(o).contains(message), "{}", stderr(o));
 }
 
 pub fn stdout(o: &Output) -> String {
