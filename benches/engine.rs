@@ -25,7 +25,7 @@ fn rate(set: &RuleSet, cases: &[Case], env: &EvalEnv) -> (f64, usize) {
         for case in cases {
             for (_, result) in set.evaluate_case(&set.rules, case, env) {
                 evals += 1;
-                changes += result.map(|c| c.len()).unwrap_or(0);
+                changes += result.map(|c| c.changes.len()).unwrap_or(0);
             }
         }
         best = best.max(evals as f64 / start.elapsed().as_secs_f64());

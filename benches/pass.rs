@@ -62,7 +62,7 @@ async fn main() {
     }
     let client = Client::new(ClientSettings {
         url: format!("http://127.0.0.1:{port}"),
-        flavor: ApiFlavor::Legacy,
+        flavor: Some(ApiFlavor::Legacy),
         credentials: credentials(Some("demo@example.com"), "bench-key"),
         ca_pem: None,
         insecure_skip_tls_verify: false,

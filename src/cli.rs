@@ -55,8 +55,9 @@ pub enum Command {
     Run,
     /// Run one pass now and print a summary (exit 0 ok, 1 some change failed, 2 config/rule error)
     Once(OnceArgs),
-    /// Validate the config and compile every rule; errors name file:line:col (exit 0/2)
-    Check,
+    /// Validate the config and compile every rule (errors name file:line:col), then probe
+    /// the server: token, one page, update flavour (exit 0 ok, 2 config/rule error, 3 server)
+    Check(CheckArgs),
     /// Evaluate one rule offline on a case file and print the changes it would make
     TestRule(TestRuleArgs),
     /// Query the audit log, or verify its hash chain (`audit verify`)
@@ -75,6 +76,13 @@ pub struct OnceArgs {
     /// Only run this rule (repeatable); disabled rules run when named
     #[arg(long = "rule", value_name = "NAME")]
     pub rules: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Config and rules only: no key or server needed
+    #[arg(long)]
+    pub offline: bool,
 }
 
 #[derive(Debug, Args)]
@@ -179,6 +187,9 @@ pub struct SimulateArgs {
     /// API key (Basic with --user, or alone as a Bearer per-user key)
     #[arg(long, default_value = "demo-key")]
     pub api_key: String,
+    /// Also accept Basic user:key on every call (the vendor's on-prem sync mode)
+    #[arg(long)]
+    pub accept_basic: bool,
     /// Lifetime of issued tokens in seconds
     #[arg(long, default_value_t = 600)]
     pub token_ttl: u64,
@@ -250,7 +261,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             }
         },
         Command::Once(args) => once(&cli, args).await,
-        Command::Check => check(&cli),
+        Command::Check(args) => check(&cli, args).await,
         Command::TestRule(args) => test_rule(args),
         Command::Audit(args) => audit(&cli, args).await,
         Command::Simulate(args) => simulate(args).await,
@@ -258,7 +269,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
-fn check(cli: &Cli) -> anyhow::Result<u8> {
+async fn check(cli: &Cli, args: &CheckArgs) -> anyhow::Result<u8> {
     let path = config_path(cli);
     let mut ok = true;
     let config = match Config::load(&path) {
@@ -272,7 +283,9 @@ fn check(cli: &Cli) -> anyhow::Result<u8> {
     let Some(config) = config else {
         return Ok(2);
     };
-    if let Err(e) = config.api_key() {
+    if !args.offline
+        && let Err(e) = config.api_key()
+    {
         eprintln!("error: {e}");
         ok = false;
     }
@@ -307,7 +320,73 @@ fn check(cli: &Cli) -> anyhow::Result<u8> {
         }
         None => ok = false,
     }
-    Ok(if ok { 0 } else { 2 })
+    if !ok {
+        return Ok(2);
+    }
+    if args.offline {
+        return Ok(0);
+    }
+    probe_server(&config).await
+}
+
+/// `check` online: the key is accepted, a page of cases lists, and which update flavour
+/// the server takes (asked with an empty update of a case that does not exist).
+async fn probe_server(config: &Config) -> anyhow::Result<u8> {
+    let client = match connect(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(2);
+        }
+    };
+    let url = &config.stellar.url;
+    let unreachable = |e: ApiError| {
+        eprintln!("error: server {url}: {e}");
+        Ok(3)
+    };
+    if let Err(e) = client.authenticate().await {
+        return unreachable(e);
+    }
+    let page = match client.list_cases(Vec::new()).next_page().await {
+        Ok(page) => page.unwrap_or_default(),
+        Err(e) => return unreachable(e),
+    };
+    println!(
+        "server {url}: key accepted, first page lists {} case(s)",
+        page.cases.len()
+    );
+    let configured = config.stellar.api_flavor.fixed();
+    let first = client.flavor();
+    let takes = |f: ApiFlavor| {
+        let client = client.clone();
+        async move { client.probe_update_route(f).await }
+    };
+    let found = match takes(first).await {
+        Ok(true) => first,
+        Ok(false) => match takes(first.other()).await {
+            Ok(true) => first.other(),
+            Ok(false) => {
+                eprintln!("error: server {url}: refuses both update calls (HTTP 405)");
+                return Ok(3);
+            }
+            Err(e) => return unreachable(e),
+        },
+        Err(e) => return unreachable(e),
+    };
+    match configured {
+        Some(c) if c != found => {
+            eprintln!(
+                "error: {}: stellar.api_flavor is \"{c}\" but the server takes the {found} update call: set stellar.api_flavor = \"{found}\" (or \"auto\")",
+                config.source.display()
+            );
+            return Ok(2);
+        }
+        Some(c) => println!("api flavour: {c} (configured; the server takes its update call)"),
+        None => println!(
+            "api flavour: {found} (detected: the server takes its update call; stellar.api_flavor = \"auto\")"
+        ),
+    }
+    Ok(0)
 }
 
 fn connect(config: &Config) -> anyhow::Result<Client> {
@@ -350,12 +429,9 @@ async fn once(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
     )
     .await?;
     if let Err(e) = client.authenticate().await {
+        // The server could not be reached or refused the key.
         eprintln!("error: {e}");
-        return Ok(if matches!(e, ApiError::KeyRejected { .. }) {
-            2
-        } else {
-            1
-        });
+        return Ok(3);
     }
     let ctx = PassContext {
         client,
@@ -509,8 +585,16 @@ fn test_rule(args: &TestRuleArgs) -> anyhow::Result<u8> {
             return Ok(2);
         }
     };
-    let json: serde_json::Value = match serde_json::from_str(&raw) {
-        Ok(v) => v,
+    let json = match crate::stellar::model::parse_lenient(&raw) {
+        Ok((v, repaired)) => {
+            if repaired {
+                eprintln!(
+                    "warning: {}: not strict JSON (trailing commas); read without them",
+                    args.cases.display()
+                );
+            }
+            v
+        }
         Err(e) => {
             eprintln!(
                 "error: {}:{}:{}: not valid JSON: {e}",
@@ -521,12 +605,12 @@ fn test_rule(args: &TestRuleArgs) -> anyhow::Result<u8> {
             return Ok(2);
         }
     };
-    let Some(items) = crate::rules::cases_from_json(json) else {
-        eprintln!(
-            "error: {}: expected a case object, an array of cases, or {{\"data\":{{\"cases\":[...]}}}}",
-            args.cases.display()
-        );
-        return Ok(2);
+    let items = match crate::stellar::model::cases_in_answer(json) {
+        Ok(items) => items,
+        Err(e) => {
+            eprintln!("error: {}: {e}", args.cases.display());
+            return Ok(2);
+        }
     };
     let now_ms = match &args.now {
         Some(t) => match chrono::DateTime::parse_from_rfc3339(t) {
@@ -548,6 +632,9 @@ fn test_rule(args: &TestRuleArgs) -> anyhow::Result<u8> {
     let mut out = std::io::stdout().lock();
     if matches!(args.format, TestFormat::Table) {
         writeln!(out, "rule {} ({})", rule.name, rule.file.display())?;
+        if items.is_empty() {
+            writeln!(out, "  (no case in {})", args.cases.display())?;
+        }
     }
     for (n, item) in items.into_iter().enumerate() {
         let case = match Case::from_value(item) {
@@ -558,14 +645,14 @@ fn test_rule(args: &TestRuleArgs) -> anyhow::Result<u8> {
                 continue;
             }
         };
-        let result = set.evaluate(rule, &case.id, case_arg(&case), &env);
+        let result = set.evaluate(rule, &case, case_arg(&case), &env);
         let (plan, error) = match result {
-            Ok(changes) => (
+            Ok(asked) => (
                 Some(plan_case(
                     &case,
                     &[RuleChanges {
                         rule: rule.name.clone(),
-                        changes,
+                        changes: asked.changes,
                     }],
                 )),
                 None,
@@ -700,6 +787,7 @@ async fn simulate(args: &SimulateArgs) -> anyhow::Result<u8> {
         api_key: args.api_key.clone(),
         token_ttl_secs: args.token_ttl,
         cases_file: args.cases_file.clone(),
+        accept_basic: args.accept_basic,
         faults: Faults {
             latency_ms: args.latency_ms,
             error_rate: args.error_rate,

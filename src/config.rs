@@ -7,22 +7,25 @@ use serde::Deserialize;
 
 use crate::secret::Secret;
 
-/// Which generation of the update call the server speaks (see INTERFACE.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, clap::ValueEnum)]
+pub use crate::stellar::ApiFlavor;
+
+/// `stellar.api_flavor`: a fixed flavour, or `auto` to find it from the server's answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
-pub enum ApiFlavor {
-    /// 4.3: `POST /cases?id=`, `priority`, `case_score`.
+pub enum FlavorSetting {
     #[default]
+    Auto,
     Legacy,
-    /// 4.3.7+: `PUT /cases/{id}`, `severity`, `score`.
     V5,
 }
 
-impl ApiFlavor {
-    pub fn as_str(self) -> &'static str {
+impl FlavorSetting {
+    /// The configured flavour; None for `auto`.
+    pub fn fixed(self) -> Option<ApiFlavor> {
         match self {
-            ApiFlavor::Legacy => "legacy",
-            ApiFlavor::V5 => "v5",
+            FlavorSetting::Auto => None,
+            FlavorSetting::Legacy => Some(ApiFlavor::Legacy),
+            FlavorSetting::V5 => Some(ApiFlavor::V5),
         }
     }
 }
@@ -77,7 +80,7 @@ pub struct Config {
 pub struct StellarConfig {
     pub url: String,
     #[serde(default)]
-    pub api_flavor: ApiFlavor,
+    pub api_flavor: FlavorSetting,
     pub user: Option<String>,
     pub api_key_file: Option<PathBuf>,
     pub api_key_env: Option<String>,
@@ -421,7 +424,7 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(c.stellar.page_size, 100);
-        assert_eq!(c.stellar.api_flavor, ApiFlavor::Legacy);
+        assert_eq!(c.stellar.api_flavor, FlavorSetting::Auto);
         assert_eq!(c.daemon.max_changes_per_run, 500);
         assert_eq!(c.audit.path, Path::new("/etc/casewarden/a.db"));
         assert_eq!(c.daemon.rules_dir, Path::new("/etc/casewarden/rules"));

@@ -95,7 +95,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<u8> {
     let defaults = crate::config::DaemonConfig::default();
     let client = Client::new(ClientSettings {
         url: sim.url.clone(),
-        flavor: ApiFlavor::Legacy,
+        flavor: Some(ApiFlavor::Legacy),
         credentials: credentials(Some("demo@example.com"), "demo-key"),
         ca_pem: None,
         insecure_skip_tls_verify: false,

@@ -14,7 +14,6 @@ use crate::audit::{AuditStore, NewEvent, Outcome, PassTotals};
 use crate::config::{ApiFlavor, Config};
 use crate::plan::{self, CasePlan, ChangeKind, Decision, RuleChanges};
 use crate::rules::{EvalEnv, EvalError, Rule, RuleSet};
-use crate::stellar::model::{history_of, is_own_entry};
 use crate::stellar::{ApiError, Case, Client};
 
 /// Errors logged in full per rule and pass; the rest are counted.
@@ -126,6 +125,8 @@ struct Evaluated {
     requests: Vec<RuleChanges>,
     seen_by: Vec<usize>,
     errors: Vec<(usize, EvalError)>,
+    /// A rule needed the case's activities to tell when a person last touched it.
+    wants_activities: bool,
 }
 
 /// Who casewarden is in case histories: its API user's email and, from the users list, id.
@@ -175,6 +176,33 @@ fn pushdown(rules: &[Arc<Rule>]) -> Vec<(String, String)> {
     out
 }
 
+/// Evaluates every due rule on one case.
+fn evaluate_one(set: &RuleSet, rules: &[Arc<Rule>], case: Case, env: &EvalEnv) -> Evaluated {
+    let mut ev = Evaluated {
+        requests: Vec::new(),
+        seen_by: Vec::new(),
+        errors: Vec::new(),
+        wants_activities: false,
+        case,
+    };
+    for (i, result) in set.evaluate_case(rules, &ev.case, env) {
+        ev.seen_by.push(i);
+        match result {
+            Ok(asked) => {
+                ev.wants_activities |= asked.wants_activities;
+                if !asked.changes.is_empty() {
+                    ev.requests.push(RuleChanges {
+                        rule: rules[i].name.clone(),
+                        changes: asked.changes,
+                    });
+                }
+            }
+            Err(e) => ev.errors.push((i, e)),
+        }
+    }
+    ev
+}
+
 /// Evaluates every rule on every case of a page, in parallel across cores.
 fn evaluate_page(
     set: &RuleSet,
@@ -182,26 +210,7 @@ fn evaluate_page(
     cases: Vec<Case>,
     env: &EvalEnv,
 ) -> Vec<Evaluated> {
-    let eval_one = |case: Case| {
-        let mut ev = Evaluated {
-            requests: Vec::new(),
-            seen_by: Vec::new(),
-            errors: Vec::new(),
-            case,
-        };
-        for (i, result) in set.evaluate_case(rules, &ev.case, env) {
-            ev.seen_by.push(i);
-            match result {
-                Ok(changes) if !changes.is_empty() => ev.requests.push(RuleChanges {
-                    rule: rules[i].name.clone(),
-                    changes,
-                }),
-                Ok(_) => {}
-                Err(e) => ev.errors.push((i, e)),
-            }
-        }
-        ev
-    };
+    let eval_one = |case: Case| evaluate_one(set, rules, case, env);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     if threads == 1 || cases.len() < 16 {
         return cases.into_iter().map(eval_one).collect();
@@ -222,6 +231,53 @@ fn evaluate_page(
             .flat_map(|h| h.join().unwrap_or_default())
             .collect()
     })
+}
+
+/// Cases whose last human activity only their `/activities` can tell (casewarden made
+/// the last change and the server sends no `history`), asked about by a rule: reads those
+/// activities, once per case, and evaluates the case again with them. A case whose
+/// activities cannot be read keeps its first evaluation, which took it as recently touched.
+async fn with_activities(
+    ctx: &PassContext,
+    set: &RuleSet,
+    rules: &[Arc<Rule>],
+    env: &EvalEnv,
+    mut evaluated: Vec<Evaluated>,
+) -> anyhow::Result<Vec<Evaluated>> {
+    let wanted: Vec<(usize, Case)> = evaluated
+        .iter()
+        .enumerate()
+        .filter(|(_, ev)| ev.wants_activities)
+        .map(|(i, ev)| (i, ev.case.clone()))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(evaluated);
+    }
+    let read: Vec<(usize, Case)> = futures::stream::iter(wanted)
+        .map(|(i, mut case)| async move {
+            match ctx.client.list_activities(&case.id).await {
+                Ok(activities) => {
+                    case.activities = Some(Arc::new(activities));
+                    Some((i, case))
+                }
+                Err(e) => {
+                    tracing::warn!(case_id = %case.id, error = %e, "cannot read the case's activities; rules take it as touched by a person just now");
+                    None
+                }
+            }
+        })
+        .buffer_unordered(ctx.settings.max_in_flight.max(1))
+        .filter_map(|x| async move { x })
+        .collect()
+        .await;
+    let (slots, cases): (Vec<usize>, Vec<Case>) = read.into_iter().unzip();
+    let (set, rules, env) = (set.clone(), rules.to_vec(), env.clone());
+    let again =
+        tokio::task::spawn_blocking(move || evaluate_page(&set, &rules, cases, &env)).await?;
+    for (i, ev) in slots.into_iter().zip(again) {
+        evaluated[i] = ev;
+    }
+    Ok(evaluated)
 }
 
 fn event(run_id: &str, rule: &Rule, plan: &CasePlan, d: &Decision, dry_run: bool) -> NewEvent {
@@ -286,49 +342,6 @@ fn resolve_assignees(
             }
         }
     }
-}
-
-/// Whether a history entry's field is the decision's field (v5 servers call priority
-/// `severity`).
-fn same_field(history_field: &str, field: &str) -> bool {
-    history_field == field || (field == "priority" && history_field == "severity")
-}
-
-/// A person changed `field` after casewarden's own last change of it by `rule`.
-async fn overridden(
-    audit: &AuditStore,
-    case: &Case,
-    d: &Decision,
-    own: &[String],
-) -> Result<bool, crate::audit::AuditError> {
-    let history = history_of(case.raw());
-    let is_own = |h: &crate::stellar::model::HistoryEntry| is_own_entry(h.api, &h.user, own);
-    if !history
-        .iter()
-        .any(|h| same_field(&h.field, &d.field) && !is_own(h))
-    {
-        return Ok(false);
-    }
-    let Some(last) = audit.last_applied(&case.id, &d.rule, &d.field).await? else {
-        return Ok(false);
-    };
-    if d.field == "tags" && last.new != d.new {
-        return Ok(false);
-    }
-    let ours = history
-        .iter()
-        .filter(|h| same_field(&h.field, &d.field) && is_own(h))
-        .map(|h| h.timestamp)
-        .max()
-        .or_else(|| {
-            chrono::DateTime::parse_from_rfc3339(&last.recorded_at)
-                .ok()
-                .map(|t| t.timestamp_millis())
-        })
-        .unwrap_or(i64::MAX);
-    Ok(history
-        .iter()
-        .any(|h| same_field(&h.field, &d.field) && !is_own(h) && h.timestamp > ours))
 }
 
 /// Runs one pass with `rules` and records it.
@@ -460,6 +473,19 @@ async fn run(
         let evaluated =
             tokio::task::spawn_blocking(move || evaluate_page(&set2, &rules2, page.cases, &env2))
                 .await?;
+        let evaluated = with_activities(ctx, set, &rules, &env, evaluated).await?;
+        let ids: Vec<&str> = evaluated
+            .iter()
+            .filter(|ev| !ev.requests.is_empty())
+            .map(|ev| ev.case.id.as_str())
+            .collect();
+        let mut memory: HashMap<String, Vec<(String, String)>> = HashMap::new();
+        for row in ctx.audit.applied_changes(&ids).await? {
+            memory
+                .entry(row.case_id)
+                .or_default()
+                .push((row.field, row.new.unwrap_or_default()));
+        }
 
         let mut deferred_events = Vec::new();
         for mut ev in evaluated {
@@ -497,17 +523,9 @@ async fn run(
                     d.skipped = Some("the legacy (4.3) update call has no resolution field; the status is set without it".into());
                 }
             }
-            let mut override_skips = Vec::new();
-            for (k, d) in plan.decisions.iter().enumerate() {
-                if d.is_planned()
-                    && d.field != "comment"
-                    && overridden(&ctx.audit, &ev.case, d, &own).await?
-                {
-                    override_skips.push(k);
-                }
-            }
-            for k in override_skips {
-                plan.decisions[k].skipped = Some("overridden by a person".into());
+            if let Some(applied) = memory.get(&ev.case.id) {
+                let memory = plan::remember(applied.iter().map(|(f, n)| (f.as_str(), n.as_str())));
+                plan::skip_overridden(&mut plan, &ev.case, &memory, &own);
             }
             let mut wanted: Vec<usize> = plan
                 .decisions
@@ -653,27 +671,32 @@ async fn run(
         run_id: report.run_id.clone(),
         cancel: opts.cancel.clone(),
         audit_broken,
+        wrong_flavor: std::sync::OnceLock::new(),
         comment_changes: ctx.settings.comment_changes,
     });
-    let results: Vec<(usize, Vec<(usize, bool)>)> = futures::stream::iter(work)
+    let results: Vec<(usize, Vec<(usize, Outcome)>)> = futures::stream::iter(work)
         .map(|(pi, p)| apply.clone().apply(pi, p))
         .buffer_unordered(ctx.settings.max_in_flight.max(1))
         .collect()
         .await;
+    if let Some(e) = apply.wrong_flavor.get() {
+        tracing::error!(error = %e, "no further change is sent this pass");
+        report.error = Some(e.clone());
+    }
     drop(apply);
     writer.await??;
     report.interrupted |= opts.cancelled();
     for (pi, outcomes) in results {
-        for (di, ok) in outcomes {
+        for (di, outcome) in outcomes {
             let d = &retained[pi].decisions[di];
             if let Some(&ri) = index_of.get(d.rule.as_str()) {
-                if ok {
-                    report.rules[ri].applied += 1;
-                    report.applied += 1;
-                } else {
-                    report.rules[ri].failed += 1;
-                    report.failed += 1;
-                }
+                let (by_rule, total) = match outcome {
+                    Outcome::Applied => (&mut report.rules[ri].applied, &mut report.applied),
+                    Outcome::Skipped => (&mut report.rules[ri].skipped, &mut report.skipped),
+                    _ => (&mut report.rules[ri].failed, &mut report.failed),
+                };
+                *by_rule += 1;
+                *total += 1;
             }
         }
     }
@@ -681,7 +704,34 @@ async fn run(
     Ok(())
 }
 
-type DecisionResult = Result<(), (String, Option<u16>)>;
+/// Why a planned decision was not applied, and whether that is a failure or a skip.
+#[derive(Debug, Clone)]
+struct NotApplied {
+    why: String,
+    status: Option<u16>,
+    outcome: Outcome,
+}
+
+impl NotApplied {
+    fn failed(why: impl Into<String>, status: Option<u16>) -> NotApplied {
+        NotApplied {
+            why: why.into(),
+            status,
+            outcome: Outcome::Failed,
+        }
+    }
+
+    /// A change the server was never asked to make, for a reason of configuration.
+    fn skipped(why: impl Into<String>) -> NotApplied {
+        NotApplied {
+            why: why.into(),
+            status: None,
+            outcome: Outcome::Skipped,
+        }
+    }
+}
+
+type DecisionResult = Result<(), NotApplied>;
 
 /// What sending one case's changes needs, owned so each send is a `'static` task.
 struct Applier {
@@ -692,33 +742,49 @@ struct Applier {
     run_id: String,
     cancel: Option<Arc<AtomicBool>>,
     audit_broken: Arc<AtomicBool>,
+    /// Set by the first update refused for the configured flavour: nothing more is sent.
+    wrong_flavor: std::sync::OnceLock<String>,
     comment_changes: bool,
 }
 
 impl Applier {
     /// Sends (or, once shutdown began, does not send) one case's update and hands the
-    /// outcome rows to the audit writer; returns (decision index, applied?) pairs.
-    async fn apply(self: Arc<Self>, pi: usize, p: CasePlan) -> (usize, Vec<(usize, bool)>) {
+    /// outcome rows to the audit writer; returns (decision index, outcome) pairs.
+    async fn apply(self: Arc<Self>, pi: usize, p: CasePlan) -> (usize, Vec<(usize, Outcome)>) {
         let stop = if self.audit_broken.load(Ordering::SeqCst) {
-            Some("not sent: the audit log cannot be written")
+            Some(NotApplied::failed(
+                "not sent: the audit log cannot be written",
+                None,
+            ))
         } else if self
             .cancel
             .as_ref()
             .is_some_and(|c| c.load(Ordering::SeqCst))
         {
-            Some("not sent: casewarden is shutting down")
+            Some(NotApplied::failed(
+                "not sent: casewarden is shutting down",
+                None,
+            ))
         } else {
-            None
+            self.wrong_flavor
+                .get()
+                .map(|e| NotApplied::skipped(format!("not sent: {e}")))
         };
         let outcomes = if let Some(why) = stop {
             p.decisions
                 .iter()
                 .enumerate()
                 .filter(|(_, d)| d.is_planned())
-                .map(|(i, _)| (i, Err((why.to_string(), None))))
+                .map(|(i, _)| (i, Err(why.clone())))
                 .collect()
         } else {
-            apply_case(&self.client, &p, self.comment_changes, &self.run_id).await
+            let outcomes = apply_case(&self.client, &p, self.comment_changes, &self.run_id).await;
+            if let Some(Err(n)) = outcomes.first().map(|(_, r)| r)
+                && n.outcome == Outcome::Skipped
+            {
+                let _ = self.wrong_flavor.set(n.why.clone());
+            }
+            outcomes
         };
         let events: Vec<NewEvent> = outcomes
             .iter()
@@ -726,7 +792,7 @@ impl Applier {
                 let d = &p.decisions[*di];
                 let (outcome, error, status) = match result {
                     Ok(()) => (Outcome::Applied, None, None),
-                    Err((msg, status)) => (Outcome::Failed, Some(msg.clone()), *status),
+                    Err(n) => (n.outcome, Some(n.why.clone()), n.status),
                 };
                 NewEvent {
                     run_id: self.run_id.clone(),
@@ -751,7 +817,7 @@ impl Applier {
             pi,
             outcomes
                 .into_iter()
-                .map(|(di, r)| (di, r.is_ok()))
+                .map(|(di, r)| (di, r.map_or_else(|n| n.outcome, |()| Outcome::Applied)))
                 .collect(),
         )
     }
@@ -772,7 +838,7 @@ async fn apply_case(
         let mut out = Vec::new();
         let update: DecisionResult = match plan.body() {
             Some(body) => match client.update_case(&plan.case_id, &body).await {
-                Ok(updated) => check_updated(&updated, plan),
+                Ok(updated) => check_updated(&updated, plan, client.flavor()),
                 Err(e) if may_have_landed(&e) && landed(client, plan).await => {
                     tracing::info!(error = %e, "the update's answer was lost, but reading the case back shows it was applied");
                     Ok(())
@@ -791,9 +857,9 @@ async fn apply_case(
         for &i in &comments {
             text.push(rule_comment(&plan.decisions[i].rule, plan.decisions[i].new.as_deref()));
         }
-        if update.is_err() {
+        if let Err(n) = &update {
             for &i in &comments {
-                out.push((i, Err(("not sent: the case update failed".to_string(), None))));
+                out.push((i, Err(NotApplied { why: "not sent: the case update failed".into(), status: None, outcome: n.outcome })));
             }
         } else if !text.is_empty() {
             text.push(comment_trailer(run_id));
@@ -808,8 +874,8 @@ async fn apply_case(
                 }
                 Err(e) => Err(failure(&e)),
             };
-            if let Err((e, _)) = &posted {
-                tracing::warn!(error = %e, "the case was updated but its explanatory comment could not be posted");
+            if let Err(n) = &posted {
+                tracing::warn!(error = %n.why, "the case was updated but its explanatory comment could not be posted");
             }
             for &i in &comments {
                 out.push((i, posted.clone()));
@@ -868,13 +934,18 @@ async fn comment_texts(client: &Client, case_id: &str) -> Result<Vec<String>, Ap
         .collect())
 }
 
-fn failure(e: &ApiError) -> (String, Option<u16>) {
-    (e.to_string(), e.http_status())
+/// A request that went wrong; a call refused for the configured API flavour was never
+/// taken by the server, and is recorded as skipped.
+fn failure(e: &ApiError) -> NotApplied {
+    match e {
+        ApiError::WrongFlavor { .. } => NotApplied::skipped(e.to_string()),
+        _ => NotApplied::failed(e.to_string(), e.http_status()),
+    }
 }
 
 /// The server answered 2xx; make sure the case it returned holds what we sent.
-fn check_updated(updated: &Value, plan: &CasePlan) -> DecisionResult {
-    let Ok(case) = Case::from_value(updated.clone()) else {
+fn check_updated(updated: &Value, plan: &CasePlan, flavor: ApiFlavor) -> DecisionResult {
+    let Ok(case) = Case::parse(updated.clone(), Some(flavor)) else {
         // Some servers answer with a bare acknowledgement; trust the 2xx.
         return Ok(());
     };
@@ -882,7 +953,7 @@ fn check_updated(updated: &Value, plan: &CasePlan) -> DecisionResult {
     if missing.is_empty() {
         Ok(())
     } else {
-        Err((
+        Err(NotApplied::failed(
             format!(
                 "the server accepted the update but the case does not hold the new {}",
                 missing.join(", ")

@@ -242,6 +242,109 @@ pub fn case_holds(case: &Case, d: &Decision) -> bool {
     }
 }
 
+/// What casewarden last applied to one case: field (per tag for tags, `tags:NAME`) ->
+/// the value it set (`+NAME`/`-NAME` for tags).
+pub type Memory = HashMap<String, String>;
+
+fn memory_key(field: &str, new: &str) -> String {
+    match (field, new.get(1..)) {
+        ("tags", Some(tag)) => format!("tags:{tag}"),
+        _ => field.to_string(),
+    }
+}
+
+/// The memory of one case from the field changes casewarden applied to it, oldest first.
+pub fn remember<'a>(applied: impl IntoIterator<Item = (&'a str, &'a str)>) -> Memory {
+    applied
+        .into_iter()
+        .map(|(field, new)| (memory_key(field, new), new.to_string()))
+        .collect()
+}
+
+/// Human override, from casewarden's own memory rather than the case's history (which
+/// 5.x servers do not send): a field that no longer holds the value casewarden last applied
+/// there was changed by someone else, so no rule sets it again. The skip names who and
+/// when when the case's history or activities tell. A resolution goes with its status.
+pub fn skip_overridden(plan: &mut CasePlan, case: &Case, memory: &Memory, own: &[String]) {
+    let mut overridden_status: Vec<String> = Vec::new();
+    for d in plan.decisions.iter_mut().filter(|d| d.is_planned()) {
+        let new = d.new.as_deref().unwrap_or("");
+        let Some(last) = memory.get(&memory_key(&d.field, new)) else {
+            continue;
+        };
+        let ours = Decision {
+            new: Some(last.clone()),
+            ..d.clone()
+        };
+        if d.field == "comment" || d.field == "resolution" || case_holds(case, &ours) {
+            continue;
+        }
+        d.skipped = Some(format!(
+            "overridden by a person: casewarden set {} {}, the case now holds {}{}",
+            d.field,
+            describe_value(&d.field, last),
+            describe_value(&d.field, &current(case, &d.field, new)),
+            who_changed(case, &d.field, own)
+        ));
+        if d.field == "status" {
+            overridden_status.push(d.rule.clone());
+        }
+    }
+    for d in plan.decisions.iter_mut() {
+        if d.field == "resolution" && d.is_planned() && overridden_status.contains(&d.rule) {
+            d.skipped = Some("overridden by a person: the status it goes with was".into());
+        }
+    }
+}
+
+fn describe_value(field: &str, value: &str) -> String {
+    match (field, value.split_at_checked(1)) {
+        ("tags", Some(("+", t))) => format!("tag {t} added"),
+        ("tags", Some(("-", t))) => format!("tag {t} removed"),
+        _ if value.is_empty() => "(none)".into(),
+        _ => format!("{value:?}"),
+    }
+}
+
+/// The case's current value of `field`, in the memory's form.
+fn current(case: &Case, field: &str, new: &str) -> String {
+    match field {
+        "tags" => {
+            let tag = new.get(1..).unwrap_or("");
+            format!("{}{tag}", if case.has_tag(tag) { "+" } else { "-" })
+        }
+        "priority" => case.priority().to_string(),
+        other => case
+            .raw()
+            .get(other)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
+    }
+}
+
+/// " (by USER at TIME)" from the newest history or activity entry of `field` that is not
+/// casewarden's own, when there is one.
+fn who_changed(case: &Case, field: &str, own: &[String]) -> String {
+    let same = |f: &str| f == field || (field == "priority" && f == "severity");
+    let history = case.history();
+    let entries = history
+        .iter()
+        .chain(case.activities.iter().flat_map(|a| a.iter()));
+    entries
+        .filter(|h| same(&h.field) && !crate::stellar::model::is_own_entry(h.api, &h.user, own))
+        .max_by_key(|h| h.timestamp)
+        .and_then(|h| {
+            let at = chrono::DateTime::from_timestamp_millis(h.timestamp)?;
+            Some(format!(
+                " (by {} at {})",
+                h.user,
+                at.format("%Y-%m-%dT%H:%M:%SZ")
+            ))
+        })
+        .unwrap_or_default()
+}
+
 /// The case as the server would hold it after the plan's update.
 pub fn apply(case: &Case, plan: &CasePlan) -> Case {
     let mut out = case.clone();
@@ -396,6 +499,66 @@ mod tests {
             Some(json!({"status": "Resolved", "resolution": "Benign"}))
         );
         assert_eq!(plan.ticket_id, Some(7));
+    }
+
+    #[test]
+    fn a_field_a_person_changed_after_casewarden_is_not_set_again() {
+        // casewarden set High and added tag x; a person set Low and removed x.
+        let memory = remember([("priority", "High"), ("tags", "+x"), ("status", "Resolved")]);
+        let c = Case::from_value(json!({
+            "_id": "c1", "status": "In Progress", "priority": "Low", "tags": [],
+            "history": [{"field": "priority", "timestamp": 1_700_000_000_000i64, "user": "alice"}]
+        }))
+        .unwrap();
+        let mut plan = plan_case(
+            &c,
+            &[rc(
+                "a",
+                vec![
+                    ChangeKind::Priority("High".into()),
+                    ChangeKind::AddTag("x".into()),
+                    ChangeKind::AddTag("y".into()),
+                    ChangeKind::Resolve("Benign".into()),
+                ],
+            )],
+        );
+        skip_overridden(&mut plan, &c, &memory, &["me".into()]);
+        let skipped: Vec<(&str, &str)> = plan
+            .decisions
+            .iter()
+            .map(|d| {
+                (
+                    d.new.as_deref().unwrap(),
+                    d.skipped.as_deref().unwrap_or("planned"),
+                )
+            })
+            .collect();
+        assert_eq!(
+            skipped[0],
+            (
+                "High",
+                "overridden by a person: casewarden set priority \"High\", the case now holds \"Low\" (by alice at 2023-11-14T22:13:20Z)"
+            )
+        );
+        assert!(skipped[1].1.starts_with("overridden by a person: casewarden set tags tag x added, the case now holds tag x removed"));
+        assert_eq!(skipped[2], ("+y", "planned"));
+        assert!(skipped[3].1.starts_with("overridden by a person"));
+        assert_eq!(
+            skipped[4],
+            (
+                "Benign",
+                "overridden by a person: the status it goes with was"
+            )
+        );
+        // Where the case still holds what casewarden set, nothing is overridden.
+        let held =
+            Case::from_value(json!({"_id": "c1", "priority": "High", "tags": ["x"]})).unwrap();
+        let mut plan = plan_case(
+            &held,
+            &[rc("a", vec![ChangeKind::Priority("Critical".into())])],
+        );
+        skip_overridden(&mut plan, &held, &memory, &[]);
+        assert!(plan.decisions[0].is_planned());
     }
 
     #[test]

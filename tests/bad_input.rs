@@ -36,9 +36,9 @@ const CONFIGS: [(&str, &str, i32, &str); 7] = [
         "no-such-key",
     ),
     (
-        "world-readable key file (warning only)",
-        "api_key_file = \"open_key\"\n",
-        0,
+        "world-readable key file (a warning; then the server cannot be reached: exit 3)",
+        "api_key_file = \"open_key\"\nmax_attempts = 1\n",
+        3,
         "readable by every user",
     ),
     (
@@ -71,7 +71,7 @@ async fn bad_configs() {
         let config = dir.path().join("c.toml");
         std::fs::write(
             &config,
-            format!("[stellar]\nurl = \"https://stellar.example.com\"\n{tail}"),
+            format!("[stellar]\nurl = \"http://127.0.0.1:1\"\n{tail}"),
         )
         .unwrap();
         let out = run_bin(

@@ -178,7 +178,7 @@ async fn update_round_trip(flavor: ApiFlavor) {
     opts.flavor = flavor;
     let sim = start(opts).await;
     let mut s = settings(&sim);
-    s.flavor = flavor;
+    s.flavor = Some(flavor);
     let client = Client::new(s).unwrap();
     let case = list_all(&client, vec![("status".into(), "New".into())])
         .await
@@ -202,8 +202,7 @@ async fn update_round_trip(flavor: ApiFlavor) {
         "priority"
     };
     assert_eq!(stored[key], target);
-    let history = stored["history"].as_array().unwrap();
-    let api: Vec<&Value> = history.iter().filter(|h| h["api"] == true).collect();
+    let api = s.api_changes(&case.id);
     assert!(api.iter().any(|h| h["field"] == key && h["to"] == target));
     assert!(api.iter().any(|h| h["field"] == "tags"));
     let write = s

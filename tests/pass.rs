@@ -40,6 +40,8 @@ fn planted() -> Vec<Value> {
     stale["created_at"] = json!(now - 90 * DAY);
     stale["case_score"] = json!(5);
     stale["history"] = json!([{"field": "status", "from": "New", "to": "In Progress", "timestamp": now - 60 * DAY, "user": PERSON}]);
+    // casewarden itself made the last change: that is not activity.
+    stale["modified_by"] = json!(USER);
     let resolved = base("done", 6, "Resolved", "Low");
     let mut young = base("young", 7, "New", "Medium");
     young["created_at"] = json!(now - 2 * HOUR);
@@ -57,13 +59,7 @@ async fn planted_sim() -> Simulator {
 }
 
 fn api_changes(sim: &Simulator, id: &str) -> Vec<Value> {
-    sim.state().case(id).unwrap()["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|h| h["api"] == true)
-        .cloned()
-        .collect()
+    sim.state().api_changes(id)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -149,6 +149,14 @@ impl EventRow {
 }
 
 /// One row of the passes table.
+/// A field change casewarden applied to a case.
+#[derive(Debug, Clone, FromRow, PartialEq)]
+pub struct AppliedChange {
+    pub case_id: String,
+    pub field: String,
+    pub new: Option<String>,
+}
+
 #[derive(Debug, Clone, FromRow, Serialize, PartialEq)]
 pub struct PassRow {
     pub id: String,
@@ -450,21 +458,26 @@ impl AuditStore {
         .await?)
     }
 
-    /// The newest applied change of `field` on a case by `rule`, with the value it set.
-    pub async fn last_applied(
+    /// casewarden's memory of what it applied to these cases: every applied field change
+    /// (not comments), oldest first, for the planner to keep the newest per field.
+    pub async fn applied_changes(
         &self,
-        case_id: &str,
-        rule: &str,
-        field: &str,
-    ) -> Result<Option<EventRow>, AuditError> {
-        Ok(sqlx::query_as::<_, EventRow>(
-            "SELECT * FROM events WHERE case_id = ? AND rule = ? AND field = ? AND outcome = 'applied' AND dry_run = 0 ORDER BY seq DESC LIMIT 1",
-        )
-        .bind(case_id)
-        .bind(rule)
-        .bind(field)
-        .fetch_optional(&self.pool)
-        .await?)
+        case_ids: &[&str],
+    ) -> Result<Vec<AppliedChange>, AuditError> {
+        if case_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql = String::from(
+            "SELECT case_id, field, new FROM events WHERE outcome = 'applied' AND dry_run = 0 \
+             AND field <> 'comment' AND case_id IN (?",
+        );
+        sql.push_str(&", ?".repeat(case_ids.len() - 1));
+        sql.push_str(") ORDER BY seq");
+        let mut q = sqlx::query_as::<_, AppliedChange>(AssertSqlSafe(sql));
+        for id in case_ids {
+            q = q.bind(*id);
+        }
+        Ok(q.fetch_all(&self.pool).await?)
     }
 
     /// Rows matching `filter`, oldest first, streamed from the database.

@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::view::{CaseView, Fields};
 use crate::plan::{Change, ChangeKind};
 use crate::stellar::model::{
-    PRIORITIES, RESOLUTIONS, STATUSES, entity_of, is_own_entry, parse_entity, priority_rank,
+    HistoryEntry, PRIORITIES, RESOLUTIONS, STATUSES, entity_of, parse_entity, priority_rank,
 };
 
 /// What a rule's environment holds besides the case: the clock and who "we" are.
@@ -27,7 +27,20 @@ struct Collector {
     rule: String,
     now_ms: i64,
     own_users: Arc<Vec<String>>,
+    /// The case's `/activities`, when they were read.
+    activities: Option<Arc<Vec<HistoryEntry>>>,
+    /// `last_human_activity` needed the case's activities and they were not read.
+    wants_activities: bool,
     changes: Vec<Change>,
+}
+
+/// What one evaluation asked for.
+#[derive(Debug, Default)]
+pub struct Asked {
+    pub changes: Vec<Change>,
+    /// The rule asked when a person last touched a case whose answer is only in its
+    /// `/activities`, which were not read: evaluate again once they are.
+    pub wants_activities: bool,
 }
 
 thread_local! {
@@ -35,20 +48,30 @@ thread_local! {
 }
 
 /// Starts collecting for one evaluation on this thread.
-pub(super) fn begin(env: &EvalEnv, rule: &str) {
+pub(super) fn begin(env: &EvalEnv, rule: &str, activities: Option<Arc<Vec<HistoryEntry>>>) {
     CURRENT.with(|c| {
         *c.borrow_mut() = Some(Collector {
             rule: rule.to_string(),
             now_ms: env.now_ms.unwrap_or_else(crate::now_ms),
             own_users: env.own_users.clone(),
+            activities,
+            wants_activities: false,
             changes: Vec::new(),
         })
     });
 }
 
 /// Ends the evaluation and returns what the rule asked for.
-pub(super) fn finish() -> Vec<Change> {
-    CURRENT.with(|c| c.borrow_mut().take().map(|c| c.changes).unwrap_or_default())
+pub(super) fn finish() -> Asked {
+    CURRENT.with(|c| {
+        c.borrow_mut()
+            .take()
+            .map(|c| Asked {
+                changes: c.changes,
+                wants_activities: c.wants_activities,
+            })
+            .unwrap_or_default()
+    })
 }
 
 fn with<T>(f: impl FnOnce(&mut Collector) -> T, fallback: T) -> T {
@@ -183,41 +206,39 @@ fn entity(c: Fields) -> Dynamic {
     }
 }
 
+/// When a person last touched the case (see [`crate::stellar::model::last_human_activity`]).
+/// When the answer needs the case's activities and they were not read, the recent side:
+/// now, so a rule about idle cases never fires on a case a person may have touched.
 fn last_human_activity(c: Fields) -> INT {
-    let own = with(|ctx| ctx.own_users.clone(), Arc::new(Vec::new()));
-    let human = |api: bool, user: &str| !is_own_entry(api, user, &own);
+    let answer = |raw: &serde_json::Map<String, Value>| {
+        with(
+            |ctx| {
+                let at = crate::stellar::model::last_human_activity(
+                    raw,
+                    &ctx.own_users,
+                    ctx.activities.as_deref().map(Vec::as_slice),
+                );
+                if at.is_none() {
+                    ctx.wants_activities = true;
+                }
+                at.unwrap_or(ctx.now_ms)
+            },
+            crate::now_ms(),
+        )
+    };
     match c {
-        Fields::Json(json) => {
-            let created = json.get("created_at").and_then(Value::as_i64).unwrap_or(0);
-            json.get("history")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter(|h| {
-                    let api = h.get("api").and_then(Value::as_bool).unwrap_or(false);
-                    human(api, h.get("user").and_then(Value::as_str).unwrap_or(""))
-                })
-                .filter_map(|h| h.get("timestamp")?.as_i64())
-                .fold(created, INT::max)
-        }
+        Fields::Json(json) => answer(json),
         Fields::Map(map) => {
-            let created = map
-                .get("created_at")
-                .and_then(|v| v.as_int().ok())
-                .unwrap_or(0);
-            let Some(history) = map.get("history").and_then(|h| h.read_lock::<Array>()) else {
-                return created;
-            };
-            history
-                .iter()
-                .filter_map(|h| {
-                    let h = h.read_lock::<Map>()?;
-                    let api = h.get("api").and_then(|v| v.as_bool().ok()).unwrap_or(false);
-                    let user = h.get("user").and_then(|u| u.read_lock::<ImmutableString>());
-                    human(api, user.as_deref().map_or("", |u| u.as_str()))
-                        .then(|| h.get("timestamp")?.as_int().ok())?
-                })
-                .fold(created, INT::max)
+            // The rule made its own copy of the case; read the fields that decide.
+            let mut raw = serde_json::Map::new();
+            for key in ["created_at", "modified_at", "modified_by", "history"] {
+                if let Some(v) = map.get(key)
+                    && let Ok(v) = rhai::serde::from_dynamic::<Value>(v)
+                {
+                    raw.insert(key.to_string(), v);
+                }
+            }
+            answer(&raw)
         }
     }
 }
@@ -288,9 +309,9 @@ mod tests {
 
     fn run(script: &str, env: &EvalEnv) -> (Result<Dynamic, Box<EvalAltResult>>, Vec<Change>) {
         let e = engine();
-        begin(env, "t");
+        begin(env, "t", None);
         let r = e.eval::<Dynamic>(script);
-        (r, finish())
+        (r, finish().changes)
     }
 
     fn fixed(now: i64) -> EvalEnv {

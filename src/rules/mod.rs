@@ -9,28 +9,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rhai::{AST, Dynamic, Engine, EvalAltResult, FnPtr, Position, Scope};
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-pub use library::EvalEnv;
+pub use library::{Asked, EvalEnv};
 use view::CaseView;
 
-use crate::plan::Change;
-use crate::stellar::Case;
-
-/// Query hint keys a rule may push down to the server (plus `FROM~`/`TO~` on timestamps
-/// and score, and a `NOT~` prefix on any of them).
-const HINT_KEYS: [&str; 8] = [
-    "status",
-    "priority",
-    "severity",
-    "assignee",
-    "tags",
-    "tenantid",
-    "cust_id",
-    "ticket_id",
-];
-const RANGE_FIELDS: [&str; 3] = ["created_at", "modified_at", "score"];
+use crate::stellar::{Case, filter};
 
 /// A problem with one rule file, located as precisely as we can.
 #[derive(Debug, Clone, PartialEq)]
@@ -222,7 +206,7 @@ impl RuleSet {
         rules: &[Arc<Rule>],
         case: &Case,
         env: &EvalEnv,
-    ) -> Vec<(usize, Result<Vec<Change>, EvalError>)> {
+    ) -> Vec<(usize, Result<Asked, EvalError>)> {
         let due: Vec<usize> = (0..rules.len())
             .filter(|&i| hints_match(case, &rules[i].query))
             .collect();
@@ -231,33 +215,33 @@ impl RuleSet {
         }
         let view = case_arg(case);
         due.into_iter()
-            .map(|i| (i, self.evaluate(&rules[i], &case.id, view.clone(), env)))
+            .map(|i| (i, self.evaluate(&rules[i], case, view.clone(), env)))
             .collect()
     }
 
-    /// Runs `rule` on one case made with [`case_arg`]; the rule may change its argument
-    /// freely, it is the rule's own.
+    /// Runs `rule` on `case`, passed as `arg` made with [`case_arg`]; the rule may change
+    /// its argument freely, it is the rule's own.
     pub fn evaluate(
         &self,
         rule: &Rule,
-        case_id: &str,
-        case: Dynamic,
+        case: &Case,
+        arg: Dynamic,
         env: &EvalEnv,
-    ) -> Result<Vec<Change>, EvalError> {
-        library::begin(env, &rule.name);
+    ) -> Result<Asked, EvalError> {
+        library::begin(env, &rule.name, case.activities.clone());
         let result = rule
             .evaluate
-            .call::<Dynamic>(&self.engine, &rule.module, (case,));
-        let changes = library::finish();
+            .call::<Dynamic>(&self.engine, &rule.module, (arg,));
+        let asked = library::finish();
         match result {
-            Ok(_) => Ok(changes),
+            Ok(_) => Ok(asked),
             Err(err) => {
                 let (message, pos) = innermost(*err);
                 // Rhai moves a sandbox stop's position to the outermost call, which is ours.
                 let pos = if pos.is_none() { rule.body } else { pos };
                 Err(EvalError {
                     rule: rule.name.clone(),
-                    case_id: case_id.to_string(),
+                    case_id: case.id.clone(),
                     location: format!(
                         "{}:{}:{}",
                         rule.file.display(),
@@ -340,7 +324,7 @@ fn compile(engine: &Engine, file: &Path, text: &str) -> Result<Rule, Vec<RuleErr
     };
     // Run the top level once, only to read the RULE constant.
     let mut scope = Scope::new();
-    library::begin(&EvalEnv::default(), "<loading>");
+    library::begin(&EvalEnv::default(), "<loading>", None);
     let run = engine.run_ast_with_scope(&mut scope, &ast);
     library::finish();
     if let Err(e) = run {
@@ -439,17 +423,11 @@ fn compile(engine: &Engine, file: &Path, text: &str) -> Result<Rule, Vec<RuleErr
 fn parse_hints(map: &rhai::Map) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::new();
     for (key, value) in map {
-        let bare = key.strip_prefix("NOT~").unwrap_or(key);
-        let known = HINT_KEYS.contains(&bare)
-            || ["FROM~", "TO~"].iter().any(|p| {
-                bare.strip_prefix(p)
-                    .is_some_and(|f| RANGE_FIELDS.contains(&f))
-            });
-        if !known {
+        if !filter::is_known(key) {
             return Err(format!(
                 "unknown filter {key:?}: expected one of {}, FROM~/TO~ on {}, optionally NOT~",
-                HINT_KEYS.join(", "),
-                RANGE_FIELDS.join(", ")
+                filter::KEYS.join(", "),
+                filter::RANGE_FIELDS.join(", ")
             ));
         }
         let text = if let Some(arr) = value.read_lock::<rhai::Array>() {
@@ -472,53 +450,7 @@ fn parse_hints(map: &rhai::Map) -> Result<Vec<(String, String)>, String> {
 
 /// Whether a case satisfies a rule's query hints (servers may ignore filters).
 pub fn hints_match(case: &Case, hints: &[(String, String)]) -> bool {
-    hints.iter().all(|(k, v)| {
-        let (key, negate) = match k.strip_prefix("NOT~") {
-            Some(key) => (key, true),
-            None => (k.as_str(), false),
-        };
-        filter_matches(case.raw(), key, v) != negate
-    })
-}
-
-/// One Cases API filter (without `NOT~`) applied to a case object; shared with the
-/// simulator so the server and the client agree on what a filter means.
-pub fn filter_matches(case: &serde_json::Map<String, Value>, key: &str, value: &str) -> bool {
-    let str_field = |k: &str| case.get(k).and_then(Value::as_str).unwrap_or("");
-    let list = || value.split(',').map(str::trim);
-    if let Some(field) = key.strip_prefix("FROM~") {
-        let bound: f64 = value.parse().unwrap_or(f64::MIN);
-        return num_field(case, field).is_some_and(|v| v >= bound);
-    }
-    if let Some(field) = key.strip_prefix("TO~") {
-        let bound: f64 = value.parse().unwrap_or(f64::MAX);
-        return num_field(case, field).is_some_and(|v| v <= bound);
-    }
-    match key {
-        "status" | "assignee" => list().any(|v| v == str_field(key)),
-        "priority" | "severity" => {
-            let p = match str_field("priority") {
-                "" => str_field("severity"),
-                p => p,
-            };
-            list().any(|v| v == p)
-        }
-        "tenantid" | "cust_id" => list().any(|v| v == str_field("cust_id")),
-        "ticket_id" => list().any(|v| case.get("ticket_id").is_some_and(|t| *t == v)),
-        "tags" => {
-            let tags = case.get("tags").and_then(Value::as_array);
-            list().any(|v| tags.is_some_and(|t| t.iter().any(|x| x.as_str() == Some(v))))
-        }
-        _ => true,
-    }
-}
-
-fn num_field(case: &serde_json::Map<String, Value>, field: &str) -> Option<f64> {
-    let v = case.get(field).or_else(|| match field {
-        "score" => case.get("case_score"),
-        _ => None,
-    })?;
-    v.as_f64()
+    filter::recheck(case.raw(), hints)
 }
 
 /// Checks a 6-field cron expression (seconds first), as the scheduler will read it.
@@ -544,22 +476,4 @@ pub fn next_run(expr: &str) -> Option<String> {
         .find_next_occurrence(&now, false)
         .ok()?;
     Some(crate::audit::timestamp(next))
-}
-
-/// Cases from a JSON document: one case, an array of cases, or the API's envelope
-/// `{"data": {"cases": [...]}}` (or `{"data": {case}}`).
-pub fn cases_from_json(v: Value) -> Option<Vec<Value>> {
-    match v {
-        Value::Array(items) => Some(items),
-        Value::Object(mut obj) => match obj.remove("data") {
-            Some(Value::Object(mut data)) => match data.remove("cases") {
-                Some(Value::Array(items)) => Some(items),
-                Some(_) => None,
-                None => Some(vec![Value::Object(data)]),
-            },
-            Some(_) => None,
-            None => Some(vec![Value::Object(obj)]),
-        },
-        _ => None,
-    }
 }

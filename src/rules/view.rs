@@ -247,7 +247,7 @@ mod tests {
             .map(|(i, e)| {
                 let f = FnPtr::new(format!("t{i}")).unwrap();
                 let run = |arg: Dynamic| {
-                    super::super::library::begin(&Default::default(), "t");
+                    super::super::library::begin(&Default::default(), "t", None);
                     let r = f.call::<Dynamic>(&engine, &module, (arg,));
                     super::super::library::finish();
                     r.map(|v| v.to_string()).map_err(|e| e.to_string())

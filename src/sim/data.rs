@@ -63,6 +63,33 @@ pub fn hex_id(label: &str, n: u64) -> String {
         .collect()
 }
 
+/// A change history entry as a 5.x server's `/cases/{id}/activities` lists it: the
+/// entry's field, values, time and user id, the user's name, and whether it came through
+/// the API.
+pub fn activity(case_id: &str, entry: Value, users: &[SimUser]) -> Value {
+    let mut a = match entry {
+        Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    let user = a
+        .get("user")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let name = users
+        .iter()
+        .find(|u| u.user_id == user)
+        .map_or(user.as_str(), |u| u.name.as_str())
+        .to_string();
+    let seq = a.get("timestamp").and_then(Value::as_u64).unwrap_or(0);
+    a.insert("_id".into(), json!(hex_id(case_id, seq)[..24]));
+    a.insert("case_id".into(), json!(case_id));
+    a.insert("user_name".into(), json!(name));
+    let api = a.get("api").and_then(Value::as_bool).unwrap_or(false);
+    a.insert("api".into(), json!(api));
+    Value::Object(a)
+}
+
 /// The server's users: the API user first, then the people cases are assigned to.
 pub fn users(api_user: &str) -> Vec<SimUser> {
     std::iter::once((api_user, "casewarden automation"))
@@ -130,14 +157,17 @@ fn one_case(
         rng,
         &[("Low", 30), ("Medium", 35), ("High", 25), ("Critical", 10)],
     );
-    let case_age = match status {
-        "New" if rng.u32(0..100) < 80 => age(rng, 5 * 60_000, 20 * HOUR),
-        "New" => age(rng, DAY, 10 * DAY),
-        "In Progress" | "Escalated" => age(rng, HOUR, 90 * DAY),
+    let case_age = match (status, rng.u32(0..100)) {
+        ("New", 0..70) => age(rng, 5 * 60_000, 20 * HOUR),
+        ("New", 70..90) => age(rng, DAY, 10 * DAY),
+        // Some New cases nobody picked up for weeks: what the escalation rule is for.
+        ("New", _) => age(rng, 14 * DAY, 45 * DAY),
+        ("In Progress" | "Escalated", _) => age(rng, HOUR, 90 * DAY),
         _ => age(rng, DAY, 180 * DAY),
     };
     let created = now - case_age;
     let modified = created + (rng.f64() * case_age as f64 * 0.3) as i64;
+    let status_by = people[rng.usize(0..4)].clone();
     let acknowledged = if status == "New" && rng.u32(0..100) < 70 {
         0
     } else {
@@ -174,14 +204,14 @@ fn one_case(
             hex_id("host", rng.u64(..))
         ),
     };
-    let (tenant, _) = TENANTS[rng.usize(0..TENANTS.len())];
+    let (tenant, tenant_name) = TENANTS[rng.usize(0..TENANTS.len())];
     let score = rng.u32(1..=100);
     let mut history = vec![json!({"field": "created_at", "timestamp": created, "user": "System"})];
     if !assignee.is_empty() {
         history.push(json!({"field": "assignee", "from": "", "to": assignee, "timestamp": acknowledged.max(created + 1), "user": people[rng.usize(0..4)].user_id}));
     }
     if status != "New" {
-        history.push(json!({"field": "status", "from": "New", "to": status, "timestamp": modified, "user": people[rng.usize(0..4)].user_id}));
+        history.push(json!({"field": "status", "from": "New", "to": status, "timestamp": modified, "user": status_by.user_id}));
     }
     let event_ids: Vec<Value> = (0..rng.usize(1..5))
         .map(|_| json!({"_id": hex_id("event", rng.u64(..)), "_index": "aella-ser-1658966542094-"}))
@@ -217,8 +247,36 @@ fn one_case(
             obj.insert("case_score".into(), json!(score));
         }
         ApiFlavor::V5 => {
+            // As recorded 5.x servers send it: 24-hex ids, float scores, user ids and
+            // names, and no acknowledged/closed on some cases.
+            let id = obj["_id"].as_str().unwrap_or("")[..24].to_string();
+            obj.insert("_id".into(), json!(id));
             obj.insert("severity".into(), json!(priority));
-            obj.insert("score".into(), json!(score));
+            obj.insert(
+                "score".into(),
+                json!(score as f64 - rng.u32(0..10) as f64 / 10.0),
+            );
+            let name_of = |user: &str| {
+                people
+                    .iter()
+                    .find(|p| p.user_id == user)
+                    .map_or("Unassigned", |p| p.name.as_str())
+                    .to_string()
+            };
+            obj.insert("assignee_name".into(), json!(name_of(&assignee)));
+            obj.insert("created_by_name".into(), json!("System"));
+            let (modifier, modifier_name) = if status == "New" {
+                (String::new(), "System".to_string())
+            } else {
+                (status_by.user_id.clone(), status_by.name.clone())
+            };
+            obj.insert("modified_by".into(), json!(modifier));
+            obj.insert("modified_by_name".into(), json!(modifier_name));
+            obj.insert("tenant_name".into(), json!(tenant_name));
+            if rng.u32(0..100) < 30 {
+                obj.remove("acknowledged");
+                obj.remove("closed");
+            }
         }
     }
     case

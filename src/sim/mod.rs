@@ -21,7 +21,7 @@ use futures::StreamExt as _;
 use serde_json::{Map, Value, json};
 
 use crate::config::ApiFlavor;
-use crate::stellar::model::{PRIORITIES, RESOLUTIONS, STATUSES};
+use crate::stellar::model::{PRIORITIES, RESOLUTIONS, STATUSES, cases_in_answer, parse_lenient};
 use data::SimUser;
 
 /// How the simulator starts.
@@ -35,6 +35,9 @@ pub struct SimOptions {
     pub token_ttl_secs: u64,
     /// Cases loaded from a JSON array instead of generated.
     pub cases_file: Option<PathBuf>,
+    /// Also accept `Authorization: Basic user:key` on every call, as the vendor's on-prem
+    /// sync mode sends it, instead of a JWT.
+    pub accept_basic: bool,
     pub faults: Faults,
 }
 
@@ -48,6 +51,7 @@ impl Default for SimOptions {
             api_key: "demo-key".into(),
             token_ttl_secs: 600,
             cases_file: None,
+            accept_basic: false,
             faults: Faults::default(),
         }
     }
@@ -130,9 +134,13 @@ pub struct SimState {
     pub cases: Vec<Value>,
     index: HashMap<String, usize>,
     pub comments: HashMap<String, Vec<Value>>,
+    /// v5: each case's change history, served at `/cases/{id}/activities` (v5 case
+    /// objects carry no `history`).
+    pub activities: HashMap<String, Vec<Value>>,
     pub users: Vec<SimUser>,
     api_user: String,
     api_key: String,
+    accept_basic: bool,
     pub token_ttl_secs: u64,
     tokens: HashMap<String, i64>,
     /// Every JWT handed out, so tests can grep logs for them.
@@ -150,10 +158,16 @@ pub struct SimState {
 impl SimState {
     pub fn new(opts: &SimOptions) -> anyhow::Result<SimState> {
         let users = data::users(&opts.user);
-        let cases = match &opts.cases_file {
+        let mut cases = match &opts.cases_file {
             Some(path) => load_cases(path)?,
             None => data::generate(opts.cases, opts.seed, crate::now_ms(), opts.flavor, &users),
         };
+        let mut activities = HashMap::new();
+        if opts.flavor == ApiFlavor::V5 {
+            for case in &mut cases {
+                take_history(case, &mut activities, &users);
+            }
+        }
         let index = cases
             .iter()
             .enumerate()
@@ -164,9 +178,11 @@ impl SimState {
             cases,
             index,
             comments: HashMap::new(),
+            activities,
             users,
             api_user: opts.user.clone(),
             api_key: opts.api_key.clone(),
+            accept_basic: opts.accept_basic,
             token_ttl_secs: opts.token_ttl_secs,
             tokens: HashMap::new(),
             issued_tokens: Vec::new(),
@@ -186,8 +202,12 @@ impl SimState {
     }
 
     /// Adds or replaces a case (tests plant exactly the cases they need, broken ones too).
-    pub fn put_case(&mut self, case: Value) {
+    /// On v5 its `history` moves to its activities, as a 5.x server keeps it.
+    pub fn put_case(&mut self, mut case: Value) {
         self.version += 1;
+        if self.flavor == ApiFlavor::V5 {
+            take_history(&mut case, &mut self.activities, &self.users);
+        }
         let Some(id) = case.get("_id").and_then(Value::as_str).map(str::to_string) else {
             self.cases.push(case);
             return;
@@ -219,41 +239,121 @@ impl SimState {
         &self.users[0].user_id
     }
 
-    /// A person changing a case in the UI: records history without `api`.
-    pub fn human_change(&mut self, case_id: &str, user_email: &str, field: &str, to: Value) {
-        let user = self
+    /// A person changing a case in the UI, `ago_ms` before now: records the change
+    /// without `api`, as its last modification.
+    pub fn human_change_at(
+        &mut self,
+        case_id: &str,
+        user_email: &str,
+        field: &str,
+        to: Value,
+        ago_ms: i64,
+    ) {
+        let (user, name) = self
             .users
             .iter()
             .find(|u| u.email == user_email)
-            .map(|u| u.user_id.clone())
-            .unwrap_or_else(|| user_email.to_string());
-        if let Some(&i) = self.index.get(case_id) {
-            self.version += 1;
-            let case = self.cases[i].as_object_mut().expect("cases are objects");
-            let from = case.get(field).cloned().unwrap_or(Value::Null);
-            let now = crate::now_ms();
-            case.insert(field.to_string(), to.clone());
-            case.insert("modified_at".into(), json!(now));
-            push_history(
-                case,
-                json!({"field": field, "from": from, "to": to, "timestamp": now, "user": user}),
-            );
+            .map(|u| (u.user_id.clone(), u.name.clone()))
+            .unwrap_or_else(|| (user_email.to_string(), user_email.to_string()));
+        let modifier = match self.flavor {
+            ApiFlavor::Legacy => user_email.to_string(),
+            ApiFlavor::V5 => user.clone(),
+        };
+        let Some(&i) = self.index.get(case_id) else {
+            return;
+        };
+        self.version += 1;
+        let at = crate::now_ms() - ago_ms;
+        let case = self.cases[i].as_object_mut().expect("cases are objects");
+        let from = case.get(field).cloned().unwrap_or(Value::Null);
+        case.insert(field.to_string(), to.clone());
+        case.insert("modified_at".into(), json!(at));
+        case.insert("modified_by".into(), json!(modifier));
+        let entry = json!({"field": field, "from": from, "to": to, "timestamp": at, "user": user});
+        self.record_change(case_id, entry, &name);
+    }
+
+    /// A person changing a case in the UI, now.
+    pub fn human_change(&mut self, case_id: &str, user_email: &str, field: &str, to: Value) {
+        self.human_change_at(case_id, user_email, field, to, 0);
+    }
+
+    /// Files one change where the flavour keeps it: the case's `history` (legacy) or its
+    /// activities (v5, which also name the modifier on the case).
+    fn record_change(&mut self, case_id: &str, entry: Value, user_name: &str) {
+        let Some(&i) = self.index.get(case_id) else {
+            return;
+        };
+        let case = self.cases[i].as_object_mut().expect("cases are objects");
+        match self.flavor {
+            ApiFlavor::Legacy => push_history(case, entry),
+            ApiFlavor::V5 => {
+                case.insert("modified_by_name".into(), json!(user_name));
+                self.activities
+                    .entry(case_id.to_string())
+                    .or_default()
+                    .push(data::activity(case_id, entry, &self.users));
+            }
         }
+    }
+
+    /// The changes made through the API to a case: its `history` entries (legacy) or
+    /// activities (v5) with `"api": true`.
+    pub fn api_changes(&self, case_id: &str) -> Vec<Value> {
+        let entries = match self.flavor {
+            ApiFlavor::Legacy => self
+                .case(case_id)
+                .and_then(|c| c.get("history"))
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default(),
+            ApiFlavor::V5 => self.activities.get(case_id).cloned().unwrap_or_default(),
+        };
+        entries.into_iter().filter(|h| h["api"] == true).collect()
     }
 }
 
+/// Moves a case's `history` into `activities`, as a 5.x server keeps it.
+fn take_history(case: &mut Value, activities: &mut HashMap<String, Vec<Value>>, users: &[SimUser]) {
+    let Some(obj) = case.as_object_mut() else {
+        return;
+    };
+    let id = obj
+        .get("_id")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    if let Some(Value::Array(history)) = obj.remove("history") {
+        let entries = history
+            .into_iter()
+            .map(|h| data::activity(&id, h, users))
+            .collect();
+        activities.insert(id, entries);
+    }
+}
+
+/// Cases from a file: a case, an array, or any saved answer that holds cases (see
+/// [`cases_in_answer`]), strict JSON or with the trailing commas real documentation prints.
 fn load_cases(path: &Path) -> anyhow::Result<Vec<Value>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("--cases-file {}: {e}", path.display()))?;
-    let v: Value = serde_json::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("--cases-file {}: not JSON: {e}", path.display()))?;
-    match crate::rules::cases_from_json(v) {
-        Some(cases) => Ok(cases),
-        None => anyhow::bail!(
-            "--cases-file {}: expected a JSON array of cases (or the API's {{\"data\":{{\"cases\":[...]}}}})",
-            path.display()
-        ),
+    let (v, repaired) = parse_lenient(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "--cases-file {}:{}:{}: not JSON: {e}",
+            path.display(),
+            e.line(),
+            e.column()
+        )
+    })?;
+    if repaired {
+        tracing::warn!(file = %path.display(), "not strict JSON (trailing commas); read without them");
     }
+    let cases =
+        cases_in_answer(v).map_err(|e| anyhow::anyhow!("--cases-file {}: {e}", path.display()))?;
+    if cases.is_empty() {
+        tracing::warn!(file = %path.display(), "the file holds no case; serving none");
+    }
+    Ok(cases)
 }
 
 type Shared = Arc<Mutex<SimState>>;
@@ -367,7 +467,13 @@ fn router(state: Shared) -> Router {
             "/connect/api/v1/cases/{id}/comments",
             get(list_comments).post(add_comment),
         )
+        .route(
+            "/connect/api/v1/cases/{id}/activities",
+            get(list_activities),
+        )
+        .route("/connect/api/v1/cases/{id}/{part}", get(case_part))
         .route("/connect/api/v1/users", get(list_users))
+        .route("/connect/api/v1/users/{id}", get(get_user))
         .route("/connect/api/v1/tenants", get(list_tenants))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -458,11 +564,7 @@ async fn access_token(State(state): State<Shared>, headers: HeaderMap) -> Respon
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let ok = if let Some(b) = auth.strip_prefix("Basic ") {
-        base64::engine::general_purpose::STANDARD
-            .decode(b.trim())
-            .ok()
-            .and_then(|raw| String::from_utf8(raw).ok())
-            .is_some_and(|pair| pair == format!("{}:{}", s.api_user, s.api_key))
+        basic_ok(&s, b)
     } else if let Some(key) = auth.strip_prefix("Bearer ") {
         key.trim() == s.api_key
     } else {
@@ -488,13 +590,32 @@ async fn access_token(State(state): State<Shared>, headers: HeaderMap) -> Respon
     Json(json!({"access_token": jwt, "exp": exp})).into_response()
 }
 
-/// Checks the Bearer JWT; `Err` is the message of the 401 to send.
+/// Whether `Basic base64(user:key)` carries the simulator's credentials.
+fn basic_ok(s: &SimState, encoded: &str) -> bool {
+    base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()
+        .and_then(|raw| String::from_utf8(raw).ok())
+        .is_some_and(|pair| pair == format!("{}:{}", s.api_user, s.api_key))
+}
+
+/// Checks the Bearer JWT (or, with `accept_basic`, Basic credentials); `Err` is the
+/// message of the 401 to send.
 fn authorize(s: &SimState, headers: &HeaderMap) -> Result<(), &'static str> {
-    let token = headers
+    let auth = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
+    if s.accept_basic
+        && let Some(b) = auth.strip_prefix("Basic ")
+    {
+        return if basic_ok(s, b) {
+            Ok(())
+        } else {
+            Err("invalid credentials")
+        };
+    }
+    let token = auth.strip_prefix("Bearer ").unwrap_or("");
     match s.tokens.get(token) {
         Some(&exp_ms) if exp_ms > crate::now_ms() => Ok(()),
         Some(_) => Err("token expired"),
@@ -546,10 +667,7 @@ async fn list_cases(
             },
             "sort" => sort = Some(v.clone()),
             "order" => desc = v.eq_ignore_ascii_case("desc"),
-            _ => match k.strip_prefix("NOT~") {
-                Some(key) => filters.push((key.to_string(), v.clone(), true)),
-                None => filters.push((k.clone(), v.clone(), false)),
-            },
+            _ => filters.push((k.clone(), v.clone())),
         }
     }
     // Paging re-runs the same query with a growing `skip`; filtering and sorting a large
@@ -565,11 +683,10 @@ async fn list_cases(
         None => {
             let mut hits: Vec<usize> = (0..s.cases.len())
                 .filter(|&i| {
-                    filters.iter().all(|(k, v, negate)| {
+                    filters.iter().all(|(k, v)| {
                         s.cases[i]
                             .as_object()
-                            .is_some_and(|o| crate::rules::filter_matches(o, k, v))
-                            != *negate
+                            .is_some_and(|o| crate::stellar::filter::matches(o, k, v))
                     })
                 })
                 .collect();
@@ -677,10 +794,16 @@ fn update(
         Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
     };
     let api_user_id = s.api_user_id().to_string();
-    let api_user = s.api_user.clone();
+    let api_user_name = s.users[0].name.clone();
+    // 4.3 servers name the modifier by login, 5.x by user id.
+    let modifier = match s.flavor {
+        ApiFlavor::Legacy => s.api_user.clone(),
+        ApiFlavor::V5 => api_user_id.clone(),
+    };
     s.version += 1;
     let now = crate::now_ms();
     let case = s.cases[idx].as_object_mut().expect("cases are objects");
+    let mut entries = Vec::new();
     for (field, to) in changes {
         let from = case.get(&field).cloned().unwrap_or(Value::Null);
         let to = if field == "tags" {
@@ -695,15 +818,15 @@ fn update(
             case.insert("closed".into(), json!(now));
         }
         case.insert(field.clone(), to.clone());
-        push_history(
-            case,
-            json!({"api": true, "field": field, "from": from, "to": to, "timestamp": now, "user": api_user_id}),
-        );
+        entries.push(json!({"api": true, "field": field, "from": from, "to": to, "timestamp": now, "user": api_user_id}));
     }
     case.insert("modified_at".into(), json!(now));
-    case.insert("modified_by".into(), json!(api_user));
+    case.insert("modified_by".into(), json!(modifier));
     let version = case.get("version").and_then(Value::as_i64).unwrap_or(0) + 1;
     case.insert("version".into(), json!(version));
+    for entry in entries {
+        s.record_change(id, entry, &api_user_name);
+    }
     Json(json!({"data": s.cases[idx]})).into_response()
 }
 
@@ -748,11 +871,15 @@ async fn add_comment(
         },
         Err(_) => return error(StatusCode::BAD_REQUEST, "body must be JSON"),
     };
+    let now = crate::now_ms();
     let comment = json!({
         "_id": data::hex_id("comment", s.rng.u64(..)),
         "comment": text,
-        "created_at": crate::now_ms(),
+        "case_id": id,
+        "user": s.api_user_id(),
         "created_by": s.api_user,
+        "created_at": now,
+        "modified_at": now,
     });
     s.comments.entry(id).or_default().push(comment.clone());
     Json(json!({"data": comment})).into_response()
@@ -763,12 +890,77 @@ async fn list_users(State(state): State<Shared>, headers: HeaderMap) -> Response
     if let Err(msg) = authorize(&s, &headers) {
         return error(StatusCode::UNAUTHORIZED, msg);
     }
-    let users: Vec<Value> = s
-        .users
-        .iter()
-        .map(|u| json!({"user_id": u.user_id, "email": u.email, "name": u.name, "roles": ["analyst"]}))
-        .collect();
+    let users: Vec<Value> = s.users.iter().map(user_json).collect();
     Json(json!({"data": users})).into_response()
+}
+
+async fn list_activities(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    let s = lock(&state);
+    if let Err(msg) = authorize(&s, &headers) {
+        return error(StatusCode::UNAUTHORIZED, msg);
+    }
+    if s.case(&id).is_none() {
+        return error(StatusCode::NOT_FOUND, format!("case {id} not found"));
+    }
+    if s.flavor == ApiFlavor::Legacy {
+        return error(StatusCode::NOT_FOUND, "no such route on a 4.3 server");
+    }
+    let activities = s.activities.get(&id).cloned().unwrap_or_default();
+    Json(json!({"data": activities})).into_response()
+}
+
+/// The other per-case reads of 5.x servers, answered with small well-formed bodies.
+async fn case_part(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    UrlPath((id, part)): UrlPath<(String, String)>,
+) -> Response {
+    let s = lock(&state);
+    if let Err(msg) = authorize(&s, &headers) {
+        return error(StatusCode::UNAUTHORIZED, msg);
+    }
+    let Some(case) = s.case(&id) else {
+        return error(StatusCode::NOT_FOUND, format!("case {id} not found"));
+    };
+    let data = match part.as_str() {
+        "summary" => json!(format!(
+            "Observed {} alert(s)\nInvolved 1 entity: {}",
+            case.get("size").and_then(Value::as_i64).unwrap_or(0),
+            case.pointer("/metadata/entity_id")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+        )),
+        "observables" => json!({"observables": [], "total": 0}),
+        "scores" => {
+            json!({"score": case.get("score").or_else(|| case.get("case_score")).cloned().unwrap_or(Value::Null)})
+        }
+        "alerts" => json!({"docs": [], "total": 0}),
+        _ => return error(StatusCode::NOT_FOUND, format!("no route {part} for a case")),
+    };
+    Json(json!({"data": data})).into_response()
+}
+
+async fn get_user(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    let s = lock(&state);
+    if let Err(msg) = authorize(&s, &headers) {
+        return error(StatusCode::UNAUTHORIZED, msg);
+    }
+    match s.users.iter().find(|u| u.user_id == id) {
+        Some(u) => Json(json!({"data": user_json(u)})).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("user {id} not found")),
+    }
+}
+
+fn user_json(u: &SimUser) -> Value {
+    json!({"user_id": u.user_id, "email": u.email, "name": u.name, "roles": ["analyst"]})
 }
 
 async fn list_tenants(State(state): State<Shared>, headers: HeaderMap) -> Response {
@@ -875,6 +1067,18 @@ fn validate_update(
                     .find(|u| u.user_id == v || u.email.eq_ignore_ascii_case(v))
                     .ok_or_else(|| format!("unknown assignee {v:?}"))?;
                 out.push(("assignee".to_string(), json!(user.user_id)));
+            }
+            "update_alerts" => {
+                let closing = matches!(
+                    body.get("status").and_then(Value::as_str),
+                    Some("Resolved" | "Cancelled")
+                );
+                if !value.is_boolean() || !closing {
+                    return Err(
+                        "update_alerts must be a boolean, sent with status Resolved or Cancelled"
+                            .into(),
+                    );
+                }
             }
             "description" => {
                 let v = value.as_str().ok_or("description must be a string")?;

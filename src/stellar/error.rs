@@ -30,6 +30,14 @@ pub enum ApiError {
     },
     #[error("{what}: the server's answer is not what the Cases API sends: {detail}")]
     BadResponse { what: String, detail: String },
+    #[error(
+        "{what}: HTTP 405: the server does not take the {configured} update call; set stellar.api_flavor = \"{}\" (or \"auto\" to detect it)",
+        configured.other().as_str()
+    )]
+    WrongFlavor {
+        what: String,
+        configured: super::ApiFlavor,
+    },
     #[error("cannot set up the HTTP client: {0}")]
     Setup(String),
 }
@@ -40,6 +48,7 @@ impl ApiError {
         match self {
             ApiError::Status { status, .. } | ApiError::GaveUp { status, .. } => Some(*status),
             ApiError::KeyRejected { .. } => Some(401),
+            ApiError::WrongFlavor { .. } => Some(405),
             _ => None,
         }
     }

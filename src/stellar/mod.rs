@@ -3,10 +3,13 @@
 
 mod auth;
 mod error;
+pub mod filter;
+mod flavor;
 pub mod model;
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use reqwest::header::{AUTHORIZATION, RETRY_AFTER};
@@ -16,9 +19,10 @@ use tracing::Instrument;
 
 pub use auth::Credentials;
 pub use error::ApiError;
+pub use flavor::ApiFlavor;
 pub use model::{Case, CaseParseError};
 
-use crate::config::{ApiFlavor, Config};
+use crate::config::Config;
 use crate::secret::Secret;
 use error::excerpt;
 
@@ -32,7 +36,8 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
 #[derive(Clone)]
 pub struct ClientSettings {
     pub url: String,
-    pub flavor: ApiFlavor,
+    /// None: detect the flavour from the server's answers (`api_flavor = "auto"`).
+    pub flavor: Option<ApiFlavor>,
     pub credentials: Credentials,
     pub ca_pem: Option<Vec<u8>>,
     pub insecure_skip_tls_verify: bool,
@@ -55,7 +60,7 @@ impl ClientSettings {
         };
         Ok(ClientSettings {
             url: s.url.clone(),
-            flavor: s.api_flavor,
+            flavor: s.api_flavor.fixed(),
             credentials: Credentials {
                 user: s.user.clone(),
                 key: config.api_key()?,
@@ -79,7 +84,10 @@ struct Inner {
     metrics: Option<Arc<crate::metrics::Metrics>>,
     http: reqwest::Client,
     base: String,
-    flavor: ApiFlavor,
+    /// The flavour in use: 0 not known yet, else [`flavor_code`].
+    flavor: AtomicU8,
+    /// Set in the config, so never switched by detection.
+    flavor_fixed: bool,
     user: Option<String>,
     page_size: u32,
     max_attempts: u32,
@@ -139,7 +147,8 @@ impl Client {
                 user: settings.credentials.user.clone(),
                 http,
                 base,
-                flavor: settings.flavor,
+                flavor: AtomicU8::new(settings.flavor.map_or(0, flavor_code)),
+                flavor_fixed: settings.flavor.is_some(),
                 page_size: settings.page_size.clamp(1, 500),
                 max_attempts: settings.max_attempts.max(1),
                 retry_base: settings.retry_base,
@@ -147,8 +156,39 @@ impl Client {
         })
     }
 
+    /// The flavour in use: configured, detected, or legacy while nothing showed otherwise.
     pub fn flavor(&self) -> ApiFlavor {
-        self.inner.flavor
+        self.known_flavor().unwrap_or_default()
+    }
+
+    /// The configured or detected flavour; None while `auto` has seen nothing to go by.
+    pub fn known_flavor(&self) -> Option<ApiFlavor> {
+        match self.inner.flavor.load(Ordering::SeqCst) {
+            1 => Some(ApiFlavor::Legacy),
+            2 => Some(ApiFlavor::V5),
+            _ => None,
+        }
+    }
+
+    /// Whether the flavour is detected (`auto`) rather than configured.
+    pub fn flavor_detected(&self) -> bool {
+        !self.inner.flavor_fixed
+    }
+
+    /// `auto`: takes `flavor` from `evidence` unless one was already chosen, and logs it.
+    fn detect_flavor(&self, flavor: ApiFlavor, evidence: &str) {
+        if self.inner.flavor_fixed {
+            return;
+        }
+        let code = flavor_code(flavor);
+        let before = self.inner.flavor.swap(code, Ordering::SeqCst);
+        if before != code {
+            tracing::info!(
+                api_flavor = flavor.as_str(),
+                "stellar.api_flavor auto: using the {} flavour ({evidence})",
+                flavor.as_str()
+            );
+        }
     }
 
     /// The configured API user (None for a per-user Bearer key).
@@ -190,16 +230,47 @@ impl Client {
             })
             .await?;
         let data = data_of(v, &what)?;
-        Case::from_value(data).map_err(|e| ApiError::BadResponse {
+        Case::parse(data, self.known_flavor()).map_err(|e| ApiError::BadResponse {
             what,
             detail: e.to_string(),
         })
     }
 
     /// Sends one update. `body` uses `priority`; on v5 servers it is sent as `severity`.
+    /// With `api_flavor = "auto"`, an update call the server answers 405 (nothing applied)
+    /// is sent once more in the other flavour, which is kept from then on; with a
+    /// configured flavour, a 405 is [`ApiError::WrongFlavor`].
     pub async fn update_case(&self, id: &str, body: &Value) -> Result<Value, ApiError> {
+        let flavor = self.flavor();
+        match self.update_as(flavor, id, body).await {
+            Err(ApiError::Status { status: 405, .. }) if !self.inner.flavor_fixed => {
+                self.detect_flavor(
+                    flavor.other(),
+                    &format!(
+                        "the server answered 405 to the {} update call",
+                        flavor.as_str()
+                    ),
+                );
+                self.update_as(flavor.other(), id, body).await
+            }
+            Err(ApiError::Status {
+                status: 405, what, ..
+            }) => Err(ApiError::WrongFlavor {
+                what,
+                configured: flavor,
+            }),
+            other => other,
+        }
+    }
+
+    async fn update_as(
+        &self,
+        flavor: ApiFlavor,
+        id: &str,
+        body: &Value,
+    ) -> Result<Value, ApiError> {
         let what = format!("update case {id}");
-        let (method, path, query, body) = match self.inner.flavor {
+        let (method, path, query, body) = match flavor {
             ApiFlavor::Legacy => (
                 Method::POST,
                 "/connect/api/v1/cases".to_string(),
@@ -231,6 +302,52 @@ impl Client {
             })
             .await?;
         data_of(v, &what)
+    }
+
+    /// A case's change history (5.x: `GET /cases/{id}/activities`), newest or oldest first
+    /// as the server sends it.
+    pub async fn list_activities(&self, id: &str) -> Result<Vec<model::HistoryEntry>, ApiError> {
+        let path = format!("/connect/api/v1/cases/{}/activities", urlencode(id));
+        let what = format!("GET {path}");
+        let v = self
+            .call(Call {
+                method: Method::GET,
+                path,
+                query: &[],
+                body: None,
+                idempotent: true,
+            })
+            .await?;
+        let data = data_of(v, &what)?;
+        // Seen as a bare list, or a list under one key, depending on the server version.
+        let items = match &data {
+            Value::Array(items) => Some(items),
+            Value::Object(obj) => ["activities", "docs", "items", "data"]
+                .iter()
+                .find_map(|k| obj.get(*k).and_then(Value::as_array)),
+            _ => None,
+        };
+        match items {
+            Some(items) => Ok(model::activities_of(items)),
+            None => Err(ApiError::BadResponse {
+                what,
+                detail: format!("data should be a list of activities, got {}", short(&data)),
+            }),
+        }
+    }
+
+    /// Whether the server takes `flavor`'s update call, asked without changing anything:
+    /// an empty update of a case id that does not exist. 405 means it does not.
+    pub async fn probe_update_route(&self, flavor: ApiFlavor) -> Result<bool, ApiError> {
+        const NO_CASE: &str = "000000000000000000000000";
+        match self
+            .update_as(flavor, NO_CASE, &serde_json::json!({}))
+            .await
+        {
+            Err(ApiError::Status { status: 405, .. }) => Ok(false),
+            Err(ApiError::Status { .. }) | Ok(_) => Ok(true),
+            Err(e) => Err(e),
+        }
     }
 
     pub async fn add_comment(&self, id: &str, text: &str) -> Result<(), ApiError> {
@@ -463,10 +580,21 @@ impl CasePager {
         };
         let total = data.get("total").and_then(Value::as_u64);
         let received = items.len() as u64;
+        if self.client.known_flavor().is_none()
+            && let Some(f) = items
+                .iter()
+                .find_map(|c| c.as_object().and_then(ApiFlavor::of_case))
+        {
+            self.client.detect_flavor(
+                f,
+                &format!("the server's cases carry `{}`", f.priority_key()),
+            );
+        }
+        let flavor = self.client.known_flavor();
         let mut page = Page::default();
         let mut ids = HashSet::with_capacity(items.len());
         for item in items.iter().cloned() {
-            match Case::from_value(item) {
+            match Case::parse(item, flavor) {
                 Ok(case) => {
                     let repeat = self.recent.iter().any(|r| r.contains(&case.id));
                     if ids.insert(case.id.clone()) && !repeat {
@@ -557,6 +685,13 @@ pub(crate) fn describe_reqwest(e: &reqwest::Error) -> String {
         out.push_str(" (the server's TLS certificate is not trusted: set stellar.ca_file to its CA in PEM form)");
     }
     out
+}
+
+fn flavor_code(f: ApiFlavor) -> u8 {
+    match f {
+        ApiFlavor::Legacy => 1,
+        ApiFlavor::V5 => 2,
+    }
 }
 
 /// For tests and the demo: the key used with a configured client, e.g. to grep logs.

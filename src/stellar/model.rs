@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use super::ApiFlavor;
+
 /// Case statuses the API accepts.
 pub const STATUSES: [&str; 5] = ["New", "In Progress", "Escalated", "Resolved", "Cancelled"];
 /// Priorities (v5: severities) in rank order, Low = 1.
@@ -27,6 +29,9 @@ pub struct Case {
     pub id: String,
     /// Shared with the rules' views of the case, which only read it.
     raw: Arc<Map<String, Value>>,
+    /// The case's change history from `/cases/{id}/activities`, when it was read (5.x
+    /// servers send no `history` in the case object).
+    pub activities: Option<Arc<Vec<HistoryEntry>>>,
 }
 
 /// Why a case object was skipped: its id when it had one, and what was wrong.
@@ -45,7 +50,7 @@ impl std::fmt::Display for CaseParseError {
     }
 }
 
-/// One entry of a case's `history`.
+/// One entry of a case's `history` (or of its `/activities` on 5.x servers).
 #[derive(Debug, Clone, PartialEq)]
 pub struct HistoryEntry {
     pub field: String,
@@ -55,8 +60,16 @@ pub struct HistoryEntry {
 }
 
 impl Case {
-    /// Checks the fields casewarden relies on and normalises the flavour-specific names.
+    /// [`Case::parse`] with the flavour the object's own field names show.
     pub fn from_value(value: Value) -> Result<Case, CaseParseError> {
+        Case::parse(value, None)
+    }
+
+    /// Checks the fields casewarden relies on and normalises the flavour-specific names:
+    /// `priority` and `score` hold the flavour's truth (v5: `severity`, `score`; legacy:
+    /// `priority`, `case_score`), falling back to the other names (and `incident_score`)
+    /// when the object lacks them. `flavor` None: the flavour the object shows.
+    pub fn parse(value: Value, flavor: Option<ApiFlavor>) -> Result<Case, CaseParseError> {
         let Value::Object(mut raw) = value else {
             return Err(CaseParseError {
                 id: None,
@@ -102,6 +115,7 @@ impl Case {
             "closed",
             "case_score",
             "score",
+            "incident_score",
             "ticket_id",
         ] {
             match raw.get(key) {
@@ -128,19 +142,35 @@ impl Case {
                 )));
             }
         }
-        if !matches!(raw.get("priority"), Some(Value::String(_)))
-            && let Some(sev) = raw.get("severity").cloned()
+        let flavor = flavor
+            .or_else(|| ApiFlavor::of_case(&raw))
+            .unwrap_or_default();
+        let (priorities, scores) = match flavor {
+            ApiFlavor::V5 => (
+                ["severity", "priority"],
+                ["score", "case_score", "incident_score"],
+            ),
+            ApiFlavor::Legacy => (
+                ["priority", "severity"],
+                ["case_score", "score", "incident_score"],
+            ),
+        };
+        if let Some(p) = priorities
+            .iter()
+            .find_map(|k| raw.get(*k).filter(|v| v.is_string()))
         {
-            raw.insert("priority".into(), sev);
+            raw.insert("priority".into(), p.clone());
         }
-        if !matches!(raw.get("score"), Some(Value::Number(_)))
-            && let Some(score) = raw.get("case_score").cloned()
+        if let Some(s) = scores
+            .iter()
+            .find_map(|k| raw.get(*k).filter(|v| v.is_number()))
         {
-            raw.insert("score".into(), score);
+            raw.insert("score".into(), s.clone());
         }
         Ok(Case {
             id,
             raw: Arc::new(raw),
+            activities: None,
         })
     }
 
@@ -206,6 +236,7 @@ impl Case {
         Case {
             id: self.id.clone(),
             raw: Arc::new(raw),
+            activities: self.activities.clone(),
         }
     }
 }
@@ -214,7 +245,7 @@ impl Case {
 /// identities or, when those are unknown (a Bearer key without `stellar.user`), through the
 /// API at all. Own entries are not human activity.
 pub fn is_own_entry(api: bool, user: &str, own: &[String]) -> bool {
-    api && (own.is_empty() || own.iter().any(|o| o == user))
+    api && (own.is_empty() || own.iter().any(|o| o.eq_ignore_ascii_case(user)))
 }
 
 /// History entries of a raw case object.
@@ -236,6 +267,138 @@ pub fn history_of(raw: &Map<String, Value>) -> Vec<HistoryEntry> {
             })
         })
         .collect()
+}
+
+/// Entries of a `/cases/{id}/activities` answer's list. Field names vary between server
+/// versions, so each value is looked for under the names seen; an entry without a time is
+/// dropped. An entry without an `api` flag counts as made through the API, so that only
+/// an entry by someone other than casewarden's own user is taken as a person's.
+pub fn activities_of(items: &[Value]) -> Vec<HistoryEntry> {
+    let first_str = |h: &Value, keys: &[&str]| {
+        keys.iter()
+            .find_map(|k| h.get(*k).and_then(Value::as_str))
+            .unwrap_or("")
+            .to_string()
+    };
+    items
+        .iter()
+        .filter_map(|h| {
+            let timestamp = ["timestamp", "created_at", "time"].iter().find_map(|k| {
+                h.get(*k)
+                    .and_then(|t| t.as_i64().or_else(|| t.as_f64().map(|f| f as i64)))
+            })?;
+            Some(HistoryEntry {
+                field: first_str(h, &["field", "action", "type"]),
+                timestamp,
+                user: first_str(h, &["user", "user_id", "created_by", "modified_by"]),
+                api: h.get("api").and_then(Value::as_bool).unwrap_or(true),
+            })
+        })
+        .collect()
+}
+
+/// When a person last touched the case, in ms, as far as casewarden can tell; the newest of:
+/// `history` entries not casewarden's own; `modified_at` unless `modified_by` is
+/// casewarden's own user; and, when casewarden made the last change and the case carries
+/// no `history`, the newest entry of `activities` not its own. Else `created_at`.
+/// None: `activities` are needed and were not read. `own`: casewarden's user id and email.
+pub fn last_human_activity(
+    raw: &Map<String, Value>,
+    own: &[String],
+    activities: Option<&[HistoryEntry]>,
+) -> Option<i64> {
+    let ms = |key: &str| {
+        raw.get(key)
+            .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)))
+    };
+    let newest_human = |entries: &[HistoryEntry]| {
+        entries
+            .iter()
+            .filter(|h| !is_own_entry(h.api, &h.user, own))
+            .map(|h| h.timestamp)
+            .max()
+    };
+    let mut newest = ms("created_at").unwrap_or(0);
+    let has_history = raw.get("history").is_some_and(Value::is_array);
+    if has_history {
+        newest = newest.max(newest_human(&history_of(raw)).unwrap_or(0));
+    }
+    let modifier = raw.get("modified_by").and_then(Value::as_str).unwrap_or("");
+    // Without knowing its own identity, casewarden cannot tell its changes from a person's.
+    let by_us = !own.is_empty() && own.iter().any(|o| o.eq_ignore_ascii_case(modifier));
+    if !by_us {
+        newest = newest.max(ms("modified_at").unwrap_or(0));
+    } else if !has_history {
+        newest = newest.max(newest_human(activities?).unwrap_or(0));
+    }
+    Some(newest)
+}
+
+/// The case objects of a saved document: one case, an array of cases, or an API answer
+/// (`{"data": {"cases": [...]}}`, `{"data": {"incidents": [...]}}`, `{"data": {case}}`,
+/// `{"data": [...]}`). An answer whose `data` is not a case (a `/summary` text, say)
+/// holds no case. Err: the document is none of these.
+pub fn cases_in_answer(v: Value) -> Result<Vec<Value>, String> {
+    match v {
+        Value::Array(items) => Ok(items),
+        Value::Object(mut obj) => match obj.remove("data") {
+            Some(Value::Object(mut data)) => {
+                match ["cases", "incidents"].iter().find_map(|k| data.remove(*k)) {
+                    Some(Value::Array(items)) => Ok(items),
+                    Some(other) => Err(format!(
+                        "data.cases should be a list, got {}",
+                        type_name(&other)
+                    )),
+                    None => Ok(vec![Value::Object(data)]),
+                }
+            }
+            Some(Value::Array(items)) => Ok(items),
+            Some(_) => Ok(Vec::new()),
+            None => Ok(vec![Value::Object(obj)]),
+        },
+        other => Err(format!(
+            "expected a case object, an array of cases, or an API answer like {{\"data\":{{\"cases\":[...]}}}}, got {}",
+            type_name(&other)
+        )),
+    }
+}
+
+/// JSON as real documentation and servers write it: strict JSON, or else JSON with
+/// trailing commas (`[1, 2,]`), which the vendor's own pages print. The flag says whether
+/// commas had to be dropped. The error is strict JSON's, with its line and column.
+pub fn parse_lenient(text: &str) -> Result<(Value, bool), serde_json::Error> {
+    match serde_json::from_str(text) {
+        Ok(v) => Ok((v, false)),
+        Err(strict) => match serde_json::from_str(&without_trailing_commas(text)) {
+            Ok(v) => Ok((v, true)),
+            Err(_) => Err(strict),
+        },
+    }
+}
+
+/// `text` with every comma that closes a list or object (outside strings) removed.
+fn without_trailing_commas(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for (i, ch) in text.char_indices() {
+        if in_string {
+            match (escaped, ch) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+        } else if ch == '"' {
+            in_string = true;
+        } else if ch == ',' {
+            let rest = text[i + 1..].trim_start();
+            if rest.starts_with('}') || rest.starts_with(']') {
+                continue;
+            }
+        }
+        out.push(ch);
+    }
+    out
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -304,6 +467,88 @@ mod tests {
         assert_eq!(e.id, None);
         let e = Case::from_value(json!({"_id": "y", "created_at": "yesterday"})).unwrap_err();
         assert!(e.to_string().contains("case y: created_at"));
+    }
+
+    #[test]
+    fn the_flavour_decides_which_name_is_the_truth() {
+        let both =
+            json!({"_id": "a", "priority": "High", "severity": "Low", "case_score": 5, "score": 9});
+        let v5 = Case::parse(both.clone(), Some(ApiFlavor::V5)).unwrap();
+        assert_eq!((v5.priority(), v5.score()), ("Low", Some(9.0)));
+        let legacy = Case::parse(both, Some(ApiFlavor::Legacy)).unwrap();
+        assert_eq!((legacy.priority(), legacy.score()), ("High", Some(5.0)));
+        let xsoar =
+            Case::from_value(json!({"_id": "b", "priority": "Critical", "incident_score": 91.8}))
+                .unwrap();
+        assert_eq!((xsoar.priority(), xsoar.score()), ("Critical", Some(91.8)));
+    }
+
+    #[test]
+    fn saved_answers_of_every_shape() {
+        let case = json!({"_id": "a"});
+        for doc in [
+            case.clone(),
+            json!([case.clone()]),
+            json!({"data": {"cases": [case.clone()], "total": 1}}),
+            json!({"data": {"incidents": [case.clone()], "total": 1}}),
+            json!({"data": case.clone()}),
+        ] {
+            assert_eq!(
+                cases_in_answer(doc.clone()),
+                Ok(vec![case.clone()]),
+                "{doc}"
+            );
+        }
+        assert_eq!(
+            cases_in_answer(json!({"data": "Observed 1 tactic"})),
+            Ok(vec![])
+        );
+        assert!(cases_in_answer(json!(42)).is_err());
+    }
+
+    #[test]
+    fn trailing_commas_are_forgiven_elsewhere_errors_stay_located() {
+        let (v, repaired) = parse_lenient("{\"a\": [1, 2,], \"s\": \"x,]\",\n}").unwrap();
+        assert!(repaired);
+        assert_eq!(v, json!({"a": [1, 2], "s": "x,]"}));
+        let e = parse_lenient("{\n\"a\": }").unwrap_err();
+        assert_eq!(e.line(), 2);
+    }
+
+    #[test]
+    fn last_human_activity_without_history() {
+        let own = vec!["me@example.com".to_string(), "abc".to_string()];
+        let case = |by: &str| {
+            json!({"created_at": 100, "modified_at": 500, "modified_by": by})
+                .as_object()
+                .unwrap()
+                .clone()
+        };
+        // A person (or the system) made the last change: it counts.
+        assert_eq!(last_human_activity(&case("someone"), &own, None), Some(500));
+        assert_eq!(last_human_activity(&case(""), &own, None), Some(500));
+        // casewarden made it: only the activities can tell.
+        assert_eq!(last_human_activity(&case("ABC"), &own, None), None);
+        let acts = vec![
+            HistoryEntry {
+                field: "severity".into(),
+                timestamp: 300,
+                user: "bob".into(),
+                api: false,
+            },
+            HistoryEntry {
+                field: "tags".into(),
+                timestamp: 500,
+                user: "abc".into(),
+                api: true,
+            },
+        ];
+        assert_eq!(
+            last_human_activity(&case("abc"), &own, Some(&acts)),
+            Some(300)
+        );
+        // Not knowing its own identity, casewarden takes every change as a person's.
+        assert_eq!(last_human_activity(&case("abc"), &[], None), Some(500));
     }
 
     #[test]

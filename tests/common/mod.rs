@@ -33,7 +33,7 @@ pub async fn start(opts: SimOptions) -> Simulator {
 pub fn settings(sim: &Simulator) -> ClientSettings {
     ClientSettings {
         url: sim.url.clone(),
-        flavor: ApiFlavor::Legacy,
+        flavor: Some(ApiFlavor::Legacy),
         credentials: credentials(Some(USER), KEY),
         ca_pem: None,
         insecure_skip_tls_verify: false,
@@ -144,17 +144,16 @@ pub async fn run_bin(args: &[&str], env: &[(&str, &str)]) -> Output {
 /// Ids of the simulator's cases whose history holds a change made through the API (of
 /// `field`, when given).
 pub fn changed_by_api(sim: &Simulator, field: Option<&str>) -> std::collections::HashSet<String> {
-    sim.state()
-        .cases
+    let s = sim.state();
+    s.cases
         .iter()
-        .filter(|c| {
-            c["history"]
-                .as_array()
-                .unwrap()
+        .map(|c| c["_id"].as_str().unwrap())
+        .filter(|id| {
+            s.api_changes(id)
                 .iter()
-                .any(|h| h["api"] == true && field.is_none_or(|f| h["field"] == f))
+                .any(|h| field.is_none_or(|f| h["field"] == f))
         })
-        .map(|c| c["_id"].as_str().unwrap().to_string())
+        .map(str::to_string)
         .collect()
 }
 
