@@ -9,4 +9,5 @@ mod daemon;
 mod faults;
 mod fuzz;
 mod pass;
+mod real_api;
 mod rules_cli;
