@@ -349,3 +349,124 @@ async fn every_recorded_answer_loads_into_the_simulator_and_a_dry_run() {
         sim.kill().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_v5_simulator_answers_like_the_recorded_servers() {
+    let mut opts = sim_options(200);
+    opts.flavor = ApiFlavor::V5;
+    opts.accept_basic = true;
+    let sim = start(opts).await;
+    let http = reqwest::Client::new();
+    let basic = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{KEY}"))
+    };
+    let get = |path: String| {
+        http.get(format!("{}/connect/api/v1{path}", sim.url))
+            .header("Authorization", format!("Basic {basic}"))
+            .send()
+    };
+    // Basic user:key on every call (the vendor's on-prem mode), no token.
+    let page: Value = get("/cases?limit=500".into())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let cases = page["data"]["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 200);
+    let hex = |s: &str, n: usize| s.len() == n && s.chars().all(|c| c.is_ascii_hexdigit());
+    for c in cases {
+        assert!(c.get("history").is_none());
+        assert!(hex(c["_id"].as_str().unwrap(), 24), "{}", c["_id"]);
+        for key in [
+            "assignee_name",
+            "created_by_name",
+            "modified_by_name",
+            "tenant_name",
+            "severity",
+            "score",
+        ] {
+            assert!(c.get(key).is_some(), "{key} missing");
+        }
+        let by = c["modified_by"].as_str().unwrap();
+        assert!(by.is_empty() || hex(by, 32), "{by}");
+    }
+    assert!(cases.iter().any(|c| c.get("acknowledged").is_none()));
+    assert!(
+        cases
+            .iter()
+            .any(|c| c["score"].as_f64().unwrap().fract() != 0.0)
+    );
+    let weeks_old_new = cases.iter().filter(|c| {
+        c["status"] == "New" && casewarden::now_ms() - c["created_at"].as_i64().unwrap() > 14 * DAY
+    });
+    assert!(weeks_old_new.count() > 0, "no aged New case to escalate");
+
+    let done = cases.iter().find(|c| c["status"] != "New").unwrap();
+    let id = done["_id"].as_str().unwrap();
+    let acts: Value = get(format!("/cases/{id}/activities"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let status = acts["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["field"] == "status")
+        .unwrap();
+    assert_eq!(status["user"], done["modified_by"]);
+    assert_eq!(status["api"], false);
+    for part in ["summary", "observables", "scores", "alerts"] {
+        let r = get(format!("/cases/{id}/{part}")).await.unwrap();
+        assert_eq!(r.status(), 200, "{part}");
+        assert!(r.json::<Value>().await.unwrap().get("data").is_some());
+    }
+    let user = sim.state().users[1].user_id.clone();
+    let u: Value = get(format!("/users/{user}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(u["data"]["user_id"], json!(user));
+
+    // Resolving with update_alerts, as the vendor's tools do; the comment names its author.
+    let put = http
+        .put(format!("{}/connect/api/v1/cases/{id}", sim.url))
+        .header("Authorization", format!("Basic {basic}"))
+        .json(&json!({"status": "Resolved", "resolution": "Benign", "update_alerts": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200, "{}", put.text().await.unwrap());
+    let c: Value = http
+        .post(format!("{}/connect/api/v1/cases/{id}/comments", sim.url))
+        .header("Authorization", format!("Basic {basic}"))
+        .json(&json!({"comment": "hi"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for key in ["_id", "comment", "case_id", "user", "created_at"] {
+        assert!(c["data"].get(key).is_some(), "{key}");
+    }
+    // Without --accept-basic, Basic is refused outside the token call.
+    let strict = start({
+        let mut o = sim_options(1);
+        o.flavor = ApiFlavor::V5;
+        o
+    })
+    .await;
+    let r = http
+        .get(format!("{}/connect/api/v1/cases", strict.url))
+        .header("Authorization", format!("Basic {basic}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
