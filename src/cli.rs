@@ -13,11 +13,13 @@ use futures::StreamExt;
 use crate::audit::report::{Format, Printer, parse_time};
 use crate::audit::{AuditStore, Filter, Outcome, Verification};
 use crate::config::{ApiFlavor, Config};
-use crate::pass::{PassContext, PassOptions, PassReport, PassSettings};
+use crate::demo::DemoArgs;
+use crate::pass::{PassContext, PassOptions, PassSettings};
 use crate::plan::{RuleChanges, plan_case};
+use crate::report::{print_plans, print_report};
 use crate::rules::{EvalEnv, RuleSet, case_arg};
 use crate::sim::{Faults, SimOptions, Simulator};
-use crate::stellar::{ApiError, Case, Client, ClientSettings};
+use crate::stellar::{ApiError, Case, Client};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -213,19 +215,6 @@ pub struct SimulateArgs {
     pub retry_after: u64,
 }
 
-#[derive(Debug, Args)]
-pub struct DemoArgs {
-    /// Number of simulated cases
-    #[arg(long, default_value_t = 400)]
-    pub cases: usize,
-    /// Seed for the simulated population
-    #[arg(long, default_value_t = 7)]
-    pub seed: u64,
-    /// Rules folder [default: ./rules if present, else the built-in examples]
-    #[arg(long, value_name = "DIR")]
-    pub rules_dir: Option<PathBuf>,
-}
-
 fn config_path(cli: &Cli) -> PathBuf {
     cli.config
         .clone()
@@ -390,7 +379,7 @@ async fn probe_server(config: &Config) -> anyhow::Result<u8> {
 }
 
 fn connect(config: &Config) -> anyhow::Result<Client> {
-    let settings = ClientSettings::from_config(config)?;
+    let settings = config.client_settings()?;
     Ok(Client::new(settings)?)
 }
 
@@ -453,111 +442,6 @@ async fn once(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
     print_report(&mut std::io::stdout().lock(), &report)?;
     ctx.audit.close().await;
     Ok(if report.has_failures() { 1 } else { 0 })
-}
-
-/// The pass summary: the plan (for dry runs), per-rule counts, and what to look at.
-pub fn print_report(out: &mut impl Write, r: &PassReport) -> std::io::Result<()> {
-    if r.dry_run {
-        writeln!(
-            out,
-            "DRY RUN: nothing was sent to the server. These are the changes a real run would make:"
-        )?;
-        print_plans(out, &r.plans)?;
-    }
-    writeln!(out)?;
-    writeln!(
-        out,
-        "pass {}: {} case(s) seen{}, status {}",
-        r.run_id,
-        r.cases_seen,
-        if r.cases_unparsable > 0 {
-            format!(" ({} skipped: not parseable, see log)", r.cases_unparsable)
-        } else {
-            String::new()
-        },
-        r.status
-    )?;
-    writeln!(
-        out,
-        "  {:<26} {:>6} {:>8} {:>8} {:>7} {:>8} {:>7} {:>9}  guard",
-        "RULE", "SEEN", "MATCHED", "APPLIED", "FAILED", "SKIPPED", "ERRORS", "DEFERRED"
-    )?;
-    for s in &r.rules {
-        writeln!(
-            out,
-            "  {:<26} {:>6} {:>8} {:>8} {:>7} {:>8} {:>7} {:>9}  {}",
-            s.name,
-            s.seen,
-            s.matched,
-            if r.dry_run {
-                "-".to_string()
-            } else {
-                s.applied.to_string()
-            },
-            s.failed,
-            s.skipped,
-            s.errors,
-            s.deferred,
-            if s.guard_halted { "HALTED" } else { "ok" }
-        )?;
-    }
-    for s in r.rules.iter().filter(|s| s.guard_halted) {
-        writeln!(
-            out,
-            "  ! rule {} wanted to change {} of the {} cases it saw; the blast-radius guard halted it, nothing it asked for was applied. Check the rule, or raise daemon.max_change_fraction if this is intended.",
-            s.name, s.matched, s.seen
-        )?;
-    }
-    if r.budget_exhausted {
-        writeln!(
-            out,
-            "  ! change budget (daemon.max_changes_per_run) spent: {} change(s) deferred to the next pass.",
-            r.deferred_changes
-        )?;
-    }
-    if r.rules.iter().any(|s| s.errors > 0) {
-        writeln!(
-            out,
-            "  ! some rules failed on some cases; the log names each rule, case and position."
-        )?;
-    }
-    if let Some(e) = &r.error {
-        writeln!(out, "  ! the pass stopped early: {e}")?;
-    }
-    if !r.chain_head.is_empty() {
-        writeln!(out, "  audit chain head: {}", r.chain_head)?;
-    }
-    Ok(())
-}
-
-/// One line per decision, grouped by case.
-pub fn print_plans(out: &mut impl Write, plans: &[crate::plan::CasePlan]) -> std::io::Result<()> {
-    if plans.is_empty() {
-        writeln!(out, "  (no changes)")?;
-    }
-    for p in plans {
-        writeln!(
-            out,
-            "  case {} (ticket {})",
-            p.case_id,
-            p.ticket_id
-                .map(|t| t.to_string())
-                .unwrap_or_else(|| "-".into())
-        )?;
-        for d in &p.decisions {
-            let change = crate::plan::describe_change(&d.field, d.old.as_deref(), d.new.as_deref());
-            let status = match &d.skipped {
-                Some(why) => format!("  SKIPPED: {why}"),
-                None => String::new(),
-            };
-            writeln!(
-                out,
-                "    {:<24} {:<12} {:<36} {}{}",
-                d.rule, d.field, change, d.reason, status
-            )?;
-        }
-    }
-    Ok(())
 }
 
 fn test_rule(args: &TestRuleArgs) -> anyhow::Result<u8> {

@@ -2,12 +2,14 @@
 //! loaded from a file, an environment variable or systemd's credentials directory.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::secret::Secret;
 
 pub use crate::stellar::ApiFlavor;
+use crate::stellar::{ClientSettings, Credentials};
 
 /// `stellar.api_flavor`: a fixed flavour, or `auto` to find it from the server's answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -404,6 +406,34 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
             format!("line {line}, column {col}: {message}")
         }
         None => message,
+    }
+}
+
+impl Config {
+    /// Client settings from the `[stellar]` section, reading the key and CA file.
+    pub fn client_settings(&self) -> anyhow::Result<ClientSettings> {
+        let s = &self.stellar;
+        let ca_pem = match &s.ca_file {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|e| anyhow::anyhow!("stellar.ca_file {}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
+        Ok(ClientSettings {
+            url: s.url.clone(),
+            flavor: s.api_flavor.fixed(),
+            credentials: Credentials {
+                user: s.user.clone(),
+                key: self.api_key()?,
+            },
+            ca_pem,
+            insecure_skip_tls_verify: s.insecure_skip_tls_verify,
+            timeout: Duration::from_secs(s.timeout_secs),
+            page_size: s.page_size,
+            max_attempts: s.max_attempts,
+            retry_base: Duration::from_millis(s.retry_base_ms),
+        })
     }
 }
 

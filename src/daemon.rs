@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::metrics::{ChangeLabels, Metrics, StatusLabel};
 use crate::pass::{self, PassContext, PassOptions, PassReport, PassSettings};
 use crate::rules::RuleSet;
-use crate::stellar::{ApiError, Client, ClientSettings};
+use crate::stellar::{ApiError, Client};
 
 /// How often the rules folder is checked for changes; a change is acted on once it has
 /// been stable for one interval, so an editor's save-in-steps causes one reload.
@@ -109,7 +109,7 @@ pub async fn run(config: Config) -> anyhow::Result<u8> {
         }
     };
     let metrics = Metrics::new();
-    let settings = match ClientSettings::from_config(&config) {
+    let settings = match config.client_settings() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -9,12 +9,25 @@ use futures::StreamExt;
 
 use crate::audit::report::{Format, Printer};
 use crate::audit::{AuditStore, Filter, Verification};
-use crate::cli::{DemoArgs, print_plans, print_report};
 use crate::config::ApiFlavor;
 use crate::pass::{PassContext, PassOptions, PassSettings, run_pass};
+use crate::report::{print_plans, print_report};
 use crate::rules::RuleSet;
 use crate::sim::{SimOptions, Simulator};
 use crate::stellar::{Client, ClientSettings, credentials};
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Number of simulated cases
+    #[arg(long, default_value_t = 400)]
+    pub cases: usize,
+    /// Seed for the simulated population
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Rules folder [default: ./rules if present, else the built-in examples]
+    #[arg(long, value_name = "DIR")]
+    pub rules_dir: Option<PathBuf>,
+}
 
 /// The example rules, built in so the demo works from any folder.
 const EXAMPLES: [(&str, &str); 5] = [

@@ -9,6 +9,7 @@ pub mod demo;
 pub mod metrics;
 pub mod pass;
 pub mod plan;
+pub mod report;
 pub mod rules;
 pub mod secret;
 pub mod sim;

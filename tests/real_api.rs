@@ -210,6 +210,9 @@ async fn the_flavour_is_found_and_a_wrong_one_stops_sending() {
     sim.state().put_case(esc);
     let mut esc2 = case(ApiFlavor::V5, "esc2", 2, "New", "Low");
     esc2["created_at"] = json!(casewarden::now_ms() - 30 * HOUR);
+    // A stale `priority` beside `severity`: on v5 the severity is the truth, so the
+    // update's answer is read by it (the pass below exits 0: nothing recorded failed).
+    esc2["priority"] = json!("Critical");
     sim.state().put_case(esc2);
 
     // Configured legacy against a v5 server: one error naming the key, nothing failed.

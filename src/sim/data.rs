@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::config::ApiFlavor;
+use crate::stellar::ApiFlavor;
 
 /// A user of the simulated server.
 #[derive(Debug, Clone)]

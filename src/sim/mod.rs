@@ -20,7 +20,7 @@ use base64::Engine as _;
 use futures::StreamExt as _;
 use serde_json::{Map, Value, json};
 
-use crate::config::ApiFlavor;
+use crate::stellar::ApiFlavor;
 use crate::stellar::model::{PRIORITIES, RESOLUTIONS, STATUSES, cases_in_answer, parse_lenient};
 use data::SimUser;
 

@@ -22,7 +22,6 @@ pub use error::ApiError;
 pub use flavor::ApiFlavor;
 pub use model::{Case, CaseParseError};
 
-use crate::config::Config;
 use crate::secret::Secret;
 use error::excerpt;
 
@@ -31,8 +30,8 @@ const MAX_BODY: usize = 64 * 1024 * 1024;
 /// Longest wait a `Retry-After` can impose on one attempt.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
 
-/// Everything needed to build a [`Client`], separate from `Config` so tests and the demo
-/// can build one without a file.
+/// Everything needed to build a [`Client`]; `Config::client_settings` makes one from the
+/// `[stellar]` section, and tests and the demo build one without a file.
 #[derive(Clone)]
 pub struct ClientSettings {
     pub url: String,
@@ -45,34 +44,6 @@ pub struct ClientSettings {
     pub page_size: u32,
     pub max_attempts: u32,
     pub retry_base: Duration,
-}
-
-impl ClientSettings {
-    /// Settings from the `[stellar]` section, reading the key and CA file.
-    pub fn from_config(config: &Config) -> anyhow::Result<ClientSettings> {
-        let s = &config.stellar;
-        let ca_pem = match &s.ca_file {
-            Some(path) => Some(
-                std::fs::read(path)
-                    .map_err(|e| anyhow::anyhow!("stellar.ca_file {}: {e}", path.display()))?,
-            ),
-            None => None,
-        };
-        Ok(ClientSettings {
-            url: s.url.clone(),
-            flavor: s.api_flavor.fixed(),
-            credentials: Credentials {
-                user: s.user.clone(),
-                key: config.api_key()?,
-            },
-            ca_pem,
-            insecure_skip_tls_verify: s.insecure_skip_tls_verify,
-            timeout: Duration::from_secs(s.timeout_secs),
-            page_size: s.page_size,
-            max_attempts: s.max_attempts,
-            retry_base: Duration::from_millis(s.retry_base_ms),
-        })
-    }
 }
 
 #[derive(Clone)]

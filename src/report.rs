@@ -1,0 +1,110 @@
+//! Pass summaries and plans as people read them; the CLI and the demo both print with these.
+
+use std::io::Write;
+
+use crate::pass::PassReport;
+
+/// The pass summary: the plan (for dry runs), per-rule counts, and what to look at.
+pub fn print_report(out: &mut impl Write, r: &PassReport) -> std::io::Result<()> {
+    if r.dry_run {
+        writeln!(
+            out,
+            "DRY RUN: nothing was sent to the server. These are the changes a real run would make:"
+        )?;
+        print_plans(out, &r.plans)?;
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "pass {}: {} case(s) seen{}, status {}",
+        r.run_id,
+        r.cases_seen,
+        if r.cases_unparsable > 0 {
+            format!(" ({} skipped: not parseable, see log)", r.cases_unparsable)
+        } else {
+            String::new()
+        },
+        r.status
+    )?;
+    writeln!(
+        out,
+        "  {:<26} {:>6} {:>8} {:>8} {:>7} {:>8} {:>7} {:>9}  guard",
+        "RULE", "SEEN", "MATCHED", "APPLIED", "FAILED", "SKIPPED", "ERRORS", "DEFERRED"
+    )?;
+    for s in &r.rules {
+        writeln!(
+            out,
+            "  {:<26} {:>6} {:>8} {:>8} {:>7} {:>8} {:>7} {:>9}  {}",
+            s.name,
+            s.seen,
+            s.matched,
+            if r.dry_run {
+                "-".to_string()
+            } else {
+                s.applied.to_string()
+            },
+            s.failed,
+            s.skipped,
+            s.errors,
+            s.deferred,
+            if s.guard_halted { "HALTED" } else { "ok" }
+        )?;
+    }
+    for s in r.rules.iter().filter(|s| s.guard_halted) {
+        writeln!(
+            out,
+            "  ! rule {} wanted to change {} of the {} cases it saw; the blast-radius guard halted it, nothing it asked for was applied. Check the rule, or raise daemon.max_change_fraction if this is intended.",
+            s.name, s.matched, s.seen
+        )?;
+    }
+    if r.budget_exhausted {
+        writeln!(
+            out,
+            "  ! change budget (daemon.max_changes_per_run) spent: {} change(s) deferred to the next pass.",
+            r.deferred_changes
+        )?;
+    }
+    if r.rules.iter().any(|s| s.errors > 0) {
+        writeln!(
+            out,
+            "  ! some rules failed on some cases; the log names each rule, case and position."
+        )?;
+    }
+    if let Some(e) = &r.error {
+        writeln!(out, "  ! the pass stopped early: {e}")?;
+    }
+    if !r.chain_head.is_empty() {
+        writeln!(out, "  audit chain head: {}", r.chain_head)?;
+    }
+    Ok(())
+}
+
+/// One line per decision, grouped by case.
+pub fn print_plans(out: &mut impl Write, plans: &[crate::plan::CasePlan]) -> std::io::Result<()> {
+    if plans.is_empty() {
+        writeln!(out, "  (no changes)")?;
+    }
+    for p in plans {
+        writeln!(
+            out,
+            "  case {} (ticket {})",
+            p.case_id,
+            p.ticket_id
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| "-".into())
+        )?;
+        for d in &p.decisions {
+            let change = crate::plan::describe_change(&d.field, d.old.as_deref(), d.new.as_deref());
+            let status = match &d.skipped {
+                Some(why) => format!("  SKIPPED: {why}"),
+                None => String::new(),
+            };
+            writeln!(
+                out,
+                "    {:<24} {:<12} {:<36} {}{}",
+                d.rule, d.field, change, d.reason, status
+            )?;
+        }
+    }
+    Ok(())
+}
