@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
 
 use crate::audit::report::{Format, Printer, parse_time};
-use crate::audit::{AuditStore, Filter, Outcome, Verification};
+use crate::audit::{AuditStore, ClaimError, Filter, Outcome, Verification};
 use crate::config::{ApiFlavor, Config};
 use crate::demo::DemoArgs;
 use crate::pass::{PassContext, PassOptions, PassSettings};
@@ -78,6 +78,10 @@ pub struct OnceArgs {
     /// Only run this rule (repeatable); disabled rules run when named
     #[arg(long = "rule", value_name = "NAME")]
     pub rules: Vec<String>,
+    /// How long to wait for another casewarden pass on the same audit store to finish
+    /// (one writer at a time); then exit 4 naming it
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    pub wait: u64,
 }
 
 #[derive(Debug, Args)]
@@ -427,8 +431,7 @@ async fn once(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
         audit,
         settings: PassSettings::from_config(&config),
     };
-    crate::pass::reconcile(&ctx).await?;
-    let report = crate::pass::run_pass(
+    let claimed = crate::pass::run_claimed(
         &ctx,
         &set,
         &PassOptions {
@@ -437,8 +440,17 @@ async fn once(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
             trigger: "once".into(),
             ..PassOptions::default()
         },
+        Duration::from_secs(args.wait),
     )
     .await;
+    let report = match claimed {
+        Ok(report) => report,
+        Err(ClaimError::Held(held)) => {
+            eprintln!("error: {held}");
+            return Ok(4);
+        }
+        Err(ClaimError::Audit(e)) => return Err(e.into()),
+    };
     print_report(&mut std::io::stdout().lock(), &report)?;
     ctx.audit.close().await;
     Ok(if report.has_failures() { 1 } else { 0 })

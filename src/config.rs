@@ -124,6 +124,10 @@ pub struct DaemonConfig {
     pub breaker_passes: u32,
     #[serde(default = "default_shutdown")]
     pub shutdown_timeout_secs: u64,
+    /// A pass still sending after this long stops sending; what it did not send is
+    /// recorded as skipped.
+    #[serde(default = "default_pass_timeout")]
+    pub pass_timeout_secs: u64,
     pub listen: Option<String>,
 }
 
@@ -179,6 +183,9 @@ fn default_breaker() -> u32 {
 fn default_shutdown() -> u64 {
     30
 }
+fn default_pass_timeout() -> u64 {
+    1800
+}
 fn default_busy_timeout() -> u64 {
     10
 }
@@ -198,6 +205,7 @@ impl Default for DaemonConfig {
             guard_min_cases: default_guard_min(),
             breaker_passes: default_breaker(),
             shutdown_timeout_secs: default_shutdown(),
+            pass_timeout_secs: default_pass_timeout(),
             listen: None,
         }
     }

@@ -138,8 +138,16 @@ pub async fn run(config: Config) -> anyhow::Result<u8> {
         audit,
         settings: PassSettings::from_config(&config),
     };
-    if let Err(e) = pass::reconcile(&ctx).await {
-        tracing::error!(error = %e, "cannot reconcile changes left by an interrupted pass; will retry before the next pass");
+    // Settle what an earlier process left before saying READY, when no pass of another
+    // process holds the audit store (else its first pass here does it).
+    match ctx.audit.claim(Duration::ZERO).await {
+        Ok(claim) => {
+            if let Err(e) = pass::reconcile(&ctx, claim.previous.as_ref()).await {
+                tracing::error!(error = %e, "cannot settle the changes of an earlier pass; they stay open and are not re-sent");
+            }
+            claim.release().await;
+        }
+        Err(e) => tracing::warn!(error = %e, "not settling earlier changes at start"),
     }
     let shared = Arc::new(Shared {
         ctx,
@@ -305,22 +313,26 @@ fn start_pass(shared: &Arc<Shared>, due: BTreeSet<String>, passes: &mut JoinSet<
         let report = if names.is_empty() {
             None
         } else {
-            if let Err(e) = pass::reconcile(&shared.ctx).await {
-                tracing::error!(error = %e, "cannot reconcile interrupted changes");
-            }
-            Some(
-                pass::run_pass(
-                    &shared.ctx,
-                    &set,
-                    &PassOptions {
-                        only: names,
-                        trigger: format!("schedule {}", schedules.join(" + ")),
-                        cancel: Some(shared.cancel.clone()),
-                        ..PassOptions::default()
-                    },
-                )
-                .await,
+            let claimed = pass::run_claimed(
+                &shared.ctx,
+                &set,
+                &PassOptions {
+                    only: names,
+                    trigger: format!("schedule {}", schedules.join(" + ")),
+                    cancel: Some(shared.cancel.clone()),
+                    ..PassOptions::default()
+                },
+                Duration::ZERO,
             )
+            .await;
+            match claimed {
+                Ok(report) => Some(report),
+                Err(e) => {
+                    shared.metrics.ticks_skipped.inc();
+                    tracing::warn!(error = %e, "tick skipped");
+                    None
+                }
+            }
         };
         if let Some(report) = &report {
             after_pass(&shared, &set, report, started.elapsed()).await;

@@ -127,6 +127,8 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<u8> {
             max_change_fraction: defaults.max_change_fraction,
             guard_min_cases: defaults.guard_min_cases,
             max_in_flight: 8,
+            settle_after: crate::pass::settle_after(Duration::from_secs(10)),
+            pass_timeout: Duration::from_secs(defaults.pass_timeout_secs),
         },
     };
 

@@ -61,6 +61,9 @@ pub struct CasePlan {
     pub case_id: String,
     pub ticket_id: Option<i64>,
     pub decisions: Vec<Decision>,
+    /// The case's [`stamp`] when it was listed: a different one before sending means
+    /// someone changed it since.
+    pub stamp: Option<String>,
 }
 
 impl CasePlan {
@@ -220,7 +223,22 @@ pub fn plan_case(case: &Case, requests: &[RuleChanges]) -> CasePlan {
         case_id: case.id.clone(),
         ticket_id: case.ticket_id(),
         decisions,
+        stamp: stamp(case),
     }
+}
+
+/// What changes whenever anyone changes the case: `modified_at` and, where the server
+/// keeps one, `version`. None when the case carries neither.
+pub fn stamp(case: &Case) -> Option<String> {
+    let raw = case.raw();
+    let (modified, version) = (raw.get("modified_at"), raw.get("version"));
+    (modified.is_some() || version.is_some()).then(|| {
+        format!(
+            "{}/{}",
+            modified.unwrap_or(&Value::Null),
+            version.unwrap_or(&Value::Null)
+        )
+    })
 }
 
 /// Whether the case already holds what a planned decision sets (used to reconcile after a
@@ -246,7 +264,8 @@ pub fn case_holds(case: &Case, d: &Decision) -> bool {
 /// the value it set (`+NAME`/`-NAME` for tags).
 pub type Memory = HashMap<String, String>;
 
-fn memory_key(field: &str, new: &str) -> String {
+/// The key a field change is remembered and settled under: the field, or `tags:NAME`.
+pub fn memory_key(field: &str, new: &str) -> String {
     match (field, new.get(1..)) {
         ("tags", Some(tag)) => format!("tags:{tag}"),
         _ => field.to_string(),

@@ -1,7 +1,10 @@
 //! The audit log: an append-only, hash-chained SQLite record of every decision casewarden
 //! makes (planned, applied, failed, skipped), plus one row per pass.
 
+mod lease;
 pub mod report;
+
+pub use lease::{Claim, ClaimError, Held, Lease};
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -149,6 +152,18 @@ impl EventRow {
 }
 
 /// One row of the passes table.
+/// A planned change without a final outcome, and its newest outcome so far.
+#[derive(Debug, Clone, FromRow, PartialEq)]
+pub struct Unsettled {
+    #[sqlx(flatten)]
+    pub row: EventRow,
+    /// None: no outcome at all; else `unknown`.
+    pub last_outcome: Option<String>,
+    pub last_at: Option<String>,
+    /// The HTTP status of the answer the `unknown` outcome got, if the server answered.
+    pub last_status: Option<i64>,
+}
+
 /// A field change casewarden applied to a case.
 #[derive(Debug, Clone, FromRow, PartialEq)]
 pub struct AppliedChange {
@@ -219,6 +234,7 @@ pub struct AuditStore {
     pool: SqlitePool,
     path: PathBuf,
     write: std::sync::Arc<tokio::sync::Mutex<()>>,
+    claim: std::sync::Arc<tokio::sync::Mutex<lease::Slot>>,
 }
 
 impl AuditStore {
@@ -265,8 +281,27 @@ impl AuditStore {
             pool,
             path: path.to_path_buf(),
             write: Default::default(),
+            claim: Default::default(),
         };
-        store.migrate().await?;
+        // Two processes starting on a new file must not both create its tables.
+        // (A folder this user cannot write to cannot be migrated either: no lock needed.)
+        let lock = match std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(lease::lock_path(path).with_extension("migrate.lock"))
+        {
+            Ok(lock) => Some(
+                tokio::task::spawn_blocking(move || lock.lock().map(|()| lock))
+                    .await
+                    .map_err(|e| fail(e.to_string()))?
+                    .map_err(|e| fail(format!("cannot take the migration lock: {e}")))?,
+            ),
+            Err(_) => None,
+        };
+        let migrated = store.migrate().await;
+        drop(lock);
+        migrated?;
         Ok(store)
     }
 
@@ -448,11 +483,14 @@ impl AuditStore {
         Ok(r.rows_affected())
     }
 
-    /// Planned (non-dry-run) rows that no outcome row settles: left by a crash.
-    pub async fn unsettled(&self) -> Result<Vec<EventRow>, AuditError> {
-        Ok(sqlx::query_as::<_, EventRow>(
-            "SELECT * FROM events p WHERE p.outcome = 'planned' AND p.dry_run = 0 \
-             AND NOT EXISTS (SELECT 1 FROM events o WHERE o.planned_seq = p.seq) ORDER BY p.seq",
+    /// Planned (non-dry-run) changes not settled yet: with no outcome (left by a crash) or
+    /// whose newest outcome is `unknown` (the answer was lost), oldest first.
+    pub async fn unsettled(&self) -> Result<Vec<Unsettled>, AuditError> {
+        Ok(sqlx::query_as::<_, Unsettled>(
+            "SELECT p.*, o.outcome AS last_outcome, o.recorded_at AS last_at, o.http_status AS last_status FROM events p \
+             LEFT JOIN events o ON o.seq = (SELECT MAX(x.seq) FROM events x WHERE x.planned_seq = p.seq) \
+             WHERE p.outcome = 'planned' AND p.dry_run = 0 AND (o.seq IS NULL OR o.outcome = 'unknown') \
+             ORDER BY p.seq",
         )
         .fetch_all(&self.pool)
         .await?)

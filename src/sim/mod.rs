@@ -83,6 +83,26 @@ pub struct Faults {
     /// Writes (POST/PUT) are applied, then their answer is held back this long, so a
     /// client with a shorter timeout never learns that they succeeded.
     pub slow_write_answers_ms: u64,
+    /// Writes wait this long before they are applied: a server still working on a
+    /// request after its client gave up (or died).
+    pub slow_write_apply_ms: u64,
+    /// Requests matching it are answered with a redirect.
+    pub redirect: Option<RedirectFault>,
+    /// The next N case listings drop the connection halfway through the body.
+    pub truncate_next_lists: u32,
+    /// A person edits each case (email, field, value) between its listing and the first
+    /// read of that one case.
+    pub edit_before_read: Option<(String, String, Value)>,
+}
+
+/// A redirect answer for requests of `method` (any when None) whose path ends with
+/// `path_suffix`.
+#[derive(Debug, Clone)]
+pub struct RedirectFault {
+    pub status: u16,
+    pub location: String,
+    pub method: Option<String>,
+    pub path_suffix: String,
 }
 
 /// A hand-made answer: status, content type, body, and an optional delay between
@@ -147,6 +167,8 @@ pub struct SimState {
     pub issued_tokens: Vec<String>,
     pub requests: Vec<SeenRequest>,
     pub faults: Faults,
+    /// Cases `edit_before_read` has edited.
+    edited: HashSet<String>,
     rng: fastrand::Rng,
     api_requests: u64,
     burst_left: u64,
@@ -188,6 +210,7 @@ impl SimState {
             issued_tokens: Vec::new(),
             requests: Vec::new(),
             faults: opts.faults.clone(),
+            edited: HashSet::new(),
             rng: fastrand::Rng::with_seed(opts.seed ^ 0xfa17),
             api_requests: 0,
             burst_left: 0,
@@ -498,7 +521,17 @@ async fn faults_and_log(State(state): State<Shared>, req: Request, next: Next) -
     let injected = {
         let mut s = lock(&state);
         let is_token = path.ends_with("/access_token");
-        if s.faults.down {
+        let redirect = s.faults.redirect.clone().filter(|r| {
+            path.ends_with(&r.path_suffix) && r.method.as_ref().is_none_or(|m| *m == method)
+        });
+        if let Some(r) = redirect {
+            let mut resp = Response::new(axum::body::Body::empty());
+            *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::FOUND);
+            if let Ok(v) = header::HeaderValue::from_str(&r.location) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            Some(resp)
+        } else if s.faults.down {
             Some(error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "service unavailable",
@@ -539,12 +572,19 @@ async fn faults_and_log(State(state): State<Shared>, req: Request, next: Next) -
             }
         }
     };
+    let is_write = (method == "POST" || method == "PUT") && !path.ends_with("/access_token");
+    let apply_delay = lock(&state).faults.slow_write_apply_ms;
     let resp = match injected {
         Some(r) => r,
-        None => next.run(req).await,
+        None => {
+            if is_write && apply_delay > 0 {
+                tokio::time::sleep(Duration::from_millis(apply_delay)).await;
+            }
+            next.run(req).await
+        }
     };
     let slow = lock(&state).faults.slow_write_answers_ms;
-    if slow > 0 && (method == "POST" || method == "PUT") && !path.ends_with("/access_token") {
+    if slow > 0 && is_write {
         tokio::time::sleep(Duration::from_millis(slow)).await;
     }
     lock(&state).requests.push(SeenRequest {
@@ -597,6 +637,22 @@ fn basic_ok(s: &SimState, encoded: &str) -> bool {
         .ok()
         .and_then(|raw| String::from_utf8(raw).ok())
         .is_some_and(|pair| pair == format!("{}:{}", s.api_user, s.api_key))
+}
+
+/// An answer announcing its whole length whose connection drops halfway through.
+fn truncated(body: Vec<u8>) -> Response {
+    let len = body.len();
+    let half = body[..len / 2].to_vec();
+    let chunks = futures::stream::iter([
+        Ok::<_, std::io::Error>(half),
+        Err(std::io::Error::other("connection dropped")),
+    ]);
+    let mut r = Response::new(axum::body::Body::from_stream(chunks));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, header::HeaderValue::from(len));
+    r
 }
 
 /// Checks the Bearer JWT (or, with `accept_basic`, Basic credentials); `Err` is the
@@ -715,7 +771,12 @@ async fn list_cases(
         .take(limit)
         .map(|&i| &s.cases[i])
         .collect();
-    Json(json!({"data": {"cases": page, "total": total}})).into_response()
+    let answer = json!({"data": {"cases": page, "total": total}});
+    if s.faults.truncate_next_lists > 0 {
+        s.faults.truncate_next_lists -= 1;
+        return truncated(answer.to_string().into_bytes());
+    }
+    Json(answer).into_response()
 }
 
 async fn get_case(
@@ -723,9 +784,15 @@ async fn get_case(
     headers: HeaderMap,
     UrlPath(id): UrlPath<String>,
 ) -> Response {
-    let s = lock(&state);
+    let mut s = lock(&state);
     if let Err(msg) = authorize(&s, &headers) {
         return error(StatusCode::UNAUTHORIZED, msg);
+    }
+    if let Some((who, field, value)) = s.faults.edit_before_read.clone()
+        && s.case(&id).is_some()
+        && s.edited.insert(id.clone())
+    {
+        s.human_change(&id, &who, &field, value);
     }
     match s.case(&id) {
         Some(c) => Json(json!({"data": c})).into_response(),

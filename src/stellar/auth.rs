@@ -8,7 +8,7 @@ use base64::Engine as _;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use tokio::sync::Mutex;
 
-use super::error::{ApiError, excerpt};
+use super::error::{ApiError, excerpt, redirect};
 use crate::secret::Secret;
 
 /// Used when neither the answer nor the JWT says when the token expires.
@@ -102,6 +102,9 @@ impl TokenCache {
                 attempts: 1,
             })?;
         let status = resp.status();
+        if status.is_redirection() {
+            return Err(redirect(&what, &resp));
+        }
         let body = resp.text().await.unwrap_or_default();
         if status.as_u16() == 401 || status.as_u16() == 403 {
             return Err(ApiError::KeyRejected {

@@ -28,6 +28,14 @@ pub enum ApiError {
         attempts: u32,
         body: String,
     },
+    #[error(
+        "{what}: HTTP {status} redirect to {location}: casewarden follows no redirect (check stellar.url: the server may want https:// or another host)"
+    )]
+    Redirect {
+        what: String,
+        status: u16,
+        location: String,
+    },
     #[error("{what}: the server's answer is not what the Cases API sends: {detail}")]
     BadResponse { what: String, detail: String },
     #[error(
@@ -46,11 +54,26 @@ impl ApiError {
     /// The HTTP status the server answered with, when there was one.
     pub fn http_status(&self) -> Option<u16> {
         match self {
-            ApiError::Status { status, .. } | ApiError::GaveUp { status, .. } => Some(*status),
+            ApiError::Status { status, .. }
+            | ApiError::GaveUp { status, .. }
+            | ApiError::Redirect { status, .. } => Some(*status),
             ApiError::KeyRejected { .. } => Some(401),
             ApiError::WrongFlavor { .. } => Some(405),
             _ => None,
         }
+    }
+}
+
+/// A 3xx answer as an error naming where it pointed.
+pub(crate) fn redirect(what: &str, resp: &reqwest::Response) -> ApiError {
+    ApiError::Redirect {
+        what: what.to_string(),
+        status: resp.status().as_u16(),
+        location: resp
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .map_or_else(|| "(no Location)".to_string(), |l| excerpt(l)),
     }
 }
 

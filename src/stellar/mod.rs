@@ -23,7 +23,7 @@ pub use flavor::ApiFlavor;
 pub use model::{Case, CaseParseError};
 
 use crate::secret::Secret;
-use error::excerpt;
+use error::{excerpt, redirect};
 
 /// Largest answer we read; a page of 500 cases with long histories stays far below it.
 const MAX_BODY: usize = 64 * 1024 * 1024;
@@ -66,8 +66,9 @@ struct Inner {
     tokens: auth::TokenCache,
 }
 
-/// A request body and whether sending it twice is harmless (updates set absolute values
-/// and add/delete tags; a comment posted twice is a duplicate).
+/// A request, and whether one the server refused with a 5xx may be sent again (updates
+/// set absolute values and add/delete tags; a comment posted twice is a duplicate). One
+/// that may have reached the server unanswered (a timeout) is sent again only if a read.
 struct Call<'a> {
     method: Method,
     path: String,
@@ -89,6 +90,9 @@ impl Client {
         let mut builder = reqwest::Client::builder()
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
+            // A redirect would turn an update into a GET, or send the key and the update
+            // to another host: every 3xx is an error instead.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("casewarden/", env!("CARGO_PKG_VERSION")));
         if let Some(pem) = &settings.ca_pem {
             let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
@@ -172,9 +176,38 @@ impl Client {
         self.inner.tokens.renewals()
     }
 
-    /// Checks that the key is accepted, fetching a token if none is cached.
+    /// Checks that the key is accepted, fetching a token if none is cached (with the
+    /// retries of every other call).
     pub async fn authenticate(&self) -> Result<(), ApiError> {
-        self.inner.tokens.get(&self.inner.http).await.map(|_| ())
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.token(attempt).await {
+                Ok(Some(_)) => return Ok(()),
+                Ok(None) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// A token for attempt `attempt` of a call; None after a failure worth retrying
+    /// (network, 5xx, 429; not a rejected key), once its backoff has been waited.
+    async fn token(&self, attempt: u32) -> Result<Option<Secret>, ApiError> {
+        let inner = &self.inner;
+        match inner.tokens.get(&inner.http).await {
+            Ok(token) => Ok(Some(token)),
+            Err(e)
+                if attempt < inner.max_attempts
+                    && (matches!(e, ApiError::Transport { .. })
+                        || e.http_status().is_some_and(|s| s == 429 || s >= 500)) =>
+            {
+                let wait = self.backoff(attempt);
+                tracing::debug!(error = %e, wait_ms = wait.as_millis() as u64, "getting a token failed, retrying");
+                tokio::time::sleep(wait).await;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Pages through the cases matching `filters`, `page_size` at a time.
@@ -369,9 +402,9 @@ impl Client {
         }
     }
 
-    /// One API call with the retry policy: connect errors, timeouts and 5xx back off with
-    /// jitter (timeouts and 5xx only when `idempotent`), 429 waits for Retry-After, and a
-    /// 401 renews the token and retries once.
+    /// One API call with the retry policy: connect errors back off with jitter, as do
+    /// timeouts and cut-short or non-JSON answers of reads, and 5xx when `idempotent`; 429
+    /// waits for Retry-After; a 401 renews the token and retries once; a 3xx is an error.
     async fn call(&self, call: Call<'_>) -> Result<Value, ApiError> {
         let inner = &self.inner;
         let what = format!("{} {}", call.method, call.path);
@@ -381,21 +414,8 @@ impl Client {
         loop {
             attempt += 1;
             let last = attempt >= inner.max_attempts;
-            // A token call that fails on the way (network, 5xx, 429) is retried like any
-            // other; a rejected key is not.
-            let token = match inner.tokens.get(&inner.http).await {
-                Ok(token) => token,
-                Err(e)
-                    if !last
-                        && !matches!(e, ApiError::KeyRejected { .. })
-                        && (matches!(e, ApiError::Transport { .. })
-                            || e.http_status().is_some_and(|s| s == 429 || s >= 500)) =>
-                {
-                    tracing::debug!(error = %e, "getting a token failed, retrying");
-                    tokio::time::sleep(self.backoff(attempt)).await;
-                    continue;
-                }
-                Err(e) => return Err(e),
+            let Some(token) = self.token(attempt).await? else {
+                continue;
             };
             let mut req = inner
                 .http
@@ -420,8 +440,10 @@ impl Client {
                 Ok(resp) => resp,
                 Err(e) => {
                     let detail = describe_reqwest(&e);
-                    let retryable =
-                        e.is_connect() || (call.idempotent && (e.is_timeout() || e.is_request()));
+                    // A request that may have reached the server is sent again only if it
+                    // is a read: an update answered late would otherwise land twice.
+                    let retryable = e.is_connect()
+                        || (call.method == Method::GET && (e.is_timeout() || e.is_request()));
                     if retryable && !last {
                         tracing::debug!(%detail, "request failed, retrying");
                         tokio::time::sleep(self.backoff(attempt)).await;
@@ -436,6 +458,9 @@ impl Client {
             };
             let status = resp.status();
             tracing::debug!(status = status.as_u16(), "answer");
+            if status.is_redirection() {
+                return Err(redirect(&what, &resp));
+            }
             if status == StatusCode::UNAUTHORIZED && !renewed {
                 // Does not count as an attempt: the token expired early or was revoked.
                 renewed = true;
@@ -446,11 +471,12 @@ impl Client {
             if status == StatusCode::TOO_MANY_REQUESTS {
                 let wait = retry_after(&resp).unwrap_or_else(|| self.backoff(attempt));
                 if !last {
+                    let wait = wait.min(MAX_RETRY_AFTER);
                     tracing::info!(
                         wait_ms = wait.as_millis() as u64,
                         "rate limited (429), waiting"
                     );
-                    tokio::time::sleep(wait.min(MAX_RETRY_AFTER)).await;
+                    tokio::time::sleep(wait).await;
                     continue;
                 }
             }
@@ -459,13 +485,22 @@ impl Client {
                 tokio::time::sleep(self.backoff(attempt)).await;
                 continue;
             }
-            let body = read_capped(resp)
-                .await
-                .map_err(|detail| ApiError::Transport {
-                    what: what.clone(),
-                    detail,
-                    attempts: attempt,
-                })?;
+            let body = match read_capped(resp).await {
+                Ok(body) => body,
+                // A body cut short: a read can simply be asked again.
+                Err(detail) if call.method == Method::GET && !last => {
+                    tracing::debug!(%detail, "answer cut short, retrying");
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                    continue;
+                }
+                Err(detail) => {
+                    return Err(ApiError::Transport {
+                        what,
+                        detail,
+                        attempts: attempt,
+                    });
+                }
+            };
             if !status.is_success() {
                 let body = excerpt(&String::from_utf8_lossy(&body));
                 let status = status.as_u16();
@@ -480,13 +515,23 @@ impl Client {
                     ApiError::Status { what, status, body }
                 });
             }
-            return serde_json::from_slice(&body).map_err(|e| ApiError::BadResponse {
-                what,
-                detail: format!(
-                    "not JSON ({e}): {}",
-                    excerpt(&String::from_utf8_lossy(&body))
-                ),
-            });
+            match serde_json::from_slice(&body) {
+                Ok(v) => return Ok(v),
+                Err(e) if call.method == Method::GET && !last => {
+                    tracing::debug!(error = %e, "answer is not JSON, retrying");
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                    continue;
+                }
+                Err(e) => {
+                    return Err(ApiError::BadResponse {
+                        what,
+                        detail: format!(
+                            "not JSON ({e}): {}",
+                            excerpt(&String::from_utf8_lossy(&body))
+                        ),
+                    });
+                }
+            }
         }
     }
 

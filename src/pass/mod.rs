@@ -5,12 +5,17 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::Value;
 use tracing::Instrument;
 
-use crate::audit::{AuditStore, NewEvent, Outcome, PassTotals};
+mod reconcile;
+
+pub use reconcile::{Reconciled, reconcile};
+
+use crate::audit::{AuditStore, ClaimError, NewEvent, Outcome, PassTotals};
 use crate::config::{ApiFlavor, Config};
 use crate::plan::{self, CasePlan, ChangeKind, Decision, RuleChanges};
 use crate::rules::{EvalEnv, EvalError, Rule, RuleSet};
@@ -28,6 +33,11 @@ pub struct PassSettings {
     pub max_change_fraction: f64,
     pub guard_min_cases: usize,
     pub max_in_flight: usize,
+    /// How long after it was sent a request may still be applied by the server: an
+    /// unanswered change is settled only after this.
+    pub settle_after: Duration,
+    /// After this, a pass sends nothing more and records what it did not send as skipped.
+    pub pass_timeout: Duration,
 }
 
 impl PassSettings {
@@ -39,8 +49,35 @@ impl PassSettings {
             max_change_fraction: c.daemon.max_change_fraction,
             guard_min_cases: c.daemon.guard_min_cases,
             max_in_flight: c.stellar.max_in_flight,
+            settle_after: settle_after(Duration::from_secs(c.stellar.timeout_secs)),
+            pass_timeout: Duration::from_secs(c.daemon.pass_timeout_secs),
         }
     }
+}
+
+/// The settle window for a request timeout: the timeout and a margin for clocks.
+pub fn settle_after(timeout: Duration) -> Duration {
+    timeout + Duration::from_secs(2)
+}
+
+/// One pass under the audit store's one-writer claim, waiting up to `wait` for it: the
+/// first pass of the process settles what a dead holder (or a lost answer) left, then the
+/// pass runs, then the claim is released. Err: another process holds it.
+pub async fn run_claimed(
+    ctx: &PassContext,
+    set: &RuleSet,
+    opts: &PassOptions,
+    wait: Duration,
+) -> Result<PassReport, ClaimError> {
+    let claim = ctx.audit.claim(wait).await?;
+    if claim.first
+        && let Err(e) = reconcile(ctx, claim.previous.as_ref()).await
+    {
+        tracing::error!(error = %e, "cannot settle the changes of an earlier pass; they stay open and are not re-sent");
+    }
+    let report = run_pass(ctx, set, opts).await;
+    claim.release().await;
+    Ok(report)
 }
 
 /// What a pass needs: the API, the log, and the settings.
@@ -435,6 +472,18 @@ async fn run(
     if rules.is_empty() {
         return Ok(());
     }
+    let deadline = tokio::time::Instant::now() + ctx.settings.pass_timeout;
+    // Changes whose outcome is not known yet: not planned again until settled.
+    let open: std::collections::HashSet<(String, String)> = ctx
+        .audit
+        .unsettled()
+        .await?
+        .into_iter()
+        .map(|u| {
+            let key = plan::memory_key(&u.row.field, u.row.new.as_deref().unwrap_or(""));
+            (u.row.case_id, key)
+        })
+        .collect();
     // The users list is fetched at most once per pass: now if casewarden's own user id is
     // needed to tell its history entries apart, else when a rule first assigns by email.
     let mut users = match ctx.client.user() {
@@ -526,6 +575,12 @@ async fn run(
             if let Some(applied) = memory.get(&ev.case.id) {
                 let memory = plan::remember(applied.iter().map(|(f, n)| (f.as_str(), n.as_str())));
                 plan::skip_overridden(&mut plan, &ev.case, &memory, &own);
+            }
+            for d in plan.decisions.iter_mut().filter(|d| d.is_planned()) {
+                let key = plan::memory_key(&d.field, d.new.as_deref().unwrap_or(""));
+                if open.contains(&(ev.case.id.clone(), key)) {
+                    d.skipped = Some("an earlier change of this field is not settled yet (its answer was lost); it is read back before a later pass and never sent twice".into());
+                }
             }
             let mut wanted: Vec<usize> = plan
                 .decisions
@@ -672,6 +727,7 @@ async fn run(
         cancel: opts.cancel.clone(),
         audit_broken,
         wrong_flavor: std::sync::OnceLock::new(),
+        deadline,
         comment_changes: ctx.settings.comment_changes,
     });
     let results: Vec<(usize, Vec<(usize, Outcome)>)> = futures::stream::iter(work)
@@ -721,6 +777,15 @@ impl NotApplied {
         }
     }
 
+    /// A change the server may or may not have made: settled by reading it back later.
+    fn unknown(why: impl Into<String>) -> NotApplied {
+        NotApplied {
+            why: why.into(),
+            status: None,
+            outcome: Outcome::Unknown,
+        }
+    }
+
     /// A change the server was never asked to make, for a reason of configuration.
     fn skipped(why: impl Into<String>) -> NotApplied {
         NotApplied {
@@ -744,10 +809,29 @@ struct Applier {
     audit_broken: Arc<AtomicBool>,
     /// Set by the first update refused for the configured flavour: nothing more is sent.
     wrong_flavor: std::sync::OnceLock<String>,
+    /// `daemon.pass_timeout_secs` after the pass began: nothing is sent after it.
+    deadline: tokio::time::Instant,
     comment_changes: bool,
 }
 
 impl Applier {
+    /// Reads the case just before its update: a case someone changed since it was listed
+    /// is not sent what was decided on the old one (the next pass decides again).
+    async fn changed_since_listed(&self, p: &CasePlan) -> Option<NotApplied> {
+        let listed = p.stamp.as_ref()?;
+        p.field_changes().next()?;
+        match self.client.get_case(&p.case_id).await {
+            Ok(fresh) if plan::stamp(&fresh).as_ref() == Some(listed) => None,
+            Ok(_) => Some(NotApplied::skipped(
+                "not sent: the case changed since it was listed; the next pass decides again",
+            )),
+            Err(e) => Some(NotApplied::failed(
+                format!("not sent: cannot read the case before sending ({e})"),
+                e.http_status(),
+            )),
+        }
+    }
+
     /// Sends (or, once shutdown began, does not send) one case's update and hands the
     /// outcome rows to the audit writer; returns (decision index, outcome) pairs.
     async fn apply(self: Arc<Self>, pi: usize, p: CasePlan) -> (usize, Vec<(usize, Outcome)>) {
@@ -765,10 +849,18 @@ impl Applier {
                 "not sent: casewarden is shutting down",
                 None,
             ))
+        } else if tokio::time::Instant::now() > self.deadline {
+            Some(NotApplied::skipped(
+                "not sent: the pass ran past daemon.pass_timeout_secs",
+            ))
         } else {
             self.wrong_flavor
                 .get()
                 .map(|e| NotApplied::skipped(format!("not sent: {e}")))
+        };
+        let stop = match stop {
+            Some(why) => Some(why),
+            None => self.changed_since_listed(&p).await,
         };
         let outcomes = if let Some(why) = stop {
             p.decisions
@@ -838,10 +930,21 @@ async fn apply_case(
         let mut out = Vec::new();
         let update: DecisionResult = match plan.body() {
             Some(body) => match client.update_case(&plan.case_id, &body).await {
-                Ok(updated) => check_updated(&updated, plan, client.flavor()),
-                Err(e) if may_have_landed(&e) && landed(client, plan).await => {
-                    tracing::info!(error = %e, "the update's answer was lost, but reading the case back shows it was applied");
-                    Ok(())
+                Ok(updated) => match Case::parse(updated, Some(client.flavor())) {
+                    Ok(case) => holds(&case, plan),
+                    // Only a case holding the planned values proves the update.
+                    Err(_) => read_back(client, plan, "the server's answer to the update is not a case", NotApplied::failed("the server accepted the update but the case does not hold it", None)).await,
+                },
+                // No answer: the request may still be applied, so a case without the
+                // change is not settled yet.
+                Err(e @ ApiError::Transport { .. }) => {
+                    let why = format!("{e}; the case does not hold the change yet and the server may still apply it: settled before the next pass, never re-sent while open");
+                    read_back(client, plan, &e.to_string(), NotApplied::unknown(why)).await
+                }
+                Err(e) if e.http_status().is_some_and(|s| s >= 500) => {
+                    let answered = read_back(client, plan, &e.to_string(), failure(&e)).await;
+                    // The server answered: nothing of it can land later.
+                    answered.map_err(|n| NotApplied { status: n.status.or(e.http_status()), ..n })
                 }
                 Err(e) => Err(failure(&e)),
             },
@@ -859,7 +962,9 @@ async fn apply_case(
         }
         if let Err(n) = &update {
             for &i in &comments {
-                out.push((i, Err(NotApplied { why: "not sent: the case update failed".into(), status: None, outcome: n.outcome })));
+                // Never sent, so known: failed with its update, or skipped.
+                let outcome = if n.outcome == Outcome::Failed { Outcome::Failed } else { Outcome::Skipped };
+                out.push((i, Err(NotApplied { why: "not sent: the case update did not succeed".into(), status: None, outcome })));
             }
         } else if !text.is_empty() {
             text.push(comment_trailer(run_id));
@@ -887,7 +992,7 @@ async fn apply_case(
     .await
 }
 
-/// An error after which the server may still have applied the update: the request
+/// An error after which the server may still have applied the comment: the request
 /// went out but no (good) answer came back.
 fn may_have_landed(e: &ApiError) -> bool {
     match e {
@@ -896,11 +1001,24 @@ fn may_have_landed(e: &ApiError) -> bool {
     }
 }
 
-/// Reads the case back: does it hold every field change of the plan?
-async fn landed(client: &Client, plan: &CasePlan) -> bool {
+/// After an update whose answer does not prove it (`what` went wrong), reads the case
+/// back: applied if it holds every planned field, else `not_held`; `unknown` when it cannot
+/// be read.
+async fn read_back(
+    client: &Client,
+    plan: &CasePlan,
+    what: &str,
+    not_held: NotApplied,
+) -> DecisionResult {
     match client.get_case(&plan.case_id).await {
-        Ok(case) => unheld_fields(&case, plan).is_empty(),
-        Err(_) => false,
+        Ok(case) if unheld_fields(&case, plan).is_empty() => {
+            tracing::info!(error = %what, "the update's answer was no proof, but reading the case back shows it was applied");
+            Ok(())
+        }
+        Ok(_) => Err(not_held),
+        Err(e) => Err(NotApplied::unknown(format!(
+            "{what}; reading the case back failed too ({e}): settled before the next pass, never re-sent while open"
+        ))),
     }
 }
 
@@ -943,13 +1061,9 @@ fn failure(e: &ApiError) -> NotApplied {
     }
 }
 
-/// The server answered 2xx; make sure the case it returned holds what we sent.
-fn check_updated(updated: &Value, plan: &CasePlan, flavor: ApiFlavor) -> DecisionResult {
-    let Ok(case) = Case::parse(updated.clone(), Some(flavor)) else {
-        // Some servers answer with a bare acknowledgement; trust the 2xx.
-        return Ok(());
-    };
-    let missing = unheld_fields(&case, plan);
+/// The server answered with the case: does it hold what was sent?
+fn holds(case: &Case, plan: &CasePlan) -> DecisionResult {
+    let missing = unheld_fields(case, plan);
     if missing.is_empty() {
         Ok(())
     } else {
@@ -1000,113 +1114,4 @@ async fn user_index(client: &Client) -> HashMap<String, String> {
             HashMap::new()
         }
     }
-}
-
-/// What start-up reconciliation found.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Reconciled {
-    pub applied: usize,
-    pub failed: usize,
-    pub unknown: usize,
-}
-
-/// Settles `planned` rows that a crash left without an outcome: reads each case (for a
-/// comment, its comments) back and records `applied` if it holds the planned change,
-/// `failed` ("interrupted") if not, and `unknown` when it cannot be read.
-pub async fn reconcile(ctx: &PassContext) -> Result<Reconciled, crate::audit::AuditError> {
-    let interrupted = ctx.audit.mark_interrupted_passes().await?;
-    let rows = ctx.audit.unsettled().await?;
-    let mut summary = Reconciled::default();
-    if rows.is_empty() {
-        return Ok(summary);
-    }
-    let mut cases: HashMap<String, Result<Case, String>> = HashMap::new();
-    let mut comments: HashMap<String, Result<Vec<String>, String>> = HashMap::new();
-    let mut events = Vec::new();
-    for row in rows {
-        if !cases.contains_key(&row.case_id) {
-            let fetched = ctx
-                .client
-                .get_case(&row.case_id)
-                .await
-                .map_err(|e| e.to_string());
-            cases.insert(row.case_id.clone(), fetched);
-        }
-        let decision = Decision {
-            rule: row.rule.clone(),
-            field: row.field.clone(),
-            old: row.old.clone(),
-            new: row.new.clone(),
-            reason: row.reason.clone(),
-            skipped: None,
-        };
-        let (outcome, error) = match &cases[&row.case_id] {
-            Err(e) => (
-                Outcome::Unknown,
-                Some(format!("interrupted; cannot read the case back: {e}")),
-            ),
-            Ok(_) if row.field == "comment" => {
-                if !comments.contains_key(&row.case_id) {
-                    let texts = comment_texts(&ctx.client, &row.case_id)
-                        .await
-                        .map_err(|e| e.to_string());
-                    comments.insert(row.case_id.clone(), texts);
-                }
-                let line = rule_comment(&row.rule, row.new.as_deref());
-                let trailer = comment_trailer(&row.run_id);
-                match &comments[&row.case_id] {
-                    Ok(texts)
-                        if texts
-                            .iter()
-                            .any(|c| c.contains(&line) && c.ends_with(&trailer)) =>
-                    {
-                        (Outcome::Applied, None)
-                    }
-                    Ok(_) => (
-                        Outcome::Failed,
-                        Some("interrupted: the comment is not on the case".to_string()),
-                    ),
-                    Err(e) => (
-                        Outcome::Unknown,
-                        Some(format!("interrupted; cannot read the case's comments: {e}")),
-                    ),
-                }
-            }
-            Ok(case) if plan::case_holds(case, &decision) => (Outcome::Applied, None),
-            Ok(_) => (
-                Outcome::Failed,
-                Some("interrupted: the case does not hold the planned value".to_string()),
-            ),
-        };
-        match outcome {
-            Outcome::Applied => summary.applied += 1,
-            Outcome::Failed => summary.failed += 1,
-            _ => summary.unknown += 1,
-        }
-        events.push(NewEvent {
-            run_id: row.run_id.clone(),
-            rule: row.rule.clone(),
-            rule_hash: row.rule_hash.clone(),
-            case_id: row.case_id.clone(),
-            ticket_id: row.ticket_id,
-            field: row.field.clone(),
-            old: row.old.clone(),
-            new: row.new.clone(),
-            reason: "reconciled at start-up after an interrupted pass".into(),
-            dry_run: false,
-            outcome: Some(outcome),
-            error,
-            http_status: None,
-            planned_seq: Some(row.seq),
-        });
-    }
-    ctx.audit.append(&events).await?;
-    tracing::warn!(
-        interrupted_passes = interrupted,
-        applied = summary.applied,
-        failed = summary.failed,
-        unknown = summary.unknown,
-        "reconciled changes left planned by an interrupted pass"
-    );
-    Ok(summary)
 }

@@ -1,0 +1,214 @@
+//! Settling changes whose outcome is not known: `planned` rows a dead process left, and
+//! `unknown` rows whose answer was lost. Reads each case back (a comment: the case's
+//! comments) once the server can no longer be applying the request, and records what it
+//! shows; what it still cannot tell stays open, and is never re-sent while open.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use super::{PassContext, comment_texts, comment_trailer, rule_comment};
+use crate::audit::{AuditError, Lease, NewEvent, Outcome, Unsettled};
+use crate::plan::{self, Decision};
+use crate::stellar::Case;
+
+/// Rows settled per audit transaction, so a process killed while reconciling keeps what
+/// it had settled.
+const BATCH: usize = 50;
+
+/// What reconciliation found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reconciled {
+    pub applied: usize,
+    pub failed: usize,
+    pub unknown: usize,
+    /// Left open: the server may still apply them, or could not be asked.
+    pub open: usize,
+}
+
+/// Settles what is not settled. Call it holding the one-writer claim, as the first pass of
+/// its process: `previous` is the lease of a holder that died without releasing it.
+pub async fn reconcile(
+    ctx: &PassContext,
+    previous: Option<&Lease>,
+) -> Result<Reconciled, AuditError> {
+    let interrupted = ctx.audit.mark_interrupted_passes().await?;
+    let rows = ctx.audit.unsettled().await?;
+    let mut summary = Reconciled::default();
+    if rows.is_empty() {
+        return Ok(summary);
+    }
+    let window = ctx.settings.settle_after;
+    // A dead holder's requests may land until its last heartbeat plus the request timeout.
+    if rows.iter().any(|r| r.last_outcome.is_none())
+        && let Some(last) = previous.and_then(|p| parse(&p.heartbeat_at))
+    {
+        let settled_at = last + window;
+        let wait = (settled_at - chrono::Utc::now())
+            .to_std()
+            .unwrap_or_default();
+        if !wait.is_zero() {
+            tracing::info!(
+                wait_ms = wait.as_millis() as u64,
+                holder = %previous.map(ToString::to_string).unwrap_or_default(),
+                "waiting until the requests of an interrupted pass can no longer land"
+            );
+            tokio::time::sleep(wait).await;
+        }
+    }
+    let ids: Vec<String> = {
+        let mut seen = std::collections::HashSet::new();
+        rows.iter()
+            .filter(|r| seen.insert(r.row.case_id.as_str()))
+            .map(|r| r.row.case_id.clone())
+            .collect()
+    };
+    let with_comments: Vec<String> = rows
+        .iter()
+        .filter(|r| r.row.field == "comment")
+        .map(|r| r.row.case_id.clone())
+        .collect();
+    let now = chrono::Utc::now();
+    let mut pending = rows.into_iter().peekable();
+    let mut cases: HashMap<String, Result<Case, String>> = HashMap::new();
+    let mut comments: HashMap<String, Result<Vec<String>, String>> = HashMap::new();
+    for chunk in ids.chunks(BATCH) {
+        let read: Vec<(
+            String,
+            Result<Case, String>,
+            Option<Result<Vec<String>, String>>,
+        )> = futures::stream::iter(chunk.iter().cloned())
+            .map(|id| async {
+                let case = ctx.client.get_case(&id).await.map_err(|e| e.to_string());
+                let texts = if with_comments.contains(&id) {
+                    Some(
+                        comment_texts(&ctx.client, &id)
+                            .await
+                            .map_err(|e| e.to_string()),
+                    )
+                } else {
+                    None
+                };
+                (id, case, texts)
+            })
+            .buffer_unordered(ctx.settings.max_in_flight.max(1))
+            .collect()
+            .await;
+        for (id, case, texts) in read {
+            cases.insert(id.clone(), case);
+            if let Some(t) = texts {
+                comments.insert(id, t);
+            }
+        }
+        let mut events = Vec::new();
+        while let Some(r) = pending.next_if(|r| cases.contains_key(&r.row.case_id)) {
+            let (outcome, error) = settle(&r, &cases, &comments, now, window);
+            match outcome {
+                Some(Outcome::Applied) => summary.applied += 1,
+                Some(Outcome::Failed) => summary.failed += 1,
+                Some(_) => summary.unknown += 1,
+                None => summary.open += 1,
+            }
+            if let Some(outcome) = outcome {
+                events.push(outcome_row(&r, outcome, error));
+            }
+        }
+        ctx.audit.append(&events).await?;
+    }
+    tracing::warn!(
+        interrupted_passes = interrupted,
+        applied = summary.applied,
+        failed = summary.failed,
+        unknown = summary.unknown,
+        still_open = summary.open,
+        "reconciled changes left planned by an interrupted pass or answered by no one"
+    );
+    Ok(summary)
+}
+
+/// What the case read back says of one unsettled change; None: nothing new to record.
+fn settle(
+    r: &Unsettled,
+    cases: &HashMap<String, Result<Case, String>>,
+    comments: &HashMap<String, Result<Vec<String>, String>>,
+    now: chrono::DateTime<chrono::Utc>,
+    window: Duration,
+) -> (Option<Outcome>, Option<String>) {
+    let row = &r.row;
+    // A lost answer (`unknown`) may still be applied by the server until the window after
+    // it has passed; a dead process's rows are read only after it has (see `reconcile`).
+    let may_still_land = r.last_status.is_none()
+        && r.last_at
+            .as_deref()
+            .and_then(parse)
+            .is_some_and(|at| now < at + window);
+    let first = r.last_outcome.is_none();
+    let holds = match (&cases[&row.case_id], row.field.as_str()) {
+        (Err(e), _) => Err(format!("cannot read the case back: {e}")),
+        (Ok(_), "comment") => match &comments[&row.case_id] {
+            Ok(texts) => {
+                let line = rule_comment(&row.rule, row.new.as_deref());
+                let trailer = comment_trailer(&row.run_id);
+                Ok(texts
+                    .iter()
+                    .any(|c| c.contains(&line) && c.ends_with(&trailer)))
+            }
+            Err(e) => Err(format!("cannot read the case's comments: {e}")),
+        },
+        (Ok(case), _) => Ok(plan::case_holds(
+            case,
+            &Decision {
+                rule: row.rule.clone(),
+                field: row.field.clone(),
+                old: row.old.clone(),
+                new: row.new.clone(),
+                reason: row.reason.clone(),
+                skipped: None,
+            },
+        )),
+    };
+    match holds {
+        Ok(true) => (Some(Outcome::Applied), None),
+        Ok(false) if may_still_land => (None, None),
+        Ok(false) => (
+            Some(Outcome::Failed),
+            Some(match (first, row.field.as_str()) {
+                (true, "comment") => "interrupted: the comment is not on the case".into(),
+                (true, _) => "interrupted: the case does not hold the planned value".into(),
+                (false, _) => {
+                    "not applied: the case does not hold it, and the request can no longer land"
+                        .into()
+                }
+            }),
+        ),
+        Err(e) if first => (Some(Outcome::Unknown), Some(e)),
+        Err(_) => (None, None),
+    }
+}
+
+fn outcome_row(r: &Unsettled, outcome: Outcome, error: Option<String>) -> NewEvent {
+    let row = &r.row;
+    NewEvent {
+        run_id: row.run_id.clone(),
+        rule: row.rule.clone(),
+        rule_hash: row.rule_hash.clone(),
+        case_id: row.case_id.clone(),
+        ticket_id: row.ticket_id,
+        field: row.field.clone(),
+        old: row.old.clone(),
+        new: row.new.clone(),
+        reason: "reconciled: read back from the server".into(),
+        dry_run: false,
+        outcome: Some(outcome),
+        error,
+        http_status: None,
+        planned_seq: Some(row.seq),
+    }
+}
+
+fn parse(t: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc3339(t)
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
