@@ -98,6 +98,8 @@ async fn main() {
             max_change_fraction: 0.25,
             guard_min_cases: 40,
             max_in_flight: 8,
+            settle_after: casewarden::pass::settle_after(Duration::from_secs(60)),
+            pass_timeout: Duration::from_secs(3600),
         },
     };
     let set = RuleSet::load_dir(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("rules")).unwrap();

@@ -7,7 +7,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use casewarden::audit::{AuditStore, EventRow, Filter, Verification};
-use casewarden::sim::Simulator;
+use casewarden::sim::{RedirectFault, Simulator};
+use serde_json::json;
 
 use crate::common::*;
 
@@ -48,14 +49,16 @@ fn assert_agreement(sim: &Simulator, rows: &[EventRow]) {
             r.seq
         );
     }
-    for c in sim.state().cases.iter() {
-        let n = c["history"]
-            .as_array()
-            .unwrap()
+    let state = sim.state();
+    for c in state.cases.iter() {
+        let id = c["_id"].as_str().unwrap();
+        let n = state.api_changes(id).len();
+        assert!(n <= 1, "{id} was changed {n} times");
+        let logged = rows
             .iter()
-            .filter(|h| h["api"] == true)
+            .filter(|r| r.case_id == id && r.outcome == "applied")
             .count();
-        assert!(n <= 1, "{} was changed {n} times", c["_id"]);
+        assert!(logged <= 1, "{id} is recorded applied {logged} times");
     }
 }
 
@@ -417,4 +420,238 @@ async fn a_full_audit_db_means_no_change_is_sent_until_there_is_room() {
     let out = ws.run(&["once", "--dry-run"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_agreement(&sim, &ws.audit(Filter::default()).await);
+}
+
+/// Starts `once` on the workspace's config as a child process.
+fn spawn_once(ws: &Workspace, extra: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_casewarden"))
+        .args(["--config", ws.config().to_str().unwrap(), "once"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_once_runs_started_together_apply_each_change_once() {
+    for gap in [0u64, 3, 7, 12, 20, 30, 45, 60, 80, 100] {
+        let mut opts = sim_options(120);
+        opts.faults.latency_ms = 3;
+        let sim = start(opts).await;
+        let ws = workspace(&sim, "");
+        ws.edit_config("comment_changes = false", "comment_changes = true");
+        let first = spawn_once(&ws, &["--wait", "0"]);
+        tokio::time::sleep(Duration::from_millis(gap)).await;
+        let second = spawn_once(&ws, &["--wait", "0"]);
+        let (a, b) = (
+            first.wait_with_output().await.unwrap(),
+            second.wait_with_output().await.unwrap(),
+        );
+        let codes = [a.status.code(), b.status.code()];
+        assert!(
+            codes.contains(&Some(0)),
+            "gap {gap}: {codes:?} {}",
+            stderr(&b)
+        );
+        for o in [&a, &b] {
+            assert!(
+                matches!(o.status.code(), Some(0) | Some(4)),
+                "gap {gap}: {}",
+                stderr(o)
+            );
+            if o.status.code() == Some(4) {
+                assert!(
+                    stderr(o).contains("claimed by another casewarden pass: pid"),
+                    "{}",
+                    stderr(o)
+                );
+            }
+        }
+        let rows = ws.audit(Filter::default()).await;
+        assert_agreement(&sim, &rows);
+        assert_eq!(tagged_by_api(&sim).len(), 120, "gap {gap}");
+        let state = sim.state();
+        for (id, comments) in &state.comments {
+            assert_eq!(
+                comments.len(),
+                1,
+                "gap {gap}: {id} got {} comments",
+                comments.len()
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redirects_are_errors_never_successes() {
+    let cases = [
+        // A same-host 302 on an update would turn it into a GET of the list.
+        ("/cases", Some("POST"), 302, "/connect/api/v1/cases", 1),
+        // A 307 would re-send the update, or hand the key, to another host.
+        (
+            "/cases",
+            Some("POST"),
+            307,
+            "https://elsewhere.example.com/x",
+            1,
+        ),
+        (
+            "/access_token",
+            None,
+            307,
+            "https://elsewhere.example.com/token",
+            3,
+        ),
+        (
+            "/cases",
+            Some("GET"),
+            307,
+            "https://elsewhere.example.com/cases",
+            1,
+        ),
+    ];
+    for (suffix, method, status, location, code) in cases {
+        let mut opts = sim_options(30);
+        opts.faults.redirect = Some(RedirectFault {
+            status,
+            location: location.into(),
+            method: method.map(str::to_string),
+            path_suffix: suffix.into(),
+        });
+        let sim = start(opts).await;
+        let ws = workspace(&sim, "");
+        let out = ws.run(&["once"]).await;
+        let mut text = format!("{}{}", stdout(&out), stderr(&out));
+        assert_eq!(out.status.code(), Some(code), "{status} {suffix}: {text}");
+        assert!(!text.contains("status ok"), "{text}");
+        if method == Some("POST") {
+            let rows = ws.audit(Filter::default()).await;
+            assert!(rows.iter().all(|r| r.outcome != "applied"), "{rows:#?}");
+            text = rows.iter().filter_map(|r| r.error.clone()).collect();
+        }
+        assert!(text.contains(&format!("redirect to {location}")), "{text}");
+        assert!(tagged_by_api(&sim).is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn late_answers_are_read_back_not_resent_and_cut_bodies_retried() {
+    let mut opts = sim_options(40);
+    opts.faults.slow_write_answers_ms = 1500;
+    opts.faults.truncate_next_lists = 1;
+    opts.faults.token_fail_next = 1;
+    let sim = start(opts).await;
+    let ws = workspace(&sim, "");
+    set_stellar(
+        &ws,
+        "timeout_secs = 1\nmax_attempts = 3\nretry_base_ms = 20\nmax_in_flight = 8",
+    );
+    let out = ws.run(&["once"]).await;
+    assert_exit(&out, 0);
+    // One update request per case: none was sent again after its answer came late.
+    {
+        let state = sim.state();
+        assert_eq!(state.update_calls.len(), 40);
+        assert!(
+            state.update_calls.values().all(|n| *n == 1),
+            "{:?}",
+            state.update_calls
+        );
+    }
+    assert_agreement(&sim, &ws.audit(Filter::default()).await);
+    assert_eq!(tagged_by_api(&sim).len(), 40);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_case_a_person_changed_after_the_listing_is_not_overwritten() {
+    let mut opts = sim_options(60);
+    opts.faults.edit_before_read = Some((
+        "alice@example.com".into(),
+        "priority".into(),
+        json!("Critical"),
+    ));
+    let sim = start(opts).await;
+    let rule = "const RULE = #{ name: \"to-high\" };\nfn evaluate(c) { if c.priority != \"High\" { set_priority(\"High\", \"test\"); } }\n";
+    let ws = Workspace::new(&sim.url, "legacy", GUARD_OFF, Some(&[("high.rhai", rule)]));
+    assert_exit(&ws.run(&["once"]).await, 0);
+    {
+        let state = sim.state();
+        assert!(
+            state
+                .cases
+                .iter()
+                .all(|c| state.api_changes(c["_id"].as_str().unwrap()).is_empty())
+        );
+        assert!(
+            state
+                .cases
+                .iter()
+                .all(|c| c["priority"] == "Critical" || c["priority"] == "High")
+        );
+    }
+    let rows = ws.audit(Filter::default()).await;
+    assert!(rows.iter().all(|r| r.outcome != "applied"));
+    assert!(rows.iter().any(|r| {
+        r.error
+            .as_deref()
+            .is_some_and(|e| e.contains("changed since it was listed"))
+    }));
+    // The next pass sees the person's value, and a person set back is left alone.
+    assert_exit(&ws.run(&["once"]).await, 0);
+    assert!(
+        sim.state()
+            .cases
+            .iter()
+            .all(|c| c["priority"] == "Critical" || c["priority"] == "High")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kill_while_slow_updates_are_in_flight_then_an_immediate_restart_agree() {
+    for seed in 0..10u64 {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut opts = sim_options(40);
+        // The server is still applying each update for a while after it arrived.
+        opts.faults.slow_write_apply_ms = 600;
+        let sim = start(opts).await;
+        let ws = workspace(&sim, "");
+        set_stellar(
+            &ws,
+            "timeout_secs = 2\nmax_attempts = 2\nretry_base_ms = 20\nmax_in_flight = 8",
+        );
+        let mut child = spawn_once(&ws, &[]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sim
+            .state()
+            .requests
+            .iter()
+            .all(|r| r.method != "POST" || !r.path.ends_with("/cases"))
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.u64(0..400))).await;
+        child.start_kill().unwrap();
+        child.wait().await.unwrap();
+        let out = ws.run(&["once"]).await;
+        assert!(
+            matches!(out.status.code(), Some(0)),
+            "seed {seed}: {}",
+            stderr(&out)
+        );
+        // Whatever is still open settles on the next pass.
+        let out = ws.run(&["once"]).await;
+        assert_exit(&out, 0);
+        let rows = ws.audit(Filter::default()).await;
+        assert_agreement(&sim, &rows);
+        assert_eq!(tagged_by_api(&sim).len(), 40, "seed {seed}");
+        let state = sim.state();
+        let twice: Vec<_> = state.update_calls.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(
+            twice.is_empty(),
+            "seed {seed}: updates sent twice: {twice:?}"
+        );
+    }
 }

@@ -259,6 +259,22 @@ impl AuditStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| fail(format!("cannot create folder {}: {e}", dir.display())))?;
         }
+        // Two processes starting on a new file must not both set it up (WAL, tables).
+        // (A folder this user cannot write to cannot be migrated either: no lock needed.)
+        let lock = match std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(lease::lock_path(path).with_extension("migrate.lock"))
+        {
+            Ok(lock) => Some(
+                tokio::task::spawn_blocking(move || lock.lock().map(|()| lock))
+                    .await
+                    .map_err(|e| fail(e.to_string()))?
+                    .map_err(|e| fail(format!("cannot take the migration lock: {e}")))?,
+            ),
+            Err(_) => None,
+        };
         let options = SqliteConnectOptions::from_str("sqlite://")
             .map_err(|e| fail(e.to_string()))?
             .filename(path)
@@ -282,22 +298,6 @@ impl AuditStore {
             path: path.to_path_buf(),
             write: Default::default(),
             claim: Default::default(),
-        };
-        // Two processes starting on a new file must not both create its tables.
-        // (A folder this user cannot write to cannot be migrated either: no lock needed.)
-        let lock = match std::fs::File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(lease::lock_path(path).with_extension("migrate.lock"))
-        {
-            Ok(lock) => Some(
-                tokio::task::spawn_blocking(move || lock.lock().map(|()| lock))
-                    .await
-                    .map_err(|e| fail(e.to_string()))?
-                    .map_err(|e| fail(format!("cannot take the migration lock: {e}")))?,
-            ),
-            Err(_) => None,
         };
         let migrated = store.migrate().await;
         drop(lock);

@@ -17,6 +17,13 @@ use crate::stellar::Case;
 /// it had settled.
 const BATCH: usize = 50;
 
+/// A case read back: its id, the case, and its comments when a comment is to settle.
+type ReadBack = (
+    String,
+    Result<Case, String>,
+    Option<Result<Vec<String>, String>>,
+);
+
 /// What reconciliation found.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Reconciled {
@@ -74,11 +81,7 @@ pub async fn reconcile(
     let mut cases: HashMap<String, Result<Case, String>> = HashMap::new();
     let mut comments: HashMap<String, Result<Vec<String>, String>> = HashMap::new();
     for chunk in ids.chunks(BATCH) {
-        let read: Vec<(
-            String,
-            Result<Case, String>,
-            Option<Result<Vec<String>, String>>,
-        )> = futures::stream::iter(chunk.iter().cloned())
+        let read: Vec<ReadBack> = futures::stream::iter(chunk.iter().cloned())
             .map(|id| async {
                 let case = ctx.client.get_case(&id).await.map_err(|e| e.to_string());
                 let texts = if with_comments.contains(&id) {

@@ -144,7 +144,7 @@ pub struct SeenRequest {
     pub path: String,
     pub query: String,
     pub status: u16,
-    /// When the answer went out.
+    /// When the answer was ready (a held-back one goes out later).
     pub at: std::time::Instant,
 }
 
@@ -167,6 +167,9 @@ pub struct SimState {
     pub issued_tokens: Vec<String>,
     pub requests: Vec<SeenRequest>,
     pub faults: Faults,
+    /// Update requests that reached the update handler, per case id (whatever their
+    /// answer, even one its client never received).
+    pub update_calls: HashMap<String, u32>,
     /// Cases `edit_before_read` has edited.
     edited: HashSet<String>,
     rng: fastrand::Rng,
@@ -210,6 +213,7 @@ impl SimState {
             issued_tokens: Vec::new(),
             requests: Vec::new(),
             faults: opts.faults.clone(),
+            update_calls: HashMap::new(),
             edited: HashSet::new(),
             rng: fastrand::Rng::with_seed(opts.seed ^ 0xfa17),
             api_requests: 0,
@@ -576,24 +580,30 @@ async fn faults_and_log(State(state): State<Shared>, req: Request, next: Next) -
     let apply_delay = lock(&state).faults.slow_write_apply_ms;
     let resp = match injected {
         Some(r) => r,
-        None => {
-            if is_write && apply_delay > 0 {
-                tokio::time::sleep(Duration::from_millis(apply_delay)).await;
-            }
+        // Detached, so the write lands even if the client gives up (or dies) meanwhile.
+        None if is_write && apply_delay > 0 => tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(apply_delay)).await;
             next.run(req).await
-        }
+        })
+        .await
+        .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        None => next.run(req).await,
     };
-    let slow = lock(&state).faults.slow_write_answers_ms;
+    // Logged before a held-back answer, which a client that gives up never waits for.
+    let slow = {
+        let mut s = lock(&state);
+        s.requests.push(SeenRequest {
+            method,
+            path,
+            query,
+            status: resp.status().as_u16(),
+            at: std::time::Instant::now(),
+        });
+        s.faults.slow_write_answers_ms
+    };
     if slow > 0 && is_write {
         tokio::time::sleep(Duration::from_millis(slow)).await;
     }
-    lock(&state).requests.push(SeenRequest {
-        method,
-        path,
-        query,
-        status: resp.status().as_u16(),
-        at: std::time::Instant::now(),
-    });
     resp
 }
 
@@ -648,8 +658,10 @@ fn truncated(body: Vec<u8>) -> Response {
         Err(std::io::Error::other("connection dropped")),
     ]);
     let mut r = Response::new(axum::body::Body::from_stream(chunks));
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     r.headers_mut()
         .insert(header::CONTENT_LENGTH, header::HeaderValue::from(len));
     r
@@ -837,6 +849,7 @@ fn update(
     if let Err(msg) = authorize(&s, headers) {
         return error(StatusCode::UNAUTHORIZED, msg);
     }
+    *s.update_calls.entry(id.to_string()).or_default() += 1;
     if route != s.flavor {
         return error(
             StatusCode::METHOD_NOT_ALLOWED,

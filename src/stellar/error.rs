@@ -73,7 +73,7 @@ pub(crate) fn redirect(what: &str, resp: &reqwest::Response) -> ApiError {
             .headers()
             .get(reqwest::header::LOCATION)
             .and_then(|l| l.to_str().ok())
-            .map_or_else(|| "(no Location)".to_string(), |l| excerpt(l)),
+            .map_or_else(|| "(no Location)".to_string(), excerpt),
     }
 }
 
