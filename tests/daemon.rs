@@ -473,3 +473,30 @@ async fn the_systemd_unit_verifies() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stderr(&out).trim(), "", "systemd-analyze has remarks");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_once_beside_a_running_daemon_and_a_second_daemon_change_nothing_twice() {
+    let (sim, ws, d) = daemon_mid_pass().await;
+    // `once` while the daemon's pass holds the audit store: it names the holder, exit 4.
+    let out = ws.run(&["once", "--wait", "0"]).await;
+    assert_fails_with(&out, 4, "claimed by another casewarden pass: pid");
+    // A second daemon on the same store skips its ticks while the first one's pass runs.
+    let second = Daemon::start(&ws, &[]);
+    second.wait_log("tick skipped", 20).await;
+    second.signal(libc::SIGTERM);
+    assert_eq!(second.exit_code(35).await, 0);
+    assert!(
+        until(60, || sim.state().write_requests() >= 200).await,
+        "{}",
+        d.log()
+    );
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.exit_code(35).await, 0);
+    let rows = ws.audit(Filter::default()).await;
+    assert!(settled(&rows));
+    let state = sim.state();
+    let twice: Vec<_> = state.update_calls.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "updates sent twice: {twice:?}");
+    let applied = rows.iter().filter(|r| r.outcome == "applied").count();
+    assert_eq!(applied, 200);
+}

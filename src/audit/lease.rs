@@ -76,7 +76,16 @@ pub(super) struct Slot {
     previous: Option<Lease>,
 }
 
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+    }
+}
+
 impl Claim {
+    /// Gives this pass's share back; the last share of the process marks the lease
+    /// released (a claim dropped without this still ends: the OS lock goes with it and
+    /// the lease expires).
     pub async fn release(self) {
         let Claim { shared, .. } = self;
         if let Ok(shared) = Arc::try_unwrap(shared) {

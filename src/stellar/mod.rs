@@ -145,11 +145,6 @@ impl Client {
         }
     }
 
-    /// Whether the flavour is detected (`auto`) rather than configured.
-    pub fn flavor_detected(&self) -> bool {
-        !self.inner.flavor_fixed
-    }
-
     /// `auto`: takes `flavor` from `evidence` unless one was already chosen, and logs it.
     fn detect_flavor(&self, flavor: ApiFlavor, evidence: &str) {
         if self.inner.flavor_fixed {
