@@ -100,6 +100,7 @@ async fn main() {
             max_in_flight: 8,
             settle_after: casewarden::pass::settle_after(Duration::from_secs(60)),
             pass_timeout: Duration::from_secs(3600),
+            limits: Default::default(),
         },
     };
     let set = RuleSet::load_dir(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("rules")).unwrap();

@@ -80,7 +80,7 @@ pub struct OnceArgs {
     pub rules: Vec<String>,
     /// How long to wait for another casewarden pass on the same audit store to finish
     /// (one writer at a time); then exit 4 naming it
-    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    #[arg(long, value_name = "SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub wait: u64,
 }
 
@@ -420,7 +420,8 @@ async fn once(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
         Duration::from_secs(config.audit.busy_timeout_secs),
         config.audit.max_size_mb,
     )
-    .await?;
+    .await?
+    .with_head_file(config.audit.head_file.clone());
     if let Err(e) = client.authenticate().await {
         // The server could not be reached or refused the key.
         eprintln!("error: {e}");
@@ -523,6 +524,7 @@ fn test_rule(args: &TestRuleArgs) -> anyhow::Result<u8> {
     let env = EvalEnv {
         now_ms,
         own_users: std::sync::Arc::new(args.self_users.clone()),
+        ..EvalEnv::default()
     };
     let mut failed = false;
     let mut out = std::io::stdout().lock();
@@ -581,7 +583,12 @@ fn test_rule(args: &TestRuleArgs) -> anyhow::Result<u8> {
                 writeln!(out)?;
             }
             TestFormat::Table => match (&plan, &error) {
-                (_, Some(e)) => writeln!(out, "  case {}: ERROR {e}", case.id)?,
+                (_, Some(e)) => writeln!(
+                    out,
+                    "  case {}: ERROR {}",
+                    case.id,
+                    crate::text::for_terminal(e)
+                )?,
                 (Some(p), None) if p.decisions.is_empty() => writeln!(
                     out,
                     "  case {} (ticket {}): no changes",
@@ -609,7 +616,8 @@ async fn open_audit(cli: &Cli, db: &Option<PathBuf>) -> anyhow::Result<AuditStor
             path.display()
         );
     }
-    Ok(AuditStore::open(&path).await?)
+    // Reading the log never writes to it: an auditor's copy may be read-only.
+    Ok(AuditStore::open_read_only(&path).await?)
 }
 
 async fn audit(cli: &Cli, args: &AuditArgs) -> anyhow::Result<u8> {
@@ -618,16 +626,28 @@ async fn audit(cli: &Cli, args: &AuditArgs) -> anyhow::Result<u8> {
         let result = store.verify().await?;
         return Ok(match result {
             Verification::Intact { rows, head } => {
+                // A head saved earlier is any row of the chain: the log grows after it.
                 if let Some(expected) = expect_head
                     && !head.eq_ignore_ascii_case(expected)
                 {
+                    let Some(seq) = store.seq_of_hash(expected).await? else {
+                        println!(
+                            "BROKEN: the chain is intact over {rows} row(s) but its head is {head}, not the expected {expected}, and no row has that hash: rows were removed or the log was replaced"
+                        );
+                        return Ok(1);
+                    };
+                    let since = rows.saturating_sub(seq as u64);
                     println!(
-                        "BROKEN: the chain is intact over {rows} row(s) but its head is {head}, not the expected {expected}: newest rows were removed or the log was replaced"
+                        "ok: {rows} row(s), hash chain intact, head {head}; the expected hash is row {seq}, {since} row(s) appended since"
                     );
-                    return Ok(1);
+                    return Ok(0);
                 }
                 println!("ok: {rows} row(s), hash chain intact, head {head}");
                 0
+            }
+            Verification::BrokenPass { id, problem } => {
+                println!("BROKEN: pass {id}: {problem}");
+                1
             }
             Verification::Broken {
                 seq,

@@ -128,6 +128,19 @@ pub struct DaemonConfig {
     /// recorded as skipped.
     #[serde(default = "default_pass_timeout")]
     pub pass_timeout_secs: u64,
+    /// Changes (comments included) one rule may ask of one case.
+    #[serde(default = "default_changes_per_case")]
+    pub max_changes_per_rule_case: usize,
+    #[serde(default = "default_comments_per_case")]
+    pub max_comments_per_rule_case: usize,
+    #[serde(default = "default_comment_chars")]
+    pub max_comment_chars: usize,
+    /// Wall-clock limit of one rule on one case.
+    #[serde(default = "default_rule_timeout")]
+    pub rule_timeout_ms: u64,
+    /// `print`/`debug` lines one rule may log per pass.
+    #[serde(default = "default_prints")]
+    pub max_prints_per_rule: u32,
     pub listen: Option<String>,
 }
 
@@ -142,6 +155,8 @@ pub struct AuditConfig {
     /// Optional cap on the database size; at the cap, passes stop (nothing is sent that
     /// cannot be recorded) until the file is archived or the cap raised.
     pub max_size_mb: Option<u64>,
+    /// Every finished pass appends its chain head here.
+    pub head_file: Option<PathBuf>,
 }
 
 fn default_timeout() -> u64 {
@@ -183,6 +198,23 @@ fn default_breaker() -> u32 {
 fn default_shutdown() -> u64 {
     30
 }
+fn default_changes_per_case() -> usize {
+    crate::rules::limits::Limits::default().changes_per_case
+}
+fn default_comments_per_case() -> usize {
+    crate::rules::limits::Limits::default().comments_per_case
+}
+fn default_comment_chars() -> usize {
+    crate::rules::limits::Limits::default().comment_chars
+}
+fn default_rule_timeout() -> u64 {
+    crate::rules::limits::Limits::default()
+        .eval_time
+        .as_millis() as u64
+}
+fn default_prints() -> u32 {
+    crate::rules::limits::Limits::default().prints_per_pass
+}
 fn default_pass_timeout() -> u64 {
     1800
 }
@@ -206,6 +238,11 @@ impl Default for DaemonConfig {
             breaker_passes: default_breaker(),
             shutdown_timeout_secs: default_shutdown(),
             pass_timeout_secs: default_pass_timeout(),
+            max_changes_per_rule_case: default_changes_per_case(),
+            max_comments_per_rule_case: default_comments_per_case(),
+            max_comment_chars: default_comment_chars(),
+            rule_timeout_ms: default_rule_timeout(),
+            max_prints_per_rule: default_prints(),
             listen: None,
         }
     }
@@ -217,6 +254,7 @@ impl Default for AuditConfig {
             path: default_audit_path(),
             busy_timeout_secs: default_busy_timeout(),
             max_size_mb: None,
+            head_file: None,
         }
     }
 }
@@ -254,6 +292,9 @@ impl Config {
             resolve(p);
         }
         if let Some(p) = config.stellar.ca_file.as_mut() {
+            resolve(p);
+        }
+        if let Some(p) = config.audit.head_file.as_mut() {
             resolve(p);
         }
         config.validate()?;
@@ -297,9 +338,6 @@ impl Config {
                 ),
             ));
         }
-        if s.timeout_secs == 0 {
-            return Err(self.invalid("stellar.timeout_secs", "must be at least 1"));
-        }
         if s.max_in_flight == 0 {
             return Err(self.invalid("stellar.max_in_flight", "must be at least 1"));
         }
@@ -318,6 +356,30 @@ impl Config {
                 "daemon.max_change_fraction",
                 format!("{} must be in (0, 1]", d.max_change_fraction),
             ));
+        }
+        for (key, value, max) in [
+            (
+                "daemon.max_changes_per_rule_case",
+                d.max_changes_per_rule_case as u64,
+                10_000,
+            ),
+            (
+                "daemon.max_comment_chars",
+                d.max_comment_chars as u64,
+                1_000_000,
+            ),
+            ("daemon.rule_timeout_ms", d.rule_timeout_ms, 600_000),
+            ("daemon.pass_timeout_secs", d.pass_timeout_secs, 7 * 86_400),
+            (
+                "daemon.shutdown_timeout_secs",
+                d.shutdown_timeout_secs,
+                86_400,
+            ),
+            ("stellar.timeout_secs", s.timeout_secs, 3_600),
+        ] {
+            if value == 0 || value > max {
+                return Err(self.invalid(key, format!("{value} is out of range: 1 to {max}")));
+            }
         }
         if d.breaker_passes == 0 {
             return Err(self.invalid("daemon.breaker_passes", "must be at least 1"));
@@ -418,6 +480,18 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
 }
 
 impl Config {
+    /// What one rule may ask of one case, from `[daemon]`.
+    pub fn rule_limits(&self) -> crate::rules::limits::Limits {
+        let d = &self.daemon;
+        crate::rules::limits::Limits {
+            changes_per_case: d.max_changes_per_rule_case,
+            comments_per_case: d.max_comments_per_rule_case,
+            comment_chars: d.max_comment_chars,
+            eval_time: Duration::from_millis(d.rule_timeout_ms),
+            prints_per_pass: d.max_prints_per_rule,
+        }
+    }
+
     /// Client settings from the `[stellar]` section, reading the key and CA file.
     pub fn client_settings(&self) -> anyhow::Result<ClientSettings> {
         let s = &self.stellar;

@@ -122,7 +122,8 @@ pub async fn run(config: Config) -> anyhow::Result<u8> {
         Duration::from_secs(config.audit.busy_timeout_secs),
         config.audit.max_size_mb,
     )
-    .await?;
+    .await?
+    .with_head_file(config.audit.head_file.clone());
     match client.authenticate().await {
         Err(e @ ApiError::KeyRejected { .. }) => {
             eprintln!("error: {e}");

@@ -129,6 +129,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<u8> {
             max_in_flight: 8,
             settle_after: crate::pass::settle_after(Duration::from_secs(10)),
             pass_timeout: Duration::from_secs(defaults.pass_timeout_secs),
+            limits: Default::default(),
         },
     };
 
@@ -205,6 +206,9 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<u8> {
         )?,
         Verification::Broken { seq, problem, .. } => {
             writeln!(out, "   audit verify: BROKEN at row {seq}: {problem}")?
+        }
+        Verification::BrokenPass { id, problem } => {
+            writeln!(out, "   audit verify: BROKEN: pass {id}: {problem}")?
         }
     }
     let (writes, comments) = {

@@ -14,6 +14,7 @@ pub mod rules;
 pub mod secret;
 pub mod sim;
 pub mod stellar;
+pub mod text;
 
 /// Milliseconds since the Unix epoch, the unit the Cases API uses for every timestamp.
 pub fn now_ms() -> i64 {

@@ -99,10 +99,15 @@ pub fn print_plans(out: &mut impl Write, plans: &[crate::plan::CasePlan]) -> std
                 Some(why) => format!("  SKIPPED: {why}"),
                 None => String::new(),
             };
+            let safe = crate::text::for_terminal;
             writeln!(
                 out,
                 "    {:<24} {:<12} {:<36} {}{}",
-                d.rule, d.field, change, d.reason, status
+                d.rule,
+                d.field,
+                safe(&change),
+                safe(&d.reason),
+                safe(&status)
             )?;
         }
     }

@@ -3,6 +3,7 @@
 
 mod audit_log;
 mod bad_input;
+mod bounds;
 mod client;
 mod common;
 mod daemon;

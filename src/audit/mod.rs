@@ -151,7 +151,6 @@ impl EventRow {
     }
 }
 
-/// One row of the passes table.
 /// A planned change without a final outcome, and its newest outcome so far.
 #[derive(Debug, Clone, FromRow, PartialEq)]
 pub struct Unsettled {
@@ -172,6 +171,7 @@ pub struct AppliedChange {
     pub new: Option<String>,
 }
 
+/// One row of the passes table.
 #[derive(Debug, Clone, FromRow, Serialize, PartialEq)]
 pub struct PassRow {
     pub id: String,
@@ -183,6 +183,34 @@ pub struct PassRow {
     #[sqlx(flatten)]
     #[serde(flatten)]
     pub totals: PassTotals,
+    /// The events chain head when the pass finished.
+    pub chain_head: Option<String>,
+    /// SHA-256 over the finished row (chain head included); None while it runs.
+    pub hash: Option<String>,
+}
+
+impl PassRow {
+    /// SHA-256 of every field of the finished row, in a fixed order.
+    pub fn compute_hash(&self) -> String {
+        let t = &self.totals;
+        let canonical = serde_json::json!([
+            self.id,
+            self.started_at,
+            self.finished_at,
+            self.trigger_kind,
+            self.rules_fingerprint,
+            self.dry_run,
+            t.cases_seen,
+            t.planned,
+            t.applied,
+            t.failed,
+            t.skipped,
+            t.status,
+            t.error,
+            self.chain_head,
+        ]);
+        hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+    }
 }
 
 /// Totals of a finished pass.
@@ -222,6 +250,11 @@ pub enum Verification {
         rows_checked: u64,
         problem: String,
     },
+    /// The events chain is intact, but a sealed pass row is not.
+    BrokenPass {
+        id: String,
+        problem: String,
+    },
 }
 
 /// Timestamps in the log: RFC 3339, UTC, milliseconds; they sort as text.
@@ -235,6 +268,8 @@ pub struct AuditStore {
     path: PathBuf,
     write: std::sync::Arc<tokio::sync::Mutex<()>>,
     claim: std::sync::Arc<tokio::sync::Mutex<lease::Slot>>,
+    /// `audit.head_file`: every finished pass appends its chain head there.
+    head_file: Option<std::sync::Arc<PathBuf>>,
 }
 
 impl AuditStore {
@@ -298,10 +333,61 @@ impl AuditStore {
             path: path.to_path_buf(),
             write: Default::default(),
             claim: Default::default(),
+            head_file: None,
         };
         let migrated = store.migrate().await;
         drop(lock);
         migrated?;
+        Ok(store)
+    }
+
+    /// Appends the chain head of every finished pass to `file` (a second place to check
+    /// the log against; keep it where the database's writers cannot rewrite it).
+    pub fn with_head_file(mut self, file: Option<PathBuf>) -> AuditStore {
+        self.head_file = file.map(std::sync::Arc::new);
+        self
+    }
+
+    /// Opens an existing log for reading only, never writing to it or beside it (an
+    /// evidence copy may sit in a read-only folder): read-only, and `immutable` unless a
+    /// write-ahead file beside it may hold rows not yet in the database file.
+    pub async fn open_read_only(path: &Path) -> Result<AuditStore, AuditError> {
+        let fail = |message: String| AuditError::Open {
+            path: path.to_path_buf(),
+            message,
+        };
+        if !path.is_file() {
+            return Err(fail("no such file".into()));
+        }
+        let mut wal = path.as_os_str().to_os_string();
+        wal.push("-wal");
+        let live = std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0);
+        let options = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(|e| fail(e.to_string()))?
+            .filename(path)
+            .read_only(true)
+            .immutable(!live);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .map_err(|e| fail(describe_open_error(&e)))?;
+        let store = AuditStore {
+            pool,
+            path: path.to_path_buf(),
+            write: Default::default(),
+            claim: Default::default(),
+            head_file: None,
+        };
+        let has_events: Option<(String,)> = sqlx::query_as(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'events'",
+        )
+        .fetch_optional(&store.pool)
+        .await
+        .map_err(|e| fail(describe_open_error(&e)))?;
+        if has_events.is_none() {
+            return Err(fail("not a casewarden audit log (no events table)".into()));
+        }
         Ok(store)
     }
 
@@ -445,11 +531,26 @@ impl AuditStore {
         Ok(())
     }
 
+    /// Records a pass's totals and seals its row (see [`PassRow::compute_hash`]).
     pub async fn finish_pass(&self, id: &str, t: &PassTotals) -> Result<(), AuditError> {
+        let _guard = self.write.lock().await;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut row: PassRow = sqlx::query_as("SELECT * FROM passes WHERE id = ?")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let head: Option<String> =
+            sqlx::query_scalar("SELECT hash FROM events ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await?;
+        row.finished_at = Some(timestamp(chrono::Utc::now()));
+        row.totals = t.clone();
+        row.chain_head = Some(head.unwrap_or_else(|| GENESIS.to_string()));
+        row.hash = Some(row.compute_hash());
         sqlx::query(
-            "UPDATE passes SET finished_at = ?, cases_seen = ?, planned = ?, applied = ?, failed = ?, skipped = ?, status = ?, error = ? WHERE id = ?",
+            "UPDATE passes SET finished_at = ?, cases_seen = ?, planned = ?, applied = ?, failed = ?, skipped = ?, status = ?, error = ?, chain_head = ?, hash = ? WHERE id = ?",
         )
-        .bind(timestamp(chrono::Utc::now()))
+        .bind(&row.finished_at)
         .bind(t.cases_seen)
         .bind(t.planned)
         .bind(t.applied)
@@ -457,9 +558,29 @@ impl AuditStore {
         .bind(t.skipped)
         .bind(&t.status)
         .bind(&t.error)
+        .bind(&row.chain_head)
+        .bind(&row.hash)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
+        if let Some(file) = &self.head_file {
+            let line = format!(
+                "{} pass {} {} head {}\n",
+                row.finished_at.as_deref().unwrap_or(""),
+                row.id,
+                row.totals.status,
+                row.chain_head.as_deref().unwrap_or(GENESIS)
+            );
+            let written = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(file.as_path())
+                .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
+            if let Err(e) = written {
+                tracing::error!(file = %file.display(), error = %e, "cannot append the chain head to audit.head_file");
+            }
+        }
         Ok(())
     }
 
@@ -474,13 +595,17 @@ impl AuditStore {
 
     /// Passes still marked running (a crash or kill interrupted them).
     pub async fn mark_interrupted_passes(&self) -> Result<u64, AuditError> {
-        let r = sqlx::query(
-            "UPDATE passes SET status = 'interrupted', finished_at = ? WHERE status = 'running'",
-        )
-        .bind(timestamp(chrono::Utc::now()))
-        .execute(&self.pool)
-        .await?;
-        Ok(r.rows_affected())
+        let running: Vec<PassRow> = sqlx::query_as("SELECT * FROM passes WHERE status = 'running'")
+            .fetch_all(&self.pool)
+            .await?;
+        for p in &running {
+            let totals = PassTotals {
+                status: "interrupted".into(),
+                ..p.totals.clone()
+            };
+            self.finish_pass(&p.id, &totals).await?;
+        }
+        Ok(running.len() as u64)
     }
 
     /// Planned (non-dry-run) changes not settled yet: with no outcome (left by a crash) or
@@ -572,6 +697,25 @@ impl AuditStore {
 
     /// Walks the whole chain in order, recomputing every hash.
     pub async fn verify(&self) -> Result<Verification, AuditError> {
+        // Sealed passes name the chain head they saw; each must be a row of the chain.
+        let passes = sqlx::query("SELECT * FROM passes ORDER BY started_at, id")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut sealed = Vec::new();
+        for p in &passes {
+            if p.try_get::<Option<String>, _>("hash")
+                .ok()
+                .flatten()
+                .is_some()
+            {
+                sealed.push(PassRow::from_row(p)?);
+            }
+        }
+        let mut heads: std::collections::HashSet<String> = sealed
+            .iter()
+            .filter_map(|p| p.chain_head.clone())
+            .filter(|h| h != GENESIS)
+            .collect();
         let mut rows = sqlx::query("SELECT * FROM events ORDER BY seq").fetch(&self.pool);
         let mut prev = GENESIS.to_string();
         let mut count = 0u64;
@@ -595,14 +739,36 @@ impl AuditStore {
                     row.seq
                 )));
             }
+            heads.remove(&row.hash);
             prev = row.hash.clone();
             last_seq = row.seq;
             count += 1;
+        }
+        for p in &sealed {
+            let problem = if p.hash.as_deref() != Some(p.compute_hash().as_str()) {
+                "its row does not match its hash (its totals, status or times were edited)"
+            } else if p.chain_head.as_ref().is_some_and(|h| heads.contains(h)) {
+                "the chain head it recorded is not a row of the chain (the events were rebuilt)"
+            } else {
+                continue;
+            };
+            return Ok(Verification::BrokenPass {
+                id: p.id.clone(),
+                problem: problem.into(),
+            });
         }
         Ok(Verification::Intact {
             rows: count,
             head: prev,
         })
+    }
+
+    /// The `seq` of the row whose hash is `hash`, if any.
+    pub async fn seq_of_hash(&self, hash: &str) -> Result<Option<i64>, AuditError> {
+        Ok(sqlx::query_scalar("SELECT seq FROM events WHERE hash = ?")
+            .bind(hash.to_ascii_lowercase())
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     /// Summary counts of one pass's rows by outcome (for reports).

@@ -157,8 +157,9 @@ fn describe_change(r: &EventRow) -> String {
     crate::plan::describe_change(&r.field, r.old.as_deref(), r.new.as_deref())
 }
 
+/// A cell of the table: one line, no raw control characters, at most `width` wide.
 fn clip(s: &str, width: usize) -> String {
-    let s = s.replace('\n', " ");
+    let s = crate::text::for_terminal(s).into_owned();
     if s.chars().count() <= width {
         s
     } else {
@@ -173,25 +174,36 @@ pub fn parse_time(text: &str) -> Result<String, String> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
         return Ok(super::timestamp(t.with_timezone(&chrono::Utc)));
     }
+    if let Ok(day) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return Ok(super::timestamp(
+            day.and_time(chrono::NaiveTime::MIN).and_utc(),
+        ));
+    }
     let (num, unit) = text.split_at(
         text.find(|c: char| !c.is_ascii_digit())
             .unwrap_or(text.len()),
     );
     let n: i64 = num
         .parse()
-        .map_err(|_| format!("{text:?} is neither an RFC 3339 time (2026-01-31T08:00:00Z) nor a duration like 24h or 7d"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        "w" => n * 7 * 86_400,
+        .map_err(|_| format!("{text:?} is neither an RFC 3339 time (2026-01-31T08:00:00Z), a date (2026-01-31), nor a duration like 24h or 7d"))?;
+    let unit_secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
         _ => {
             return Err(format!(
                 "{text:?}: unknown unit {unit:?}; use s, m, h, d or w"
             ));
         }
     };
+    // At most 100 years back: anything older is before any audit log.
+    const MAX_SECS: i64 = 100 * 366 * 86_400;
+    let secs = n
+        .checked_mul(unit_secs)
+        .filter(|s| *s <= MAX_SECS)
+        .ok_or_else(|| format!("{text:?} is too far back; at most 100 years (36500d)"))?;
     Ok(super::timestamp(
         chrono::Utc::now() - chrono::Duration::seconds(secs),
     ))

@@ -18,6 +18,7 @@ pub use reconcile::{Reconciled, reconcile};
 use crate::audit::{AuditStore, ClaimError, NewEvent, Outcome, PassTotals};
 use crate::config::{ApiFlavor, Config};
 use crate::plan::{self, CasePlan, ChangeKind, Decision, RuleChanges};
+use crate::rules::limits::Limits;
 use crate::rules::{EvalEnv, EvalError, Rule, RuleSet};
 use crate::stellar::{ApiError, Case, Client};
 
@@ -38,6 +39,7 @@ pub struct PassSettings {
     pub settle_after: Duration,
     /// After this, a pass sends nothing more and records what it did not send as skipped.
     pub pass_timeout: Duration,
+    pub limits: Limits,
 }
 
 impl PassSettings {
@@ -51,6 +53,7 @@ impl PassSettings {
             max_in_flight: c.stellar.max_in_flight,
             settle_after: settle_after(Duration::from_secs(c.stellar.timeout_secs)),
             pass_timeout: Duration::from_secs(c.daemon.pass_timeout_secs),
+            limits: c.rule_limits(),
         }
     }
 }
@@ -494,6 +497,8 @@ async fn run(
     let env = EvalEnv {
         now_ms: None,
         own_users: own.clone(),
+        limits: ctx.settings.limits.clone(),
+        prints: Default::default(),
     };
     let budget = ctx.settings.max_changes;
     let mut used = 0usize;
@@ -556,7 +561,7 @@ async fn run(
                 let stats = &mut report.rules[*i];
                 stats.errors += 1;
                 if stats.errors <= LOGGED_ERRORS_PER_RULE {
-                    tracing::warn!(rule = %e.rule, case_id = %e.case_id, location = %e.location, "rule failed on a case: {}", e.message);
+                    tracing::warn!(rule = %e.rule, case_id = %e.case_id, location = %e.location, "rule failed on a case: {}", crate::text::for_terminal(&e.message));
                 }
             }
             if ev.requests.is_empty() {
@@ -597,16 +602,23 @@ async fn run(
                 continue;
             }
             let cost = plan.decisions.iter().filter(|d| d.is_planned()).count();
-            if cost > 0 && (report.budget_exhausted || used + cost > budget) {
-                report.budget_exhausted = true;
+            // A case that does not fit waits for the next pass while later, smaller ones
+            // still go; one that could never fit is refused instead of blocking every pass.
+            if cost > 0 && used + cost > budget {
+                let why = if cost > budget {
+                    format!(
+                        "this case asks {cost} changes, more than the whole budget of {budget} per pass (daemon.max_changes_per_run): refused"
+                    )
+                } else {
+                    report.budget_exhausted = true;
+                    format!("change budget of {budget} per pass spent; deferred to the next pass")
+                };
                 report.deferred_changes += cost;
                 for d in plan.decisions.iter().filter(|d| d.is_planned()) {
                     if let Some(&i) = index_of.get(d.rule.as_str()) {
                         report.rules[i].deferred += 1;
                         let mut d = d.clone();
-                        d.skipped = Some(format!(
-                            "change budget of {budget} per pass spent; deferred to the next pass"
-                        ));
+                        d.skipped = Some(why.clone());
                         deferred_events.push(event(&report.run_id, &rules[i], &plan, &d, dry_run));
                     }
                 }
@@ -619,6 +631,14 @@ async fn run(
             report.skipped += deferred_events.len();
             ctx.audit.append(&deferred_events).await?;
         }
+    }
+    for (rule, dropped) in env.prints.dropped() {
+        tracing::warn!(
+            %rule,
+            dropped,
+            "print/debug lines past the limit of {} per rule and pass were dropped (daemon.max_prints_per_rule)",
+            ctx.settings.limits.prints_per_pass
+        );
     }
     if report.budget_exhausted {
         tracing::warn!(

@@ -1,12 +1,14 @@
 //! The sandboxed Rhai engine and the functions rules can call. Change functions record
 //! into a per-thread collector, so one shared engine evaluates on many threads at once.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
+use std::time::Instant;
 
 use rhai::{Array, Dynamic, Engine, EvalAltResult, INT, ImmutableString, Map};
 use serde_json::Value;
 
+use super::limits::{self, Limits, PrintLog, check_text};
 use super::view::{CaseView, Fields};
 use crate::plan::{Change, ChangeKind};
 use crate::stellar::model::{
@@ -21,12 +23,17 @@ pub struct EvalEnv {
     /// History `user` values that are casewarden itself (its API user's id and email);
     /// their `"api": true` entries are not human activity.
     pub own_users: Arc<Vec<String>>,
+    pub limits: Limits,
+    /// What each rule printed this pass.
+    pub prints: Arc<PrintLog>,
 }
 
 struct Collector {
     rule: String,
     now_ms: i64,
     own_users: Arc<Vec<String>>,
+    limits: Limits,
+    prints: Arc<PrintLog>,
     /// The case's `/activities`, when they were read.
     activities: Option<Arc<Vec<HistoryEntry>>>,
     /// `last_human_activity` needed the case's activities and they were not read.
@@ -45,15 +52,21 @@ pub struct Asked {
 
 thread_local! {
     static CURRENT: RefCell<Option<Collector>> = const { RefCell::new(None) };
+    /// When the evaluation on this thread must stop (apart from the collector, as the
+    /// engine checks it every few operations).
+    static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
 /// Starts collecting for one evaluation on this thread.
 pub(super) fn begin(env: &EvalEnv, rule: &str, activities: Option<Arc<Vec<HistoryEntry>>>) {
+    DEADLINE.with(|d| d.set(Some(Instant::now() + env.limits.eval_time)));
     CURRENT.with(|c| {
         *c.borrow_mut() = Some(Collector {
             rule: rule.to_string(),
             now_ms: env.now_ms.unwrap_or_else(crate::now_ms),
             own_users: env.own_users.clone(),
+            limits: env.limits.clone(),
+            prints: env.prints.clone(),
             activities,
             wants_activities: false,
             changes: Vec::new(),
@@ -63,6 +76,7 @@ pub(super) fn begin(env: &EvalEnv, rule: &str, activities: Option<Arc<Vec<Histor
 
 /// Ends the evaluation and returns what the rule asked for.
 pub(super) fn finish() -> Asked {
+    DEADLINE.with(|d| d.set(None));
     CURRENT.with(|c| {
         c.borrow_mut()
             .take()
@@ -86,19 +100,48 @@ fn rule_name() -> String {
     with(|c| c.rule.clone(), String::new())
 }
 
+fn may_print() -> bool {
+    with(|c| c.prints.allow(&c.rule, c.limits.prints_per_pass), true)
+}
+
 type Res = Result<(), Box<EvalAltResult>>;
 
+/// Records one change, unless the rule has asked as much of this case as it may.
 fn record(kind: ChangeKind, reason: &str) -> Res {
     with(
         |c| {
+            let l = &c.limits;
+            check_text("the reason", reason, l.comment_chars, true)?;
+            if c.changes.len() >= l.changes_per_case {
+                return Err(format!(
+                    "stopped: the rule asked more than {} changes of one case (daemon.max_changes_per_rule_case)",
+                    l.changes_per_case
+                )
+                .into());
+            }
+            if let ChangeKind::Comment(text) = &kind {
+                let comments = c
+                    .changes
+                    .iter()
+                    .filter(|ch| matches!(ch.kind, ChangeKind::Comment(_)))
+                    .count();
+                if comments >= l.comments_per_case {
+                    return Err(format!(
+                        "stopped: the rule asked more than {} comments on one case (daemon.max_comments_per_rule_case)",
+                        l.comments_per_case
+                    )
+                    .into());
+                }
+                check_text("comment: the text", text, l.comment_chars, true)?;
+            }
             c.changes.push(Change {
                 kind,
                 reason: reason.to_string(),
-            })
+            });
+            Ok(())
         },
-        (),
-    );
-    Ok(())
+        Ok(()),
+    )
 }
 
 fn one_of(what: &str, value: &str, allowed: &[&str]) -> Res {
@@ -138,20 +181,29 @@ fn resolve(resolution: &str, reason: &str) -> Res {
 
 fn assign(user: &str, reason: &str) -> Res {
     non_empty("assign: the user", user)?;
+    check_text("assign: the user", user, limits::MAX_TAG_CHARS, false)?;
     record(ChangeKind::Assign(user.trim().into()), reason)
 }
 
 fn add_tag(t: &str, reason: &str) -> Res {
     non_empty("add_tag: the tag", t)?;
+    check_text("add_tag: the tag", t, limits::MAX_TAG_CHARS, false)?;
     record(ChangeKind::AddTag(t.into()), reason)
 }
 
 fn remove_tag(t: &str, reason: &str) -> Res {
     non_empty("remove_tag: the tag", t)?;
+    check_text("remove_tag: the tag", t, limits::MAX_TAG_CHARS, false)?;
     record(ChangeKind::RemoveTag(t.into()), reason)
 }
 
 fn set_description(text: &str, reason: &str) -> Res {
+    check_text(
+        "set_description: the text",
+        text,
+        limits::MAX_DESCRIPTION_CHARS,
+        true,
+    )?;
     record(ChangeKind::Description(text.into()), reason)
 }
 
@@ -258,8 +310,22 @@ pub(super) fn engine() -> Engine {
         .set_max_functions(1_000)
         .set_strict_variables(true);
     e.disable_symbol("eval");
-    e.on_print(|text| tracing::info!(rule = %rule_name(), "print: {text}"));
-    e.on_debug(|text, _source, pos| tracing::debug!(rule = %rule_name(), %pos, "debug: {text}"));
+    e.on_print(|text| {
+        if may_print() {
+            tracing::info!(rule = %rule_name(), "print: {}", crate::text::for_terminal(text));
+        }
+    });
+    e.on_debug(|text, _source, pos| {
+        if may_print() {
+            tracing::debug!(rule = %rule_name(), %pos, "debug: {}", crate::text::for_terminal(text));
+        }
+    });
+    // The wall-clock limit: checked every 64 operations, so it costs next to nothing.
+    e.on_progress(|ops| {
+        let late =
+            ops & 0x3f == 0 && DEADLINE.with(|d| d.get().is_some_and(|d| Instant::now() > d));
+        late.then(|| Dynamic::from("time"))
+    });
 
     e.register_fn("set_priority", |p: &str, r: &str| set_priority(p, r))
         .register_fn("set_priority", |p: &str| set_priority(p, ""))
@@ -318,6 +384,7 @@ mod tests {
         EvalEnv {
             now_ms: Some(now),
             own_users: Arc::new(vec!["me".into()]),
+            ..EvalEnv::default()
         }
     }
 

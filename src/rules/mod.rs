@@ -2,6 +2,7 @@
 //! sandboxed engine they run in, and evaluation of one rule on one case.
 
 mod library;
+pub mod limits;
 mod view;
 
 use std::fmt;
@@ -270,6 +271,10 @@ fn innermost(err: EvalAltResult) -> (String, Position) {
         ),
         EvalAltResult::ErrorStackOverflow(pos) => (
             "stopped: calls nested too deep (endless recursion?)".into(),
+            pos,
+        ),
+        EvalAltResult::ErrorTerminated(_, pos) => (
+            "stopped: ran longer than the rule time limit (daemon.rule_timeout_ms)".into(),
             pos,
         ),
         EvalAltResult::ErrorDataTooLarge(what, pos) => (
