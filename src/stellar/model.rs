@@ -319,9 +319,17 @@ pub fn last_human_activity(
             .max()
     };
     let mut newest = ms("created_at").unwrap_or(0);
-    let has_history = raw.get("history").is_some_and(Value::is_array);
-    if has_history {
-        newest = newest.max(newest_human(&history_of(raw)).unwrap_or(0));
+    let history = raw.get("history").and_then(Value::as_array);
+    let has_history = history.is_some();
+    // Read in place: this runs for every case an idle-case rule looks at.
+    for h in history.into_iter().flatten() {
+        let api = h.get("api").and_then(Value::as_bool).unwrap_or(false);
+        let user = h.get("user").and_then(Value::as_str).unwrap_or("");
+        if !is_own_entry(api, user, own)
+            && let Some(t) = h.get("timestamp").and_then(Value::as_i64)
+        {
+            newest = newest.max(t);
+        }
     }
     let modifier = raw.get("modified_by").and_then(Value::as_str).unwrap_or("");
     // Without knowing its own identity, casewarden cannot tell its changes from a person's.
