@@ -655,3 +655,75 @@ async fn a_kill_while_slow_updates_are_in_flight_then_an_immediate_restart_agree
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_that_prove_nothing_are_read_back_and_unknown_stays_unknown() {
+    // A 200 whose body is not the case: read back, and `applied` where it holds.
+    let mut opts = sim_options(20);
+    opts.faults.garble_write_answers = true;
+    let sim = start(opts).await;
+    let ws = workspace(&sim, "");
+    assert_exit(&ws.run(&["once"]).await, 0);
+    let rows = ws.audit(Filter::default()).await;
+    assert_agreement(&sim, &rows);
+    assert_eq!(rows.iter().filter(|r| r.outcome == "applied").count(), 20);
+
+    // A lost answer whose read-back fails too: `unknown`, not `failed`; never re-sent while
+    // open; settled by a later pass once the case can be read.
+    let mut opts = sim_options(20);
+    opts.faults.slow_write_answers_ms = 1500;
+    opts.faults.fail_reads_after_updates = true;
+    let sim = start(opts).await;
+    let ws = workspace(&sim, "");
+    set_stellar(
+        &ws,
+        "timeout_secs = 1\nmax_attempts = 2\nretry_base_ms = 20",
+    );
+    let out = ws.run(&["once"]).await;
+    assert_exit(&out, 1);
+    let rows = ws.audit(Filter::default()).await;
+    assert!(rows.iter().all(|r| r.outcome != "failed"), "{rows:#?}");
+    assert!(rows.iter().any(|r| r.outcome == "unknown"));
+    sim.state().faults.fail_reads_after_updates = false;
+    sim.state().faults.slow_write_answers_ms = 0;
+    // Within the settle window the open changes are left alone...
+    let out = ws.run(&["once"]).await;
+    assert!(
+        matches!(out.status.code(), Some(0) | Some(1)),
+        "{}",
+        stderr(&out)
+    );
+    assert!(sim.state().update_calls.values().all(|n| *n == 1));
+    // ...and after it they are settled from the cases.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_exit(&ws.run(&["once"]).await, 0);
+    let rows = ws.audit(Filter::default()).await;
+    assert_agreement(&sim, &rows);
+    assert!(sim.state().update_calls.values().all(|n| *n == 1));
+    let applied = rows.iter().filter(|r| r.outcome == "applied").count();
+    assert_eq!(applied, 20, "{rows:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pass_past_its_deadline_stops_sending_and_says_what_it_did_not_send() {
+    let mut opts = sim_options(60);
+    opts.faults.latency_ms = 150;
+    let sim = start(opts).await;
+    let ws = workspace(&sim, "pass_timeout_secs = 1");
+    set_stellar(
+        &ws,
+        "timeout_secs = 5\nmax_attempts = 3\nretry_base_ms = 20\nmax_in_flight = 1",
+    );
+    assert_exit(&ws.run(&["once"]).await, 0);
+    let rows = ws.audit(Filter::default()).await;
+    assert_agreement(&sim, &rows);
+    let late = rows
+        .iter()
+        .filter(|r| {
+            r.error
+                .as_deref()
+                .is_some_and(|e| e.contains("daemon.pass_timeout_secs"))
+        })
+        .count();
+    assert!(late > 0 && tagged_by_api(&sim).len() + late == 60, "{late}");
+}

@@ -961,6 +961,11 @@ async fn apply_case(
                     let why = format!("{e}; the case does not hold the change yet and the server may still apply it: settled before the next pass, never re-sent while open");
                     read_back(client, plan, &e.to_string(), NotApplied::unknown(why)).await
                 }
+                // A 2xx whose body is not JSON proves nothing either way.
+                Err(e @ ApiError::BadResponse { .. }) => {
+                    let why = format!("{e}; the case does not hold the change");
+                    read_back(client, plan, &e.to_string(), NotApplied::failed(why, None)).await
+                }
                 Err(e) if e.http_status().is_some_and(|s| s >= 500) => {
                     let answered = read_back(client, plan, &e.to_string(), failure(&e)).await;
                     // The server answered: nothing of it can land later.

@@ -93,6 +93,10 @@ pub struct Faults {
     /// A person edits each case (email, field, value) between its listing and the first
     /// read of that one case.
     pub edit_before_read: Option<(String, String, Value)>,
+    /// Updates are applied, then answered 200 with a body that is not JSON.
+    pub garble_write_answers: bool,
+    /// Reads of one case (`GET /cases/{id}`) that has been sent an update answer 503.
+    pub fail_reads_after_updates: bool,
 }
 
 /// A redirect answer for requests of `method` (any when None) whose path ends with
@@ -800,6 +804,9 @@ async fn get_case(
     if let Err(msg) = authorize(&s, &headers) {
         return error(StatusCode::UNAUTHORIZED, msg);
     }
+    if s.faults.fail_reads_after_updates && s.update_calls.contains_key(&id) {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "injected fault");
+    }
     if let Some((who, field, value)) = s.faults.edit_before_read.clone()
         && s.case(&id).is_some()
         && s.edited.insert(id.clone())
@@ -906,6 +913,9 @@ fn update(
     case.insert("version".into(), json!(version));
     for entry in entries {
         s.record_change(id, entry, &api_user_name);
+    }
+    if s.faults.garble_write_answers {
+        return (StatusCode::OK, "<html>OK</html>").into_response();
     }
     Json(json!({"data": s.cases[idx]})).into_response()
 }
