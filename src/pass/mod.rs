@@ -16,7 +16,7 @@ mod reconcile;
 pub use reconcile::{Reconciled, reconcile};
 
 use crate::audit::{AuditStore, ClaimError, NewEvent, Outcome, PassTotals};
-use crate::config::{ApiFlavor, Config};
+use crate::config::Config;
 use crate::plan::{self, CasePlan, ChangeKind, Decision, RuleChanges};
 use crate::rules::limits::Limits;
 use crate::rules::{EvalEnv, EvalError, Rule, RuleSet};
@@ -477,16 +477,11 @@ async fn run(
     }
     let deadline = tokio::time::Instant::now() + ctx.settings.pass_timeout;
     // Changes whose outcome is not known yet: not planned again until settled.
-    let open: std::collections::HashSet<(String, String)> = ctx
-        .audit
-        .unsettled()
-        .await?
-        .into_iter()
-        .map(|u| {
-            let key = plan::memory_key(&u.row.field, u.row.new.as_deref().unwrap_or(""));
-            (u.row.case_id, key)
-        })
-        .collect();
+    let mut open: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
+    for u in ctx.audit.unsettled().await? {
+        let key = plan::memory_key(&u.row.field, u.row.new.as_deref().unwrap_or(""));
+        open.entry(u.row.case_id).or_default().insert(key);
+    }
     // The users list is fetched at most once per pass: now if casewarden's own user id is
     // needed to tell its history entries apart, else when a rule first assigns by email.
     let mut users = match ctx.client.user() {
@@ -500,9 +495,15 @@ async fn run(
         limits: ctx.settings.limits.clone(),
         prints: Default::default(),
     };
-    let budget = ctx.settings.max_changes;
-    let mut used = 0usize;
-    let mut retained: Vec<CasePlan> = Vec::new();
+    let mut planner = plan::PassPlanner::new(
+        rules.iter().map(|r| r.name.clone()).collect(),
+        plan::Budgets {
+            max_changes: ctx.settings.max_changes,
+            max_change_fraction: ctx.settings.max_change_fraction,
+            guard_min_cases: ctx.settings.guard_min_cases,
+        },
+        own.to_vec(),
+    );
 
     let mut pager = ctx.client.list_cases(pushdown(&rules));
     let mut next = Some(tokio::spawn(async move {
@@ -567,65 +568,28 @@ async fn run(
             if ev.requests.is_empty() {
                 continue;
             }
-            let mut plan = plan::plan_case(&ev.case, &ev.requests);
-            if ctx.client.flavor() == ApiFlavor::Legacy {
-                for d in plan
-                    .decisions
-                    .iter_mut()
-                    .filter(|d| d.field == "resolution" && d.is_planned())
-                {
-                    d.skipped = Some("the legacy (4.3) update call has no resolution field; the status is set without it".into());
-                }
-            }
-            if let Some(applied) = memory.get(&ev.case.id) {
-                let memory = plan::remember(applied.iter().map(|(f, n)| (f.as_str(), n.as_str())));
-                plan::skip_overridden(&mut plan, &ev.case, &memory, &own);
-            }
-            for d in plan.decisions.iter_mut().filter(|d| d.is_planned()) {
-                let key = plan::memory_key(&d.field, d.new.as_deref().unwrap_or(""));
-                if open.contains(&(ev.case.id.clone(), key)) {
-                    d.skipped = Some("an earlier change of this field is not settled yet (its answer was lost); it is read back before a later pass and never sent twice".into());
-                }
-            }
-            let mut wanted: Vec<usize> = plan
-                .decisions
-                .iter()
-                .filter(|d| d.is_planned())
-                .filter_map(|d| index_of.get(d.rule.as_str()).copied())
-                .collect();
-            wanted.sort_unstable();
-            wanted.dedup();
-            for &i in &wanted {
-                report.rules[i].matched += 1;
-            }
-            if plan.decisions.is_empty() {
-                continue;
-            }
-            let cost = plan.decisions.iter().filter(|d| d.is_planned()).count();
-            // A case that does not fit waits for the next pass while later, smaller ones
-            // still go; one that could never fit is refused instead of blocking every pass.
-            if cost > 0 && used + cost > budget {
-                let why = if cost > budget {
-                    format!(
-                        "this case asks {cost} changes, more than the whole budget of {budget} per pass (daemon.max_changes_per_run): refused"
-                    )
-                } else {
-                    report.budget_exhausted = true;
-                    format!("change budget of {budget} per pass spent; deferred to the next pass")
-                };
-                report.deferred_changes += cost;
-                for d in plan.decisions.iter().filter(|d| d.is_planned()) {
+            let facts = plan::CaseFacts {
+                memory: memory
+                    .remove(&ev.case.id)
+                    .map_or_else(Default::default, |applied| {
+                        plan::remember(applied.iter().map(|(f, n)| (f.as_str(), n.as_str())))
+                    }),
+                open: open.get(&ev.case.id).cloned().unwrap_or_default(),
+            };
+            if let Some(deferred) = planner.add(&ev.case, &ev.requests, &facts, ctx.client.flavor())
+            {
+                for d in &deferred.decisions {
                     if let Some(&i) = index_of.get(d.rule.as_str()) {
-                        report.rules[i].deferred += 1;
-                        let mut d = d.clone();
-                        d.skipped = Some(why.clone());
-                        deferred_events.push(event(&report.run_id, &rules[i], &plan, &d, dry_run));
+                        deferred_events.push(event(
+                            &report.run_id,
+                            &rules[i],
+                            &deferred,
+                            d,
+                            dry_run,
+                        ));
                     }
                 }
-                continue;
             }
-            used += cost;
-            retained.push(plan);
         }
         if !deferred_events.is_empty() {
             report.skipped += deferred_events.len();
@@ -640,37 +604,27 @@ async fn run(
             ctx.settings.limits.prints_per_pass
         );
     }
+    let seen: Vec<usize> = report.rules.iter().map(|r| r.seen).collect();
+    let passplan = planner.finish(&seen);
+    for (i, stats) in report.rules.iter_mut().enumerate() {
+        stats.matched = passplan.matched[i];
+        stats.deferred = passplan.deferred[i];
+        if let Some(why) = &passplan.halted[i] {
+            stats.guard_halted = true;
+            tracing::warn!(rule = %stats.name, "rule halted for this pass, none of its changes are applied: {why}");
+        }
+    }
+    report.budget_exhausted = passplan.budget_exhausted;
+    report.deferred_changes = passplan.deferred_changes;
     if report.budget_exhausted {
         tracing::warn!(
             deferred = report.deferred_changes,
-            budget,
+            budget = ctx.settings.max_changes,
             "change budget exhausted: {} change(s) deferred to the next pass",
             report.deferred_changes
         );
     }
-
-    // Blast-radius guard: a rule wanting to change too large a share of what it saw is
-    // halted for the whole pass.
-    for (i, stats) in report.rules.iter_mut().enumerate() {
-        let wanted = stats.matched;
-        if plan::guard_trips(
-            wanted,
-            stats.seen,
-            ctx.settings.max_change_fraction,
-            ctx.settings.guard_min_cases,
-        ) {
-            stats.guard_halted = true;
-            let why = format!(
-                "blast-radius guard: rule wanted to change {wanted} of {} cases it saw (limit {:.0}%)",
-                stats.seen,
-                ctx.settings.max_change_fraction * 100.0
-            );
-            tracing::warn!(rule = %stats.name, wanted, seen = stats.seen, "rule halted by the blast-radius guard; none of its changes are applied this pass");
-            for p in &mut retained {
-                p.skip_rule(&rules[i].name, &why);
-            }
-        }
-    }
+    let retained = passplan.plans;
 
     if opts.cancelled() {
         report.interrupted = true;

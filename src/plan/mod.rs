@@ -1,6 +1,10 @@
 //! The planner: turns the changes rules asked for on one case into at most one update
 //! body, with a decision (planned or skipped, and why) for every request. Pure, no I/O.
 
+mod pass;
+
+pub use pass::{Budgets, CaseFacts, PassPlan, PassPlanner};
+
 use std::collections::HashMap;
 
 use serde_json::{Map, Value, json};
@@ -284,7 +288,7 @@ pub fn remember<'a>(applied: impl IntoIterator<Item = (&'a str, &'a str)>) -> Me
 /// 5.x servers do not send): a field that no longer holds the value casewarden last applied
 /// there was changed by someone else, so no rule sets it again. The skip names who and
 /// when when the case's history or activities tell. A resolution goes with its status.
-pub fn skip_overridden(plan: &mut CasePlan, case: &Case, memory: &Memory, own: &[String]) {
+fn skip_overridden(plan: &mut CasePlan, case: &Case, memory: &Memory, own: &[String]) {
     let mut overridden_status: Vec<String> = Vec::new();
     for d in plan.decisions.iter_mut().filter(|d| d.is_planned()) {
         let new = d.new.as_deref().unwrap_or("");
@@ -384,7 +388,7 @@ pub fn apply(case: &Case, plan: &CasePlan) -> Case {
 
 /// The blast-radius guard: does a rule that wants to change `changed` of the `seen` cases
 /// it looked at exceed the allowed fraction? Below `min_cases` seen, never.
-pub fn guard_trips(changed: usize, seen: usize, max_fraction: f64, min_cases: usize) -> bool {
+fn guard_trips(changed: usize, seen: usize, max_fraction: f64, min_cases: usize) -> bool {
     seen >= min_cases.max(1) && changed as f64 > max_fraction * seen as f64
 }
 

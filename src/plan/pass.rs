@@ -1,0 +1,299 @@
+//! The whole pass's policy, pure and I/O-free: per case, the merge of what the rules asked
+//! (no-ops, conflicts: see [`super::plan_case`]), the legacy flavour's missing resolution,
+//! human override from casewarden's memory, changes whose outcome is still open, and the
+//! change budget; over the pass, the blast-radius guard. Facts from the server and the
+//! audit log come in as inputs.
+
+use std::collections::HashSet;
+
+use super::{CasePlan, Memory, RuleChanges, guard_trips, memory_key, plan_case, skip_overridden};
+use crate::stellar::{ApiFlavor, Case};
+
+/// The pass-wide limits, from `[daemon]`.
+#[derive(Debug, Clone)]
+pub struct Budgets {
+    pub max_changes: usize,
+    pub max_change_fraction: f64,
+    pub guard_min_cases: usize,
+}
+
+/// What casewarden knows of one case besides the case itself.
+#[derive(Debug, Clone, Default)]
+pub struct CaseFacts {
+    /// What casewarden last applied to each field.
+    pub memory: Memory,
+    /// Keys ([`memory_key`]) of changes whose outcome is not settled yet.
+    pub open: HashSet<String>,
+}
+
+/// The plans of a pass, once every case was seen.
+#[derive(Debug, Default)]
+pub struct PassPlan {
+    /// Cases with something to record, in the order they were listed.
+    pub plans: Vec<CasePlan>,
+    /// Per rule (the planner's order): cases it wanted to change.
+    pub matched: Vec<usize>,
+    /// Per rule: changes deferred (or refused) by the budget.
+    pub deferred: Vec<usize>,
+    /// Per rule: why the guard halted it, if it did.
+    pub halted: Vec<Option<String>>,
+    pub budget_exhausted: bool,
+    pub deferred_changes: usize,
+}
+
+/// Plans a pass case by case (pages arrive one at a time), then applies the guard.
+pub struct PassPlanner {
+    rules: Vec<String>,
+    budgets: Budgets,
+    own: Vec<String>,
+    used: usize,
+    plan: PassPlan,
+}
+
+impl PassPlanner {
+    /// `rules`: the pass's rule names in order; `own`: casewarden's user id and email.
+    pub fn new(rules: Vec<String>, budgets: Budgets, own: Vec<String>) -> PassPlanner {
+        let n = rules.len();
+        PassPlanner {
+            rules,
+            budgets,
+            own,
+            used: 0,
+            plan: PassPlan {
+                matched: vec![0; n],
+                deferred: vec![0; n],
+                halted: vec![None; n],
+                ..PassPlan::default()
+            },
+        }
+    }
+
+    fn index(&self, rule: &str) -> Option<usize> {
+        self.rules.iter().position(|r| r == rule)
+    }
+
+    /// Plans one case. Returns the plan of a case the budget deferred or refused (its
+    /// decisions skipped with the reason), to be recorded now; a case that fits is kept.
+    pub fn add(
+        &mut self,
+        case: &Case,
+        requests: &[RuleChanges],
+        facts: &CaseFacts,
+        flavor: ApiFlavor,
+    ) -> Option<CasePlan> {
+        let mut plan = plan_case(case, requests);
+        if flavor == ApiFlavor::Legacy {
+            for d in plan
+                .decisions
+                .iter_mut()
+                .filter(|d| d.field == "resolution" && d.is_planned())
+            {
+                d.skipped = Some("the legacy (4.3) update call has no resolution field; the status is set without it".into());
+            }
+        }
+        skip_overridden(&mut plan, case, &facts.memory, &self.own);
+        for d in plan.decisions.iter_mut().filter(|d| d.is_planned()) {
+            if facts
+                .open
+                .contains(&memory_key(&d.field, d.new.as_deref().unwrap_or("")))
+            {
+                d.skipped = Some("an earlier change of this field is not settled yet (its answer was lost); it is read back before a later pass and never sent twice".into());
+            }
+        }
+        let mut wanted: Vec<usize> = plan
+            .decisions
+            .iter()
+            .filter(|d| d.is_planned())
+            .filter_map(|d| self.index(&d.rule))
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        for i in wanted {
+            self.plan.matched[i] += 1;
+        }
+        if plan.decisions.is_empty() {
+            return None;
+        }
+        let cost = plan.decisions.iter().filter(|d| d.is_planned()).count();
+        let budget = self.budgets.max_changes;
+        // A case that does not fit waits for the next pass while later, smaller ones still
+        // go; one that could never fit is refused instead of blocking every pass.
+        if cost > 0 && self.used + cost > budget {
+            let why = if cost > budget {
+                format!(
+                    "this case asks {cost} changes, more than the whole budget of {budget} per pass (daemon.max_changes_per_run): refused"
+                )
+            } else {
+                self.plan.budget_exhausted = true;
+                format!("change budget of {budget} per pass spent; deferred to the next pass")
+            };
+            self.plan.deferred_changes += cost;
+            let mut deferred = plan;
+            deferred.decisions.retain(|d| d.is_planned());
+            for d in &mut deferred.decisions {
+                if let Some(i) = self.index(&d.rule) {
+                    self.plan.deferred[i] += 1;
+                }
+                d.skipped = Some(why.clone());
+            }
+            return Some(deferred);
+        }
+        self.used += cost;
+        self.plan.plans.push(plan);
+        None
+    }
+
+    /// The guard, over what each rule saw (`seen`, in the planner's rule order): a rule
+    /// that wanted to change too large a share of the cases it saw is halted for the pass.
+    pub fn finish(mut self, seen: &[usize]) -> PassPlan {
+        for (i, rule) in self.rules.iter().enumerate() {
+            let (wanted, saw) = (self.plan.matched[i], seen.get(i).copied().unwrap_or(0));
+            if guard_trips(
+                wanted,
+                saw,
+                self.budgets.max_change_fraction,
+                self.budgets.guard_min_cases,
+            ) {
+                let why = format!(
+                    "blast-radius guard: rule wanted to change {wanted} of {saw} cases it saw (limit {:.0}%)",
+                    self.budgets.max_change_fraction * 100.0
+                );
+                for p in &mut self.plan.plans {
+                    p.skip_rule(rule, &why);
+                }
+                self.plan.halted[i] = Some(why);
+            }
+        }
+        self.plan
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{Change, ChangeKind, remember};
+    use serde_json::json;
+
+    fn case(id: &str) -> Case {
+        Case::from_value(json!({"_id": id, "status": "New", "priority": "Medium", "tags": []}))
+            .unwrap()
+    }
+
+    fn asks(rule: &str, kinds: &[ChangeKind]) -> RuleChanges {
+        RuleChanges {
+            rule: rule.into(),
+            changes: kinds
+                .iter()
+                .map(|k| Change {
+                    kind: k.clone(),
+                    reason: String::new(),
+                })
+                .collect(),
+        }
+    }
+
+    fn tags(n: usize) -> Vec<ChangeKind> {
+        (0..n)
+            .map(|i| ChangeKind::AddTag(format!("t{i}")))
+            .collect()
+    }
+
+    fn planner(budget: usize) -> PassPlanner {
+        PassPlanner::new(
+            vec!["a".into(), "b".into()],
+            Budgets {
+                max_changes: budget,
+                max_change_fraction: 0.5,
+                guard_min_cases: 4,
+            },
+            vec![],
+        )
+    }
+
+    #[test]
+    fn the_budget_defers_what_does_not_fit_and_goes_on_with_what_does() {
+        let mut p = planner(5);
+        let f = CaseFacts::default();
+        assert!(
+            p.add(&case("1"), &[asks("a", &tags(3))], &f, ApiFlavor::V5)
+                .is_none()
+        );
+        let deferred = p
+            .add(&case("2"), &[asks("a", &tags(3))], &f, ApiFlavor::V5)
+            .unwrap();
+        assert!(
+            deferred
+                .decisions
+                .iter()
+                .all(|d| d.skipped.as_deref().unwrap().contains("deferred"))
+        );
+        assert!(
+            p.add(&case("3"), &[asks("b", &tags(2))], &f, ApiFlavor::V5)
+                .is_none()
+        );
+        let refused = p
+            .add(&case("4"), &[asks("b", &tags(6))], &f, ApiFlavor::V5)
+            .unwrap();
+        assert!(
+            refused.decisions[0]
+                .skipped
+                .as_deref()
+                .unwrap()
+                .contains("refused")
+        );
+        let plan = p.finish(&[1, 1]);
+        let kept: Vec<&str> = plan.plans.iter().map(|p| p.case_id.as_str()).collect();
+        assert_eq!(kept, ["1", "3"]);
+        assert_eq!((plan.deferred, plan.deferred_changes), (vec![3, 6], 9));
+        assert!(plan.budget_exhausted);
+    }
+
+    #[test]
+    fn the_guard_halts_a_rule_over_its_share_only() {
+        let mut p = planner(100);
+        let f = CaseFacts::default();
+        for id in ["1", "2", "3"] {
+            p.add(&case(id), &[asks("a", &tags(1))], &f, ApiFlavor::V5);
+        }
+        p.add(&case("4"), &[asks("b", &tags(1))], &f, ApiFlavor::V5);
+        let plan = p.finish(&[4, 4]);
+        assert!(plan.halted[0].as_deref().unwrap().contains("3 of 4"));
+        assert!(plan.halted[1].is_none());
+        let planned: Vec<&str> = plan
+            .plans
+            .iter()
+            .flat_map(|p| &p.decisions)
+            .filter(|d| d.is_planned())
+            .map(|d| d.rule.as_str())
+            .collect();
+        assert_eq!(planned, ["b"]);
+    }
+
+    #[test]
+    fn override_open_changes_and_the_legacy_resolution_are_skipped_with_reasons() {
+        let mut p = planner(100);
+        let c = case("1");
+        let facts = CaseFacts {
+            memory: remember([("priority", "High")]),
+            open: HashSet::from(["tags:x".to_string()]),
+        };
+        let kinds = [
+            ChangeKind::Priority("Critical".into()),
+            ChangeKind::AddTag("x".into()),
+            ChangeKind::AddTag("y".into()),
+            ChangeKind::Resolve("Benign".into()),
+        ];
+        p.add(&c, &[asks("a", &kinds)], &facts, ApiFlavor::Legacy);
+        let plan = p.finish(&[1, 0]);
+        let why: Vec<(&str, &str)> = plan.plans[0]
+            .decisions
+            .iter()
+            .map(|d| (d.field.as_str(), d.skipped.as_deref().unwrap_or("planned")))
+            .collect();
+        assert!(why[0].1.starts_with("overridden by a person"), "{why:?}");
+        assert!(why[1].1.contains("not settled yet"), "{why:?}");
+        assert_eq!(why[2], ("tags", "planned"));
+        assert_eq!(why[3], ("status", "planned"));
+        assert!(why[4].1.contains("no resolution field"), "{why:?}");
+    }
+}
