@@ -141,8 +141,9 @@ impl AuditStore {
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
+                // A released row names the previous holder, not this one (still starting).
                 return Err(ClaimError::Held(Held {
-                    holder: self.lease().await.ok().flatten(),
+                    holder: self.lease().await.ok().flatten().filter(|l| !l.released),
                 }));
             }
             Err(TryLockError::Error(e)) => {

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
-use super::{PassContext, comment_texts, comment_trailer, rule_comment};
+use super::PassContext;
+use super::comment::{comment_texts, comment_trailer, rule_comment};
 use crate::audit::{AuditError, Lease, NewEvent, Outcome, Unsettled};
 use crate::plan::{self, Decision};
 use crate::stellar::Case;

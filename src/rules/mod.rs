@@ -216,7 +216,28 @@ impl RuleSet {
         }
         let view = case_arg(case);
         due.into_iter()
-            .map(|i| (i, self.evaluate(&rules[i], case, view.clone(), env)))
+            .map(|i| {
+                let rule = &rules[i];
+                // A bug of ours (not of the rule) must not lose the case: it is this
+                // rule's error on this case, like any other.
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.evaluate(rule, case, view.clone(), env)
+                }));
+                let result = run.unwrap_or_else(|panic| {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    Err(EvalError {
+                        rule: rule.name.clone(),
+                        case_id: case.id.clone(),
+                        location: rule.file.display().to_string(),
+                        message: format!("casewarden failed while evaluating the rule: {what}"),
+                    })
+                });
+                (i, result)
+            })
             .collect()
     }
 

@@ -1,0 +1,337 @@
+//! Stage: send each case's update and comment with bounded concurrency, and work out what
+//! each planned decision's outcome is (a lost answer is read back, never re-sent).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tracing::Instrument;
+
+use super::comment::{comment_texts, comment_trailer, rule_comment};
+use crate::audit::{NewEvent, Outcome};
+use crate::plan::{self, CasePlan};
+use crate::stellar::{ApiError, Case, Client};
+
+/// Why a planned decision was not applied, and whether that is a failure or a skip.
+#[derive(Debug, Clone)]
+pub(super) struct NotApplied {
+    why: String,
+    status: Option<u16>,
+    outcome: Outcome,
+}
+
+impl NotApplied {
+    fn failed(why: impl Into<String>, status: Option<u16>) -> NotApplied {
+        NotApplied {
+            why: why.into(),
+            status,
+            outcome: Outcome::Failed,
+        }
+    }
+
+    /// A change the server may or may not have made: settled by reading it back later.
+    fn unknown(why: impl Into<String>) -> NotApplied {
+        NotApplied {
+            why: why.into(),
+            status: None,
+            outcome: Outcome::Unknown,
+        }
+    }
+
+    /// A change the server was never asked to make, for a reason of configuration.
+    fn skipped(why: impl Into<String>) -> NotApplied {
+        NotApplied {
+            why: why.into(),
+            status: None,
+            outcome: Outcome::Skipped,
+        }
+    }
+}
+
+pub(super) type DecisionResult = Result<(), NotApplied>;
+
+/// What sending one case's changes needs, owned so each send is a `'static` task.
+pub(super) struct Applier {
+    pub(super) client: Client,
+    pub(super) tx: tokio::sync::mpsc::Sender<Vec<NewEvent>>,
+    pub(super) seq_of: HashMap<(usize, usize), i64>,
+    pub(super) rule_hash: HashMap<String, String>,
+    pub(super) run_id: String,
+    pub(super) cancel: Option<Arc<AtomicBool>>,
+    pub(super) audit_broken: Arc<AtomicBool>,
+    /// Set by the first update refused for the configured flavour: nothing more is sent.
+    pub(super) wrong_flavor: std::sync::OnceLock<String>,
+    /// `daemon.pass_timeout_secs` after the pass began: nothing is sent after it.
+    pub(super) deadline: tokio::time::Instant,
+    pub(super) comment_changes: bool,
+}
+
+impl Applier {
+    /// Reads the case just before its update: a case someone changed since it was listed
+    /// is not sent what was decided on the old one (the next pass decides again).
+    async fn changed_since_listed(&self, p: &CasePlan) -> Option<NotApplied> {
+        let listed = p.stamp.as_ref()?;
+        p.field_changes().next()?;
+        match self.client.get_case(&p.case_id).await {
+            Ok(fresh) if plan::stamp(&fresh).as_ref() == Some(listed) => None,
+            Ok(_) => Some(NotApplied::skipped(
+                "not sent: the case changed since it was listed; the next pass decides again",
+            )),
+            Err(e) => Some(NotApplied::failed(
+                format!("not sent: cannot read the case before sending ({e})"),
+                e.http_status(),
+            )),
+        }
+    }
+
+    /// Sends (or, once shutdown began, does not send) one case's update and hands the
+    /// outcome rows to the audit writer; returns (decision index, outcome) pairs.
+    pub(super) async fn apply(
+        self: Arc<Self>,
+        pi: usize,
+        p: CasePlan,
+    ) -> (usize, Vec<(usize, Outcome)>) {
+        let stop = if self.audit_broken.load(Ordering::SeqCst) {
+            Some(NotApplied::failed(
+                "not sent: the audit log cannot be written",
+                None,
+            ))
+        } else if self
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::SeqCst))
+        {
+            Some(NotApplied::failed(
+                "not sent: casewarden is shutting down",
+                None,
+            ))
+        } else if tokio::time::Instant::now() > self.deadline {
+            Some(NotApplied::skipped(
+                "not sent: the pass ran past daemon.pass_timeout_secs",
+            ))
+        } else {
+            self.wrong_flavor
+                .get()
+                .map(|e| NotApplied::skipped(format!("not sent: {e}")))
+        };
+        let stop = match stop {
+            Some(why) => Some(why),
+            None => self.changed_since_listed(&p).await,
+        };
+        let outcomes = if let Some(why) = stop {
+            p.decisions
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| d.is_planned())
+                .map(|(i, _)| (i, Err(why.clone())))
+                .collect()
+        } else {
+            let outcomes = apply_case(&self.client, &p, self.comment_changes, &self.run_id).await;
+            if let Some(Err(n)) = outcomes.first().map(|(_, r)| r)
+                && n.outcome == Outcome::Skipped
+            {
+                let _ = self.wrong_flavor.set(n.why.clone());
+            }
+            outcomes
+        };
+        let events: Vec<NewEvent> = outcomes
+            .iter()
+            .map(|(di, result)| {
+                let d = &p.decisions[*di];
+                let (outcome, error, status) = match result {
+                    Ok(()) => (Outcome::Applied, None, None),
+                    Err(n) => (n.outcome, Some(n.why.clone()), n.status),
+                };
+                NewEvent {
+                    run_id: self.run_id.clone(),
+                    rule: d.rule.clone(),
+                    rule_hash: self.rule_hash.get(&d.rule).cloned().unwrap_or_default(),
+                    case_id: p.case_id.clone(),
+                    ticket_id: p.ticket_id,
+                    field: d.field.clone(),
+                    old: d.old.clone(),
+                    new: d.new.clone(),
+                    reason: String::new(),
+                    dry_run: false,
+                    outcome: Some(outcome),
+                    error,
+                    http_status: status.map(i64::from),
+                    planned_seq: self.seq_of.get(&(pi, *di)).copied(),
+                }
+            })
+            .collect();
+        let _ = self.tx.send(events).await;
+        (
+            pi,
+            outcomes
+                .into_iter()
+                .map(|(di, r)| (di, r.map_or_else(|n| n.outcome, |()| Outcome::Applied)))
+                .collect(),
+        )
+    }
+}
+
+/// Sends one case's update, then its comment; returns the outcome of every planned decision.
+async fn apply_case(
+    client: &Client,
+    plan: &CasePlan,
+    comment_changes: bool,
+    run_id: &str,
+) -> Vec<(usize, DecisionResult)> {
+    let span = tracing::info_span!("case", case_id = %plan.case_id);
+    async {
+        let planned: Vec<usize> = (0..plan.decisions.len()).filter(|&i| plan.decisions[i].is_planned()).collect();
+        let fields: Vec<usize> = planned.iter().copied().filter(|&i| plan.decisions[i].field != "comment").collect();
+        let comments: Vec<usize> = planned.iter().copied().filter(|&i| plan.decisions[i].field == "comment").collect();
+        let mut out = Vec::new();
+        let update: DecisionResult = match plan.body() {
+            Some(body) => match client.update_case(&plan.case_id, &body).await {
+                Ok(updated) => match Case::parse(updated, Some(client.flavor())) {
+                    Ok(case) => holds(&case, plan),
+                    // Only a case holding the planned values proves the update.
+                    Err(_) => read_back(client, plan, "the server's answer to the update is not a case", NotApplied::failed("the server accepted the update but the case does not hold it", None)).await,
+                },
+                // No answer: the request may still be applied, so a case without the
+                // change is not settled yet.
+                Err(e @ ApiError::Transport { .. }) => {
+                    let why = format!("{e}; the case does not hold the change yet and the server may still apply it: settled before the next pass, never re-sent while open");
+                    read_back(client, plan, &e.to_string(), NotApplied::unknown(why)).await
+                }
+                // A 2xx whose body is not JSON proves nothing either way.
+                Err(e @ ApiError::BadResponse { .. }) => {
+                    let why = format!("{e}; the case does not hold the change");
+                    read_back(client, plan, &e.to_string(), NotApplied::failed(why, None)).await
+                }
+                Err(e) if e.http_status().is_some_and(|s| s >= 500) => {
+                    let answered = read_back(client, plan, &e.to_string(), failure(&e)).await;
+                    // The server answered: nothing of it can land later.
+                    answered.map_err(|n| NotApplied { status: n.status.or(e.http_status()), ..n })
+                }
+                Err(e) => Err(failure(&e)),
+            },
+            None => Ok(()),
+        };
+        for &i in &fields {
+            out.push((i, update.clone()));
+        }
+        let mut text = Vec::new();
+        if update.is_ok() && comment_changes && !fields.is_empty() {
+            text.push(change_summary(plan, &fields));
+        }
+        for &i in &comments {
+            text.push(rule_comment(&plan.decisions[i].rule, plan.decisions[i].new.as_deref()));
+        }
+        if let Err(n) = &update {
+            for &i in &comments {
+                // Never sent, so known: failed with its update, or skipped.
+                let outcome = if n.outcome == Outcome::Failed { Outcome::Failed } else { Outcome::Skipped };
+                out.push((i, Err(NotApplied { why: "not sent: the case update did not succeed".into(), status: None, outcome })));
+            }
+        } else if !text.is_empty() {
+            text.push(comment_trailer(run_id));
+            let body = text.join("\n\n");
+            // A comment is not idempotent, so it is never re-sent; whether a lost answer's
+            // comment landed is read from the case's comments (the trailer makes it unique).
+            let posted = match client.add_comment(&plan.case_id, &body).await {
+                Ok(()) => Ok(()),
+                Err(e) if may_have_landed(&e) && comment_texts(client, &plan.case_id).await.is_ok_and(|t| t.contains(&body)) => {
+                    tracing::info!(error = %e, "the comment's answer was lost, but the case's comments show it was posted");
+                    Ok(())
+                }
+                Err(e) => Err(failure(&e)),
+            };
+            if let Err(n) = &posted {
+                tracing::warn!(error = %n.why, "the case was updated but its explanatory comment could not be posted");
+            }
+            for &i in &comments {
+                out.push((i, posted.clone()));
+            }
+        }
+        out
+    }
+    .instrument(span)
+    .await
+}
+
+/// An error after which the server may still have applied the comment: the request
+/// went out but no (good) answer came back.
+fn may_have_landed(e: &ApiError) -> bool {
+    match e {
+        ApiError::Transport { .. } => true,
+        other => other.http_status().is_some_and(|s| s >= 500),
+    }
+}
+
+/// After an update whose answer does not prove it (`what` went wrong), reads the case
+/// back: applied if it holds every planned field, else `not_held`; `unknown` when it cannot
+/// be read.
+async fn read_back(
+    client: &Client,
+    plan: &CasePlan,
+    what: &str,
+    not_held: NotApplied,
+) -> DecisionResult {
+    match client.get_case(&plan.case_id).await {
+        Ok(case) if unheld_fields(&case, plan).is_empty() => {
+            tracing::info!(error = %what, "the update's answer was no proof, but reading the case back shows it was applied");
+            Ok(())
+        }
+        Ok(_) => Err(not_held),
+        Err(e) => Err(NotApplied::unknown(format!(
+            "{what}; reading the case back failed too ({e}): settled before the next pass, never re-sent while open"
+        ))),
+    }
+}
+
+/// The fields of the plan's changes that `case` does not hold.
+fn unheld_fields(case: &Case, plan: &CasePlan) -> Vec<String> {
+    plan.field_changes()
+        .filter(|d| !plan::case_holds(case, d))
+        .map(|d| d.field.clone())
+        .collect()
+}
+
+/// A request that went wrong; a call refused for the configured API flavour was never
+/// taken by the server, and is recorded as skipped.
+fn failure(e: &ApiError) -> NotApplied {
+    match e {
+        ApiError::WrongFlavor { .. } => NotApplied::skipped(e.to_string()),
+        _ => NotApplied::failed(e.to_string(), e.http_status()),
+    }
+}
+
+/// The server answered with the case: does it hold what was sent?
+fn holds(case: &Case, plan: &CasePlan) -> DecisionResult {
+    let missing = unheld_fields(case, plan);
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(NotApplied::failed(
+            format!(
+                "the server accepted the update but the case does not hold the new {}",
+                missing.join(", ")
+            ),
+            None,
+        ))
+    }
+}
+
+/// The comment an analyst sees in the UI: which rules changed what, and why.
+fn change_summary(plan: &CasePlan, fields: &[usize]) -> String {
+    let mut lines = vec!["casewarden changed this case:".to_string()];
+    for &i in fields {
+        let d = &plan.decisions[i];
+        let what = format!(
+            "{}: {}",
+            d.field,
+            plan::describe_change(&d.field, d.old.as_deref(), d.new.as_deref())
+        );
+        let why = if d.reason.is_empty() {
+            String::new()
+        } else {
+            format!(" — {}", d.reason)
+        };
+        lines.push(format!("- {what} (rule {}){why}", d.rule));
+    }
+    lines.join("\n")
+}

@@ -1,0 +1,129 @@
+//! Stage: evaluate every due rule on every case of a page, on all cores, and read the
+//! activities of the cases that need them.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+
+use super::PassContext;
+use crate::plan::RuleChanges;
+use crate::rules::{EvalEnv, EvalError, Rule, RuleSet};
+use crate::stellar::Case;
+
+/// One case after evaluation.
+pub(super) struct Evaluated {
+    pub(super) case: Case,
+    pub(super) requests: Vec<RuleChanges>,
+    pub(super) seen_by: Vec<usize>,
+    pub(super) errors: Vec<(usize, EvalError)>,
+    /// A rule needed the case's activities to tell when a person last touched it.
+    pub(super) wants_activities: bool,
+}
+
+/// Evaluates every due rule on one case.
+pub(super) fn evaluate_one(
+    set: &RuleSet,
+    rules: &[Arc<Rule>],
+    case: Case,
+    env: &EvalEnv,
+) -> Evaluated {
+    let mut ev = Evaluated {
+        requests: Vec::new(),
+        seen_by: Vec::new(),
+        errors: Vec::new(),
+        wants_activities: false,
+        case,
+    };
+    for (i, result) in set.evaluate_case(rules, &ev.case, env) {
+        ev.seen_by.push(i);
+        match result {
+            Ok(asked) => {
+                ev.wants_activities |= asked.wants_activities;
+                if !asked.changes.is_empty() {
+                    ev.requests.push(RuleChanges {
+                        rule: rules[i].name.clone(),
+                        changes: asked.changes,
+                    });
+                }
+            }
+            Err(e) => ev.errors.push((i, e)),
+        }
+    }
+    ev
+}
+
+/// Evaluates every rule on every case of a page, in parallel across cores (rayon's pool),
+/// in the caller's span so a rule's `print` carries the pass id.
+fn evaluate_page(
+    set: &RuleSet,
+    rules: &[Arc<Rule>],
+    cases: Vec<Case>,
+    env: &EvalEnv,
+) -> Vec<Evaluated> {
+    use rayon::prelude::*;
+    let span = tracing::Span::current();
+    cases
+        .into_par_iter()
+        .map(|case| span.in_scope(|| evaluate_one(set, rules, case, env)))
+        .collect()
+}
+
+/// `evaluate_page` on a blocking thread, in the current span.
+pub(super) async fn evaluate_cases(
+    set: &RuleSet,
+    rules: &[Arc<Rule>],
+    cases: Vec<Case>,
+    env: &EvalEnv,
+) -> anyhow::Result<Vec<Evaluated>> {
+    let (set, rules, env) = (set.clone(), rules.to_vec(), env.clone());
+    let span = tracing::Span::current();
+    Ok(tokio::task::spawn_blocking(move || {
+        span.in_scope(|| evaluate_page(&set, &rules, cases, &env))
+    })
+    .await?)
+}
+
+/// Cases whose last human activity only their `/activities` can tell (casewarden made
+/// the last change and the server sends no `history`), asked about by a rule: reads those
+/// activities, once per case, and evaluates the case again with them. A case whose
+/// activities cannot be read keeps its first evaluation, which took it as recently touched.
+pub(super) async fn with_activities(
+    ctx: &PassContext,
+    set: &RuleSet,
+    rules: &[Arc<Rule>],
+    env: &EvalEnv,
+    mut evaluated: Vec<Evaluated>,
+) -> anyhow::Result<Vec<Evaluated>> {
+    let wanted: Vec<(usize, Case)> = evaluated
+        .iter()
+        .enumerate()
+        .filter(|(_, ev)| ev.wants_activities)
+        .map(|(i, ev)| (i, ev.case.clone()))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(evaluated);
+    }
+    let read: Vec<(usize, Case)> = futures::stream::iter(wanted)
+        .map(|(i, mut case)| async move {
+            match ctx.client.list_activities(&case.id).await {
+                Ok(activities) => {
+                    case.activities = Some(Arc::new(activities));
+                    Some((i, case))
+                }
+                Err(e) => {
+                    tracing::warn!(case_id = %case.id, error = %e, "cannot read the case's activities; rules take it as touched by a person just now");
+                    None
+                }
+            }
+        })
+        .buffer_unordered(ctx.settings.max_in_flight.max(1))
+        .filter_map(|x| async move { x })
+        .collect()
+        .await;
+    let (slots, cases): (Vec<usize>, Vec<Case>) = read.into_iter().unzip();
+    let again = evaluate_cases(set, rules, cases, env).await?;
+    for (i, ev) in slots.into_iter().zip(again) {
+        evaluated[i] = ev;
+    }
+    Ok(evaluated)
+}
