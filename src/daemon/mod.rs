@@ -2,7 +2,9 @@
 //! files change, disables rules that fail everywhere, stops cleanly on SIGTERM, and talks
 //! to systemd (READY, STATUS, WATCHDOG) and Prometheus.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+mod breaker;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,6 +21,7 @@ use crate::metrics::{ChangeLabels, Metrics, StatusLabel};
 use crate::pass::{self, PassContext, PassOptions, PassReport, PassSettings};
 use crate::rules::RuleSet;
 use crate::stellar::{ApiError, Client};
+use breaker::Breaker;
 
 /// How often the rules folder is checked for changes; a change is acted on once it has
 /// been stable for one interval, so an editor's save-in-steps causes one reload.
@@ -32,10 +35,7 @@ struct Shared {
     ctx: PassContext,
     metrics: Arc<Metrics>,
     rules: Mutex<RuleSet>,
-    /// Rule name -> source hash it was disabled at; a changed file re-enables it.
-    disabled: Mutex<HashMap<String, String>>,
-    /// Rule name -> consecutive passes in which it failed on every case it saw.
-    failing: Mutex<HashMap<String, u32>>,
+    breaker: Mutex<Breaker>,
     /// Schedules with a pass in flight.
     running: Mutex<BTreeSet<String>>,
     /// Schedule -> status of its last pass.
@@ -154,8 +154,7 @@ pub async fn run(config: Config) -> anyhow::Result<u8> {
         ctx,
         metrics,
         rules: Mutex::new(set),
-        disabled: Mutex::new(HashMap::new()),
-        failing: Mutex::new(HashMap::new()),
+        breaker: Mutex::new(Breaker::new(config.daemon.breaker_passes)),
         running: Mutex::new(BTreeSet::new()),
         last: Mutex::new(BTreeMap::new()),
         cancel: Arc::new(AtomicBool::new(false)),
@@ -286,7 +285,7 @@ fn start_pass(shared: &Arc<Shared>, due: BTreeSet<String>, passes: &mut JoinSet<
     let (set, names, schedules) = {
         let set = lock(&shared.rules).clone();
         let groups = schedules(&set, &shared.config.daemon.schedule);
-        let disabled = lock(&shared.disabled);
+        let breaker = lock(&shared.breaker);
         let mut running = lock(&shared.running);
         let mut names = Vec::new();
         let mut taken = Vec::new();
@@ -299,7 +298,7 @@ fn start_pass(shared: &Arc<Shared>, due: BTreeSet<String>, passes: &mut JoinSet<
             let Some(rules) = groups.get(&schedule) else {
                 continue;
             };
-            names.extend(rules.iter().filter(|r| !disabled.contains_key(*r)).cloned());
+            names.extend(rules.iter().filter(|r| !breaker.is_disabled(r)).cloned());
             running.insert(schedule.clone());
             taken.push(schedule);
         }
@@ -380,27 +379,16 @@ async fn after_pass(shared: &Shared, set: &RuleSet, report: &PassReport, took: D
         report.run_id, report.status, report.cases_seen, report.applied, report.failed
     ))]);
     let limit = shared.config.daemon.breaker_passes;
-    let mut newly_disabled = Vec::new();
-    {
-        let mut failing = lock(&shared.failing);
-        for s in &report.rules {
-            let count = failing.entry(s.name.clone()).or_default();
-            if s.seen > 0 && s.errors == s.seen {
-                *count += 1;
-            } else if s.seen > 0 {
-                *count = 0;
-            }
-            if *count >= limit {
-                *count = 0;
-                newly_disabled.push(s.name.clone());
-            }
-        }
-    }
+    let newly_disabled = lock(&shared.breaker).record(&report.rules, |name| {
+        set.rules
+            .iter()
+            .find(|r| r.name == name)
+            .map(|r| r.source_hash.clone())
+    });
     for name in newly_disabled {
         let Some(rule) = set.rules.iter().find(|r| r.name == name) else {
             continue;
         };
-        lock(&shared.disabled).insert(name.clone(), rule.source_hash.clone());
         tracing::error!(rule = %name, file = %rule.file.display(), passes = limit, "CIRCUIT BREAKER: rule failed on every case for {limit} passes in a row; disabled until its file changes");
         let event = NewEvent {
             run_id: report.run_id.clone(),
@@ -420,7 +408,8 @@ async fn after_pass(shared: &Shared, set: &RuleSet, report: &PassReport, took: D
             tracing::error!(error = %e, "cannot record the disabled rule in the audit log");
         }
     }
-    m.rules_disabled.set(lock(&shared.disabled).len() as i64);
+    m.rules_disabled
+        .set(lock(&shared.breaker).disabled_count() as i64);
 }
 
 /// Reloads the rules folder atomically: all rules compile, or the old set stays.
@@ -443,16 +432,19 @@ async fn reload(
         }
         Ok(set) => {
             {
-                let mut disabled = lock(&shared.disabled);
-                disabled.retain(|name, hash| {
-                    let same = set.rules.iter().any(|r| &r.name == name && &r.source_hash == hash);
-                    if !same {
-                        tracing::info!(rule = %name, "rule file changed: re-enabling the rule the circuit breaker disabled");
-                    }
-                    same
-                });
-                shared.metrics.rules_disabled.set(disabled.len() as i64);
-                lock(&shared.failing).clear();
+                let current: Vec<(String, String)> = set
+                    .rules
+                    .iter()
+                    .map(|r| (r.name.clone(), r.source_hash.clone()))
+                    .collect();
+                let mut breaker = lock(&shared.breaker);
+                for name in breaker.reloaded(&current) {
+                    tracing::info!(rule = %name, "rule file changed: re-enabling the rule the circuit breaker disabled");
+                }
+                shared
+                    .metrics
+                    .rules_disabled
+                    .set(breaker.disabled_count() as i64);
             }
             let groups = schedules(&set, &shared.config.daemon.schedule);
             for id in jobs.drain(..) {
