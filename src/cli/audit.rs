@@ -1,0 +1,155 @@
+//! `casewarden audit` and `audit verify`: reading the log, never writing it.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use futures::StreamExt;
+
+use super::{Cli, load_config};
+use crate::audit::report::{Format, Printer, parse_time};
+use crate::audit::{AuditStore, Filter, Outcome, Verification};
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    pub verify: Option<AuditCommand>,
+    #[command(flatten)]
+    pub query: AuditQuery,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain; exit 0 with the row count and head, 1 naming the first broken row
+    Verify {
+        /// Fail unless the newest row's hash is this (catches truncation)
+        #[arg(long, value_name = "HASH")]
+        expect_head: Option<String>,
+        /// Audit DB file [default: audit.path from the config]
+        #[arg(long, value_name = "PATH")]
+        db: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AuditQuery {
+    /// Only this case id
+    #[arg(long = "case", value_name = "ID")]
+    pub case_id: Option<String>,
+    /// Only this ticket number
+    #[arg(long)]
+    pub ticket: Option<i64>,
+    /// Only this rule
+    #[arg(long)]
+    pub rule: Option<String>,
+    /// From this time: RFC 3339 or a duration back from now (30m, 24h, 7d)
+    #[arg(long, value_name = "T")]
+    pub since: Option<String>,
+    /// Up to this time: RFC 3339 or a duration back from now
+    #[arg(long, value_name = "T")]
+    pub until: Option<String>,
+    /// Only rows with this outcome
+    #[arg(long, value_enum, value_name = "O")]
+    pub outcome: Option<Outcome>,
+    /// Only rows of this pass (run_id)
+    #[arg(long = "pass", value_name = "RUN_ID")]
+    pub run_id: Option<String>,
+    /// At most this many rows
+    #[arg(long)]
+    pub limit: Option<i64>,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Audit DB file [default: audit.path from the config]
+    #[arg(long, value_name = "PATH")]
+    pub db: Option<PathBuf>,
+}
+
+async fn open_audit(cli: &Cli, db: &Option<PathBuf>) -> anyhow::Result<AuditStore> {
+    let path = match db {
+        Some(p) => p.clone(),
+        None => load_config(cli)?.audit.path,
+    };
+    if !path.exists() {
+        anyhow::bail!(
+            "audit DB {} does not exist (no pass has run with this config yet?)",
+            path.display()
+        );
+    }
+    // Reading the log never writes to it: an auditor's copy may be read-only.
+    Ok(AuditStore::open_read_only(&path).await?)
+}
+
+pub(super) async fn run(cli: &Cli, args: &AuditArgs) -> anyhow::Result<u8> {
+    if let Some(AuditCommand::Verify { expect_head, db }) = &args.verify {
+        let store = open_audit(cli, db).await?;
+        let result = store.verify().await?;
+        return Ok(match result {
+            Verification::Intact { rows, head } => {
+                // A head saved earlier is any row of the chain: the log grows after it.
+                if let Some(expected) = expect_head
+                    && !head.eq_ignore_ascii_case(expected)
+                {
+                    let Some(seq) = store.seq_of_hash(expected).await? else {
+                        println!(
+                            "BROKEN: the chain is intact over {rows} row(s) but its head is {head}, not the expected {expected}, and no row has that hash: rows were removed or the log was replaced"
+                        );
+                        return Ok(1);
+                    };
+                    let since = rows.saturating_sub(seq as u64);
+                    println!(
+                        "ok: {rows} row(s), hash chain intact, head {head}; the expected hash is row {seq}, {since} row(s) appended since"
+                    );
+                    return Ok(0);
+                }
+                println!("ok: {rows} row(s), hash chain intact, head {head}");
+                0
+            }
+            Verification::BrokenPass { id, problem } => {
+                println!("BROKEN: pass {id}: {problem}");
+                1
+            }
+            Verification::Broken {
+                seq,
+                rows_checked,
+                problem,
+            } => {
+                println!("BROKEN at row {seq} (after {rows_checked} good row(s)): {problem}");
+                1
+            }
+        });
+    }
+    let q = &args.query;
+    let filter = Filter {
+        case_id: q.case_id.clone(),
+        ticket_id: q.ticket,
+        rule: q.rule.clone(),
+        since: q
+            .since
+            .as_deref()
+            .map(parse_time)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--since: {e}"))?,
+        until: q
+            .until
+            .as_deref()
+            .map(parse_time)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--until: {e}"))?,
+        outcome: q.outcome,
+        run_id: q.run_id.clone(),
+        limit: q.limit,
+    };
+    let store = open_audit(cli, &q.db).await?;
+    let stdout = std::io::stdout();
+    let mut printer = Printer::new(q.format, std::io::BufWriter::new(stdout.lock()))?;
+    let mut rows = std::pin::pin!(store.query(&filter));
+    while let Some(row) = rows.next().await {
+        match printer.row(&row?) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(0),
+            other => other?,
+        }
+    }
+    printer.finish()?;
+    Ok(0)
+}

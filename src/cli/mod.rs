@@ -1,0 +1,129 @@
+//! The command line: clap definitions and the glue that runs each command and turns its
+//! result into the exit codes of INTERFACE.md.
+
+mod audit;
+mod check;
+mod once;
+mod simulate;
+mod test_rule;
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+pub use audit::{AuditArgs, AuditCommand, AuditQuery};
+pub use check::CheckArgs;
+pub use once::OnceArgs;
+pub use simulate::SimulateArgs;
+pub use test_rule::{TestFormat, TestRuleArgs};
+
+use crate::config::Config;
+use crate::demo::DemoArgs;
+use crate::rules::RuleSet;
+use crate::stellar::Client;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "casewarden",
+    version,
+    about = "Keeps Stellar Cyber cases clean: runs Rhai rules against the Cases API and audits every change.",
+    after_help = "Start with `casewarden demo`, then `casewarden simulate` and `casewarden once --dry-run`."
+)]
+pub struct Cli {
+    /// Config file [default: $CASEWARDEN_CONFIG, then ./casewarden.toml]
+    #[arg(long, global = true, env = "CASEWARDEN_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log line format (logs go to stderr)
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// More logging: -v debug, -vv trace (RUST_LOG overrides)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only warnings and errors
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: passes on schedule until SIGTERM/SIGINT; SIGHUP reloads rules
+    Run,
+    /// Run one pass now and print a summary (exit 0 ok, 1 some change failed, 2 config/rule error)
+    Once(OnceArgs),
+    /// Validate the config and compile every rule (errors name file:line:col), then probe
+    /// the server: token, one page, update flavour (exit 0 ok, 2 config/rule error, 3 server)
+    Check(CheckArgs),
+    /// Evaluate one rule offline on a case file and print the changes it would make
+    TestRule(TestRuleArgs),
+    /// Query the audit log, or verify its hash chain (`audit verify`)
+    Audit(AuditArgs),
+    /// Serve a local Stellar Cyber Cases API simulator
+    Simulate(SimulateArgs),
+    /// Run the example rules against an in-process simulator and show what they change
+    Demo(DemoArgs),
+}
+
+fn config_path(cli: &Cli) -> PathBuf {
+    cli.config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("casewarden.toml"))
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    Ok(Config::load(&config_path(cli))?)
+}
+
+/// Loads the rules folder, printing every error; None when any rule is broken.
+fn load_rules(dir: &Path) -> Option<RuleSet> {
+    match RuleSet::load_dir(dir) {
+        Ok(set) => Some(set),
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            eprintln!("{} rule error(s) in {}", errors.len(), dir.display());
+            None
+        }
+    }
+}
+
+/// Runs the parsed command; returns the process exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<u8> {
+    match &cli.command {
+        Command::Run => match load_config(&cli) {
+            Ok(config) => crate::daemon::run(config).await,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                Ok(2)
+            }
+        },
+        Command::Once(args) => once::run(&cli, args).await,
+        Command::Check(args) => check::run(&cli, args).await,
+        Command::TestRule(args) => test_rule::run(args),
+        Command::Audit(args) => audit::run(&cli, args).await,
+        Command::Simulate(args) => simulate::run(args).await,
+        Command::Demo(args) => crate::demo::run(args).await,
+    }
+}
+
+fn connect(config: &Config) -> anyhow::Result<Client> {
+    let settings = config.client_settings()?;
+    Ok(Client::new(settings)?)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

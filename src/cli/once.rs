@@ -1,0 +1,94 @@
+//! `casewarden once`: one pass now, under the audit store's claim, and its summary.
+
+use std::time::Duration;
+
+use clap::Args;
+
+use super::{Cli, connect, load_config, load_rules};
+use crate::audit::{AuditStore, ClaimError};
+use crate::pass::{PassContext, PassOptions, PassSettings};
+use crate::report::print_report;
+
+#[derive(Debug, Args)]
+pub struct OnceArgs {
+    /// Plan and record, but send no change to the server
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Only run this rule (repeatable); disabled rules run when named
+    #[arg(long = "rule", value_name = "NAME")]
+    pub rules: Vec<String>,
+    /// How long to wait for another casewarden pass on the same audit store to finish
+    /// (one writer at a time); then exit 4 naming it
+    #[arg(long, value_name = "SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub wait: u64,
+}
+
+pub(super) async fn run(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
+    let config = match load_config(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(2);
+        }
+    };
+    let Some(set) = load_rules(&config.daemon.rules_dir) else {
+        return Ok(2);
+    };
+    for name in &args.rules {
+        if !set.rules.iter().any(|r| &r.name == name) {
+            let known: Vec<&str> = set.rules.iter().map(|r| r.name.as_str()).collect();
+            eprintln!(
+                "error: --rule {name:?}: no such rule (known: {})",
+                known.join(", ")
+            );
+            return Ok(2);
+        }
+    }
+    let client = match connect(&config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(2);
+        }
+    };
+    let audit = AuditStore::open_with(
+        &config.audit.path,
+        Duration::from_secs(config.audit.busy_timeout_secs),
+        config.audit.max_size_mb,
+    )
+    .await?
+    .with_head_file(config.audit.head_file.clone());
+    if let Err(e) = client.authenticate().await {
+        // The server could not be reached or refused the key.
+        eprintln!("error: {e}");
+        return Ok(3);
+    }
+    let ctx = PassContext {
+        client,
+        audit,
+        settings: PassSettings::from_config(&config),
+    };
+    let claimed = crate::pass::run_claimed(
+        &ctx,
+        &set,
+        &PassOptions {
+            dry_run: args.dry_run,
+            only: args.rules.clone(),
+            trigger: "once".into(),
+            ..PassOptions::default()
+        },
+        Duration::from_secs(args.wait),
+    )
+    .await;
+    let report = match claimed {
+        Ok(report) => report,
+        Err(ClaimError::Held(held)) => {
+            eprintln!("error: {held}");
+            return Ok(4);
+        }
+        Err(ClaimError::Audit(e)) => return Err(e.into()),
+    };
+    print_report(&mut std::io::stdout().lock(), &report)?;
+    ctx.audit.close().await;
+    Ok(if report.has_failures() { 1 } else { 0 })
+}
