@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::plan::{self, CasePlan, ChangeKind, Decision};
 use crate::rules::limits::Limits;
 use crate::rules::{EvalEnv, EvalError, Rule, RuleSet};
-use crate::stellar::Client;
+use crate::stellar::{Case, Client};
 
 /// Errors logged in full per rule and pass; the rest are counted.
 const LOGGED_ERRORS_PER_RULE: usize = 5;
@@ -241,7 +241,7 @@ fn event(run_id: &str, rule: &Rule, plan: &CasePlan, d: &Decision, dry_run: bool
 fn resolve_assignees(
     ev: &mut Evaluated,
     users: &HashMap<String, String>,
-    index_of: &HashMap<&str, usize>,
+    index_of: &HashMap<String, usize>,
 ) {
     for rc in &mut ev.requests {
         let mut unknown = Vec::new();
@@ -329,6 +329,7 @@ pub async fn run_pass(ctx: &PassContext, set: &RuleSet, opts: &PassOptions) -> P
     .await
 }
 
+/// fetch -> evaluate -> plan -> record intent -> apply -> record outcomes.
 async fn run(
     ctx: &PassContext,
     set: &RuleSet,
@@ -355,11 +356,6 @@ async fn run(
             ..RuleStats::default()
         })
         .collect();
-    let index_of: HashMap<&str, usize> = rules
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (r.name.as_str(), i))
-        .collect();
     ctx.audit
         .start_pass(&report.run_id, &opts.trigger, &set.fingerprint, dry_run)
         .await?;
@@ -367,56 +363,150 @@ async fn run(
         return Ok(());
     }
     let deadline = tokio::time::Instant::now() + ctx.settings.pass_timeout;
-    // Changes whose outcome is not known yet: not planned again until settled.
-    let mut open: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
-    for u in ctx.audit.unsettled().await? {
-        let key = plan::memory_key(&u.row.field, u.row.new.as_deref().unwrap_or(""));
-        open.entry(u.row.case_id).or_default().insert(key);
+    let stage = Stage {
+        ctx,
+        set,
+        opts,
+        dry_run,
+        index_of: rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.name.clone(), i))
+            .collect(),
+        rules,
+    };
+    let Some(plans) = stage.plan(report).await? else {
+        report.interrupted = true;
+        return Ok(());
+    };
+    let seq_of = stage.record_intent(&plans, report).await?;
+    if !dry_run {
+        let outcomes = stage.apply(&plans, seq_of, deadline, report).await?;
+        stage.count(&plans, outcomes, report);
     }
-    // The users list is fetched at most once per pass: now if casewarden's own user id is
-    // needed to tell its history entries apart, else when a rule first assigns by email.
-    let mut users = match ctx.client.user() {
-        Some(_) => Some(user_index(&ctx.client).await),
-        None => None,
-    };
-    let own = Arc::new(own_identities(ctx.client.user(), users.as_ref()));
-    let env = EvalEnv {
-        now_ms: None,
-        own_users: own.clone(),
-        limits: ctx.settings.limits.clone(),
-        prints: Default::default(),
-    };
-    let mut planner = plan::PassPlanner::new(
-        rules.iter().map(|r| r.name.clone()).collect(),
-        plan::Budgets {
+    report.plans = plans;
+    Ok(())
+}
+
+/// What the stages of one pass share: its context and the rules that run.
+struct Stage<'a> {
+    ctx: &'a PassContext,
+    set: &'a RuleSet,
+    opts: &'a PassOptions,
+    dry_run: bool,
+    rules: Vec<Arc<Rule>>,
+    index_of: HashMap<String, usize>,
+}
+
+/// The planning state carried from page to page.
+struct Planning {
+    planner: plan::PassPlanner,
+    env: EvalEnv,
+    /// Fetched at most once per pass (see [`Stage::plan`]).
+    users: Option<HashMap<String, String>>,
+    /// Changes whose outcome is not known yet, per case: not planned again until settled.
+    open: HashMap<String, std::collections::HashSet<String>>,
+}
+
+impl Stage<'_> {
+    fn rule_of(&self, name: &str) -> Option<(usize, &Rule)> {
+        let &i = self.index_of.get(name)?;
+        Some((i, &self.rules[i]))
+    }
+
+    /// fetch -> evaluate -> plan, a page at a time (the next page downloads while this one
+    /// is evaluated); the budget's deferrals are recorded per page. None: shut down.
+    async fn plan(&self, report: &mut PassReport) -> anyhow::Result<Option<Vec<CasePlan>>> {
+        let ctx = self.ctx;
+        let mut open: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
+        for u in ctx.audit.unsettled().await? {
+            let key = plan::memory_key(&u.row.field, u.row.new.as_deref().unwrap_or(""));
+            open.entry(u.row.case_id).or_default().insert(key);
+        }
+        // The users list is fetched at most once per pass: now if casewarden's own user
+        // id is needed to tell its changes apart, else when a rule first assigns by email.
+        let users = match ctx.client.user() {
+            Some(_) => Some(user_index(&ctx.client).await),
+            None => None,
+        };
+        let own = Arc::new(own_identities(ctx.client.user(), users.as_ref()));
+        let budgets = plan::Budgets {
             max_changes: ctx.settings.max_changes,
             max_change_fraction: ctx.settings.max_change_fraction,
             guard_min_cases: ctx.settings.guard_min_cases,
-        },
-        own.to_vec(),
-    );
-
-    let mut pager = ctx.client.list_cases(pushdown(&rules));
-    let mut next = Some(tokio::spawn(async move {
-        let page = pager.next_page().await;
-        (pager, page)
-    }));
-    while let Some(fetch) = next.take() {
-        if opts.cancelled() {
-            report.interrupted = true;
-            return Ok(());
-        }
-        let (mut pager, page) = fetch.await?;
-        let Some(page) = page? else { break };
-        // Start the next download before evaluating this page.
-        next = Some(tokio::spawn(async move {
+        };
+        let names = self.rules.iter().map(|r| r.name.clone()).collect();
+        let mut state = Planning {
+            planner: plan::PassPlanner::new(names, budgets, own.to_vec()),
+            env: EvalEnv {
+                now_ms: None,
+                own_users: own,
+                limits: ctx.settings.limits.clone(),
+                prints: Default::default(),
+            },
+            users,
+            open,
+        };
+        let mut pager = ctx.client.list_cases(pushdown(&self.rules));
+        let mut next = Some(tokio::spawn(async move {
             let page = pager.next_page().await;
             (pager, page)
         }));
-        report.cases_unparsable += page.skipped.len();
-        report.cases_seen += page.cases.len();
-        let evaluated = evaluate_cases(set, &rules, page.cases, &env).await?;
-        let evaluated = with_activities(ctx, set, &rules, &env, evaluated).await?;
+        while let Some(fetch) = next.take() {
+            if self.opts.cancelled() {
+                return Ok(None);
+            }
+            let (mut pager, page) = fetch.await?;
+            let Some(page) = page? else { break };
+            next = Some(tokio::spawn(async move {
+                let page = pager.next_page().await;
+                (pager, page)
+            }));
+            report.cases_unparsable += page.skipped.len();
+            report.cases_seen += page.cases.len();
+            self.plan_page(page.cases, &mut state, report).await?;
+        }
+        for (rule, dropped) in state.env.prints.dropped() {
+            tracing::warn!(
+                %rule,
+                dropped,
+                "print/debug lines past the limit of {} per rule and pass were dropped (daemon.max_prints_per_rule)",
+                ctx.settings.limits.prints_per_pass
+            );
+        }
+        let seen: Vec<usize> = report.rules.iter().map(|r| r.seen).collect();
+        let passplan = state.planner.finish(&seen);
+        for (i, stats) in report.rules.iter_mut().enumerate() {
+            stats.matched = passplan.matched[i];
+            stats.deferred = passplan.deferred[i];
+            if let Some(why) = &passplan.halted[i] {
+                stats.guard_halted = true;
+                tracing::warn!(rule = %stats.name, "rule halted for this pass, none of its changes are applied: {why}");
+            }
+        }
+        report.budget_exhausted = passplan.budget_exhausted;
+        report.deferred_changes = passplan.deferred_changes;
+        if report.budget_exhausted {
+            tracing::warn!(
+                deferred = report.deferred_changes,
+                budget = ctx.settings.max_changes,
+                "change budget exhausted: {} change(s) deferred to the next pass",
+                report.deferred_changes
+            );
+        }
+        Ok((!self.opts.cancelled()).then_some(passplan.plans))
+    }
+
+    /// Evaluates one page and plans its cases; records what the budget deferred.
+    async fn plan_page(
+        &self,
+        cases: Vec<Case>,
+        state: &mut Planning,
+        report: &mut PassReport,
+    ) -> anyhow::Result<()> {
+        let ctx = self.ctx;
+        let evaluated = evaluate_cases(self.set, &self.rules, cases, &state.env).await?;
+        let evaluated = with_activities(ctx, self.set, &self.rules, &state.env, evaluated).await?;
         let ids: Vec<&str> = evaluated
             .iter()
             .filter(|ev| !ev.requests.is_empty())
@@ -429,7 +519,6 @@ async fn run(
                 .or_default()
                 .push((row.field, row.new.unwrap_or_default()));
         }
-
         let mut deferred_events = Vec::new();
         for mut ev in evaluated {
             for &i in &ev.seen_by {
@@ -440,11 +529,11 @@ async fn run(
                 .iter()
                 .flat_map(|r| &r.changes)
                 .any(|c| matches!(&c.kind, ChangeKind::Assign(w) if w.contains('@')));
-            if wants_assign_email && users.is_none() {
-                users = Some(user_index(&ctx.client).await);
+            if wants_assign_email && state.users.is_none() {
+                state.users = Some(user_index(&ctx.client).await);
             }
-            if let Some(u) = &users {
-                resolve_assignees(&mut ev, u, &index_of);
+            if let Some(u) = &state.users {
+                resolve_assignees(&mut ev, u, &self.index_of);
             }
             for (i, e) in &ev.errors {
                 let stats = &mut report.rules[*i];
@@ -456,25 +545,17 @@ async fn run(
             if ev.requests.is_empty() {
                 continue;
             }
+            let applied = memory.remove(&ev.case.id).unwrap_or_default();
             let facts = plan::CaseFacts {
-                memory: memory
-                    .remove(&ev.case.id)
-                    .map_or_else(Default::default, |applied| {
-                        plan::remember(applied.iter().map(|(f, n)| (f.as_str(), n.as_str())))
-                    }),
-                open: open.get(&ev.case.id).cloned().unwrap_or_default(),
+                memory: plan::remember(applied.iter().map(|(f, n)| (f.as_str(), n.as_str()))),
+                open: state.open.get(&ev.case.id).cloned().unwrap_or_default(),
             };
-            if let Some(deferred) = planner.add(&ev.case, &ev.requests, &facts, ctx.client.flavor())
-            {
+            let flavor = ctx.client.flavor();
+            if let Some(deferred) = state.planner.add(&ev.case, &ev.requests, &facts, flavor) {
                 for d in &deferred.decisions {
-                    if let Some(&i) = index_of.get(d.rule.as_str()) {
-                        deferred_events.push(event(
-                            &report.run_id,
-                            &rules[i],
-                            &deferred,
-                            d,
-                            dry_run,
-                        ));
+                    if let Some((_, rule)) = self.rule_of(&d.rule) {
+                        let row = event(&report.run_id, rule, &deferred, d, self.dry_run);
+                        deferred_events.push(row);
                     }
                 }
             }
@@ -483,131 +564,99 @@ async fn run(
             report.skipped += deferred_events.len();
             ctx.audit.append(&deferred_events).await?;
         }
-    }
-    for (rule, dropped) in env.prints.dropped() {
-        tracing::warn!(
-            %rule,
-            dropped,
-            "print/debug lines past the limit of {} per rule and pass were dropped (daemon.max_prints_per_rule)",
-            ctx.settings.limits.prints_per_pass
-        );
-    }
-    let seen: Vec<usize> = report.rules.iter().map(|r| r.seen).collect();
-    let passplan = planner.finish(&seen);
-    for (i, stats) in report.rules.iter_mut().enumerate() {
-        stats.matched = passplan.matched[i];
-        stats.deferred = passplan.deferred[i];
-        if let Some(why) = &passplan.halted[i] {
-            stats.guard_halted = true;
-            tracing::warn!(rule = %stats.name, "rule halted for this pass, none of its changes are applied: {why}");
-        }
-    }
-    report.budget_exhausted = passplan.budget_exhausted;
-    report.deferred_changes = passplan.deferred_changes;
-    if report.budget_exhausted {
-        tracing::warn!(
-            deferred = report.deferred_changes,
-            budget = ctx.settings.max_changes,
-            "change budget exhausted: {} change(s) deferred to the next pass",
-            report.deferred_changes
-        );
-    }
-    let retained = passplan.plans;
-
-    if opts.cancelled() {
-        report.interrupted = true;
-        return Ok(());
-    }
-    // Write-ahead: every decision is committed before any request goes out.
-    let mut events = Vec::new();
-    let mut owners = Vec::new();
-    for (pi, p) in retained.iter().enumerate() {
-        for (di, d) in p.decisions.iter().enumerate() {
-            let Some(&ri) = index_of.get(d.rule.as_str()) else {
-                continue;
-            };
-            events.push(event(&report.run_id, &rules[ri], p, d, dry_run));
-            owners.push((pi, di, ri));
-            if d.is_planned() {
-                report.rules[ri].planned += 1;
-            } else {
-                report.rules[ri].skipped += 1;
-                report.skipped += 1;
-            }
-        }
-    }
-    let seqs = ctx.audit.append(&events).await?;
-    let mut seq_of: HashMap<(usize, usize), i64> = HashMap::new();
-    for ((pi, di, _), seq) in owners.iter().zip(seqs) {
-        seq_of.insert((*pi, *di), seq);
-    }
-    if dry_run {
-        report.plans = retained;
-        return Ok(());
+        Ok(())
     }
 
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<NewEvent>>(256);
-    let audit = ctx.audit.clone();
-    let audit_broken = Arc::new(AtomicBool::new(false));
-    let writer = tokio::spawn({
-        let audit_broken = audit_broken.clone();
-        async move {
-            // Batches whatever outcomes have arrived into one transaction. After a failed
-            // write no further request is sent (the senders check `audit_broken`); what
-            // was in flight stays `planned` for the next start to reconcile.
-            let mut failure = None;
-            while let Some(mut batch) = rx.recv().await {
-                while let Ok(mut more) = rx.try_recv() {
-                    batch.append(&mut more);
-                }
-                if failure.is_none()
-                    && let Err(e) = audit.append(&batch).await
-                {
-                    tracing::error!(error = %e, "cannot record outcomes; no further change is sent this pass");
-                    audit_broken.store(true, Ordering::SeqCst);
-                    failure = Some(e);
+    /// Write-ahead: every decision is committed before any request goes out. Returns the
+    /// `seq` of each decision's row, by (plan, decision) index.
+    async fn record_intent(
+        &self,
+        plans: &[CasePlan],
+        report: &mut PassReport,
+    ) -> anyhow::Result<HashMap<(usize, usize), i64>> {
+        let mut events = Vec::new();
+        let mut owners = Vec::new();
+        for (pi, p) in plans.iter().enumerate() {
+            for (di, d) in p.decisions.iter().enumerate() {
+                let Some((ri, rule)) = self.rule_of(&d.rule) else {
+                    continue;
+                };
+                events.push(event(&report.run_id, rule, p, d, self.dry_run));
+                owners.push((pi, di));
+                if d.is_planned() {
+                    report.rules[ri].planned += 1;
+                } else {
+                    report.rules[ri].skipped += 1;
+                    report.skipped += 1;
                 }
             }
-            failure.map_or(Ok(()), Err)
         }
-    });
-    let work: Vec<(usize, CasePlan)> = retained
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| p.has_work())
-        .map(|(i, p)| (i, p.clone()))
-        .collect();
-    let apply = Arc::new(Applier {
-        client: ctx.client.clone(),
-        tx,
-        seq_of,
-        rule_hash: rules
+        let seqs = self.ctx.audit.append(&events).await?;
+        Ok(owners.into_iter().zip(seqs).collect())
+    }
+
+    /// Sends every case's update with bounded concurrency; outcome rows are written by one
+    /// writer as they come. Returns each plan's (decision, outcome) pairs.
+    async fn apply(
+        &self,
+        plans: &[CasePlan],
+        seq_of: HashMap<(usize, usize), i64>,
+        deadline: tokio::time::Instant,
+        report: &mut PassReport,
+    ) -> anyhow::Result<Vec<(usize, Vec<(usize, Outcome)>)>> {
+        let ctx = self.ctx;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<NewEvent>>(256);
+        let audit_broken = Arc::new(AtomicBool::new(false));
+        let writer = tokio::spawn(write_outcomes(ctx.audit.clone(), rx, audit_broken.clone()));
+        let work: Vec<(usize, CasePlan)> = plans
             .iter()
-            .map(|r| (r.name.clone(), r.source_hash.clone()))
-            .collect(),
-        run_id: report.run_id.clone(),
-        cancel: opts.cancel.clone(),
-        audit_broken,
-        wrong_flavor: std::sync::OnceLock::new(),
-        deadline,
-        comment_changes: ctx.settings.comment_changes,
-    });
-    let results: Vec<(usize, Vec<(usize, Outcome)>)> = futures::stream::iter(work)
-        .map(|(pi, p)| apply.clone().apply(pi, p))
-        .buffer_unordered(ctx.settings.max_in_flight.max(1))
-        .collect()
-        .await;
-    if let Some(e) = apply.wrong_flavor.get() {
-        tracing::error!(error = %e, "no further change is sent this pass");
-        report.error = Some(e.clone());
+            .enumerate()
+            .filter(|(_, p)| p.has_work())
+            .map(|(i, p)| (i, p.clone()))
+            .collect();
+        let apply = Arc::new(Applier {
+            client: ctx.client.clone(),
+            tx,
+            seq_of,
+            rule_hash: self
+                .rules
+                .iter()
+                .map(|r| (r.name.clone(), r.source_hash.clone()))
+                .collect(),
+            run_id: report.run_id.clone(),
+            cancel: self.opts.cancel.clone(),
+            audit_broken,
+            wrong_flavor: std::sync::OnceLock::new(),
+            deadline,
+            comment_changes: ctx.settings.comment_changes,
+        });
+        let results = futures::stream::iter(work)
+            .map(|(pi, p)| apply.clone().apply(pi, p))
+            .buffer_unordered(ctx.settings.max_in_flight.max(1))
+            .collect()
+            .await;
+        if let Some(e) = apply.wrong_flavor.get() {
+            tracing::error!(error = %e, "no further change is sent this pass");
+            report.error = Some(e.clone());
+        }
+        drop(apply);
+        writer.await??;
+        report.interrupted |= self.opts.cancelled();
+        Ok(results)
     }
-    drop(apply);
-    writer.await??;
-    report.interrupted |= opts.cancelled();
-    for (pi, outcomes) in results {
-        for (di, outcome) in outcomes {
-            let d = &retained[pi].decisions[di];
-            if let Some(&ri) = index_of.get(d.rule.as_str()) {
+
+    /// Adds the outcomes to the report, per rule and in total.
+    fn count(
+        &self,
+        plans: &[CasePlan],
+        outcomes: Vec<(usize, Vec<(usize, Outcome)>)>,
+        report: &mut PassReport,
+    ) {
+        for (pi, outcomes) in outcomes {
+            for (di, outcome) in outcomes {
+                let Some((ri, _)) = self.rule_of(&plans[pi].decisions[di].rule) else {
+                    continue;
+                };
                 let (by_rule, total) = match outcome {
                     Outcome::Applied => (&mut report.rules[ri].applied, &mut report.applied),
                     Outcome::Skipped => (&mut report.rules[ri].skipped, &mut report.skipped),
@@ -618,8 +667,30 @@ async fn run(
             }
         }
     }
-    report.plans = retained;
-    Ok(())
+}
+
+/// Batches whatever outcomes have arrived into one transaction. After a failed write no
+/// further request is sent (the senders check `audit_broken`); what was in flight stays
+/// `planned` for the next pass to settle.
+async fn write_outcomes(
+    audit: AuditStore,
+    mut rx: tokio::sync::mpsc::Receiver<Vec<NewEvent>>,
+    audit_broken: Arc<AtomicBool>,
+) -> Result<(), crate::audit::AuditError> {
+    let mut failure = None;
+    while let Some(mut batch) = rx.recv().await {
+        while let Ok(mut more) = rx.try_recv() {
+            batch.append(&mut more);
+        }
+        if failure.is_none()
+            && let Err(e) = audit.append(&batch).await
+        {
+            tracing::error!(error = %e, "cannot record outcomes; no further change is sent this pass");
+            audit_broken.store(true, Ordering::SeqCst);
+            failure = Some(e);
+        }
+    }
+    failure.map_or(Ok(()), Err)
 }
 
 /// The server's users by email (lower case) -> user id; empty, with a warning, on error.
