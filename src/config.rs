@@ -384,7 +384,7 @@ impl Config {
         if d.breaker_passes == 0 {
             return Err(self.invalid("daemon.breaker_passes", "must be at least 1"));
         }
-        if let Err(e) = crate::rules::validate_cron(&d.schedule) {
+        if let Err(e) = crate::cron::validate(&d.schedule) {
             return Err(self.invalid("daemon.schedule", e));
         }
         if let Some(listen) = &d.listen

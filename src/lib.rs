@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod cron;
 pub mod daemon;
 pub mod demo;
 pub mod metrics;
@@ -15,8 +16,6 @@ pub mod secret;
 pub mod sim;
 pub mod stellar;
 pub mod text;
+pub mod time;
 
-/// Milliseconds since the Unix epoch, the unit the Cases API uses for every timestamp.
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
+pub use time::now_ms;

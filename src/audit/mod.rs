@@ -257,10 +257,7 @@ pub enum Verification {
     },
 }
 
-/// Timestamps in the log: RFC 3339, UTC, milliseconds; they sort as text.
-pub fn timestamp(t: chrono::DateTime<chrono::Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
+pub use crate::time::timestamp;
 
 #[derive(Clone)]
 pub struct AuditStore {

@@ -51,7 +51,7 @@ pub(super) async fn run(cli: &Cli, args: &CheckArgs) -> anyhow::Result<u8> {
             println!("rules in {}:", config.daemon.rules_dir.display());
             for r in &set.rules {
                 let schedule = r.schedule.as_deref().unwrap_or(&config.daemon.schedule);
-                let next = crate::rules::next_run(schedule).unwrap_or_default();
+                let next = crate::cron::next_run(schedule).unwrap_or_default();
                 println!(
                     "  {:<24} {:<9} schedule {:<16} next {}  {}",
                     r.name,

@@ -65,7 +65,7 @@ fn schedules(set: &RuleSet, default: &str) -> BTreeMap<String, Vec<String>> {
 
 fn log_next_runs(groups: &BTreeMap<String, Vec<String>>) {
     for (schedule, rules) in groups {
-        let next = crate::rules::next_run(schedule).unwrap_or_default();
+        let next = crate::cron::next_run(schedule).unwrap_or_default();
         tracing::info!(%schedule, next_run = %next, rules = %rules.join(", "), "schedule");
     }
 }

@@ -408,7 +408,7 @@ fn compile(engine: &Engine, file: &Path, text: &str) -> Result<Rule, Vec<RuleErr
         })?;
     let schedule = get_str("schedule")?;
     if let Some(s) = &schedule {
-        validate_cron(s).map_err(|e| at("schedule", format!("RULE.schedule: {e}")))?;
+        crate::cron::validate(s).map_err(|e| at("schedule", format!("RULE.schedule: {e}")))?;
     }
     let enabled = match meta.get("enabled") {
         None => true,
@@ -477,29 +477,4 @@ fn parse_hints(map: &rhai::Map) -> Result<Vec<(String, String)>, String> {
 /// Whether a case satisfies a rule's query hints (servers may ignore filters).
 pub fn hints_match(case: &Case, hints: &[(String, String)]) -> bool {
     filter::recheck(case.raw(), hints)
-}
-
-/// Checks a 6-field cron expression (seconds first), as the scheduler will read it.
-pub fn validate_cron(expr: &str) -> Result<croner::Cron, String> {
-    if expr.split_whitespace().count() != 6 {
-        return Err(format!(
-            "{expr:?} is not a 6-field cron expression (sec min hour day month weekday), e.g. \"0 */5 * * * *\""
-        ));
-    }
-    croner::parser::CronParser::builder()
-        .seconds(croner::parser::Seconds::Required)
-        .build()
-        .parse(expr)
-        .map_err(|e| format!("{expr:?} is not a valid cron expression: {e}"))
-}
-
-/// When a cron schedule fires next (UTC, RFC 3339), for `check` and the daemon's start log.
-pub fn next_run(expr: &str) -> Option<String> {
-    use chrono::Timelike;
-    let now = chrono::Utc::now().with_nanosecond(0)?;
-    let next = validate_cron(expr)
-        .ok()?
-        .find_next_occurrence(&now, false)
-        .ok()?;
-    Some(crate::audit::timestamp(next))
 }

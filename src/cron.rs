@@ -1,0 +1,26 @@
+//! Cron expressions as the scheduler reads them: 6 fields, seconds first, UTC.
+
+/// Checks a 6-field cron expression (seconds first), as the scheduler will read it.
+pub fn validate(expr: &str) -> Result<croner::Cron, String> {
+    if expr.split_whitespace().count() != 6 {
+        return Err(format!(
+            "{expr:?} is not a 6-field cron expression (sec min hour day month weekday), e.g. \"0 */5 * * * *\""
+        ));
+    }
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .build()
+        .parse(expr)
+        .map_err(|e| format!("{expr:?} is not a valid cron expression: {e}"))
+}
+
+/// When a cron schedule fires next (UTC, RFC 3339), for `check` and the daemon's start log.
+pub fn next_run(expr: &str) -> Option<String> {
+    use chrono::Timelike;
+    let now = chrono::Utc::now().with_nanosecond(0)?;
+    let next = validate(expr)
+        .ok()?
+        .find_next_occurrence(&now, false)
+        .ok()?;
+    Some(crate::time::timestamp(next))
+}
