@@ -378,6 +378,42 @@ fn compile(engine: &Engine, file: &Path, text: &str) -> Result<Rule, Vec<RuleErr
             "no `const RULE = #{ name: \"...\", ... };` map at the top level".into(),
         ));
     };
+    let meta = read_meta(&meta, file, text)?;
+    let rule = Rule {
+        name: meta.name,
+        description: meta.description,
+        schedule: meta.schedule,
+        query: meta.query,
+        enabled: meta.enabled,
+        file: file.to_path_buf(),
+        source_hash: hex::encode(Sha256::digest(text.as_bytes())),
+        module: AST::new_from_module(module),
+        evaluate: FnPtr::new("evaluate").expect("a valid function name"),
+        body,
+    };
+    Ok(rule)
+}
+
+/// What a rule's `RULE` map declares, checked.
+struct Meta {
+    name: String,
+    description: String,
+    schedule: Option<String>,
+    query: Vec<(String, String)>,
+    enabled: bool,
+}
+
+/// Reads and checks the `RULE` map; errors are located at the key in `text`.
+fn read_meta(meta: &rhai::Map, file: &Path, text: &str) -> Result<Meta, Vec<RuleError>> {
+    let at = |needle: &str, message: String| {
+        let (line, col) = locate(text, needle);
+        vec![RuleError {
+            file: file.to_path_buf(),
+            line,
+            col,
+            message,
+        }]
+    };
     let get_str = |key: &str| -> Result<Option<String>, Vec<RuleError>> {
         match meta.get(key) {
             None => Ok(None),
@@ -431,19 +467,13 @@ fn compile(engine: &Engine, file: &Path, text: &str) -> Result<Rule, Vec<RuleErr
             }
         },
     };
-    let rule = Rule {
+    Ok(Meta {
         name,
         description: get_str("description")?.unwrap_or_default(),
         schedule,
         query,
         enabled,
-        file: file.to_path_buf(),
-        source_hash: hex::encode(Sha256::digest(text.as_bytes())),
-        module: AST::new_from_module(module),
-        evaluate: FnPtr::new("evaluate").expect("a valid function name"),
-        body,
-    };
-    Ok(rule)
+    })
 }
 
 fn parse_hints(map: &rhai::Map) -> Result<Vec<(String, String)>, String> {

@@ -91,57 +91,10 @@ impl Case {
                 });
             }
         };
-        let fail = |reason: String| CaseParseError {
+        check_types(&raw).map_err(|reason| CaseParseError {
             id: Some(id.clone()),
             reason,
-        };
-        for key in [
-            "status", "priority", "severity", "assignee", "name", "cust_id",
-        ] {
-            match raw.get(key) {
-                None | Some(Value::Null) | Some(Value::String(_)) => {}
-                Some(other) => {
-                    return Err(fail(format!(
-                        "{key} must be a string, got {}",
-                        type_name(other)
-                    )));
-                }
-            }
-        }
-        for key in [
-            "created_at",
-            "modified_at",
-            "acknowledged",
-            "closed",
-            "case_score",
-            "score",
-            "incident_score",
-            "ticket_id",
-        ] {
-            match raw.get(key) {
-                None | Some(Value::Null) | Some(Value::Number(_)) => {}
-                Some(other) => {
-                    return Err(fail(format!(
-                        "{key} must be a number, got {}",
-                        type_name(other)
-                    )));
-                }
-            }
-        }
-        match raw.get("tags") {
-            None | Some(Value::Null) => {}
-            Some(Value::Array(tags)) if tags.iter().all(Value::is_string) => {}
-            Some(_) => return Err(fail("tags must be a list of strings".into())),
-        }
-        match raw.get("history") {
-            None | Some(Value::Null) | Some(Value::Array(_)) => {}
-            Some(other) => {
-                return Err(fail(format!(
-                    "history must be a list, got {}",
-                    type_name(other)
-                )));
-            }
-        }
+        })?;
         let flavor = flavor
             .or_else(|| ApiFlavor::of_case(&raw))
             .unwrap_or_default();
@@ -407,6 +360,49 @@ fn without_trailing_commas(text: &str) -> String {
         out.push(ch);
     }
     out
+}
+
+/// The fields casewarden relies on have the types it reads them as; Err: what is wrong.
+fn check_types(raw: &Map<String, Value>) -> Result<(), String> {
+    for key in [
+        "status", "priority", "severity", "assignee", "name", "cust_id",
+    ] {
+        match raw.get(key) {
+            None | Some(Value::Null) | Some(Value::String(_)) => {}
+            Some(other) => {
+                return Err(format!("{key} must be a string, got {}", type_name(other)));
+            }
+        }
+    }
+    for key in [
+        "created_at",
+        "modified_at",
+        "acknowledged",
+        "closed",
+        "case_score",
+        "score",
+        "incident_score",
+        "ticket_id",
+    ] {
+        match raw.get(key) {
+            None | Some(Value::Null) | Some(Value::Number(_)) => {}
+            Some(other) => {
+                return Err(format!("{key} must be a number, got {}", type_name(other)));
+            }
+        }
+    }
+    match raw.get("tags") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(tags)) if tags.iter().all(Value::is_string) => {}
+        Some(_) => return Err("tags must be a list of strings".into()),
+    }
+    match raw.get("history") {
+        None | Some(Value::Null) | Some(Value::Array(_)) => {}
+        Some(other) => {
+            return Err(format!("history must be a list, got {}", type_name(other)));
+        }
+    }
+    Ok(())
 }
 
 fn type_name(v: &Value) -> &'static str {
