@@ -6,6 +6,7 @@ mod error;
 pub mod filter;
 mod flavor;
 pub mod model;
+mod retry;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -401,133 +402,126 @@ impl Client {
     /// timeouts and cut-short or non-JSON answers of reads, and 5xx when `idempotent`; 429
     /// waits for Retry-After; a 401 renews the token and retries once; a 3xx is an error.
     async fn call(&self, call: Call<'_>) -> Result<Value, ApiError> {
-        let inner = &self.inner;
-        let what = format!("{} {}", call.method, call.path);
-        let url = format!("{}{}", inner.base, call.path);
         let mut renewed = false;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let last = attempt >= inner.max_attempts;
             let Some(token) = self.token(attempt).await? else {
                 continue;
             };
-            let mut req = inner
-                .http
-                .request(call.method.clone(), &url)
-                .header(AUTHORIZATION, format!("Bearer {}", token.expose()));
-            if !call.query.is_empty() {
-                req = req.query(call.query);
-            }
-            if let Some(body) = call.body {
-                req = req.json(body);
-            }
-            let span =
-                tracing::debug_span!("request", method = %call.method, path = %call.path, attempt);
-            let outcome = req.send().instrument(span).await;
-            if let Some(m) = &inner.metrics {
-                match &outcome {
-                    Ok(r) => m.api_request(r.status().as_str()),
-                    Err(_) => m.api_request("error"),
-                }
-            }
-            let resp = match outcome {
-                Ok(resp) => resp,
-                Err(e) => {
-                    let detail = describe_reqwest(&e);
-                    // A request that may have reached the server is sent again only if it
-                    // is a read: an update answered late would otherwise land twice.
-                    let retryable = e.is_connect()
-                        || (call.method == Method::GET && (e.is_timeout() || e.is_request()));
-                    if retryable && !last {
-                        tracing::debug!(%detail, "request failed, retrying");
-                        tokio::time::sleep(self.backoff(attempt)).await;
-                        continue;
-                    }
-                    return Err(ApiError::Transport {
-                        what,
-                        detail,
-                        attempts: attempt,
-                    });
-                }
-            };
-            let status = resp.status();
-            tracing::debug!(status = status.as_u16(), "answer");
-            if status.is_redirection() {
-                return Err(redirect(&what, &resp));
-            }
-            if status == StatusCode::UNAUTHORIZED && !renewed {
-                // Does not count as an attempt: the token expired early or was revoked.
-                renewed = true;
-                attempt -= 1;
-                inner.tokens.invalidate(&token).await;
-                continue;
-            }
-            if status == StatusCode::TOO_MANY_REQUESTS {
-                let wait = retry_after(&resp).unwrap_or_else(|| self.backoff(attempt));
-                if !last {
-                    let wait = wait.min(MAX_RETRY_AFTER);
-                    tracing::info!(
-                        wait_ms = wait.as_millis() as u64,
-                        "rate limited (429), waiting"
-                    );
-                    tokio::time::sleep(wait).await;
-                    continue;
-                }
-            }
-            if status.is_server_error() && call.idempotent && !last {
-                tracing::debug!(status = status.as_u16(), "server error, retrying");
-                tokio::time::sleep(self.backoff(attempt)).await;
-                continue;
-            }
-            let body = match read_capped(resp).await {
-                Ok(body) => body,
-                // A body cut short: a read can simply be asked again.
-                Err(detail) if call.method == Method::GET && !last => {
-                    tracing::debug!(%detail, "answer cut short, retrying");
-                    tokio::time::sleep(self.backoff(attempt)).await;
-                    continue;
-                }
-                Err(detail) => {
-                    return Err(ApiError::Transport {
-                        what,
-                        detail,
-                        attempts: attempt,
-                    });
-                }
-            };
-            if !status.is_success() {
-                let body = excerpt(&String::from_utf8_lossy(&body));
-                let status = status.as_u16();
-                return Err(if attempt > 1 && (status == 429 || status >= 500) {
-                    ApiError::GaveUp {
-                        what,
-                        status,
-                        attempts: attempt,
-                        body,
-                    }
-                } else {
-                    ApiError::Status { what, status, body }
-                });
-            }
-            match serde_json::from_slice(&body) {
+            let (failure, error, asked_wait) = match self.send(&call, &token, attempt).await {
                 Ok(v) => return Ok(v),
-                Err(e) if call.method == Method::GET && !last => {
-                    tracing::debug!(error = %e, "answer is not JSON, retrying");
-                    tokio::time::sleep(self.backoff(attempt)).await;
-                    continue;
+                Err(e) => e,
+            };
+            let a = retry::Attempt {
+                read: call.method == Method::GET,
+                idempotent: call.idempotent,
+                last: attempt >= self.inner.max_attempts,
+                renewed,
+            };
+            match retry::decide(failure, a) {
+                retry::Next::Stop => return Err(error),
+                // The token expired early or was revoked: not counted as an attempt.
+                retry::Next::Renew => {
+                    renewed = true;
+                    attempt -= 1;
+                    self.inner.tokens.invalidate(&token).await;
                 }
-                Err(e) => {
-                    return Err(ApiError::BadResponse {
-                        what,
-                        detail: format!(
-                            "not JSON ({e}): {}",
-                            excerpt(&String::from_utf8_lossy(&body))
-                        ),
-                    });
+                retry::Next::Retry => {
+                    let wait = asked_wait
+                        .map(|w| w.min(MAX_RETRY_AFTER))
+                        .unwrap_or_else(|| self.backoff(attempt));
+                    let wait_ms = wait.as_millis() as u64;
+                    if failure == retry::Failure::Status(429) {
+                        tracing::info!(wait_ms, "rate limited (429), waiting");
+                    } else {
+                        tracing::debug!(error = %error, wait_ms, "retrying");
+                    }
+                    tokio::time::sleep(wait).await;
                 }
             }
         }
+    }
+
+    /// One attempt of a call: the answer's JSON, or how it failed (with the error to
+    /// report if it is not retried, and the wait the server asked for).
+    async fn send(
+        &self,
+        call: &Call<'_>,
+        token: &Secret,
+        attempt: u32,
+    ) -> Result<Value, (retry::Failure, ApiError, Option<Duration>)> {
+        let inner = &self.inner;
+        let what = format!("{} {}", call.method, call.path);
+        let mut req = inner
+            .http
+            .request(call.method.clone(), format!("{}{}", inner.base, call.path))
+            .header(AUTHORIZATION, format!("Bearer {}", token.expose()));
+        if !call.query.is_empty() {
+            req = req.query(call.query);
+        }
+        if let Some(body) = call.body {
+            req = req.json(body);
+        }
+        let span =
+            tracing::debug_span!("request", method = %call.method, path = %call.path, attempt);
+        let outcome = req.send().instrument(span).await;
+        if let Some(m) = &inner.metrics {
+            match &outcome {
+                Ok(r) => m.api_request(r.status().as_str()),
+                Err(_) => m.api_request("error"),
+            }
+        }
+        let transport = |detail: String| ApiError::Transport {
+            what: what.clone(),
+            detail,
+            attempts: attempt,
+        };
+        let resp = outcome.map_err(|e| {
+            let failure = if e.is_connect() {
+                retry::Failure::Unsent
+            } else {
+                retry::Failure::Unanswered
+            };
+            (failure, transport(describe_reqwest(&e)), None)
+        })?;
+        let status = resp.status();
+        tracing::debug!(status = status.as_u16(), "answer");
+        if status.is_redirection() {
+            let code = retry::Failure::Status(status.as_u16());
+            return Err((code, redirect(&what, &resp), None));
+        }
+        let asked = (status == StatusCode::TOO_MANY_REQUESTS)
+            .then(|| retry_after(&resp))
+            .flatten();
+        let body = read_capped(resp)
+            .await
+            .map_err(|detail| (retry::Failure::BadBody, transport(detail), None))?;
+        if !status.is_success() {
+            let body = excerpt(&String::from_utf8_lossy(&body));
+            let status = status.as_u16();
+            let error = if attempt > 1 && (status == 429 || status >= 500) {
+                ApiError::GaveUp {
+                    what,
+                    status,
+                    attempts: attempt,
+                    body,
+                }
+            } else {
+                ApiError::Status { what, status, body }
+            };
+            return Err((retry::Failure::Status(status), error, asked));
+        }
+        serde_json::from_slice(&body).map_err(|e| {
+            let error = ApiError::BadResponse {
+                what,
+                detail: format!(
+                    "not JSON ({e}): {}",
+                    excerpt(&String::from_utf8_lossy(&body))
+                ),
+            };
+            (retry::Failure::BadBody, error, None)
+        })
     }
 
     /// Exponential backoff with full jitter, capped at 30 s.
