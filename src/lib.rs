@@ -1,6 +1,7 @@
 //! casewarden: keeps Stellar Cyber cases clean by running Rhai rules against the Cases API
 //! and recording every planned and applied change in a hash-chained SQLite audit log.
 
+pub mod app;
 pub mod audit;
 pub mod cli;
 pub mod config;

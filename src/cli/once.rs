@@ -4,9 +4,10 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{Cli, connect, load_config, load_rules};
-use crate::audit::{AuditStore, ClaimError};
-use crate::pass::{PassContext, PassOptions, PassSettings};
+use super::{Cli, load_config};
+use crate::app::App;
+use crate::audit::ClaimError;
+use crate::pass::PassOptions;
 use crate::report::print_report;
 
 #[derive(Debug, Args)]
@@ -31,9 +32,14 @@ pub(super) async fn run(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
             return Ok(2);
         }
     };
-    let Some(set) = load_rules(&config.daemon.rules_dir) else {
-        return Ok(2);
+    let app = match App::build(&config, None).await {
+        Ok(app) => app,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(2);
+        }
     };
+    let (set, ctx) = (app.rules, app.ctx);
     for name in &args.rules {
         if !set.rules.iter().any(|r| &r.name == name) {
             let known: Vec<&str> = set.rules.iter().map(|r| r.name.as_str()).collect();
@@ -44,30 +50,11 @@ pub(super) async fn run(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
             return Ok(2);
         }
     }
-    let client = match connect(&config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return Ok(2);
-        }
-    };
-    let audit = AuditStore::open_with(
-        &config.audit.path,
-        Duration::from_secs(config.audit.busy_timeout_secs),
-        config.audit.max_size_mb,
-    )
-    .await?
-    .with_head_file(config.audit.head_file.clone());
-    if let Err(e) = client.authenticate().await {
+    if let Err(e) = ctx.client.authenticate().await {
         // The server could not be reached or refused the key.
         eprintln!("error: {e}");
         return Ok(3);
     }
-    let ctx = PassContext {
-        client,
-        audit,
-        settings: PassSettings::from_config(&config),
-    };
     let claimed = crate::pass::run_claimed(
         &ctx,
         &set,

@@ -15,12 +15,13 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_cron_scheduler::{Job, JobScheduler};
 
-use crate::audit::{AuditStore, NewEvent, Outcome};
+use crate::app::App;
+use crate::audit::{NewEvent, Outcome};
 use crate::config::Config;
 use crate::metrics::{ChangeLabels, Metrics, StatusLabel};
-use crate::pass::{self, PassContext, PassOptions, PassReport, PassSettings};
+use crate::pass::{self, PassContext, PassOptions, PassReport};
 use crate::rules::RuleSet;
-use crate::stellar::{ApiError, Client};
+use crate::stellar::ApiError;
 use breaker::Breaker;
 
 /// How often the rules folder is checked for changes; a change is acted on once it has
@@ -98,47 +99,25 @@ pub async fn run(config: Config) -> anyhow::Result<u8> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let set = match RuleSet::load_dir(&config.daemon.rules_dir) {
-        Ok(s) => s,
-        Err(errors) => {
-            for e in &errors {
-                eprintln!("error: {e}");
-            }
-            eprintln!("{} rule error(s); not starting", errors.len());
-            return Ok(2);
-        }
-    };
     let metrics = Metrics::new();
-    let settings = match config.client_settings() {
-        Ok(s) => s,
+    let App { rules: set, ctx } = match App::build(&config, Some(metrics.clone())).await {
+        Ok(app) => app,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {e}");
+            eprintln!("not starting");
             return Ok(2);
         }
     };
-    let client = Client::with_metrics(settings, Some(metrics.clone()))?;
-    let audit = AuditStore::open_with(
-        &config.audit.path,
-        Duration::from_secs(config.audit.busy_timeout_secs),
-        config.audit.max_size_mb,
-    )
-    .await?
-    .with_head_file(config.audit.head_file.clone());
-    match client.authenticate().await {
+    match ctx.client.authenticate().await {
         Err(e @ ApiError::KeyRejected { .. }) => {
             eprintln!("error: {e}");
-            return Ok(2);
+            return Ok(3);
         }
         Err(e) => {
             tracing::warn!(error = %e, "the Cases API is not reachable yet; passes will retry on schedule")
         }
         Ok(()) => {}
     }
-    let ctx = PassContext {
-        client,
-        audit,
-        settings: PassSettings::from_config(&config),
-    };
     // Settle what an earlier process left before saying READY, when no pass of another
     // process holds the audit store (else its first pass here does it).
     match ctx.audit.claim(Duration::ZERO).await {
