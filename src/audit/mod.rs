@@ -325,17 +325,21 @@ impl AuditStore {
             .connect_with(options)
             .await
             .map_err(|e| fail(describe_open_error(&e)))?;
-        let store = AuditStore {
+        let store = AuditStore::over(pool, path);
+        let migrated = store.migrate().await;
+        drop(lock);
+        migrated?;
+        Ok(store)
+    }
+
+    fn over(pool: SqlitePool, path: &Path) -> AuditStore {
+        AuditStore {
             pool,
             path: path.to_path_buf(),
             write: Default::default(),
             claim: Default::default(),
             head_file: None,
-        };
-        let migrated = store.migrate().await;
-        drop(lock);
-        migrated?;
-        Ok(store)
+        }
     }
 
     /// Appends the chain head of every finished pass to `file` (a second place to check
@@ -369,13 +373,7 @@ impl AuditStore {
             .connect_with(options)
             .await
             .map_err(|e| fail(describe_open_error(&e)))?;
-        let store = AuditStore {
-            pool,
-            path: path.to_path_buf(),
-            write: Default::default(),
-            claim: Default::default(),
-            head_file: None,
-        };
+        let store = AuditStore::over(pool, path);
         let has_events: Option<(String,)> = sqlx::query_as(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'events'",
         )

@@ -644,6 +644,15 @@ async fn access_token(State(state): State<Shared>, headers: HeaderMap) -> Respon
     Json(json!({"access_token": jwt, "exp": exp})).into_response()
 }
 
+/// The caller is authorized and the case exists; else the answer to send.
+fn known_case(s: &SimState, headers: &HeaderMap, id: &str) -> Result<(), Response> {
+    authorize(s, headers).map_err(|msg| error(StatusCode::UNAUTHORIZED, msg))?;
+    match s.case(id) {
+        Some(_) => Ok(()),
+        None => Err(error(StatusCode::NOT_FOUND, format!("case {id} not found"))),
+    }
+}
+
 /// Whether `Basic base64(user:key)` carries the simulator's credentials.
 fn basic_ok(s: &SimState, encoded: &str) -> bool {
     base64::engine::general_purpose::STANDARD
@@ -926,11 +935,8 @@ async fn list_comments(
     UrlPath(id): UrlPath<String>,
 ) -> Response {
     let s = lock(&state);
-    if let Err(msg) = authorize(&s, &headers) {
-        return error(StatusCode::UNAUTHORIZED, msg);
-    }
-    if s.case(&id).is_none() {
-        return error(StatusCode::NOT_FOUND, format!("case {id} not found"));
+    if let Err(r) = known_case(&s, &headers, &id) {
+        return r;
     }
     let comments = s.comments.get(&id).cloned().unwrap_or_default();
     Json(json!({"data": comments})).into_response()
@@ -943,11 +949,8 @@ async fn add_comment(
     body: axum::body::Bytes,
 ) -> Response {
     let mut s = lock(&state);
-    if let Err(msg) = authorize(&s, &headers) {
-        return error(StatusCode::UNAUTHORIZED, msg);
-    }
-    if s.case(&id).is_none() {
-        return error(StatusCode::NOT_FOUND, format!("case {id} not found"));
+    if let Err(r) = known_case(&s, &headers, &id) {
+        return r;
     }
     let text = match serde_json::from_slice::<Value>(&body) {
         Ok(v) => match v.get("comment").and_then(Value::as_str) {
@@ -990,11 +993,8 @@ async fn list_activities(
     UrlPath(id): UrlPath<String>,
 ) -> Response {
     let s = lock(&state);
-    if let Err(msg) = authorize(&s, &headers) {
-        return error(StatusCode::UNAUTHORIZED, msg);
-    }
-    if s.case(&id).is_none() {
-        return error(StatusCode::NOT_FOUND, format!("case {id} not found"));
+    if let Err(r) = known_case(&s, &headers, &id) {
+        return r;
     }
     if s.flavor == ApiFlavor::Legacy {
         return error(StatusCode::NOT_FOUND, "no such route on a 4.3 server");
