@@ -644,13 +644,14 @@ async fn access_token(State(state): State<Shared>, headers: HeaderMap) -> Respon
     Json(json!({"access_token": jwt, "exp": exp})).into_response()
 }
 
-/// The caller is authorized and the case exists; else the answer to send.
-fn known_case(s: &SimState, headers: &HeaderMap, id: &str) -> Result<(), Response> {
-    authorize(s, headers).map_err(|msg| error(StatusCode::UNAUTHORIZED, msg))?;
-    match s.case(id) {
-        Some(_) => Ok(()),
-        None => Err(error(StatusCode::NOT_FOUND, format!("case {id} not found"))),
+/// The answer for a caller who is not authorized or asks for a case that does not exist.
+fn refuse(s: &SimState, headers: &HeaderMap, id: &str) -> Option<Response> {
+    if let Err(msg) = authorize(s, headers) {
+        return Some(error(StatusCode::UNAUTHORIZED, msg));
     }
+    s.case(id)
+        .is_none()
+        .then(|| error(StatusCode::NOT_FOUND, format!("case {id} not found")))
 }
 
 /// Whether `Basic base64(user:key)` carries the simulator's credentials.
@@ -935,7 +936,7 @@ async fn list_comments(
     UrlPath(id): UrlPath<String>,
 ) -> Response {
     let s = lock(&state);
-    if let Err(r) = known_case(&s, &headers, &id) {
+    if let Some(r) = refuse(&s, &headers, &id) {
         return r;
     }
     let comments = s.comments.get(&id).cloned().unwrap_or_default();
@@ -949,7 +950,7 @@ async fn add_comment(
     body: axum::body::Bytes,
 ) -> Response {
     let mut s = lock(&state);
-    if let Err(r) = known_case(&s, &headers, &id) {
+    if let Some(r) = refuse(&s, &headers, &id) {
         return r;
     }
     let text = match serde_json::from_slice::<Value>(&body) {
@@ -993,7 +994,7 @@ async fn list_activities(
     UrlPath(id): UrlPath<String>,
 ) -> Response {
     let s = lock(&state);
-    if let Err(r) = known_case(&s, &headers, &id) {
+    if let Some(r) = refuse(&s, &headers, &id) {
         return r;
     }
     if s.flavor == ApiFlavor::Legacy {
