@@ -118,17 +118,7 @@ pub async fn run(config: Config) -> anyhow::Result<u8> {
         }
         Ok(()) => {}
     }
-    // Settle what an earlier process left before saying READY, when no pass of another
-    // process holds the audit store (else its first pass here does it).
-    match ctx.audit.claim(Duration::ZERO).await {
-        Ok(claim) => {
-            if let Err(e) = pass::reconcile(&ctx, claim.previous.as_ref()).await {
-                tracing::error!(error = %e, "cannot settle the changes of an earlier pass; they stay open and are not re-sent");
-            }
-            claim.release().await;
-        }
-        Err(e) => tracing::warn!(error = %e, "not settling earlier changes at start"),
-    }
+    settle_at_start(&ctx).await;
     let shared = Arc::new(Shared {
         ctx,
         metrics,
@@ -208,6 +198,31 @@ pub async fn run(config: Config) -> anyhow::Result<u8> {
     notify(&[NotifyState::Stopping]);
     shared.cancel.store(true, Ordering::SeqCst);
     let _ = scheduler.shutdown().await;
+    Ok(drain(&shared, passes, &mut term, &mut int).await)
+}
+
+/// Settles what an earlier process left before saying READY, when no pass of another
+/// process holds the audit store (else the first pass here does it).
+async fn settle_at_start(ctx: &PassContext) {
+    match ctx.audit.claim(Duration::ZERO).await {
+        Ok(claim) => {
+            if let Err(e) = pass::reconcile(ctx, claim.previous.as_ref()).await {
+                tracing::error!(error = %e, "cannot settle the changes of an earlier pass; they stay open and are not re-sent");
+            }
+            claim.release().await;
+        }
+        Err(e) => tracing::warn!(error = %e, "not settling earlier changes at start"),
+    }
+}
+
+/// Lets running passes finish their in-flight requests (up to the shutdown timeout; a
+/// second signal exits at once) and closes the audit store; returns the exit code.
+async fn drain(
+    shared: &Shared,
+    mut passes: JoinSet<()>,
+    term: &mut tokio::signal::unix::Signal,
+    int: &mut tokio::signal::unix::Signal,
+) -> u8 {
     let timeout = Duration::from_secs(shared.config.daemon.shutdown_timeout_secs);
     tracing::info!(
         running = passes.len(),
@@ -219,11 +234,11 @@ pub async fn run(config: Config) -> anyhow::Result<u8> {
         _ = tokio::time::timeout(timeout, drained) => {}
         _ = term.recv() => {
             tracing::warn!("second signal: exiting now; the next start reconciles what was in flight");
-            return Ok(130);
+            return 130;
         }
         _ = int.recv() => {
             tracing::warn!("second signal: exiting now; the next start reconciles what was in flight");
-            return Ok(130);
+            return 130;
         }
     }
     if !passes.is_empty() {
@@ -235,7 +250,7 @@ pub async fn run(config: Config) -> anyhow::Result<u8> {
     let _ = shared.ctx.audit.mark_interrupted_passes().await;
     shared.ctx.audit.close().await;
     tracing::info!("stopped");
-    Ok(0)
+    0
 }
 
 async fn add_jobs(
