@@ -19,7 +19,7 @@ use crate::app::App;
 use crate::audit::{NewEvent, Outcome};
 use crate::config::Config;
 use crate::metrics::{ChangeLabels, Metrics, StatusLabel};
-use crate::pass::{self, PassContext, PassOptions, PassReport};
+use crate::pass::{self, PassContext, PassOptions, PassReport, PassStatus};
 use crate::rules::RuleSet;
 use crate::stellar::ApiError;
 use breaker::Breaker;
@@ -40,7 +40,7 @@ struct Shared {
     /// Schedules with a pass in flight.
     running: Mutex<BTreeSet<String>>,
     /// Schedule -> status of its last pass.
-    last: Mutex<BTreeMap<String, String>>,
+    last: Mutex<BTreeMap<String, PassStatus>>,
     cancel: Arc<AtomicBool>,
 }
 
@@ -336,7 +336,7 @@ fn start_pass(shared: &Arc<Shared>, due: BTreeSet<String>, passes: &mut JoinSet<
         for s in schedules {
             running.remove(&s);
             if let Some(r) = &report {
-                last.insert(s, r.status.clone());
+                last.insert(s, r.status);
             }
         }
     });
@@ -347,7 +347,7 @@ async fn after_pass(shared: &Shared, set: &RuleSet, report: &PassReport, took: D
     let m = &shared.metrics;
     m.passes
         .get_or_create(&StatusLabel {
-            status: report.status.clone(),
+            status: report.status.to_string(),
         })
         .inc();
     m.pass_duration.observe(took.as_secs_f64());
@@ -470,7 +470,7 @@ async fn serve_http(shared: Arc<Shared>, listen: &str) -> anyhow::Result<()> {
                     }
                     let last = lock(&shared.last).clone();
                     for (schedule, status) in &last {
-                        if status == "error" || status == "interrupted" {
+                        if status.is_broken() {
                             reasons.push(format!("last pass of {schedule:?} ended {status}"));
                         }
                     }

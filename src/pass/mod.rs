@@ -134,6 +134,43 @@ pub struct RuleStats {
     pub guard_halted: bool,
 }
 
+/// How a pass ended, as the summary, the `passes` table and `/healthz` say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PassStatus {
+    #[default]
+    Ok,
+    DryRun,
+    BudgetExhausted,
+    FailedChanges,
+    Interrupted,
+    Error,
+}
+
+impl PassStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PassStatus::Ok => "ok",
+            PassStatus::DryRun => "dry-run",
+            PassStatus::BudgetExhausted => "budget-exhausted",
+            PassStatus::FailedChanges => "failed-changes",
+            PassStatus::Interrupted => "interrupted",
+            PassStatus::Error => "error",
+        }
+    }
+
+    /// The pass did not get through its work (a failed change is not this).
+    pub fn is_broken(self) -> bool {
+        matches!(self, PassStatus::Error | PassStatus::Interrupted)
+    }
+}
+
+impl std::fmt::Display for PassStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The result of a pass, for the summary and the exit code.
 #[derive(Debug, Clone, Default)]
 pub struct PassReport {
@@ -151,7 +188,7 @@ pub struct PassReport {
     pub budget_exhausted: bool,
     /// Cut short by shutdown.
     pub interrupted: bool,
-    pub status: String,
+    pub status: PassStatus,
     pub chain_head: String,
     /// A failure that stopped the pass early (listing failed, audit unwritable).
     pub error: Option<String>,
@@ -295,17 +332,17 @@ pub async fn run_pass(ctx: &PassContext, set: &RuleSet, opts: &PassOptions) -> P
             report.error = Some(e.to_string());
         }
         report.status = if report.error.is_some() {
-            "error".into()
+            PassStatus::Error
         } else if report.interrupted {
-            "interrupted".into()
+            PassStatus::Interrupted
         } else if report.failed > 0 {
-            "failed-changes".into()
+            PassStatus::FailedChanges
         } else if report.budget_exhausted {
-            "budget-exhausted".into()
+            PassStatus::BudgetExhausted
         } else if dry_run {
-            "dry-run".into()
+            PassStatus::DryRun
         } else {
-            "ok".into()
+            PassStatus::Ok
         };
         let totals = PassTotals {
             cases_seen: report.cases_seen as i64,
@@ -313,7 +350,7 @@ pub async fn run_pass(ctx: &PassContext, set: &RuleSet, opts: &PassOptions) -> P
             applied: report.applied as i64,
             failed: report.failed as i64,
             skipped: report.skipped as i64,
-            status: report.status.clone(),
+            status: report.status.to_string(),
             error: report.error.clone(),
         };
         if let Err(e) = ctx.audit.finish_pass(&run_id, &totals).await {
