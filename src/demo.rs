@@ -77,6 +77,74 @@ fn rules(args: &DemoArgs) -> anyhow::Result<(RuleSet, String)> {
     })
 }
 
+/// The demo's pass context: the simulator's client and the daemon's default settings.
+fn context(url: &str, audit: AuditStore) -> anyhow::Result<PassContext> {
+    let defaults = crate::config::DaemonConfig::default();
+    let client = Client::new(ClientSettings {
+        url: url.to_string(),
+        flavor: Some(ApiFlavor::Legacy),
+        credentials: credentials(Some("demo@example.com"), "demo-key"),
+        ca_pem: None,
+        insecure_skip_tls_verify: false,
+        timeout: Duration::from_secs(10),
+        page_size: 100,
+        max_attempts: 3,
+        retry_base: Duration::from_millis(100),
+    })?;
+    Ok(PassContext {
+        client,
+        audit,
+        settings: PassSettings {
+            dry_run: false,
+            max_changes: defaults.max_changes_per_run,
+            comment_changes: true,
+            max_change_fraction: defaults.max_change_fraction,
+            guard_min_cases: defaults.guard_min_cases,
+            max_in_flight: 8,
+            settle_after: crate::pass::settle_after(Duration::from_secs(10)),
+            pass_timeout: Duration::from_secs(defaults.pass_timeout_secs),
+            limits: Default::default(),
+        },
+    })
+}
+
+/// One changed case's rows, the first pass's outcome counts, and `audit verify`.
+async fn show_trail(
+    out: &mut impl Write,
+    audit: &AuditStore,
+    case_id: Option<String>,
+    first_run: &str,
+) -> anyhow::Result<()> {
+    let filter = Filter {
+        case_id,
+        ..Filter::default()
+    };
+    {
+        let mut printer = Printer::new(Format::Table, &mut *out)?;
+        let mut rows = std::pin::pin!(audit.query(&filter));
+        while let Some(row) = rows.next().await {
+            printer.row(&row?)?;
+        }
+        printer.finish()?;
+    }
+    let counts = audit.outcome_counts(first_run).await?;
+    let counts: Vec<String> = counts.iter().map(|(o, n)| format!("{n} {o}")).collect();
+    writeln!(out, "   first pass in the audit log: {}", counts.join(", "))?;
+    match audit.verify().await? {
+        Verification::Intact { rows, head } => writeln!(
+            out,
+            "   audit verify: ok, {rows} rows, hash chain intact, head {head}"
+        )?,
+        Verification::Broken { seq, problem, .. } => {
+            writeln!(out, "   audit verify: BROKEN at row {seq}: {problem}")?
+        }
+        Verification::BrokenPass { id, problem } => {
+            writeln!(out, "   audit verify: BROKEN: pass {id}: {problem}")?
+        }
+    }
+    Ok(())
+}
+
 pub async fn run(args: &DemoArgs) -> anyhow::Result<u8> {
     let mut out = std::io::stdout().lock();
     let (set, from) = rules(args)?;
@@ -105,33 +173,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<u8> {
 
     let dir = tempfile::tempdir()?;
     let audit = AuditStore::open(&dir.path().join("audit.db")).await?;
-    let defaults = crate::config::DaemonConfig::default();
-    let client = Client::new(ClientSettings {
-        url: sim.url.clone(),
-        flavor: Some(ApiFlavor::Legacy),
-        credentials: credentials(Some("demo@example.com"), "demo-key"),
-        ca_pem: None,
-        insecure_skip_tls_verify: false,
-        timeout: Duration::from_secs(10),
-        page_size: 100,
-        max_attempts: 3,
-        retry_base: Duration::from_millis(100),
-    })?;
-    let ctx = PassContext {
-        client,
-        audit: audit.clone(),
-        settings: PassSettings {
-            dry_run: false,
-            max_changes: defaults.max_changes_per_run,
-            comment_changes: true,
-            max_change_fraction: defaults.max_change_fraction,
-            guard_min_cases: defaults.guard_min_cases,
-            max_in_flight: 8,
-            settle_after: crate::pass::settle_after(Duration::from_secs(10)),
-            pass_timeout: Duration::from_secs(defaults.pass_timeout_secs),
-            limits: Default::default(),
-        },
-    };
+    let ctx = context(&sim.url, audit.clone())?;
 
     let mut first_run = String::new();
     let mut first_changed = None;
@@ -184,33 +226,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<u8> {
         out,
         "5. The audit trail of one changed case: intent (planned) before each request, outcome after:"
     )?;
-    let filter = Filter {
-        case_id: first_changed,
-        ..Filter::default()
-    };
-    {
-        let mut printer = Printer::new(Format::Table, &mut out)?;
-        let mut rows = std::pin::pin!(audit.query(&filter));
-        while let Some(row) = rows.next().await {
-            printer.row(&row?)?;
-        }
-        printer.finish()?;
-    }
-    let counts = audit.outcome_counts(&first_run).await?;
-    let counts: Vec<String> = counts.iter().map(|(o, n)| format!("{n} {o}")).collect();
-    writeln!(out, "   first pass in the audit log: {}", counts.join(", "))?;
-    match audit.verify().await? {
-        Verification::Intact { rows, head } => writeln!(
-            out,
-            "   audit verify: ok, {rows} rows, hash chain intact, head {head}"
-        )?,
-        Verification::Broken { seq, problem, .. } => {
-            writeln!(out, "   audit verify: BROKEN at row {seq}: {problem}")?
-        }
-        Verification::BrokenPass { id, problem } => {
-            writeln!(out, "   audit verify: BROKEN: pass {id}: {problem}")?
-        }
-    }
+    show_trail(&mut out, &audit, first_changed, &first_run).await?;
     let (writes, comments) = {
         let s = sim.state();
         (
