@@ -179,7 +179,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<u8> {
     let mut first_changed = None;
     for (n, title) in [
         (1, "first pass"),
-        (2, "second pass (should find nothing left to do)"),
+        (2, "second pass (only what the first pass led to is left)"),
     ] {
         writeln!(out)?;
         write!(out, "{}. Running the {title}... ", n + 2)?;
