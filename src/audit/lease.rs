@@ -15,6 +15,9 @@ use super::{AuditError, AuditStore, timestamp};
 
 /// How long a claim lives without a heartbeat.
 const TTL: Duration = Duration::from_secs(30);
+/// How often a holder renews it: a holder may have sent its last request up to this long
+/// after its last recorded heartbeat.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// The lease row: who holds (or last held) the claim.
 #[derive(Debug, Clone, FromRow, PartialEq)]
@@ -241,7 +244,7 @@ pub(super) fn lock_path(db: &std::path::Path) -> std::path::PathBuf {
 
 async fn heartbeat(store: AuditStore, holder: String) {
     loop {
-        tokio::time::sleep(TTL / 6).await;
+        tokio::time::sleep(HEARTBEAT).await;
         let now = chrono::Utc::now();
         let beat =
             sqlx::query("UPDATE lease SET heartbeat_at = ?, expires_at = ? WHERE holder = ?")

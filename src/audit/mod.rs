@@ -4,7 +4,7 @@
 mod lease;
 pub mod report;
 
-pub use lease::{Claim, ClaimError, Held, Lease};
+pub use lease::{Claim, ClaimError, HEARTBEAT, Held, Lease};
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

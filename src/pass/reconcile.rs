@@ -52,7 +52,8 @@ pub async fn reconcile(
     if rows.iter().any(|r| r.last_outcome.is_none())
         && let Some(last) = previous.and_then(|p| parse(&p.heartbeat_at))
     {
-        let settled_at = last + window;
+        // Its last request may have left up to one heartbeat after the last one recorded.
+        let settled_at = last + window + crate::audit::HEARTBEAT;
         let wait = (settled_at - chrono::Utc::now())
             .to_std()
             .unwrap_or_default();
