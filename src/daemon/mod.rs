@@ -383,7 +383,7 @@ async fn after_pass(shared: &Shared, set: &RuleSet, report: &PassReport, took: D
         let Some(rule) = set.rules.iter().find(|r| r.name == name) else {
             continue;
         };
-        tracing::error!(rule = %name, file = %rule.file.display(), passes = limit, "CIRCUIT BREAKER: rule failed on every case for {limit} passes in a row; disabled until its file changes");
+        // Recorded first, then announced: whoever reads the log line finds the row.
         let event = NewEvent {
             run_id: report.run_id.clone(),
             rule: name.clone(),
@@ -401,6 +401,7 @@ async fn after_pass(shared: &Shared, set: &RuleSet, report: &PassReport, took: D
         if let Err(e) = shared.ctx.audit.append(&[event]).await {
             tracing::error!(error = %e, "cannot record the disabled rule in the audit log");
         }
+        tracing::error!(rule = %name, file = %rule.file.display(), passes = limit, "CIRCUIT BREAKER: rule failed on every case for {limit} passes in a row; disabled until its file changes");
     }
     m.rules_disabled
         .set(lock(&shared.breaker).disabled_count() as i64);
