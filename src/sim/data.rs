@@ -189,21 +189,7 @@ fn one_case(
             tags.push(t);
         }
     }
-    let octet = *pick(rng, &[(10u8, 8), (20, 8), (30, 44), (40, 40)]);
-    let ip = format!("10.{octet}.{}.{}", rng.u8(0..=254), rng.u8(1..=254));
-    let entity_id = match rng.u32(0..10) {
-        0..=5 => format!("asset,,{ip}"),
-        6..=7 => format!(
-            "user,{}{},,{ip}",
-            ["jdoe", "asmith", "mlee"][rng.usize(0..3)],
-            rng.u8(1..99)
-        ),
-        _ => format!(
-            "host,{},{},{ip}",
-            ["vpn-gw", "web", "db", "mail", "dc"][rng.usize(0..5)],
-            hex_id("host", rng.u64(..))
-        ),
-    };
+    let entity_id = entity_id(rng);
     let (tenant, tenant_name) = TENANTS[rng.usize(0..TENANTS.len())];
     let score = rng.u32(1..=100);
     let mut history = vec![json!({"field": "created_at", "timestamp": created, "user": "System"})];
@@ -246,38 +232,69 @@ fn one_case(
             obj.insert("priority".into(), json!(priority));
             obj.insert("case_score".into(), json!(score));
         }
-        ApiFlavor::V5 => {
-            // As recorded 5.x servers send it: 24-hex ids, float scores, user ids and
-            // names, and no acknowledged/closed on some cases.
-            let id = obj["_id"].as_str().unwrap_or("")[..24].to_string();
-            obj.insert("_id".into(), json!(id));
-            obj.insert("severity".into(), json!(priority));
-            obj.insert(
-                "score".into(),
-                json!(score as f64 - rng.u32(0..10) as f64 / 10.0),
-            );
-            let name_of = |user: &str| {
-                people
-                    .iter()
-                    .find(|p| p.user_id == user)
-                    .map_or("Unassigned", |p| p.name.as_str())
-                    .to_string()
-            };
-            obj.insert("assignee_name".into(), json!(name_of(&assignee)));
-            obj.insert("created_by_name".into(), json!("System"));
-            let (modifier, modifier_name) = if status == "New" {
-                (String::new(), "System".to_string())
-            } else {
-                (status_by.user_id.clone(), status_by.name.clone())
-            };
-            obj.insert("modified_by".into(), json!(modifier));
-            obj.insert("modified_by_name".into(), json!(modifier_name));
-            obj.insert("tenant_name".into(), json!(tenant_name));
-            if rng.u32(0..100) < 30 {
-                obj.remove("acknowledged");
-                obj.remove("closed");
-            }
-        }
+        ApiFlavor::V5 => to_v5(obj, rng, people, &status_by, tenant_name, priority, score),
     }
     case
+}
+
+/// `metadata.entity_id` in the forms real servers send: `asset,,IP`, `user,NAME,,IP`,
+/// `host,NAME,ID,IP`.
+fn entity_id(rng: &mut fastrand::Rng) -> String {
+    let octet = *pick(rng, &[(10u8, 8), (20, 8), (30, 44), (40, 40)]);
+    let ip = format!("10.{octet}.{}.{}", rng.u8(0..=254), rng.u8(1..=254));
+    match rng.u32(0..10) {
+        0..=5 => format!("asset,,{ip}"),
+        6..=7 => format!(
+            "user,{}{},,{ip}",
+            ["jdoe", "asmith", "mlee"][rng.usize(0..3)],
+            rng.u8(1..99)
+        ),
+        _ => format!(
+            "host,{},{},{ip}",
+            ["vpn-gw", "web", "db", "mail", "dc"][rng.usize(0..5)],
+            hex_id("host", rng.u64(..))
+        ),
+    }
+}
+
+/// The 5.x shape of a generated case, as recorded servers send it: 24-hex ids, `severity`,
+/// float scores, user ids and names, and no `acknowledged`/`closed` on some cases.
+fn to_v5(
+    obj: &mut serde_json::Map<String, Value>,
+    rng: &mut fastrand::Rng,
+    people: &[SimUser],
+    status_by: &SimUser,
+    tenant_name: &str,
+    priority: &str,
+    score: u32,
+) {
+    let id = obj["_id"].as_str().unwrap_or("")[..24].to_string();
+    obj.insert("_id".into(), json!(id));
+    obj.insert("severity".into(), json!(priority));
+    obj.insert(
+        "score".into(),
+        json!(score as f64 - rng.u32(0..10) as f64 / 10.0),
+    );
+    let name_of = |user: &str| {
+        people
+            .iter()
+            .find(|p| p.user_id == user)
+            .map_or("Unassigned", |p| p.name.as_str())
+            .to_string()
+    };
+    let assignee = obj["assignee"].as_str().unwrap_or("").to_string();
+    obj.insert("assignee_name".into(), json!(name_of(&assignee)));
+    obj.insert("created_by_name".into(), json!("System"));
+    let (modifier, modifier_name) = if obj["status"] == "New" {
+        (String::new(), "System".to_string())
+    } else {
+        (status_by.user_id.clone(), status_by.name.clone())
+    };
+    obj.insert("modified_by".into(), json!(modifier));
+    obj.insert("modified_by_name".into(), json!(modifier_name));
+    obj.insert("tenant_name".into(), json!(tenant_name));
+    if rng.u32(0..100) < 30 {
+        obj.remove("acknowledged");
+        obj.remove("closed");
+    }
 }
