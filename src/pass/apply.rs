@@ -18,6 +18,8 @@ pub(super) struct NotApplied {
     why: String,
     status: Option<u16>,
     outcome: Outcome,
+    /// The server refused the configured API flavour: nothing more is sent this pass.
+    halts: bool,
 }
 
 impl NotApplied {
@@ -26,6 +28,7 @@ impl NotApplied {
             why: why.into(),
             status,
             outcome: Outcome::Failed,
+            halts: false,
         }
     }
 
@@ -35,6 +38,7 @@ impl NotApplied {
             why: why.into(),
             status: None,
             outcome: Outcome::Unknown,
+            halts: false,
         }
     }
 
@@ -44,6 +48,7 @@ impl NotApplied {
             why: why.into(),
             status: None,
             outcome: Outcome::Skipped,
+            halts: false,
         }
     }
 }
@@ -127,8 +132,9 @@ impl Applier {
                 .collect()
         } else {
             let outcomes = apply_case(&self.client, &p, self.comment_changes, &self.run_id).await;
-            if let Some(Err(n)) = outcomes.first().map(|(_, r)| r)
-                && n.outcome == Outcome::Skipped
+            if let Some((_, Err(n))) = outcomes
+                .iter()
+                .find(|(_, r)| r.as_ref().is_err_and(|n| n.halts))
             {
                 let _ = self.wrong_flavor.set(n.why.clone());
             }
@@ -224,8 +230,9 @@ async fn apply_case(
         if let Err(n) = &update {
             for &i in &comments {
                 // Never sent, so known: failed with its update, or skipped.
-                let outcome = if n.outcome == Outcome::Failed { Outcome::Failed } else { Outcome::Skipped };
-                out.push((i, Err(NotApplied { why: "not sent: the case update did not succeed".into(), status: None, outcome })));
+                let why = "not sent: the case update did not succeed";
+                let n = if n.outcome == Outcome::Failed { NotApplied::failed(why, None) } else { NotApplied::skipped(why) };
+                out.push((i, Err(n)));
             }
         } else if !text.is_empty() {
             text.push(comment_trailer(run_id));
@@ -295,7 +302,10 @@ fn unheld_fields(case: &Case, plan: &CasePlan) -> Vec<String> {
 /// taken by the server, and is recorded as skipped.
 fn failure(e: &ApiError) -> NotApplied {
     match e {
-        ApiError::WrongFlavor { .. } => NotApplied::skipped(e.to_string()),
+        ApiError::WrongFlavor { .. } => NotApplied {
+            halts: true,
+            ..NotApplied::skipped(e.to_string())
+        },
         _ => NotApplied::failed(e.to_string(), e.http_status()),
     }
 }

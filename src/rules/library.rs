@@ -8,12 +8,13 @@ use std::time::Instant;
 use rhai::{Array, Dynamic, Engine, EvalAltResult, INT, ImmutableString, Map};
 use serde_json::Value;
 
-use super::limits::{self, Limits, PrintLog, check_text};
+use super::limits::{self, Limits, PrintLog};
 use super::view::{CaseView, Fields};
 use crate::plan::{Change, ChangeKind};
 use crate::stellar::model::{
     HistoryEntry, PRIORITIES, RESOLUTIONS, STATUSES, entity_of, parse_entity, priority_rank,
 };
+use crate::text::check_text;
 
 /// What a rule's environment holds besides the case: the clock and who "we" are.
 #[derive(Debug, Clone, Default)]

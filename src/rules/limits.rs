@@ -5,8 +5,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-pub use crate::text::check_text;
-
 /// Longest tag the Cases API keeps.
 pub const MAX_TAG_CHARS: usize = 128;
 /// Longest description casewarden sends.

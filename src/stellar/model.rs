@@ -202,7 +202,7 @@ pub fn is_own_entry(api: bool, user: &str, own: &[String]) -> bool {
 }
 
 /// History entries of a raw case object.
-pub fn history_of(raw: &Map<String, Value>) -> Vec<HistoryEntry> {
+fn history_of(raw: &Map<String, Value>) -> Vec<HistoryEntry> {
     raw.get("history")
         .and_then(Value::as_array)
         .into_iter()
