@@ -317,6 +317,29 @@ fn locate(text: &str, needle: &str) -> (usize, usize) {
         .unwrap_or((1, 1))
 }
 
+/// Where the body of `fn evaluate` opens: the first `{` after its name, outside comments.
+fn body_start(text: &str) -> Position {
+    let code: String = text
+        .lines()
+        .map(|l| match l.find("//") {
+            Some(i) => &l[..i],
+            None => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let Some(brace) = code
+        .match_indices("fn evaluate")
+        .find_map(|(i, _)| code[i..].find('{').map(|b| i + b))
+    else {
+        return Position::NONE;
+    };
+    let before = &code[..brace];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |n| n + 1) + 1;
+    let clamp = |n: usize| n.min(usize::from(u16::MAX)) as u16;
+    Position::new(clamp(line), clamp(col))
+}
+
 fn compile(engine: &Engine, file: &Path, text: &str) -> Result<Rule, Vec<RuleError>> {
     let err = |line: usize, col: usize, message: String| {
         vec![RuleError {
@@ -338,16 +361,16 @@ fn compile(engine: &Engine, file: &Path, text: &str) -> Result<Rule, Vec<RuleErr
         )
     })?;
     ast.set_source(file.display().to_string());
-    let Some(body) = ast
-        .iter_fn_def()
-        .find(|f| f.name == "evaluate" && f.params.len() == 1)
-        .map(|f| f.body.start_position())
-    else {
+    if !ast
+        .iter_functions()
+        .any(|f| f.name == "evaluate" && f.params.len() == 1)
+    {
         return Err(at(
             "fn ",
             "no `fn evaluate(c)` with one argument: every rule needs one".into(),
         ));
-    };
+    }
+    let body = body_start(text);
     // Run the top level once, only to read the RULE constant.
     let mut scope = Scope::new();
     library::begin(&EvalEnv::default(), "<loading>", None);

@@ -2,12 +2,12 @@
 //! (history, metadata, event ids) into a `Map` costs more than most rules spend on it, and
 //! a plain map would be deep-copied for every rule because Rhai passes arguments by value.
 //! A `CaseView` shares the server's JSON between rules and converts only the fields a
-//! rule reads; the first change, or any map function it does not answer itself, turns it
+//! rule reads; the first change, or any other map function (`keys`, `remove`, ...), turns it
 //! into an ordinary map of its own (copy-on-write), so the next rule never sees it.
 
 use std::sync::Arc;
 
-use rhai::{Dynamic, Engine, ImmutableString, Map, NativeCallContext};
+use rhai::{Dynamic, Engine, EvalAltResult, ImmutableString, Map, NativeCallContext};
 use serde_json::Value;
 
 /// Rhai's own name for maps, so `type_of(c)` and error messages say "map".
@@ -102,7 +102,7 @@ fn expand_views(v: &mut Dynamic) {
 }
 
 /// Compares through Rhai's own `==` on maps, so a view equals the map it stands for.
-fn equals(ctx: &NativeCallContext, a: Map, b: Map) -> Result<bool, Box<rhai::EvalAltResult>> {
+fn equals(ctx: &NativeCallContext, a: Map, b: Map) -> Result<bool, Box<EvalAltResult>> {
     ctx.call_native_fn::<bool>("==", (a, b))
 }
 
@@ -151,22 +151,68 @@ pub(super) fn register(e: &mut Engine) {
         .register_fn("!=", |ctx: NativeCallContext, a: &mut Map, b: CaseView| {
             equals(&ctx, a.clone(), b.to_map()).map(|eq| !eq)
         });
-    // Any other function called with a view (`c.keys()`, `c.remove(..)`, `to_json(c)`, a
-    // typo): the view becomes the plain map it stands for, in place, and the call is
-    // dispatched again, so map functions work and a missing function's error names `map`.
-    #[allow(deprecated)] // volatile, not deprecated: the Rhai docs say so
-    e.on_missing_function(|name, args, is_method, mut ctx| {
-        let mut converted = false;
-        for arg in args.iter_mut().filter(|a| a.is::<CaseView>()) {
-            let view = std::mem::take(&mut **arg).cast::<CaseView>();
-            **arg = Dynamic::from_map(view.into_map());
-            converted = true;
-        }
-        if !converted {
-            return Ok(None);
-        }
-        ctx.call_fn_raw(name, is_method, is_method, args).map(Some)
+    // Rhai's other map functions (`c.keys()`, `c.remove(..)`, `to_json(c)`, ...): the view
+    // becomes the plain map it stands for and Rhai's own function runs on it, in place.
+    for name in ["len", "is_empty", "keys", "values", "clear", "to_json"] {
+        e.register_fn(name, move |ctx: NativeCallContext, c: &mut CaseView| {
+            on_map(&ctx, name, c, &mut [])
+        });
+    }
+    for name in [
+        "contains",
+        "get",
+        "remove",
+        "mixin",
+        "+=",
+        "fill_with",
+        "map",
+        "filter",
+        "drain",
+        "retain",
+    ] {
+        e.register_fn(
+            name,
+            move |ctx: NativeCallContext, c: &mut CaseView, mut a: Dynamic| {
+                expand_views(&mut a);
+                on_map(&ctx, name, c, &mut [&mut a])
+            },
+        );
+    }
+    e.register_fn(
+        "set",
+        |ctx: NativeCallContext, c: &mut CaseView, mut key: Dynamic, mut value: Dynamic| {
+            on_map(&ctx, "set", c, &mut [&mut key, &mut value])
+        },
+    )
+    .register_fn("+", |ctx: NativeCallContext, a: CaseView, b: Map| {
+        merge(&ctx, a.into_map(), b)
+    })
+    .register_fn("+", |ctx: NativeCallContext, a: Map, b: CaseView| {
+        merge(&ctx, a, b.into_map())
+    })
+    .register_fn("+", |ctx: NativeCallContext, a: CaseView, b: CaseView| {
+        merge(&ctx, a.into_map(), b.into_map())
     });
+}
+
+/// Runs Rhai's map function `name` on the rule's own map of `c`, which it may change.
+fn on_map(
+    ctx: &NativeCallContext,
+    name: &str,
+    c: &mut CaseView,
+    rest: &mut [&mut Dynamic],
+) -> Result<Dynamic, Box<EvalAltResult>> {
+    let mut map = Dynamic::from_map(std::mem::take(c.map_mut()));
+    let mut args: Vec<&mut Dynamic> = Vec::with_capacity(rest.len() + 1);
+    args.push(&mut map);
+    args.extend(rest.iter_mut().map(|a| &mut **a));
+    let result = ctx.call_native_fn_raw(name, true, &mut args);
+    *c.map_mut() = map.cast::<Map>();
+    result
+}
+
+fn merge(ctx: &NativeCallContext, a: Map, b: Map) -> Result<Map, Box<EvalAltResult>> {
+    ctx.call_native_fn::<Map>("+", (a, b))
 }
 
 #[cfg(test)]
@@ -215,6 +261,16 @@ mod tests {
         "{ remove(c, \"tags\"); c.tags }",
         "{ c.mixin(#{ q: 1 }); c.q }",
         "{ c.fill_with(#{ status: \"x\", w: 2 }); [c.status, c.w] }",
+        "{ c.set(\"status\", \"x\"); c.status }",
+        "{ c += #{ z: 1 }; c.z }",
+        "{ c.clear(); c.len() }",
+        "{ let d = c.drain(|k, v| k == \"status\"); [d, c.len()] }",
+        "{ c.retain(|k, v| k == \"status\"); c }",
+        "c.map(|k, v| type_of(v)).len()",
+        "c.get(\"nope\")",
+        "#{} + c",
+        "c + c",
+        "c.mixin(c)",
         "{ let d = c; d.status = \"x\"; [d.status, c.status] }",
         "{ let f = |x| x.status; f.call(c) }",
         "[c, 1]",
