@@ -10,9 +10,10 @@ mod retry;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use reqwest::header::{AUTHORIZATION, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -30,6 +31,8 @@ use error::{excerpt, redirect};
 const MAX_BODY: usize = 64 * 1024 * 1024;
 /// Longest wait a `Retry-After` can impose on one attempt.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
+/// The longest backoff between attempts when the server asked for nothing.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Everything needed to build a [`Client`]; `Config::client_settings` makes one from the
 /// `[stellar]` section, and tests and the demo build one without a file.
@@ -175,35 +178,50 @@ impl Client {
     /// Checks that the key is accepted, fetching a token if none is cached (with the
     /// retries of every other call).
     pub async fn authenticate(&self) -> Result<(), ApiError> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.token(attempt).await {
-                Ok(Some(_)) => return Ok(()),
-                Ok(None) => continue,
-                Err(e) => return Err(e),
-            }
+        let attempts = AtomicU32::new(0);
+        (|| async {
+            let attempt = attempts.fetch_add(1, Ordering::Relaxed) + 1;
+            let a = self.attempt_of(None, attempt, false);
+            self.token(a).await.map(drop)
+        })
+        .retry(self.policy())
+        .when(|f: &Failed| f.next == retry::Next::Retry)
+        .notify(log_retry)
+        .await
+        .map_err(|f| f.error)
+    }
+
+    /// Backoff between attempts: exponential from `retry_base`, jittered, capped.
+    fn policy(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(self.inner.retry_base)
+            .with_max_delay(MAX_BACKOFF)
+            .with_max_times(self.inner.max_attempts as usize)
+            .with_jitter()
+    }
+
+    /// What the retry decision needs to know of attempt number `attempt` of `call`.
+    fn attempt_of(&self, call: Option<&Call<'_>>, attempt: u32, renewed: bool) -> retry::Attempt {
+        retry::Attempt {
+            read: call.is_none_or(|c| c.method == Method::GET),
+            idempotent: call.is_none_or(|c| c.idempotent),
+            last: attempt >= self.inner.max_attempts,
+            renewed,
         }
     }
 
-    /// A token for attempt `attempt` of a call; None after a failure worth retrying
-    /// (network, 5xx, 429; not a rejected key), once its backoff has been waited.
-    async fn token(&self, attempt: u32) -> Result<Option<Secret>, ApiError> {
-        let inner = &self.inner;
-        match inner.tokens.get(&inner.http).await {
-            Ok(token) => Ok(Some(token)),
-            Err(e)
-                if attempt < inner.max_attempts
-                    && (matches!(e, ApiError::Transport { .. })
-                        || e.http_status().is_some_and(|s| s == 429 || s >= 500)) =>
-            {
-                let wait = self.backoff(attempt);
-                tracing::debug!(error = %e, wait_ms = wait.as_millis() as u64, "getting a token failed, retrying");
-                tokio::time::sleep(wait).await;
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
+    /// The cached token or a new one; failing on the network, a 429 or a 5xx may be retried,
+    /// a refused key may not.
+    async fn token(&self, a: retry::Attempt) -> Result<Secret, Failed> {
+        self.inner
+            .tokens
+            .get(&self.inner.http)
+            .await
+            .map_err(|error| {
+                let transient = matches!(error, ApiError::Transport { .. })
+                    || error.http_status().is_some_and(|s| s == 429 || s >= 500);
+                Failed::new(retry::Failure::Token { transient }, error, None, a)
+            })
     }
 
     /// Pages through the cases matching `filters`, `page_size` at a time.
@@ -401,45 +419,46 @@ impl Client {
     /// One API call with the retry policy: connect errors back off with jitter, as do
     /// timeouts and cut-short or non-JSON answers of reads, and 5xx when `idempotent`; 429
     /// waits for Retry-After; a 401 renews the token and retries once; a 3xx is an error.
+    /// `retry::decide` says whether; backon counts and sleeps.
     async fn call(&self, call: Call<'_>) -> Result<Value, ApiError> {
-        let mut renewed = false;
-        let mut attempt = 0;
+        let attempts = AtomicU32::new(0);
+        let renewed = AtomicBool::new(false);
+        (|| {
+            self.attempt(
+                &call,
+                attempts.fetch_add(1, Ordering::Relaxed) + 1,
+                &renewed,
+            )
+        })
+        .retry(self.policy())
+        .when(|f: &Failed| f.next == retry::Next::Retry)
+        .adjust(|f, wait| wait.map(|w| f.asked.map_or(w, |a| a.min(MAX_RETRY_AFTER))))
+        .notify(log_retry)
+        .await
+        .map_err(|f| f.error)
+    }
+
+    /// Attempt number `attempt` of a call, renewing the token once within it when the
+    /// server rejects the one it was sent with (expired early or revoked).
+    async fn attempt(
+        &self,
+        call: &Call<'_>,
+        attempt: u32,
+        renewed: &AtomicBool,
+    ) -> Result<Value, Failed> {
         loop {
-            attempt += 1;
-            let Some(token) = self.token(attempt).await? else {
-                continue;
-            };
-            let (failure, error, asked_wait) = match self.send(&call, &token, attempt).await {
+            let a = self.attempt_of(Some(call), attempt, renewed.load(Ordering::Relaxed));
+            let token = self.token(a).await?;
+            let (failure, error, asked) = match self.send(call, &token, attempt).await {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
-            let a = retry::Attempt {
-                read: call.method == Method::GET,
-                idempotent: call.idempotent,
-                last: attempt >= self.inner.max_attempts,
-                renewed,
-            };
-            match retry::decide(failure, a) {
-                retry::Next::Stop => return Err(error),
-                // The token expired early or was revoked: not counted as an attempt.
-                retry::Next::Renew => {
-                    renewed = true;
-                    attempt -= 1;
-                    self.inner.tokens.invalidate(&token).await;
-                }
-                retry::Next::Retry => {
-                    let wait = asked_wait
-                        .map(|w| w.min(MAX_RETRY_AFTER))
-                        .unwrap_or_else(|| self.backoff(attempt));
-                    let wait_ms = wait.as_millis() as u64;
-                    if failure == retry::Failure::Status(429) {
-                        tracing::info!(wait_ms, "rate limited (429), waiting");
-                    } else {
-                        tracing::debug!(error = %error, wait_ms, "retrying");
-                    }
-                    tokio::time::sleep(wait).await;
-                }
+            let failed = Failed::new(failure, error, asked, a);
+            if failed.next != retry::Next::Renew {
+                return Err(failed);
             }
+            renewed.store(true, Ordering::Relaxed);
+            self.inner.tokens.invalidate(&token).await;
         }
     }
 
@@ -523,16 +542,39 @@ impl Client {
             (retry::Failure::BadBody, error, None)
         })
     }
+}
 
-    /// Exponential backoff with full jitter, capped at 30 s.
-    fn backoff(&self, attempt: u32) -> Duration {
-        let cap = Duration::from_secs(30);
-        let exp = self
-            .inner
-            .retry_base
-            .saturating_mul(1 << attempt.min(16))
-            .min(cap);
-        exp.mul_f64(0.5 + fastrand::f64() * 0.5)
+/// One failed attempt: how, the error to report if it is not retried, the wait the server
+/// asked for, and what the retry policy makes of it.
+struct Failed {
+    failure: retry::Failure,
+    error: ApiError,
+    asked: Option<Duration>,
+    next: retry::Next,
+}
+
+impl Failed {
+    fn new(
+        failure: retry::Failure,
+        error: ApiError,
+        asked: Option<Duration>,
+        attempt: retry::Attempt,
+    ) -> Failed {
+        Failed {
+            failure,
+            error,
+            asked,
+            next: retry::decide(failure, attempt),
+        }
+    }
+}
+
+fn log_retry(f: &Failed, wait: Duration) {
+    let wait_ms = wait.as_millis() as u64;
+    if f.failure == retry::Failure::Status(429) {
+        tracing::info!(wait_ms, "rate limited (429), waiting");
+    } else {
+        tracing::debug!(error = %f.error, wait_ms, "retrying");
     }
 }
 

@@ -12,6 +12,9 @@ pub(crate) enum Failure {
     Status(u16),
     /// The answer's body was cut short or is not JSON.
     BadBody,
+    /// No token to send it with; `transient` when getting one failed on the network, a 429
+    /// or a 5xx, not because the key was refused.
+    Token { transient: bool },
 }
 
 /// What the call does next.
@@ -44,7 +47,7 @@ pub(crate) fn decide(failure: Failure, a: Attempt) -> Next {
     match failure {
         Failure::Status(401) if !a.renewed => Next::Renew,
         _ if a.last => Next::Stop,
-        Failure::Unsent => Next::Retry,
+        Failure::Unsent | Failure::Token { transient: true } => Next::Retry,
         Failure::Unanswered | Failure::BadBody if a.read => Next::Retry,
         Failure::Status(429) => Next::Retry,
         Failure::Status(s) if s >= 500 && a.idempotent => Next::Retry,
@@ -87,6 +90,18 @@ mod tests {
         assert_eq!(decide(Failure::Status(429), COMMENT), Next::Retry);
         assert_eq!(decide(Failure::Status(404), READ), Next::Stop);
         assert_eq!(decide(Failure::Status(302), READ), Next::Stop);
+    }
+
+    #[test]
+    fn a_token_is_fetched_again_only_after_a_transient_failure() {
+        let transient = Failure::Token { transient: true };
+        let refused = Failure::Token { transient: false };
+        assert_eq!(decide(transient, COMMENT), Next::Retry);
+        assert_eq!(decide(refused, READ), Next::Stop);
+        assert_eq!(
+            decide(transient, Attempt { last: true, ..READ }),
+            Next::Stop
+        );
     }
 
     #[test]
