@@ -55,7 +55,7 @@ fn main() -> std::process::ExitCode {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::from(2)
+            std::process::ExitCode::from(casewarden::cli::code_of(&e))
         }
     }
 }

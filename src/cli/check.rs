@@ -2,8 +2,9 @@
 
 use clap::Args;
 
-use super::{Cli, config_path, connect, load_rules};
-use crate::config::{ApiFlavor, Config};
+use super::{Cli, Exit, config_path, connect};
+use crate::config::Config;
+use crate::rules::RuleSet;
 use crate::stellar::ApiError;
 
 #[derive(Debug, Args)]
@@ -15,39 +16,29 @@ pub struct CheckArgs {
 
 pub(super) async fn run(cli: &Cli, args: &CheckArgs) -> anyhow::Result<u8> {
     let path = config_path(cli);
-    let mut ok = true;
-    let config = match Config::load(&path) {
-        Ok(c) => Some(c),
-        Err(e) => {
-            eprintln!("error: {e}");
-            ok = false;
-            None
-        }
-    };
-    let Some(config) = config else {
-        return Ok(2);
-    };
+    let config = Config::load(&path).map_err(Exit::config)?;
+    // Every problem of the config and the rules, found together.
+    let mut problems = Vec::new();
     if !args.offline
         && let Err(e) = config.api_key()
     {
-        eprintln!("error: {e}");
-        ok = false;
+        problems.push(e.to_string());
     }
     if let Some(ca) = &config.stellar.ca_file
         && let Err(e) = std::fs::read(ca)
     {
-        eprintln!(
-            "error: {}: stellar.ca_file {}: {e}",
+        problems.push(format!(
+            "{}: stellar.ca_file {}: {e}",
             path.display(),
             ca.display()
-        );
-        ok = false;
+        ));
     }
-    if ok {
+    if problems.is_empty() {
         println!("config {}: ok", path.display());
     }
-    match load_rules(&config.daemon.rules_dir) {
-        Some(set) => {
+    let mut footer = None;
+    match RuleSet::load_dir(&config.daemon.rules_dir) {
+        Ok(set) => {
             println!("rules in {}:", config.daemon.rules_dir.display());
             for r in &set.rules {
                 let schedule = r.schedule.as_deref().unwrap_or(&config.daemon.schedule);
@@ -62,73 +53,71 @@ pub(super) async fn run(cli: &Cli, args: &CheckArgs) -> anyhow::Result<u8> {
                 );
             }
         }
-        None => ok = false,
+        Err(errors) => {
+            problems.extend(errors.iter().map(ToString::to_string));
+            footer = Some(format!(
+                "{} rule error(s) in {}",
+                errors.len(),
+                config.daemon.rules_dir.display()
+            ));
+        }
     }
-    if !ok {
-        return Ok(2);
+    if !problems.is_empty() {
+        return Err(Exit::config_all(&problems, footer).into());
     }
-    if args.offline {
-        return Ok(0);
+    if !args.offline {
+        probe_server(&config).await?;
     }
-    probe_server(&config).await
+    Ok(0)
 }
 
 /// `check` online: the key is accepted, a page of cases lists, and which update flavour
 /// the server takes (asked with an empty update of a case that does not exist).
-async fn probe_server(config: &Config) -> anyhow::Result<u8> {
-    let client = match connect(config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return Ok(2);
-        }
-    };
+async fn probe_server(config: &Config) -> Result<(), Exit> {
+    let client = connect(config)?;
     let url = &config.stellar.url;
-    let unreachable = |e: ApiError| {
-        eprintln!("error: server {url}: {e}");
-        Ok(3)
-    };
-    if let Err(e) = client.authenticate().await {
-        return unreachable(e);
-    }
-    let page = match client.list_cases(Vec::new()).next_page().await {
-        Ok(page) => page.unwrap_or_default(),
-        Err(e) => return unreachable(e),
-    };
+    let unreachable = |e: ApiError| Exit::server(format!("server {url}: {e}"));
+    client.authenticate().await.map_err(unreachable)?;
+    let page = client
+        .list_cases(Vec::new())
+        .next_page()
+        .await
+        .map_err(unreachable)?
+        .unwrap_or_default();
     println!(
         "server {url}: key accepted, first page lists {} case(s)",
         page.cases.len()
     );
     let configured = config.stellar.api_flavor.fixed();
     let first = client.flavor();
-    let takes = |f: ApiFlavor| {
-        let client = client.clone();
-        async move { client.probe_update_route(f).await }
-    };
-    let found = match takes(first).await {
-        Ok(true) => first,
-        Ok(false) => match takes(first.other()).await {
-            Ok(true) => first.other(),
-            Ok(false) => {
-                eprintln!("error: server {url}: refuses both update calls (HTTP 405)");
-                return Ok(3);
-            }
-            Err(e) => return unreachable(e),
-        },
-        Err(e) => return unreachable(e),
+    let found = if client
+        .probe_update_route(first)
+        .await
+        .map_err(unreachable)?
+    {
+        first
+    } else if client
+        .probe_update_route(first.other())
+        .await
+        .map_err(unreachable)?
+    {
+        first.other()
+    } else {
+        return Err(Exit::server(format!(
+            "server {url}: refuses both update calls (HTTP 405)"
+        )));
     };
     match configured {
         Some(c) if c != found => {
-            eprintln!(
-                "error: {}: stellar.api_flavor is \"{c}\" but the server takes the {found} update call: set stellar.api_flavor = \"{found}\" (or \"auto\")",
+            return Err(Exit::config(format!(
+                "{}: stellar.api_flavor is \"{c}\" but the server takes the {found} update call: set stellar.api_flavor = \"{found}\" (or \"auto\")",
                 config.source.display()
-            );
-            return Ok(2);
+            )));
         }
         Some(c) => println!("api flavour: {c} (configured; the server takes its update call)"),
         None => println!(
             "api flavour: {found} (detected: the server takes its update call; stellar.api_flavor = \"auto\")"
         ),
     }
-    Ok(0)
+    Ok(())
 }

@@ -3,23 +3,24 @@
 
 mod audit;
 mod check;
+mod exit;
 mod once;
 mod simulate;
 mod test_rule;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
 pub use audit::{AuditArgs, AuditCommand, AuditQuery};
 pub use check::CheckArgs;
+pub use exit::{Exit, code_of};
 pub use once::OnceArgs;
 pub use simulate::SimulateArgs;
 pub use test_rule::{TestFormat, TestRuleArgs};
 
 use crate::config::Config;
 use crate::demo::DemoArgs;
-use crate::rules::RuleSet;
 use crate::stellar::Client;
 
 #[derive(Debug, Parser)]
@@ -77,34 +78,14 @@ fn config_path(cli: &Cli) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("casewarden.toml"))
 }
 
-fn load_config(cli: &Cli) -> anyhow::Result<Config> {
-    Ok(Config::load(&config_path(cli))?)
-}
-
-/// Loads the rules folder, printing every error; None when any rule is broken.
-fn load_rules(dir: &Path) -> Option<RuleSet> {
-    match RuleSet::load_dir(dir) {
-        Ok(set) => Some(set),
-        Err(errors) => {
-            for e in &errors {
-                eprintln!("error: {e}");
-            }
-            eprintln!("{} rule error(s) in {}", errors.len(), dir.display());
-            None
-        }
-    }
+fn load_config(cli: &Cli) -> Result<Config, Exit> {
+    Config::load(&config_path(cli)).map_err(Exit::config)
 }
 
 /// Runs the parsed command; returns the process exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     match &cli.command {
-        Command::Run => match load_config(&cli) {
-            Ok(config) => crate::daemon::run(config).await,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                Ok(2)
-            }
-        },
+        Command::Run => crate::daemon::run(load_config(&cli)?).await,
         Command::Once(args) => once::run(&cli, args).await,
         Command::Check(args) => check::run(&cli, args).await,
         Command::TestRule(args) => test_rule::run(args),
@@ -114,9 +95,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
-fn connect(config: &Config) -> anyhow::Result<Client> {
-    let settings = config.client_settings()?;
-    Ok(Client::new(settings)?)
+fn connect(config: &Config) -> Result<Client, Exit> {
+    let settings = config
+        .client_settings()
+        .map_err(|e| Exit::config(format!("{e:#}")))?;
+    Client::new(settings).map_err(Exit::config)
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{Cli, load_config};
+use super::{Cli, Exit, load_config};
 use crate::app::App;
 use crate::audit::ClaimError;
 use crate::pass::PassOptions;
@@ -25,36 +25,21 @@ pub struct OnceArgs {
 }
 
 pub(super) async fn run(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
-    let config = match load_config(cli) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return Ok(2);
-        }
-    };
-    let app = match App::build(&config, None).await {
-        Ok(app) => app,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Ok(2);
-        }
-    };
+    let config = load_config(cli)?;
+    let app = App::build(&config, None).await.map_err(Exit::config)?;
     let (set, ctx) = (app.rules, app.ctx);
     for name in &args.rules {
         if !set.rules.iter().any(|r| &r.name == name) {
             let known: Vec<&str> = set.rules.iter().map(|r| r.name.as_str()).collect();
-            eprintln!(
-                "error: --rule {name:?}: no such rule (known: {})",
+            return Err(Exit::config(format!(
+                "--rule {name:?}: no such rule (known: {})",
                 known.join(", ")
-            );
-            return Ok(2);
+            ))
+            .into());
         }
     }
-    if let Err(e) = ctx.client.authenticate().await {
-        // The server could not be reached or refused the key.
-        eprintln!("error: {e}");
-        return Ok(3);
-    }
+    // The server could not be reached or refused the key.
+    ctx.client.authenticate().await.map_err(Exit::server)?;
     let claimed = crate::pass::run_claimed(
         &ctx,
         &set,
@@ -69,10 +54,7 @@ pub(super) async fn run(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
     .await;
     let report = match claimed {
         Ok(report) => report,
-        Err(ClaimError::Held(held)) => {
-            eprintln!("error: {held}");
-            return Ok(4);
-        }
+        Err(ClaimError::Held(held)) => return Err(Exit::held(held).into()),
         Err(ClaimError::Audit(e)) => return Err(e.into()),
     };
     print_report(&mut std::io::stdout().lock(), &report)?;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
+use super::Exit;
 use crate::plan::{RuleChanges, plan_case};
 use crate::report::print_plans;
 use crate::rules::{EvalEnv, RuleSet, case_arg};
@@ -34,36 +35,26 @@ pub enum TestFormat {
 }
 
 pub(super) fn run(args: &TestRuleArgs) -> anyhow::Result<u8> {
-    let text = match std::fs::read_to_string(&args.rule) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: cannot read rule {}: {e}", args.rule.display());
-            return Ok(2);
-        }
-    };
-    let set = match RuleSet::from_sources(vec![(args.rule.clone(), text)]) {
-        Ok(s) => s,
-        Err(errors) => {
-            for e in errors {
-                eprintln!("error: {e}");
-            }
-            return Ok(2);
-        }
-    };
+    let text = std::fs::read_to_string(&args.rule)
+        .map_err(|e| Exit::config(format!("cannot read rule {}: {e}", args.rule.display())))?;
+    let set = RuleSet::from_sources(vec![(args.rule.clone(), text)]).map_err(|errors| {
+        Exit::config_all(
+            &errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+            None,
+        )
+    })?;
     let rule = &set.rules[0];
-    let Some(items) = read_cases(&args.cases) else {
-        return Ok(2);
-    };
+    let items = read_cases(&args.cases)?;
     let now_ms = match &args.now {
-        Some(t) => match chrono::DateTime::parse_from_rfc3339(t) {
-            Ok(t) => Some(t.timestamp_millis()),
-            Err(e) => {
-                eprintln!(
-                    "error: --now {t:?}: not an RFC 3339 time ({e}), e.g. 2026-01-31T08:00:00Z"
-                );
-                return Ok(2);
-            }
-        },
+        Some(t) => Some(
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map_err(|e| {
+                    Exit::config(format!(
+                        "--now {t:?}: not an RFC 3339 time ({e}), e.g. 2026-01-31T08:00:00Z"
+                    ))
+                })?
+                .timestamp_millis(),
+        ),
         None => None,
     };
     let env = EvalEnv {
@@ -113,42 +104,26 @@ pub(super) fn run(args: &TestRuleArgs) -> anyhow::Result<u8> {
 }
 
 /// The case objects of a saved file (any saved answer; trailing commas forgiven with a
-/// warning); None after printing why not.
-fn read_cases(path: &std::path::Path) -> Option<Vec<serde_json::Value>> {
-    let raw = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: cannot read case file {}: {e}", path.display());
-            return None;
-        }
-    };
-    let json = match crate::stellar::model::parse_lenient(&raw) {
-        Ok((v, repaired)) => {
-            if repaired {
-                eprintln!(
-                    "warning: {}: not strict JSON (trailing commas); read without them",
-                    path.display()
-                );
-            }
-            v
-        }
-        Err(e) => {
-            eprintln!(
-                "error: {}:{}:{}: not valid JSON: {e}",
-                path.display(),
-                e.line(),
-                e.column()
-            );
-            return None;
-        }
-    };
-    match crate::stellar::model::cases_in_answer(json) {
-        Ok(items) => Some(items),
-        Err(e) => {
-            eprintln!("error: {}: {e}", path.display());
-            None
-        }
+/// warning).
+fn read_cases(path: &std::path::Path) -> Result<Vec<serde_json::Value>, Exit> {
+    let raw = std::fs::read_to_string(path)
+        .map_err(|e| Exit::config(format!("cannot read case file {}: {e}", path.display())))?;
+    let (json, repaired) = crate::stellar::model::parse_lenient(&raw).map_err(|e| {
+        Exit::config(format!(
+            "{}:{}:{}: not valid JSON: {e}",
+            path.display(),
+            e.line(),
+            e.column()
+        ))
+    })?;
+    if repaired {
+        eprintln!(
+            "warning: {}: not strict JSON (trailing commas); read without them",
+            path.display()
+        );
     }
+    crate::stellar::model::cases_in_answer(json)
+        .map_err(|e| Exit::config(format!("{}: {e}", path.display())))
 }
 
 /// One case's result: a JSON line, or table lines.

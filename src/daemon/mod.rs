@@ -100,19 +100,11 @@ pub async fn run(config: Config) -> anyhow::Result<u8> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let metrics = Metrics::new();
-    let App { rules: set, ctx } = match App::build(&config, Some(metrics.clone())).await {
-        Ok(app) => app,
-        Err(e) => {
-            eprintln!("error: {e}");
-            eprintln!("not starting");
-            return Ok(2);
-        }
-    };
+    let App { rules: set, ctx } = App::build(&config, Some(metrics.clone()))
+        .await
+        .map_err(|e| anyhow::Error::new(e).context("not starting"))?;
     match ctx.client.authenticate().await {
-        Err(e @ ApiError::KeyRejected { .. }) => {
-            eprintln!("error: {e}");
-            return Ok(3);
-        }
+        Err(e @ ApiError::KeyRejected { .. }) => return Err(e.into()),
         Err(e) => {
             tracing::warn!(error = %e, "the Cases API is not reachable yet; passes will retry on schedule")
         }
