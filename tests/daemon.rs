@@ -500,3 +500,51 @@ async fn a_once_beside_a_running_daemon_and_a_second_daemon_change_nothing_twice
     let applied = rows.iter().filter(|r| r.outcome == "applied").count();
     assert_eq!(applied, 200);
 }
+
+/// The daemon loop in this process (`daemon::run_until`), stopped by a future the test
+/// completes: passes run on schedule, every case is changed once, and it exits 0 with
+/// its passes finished.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_loop_runs_in_process_until_its_shutdown_future_completes() {
+    let sim = start(sim_options(40)).await;
+    let ws = Workspace::new(
+        &sim.url,
+        "legacy",
+        &format!("{EVERY_SECOND}\nmax_change_fraction = 1.0"),
+        Some(&[("tag.rhai", TAG_ALL)]),
+    );
+    let config = casewarden::config::Config::load(&ws.config()).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(casewarden::daemon::run_until(
+        config,
+        async {
+            let _ = stopped.await;
+        },
+        std::future::pending(),
+    ));
+    let done = wait_passes(&ws, 2, 20).await;
+    assert!(done.iter().filter(|p| p.finished_at.is_some()).count() >= 2);
+    stop.send(()).unwrap();
+    let code = tokio::time::timeout(Duration::from_secs(30), daemon)
+        .await
+        .expect("the loop stops once its shutdown future completes")
+        .unwrap()
+        .unwrap();
+    assert_eq!(code, 0);
+    assert_eq!(changed_by_api(&sim, Some("tags")).len(), 40);
+    let applied = ws
+        .audit(Filter {
+            outcome: Some(casewarden::audit::Outcome::Applied),
+            ..Filter::default()
+        })
+        .await;
+    assert_eq!(
+        applied.len(),
+        40,
+        "each case tagged once, by the first pass"
+    );
+    assert!(
+        passes(&ws).await.iter().all(|p| p.finished_at.is_some()),
+        "no pass left open"
+    );
+}

@@ -1,19 +1,23 @@
-//! `casewarden run`: schedules passes with cron, reloads rules on SIGHUP or when their
-//! files change, disables rules that fail everywhere, stops cleanly on SIGTERM, and talks
-//! to systemd (READY, STATUS, WATCHDOG) and Prometheus.
+//! `casewarden run`: passes on their cron schedules until SIGTERM/SIGINT, rules reloaded
+//! on SIGHUP or when their files change, rules that fail everywhere disabled, and the
+//! state told to systemd and Prometheus. Each concern has its room: `schedule`, `watch`,
+//! `breaker` (pure), `http`, `systemd`; this file starts them and runs the loop.
 
 mod breaker;
+mod http;
+mod schedule;
+mod systemd;
+mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use sd_notify::NotifyState;
-use tokio::sync::mpsc;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch as signal_count;
 use tokio::task::JoinSet;
-use tokio_cron_scheduler::{Job, JobScheduler};
 
 use crate::app::App;
 use crate::audit::{NewEvent, Outcome};
@@ -23,84 +27,117 @@ use crate::pass::{self, PassContext, PassOptions, PassReport, PassStatus};
 use crate::rules::RuleSet;
 use crate::stellar::ApiError;
 use breaker::Breaker;
+use schedule::Schedule;
+use watch::{WATCH_INTERVAL, Watch};
 
-/// How often the rules folder is checked for changes; a change is acted on once it has
-/// been stable for one interval, so an editor's save-in-steps causes one reload.
-const WATCH_INTERVAL: Duration = Duration::from_secs(2);
-/// Ticks arriving this close together share one fetch.
-const TICK_GATHER: Duration = Duration::from_millis(200);
-
-/// State shared by the coordinator, the pass tasks and the HTTP endpoints.
+/// What the loop, the pass tasks and the HTTP endpoints share.
 struct Shared {
     config: Config,
     ctx: PassContext,
     metrics: Arc<Metrics>,
-    rules: Mutex<RuleSet>,
-    breaker: Mutex<Breaker>,
-    /// Schedules with a pass in flight.
-    running: Mutex<BTreeSet<String>>,
-    /// Schedule -> status of its last pass.
-    last: Mutex<BTreeMap<String, PassStatus>>,
+    state: Mutex<State>,
     cancel: Arc<AtomicBool>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+/// The daemon's changing state, behind one lock (never held across an await).
+struct State {
+    rules: RuleSet,
+    breaker: Breaker,
+    /// Schedules with a pass in flight.
+    running: BTreeSet<String>,
+    /// Schedule -> status of its last pass.
+    last: BTreeMap<String, PassStatus>,
 }
 
-fn notify(state: &[NotifyState]) {
-    if let Err(e) = sd_notify::notify(state) {
-        tracing::debug!(error = %e, "sd_notify failed");
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// The schedule of each rule (its own or the daemon's), grouped.
-fn schedules(set: &RuleSet, default: &str) -> BTreeMap<String, Vec<String>> {
-    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for r in set.rules.iter().filter(|r| r.enabled) {
-        let s = r.schedule.clone().unwrap_or_else(|| default.to_string());
-        out.entry(s).or_default().push(r.name.clone());
-    }
-    out
-}
-
-fn log_next_runs(groups: &BTreeMap<String, Vec<String>>) {
-    for (schedule, rules) in groups {
-        let next = crate::cron::next_run(schedule).unwrap_or_default();
-        tracing::info!(%schedule, next_run = %next, rules = %rules.join(", "), "schedule");
-    }
-}
-
-/// A cheap fingerprint of the rules folder: names, sizes and modification times.
-fn dir_state(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
-    let mut out: Vec<_> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().extension().is_some_and(|x| x == "rhai"))
-        .map(|e| {
-            let meta = e.metadata().ok();
-            (
-                e.path(),
-                meta.as_ref().map_or(0, |m| m.len()),
-                meta.and_then(|m| m.modified().ok()),
-            )
-        })
-        .collect();
-    out.sort();
-    out
-}
-
-/// Starts the daemon and runs until SIGTERM/SIGINT; returns the exit code.
+/// Starts the daemon and runs until SIGTERM/SIGINT (a second one stops at once); returns
+/// the exit code.
 pub async fn run(config: Config) -> anyhow::Result<u8> {
     // Handlers first: a signal during start-up (reconciliation can take a while) must not
     // kill the process with the default action.
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = signal(SignalKind::hangup())?;
+    let stops = count_stop_signals()?;
+    run_until(config, nth_stop(stops.clone(), 1), nth_stop(stops, 2)).await
+}
+
+/// Counts SIGTERM and SIGINT as they arrive.
+fn count_stop_signals() -> std::io::Result<signal_count::Receiver<u32>> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let (tx, rx) = signal_count::channel(0);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tx.send_modify(|n| *n += 1);
+        }
+    });
+    Ok(rx)
+}
+
+async fn nth_stop(mut count: signal_count::Receiver<u32>, n: u32) {
+    let _ = count.wait_for(|c| *c >= n).await;
+}
+
+/// The daemon until `shutdown` completes: then running passes get the shutdown timeout to
+/// finish their in-flight requests, or until `force` completes (exit 130).
+pub async fn run_until(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    force: impl Future<Output = ()>,
+) -> anyhow::Result<u8> {
+    let mut hup = signal(SignalKind::hangup())?;
+    let shared = start(config).await?;
+    let groups = schedule::groups(&shared.state().rules, &shared.config.daemon.schedule);
+    let (mut schedule, mut ticks) = Schedule::start(&groups).await?;
+    let mut watch = Watch::new(&shared.config.daemon.rules_dir);
+    let mut watch_tick = tokio::time::interval(WATCH_INTERVAL);
+    let watchdog = systemd::watchdog_interval();
+    let mut pet = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+    let mut passes: JoinSet<()> = JoinSet::new();
+    systemd::ready("waiting for the first tick");
+    tracing::info!(
+        rules = shared.state().rules.rules.len(),
+        "casewarden started"
+    );
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            Some(first) = ticks.recv() => {
+                let due = schedule::gather(first, &mut ticks).await;
+                start_pass(&shared, due, &mut passes);
+            }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading rules");
+                watch::reload(&shared, &mut schedule).await;
+                watch.reset();
+            }
+            _ = watch_tick.tick() => if watch.settled_change() {
+                tracing::info!("rules folder changed: reloading rules");
+                watch::reload(&shared, &mut schedule).await;
+            },
+            _ = pet.tick(), if watchdog.is_some() => systemd::pet_watchdog(),
+            Some(_) = passes.join_next(), if !passes.is_empty() => {}
+            _ = &mut shutdown => break,
+        }
+    }
+    systemd::stopping();
+    shared.cancel.store(true, Ordering::SeqCst);
+    schedule.shutdown().await;
+    Ok(drain(&shared, passes, force).await)
+}
+
+/// Everything before the loop: the app, the key checked, earlier changes settled, the
+/// HTTP endpoints listening.
+async fn start(config: Config) -> anyhow::Result<Arc<Shared>> {
     let metrics = Metrics::new();
-    let App { rules: set, ctx } = App::build(&config, Some(metrics.clone()))
+    let App { rules, ctx } = App::build(&config, Some(metrics.clone()))
         .await
         .map_err(|e| anyhow::Error::new(e).context("not starting"))?;
     match ctx.client.authenticate().await {
@@ -114,83 +151,19 @@ pub async fn run(config: Config) -> anyhow::Result<u8> {
     let shared = Arc::new(Shared {
         ctx,
         metrics,
-        rules: Mutex::new(set),
-        breaker: Mutex::new(Breaker::new(config.daemon.breaker_passes)),
-        running: Mutex::new(BTreeSet::new()),
-        last: Mutex::new(BTreeMap::new()),
+        state: Mutex::new(State {
+            rules,
+            breaker: Breaker::new(config.daemon.breaker_passes),
+            running: BTreeSet::new(),
+            last: BTreeMap::new(),
+        }),
         cancel: Arc::new(AtomicBool::new(false)),
         config,
     });
     if let Some(listen) = shared.config.daemon.listen.clone() {
-        serve_http(shared.clone(), &listen).await?;
+        http::serve(shared.clone(), &listen).await?;
     }
-
-    let (tick_tx, mut tick_rx) = mpsc::channel::<String>(64);
-    let mut scheduler = JobScheduler::new().await?;
-    let mut jobs = Vec::new();
-    let groups = schedules(&lock(&shared.rules), &shared.config.daemon.schedule);
-    add_jobs(&scheduler, &groups, &tick_tx, &mut jobs).await?;
-    log_next_runs(&groups);
-    scheduler.start().await?;
-
-    let mut watch = tokio::time::interval(WATCH_INTERVAL);
-    let watchdog = sd_notify::watchdog_enabled();
-    let mut pet = tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |d| d / 2));
-    let mut seen_dir = dir_state(&shared.config.daemon.rules_dir);
-    let mut pending_dir: Option<Vec<_>> = None;
-    let mut passes: JoinSet<()> = JoinSet::new();
-
-    notify(&[
-        NotifyState::Ready,
-        NotifyState::Status("waiting for the first tick"),
-    ]);
-    tracing::info!(
-        rules = lock(&shared.rules).rules.len(),
-        "casewarden started"
-    );
-    loop {
-        tokio::select! {
-            Some(schedule) = tick_rx.recv() => {
-                let mut due = BTreeSet::from([schedule]);
-                let gather = tokio::time::sleep(TICK_GATHER);
-                tokio::pin!(gather);
-                loop {
-                    tokio::select! {
-                        Some(more) = tick_rx.recv() => { due.insert(more); }
-                        _ = &mut gather => break,
-                    }
-                }
-                start_pass(&shared, due, &mut passes);
-            }
-            _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading rules");
-                reload(&shared, &scheduler, &tick_tx, &mut jobs).await;
-                seen_dir = dir_state(&shared.config.daemon.rules_dir);
-            }
-            _ = watch.tick() => {
-                let now = dir_state(&shared.config.daemon.rules_dir);
-                if now == seen_dir {
-                    pending_dir = None;
-                } else if pending_dir.as_ref() == Some(&now) {
-                    tracing::info!("rules folder changed: reloading rules");
-                    reload(&shared, &scheduler, &tick_tx, &mut jobs).await;
-                    seen_dir = now;
-                    pending_dir = None;
-                } else {
-                    pending_dir = Some(now);
-                }
-            }
-            _ = pet.tick(), if watchdog.is_some() => notify(&[NotifyState::Watchdog]),
-            Some(_) = passes.join_next(), if !passes.is_empty() => {}
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-        }
-    }
-
-    notify(&[NotifyState::Stopping]);
-    shared.cancel.store(true, Ordering::SeqCst);
-    let _ = scheduler.shutdown().await;
-    Ok(drain(&shared, passes, &mut term, &mut int).await)
+    Ok(shared)
 }
 
 /// Settles what an earlier process left before saying READY, when no pass of another
@@ -207,14 +180,9 @@ async fn settle_at_start(ctx: &PassContext) {
     }
 }
 
-/// Lets running passes finish their in-flight requests (up to the shutdown timeout; a
-/// second signal exits at once) and closes the audit store; returns the exit code.
-async fn drain(
-    shared: &Shared,
-    mut passes: JoinSet<()>,
-    term: &mut tokio::signal::unix::Signal,
-    int: &mut tokio::signal::unix::Signal,
-) -> u8 {
+/// Lets running passes finish their in-flight requests (up to the shutdown timeout;
+/// `force` exits at once) and closes the audit store; returns the exit code.
+async fn drain(shared: &Shared, mut passes: JoinSet<()>, force: impl Future<Output = ()>) -> u8 {
     let timeout = Duration::from_secs(shared.config.daemon.shutdown_timeout_secs);
     tracing::info!(
         running = passes.len(),
@@ -224,11 +192,7 @@ async fn drain(
     let drained = async { while passes.join_next().await.is_some() {} };
     tokio::select! {
         _ = tokio::time::timeout(timeout, drained) => {}
-        _ = term.recv() => {
-            tracing::warn!("second signal: exiting now; the next start reconciles what was in flight");
-            return 130;
-        }
-        _ = int.recv() => {
+        _ = force => {
             tracing::warn!("second signal: exiting now; the next start reconciles what was in flight");
             return 130;
         }
@@ -245,38 +209,16 @@ async fn drain(
     0
 }
 
-async fn add_jobs(
-    scheduler: &JobScheduler,
-    groups: &BTreeMap<String, Vec<String>>,
-    tx: &mpsc::Sender<String>,
-    jobs: &mut Vec<uuid::Uuid>,
-) -> anyhow::Result<()> {
-    for schedule in groups.keys() {
-        let tx = tx.clone();
-        let name = schedule.clone();
-        let job = Job::new_async(schedule.as_str(), move |_, _| {
-            let tx = tx.clone();
-            let name = name.clone();
-            Box::pin(async move {
-                let _ = tx.send(name).await;
-            })
-        })?;
-        jobs.push(scheduler.add(job).await?);
-    }
-    Ok(())
-}
-
 /// Runs one pass for the rules of the due schedules that are not still running.
 fn start_pass(shared: &Arc<Shared>, due: BTreeSet<String>, passes: &mut JoinSet<()>) {
     let (set, names, schedules) = {
-        let set = lock(&shared.rules).clone();
-        let groups = schedules(&set, &shared.config.daemon.schedule);
-        let breaker = lock(&shared.breaker);
-        let mut running = lock(&shared.running);
+        let mut state = shared.state();
+        let set = state.rules.clone();
+        let groups = schedule::groups(&set, &shared.config.daemon.schedule);
         let mut names = Vec::new();
         let mut taken = Vec::new();
         for schedule in due {
-            if running.contains(&schedule) {
+            if state.running.contains(&schedule) {
                 shared.metrics.ticks_skipped.inc();
                 tracing::warn!(%schedule, "tick skipped: the previous pass of this schedule is still running");
                 continue;
@@ -284,8 +226,13 @@ fn start_pass(shared: &Arc<Shared>, due: BTreeSet<String>, passes: &mut JoinSet<
             let Some(rules) = groups.get(&schedule) else {
                 continue;
             };
-            names.extend(rules.iter().filter(|r| !breaker.is_disabled(r)).cloned());
-            running.insert(schedule.clone());
+            names.extend(
+                rules
+                    .iter()
+                    .filter(|r| !state.breaker.is_disabled(r))
+                    .cloned(),
+            );
+            state.running.insert(schedule.clone());
             taken.push(schedule);
         }
         (set, names, taken)
@@ -299,19 +246,13 @@ fn start_pass(shared: &Arc<Shared>, due: BTreeSet<String>, passes: &mut JoinSet<
         let report = if names.is_empty() {
             None
         } else {
-            let claimed = pass::run_claimed(
-                &shared.ctx,
-                &set,
-                &PassOptions {
-                    only: names,
-                    trigger: format!("schedule {}", schedules.join(" + ")),
-                    cancel: Some(shared.cancel.clone()),
-                    ..PassOptions::default()
-                },
-                Duration::ZERO,
-            )
-            .await;
-            match claimed {
+            let options = PassOptions {
+                only: names,
+                trigger: format!("schedule {}", schedules.join(" + ")),
+                cancel: Some(shared.cancel.clone()),
+                ..PassOptions::default()
+            };
+            match pass::run_claimed(&shared.ctx, &set, &options, Duration::ZERO).await {
                 Ok(report) => Some(report),
                 Err(e) => {
                     shared.metrics.ticks_skipped.inc();
@@ -323,12 +264,11 @@ fn start_pass(shared: &Arc<Shared>, due: BTreeSet<String>, passes: &mut JoinSet<
         if let Some(report) = &report {
             after_pass(&shared, &set, report, started.elapsed()).await;
         }
-        let mut running = lock(&shared.running);
-        let mut last = lock(&shared.last);
+        let mut state = shared.state();
         for s in schedules {
-            running.remove(&s);
+            state.running.remove(&s);
             if let Some(r) = &report {
-                last.insert(s, r.status);
+                state.last.insert(s, r.status);
             }
         }
     });
@@ -360,12 +300,12 @@ async fn after_pass(shared: &Shared, set: &RuleSet, report: &PassReport, took: D
             }
         }
     }
-    notify(&[NotifyState::Status(&format!(
+    systemd::status(&format!(
         "last pass {}: {}, {} cases, {} applied, {} failed",
         report.run_id, report.status, report.cases_seen, report.applied, report.failed
-    ))]);
+    ));
     let limit = shared.config.daemon.breaker_passes;
-    let newly_disabled = lock(&shared.breaker).record(&report.rules, |name| {
+    let newly_disabled = shared.state().breaker.record(&report.rules, |name| {
         set.rules
             .iter()
             .find(|r| r.name == name)
@@ -396,112 +336,5 @@ async fn after_pass(shared: &Shared, set: &RuleSet, report: &PassReport, took: D
         tracing::error!(rule = %name, file = %rule.file.display(), passes = limit, "CIRCUIT BREAKER: rule failed on every case for {limit} passes in a row; disabled until its file changes");
     }
     m.rules_disabled
-        .set(lock(&shared.breaker).disabled_count() as i64);
-}
-
-/// Reloads the rules folder atomically: all rules compile, or the old set stays.
-async fn reload(
-    shared: &Arc<Shared>,
-    scheduler: &JobScheduler,
-    tx: &mpsc::Sender<String>,
-    jobs: &mut Vec<uuid::Uuid>,
-) {
-    notify(&[NotifyState::Reloading]);
-    match RuleSet::load_dir(&shared.config.daemon.rules_dir) {
-        Err(errors) => {
-            for e in &errors {
-                tracing::error!("rule error: {e}");
-            }
-            tracing::error!(
-                errors = errors.len(),
-                "rules NOT reloaded: the previous set keeps running"
-            );
-        }
-        Ok(set) => {
-            {
-                let current: Vec<(String, String)> = set
-                    .rules
-                    .iter()
-                    .map(|r| (r.name.clone(), r.source_hash.clone()))
-                    .collect();
-                let mut breaker = lock(&shared.breaker);
-                for name in breaker.reloaded(&current) {
-                    tracing::info!(rule = %name, "rule file changed: re-enabling the rule the circuit breaker disabled");
-                }
-                shared
-                    .metrics
-                    .rules_disabled
-                    .set(breaker.disabled_count() as i64);
-            }
-            let groups = schedules(&set, &shared.config.daemon.schedule);
-            for id in jobs.drain(..) {
-                let _ = scheduler.remove(&id).await;
-            }
-            if let Err(e) = add_jobs(scheduler, &groups, tx, jobs).await {
-                tracing::error!(error = %e, "cannot schedule the reloaded rules");
-            }
-            log_next_runs(&groups);
-            tracing::info!(rules = set.rules.len(), fingerprint = %set.fingerprint, "rules reloaded");
-            *lock(&shared.rules) = set;
-        }
-    }
-    notify(&[NotifyState::Ready]);
-}
-
-async fn serve_http(shared: Arc<Shared>, listen: &str) -> anyhow::Result<()> {
-    use axum::http::StatusCode;
-    use axum::routing::get;
-    let app = axum::Router::new()
-        .route(
-            "/healthz",
-            get({
-                let shared = shared.clone();
-                move || async move {
-                    let mut reasons = Vec::new();
-                    if let Err(e) = shared.ctx.client.authenticate().await {
-                        reasons.push(format!("token: {e}"));
-                    }
-                    let last = lock(&shared.last).clone();
-                    for (schedule, status) in &last {
-                        if status.is_broken() {
-                            reasons.push(format!("last pass of {schedule:?} ended {status}"));
-                        }
-                    }
-                    let code = if reasons.is_empty() {
-                        StatusCode::OK
-                    } else {
-                        StatusCode::SERVICE_UNAVAILABLE
-                    };
-                    let body = serde_json::json!({
-                        "status": if reasons.is_empty() { "ok" } else { "unhealthy" },
-                        "reasons": reasons,
-                        "last_pass": last,
-                    });
-                    (code, axum::Json(body))
-                }
-            }),
-        )
-        .route(
-            "/metrics",
-            get(move || async move {
-                let text = shared.metrics.render(shared.ctx.client.token_renewals());
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4",
-                    )],
-                    text,
-                )
-            }),
-        );
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("daemon.listen {listen}: {e}"))?;
-    tracing::info!(%listen, "serving /healthz and /metrics");
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "the metrics server stopped");
-        }
-    });
-    Ok(())
+        .set(shared.state().breaker.disabled_count() as i64);
 }
