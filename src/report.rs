@@ -94,7 +94,7 @@ pub fn print_plans(out: &mut impl Write, plans: &[crate::plan::CasePlan]) -> std
                 .unwrap_or_else(|| "-".into())
         )?;
         for d in &p.decisions {
-            let change = crate::plan::describe_change(&d.field, d.old.as_deref(), d.new.as_deref());
+            let change = crate::plan::describe_change(d.field, d.old.as_deref(), d.new.as_deref());
             let status = match &d.skipped {
                 Some(why) => format!("  SKIPPED: {why}"),
                 None => String::new(),

@@ -154,7 +154,10 @@ impl<W: Write> Printer<W> {
 
 /// `old -> new` for fields, `+tag`/`-tag` for tags, the text for comments.
 fn describe_change(r: &EventRow) -> String {
-    crate::plan::describe_change(&r.field, r.old.as_deref(), r.new.as_deref())
+    match crate::plan::Field::parse(&r.field) {
+        Some(field) => crate::plan::describe_change(field, r.old.as_deref(), r.new.as_deref()),
+        None => r.new.clone().unwrap_or_default(),
+    }
 }
 
 /// A cell of the table: one line, no raw control characters, at most `width` wide.

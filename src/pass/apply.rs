@@ -9,7 +9,7 @@ use tracing::Instrument;
 
 use super::comment::{comment_texts, comment_trailer, rule_comment};
 use crate::audit::{NewEvent, Outcome};
-use crate::plan::{self, CasePlan};
+use crate::plan::{self, CasePlan, Field};
 use crate::stellar::{ApiError, Case, Client};
 
 /// Why a planned decision was not applied, and whether that is a failure or a skip.
@@ -154,7 +154,7 @@ impl Applier {
                     rule_hash: self.rule_hash.get(&d.rule).cloned().unwrap_or_default(),
                     case_id: p.case_id.clone(),
                     ticket_id: p.ticket_id,
-                    field: d.field.clone(),
+                    field: d.field.to_string(),
                     old: d.old.clone(),
                     new: d.new.clone(),
                     reason: String::new(),
@@ -187,8 +187,8 @@ async fn apply_case(
     let span = tracing::info_span!("case", case_id = %plan.case_id);
     async {
         let planned: Vec<usize> = (0..plan.decisions.len()).filter(|&i| plan.decisions[i].is_planned()).collect();
-        let fields: Vec<usize> = planned.iter().copied().filter(|&i| plan.decisions[i].field != "comment").collect();
-        let comments: Vec<usize> = planned.iter().copied().filter(|&i| plan.decisions[i].field == "comment").collect();
+        let fields: Vec<usize> = planned.iter().copied().filter(|&i| plan.decisions[i].field != Field::Comment).collect();
+        let comments: Vec<usize> = planned.iter().copied().filter(|&i| plan.decisions[i].field == Field::Comment).collect();
         let mut out = Vec::new();
         let update: DecisionResult = match plan.body() {
             Some(body) => match client.update_case(&plan.case_id, &body).await {
@@ -291,10 +291,10 @@ async fn read_back(
 }
 
 /// The fields of the plan's changes that `case` does not hold.
-fn unheld_fields(case: &Case, plan: &CasePlan) -> Vec<String> {
+fn unheld_fields(case: &Case, plan: &CasePlan) -> Vec<Field> {
     plan.field_changes()
         .filter(|d| !plan::case_holds(case, d))
-        .map(|d| d.field.clone())
+        .map(|d| d.field)
         .collect()
 }
 
@@ -319,7 +319,7 @@ fn holds(case: &Case, plan: &CasePlan) -> DecisionResult {
         Err(NotApplied::failed(
             format!(
                 "the server accepted the update but the case does not hold the new {}",
-                missing.join(", ")
+                missing.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(", ")
             ),
             None,
         ))
@@ -334,7 +334,7 @@ fn change_summary(plan: &CasePlan, fields: &[usize]) -> String {
         let what = format!(
             "{}: {}",
             d.field,
-            plan::describe_change(&d.field, d.old.as_deref(), d.new.as_deref())
+            plan::describe_change(d.field, d.old.as_deref(), d.new.as_deref())
         );
         let why = if d.reason.is_empty() {
             String::new()

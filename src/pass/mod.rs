@@ -22,7 +22,7 @@ use evaluate::{Evaluated, evaluate_cases, with_activities};
 
 use crate::audit::{AuditStore, ClaimError, NewEvent, Outcome, PassTotals};
 use crate::config::Config;
-use crate::plan::{self, CasePlan, ChangeKind, Decision};
+use crate::plan::{self, CasePlan, ChangeKind, Decision, Field};
 use crate::rules::limits::Limits;
 use crate::rules::{EvalEnv, EvalError, Rule, RuleSet};
 use crate::stellar::{Case, Client};
@@ -255,7 +255,7 @@ fn event(run_id: &str, rule: &Rule, plan: &CasePlan, d: &Decision, dry_run: bool
         rule_hash: rule.source_hash.clone(),
         case_id: plan.case_id.clone(),
         ticket_id: plan.ticket_id,
-        field: d.field.clone(),
+        field: d.field.to_string(),
         old: d.old.clone(),
         new: d.new.clone(),
         reason: match &d.skipped {
@@ -457,8 +457,10 @@ impl Stage<'_> {
         let ctx = self.ctx;
         let mut open: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
         for u in ctx.audit.unsettled().await? {
-            let key = plan::memory_key(&u.row.field, u.row.new.as_deref().unwrap_or(""));
-            open.entry(u.row.case_id).or_default().insert(key);
+            if let Some(field) = Field::parse(&u.row.field) {
+                let key = plan::memory_key(field, u.row.new.as_deref().unwrap_or(""));
+                open.entry(u.row.case_id).or_default().insert(key);
+            }
         }
         // The users list is fetched at most once per pass: now if casewarden's own user
         // id is needed to tell its changes apart, else when a rule first assigns by email.
@@ -549,12 +551,14 @@ impl Stage<'_> {
             .filter(|ev| !ev.requests.is_empty())
             .map(|ev| ev.case.id.as_str())
             .collect();
-        let mut memory: HashMap<String, Vec<(String, String)>> = HashMap::new();
+        let mut memory: HashMap<String, Vec<(Field, String)>> = HashMap::new();
         for row in ctx.audit.applied_changes(&ids).await? {
-            memory
-                .entry(row.case_id)
-                .or_default()
-                .push((row.field, row.new.unwrap_or_default()));
+            if let Some(field) = Field::parse(&row.field) {
+                memory
+                    .entry(row.case_id)
+                    .or_default()
+                    .push((field, row.new.unwrap_or_default()));
+            }
         }
         let mut deferred_events = Vec::new();
         for mut ev in evaluated {
@@ -584,7 +588,7 @@ impl Stage<'_> {
             }
             let applied = memory.remove(&ev.case.id).unwrap_or_default();
             let facts = plan::CaseFacts {
-                memory: plan::remember(applied.iter().map(|(f, n)| (f.as_str(), n.as_str()))),
+                memory: plan::remember(applied.iter().map(|(f, n)| (*f, n.as_str()))),
                 open: state.open.get(&ev.case.id).cloned().unwrap_or_default(),
             };
             let flavor = ctx.client.flavor();

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use super::PassContext;
 use super::comment::{comment_texts, comment_trailer, rule_comment};
 use crate::audit::{AuditError, Lease, NewEvent, Outcome, Unsettled};
-use crate::plan::{self, Decision};
+use crate::plan::{self, Decision, Field};
 use crate::stellar::Case;
 
 /// Rows settled per audit transaction, so a process killed while reconciling keeps what
@@ -75,7 +75,7 @@ pub async fn reconcile(
     };
     let with_comments: Vec<String> = rows
         .iter()
-        .filter(|r| r.row.field == "comment")
+        .filter(|r| r.row.field == Field::Comment.as_str())
         .map(|r| r.row.case_id.clone())
         .collect();
     let now = chrono::Utc::now();
@@ -149,9 +149,11 @@ fn settle(
             .and_then(parse)
             .is_some_and(|at| now < at + window);
     let first = r.last_outcome.is_none();
-    let holds = match (&cases[&row.case_id], row.field.as_str()) {
+    let field = Field::parse(&row.field);
+    let holds = match (&cases[&row.case_id], field) {
         (Err(e), _) => Err(format!("cannot read the case back: {e}")),
-        (Ok(_), "comment") => match &comments[&row.case_id] {
+        (Ok(_), None) => Err(format!("not a field casewarden changes: {:?}", row.field)),
+        (Ok(_), Some(Field::Comment)) => match &comments[&row.case_id] {
             Ok(texts) => {
                 let line = rule_comment(&row.rule, row.new.as_deref());
                 let trailer = comment_trailer(&row.run_id);
@@ -161,11 +163,11 @@ fn settle(
             }
             Err(e) => Err(format!("cannot read the case's comments: {e}")),
         },
-        (Ok(case), _) => Ok(plan::case_holds(
+        (Ok(case), Some(field)) => Ok(plan::case_holds(
             case,
             &Decision {
                 rule: row.rule.clone(),
-                field: row.field.clone(),
+                field,
                 old: row.old.clone(),
                 new: row.new.clone(),
                 reason: row.reason.clone(),
@@ -178,8 +180,8 @@ fn settle(
         Ok(false) if may_still_land => (None, None),
         Ok(false) => (
             Some(Outcome::Failed),
-            Some(match (first, row.field.as_str()) {
-                (true, "comment") => "interrupted: the comment is not on the case".into(),
+            Some(match (first, field) {
+                (true, Some(Field::Comment)) => "interrupted: the comment is not on the case".into(),
                 (true, _) => "interrupted: the case does not hold the planned value".into(),
                 (false, _) => {
                     "not applied: the case does not hold it, and the request can no longer land"

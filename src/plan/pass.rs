@@ -6,7 +6,8 @@
 
 use std::collections::HashSet;
 
-use super::{CasePlan, Memory, RuleChanges, guard_trips, memory_key, plan_case, skip_overridden};
+use super::case::skip_overridden;
+use super::{CasePlan, Field, Memory, RuleChanges, memory_key, plan_case};
 use crate::stellar::{ApiFlavor, Case};
 
 /// The pass-wide limits, from `[daemon]`.
@@ -86,7 +87,7 @@ impl PassPlanner {
             for d in plan
                 .decisions
                 .iter_mut()
-                .filter(|d| d.field == "resolution" && d.is_planned())
+                .filter(|d| d.field == Field::Resolution && d.is_planned())
             {
                 d.skipped = Some("the legacy (4.3) update call has no resolution field; the status is set without it".into());
             }
@@ -95,7 +96,7 @@ impl PassPlanner {
         for d in plan.decisions.iter_mut().filter(|d| d.is_planned()) {
             if facts
                 .open
-                .contains(&memory_key(&d.field, d.new.as_deref().unwrap_or("")))
+                .contains(&memory_key(d.field, d.new.as_deref().unwrap_or("")))
             {
                 d.skipped = Some("an earlier change of this field is not settled yet (its answer was lost); it is read back before a later pass and never sent twice".into());
             }
@@ -168,9 +169,22 @@ impl PassPlanner {
     }
 }
 
+/// The blast-radius guard: does a rule that wants to change `changed` of the `seen` cases
+/// it looked at exceed the allowed fraction? Below `min_cases` seen, never.
+fn guard_trips(changed: usize, seen: usize, max_fraction: f64, min_cases: usize) -> bool {
+    seen >= min_cases.max(1) && changed as f64 > max_fraction * seen as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guard_threshold() {
+        assert!(!guard_trips(30, 39, 0.25, 40));
+        assert!(!guard_trips(10, 40, 0.25, 40));
+        assert!(guard_trips(11, 40, 0.25, 40));
+    }
     use crate::plan::{Change, ChangeKind, remember};
     use serde_json::json;
 
@@ -274,7 +288,7 @@ mod tests {
         let mut p = planner(100);
         let c = case("1");
         let facts = CaseFacts {
-            memory: remember([("priority", "High")]),
+            memory: remember([(Field::Priority, "High")]),
             open: HashSet::from(["tags:x".to_string()]),
         };
         let kinds = [
