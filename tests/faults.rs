@@ -214,7 +214,7 @@ async fn a_crash_before_a_comment_is_reconciled_from_the_case_comments() {
     let settled = |id: &str| {
         rows.iter()
             .find(|r| r.case_id == id && r.planned_seq.is_some())
-            .map(|r| (r.outcome.clone(), r.error.clone()))
+            .map(|r| (r.outcome.to_string(), r.error.clone()))
             .unwrap()
     };
     assert_eq!(settled(&ids[0]), ("applied".to_string(), None));

@@ -6,6 +6,7 @@ pub mod report;
 
 pub use lease::{Claim, ClaimError, HEARTBEAT, Held, Lease};
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -56,8 +57,9 @@ fn with_hint(e: &sqlx::Error) -> String {
 }
 
 /// What happened to a decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
 #[serde(rename_all = "lowercase")]
+#[sqlx(rename_all = "lowercase")]
 pub enum Outcome {
     Planned,
     Applied,
@@ -76,6 +78,40 @@ impl Outcome {
             Outcome::Skipped => "skipped",
             Outcome::Unknown => "unknown",
         }
+    }
+
+    pub const ALL: [Outcome; 5] = [
+        Outcome::Planned,
+        Outcome::Applied,
+        Outcome::Failed,
+        Outcome::Skipped,
+        Outcome::Unknown,
+    ];
+}
+
+impl FromStr for Outcome {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Outcome, String> {
+        Outcome::ALL
+            .into_iter()
+            .find(|o| o.as_str() == s)
+            .ok_or_else(|| {
+                format!("{s:?} is not an outcome: planned, applied, failed, skipped or unknown")
+            })
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Rows read back compare with the names scripts and tests know them by.
+impl PartialEq<&str> for Outcome {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
     }
 }
 
@@ -114,7 +150,7 @@ pub struct EventRow {
     pub new: Option<String>,
     pub reason: String,
     pub dry_run: bool,
-    pub outcome: String,
+    pub outcome: Outcome,
     pub error: Option<String>,
     pub http_status: Option<i64>,
     pub planned_seq: Option<i64>,
@@ -453,7 +489,7 @@ impl AuditStore {
                 new: e.new.clone(),
                 reason: e.reason.clone(),
                 dry_run: e.dry_run,
-                outcome: e.outcome.unwrap_or(Outcome::Planned).as_str().to_string(),
+                outcome: e.outcome.unwrap_or(Outcome::Planned),
                 error: e.error.clone(),
                 http_status: e.http_status,
                 planned_seq: e.planned_seq,

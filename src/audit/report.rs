@@ -90,7 +90,7 @@ impl<W: Write> Printer<W> {
                     opt(&r.new),
                     r.reason.clone(),
                     r.dry_run.to_string(),
-                    r.outcome.clone(),
+                    r.outcome.to_string(),
                     opt(&r.error),
                     num(r.http_status),
                     num(r.planned_seq),
@@ -112,7 +112,7 @@ impl<W: Write> Printer<W> {
                 let outcome = if r.dry_run {
                     format!("{} (dry)", r.outcome)
                 } else {
-                    r.outcome.clone()
+                    r.outcome.to_string()
                 };
                 let note = match (&r.error, r.planned_seq) {
                     (Some(e), _) => format!("error: {e}"),

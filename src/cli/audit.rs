@@ -48,8 +48,8 @@ pub struct AuditQuery {
     /// Up to this time: RFC 3339 or a duration back from now
     #[arg(long, value_name = "T")]
     pub until: Option<String>,
-    /// Only rows with this outcome
-    #[arg(long, value_enum, value_name = "O")]
+    /// Only rows with this outcome: planned, applied, failed, skipped, unknown
+    #[arg(long, value_name = "O")]
     pub outcome: Option<Outcome>,
     /// Only rows of this pass (run_id)
     #[arg(long = "pass", value_name = "RUN_ID")]

@@ -319,7 +319,11 @@ fn holds(case: &Case, plan: &CasePlan) -> DecisionResult {
         Err(NotApplied::failed(
             format!(
                 "the server accepted the update but the case does not hold the new {}",
-                missing.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(", ")
+                missing
+                    .iter()
+                    .map(|f| f.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             None,
         ))

@@ -181,7 +181,9 @@ fn settle(
         Ok(false) => (
             Some(Outcome::Failed),
             Some(match (first, field) {
-                (true, Some(Field::Comment)) => "interrupted: the comment is not on the case".into(),
+                (true, Some(Field::Comment)) => {
+                    "interrupted: the comment is not on the case".into()
+                }
                 (true, _) => "interrupted: the case does not hold the planned value".into(),
                 (false, _) => {
                     "not applied: the case does not hold it, and the request can no longer land"

@@ -139,12 +139,7 @@ fn target(kind: &ChangeKind) -> Option<((Field, &str), &str)> {
 /// The decisions one change produces before conflicts: (field, old, new, no-op?).
 fn describe(case: &Case, kind: &ChangeKind) -> Vec<(Field, Option<String>, String, bool)> {
     let field = |name: Field, old: &str, new: &str| {
-        (
-            name,
-            Some(old.to_string()),
-            new.to_string(),
-            old == new,
-        )
+        (name, Some(old.to_string()), new.to_string(), old == new)
     };
     match kind {
         ChangeKind::Priority(p) => vec![field(Field::Priority, case.priority(), p)],
