@@ -520,7 +520,7 @@ impl AuditStore {
                     .push_bind(row.new.clone())
                     .push_bind(row.reason.clone())
                     .push_bind(row.dry_run)
-                    .push_bind(row.outcome.clone())
+                    .push_bind(row.outcome)
                     .push_bind(row.error.clone())
                     .push_bind(row.http_status)
                     .push_bind(row.planned_seq)
