@@ -253,12 +253,12 @@ async fn comments_users_and_tenants() {
     let id = sim.state().cases[1]["_id"].as_str().unwrap().to_string();
     client.add_comment(&id, "hello from a test").await.unwrap();
     let comments = client.list_comments(&id).await.unwrap();
-    assert_eq!(comments[0]["comment"], "hello from a test");
+    assert_eq!(comments[0].text, "hello from a test");
     let users = client.list_users().await.unwrap();
     assert!(
         users
             .iter()
-            .any(|u| u["email"] == USER && u["user_id"].as_str().unwrap().len() == 32)
+            .any(|u| u.email.as_deref() == Some(USER) && u.id.len() == 32)
     );
     assert_eq!(client.list_tenants().await.unwrap().len(), 3);
 }

@@ -1,8 +1,6 @@
 //! The comment text contract: what casewarden writes on a case, and how it finds its own
 //! comments again.
 
-use serde_json::Value;
-
 use crate::stellar::{ApiError, Client};
 
 /// A rule's `comment(..)` as it appears in the posted comment.
@@ -21,8 +19,7 @@ pub(super) async fn comment_texts(client: &Client, case_id: &str) -> Result<Vec<
     Ok(client
         .list_comments(case_id)
         .await?
-        .iter()
-        .filter_map(|c| c.get("comment").and_then(Value::as_str))
-        .map(str::to_string)
+        .into_iter()
+        .map(|c| c.text)
         .collect())
 }

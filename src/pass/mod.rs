@@ -738,13 +738,8 @@ async fn write_outcomes(
 async fn user_index(client: &Client) -> HashMap<String, String> {
     match client.list_users().await {
         Ok(users) => users
-            .iter()
-            .filter_map(|u| {
-                Some((
-                    u.get("email")?.as_str()?.to_lowercase(),
-                    u.get("user_id")?.as_str()?.to_string(),
-                ))
-            })
+            .into_iter()
+            .filter_map(|u| Some((u.email?.to_lowercase(), u.id)))
             .collect(),
         Err(e) => {
             tracing::warn!(error = %e, "cannot list users: assignments by email fail this pass, and casewarden's own history entries are matched by email only");

@@ -22,7 +22,7 @@ use tracing::Instrument;
 pub use auth::Credentials;
 pub use error::ApiError;
 pub use flavor::ApiFlavor;
-pub use model::{Case, CaseParseError};
+pub use model::{Case, CaseParseError, Comment, Tenant, User};
 
 use crate::secret::Secret;
 use error::{excerpt, redirect};
@@ -381,19 +381,25 @@ impl Client {
         .map(|_| ())
     }
 
-    pub async fn list_comments(&self, id: &str) -> Result<Vec<Value>, ApiError> {
-        self.list_of(&format!("/connect/api/v1/cases/{}/comments", urlencode(id)))
-            .await
+    pub async fn list_comments(&self, id: &str) -> Result<Vec<Comment>, ApiError> {
+        let path = format!("/connect/api/v1/cases/{}/comments", urlencode(id));
+        Ok(typed(
+            self.list_of(&path).await?,
+            Comment::from_value,
+            "comment",
+        ))
     }
 
-    /// Users as the server lists them (`user_id`, `email`, ...).
-    pub async fn list_users(&self) -> Result<Vec<Value>, ApiError> {
-        self.list_of("/connect/api/v1/users").await
+    /// The server's users; an item without an id is left out.
+    pub async fn list_users(&self) -> Result<Vec<User>, ApiError> {
+        let items = self.list_of("/connect/api/v1/users").await?;
+        Ok(typed(items, User::from_value, "user"))
     }
 
-    /// Tenants as the server lists them (`cust_id`, `cust_name`, ...).
-    pub async fn list_tenants(&self) -> Result<Vec<Value>, ApiError> {
-        self.list_of("/connect/api/v1/tenants").await
+    /// The server's tenants (customers); an item without a `cust_id` is left out.
+    pub async fn list_tenants(&self) -> Result<Vec<Tenant>, ApiError> {
+        let items = self.list_of("/connect/api/v1/tenants").await?;
+        Ok(typed(items, Tenant::from_value, "tenant"))
     }
 
     async fn list_of(&self, path: &str) -> Result<Vec<Value>, ApiError> {
@@ -677,6 +683,20 @@ fn data_of(v: Value, what: &str) -> Result<Value, ApiError> {
             detail: format!("expected a JSON object, got {}", short(&other)),
         }),
     }
+}
+
+/// The items of a list answer that parse as `T`; the others are logged and left out.
+fn typed<T>(items: Vec<Value>, parse: fn(&Value) -> Option<T>, what: &str) -> Vec<T> {
+    items
+        .iter()
+        .filter_map(|v| {
+            let item = parse(v);
+            if item.is_none() {
+                tracing::debug!(item = %short(v), "a {what} the server listed lacks the fields casewarden reads; left out");
+            }
+            item
+        })
+        .collect()
 }
 
 fn short(v: &Value) -> String {

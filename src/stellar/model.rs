@@ -447,9 +447,88 @@ pub fn entity_of(raw: &Map<String, Value>) -> Option<Entity> {
         .and_then(parse_entity)
 }
 
+/// A user as `/users` lists it: the id assignments take and the email rules may name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: String,
+    pub email: Option<String>,
+}
+
+/// A comment on a case as `/cases/{id}/comments` lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Comment {
+    pub text: String,
+    /// Who wrote it (a user id or name, as the server gives it).
+    pub user: Option<String>,
+    pub created_at: Option<i64>,
+}
+
+/// A customer as `/tenants` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    pub id: String,
+    pub name: Option<String>,
+}
+
+fn text_of(v: &Value, keys: &[&str]) -> Option<String> {
+    keys.iter().find_map(|k| match v.get(k)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    })
+}
+
+impl User {
+    /// None for an item without an id (`user_id`, else `_id`).
+    pub fn from_value(v: &Value) -> Option<User> {
+        Some(User {
+            id: text_of(v, &["user_id", "_id"])?,
+            email: text_of(v, &["email"]),
+        })
+    }
+}
+
+impl Comment {
+    /// None for an item without a `comment` text.
+    pub fn from_value(v: &Value) -> Option<Comment> {
+        Some(Comment {
+            text: v.get("comment")?.as_str()?.to_string(),
+            user: text_of(v, &["user", "created_by"]),
+            created_at: v.get("created_at").and_then(Value::as_i64),
+        })
+    }
+}
+
+impl Tenant {
+    /// None for an item without a `cust_id`.
+    pub fn from_value(v: &Value) -> Option<Tenant> {
+        Some(Tenant {
+            id: text_of(v, &["cust_id", "_id"])?,
+            name: text_of(v, &["cust_name", "name"]),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn users_comments_and_tenants_read_what_casewarden_needs() {
+        let u = User::from_value(&json!({"user_id": "a1", "email": "bot@x"})).unwrap();
+        assert_eq!((u.id.as_str(), u.email.as_deref()), ("a1", Some("bot@x")));
+        assert_eq!(User::from_value(&json!({"_id": "b2"})).unwrap().id, "b2");
+        assert_eq!(User::from_value(&json!({"email": "no-id@x"})), None);
+        let c =
+            Comment::from_value(&json!({"comment": "hi", "user": "u9", "created_at": 5})).unwrap();
+        assert_eq!(
+            (c.text.as_str(), c.user.as_deref(), c.created_at),
+            ("hi", Some("u9"), Some(5))
+        );
+        assert_eq!(Comment::from_value(&json!({"user": "u9"})), None);
+        let t = Tenant::from_value(&json!({"cust_id": 7, "cust_name": "Acme"})).unwrap();
+        assert_eq!((t.id.as_str(), t.name.as_deref()), ("7", Some("Acme")));
+    }
     use serde_json::json;
 
     #[test]
