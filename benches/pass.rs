@@ -11,11 +11,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use casewarden::audit::AuditStore;
-use casewarden::config::ApiFlavor;
-use casewarden::pass::{PassContext, PassOptions, PassSettings, run_pass};
-use casewarden::rules::RuleSet;
-use casewarden::stellar::{Client, ClientSettings, credentials};
+use casewarden::app::App;
+use casewarden::config::Config;
+use casewarden::pass::{PassOptions, run_pass};
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
@@ -60,18 +58,24 @@ async fn main() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let client = Client::new(ClientSettings {
-        url: format!("http://127.0.0.1:{port}"),
-        flavor: Some(ApiFlavor::Legacy),
-        credentials: credentials(Some("demo@example.com"), "bench-key"),
-        ca_pem: None,
-        insecure_skip_tls_verify: false,
-        timeout: Duration::from_secs(60),
-        page_size: 500,
-        max_attempts: 3,
-        retry_base: Duration::from_millis(100),
-    })
+    // The same start-up as `casewarden once`: a config file, then App::build.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("api_key"), "bench-key\n").unwrap();
+    let rules_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("rules");
+    let config = Config::parse(
+        &format!(
+            "[stellar]\nurl = \"http://127.0.0.1:{port}\"\napi_flavor = \"legacy\"\n\
+             user = \"demo@example.com\"\napi_key_file = \"api_key\"\ntimeout_secs = 60\n\
+             page_size = 500\nmax_attempts = 3\nretry_base_ms = 100\n\n\
+             [daemon]\nrules_dir = {}\nmax_changes_per_run = 50000\npass_timeout_secs = 3600\n\n\
+             [audit]\npath = \"audit.db\"\n",
+            toml::Value::String(rules_dir.display().to_string())
+        ),
+        &dir.path().join("casewarden.toml"),
+    )
     .unwrap();
+    let App { rules: set, ctx } = App::build(&config, None).await.unwrap();
+    let client = ctx.client.clone();
 
     let start = Instant::now();
     let mut pager = client.list_cases(vec![
@@ -85,25 +89,6 @@ async fn main() {
     let list_time = start.elapsed();
     let rss_listing = support::peak_rss_kb();
 
-    let dir = tempfile::tempdir().unwrap();
-    let ctx = PassContext {
-        client,
-        audit: AuditStore::open(&dir.path().join("audit.db"))
-            .await
-            .unwrap(),
-        settings: PassSettings {
-            dry_run: false,
-            max_changes: 50_000,
-            comment_changes: true,
-            max_change_fraction: 0.25,
-            guard_min_cases: 40,
-            max_in_flight: 8,
-            settle_after: casewarden::pass::settle_after(Duration::from_secs(60)),
-            pass_timeout: Duration::from_secs(3600),
-            limits: Default::default(),
-        },
-    };
-    let set = RuleSet::load_dir(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("rules")).unwrap();
     let start = Instant::now();
     let report = run_pass(
         &ctx,

@@ -7,7 +7,6 @@ pub mod cli;
 pub mod config;
 pub mod cron;
 pub mod daemon;
-pub mod demo;
 pub mod metrics;
 pub mod pass;
 pub mod plan;

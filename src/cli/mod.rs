@@ -3,6 +3,7 @@
 
 mod audit;
 mod check;
+mod demo;
 mod exit;
 mod once;
 mod simulate;
@@ -14,13 +15,13 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 pub use audit::{AuditArgs, AuditCommand, AuditQuery};
 pub use check::CheckArgs;
+pub use demo::DemoArgs;
 pub use exit::{Exit, code_of};
 pub use once::OnceArgs;
 pub use simulate::SimulateArgs;
 pub use test_rule::{TestFormat, TestRuleArgs};
 
 use crate::config::Config;
-use crate::demo::DemoArgs;
 use crate::stellar::Client;
 
 #[derive(Debug, Parser)]
@@ -91,7 +92,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::TestRule(args) => test_rule::run(args),
         Command::Audit(args) => audit::run(&cli, args).await,
         Command::Simulate(args) => simulate::run(args).await,
-        Command::Demo(args) => crate::demo::run(args).await,
+        Command::Demo(args) => demo::run(args).await,
     }
 }
 

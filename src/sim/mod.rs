@@ -1099,6 +1099,35 @@ fn push_history(case: &mut Map<String, Value>, entry: Value) {
 }
 
 /// The (field, new value) pairs an update body asks for, or the 400 message.
+/// `value` as one of the `allowed` names of `what`, or the 400 message.
+fn one_of<'a>(value: &'a Value, what: &str, allowed: &[&str]) -> Result<&'a str, String> {
+    value
+        .as_str()
+        .filter(|v| allowed.contains(v))
+        .ok_or_else(|| {
+            format!(
+                "invalid {what} {value}: expected one of {}",
+                allowed.join(", ")
+            )
+        })
+}
+
+/// `tags.add` or `tags.delete` of an update: a list of strings, absent meaning none.
+fn tag_list(tags: &Value, key: &str) -> Result<Vec<String>, String> {
+    match tags.get(key) {
+        None => Ok(vec![]),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|t| {
+                t.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| format!("tags.{key} must hold strings"))
+            })
+            .collect(),
+        Some(_) => Err(format!("tags.{key} must be a list")),
+    }
+}
+
 fn validate_update(
     s: &SimState,
     body: &Map<String, Value>,
@@ -1108,27 +1137,11 @@ fn validate_update(
     for (key, value) in body {
         match key.as_str() {
             "status" => {
-                let v = value
-                    .as_str()
-                    .filter(|v| STATUSES.contains(v))
-                    .ok_or_else(|| {
-                        format!(
-                            "invalid status {value}: expected one of {}",
-                            STATUSES.join(", ")
-                        )
-                    })?;
+                let v = one_of(value, "status", &STATUSES)?;
                 out.push(("status".to_string(), json!(v)));
             }
             k if k == pkey => {
-                let v = value
-                    .as_str()
-                    .filter(|v| PRIORITIES.contains(v))
-                    .ok_or_else(|| {
-                        format!(
-                            "invalid {pkey} {value}: expected one of {}",
-                            PRIORITIES.join(", ")
-                        )
-                    })?;
+                let v = one_of(value, pkey, &PRIORITIES)?;
                 out.push((pkey.to_string(), json!(v)));
                 out.push((
                     "priority_num".to_string(),
@@ -1136,15 +1149,7 @@ fn validate_update(
                 ));
             }
             "resolution" if s.flavor == ApiFlavor::V5 => {
-                let v = value
-                    .as_str()
-                    .filter(|v| RESOLUTIONS.contains(v))
-                    .ok_or_else(|| {
-                        format!(
-                            "invalid resolution {value}: expected one of {}",
-                            RESOLUTIONS.join(", ")
-                        )
-                    })?;
+                let v = one_of(value, "resolution", &RESOLUTIONS)?;
                 if body.get("status").and_then(Value::as_str) != Some("Resolved") {
                     return Err("resolution is only accepted with status Resolved".into());
                 }
@@ -1176,24 +1181,10 @@ fn validate_update(
                 out.push(("description".to_string(), json!(v)));
             }
             "tags" => {
-                let list = |k: &str| -> Result<Vec<String>, String> {
-                    match value.get(k) {
-                        None => Ok(vec![]),
-                        Some(Value::Array(a)) => a
-                            .iter()
-                            .map(|t| {
-                                t.as_str()
-                                    .map(str::to_string)
-                                    .ok_or_else(|| format!("tags.{k} must hold strings"))
-                            })
-                            .collect(),
-                        Some(_) => Err(format!("tags.{k} must be a list")),
-                    }
-                };
                 if !value.is_object() {
                     return Err("tags must be {\"add\": [...], \"delete\": [...]}".into());
                 }
-                let (add, delete) = (list("add")?, list("delete")?);
+                let (add, delete) = (tag_list(value, "add")?, tag_list(value, "delete")?);
                 out.push(("tags".to_string(), json!({"add": add, "delete": delete})));
             }
             other => {

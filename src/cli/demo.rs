@@ -2,19 +2,19 @@
 //! the audit log they leave, so a newcomer sees the whole loop in one command.
 
 use std::io::Write;
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use futures::StreamExt;
 
+use crate::app::App;
 use crate::audit::report::{Format, Printer};
 use crate::audit::{AuditStore, Filter, Verification};
-use crate::config::ApiFlavor;
-use crate::pass::{PassContext, PassOptions, PassSettings, run_pass};
+use crate::config::Config;
+use crate::pass::{PassContext, PassOptions, run_pass};
 use crate::report::{print_plans, print_report};
 use crate::rules::RuleSet;
 use crate::sim::{SimOptions, Simulator};
-use crate::stellar::{Client, ClientSettings, credentials};
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -33,79 +33,61 @@ pub struct DemoArgs {
 const EXAMPLES: [(&str, &str); 5] = [
     (
         "10-escalate-aged-new.rhai",
-        include_str!("../rules/10-escalate-aged-new.rhai"),
+        include_str!("../../rules/10-escalate-aged-new.rhai"),
     ),
     (
         "20-sla-breach.rhai",
-        include_str!("../rules/20-sla-breach.rhai"),
+        include_str!("../../rules/20-sla-breach.rhai"),
     ),
     (
         "30-tag-by-entity.rhai",
-        include_str!("../rules/30-tag-by-entity.rhai"),
+        include_str!("../../rules/30-tag-by-entity.rhai"),
     ),
     (
         "40-assign-by-tag.rhai",
-        include_str!("../rules/40-assign-by-tag.rhai"),
+        include_str!("../../rules/40-assign-by-tag.rhai"),
     ),
     (
         "50-stale-low-resolve.rhai",
-        include_str!("../rules/50-stale-low-resolve.rhai"),
+        include_str!("../../rules/50-stale-low-resolve.rhai"),
     ),
 ];
 
 /// How many changed cases the demo lists in full.
 const SHOWN_CASES: usize = 8;
 
-fn rules(args: &DemoArgs) -> anyhow::Result<(RuleSet, String)> {
-    let dir = args
+/// The rules folder the demo runs: `--rules-dir`, else `./rules`, else the built-in
+/// examples written into `scratch`; and how to name it.
+fn rules_dir(args: &DemoArgs, scratch: &Path) -> anyhow::Result<(PathBuf, String)> {
+    let chosen = args
         .rules_dir
         .clone()
         .or_else(|| Some(PathBuf::from("rules")).filter(|d| d.is_dir()));
-    let loaded = match &dir {
-        Some(d) => RuleSet::load_dir(d).map(|s| (s, d.display().to_string())),
-        None => RuleSet::from_sources(
-            EXAMPLES
-                .iter()
-                .map(|(f, t)| (PathBuf::from(f), t.to_string()))
-                .collect(),
-        )
-        .map(|s| (s, "the built-in examples".to_string())),
-    };
-    loaded.map_err(|errors| {
-        let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-        anyhow::anyhow!("the demo's rules do not compile:\n{}", list.join("\n"))
-    })
+    if let Some(dir) = chosen {
+        let name = dir.display().to_string();
+        return Ok((std::path::absolute(&dir)?, name));
+    }
+    let dir = scratch.join("rules");
+    std::fs::create_dir(&dir)?;
+    for (file, text) in EXAMPLES {
+        std::fs::write(dir.join(file), text)?;
+    }
+    Ok((dir, "the built-in examples".into()))
 }
 
-/// The demo's pass context: the simulator's client and the daemon's default settings.
-fn context(url: &str, audit: AuditStore) -> anyhow::Result<PassContext> {
-    let defaults = crate::config::DaemonConfig::default();
-    let client = Client::new(ClientSettings {
-        url: url.to_string(),
-        flavor: Some(ApiFlavor::Legacy),
-        credentials: credentials(Some("demo@example.com"), "demo-key"),
-        ca_pem: None,
-        insecure_skip_tls_verify: false,
-        timeout: Duration::from_secs(10),
-        page_size: 100,
-        max_attempts: 3,
-        retry_base: Duration::from_millis(100),
-    })?;
-    Ok(PassContext {
-        client,
-        audit,
-        settings: PassSettings {
-            dry_run: false,
-            max_changes: defaults.max_changes_per_run,
-            comment_changes: true,
-            max_change_fraction: defaults.max_change_fraction,
-            guard_min_cases: defaults.guard_min_cases,
-            max_in_flight: 8,
-            settle_after: crate::pass::settle_after(Duration::from_secs(10)),
-            pass_timeout: Duration::from_secs(defaults.pass_timeout_secs),
-            limits: Default::default(),
-        },
-    })
+/// The demo's config, as a user would write it: the simulator, a key file, the rules and
+/// an audit log in `scratch`; everything else the defaults.
+fn config(scratch: &Path, url: &str, rules: &Path) -> anyhow::Result<Config> {
+    let key = scratch.join("api_key");
+    std::fs::write(&key, "demo-key\n")?;
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let rules = toml::Value::String(rules.display().to_string());
+    let text = format!(
+        "[stellar]\nurl = \"{url}\"\napi_flavor = \"legacy\"\nuser = \"demo@example.com\"\n\
+         api_key_file = \"api_key\"\ntimeout_secs = 10\nretry_base_ms = 100\n\n\
+         [daemon]\nrules_dir = {rules}\n\n[audit]\npath = \"audit.db\"\n"
+    );
+    Ok(Config::parse(&text, &scratch.join("casewarden.toml"))?)
 }
 
 /// One changed case's rows, the first pass's outcome counts, and `audit verify`.
@@ -145,9 +127,8 @@ async fn show_trail(
     Ok(())
 }
 
-pub async fn run(args: &DemoArgs) -> anyhow::Result<u8> {
+pub(super) async fn run(args: &DemoArgs) -> anyhow::Result<u8> {
     let mut out = std::io::stdout().lock();
-    let (set, from) = rules(args)?;
     writeln!(out, "casewarden demo")?;
     writeln!(out, "===============")?;
     writeln!(
@@ -155,26 +136,57 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<u8> {
         "1. Starting a simulated Stellar Cyber server with {} cases (seed {})...",
         args.cases, args.seed
     )?;
-    let sim = Simulator::start(
-        SimOptions {
-            cases: args.cases,
-            seed: args.seed,
-            ..SimOptions::default()
-        },
-        "127.0.0.1:0".parse()?,
-        None,
-    )
-    .await?;
+    let options = SimOptions {
+        cases: args.cases,
+        seed: args.seed,
+        ..SimOptions::default()
+    };
+    let sim = Simulator::start(options, "127.0.0.1:0".parse()?, None).await?;
     writeln!(out, "   listening on {}", sim.url)?;
+    let scratch = tempfile::tempdir()?;
+    let (dir, from) = rules_dir(args, scratch.path())?;
+    let App { rules: set, ctx } = App::build(&config(scratch.path(), &sim.url, &dir)?, None)
+        .await
+        .map_err(|e| anyhow::anyhow!("the demo cannot start: {e}"))?;
     writeln!(out, "2. Loaded {} rule(s) from {from}:", set.rules.len())?;
     for r in &set.rules {
         writeln!(out, "   - {:<20} {}", r.name, r.description)?;
     }
+    let (first_run, first_changed) = two_passes(&mut out, &ctx, &set).await?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "5. The audit trail of one changed case: intent (planned) before each request, outcome after:"
+    )?;
+    show_trail(&mut out, &ctx.audit, first_changed, &first_run).await?;
+    let (writes, comments) = {
+        let s = sim.state();
+        (
+            s.write_requests(),
+            s.comments.values().map(Vec::len).sum::<usize>(),
+        )
+    };
+    writeln!(out)?;
+    writeln!(
+        out,
+        "The simulator received {writes} write request(s) and holds {comments} comment(s) explaining the changes."
+    )?;
+    writeln!(
+        out,
+        "Next: `casewarden simulate` in one terminal, then `casewarden once --dry-run` against it (see README)."
+    )?;
+    ctx.audit.close().await;
+    sim.stop().await;
+    Ok(0)
+}
 
-    let dir = tempfile::tempdir()?;
-    let audit = AuditStore::open(&dir.path().join("audit.db")).await?;
-    let ctx = context(&sim.url, audit.clone())?;
-
+/// Two passes with their summaries, the first one's changed cases listed; returns the
+/// first pass's id and the case it changed most.
+async fn two_passes(
+    out: &mut impl Write,
+    ctx: &PassContext,
+    set: &RuleSet,
+) -> anyhow::Result<(String, Option<String>)> {
     let mut first_run = String::new();
     let mut first_changed = None;
     for (n, title) in [
@@ -185,15 +197,11 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<u8> {
         write!(out, "{}. Running the {title}... ", n + 2)?;
         out.flush()?;
         let started = Instant::now();
-        let report = run_pass(
-            &ctx,
-            &set,
-            &PassOptions {
-                trigger: "demo".into(),
-                ..PassOptions::default()
-            },
-        )
-        .await;
+        let options = PassOptions {
+            trigger: "demo".into(),
+            ..PassOptions::default()
+        };
+        let report = run_pass(ctx, set, &options).await;
         writeln!(out, "done in {} ms", started.elapsed().as_millis())?;
         if n == 1 {
             first_run = report.run_id.clone();
@@ -213,37 +221,12 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<u8> {
                 changed.len(),
                 changed.len().min(SHOWN_CASES)
             )?;
-            print_plans(&mut out, &changed[..changed.len().min(SHOWN_CASES)])?;
+            print_plans(out, &changed[..changed.len().min(SHOWN_CASES)])?;
         }
-        print_report(&mut out, &report)?;
+        print_report(out, &report)?;
         if report.has_failures() {
             writeln!(out, "   (unexpected failures: see the log above)")?;
         }
     }
-
-    writeln!(out)?;
-    writeln!(
-        out,
-        "5. The audit trail of one changed case: intent (planned) before each request, outcome after:"
-    )?;
-    show_trail(&mut out, &audit, first_changed, &first_run).await?;
-    let (writes, comments) = {
-        let s = sim.state();
-        (
-            s.write_requests(),
-            s.comments.values().map(Vec::len).sum::<usize>(),
-        )
-    };
-    writeln!(out)?;
-    writeln!(
-        out,
-        "The simulator received {writes} write request(s) and holds {comments} comment(s) explaining the changes."
-    )?;
-    writeln!(
-        out,
-        "Next: `casewarden simulate` in one terminal, then `casewarden once --dry-run` against it (see README)."
-    )?;
-    audit.close().await;
-    sim.stop().await;
-    Ok(0)
+    Ok((first_run, first_changed))
 }
