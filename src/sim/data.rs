@@ -157,16 +157,7 @@ fn one_case(
         rng,
         &[("Low", 30), ("Medium", 35), ("High", 25), ("Critical", 10)],
     );
-    let case_age = match (status, rng.u32(0..100)) {
-        ("New", 0..70) => age(rng, 5 * 60_000, 20 * HOUR),
-        ("New", 70..90) => age(rng, DAY, 10 * DAY),
-        // Some New cases nobody picked up for weeks: what the escalation rule is for.
-        ("New", _) => age(rng, 14 * DAY, 45 * DAY),
-        ("In Progress" | "Escalated", _) => age(rng, HOUR, 90 * DAY),
-        _ => age(rng, DAY, 180 * DAY),
-    };
-    let created = now - case_age;
-    let modified = created + (rng.f64() * case_age as f64 * 0.3) as i64;
+    let (created, modified) = created_and_modified(rng, status, now);
     let status_by = people[rng.usize(0..4)].clone();
     let acknowledged = if status == "New" && rng.u32(0..100) < 70 {
         0
@@ -235,6 +226,20 @@ fn one_case(
         ApiFlavor::V5 => to_v5(obj, rng, people, &status_by, tenant_name, priority, score),
     }
     case
+}
+
+/// When a case of `status` was created and last modified.
+fn created_and_modified(rng: &mut fastrand::Rng, status: &str, now: i64) -> (i64, i64) {
+    let case_age = match (status, rng.u32(0..100)) {
+        ("New", 0..70) => age(rng, 5 * 60_000, 20 * HOUR),
+        ("New", 70..90) => age(rng, DAY, 10 * DAY),
+        // Some New cases nobody picked up for weeks: what the escalation rule is for.
+        ("New", _) => age(rng, 14 * DAY, 45 * DAY),
+        ("In Progress" | "Escalated", _) => age(rng, HOUR, 90 * DAY),
+        _ => age(rng, DAY, 180 * DAY),
+    };
+    let created = now - case_age;
+    (created, created + (rng.f64() * case_age as f64 * 0.3) as i64)
 }
 
 /// `metadata.entity_id` in the forms real servers send: `asset,,IP`, `user,NAME,,IP`,
