@@ -239,7 +239,10 @@ fn created_and_modified(rng: &mut fastrand::Rng, status: &str, now: i64) -> (i64
         _ => age(rng, DAY, 180 * DAY),
     };
     let created = now - case_age;
-    (created, created + (rng.f64() * case_age as f64 * 0.3) as i64)
+    (
+        created,
+        created + (rng.f64() * case_age as f64 * 0.3) as i64,
+    )
 }
 
 /// `metadata.entity_id` in the forms real servers send: `asset,,IP`, `user,NAME,,IP`,
