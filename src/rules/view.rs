@@ -286,7 +286,7 @@ mod tests {
     /// Runs every expression of EXPRS on a view of `json` and on the plain map, returning
     /// the pairs of answers (as Rhai prints them, or the error).
     fn both_ways(json: &serde_json::Map<String, Value>) -> Vec<(&'static str, Answer, Answer)> {
-        let engine = super::super::library::engine();
+        let engine = super::super::engine::engine();
         let mut src = String::new();
         for (i, e) in EXPRS.iter().enumerate() {
             src.push_str(&format!(
@@ -303,9 +303,9 @@ mod tests {
             .map(|(i, e)| {
                 let f = FnPtr::new(format!("t{i}")).unwrap();
                 let run = |arg: Dynamic| {
-                    super::super::library::begin(&Default::default(), "t", None);
+                    super::super::engine::begin(&Default::default(), "t", None);
                     let r = f.call::<Dynamic>(&engine, &module, (arg,));
-                    super::super::library::finish();
+                    super::super::engine::finish();
                     r.map(|v| v.to_string()).map_err(|e| e.to_string())
                 };
                 (
@@ -376,7 +376,7 @@ mod tests {
 
     #[test]
     fn a_missing_function_is_still_an_error_naming_a_map() {
-        let engine = super::super::library::engine();
+        let engine = super::super::engine::engine();
         let ast = engine.compile("fn t(c) { c.frobnicate(1) }").unwrap();
         let module =
             AST::new_from_module(Module::eval_ast_as_new(Scope::new(), &ast, &engine).unwrap());

@@ -1,0 +1,230 @@
+//! Compiling one rule file: the Rhai AST, its `fn evaluate(c)`, and the `RULE` map's
+//! metadata, every problem located at file:line:col.
+
+use std::path::Path;
+
+use rhai::{AST, Engine, FnPtr, Position, Scope};
+use sha2::{Digest, Sha256};
+
+use super::engine::{self, EvalEnv};
+use super::eval::innermost;
+use super::{Rule, RuleError};
+use crate::stellar::filter;
+
+/// Line and column of the first occurrence of `needle` in `text` (1-based), or 1:1.
+pub(super) fn locate(text: &str, needle: &str) -> (usize, usize) {
+    text.lines()
+        .enumerate()
+        .find_map(|(i, l)| l.find(needle).map(|c| (i + 1, c + 1)))
+        .unwrap_or((1, 1))
+}
+
+/// Where the body of `fn evaluate` opens: the first `{` after its name, outside comments.
+fn body_start(text: &str) -> Position {
+    let code: String = text
+        .lines()
+        .map(|l| match l.find("//") {
+            Some(i) => &l[..i],
+            None => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let Some(brace) = code
+        .match_indices("fn evaluate")
+        .find_map(|(i, _)| code[i..].find('{').map(|b| i + b))
+    else {
+        return Position::NONE;
+    };
+    let before = &code[..brace];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |n| n + 1) + 1;
+    let clamp = |n: usize| n.min(usize::from(u16::MAX)) as u16;
+    Position::new(clamp(line), clamp(col))
+}
+
+pub(super) fn compile(engine: &Engine, file: &Path, text: &str) -> Result<Rule, Vec<RuleError>> {
+    let err = |line: usize, col: usize, message: String| {
+        vec![RuleError {
+            file: file.to_path_buf(),
+            line,
+            col,
+            message,
+        }]
+    };
+    let at = |needle: &str, message: String| {
+        let (line, col) = locate(text, needle);
+        err(line, col, message)
+    };
+    let mut ast = engine.compile(text).map_err(|e| {
+        err(
+            e.position().line().unwrap_or(0),
+            e.position().position().unwrap_or(0),
+            format!("syntax error: {}", e.err_type()),
+        )
+    })?;
+    ast.set_source(file.display().to_string());
+    if !ast
+        .iter_functions()
+        .any(|f| f.name == "evaluate" && f.params.len() == 1)
+    {
+        return Err(at(
+            "fn ",
+            "no `fn evaluate(c)` with one argument: every rule needs one".into(),
+        ));
+    }
+    let body = body_start(text);
+    // Run the top level once, only to read the RULE constant.
+    let mut scope = Scope::new();
+    engine::begin(&EvalEnv::default(), "<loading>", None);
+    let run = engine.run_ast_with_scope(&mut scope, &ast);
+    engine::finish();
+    if let Err(e) = run {
+        let (message, pos) = innermost(*e);
+        return Err(err(
+            pos.line().unwrap_or(0),
+            pos.position().unwrap_or(0),
+            format!("error while loading: {message}"),
+        ));
+    }
+    // Functions called later without re-running the top level still need its constants
+    // (`global::MAX_HOURS`): a module built from the AST encapsulates them with each function.
+    let module = rhai::Module::eval_ast_as_new(Scope::new(), &ast, engine).map_err(|e| {
+        let (message, pos) = innermost(*e);
+        err(
+            pos.line().unwrap_or(0),
+            pos.position().unwrap_or(0),
+            format!("error while loading: {message}"),
+        )
+    })?;
+    let Some(meta) = scope.get_value::<rhai::Map>("RULE") else {
+        return Err(err(
+            1,
+            1,
+            "no `const RULE = #{ name: \"...\", ... };` map at the top level".into(),
+        ));
+    };
+    let meta = read_meta(&meta, file, text)?;
+    let rule = Rule {
+        name: meta.name,
+        description: meta.description,
+        schedule: meta.schedule,
+        query: meta.query,
+        enabled: meta.enabled,
+        file: file.to_path_buf(),
+        source_hash: hex::encode(Sha256::digest(text.as_bytes())),
+        module: AST::new_from_module(module),
+        evaluate: FnPtr::new("evaluate").expect("a valid function name"),
+        body,
+    };
+    Ok(rule)
+}
+
+/// What a rule's `RULE` map declares, checked.
+struct Meta {
+    name: String,
+    description: String,
+    schedule: Option<String>,
+    query: Vec<(String, String)>,
+    enabled: bool,
+}
+
+/// Reads and checks the `RULE` map; errors are located at the key in `text`.
+fn read_meta(meta: &rhai::Map, file: &Path, text: &str) -> Result<Meta, Vec<RuleError>> {
+    let at = |needle: &str, message: String| {
+        let (line, col) = locate(text, needle);
+        vec![RuleError {
+            file: file.to_path_buf(),
+            line,
+            col,
+            message,
+        }]
+    };
+    let get_str = |key: &str| -> Result<Option<String>, Vec<RuleError>> {
+        match meta.get(key) {
+            None => Ok(None),
+            Some(v) if v.is_string() => Ok(Some(v.to_string())),
+            Some(v) => Err(at(
+                &format!("{key}:"),
+                format!("RULE.{key} must be a string, not {}", v.type_name()),
+            )),
+        }
+    };
+    for key in meta.keys() {
+        if !["name", "description", "schedule", "query", "enabled"].contains(&key.as_str()) {
+            return Err(at(
+                &format!("{key}:"),
+                format!(
+                    "unknown RULE key {key:?}: expected name, description, schedule, query, enabled"
+                ),
+            ));
+        }
+    }
+    let name = get_str("name")?
+        .filter(|n| !n.trim().is_empty())
+        .ok_or_else(|| {
+            at(
+                "RULE",
+                "RULE.name is missing: every rule needs a unique name".into(),
+            )
+        })?;
+    let schedule = get_str("schedule")?;
+    if let Some(s) = &schedule {
+        crate::cron::validate(s).map_err(|e| at("schedule", format!("RULE.schedule: {e}")))?;
+    }
+    let enabled = match meta.get("enabled") {
+        None => true,
+        Some(v) => v.as_bool().map_err(|t| {
+            at(
+                "enabled",
+                format!("RULE.enabled must be true or false, not {t}"),
+            )
+        })?,
+    };
+    let query = match meta.get("query") {
+        None => Vec::new(),
+        Some(q) => match q.read_lock::<rhai::Map>() {
+            Some(map) => parse_hints(&map).map_err(|m| at("query", format!("RULE.query: {m}")))?,
+            None => {
+                return Err(at(
+                    "query",
+                    "RULE.query must be a map like #{ status: \"New\" }".into(),
+                ));
+            }
+        },
+    };
+    Ok(Meta {
+        name,
+        description: get_str("description")?.unwrap_or_default(),
+        schedule,
+        query,
+        enabled,
+    })
+}
+
+fn parse_hints(map: &rhai::Map) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for (key, value) in map {
+        if !filter::is_known(key) {
+            return Err(format!(
+                "unknown filter {key:?}: expected one of {}, FROM~/TO~ on {}, optionally NOT~",
+                filter::KEYS.join(", "),
+                filter::RANGE_FIELDS.join(", ")
+            ));
+        }
+        let text = if let Some(arr) = value.read_lock::<rhai::Array>() {
+            arr.iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        } else if value.is_string() || value.is_int() || value.is_float() {
+            value.to_string()
+        } else {
+            return Err(format!(
+                "{key}: expected a string, number or list, not {}",
+                value.type_name()
+            ));
+        };
+        out.push((key.to_string(), text));
+    }
+    Ok(out)
+}
