@@ -86,7 +86,7 @@ async fn main() {
     let start = Instant::now();
     let mut out = std::io::sink();
     let mut printer =
-        casewarden::audit::report::Printer::new(casewarden::audit::report::Format::Json, &mut out)
+        casewarden::audit::export::Printer::new(casewarden::audit::export::Format::Json, &mut out)
             .unwrap();
     let filter = Filter::default();
     let mut stream = std::pin::pin!(store.query(&filter));

@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use futures::StreamExt;
 
 use super::{Cli, load_config};
-use crate::audit::report::{Format, Printer, parse_time};
+use crate::audit::export::{Format, Printer, parse_time};
 use crate::audit::{AuditStore, Filter, Outcome, Verification};
 
 #[derive(Debug, Args)]

@@ -8,7 +8,7 @@ use std::time::Instant;
 use futures::StreamExt;
 
 use crate::app::App;
-use crate::audit::report::{Format, Printer};
+use crate::audit::export::{Format, Printer};
 use crate::audit::{AuditStore, Filter, Verification};
 use crate::config::Config;
 use crate::pass::{PassContext, PassOptions, run_pass};
