@@ -98,7 +98,7 @@ impl TokenCache {
             .await
             .map_err(|e| ApiError::Transport {
                 what: what.clone(),
-                detail: super::client::describe_reqwest(&e),
+                detail: super::error::describe_reqwest(&e),
                 attempts: 1,
             })?;
         let status = resp.status();

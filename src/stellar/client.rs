@@ -13,9 +13,8 @@ use tracing::Instrument;
 
 use super::ApiFlavor;
 use super::auth::{self, Credentials};
-use super::error::{ApiError, excerpt, redirect};
+use super::error::{ApiError, describe_reqwest, excerpt, redirect};
 use super::model::{self, Case, Comment, Tenant, User};
-use super::pager::CasePager;
 use super::retry;
 use crate::secret::Secret;
 
@@ -219,11 +218,6 @@ impl Client {
                     || error.http_status().is_some_and(|s| s == 429 || s >= 500);
                 Failed::new(retry::Failure::Token { transient }, error, None, a)
             })
-    }
-
-    /// Pages through the cases matching `filters`, `page_size` at a time.
-    pub fn list_cases(&self, filters: Vec<(String, String)>) -> CasePager {
-        CasePager::new(self.clone(), filters)
     }
 
     pub async fn get_case(&self, id: &str) -> Result<Case, ApiError> {
@@ -633,27 +627,6 @@ async fn read_capped(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
         body.extend_from_slice(&chunk);
     }
     Ok(body)
-}
-
-/// reqwest's error with its causes, without the URL's query (never secret here, but long).
-pub(super) fn describe_reqwest(e: &reqwest::Error) -> String {
-    let mut out = if e.is_timeout() {
-        "timed out".to_string()
-    } else if e.is_connect() {
-        "cannot connect".to_string()
-    } else {
-        "request failed".to_string()
-    };
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    if out.contains("certificate") || out.contains("UnknownIssuer") {
-        out.push_str(" (the server's TLS certificate is not trusted: set stellar.ca_file to its CA in PEM form)");
-    }
-    out
 }
 
 fn flavor_code(f: ApiFlavor) -> u8 {

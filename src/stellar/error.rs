@@ -90,3 +90,24 @@ pub(crate) fn excerpt(body: &str) -> String {
     }
     format!("{}... ({} bytes)", &body[..end], body.len())
 }
+
+/// reqwest's error with its causes, without the URL's query (never secret here, but long).
+pub(super) fn describe_reqwest(e: &reqwest::Error) -> String {
+    let mut out = if e.is_timeout() {
+        "timed out".to_string()
+    } else if e.is_connect() {
+        "cannot connect".to_string()
+    } else {
+        "request failed".to_string()
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    if out.contains("certificate") || out.contains("UnknownIssuer") {
+        out.push_str(" (the server's TLS certificate is not trusted: set stellar.ca_file to its CA in PEM form)");
+    }
+    out
+}

@@ -27,8 +27,15 @@ pub struct CasePager {
     done: bool,
 }
 
+impl Client {
+    /// Pages through the cases matching `filters`, `page_size` at a time.
+    pub fn list_cases(&self, filters: Vec<(String, String)>) -> CasePager {
+        CasePager::new(self.clone(), filters)
+    }
+}
+
 impl CasePager {
-    pub(super) fn new(client: Client, filters: Vec<(String, String)>) -> CasePager {
+    fn new(client: Client, filters: Vec<(String, String)>) -> CasePager {
         CasePager {
             client,
             filters,

@@ -1,0 +1,157 @@
+//! Faults the simulator can be switched into (latency, outages, 5xx and 429 bursts, early
+//! token expiry, cut-short or redirected answers), injected by a middleware that also
+//! records every request.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt as _;
+use serde_json::json;
+
+use super::state::{RawAnswer, SeenRequest, Shared, lock};
+
+/// Injects latency, outages, 5xx and 429 bursts, and records every request.
+pub(super) async fn faults_and_log(
+    State(state): State<Shared>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let latency = lock(&state).faults.latency_ms;
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    let injected = {
+        let mut s = lock(&state);
+        let is_token = path.ends_with("/access_token");
+        let redirect = s.faults.redirect.clone().filter(|r| {
+            path.ends_with(&r.path_suffix) && r.method.as_ref().is_none_or(|m| *m == method)
+        });
+        if let Some(r) = redirect {
+            let mut resp = Response::new(axum::body::Body::empty());
+            *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::FOUND);
+            if let Ok(v) = header::HeaderValue::from_str(&r.location) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            Some(resp)
+        } else if s.faults.down {
+            Some(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service unavailable",
+            ))
+        } else if is_token && s.faults.token_fail_next > 0 {
+            s.faults.token_fail_next -= 1;
+            Some(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "token service unavailable",
+            ))
+        } else if is_token {
+            None
+        } else {
+            s.api_requests += 1;
+            let every = s.faults.rate_limit_every;
+            if every > 0 && s.api_requests.is_multiple_of(every) {
+                s.burst_left = s.faults.rate_limit_burst.max(1);
+            }
+            if s.faults.throttle_next > 0 {
+                s.faults.throttle_next -= 1;
+                s.burst_left += 1;
+            }
+            if s.burst_left > 0 {
+                s.burst_left -= 1;
+                let mut r = error(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
+                r.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    header::HeaderValue::from(s.faults.retry_after_secs),
+                );
+                Some(r)
+            } else if s.faults.fail_next > 0 {
+                s.faults.fail_next -= 1;
+                Some(error(StatusCode::SERVICE_UNAVAILABLE, "injected fault"))
+            } else if s.faults.error_rate > 0.0 && s.rng.f64() < s.faults.error_rate {
+                Some(error(StatusCode::SERVICE_UNAVAILABLE, "injected fault"))
+            } else {
+                None
+            }
+        }
+    };
+    let is_write = (method == "POST" || method == "PUT") && !path.ends_with("/access_token");
+    let apply_delay = lock(&state).faults.slow_write_apply_ms;
+    let resp = match injected {
+        Some(r) => r,
+        // Detached, so the write lands even if the client gives up (or dies) meanwhile.
+        None if is_write && apply_delay > 0 => tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(apply_delay)).await;
+            next.run(req).await
+        })
+        .await
+        .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        None => next.run(req).await,
+    };
+    // Logged before a held-back answer, which a client that gives up never waits for.
+    let slow = {
+        let mut s = lock(&state);
+        s.requests.push(SeenRequest {
+            method,
+            path,
+            query,
+            status: resp.status().as_u16(),
+            at: std::time::Instant::now(),
+        });
+        s.faults.slow_write_answers_ms
+    };
+    if slow > 0 && is_write {
+        tokio::time::sleep(Duration::from_millis(slow)).await;
+    }
+    resp
+}
+
+/// An answer announcing its whole length whose connection drops halfway through.
+pub(super) fn truncated(body: Vec<u8>) -> Response {
+    let len = body.len();
+    let half = body[..len / 2].to_vec();
+    let chunks = futures::stream::iter([
+        Ok::<_, std::io::Error>(half),
+        Err(std::io::Error::other("connection dropped")),
+    ]);
+    let mut r = Response::new(axum::body::Body::from_stream(chunks));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, header::HeaderValue::from(len));
+    r
+}
+
+/// An error answer as the server gives one: `{"error": message}`.
+pub(super) fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": message.into()}))).into_response()
+}
+
+/// A hand-made answer as the response it stands for, dripping its body if asked.
+pub(super) fn raw_response(raw: RawAnswer) -> Response {
+    let status = StatusCode::from_u16(raw.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = if raw.drip_ms == 0 {
+        axum::body::Body::from(raw.body)
+    } else {
+        let chunks: Vec<Vec<u8>> = raw.body.chunks(1024).map(<[u8]>::to_vec).collect();
+        let drip = Duration::from_millis(raw.drip_ms);
+        axum::body::Body::from_stream(futures::stream::iter(chunks).then(move |c| async move {
+            tokio::time::sleep(drip).await;
+            Ok::<_, std::io::Error>(c)
+        }))
+    };
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    if let Ok(v) = header::HeaderValue::from_str(&raw.content_type) {
+        r.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    r
+}

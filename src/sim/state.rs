@@ -1,0 +1,373 @@
+//! The simulated server's state: cases, activities, comments, users, tokens and the
+//! requests seen, behind one lock.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde_json::{Map, Value, json};
+
+use super::data::{self, SimUser};
+use crate::stellar::ApiFlavor;
+use crate::stellar::model::{cases_in_answer, parse_lenient};
+
+/// One request as the simulator saw it.
+#[derive(Debug, Clone)]
+pub struct SeenRequest {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub status: u16,
+    /// When the answer was ready (a held-back one goes out later).
+    pub at: std::time::Instant,
+}
+
+/// The simulator's data and counters; tests lock it to inspect or rig the server.
+pub struct SimState {
+    pub flavor: ApiFlavor,
+    pub cases: Vec<Value>,
+    pub(super) index: HashMap<String, usize>,
+    pub comments: HashMap<String, Vec<Value>>,
+    /// v5: each case's change history, served at `/cases/{id}/activities` (v5 case
+    /// objects carry no `history`).
+    pub activities: HashMap<String, Vec<Value>>,
+    pub users: Vec<SimUser>,
+    pub(super) api_user: String,
+    pub(super) api_key: String,
+    pub(super) accept_basic: bool,
+    pub token_ttl_secs: u64,
+    pub(super) tokens: HashMap<String, i64>,
+    /// Every JWT handed out, so tests can grep logs for them.
+    pub issued_tokens: Vec<String>,
+    pub requests: Vec<SeenRequest>,
+    pub faults: Faults,
+    /// Update requests that reached the update handler, per case id (whatever their
+    /// answer, even one its client never received).
+    pub update_calls: HashMap<String, u32>,
+    /// Cases `edit_before_read` has edited.
+    pub(super) edited: HashSet<String>,
+    pub(super) rng: fastrand::Rng,
+    pub(super) api_requests: u64,
+    pub(super) burst_left: u64,
+    /// Bumped on every change to `cases`; invalidates `list_cache`.
+    pub(super) version: u64,
+    pub(super) list_cache: Option<(String, u64, Arc<Vec<usize>>)>,
+}
+
+impl SimState {
+    pub fn new(opts: &SimOptions) -> anyhow::Result<SimState> {
+        let users = data::users(&opts.user);
+        let mut cases = match &opts.cases_file {
+            Some(path) => load_cases(path)?,
+            None => data::generate(opts.cases, opts.seed, crate::now_ms(), opts.flavor, &users),
+        };
+        let mut activities = HashMap::new();
+        if opts.flavor == ApiFlavor::V5 {
+            for case in &mut cases {
+                take_history(case, &mut activities, &users);
+            }
+        }
+        let index = cases
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| Some((c.get("_id")?.as_str()?.to_string(), i)))
+            .collect();
+        Ok(SimState {
+            flavor: opts.flavor,
+            cases,
+            index,
+            comments: HashMap::new(),
+            activities,
+            users,
+            api_user: opts.user.clone(),
+            api_key: opts.api_key.clone(),
+            accept_basic: opts.accept_basic,
+            token_ttl_secs: opts.token_ttl_secs,
+            tokens: HashMap::new(),
+            issued_tokens: Vec::new(),
+            requests: Vec::new(),
+            faults: opts.faults.clone(),
+            update_calls: HashMap::new(),
+            edited: HashSet::new(),
+            rng: fastrand::Rng::with_seed(opts.seed ^ 0xfa17),
+            api_requests: 0,
+            burst_left: 0,
+            version: 0,
+            list_cache: None,
+        })
+    }
+
+    /// A case by id, as the server currently holds it.
+    pub fn case(&self, id: &str) -> Option<&Value> {
+        self.index.get(id).map(|&i| &self.cases[i])
+    }
+
+    /// Adds or replaces a case (tests plant exactly the cases they need, broken ones too).
+    /// On v5 its `history` moves to its activities, as a 5.x server keeps it.
+    pub fn put_case(&mut self, mut case: Value) {
+        self.version += 1;
+        if self.flavor == ApiFlavor::V5 {
+            take_history(&mut case, &mut self.activities, &self.users);
+        }
+        let Some(id) = case.get("_id").and_then(Value::as_str).map(str::to_string) else {
+            self.cases.push(case);
+            return;
+        };
+        match self.index.get(&id) {
+            Some(&i) => self.cases[i] = case,
+            None => {
+                self.index.insert(id, self.cases.len());
+                self.cases.push(case);
+            }
+        }
+    }
+
+    /// Makes every issued token invalid, as if they had all expired.
+    pub fn expire_tokens(&mut self) {
+        self.tokens.clear();
+    }
+
+    /// Update and comment requests received (POST/PUT on cases), whatever their answer.
+    pub fn write_requests(&self) -> usize {
+        self.requests
+            .iter()
+            .filter(|r| (r.method == "POST" || r.method == "PUT") && r.path.contains("/cases"))
+            .count()
+    }
+
+    /// The user id history entries carry for changes made through the API.
+    pub fn api_user_id(&self) -> &str {
+        &self.users[0].user_id
+    }
+
+    /// A person changing a case in the UI, `ago_ms` before now: records the change
+    /// without `api`, as its last modification.
+    pub fn human_change_at(
+        &mut self,
+        case_id: &str,
+        user_email: &str,
+        field: &str,
+        to: Value,
+        ago_ms: i64,
+    ) {
+        let (user, name) = self
+            .users
+            .iter()
+            .find(|u| u.email == user_email)
+            .map(|u| (u.user_id.clone(), u.name.clone()))
+            .unwrap_or_else(|| (user_email.to_string(), user_email.to_string()));
+        let modifier = match self.flavor {
+            ApiFlavor::Legacy => user_email.to_string(),
+            ApiFlavor::V5 => user.clone(),
+        };
+        let Some(&i) = self.index.get(case_id) else {
+            return;
+        };
+        self.version += 1;
+        let at = crate::now_ms() - ago_ms;
+        let case = self.cases[i].as_object_mut().expect("cases are objects");
+        let from = case.get(field).cloned().unwrap_or(Value::Null);
+        case.insert(field.to_string(), to.clone());
+        case.insert("modified_at".into(), json!(at));
+        case.insert("modified_by".into(), json!(modifier));
+        let entry = json!({"field": field, "from": from, "to": to, "timestamp": at, "user": user});
+        self.record_change(case_id, entry, &name);
+    }
+
+    /// A person changing a case in the UI, now.
+    pub fn human_change(&mut self, case_id: &str, user_email: &str, field: &str, to: Value) {
+        self.human_change_at(case_id, user_email, field, to, 0);
+    }
+
+    /// Files one change where the flavour keeps it: the case's `history` (legacy) or its
+    /// activities (v5, which also name the modifier on the case).
+    pub(super) fn record_change(&mut self, case_id: &str, entry: Value, user_name: &str) {
+        let Some(&i) = self.index.get(case_id) else {
+            return;
+        };
+        let case = self.cases[i].as_object_mut().expect("cases are objects");
+        match self.flavor {
+            ApiFlavor::Legacy => push_history(case, entry),
+            ApiFlavor::V5 => {
+                case.insert("modified_by_name".into(), json!(user_name));
+                self.activities
+                    .entry(case_id.to_string())
+                    .or_default()
+                    .push(data::activity(case_id, entry, &self.users));
+            }
+        }
+    }
+
+    /// The changes made through the API to a case: its `history` entries (legacy) or
+    /// activities (v5) with `"api": true`.
+    pub fn api_changes(&self, case_id: &str) -> Vec<Value> {
+        let entries = match self.flavor {
+            ApiFlavor::Legacy => self
+                .case(case_id)
+                .and_then(|c| c.get("history"))
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default(),
+            ApiFlavor::V5 => self.activities.get(case_id).cloned().unwrap_or_default(),
+        };
+        entries.into_iter().filter(|h| h["api"] == true).collect()
+    }
+}
+
+/// Moves a case's `history` into `activities`, as a 5.x server keeps it.
+pub(super) fn take_history(
+    case: &mut Value,
+    activities: &mut HashMap<String, Vec<Value>>,
+    users: &[SimUser],
+) {
+    let Some(obj) = case.as_object_mut() else {
+        return;
+    };
+    let id = obj
+        .get("_id")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    if let Some(Value::Array(history)) = obj.remove("history") {
+        let entries = history
+            .into_iter()
+            .map(|h| data::activity(&id, h, users))
+            .collect();
+        activities.insert(id, entries);
+    }
+}
+
+/// Cases from a file: a case, an array, or any saved answer that holds cases (see
+/// [`cases_in_answer`]), strict JSON or with the trailing commas real documentation prints.
+pub(super) fn load_cases(path: &Path) -> anyhow::Result<Vec<Value>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("--cases-file {}: {e}", path.display()))?;
+    let (v, repaired) = parse_lenient(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "--cases-file {}:{}:{}: not JSON: {e}",
+            path.display(),
+            e.line(),
+            e.column()
+        )
+    })?;
+    if repaired {
+        tracing::warn!(file = %path.display(), "not strict JSON (trailing commas); read without them");
+    }
+    let cases =
+        cases_in_answer(v).map_err(|e| anyhow::anyhow!("--cases-file {}: {e}", path.display()))?;
+    if cases.is_empty() {
+        tracing::warn!(file = %path.display(), "the file holds no case; serving none");
+    }
+    Ok(cases)
+}
+
+pub(super) type Shared = Arc<Mutex<SimState>>;
+
+pub(super) fn lock(state: &Shared) -> MutexGuard<'_, SimState> {
+    // A handler that panicked left the data as it was; keep serving.
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How the simulator starts.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    pub cases: usize,
+    pub seed: u64,
+    pub flavor: ApiFlavor,
+    pub user: String,
+    pub api_key: String,
+    pub token_ttl_secs: u64,
+    /// Cases loaded from a JSON array instead of generated.
+    pub cases_file: Option<PathBuf>,
+    /// Also accept `Authorization: Basic user:key` on every call, as the vendor's on-prem
+    /// sync mode sends it, instead of a JWT.
+    pub accept_basic: bool,
+    pub faults: Faults,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions {
+            cases: 200,
+            seed: 1,
+            flavor: ApiFlavor::Legacy,
+            user: "demo@example.com".into(),
+            api_key: "demo-key".into(),
+            token_ttl_secs: 600,
+            cases_file: None,
+            accept_basic: false,
+            faults: Faults::default(),
+        }
+    }
+}
+
+/// Misbehaviour to inject, switchable at run time through [`Simulator::state`].
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Added to every answer.
+    pub latency_ms: u64,
+    /// Share of API requests (not token requests) answered with 503.
+    pub error_rate: f64,
+    /// Every Nth API request starts a burst of `rate_limit_burst` 429 answers.
+    pub rate_limit_every: u64,
+    pub rate_limit_burst: u64,
+    pub retry_after_secs: u64,
+    /// Updates to these case ids always answer 500 (and change nothing).
+    pub fail_updates_for: HashSet<String>,
+    /// Every API request answers 503 (the server "goes away").
+    pub down: bool,
+    /// The next N API requests answer 503, then the server recovers.
+    pub fail_next: u32,
+    /// The next N API requests answer 429 with Retry-After.
+    pub throttle_next: u32,
+    /// The next N token requests answer 503.
+    pub token_fail_next: u32,
+    /// Replaces the answer to case listings, to serve malformed or hostile pages.
+    pub list_answer: Option<RawAnswer>,
+    /// Writes (POST/PUT) are applied, then their answer is held back this long, so a
+    /// client with a shorter timeout never learns that they succeeded.
+    pub slow_write_answers_ms: u64,
+    /// Writes wait this long before they are applied: a server still working on a
+    /// request after its client gave up (or died).
+    pub slow_write_apply_ms: u64,
+    /// Requests matching it are answered with a redirect.
+    pub redirect: Option<RedirectFault>,
+    /// The next N case listings drop the connection halfway through the body.
+    pub truncate_next_lists: u32,
+    /// A person edits each case (email, field, value) between its listing and the first
+    /// read of that one case.
+    pub edit_before_read: Option<(String, String, Value)>,
+    /// Updates are applied, then answered 200 with a body that is not JSON.
+    pub garble_write_answers: bool,
+    /// Reads of one case (`GET /cases/{id}`) that has been sent an update answer 503.
+    pub fail_reads_after_updates: bool,
+}
+
+/// A redirect answer for requests of `method` (any when None) whose path ends with
+/// `path_suffix`.
+#[derive(Debug, Clone)]
+pub struct RedirectFault {
+    pub status: u16,
+    pub location: String,
+    pub method: Option<String>,
+    pub path_suffix: String,
+}
+
+/// A hand-made answer: status, content type, body, and an optional delay between
+/// 1 KiB chunks of the body (a slow-loris server).
+#[derive(Debug, Clone)]
+pub struct RawAnswer {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Vec<u8>,
+    pub drip_ms: u64,
+}
+
+pub(super) fn push_history(case: &mut Map<String, Value>, entry: Value) {
+    match case.get_mut("history").and_then(Value::as_array_mut) {
+        Some(h) => h.push(entry),
+        None => {
+            case.insert("history".into(), json!([entry]));
+        }
+    }
+}
