@@ -6,6 +6,7 @@ mod check;
 mod demo;
 mod exit;
 mod once;
+mod run;
 mod simulate;
 mod test_rule;
 
@@ -86,7 +87,7 @@ fn load_config(cli: &Cli) -> Result<Config, Exit> {
 /// Runs the parsed command; returns the process exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     match &cli.command {
-        Command::Run => crate::daemon::run(load_config(&cli)?).await,
+        Command::Run => run::run(&cli).await,
         Command::Once(args) => once::run(&cli, args).await,
         Command::Check(args) => check::run(&cli, args).await,
         Command::TestRule(args) => test_rule::run(args),

@@ -9,7 +9,7 @@ use tracing::Instrument;
 
 use super::comment::{comment_texts, comment_trailer, rule_comment};
 use crate::audit::{NewEvent, Outcome};
-use crate::plan::{self, CasePlan, Field};
+use crate::plan::{self, CasePlan, DecisionId, Field};
 use crate::stellar::{ApiError, Case, Client};
 
 /// Why a planned decision was not applied, and whether that is a failure or a skip.
@@ -59,7 +59,7 @@ pub(super) type DecisionResult = Result<(), NotApplied>;
 pub(super) struct Applier {
     pub(super) client: Client,
     pub(super) tx: tokio::sync::mpsc::Sender<Vec<NewEvent>>,
-    pub(super) seq_of: HashMap<(usize, usize), i64>,
+    pub(super) seq_of: HashMap<DecisionId, i64>,
     pub(super) rule_hash: HashMap<String, String>,
     pub(super) run_id: String,
     pub(super) cancel: Option<Arc<AtomicBool>>,
@@ -90,12 +90,13 @@ impl Applier {
     }
 
     /// Sends (or, once shutdown began, does not send) one case's update and hands the
-    /// outcome rows to the audit writer; returns (decision index, outcome) pairs.
+    /// outcome rows to the audit writer; returns the outcome of each decision it settled.
+    /// `case` is the plan's place in the pass (see [`DecisionId`]).
     pub(super) async fn apply(
         self: Arc<Self>,
-        pi: usize,
+        case: usize,
         p: CasePlan,
-    ) -> (usize, Vec<(usize, Outcome)>) {
+    ) -> Vec<(DecisionId, Outcome)> {
         let stop = if self.audit_broken.load(Ordering::SeqCst) {
             Some(NotApplied::failed(
                 "not sent: the audit log cannot be written",
@@ -162,18 +163,24 @@ impl Applier {
                     outcome: Some(outcome),
                     error,
                     http_status: status.map(i64::from),
-                    planned_seq: self.seq_of.get(&(pi, *di)).copied(),
+                    planned_seq: self
+                        .seq_of
+                        .get(&DecisionId {
+                            case,
+                            decision: *di,
+                        })
+                        .copied(),
                 }
             })
             .collect();
         let _ = self.tx.send(events).await;
-        (
-            pi,
-            outcomes
-                .into_iter()
-                .map(|(di, r)| (di, r.map_or_else(|n| n.outcome, |()| Outcome::Applied)))
-                .collect(),
-        )
+        outcomes
+            .into_iter()
+            .map(|(decision, r)| {
+                let outcome = r.map_or_else(|n| n.outcome, |()| Outcome::Applied);
+                (DecisionId { case, decision }, outcome)
+            })
+            .collect()
     }
 }
 

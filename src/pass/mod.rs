@@ -22,7 +22,7 @@ use evaluate::{Evaluated, evaluate_cases, with_activities};
 
 use crate::audit::{AuditStore, ClaimError, NewEvent, Outcome, PassTotals};
 use crate::config::Config;
-use crate::plan::{self, CasePlan, ChangeKind, Decision, Field};
+use crate::plan::{self, CasePlan, ChangeKind, Decision, DecisionId, Field};
 use crate::rules::limits::Limits;
 use crate::rules::{EvalEnv, EvalError, Rule, RuleSet};
 use crate::stellar::{Case, Client};
@@ -609,27 +609,25 @@ impl Stage<'_> {
     }
 
     /// Write-ahead: every decision is committed before any request goes out. Returns the
-    /// `seq` of each decision's row, by (plan, decision) index.
+    /// `seq` of each decision's row.
     async fn record_intent(
         &self,
         plans: &[CasePlan],
         report: &mut PassReport,
-    ) -> anyhow::Result<HashMap<(usize, usize), i64>> {
+    ) -> anyhow::Result<HashMap<DecisionId, i64>> {
         let mut events = Vec::new();
         let mut owners = Vec::new();
-        for (pi, p) in plans.iter().enumerate() {
-            for (di, d) in p.decisions.iter().enumerate() {
-                let Some((ri, rule)) = self.rule_of(&d.rule) else {
-                    continue;
-                };
-                events.push(event(&report.run_id, rule, p, d, self.dry_run));
-                owners.push((pi, di));
-                if d.is_planned() {
-                    report.rules[ri].planned += 1;
-                } else {
-                    report.rules[ri].skipped += 1;
-                    report.skipped += 1;
-                }
+        for (id, p, d) in plan::decisions(plans) {
+            let Some((ri, rule)) = self.rule_of(&d.rule) else {
+                continue;
+            };
+            events.push(event(&report.run_id, rule, p, d, self.dry_run));
+            owners.push(id);
+            if d.is_planned() {
+                report.rules[ri].planned += 1;
+            } else {
+                report.rules[ri].skipped += 1;
+                report.skipped += 1;
             }
         }
         let seqs = self.ctx.audit.append(&events).await?;
@@ -637,14 +635,14 @@ impl Stage<'_> {
     }
 
     /// Sends every case's update with bounded concurrency; outcome rows are written by one
-    /// writer as they come. Returns each plan's (decision, outcome) pairs.
+    /// writer as they come. Returns the outcome of every decision it settled.
     async fn apply(
         &self,
         plans: &[CasePlan],
-        seq_of: HashMap<(usize, usize), i64>,
+        seq_of: HashMap<DecisionId, i64>,
         deadline: tokio::time::Instant,
         report: &mut PassReport,
-    ) -> anyhow::Result<Vec<(usize, Vec<(usize, Outcome)>)>> {
+    ) -> anyhow::Result<Vec<(DecisionId, Outcome)>> {
         let ctx = self.ctx;
         let (tx, rx) = tokio::sync::mpsc::channel::<Vec<NewEvent>>(256);
         let audit_broken = Arc::new(AtomicBool::new(false));
@@ -671,8 +669,8 @@ impl Stage<'_> {
             deadline,
             comment_changes: ctx.settings.comment_changes,
         });
-        let results = futures::stream::iter(work)
-            .map(|(pi, p)| apply.clone().apply(pi, p))
+        let results: Vec<Vec<(DecisionId, Outcome)>> = futures::stream::iter(work)
+            .map(|(case, p)| apply.clone().apply(case, p))
             .buffer_unordered(ctx.settings.max_in_flight.max(1))
             .collect()
             .await;
@@ -683,29 +681,27 @@ impl Stage<'_> {
         drop(apply);
         writer.await??;
         report.interrupted |= self.opts.cancelled();
-        Ok(results)
+        Ok(results.into_iter().flatten().collect())
     }
 
     /// Adds the outcomes to the report, per rule and in total.
     fn count(
         &self,
         plans: &[CasePlan],
-        outcomes: Vec<(usize, Vec<(usize, Outcome)>)>,
+        outcomes: Vec<(DecisionId, Outcome)>,
         report: &mut PassReport,
     ) {
-        for (pi, outcomes) in outcomes {
-            for (di, outcome) in outcomes {
-                let Some((ri, _)) = self.rule_of(&plans[pi].decisions[di].rule) else {
-                    continue;
-                };
-                let (by_rule, total) = match outcome {
-                    Outcome::Applied => (&mut report.rules[ri].applied, &mut report.applied),
-                    Outcome::Skipped => (&mut report.rules[ri].skipped, &mut report.skipped),
-                    _ => (&mut report.rules[ri].failed, &mut report.failed),
-                };
-                *by_rule += 1;
-                *total += 1;
-            }
+        for (id, outcome) in outcomes {
+            let Some((ri, _)) = self.rule_of(&plans[id.case].decisions[id.decision].rule) else {
+                continue;
+            };
+            let (by_rule, total) = match outcome {
+                Outcome::Applied => (&mut report.rules[ri].applied, &mut report.applied),
+                Outcome::Skipped => (&mut report.rules[ri].skipped, &mut report.skipped),
+                _ => (&mut report.rules[ri].failed, &mut report.failed),
+            };
+            *by_rule += 1;
+            *total += 1;
         }
     }
 }

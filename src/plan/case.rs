@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value, json};
 
-use super::field::{Field, describe_value, memory_key};
+use super::field::{DecisionId, Field, describe_value, memory_key};
 use crate::stellar::Case;
 
 /// What a rule can ask for. Values are validated by the rule library before they get here.
@@ -119,6 +119,16 @@ impl CasePlan {
             }
         }
     }
+}
+
+/// Every decision of a pass's plans with its id, in order.
+pub fn decisions(plans: &[CasePlan]) -> impl Iterator<Item = (DecisionId, &CasePlan, &Decision)> {
+    plans.iter().enumerate().flat_map(|(case, p)| {
+        p.decisions
+            .iter()
+            .enumerate()
+            .map(move |(decision, d)| (DecisionId { case, decision }, p, d))
+    })
 }
 
 /// What a change claims, to detect conflicts (tags are claimed per tag), and the value it
@@ -374,6 +384,36 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn every_decision_of_a_pass_has_its_own_id() {
+        let one = plan_case(
+            &case(),
+            &[rc(
+                "a",
+                vec![
+                    ChangeKind::Priority("High".into()),
+                    ChangeKind::AddTag("x".into()),
+                ],
+            )],
+        );
+        let two = plan_case(
+            &case(),
+            &[rc("b", vec![ChangeKind::Status("Escalated".into())])],
+        );
+        let plans = [one, two];
+        let ids: Vec<(usize, usize, Field)> = decisions(&plans)
+            .map(|(id, _, d)| (id.case, id.decision, d.field))
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                (0, 0, Field::Priority),
+                (0, 1, Field::Tags),
+                (1, 0, Field::Status)
+            ]
+        );
     }
 
     #[test]

@@ -54,6 +54,14 @@ impl fmt::Display for Field {
     }
 }
 
+/// A decision's place in a pass: the plan of its case (in listing order) and its place in
+/// that plan. Stable for the pass, so intent rows, requests and outcomes refer to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DecisionId {
+    pub case: usize,
+    pub decision: usize,
+}
+
 /// A change as people read it: `old -> new` for fields (`(none)` for empty), `+tag`/`-tag`
 /// for tags, the text for comments. Plans, the audit table and case comments all use it.
 pub fn describe_change(field: Field, old: Option<&str>, new: Option<&str>) -> String {
