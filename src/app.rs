@@ -49,6 +49,9 @@ impl App {
                 dir: config.daemon.rules_dir.clone(),
                 errors,
             })?;
+        for w in &rules.warnings {
+            tracing::warn!(file = %w.file.display(), line = w.line, col = w.col, "rule: {}", w.message);
+        }
         let settings = config.client_settings().map_err(StartError::Setup)?;
         let client =
             Client::with_metrics(settings, metrics).map_err(|e| StartError::Setup(e.into()))?;

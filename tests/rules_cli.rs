@@ -363,3 +363,58 @@ async fn a_rule_changing_its_argument_does_not_change_what_the_next_rule_sees() 
         casewarden::plan::ChangeKind::Comment("New 1 10.10.30.20".into())
     );
 }
+
+/// The common rule bugs of a new author, caught by `check --offline` before they run:
+/// each names its file:line:col; errors exit 2, warnings print and exit 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_catches_the_common_rule_mistakes_before_they_run() {
+    let mistakes = [
+        (
+            "typo-fn.rhai",
+            "const RULE = #{ name: \"typo-fn\" };\nfn evaluate(c) {\n    add_tagg(\"x\", \"why\");\n}\n",
+            "error: ",
+            "typo-fn.rhai:3:5: unknown function `add_tagg` (did you mean `add_tag`?)",
+        ),
+        (
+            "arity.rhai",
+            "const RULE = #{ name: \"arity\" };\nfn evaluate(c) {\n    set_status(\"New\", \"a\", \"b\");\n}\n",
+            "error: ",
+            "arity.rhai:3:5: `set_status` takes 1 or 2 argument(s), not 3",
+        ),
+        (
+            "query.rhai",
+            "const RULE = #{ name: \"query\", query: #{ status: \"Nwe\" } };\nfn evaluate(c) { add_tag(\"x\"); }\n",
+            "error: ",
+            "RULE.query: status: \"Nwe\" is not a status (did you mean \"New\"?)",
+        ),
+        (
+            "typo-field.rhai",
+            "const RULE = #{ name: \"typo-field\" };\nfn evaluate(c) {\n    if c.asignee == \"\" { add_tag(\"unowned\"); }\n}\n",
+            "warning: ",
+            "typo-field.rhai:3:10: `c.asignee` is not a field of a Stellar Cyber case (did you mean `assignee`?)",
+        ),
+        (
+            "returns.rhai",
+            "const RULE = #{ name: \"returns\" };\nfn evaluate(c) {\n    c.status == \"New\"\n}\n",
+            "warning: ",
+            "returns.rhai:3:5: `evaluate` returns a value here; it is ignored",
+        ),
+    ];
+    for (file, text, level, expected) in mistakes {
+        let ws = Workspace::new(
+            "https://stellar.example.com",
+            "legacy",
+            "",
+            Some(&[(file, text)]),
+        );
+        let out = ws.run(&["check", "--offline"]).await;
+        let err = stderr(&out);
+        let line = err
+            .lines()
+            .find(|l| l.contains(expected))
+            .unwrap_or_else(|| panic!("{file}: {expected:?} not printed:\n{err}"));
+        assert!(line.starts_with(level), "{file}: {line}");
+        let code = if level == "error: " { 2 } else { 0 };
+        assert_eq!(out.status.code(), Some(code), "{file}:\n{err}");
+    }
+}

@@ -39,6 +39,9 @@ pub(super) async fn run(cli: &Cli, args: &CheckArgs) -> anyhow::Result<u8> {
     let mut footer = None;
     match RuleSet::load_dir(&config.daemon.rules_dir) {
         Ok(set) => {
+            for w in &set.warnings {
+                eprintln!("warning: {w}");
+            }
             println!("rules in {}:", config.daemon.rules_dir.display());
             for r in &set.rules {
                 let schedule = r.schedule.as_deref().unwrap_or(&config.daemon.schedule);

@@ -8,7 +8,19 @@ use sha2::{Digest, Sha256};
 
 use super::engine::{self, EvalEnv};
 use super::eval::innermost;
+use super::lint::{Library, did_you_mean, lint};
 use super::{Rule, RuleError};
+use crate::stellar::model::{PRIORITIES, RESOLUTIONS, STATUSES};
+
+/// The keys of a rule's `RULE` map.
+const KEYS: [&str; 6] = [
+    "name",
+    "description",
+    "schedule",
+    "query",
+    "enabled",
+    "custom_fields",
+];
 use crate::stellar::filter;
 
 /// Line and column of the first occurrence of `needle` in `text` (1-based), or 1:1.
@@ -42,7 +54,13 @@ fn body_start(text: &str) -> Position {
     Position::new(clamp(line), clamp(col))
 }
 
-pub(super) fn compile(engine: &Engine, file: &Path, text: &str) -> Result<Rule, Vec<RuleError>> {
+/// Compiles and lints one rule file; the rule and the lint's warnings, or every error.
+pub(super) fn compile(
+    engine: &Engine,
+    library: &Library,
+    file: &Path,
+    text: &str,
+) -> Result<(Rule, Vec<RuleError>), Vec<RuleError>> {
     let err = |line: usize, col: usize, message: String| {
         vec![RuleError {
             file: file.to_path_buf(),
@@ -63,15 +81,16 @@ pub(super) fn compile(engine: &Engine, file: &Path, text: &str) -> Result<Rule, 
         )
     })?;
     ast.set_source(file.display().to_string());
-    if !ast
+    let Some(param) = ast
         .iter_functions()
-        .any(|f| f.name == "evaluate" && f.params.len() == 1)
-    {
+        .find(|f| f.name == "evaluate" && f.params.len() == 1)
+        .map(|f| f.params[0].to_string())
+    else {
         return Err(at(
             "fn ",
             "no `fn evaluate(c)` with one argument: every rule needs one".into(),
         ));
-    }
+    };
     let body = body_start(text);
     // Run the top level once, only to read the RULE constant.
     let mut scope = Scope::new();
@@ -104,6 +123,10 @@ pub(super) fn compile(engine: &Engine, file: &Path, text: &str) -> Result<Rule, 
         ));
     };
     let meta = read_meta(&meta, file, text)?;
+    let found = lint(file, text, &ast, library, &param, &meta.custom_fields);
+    if !found.errors.is_empty() {
+        return Err(found.errors);
+    }
     let rule = Rule {
         name: meta.name,
         description: meta.description,
@@ -116,7 +139,7 @@ pub(super) fn compile(engine: &Engine, file: &Path, text: &str) -> Result<Rule, 
         evaluate: FnPtr::new("evaluate").expect("a valid function name"),
         body,
     };
-    Ok(rule)
+    Ok((rule, found.warnings))
 }
 
 /// What a rule's `RULE` map declares, checked.
@@ -126,6 +149,8 @@ struct Meta {
     schedule: Option<String>,
     query: Vec<(String, String)>,
     enabled: bool,
+    /// Case fields of this server that the documented schema does not list.
+    custom_fields: Vec<String>,
 }
 
 /// Reads and checks the `RULE` map; errors are located at the key in `text`.
@@ -150,12 +175,10 @@ fn read_meta(meta: &rhai::Map, file: &Path, text: &str) -> Result<Meta, Vec<Rule
         }
     };
     for key in meta.keys() {
-        if !["name", "description", "schedule", "query", "enabled"].contains(&key.as_str()) {
+        if !KEYS.contains(&key.as_str()) {
             return Err(at(
                 &format!("{key}:"),
-                format!(
-                    "unknown RULE key {key:?}: expected name, description, schedule, query, enabled"
-                ),
+                format!("unknown RULE key {key:?}: expected {}", KEYS.join(", ")),
             ));
         }
     }
@@ -192,12 +215,25 @@ fn read_meta(meta: &rhai::Map, file: &Path, text: &str) -> Result<Meta, Vec<Rule
             }
         },
     };
+    let custom_fields = match meta.get("custom_fields") {
+        None => Vec::new(),
+        Some(v) => v
+            .read_lock::<rhai::Array>()
+            .and_then(|a| a.iter().map(|f| f.clone().into_string().ok()).collect())
+            .ok_or_else(|| {
+                at(
+                    "custom_fields",
+                    "RULE.custom_fields must be a list of field names like [\"my_field\"]".into(),
+                )
+            })?,
+    };
     Ok(Meta {
         name,
         description: get_str("description")?.unwrap_or_default(),
         schedule,
         query,
         enabled,
+        custom_fields,
     })
 }
 
@@ -224,7 +260,32 @@ fn parse_hints(map: &rhai::Map) -> Result<Vec<(String, String)>, String> {
                 value.type_name()
             ));
         };
+        check_values(key, &text)?;
         out.push((key.to_string(), text));
     }
     Ok(out)
+}
+
+/// A query value a case can never hold makes the rule see nothing: an error, with the
+/// closest allowed value.
+fn check_values(key: &str, text: &str) -> Result<(), String> {
+    let bare = key.strip_prefix("NOT~").unwrap_or(key);
+    let allowed: &[&str] = match bare {
+        "status" => &STATUSES,
+        "priority" | "severity" => &PRIORITIES,
+        "resolution" => &RESOLUTIONS,
+        _ => return Ok(()),
+    };
+    for v in text.split(',').map(str::trim) {
+        if !allowed.contains(&v) {
+            let hint = did_you_mean(v, allowed.iter().copied())
+                .map(|s| format!(" (did you mean {s:?}?)"))
+                .unwrap_or_default();
+            return Err(format!(
+                "{key}: {v:?} is not a {bare}{hint}: expected one of {}; the query would never match",
+                allowed.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }

@@ -6,6 +6,7 @@ mod compile;
 mod engine;
 mod eval;
 pub mod limits;
+mod lint;
 mod view;
 
 use std::fmt;
@@ -77,6 +78,9 @@ pub struct RuleSet {
     engine: Arc<Engine>,
     /// SHA-256 over every rule file's name and text.
     pub fingerprint: String,
+    /// What the lint found that does not stop a rule (a field no case has, a returned
+    /// value), to print at `check`, start-up and reload.
+    pub warnings: Vec<RuleError>,
 }
 
 impl RuleSet {
@@ -139,6 +143,8 @@ impl RuleSet {
     /// Compiles rules from (file name, text) pairs, already in the order they run in.
     pub fn from_sources(sources: Vec<(PathBuf, String)>) -> Result<RuleSet, Vec<RuleError>> {
         let engine = engine::engine();
+        let library = lint::Library::of(&engine);
+        let mut warnings = Vec::new();
         let mut errors = Vec::new();
         let mut rules: Vec<Arc<Rule>> = Vec::new();
         let mut hasher = Sha256::new();
@@ -151,8 +157,9 @@ impl RuleSet {
             hasher.update([0]);
             hasher.update(text.as_bytes());
             hasher.update([0]);
-            match compile(&engine, file, text) {
-                Ok(rule) => {
+            match compile(&engine, &library, file, text) {
+                Ok((rule, mut found)) => {
+                    warnings.append(&mut found);
                     if let Some(first) = rules.iter().find(|r| r.name == rule.name) {
                         let (line, col) = locate(text, "name");
                         errors.push(RuleError {
@@ -179,6 +186,7 @@ impl RuleSet {
             rules,
             engine: Arc::new(engine),
             fingerprint: hex::encode(hasher.finalize()),
+            warnings,
         })
     }
 }

@@ -13,6 +13,42 @@ pub const STATUSES: [&str; 5] = ["New", "In Progress", "Escalated", "Resolved", 
 pub const PRIORITIES: [&str; 4] = ["Low", "Medium", "High", "Critical"];
 /// Resolutions a v5 server accepts with `status: "Resolved"`.
 pub const RESOLUTIONS: [&str; 3] = ["False Positive", "Benign", "True Positive"];
+/// The fields of a case object as 4.3 and 5.x servers send them (docs/rules.md), with
+/// `priority` and `score` that casewarden fills in for either flavour.
+pub const CASE_FIELDS: [&str; 32] = [
+    "_id",
+    "ticket_id",
+    "name",
+    "status",
+    "priority",
+    "severity",
+    "priority_num",
+    "score",
+    "case_score",
+    "incident_score",
+    "assignee",
+    "assignee_name",
+    "tags",
+    "created_at",
+    "created_by",
+    "created_by_name",
+    "modified_at",
+    "modified_by",
+    "modified_by_name",
+    "acknowledged",
+    "closed",
+    "cust_id",
+    "tenant_name",
+    "size",
+    "resolution",
+    "description",
+    "metadata",
+    "history",
+    "event_ids",
+    "start_timestamp",
+    "end_timestamp",
+    "version",
+];
 
 /// Rank of a priority, Low 1 .. Critical 4; anything else 0.
 pub fn priority_rank(p: &str) -> i64 {
