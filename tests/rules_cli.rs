@@ -418,3 +418,54 @@ async fn check_catches_the_common_rule_mistakes_before_they_run() {
         assert_eq!(out.status.code(), Some(code), "{file}:\n{err}");
     }
 }
+
+/// `test-rule` decides what a pass decides: a case the rule's query does not select is
+/// not evaluated, and the output says which filter left it out.
+#[tokio::test(flavor = "multi_thread")]
+async fn test_rule_applies_the_rules_query_as_a_pass_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = dir.path().join("cases.json");
+    let old = 1_600_000_000_000i64;
+    std::fs::write(
+        &cases,
+        serde_json::json!([
+            {"_id": "new-1", "ticket_id": 1, "status": "New", "priority": "Low", "tags": [], "created_at": old},
+            {"_id": "done-1", "ticket_id": 2, "status": "Resolved", "priority": "Low", "tags": [], "created_at": old},
+        ])
+        .to_string(),
+    )
+    .unwrap();
+    let rule = dir.path().join("tag-all.rhai");
+    std::fs::write(
+        &rule,
+        "const RULE = #{ name: \"tag-new\", query: #{ status: \"New\" } };\nfn evaluate(c) { add_tag(\"seen\"); }\n",
+    )
+    .unwrap();
+    let (code, out, err) = test_rule(rule.to_str().unwrap(), cases.to_str().unwrap(), &[]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(changes(&out[0]), owned(&[("tags", "", "+seen")]));
+    assert_eq!(out[1]["case_id"], "done-1");
+    assert_eq!(
+        changes(&out[1]),
+        vec![],
+        "a Resolved case is not the rule's to change"
+    );
+    assert_eq!(
+        out[1]["excluded"],
+        "RULE.query status=New (the case holds \"Resolved\")"
+    );
+    let table = run_bin(
+        &["test-rule", rule.to_str().unwrap(), cases.to_str().unwrap()],
+        &[],
+    )
+    .await;
+    let text = stdout(&table);
+    assert!(
+        text.contains("case done-1 (ticket 2): not selected: RULE.query status=New"),
+        "{text}"
+    );
+    assert!(
+        text.contains("1 case(s) selected by the rule's query, 1 would change; 1 not selected"),
+        "{text}"
+    );
+}

@@ -9,7 +9,7 @@ use super::Exit;
 use crate::plan::{RuleChanges, plan_case};
 use crate::report::print_plans;
 use crate::rules::{EvalEnv, RuleSet, case_arg};
-use crate::stellar::Case;
+use crate::stellar::{Case, filter};
 
 #[derive(Debug, Args)]
 pub struct TestRuleArgs {
@@ -70,6 +70,7 @@ pub(super) fn run(args: &TestRuleArgs) -> anyhow::Result<u8> {
             writeln!(out, "  (no case in {})", args.cases.display())?;
         }
     }
+    let (mut selected, mut changed, mut excluded) = (0, 0, 0);
     for (n, item) in items.into_iter().enumerate() {
         let case = match Case::from_value(item) {
             Ok(c) => c,
@@ -79,6 +80,13 @@ pub(super) fn run(args: &TestRuleArgs) -> anyhow::Result<u8> {
                 continue;
             }
         };
+        // As in a pass: a case the rule's query does not select is never evaluated.
+        if let Some(why) = excluded_by(&case, &rule.query) {
+            excluded += 1;
+            print_excluded(&mut out, args.format, &case, &why)?;
+            continue;
+        }
+        selected += 1;
         let (plan, error) = match set.evaluate(rule, &case, case_arg(&case), &env) {
             Ok(asked) => {
                 let asked = RuleChanges {
@@ -92,6 +100,7 @@ pub(super) fn run(args: &TestRuleArgs) -> anyhow::Result<u8> {
                 (None, Some(e.to_string()))
             }
         };
+        changed += usize::from(plan.as_ref().is_some_and(|p| p.has_work()));
         print_case(
             &mut out,
             args.format,
@@ -100,7 +109,55 @@ pub(super) fn run(args: &TestRuleArgs) -> anyhow::Result<u8> {
             error.as_deref(),
         )?;
     }
+    if matches!(args.format, TestFormat::Table) {
+        writeln!(
+            out,
+            "{selected} case(s) selected by the rule's query, {changed} would change; {excluded} not selected"
+        )?;
+    }
     Ok(if failed { 2 } else { 0 })
+}
+
+/// Why the rule's query does not select `case` (the first filter it fails), if it does not.
+fn excluded_by(case: &Case, query: &[(String, String)]) -> Option<String> {
+    let (key, value) = query
+        .iter()
+        .find(|(k, v)| filter::is_known(k) && !filter::matches(case.raw(), k, v))?;
+    let field = key.rsplit('~').next().unwrap_or(key);
+    let holds = case
+        .raw()
+        .get(field)
+        .map_or("nothing".to_string(), |v| v.to_string());
+    Some(format!("RULE.query {key}={value} (the case holds {holds})"))
+}
+
+fn print_excluded(
+    out: &mut impl Write,
+    format: TestFormat,
+    case: &Case,
+    why: &str,
+) -> std::io::Result<()> {
+    match format {
+        TestFormat::Json => {
+            serde_json::to_writer(
+                &mut *out,
+                &serde_json::json!({
+                    "case_id": case.id, "ticket_id": case.ticket_id(), "excluded": why,
+                    "changes": [], "update": null, "error": null,
+                }),
+            )?;
+            writeln!(out)
+        }
+        TestFormat::Table => writeln!(
+            out,
+            "  case {} (ticket {}): not selected: {}",
+            case.id,
+            case.ticket_id()
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| "-".into()),
+            crate::text::for_terminal(why)
+        ),
+    }
 }
 
 /// The case objects of a saved file (any saved answer; trailing commas forgiven with a
