@@ -22,6 +22,11 @@ pub struct ChangeLabels {
     pub outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabels {
+    pub rule: String,
+}
+
 /// Every metric casewarden exports; cheap to clone through the `Arc`.
 pub struct Metrics {
     registry: Registry,
@@ -32,6 +37,8 @@ pub struct Metrics {
     pub pass_duration: Histogram,
     pub rules_disabled: Gauge,
     pub ticks_skipped: Counter,
+    pub rule_errors: Family<RuleLabels, Counter>,
+    pub last_success: Gauge,
 }
 
 impl Metrics {
@@ -44,6 +51,18 @@ impl Metrics {
         let pass_duration = Histogram::new(exponential_buckets(0.05, 2.0, 14));
         let rules_disabled = Gauge::default();
         let ticks_skipped = Counter::default();
+        let rule_errors = Family::<RuleLabels, Counter>::default();
+        let last_success = Gauge::default();
+        registry.register(
+            "rule_errors",
+            "Cases a rule failed on (a script error or a sandbox stop), by rule",
+            rule_errors.clone(),
+        );
+        registry.register(
+            "last_success_timestamp_seconds",
+            "Unix time of the end of the last pass that got through its work (ok, dry-run, budget-exhausted, degraded or failed-changes)",
+            last_success.clone(),
+        );
         registry.register("passes", "Passes by final status", passes.clone());
         registry.register("changes", "Changes by rule and outcome", changes.clone());
         registry.register(
@@ -80,6 +99,8 @@ impl Metrics {
             pass_duration,
             rules_disabled,
             ticks_skipped,
+            rule_errors,
+            last_success,
         })
     }
 

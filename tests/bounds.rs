@@ -241,8 +241,9 @@ async fn control_characters_never_reach_the_terminal_raw() {
         GUARD_OFF,
         Some(&[("a.rhai", rule), ("b.rhai", bad_tag)]),
     );
+    // The bad tag is a rule error on that case: the pass is degraded (exit 1).
     let dry = ws.run(&["once", "--dry-run"]).await;
-    assert_exit(&dry, 0);
+    assert_exit(&dry, 1);
     let out = ws.run(&["once"]).await;
     let table = ws.run(&["audit"]).await;
     for o in [&dry, &out, &table] {

@@ -260,14 +260,49 @@ async fn a_changed_rule_file_is_reloaded_without_a_signal() {
 async fn the_circuit_breaker_disables_a_rule_failing_everywhere_until_its_file_changes() {
     let sim = start(sim_options(10)).await;
     let broken = "const RULE = #{ name: \"thrower\" };\nfn evaluate(c) { throw \"always\"; }\n";
+    let port = free_port();
     let ws = Workspace::new(
         &sim.url,
         "legacy",
-        &format!("{EVERY_SECOND}\nbreaker_passes = 2"),
+        &format!("{EVERY_SECOND}\nbreaker_passes = 2\nlisten = \"127.0.0.1:{port}\""),
         Some(&[("a.rhai", broken)]),
     );
     let d = Daemon::start(&ws, &[]);
     d.wait_log("CIRCUIT BREAKER", 20).await;
+    // Working, but a person should look: 200 with the disabled rule named.
+    let http = reqwest::Client::new();
+    let health = http
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let body: serde_json::Value = health.json().await.unwrap();
+    assert_eq!(body["status"], "degraded", "{body}");
+    assert_eq!(
+        body["disabled_rules"],
+        serde_json::json!(["thrower"]),
+        "{body}"
+    );
+    assert!(body["last_good_pass_age_secs"].is_u64(), "{body}");
+    let metrics = http
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("casewarden_rule_errors_total{rule=\"thrower\"} ")
+            && metrics.contains("casewarden_last_success_timestamp_seconds "),
+        "{metrics}"
+    );
+    assert!(
+        d.log().contains("version=") && d.log().contains("mode=live") && d.log().contains("audit="),
+        "the start line names version, mode and audit path:\n{}",
+        d.log()
+    );
     let rows = ws.audit(Filter::default()).await;
     assert!(
         rows.iter().any(|r| r.rule == "thrower"
@@ -321,6 +356,18 @@ async fn sigterm_mid_pass_exits_cleanly_with_every_planned_row_settled() {
     assert!(t.elapsed() < Duration::from_secs(30));
     let rows = ws.audit(Filter::default()).await;
     assert!(settled(&rows), "a planned row has no outcome");
+    // What shutdown kept from being sent is skipped, not failed: a deploy is not a failure.
+    let unsent: Vec<&EventRow> = rows
+        .iter()
+        .filter(|r| {
+            r.error
+                .as_deref()
+                .is_some_and(|e| e.contains("shutting down"))
+        })
+        .collect();
+    assert!(!unsent.is_empty(), "the pass had changes left to send");
+    assert!(unsent.iter().all(|r| r.outcome == "skipped"), "{unsent:?}");
+    assert!(rows.iter().all(|r| r.outcome != "failed"), "nothing failed");
     let writes = sim.state().write_requests();
     assert!(writes < 200, "the pass was not cut short ({writes} writes)");
     let p = passes(&ws).await;

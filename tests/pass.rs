@@ -234,7 +234,9 @@ async fn the_blast_radius_guard_halts_a_rule_that_hits_everything() {
     );
     let out = ws.run(&["once"]).await;
     let text = stdout(&out);
-    assert_eq!(out.status.code(), Some(0), "{text}");
+    // A halted rule is trouble a person should see: the pass is degraded, exit 1.
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("status degraded"), "{text}");
     assert_eq!(sim.state().write_requests(), 0);
     assert!(
         text.contains("HALTED") && text.contains("blast-radius guard halted it"),

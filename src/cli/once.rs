@@ -38,6 +38,14 @@ pub(super) async fn run(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
             .into());
         }
     }
+    tracing::info!(
+        version = %env!("CARGO_PKG_VERSION"),
+        mode = %if args.dry_run || config.daemon.dry_run { "dry-run (nothing is sent)" } else { "live" },
+        url = %config.stellar.url,
+        audit = %config.audit.path.display(),
+        rules = set.rules.len(),
+        "one pass"
+    );
     // The server could not be reached or refused the key.
     ctx.client.authenticate().await.map_err(Exit::server)?;
     let claimed = crate::pass::run_claimed(

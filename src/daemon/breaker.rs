@@ -30,6 +30,13 @@ impl Breaker {
         self.disabled.len()
     }
 
+    /// The disabled rules' names, sorted.
+    pub fn disabled(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.disabled.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
     /// Feeds one pass's per-rule results; returns the rules it disables now.
     /// `hash_of` gives a rule's current source hash. A pass where a rule saw nothing
     /// changes nothing for it.

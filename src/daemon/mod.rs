@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 use crate::app::App;
 use crate::audit::{NewEvent, Outcome};
 use crate::config::Config;
-use crate::metrics::{ChangeLabels, Metrics, StatusLabel};
+use crate::metrics::{ChangeLabels, Metrics, RuleLabels, StatusLabel};
 use crate::pass::{self, PassContext, PassOptions, PassReport, PassStatus};
 use crate::rules::RuleSet;
 use crate::stellar::ApiError;
@@ -47,6 +47,10 @@ struct State {
     running: BTreeSet<String>,
     /// Schedule -> status of its last pass.
     last: BTreeMap<String, PassStatus>,
+    /// Why the last reload kept the previous rules, until one succeeds.
+    reload_error: Option<String>,
+    /// When the last pass that got through its work ended.
+    last_good: Option<std::time::SystemTime>,
 }
 
 impl Shared {
@@ -102,7 +106,14 @@ pub async fn run_until(
     let mut pet = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
     let mut passes: JoinSet<()> = JoinSet::new();
     systemd::ready("waiting for the first tick");
+    let c = &shared.config;
     tracing::info!(
+        version = %env!("CARGO_PKG_VERSION"),
+        mode = %if c.daemon.dry_run { "dry-run (nothing is sent)" } else { "live" },
+        url = %c.stellar.url,
+        api_flavor = ?c.stellar.api_flavor,
+        detected_flavor = ?shared.ctx.client.known_flavor(),
+        audit = %c.audit.path.display(),
         rules = shared.state().rules.rules.len(),
         "casewarden started"
     );
@@ -156,6 +167,8 @@ async fn start(config: Config) -> anyhow::Result<Arc<Shared>> {
             breaker: Breaker::new(config.daemon.breaker_passes),
             running: BTreeSet::new(),
             last: BTreeMap::new(),
+            reload_error: None,
+            last_good: None,
         }),
         cancel: Arc::new(AtomicBool::new(false)),
         config,
@@ -283,6 +296,21 @@ async fn after_pass(shared: &Shared, set: &RuleSet, report: &PassReport, took: D
         })
         .inc();
     m.pass_duration.observe(took.as_secs_f64());
+    if !report.status.is_broken() {
+        let now = std::time::SystemTime::now();
+        shared.state().last_good = Some(now);
+        let secs = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        m.last_success.set(secs as i64);
+    }
+    for s in report.rules.iter().filter(|s| s.errors > 0) {
+        m.rule_errors
+            .get_or_create(&RuleLabels {
+                rule: s.name.clone(),
+            })
+            .inc_by(s.errors as u64);
+    }
     for s in &report.rules {
         for (outcome, n) in [
             ("applied", s.applied),

@@ -85,6 +85,11 @@ pub async fn reload(shared: &Shared, schedule: &mut Schedule) {
                 errors = errors.len(),
                 "rules NOT reloaded: the previous set keeps running"
             );
+            shared.state().reload_error = Some(format!(
+                "the last reload failed ({} rule error(s), first: {}); the previous rules keep running",
+                errors.len(),
+                errors.first().map(ToString::to_string).unwrap_or_default()
+            ));
         }
         Ok(set) => {
             for w in &set.warnings {
@@ -109,6 +114,7 @@ pub async fn reload(shared: &Shared, schedule: &mut Schedule) {
                 .rules_disabled
                 .set(state.breaker.disabled_count() as i64);
             state.rules = set;
+            state.reload_error = None;
         }
     }
     systemd::reloaded();

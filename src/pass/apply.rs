@@ -107,9 +107,9 @@ impl Applier {
             .as_ref()
             .is_some_and(|c| c.load(Ordering::SeqCst))
         {
-            Some(NotApplied::failed(
-                "not sent: casewarden is shutting down",
-                None,
+            // Not a failure: nothing was sent, and the next pass plans it again.
+            Some(NotApplied::skipped(
+                "not sent: casewarden is shutting down; the next pass plans it again",
             ))
         } else if tokio::time::Instant::now() > self.deadline {
             Some(NotApplied::skipped(

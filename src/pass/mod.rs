@@ -143,6 +143,8 @@ pub enum PassStatus {
     DryRun,
     BudgetExhausted,
     FailedChanges,
+    /// A rule was halted by the guard or failed on some case; the others ran.
+    Degraded,
     Interrupted,
     Error,
 }
@@ -154,6 +156,7 @@ impl PassStatus {
             PassStatus::DryRun => "dry-run",
             PassStatus::BudgetExhausted => "budget-exhausted",
             PassStatus::FailedChanges => "failed-changes",
+            PassStatus::Degraded => "degraded",
             PassStatus::Interrupted => "interrupted",
             PassStatus::Error => "error",
         }
@@ -196,8 +199,14 @@ pub struct PassReport {
 
 impl PassReport {
     /// Whether any change failed or the pass could not finish.
+    /// Some change failed, the pass stopped, or a rule was halted or errored (exit 1).
     pub fn has_failures(&self) -> bool {
-        self.failed > 0 || self.error.is_some()
+        self.failed > 0 || self.error.is_some() || self.rule_trouble()
+    }
+
+    /// A rule was halted by the guard or failed on some case.
+    pub fn rule_trouble(&self) -> bool {
+        self.rules.iter().any(|r| r.guard_halted || r.errors > 0)
     }
 }
 
@@ -331,12 +340,17 @@ pub async fn run_pass(ctx: &PassContext, set: &RuleSet, opts: &PassOptions) -> P
             tracing::error!(error = %e, "pass stopped early");
             report.error = Some(e.to_string());
         }
+        for r in report.rules.iter().filter(|r| r.errors > LOGGED_ERRORS_PER_RULE) {
+            tracing::warn!(rule = %r.name, errors = r.errors, "rule failed on {} more case(s) this pass than logged above", r.errors - LOGGED_ERRORS_PER_RULE);
+        }
         report.status = if report.error.is_some() {
             PassStatus::Error
         } else if report.interrupted {
             PassStatus::Interrupted
         } else if report.failed > 0 {
             PassStatus::FailedChanges
+        } else if report.rule_trouble() {
+            PassStatus::Degraded
         } else if report.budget_exhausted {
             PassStatus::BudgetExhausted
         } else if dry_run {
