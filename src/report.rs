@@ -26,10 +26,17 @@ pub fn print_report(out: &mut impl Write, r: &PassReport) -> std::io::Result<()>
         },
         r.status
     )?;
+    // Two units side by side, named in the header: cases (seen, matched, errors) and the
+    // field changes those cases lead to (applied .. deferred).
+    writeln!(
+        out,
+        "  {:<26} {:>24} {:>7}   {:<42}",
+        "", "------ cases ------", "", "----------- field changes -----------"
+    )?;
     writeln!(
         out,
         "  {:<26} {:>6} {:>8} {:>8} {:>7} {:>8} {:>7} {:>9}  guard",
-        "RULE", "SEEN", "MATCHED", "APPLIED", "FAILED", "SKIPPED", "ERRORS", "DEFERRED"
+        "RULE", "SEEN", "MATCHED", "ERRORS", "APPLIED", "FAILED", "SKIPPED", "DEFERRED"
     )?;
     for s in &r.rules {
         writeln!(
@@ -38,6 +45,7 @@ pub fn print_report(out: &mut impl Write, r: &PassReport) -> std::io::Result<()>
             s.name,
             s.seen,
             s.matched,
+            s.errors,
             if r.dry_run {
                 "-".to_string()
             } else {
@@ -45,7 +53,6 @@ pub fn print_report(out: &mut impl Write, r: &PassReport) -> std::io::Result<()>
             },
             s.failed,
             s.skipped,
-            s.errors,
             s.deferred,
             if s.guard_halted { "HALTED" } else { "ok" }
         )?;

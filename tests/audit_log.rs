@@ -372,3 +372,62 @@ async fn a_reader_and_a_writer_work_at_once() {
         }
     );
 }
+
+/// What an auditor reads: the newest rows on request, the settled planned row under a
+/// plain name, the pass in the table, and CSV cells no spreadsheet runs as formulas.
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_output_is_readable_and_safe_for_spreadsheets() {
+    let (dir, store) = store_with(10).await;
+    let planned = store
+        .append(&[NewEvent {
+            field: "tags".into(),
+            old: None,
+            new: Some("+=HYPERLINK(\"http://evil\")".into()),
+            outcome: Some(Outcome::Planned),
+            ..event(10, Outcome::Planned)
+        }])
+        .await
+        .unwrap()[0];
+    store
+        .append(&[NewEvent {
+            planned_seq: Some(planned),
+            reason: String::new(),
+            ..event(11, Outcome::Applied)
+        }])
+        .await
+        .unwrap();
+    store.close().await;
+    let db = dir.path().join("nested/dir/audit.db");
+    let db = db.to_str().unwrap();
+    let newest = run_bin(
+        &[
+            "audit", "--db", db, "--newest", "--limit", "2", "--format", "json",
+        ],
+        &[],
+    )
+    .await;
+    let rows: Vec<serde_json::Value> = stdout(&newest)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        (rows[0]["seq"].as_i64(), rows[1]["seq"].as_i64()),
+        (Some(12), Some(11))
+    );
+    assert_eq!(rows[0]["outcome_of"], planned, "{}", rows[0]);
+    assert!(rows[1]["outcome_of"].is_null());
+    let csv_out = run_bin(
+        &["audit", "--db", db, "--case", "case-10", "--format", "csv"],
+        &[],
+    )
+    .await;
+    let csv_text = stdout(&csv_out);
+    let mut reader = csv::Reader::from_reader(csv_text.as_bytes());
+    let record = reader.records().next().unwrap().unwrap();
+    assert_eq!(&record[9], "'+=HYPERLINK(\"http://evil\")");
+    let table = run_bin(&["audit", "--db", db, "--since", "2020-01-01"], &[]).await;
+    let text = stdout(&table);
+    assert!(text.contains("PASS") && text.contains("run-1"), "{text}");
+    assert!(text.contains(&format!("outcome of #{planned}")), "{text}");
+}

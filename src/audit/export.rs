@@ -25,7 +25,7 @@ enum Sink<W: Write> {
     Csv(Box<csv::Writer<W>>),
 }
 
-const CSV_HEADER: [&str; 18] = [
+const CSV_HEADER: [&str; 19] = [
     "seq",
     "run_id",
     "recorded_at",
@@ -44,6 +44,7 @@ const CSV_HEADER: [&str; 18] = [
     "planned_seq",
     "prev_hash",
     "hash",
+    "outcome_of",
 ];
 
 impl<W: Write> Printer<W> {
@@ -58,8 +59,8 @@ impl<W: Write> Printer<W> {
             Format::Table => {
                 writeln!(
                     out,
-                    "{:>6}  {:<24}  {:<22}  {:>8}  {:<11}  {:<34}  {:<13}  REASON / ERROR",
-                    "SEQ", "RECORDED (UTC)", "RULE", "TICKET", "FIELD", "CHANGE", "OUTCOME"
+                    "{:>6}  {:<24}  {:<23}  {:<22}  {:>8}  {:<11}  {:<34}  {:<13}  NOTE (reason, error: or outcome of #planned row)",
+                    "SEQ", "RECORDED (UTC)", "PASS", "RULE", "TICKET", "FIELD", "CHANGE", "OUTCOME"
                 )?;
                 Sink::Plain(out)
             }
@@ -75,20 +76,21 @@ impl<W: Write> Printer<W> {
         self.rows += 1;
         let out = match &mut self.sink {
             Sink::Csv(w) => {
-                let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+                let text = |v: &str| spreadsheet_safe(v);
+                let opt = |v: &Option<String>| text(v.as_deref().unwrap_or_default());
                 let num = |v: Option<i64>| v.map(|n| n.to_string()).unwrap_or_default();
                 w.write_record([
                     r.seq.to_string(),
-                    r.run_id.clone(),
+                    text(&r.run_id),
                     r.recorded_at.clone(),
-                    r.rule.clone(),
+                    text(&r.rule),
                     r.rule_hash.clone(),
-                    r.case_id.clone(),
+                    text(&r.case_id),
                     num(r.ticket_id),
-                    r.field.clone(),
+                    text(&r.field),
                     opt(&r.old),
                     opt(&r.new),
-                    r.reason.clone(),
+                    text(&r.reason),
                     r.dry_run.to_string(),
                     r.outcome.to_string(),
                     opt(&r.error),
@@ -96,6 +98,7 @@ impl<W: Write> Printer<W> {
                     num(r.planned_seq),
                     r.prev_hash.clone(),
                     r.hash.clone(),
+                    num(r.planned_seq),
                 ])?;
                 return Ok(());
             }
@@ -103,7 +106,10 @@ impl<W: Write> Printer<W> {
         };
         match self.format {
             Format::Json => {
-                serde_json::to_writer(&mut *out, r)?;
+                let mut v = serde_json::to_value(r)?;
+                // The planned row an outcome row settles, under a name that says so.
+                v["outcome_of"] = serde_json::json!(r.planned_seq);
+                serde_json::to_writer(&mut *out, &v)?;
                 writeln!(out)
             }
             _ => {
@@ -121,9 +127,10 @@ impl<W: Write> Printer<W> {
                 };
                 writeln!(
                     out,
-                    "{:>6}  {:<24}  {:<22}  {:>8}  {:<11}  {:<34}  {:<13}  {}",
+                    "{:>6}  {:<24}  {:<23}  {:<22}  {:>8}  {:<11}  {:<34}  {:<13}  {}",
                     r.seq,
                     clip(&when, 24),
+                    clip(&r.run_id, 23),
                     clip(&r.rule, 22),
                     r.ticket_id
                         .map(|t| t.to_string())
@@ -157,6 +164,17 @@ fn describe_change(r: &EventRow) -> String {
     match crate::plan::Field::parse(&r.field) {
         Some(field) => crate::plan::describe_change(field, r.old.as_deref(), r.new.as_deref()),
         None => r.new.clone().unwrap_or_default(),
+    }
+}
+
+/// A CSV cell a spreadsheet will not run as a formula: text starting with `=`, `+`, `-`,
+/// `@`, a tab or a carriage return gets a leading `'` (OWASP's advice), so a tag like
+/// `=HYPERLINK(..)` reaches the auditor as text.
+fn spreadsheet_safe(v: &str) -> String {
+    if v.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{v}")
+    } else {
+        v.to_string()
     }
 }
 
@@ -226,5 +244,17 @@ mod tests {
         assert!(t < super::super::timestamp(chrono::Utc::now()));
         assert!(parse_time("yesterday").unwrap_err().contains("RFC 3339"));
         assert!(parse_time("3y").unwrap_err().contains("unknown unit"));
+        assert_eq!(
+            parse_time("2026-11-25").unwrap(),
+            "2026-11-25T00:00:00.000Z"
+        );
+    }
+
+    #[test]
+    fn csv_cells_are_not_formulas() {
+        assert_eq!(spreadsheet_safe("=HYPERLINK(\"x\")"), "'=HYPERLINK(\"x\")");
+        assert_eq!(spreadsheet_safe("+vip"), "'+vip");
+        assert_eq!(spreadsheet_safe("@me"), "'@me");
+        assert_eq!(spreadsheet_safe("plain, text"), "plain, text");
     }
 }

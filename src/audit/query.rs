@@ -16,6 +16,8 @@ pub struct Filter {
     pub outcome: Option<Outcome>,
     pub run_id: Option<String>,
     pub limit: Option<i64>,
+    /// Newest rows first (with `limit`: the newest N).
+    pub newest: bool,
 }
 
 impl AuditStore {
@@ -39,7 +41,11 @@ impl AuditStore {
                 sql.push_str(cond);
             }
         }
-        sql.push_str(" ORDER BY seq");
+        sql.push_str(if filter.newest {
+            " ORDER BY seq DESC"
+        } else {
+            " ORDER BY seq"
+        });
         if filter.limit.is_some() {
             sql.push_str(" LIMIT ?");
         }

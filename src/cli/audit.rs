@@ -54,9 +54,12 @@ pub struct AuditQuery {
     /// Only rows of this pass (run_id)
     #[arg(long = "pass", value_name = "RUN_ID")]
     pub run_id: Option<String>,
-    /// At most this many rows
+    /// At most this many rows (the oldest, or with --newest the newest)
     #[arg(long)]
     pub limit: Option<i64>,
+    /// Newest rows first
+    #[arg(long)]
+    pub newest: bool,
     /// Output format
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
@@ -137,6 +140,7 @@ pub(super) async fn run(cli: &Cli, args: &AuditArgs) -> anyhow::Result<u8> {
             .transpose()
             .map_err(|e| anyhow::anyhow!("--until: {e}"))?,
         outcome: q.outcome,
+        newest: q.newest,
         run_id: q.run_id.clone(),
         limit: q.limit,
     };
