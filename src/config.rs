@@ -546,6 +546,35 @@ mod tests {
         );
     }
 
+    /// Every key serde accepts, found from its own "expected one of" list, is in the
+    /// reference.
+    #[test]
+    fn every_config_key_is_in_the_reference() {
+        let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/config.md"))
+            .unwrap();
+        let mut missing = Vec::new();
+        for section in ["stellar", "daemon", "audit"] {
+            let text = if section == "stellar" {
+                format!("{MINIMAL}no_such_key = 1\n")
+            } else {
+                format!("{MINIMAL}[{section}]\nno_such_key = 1\n")
+            };
+            let err = parse(&text).unwrap_err().to_string();
+            let expected = err
+                .split("expected")
+                .nth(1)
+                .unwrap_or_else(|| panic!("{err}"));
+            let keys: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+            assert!(keys.len() > 3, "{section}: {err}");
+            for key in keys {
+                if !docs.contains(&format!("`{key}`")) {
+                    missing.push(format!("{section}.{key}"));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "not in docs/config.md: {missing:?}");
+    }
+
     #[test]
     fn unknown_key_is_named_with_its_line() {
         let err = parse(&format!("{MINIMAL}page_sise = 5\n"))

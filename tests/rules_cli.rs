@@ -469,3 +469,31 @@ async fn test_rule_applies_the_rules_query_as_a_pass_does() {
         "{text}"
     );
 }
+
+/// Shell completions and man pages come from the same definitions as the commands.
+#[tokio::test(flavor = "multi_thread")]
+async fn completions_and_man_pages_cover_every_command() {
+    let bash = run_bin(&["completions", "bash"], &[]).await;
+    assert_exit(&bash, 0);
+    let man = run_bin(&["man"], &[]).await;
+    assert_exit(&man, 0);
+    let (bash, man) = (stdout(&bash), stdout(&man));
+    for cmd in [
+        "run",
+        "once",
+        "check",
+        "test-rule",
+        "audit",
+        "simulate",
+        "demo",
+    ] {
+        assert!(bash.contains(cmd), "completions lack {cmd}");
+        assert!(
+            man.contains(&format!(".TH casewarden-{cmd} 1")),
+            "no man page for {cmd}"
+        );
+    }
+    assert!(bash.contains("--dry-run") && man.contains("dry\\-run"));
+    let bad = run_bin(&["completions", "tcsh"], &[]).await;
+    assert_fails_with(&bad, 2, "invalid value 'tcsh'");
+}

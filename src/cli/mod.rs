@@ -3,6 +3,7 @@
 
 mod audit;
 mod check;
+mod completions;
 mod demo;
 mod exit;
 mod once;
@@ -16,6 +17,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 pub use audit::{AuditArgs, AuditCommand, AuditQuery};
 pub use check::CheckArgs;
+pub use completions::CompletionsArgs;
 pub use demo::DemoArgs;
 pub use exit::{Exit, code_of};
 pub use once::OnceArgs;
@@ -72,6 +74,10 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Run the example rules against an in-process simulator and show what they change
     Demo(DemoArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout
+    Completions(CompletionsArgs),
+    /// Print the man pages (roff) of casewarden and its commands to stdout
+    Man,
 }
 
 fn config_path(cli: &Cli) -> PathBuf {
@@ -94,6 +100,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Audit(args) => audit::run(&cli, args).await,
         Command::Simulate(args) => simulate::run(args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Completions(args) => completions::completions(args),
+        Command::Man => completions::man(),
     }
 }
 
