@@ -500,3 +500,65 @@ async fn legacy_servers_record_the_resolution_as_not_sent() {
             .any(|r| r.field == "status" && r.outcome == "applied")
     );
 }
+
+/// Per-rule settings: a shadow rule (`dry_run: true`) records but never sends while the
+/// live rule applies; a rule's own `max_changes` and `max_change_fraction` override the
+/// daemon's; the guard counts every listed case, so a precise query is not halted.
+#[tokio::test(flavor = "multi_thread")]
+async fn rules_run_in_shadow_with_their_own_limits() {
+    let sim = start(sim_options(60)).await;
+    let critical = sim
+        .state()
+        .cases
+        .iter()
+        .filter(|c| c["priority"] == "Critical")
+        .count();
+    assert!(
+        critical > 0 && critical * 4 < 60,
+        "{critical} Critical cases"
+    );
+    let rules = [
+        (
+            "10-precise.rhai",
+            "const RULE = #{ name: \"precise\", query: #{ priority: \"Critical\" } };\nfn evaluate(c) { add_tag(\"p1\", \"critical\"); }\n",
+        ),
+        (
+            "20-shadow.rhai",
+            "const RULE = #{ name: \"shadow\", dry_run: true, max_change_fraction: 1.0 };\nfn evaluate(c) { add_tag(\"would-tag\", \"trying it\"); }\n",
+        ),
+        (
+            "30-capped.rhai",
+            "const RULE = #{ name: \"capped\", max_changes: 5, max_change_fraction: 1.0 };\nfn evaluate(c) { add_tag(\"batch\", \"five at a time\"); }\n",
+        ),
+    ];
+    let ws = Workspace::new(&sim.url, "legacy", "comment_changes = false", Some(&rules));
+    let out = ws.run(&["once"]).await;
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", stderr(&out));
+    assert!(!text.contains("HALTED"), "{text}");
+    let tagged = |tag: &str| {
+        sim.state()
+            .cases
+            .iter()
+            .filter(|c| c["tags"].as_array().unwrap().iter().any(|t| t == tag))
+            .count()
+    };
+    assert_eq!(
+        tagged("p1"),
+        critical,
+        "the precise rule ran on all its cases"
+    );
+    assert_eq!(tagged("would-tag"), 0, "a shadow rule sends nothing");
+    assert_eq!(tagged("batch"), 5, "the rule's own cap");
+    let rows = ws.audit(Filter::default()).await;
+    let of = |rule: &'static str| rows.iter().filter(move |r| r.rule == rule);
+    assert_eq!(of("shadow").count(), 60);
+    assert!(of("shadow").all(|r| r.dry_run && r.outcome == "planned"));
+    assert!(of("precise").any(|r| !r.dry_run && r.outcome == "applied"));
+    assert_eq!(
+        of("capped")
+            .filter(|r| r.outcome == "skipped" && r.reason.contains("RULE.max_changes"))
+            .count(),
+        55
+    );
+}

@@ -431,6 +431,7 @@ async fn run(
         return Ok(());
     };
     let seq_of = stage.record_intent(&plans, report).await?;
+    let plans = stage.hold_back_shadow_rules(plans);
     if !dry_run {
         let outcomes = stage.apply(&plans, seq_of, deadline, report).await?;
         stage.count(&plans, outcomes, report);
@@ -489,8 +490,12 @@ impl Stage<'_> {
             guard_min_cases: ctx.settings.guard_min_cases,
         };
         let names = self.rules.iter().map(|r| r.name.clone()).collect();
+        let mut planner = plan::PassPlanner::new(names, budgets, own.to_vec());
+        for r in &self.rules {
+            planner.limit_rule(&r.name, r.max_change_fraction, r.max_changes);
+        }
         let mut state = Planning {
-            planner: plan::PassPlanner::new(names, budgets, own.to_vec()),
+            planner,
             env: EvalEnv {
                 now_ms: None,
                 own_users: own,
@@ -527,7 +532,9 @@ impl Stage<'_> {
                 ctx.settings.limits.prints_per_pass
             );
         }
-        let seen: Vec<usize> = report.rules.iter().map(|r| r.seen).collect();
+        // The guard measures each rule against every case the pass listed, not only the
+        // ones its query selected: a precise rule changing all of its few cases is fine.
+        let seen = vec![report.cases_seen; report.rules.len()];
         let passplan = state.planner.finish(&seen);
         for (i, stats) in report.rules.iter_mut().enumerate() {
             stats.matched = passplan.matched[i];
@@ -635,7 +642,13 @@ impl Stage<'_> {
             let Some((ri, rule)) = self.rule_of(&d.rule) else {
                 continue;
             };
-            events.push(event(&report.run_id, rule, p, d, self.dry_run));
+            events.push(event(
+                &report.run_id,
+                rule,
+                p,
+                d,
+                self.dry_run || rule.dry_run,
+            ));
             owners.push(id);
             if d.is_planned() {
                 report.rules[ri].planned += 1;
@@ -646,6 +659,28 @@ impl Stage<'_> {
         }
         let seqs = self.ctx.audit.append(&events).await?;
         Ok(owners.into_iter().zip(seqs).collect())
+    }
+
+    /// Shadow rules (`RULE.dry_run`) were recorded as dry-run rows; nothing of theirs is
+    /// sent while the other rules' changes are.
+    fn hold_back_shadow_rules(&self, mut plans: Vec<CasePlan>) -> Vec<CasePlan> {
+        let shadow: Vec<&str> = self
+            .rules
+            .iter()
+            .filter(|r| r.dry_run)
+            .map(|r| r.name.as_str())
+            .collect();
+        if !shadow.is_empty() {
+            for p in &mut plans {
+                for rule in &shadow {
+                    p.skip_rule(
+                        rule,
+                        "shadow rule (RULE.dry_run): recorded as a dry run, not sent",
+                    );
+                }
+            }
+        }
+        plans
     }
 
     /// Sends every case's update with bounded concurrency; outcome rows are written by one

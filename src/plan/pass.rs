@@ -46,6 +46,10 @@ pub struct PassPlan {
 pub struct PassPlanner {
     rules: Vec<String>,
     budgets: Budgets,
+    /// Per rule: its own guard fraction and change cap, where it sets them.
+    limits: Vec<(Option<f64>, Option<usize>)>,
+    /// Per rule: changes planned so far, against its cap.
+    used_by_rule: Vec<usize>,
     own: Vec<String>,
     used: usize,
     plan: PassPlan,
@@ -58,6 +62,8 @@ impl PassPlanner {
         PassPlanner {
             rules,
             budgets,
+            limits: vec![(None, None); n],
+            used_by_rule: vec![0; n],
             own,
             used: 0,
             plan: PassPlan {
@@ -66,6 +72,19 @@ impl PassPlanner {
                 halted: vec![None; n],
                 ..PassPlan::default()
             },
+        }
+    }
+
+    /// A rule's own limits (`RULE.max_change_fraction`, `RULE.max_changes`), overriding
+    /// the pass-wide ones for that rule.
+    pub fn limit_rule(
+        &mut self,
+        rule: &str,
+        max_fraction: Option<f64>,
+        max_changes: Option<usize>,
+    ) {
+        if let Some(i) = self.index(rule) {
+            self.limits[i] = (max_fraction, max_changes);
         }
     }
 
@@ -99,6 +118,21 @@ impl PassPlanner {
                 .contains(&memory_key(d.field, d.new.as_deref().unwrap_or("")))
             {
                 d.skipped = Some("an earlier change of this field is not settled yet (its answer was lost); it is read back before a later pass and never sent twice".into());
+            }
+        }
+        for d in plan.decisions.iter_mut().filter(|d| d.is_planned()) {
+            let Some(i) = self.index(&d.rule) else {
+                continue;
+            };
+            if let (_, Some(cap)) = self.limits[i] {
+                if self.used_by_rule[i] >= cap {
+                    self.plan.deferred[i] += 1;
+                    d.skipped = Some(format!(
+                        "the rule's own cap of {cap} changes per pass (RULE.max_changes) is spent; deferred to the next pass"
+                    ));
+                } else {
+                    self.used_by_rule[i] += 1;
+                }
             }
         }
         let mut wanted: Vec<usize> = plan
@@ -144,20 +178,17 @@ impl PassPlanner {
         None
     }
 
-    /// The guard, over what each rule saw (`seen`, in the planner's rule order): a rule
-    /// that wanted to change too large a share of the cases it saw is halted for the pass.
+    /// The guard, over `seen` per rule (in the planner's rule order; a pass gives every rule
+    /// all the cases it listed, so a precise query does not count against a rule): a rule
+    /// that wanted to change too large a share is halted for the pass.
     pub fn finish(mut self, seen: &[usize]) -> PassPlan {
         for (i, rule) in self.rules.iter().enumerate() {
             let (wanted, saw) = (self.plan.matched[i], seen.get(i).copied().unwrap_or(0));
-            if guard_trips(
-                wanted,
-                saw,
-                self.budgets.max_change_fraction,
-                self.budgets.guard_min_cases,
-            ) {
+            let fraction = self.limits[i].0.unwrap_or(self.budgets.max_change_fraction);
+            if guard_trips(wanted, saw, fraction, self.budgets.guard_min_cases) {
                 let why = format!(
-                    "blast-radius guard: rule wanted to change {wanted} of {saw} cases it saw (limit {:.0}%)",
-                    self.budgets.max_change_fraction * 100.0
+                    "blast-radius guard: rule wanted to change {wanted} of {saw} cases (limit {:.0}%)",
+                    fraction * 100.0
                 );
                 for p in &mut self.plan.plans {
                     p.skip_rule(rule, &why);
@@ -222,6 +253,47 @@ mod tests {
             },
             vec![],
         )
+    }
+
+    #[test]
+    fn a_rules_own_cap_and_fraction_override_the_pass_wide_ones() {
+        let mut p = planner(100);
+        p.limit_rule("a", None, Some(2));
+        p.limit_rule("b", Some(1.0), None);
+        let f = CaseFacts::default();
+        for i in 0..4 {
+            let asked = [
+                asks("a", &tags(1)),
+                asks("b", &[ChangeKind::AddTag("b".into())]),
+            ];
+            assert!(
+                p.add(&case(&i.to_string()), &asked, &f, ApiFlavor::V5)
+                    .is_none()
+            );
+        }
+        let plan = p.finish(&[4, 4]);
+        let skipped = |rule: &str, why: &str| {
+            plan.plans
+                .iter()
+                .flat_map(|c| &c.decisions)
+                .filter(|d| d.rule == rule && d.skipped.as_deref().is_some_and(|s| s.contains(why)))
+                .count()
+        };
+        assert_eq!(
+            skipped("a", "RULE.max_changes"),
+            2,
+            "a's cap of 2 defers the other two"
+        );
+        assert_eq!(plan.deferred[0], 2);
+        assert_eq!(plan.matched, [2, 4]);
+        assert!(
+            plan.halted[1].is_none(),
+            "b changes all 4, as its own fraction of 1.0 allows"
+        );
+        assert!(
+            plan.halted[0].is_none(),
+            "a changes 2 of 4, the pass-wide 50%"
+        );
     }
 
     #[test]

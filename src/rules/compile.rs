@@ -13,12 +13,15 @@ use super::{Rule, RuleError};
 use crate::stellar::model::{PRIORITIES, RESOLUTIONS, STATUSES};
 
 /// The keys of a rule's `RULE` map.
-const KEYS: [&str; 6] = [
+const KEYS: [&str; 9] = [
     "name",
     "description",
     "schedule",
     "query",
     "enabled",
+    "dry_run",
+    "max_change_fraction",
+    "max_changes",
     "custom_fields",
 ];
 use crate::stellar::filter;
@@ -133,6 +136,9 @@ pub(super) fn compile(
         schedule: meta.schedule,
         query: meta.query,
         enabled: meta.enabled,
+        dry_run: meta.dry_run,
+        max_change_fraction: meta.max_change_fraction,
+        max_changes: meta.max_changes,
         file: file.to_path_buf(),
         source_hash: hex::encode(Sha256::digest(text.as_bytes())),
         module: AST::new_from_module(module),
@@ -149,6 +155,9 @@ struct Meta {
     schedule: Option<String>,
     query: Vec<(String, String)>,
     enabled: bool,
+    dry_run: bool,
+    max_change_fraction: Option<f64>,
+    max_changes: Option<usize>,
     /// Case fields of this server that the documented schema does not list.
     custom_fields: Vec<String>,
 }
@@ -194,14 +203,43 @@ fn read_meta(meta: &rhai::Map, file: &Path, text: &str) -> Result<Meta, Vec<Rule
     if let Some(s) = &schedule {
         crate::cron::validate(s).map_err(|e| at("schedule", format!("RULE.schedule: {e}")))?;
     }
-    let enabled = match meta.get("enabled") {
-        None => true,
-        Some(v) => v.as_bool().map_err(|t| {
-            at(
-                "enabled",
-                format!("RULE.enabled must be true or false, not {t}"),
-            )
-        })?,
+    let flag = |key: &str, default: bool| match meta.get(key) {
+        None => Ok(default),
+        Some(v) => v
+            .as_bool()
+            .map_err(|t| at(key, format!("RULE.{key} must be true or false, not {t}"))),
+    };
+    let enabled = flag("enabled", true)?;
+    let dry_run = flag("dry_run", false)?;
+    let max_change_fraction = match meta.get("max_change_fraction") {
+        None => None,
+        Some(v) => Some(
+            v.as_float()
+                .ok()
+                .filter(|f| *f > 0.0 && *f <= 1.0)
+                .ok_or_else(|| {
+                    at(
+                        "max_change_fraction",
+                        format!("RULE.max_change_fraction must be a number above 0 and at most 1.0 (a share of the cases), not {v}"),
+                    )
+                })?,
+        ),
+    };
+    let max_changes = match meta.get("max_changes") {
+        None => None,
+        Some(v) => Some(
+            v.as_int()
+                .ok()
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(|| {
+                    at(
+                        "max_changes",
+                        format!(
+                            "RULE.max_changes must be a whole number of changes, 0 or more, not {v}"
+                        ),
+                    )
+                })?,
+        ),
     };
     let query = match meta.get("query") {
         None => Vec::new(),
@@ -233,6 +271,9 @@ fn read_meta(meta: &rhai::Map, file: &Path, text: &str) -> Result<Meta, Vec<Rule
         schedule,
         query,
         enabled,
+        dry_run,
+        max_change_fraction,
+        max_changes,
         custom_fields,
     })
 }

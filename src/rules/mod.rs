@@ -51,6 +51,13 @@ pub struct Rule {
     /// Server-side filter hints, re-checked on each case before evaluation.
     pub query: Vec<(String, String)>,
     pub enabled: bool,
+    /// Shadow mode: its changes are recorded as dry-run rows and never sent, while the
+    /// other rules apply theirs.
+    pub dry_run: bool,
+    /// Overrides `daemon.max_change_fraction` for this rule's guard.
+    pub max_change_fraction: Option<f64>,
+    /// At most this many of its changes per pass; the rest wait for the next pass.
+    pub max_changes: Option<usize>,
     pub file: PathBuf,
     /// SHA-256 of the file's text, recorded with every audit row the rule causes.
     pub source_hash: String,
