@@ -311,8 +311,18 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let s = &self.stellar;
-        let url = reqwest::Url::parse(&s.url)
-            .map_err(|e| self.invalid("stellar.url", format!("not a URL ({e}): {:?}", s.url)))?;
+        let url = reqwest::Url::parse(&s.url).map_err(|e| {
+            let hint = if e == url::ParseError::RelativeUrlWithoutBase {
+                format!(
+                    "{:?} has no scheme: write it as https://{}",
+                    s.url,
+                    s.url.trim_start_matches('/')
+                )
+            } else {
+                format!("not a URL ({e}): {:?}", s.url)
+            };
+            self.invalid("stellar.url", hint)
+        })?;
         match url.scheme() {
             "https" => {}
             "http" if is_loopback(&url) => {}

@@ -38,6 +38,16 @@ fn init_tracing(cli: &Cli) {
     }
 }
 
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    let pipe = Some(std::io::ErrorKind::BrokenPipe);
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().map(std::io::Error::kind) == pipe
+            || c.downcast_ref::<serde_json::Error>()
+                .and_then(serde_json::Error::io_error_kind)
+                == pipe
+    })
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli);
@@ -53,6 +63,8 @@ fn main() -> std::process::ExitCode {
     };
     match runtime.block_on(casewarden::cli::run(cli)) {
         Ok(code) => std::process::ExitCode::from(code),
+        // A reader that went away (`casewarden audit | head`) is not an error of ours.
+        Err(e) if is_broken_pipe(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::from(casewarden::cli::code_of(&e))

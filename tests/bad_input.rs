@@ -323,3 +323,33 @@ async fn bad_command_lines() {
     let out = run_bin(&["audit", "--db", "/nonexistent/audit.db"], &[]).await;
     assert_fails_with(&out, 2, "does not exist");
 }
+
+/// `casewarden test-rule ... | head`: the reader going away is not an error.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_pipe_is_not_an_error() {
+    for format in ["table", "json"] {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_casewarden"))
+            .args(["test-rule", "--format", format])
+            .arg(repo().join("rules/10-escalate-aged-new.rhai"))
+            .arg(repo().join("tests/fixtures/cases.json"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().await.unwrap();
+        assert_eq!(out.status.code(), Some(0), "{format}: {}", stderr(&out));
+        assert!(!stderr(&out).contains("Broken pipe"), "{}", stderr(&out));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_url_without_scheme_says_what_to_write() {
+    let ws = Workspace::new("stellar.example.com", "legacy", "", None);
+    let out = ws.run(&["check", "--offline"]).await;
+    assert_fails_with(
+        &out,
+        2,
+        "has no scheme: write it as https://stellar.example.com",
+    );
+}
