@@ -497,3 +497,48 @@ async fn completions_and_man_pages_cover_every_command() {
     let bad = run_bin(&["completions", "tcsh"], &[]).await;
     assert_fails_with(&bad, 2, "invalid value 'tcsh'");
 }
+
+/// The matching helpers through a rule: networks, patterns, time in the current status.
+#[tokio::test(flavor = "multi_thread")]
+async fn rules_match_networks_patterns_and_time_in_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = 1_660_953_600_000i64; // NOW, the --now of `test_rule`
+    let cases = dir.path().join("cases.json");
+    std::fs::write(
+        &cases,
+        serde_json::json!([
+            {"_id": "a", "status": "In Progress", "name": "Mimikatz on VPN-GW-03", "tags": [],
+             "metadata": {"entity_id": "asset,,10.20.3.107"}, "created_at": now - 9_000_000,
+             "modified_at": now - 60_000,
+             "history": [{"field": "status", "timestamp": now - 7_200_000, "user": "alice"}]},
+            {"_id": "b", "status": "In Progress", "name": "port scan", "tags": [],
+             "metadata": {"entity_id": "asset,,192.168.1.5"}, "created_at": now - 9_000_000,
+             "modified_at": now - 600_000},
+        ])
+        .to_string(),
+    )
+    .unwrap();
+    let rule = dir.path().join("m.rhai");
+    std::fs::write(
+        &rule,
+        r#"const RULE = #{ name: "m" };
+fn evaluate(c) {
+    if in_cidr(entity(c)?.ip ?? "", "10.20.0.0/16") { add_tag("datacenter"); }
+    if matches(c.name, "(?i)mimikatz") { add_tag("credential-theft"); }
+    add_tag(`in-status-${minutes_in_status(c)}m`);
+}
+"#,
+    )
+    .unwrap();
+    let (code, out, err) = test_rule(rule.to_str().unwrap(), cases.to_str().unwrap(), &[]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        changes(&out[0]),
+        owned(&[
+            ("tags", "", "+datacenter"),
+            ("tags", "", "+credential-theft"),
+            ("tags", "", "+in-status-120m"),
+        ])
+    );
+    assert_eq!(changes(&out[1]), owned(&[("tags", "", "+in-status-10m")]));
+}

@@ -7,6 +7,7 @@ mod engine;
 mod eval;
 pub mod limits;
 mod lint;
+mod matching;
 mod view;
 
 use std::fmt;
