@@ -314,7 +314,7 @@ impl Config {
         let url = reqwest::Url::parse(&s.url).map_err(|e| {
             let hint = if e == url::ParseError::RelativeUrlWithoutBase {
                 format!(
-                    "{:?} has no scheme: write it as https://{}",
+                    "not a URL: {:?} has no scheme: write it as https://{}",
                     s.url,
                     s.url.trim_start_matches('/')
                 )

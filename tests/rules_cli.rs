@@ -465,7 +465,7 @@ async fn test_rule_applies_the_rules_query_as_a_pass_does() {
         "{text}"
     );
     assert!(
-        text.contains("1 case(s) selected by the rule's query, 1 would change; 1 not selected"),
+        text.contains("1 case(s) selected by the rules' queries, 1 would change; 1 not selected"),
         "{text}"
     );
 }
@@ -541,4 +541,95 @@ fn evaluate(c) {
         ])
     );
     assert_eq!(changes(&out[1]), owned(&[("tags", "", "+in-status-10m")]));
+}
+
+/// `test-rule --rules-dir`: the whole set on each case, as a pass decides it: queries,
+/// the first rule winning a field, no-ops dropped.
+#[tokio::test(flavor = "multi_thread")]
+async fn test_rule_runs_a_whole_rule_set_as_a_pass_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    for (name, text) in [
+        (
+            "10-high.rhai",
+            "const RULE = #{ name: \"high\", query: #{ status: \"New\" } };\nfn evaluate(c) { set_priority(\"High\", \"new\"); }\n",
+        ),
+        (
+            "20-low.rhai",
+            "const RULE = #{ name: \"low\" };\nfn evaluate(c) { set_priority(\"Low\", \"everything\"); add_tag(\"seen\"); }\n",
+        ),
+        (
+            "30-off.rhai",
+            "const RULE = #{ name: \"off\", enabled: false };\nfn evaluate(c) { add_tag(\"never\"); }\n",
+        ),
+    ] {
+        std::fs::write(rules.join(name), text).unwrap();
+    }
+    let cases = dir.path().join("cases.json");
+    std::fs::write(
+        &cases,
+        serde_json::json!([
+            {"_id": "n", "status": "New", "priority": "Medium", "tags": []},
+            {"_id": "r", "status": "Resolved", "priority": "Low", "tags": ["seen"]},
+        ])
+        .to_string(),
+    )
+    .unwrap();
+    let out = run_bin(
+        &[
+            "test-rule",
+            "--rules-dir",
+            rules.to_str().unwrap(),
+            cases.to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+        &[],
+    )
+    .await;
+    assert_exit(&out, 0);
+    let lines: Vec<Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let decided = |v: &Value| -> Vec<(String, String, Option<String>)> {
+        v["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["rule"].as_str().unwrap().to_string(),
+                    c["new"].as_str().unwrap().to_string(),
+                    c["skipped"].as_str().map(str::to_string),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        decided(&lines[0]),
+        vec![
+            ("high".into(), "High".into(), None),
+            (
+                "low".into(),
+                "Low".into(),
+                Some("conflict with high".into())
+            ),
+            ("low".into(), "+seen".into(), None),
+        ]
+    );
+    assert_eq!(decided(&lines[1]), vec![], "already Low and tagged: no-ops");
+    let both = run_bin(
+        &[
+            "test-rule",
+            "--rules-dir",
+            rules.to_str().unwrap(),
+            "a.rhai",
+            cases.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
+    assert_fails_with(&both, 2, "with --rules-dir, give only the case file");
 }

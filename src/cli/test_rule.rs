@@ -8,15 +8,23 @@ use clap::{Args, ValueEnum};
 use super::Exit;
 use crate::plan::{RuleChanges, plan_case};
 use crate::report::print_plans;
-use crate::rules::{EvalEnv, RuleSet, case_arg};
+use crate::rules::{EvalEnv, RuleSet};
 use crate::stellar::{Case, filter};
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "casewarden test-rule RULE.rhai CASES.json      one rule\n\
+casewarden test-rule --rules-dir DIR CASES.json   a whole rule set, as a pass decides it"
+)]
 pub struct TestRuleArgs {
-    /// The rule file (*.rhai)
-    pub rule: PathBuf,
-    /// A case, an array of cases, or the API's {"data":{"cases":[...]}} answer
-    pub cases: PathBuf,
+    /// The rule file (*.rhai) and the case file: a case, an array of cases, or the API's
+    /// {"data":{"cases":[...]}} answer. With --rules-dir, only the case file.
+    #[arg(value_name = "[RULE] CASES", num_args = 1..=2, required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Run every enabled rule of this folder on each case, with conflicts and no-ops
+    /// resolved as a pass resolves them
+    #[arg(long, value_name = "DIR")]
+    pub rules_dir: Option<PathBuf>,
     /// The time rules see as now() (RFC 3339) [default: the real clock]
     #[arg(long, value_name = "RFC3339")]
     pub now: Option<String>,
@@ -34,17 +42,40 @@ pub enum TestFormat {
     Json,
 }
 
-pub(super) fn run(args: &TestRuleArgs) -> anyhow::Result<u8> {
-    let text = std::fs::read_to_string(&args.rule)
-        .map_err(|e| Exit::config(format!("cannot read rule {}: {e}", args.rule.display())))?;
-    let set = RuleSet::from_sources(vec![(args.rule.clone(), text)]).map_err(|errors| {
+/// The rules under test and the case file, from the arguments.
+fn load(args: &TestRuleArgs) -> Result<(RuleSet, PathBuf), Exit> {
+    let rule_errors = |errors: Vec<crate::rules::RuleError>| {
         Exit::config_all(
             &errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
             None,
         )
-    })?;
-    let rule = &set.rules[0];
-    let items = read_cases(&args.cases)?;
+    };
+    match (&args.rules_dir, args.paths.as_slice()) {
+        (Some(dir), [cases]) => Ok((RuleSet::load_dir(dir).map_err(rule_errors)?, cases.clone())),
+        (None, [rule, cases]) => {
+            let text = std::fs::read_to_string(rule)
+                .map_err(|e| Exit::config(format!("cannot read rule {}: {e}", rule.display())))?;
+            let set = RuleSet::from_sources(vec![(rule.clone(), text)]).map_err(rule_errors)?;
+            Ok((set, cases.clone()))
+        }
+        (Some(_), _) => Err(Exit::config("with --rules-dir, give only the case file")),
+        (None, _) => Err(Exit::config(
+            "give a rule file and a case file (or --rules-dir DIR and a case file)",
+        )),
+    }
+}
+
+pub(super) fn run(args: &TestRuleArgs) -> anyhow::Result<u8> {
+    let (set, cases_file) = load(args)?;
+    for w in &set.warnings {
+        eprintln!("warning: {w}");
+    }
+    let rules: Vec<_> = if args.rules_dir.is_some() {
+        set.rules.iter().filter(|r| r.enabled).cloned().collect()
+    } else {
+        set.rules.clone()
+    };
+    let items = read_cases(&cases_file)?;
     let now_ms = match &args.now {
         Some(t) => Some(
             chrono::DateTime::parse_from_rfc3339(t)
@@ -65,9 +96,11 @@ pub(super) fn run(args: &TestRuleArgs) -> anyhow::Result<u8> {
     let mut failed = false;
     let mut out = std::io::stdout().lock();
     if matches!(args.format, TestFormat::Table) {
-        writeln!(out, "rule {} ({})", rule.name, rule.file.display())?;
+        for rule in &rules {
+            writeln!(out, "rule {} ({})", rule.name, rule.file.display())?;
+        }
         if items.is_empty() {
-            writeln!(out, "  (no case in {})", args.cases.display())?;
+            writeln!(out, "  (no case in {})", cases_file.display())?;
         }
     }
     let (mut selected, mut changed, mut excluded) = (0, 0, 0);
@@ -75,44 +108,44 @@ pub(super) fn run(args: &TestRuleArgs) -> anyhow::Result<u8> {
         let case = match Case::from_value(item) {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("error: {} case #{}: {e}", args.cases.display(), n + 1);
+                eprintln!("error: {} case #{}: {e}", cases_file.display(), n + 1);
                 failed = true;
                 continue;
             }
         };
-        // As in a pass: a case the rule's query does not select is never evaluated.
-        if let Some(why) = excluded_by(&case, &rule.query) {
+        // As in a pass: only the rules whose query selects the case evaluate it.
+        let results = set.evaluate_case(&rules, &case, &env);
+        if results.is_empty() {
             excluded += 1;
+            let why = match rules.as_slice() {
+                [rule] => excluded_by(&case, &rule.query).unwrap_or_default(),
+                _ => "no rule's query selects it".to_string(),
+            };
             print_excluded(&mut out, args.format, &case, &why)?;
             continue;
         }
         selected += 1;
-        let (plan, error) = match set.evaluate(rule, &case, case_arg(&case), &env) {
-            Ok(asked) => {
-                let asked = RuleChanges {
-                    rule: rule.name.clone(),
+        let mut requests = Vec::new();
+        let mut errors = Vec::new();
+        for (i, result) in results {
+            match result {
+                Ok(asked) => requests.push(RuleChanges {
+                    rule: rules[i].name.clone(),
                     changes: asked.changes,
-                };
-                (Some(plan_case(&case, &[asked])), None)
+                }),
+                Err(e) => errors.push(e.to_string()),
             }
-            Err(e) => {
-                failed = true;
-                (None, Some(e.to_string()))
-            }
-        };
-        changed += usize::from(plan.as_ref().is_some_and(|p| p.has_work()));
-        print_case(
-            &mut out,
-            args.format,
-            &case,
-            plan.as_ref(),
-            error.as_deref(),
-        )?;
+        }
+        failed |= !errors.is_empty();
+        let plan = plan_case(&case, &requests);
+        changed += usize::from(plan.has_work());
+        let error = (!errors.is_empty()).then(|| errors.join("; "));
+        print_case(&mut out, args.format, &case, Some(&plan), error.as_deref())?;
     }
     if matches!(args.format, TestFormat::Table) {
         writeln!(
             out,
-            "{selected} case(s) selected by the rule's query, {changed} would change; {excluded} not selected"
+            "{selected} case(s) selected by the rules' queries, {changed} would change; {excluded} not selected"
         )?;
     }
     Ok(if failed { 2 } else { 0 })
