@@ -281,9 +281,17 @@ impl Config {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
             .to_path_buf();
+        // `.` components dropped, so `rules_dir = "."` names files as `dir/x.rhai`.
         let resolve = |p: &mut PathBuf| {
             if p.is_relative() {
-                *p = base.join(&*p);
+                *p = base
+                    .join(&*p)
+                    .components()
+                    .filter(|c| *c != std::path::Component::CurDir)
+                    .collect();
+                if p.as_os_str().is_empty() {
+                    *p = PathBuf::from(".");
+                }
             }
         };
         resolve(&mut config.daemon.rules_dir);

@@ -353,3 +353,37 @@ async fn a_url_without_scheme_says_what_to_write() {
         "has no scheme: write it as https://stellar.example.com",
     );
 }
+
+/// Messages that say what to do: a token call answered 404 names the URL it called and the
+/// base-URL mistake; https against a plain-HTTP server says so; `rules_dir = "."` names
+/// files without `./.`.
+#[tokio::test(flavor = "multi_thread")]
+async fn connection_mistakes_are_explained() {
+    let sim = start(sim_options(1)).await;
+    let with_path = Workspace::new(&format!("{}/stellar", sim.url), "legacy", "", None);
+    let out = with_path.run(&["check"]).await;
+    assert_fails_with(
+        &out,
+        3,
+        &format!(
+            "POST {}/stellar/connect/api/v1/access_token: HTTP 404",
+            sim.url
+        ),
+    );
+    assert_fails_with(&out, 3, "without a path");
+    let https = sim.url.replace("http://", "https://");
+    let tls = Workspace::new(&https, "legacy", "", None);
+    let out = tls.run(&["check"]).await;
+    assert_fails_with(&out, 3, "does not speak TLS");
+    let here = Workspace::new(&sim.url, "legacy", "", None);
+    std::fs::write(
+        here.dir.path().join("bad.rhai"),
+        "const RULE = #{ name: \"b\" };\nfn evaluate(c) { add_tagg(\"x\"); }\n",
+    )
+    .unwrap();
+    here.edit_config("rules_dir = \"rules\"", "rules_dir = \".\"");
+    let out = here.run(&["check", "--offline"]).await;
+    let err = stderr(&out);
+    let expected = format!("{}:2:18", here.dir.path().join("bad.rhai").display());
+    assert!(err.contains(&expected) && !err.contains("/./"), "{err}");
+}

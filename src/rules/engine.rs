@@ -189,6 +189,14 @@ fn assign(user: &str, reason: &str) -> Res {
 fn add_tag(t: &str, reason: &str) -> Res {
     non_empty("add_tag: the tag", t)?;
     check_text("add_tag: the tag", t, limits::MAX_TAG_CHARS, false)?;
+    // A tag is exported to spreadsheets by analysts: one that reads as a formula is refused.
+    if t.starts_with(['=', '+', '-', '@']) {
+        return Err(format!(
+            "add_tag: the tag {t:?} starts with {:?}, which a spreadsheet runs as a formula; start it with a letter or digit",
+            &t[..1]
+        )
+        .into());
+    }
     record(ChangeKind::AddTag(t.into()), reason)
 }
 
@@ -447,6 +455,9 @@ mod tests {
         assert!(changes.is_empty());
         let (r, _) = run("resolve(\"Fixed\")", &fixed(0));
         assert!(r.unwrap_err().to_string().contains("False Positive"));
+        let (r, changes) = run("add_tag(\"=HYPERLINK(1)\")", &fixed(0));
+        assert!(r.unwrap_err().to_string().contains("runs as a formula"));
+        assert!(changes.is_empty());
     }
 
     #[test]

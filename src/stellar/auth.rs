@@ -89,7 +89,7 @@ impl TokenCache {
     }
 
     async fn fetch(&self, http: &reqwest::Client) -> Result<Token, ApiError> {
-        let what = "POST access_token".to_string();
+        let what = format!("POST {}", self.url);
         let resp = http
             .post(&self.url)
             .header(AUTHORIZATION, self.credentials.header())
@@ -112,10 +112,14 @@ impl TokenCache {
             });
         }
         if !status.is_success() {
+            let mut body = excerpt(&body);
+            if status.as_u16() == 404 {
+                body.push_str(" (no access_token call here: stellar.url should be the server's base URL, like https://stellar.example.com, without a path)");
+            }
             return Err(ApiError::Status {
                 what,
                 status: status.as_u16(),
-                body: excerpt(&body),
+                body,
             });
         }
         let value: serde_json::Value =

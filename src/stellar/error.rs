@@ -6,7 +6,7 @@ const BODY_EXCERPT: usize = 300;
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error(
-        "the API key was rejected by {url} (HTTP 401 on the access_token call); check stellar.user and the key file"
+        "the API key was rejected by {url} (HTTP 401 on the access_token call); check stellar.user and the API key (stellar.api_key_file, stellar.api_key_env or the systemd credential api_key, whichever the config uses)"
     )]
     KeyRejected { url: String },
     #[error("{what}: HTTP {status}: {body}")]
@@ -106,7 +106,12 @@ pub(super) fn describe_reqwest(e: &reqwest::Error) -> String {
         out.push_str(&s.to_string());
         source = s.source();
     }
-    if out.contains("certificate") || out.contains("UnknownIssuer") {
+    if out.contains("corrupt message")
+        || out.contains("InvalidContentType")
+        || out.contains("wrong version number")
+    {
+        out.push_str(" (the address does not speak TLS: the server may serve plain http:// here, which casewarden allows only on loopback)");
+    } else if out.contains("certificate") || out.contains("UnknownIssuer") {
         out.push_str(" (the server's TLS certificate is not trusted: set stellar.ca_file to its CA in PEM form)");
     }
     out
