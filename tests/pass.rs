@@ -562,3 +562,63 @@ async fn rules_run_in_shadow_with_their_own_limits() {
         55
     );
 }
+
+/// `once --dry-run` every few minutes must not copy the same plan into the log each time:
+/// a dry-run plan is recorded again only where it differs from the last dry run of that
+/// rule on that case.
+#[tokio::test(flavor = "multi_thread")]
+async fn repeated_dry_runs_record_only_what_changed() {
+    let sim = start(sim_options(60)).await;
+    let rule = "const RULE = #{ name: \"tag-new\", query: #{ status: \"New\" }, max_change_fraction: 1.0 };\nfn evaluate(c) { add_tag(\"looked-at\", `seen at ${now()}`); }\n";
+    let ws = Workspace::new(&sim.url, "legacy", "", Some(&[("a.rhai", rule)]));
+    assert_exit(&ws.run(&["once", "--dry-run"]).await, 0);
+    let first = ws.audit(Filter::default()).await;
+    assert!(!first.is_empty());
+    assert!(first.iter().all(|r| r.dry_run && r.outcome == "planned"));
+    let second = ws.run(&["once", "--dry-run"]).await;
+    assert_exit(&second, 0);
+    assert!(
+        stdout(&second).contains("+looked-at"),
+        "the plan is still printed"
+    );
+    assert_eq!(
+        ws.audit(Filter::default()).await.len(),
+        first.len(),
+        "the same plan is not recorded twice, though its reason text changed"
+    );
+    // One case now carries the tag (nothing left to plan: no row); one case becomes New
+    // (a new plan: its row is recorded); the others plan as before (no rows).
+    let newly_new = {
+        let mut s = sim.state();
+        let mut tagged = s.case(&first[0].case_id).unwrap().clone();
+        tagged["tags"] = serde_json::json!(["looked-at"]);
+        s.put_case(tagged);
+        let mut other = s
+            .cases
+            .iter()
+            .find(|c| c["status"] != "New")
+            .unwrap()
+            .clone();
+        other["status"] = serde_json::json!("New");
+        let id = other["_id"].as_str().unwrap().to_string();
+        s.put_case(other);
+        id
+    };
+    assert_exit(&ws.run(&["once", "--dry-run"]).await, 0);
+    let third = ws.audit(Filter::default()).await;
+    let added: Vec<&str> = third[first.len()..]
+        .iter()
+        .map(|r| r.case_id.as_str())
+        .collect();
+    assert_eq!(added, [newly_new.as_str()]);
+    assert_eq!(passes_of(&ws).await, 3);
+}
+
+async fn passes_of(ws: &Workspace) -> usize {
+    let store = casewarden::audit::AuditStore::open(&ws.audit_db())
+        .await
+        .unwrap();
+    let n = store.passes().await.unwrap().len();
+    store.close().await;
+    n
+}

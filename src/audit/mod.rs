@@ -175,6 +175,16 @@ pub struct AppliedChange {
     pub new: Option<String>,
 }
 
+/// A row of the newest dry run of a rule on a case.
+#[derive(Debug, Clone, FromRow, PartialEq)]
+pub struct DryRow {
+    pub case_id: String,
+    pub rule: String,
+    pub field: String,
+    pub new: Option<String>,
+    pub outcome: Outcome,
+}
+
 /// One row of the passes table.
 #[derive(Debug, Clone, FromRow, Serialize, PartialEq)]
 pub struct PassRow {

@@ -11,7 +11,7 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Row};
 
 use super::{
-    AppliedChange, AuditError, EventRow, GENESIS, NewEvent, Outcome, PassRow, PassTotals,
+    AppliedChange, AuditError, DryRow, EventRow, GENESIS, NewEvent, Outcome, PassRow, PassTotals,
     Unsettled, lease, timestamp,
 };
 
@@ -395,6 +395,32 @@ impl AuditStore {
             q = q.bind(*id);
         }
         Ok(q.fetch_all(&self.pool).await?)
+    }
+
+    /// For each (case, rule) among `case_ids`, the rows of the newest dry run of that rule
+    /// on that case.
+    pub async fn last_dry_runs(&self, case_ids: &[&str]) -> Result<Vec<DryRow>, AuditError> {
+        let mut out = Vec::new();
+        for chunk in case_ids.chunks(500) {
+            let mut sql = String::from(
+                "WITH last AS (SELECT case_id, rule, MAX(seq) AS seq FROM events \
+                 WHERE dry_run = 1 AND case_id IN (?",
+            );
+            sql.push_str(&", ?".repeat(chunk.len() - 1));
+            sql.push_str(
+                ") GROUP BY case_id, rule), \
+                 runs AS (SELECT l.case_id, l.rule, e.run_id FROM last l JOIN events e ON e.seq = l.seq) \
+                 SELECT e.case_id, e.rule, e.field, e.new, e.outcome FROM events e JOIN runs r \
+                 ON e.case_id = r.case_id AND e.rule = r.rule AND e.run_id = r.run_id \
+                 WHERE e.dry_run = 1",
+            );
+            let mut q = sqlx::query_as::<_, DryRow>(AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            out.extend(q.fetch_all(&self.pool).await?);
+        }
+        Ok(out)
     }
 
     /// Summary counts of one pass's rows by outcome (for reports).

@@ -636,20 +636,21 @@ impl Stage<'_> {
         plans: &[CasePlan],
         report: &mut PassReport,
     ) -> anyhow::Result<HashMap<DecisionId, i64>> {
+        let repeated = self.repeated_dry_runs(plans).await?;
         let mut events = Vec::new();
         let mut owners = Vec::new();
+        let mut not_again = 0;
         for (id, p, d) in plan::decisions(plans) {
             let Some((ri, rule)) = self.rule_of(&d.rule) else {
                 continue;
             };
-            events.push(event(
-                &report.run_id,
-                rule,
-                p,
-                d,
-                self.dry_run || rule.dry_run,
-            ));
-            owners.push(id);
+            if repeated.contains(&(p.case_id.as_str(), d.rule.as_str())) {
+                not_again += 1;
+            } else {
+                let dry = self.dry_run || rule.dry_run;
+                events.push(event(&report.run_id, rule, p, d, dry));
+                owners.push(id);
+            }
             if d.is_planned() {
                 report.rules[ri].planned += 1;
             } else {
@@ -657,8 +658,71 @@ impl Stage<'_> {
                 report.skipped += 1;
             }
         }
+        if not_again > 0 {
+            tracing::info!(
+                rows = not_again,
+                "dry-run rows not recorded again: the same plan as the last dry run of that rule on that case"
+            );
+        }
         let seqs = self.ctx.audit.append(&events).await?;
         Ok(owners.into_iter().zip(seqs).collect())
+    }
+
+    /// The (case, rule) pairs of dry-run decisions that plan exactly what the last dry run
+    /// of that rule on that case recorded (fields, values, planned or skipped): recording
+    /// them again every pass would fill the log with copies.
+    async fn repeated_dry_runs<'p>(
+        &self,
+        plans: &'p [CasePlan],
+    ) -> anyhow::Result<std::collections::HashSet<(&'p str, &'p str)>> {
+        type Sig = Vec<(String, String, Outcome)>;
+        let mut now: HashMap<(&str, &str), Sig> = HashMap::new();
+        for (_, p, d) in plan::decisions(plans) {
+            if !self
+                .rule_of(&d.rule)
+                .is_some_and(|(_, r)| self.dry_run || r.dry_run)
+            {
+                continue;
+            }
+            let outcome = if d.is_planned() {
+                Outcome::Planned
+            } else {
+                Outcome::Skipped
+            };
+            now.entry((p.case_id.as_str(), d.rule.as_str()))
+                .or_default()
+                .push((
+                    d.field.to_string(),
+                    d.new.clone().unwrap_or_default(),
+                    outcome,
+                ));
+        }
+        if now.is_empty() {
+            return Ok(Default::default());
+        }
+        let ids: Vec<&str> = now
+            .keys()
+            .map(|(c, _)| *c)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut last: HashMap<(String, String), Sig> = HashMap::new();
+        for r in self.ctx.audit.last_dry_runs(&ids).await? {
+            last.entry((r.case_id, r.rule)).or_default().push((
+                r.field,
+                r.new.unwrap_or_default(),
+                r.outcome,
+            ));
+        }
+        Ok(now
+            .into_iter()
+            .filter_map(|(key, mut sig)| {
+                let mut before = last.remove(&(key.0.to_string(), key.1.to_string()))?;
+                sig.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+                before.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+                (sig == before).then_some(key)
+            })
+            .collect())
     }
 
     /// Shadow rules (`RULE.dry_run`) were recorded as dry-run rows; nothing of theirs is
