@@ -102,6 +102,23 @@ async fn wait_passes(ws: &Workspace, n: usize, secs: u64) -> Vec<casewarden::aud
     }
 }
 
+/// `/healthz` of a daemon on `port`: status code and body.
+async fn healthz(port: u16) -> (u16, serde_json::Value) {
+    let r = reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+async fn metrics_text(port: u16) -> String {
+    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -127,23 +144,11 @@ async fn passes_run_on_schedule_and_the_endpoints_answer() {
         d.log().contains("next_run="),
         "next run times are logged at start"
     );
-    let http = reqwest::Client::new();
-    let health = http
-        .get(format!("http://127.0.0.1:{port}/healthz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status(), 200);
-    let body: serde_json::Value = health.json().await.unwrap();
+    let (code, body) = healthz(port).await;
+    assert_eq!(code, 200);
     assert_eq!(body["status"], "ok");
-    let metrics = http
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(port).await;
+    let http = reqwest::Client::new();
     for name in [
         "casewarden_passes_total{status=\"ok\"}",
         "casewarden_api_requests_total{status=\"200\"}",
@@ -270,14 +275,8 @@ async fn the_circuit_breaker_disables_a_rule_failing_everywhere_until_its_file_c
     let d = Daemon::start(&ws, &[]);
     d.wait_log("CIRCUIT BREAKER", 20).await;
     // Working, but a person should look: 200 with the disabled rule named.
-    let http = reqwest::Client::new();
-    let health = http
-        .get(format!("http://127.0.0.1:{port}/healthz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status(), 200);
-    let body: serde_json::Value = health.json().await.unwrap();
+    let (code, body) = healthz(port).await;
+    assert_eq!(code, 200);
     assert_eq!(body["status"], "degraded", "{body}");
     assert_eq!(
         body["disabled_rules"],
@@ -285,14 +284,7 @@ async fn the_circuit_breaker_disables_a_rule_failing_everywhere_until_its_file_c
         "{body}"
     );
     assert!(body["last_good_pass_age_secs"].is_u64(), "{body}");
-    let metrics = http
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(port).await;
     assert!(
         metrics.contains("casewarden_rule_errors_total{rule=\"thrower\"} ")
             && metrics.contains("casewarden_last_success_timestamp_seconds "),
