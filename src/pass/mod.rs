@@ -492,7 +492,12 @@ impl Stage<'_> {
         let names = self.rules.iter().map(|r| r.name.clone()).collect();
         let mut planner = plan::PassPlanner::new(names, budgets, own.to_vec());
         for r in &self.rules {
-            planner.limit_rule(&r.name, r.max_change_fraction, r.max_changes);
+            let settings = plan::RuleSettings {
+                max_change_fraction: r.max_change_fraction,
+                max_changes: r.max_changes,
+                shadow: r.dry_run,
+            };
+            planner.configure_rule(&r.name, settings);
         }
         let mut state = Planning {
             planner,

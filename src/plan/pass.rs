@@ -18,6 +18,16 @@ pub struct Budgets {
     pub guard_min_cases: usize,
 }
 
+/// What a rule sets for itself in `RULE`, overriding the pass-wide settings for it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RuleSettings {
+    pub max_change_fraction: Option<f64>,
+    pub max_changes: Option<usize>,
+    /// `RULE.dry_run`: its decisions are recorded, never sent, and take nothing from the
+    /// live rules: no field claim (a shadow rule loses no conflict for them) and no budget.
+    pub shadow: bool,
+}
+
 /// What casewarden knows of one case besides the case itself.
 #[derive(Debug, Clone, Default)]
 pub struct CaseFacts {
@@ -46,8 +56,8 @@ pub struct PassPlan {
 pub struct PassPlanner {
     rules: Vec<String>,
     budgets: Budgets,
-    /// Per rule: its own guard fraction and change cap, where it sets them.
-    limits: Vec<(Option<f64>, Option<usize>)>,
+    /// Per rule: what it sets for itself.
+    limits: Vec<RuleSettings>,
     /// Per rule: changes planned so far, against its cap.
     used_by_rule: Vec<usize>,
     own: Vec<String>,
@@ -62,7 +72,7 @@ impl PassPlanner {
         PassPlanner {
             rules,
             budgets,
-            limits: vec![(None, None); n],
+            limits: vec![RuleSettings::default(); n],
             used_by_rule: vec![0; n],
             own,
             used: 0,
@@ -75,17 +85,15 @@ impl PassPlanner {
         }
     }
 
-    /// A rule's own limits (`RULE.max_change_fraction`, `RULE.max_changes`), overriding
-    /// the pass-wide ones for that rule.
-    pub fn limit_rule(
-        &mut self,
-        rule: &str,
-        max_fraction: Option<f64>,
-        max_changes: Option<usize>,
-    ) {
+    /// A rule's own settings (see [`RuleSettings`]).
+    pub fn configure_rule(&mut self, rule: &str, settings: RuleSettings) {
         if let Some(i) = self.index(rule) {
-            self.limits[i] = (max_fraction, max_changes);
+            self.limits[i] = settings;
         }
+    }
+
+    fn is_shadow(&self, rule: &str) -> bool {
+        self.index(rule).is_some_and(|i| self.limits[i].shadow)
     }
 
     fn index(&self, rule: &str) -> Option<usize> {
@@ -101,7 +109,18 @@ impl PassPlanner {
         facts: &CaseFacts,
         flavor: ApiFlavor,
     ) -> Option<CasePlan> {
-        let mut plan = plan_case(case, requests);
+        let mut plan = if self.limits.iter().any(|l| l.shadow) {
+            // Shadow rules are merged among themselves, after the live ones.
+            let (shadow, live): (Vec<RuleChanges>, Vec<RuleChanges>) = requests
+                .iter()
+                .cloned()
+                .partition(|r| self.is_shadow(&r.rule));
+            let mut plan = plan_case(case, &live);
+            plan.decisions.extend(plan_case(case, &shadow).decisions);
+            plan
+        } else {
+            plan_case(case, requests)
+        };
         if flavor == ApiFlavor::Legacy {
             for d in plan
                 .decisions
@@ -124,7 +143,7 @@ impl PassPlanner {
             let Some(i) = self.index(&d.rule) else {
                 continue;
             };
-            if let (_, Some(cap)) = self.limits[i] {
+            if let Some(cap) = self.limits[i].max_changes {
                 if self.used_by_rule[i] >= cap {
                     self.plan.deferred[i] += 1;
                     d.skipped = Some(format!(
@@ -149,7 +168,11 @@ impl PassPlanner {
         if plan.decisions.is_empty() {
             return None;
         }
-        let cost = plan.decisions.iter().filter(|d| d.is_planned()).count();
+        let cost = plan
+            .decisions
+            .iter()
+            .filter(|d| d.is_planned() && !self.is_shadow(&d.rule))
+            .count();
         let budget = self.budgets.max_changes;
         // A case that does not fit waits for the next pass while later, smaller ones still
         // go; one that could never fit is refused instead of blocking every pass.
@@ -184,7 +207,9 @@ impl PassPlanner {
     pub fn finish(mut self, seen: &[usize]) -> PassPlan {
         for (i, rule) in self.rules.iter().enumerate() {
             let (wanted, saw) = (self.plan.matched[i], seen.get(i).copied().unwrap_or(0));
-            let fraction = self.limits[i].0.unwrap_or(self.budgets.max_change_fraction);
+            let fraction = self.limits[i]
+                .max_change_fraction
+                .unwrap_or(self.budgets.max_change_fraction);
             if guard_trips(wanted, saw, fraction, self.budgets.guard_min_cases) {
                 let why = format!(
                     "blast-radius guard: rule wanted to change {wanted} of {saw} cases (limit {:.0}%)",
@@ -258,8 +283,20 @@ mod tests {
     #[test]
     fn a_rules_own_cap_and_fraction_override_the_pass_wide_ones() {
         let mut p = planner(100);
-        p.limit_rule("a", None, Some(2));
-        p.limit_rule("b", Some(1.0), None);
+        p.configure_rule(
+            "a",
+            RuleSettings {
+                max_changes: Some(2),
+                ..RuleSettings::default()
+            },
+        );
+        p.configure_rule(
+            "b",
+            RuleSettings {
+                max_change_fraction: Some(1.0),
+                ..RuleSettings::default()
+            },
+        );
         let f = CaseFacts::default();
         for i in 0..4 {
             let asked = [
@@ -294,6 +331,34 @@ mod tests {
             plan.halted[0].is_none(),
             "a changes 2 of 4, the pass-wide 50%"
         );
+    }
+
+    #[test]
+    fn a_shadow_rule_takes_no_field_and_no_budget_from_the_live_ones() {
+        let mut p = planner(1);
+        p.configure_rule(
+            "a",
+            RuleSettings {
+                shadow: true,
+                ..RuleSettings::default()
+            },
+        );
+        let f = CaseFacts::default();
+        let asked = [
+            asks("a", &[ChangeKind::Priority("Low".into())]),
+            asks("b", &[ChangeKind::Priority("High".into())]),
+        ];
+        assert!(
+            p.add(&case("1"), &asked, &f, ApiFlavor::V5).is_none(),
+            "fits the budget of 1"
+        );
+        let plan = p.finish(&[1, 1]);
+        let decided: Vec<(&str, &str, bool)> = plan.plans[0]
+            .decisions
+            .iter()
+            .map(|d| (d.rule.as_str(), d.new.as_deref().unwrap(), d.is_planned()))
+            .collect();
+        assert_eq!(decided, [("b", "High", true), ("a", "Low", true)]);
     }
 
     #[test]
