@@ -189,6 +189,9 @@ async fn dry_run_sends_nothing_and_prints_the_plan_a_real_run_applies() {
 async fn the_budget_defers_changes_to_later_passes_oldest_first() {
     let sim = planted_sim().await;
     let ws = Workspace::new(&sim.url, "legacy", "max_changes_per_run = 3", None);
+    // One update at a time, so the order of the outcome rows is the order of the plan
+    // (with more in flight, whichever answer comes first is recorded first).
+    ws.edit_config("timeout_secs = 5", "timeout_secs = 5\nmax_in_flight = 1");
     let out = ws.run(&["once"]).await;
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{text}");
