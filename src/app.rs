@@ -49,9 +49,7 @@ impl App {
                 dir: config.daemon.rules_dir.clone(),
                 errors,
             })?;
-        for w in &rules.warnings {
-            tracing::warn!(file = %w.file.display(), line = w.line, col = w.col, "rule: {}", w.message);
-        }
+        rules.log_warnings();
         let settings = config.client_settings().map_err(StartError::Setup)?;
         let client =
             Client::with_metrics(settings, metrics).map_err(|e| StartError::Setup(e.into()))?;

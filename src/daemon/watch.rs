@@ -92,9 +92,7 @@ pub async fn reload(shared: &Shared, schedule: &mut Schedule) {
             ));
         }
         Ok(set) => {
-            for w in &set.warnings {
-                tracing::warn!(file = %w.file.display(), line = w.line, col = w.col, "rule: {}", w.message);
-            }
+            set.log_warnings();
             let groups = schedule::groups(&set, &shared.config.daemon.schedule);
             if let Err(e) = schedule.replace(&groups).await {
                 tracing::error!(error = %e, "cannot schedule the reloaded rules");

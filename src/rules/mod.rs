@@ -148,6 +148,13 @@ impl RuleSet {
         }
     }
 
+    /// Logs what the lint found that does not stop a rule (start-up and reload).
+    pub fn log_warnings(&self) {
+        for w in &self.warnings {
+            tracing::warn!(file = %w.file.display(), line = w.line, col = w.col, "rule: {}", w.message);
+        }
+    }
+
     /// Compiles rules from (file name, text) pairs, already in the order they run in.
     pub fn from_sources(sources: Vec<(PathBuf, String)>) -> Result<RuleSet, Vec<RuleError>> {
         let engine = engine::engine();
