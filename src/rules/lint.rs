@@ -275,10 +275,17 @@ fn local_names<'a>(toks: &[Token<'a>]) -> HashSet<&'a str> {
                 if t.text == "fn" {
                     k += 2;
                 }
+                // A list of names and nothing else: `(a, b)`, `|x|`; not `(f(x))`.
                 while let Some(p) = toks.get(k).filter(|p| p.kind == Kind::Ident) {
-                    names.insert(p.text);
                     match toks.get(k + 1).map(|t| t.text) {
-                        Some(",") => k += 2,
+                        Some(",") => {
+                            names.insert(p.text);
+                            k += 2;
+                        }
+                        Some(")" | "|") => {
+                            names.insert(p.text);
+                            break;
+                        }
                         _ => break,
                     }
                 }
@@ -538,6 +545,15 @@ mod tests {
             "{m:?}"
         );
         assert!(m[2].contains("`frobnicate`"), "{m:?}");
+    }
+
+    #[test]
+    fn a_call_inside_a_call_is_checked() {
+        let f = lint_text("fn evaluate(c) {\n  print(add_tagz(\"y\"));\n  let t = [f(1)];\n}\n");
+        let m = messages(&f.errors);
+        assert_eq!(m.len(), 2, "{m:?}");
+        assert!(m[0].starts_with("2:9 unknown function `add_tagz`"), "{m:?}");
+        assert!(m[1].starts_with("3:12 unknown function `f`"), "{m:?}");
     }
 
     #[test]
