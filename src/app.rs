@@ -44,8 +44,8 @@ impl App {
     /// Compiles the rules, builds the client (counting its requests in `metrics`) and
     /// opens the audit store. Nothing is sent to the server yet.
     pub async fn build(config: &Config, metrics: Option<Arc<Metrics>>) -> Result<App, StartError> {
-        let rules =
-            RuleSet::load_dir(&config.daemon.rules_dir).map_err(|errors| StartError::Rules {
+        let rules = RuleSet::load_dir_for(&config.daemon.rules_dir, &config.calendar_names())
+            .map_err(|errors| StartError::Rules {
                 dir: config.daemon.rules_dir.clone(),
                 errors,
             })?;

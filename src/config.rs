@@ -1,11 +1,13 @@
 //! The TOML configuration: typed sections validated once at start-up, with the API key
 //! loaded from a file, an environment variable or systemd's credentials directory.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::calendar::{Calendar, CalendarConfig};
 use crate::secret::Secret;
 
 pub use crate::stellar::ApiFlavor;
@@ -47,7 +49,7 @@ pub enum ConfigError {
     #[error("{path}: {key}: {message}")]
     Invalid {
         path: PathBuf,
-        key: &'static str,
+        key: String,
         message: String,
     },
     #[error(
@@ -72,6 +74,9 @@ pub struct Config {
     pub daemon: DaemonConfig,
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Business calendars rules name in `business_hours_since(ms, "NAME")`.
+    #[serde(default)]
+    pub calendars: BTreeMap<String, CalendarConfig>,
     /// The file this was read from; relative paths are resolved against its folder.
     #[serde(skip)]
     pub source: PathBuf,
@@ -309,10 +314,10 @@ impl Config {
         Ok(config)
     }
 
-    fn invalid(&self, key: &'static str, message: impl Into<String>) -> ConfigError {
+    fn invalid(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             path: self.source.clone(),
-            key,
+            key: key.into(),
             message: message.into(),
         }
     }
@@ -413,7 +418,26 @@ impl Config {
                 format!("{listen:?} is not an address like 127.0.0.1:9187"),
             ));
         }
+        self.calendars()?;
         Ok(())
+    }
+
+    pub fn calendar_names(&self) -> Vec<&str> {
+        self.calendars.keys().map(String::as_str).collect()
+    }
+
+    /// The configured business calendars, checked.
+    pub fn calendars(&self) -> Result<HashMap<String, Calendar>, ConfigError> {
+        self.calendars
+            .iter()
+            .map(|(name, c)| {
+                Calendar::from_config(c)
+                    .map(|cal| (name.clone(), cal))
+                    .map_err(|(key, message)| {
+                        self.invalid(format!("calendars.{name}.{key}"), message)
+                    })
+            })
+            .collect()
     }
 
     /// Loads the API key: `api_key_file`, else `api_key_env`, else
@@ -571,7 +595,7 @@ mod tests {
         let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/config.md"))
             .unwrap();
         let mut missing = Vec::new();
-        for section in ["stellar", "daemon", "audit"] {
+        for section in ["stellar", "daemon", "audit", "calendars.soc"] {
             let text = if section == "stellar" {
                 format!("{MINIMAL}no_such_key = 1\n")
             } else {

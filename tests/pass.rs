@@ -625,3 +625,120 @@ async fn passes_of(ws: &Workspace) -> usize {
     store.close().await;
     n
 }
+
+/// The people, time and entity helpers and shared modules through a real pass: emails
+/// looked up in the server's users list, an unassign the server receives as `""`,
+/// business time by the config's calendars, and the audit showing emails beside ids.
+#[tokio::test(flavor = "multi_thread")]
+async fn rules_use_people_calendars_entities_and_shared_modules() {
+    let sim = start(sim_options(80)).await;
+    let alice = sim
+        .state()
+        .users
+        .iter()
+        .find(|u| u.email == "alice@example.com")
+        .unwrap()
+        .user_id
+        .clone();
+    let alices: Vec<String> = sim
+        .state()
+        .cases
+        .iter()
+        .filter(|c| c["assignee"] == alice.as_str() && c["status"] != "Resolved")
+        .map(|c| c["_id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!alices.is_empty(), "the population has cases of alice");
+    let rules = [
+        (
+            "10-leaver.rhai",
+            "import \"people\" as people;\nconst RULE = #{ name: \"leaver\", max_change_fraction: 1.0 };\n\
+             fn evaluate(c) { if c.status != \"Resolved\" && people::email_of_owner(c) == people::LEAVER { unassign(`${people::LEAVER} left`); } }\n",
+        ),
+        (
+            "20-clock.rhai",
+            "const RULE = #{ name: \"clock\", max_change_fraction: 1.0 };\n\
+             fn evaluate(c) {\n\
+               if business_minutes_since(c.created_at, \"always\") > 0 { add_tag(\"aged\"); }\n\
+               if business_hours_since(c.created_at, \"never\") > 0 { add_tag(\"impossible\"); }\n\
+               add_tag(`entities-${entities(c).len()}`);\n\
+               if user_id(\"nobody@example.com\") != () { add_tag(\"impossible\"); }\n\
+             }\n",
+        ),
+    ];
+    let ws = Workspace::new(&sim.url, "legacy", "comment_changes = false", Some(&rules));
+    let lib = ws.dir.path().join("rules/lib");
+    std::fs::create_dir(&lib).unwrap();
+    std::fs::write(
+        lib.join("people.rhai"),
+        "export const LEAVER = \"alice@example.com\";\nfn email_of_owner(c) { user_email(c.assignee) }\n",
+    )
+    .unwrap();
+    let mut config = std::fs::read_to_string(ws.config()).unwrap();
+    config.push_str(
+        "\n[calendars.always]\ndays = [\"Mon\", \"Tue\", \"Wed\", \"Thu\", \"Fri\", \"Sat\", \"Sun\"]\nhours = \"00:00-24:00\"\n\n[calendars.never]\ndays = []\n",
+    );
+    std::fs::write(ws.config(), config).unwrap();
+
+    let check = ws.run(&["check", "--offline"]).await;
+    assert_exit(&check, 0);
+    let out = ws.run(&["once"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+
+    {
+        let state = sim.state();
+        for id in &alices {
+            let case = state
+                .cases
+                .iter()
+                .find(|c| c["_id"] == id.as_str())
+                .unwrap();
+            assert_eq!(case["assignee"], "", "case {id} unassigned on the server");
+        }
+        let tagged = |tag: &str| {
+            state
+                .cases
+                .iter()
+                .filter(|c| c["tags"].as_array().unwrap().iter().any(|t| t == tag))
+                .count()
+        };
+        assert_eq!(tagged("impossible"), 0);
+        assert_eq!(tagged("aged"), 80, "every case is older than a minute");
+        assert_eq!(tagged("entities-1"), 80, "one entity per simulated case");
+    }
+
+    let json = ws
+        .run(&[
+            "audit",
+            "--rule",
+            "leaver",
+            "--outcome",
+            "applied",
+            "--format",
+            "json",
+        ])
+        .await;
+    assert_exit(&json, 0);
+    let rows: Vec<Value> = stdout(&json)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), alices.len());
+    for r in &rows {
+        assert_eq!(r["field"], "assignee");
+        assert_eq!(r["old"], alice.as_str());
+        assert_eq!(r["old_email"], "alice@example.com");
+        assert_eq!(r["new"], "");
+    }
+    let table = ws.run(&["audit", "--rule", "leaver"]).await;
+    assert!(
+        stdout(&table).contains("alice@example.com -> (none)"),
+        "{}",
+        stdout(&table)
+    );
+}

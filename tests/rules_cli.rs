@@ -633,3 +633,146 @@ async fn test_rule_runs_a_whole_rule_set_as_a_pass_would() {
     .await;
     assert_fails_with(&both, 2, "with --rules-dir, give only the case file");
 }
+
+/// Mistakes with shared modules and calendars are found by `check`, located: a function a
+/// module lacks, a wrong argument count, a module that does not exist (nor a path to one:
+/// the sandbox has no file system resolver), a calendar the config does not define.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_finds_mistakes_with_shared_modules_and_calendars() {
+    let mistakes = [
+        (
+            "import \"soc\" as soc;\nconst RULE = #{ name: \"a\" };\nfn evaluate(c) {\n    if soc::is_vipp(c) { add_tag(\"x\"); }\n}\n",
+            "a.rhai:4:13: unknown function `soc::is_vipp` (did you mean `soc::is_vip`?)",
+        ),
+        (
+            "import \"soc\" as soc;\nconst RULE = #{ name: \"a\" };\nfn evaluate(c) {\n    if soc::is_vip() { add_tag(\"x\"); }\n}\n",
+            "a.rhai:4:13: `soc::is_vip` takes 1 argument(s), not 0",
+        ),
+        (
+            "import \"socc\" as soc;\nconst RULE = #{ name: \"a\" };\nfn evaluate(c) { }\n",
+            "a.rhai:1:8: error while loading: Module not found: socc (shared modules are the files of rules_dir/lib/, imported by file name without .rhai; there: soc)",
+        ),
+        (
+            "import \"/etc/passwd\" as p;\nconst RULE = #{ name: \"a\" };\nfn evaluate(c) { }\n",
+            "Module not found: /etc/passwd",
+        ),
+        (
+            "const RULE = #{ name: \"a\" };\nfn evaluate(c) {\n    if business_hours_since(c.created_at, \"sco\") > 4 { add_tag(\"late\"); }\n}\n",
+            "a.rhai:3:43: no calendar \"sco\" in the config: define [calendars.sco] (defined: soc)",
+        ),
+    ];
+    for (text, expected) in mistakes {
+        let ws = Workspace::new(
+            "https://stellar.example.com",
+            "legacy",
+            "",
+            Some(&[("a.rhai", text)]),
+        );
+        let lib = ws.dir.path().join("rules/lib");
+        std::fs::create_dir(&lib).unwrap();
+        std::fs::write(
+            lib.join("soc.rhai"),
+            "export const VIP = \"vip\";\nfn is_vip(c) { c.has_tag(global::VIP) }\n",
+        )
+        .unwrap();
+        let mut config = std::fs::read_to_string(ws.config()).unwrap();
+        config.push_str("\n[calendars.soc]\ntimezone = \"Europe/Berlin\"\n");
+        std::fs::write(ws.config(), config).unwrap();
+        let out = ws.run(&["check", "--offline"]).await;
+        let err = stderr(&out);
+        assert!(err.contains(expected), "{expected:?} not printed:\n{err}");
+        assert_eq!(out.status.code(), Some(2), "{err}");
+    }
+}
+
+/// `test-rule` with a shared module, the users list (`--users`) and the config's
+/// calendars (`--config`): emails both ways, assign by email resolved to the id a pass
+/// would send, unassign, business hours in the calendar's zone.
+#[tokio::test(flavor = "multi_thread")]
+async fn test_rule_takes_users_calendars_and_shared_modules() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(rules.join("lib")).unwrap();
+    std::fs::write(
+        rules.join("lib/soc.rhai"),
+        "export const DESK = \"desk@example.com\";\nfn owner(c) { user_email(c.assignee) }\n",
+    )
+    .unwrap();
+    let rule = rules.join("r.rhai");
+    std::fs::write(
+        &rule,
+        r#"import "soc" as soc;
+const RULE = #{ name: "r" };
+fn evaluate(c) {
+    let hours = business_hours_since(c.created_at, "berlin");
+    add_tag(`bh-${hours}`);
+    if soc::owner(c) == "bob@example.com" { assign(soc::DESK, "bob is away"); }
+    if soc::owner(c) == () { unassign("unknown owner"); }
+}
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("users.json"),
+        r#"{"data": [{"user_id": "u-bob", "email": "bob@example.com"}, {"user_id": "u-desk", "email": "Desk@Example.com"}]}"#,
+    )
+    .unwrap();
+    let config = dir.path().join("casewarden.toml");
+    std::fs::write(
+        &config,
+        "[stellar]\nurl = \"https://x.example.com\"\n\n[calendars.berlin]\ntimezone = \"Europe/Berlin\"\nhours = \"09:00-17:00\"\n",
+    )
+    .unwrap();
+    // Friday 2026-11-20 16:00 Berlin (15:00Z); --now Monday 10:00 Berlin: 2 business hours.
+    let created = 1_795_186_800_000i64;
+    let cases = dir.path().join("cases.json");
+    std::fs::write(
+        &cases,
+        serde_json::json!([
+            {"_id": "b", "status": "New", "assignee": "u-bob", "tags": [], "created_at": created},
+            {"_id": "g", "status": "New", "assignee": "u-gone", "tags": [], "created_at": created},
+        ])
+        .to_string(),
+    )
+    .unwrap();
+    let run = |extra: Vec<String>| {
+        let mut args: Vec<String> = ["--config", config.to_str().unwrap(), "test-rule"]
+            .map(String::from)
+            .to_vec();
+        args.extend([
+            rule.to_str().unwrap().to_string(),
+            cases.to_str().unwrap().to_string(),
+            "--now".into(),
+            "2026-11-23T09:00:00Z".into(),
+            "--format".into(),
+            "json".into(),
+        ]);
+        args.extend(extra);
+        async move {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_bin(&refs, &[]).await
+        }
+    };
+    let without = run(vec![]).await;
+    assert_eq!(without.status.code(), Some(2));
+    assert!(
+        stdout(&without).contains("user_email: the server's users list is not available"),
+        "{}",
+        stdout(&without)
+    );
+    let users = dir.path().join("users.json");
+    let out = run(vec!["--users".into(), users.to_str().unwrap().into()]).await;
+    assert_exit(&out, 0);
+    let lines: Vec<Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        changes(&lines[0]),
+        owned(&[("tags", "", "+bh-2"), ("assignee", "u-bob", "u-desk")])
+    );
+    assert_eq!(
+        changes(&lines[1]),
+        owned(&[("tags", "", "+bh-2"), ("assignee", "u-gone", "")])
+    );
+}

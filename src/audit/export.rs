@@ -1,6 +1,7 @@
 //! Printing audit rows for people (table) and programs (JSON lines, CSV), one row at a
 //! time so an export of millions of rows never sits in memory.
 
+use std::collections::HashMap;
 use std::io::Write;
 
 use super::EventRow;
@@ -18,6 +19,8 @@ pub struct Printer<W: Write> {
     format: Format,
     sink: Sink<W>,
     rows: u64,
+    /// User id -> email, shown beside the ids of assignee rows.
+    emails: HashMap<String, String>,
 }
 
 enum Sink<W: Write> {
@@ -25,7 +28,7 @@ enum Sink<W: Write> {
     Csv(Box<csv::Writer<W>>),
 }
 
-const CSV_HEADER: [&str; 19] = [
+const CSV_HEADER: [&str; 21] = [
     "seq",
     "run_id",
     "recorded_at",
@@ -45,6 +48,8 @@ const CSV_HEADER: [&str; 19] = [
     "prev_hash",
     "hash",
     "outcome_of",
+    "old_email",
+    "new_email",
 ];
 
 impl<W: Write> Printer<W> {
@@ -69,11 +74,27 @@ impl<W: Write> Printer<W> {
             format,
             sink,
             rows: 0,
+            emails: HashMap::new(),
         })
+    }
+
+    /// Shows these emails beside the user ids of assignee rows.
+    pub fn with_emails(mut self, emails: HashMap<String, String>) -> Printer<W> {
+        self.emails = emails;
+        self
+    }
+
+    /// The email of an assignee row's old or new user id.
+    fn email(&self, r: &EventRow, id: &Option<String>) -> Option<String> {
+        if r.field != crate::plan::Field::Assignee.as_str() {
+            return None;
+        }
+        self.emails.get(id.as_deref()?).cloned()
     }
 
     pub fn row(&mut self, r: &EventRow) -> std::io::Result<()> {
         self.rows += 1;
+        let (old_email, new_email) = (self.email(r, &r.old), self.email(r, &r.new));
         let out = match &mut self.sink {
             Sink::Csv(w) => {
                 let text = |v: &str| spreadsheet_safe(v);
@@ -99,6 +120,8 @@ impl<W: Write> Printer<W> {
                     r.prev_hash.clone(),
                     r.hash.clone(),
                     num(r.planned_seq),
+                    opt(&old_email),
+                    opt(&new_email),
                 ])?;
                 return Ok(());
             }
@@ -109,12 +132,17 @@ impl<W: Write> Printer<W> {
                 let mut v = serde_json::to_value(r)?;
                 // The planned row an outcome row settles, under a name that says so.
                 v["outcome_of"] = serde_json::json!(r.planned_seq);
+                if old_email.is_some() || new_email.is_some() {
+                    v["old_email"] = serde_json::json!(old_email);
+                    v["new_email"] = serde_json::json!(new_email);
+                }
                 serde_json::to_writer(&mut *out, &v)?;
                 writeln!(out)
             }
             _ => {
                 let when = r.recorded_at.replace('T', " ");
-                let change = describe_change(r);
+                let shown = |id: &Option<String>, email: Option<String>| email.or(id.clone());
+                let change = describe_change(r, shown(&r.old, old_email), shown(&r.new, new_email));
                 let outcome = if r.dry_run {
                     format!("{} (dry)", r.outcome)
                 } else {
@@ -160,10 +188,10 @@ impl<W: Write> Printer<W> {
 }
 
 /// `old -> new` for fields, `+tag`/`-tag` for tags, the text for comments.
-fn describe_change(r: &EventRow) -> String {
+fn describe_change(r: &EventRow, old: Option<String>, new: Option<String>) -> String {
     match crate::plan::Field::parse(&r.field) {
-        Some(field) => crate::plan::describe_change(field, r.old.as_deref(), r.new.as_deref()),
-        None => r.new.clone().unwrap_or_default(),
+        Some(field) => crate::plan::describe_change(field, old.as_deref(), new.as_deref()),
+        None => new.unwrap_or_default(),
     }
 }
 

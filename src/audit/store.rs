@@ -1,6 +1,7 @@
 //! The SQLite store: opening and migrating the file, appending rows in one transaction,
 //! the passes table, and the reads the pass itself needs.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -432,6 +433,44 @@ impl AuditStore {
         rows.iter()
             .map(|r| Ok((r.try_get("outcome")?, r.try_get("n")?)))
             .collect()
+    }
+
+    /// Remembers the users' emails (see the `users` table).
+    pub async fn remember_users(
+        &self,
+        users: &crate::stellar::Directory,
+    ) -> Result<(), AuditError> {
+        let now = timestamp(chrono::Utc::now());
+        let mut tx = self.pool.begin().await?;
+        for (id, email) in users.pairs() {
+            sqlx::query(
+                "INSERT INTO users (id, email, seen_at) VALUES (?, ?, ?) \
+                 ON CONFLICT(id) DO UPDATE SET email = excluded.email, seen_at = excluded.seen_at",
+            )
+            .bind(id)
+            .bind(email)
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// User id -> email, as last seen; empty for a log written before emails were kept.
+    pub async fn user_emails(&self) -> Result<HashMap<String, String>, AuditError> {
+        let has_table: Option<(String,)> = sqlx::query_as(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'users'",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        if has_table.is_none() {
+            return Ok(HashMap::new());
+        }
+        let rows: Vec<(String, String)> = sqlx::query_as("SELECT id, email FROM users")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().collect())
     }
 
     pub async fn close(&self) {

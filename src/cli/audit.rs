@@ -146,7 +146,8 @@ pub(super) async fn run(cli: &Cli, args: &AuditArgs) -> anyhow::Result<u8> {
     };
     let store = open_audit(cli, &q.db).await?;
     let stdout = std::io::stdout();
-    let mut printer = Printer::new(q.format, std::io::BufWriter::new(stdout.lock()))?;
+    let mut printer = Printer::new(q.format, std::io::BufWriter::new(stdout.lock()))?
+        .with_emails(store.user_emails().await?);
     let mut rows = std::pin::pin!(store.query(&filter));
     while let Some(row) = rows.next().await {
         match printer.row(&row?) {

@@ -37,7 +37,7 @@ pub(super) async fn run(cli: &Cli, args: &CheckArgs) -> anyhow::Result<u8> {
         println!("config {}: ok", path.display());
     }
     let mut footer = None;
-    match RuleSet::load_dir(&config.daemon.rules_dir) {
+    match RuleSet::load_dir_for(&config.daemon.rules_dir, &config.calendar_names()) {
         Ok(set) => {
             for w in &set.warnings {
                 eprintln!("warning: {w}");

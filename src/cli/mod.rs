@@ -96,7 +96,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Run => run::run(&cli).await,
         Command::Once(args) => once::run(&cli, args).await,
         Command::Check(args) => check::run(&cli, args).await,
-        Command::TestRule(args) => test_rule::run(args),
+        Command::TestRule(args) => test_rule::run(args, cli.config.as_deref()),
         Command::Audit(args) => audit::run(&cli, args).await,
         Command::Simulate(args) => simulate::run(args).await,
         Command::Demo(args) => demo::run(args).await,

@@ -1,15 +1,18 @@
 //! `casewarden test-rule`: one rule, offline, on saved cases.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
 
 use super::Exit;
-use crate::plan::{RuleChanges, plan_case};
+use crate::calendar::Calendar;
+use crate::plan::{ChangeKind, RuleChanges, plan_case};
 use crate::report::print_plans;
 use crate::rules::{EvalEnv, RuleSet};
-use crate::stellar::{Case, filter};
+use crate::stellar::{Case, Directory, User, filter};
 
 #[derive(Debug, Args)]
 #[command(
@@ -34,6 +37,10 @@ pub struct TestRuleArgs {
     /// casewarden's own API user (id or email): its "api" history entries are not human activity
     #[arg(long = "self-user", value_name = "USER")]
     pub self_users: Vec<String>,
+    /// The server's users, for user_email/user_id and assign by email: a saved answer of
+    /// GET /connect/api/v1/users ({"data": [...]}) or a list of {user_id, email}
+    #[arg(long, value_name = "FILE")]
+    pub users: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -52,12 +59,10 @@ fn load(args: &TestRuleArgs) -> Result<(RuleSet, PathBuf), Exit> {
     };
     match (&args.rules_dir, args.paths.as_slice()) {
         (Some(dir), [cases]) => Ok((RuleSet::load_dir(dir).map_err(rule_errors)?, cases.clone())),
-        (None, [rule, cases]) => {
-            let text = std::fs::read_to_string(rule)
-                .map_err(|e| Exit::config(format!("cannot read rule {}: {e}", rule.display())))?;
-            let set = RuleSet::from_sources(vec![(rule.clone(), text)]).map_err(rule_errors)?;
-            Ok((set, cases.clone()))
-        }
+        (None, [rule, cases]) => Ok((
+            RuleSet::load_file(rule).map_err(rule_errors)?,
+            cases.clone(),
+        )),
         (Some(_), _) => Err(Exit::config("with --rules-dir, give only the case file")),
         (None, _) => Err(Exit::config(
             "give a rule file and a case file (or --rules-dir DIR and a case file)",
@@ -65,7 +70,51 @@ fn load(args: &TestRuleArgs) -> Result<(RuleSet, PathBuf), Exit> {
     }
 }
 
-pub(super) fn run(args: &TestRuleArgs) -> anyhow::Result<u8> {
+/// The server's users from a saved `/users` answer.
+fn read_users(path: &std::path::Path) -> Result<Directory, Exit> {
+    let bad = |what: String| Exit::config(format!("--users {}: {what}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+    let items = match &json {
+        serde_json::Value::Array(items) => items,
+        v => match v.get("data") {
+            Some(serde_json::Value::Array(items)) => items,
+            _ => return Err(bad("expected a list of users or {\"data\": [...]}".into())),
+        },
+    };
+    Ok(Directory::new(items.iter().filter_map(User::from_value)))
+}
+
+/// Calendars from the config named with --config (test-rule reads nothing else of it).
+fn calendars(config: Option<&std::path::Path>) -> Result<HashMap<String, Calendar>, Exit> {
+    let Some(path) = config else {
+        return Ok(HashMap::new());
+    };
+    let config = crate::config::Config::load(path).map_err(Exit::config)?;
+    config.calendars().map_err(Exit::config)
+}
+
+/// `assign("someone@x")` as a pass sends it: the user's id, or the rule's error.
+fn resolve_emails(requests: &mut [RuleChanges], users: &Directory, errors: &mut Vec<String>) {
+    for rc in requests {
+        for c in &mut rc.changes {
+            if let ChangeKind::Assign(who) = &mut c.kind
+                && who.contains('@')
+            {
+                match users.id_of(who) {
+                    Some(id) => *who = id.to_string(),
+                    None => errors.push(format!(
+                        "rule {}: assign: no user with email {who:?} in --users",
+                        rc.rule
+                    )),
+                }
+            }
+        }
+    }
+}
+
+pub(super) fn run(args: &TestRuleArgs, config: Option<&std::path::Path>) -> anyhow::Result<u8> {
     let (set, cases_file) = load(args)?;
     for w in &set.warnings {
         eprintln!("warning: {w}");
@@ -88,9 +137,12 @@ pub(super) fn run(args: &TestRuleArgs) -> anyhow::Result<u8> {
         ),
         None => None,
     };
+    let users = args.users.as_deref().map(read_users).transpose()?;
     let env = EvalEnv {
         now_ms,
         own_users: std::sync::Arc::new(args.self_users.clone()),
+        users: users.clone().map(Arc::new),
+        calendars: Arc::new(calendars(config)?),
         ..EvalEnv::default()
     };
     let mut failed = false;
@@ -135,6 +187,9 @@ pub(super) fn run(args: &TestRuleArgs) -> anyhow::Result<u8> {
                 }),
                 Err(e) => errors.push(e.to_string()),
             }
+        }
+        if let Some(users) = &users {
+            resolve_emails(&mut requests, users, &mut errors);
         }
         failed |= !errors.is_empty();
         let plan = plan_case(&case, &requests);

@@ -53,10 +53,12 @@ impl Watch {
     }
 }
 
+/// The rule files and the shared modules of `lib/`.
 fn dir_state(dir: &Path) -> DirState {
-    let mut out: Vec<_> = std::fs::read_dir(dir)
+    let lib = dir.join(crate::rules::LIB_DIR);
+    let mut out: Vec<_> = [dir, lib.as_path()]
         .into_iter()
-        .flatten()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten())
         .filter_map(|e| e.ok())
         .filter(|e| e.path().extension().is_some_and(|x| x == "rhai"))
         .map(|e| {
@@ -76,7 +78,10 @@ fn dir_state(dir: &Path) -> DirState {
 /// re-enabled rules take effect together.
 pub async fn reload(shared: &Shared, schedule: &mut Schedule) {
     systemd::reloading();
-    match RuleSet::load_dir(&shared.config.daemon.rules_dir) {
+    match RuleSet::load_dir_for(
+        &shared.config.daemon.rules_dir,
+        &shared.config.calendar_names(),
+    ) {
         Err(errors) => {
             for e in &errors {
                 tracing::error!("rule error: {e}");
@@ -136,5 +141,20 @@ mod tests {
         std::fs::write(dir.path().join("b.rhai"), "y").unwrap();
         watch.reset();
         assert!(!watch.settled_change(), "a reset takes the folder as seen");
+    }
+
+    #[test]
+    fn a_shared_module_edit_is_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.rhai"), "x").unwrap();
+        std::fs::create_dir(dir.path().join("lib")).unwrap();
+        std::fs::write(dir.path().join("lib/soc.rhai"), "x").unwrap();
+        let mut watch = Watch::new(dir.path());
+        std::fs::write(dir.path().join("lib/soc.rhai"), "xy").unwrap();
+        assert!(!watch.settled_change());
+        assert!(
+            watch.settled_change(),
+            "reloaded once the module held still"
+        );
     }
 }

@@ -21,11 +21,12 @@ use apply::Applier;
 use evaluate::{Evaluated, evaluate_cases, with_activities};
 
 use crate::audit::{AuditStore, ClaimError, NewEvent, Outcome, PassTotals};
+use crate::calendar::Calendar;
 use crate::config::Config;
 use crate::plan::{self, CasePlan, ChangeKind, Decision, DecisionId, Field};
 use crate::rules::limits::Limits;
 use crate::rules::{EvalEnv, EvalError, Rule, RuleSet};
-use crate::stellar::{Case, Client};
+use crate::stellar::{Case, Client, Directory};
 
 /// Errors logged in full per rule and pass; the rest are counted.
 const LOGGED_ERRORS_PER_RULE: usize = 5;
@@ -45,6 +46,7 @@ pub struct PassSettings {
     /// After this, a pass sends nothing more and records what it did not send as skipped.
     pub pass_timeout: Duration,
     pub limits: Limits,
+    pub calendars: Arc<HashMap<String, Calendar>>,
 }
 
 impl PassSettings {
@@ -59,6 +61,8 @@ impl PassSettings {
             settle_after: settle_after(Duration::from_secs(c.stellar.timeout_secs)),
             pass_timeout: Duration::from_secs(c.daemon.pass_timeout_secs),
             limits: c.rule_limits(),
+            // Checked when the config was loaded.
+            calendars: Arc::new(c.calendars().unwrap_or_default()),
         }
     }
 }
@@ -211,11 +215,11 @@ impl PassReport {
 }
 
 /// Who casewarden is in case histories: its API user's email and, from the users list, id.
-fn own_identities(user: Option<&str>, users: Option<&HashMap<String, String>>) -> Vec<String> {
+fn own_identities(user: Option<&str>, users: Option<&Directory>) -> Vec<String> {
     let Some(user) = user else {
         return Vec::new();
     };
-    let id = users.and_then(|u| u.get(&user.to_lowercase()).cloned());
+    let id = users.and_then(|u| u.id_of(user)).map(str::to_string);
     std::iter::once(user.to_string()).chain(id).collect()
 }
 
@@ -283,10 +287,11 @@ fn event(run_id: &str, rule: &Rule, plan: &CasePlan, d: &Decision, dry_run: bool
     }
 }
 
-/// Resolves `assign("someone@x")` to user ids; unknown emails become rule errors.
+/// Resolves `assign("someone@x")` to user ids; unknown emails become rule errors, and so
+/// does every email when the users list could not be read (`users` None).
 fn resolve_assignees(
     ev: &mut Evaluated,
-    users: &HashMap<String, String>,
+    users: Option<&Directory>,
     index_of: &HashMap<String, usize>,
 ) {
     for rc in &mut ev.requests {
@@ -295,8 +300,8 @@ fn resolve_assignees(
             if let ChangeKind::Assign(who) = &mut c.kind
                 && who.contains('@')
             {
-                match users.get(&who.to_lowercase()) {
-                    Some(id) => *who = id.clone(),
+                match users.and_then(|u| u.id_of(who)) {
+                    Some(id) => *who = id.to_string(),
                     None => {
                         unknown.push(who.clone());
                         return false;
@@ -313,7 +318,12 @@ fn resolve_assignees(
                         rule: rc.rule.clone(),
                         case_id: ev.case.id.clone(),
                         location: "assign".into(),
-                        message: format!("assign: no user with email {who:?} on the server"),
+                        message: match users {
+                            Some(_) => format!("assign: no user with email {who:?} on the server"),
+                            None => format!(
+                                "assign: cannot look up {who:?}: the server's users list could not be read this pass"
+                            ),
+                        },
                     },
                 ));
             }
@@ -453,9 +463,9 @@ struct Stage<'a> {
 /// The planning state carried from page to page.
 struct Planning {
     planner: plan::PassPlanner,
+    /// Its `users` are fetched at most once per pass (see [`Stage::plan`]).
     env: EvalEnv,
-    /// Fetched at most once per pass (see [`Stage::plan`]).
-    users: Option<HashMap<String, String>>,
+    users_read: bool,
     /// Changes whose outcome is not known yet, per case: not planned again until settled.
     open: HashMap<String, std::collections::HashSet<String>>,
 }
@@ -478,12 +488,14 @@ impl Stage<'_> {
             }
         }
         // The users list is fetched at most once per pass: now if casewarden's own user
-        // id is needed to tell its changes apart, else when a rule first assigns by email.
-        let users = match ctx.client.user() {
-            Some(_) => Some(user_index(&ctx.client).await),
-            None => None,
+        // id is needed to tell its changes apart or a rule looks people up, else when a
+        // rule first assigns by email.
+        let users_read = ctx.client.user().is_some() || self.set.needs_users;
+        let users = match users_read {
+            true => user_directory(ctx).await,
+            false => None,
         };
-        let own = Arc::new(own_identities(ctx.client.user(), users.as_ref()));
+        let own = Arc::new(own_identities(ctx.client.user(), users.as_deref()));
         let budgets = plan::Budgets {
             max_changes: ctx.settings.max_changes,
             max_change_fraction: ctx.settings.max_change_fraction,
@@ -506,8 +518,10 @@ impl Stage<'_> {
                 own_users: own,
                 limits: ctx.settings.limits.clone(),
                 prints: Default::default(),
+                users,
+                calendars: ctx.settings.calendars.clone(),
             },
-            users,
+            users_read,
             open,
         };
         let mut pager = ctx.client.list_cases(pushdown(&self.rules));
@@ -596,11 +610,12 @@ impl Stage<'_> {
                 .iter()
                 .flat_map(|r| &r.changes)
                 .any(|c| matches!(&c.kind, ChangeKind::Assign(w) if w.contains('@')));
-            if wants_assign_email && state.users.is_none() {
-                state.users = Some(user_index(&ctx.client).await);
+            if wants_assign_email && !state.users_read {
+                state.env.users = user_directory(ctx).await;
+                state.users_read = true;
             }
-            if let Some(u) = &state.users {
-                resolve_assignees(&mut ev, u, &self.index_of);
+            if wants_assign_email {
+                resolve_assignees(&mut ev, state.env.users.as_deref(), &self.index_of);
             }
             for (i, e) in &ev.errors {
                 let stats = &mut report.rules[*i];
@@ -848,16 +863,20 @@ async fn write_outcomes(
     failure.map_or(Ok(()), Err)
 }
 
-/// The server's users by email (lower case) -> user id; empty, with a warning, on error.
-async fn user_index(client: &Client) -> HashMap<String, String> {
-    match client.list_users().await {
-        Ok(users) => users
-            .into_iter()
-            .filter_map(|u| Some((u.email?.to_lowercase(), u.id)))
-            .collect(),
+/// The server's users, remembered in the audit DB so `casewarden audit` can show emails
+/// beside ids; None, with a warning, when they cannot be listed.
+async fn user_directory(ctx: &PassContext) -> Option<Arc<Directory>> {
+    match ctx.client.list_users().await {
+        Ok(users) => {
+            let directory = Directory::new(users);
+            if let Err(e) = ctx.audit.remember_users(&directory).await {
+                tracing::warn!(error = %e, "cannot record the users' emails in the audit DB");
+            }
+            Some(Arc::new(directory))
+        }
         Err(e) => {
-            tracing::warn!(error = %e, "cannot list users: assignments by email fail this pass, and casewarden's own history entries are matched by email only");
-            HashMap::new()
+            tracing::warn!(error = %e, "cannot list users: assignments by email and user_email/user_id fail this pass, and casewarden's own history entries are matched by email only");
+            None
         }
     }
 }

@@ -68,7 +68,16 @@ pub fn describe_change(field: Field, old: Option<&str>, new: Option<&str>) -> St
     let new = new.unwrap_or("");
     match (field, old) {
         (Field::Tags | Field::Comment, _) | (_, None) => new.to_string(),
-        (_, Some(old)) => format!("{} -> {new}", if old.is_empty() { "(none)" } else { old }),
+        (_, Some(old)) => {
+            let shown = |v: &str| {
+                if v.is_empty() {
+                    "(none)".to_string()
+                } else {
+                    v.to_string()
+                }
+            };
+            format!("{} -> {}", shown(old), shown(new))
+        }
     }
 }
 
@@ -108,6 +117,7 @@ mod tests {
         let d = describe_change;
         assert_eq!(d(Field::Priority, Some("Low"), Some("High")), "Low -> High");
         assert_eq!(d(Field::Assignee, Some(""), Some("bob")), "(none) -> bob");
+        assert_eq!(d(Field::Assignee, Some("bob"), Some("")), "bob -> (none)");
         assert_eq!(d(Field::Tags, None, Some("+x")), "+x");
         assert_eq!(d(Field::Comment, Some("ignored"), Some("note")), "note");
         assert_eq!(memory_key(Field::Tags, "+x"), "tags:x");

@@ -101,7 +101,10 @@ pub(super) fn compile(
     let run = engine.run_ast_with_scope(&mut scope, &ast);
     engine::finish();
     if let Err(e) = run {
-        let (message, pos) = innermost(*e);
+        let (mut message, pos) = innermost(*e);
+        if message.starts_with("Module not found") {
+            message.push_str(&library.module_hint());
+        }
         return Err(err(
             pos.line().unwrap_or(0),
             pos.position().unwrap_or(0),
@@ -146,6 +149,47 @@ pub(super) fn compile(
         body,
     };
     Ok((rule, found.warnings))
+}
+
+/// Compiles and lints one shared module of `rules_dir/lib`: its functions and constants,
+/// with its top level run once (in the sandbox, with no case).
+pub(super) fn compile_lib(
+    engine: &Engine,
+    library: &Library,
+    file: &Path,
+    text: &str,
+) -> Result<(rhai::Module, AST), Vec<RuleError>> {
+    let located = |pos: Position, message: String| {
+        vec![RuleError {
+            file: file.to_path_buf(),
+            line: pos.line().unwrap_or(0),
+            col: pos.position().unwrap_or(0),
+            message,
+        }]
+    };
+    let mut ast = engine
+        .compile(text)
+        .map_err(|e| located(e.position(), format!("syntax error: {}", e.err_type())))?;
+    ast.set_source(file.display().to_string());
+    let found = lint(file, text, &ast, library, "", &[]);
+    if !found.errors.is_empty() {
+        return Err(found.errors);
+    }
+    engine::begin(&EvalEnv::default(), "<loading>", None);
+    let module = rhai::Module::eval_ast_as_new(Scope::new(), &ast, engine);
+    let asked = engine::finish();
+    let module = module.map_err(|e| {
+        let (message, pos) = innermost(*e);
+        located(pos, format!("error while loading: {message}"))
+    })?;
+    if !asked.changes.is_empty() {
+        return Err(located(
+            Position::new(1, 1),
+            "a shared module changes cases at its top level; only functions a rule calls may"
+                .into(),
+        ));
+    }
+    Ok((module, ast))
 }
 
 /// What a rule's `RULE` map declares, checked.

@@ -2,6 +2,7 @@
 //! into a per-thread collector, so one shared engine evaluates on many threads at once.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,9 +11,11 @@ use serde_json::Value;
 
 use super::limits::{self, Limits, PrintLog};
 use super::view::{CaseView, Fields};
+use crate::calendar::Calendar;
 use crate::plan::{Change, ChangeKind};
 use crate::stellar::model::{
-    HistoryEntry, PRIORITIES, RESOLUTIONS, STATUSES, entity_of, parse_entity, priority_rank,
+    Directory, Entity, HistoryEntry, PRIORITIES, RESOLUTIONS, STATUSES, entity_of, involved,
+    parse_entity, priority_rank,
 };
 use crate::text::check_text;
 
@@ -27,14 +30,16 @@ pub struct EvalEnv {
     pub limits: Limits,
     /// What each rule printed this pass.
     pub prints: Arc<PrintLog>,
+    /// The server's users for `user_email`/`user_id`; None when they were not read.
+    pub users: Option<Arc<Directory>>,
+    /// The config's business calendars by name.
+    pub calendars: Arc<HashMap<String, Calendar>>,
 }
 
 struct Collector {
     rule: String,
     now_ms: i64,
-    own_users: Arc<Vec<String>>,
-    limits: Limits,
-    prints: Arc<PrintLog>,
+    env: EvalEnv,
     /// The case's `/activities`, when they were read.
     activities: Option<Arc<Vec<HistoryEntry>>>,
     /// `last_human_activity` needed the case's activities and they were not read.
@@ -65,9 +70,7 @@ pub(super) fn begin(env: &EvalEnv, rule: &str, activities: Option<Arc<Vec<Histor
         *c.borrow_mut() = Some(Collector {
             rule: rule.to_string(),
             now_ms: env.now_ms.unwrap_or_else(crate::now_ms),
-            own_users: env.own_users.clone(),
-            limits: env.limits.clone(),
-            prints: env.prints.clone(),
+            env: env.clone(),
             activities,
             wants_activities: false,
             changes: Vec::new(),
@@ -102,7 +105,10 @@ fn rule_name() -> String {
 }
 
 fn may_print() -> bool {
-    with(|c| c.prints.allow(&c.rule, c.limits.prints_per_pass), true)
+    with(
+        |c| c.env.prints.allow(&c.rule, c.env.limits.prints_per_pass),
+        true,
+    )
 }
 
 type Res = Result<(), Box<EvalAltResult>>;
@@ -111,7 +117,7 @@ type Res = Result<(), Box<EvalAltResult>>;
 fn record(kind: ChangeKind, reason: &str) -> Res {
     with(
         |c| {
-            let l = &c.limits;
+            let l = &c.env.limits;
             check_text("the reason", reason, l.comment_chars, true)?;
             if c.changes.len() >= l.changes_per_case {
                 return Err(format!(
@@ -186,6 +192,59 @@ fn assign(user: &str, reason: &str) -> Res {
     record(ChangeKind::Assign(user.trim().into()), reason)
 }
 
+fn unassign(reason: &str) -> Res {
+    record(ChangeKind::Assign(String::new()), reason)
+}
+
+type Found = Result<Dynamic, Box<EvalAltResult>>;
+
+/// Looks a user up in the server's users list; () when nobody matches.
+fn lookup(what: &str, f: impl FnOnce(&Directory) -> Option<String>) -> Found {
+    with(
+        |c| {
+            match &c.env.users {
+            Some(users) => Ok(f(users).map_or(Dynamic::UNIT, Dynamic::from)),
+            None => Err(format!(
+                "{what}: the server's users list is not available (it could not be read this pass; test-rule takes it with --users FILE)"
+            )
+            .into()),
+        }
+        },
+        Ok(Dynamic::UNIT),
+    )
+}
+
+fn user_email(id: &str) -> Found {
+    lookup("user_email", |u| u.email_of(id).map(str::to_string))
+}
+
+fn user_id(email: &str) -> Found {
+    lookup("user_id", |u| u.id_of(email).map(str::to_string))
+}
+
+/// Working time since `ms` by the named calendar of the config, in `unit` ms.
+fn business_since(ms: INT, calendar: &str, unit: INT) -> Result<INT, Box<EvalAltResult>> {
+    with(
+        |c| match c.env.calendars.get(calendar) {
+            Some(cal) => Ok(cal.business_ms(ms, c.now_ms) / unit),
+            None => {
+                let mut names: Vec<&str> = c.env.calendars.keys().map(String::as_str).collect();
+                names.sort_unstable();
+                Err(format!(
+                    "no calendar {calendar:?} in the config ([calendars.{calendar}]); defined: {}",
+                    if names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                )
+                .into())
+            }
+        },
+        Ok(0),
+    )
+}
+
 fn add_tag(t: &str, reason: &str) -> Res {
     non_empty("add_tag: the tag", t)?;
     check_text("add_tag: the tag", t, limits::MAX_TAG_CHARS, false)?;
@@ -246,25 +305,41 @@ fn has_tag(c: Fields, t: &str) -> bool {
     }
 }
 
-fn entity(c: Fields) -> Dynamic {
-    let parsed = match c {
-        Fields::Json(json) => entity_of(json),
-        Fields::Map(map) => map.get("metadata").and_then(|m| {
-            let meta = m.read_lock::<Map>()?;
-            let id = meta.get("entity_id")?.read_lock::<ImmutableString>()?;
-            parse_entity(id.as_str())
-        }),
-    };
-    match parsed {
-        Some(e) => {
-            let mut m = Map::new();
-            m.insert("kind".into(), e.kind.into());
-            m.insert("name".into(), e.name.into());
-            m.insert("ip".into(), e.ip.map_or(Dynamic::UNIT, Dynamic::from));
-            Dynamic::from_map(m)
+/// A text field of the case's `metadata`.
+fn metadata_text(c: &Fields, key: &str) -> Option<String> {
+    match c {
+        Fields::Json(json) => Some(json.get("metadata")?.get(key)?.as_str()?.to_string()),
+        Fields::Map(map) => {
+            let meta = map.get("metadata")?.read_lock::<Map>()?;
+            let text = meta.get(key)?.read_lock::<ImmutableString>()?;
+            Some(text.to_string())
         }
-        None => Dynamic::UNIT,
     }
+}
+
+fn entity_map(e: Entity) -> Dynamic {
+    let mut m = Map::new();
+    m.insert("kind".into(), e.kind.into());
+    m.insert("name".into(), e.name.into());
+    m.insert("ip".into(), e.ip.map_or(Dynamic::UNIT, Dynamic::from));
+    Dynamic::from_map(m)
+}
+
+fn entity(c: Fields) -> Dynamic {
+    let parsed = match &c {
+        Fields::Json(json) => entity_of(json),
+        Fields::Map(_) => metadata_text(&c, "entity_id").and_then(|id| parse_entity(&id)),
+    };
+    parsed.map_or(Dynamic::UNIT, entity_map)
+}
+
+fn entities(c: Fields) -> Array {
+    let main = metadata_text(&c, "entity_id").and_then(|id| parse_entity(&id));
+    let summary = metadata_text(&c, "description_auto").unwrap_or_default();
+    main.into_iter()
+        .chain(involved(&summary))
+        .map(entity_map)
+        .collect()
 }
 
 /// When a person last touched the case (see [`crate::stellar::model::last_human_activity`]).
@@ -306,7 +381,7 @@ fn last_human_activity(c: Fields) -> INT {
             |ctx| {
                 let at = crate::stellar::model::last_human_activity(
                     raw,
-                    &ctx.own_users,
+                    &ctx.env.own_users,
                     ctx.activities.as_deref().map(Vec::as_slice),
                 );
                 if at.is_none() {
@@ -338,13 +413,16 @@ fn last_human_activity(c: Fields) -> INT {
 /// between debug and release builds) and no way out of the sandbox.
 pub(super) fn engine() -> Engine {
     let mut e = Engine::new();
+    e.set_module_resolver(rhai::module_resolvers::StaticModuleResolver::new());
     e.set_max_operations(500_000)
         .set_max_call_levels(32)
         .set_max_expr_depths(64, 32)
         .set_max_string_size(256 * 1024)
         .set_max_array_size(100_000)
         .set_max_map_size(10_000)
-        .set_max_modules(0)
+        // Modules come only from `rules_dir/lib`, compiled at load: the resolver is a
+        // static one set by the rule set, never the file system.
+        .set_max_modules(64)
         .set_max_variables(1_000)
         .set_max_functions(1_000)
         .set_strict_variables(true);
@@ -374,6 +452,8 @@ pub(super) fn engine() -> Engine {
         .register_fn("resolve", |x: &str| resolve(x, ""))
         .register_fn("assign", |u: &str, r: &str| assign(u, r))
         .register_fn("assign", |u: &str| assign(u, ""))
+        .register_fn("unassign", |r: &str| unassign(r))
+        .register_fn("unassign", || unassign(""))
         .register_fn("add_tag", |t: &str, r: &str| add_tag(t, r))
         .register_fn("add_tag", |t: &str| add_tag(t, ""))
         .register_fn("remove_tag", |t: &str, r: &str| remove_tag(t, r))
@@ -388,7 +468,17 @@ pub(super) fn engine() -> Engine {
         .register_fn("days_since", |ms: INT| since(ms, 86_400_000))
         .register_fn("minutes_since", |ms: rhai::FLOAT| since(ms as INT, 60_000))
         .register_fn("hours_since", |ms: rhai::FLOAT| since(ms as INT, 3_600_000))
-        .register_fn("days_since", |ms: rhai::FLOAT| since(ms as INT, 86_400_000));
+        .register_fn("days_since", |ms: rhai::FLOAT| since(ms as INT, 86_400_000))
+        .register_fn("business_hours_since", |ms: INT, cal: &str| {
+            business_since(ms, cal, 3_600_000)
+        })
+        .register_fn("business_minutes_since", |ms: INT, cal: &str| {
+            business_since(ms, cal, 60_000)
+        });
+    e.register_fn("user_email", user_email)
+        .register_fn("user_email", |_: ()| Dynamic::UNIT)
+        .register_fn("user_id", user_id)
+        .register_fn("user_id", |_: ()| Dynamic::UNIT);
 
     e.register_fn("priority_rank", |p: ImmutableString| priority_rank(&p))
         .register_fn("priority_rank", |_: ()| 0 as INT)
@@ -398,6 +488,8 @@ pub(super) fn engine() -> Engine {
         .register_fn("has_tag", |c: &mut Map, t: &str| has_tag(Fields::Map(c), t))
         .register_fn("entity", |c: &mut CaseView| entity(c.fields()))
         .register_fn("entity", |c: &mut Map| entity(Fields::Map(c)))
+        .register_fn("entities", |c: &mut CaseView| entities(c.fields()))
+        .register_fn("entities", |c: &mut Map| entities(Fields::Map(c)))
         .register_fn("last_human_activity", |c: &mut CaseView| {
             last_human_activity(c.fields())
         })

@@ -31,21 +31,63 @@ const BUILT_IN: [&str; 9] = [
     "is_shared",
 ];
 
-/// The functions rules may call: name -> the numbers of arguments it takes.
+type Arities = HashMap<String, BTreeSet<usize>>;
+
+/// The functions rules may call: name -> the numbers of arguments it takes; and the
+/// shared modules of `rules_dir/lib` by the name rules import them under.
 pub(super) struct Library {
-    arity: HashMap<String, BTreeSet<usize>>,
+    arity: Arities,
+    modules: HashMap<String, Arities>,
 }
 
 impl Library {
     pub(super) fn of(engine: &Engine) -> Library {
-        let mut arity: HashMap<String, BTreeSet<usize>> = HashMap::new();
+        let mut arity: Arities = HashMap::new();
         for sig in engine.gen_fn_signatures(true) {
             if let Some((name, n)) = parse_signature(&sig) {
                 arity.entry(name).or_default().insert(n);
             }
         }
-        Library { arity }
+        Library {
+            arity,
+            modules: HashMap::new(),
+        }
     }
+
+    /// Where shared modules come from and which there are, for a failed import.
+    pub(super) fn module_hint(&self) -> String {
+        let mut names: Vec<&str> = self.modules.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        format!(
+            " (shared modules are the files of rules_dir/lib/, imported by file name without .rhai; there: {})",
+            if names.is_empty() {
+                "none".into()
+            } else {
+                names.join(", ")
+            }
+        )
+    }
+
+    /// Adds a shared module's public functions.
+    pub(super) fn add_module(&mut self, name: &str, ast: &AST) {
+        let mut fns: Arities = HashMap::new();
+        for f in ast.iter_functions() {
+            if f.access != rhai::FnAccess::Private {
+                fns.entry(f.name.to_string())
+                    .or_default()
+                    .insert(f.params.len());
+            }
+        }
+        self.modules.insert(name.to_string(), fns);
+    }
+}
+
+/// `import "common" as c;`: alias -> module name.
+fn imports<'a>(toks: &[Token<'a>]) -> HashMap<&'a str, &'a str> {
+    toks.windows(4)
+        .filter(|w| w[0].text == "import" && w[1].kind == Kind::Literal && w[2].text == "as")
+        .map(|w| (w[3].text, w[1].text.trim_matches(['"', '`'])))
+        .collect()
 }
 
 /// `name(a: T, b: U) -> R` as (name, 2).
@@ -296,6 +338,41 @@ fn local_names<'a>(toks: &[Token<'a>]) -> HashSet<&'a str> {
     names
 }
 
+/// The calendars a file names in `business_hours_since(ms, "NAME")` and
+/// `business_minutes_since`, as (line, col, name), to check against the config.
+pub(super) fn calendar_names(text: &str) -> Vec<(usize, usize, String)> {
+    let toks = tokens(text);
+    let mut out = Vec::new();
+    for (i, t) in toks.iter().enumerate() {
+        if !matches!(t.text, "business_hours_since" | "business_minutes_since")
+            || toks.get(i + 1).map(|t| t.text) != Some("(")
+        {
+            continue;
+        }
+        let mut depth = 0;
+        for (k, a) in toks.iter().enumerate().skip(i + 2) {
+            match a.text {
+                "(" | "[" | "{" | "${" | "#{" => depth += 1,
+                ")" if depth == 0 => break,
+                ")" | "]" | "}" => depth -= 1,
+                "," if depth == 0 => {
+                    let name = toks.get(k + 1).filter(|n| {
+                        n.kind == Kind::Literal
+                            && n.text.starts_with('"')
+                            && toks.get(k + 2).map(|t| t.text) == Some(")")
+                    });
+                    if let Some(n) = name {
+                        out.push((n.line, n.col, n.text.trim_matches('"').to_string()));
+                    }
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
 /// What the checks found: errors stop the rule set, warnings are printed.
 #[derive(Debug, Default)]
 pub(super) struct Findings {
@@ -315,6 +392,7 @@ pub(super) fn lint(
 ) -> Findings {
     let toks = tokens(text);
     let locals = local_names(&toks);
+    let aliases = imports(&toks);
     let mut script: HashMap<&str, BTreeSet<usize>> = HashMap::new();
     for f in ast.iter_functions() {
         script.entry(f.name).or_default().insert(f.params.len());
@@ -333,7 +411,37 @@ pub(super) fn lint(
         let before = i.checked_sub(1).map(|k| toks[k].text);
         let after = toks.get(i + 1).map(|t| t.text);
         let method = matches!(before, Some("." | "?."));
-        if after == Some("(") {
+        if after == Some("(") && before == Some("::") {
+            let alias = toks[i - 2].text;
+            let Some(module) = aliases.get(alias) else {
+                continue;
+            };
+            let n = argument_count(&toks, i + 1);
+            match library.modules.get(*module).map(|m| m.get(t.text)) {
+                Some(Some(takes)) if !takes.contains(&n) => found.errors.push(at(
+                    t,
+                    format!(
+                        "`{alias}::{}` takes {} argument(s), not {n}",
+                        t.text,
+                        list(takes)
+                    ),
+                )),
+                Some(None) => {
+                    let names = library.modules[*module].keys().map(String::as_str);
+                    let hint = did_you_mean(t.text, names)
+                        .map(|s| format!(" (did you mean `{alias}::{s}`?)"))
+                        .unwrap_or_default();
+                    found.errors.push(at(
+                        t,
+                        format!(
+                            "unknown function `{alias}::{}`{hint}: lib/{module}.rhai has no public function of that name",
+                            t.text
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+        } else if after == Some("(") {
             if matches!(before, Some("fn" | "::"))
                 || (!method && (KEYWORDS.contains(&t.text) || locals.contains(t.text)))
                 || BUILT_IN.contains(&t.text)
@@ -376,6 +484,14 @@ pub(super) fn lint(
         ));
     }
     found
+}
+
+fn list(counts: &BTreeSet<usize>) -> String {
+    counts
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(" or ")
 }
 
 /// Why a call of `name` with `n` arguments cannot work, if it cannot.

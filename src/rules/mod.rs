@@ -89,7 +89,17 @@ pub struct RuleSet {
     /// What the lint found that does not stop a rule (a field no case has, a returned
     /// value), to print at `check`, start-up and reload.
     pub warnings: Vec<RuleError>,
+    /// Some rule or shared module may call `user_email`/`user_id`: a pass reads the
+    /// server's users before evaluating.
+    pub needs_users: bool,
+    /// Calendar names given as literals, located, to check against the config.
+    calendar_refs: Vec<RuleError>,
 }
+
+/// The folder of shared modules inside a rules folder.
+pub const LIB_DIR: &str = "lib";
+/// At most this many shared modules.
+const MAX_LIBS: usize = 64;
 
 impl RuleSet {
     /// Loads every `*.rhai` in `dir`. All problems are returned, not only the first.
@@ -102,42 +112,18 @@ impl RuleSet {
                 message,
             }]
         };
-        let entries = std::fs::read_dir(dir).map_err(|e| {
+        let (files, mut errors) = read_rhai_files(dir).map_err(|e| {
             at_dir(format!(
                 "cannot read the rules folder: {e} (daemon.rules_dir)"
             ))
         })?;
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "rhai") && p.is_file())
-            .collect();
-        files.sort();
-        if files.is_empty() {
+        if files.is_empty() && errors.is_empty() {
             return Err(at_dir(
                 "no *.rhai rule files here; copy one from the project's rules/ folder".into(),
             ));
         }
-        let sources = files
-            .into_iter()
-            .map(|f| {
-                let text = std::fs::read_to_string(&f);
-                (f, text)
-            })
-            .collect::<Vec<_>>();
-        let mut errors = Vec::new();
-        let mut loaded = Vec::new();
-        for (file, text) in sources {
-            match text {
-                Ok(text) => loaded.push((file, text)),
-                Err(e) => errors.push(RuleError {
-                    file,
-                    line: 0,
-                    col: 0,
-                    message: format!("cannot read: {e}"),
-                }),
-            }
-        }
-        let set = RuleSet::from_sources(loaded);
+        let libs = read_libs(dir, &mut errors);
+        let set = RuleSet::build(files, libs);
         match set {
             Ok(set) if errors.is_empty() => Ok(set),
             Ok(_) => Err(errors),
@@ -146,6 +132,54 @@ impl RuleSet {
                 Err(errors)
             }
         }
+    }
+
+    /// Loads `dir` as [`RuleSet::load_dir`] does, and checks that every calendar a rule
+    /// names is among `calendars` (the config's).
+    pub fn load_dir_for(dir: &Path, calendars: &[&str]) -> Result<RuleSet, Vec<RuleError>> {
+        let set = RuleSet::load_dir(dir)?;
+        let unknown: Vec<RuleError> = set
+            .calendar_refs
+            .iter()
+            .filter(|r| !calendars.contains(&r.message.as_str()))
+            .map(|r| RuleError {
+                message: format!(
+                    "no calendar {:?} in the config: define [calendars.{}] (defined: {})",
+                    r.message,
+                    r.message,
+                    if calendars.is_empty() {
+                        "none".to_string()
+                    } else {
+                        calendars.join(", ")
+                    }
+                ),
+                ..r.clone()
+            })
+            .collect();
+        if unknown.is_empty() {
+            Ok(set)
+        } else {
+            Err(unknown)
+        }
+    }
+
+    /// Loads one rule file, with the shared modules of its folder's `lib/`.
+    pub fn load_file(file: &Path) -> Result<RuleSet, Vec<RuleError>> {
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            vec![RuleError {
+                file: file.to_path_buf(),
+                line: 0,
+                col: 0,
+                message: format!("cannot read the rule: {e}"),
+            }]
+        })?;
+        let mut errors = Vec::new();
+        let dir = file.parent().filter(|p| !p.as_os_str().is_empty());
+        let libs = read_libs(dir.unwrap_or(Path::new(".")), &mut errors);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        RuleSet::build(vec![(file.to_path_buf(), text)], libs)
     }
 
     /// Logs what the lint found that does not stop a rule (start-up and reload).
@@ -157,12 +191,67 @@ impl RuleSet {
 
     /// Compiles rules from (file name, text) pairs, already in the order they run in.
     pub fn from_sources(sources: Vec<(PathBuf, String)>) -> Result<RuleSet, Vec<RuleError>> {
-        let engine = engine::engine();
-        let library = lint::Library::of(&engine);
+        RuleSet::build(sources, Vec::new())
+    }
+
+    /// Compiles the shared modules (in order, each may import the ones before it), then the
+    /// rules, which may import any of them as `import "NAME" as NAME;` (NAME: the file name
+    /// without `.rhai`).
+    pub fn build(sources: Vec<Source>, libs: Vec<Source>) -> Result<RuleSet, Vec<RuleError>> {
+        let mut engine = engine::engine();
+        let mut library = lint::Library::of(&engine);
         let mut warnings = Vec::new();
         let mut errors = Vec::new();
         let mut rules: Vec<Arc<Rule>> = Vec::new();
         let mut hasher = Sha256::new();
+        let needs_users = sources
+            .iter()
+            .chain(&libs)
+            .any(|(_, text)| text.contains("user_email") || text.contains("user_id"));
+        let calendar_refs = sources
+            .iter()
+            .chain(&libs)
+            .flat_map(|(file, text)| {
+                lint::calendar_names(text)
+                    .into_iter()
+                    .map(|(line, col, name)| RuleError {
+                        file: file.clone(),
+                        line,
+                        col,
+                        message: name,
+                    })
+            })
+            .collect();
+        if libs.len() > MAX_LIBS {
+            errors.push(RuleError {
+                file: libs[MAX_LIBS].0.clone(),
+                line: 0,
+                col: 0,
+                message: format!("more than {MAX_LIBS} shared modules in {LIB_DIR}/"),
+            });
+        }
+        let mut resolver = rhai::module_resolvers::StaticModuleResolver::new();
+        for (file, text) in libs.iter().take(MAX_LIBS) {
+            hasher.update(b"lib/");
+            hasher.update(
+                file.file_name()
+                    .map(|n| n.as_encoded_bytes())
+                    .unwrap_or(b""),
+            );
+            hasher.update([0]);
+            hasher.update(text.as_bytes());
+            hasher.update([0]);
+            let name = module_name(file);
+            match compile::compile_lib(&engine, &library, file, text) {
+                Ok((module, ast)) => {
+                    library.add_module(&name, &ast);
+                    resolver.insert(name, module);
+                    engine.set_module_resolver(resolver.clone());
+                }
+                Err(mut e) => errors.append(&mut e),
+            }
+        }
+        engine.set_module_resolver(resolver);
         for (file, text) in &sources {
             hasher.update(
                 file.file_name()
@@ -202,6 +291,64 @@ impl RuleSet {
             engine: Arc::new(engine),
             fingerprint: hex::encode(hasher.finalize()),
             warnings,
+            needs_users,
+            calendar_refs,
         })
+    }
+}
+
+/// A file's name and text.
+type Source = (PathBuf, String);
+
+/// The name a shared module is imported under: its file name without `.rhai`.
+fn module_name(file: &Path) -> String {
+    file.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The `*.rhai` files of `dir`, sorted, read; files that cannot be read are errors.
+fn read_rhai_files(dir: &Path) -> std::io::Result<(Vec<Source>, Vec<RuleError>)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "rhai") && p.is_file())
+        .collect();
+    files.sort();
+    let mut loaded = Vec::new();
+    let mut errors = Vec::new();
+    for file in files {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => loaded.push((file, text)),
+            Err(e) => errors.push(RuleError {
+                file,
+                line: 0,
+                col: 0,
+                message: format!("cannot read: {e}"),
+            }),
+        }
+    }
+    Ok((loaded, errors))
+}
+
+/// The shared modules of `rules_dir/lib`, if that folder exists.
+fn read_libs(rules_dir: &Path, errors: &mut Vec<RuleError>) -> Vec<Source> {
+    let dir = rules_dir.join(LIB_DIR);
+    if !dir.is_dir() {
+        return Vec::new();
+    }
+    match read_rhai_files(&dir) {
+        Ok((libs, mut e)) => {
+            errors.append(&mut e);
+            libs
+        }
+        Err(e) => {
+            errors.push(RuleError {
+                file: dir,
+                line: 0,
+                col: 0,
+                message: format!("cannot read the shared modules folder: {e}"),
+            });
+            Vec::new()
+        }
     }
 }

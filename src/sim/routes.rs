@@ -565,6 +565,11 @@ pub(super) fn validate_update(
             }
             "assignee" => {
                 let v = value.as_str().ok_or("assignee must be a string")?;
+                // As real servers show an unassigned case: `"assignee": ""`.
+                if v.is_empty() {
+                    out.push(("assignee".to_string(), json!("")));
+                    continue;
+                }
                 let user = s
                     .users
                     .iter()

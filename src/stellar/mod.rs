@@ -14,5 +14,5 @@ pub use auth::Credentials;
 pub use client::{Client, ClientSettings, credentials};
 pub use error::ApiError;
 pub use flavor::ApiFlavor;
-pub use model::{Case, CaseParseError, Comment, Tenant, User};
+pub use model::{Case, CaseParseError, Comment, Directory, Tenant, User};
 pub use pager::{CasePager, Page};
