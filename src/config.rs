@@ -147,6 +147,8 @@ pub struct DaemonConfig {
     #[serde(default = "default_prints")]
     pub max_prints_per_rule: u32,
     pub listen: Option<String>,
+    /// A bearer token the live view and its API at `listen` require (one line in the file).
+    pub ui_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -249,6 +251,7 @@ impl Default for DaemonConfig {
             rule_timeout_ms: default_rule_timeout(),
             max_prints_per_rule: default_prints(),
             listen: None,
+            ui_token_file: None,
         }
     }
 }
@@ -308,6 +311,9 @@ impl Config {
             resolve(p);
         }
         if let Some(p) = config.audit.head_file.as_mut() {
+            resolve(p);
+        }
+        if let Some(p) = config.daemon.ui_token_file.as_mut() {
             resolve(p);
         }
         config.validate()?;
@@ -424,6 +430,27 @@ impl Config {
 
     pub fn calendar_names(&self) -> Vec<&str> {
         self.calendars.keys().map(String::as_str).collect()
+    }
+
+    /// The live view's bearer token, if `daemon.ui_token_file` is set.
+    pub fn ui_token(&self) -> Result<Option<Secret>, ConfigError> {
+        let Some(file) = &self.daemon.ui_token_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            self.invalid("daemon.ui_token_file", format!("{}: {e}", file.display()))
+        })?;
+        let token = text.trim();
+        if token.len() < 16 {
+            return Err(self.invalid(
+                "daemon.ui_token_file",
+                format!(
+                    "{}: the token must be at least 16 characters",
+                    file.display()
+                ),
+            ));
+        }
+        Ok(Some(Secret::new(token)))
     }
 
     /// The configured business calendars, checked.

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod pass;
 pub mod plan;
 pub mod report;
+pub mod review;
 pub mod rules;
 pub mod secret;
 pub mod sim;

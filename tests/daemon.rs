@@ -2,84 +2,14 @@
 //! ticks, reloads, the circuit breaker, signals, crash recovery, HTTP endpoints, systemd.
 
 use std::collections::HashSet;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use casewarden::audit::{AuditStore, EventRow, Filter, Verification};
 
 use crate::common::*;
 
-const EVERY_SECOND: &str = "schedule = \"* * * * * *\"";
 const TAG_ALL: &str =
     "const RULE = #{ name: \"tag-all\" };\nfn evaluate(c) { add_tag(\"seen\", \"test\"); }\n";
-
-struct Daemon {
-    child: tokio::process::Child,
-    log: std::path::PathBuf,
-}
-
-impl Daemon {
-    fn start(ws: &Workspace, env: &[(&str, &str)]) -> Daemon {
-        let log = ws
-            .dir
-            .path()
-            .join(format!("daemon-{}.log", fastrand::u32(..)));
-        let file = std::fs::File::create(&log).unwrap();
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_casewarden"));
-        cmd.args(["--config", ws.config().to_str().unwrap(), "run"])
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(file))
-            .kill_on_drop(true);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        Daemon {
-            child: cmd.spawn().unwrap(),
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn signal(&self, sig: i32) {
-        let pid = self.child.id().unwrap() as i32;
-        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
-    }
-
-    async fn wait_log(&self, needle: &str, secs: u64) {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while Instant::now() < deadline {
-            if self.log().contains(needle) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("{needle:?} not logged within {secs}s:\n{}", self.log());
-    }
-
-    async fn exit_code(mut self, secs: u64) -> i32 {
-        tokio::time::timeout(Duration::from_secs(secs), self.child.wait())
-            .await
-            .expect("the daemon exits in time")
-            .unwrap()
-            .code()
-            .unwrap_or(-1)
-    }
-}
-
-async fn until<F: FnMut() -> bool>(secs: u64, mut f: F) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
 
 async fn passes(ws: &Workspace) -> Vec<casewarden::audit::PassRow> {
     if !ws.audit_db().exists() {
@@ -117,14 +47,6 @@ async fn metrics_text(port: u16) -> String {
         .text()
         .await
         .unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -11,4 +11,5 @@ mod faults;
 mod fuzz;
 mod pass;
 mod real_api;
+mod review;
 mod rules_cli;

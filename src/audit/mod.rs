@@ -7,12 +7,14 @@ mod chain;
 pub mod export;
 mod lease;
 mod query;
+mod stats;
 mod store;
 
 pub use crate::time::timestamp;
 pub use chain::{GENESIS, Verification};
 pub use lease::{Claim, ClaimError, HEARTBEAT, Held, Lease};
 pub use query::Filter;
+pub use stats::{CaseCount, DayCount, FailureGroup, Period, RuleVersion, Step};
 pub use store::AuditStore;
 
 use std::fmt;

@@ -16,6 +16,8 @@ pub struct Filter {
     pub outcome: Option<Outcome>,
     pub run_id: Option<String>,
     pub limit: Option<i64>,
+    /// Rows to pass over first (paging; with `limit`).
+    pub offset: Option<i64>,
     /// Newest rows first (with `limit`: the newest N).
     pub newest: bool,
 }
@@ -48,6 +50,9 @@ impl AuditStore {
         });
         if filter.limit.is_some() {
             sql.push_str(" LIMIT ?");
+            if filter.offset.is_some() {
+                sql.push_str(" OFFSET ?");
+            }
         }
         let mut q = sqlx::query_as::<_, EventRow>(AssertSqlSafe(sql));
         if let Some(v) = &filter.case_id {
@@ -73,6 +78,9 @@ impl AuditStore {
         }
         if let Some(v) = filter.limit {
             q = q.bind(v);
+            if let Some(o) = filter.offset {
+                q = q.bind(o);
+            }
         }
         q.fetch(&self.pool).map(|r| r.map_err(AuditError::from))
     }

@@ -68,7 +68,7 @@ pub struct AuditQuery {
     pub db: Option<PathBuf>,
 }
 
-async fn open_audit(cli: &Cli, db: &Option<PathBuf>) -> anyhow::Result<AuditStore> {
+pub(super) async fn open_audit(cli: &Cli, db: &Option<PathBuf>) -> anyhow::Result<AuditStore> {
     let path = match db {
         Some(p) => p.clone(),
         None => load_config(cli)?.audit.path,
@@ -143,6 +143,7 @@ pub(super) async fn run(cli: &Cli, args: &AuditArgs) -> anyhow::Result<u8> {
         newest: q.newest,
         run_id: q.run_id.clone(),
         limit: q.limit,
+        offset: None,
     };
     let store = open_audit(cli, &q.db).await?;
     let stdout = std::io::stdout();

@@ -7,6 +7,8 @@ mod completions;
 mod demo;
 mod exit;
 mod once;
+mod progress;
+mod report;
 mod run;
 mod simulate;
 mod test_rule;
@@ -21,6 +23,7 @@ pub use completions::CompletionsArgs;
 pub use demo::DemoArgs;
 pub use exit::{Exit, code_of};
 pub use once::OnceArgs;
+pub use report::{ReportArgs, ReportFormat};
 pub use simulate::SimulateArgs;
 pub use test_rule::{TestFormat, TestRuleArgs};
 
@@ -74,6 +77,9 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Run the example rules against an in-process simulator and show what they change
     Demo(DemoArgs),
+    /// Write the audit review: one self-contained HTML page (or JSON) with changes per rule
+    /// and day, guard halts, breaker trips, passes, failures and case timelines
+    Report(ReportArgs),
     /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout
     Completions(CompletionsArgs),
     /// Print the man pages (roff) of casewarden and its commands to stdout
@@ -100,6 +106,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Audit(args) => audit::run(&cli, args).await,
         Command::Simulate(args) => simulate::run(args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Report(args) => report::run(&cli, args).await,
         Command::Completions(args) => completions::completions(args),
         Command::Man => completions::man(),
     }

@@ -174,7 +174,8 @@ async fn start(config: Config) -> anyhow::Result<Arc<Shared>> {
         config,
     });
     if let Some(listen) = shared.config.daemon.listen.clone() {
-        http::serve(shared.clone(), &listen).await?;
+        let token = shared.config.ui_token()?;
+        http::serve(shared.clone(), &listen, token).await?;
     }
     Ok(shared)
 }

@@ -133,6 +133,8 @@ pub struct RuleStats {
     pub failed: usize,
     pub skipped: usize,
     pub errors: usize,
+    /// The first error of the pass: where and what.
+    pub first_error: Option<String>,
     pub deferred: usize,
     /// Halted by the blast-radius guard.
     pub guard_halted: bool,
@@ -368,6 +370,7 @@ pub async fn run_pass(ctx: &PassContext, set: &RuleSet, opts: &PassOptions) -> P
         } else {
             PassStatus::Ok
         };
+        record_rule_errors(ctx, set, &report).await;
         let totals = PassTotals {
             cases_seen: report.cases_seen as i64,
             planned: report.rules.iter().map(|r| r.planned as i64).sum(),
@@ -388,6 +391,41 @@ pub async fn run_pass(ctx: &PassContext, set: &RuleSet, opts: &PassOptions) -> P
     }
     .instrument(span)
     .await
+}
+
+/// One row per rule that failed on some case this pass (field `rule`, new `errors`, old
+/// the number of cases, error the first failure), so reports count rule errors from the
+/// chained log.
+async fn record_rule_errors(ctx: &PassContext, set: &RuleSet, report: &PassReport) {
+    let rows: Vec<NewEvent> = report
+        .rules
+        .iter()
+        .filter(|r| r.errors > 0)
+        .map(|r| NewEvent {
+            run_id: report.run_id.clone(),
+            rule: r.name.clone(),
+            rule_hash: set
+                .rules
+                .iter()
+                .find(|x| x.name == r.name)
+                .map(|x| x.source_hash.clone())
+                .unwrap_or_default(),
+            case_id: "-".into(),
+            field: "rule".into(),
+            old: Some(r.errors.to_string()),
+            new: Some("errors".into()),
+            reason: format!("the rule failed on {} case(s) this pass", r.errors),
+            error: r.first_error.clone(),
+            dry_run: report.dry_run,
+            outcome: Some(Outcome::Failed),
+            ..NewEvent::default()
+        })
+        .collect();
+    if !rows.is_empty()
+        && let Err(e) = ctx.audit.append(&rows).await
+    {
+        tracing::error!(error = %e, "cannot record the rules' errors in the audit log");
+    }
 }
 
 /// fetch -> evaluate -> plan -> record intent -> apply -> record outcomes.
@@ -620,6 +658,12 @@ impl Stage<'_> {
             for (i, e) in &ev.errors {
                 let stats = &mut report.rules[*i];
                 stats.errors += 1;
+                if stats.first_error.is_none() {
+                    stats.first_error = Some(format!(
+                        "case {} ({}): {}",
+                        e.case_id, e.location, e.message
+                    ));
+                }
                 if stats.errors <= LOGGED_ERRORS_PER_RULE {
                     tracing::warn!(rule = %e.rule, case_id = %e.case_id, location = %e.location, "rule failed on a case: {}", crate::text::for_terminal(&e.message));
                 }

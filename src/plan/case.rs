@@ -273,6 +273,7 @@ pub fn remember<'a>(applied: impl IntoIterator<Item = (Field, &'a str)>) -> Memo
 /// when when the case's history or activities tell. A resolution goes with its status.
 pub(super) fn skip_overridden(plan: &mut CasePlan, case: &Case, memory: &Memory, own: &[String]) {
     let mut overridden_status: Vec<String> = Vec::new();
+    let mut overridden: Vec<String> = Vec::new();
     for d in plan.decisions.iter_mut().filter(|d| d.is_planned()) {
         let new = d.new.as_deref().unwrap_or("");
         let Some(last) = memory.get(&memory_key(d.field, new)) else {
@@ -295,10 +296,28 @@ pub(super) fn skip_overridden(plan: &mut CasePlan, case: &Case, memory: &Memory,
         if d.field == Field::Status {
             overridden_status.push(d.rule.clone());
         }
+        overridden.push(d.rule.clone());
     }
     for d in plan.decisions.iter_mut() {
         if d.field == Field::Resolution && d.is_planned() && overridden_status.contains(&d.rule) {
             d.skipped = Some("overridden by a person: the status it goes with was".into());
+        }
+    }
+    // A comment explains its rule's changes: with all of them reverted by a person it would
+    // be posted again every pass; the same text casewarden posted last is not posted twice.
+    let still_changing: Vec<String> = plan.field_changes().map(|d| d.rule.clone()).collect();
+    let last_comment = memory.get(&memory_key(Field::Comment, ""));
+    for d in plan.decisions.iter_mut() {
+        if d.field != Field::Comment || !d.is_planned() {
+            continue;
+        }
+        if overridden.contains(&d.rule) && !still_changing.contains(&d.rule) {
+            d.skipped = Some(
+                "overridden by a person: the changes this comment explains were reverted".into(),
+            );
+        } else if last_comment.is_some() && last_comment == d.new.as_ref() {
+            d.skipped =
+                Some("already posted: casewarden's last comment on this case says the same".into());
         }
     }
 }
@@ -584,6 +603,50 @@ mod tests {
         );
         skip_overridden(&mut plan, &held, &memory, &[]);
         assert!(plan.decisions[0].is_planned());
+    }
+
+    /// A person removed the tag casewarden added: the rule fires again, the tag is not set
+    /// again, and the comment explaining it is not posted again either (each pass would).
+    #[test]
+    fn comments_follow_their_reverted_changes_and_are_not_repeated() {
+        let memory = remember([(Field::Tags, "+sla"), (Field::Comment, "SLA breached")]);
+        let c = Case::from_value(json!({"_id": "c1", "priority": "Low", "tags": []})).unwrap();
+        let mut plan = plan_case(
+            &c,
+            &[
+                rc(
+                    "sla",
+                    vec![
+                        ChangeKind::AddTag("sla".into()),
+                        ChangeKind::Comment("SLA breached for 3h".into()),
+                    ],
+                ),
+                rc("nag", vec![ChangeKind::Comment("SLA breached".into())]),
+                rc(
+                    "other",
+                    vec![
+                        ChangeKind::Priority("High".into()),
+                        ChangeKind::Comment("raised".into()),
+                    ],
+                ),
+            ],
+        );
+        skip_overridden(&mut plan, &c, &memory, &[]);
+        let notes: Vec<(&str, Option<&str>)> = plan
+            .decisions
+            .iter()
+            .map(|d| (d.rule.as_str(), d.skipped.as_deref()))
+            .collect();
+        assert!(notes[0].1.unwrap().starts_with("overridden by a person"));
+        assert!(
+            notes[1]
+                .1
+                .unwrap()
+                .contains("the changes this comment explains were reverted")
+        );
+        assert!(notes[2].1.unwrap().starts_with("already posted"));
+        assert_eq!(notes[3], ("other", None));
+        assert_eq!(notes[4], ("other", None));
     }
 
     fn arb_kind() -> impl Strategy<Value = ChangeKind> {

@@ -1,0 +1,210 @@
+//! Aggregates of the log for reports: a few grouped scans, so a report over millions of
+//! rows holds only counts, never the rows.
+
+use serde::Serialize;
+use sqlx::{AssertSqlSafe, FromRow};
+
+use super::{AuditError, AuditStore, PassRow};
+
+/// The rows a report covers: `since <= recorded_at <= until`, one rule or all.
+#[derive(Debug, Clone, Default)]
+pub struct Period {
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub rule: Option<String>,
+}
+
+impl Period {
+    /// `WHERE` conditions over `events` (as `alias`) and their values, in order.
+    fn conditions(&self, alias: &str) -> (String, Vec<String>) {
+        let mut sql = String::from("1 = 1");
+        let mut binds = Vec::new();
+        for (cond, value) in [
+            ("recorded_at >= ?", &self.since),
+            ("recorded_at <= ?", &self.until),
+            ("rule = ?", &self.rule),
+        ] {
+            if let Some(v) = value {
+                sql.push_str(&format!(" AND {alias}.{cond}"));
+                binds.push(v.clone());
+            }
+        }
+        (sql, binds)
+    }
+}
+
+/// Rows of one rule on one day, of one kind and outcome.
+#[derive(Debug, Clone, FromRow, Serialize, PartialEq)]
+pub struct DayCount {
+    pub rule: String,
+    /// `YYYY-MM-DD` (UTC).
+    pub day: String,
+    /// `change` (a field change), `guard` (skipped by the blast-radius guard), `errors`
+    /// (the rule failed on cases), `disabled` (the circuit breaker disabled it).
+    pub kind: String,
+    pub outcome: String,
+    pub dry_run: bool,
+    pub rows: i64,
+    /// Passes these rows belong to.
+    pub passes: i64,
+    /// For `errors`: the cases the rule failed on.
+    pub cases: i64,
+}
+
+/// One version of a rule's file, as the rows it caused show it.
+#[derive(Debug, Clone, FromRow, Serialize, PartialEq)]
+pub struct RuleVersion {
+    pub rule: String,
+    pub rule_hash: String,
+    pub first_seen: String,
+    pub last_seen: String,
+    pub rows: i64,
+}
+
+/// Failed changes of one rule with one error.
+#[derive(Debug, Clone, FromRow, Serialize, PartialEq)]
+pub struct FailureGroup {
+    pub rule: String,
+    pub error: String,
+    pub rows: i64,
+    pub last_at: String,
+    pub example_case: String,
+    pub ticket_id: Option<i64>,
+}
+
+/// A case and how much was done to it.
+#[derive(Debug, Clone, FromRow, Serialize, PartialEq)]
+pub struct CaseCount {
+    pub case_id: String,
+    pub ticket_id: Option<i64>,
+    /// Outcome rows (applied, failed, skipped, unknown) and dry-run plans.
+    pub rows: i64,
+    pub rules: i64,
+    pub last_at: String,
+}
+
+/// One step of a case's timeline: what a rule wanted and what became of it.
+#[derive(Debug, Clone, FromRow, Serialize, PartialEq)]
+pub struct Step {
+    pub seq: i64,
+    pub case_id: String,
+    pub ticket_id: Option<i64>,
+    pub recorded_at: String,
+    pub run_id: String,
+    pub rule: String,
+    pub field: String,
+    pub old: Option<String>,
+    pub new: Option<String>,
+    pub reason: String,
+    pub outcome: String,
+    pub dry_run: bool,
+    pub error: Option<String>,
+}
+
+/// Rows that say what happened (not intents still open): the outcome rows, dry-run
+/// plans, and the rule rows.
+const SETTLED: &str = "(e.outcome != 'planned' OR e.dry_run = 1)";
+
+impl AuditStore {
+    pub async fn day_counts(&self, p: &Period) -> Result<Vec<DayCount>, AuditError> {
+        let (cond, binds) = p.conditions("e");
+        let sql = format!(
+            "SELECT rule, substr(recorded_at, 1, 10) AS day, \
+             CASE WHEN field = 'rule' THEN COALESCE(new, '') \
+                  WHEN outcome = 'skipped' AND reason LIKE '%[skipped: blast-radius guard:%' THEN 'guard' \
+                  ELSE 'change' END AS kind, \
+             outcome, dry_run, COUNT(*) AS rows, COUNT(DISTINCT run_id) AS passes, \
+             SUM(CASE WHEN field = 'rule' AND new = 'errors' THEN CAST(old AS INTEGER) ELSE 0 END) AS cases \
+             FROM events e WHERE {cond} GROUP BY rule, day, kind, outcome, dry_run ORDER BY rule, day"
+        );
+        self.all(sql, binds).await
+    }
+
+    pub async fn rule_versions(&self, p: &Period) -> Result<Vec<RuleVersion>, AuditError> {
+        let (cond, binds) = p.conditions("e");
+        let sql = format!(
+            "SELECT rule, rule_hash, MIN(recorded_at) AS first_seen, MAX(recorded_at) AS last_seen, \
+             COUNT(*) AS rows FROM events e WHERE {cond} GROUP BY rule, rule_hash ORDER BY rule, first_seen"
+        );
+        self.all(sql, binds).await
+    }
+
+    /// The most frequent (rule, error) pairs of failed changes.
+    pub async fn failure_groups(
+        &self,
+        p: &Period,
+        limit: i64,
+    ) -> Result<Vec<FailureGroup>, AuditError> {
+        let (cond, binds) = p.conditions("e");
+        let sql = format!(
+            "SELECT rule, COALESCE(error, '') AS error, COUNT(*) AS rows, MAX(recorded_at) AS last_at, \
+             MAX(case_id) AS example_case, MAX(ticket_id) AS ticket_id FROM events e \
+             WHERE {cond} AND outcome IN ('failed', 'unknown') AND field != 'rule' \
+             GROUP BY rule, error ORDER BY rows DESC, rule LIMIT {limit}"
+        );
+        self.all(sql, binds).await
+    }
+
+    /// The cases the most was done to.
+    pub async fn busiest_cases(
+        &self,
+        p: &Period,
+        limit: i64,
+    ) -> Result<Vec<CaseCount>, AuditError> {
+        let (cond, binds) = p.conditions("e");
+        let sql = format!(
+            "SELECT case_id, MAX(ticket_id) AS ticket_id, COUNT(*) AS rows, COUNT(DISTINCT rule) AS rules, \
+             MAX(recorded_at) AS last_at FROM events e WHERE {cond} AND field != 'rule' AND {SETTLED} \
+             GROUP BY case_id ORDER BY rows DESC, case_id LIMIT {limit}"
+        );
+        self.all(sql, binds).await
+    }
+
+    /// The timelines of `cases`: each outcome with the old, new and reason of the plan it
+    /// settles.
+    pub async fn timelines(&self, p: &Period, cases: &[String]) -> Result<Vec<Step>, AuditError> {
+        let mut out = Vec::new();
+        for chunk in cases.chunks(500) {
+            let (cond, mut binds) = p.conditions("e");
+            let sql = format!(
+                "SELECT e.seq, e.case_id, e.ticket_id, e.recorded_at, e.run_id, e.rule, e.field, \
+                 COALESCE(e.old, p.old) AS old, COALESCE(e.new, p.new) AS new, \
+                 CASE WHEN e.reason = '' THEN COALESCE(p.reason, '') ELSE e.reason END AS reason, \
+                 e.outcome, e.dry_run, e.error FROM events e LEFT JOIN events p ON p.seq = e.planned_seq \
+                 WHERE {cond} AND {SETTLED} AND e.case_id IN ({}) ORDER BY e.seq",
+                vec!["?"; chunk.len()].join(", ")
+            );
+            binds.extend(chunk.iter().cloned());
+            out.extend(self.all::<Step>(sql, binds).await?);
+        }
+        Ok(out)
+    }
+
+    /// Passes that started in the period, newest first, at most `limit`.
+    pub async fn passes_in(&self, p: &Period, limit: i64) -> Result<Vec<PassRow>, AuditError> {
+        let mut sql = String::from("SELECT * FROM passes WHERE 1 = 1");
+        let mut binds = Vec::new();
+        for (cond, value) in [
+            (" AND started_at >= ?", &p.since),
+            (" AND started_at <= ?", &p.until),
+        ] {
+            if let Some(v) = value {
+                sql.push_str(cond);
+                binds.push(v.clone());
+            }
+        }
+        sql.push_str(&format!(" ORDER BY started_at DESC, id DESC LIMIT {limit}"));
+        self.all(sql, binds).await
+    }
+
+    async fn all<T>(&self, sql: String, binds: Vec<String>) -> Result<Vec<T>, AuditError>
+    where
+        T: for<'r> FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin,
+    {
+        let mut q = sqlx::query_as::<_, T>(AssertSqlSafe(sql));
+        for b in binds {
+            q = q.bind(b);
+        }
+        Ok(q.fetch_all(&self.pool).await?)
+    }
+}

@@ -1,0 +1,101 @@
+//! `casewarden report`: the audit review as one self-contained HTML file, or JSON.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+use super::{Cli, Exit, config_path};
+use crate::audit::Period;
+use crate::audit::export::parse_time;
+use crate::config::Config;
+use crate::review::{Review, Source};
+
+#[derive(Debug, Args)]
+#[command(after_help = "casewarden report --since 30d --out report.html
+casewarden report --since 2026-11-01 --until 2026-12-01 --format json > november.json")]
+pub struct ReportArgs {
+    /// From this time: RFC 3339, a date (2026-11-01) or a duration back from now (30d)
+    #[arg(long, value_name = "T", default_value = "30d")]
+    pub since: String,
+    /// Up to this time [default: now]
+    #[arg(long, value_name = "T")]
+    pub until: Option<String>,
+    /// Only this rule
+    #[arg(long)]
+    pub rule: Option<String>,
+    /// Write here instead of stdout
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// html: a page for people (opens offline); json: the same numbers for scripts
+    #[arg(long, value_enum, default_value_t = ReportFormat::Html)]
+    pub format: ReportFormat,
+    /// Audit DB file [default: audit.path from the config]
+    #[arg(long, value_name = "PATH")]
+    pub db: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Html,
+    Json,
+}
+
+pub(super) async fn run(cli: &Cli, args: &ReportArgs) -> anyhow::Result<u8> {
+    let time =
+        |flag: &str, t: &str| parse_time(t).map_err(|e| Exit::config(format!("{flag}: {e}")));
+    let period = Period {
+        since: Some(time("--since", &args.since)?),
+        until: args
+            .until
+            .as_deref()
+            .map(|t| time("--until", t))
+            .transpose()?,
+        rule: args.rule.clone(),
+    };
+    let store = super::audit::open_audit(cli, &args.db).await?;
+    // The server is only named in the header: a report from a copied log needs no config.
+    let server_url = Config::load(&config_path(cli))
+        .map(|c| c.stellar.url)
+        .unwrap_or_else(|_| "(no config read)".into());
+    let db = match &args.db {
+        Some(p) => p.clone(),
+        None => super::load_config(cli)?.audit.path,
+    };
+    let source = Source {
+        server_url,
+        audit_db: db.display().to_string(),
+    };
+    let progress = super::progress::spinner("reading the audit log");
+    let review = Review::build(&store, &period, source).await?;
+    progress.finish_and_clear();
+    let text = match args.format {
+        ReportFormat::Html => crate::review::render(&review, false),
+        ReportFormat::Json => serde_json::to_string_pretty(&review)?,
+    };
+    match &args.out {
+        Some(path) => {
+            std::fs::write(path, &text)
+                .map_err(|e| Exit::config(format!("cannot write {}: {e}", path.display())))?;
+            eprintln!(
+                "report written to {} ({} rule(s), {} pass(es), audit log {})",
+                path.display(),
+                review.rules.len(),
+                review.passes_total,
+                if review.integrity.intact {
+                    "intact"
+                } else {
+                    "BROKEN"
+                }
+            );
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(0),
+                other => other?,
+            }
+        }
+    }
+    Ok(if review.integrity.intact { 0 } else { 1 })
+}

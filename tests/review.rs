@@ -1,0 +1,311 @@
+//! The audit review: `casewarden report` opened in headless Chromium and as JSON, and the
+//! daemon's live view, each checked against `casewarden audit --format json` for a log
+//! with applied and failed changes, a guard halt, rule errors and a breaker trip.
+
+use std::collections::HashSet;
+
+use serde_json::Value;
+
+use crate::common::*;
+
+/// Debian's `chromium` (`.ci/run` installs it); `CHROMIUM` names another.
+fn chromium() -> String {
+    std::env::var("CHROMIUM").unwrap_or_else(|_| "chromium".into())
+}
+
+async fn headless(args: &[&str]) -> std::process::Output {
+    let out = tokio::process::Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+        ])
+        .args(args)
+        .output()
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {} ({e}); .ci/run installs Debian's chromium",
+                chromium()
+            )
+        });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The number in the first element after `at` that carries `attr` (`data-count="applied"`).
+fn number_after(html: &str, at: &str, attr: &str) -> i64 {
+    let start = html
+        .find(at)
+        .unwrap_or_else(|| panic!("{at} is not on the page"));
+    let from = start
+        + html[start..]
+            .find(attr)
+            .unwrap_or_else(|| panic!("{attr} after {at}"));
+    let text = &html[from + html[from..].find('>').unwrap() + 1..];
+    text[..text.find('<').unwrap()].trim().parse().unwrap()
+}
+
+/// What the page says of each rule and in total, as (key, number) pairs.
+fn page_numbers(html: &str, rules: &[&str]) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    for key in [
+        "applied",
+        "failed",
+        "guard_halts",
+        "breaker_trips",
+        "rule_errors",
+    ] {
+        out.push((
+            format!("total {key}"),
+            number_after(
+                html,
+                "<section><h2>Totals",
+                &format!("data-total=\"{key}\""),
+            ),
+        ));
+        for rule in rules {
+            out.push((
+                format!("{rule} {key}"),
+                number_after(
+                    html,
+                    &format!("<tr data-rule=\"{rule}\">"),
+                    &format!("data-count=\"{key}\""),
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// The same numbers counted from the rows `casewarden audit --format json` prints.
+fn counted(rows: &[Value], rules: &[&str]) -> Vec<(String, i64)> {
+    let of = |rule: Option<&str>, key: &str| -> i64 {
+        let mine = rows.iter().filter(|r| rule.is_none_or(|x| r["rule"] == x));
+        let change = |r: &&Value| r["field"] != "rule";
+        match key {
+            "applied" | "failed" => {
+                mine.filter(change).filter(|r| r["outcome"] == key).count() as i64
+            }
+            "guard_halts" => {
+                let passes: HashSet<(String, String)> = mine
+                    .filter(|r| {
+                        r["reason"]
+                            .as_str()
+                            .unwrap()
+                            .contains("[skipped: blast-radius guard:")
+                    })
+                    .map(|r| (r["rule"].to_string(), r["run_id"].to_string()))
+                    .collect();
+                passes.len() as i64
+            }
+            "breaker_trips" => mine
+                .filter(|r| r["field"] == "rule" && r["new"] == "disabled")
+                .count() as i64,
+            _ => mine
+                .filter(|r| r["field"] == "rule" && r["new"] == "errors")
+                .map(|r| r["old"].as_str().unwrap().parse::<i64>().unwrap())
+                .sum(),
+        }
+    };
+    let mut out = Vec::new();
+    for key in [
+        "applied",
+        "failed",
+        "guard_halts",
+        "breaker_trips",
+        "rule_errors",
+    ] {
+        out.push((format!("total {key}"), of(None, key)));
+        for rule in rules {
+            out.push((format!("{rule} {key}"), of(Some(rule), key)));
+        }
+    }
+    out
+}
+
+const RULES: [&str; 3] = ["tagger", "greedy", "thrower"];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_report_and_the_live_view_show_what_the_audit_log_holds() {
+    let sim = start(sim_options(40)).await;
+    let failing = sim.state().cases[0]["_id"].as_str().unwrap().to_string();
+    sim.state().faults.fail_updates_for.insert(failing.clone());
+    let port = free_port();
+    let ws = Workspace::new(
+        &sim.url,
+        "legacy",
+        &format!(
+            "{EVERY_SECOND}\nbreaker_passes = 2\nguard_min_cases = 10\ncomment_changes = false\nlisten = \"127.0.0.1:{port}\""
+        ),
+        Some(&[
+            (
+                "10-tagger.rhai",
+                "const RULE = #{ name: \"tagger\", max_change_fraction: 1.0 };\nfn evaluate(c) { add_tag(\"seen\", \"looked at\"); }\n",
+            ),
+            (
+                "20-greedy.rhai",
+                "const RULE = #{ name: \"greedy\" };\nfn evaluate(c) { add_tag(\"greedy\", \"everything\"); }\n",
+            ),
+            (
+                "30-thrower.rhai",
+                "const RULE = #{ name: \"thrower\" };\nfn evaluate(c) { throw \"always\"; }\n",
+            ),
+        ]),
+    );
+    let d = Daemon::start(&ws, &[]);
+    d.wait_log("CIRCUIT BREAKER", 30).await;
+    // From here on the log stops growing: the failing case heals, the greedy rule is
+    // switched off, the thrower stays disabled and the tagger has tagged everything.
+    sim.state().faults.fail_updates_for.clear();
+    std::fs::write(
+        ws.dir.path().join("rules/20-greedy.rhai"),
+        "const RULE = #{ name: \"greedy\", enabled: false };\nfn evaluate(c) { add_tag(\"greedy\", \"everything\"); }\n",
+    )
+    .unwrap();
+    d.wait_log("rules reloaded", 15).await;
+    let seen = |n: usize| {
+        sim.state()
+            .cases
+            .iter()
+            .filter(|c| c["tags"].as_array().unwrap().iter().any(|t| t == "seen"))
+            .count()
+            == n
+    };
+    assert!(until(15, || seen(40)).await, "{}", d.log());
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+
+    let audit = ws.run(&["audit", "--format", "json"]).await;
+    assert_exit(&audit, 0);
+    let rows: Vec<Value> = stdout(&audit)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let expected = counted(&rows, &RULES);
+    let want = |key: &str| expected.iter().find(|(k, _)| k == key).unwrap().1;
+    assert!(
+        want("tagger applied") >= 40 && want("tagger failed") >= 1,
+        "{expected:?}"
+    );
+    assert!(want("greedy guard_halts") >= 1, "{expected:?}");
+    assert_eq!(want("thrower breaker_trips"), 1, "{expected:?}");
+    assert!(
+        want("thrower rule_errors") >= 80,
+        "40 cases, 2 passes: {expected:?}"
+    );
+
+    // The live view and its API, from the running daemon.
+    let base = format!("http://127.0.0.1:{port}");
+    let live = reqwest::get(format!("{base}/?since=1h")).await.unwrap();
+    assert_eq!(live.status(), 200);
+    let live = live.text().await.unwrap();
+    assert_eq!(page_numbers(&live, &RULES), expected, "the live view");
+    assert!(live.contains("data-integrity=\"intact\""));
+    let api: Value = reqwest::get(format!(
+        "{base}/api/audit?rule=tagger&outcome=failed&limit=1000"
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(
+        api["rows"].as_array().unwrap().len() as i64,
+        want("tagger failed")
+    );
+    assert!(
+        api["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["case_id"] == failing.as_str())
+    );
+    let page: Value = reqwest::get(format!("{base}/api/passes?limit=2"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["passes"].as_array().unwrap().len(), 2);
+    assert_eq!(page["next_offset"], 2);
+    let bad = reqwest::get(format!("{base}/api/audit?since=yesterday"))
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.exit_code(20).await, 0);
+
+    // The report file, as Chromium renders it (scripts run, nothing fetched).
+    let html = ws.dir.path().join("report.html");
+    let out = ws
+        .run(&["report", "--since", "1h", "--out", html.to_str().unwrap()])
+        .await;
+    assert_exit(&out, 0);
+    let text = std::fs::read_to_string(&html).unwrap();
+    for outside in ["src=", "href=", "@import", "url("] {
+        assert!(
+            !text.contains(outside),
+            "the page loads nothing ({outside})"
+        );
+    }
+    let url = format!("file://{}", html.display());
+    let dom = String::from_utf8(headless(&["--dump-dom", &url]).await.stdout).unwrap();
+    assert_eq!(
+        page_numbers(&dom, &RULES),
+        expected,
+        "the report in Chromium"
+    );
+    let shot = ws.dir.path().join("report.png");
+    headless(&[
+        "--window-size=1280,2400",
+        &format!("--screenshot={}", shot.display()),
+        &url,
+    ])
+    .await;
+    let size = std::fs::metadata(&shot).unwrap().len();
+    assert!(
+        size > 30_000,
+        "a screenshot of a rendered page, not a blank one: {size} bytes"
+    );
+
+    // The JSON twin carries the same numbers.
+    let json = ws
+        .run(&["report", "--since", "1h", "--format", "json"])
+        .await;
+    assert_exit(&json, 0);
+    let report: Value = serde_json::from_str(&stdout(&json)).unwrap();
+    for rule in RULES {
+        let r = report["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["rule"] == rule)
+            .unwrap();
+        for key in [
+            "applied",
+            "failed",
+            "guard_halts",
+            "breaker_trips",
+            "rule_errors",
+        ] {
+            assert_eq!(
+                r[key].as_i64().unwrap(),
+                want(&format!("{rule} {key}")),
+                "{rule} {key}"
+            );
+        }
+    }
+    assert_eq!(report["integrity"]["intact"], true);
+    assert!(
+        report["timelines"][&failing]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["outcome"] == "failed")
+    );
+}
