@@ -74,6 +74,9 @@ pub struct Config {
     pub daemon: DaemonConfig,
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Webhooks for what a person should know (`[[notify]]`).
+    #[serde(default)]
+    pub notify: Vec<NotifyConfig>,
     /// Business calendars rules name in `business_hours_since(ms, "NAME")`.
     #[serde(default)]
     pub calendars: BTreeMap<String, CalendarConfig>,
@@ -149,6 +152,37 @@ pub struct DaemonConfig {
     pub listen: Option<String>,
     /// A bearer token the live view and its API at `listen` require (one line in the file).
     pub ui_token_file: Option<PathBuf>,
+}
+
+/// One `[[notify]]` block.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    pub url: String,
+    #[serde(default)]
+    pub kind: crate::notify::Kind,
+    #[serde(default = "all_events")]
+    pub events: Vec<crate::notify::EventKind>,
+    /// A secret for the `X-Casewarden-Signature` HMAC header.
+    pub secret_file: Option<PathBuf>,
+    /// When the daily digest goes out (cron with seconds, UTC).
+    #[serde(default = "default_digest_schedule")]
+    pub digest_schedule: String,
+    /// First wait before a failed delivery is tried again (doubling, 5 attempts).
+    #[serde(default = "default_notify_retry")]
+    pub retry_base_ms: u64,
+}
+
+fn all_events() -> Vec<crate::notify::EventKind> {
+    crate::notify::EventKind::ALL.to_vec()
+}
+
+fn default_digest_schedule() -> String {
+    "0 0 7 * * *".into()
+}
+
+fn default_notify_retry() -> u64 {
+    1_000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -316,6 +350,11 @@ impl Config {
         if let Some(p) = config.daemon.ui_token_file.as_mut() {
             resolve(p);
         }
+        for n in &mut config.notify {
+            if let Some(p) = n.secret_file.as_mut() {
+                resolve(p);
+            }
+        }
         config.validate()?;
         Ok(config)
     }
@@ -425,7 +464,53 @@ impl Config {
             ));
         }
         self.calendars()?;
+        for (i, n) in self.notify.iter().enumerate() {
+            let key = |k: &str| format!("notify[{i}].{k}");
+            match reqwest::Url::parse(&n.url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
+                // The URL is not repeated: a webhook URL carries its own key.
+                _ => {
+                    return Err(self.invalid(key("url"), "not an http(s) URL with a host"));
+                }
+            }
+            if let Err(e) = crate::cron::validate(&n.digest_schedule) {
+                return Err(self.invalid(key("digest_schedule"), e));
+            }
+            if n.retry_base_ms == 0 || n.retry_base_ms > 600_000 {
+                return Err(self.invalid(key("retry_base_ms"), "out of range: 1 to 600000"));
+            }
+        }
         Ok(())
+    }
+
+    /// The `[[notify]]` targets, with their secrets read.
+    pub fn notify_targets(&self) -> Result<Vec<crate::notify::Target>, ConfigError> {
+        self.notify
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let secret = match &n.secret_file {
+                    Some(file) => {
+                        let text = std::fs::read_to_string(file).map_err(|e| {
+                            self.invalid(
+                                format!("notify[{i}].secret_file"),
+                                format!("{}: {e}", file.display()),
+                            )
+                        })?;
+                        Some(Secret::new(text.trim()))
+                    }
+                    None => None,
+                };
+                Ok(crate::notify::Target {
+                    url: reqwest::Url::parse(&n.url)
+                        .map_err(|_| self.invalid(format!("notify[{i}].url"), "not a URL"))?,
+                    kind: n.kind,
+                    events: n.events.clone(),
+                    secret,
+                    retry_base: Duration::from_millis(n.retry_base_ms),
+                })
+            })
+            .collect()
     }
 
     pub fn calendar_names(&self) -> Vec<&str> {
@@ -622,11 +707,11 @@ mod tests {
         let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/config.md"))
             .unwrap();
         let mut missing = Vec::new();
-        for section in ["stellar", "daemon", "audit", "calendars.soc"] {
-            let text = if section == "stellar" {
-                format!("{MINIMAL}no_such_key = 1\n")
-            } else {
-                format!("{MINIMAL}[{section}]\nno_such_key = 1\n")
+        for section in ["stellar", "daemon", "audit", "calendars.soc", "notify"] {
+            let text = match section {
+                "stellar" => format!("{MINIMAL}no_such_key = 1\n"),
+                "notify" => format!("{MINIMAL}[[notify]]\nurl = \"https://h.example\"\nno_such_key = 1\n"),
+                _ => format!("{MINIMAL}[{section}]\nno_such_key = 1\n"),
             };
             let err = parse(&text).unwrap_err().to_string();
             let expected = err

@@ -1,5 +1,5 @@
 //! Prometheus metrics for `GET /metrics`: passes, changes, API requests, token renewals,
-//! pass durations and disabled rules.
+//! pass durations, disabled rules and notifications.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -27,6 +27,12 @@ pub struct RuleLabels {
     pub rule: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotifyLabels {
+    pub event: String,
+    pub outcome: String,
+}
+
 /// Every metric casewarden exports; cheap to clone through the `Arc`.
 pub struct Metrics {
     registry: Registry,
@@ -39,6 +45,7 @@ pub struct Metrics {
     pub ticks_skipped: Counter,
     pub rule_errors: Family<RuleLabels, Counter>,
     pub last_success: Gauge,
+    pub notifications: Family<NotifyLabels, Counter>,
 }
 
 impl Metrics {
@@ -53,6 +60,12 @@ impl Metrics {
         let ticks_skipped = Counter::default();
         let rule_errors = Family::<RuleLabels, Counter>::default();
         let last_success = Gauge::default();
+        let notifications = Family::<NotifyLabels, Counter>::default();
+        registry.register(
+            "notifications",
+            "Notification attempts by event and outcome (delivered, attempt_failed, gave_up, dropped)",
+            notifications.clone(),
+        );
         registry.register(
             "rule_errors",
             "Cases a rule failed on (a script error or a sandbox stop), by rule",
@@ -101,6 +114,7 @@ impl Metrics {
             ticks_skipped,
             rule_errors,
             last_success,
+            notifications,
         })
     }
 

@@ -309,3 +309,168 @@ async fn the_report_and_the_live_view_show_what_the_audit_log_holds() {
             .any(|s| s["outcome"] == "failed")
     );
 }
+
+/// Webhooks for each event, with the right body and a valid signature, Slack's shape for
+/// a Slack target, nothing secret in any body, and a slow, failing receiver that never
+/// holds a pass up: its attempts are retried and counted in `/metrics`.
+#[tokio::test(flavor = "multi_thread")]
+async fn notifications_arrive_signed_and_never_hold_a_pass() {
+    let sim = start(sim_options(30)).await;
+    let failing = sim.state().cases[0]["_id"].as_str().unwrap().to_string();
+    sim.state().faults.fail_updates_for.insert(failing);
+    let mut dead = sim_options(1);
+    dead.faults.hook_status = Some(500);
+    dead.faults.hook_delay_ms = 1_500;
+    let receiver_down = start(dead).await;
+    let port = free_port();
+    let ws = Workspace::new(
+        &sim.url,
+        "legacy",
+        &format!(
+            "{EVERY_SECOND}\nbreaker_passes = 2\nguard_min_cases = 10\ncomment_changes = false\nlisten = \"127.0.0.1:{port}\""
+        ),
+        Some(&[
+            (
+                "10-tagger.rhai",
+                "const RULE = #{ name: \"tagger\", max_change_fraction: 1.0 };\nfn evaluate(c) { add_tag(\"seen\", \"looked at\"); }\n",
+            ),
+            (
+                "20-greedy.rhai",
+                "const RULE = #{ name: \"greedy\" };\nfn evaluate(c) { add_tag(\"greedy\", \"everything\"); }\n",
+            ),
+            (
+                "30-thrower.rhai",
+                "const RULE = #{ name: \"thrower\" };\nfn evaluate(c) { throw \"always\"; }\n",
+            ),
+        ]),
+    );
+    let secret = "hook-secret-7f3a9";
+    std::fs::write(ws.dir.path().join("hook_secret"), format!("{secret}\n")).unwrap();
+    let mut config = std::fs::read_to_string(ws.config()).unwrap();
+    config.push_str(&format!(
+        "\n[[notify]]\nurl = \"{0}/hooks/ops\"\nsecret_file = \"hook_secret\"\ndigest_schedule = \"*/2 * * * * *\"\n\n\
+         [[notify]]\nurl = \"{0}/hooks/slack\"\nkind = \"slack\"\nevents = [\"guard_halt\"]\n\n\
+         [[notify]]\nurl = \"{1}/hooks/down\"\nretry_base_ms = 50\n",
+        sim.url, receiver_down.url
+    ));
+    std::fs::write(ws.config(), config).unwrap();
+    let check = ws.run(&["check", "--offline"]).await;
+    assert_exit(&check, 0);
+
+    let d = Daemon::start(&ws, &[]);
+    d.wait_log("CIRCUIT BREAKER", 30).await;
+    let wanted = [
+        "daemon_start",
+        "guard_halt",
+        "pass_failed",
+        "breaker_trip",
+        "daily_digest",
+    ];
+    let arrived = |event: &str| {
+        sim.state()
+            .webhooks
+            .iter()
+            .any(|h| h.name == "ops" && h.event.as_deref() == Some(event))
+    };
+    for event in wanted {
+        assert!(
+            until(10, || arrived(event)).await,
+            "no {event} webhook:\n{}",
+            d.log()
+        );
+    }
+    assert!(
+        until(10, || receiver_down.state().webhooks.len() >= 3).await,
+        "the failing receiver is tried again"
+    );
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .contains("casewarden_notifications_total{event=\"guard_halt\",outcome=\"delivered\"}")
+            && metrics.contains("outcome=\"attempt_failed\""),
+        "{metrics}"
+    );
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.exit_code(20).await, 0);
+    assert!(
+        arrived("daemon_stop"),
+        "the stop notice goes out before the daemon exits"
+    );
+
+    let hooks = sim.state().webhooks.clone();
+    let mut secrets = vec![KEY.to_string(), secret.to_string()];
+    secrets.extend(sim.state().issued_tokens.clone());
+    for h in &hooks {
+        let text = String::from_utf8(h.body.clone()).unwrap();
+        for s in &secrets {
+            assert!(
+                !text.contains(s.as_str()),
+                "a secret in a webhook body: {text}"
+            );
+        }
+        let body: Value = serde_json::from_str(&text).unwrap();
+        match h.name.as_str() {
+            "ops" => {
+                assert_eq!(body["event"].as_str(), h.event.as_deref(), "{text}");
+                let expected = casewarden::notify::signature(
+                    &casewarden::secret::Secret::new(secret),
+                    h.timestamp.as_deref().unwrap(),
+                    &h.body,
+                );
+                assert_eq!(h.signature.as_deref(), Some(expected.as_str()));
+            }
+            "slack" => {
+                assert_eq!(h.event.as_deref(), Some("guard_halt"));
+                assert!(h.signature.is_none());
+                let keys: Vec<&String> = body.as_object().unwrap().keys().collect();
+                assert_eq!(keys, ["text"], "{text}");
+                assert!(
+                    body["text"]
+                        .as_str()
+                        .unwrap()
+                        .contains("rule greedy was halted")
+                );
+            }
+            other => panic!("unexpected hook {other}"),
+        }
+    }
+    let of = |event: &str| {
+        hooks
+            .iter()
+            .filter(|h| h.name == "ops" && h.event.as_deref() == Some(event))
+            .map(|h| serde_json::from_slice::<Value>(&h.body).unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(of("guard_halt")[0]["details"]["rule"], "greedy");
+    assert_eq!(of("breaker_trip")[0]["details"]["rule"], "thrower");
+    assert_eq!(of("pass_failed")[0]["details"]["status"], "failed-changes");
+    let digest = &of("daily_digest")[0];
+    assert!(
+        digest["details"]["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["rule"] == "tagger")
+    );
+    assert_eq!(
+        digest["details"]["link"],
+        format!("http://127.0.0.1:{port}/?since=24h")
+    );
+
+    // Every pass ran while a receiver answered 500 after 1.5 s: none waited for it.
+    let store = casewarden::audit::AuditStore::open(&ws.audit_db())
+        .await
+        .unwrap();
+    for p in store.passes().await.unwrap() {
+        let took = |t: &Option<String>| {
+            chrono::DateTime::parse_from_rfc3339(t.as_deref().unwrap()).unwrap()
+        };
+        let secs = (took(&p.finished_at) - took(&Some(p.started_at.clone()))).num_milliseconds();
+        assert!(secs < 1_000, "pass {} took {secs} ms", p.id);
+    }
+}

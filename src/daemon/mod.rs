@@ -5,6 +5,7 @@
 
 mod breaker;
 mod http;
+mod notices;
 mod schedule;
 mod systemd;
 mod watch;
@@ -23,6 +24,7 @@ use crate::app::App;
 use crate::audit::{NewEvent, Outcome};
 use crate::config::Config;
 use crate::metrics::{ChangeLabels, Metrics, RuleLabels, StatusLabel};
+use crate::notify::{Delivery, Notifier};
 use crate::pass::{self, PassContext, PassOptions, PassReport, PassStatus};
 use crate::rules::RuleSet;
 use crate::stellar::ApiError;
@@ -30,11 +32,15 @@ use breaker::Breaker;
 use schedule::Schedule;
 use watch::{WATCH_INTERVAL, Watch};
 
+/// How long the stop notice and what else is queued may take to go out at exit.
+const NOTIFY_AT_EXIT: Duration = Duration::from_secs(5);
+
 /// What the loop, the pass tasks and the HTTP endpoints share.
 struct Shared {
     config: Config,
     ctx: PassContext,
     metrics: Arc<Metrics>,
+    notifier: Notifier,
     state: Mutex<State>,
     cancel: Arc<AtomicBool>,
 }
@@ -97,7 +103,8 @@ pub async fn run_until(
     force: impl Future<Output = ()>,
 ) -> anyhow::Result<u8> {
     let mut hup = signal(SignalKind::hangup())?;
-    let shared = start(config).await?;
+    let (shared, delivery) = start(config).await?;
+    let mut digests = notices::digests(&shared);
     let groups = schedule::groups(&shared.state().rules, &shared.config.daemon.schedule);
     let (mut schedule, mut ticks) = Schedule::start(&groups).await?;
     let mut watch = Watch::new(&shared.config.daemon.rules_dir);
@@ -117,6 +124,7 @@ pub async fn run_until(
         rules = shared.state().rules.rules.len(),
         "casewarden started"
     );
+    shared.notifier.send(notices::started(&shared));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -141,13 +149,20 @@ pub async fn run_until(
     systemd::stopping();
     shared.cancel.store(true, Ordering::SeqCst);
     schedule.shutdown().await;
-    Ok(drain(&shared, passes, force).await)
+    let code = drain(&shared, passes, force).await;
+    digests.abort_all();
+    shared.notifier.send(notices::stopped(code));
+    delivery
+        .finish(shared.notifier.clone(), NOTIFY_AT_EXIT)
+        .await;
+    Ok(code)
 }
 
 /// Everything before the loop: the app, the key checked, earlier changes settled, the
 /// HTTP endpoints listening.
-async fn start(config: Config) -> anyhow::Result<Arc<Shared>> {
+async fn start(config: Config) -> anyhow::Result<(Arc<Shared>, Delivery)> {
     let metrics = Metrics::new();
+    let targets = config.notify_targets()?;
     let App { rules, ctx } = App::build(&config, Some(metrics.clone()))
         .await
         .map_err(|e| anyhow::Error::new(e).context("not starting"))?;
@@ -159,9 +174,11 @@ async fn start(config: Config) -> anyhow::Result<Arc<Shared>> {
         Ok(()) => {}
     }
     settle_at_start(&ctx).await;
+    let (notifier, delivery) = Notifier::start(targets, metrics.clone());
     let shared = Arc::new(Shared {
         ctx,
         metrics,
+        notifier,
         state: Mutex::new(State {
             rules,
             breaker: Breaker::new(config.daemon.breaker_passes),
@@ -177,7 +194,7 @@ async fn start(config: Config) -> anyhow::Result<Arc<Shared>> {
         let token = shared.config.ui_token()?;
         http::serve(shared.clone(), &listen, token).await?;
     }
-    Ok(shared)
+    Ok((shared, delivery))
 }
 
 /// Settles what an earlier process left before saying READY, when no pass of another
@@ -340,10 +357,16 @@ async fn after_pass(shared: &Shared, set: &RuleSet, report: &PassReport, took: D
             .find(|r| r.name == name)
             .map(|r| r.source_hash.clone())
     });
+    for notice in notices::after_pass(report) {
+        shared.notifier.send(notice);
+    }
     for name in newly_disabled {
         let Some(rule) = set.rules.iter().find(|r| r.name == name) else {
             continue;
         };
+        shared
+            .notifier
+            .send(notices::breaker_trip(&name, &rule.file, limit));
         // Recorded first, then announced: whoever reads the log line finds the row.
         let event = NewEvent {
             run_id: report.run_id.clone(),

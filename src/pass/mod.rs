@@ -201,6 +201,8 @@ pub struct PassReport {
     pub chain_head: String,
     /// A failure that stopped the pass early (listing failed, audit unwritable).
     pub error: Option<String>,
+    /// The audit log could not be written (the pass stopped, or could not be closed).
+    pub audit_failed: bool,
 }
 
 impl PassReport {
@@ -350,6 +352,7 @@ pub async fn run_pass(ctx: &PassContext, set: &RuleSet, opts: &PassOptions) -> P
         };
         if let Err(e) = run(ctx, set, opts, dry_run, &mut report).await {
             tracing::error!(error = %e, "pass stopped early");
+            report.audit_failed = e.downcast_ref::<crate::audit::AuditError>().is_some();
             report.error = Some(e.to_string());
         }
         for r in report.rules.iter().filter(|r| r.errors > LOGGED_ERRORS_PER_RULE) {
@@ -382,6 +385,7 @@ pub async fn run_pass(ctx: &PassContext, set: &RuleSet, opts: &PassOptions) -> P
         };
         if let Err(e) = ctx.audit.finish_pass(&run_id, &totals).await {
             tracing::error!(error = %e, "cannot record the end of the pass");
+            report.audit_failed = true;
         }
         if let Ok((rows, head)) = ctx.audit.head().await {
             tracing::info!(rows, chain_head = %head, status = %report.status, cases = report.cases_seen, applied = report.applied, failed = report.failed, "pass finished");

@@ -145,70 +145,7 @@ impl Review {
                 problem: Some(format!("pass {id}: {problem}")),
             },
         };
-        let mut rules: BTreeMap<String, RuleReview> = BTreeMap::new();
-        let mut days: BTreeMap<(String, String), Day> = BTreeMap::new();
-        for d in store.day_counts(period).await? {
-            let r = rules.entry(d.rule.clone()).or_insert_with(|| RuleReview {
-                rule: d.rule.clone(),
-                counts: Counts::default(),
-                days: Vec::new(),
-                versions: Vec::new(),
-            });
-            let c = &mut r.counts;
-            let day = days
-                .entry((d.rule.clone(), d.day.clone()))
-                .or_insert_with(|| Day {
-                    day: d.day.clone(),
-                    ..Day::default()
-                });
-            match (d.kind.as_str(), d.outcome.as_str(), d.dry_run) {
-                ("guard", _, _) => c.guard_halts += d.passes,
-                ("disabled", _, _) => c.breaker_trips += d.rows,
-                ("errors", _, _) => c.rule_errors += d.cases,
-                ("change", "planned", true) => {
-                    c.dry_run_planned += d.rows;
-                    day.dry_run_planned += d.rows;
-                }
-                ("change", "planned", false) => c.planned += d.rows,
-                ("change", "applied", _) => {
-                    c.applied += d.rows;
-                    day.applied += d.rows;
-                }
-                ("change", "failed", _) => {
-                    c.failed += d.rows;
-                    day.failed += d.rows;
-                }
-                ("change", "skipped", _) => {
-                    c.skipped += d.rows;
-                    day.skipped += d.rows;
-                }
-                ("change", "unknown", _) => c.unknown += d.rows,
-                _ => {}
-            }
-        }
-        for ((rule, _), day) in days {
-            if let Some(r) = rules.get_mut(&rule) {
-                r.days.push(day);
-            }
-        }
-        for v in store.rule_versions(period).await? {
-            if let Some(r) = rules.get_mut(&v.rule) {
-                r.versions.push(v);
-            }
-        }
-        let mut totals = Counts::default();
-        for r in rules.values() {
-            let c = &r.counts;
-            totals.applied += c.applied;
-            totals.failed += c.failed;
-            totals.skipped += c.skipped;
-            totals.unknown += c.unknown;
-            totals.planned += c.planned;
-            totals.dry_run_planned += c.dry_run_planned;
-            totals.guard_halts += c.guard_halts;
-            totals.breaker_trips += c.breaker_trips;
-            totals.rule_errors += c.rule_errors;
-        }
+        let (rules, totals) = rule_reviews(store, period).await?;
         let all_passes = store.passes_in(period, i64::MAX).await?;
         let passes_total = all_passes.len();
         let passes = all_passes
@@ -255,7 +192,7 @@ impl Review {
             rule: period.rule.clone(),
             integrity,
             totals,
-            rules: rules.into_values().collect(),
+            rules,
             passes,
             passes_total,
             failures,
@@ -263,6 +200,79 @@ impl Review {
             timelines,
         })
     }
+}
+
+/// Per rule and in total: changes by outcome and day, guard halts, breaker trips, rule
+/// errors and the versions of each rule's file.
+pub async fn rule_reviews(
+    store: &AuditStore,
+    period: &Period,
+) -> Result<(Vec<RuleReview>, Counts), AuditError> {
+    let mut rules: BTreeMap<String, RuleReview> = BTreeMap::new();
+    let mut days: BTreeMap<(String, String), Day> = BTreeMap::new();
+    for d in store.day_counts(period).await? {
+        let r = rules.entry(d.rule.clone()).or_insert_with(|| RuleReview {
+            rule: d.rule.clone(),
+            counts: Counts::default(),
+            days: Vec::new(),
+            versions: Vec::new(),
+        });
+        let c = &mut r.counts;
+        let day = days
+            .entry((d.rule.clone(), d.day.clone()))
+            .or_insert_with(|| Day {
+                day: d.day.clone(),
+                ..Day::default()
+            });
+        match (d.kind.as_str(), d.outcome.as_str(), d.dry_run) {
+            ("guard", _, _) => c.guard_halts += d.passes,
+            ("disabled", _, _) => c.breaker_trips += d.rows,
+            ("errors", _, _) => c.rule_errors += d.cases,
+            ("change", "planned", true) => {
+                c.dry_run_planned += d.rows;
+                day.dry_run_planned += d.rows;
+            }
+            ("change", "planned", false) => c.planned += d.rows,
+            ("change", "applied", _) => {
+                c.applied += d.rows;
+                day.applied += d.rows;
+            }
+            ("change", "failed", _) => {
+                c.failed += d.rows;
+                day.failed += d.rows;
+            }
+            ("change", "skipped", _) => {
+                c.skipped += d.rows;
+                day.skipped += d.rows;
+            }
+            ("change", "unknown", _) => c.unknown += d.rows,
+            _ => {}
+        }
+    }
+    for ((rule, _), day) in days {
+        if let Some(r) = rules.get_mut(&rule) {
+            r.days.push(day);
+        }
+    }
+    for v in store.rule_versions(period).await? {
+        if let Some(r) = rules.get_mut(&v.rule) {
+            r.versions.push(v);
+        }
+    }
+    let mut totals = Counts::default();
+    for r in rules.values() {
+        let c = &r.counts;
+        totals.applied += c.applied;
+        totals.failed += c.failed;
+        totals.skipped += c.skipped;
+        totals.unknown += c.unknown;
+        totals.planned += c.planned;
+        totals.dry_run_planned += c.dry_run_planned;
+        totals.guard_halts += c.guard_halts;
+        totals.breaker_trips += c.breaker_trips;
+        totals.rule_errors += c.rule_errors;
+    }
+    Ok((rules.into_values().collect(), totals))
 }
 
 fn seconds_between(start: &str, end: &str) -> Option<f64> {

@@ -39,7 +39,43 @@ pub(super) fn router(state: Shared) -> Router {
             state.clone(),
             faults_and_log,
         ))
+        // Outside the API's faults: a webhook receiver is another server.
+        .route("/hooks/{name}", axum::routing::post(record_hook))
         .with_state(state)
+}
+
+/// Records a webhook; answers as `faults.hook_status` and `hook_delay_ms` say.
+async fn record_hook(
+    State(state): State<Shared>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let header = |h: &str| {
+        headers
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let (status, delay) = {
+        let mut s = lock(&state);
+        s.webhooks.push(super::state::Webhook {
+            name,
+            event: header("x-casewarden-event"),
+            signature: header("x-casewarden-signature"),
+            timestamp: header("x-casewarden-timestamp"),
+            body: body.to_vec(),
+            at: std::time::Instant::now(),
+        });
+        (s.faults.hook_status, s.faults.hook_delay_ms)
+    };
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
+    let status = status
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .unwrap_or(StatusCode::OK);
+    (status, "").into_response()
 }
 
 pub(super) async fn access_token(State(state): State<Shared>, headers: HeaderMap) -> Response {

@@ -22,6 +22,19 @@ pub struct SeenRequest {
     pub at: std::time::Instant,
 }
 
+/// A webhook the simulator received at `/hooks/{name}` (it stands in for Slack or a
+/// ticketing system, so notifications can be checked).
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    pub name: String,
+    /// `X-Casewarden-Event`, `-Signature` and `-Timestamp`, when sent.
+    pub event: Option<String>,
+    pub signature: Option<String>,
+    pub timestamp: Option<String>,
+    pub body: Vec<u8>,
+    pub at: std::time::Instant,
+}
+
 /// The simulator's data and counters; tests lock it to inspect or rig the server.
 pub struct SimState {
     pub flavor: ApiFlavor,
@@ -44,6 +57,8 @@ pub struct SimState {
     /// Update requests that reached the update handler, per case id (whatever their
     /// answer, even one its client never received).
     pub update_calls: HashMap<String, u32>,
+    /// Every webhook received, answered or not.
+    pub webhooks: Vec<Webhook>,
     /// Cases `edit_before_read` has edited.
     pub(super) edited: HashSet<String>,
     pub(super) rng: fastrand::Rng,
@@ -88,6 +103,7 @@ impl SimState {
             requests: Vec::new(),
             faults: opts.faults.clone(),
             update_calls: HashMap::new(),
+            webhooks: Vec::new(),
             edited: HashSet::new(),
             rng: fastrand::Rng::with_seed(opts.seed ^ 0xfa17),
             api_requests: 0,
@@ -332,6 +348,10 @@ pub struct Faults {
     pub slow_write_apply_ms: u64,
     /// Requests matching it are answered with a redirect.
     pub redirect: Option<RedirectFault>,
+    /// Webhooks are answered with this status (after being recorded) instead of 200.
+    pub hook_status: Option<u16>,
+    /// Webhooks are answered this late.
+    pub hook_delay_ms: u64,
     /// The next N case listings drop the connection halfway through the body.
     pub truncate_next_lists: u32,
     /// A person edits each case (email, field, value) between its listing and the first

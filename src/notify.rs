@@ -1,0 +1,355 @@
+//! Notifications (`[[notify]]`): webhooks for what a person should know without watching
+//! the journal: a rule halted by the guard or disabled by the breaker, a pass that failed,
+//! an exhausted budget, an audit log that cannot be written, the daemon starting and
+//! stopping, and a daily digest. Sent off the pass path: a pass hands a notice to a
+//! bounded queue and goes on; a task delivers it, retrying with backoff, each attempt
+//! counted in `/metrics` and logged (by host: a webhook URL is itself a secret).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use hmac::{Hmac, KeyInit, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::metrics::{Metrics, NotifyLabels};
+use crate::secret::Secret;
+
+/// What a notification is about (`events = [...]` in a `[[notify]]` block).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    GuardHalt,
+    BreakerTrip,
+    PassFailed,
+    BudgetExhausted,
+    AuditFailure,
+    DaemonStart,
+    DaemonStop,
+    DailyDigest,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 8] = [
+        EventKind::GuardHalt,
+        EventKind::BreakerTrip,
+        EventKind::PassFailed,
+        EventKind::BudgetExhausted,
+        EventKind::AuditFailure,
+        EventKind::DaemonStart,
+        EventKind::DaemonStop,
+        EventKind::DailyDigest,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::GuardHalt => "guard_halt",
+            EventKind::BreakerTrip => "breaker_trip",
+            EventKind::PassFailed => "pass_failed",
+            EventKind::BudgetExhausted => "budget_exhausted",
+            EventKind::AuditFailure => "audit_failure",
+            EventKind::DaemonStart => "daemon_start",
+            EventKind::DaemonStop => "daemon_stop",
+            EventKind::DailyDigest => "daily_digest",
+        }
+    }
+}
+
+/// The body format of a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// `{"event", "at", "host", "text", "details"}`.
+    #[default]
+    Json,
+    /// Slack's incoming webhook: `{"text"}`.
+    Slack,
+}
+
+/// One notification: a line for people and details for programs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Notice {
+    pub event: EventKind,
+    pub text: String,
+    pub details: serde_json::Value,
+    /// Only to this target (a digest is per target); None: every target subscribed.
+    pub only: Option<usize>,
+}
+
+/// One `[[notify]]` block, checked.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub url: reqwest::Url,
+    pub kind: Kind,
+    pub events: Vec<EventKind>,
+    pub secret: Option<Secret>,
+    /// First wait before a failed delivery is tried again.
+    pub retry_base: Duration,
+}
+
+impl Target {
+    /// Who the logs name: scheme, host and port, never the path (Slack's holds its key).
+    fn label(&self) -> String {
+        format!(
+            "{}://{}{}",
+            self.url.scheme(),
+            self.url.host_str().unwrap_or("?"),
+            self.url.port().map(|p| format!(":{p}")).unwrap_or_default()
+        )
+    }
+}
+
+/// Notices waiting beyond this are dropped (and counted): a dead receiver never holds
+/// memory or a pass.
+const QUEUE: usize = 256;
+/// Attempts per notice and target.
+const ATTEMPTS: usize = 5;
+/// How long one attempt may take.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The sending side, cheap to clone; `send` never waits.
+#[derive(Clone)]
+pub struct Notifier {
+    tx: Option<mpsc::Sender<Notice>>,
+    metrics: Arc<Metrics>,
+}
+
+/// The delivering task, kept to wait for it at shutdown.
+pub struct Delivery {
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Notifier {
+    /// Starts delivering to `targets`; with none, `send` does nothing.
+    pub fn start(targets: Vec<Target>, metrics: Arc<Metrics>) -> (Notifier, Delivery) {
+        if targets.is_empty() {
+            return (Notifier { tx: None, metrics }, Delivery { task: None });
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let task = tokio::spawn(deliver_all(rx, Arc::new(targets), metrics.clone()));
+        (
+            Notifier {
+                tx: Some(tx),
+                metrics,
+            },
+            Delivery { task: Some(task) },
+        )
+    }
+
+    pub fn send(&self, notice: Notice) {
+        let Some(tx) = &self.tx else { return };
+        let event = notice.event;
+        if tx.try_send(notice).is_err() {
+            tracing::warn!(
+                event = event.as_str(),
+                "notification dropped: {QUEUE} are already waiting (is the receiver down?)"
+            );
+            self.count(event, "dropped");
+        }
+    }
+
+    fn count(&self, event: EventKind, outcome: &str) {
+        count(&self.metrics, event, outcome);
+    }
+}
+
+impl Delivery {
+    /// Waits up to `within` for what is queued and in flight (the daemon's stop notice).
+    pub async fn finish(self, notifier: Notifier, within: Duration) {
+        drop(notifier);
+        if let Some(task) = self.task
+            && tokio::time::timeout(within, task).await.is_err()
+        {
+            tracing::warn!("notifications still undelivered at exit were abandoned");
+        }
+    }
+}
+
+fn count(metrics: &Metrics, event: EventKind, outcome: &str) {
+    metrics
+        .notifications
+        .get_or_create(&NotifyLabels {
+            event: event.as_str().into(),
+            outcome: outcome.into(),
+        })
+        .inc();
+}
+
+async fn deliver_all(
+    mut rx: mpsc::Receiver<Notice>,
+    targets: Arc<Vec<Target>>,
+    metrics: Arc<Metrics>,
+) {
+    let http = reqwest::Client::builder()
+        .timeout(ATTEMPT_TIMEOUT)
+        .build()
+        .unwrap_or_default();
+    let host = hostname();
+    let mut sending = JoinSet::new();
+    while let Some(notice) = rx.recv().await {
+        let at = crate::time::timestamp(chrono::Utc::now());
+        for (i, target) in targets.iter().enumerate() {
+            let wanted = match notice.only {
+                Some(only) => only == i,
+                None => target.events.contains(&notice.event),
+            };
+            if !wanted {
+                continue;
+            }
+            let body = body(target.kind, &notice, &at, &host);
+            let (http, target, metrics) = (http.clone(), target.clone(), metrics.clone());
+            let event = notice.event;
+            sending.spawn(async move {
+                deliver(&http, &target, event, body, &metrics).await;
+            });
+        }
+        while sending.try_join_next().is_some() {}
+    }
+    while sending.join_next().await.is_some() {}
+}
+
+/// Sends one body to one target, retrying with backoff.
+async fn deliver(
+    http: &reqwest::Client,
+    target: &Target,
+    event: EventKind,
+    body: Vec<u8>,
+    metrics: &Metrics,
+) {
+    let retry_base = target.retry_base;
+    let label = target.label();
+    let attempt = || async {
+        let mut request = http
+            .post(target.url.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("X-Casewarden-Event", event.as_str());
+        if let Some(secret) = &target.secret {
+            let ts = chrono::Utc::now().timestamp().to_string();
+            request = request
+                .header("X-Casewarden-Timestamp", &ts)
+                .header("X-Casewarden-Signature", signature(secret, &ts, &body));
+        }
+        let answer = request.body(body.clone()).send().await;
+        match answer {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
+            // Without the URL: reqwest names it in its errors.
+            Err(e) => Err(describe(&e)),
+        }
+    };
+    let sent = attempt
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(retry_base)
+                .with_max_delay(retry_base * 30)
+                .with_max_times(ATTEMPTS - 1)
+                .with_jitter(),
+        )
+        .notify(|e: &String, wait: Duration| {
+            count(metrics, event, "attempt_failed");
+            tracing::warn!(target = %label, event = event.as_str(), error = %e, "notification not delivered; again in {:.1}s", wait.as_secs_f64());
+        })
+        .await;
+    match sent {
+        Ok(()) => {
+            count(metrics, event, "delivered");
+            tracing::info!(target = %label, event = event.as_str(), "notification delivered");
+        }
+        Err(e) => {
+            count(metrics, event, "attempt_failed");
+            count(metrics, event, "gave_up");
+            tracing::error!(target = %label, event = event.as_str(), error = %e, "notification given up after {ATTEMPTS} attempts");
+        }
+    }
+}
+
+/// What went wrong with a request, without its URL.
+fn describe(e: &reqwest::Error) -> String {
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    };
+    let mut source = std::error::Error::source(e);
+    let mut cause = String::new();
+    while let Some(s) = source {
+        cause = s.to_string();
+        source = s.source();
+    }
+    if cause.is_empty() {
+        what.to_string()
+    } else {
+        format!("{what}: {cause}")
+    }
+}
+
+/// `sha256=HEX` of HMAC-SHA256 over `TIMESTAMP.BODY` with the target's secret.
+pub fn signature(secret: &Secret, timestamp: &str, body: &[u8]) -> String {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.expose().as_bytes())
+        .expect("HMAC takes a key of any length");
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+fn body(kind: Kind, n: &Notice, at: &str, host: &str) -> Vec<u8> {
+    let value = match kind {
+        Kind::Json => serde_json::json!({
+            "event": n.event.as_str(),
+            "at": at,
+            "host": host,
+            "text": n.text,
+            "details": n.details,
+        }),
+        Kind::Slack => serde_json::json!({
+            "text": format!("casewarden on {host}: {}", n.text),
+        }),
+    };
+    value.to_string().into_bytes()
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown-host".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_cover_the_timestamp_and_the_body() {
+        let s = Secret::new("shh");
+        let a = signature(&s, "1700000000", b"{}");
+        assert!(a.starts_with("sha256=") && a.len() == 7 + 64, "{a}");
+        assert_ne!(a, signature(&s, "1700000001", b"{}"));
+        assert_ne!(a, signature(&s, "1700000000", b"{ }"));
+        assert_ne!(a, signature(&Secret::new("other"), "1700000000", b"{}"));
+    }
+
+    #[test]
+    fn slack_bodies_carry_only_text() {
+        let n = Notice {
+            event: EventKind::GuardHalt,
+            text: "rule x halted".into(),
+            details: serde_json::json!({"rule": "x"}),
+            only: None,
+        };
+        let v: serde_json::Value =
+            serde_json::from_slice(&body(Kind::Slack, &n, "t", "h")).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"text": "casewarden on h: rule x halted"})
+        );
+        let v: serde_json::Value = serde_json::from_slice(&body(Kind::Json, &n, "t", "h")).unwrap();
+        assert_eq!(v["event"], "guard_halt");
+        assert_eq!(v["details"]["rule"], "x");
+    }
+}
