@@ -1,5 +1,7 @@
 //! Audit log write and export rates. Baseline: the same rows inserted into a plain SQLite
-//! table (same pragmas, same batching, no hash chain, no triggers) in the same run.
+//! table (same pragmas, same batching, no hash chain, no triggers) in the same run. Then
+//! `casewarden report` over the whole log (HTML and JSON), against `audit verify` alone,
+//! which every report includes.
 //!
 //! cargo bench --bench audit [-- ROWS]
 
@@ -8,28 +10,47 @@ mod support;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use casewarden::audit::{AuditStore, Filter, NewEvent, Outcome};
+use casewarden::audit::{AuditStore, Filter, NewEvent, Outcome, Period};
+use casewarden::review::{Review, Source};
 use futures::StreamExt;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 const BATCH: usize = 500;
 
+/// Half intents, the rest mostly applied, some failed, some halted by the guard; a case
+/// gets several rows.
 fn event(n: usize) -> NewEvent {
+    let (outcome, reason, error) = match n % 20 {
+        0..10 => (Outcome::Planned, "New for 31h (over 24h)", None),
+        10..17 => (Outcome::Applied, "", None),
+        17 => (
+            Outcome::Failed,
+            "",
+            Some(format!("HTTP 500 from the server ({})", n % 7)),
+        ),
+        18 => (
+            Outcome::Skipped,
+            "New for 31h (over 24h) [skipped: blast-radius guard: rule wanted to change 900 of 1000 cases (limit 25%)]",
+            None,
+        ),
+        _ => (
+            Outcome::Skipped,
+            "[skipped: conflict with sla-breach]",
+            None,
+        ),
+    };
     NewEvent {
         run_id: format!("20261125T000000Z-{:06x}", n / 10_000),
         rule: ["escalate-aged-new", "sla-breach", "tag-by-entity"][n % 3].into(),
         rule_hash: "ab".repeat(32),
-        case_id: format!("{n:032x}"),
-        ticket_id: Some(60_000 + n as i64),
+        case_id: format!("{:032x}", n / 4),
+        ticket_id: Some(60_000 + (n / 4) as i64),
         field: "priority".into(),
         old: Some("Medium".into()),
         new: Some("High".into()),
-        reason: "New for 31h (over 24h)".into(),
-        outcome: Some(if n.is_multiple_of(2) {
-            Outcome::Planned
-        } else {
-            Outcome::Applied
-        }),
+        reason: reason.into(),
+        outcome: Some(outcome),
+        error,
         ..NewEvent::default()
     }
 }
@@ -118,6 +139,28 @@ async fn main() {
     println!(
         "  verify (walk the chain):  {:>9.0} rows/s   ({verified:?})",
         rate(verify)
+    );
+
+    let source = Source {
+        server_url: "https://stellar.example.com".into(),
+        audit_db: "audit.db".into(),
+    };
+    let start = Instant::now();
+    let review = Review::build(&store, &Period::default(), source)
+        .await
+        .unwrap();
+    let html = casewarden::review::render(&review, false);
+    let report = start.elapsed();
+    let json = serde_json::to_string_pretty(&review).unwrap();
+    println!(
+        "  report (verify + aggregates + HTML): {:.2} s, {:.2}x verify alone; HTML {:.1} MiB, JSON {:.1} MiB; {} applied, {} failed, {} guard halts",
+        report.as_secs_f64(),
+        report.as_secs_f64() / verify.as_secs_f64(),
+        html.len() as f64 / 1_048_576.0,
+        json.len() as f64 / 1_048_576.0,
+        review.totals.applied,
+        review.totals.failed,
+        review.totals.guard_halts
     );
 }
 

@@ -710,7 +710,9 @@ mod tests {
         for section in ["stellar", "daemon", "audit", "calendars.soc", "notify"] {
             let text = match section {
                 "stellar" => format!("{MINIMAL}no_such_key = 1\n"),
-                "notify" => format!("{MINIMAL}[[notify]]\nurl = \"https://h.example\"\nno_such_key = 1\n"),
+                "notify" => {
+                    format!("{MINIMAL}[[notify]]\nurl = \"https://h.example\"\nno_such_key = 1\n")
+                }
                 _ => format!("{MINIMAL}[{section}]\nno_such_key = 1\n"),
             };
             let err = parse(&text).unwrap_err().to_string();

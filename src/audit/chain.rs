@@ -7,35 +7,54 @@ use sqlx::{FromRow, Row};
 
 use super::{AuditError, AuditStore, EventRow, PassRow};
 
+/// Rows `verify` reads and hashes at a time.
+const VERIFY_BATCH: usize = 2_048;
+
 /// The `prev_hash` of the first row.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// Feeds what is written straight into the hash, so a row is hashed without building its
+/// JSON text first.
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl EventRow {
-    /// SHA-256 of the previous hash and this row's content in a fixed order.
+    /// SHA-256 of the previous hash and this row's content in a fixed order: the JSON array
+    /// of the fields (a tuple prints as the same array).
     pub fn compute_hash(&self) -> String {
-        let canonical = serde_json::json!([
+        let canonical = (
             self.seq,
-            self.run_id,
-            self.recorded_at,
-            self.rule,
-            self.rule_hash,
-            self.case_id,
+            &self.run_id,
+            &self.recorded_at,
+            &self.rule,
+            &self.rule_hash,
+            &self.case_id,
             self.ticket_id,
-            self.field,
-            self.old,
-            self.new,
-            self.reason,
+            &self.field,
+            &self.old,
+            &self.new,
+            &self.reason,
             self.dry_run,
             self.outcome,
-            self.error,
+            &self.error,
             self.http_status,
             self.planned_seq,
-        ]);
-        let mut h = Sha256::new();
-        h.update(self.prev_hash.as_bytes());
-        h.update(b"\n");
-        h.update(canonical.to_string().as_bytes());
-        hex::encode(h.finalize())
+        );
+        let mut h = HashWriter(Sha256::new());
+        h.0.update(self.prev_hash.as_bytes());
+        h.0.update(b"\n");
+        serde_json::to_writer(&mut h, &canonical).expect("hashing cannot fail");
+        hex::encode(h.0.finalize())
     }
 }
 
@@ -104,33 +123,47 @@ impl AuditStore {
             .filter_map(|p| p.chain_head.clone())
             .filter(|h| h != GENESIS)
             .collect();
-        let mut rows = sqlx::query("SELECT * FROM events ORDER BY seq").fetch(&self.pool);
+        // Rows arrive in batches; their hashes are checked in parallel (each row names the
+        // hash before it), the links between them in order.
+        let mut batches = sqlx::query("SELECT * FROM events ORDER BY seq")
+            .fetch(&self.pool)
+            .chunks(VERIFY_BATCH);
         let mut prev = GENESIS.to_string();
         let mut count = 0u64;
         let mut last_seq = 0i64;
-        while let Some(row) = rows.next().await {
-            let row = EventRow::from_row(&row?)?;
-            let broken = |problem: String| Verification::Broken {
-                seq: row.seq,
-                rows_checked: count,
-                problem,
+        while let Some(batch) = batches.next().await {
+            let rows = batch
+                .into_iter()
+                .map(|r| Ok(EventRow::from_row(&r?)?))
+                .collect::<Result<Vec<EventRow>, AuditError>>()?;
+            let forged: Option<usize> = {
+                use rayon::prelude::*;
+                rows.par_iter()
+                    .position_first(|row| row.compute_hash() != row.hash)
             };
-            if row.prev_hash != prev {
-                return Ok(broken(format!(
-                    "row {} does not follow row {last_seq}: its prev_hash does not match (a row was deleted or inserted before it)",
-                    row.seq
-                )));
+            for (i, row) in rows.iter().enumerate() {
+                let broken = |problem: String| Verification::Broken {
+                    seq: row.seq,
+                    rows_checked: count,
+                    problem,
+                };
+                if row.prev_hash != prev {
+                    return Ok(broken(format!(
+                        "row {} does not follow row {last_seq}: its prev_hash does not match (a row was deleted or inserted before it)",
+                        row.seq
+                    )));
+                }
+                if forged == Some(i) {
+                    return Ok(broken(format!(
+                        "row {}'s content does not match its hash (the row was edited or forged)",
+                        row.seq
+                    )));
+                }
+                heads.remove(&row.hash);
+                prev.clone_from(&row.hash);
+                last_seq = row.seq;
+                count += 1;
             }
-            if row.compute_hash() != row.hash {
-                return Ok(broken(format!(
-                    "row {}'s content does not match its hash (the row was edited or forged)",
-                    row.seq
-                )));
-            }
-            heads.remove(&row.hash);
-            prev = row.hash.clone();
-            last_seq = row.seq;
-            count += 1;
         }
         for p in &sealed {
             let problem = if p.hash.as_deref() != Some(p.compute_hash().as_str()) {
@@ -157,5 +190,42 @@ impl AuditStore {
             .bind(hash.to_ascii_lowercase())
             .fetch_optional(&self.pool)
             .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::Outcome;
+
+    /// The hash of a row is part of every log ever written: it must never change. The
+    /// expected value is SHA-256 of `prev + "\n" + ` the compact JSON array of the fields,
+    /// computed independently (Python's json.dumps with ensure_ascii=False).
+    #[test]
+    fn the_row_hash_is_stable() {
+        let row = EventRow {
+            seq: 7,
+            run_id: "20261125T000000Z-abc".into(),
+            recorded_at: "2026-11-25T00:00:00.000Z".into(),
+            rule: "sla-breach".into(),
+            rule_hash: "ab".repeat(32),
+            case_id: "case-1".into(),
+            ticket_id: Some(60001),
+            field: "tags".into(),
+            old: None,
+            new: Some("+vip".into()),
+            reason: "why: é\n\"quoted\"\u{1b}".into(),
+            dry_run: false,
+            outcome: Outcome::Applied,
+            error: None,
+            http_status: Some(200),
+            planned_seq: Some(5),
+            prev_hash: "11".repeat(32),
+            hash: String::new(),
+        };
+        assert_eq!(
+            row.compute_hash(),
+            "3fbfa9d9ba5eb9f07161b64e322bcc745c3fc0263fe369f52f902dbf0772454f"
+        );
     }
 }

@@ -197,11 +197,14 @@ async fn two_passes(
         write!(out, "{}. Running the {title}... ", n + 2)?;
         out.flush()?;
         let started = Instant::now();
+        let (bar, progress) = super::progress::pass_bar();
         let options = PassOptions {
             trigger: "demo".into(),
+            progress: Some(progress),
             ..PassOptions::default()
         };
         let report = run_pass(ctx, set, &options).await;
+        bar.finish_and_clear();
         writeln!(out, "done in {} ms", started.elapsed().as_millis())?;
         if n == 1 {
             first_run = report.run_id.clone();

@@ -48,6 +48,7 @@ pub(super) async fn run(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
     );
     // The server could not be reached or refused the key.
     ctx.client.authenticate().await.map_err(Exit::server)?;
+    let (bar, progress) = super::progress::pass_bar();
     let claimed = crate::pass::run_claimed(
         &ctx,
         &set,
@@ -55,11 +56,13 @@ pub(super) async fn run(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
             dry_run: args.dry_run,
             only: args.rules.clone(),
             trigger: "once".into(),
+            progress: Some(progress),
             ..PassOptions::default()
         },
         Duration::from_secs(args.wait),
     )
     .await;
+    bar.finish_and_clear();
     let report = match claimed {
         Ok(report) => report,
         Err(ClaimError::Held(held)) => return Err(Exit::held(held).into()),

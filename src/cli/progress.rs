@@ -19,3 +19,33 @@ pub fn spinner(message: &str) -> ProgressBar {
     bar.enable_steady_tick(Duration::from_millis(120));
     bar
 }
+
+/// A bar for one pass: cases listed (of the server's total), then cases applied; hidden
+/// off a terminal. Clear it before printing the summary.
+pub fn pass_bar() -> (ProgressBar, crate::pass::Progress) {
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template("{msg:9} [{bar:32}] {pos}/{len} cases {elapsed}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let shown = bar.clone();
+    let progress = crate::pass::Progress(std::sync::Arc::new(move |step| match step {
+        crate::pass::Step::Listed { cases, total } => {
+            shown.set_message("listing");
+            shown.set_length(total.unwrap_or(cases).max(cases));
+            shown.set_position(cases);
+        }
+        crate::pass::Step::Applied { cases, total } => {
+            shown.set_message("applying");
+            shown.set_position(cases);
+            shown.set_length(total);
+        }
+    }));
+    (bar, progress)
+}

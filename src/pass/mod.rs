@@ -110,9 +110,36 @@ pub struct PassOptions {
     /// Set on shutdown: no new page is fetched and no new request is sent; requests
     /// already in flight finish and are recorded.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Told how far listing and applying have got (a progress bar on a terminal).
+    pub progress: Option<Progress>,
+}
+
+/// How far a pass has got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Cases listed so far, of the total the server announced.
+    Listed { cases: u64, total: Option<u64> },
+    /// Cases whose changes were sent (or settled without sending), of those with work.
+    Applied { cases: u64, total: u64 },
+}
+
+/// A callback for [`Step`]s; called on the pass's task, so it must be quick.
+#[derive(Clone)]
+pub struct Progress(pub Arc<dyn Fn(Step) + Send + Sync>);
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress")
+    }
 }
 
 impl PassOptions {
+    fn tell(&self, step: Step) {
+        if let Some(p) = &self.progress {
+            (p.0)(step);
+        }
+    }
+
     fn cancelled(&self) -> bool {
         self.cancel
             .as_ref()
@@ -583,6 +610,10 @@ impl Stage<'_> {
             }));
             report.cases_unparsable += page.skipped.len();
             report.cases_seen += page.cases.len();
+            self.opts.tell(Step::Listed {
+                cases: (report.cases_seen + report.cases_unparsable) as u64,
+                total: page.total,
+            });
             self.plan_page(page.cases, &mut state, report).await?;
         }
         for (rule, dropped) in state.env.prints.dropped() {
@@ -850,9 +881,15 @@ impl Stage<'_> {
             deadline,
             comment_changes: ctx.settings.comment_changes,
         });
+        let total = work.len() as u64;
+        let mut done = 0;
         let results: Vec<Vec<(DecisionId, Outcome)>> = futures::stream::iter(work)
             .map(|(case, p)| apply.clone().apply(case, p))
             .buffer_unordered(ctx.settings.max_in_flight.max(1))
+            .inspect(|_| {
+                done += 1;
+                self.opts.tell(Step::Applied { cases: done, total });
+            })
             .collect()
             .await;
         if let Some(e) = apply.wrong_flavor.get() {

@@ -13,6 +13,8 @@ use super::{ApiError, ApiFlavor, Case, CaseParseError};
 pub struct Page {
     pub cases: Vec<Case>,
     pub skipped: Vec<CaseParseError>,
+    /// How many cases the server says match (`data.total`), when it says.
+    pub total: Option<u64>,
 }
 
 /// Walks the listing with `limit` + `skip` until `total`. When the set shifts between
@@ -108,6 +110,7 @@ impl CasePager {
         if let Some(t) = total {
             self.total = Some(t);
         }
+        page.total = self.total;
         // A short page ends the listing even if `total` claims more: the server has no more.
         self.done = received < limit || self.total.is_some_and(|t| self.skip >= t);
         Ok(Some(page))
