@@ -327,7 +327,7 @@ async fn notifications_arrive_signed_and_never_hold_a_pass() {
         &sim.url,
         "legacy",
         &format!(
-            "{EVERY_SECOND}\nbreaker_passes = 2\nguard_min_cases = 10\ncomment_changes = false\nlisten = \"127.0.0.1:{port}\""
+            "{EVERY_SECOND}\nbreaker_passes = 2\nguard_min_cases = 10\nmax_changes_per_run = 8\ncomment_changes = false\nlisten = \"127.0.0.1:{port}\""
         ),
         Some(&[
             (
@@ -362,6 +362,7 @@ async fn notifications_arrive_signed_and_never_hold_a_pass() {
     let wanted = [
         "daemon_start",
         "guard_halt",
+        "budget_exhausted",
         "pass_failed",
         "breaker_trip",
         "daily_digest",
@@ -394,6 +395,23 @@ async fn notifications_arrive_signed_and_never_hold_a_pass() {
             .contains("casewarden_notifications_total{event=\"guard_halt\",outcome=\"delivered\"}")
             && metrics.contains("outcome=\"attempt_failed\""),
         "{metrics}"
+    );
+    // The audit log stops taking rows (as a full disk would): the next pass cannot record
+    // its intents and says so.
+    let pool = sqlx::SqlitePool::connect_with(
+        sqlx::sqlite::SqliteConnectOptions::new().filename(ws.audit_db()),
+    )
+    .await
+    .unwrap();
+    sqlx::query("CREATE TRIGGER full BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    assert!(
+        until(10, || arrived("audit_failure")).await,
+        "no audit_failure webhook:\n{}",
+        d.log()
     );
     d.signal(libc::SIGTERM);
     assert_eq!(d.exit_code(20).await, 0);
@@ -449,18 +467,18 @@ async fn notifications_arrive_signed_and_never_hold_a_pass() {
     assert_eq!(of("guard_halt")[0]["details"]["rule"], "greedy");
     assert_eq!(of("breaker_trip")[0]["details"]["rule"], "thrower");
     assert_eq!(of("pass_failed")[0]["details"]["status"], "failed-changes");
-    let digest = &of("daily_digest")[0];
+    // The first digest may go out before the first pass: a later one has the rules.
+    let digests = of("daily_digest");
     assert!(
-        digest["details"]["rules"]
+        digests.iter().any(|d| d["details"]["rules"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|r| r["rule"] == "tagger")
+            .any(|r| r["rule"] == "tagger")),
+        "{digests:?}"
     );
-    assert_eq!(
-        digest["details"]["link"],
-        format!("http://127.0.0.1:{port}/?since=24h")
-    );
+    assert!(digests.iter().all(|d| d["details"]["link"]
+        == format!("http://127.0.0.1:{port}/?since=24h").as_str()));
 
     // Every pass ran while a receiver answered 500 after 1.5 s: none waited for it.
     let store = casewarden::audit::AuditStore::open(&ws.audit_db())
@@ -472,5 +490,73 @@ async fn notifications_arrive_signed_and_never_hold_a_pass() {
         };
         let secs = (took(&p.finished_at) - took(&Some(p.started_at.clone()))).num_milliseconds();
         assert!(secs < 1_000, "pass {} took {secs} ms", p.id);
+    }
+}
+
+/// The live view on a non-loopback address: refused without `ui_token_file`; with it, only
+/// for the bearer token, which no page carries; the probes stay open either way.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_live_view_needs_its_token_off_loopback() {
+    let sim = start(sim_options(5)).await;
+    let token = "ui-token-3b9f1c2d8e7a";
+    for with_token in [false, true] {
+        let port = free_port();
+        let ws = Workspace::new(
+            &sim.url,
+            "legacy",
+            &format!("{EVERY_SECOND}\nlisten = \"0.0.0.0:{port}\""),
+            Some(&[(
+                "a.rhai",
+                "const RULE = #{ name: \"a\" };\nfn evaluate(c) { }\n",
+            )]),
+        );
+        if with_token {
+            std::fs::write(ws.dir.path().join("ui_token"), format!("{token}\n")).unwrap();
+            ws.edit_config("[daemon]\n", "[daemon]\nui_token_file = \"ui_token\"\n");
+        }
+        let d = Daemon::start(&ws, &[]);
+        d.wait_log("serving /healthz", 15).await;
+        let http = reqwest::Client::new();
+        let get = |path: &str, bearer: Option<&str>| {
+            let mut r = http.get(format!("http://127.0.0.1:{port}{path}"));
+            if let Some(b) = bearer {
+                r = r.bearer_auth(b);
+            }
+            r.send()
+        };
+        assert_eq!(get("/healthz", None).await.unwrap().status(), 200);
+        assert_eq!(get("/metrics", None).await.unwrap().status(), 200);
+        if with_token {
+            assert_eq!(get("/", None).await.unwrap().status(), 401);
+            assert_eq!(
+                get("/api/audit", Some("wrong-token-000000"))
+                    .await
+                    .unwrap()
+                    .status(),
+                401
+            );
+            let page = get("/", Some(token)).await.unwrap();
+            assert_eq!(page.status(), 200);
+            assert!(!page.text().await.unwrap().contains(token));
+            assert_eq!(get("/api/passes", Some(token)).await.unwrap().status(), 200);
+        } else {
+            let refused = get("/", None).await.unwrap();
+            assert_eq!(refused.status(), 403);
+            assert!(
+                refused
+                    .text()
+                    .await
+                    .unwrap()
+                    .contains("daemon.ui_token_file")
+            );
+            assert!(
+                d.log().contains("the live view is not served"),
+                "{}",
+                d.log()
+            );
+        }
+        assert!(!d.log().contains(token));
+        d.signal(libc::SIGTERM);
+        assert_eq!(d.exit_code(20).await, 0);
     }
 }

@@ -27,6 +27,9 @@ pub(super) async fn run(cli: &Cli, args: &CheckArgs) -> anyhow::Result<u8> {
     if let Err(e) = config.ui_token() {
         problems.push(e.to_string());
     }
+    if let Err(e) = config.notify_targets() {
+        problems.push(e.to_string());
+    }
     if let Some(ca) = &config.stellar.ca_file
         && let Err(e) = std::fs::read(ca)
     {
