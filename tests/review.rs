@@ -131,6 +131,22 @@ fn counted(rows: &[Value], rules: &[&str]) -> Vec<(String, i64)> {
 
 const RULES: [&str; 3] = ["tagger", "greedy", "thrower"];
 
+/// A rule that tags every case, one the guard halts, one that fails on every case.
+const TROUBLE: [(&str, &str); 3] = [
+    (
+        "10-tagger.rhai",
+        "const RULE = #{ name: \"tagger\", max_change_fraction: 1.0 };\nfn evaluate(c) { add_tag(\"seen\", \"looked at\"); }\n",
+    ),
+    (
+        "20-greedy.rhai",
+        "const RULE = #{ name: \"greedy\" };\nfn evaluate(c) { add_tag(\"greedy\", \"everything\"); }\n",
+    ),
+    (
+        "30-thrower.rhai",
+        "const RULE = #{ name: \"thrower\" };\nfn evaluate(c) { throw \"always\"; }\n",
+    ),
+];
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_report_and_the_live_view_show_what_the_audit_log_holds() {
     let sim = start(sim_options(40)).await;
@@ -143,20 +159,7 @@ async fn the_report_and_the_live_view_show_what_the_audit_log_holds() {
         &format!(
             "{EVERY_SECOND}\nbreaker_passes = 2\nguard_min_cases = 10\ncomment_changes = false\nlisten = \"127.0.0.1:{port}\""
         ),
-        Some(&[
-            (
-                "10-tagger.rhai",
-                "const RULE = #{ name: \"tagger\", max_change_fraction: 1.0 };\nfn evaluate(c) { add_tag(\"seen\", \"looked at\"); }\n",
-            ),
-            (
-                "20-greedy.rhai",
-                "const RULE = #{ name: \"greedy\" };\nfn evaluate(c) { add_tag(\"greedy\", \"everything\"); }\n",
-            ),
-            (
-                "30-thrower.rhai",
-                "const RULE = #{ name: \"thrower\" };\nfn evaluate(c) { throw \"always\"; }\n",
-            ),
-        ]),
+        Some(&TROUBLE),
     );
     let d = Daemon::start(&ws, &[]);
     d.wait_log("CIRCUIT BREAKER", 30).await;
@@ -329,20 +332,7 @@ async fn notifications_arrive_signed_and_never_hold_a_pass() {
         &format!(
             "{EVERY_SECOND}\nbreaker_passes = 2\nguard_min_cases = 10\nmax_changes_per_run = 8\ncomment_changes = false\nlisten = \"127.0.0.1:{port}\""
         ),
-        Some(&[
-            (
-                "10-tagger.rhai",
-                "const RULE = #{ name: \"tagger\", max_change_fraction: 1.0 };\nfn evaluate(c) { add_tag(\"seen\", \"looked at\"); }\n",
-            ),
-            (
-                "20-greedy.rhai",
-                "const RULE = #{ name: \"greedy\" };\nfn evaluate(c) { add_tag(\"greedy\", \"everything\"); }\n",
-            ),
-            (
-                "30-thrower.rhai",
-                "const RULE = #{ name: \"thrower\" };\nfn evaluate(c) { throw \"always\"; }\n",
-            ),
-        ]),
+        Some(&TROUBLE),
     );
     let secret = "hook-secret-7f3a9";
     std::fs::write(ws.dir.path().join("hook_secret"), format!("{secret}\n")).unwrap();

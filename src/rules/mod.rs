@@ -232,15 +232,7 @@ impl RuleSet {
         }
         let mut resolver = rhai::module_resolvers::StaticModuleResolver::new();
         for (file, text) in libs.iter().take(MAX_LIBS) {
-            hasher.update(b"lib/");
-            hasher.update(
-                file.file_name()
-                    .map(|n| n.as_encoded_bytes())
-                    .unwrap_or(b""),
-            );
-            hasher.update([0]);
-            hasher.update(text.as_bytes());
-            hasher.update([0]);
+            hash_file(&mut hasher, "lib/", file, text);
             let name = module_name(file);
             match compile::compile_lib(&engine, &library, file, text) {
                 Ok((module, ast)) => {
@@ -253,14 +245,7 @@ impl RuleSet {
         }
         engine.set_module_resolver(resolver);
         for (file, text) in &sources {
-            hasher.update(
-                file.file_name()
-                    .map(|n| n.as_encoded_bytes())
-                    .unwrap_or(b""),
-            );
-            hasher.update([0]);
-            hasher.update(text.as_bytes());
-            hasher.update([0]);
+            hash_file(&mut hasher, "", file, text);
             match compile(&engine, &library, file, text) {
                 Ok((rule, mut found)) => {
                     warnings.append(&mut found);
@@ -299,6 +284,19 @@ impl RuleSet {
 
 /// A file's name and text.
 type Source = (PathBuf, String);
+
+/// Adds a file's name (after `prefix`) and text to the rule set's fingerprint.
+fn hash_file(hasher: &mut Sha256, prefix: &str, file: &Path, text: &str) {
+    hasher.update(prefix.as_bytes());
+    hasher.update(
+        file.file_name()
+            .map(|n| n.as_encoded_bytes())
+            .unwrap_or(b""),
+    );
+    hasher.update([0]);
+    hasher.update(text.as_bytes());
+    hasher.update([0]);
+}
 
 /// The name a shared module is imported under: its file name without `.rhai`.
 fn module_name(file: &Path) -> String {
