@@ -152,6 +152,9 @@ pub struct DaemonConfig {
     pub listen: Option<String>,
     /// A bearer token the live view and its API at `listen` require (one line in the file).
     pub ui_token_file: Option<PathBuf>,
+    /// A case carrying one of these tags is left alone by every rule.
+    #[serde(default = "default_exempt_tags")]
+    pub exempt_tags: Vec<String>,
 }
 
 /// One `[[notify]]` block.
@@ -175,6 +178,13 @@ pub struct NotifyConfig {
 
 fn all_events() -> Vec<crate::notify::EventKind> {
     crate::notify::EventKind::ALL.to_vec()
+}
+
+/// The tag that keeps casewarden off a case unless the config says otherwise.
+pub const DEFAULT_EXEMPT_TAG: &str = "casewarden-ignore";
+
+fn default_exempt_tags() -> Vec<String> {
+    vec![DEFAULT_EXEMPT_TAG.to_string()]
 }
 
 fn default_digest_schedule() -> String {
@@ -286,6 +296,7 @@ impl Default for DaemonConfig {
             max_prints_per_rule: default_prints(),
             listen: None,
             ui_token_file: None,
+            exempt_tags: default_exempt_tags(),
         }
     }
 }

@@ -77,7 +77,11 @@ impl Metrics {
             last_success.clone(),
         );
         registry.register("passes", "Passes by final status", passes.clone());
-        registry.register("changes", "Changes by rule and outcome", changes.clone());
+        registry.register(
+            "changes",
+            "Changes by rule and outcome (applied, failed, skipped, deferred), and cases an exempt or snooze tag kept a rule off (exempt)",
+            changes.clone(),
+        );
         registry.register(
             "api_requests",
             "Cases API requests by HTTP status (or error)",

@@ -26,24 +26,25 @@ pub fn print_report(out: &mut impl Write, r: &PassReport) -> std::io::Result<()>
         },
         r.status
     )?;
-    // Two units side by side, named in the header: cases (seen, matched, errors) and the
-    // field changes those cases lead to (applied .. deferred).
+    // Two units side by side, named in the header: cases (seen, exempt, matched, errors)
+    // and the field changes those cases lead to (applied .. deferred).
     writeln!(
         out,
-        "  {:<26} {:>24} {:>7}   {:<42}",
-        "", "------ cases ------", "", "----------- field changes -----------"
+        "  {:<26} {:>31} {:>7}   {:<42}",
+        "", "---------- cases ----------", "", "----------- field changes -----------"
     )?;
     writeln!(
         out,
-        "  {:<26} {:>6} {:>8} {:>8} {:>7} {:>8} {:>7} {:>9}  guard",
-        "RULE", "SEEN", "MATCHED", "ERRORS", "APPLIED", "FAILED", "SKIPPED", "DEFERRED"
+        "  {:<26} {:>6} {:>6} {:>8} {:>8} {:>7} {:>8} {:>7} {:>9}  guard",
+        "RULE", "SEEN", "EXEMPT", "MATCHED", "ERRORS", "APPLIED", "FAILED", "SKIPPED", "DEFERRED"
     )?;
     for s in &r.rules {
         writeln!(
             out,
-            "  {:<26} {:>6} {:>8} {:>8} {:>7} {:>8} {:>7} {:>9}  {}",
+            "  {:<26} {:>6} {:>6} {:>8} {:>8} {:>7} {:>8} {:>7} {:>9}  {}",
             s.name,
             s.seen,
+            s.exempt,
             s.matched,
             s.errors,
             if r.dry_run {

@@ -742,3 +742,59 @@ async fn rules_use_people_calendars_entities_and_shared_modules() {
         stdout(&table)
     );
 }
+
+/// Exemptions: `casewarden-ignore` (daemon.exempt_tags), a snooze still ahead and a rule's
+/// own exempt tag (`legal-hold`) keep the rule off those cases (counted as EXEMPT); an expired snooze
+/// does not.
+#[tokio::test(flavor = "multi_thread")]
+async fn exempt_and_snoozed_cases_stay_untouched_while_others_change() {
+    let sim = start(sim_options(30)).await;
+    let tagged = [
+        ("casewarden-ignore", false),
+        ("casewarden-snooze:2099-01-01", false),
+        ("legal-hold", false),
+        ("casewarden-snooze:2001-01-01", true),
+    ];
+    let ids: Vec<String> = {
+        let mut state = sim.state();
+        tagged
+            .iter()
+            .enumerate()
+            .map(|(i, (tag, _))| {
+                state.cases[i]["tags"] = json!([tag]);
+                state.cases[i]["_id"].as_str().unwrap().to_string()
+            })
+            .collect()
+    };
+    let rule = "const RULE = #{ name: \"tag-all\", max_change_fraction: 1.0, exempt_tags: [\"legal-hold\"] };\nfn evaluate(c) { add_tag(\"seen\", \"every case\"); }\n";
+    let ws = Workspace::new(
+        &sim.url,
+        "legacy",
+        "comment_changes = false",
+        Some(&[("a.rhai", rule)]),
+    );
+    let out = ws.run(&["once"]).await;
+    assert_exit(&out, 0);
+    let text = stdout(&out);
+    let row = text.lines().find(|l| l.contains("tag-all")).unwrap();
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        (cols[1], cols[2], cols[3]),
+        ("27", "3", "27"),
+        "SEEN EXEMPT MATCHED:\n{text}"
+    );
+    let state = sim.state();
+    for (id, (tag, changes)) in ids.iter().zip(tagged) {
+        let case = state.case(id).unwrap();
+        let seen = case["tags"].as_array().unwrap().iter().any(|t| t == "seen");
+        assert_eq!(seen, changes, "case with {tag}");
+    }
+    assert_eq!(
+        state
+            .cases
+            .iter()
+            .filter(|c| c["tags"].as_array().unwrap().iter().any(|t| t == "seen"))
+            .count(),
+        27
+    );
+}

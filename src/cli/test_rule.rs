@@ -95,6 +95,17 @@ fn calendars(config: Option<&std::path::Path>) -> Result<HashMap<String, Calenda
     config.calendars().map_err(Exit::config)
 }
 
+/// `daemon.exempt_tags` from the config named with --config, else the default.
+fn exempt_tags(config: Option<&std::path::Path>) -> Result<Vec<String>, Exit> {
+    match config {
+        Some(path) => Ok(crate::config::Config::load(path)
+            .map_err(Exit::config)?
+            .daemon
+            .exempt_tags),
+        None => Ok(vec![crate::config::DEFAULT_EXEMPT_TAG.to_string()]),
+    }
+}
+
 /// `assign("someone@x")` as a pass sends it: the user's id, or the rule's error.
 fn resolve_emails(requests: &mut [RuleChanges], users: &Directory, errors: &mut Vec<String>) {
     for rc in requests {
@@ -143,6 +154,7 @@ pub(super) fn run(args: &TestRuleArgs, config: Option<&std::path::Path>) -> anyh
         own_users: std::sync::Arc::new(args.self_users.clone()),
         users: users.clone().map(Arc::new),
         calendars: Arc::new(calendars(config)?),
+        exempt_tags: Arc::new(exempt_tags(config)?),
         ..EvalEnv::default()
     };
     let mut failed = false;
@@ -170,8 +182,11 @@ pub(super) fn run(args: &TestRuleArgs, config: Option<&std::path::Path>) -> anyh
         if results.is_empty() {
             excluded += 1;
             let why = match rules.as_slice() {
+                [rule] if crate::rules::exempt(&case, rule, &env) => {
+                    "exempt: it carries an exempt tag (daemon.exempt_tags, RULE.exempt_tags) or a casewarden-snooze:DATE still ahead".to_string()
+                }
                 [rule] => excluded_by(&case, &rule.query).unwrap_or_default(),
-                _ => "no rule's query selects it".to_string(),
+                _ => "no rule's query selects it, or it is exempt".to_string(),
             };
             print_excluded(&mut out, args.format, &case, &why)?;
             continue;

@@ -335,6 +335,7 @@ async fn after_pass(shared: &Shared, set: &RuleSet, report: &PassReport, took: D
             ("failed", s.failed),
             ("skipped", s.skipped),
             ("deferred", s.deferred),
+            ("exempt", s.exempt),
         ] {
             if n > 0 {
                 m.changes

@@ -15,6 +15,8 @@ pub(super) struct Evaluated {
     pub(super) case: Case,
     pub(super) requests: Vec<RuleChanges>,
     pub(super) seen_by: Vec<usize>,
+    /// Rules whose query selected the case but an exemption kept off it.
+    pub(super) exempt_from: Vec<usize>,
     pub(super) errors: Vec<(usize, EvalError)>,
     /// A rule needed the case's activities to tell when a person last touched it.
     pub(super) wants_activities: bool,
@@ -30,6 +32,12 @@ pub(super) fn evaluate_one(
     let mut ev = Evaluated {
         requests: Vec::new(),
         seen_by: Vec::new(),
+        exempt_from: (0..rules.len())
+            .filter(|&i| {
+                crate::rules::hints_match(&case, &rules[i].query)
+                    && crate::rules::exempt(&case, &rules[i], env)
+            })
+            .collect(),
         errors: Vec::new(),
         wants_activities: false,
         case,

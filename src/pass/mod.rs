@@ -47,6 +47,7 @@ pub struct PassSettings {
     pub pass_timeout: Duration,
     pub limits: Limits,
     pub calendars: Arc<HashMap<String, Calendar>>,
+    pub exempt_tags: Arc<Vec<String>>,
 }
 
 impl PassSettings {
@@ -63,6 +64,7 @@ impl PassSettings {
             limits: c.rule_limits(),
             // Checked when the config was loaded.
             calendars: Arc::new(c.calendars().unwrap_or_default()),
+            exempt_tags: Arc::new(c.daemon.exempt_tags.clone()),
         }
     }
 }
@@ -153,6 +155,8 @@ pub struct RuleStats {
     pub name: String,
     /// Cases the rule was evaluated on.
     pub seen: usize,
+    /// Cases its query selected that an exempt or snooze tag kept it off.
+    pub exempt: usize,
     /// Cases it wanted to change.
     pub matched: usize,
     pub planned: usize,
@@ -589,6 +593,7 @@ impl Stage<'_> {
                 prints: Default::default(),
                 users,
                 calendars: ctx.settings.calendars.clone(),
+                exempt_tags: ctx.settings.exempt_tags.clone(),
             },
             users_read,
             open,
@@ -677,6 +682,9 @@ impl Stage<'_> {
         for mut ev in evaluated {
             for &i in &ev.seen_by {
                 report.rules[i].seen += 1;
+            }
+            for &i in &ev.exempt_from {
+                report.rules[i].exempt += 1;
             }
             let wants_assign_email = ev
                 .requests

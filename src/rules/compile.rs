@@ -13,7 +13,7 @@ use super::{Rule, RuleError};
 use crate::stellar::model::{PRIORITIES, RESOLUTIONS, STATUSES};
 
 /// The keys of a rule's `RULE` map.
-const KEYS: [&str; 9] = [
+const KEYS: [&str; 10] = [
     "name",
     "description",
     "schedule",
@@ -23,6 +23,7 @@ const KEYS: [&str; 9] = [
     "max_change_fraction",
     "max_changes",
     "custom_fields",
+    "exempt_tags",
 ];
 use crate::stellar::filter;
 
@@ -142,6 +143,7 @@ pub(super) fn compile(
         dry_run: meta.dry_run,
         max_change_fraction: meta.max_change_fraction,
         max_changes: meta.max_changes,
+        exempt_tags: meta.exempt_tags,
         file: file.to_path_buf(),
         source_hash: hex::encode(Sha256::digest(text.as_bytes())),
         module: AST::new_from_module(module),
@@ -204,6 +206,7 @@ struct Meta {
     max_changes: Option<usize>,
     /// Case fields of this server that the documented schema does not list.
     custom_fields: Vec<String>,
+    exempt_tags: Vec<String>,
 }
 
 /// Reads and checks the `RULE` map; errors are located at the key in `text`.
@@ -297,18 +300,15 @@ fn read_meta(meta: &rhai::Map, file: &Path, text: &str) -> Result<Meta, Vec<Rule
             }
         },
     };
-    let custom_fields = match meta.get("custom_fields") {
-        None => Vec::new(),
+    let strings = |key: &str, example: &str| match meta.get(key) {
+        None => Ok(Vec::new()),
         Some(v) => v
             .read_lock::<rhai::Array>()
             .and_then(|a| a.iter().map(|f| f.clone().into_string().ok()).collect())
-            .ok_or_else(|| {
-                at(
-                    "custom_fields",
-                    "RULE.custom_fields must be a list of field names like [\"my_field\"]".into(),
-                )
-            })?,
+            .ok_or_else(|| at(key, format!("RULE.{key} must be a list like {example}"))),
     };
+    let custom_fields = strings("custom_fields", "[\"my_field\"]")?;
+    let exempt_tags = strings("exempt_tags", "[\"vip\", \"legal-hold\"]")?;
     Ok(Meta {
         name,
         description: get_str("description")?.unwrap_or_default(),
@@ -319,6 +319,7 @@ fn read_meta(meta: &rhai::Map, file: &Path, text: &str) -> Result<Meta, Vec<Rule
         max_change_fraction,
         max_changes,
         custom_fields,
+        exempt_tags,
     })
 }
 

@@ -34,6 +34,8 @@ pub struct EvalEnv {
     pub users: Option<Arc<Directory>>,
     /// The config's business calendars by name.
     pub calendars: Arc<HashMap<String, Calendar>>,
+    /// `daemon.exempt_tags`: a case carrying one is left alone by every rule.
+    pub exempt_tags: Arc<Vec<String>>,
 }
 
 struct Collector {

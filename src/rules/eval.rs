@@ -42,7 +42,7 @@ impl RuleSet {
         env: &EvalEnv,
     ) -> Vec<(usize, Result<Asked, EvalError>)> {
         let due: Vec<usize> = (0..rules.len())
-            .filter(|&i| hints_match(case, &rules[i].query))
+            .filter(|&i| hints_match(case, &rules[i].query) && !exempt(case, &rules[i], env))
             .collect();
         if due.is_empty() {
             return Vec::new();
@@ -142,7 +142,68 @@ pub(super) fn innermost(err: EvalAltResult) -> (String, Position) {
     }
 }
 
+/// The tag that snoozes casewarden on a case until a date: `casewarden-snooze:2026-12-01`.
+pub const SNOOZE_PREFIX: &str = "casewarden-snooze:";
+
+/// Whether `rule` must leave `case` alone: it carries a tag of `daemon.exempt_tags` or of
+/// the rule's `exempt_tags`, or a snooze tag whose date (UTC midnight) is still ahead. A
+/// snooze tag whose date does not read as `YYYY-MM-DD` exempts too: a person meant to
+/// keep casewarden off the case.
+pub fn exempt(case: &Case, rule: &Rule, env: &EvalEnv) -> bool {
+    let now = env.now_ms.unwrap_or_else(crate::now_ms);
+    case.tags().any(|t| {
+        env.exempt_tags.iter().any(|x| x == t)
+            || rule.exempt_tags.iter().any(|x| x == t)
+            || t.strip_prefix(SNOOZE_PREFIX).is_some_and(|date| {
+                chrono::NaiveDate::parse_from_str(date.trim(), "%Y-%m-%d").map_or(true, |d| {
+                    now < d
+                        .and_time(chrono::NaiveTime::MIN)
+                        .and_utc()
+                        .timestamp_millis()
+                })
+            })
+    })
+}
+
 /// Whether a case satisfies a rule's query hints (servers may ignore filters).
 pub fn hints_match(case: &Case, hints: &[(String, String)]) -> bool {
     filter::recheck(case.raw(), hints)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snoozes_end_at_their_date_and_a_garbled_one_still_holds() {
+        let set = RuleSet::from_sources(vec![(
+            "r.rhai".into(),
+            "const RULE = #{ name: \"r\", exempt_tags: [\"hold\"] };\nfn evaluate(c) { }\n".into(),
+        )])
+        .unwrap();
+        let rule = &set.rules[0];
+        let env = EvalEnv {
+            // 2026-12-01T00:00:00Z
+            now_ms: Some(1_796_083_200_000),
+            exempt_tags: Arc::new(vec!["casewarden-ignore".into()]),
+            ..EvalEnv::default()
+        };
+        let with = |tag: &str| {
+            let case = Case::from_value(serde_json::json!({"_id": "c", "tags": [tag]})).unwrap();
+            exempt(&case, rule, &env)
+        };
+        assert!(with("casewarden-ignore"));
+        assert!(with("hold"));
+        assert!(with("casewarden-snooze:2026-12-02"));
+        assert!(
+            !with("casewarden-snooze:2026-12-01"),
+            "ends at midnight of its date"
+        );
+        assert!(!with("casewarden-snooze:2026-11-30"));
+        assert!(
+            with("casewarden-snooze:2026-13-01"),
+            "a person meant to snooze it"
+        );
+        assert!(!with("vip"));
+    }
 }

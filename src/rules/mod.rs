@@ -18,7 +18,7 @@ use rhai::{AST, Engine, FnPtr, Position};
 use sha2::{Digest, Sha256};
 
 pub use engine::{Asked, EvalEnv};
-pub use eval::{EvalError, case_arg, hints_match};
+pub use eval::{EvalError, case_arg, exempt, hints_match};
 
 use compile::{compile, locate};
 
@@ -59,6 +59,8 @@ pub struct Rule {
     pub max_change_fraction: Option<f64>,
     /// At most this many of its changes per pass; the rest wait for the next pass.
     pub max_changes: Option<usize>,
+    /// A case carrying one of these tags is left alone by this rule.
+    pub exempt_tags: Vec<String>,
     pub file: PathBuf,
     /// SHA-256 of the file's text, recorded with every audit row the rule causes.
     pub source_hash: String,
