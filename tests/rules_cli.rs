@@ -776,3 +776,91 @@ fn evaluate(c) {
         owned(&[("tags", "", "+bh-2"), ("assignee", "u-gone", "")])
     );
 }
+
+/// `casewarden test`: the example rules' own tests pass; a broken expectation fails with
+/// exit 1, naming what was expected and what happened, also in the JUnit file; a test
+/// file that cannot run is exit 2.
+#[tokio::test(flavor = "multi_thread")]
+async fn rule_tests_pass_on_the_examples_and_fail_on_a_broken_expectation() {
+    let rules = repo().join("rules");
+    let out = run_bin(&["test", rules.to_str().unwrap()], &[]).await;
+    assert_exit(&out, 0);
+    let text = stdout(&out);
+    assert!(text.contains(" 0 failed"), "{text}");
+    for rule in std::fs::read_dir(&rules).unwrap() {
+        let p = rule.unwrap().path();
+        if p.extension().is_some_and(|x| x == "rhai") {
+            let tests = rules
+                .join("tests")
+                .join(p.with_extension("toml").file_name().unwrap());
+            let t = std::fs::read_to_string(&tests)
+                .unwrap_or_else(|_| panic!("{} ships without {}", p.display(), tests.display()));
+            assert!(
+                t.contains("no_changes = true"),
+                "{}: no negative case",
+                tests.display()
+            );
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("rules");
+    std::fs::create_dir_all(copy.join("tests")).unwrap();
+    for entry in std::fs::read_dir(&rules).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_file() {
+            std::fs::copy(&p, copy.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::write(
+        copy.join("tests/escalate.toml"),
+        "rule = \"escalate-aged-new\"\n\n[[test]]\nname = \"expects Critical\"\nnow = \"2026-11-25T12:00:00Z\"\n\
+         case = { _id = \"a\", status = \"New\", priority = \"Medium\", tags = [], created_at = \"now-30h\" }\n\
+         expect = [{ field = \"priority\", new = \"Critical\" }]\n\n\
+         [[test]]\nname = \"holds\"\nnow = \"2026-11-25T12:00:00Z\"\n\
+         case = { _id = \"b\", status = \"New\", priority = \"Medium\", tags = [], created_at = \"now-1h\" }\nno_changes = true\n",
+    )
+    .unwrap();
+    let junit = dir.path().join("junit.xml");
+    let out = run_bin(
+        &[
+            "test",
+            copy.to_str().unwrap(),
+            "--junit",
+            junit.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
+    assert_exit(&out, 1);
+    let text = stdout(&out);
+    assert!(
+        text.contains("FAIL  ") && text.contains("expects Critical"),
+        "{text}"
+    );
+    assert!(text.contains("expected: priority \"Critical\""), "{text}");
+    assert!(
+        text.contains("unexpected: priority \"Medium\" -> \"High\" by escalate-aged-new"),
+        "{text}"
+    );
+    assert!(text.contains("ok    ") && text.contains("holds"), "{text}");
+    assert!(text.contains("2 test(s), 1 passed, 1 failed"), "{text}");
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        xml.contains("tests=\"2\" failures=\"1\"") && xml.contains("<failure message="),
+        "{xml}"
+    );
+
+    std::fs::write(
+        copy.join("tests/escalate.toml"),
+        "[[test]]\nname = \"no case\"\nno_changes = true\n",
+    )
+    .unwrap();
+    let out = run_bin(&["test", copy.to_str().unwrap()], &[]).await;
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("give exactly one of `case` and `case_file`"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -228,34 +228,11 @@ pub fn parse_time(text: &str) -> Result<String, String> {
             day.and_time(chrono::NaiveTime::MIN).and_utc(),
         ));
     }
-    let (num, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len()),
-    );
-    let n: i64 = num
-        .parse()
-        .map_err(|_| format!("{text:?} is neither an RFC 3339 time (2026-01-31T08:00:00Z), a date (2026-01-31), nor a duration like 24h or 7d"))?;
-    let unit_secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 7 * 86_400,
-        _ => {
-            return Err(format!(
-                "{text:?}: unknown unit {unit:?}; use s, m, h, d or w"
-            ));
-        }
-    };
-    // At most 100 years back: anything older is before any audit log.
-    const MAX_SECS: i64 = 100 * 366 * 86_400;
-    let secs = n
-        .checked_mul(unit_secs)
-        .filter(|s| *s <= MAX_SECS)
-        .ok_or_else(|| format!("{text:?} is too far back; at most 100 years (36500d)"))?;
-    Ok(super::timestamp(
-        chrono::Utc::now() - chrono::Duration::seconds(secs),
-    ))
+    let ago = crate::time::parse_duration(text).map_err(|e| match e {
+        crate::time::DurationError::NotADuration => format!("{text:?} is neither an RFC 3339 time (2026-01-31T08:00:00Z), a date (2026-01-31), nor a duration like 24h or 7d"),
+        other => other.to_string(),
+    })?;
+    Ok(super::timestamp(chrono::Utc::now() - ago))
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ mod progress;
 mod report;
 mod run;
 mod simulate;
+mod test;
 mod test_rule;
 
 use std::path::PathBuf;
@@ -25,6 +26,7 @@ pub use exit::{Exit, code_of};
 pub use once::OnceArgs;
 pub use report::{ReportArgs, ReportFormat};
 pub use simulate::SimulateArgs;
+pub use test::TestArgs;
 pub use test_rule::{TestFormat, TestRuleArgs};
 
 use crate::config::Config;
@@ -71,6 +73,8 @@ pub enum Command {
     Check(CheckArgs),
     /// Evaluate one rule offline on a case file and print the changes it would make
     TestRule(TestRuleArgs),
+    /// Run the rule tests in RULES_DIR/tests/*.toml (exit 1 on a failed expectation)
+    Test(TestArgs),
     /// Query the audit log, or verify its hash chain (`audit verify`)
     Audit(AuditArgs),
     /// Serve a local Stellar Cyber Cases API simulator
@@ -102,6 +106,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Run => run::run(&cli).await,
         Command::Once(args) => once::run(&cli, args).await,
         Command::Check(args) => check::run(&cli, args).await,
+        Command::Test(args) => test::run(&cli, args),
         Command::TestRule(args) => test_rule::run(args, cli.config.as_deref()),
         Command::Audit(args) => audit::run(&cli, args).await,
         Command::Simulate(args) => simulate::run(args).await,

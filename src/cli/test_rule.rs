@@ -87,7 +87,9 @@ fn read_users(path: &std::path::Path) -> Result<Directory, Exit> {
 }
 
 /// Calendars from the config named with --config (test-rule reads nothing else of it).
-fn calendars(config: Option<&std::path::Path>) -> Result<HashMap<String, Calendar>, Exit> {
+pub(super) fn calendars(
+    config: Option<&std::path::Path>,
+) -> Result<HashMap<String, Calendar>, Exit> {
     let Some(path) = config else {
         return Ok(HashMap::new());
     };
@@ -96,7 +98,7 @@ fn calendars(config: Option<&std::path::Path>) -> Result<HashMap<String, Calenda
 }
 
 /// `daemon.exempt_tags` from the config named with --config, else the default.
-fn exempt_tags(config: Option<&std::path::Path>) -> Result<Vec<String>, Exit> {
+pub(super) fn exempt_tags(config: Option<&std::path::Path>) -> Result<Vec<String>, Exit> {
     match config {
         Some(path) => Ok(crate::config::Config::load(path)
             .map_err(Exit::config)?

@@ -81,7 +81,9 @@ impl Workspace {
             None => {
                 for entry in std::fs::read_dir(repo().join("rules")).unwrap() {
                     let p = entry.unwrap().path();
-                    std::fs::copy(&p, rules_dir.join(p.file_name().unwrap())).unwrap();
+                    if p.is_file() {
+                        std::fs::copy(&p, rules_dir.join(p.file_name().unwrap())).unwrap();
+                    }
                 }
             }
         }
