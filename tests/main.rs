@@ -4,6 +4,7 @@
 mod audit_log;
 mod bad_input;
 mod bounds;
+mod change_control;
 mod client;
 mod common;
 mod daemon;

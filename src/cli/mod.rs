@@ -5,6 +5,7 @@ mod audit;
 mod check;
 mod completions;
 mod demo;
+mod diff;
 mod exit;
 mod once;
 mod progress;
@@ -22,6 +23,7 @@ pub use audit::{AuditArgs, AuditCommand, AuditQuery};
 pub use check::CheckArgs;
 pub use completions::CompletionsArgs;
 pub use demo::DemoArgs;
+pub use diff::{DiffArgs, DiffFormat};
 pub use exit::{Exit, code_of};
 pub use once::OnceArgs;
 pub use report::{ReportArgs, ReportFormat};
@@ -73,6 +75,8 @@ pub enum Command {
     Check(CheckArgs),
     /// Evaluate one rule offline on a case file and print the changes it would make
     TestRule(TestRuleArgs),
+    /// What candidate rules would decide differently from the live ones, no writes
+    Diff(DiffArgs),
     /// Run the rule tests in RULES_DIR/tests/*.toml (exit 1 on a failed expectation)
     Test(TestArgs),
     /// Query the audit log, or verify its hash chain (`audit verify`)
@@ -106,6 +110,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Run => run::run(&cli).await,
         Command::Once(args) => once::run(&cli, args).await,
         Command::Check(args) => check::run(&cli, args).await,
+        Command::Diff(args) => diff::run(&cli, args).await,
         Command::Test(args) => test::run(&cli, args),
         Command::TestRule(args) => test_rule::run(args, cli.config.as_deref()),
         Command::Audit(args) => audit::run(&cli, args).await,

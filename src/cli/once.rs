@@ -1,5 +1,8 @@
 //! `casewarden once`: one pass now, under the audit store's claim, and its summary.
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Args;
@@ -7,8 +10,9 @@ use clap::Args;
 use super::{Cli, Exit, load_config};
 use crate::app::App;
 use crate::audit::ClaimError;
-use crate::pass::PassOptions;
+use crate::pass::{PageHook, PassOptions};
 use crate::report::print_report;
+use crate::stellar::Case;
 
 #[derive(Debug, Args)]
 pub struct OnceArgs {
@@ -22,6 +26,55 @@ pub struct OnceArgs {
     /// (one writer at a time); then exit 4 naming it
     #[arg(long, value_name = "SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub wait: u64,
+    /// Save the cases the pass listed to FILE (a JSON list), for `casewarden diff --cases`
+    /// and `test-rule`
+    #[arg(long, value_name = "FILE")]
+    pub save_cases: Option<PathBuf>,
+}
+
+/// Writes listed cases as one JSON list, page by page; the first write error is kept.
+struct CaseFile {
+    out: std::io::BufWriter<std::fs::File>,
+    written: usize,
+    error: Option<std::io::Error>,
+}
+
+impl CaseFile {
+    fn create(path: &Path) -> Result<CaseFile, Exit> {
+        let file = std::fs::File::create(path)
+            .map_err(|e| Exit::config(format!("--save-cases {}: {e}", path.display())))?;
+        let mut out = std::io::BufWriter::new(file);
+        let error = out.write_all(b"[").err();
+        Ok(CaseFile {
+            out,
+            written: 0,
+            error,
+        })
+    }
+
+    fn add(&mut self, cases: &[Case]) {
+        for case in cases {
+            if self.error.is_some() {
+                return;
+            }
+            let sep: &[u8] = if self.written == 0 { b"\n" } else { b",\n" };
+            let result = self.out.write_all(sep).and_then(|()| {
+                serde_json::to_writer(&mut self.out, case.raw()).map_err(Into::into)
+            });
+            self.written += 1;
+            self.error = result.err();
+        }
+    }
+
+    fn finish(mut self, path: &Path) -> Result<usize, Exit> {
+        let result = match self.error.take() {
+            Some(e) => Err(e),
+            None => self.out.write_all(b"\n]\n").and_then(|()| self.out.flush()),
+        };
+        result
+            .map(|()| self.written)
+            .map_err(|e| Exit::config(format!("--save-cases {}: {e}", path.display())))
+    }
 }
 
 pub(super) async fn run(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
@@ -49,6 +102,17 @@ pub(super) async fn run(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
     // The server could not be reached or refused the key.
     ctx.client.authenticate().await.map_err(Exit::server)?;
     let (bar, progress) = super::progress::pass_bar();
+    let saved = match &args.save_cases {
+        Some(path) => Some(Arc::new(Mutex::new(CaseFile::create(path)?))),
+        None => None,
+    };
+    let on_page = saved.clone().map(|file| {
+        PageHook(Arc::new(move |cases: &[Case]| {
+            if let Ok(mut f) = file.lock() {
+                f.add(cases);
+            }
+        }))
+    });
     let claimed = crate::pass::run_claimed(
         &ctx,
         &set,
@@ -57,6 +121,7 @@ pub(super) async fn run(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
             only: args.rules.clone(),
             trigger: "once".into(),
             progress: Some(progress),
+            on_page,
             ..PassOptions::default()
         },
         Duration::from_secs(args.wait),
@@ -69,6 +134,14 @@ pub(super) async fn run(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
         Err(ClaimError::Audit(e)) => return Err(e.into()),
     };
     print_report(&mut std::io::stdout().lock(), &report)?;
+    if let (Some(file), Some(path)) = (saved, &args.save_cases) {
+        let file = Arc::try_unwrap(file)
+            .ok()
+            .and_then(|m| m.into_inner().ok())
+            .ok_or_else(|| Exit::config("--save-cases: the pass still holds the file"))?;
+        let n = file.finish(path)?;
+        eprintln!("{n} listed case(s) saved to {}", path.display());
+    }
     ctx.audit.close().await;
     Ok(if report.has_failures() { 1 } else { 0 })
 }

@@ -10,7 +10,7 @@ use clap::Args;
 use serde::Deserialize;
 
 use super::{Cli, Exit};
-use crate::plan::{Decision, RuleChanges, plan_case};
+use crate::plan::{Decision, plan_case};
 use crate::rules::{EvalEnv, Rule, RuleSet};
 use crate::stellar::Case;
 
@@ -264,17 +264,9 @@ fn run_one(
         own_users: Arc::new(t.self_user.iter().cloned().collect()),
         ..base.clone()
     };
-    let mut requests = Vec::new();
-    let mut failure = Vec::new();
-    for (i, result) in set.evaluate_case(&rules, &case, &env) {
-        match result {
-            Ok(asked) => requests.push(RuleChanges {
-                rule: rules[i].name.clone(),
-                changes: asked.changes,
-            }),
-            Err(e) => failure.push(format!("rule error: {e}")),
-        }
-    }
+    let (requests, errors) =
+        super::test_rule::requests_of(set.evaluate_case(&rules, &case, &env), &rules);
+    let mut failure: Vec<String> = errors.iter().map(|e| format!("rule error: {e}")).collect();
     let plan = plan_case(&case, &requests);
     let mut actual: Vec<&Decision> = plan.decisions.iter().filter(|d| d.is_planned()).collect();
     let mut missing = Vec::new();

@@ -97,6 +97,25 @@ pub(super) fn calendars(
     config.calendars().map_err(Exit::config)
 }
 
+/// What the rules asked of a case, as a pass collects it, and their errors.
+pub(super) fn requests_of(
+    results: Vec<(usize, Result<crate::rules::Asked, crate::rules::EvalError>)>,
+    rules: &[Arc<crate::rules::Rule>],
+) -> (Vec<RuleChanges>, Vec<String>) {
+    let mut requests = Vec::new();
+    let mut errors = Vec::new();
+    for (i, result) in results {
+        match result {
+            Ok(asked) => requests.push(RuleChanges {
+                rule: rules[i].name.clone(),
+                changes: asked.changes,
+            }),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    (requests, errors)
+}
+
 /// `daemon.exempt_tags` from the config named with --config, else the default.
 pub(super) fn exempt_tags(config: Option<&std::path::Path>) -> Result<Vec<String>, Exit> {
     match config {
@@ -194,17 +213,7 @@ pub(super) fn run(args: &TestRuleArgs, config: Option<&std::path::Path>) -> anyh
             continue;
         }
         selected += 1;
-        let mut requests = Vec::new();
-        let mut errors = Vec::new();
-        for (i, result) in results {
-            match result {
-                Ok(asked) => requests.push(RuleChanges {
-                    rule: rules[i].name.clone(),
-                    changes: asked.changes,
-                }),
-                Err(e) => errors.push(e.to_string()),
-            }
-        }
+        let (mut requests, mut errors) = requests_of(results, &rules);
         if let Some(users) = &users {
             resolve_emails(&mut requests, users, &mut errors);
         }
@@ -267,7 +276,7 @@ fn print_excluded(
 
 /// The case objects of a saved file (any saved answer; trailing commas forgiven with a
 /// warning).
-fn read_cases(path: &std::path::Path) -> Result<Vec<serde_json::Value>, Exit> {
+pub(super) fn read_cases(path: &std::path::Path) -> Result<Vec<serde_json::Value>, Exit> {
     let raw = std::fs::read_to_string(path)
         .map_err(|e| Exit::config(format!("cannot read case file {}: {e}", path.display())))?;
     let (json, repaired) = crate::stellar::model::parse_lenient(&raw).map_err(|e| {

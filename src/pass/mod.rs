@@ -114,6 +114,18 @@ pub struct PassOptions {
     pub cancel: Option<Arc<AtomicBool>>,
     /// Told how far listing and applying have got (a progress bar on a terminal).
     pub progress: Option<Progress>,
+    /// Given every page of cases as listed (`once --save-cases`).
+    pub on_page: Option<PageHook>,
+}
+
+/// A callback for each listed page; called on the pass's task.
+#[derive(Clone)]
+pub struct PageHook(pub Arc<dyn Fn(&[Case]) + Send + Sync>);
+
+impl std::fmt::Debug for PageHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PageHook")
+    }
 }
 
 /// How far a pass has got.
@@ -615,6 +627,9 @@ impl Stage<'_> {
             }));
             report.cases_unparsable += page.skipped.len();
             report.cases_seen += page.cases.len();
+            if let Some(hook) = &self.opts.on_page {
+                (hook.0)(&page.cases);
+            }
             self.opts.tell(Step::Listed {
                 cases: (report.cases_seen + report.cases_unparsable) as u64,
                 total: page.total,
