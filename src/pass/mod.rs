@@ -118,9 +118,12 @@ pub struct PassOptions {
     pub on_page: Option<PageHook>,
 }
 
+/// What is called with each listed page.
+pub type PageFn = dyn Fn(&[Case]) + Send + Sync;
+
 /// A callback for each listed page; called on the pass's task.
 #[derive(Clone)]
-pub struct PageHook(pub Arc<dyn Fn(&[Case]) + Send + Sync>);
+pub struct PageHook(pub Arc<PageFn>);
 
 impl std::fmt::Debug for PageHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
