@@ -4,6 +4,8 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
+use casewarden::audit::Filter;
+
 use crate::common::*;
 
 const LIVE: &str = "const RULE = #{ name: \"heat\", max_change_fraction: 1.0 };\nfn evaluate(c) {\n    if c.priority == \"High\" { add_tag(\"hot\"); }\n    if c.priority == \"Medium\" { add_tag(\"warm\"); }\n}\n";
@@ -109,4 +111,107 @@ async fn diff_reports_exactly_what_a_modified_rule_gains_and_loses() {
     );
     let one = high.iter().next().unwrap();
     assert!(text.contains(&format!("  - case {one} (ticket ")), "{text}");
+}
+
+/// A reviewed plan: `once --dry-run --out` writes it and sends nothing (exit 2 with
+/// `--detailed-exitcode`: changes pending); after a person changed one case, `apply`
+/// applies the rest exactly as planned and skips that one; the plan cannot be applied
+/// twice, nor against another server, nor after it expired.
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_applies_the_reviewed_plan_and_skips_what_a_person_changed_since() {
+    let sim = start(sim_options(30)).await;
+    let rule = "const RULE = #{ name: \"raise\", max_change_fraction: 1.0, query: #{ priority: \"Low\" } };\nfn evaluate(c) { set_priority(\"Medium\", \"reviewed raise\"); }\n";
+    let ws = Workspace::new(
+        &sim.url,
+        "legacy",
+        "comment_changes = false",
+        Some(&[("raise.rhai", rule)]),
+    );
+    let low: Vec<String> = sim
+        .state()
+        .cases
+        .iter()
+        .filter(|c| c["priority"] == "Low")
+        .map(|c| c["_id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(low.len() >= 2);
+    let plan = ws.dir.path().join("plan.json");
+    let out = ws
+        .run(&[
+            "once",
+            "--dry-run",
+            "--detailed-exitcode",
+            "--out",
+            plan.to_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "changes pending: {}",
+        stderr(&out)
+    );
+    assert_eq!(sim.state().write_requests(), 0);
+    let written: Value = serde_json::from_str(&std::fs::read_to_string(&plan).unwrap()).unwrap();
+    assert_eq!(written["cases"].as_array().unwrap().len(), low.len());
+    assert_eq!(written["server_url"], sim.url.as_str());
+
+    // A person raises one case to High after the review.
+    let touched = low[0].clone();
+    sim.state().human_change(
+        &touched,
+        "alice@example.com",
+        "priority",
+        serde_json::json!("High"),
+    );
+    let out = ws.run(&["apply", plan.to_str().unwrap()]).await;
+    assert_exit(&out, 0);
+    let state = sim.state();
+    assert_eq!(
+        state.case(&touched).unwrap()["priority"],
+        "High",
+        "left as the person set it"
+    );
+    for id in &low[1..] {
+        assert_eq!(state.case(id).unwrap()["priority"], "Medium", "case {id}");
+    }
+    drop(state);
+    let plan_id = written["plan_id"].as_str().unwrap();
+    let rows = ws.audit(Filter::default()).await;
+    let skipped: Vec<_> = rows
+        .iter()
+        .filter(|r| r.case_id == touched && r.outcome == "skipped")
+        .collect();
+    assert_eq!(skipped.len(), 1, "{rows:?}");
+    assert!(
+        skipped[0].reason.contains("case changed since the plan"),
+        "{}",
+        skipped[0].reason
+    );
+    let applied: Vec<_> = rows.iter().filter(|r| r.outcome == "applied").collect();
+    assert_eq!(applied.len(), low.len() - 1);
+    assert!(
+        rows.iter()
+            .filter(|r| r.outcome == "planned" && !r.dry_run)
+            .all(|r| r.reason.contains(&format!("[plan {plan_id}]")))
+    );
+
+    // Not twice; not for another server; not once expired.
+    let again = ws.run(&["apply", plan.to_str().unwrap()]).await;
+    assert_fails_with(&again, 2, "was already applied by pass");
+    let mut other: Value = written.clone();
+    other["server_url"] = "https://other.example.com".into();
+    let other_file = ws.dir.path().join("other.json");
+    std::fs::write(&other_file, other.to_string()).unwrap();
+    let out = ws.run(&["apply", other_file.to_str().unwrap()]).await;
+    assert_fails_with(&out, 2, "the plan is for https://other.example.com");
+    let mut old = written.clone();
+    old["plan_id"] = "expired-plan".into();
+    old["expires_at"] = "2020-01-01T00:00:00.000Z".into();
+    let old_file = ws.dir.path().join("old.json");
+    std::fs::write(&old_file, old.to_string()).unwrap();
+    let out = ws.run(&["apply", old_file.to_str().unwrap()]).await;
+    assert_fails_with(&out, 2, "the plan expired at 2020-01-01");
+    let none = ws.run(&["once", "--dry-run", "--detailed-exitcode"]).await;
+    assert_eq!(none.status.code(), Some(0), "nothing left to change");
 }

@@ -435,6 +435,16 @@ impl AuditStore {
             .collect()
     }
 
+    /// The newest pass started by `trigger` that was not a dry run, if any.
+    pub async fn live_pass_by(&self, trigger: &str) -> Result<Option<PassRow>, AuditError> {
+        Ok(sqlx::query_as::<_, PassRow>(
+            "SELECT * FROM passes WHERE trigger_kind = ? AND dry_run = 0 ORDER BY started_at DESC LIMIT 1",
+        )
+        .bind(trigger)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
     /// Remembers the users' emails (see the `users` table).
     pub async fn remember_users(
         &self,

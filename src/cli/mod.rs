@@ -1,6 +1,7 @@
 //! The command line: clap definitions and the glue that runs each command and turns its
 //! result into the exit codes of INTERFACE.md.
 
+mod apply;
 mod audit;
 mod check;
 mod completions;
@@ -8,6 +9,7 @@ mod demo;
 mod diff;
 mod exit;
 mod once;
+mod plan_file;
 mod progress;
 mod report;
 mod run;
@@ -19,6 +21,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+pub use apply::ApplyArgs;
 pub use audit::{AuditArgs, AuditCommand, AuditQuery};
 pub use check::CheckArgs;
 pub use completions::CompletionsArgs;
@@ -75,6 +78,9 @@ pub enum Command {
     Check(CheckArgs),
     /// Evaluate one rule offline on a case file and print the changes it would make
     TestRule(TestRuleArgs),
+    /// Apply exactly a reviewed plan (from `once --dry-run --out`), skipping changes whose
+    /// case changed since
+    Apply(ApplyArgs),
     /// What candidate rules would decide differently from the live ones, no writes
     Diff(DiffArgs),
     /// Run the rule tests in RULES_DIR/tests/*.toml (exit 1 on a failed expectation)
@@ -110,6 +116,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Run => run::run(&cli).await,
         Command::Once(args) => once::run(&cli, args).await,
         Command::Check(args) => check::run(&cli, args).await,
+        Command::Apply(args) => apply::run(&cli, args).await,
         Command::Diff(args) => diff::run(&cli, args).await,
         Command::Test(args) => test::run(&cli, args),
         Command::TestRule(args) => test_rule::run(args, cli.config.as_deref()),

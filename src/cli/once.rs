@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use super::plan_file::PlanFile;
 use super::{Cli, Exit, load_config};
 use crate::app::App;
 use crate::audit::ClaimError;
@@ -30,6 +31,16 @@ pub struct OnceArgs {
     /// and `test-rule`
     #[arg(long, value_name = "FILE")]
     pub save_cases: Option<PathBuf>,
+    /// Write the plan for review to FILE; `casewarden apply FILE` applies exactly it
+    #[arg(long, value_name = "FILE", requires = "dry_run")]
+    pub out: Option<PathBuf>,
+    /// How long the written plan may be applied: 30m, 24h, 7d
+    #[arg(long, value_name = "DURATION", default_value = "24h", requires = "out")]
+    pub expires: String,
+    /// With --dry-run: exit 0 when nothing would change, 2 when changes are pending, 1 on
+    /// an error (as `terraform plan -detailed-exitcode`)
+    #[arg(long, requires = "dry_run")]
+    pub detailed_exitcode: bool,
 }
 
 /// Writes listed cases as one JSON list, page by page; the first write error is kept.
@@ -78,6 +89,8 @@ impl CaseFile {
 }
 
 pub(super) async fn run(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
+    let valid_for = crate::time::parse_duration(&args.expires)
+        .map_err(|e| Exit::config(format!("--expires: {e}")))?;
     let config = load_config(cli)?;
     let app = App::build(&config, None).await.map_err(Exit::config)?;
     let (set, ctx) = (app.rules, app.ctx);
@@ -142,6 +155,36 @@ pub(super) async fn run(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
         let n = file.finish(path)?;
         eprintln!("{n} listed case(s) saved to {}", path.display());
     }
+    if let Some(path) = &args.out {
+        let plan = PlanFile::of(
+            &report.plans,
+            &report.run_id,
+            &config.stellar.url,
+            &set.fingerprint,
+            valid_for,
+        );
+        plan.write(path)?;
+        eprintln!(
+            "plan {} written to {}: {} change(s) on {} case(s), {} of them halted by the guard; valid until {}. Review it, then: casewarden apply {}",
+            plan.plan_id,
+            path.display(),
+            plan.pending(true),
+            plan.cases.len(),
+            plan.pending(true) - plan.pending(false),
+            plan.expires_at,
+            path.display()
+        );
+    }
     ctx.audit.close().await;
+    if args.detailed_exitcode {
+        let pending = report.plans.iter().any(|p| p.has_work());
+        return Ok(
+            match (report.error.is_some() || report.failed > 0, pending) {
+                (true, _) => 1,
+                (false, true) => 2,
+                (false, false) => 0,
+            },
+        );
+    }
     Ok(if report.has_failures() { 1 } else { 0 })
 }

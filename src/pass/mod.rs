@@ -83,15 +83,25 @@ pub async fn run_claimed(
     opts: &PassOptions,
     wait: Duration,
 ) -> Result<PassReport, ClaimError> {
+    with_claim(ctx, wait, async || run_pass(ctx, set, opts).await).await
+}
+
+/// Runs `work` under the audit store's one-writer claim, after settling what an earlier
+/// process left open: nothing else passes on this store meanwhile.
+pub async fn with_claim<T>(
+    ctx: &PassContext,
+    wait: Duration,
+    work: impl AsyncFnOnce() -> T,
+) -> Result<T, ClaimError> {
     let claim = ctx.audit.claim(wait).await?;
     if claim.first
         && let Err(e) = reconcile(ctx, claim.previous.as_ref()).await
     {
         tracing::error!(error = %e, "cannot settle the changes of an earlier pass; they stay open and are not re-sent");
     }
-    let report = run_pass(ctx, set, opts).await;
+    let out = work().await;
     claim.release().await;
-    Ok(report)
+    Ok(out)
 }
 
 /// What a pass needs: the API, the log, and the settings.
@@ -116,6 +126,9 @@ pub struct PassOptions {
     pub progress: Option<Progress>,
     /// Given every page of cases as listed (`once --save-cases`).
     pub on_page: Option<PageHook>,
+    /// Apply exactly these reviewed case plans (`casewarden apply`) instead of listing and
+    /// planning: no guard and no budget, the review took their place.
+    pub plans: Option<Arc<Vec<CasePlan>>>,
 }
 
 /// What is called with each listed page.
@@ -524,9 +537,18 @@ async fn run(
             .collect(),
         rules,
     };
-    let Some(plans) = stage.plan(report).await? else {
-        report.interrupted = true;
-        return Ok(());
+    let plans = match &opts.plans {
+        Some(given) => {
+            report.cases_seen = given.len();
+            given.to_vec()
+        }
+        None => match stage.plan(report).await? {
+            Some(plans) => plans,
+            None => {
+                report.interrupted = true;
+                return Ok(());
+            }
+        },
     };
     let seq_of = stage.record_intent(&plans, report).await?;
     let plans = stage.hold_back_shadow_rules(plans);

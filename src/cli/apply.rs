@@ -1,0 +1,159 @@
+//! `casewarden apply PLAN.json`: applies exactly a reviewed plan. Each case is read back
+//! first; a change whose `old` no longer holds is skipped ("case changed since the plan").
+//! A plan for another server, or past its expiry, is refused. Audited as a pass whose
+//! trigger and reasons name the plan.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use futures::StreamExt;
+
+use super::plan_file::PlanFile;
+use super::{Cli, Exit, load_config};
+use crate::app::App;
+use crate::audit::ClaimError;
+use crate::pass::PassOptions;
+use crate::report::print_report;
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "casewarden once --dry-run --out plan.json     # review plan.json
+casewarden apply plan.json --dry-run           # what would still apply now
+casewarden apply plan.json"
+)]
+pub struct ApplyArgs {
+    /// The plan written by `casewarden once --dry-run --out`
+    pub plan: PathBuf,
+    /// Check the plan against the cases and record it, send nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also apply the changes the blast-radius guard halted when the plan was made
+    #[arg(long)]
+    pub include_halted: bool,
+    /// How long to wait for another casewarden pass on the same audit store to finish
+    #[arg(long, value_name = "SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub wait: u64,
+}
+
+/// Each case of the plan as it is now (read concurrently), its changes checked against it.
+async fn check_cases(
+    ctx: &crate::pass::PassContext,
+    plan: &PlanFile,
+    include_halted: bool,
+) -> anyhow::Result<Vec<crate::plan::CasePlan>> {
+    let fresh: Vec<_> = futures::stream::iter(&plan.cases)
+        .map(|c| {
+            let client = ctx.client.clone();
+            async move { (c, client.get_case(&c.case_id).await) }
+        })
+        .buffer_unordered(ctx.settings.max_in_flight.max(1))
+        .collect()
+        .await;
+    let mut plans = Vec::new();
+    for (c, now) in fresh {
+        match now {
+            Ok(now) => plans.push(c.against(&now, include_halted, &plan.plan_id)?),
+            Err(e) if e.http_status() == Some(404) => {
+                eprintln!(
+                    "case {} no longer exists: its changes are not applied",
+                    c.case_id
+                );
+            }
+            Err(e) => {
+                return Err(Exit::server(format!(
+                    "cannot read case {} to check the plan: {e}",
+                    c.case_id
+                ))
+                .into());
+            }
+        }
+    }
+    Ok(plans)
+}
+
+/// The server URL without a trailing slash, for comparing.
+fn same_server(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/')
+        .eq_ignore_ascii_case(b.trim_end_matches('/'))
+}
+
+pub(super) async fn run(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<u8> {
+    let plan = PlanFile::read(&args.plan)?;
+    let config = load_config(cli)?;
+    if !same_server(&plan.server_url, &config.stellar.url) {
+        return Err(Exit::config(format!(
+            "{}: the plan is for {}, this config's server is {}: refused",
+            args.plan.display(),
+            plan.server_url,
+            config.stellar.url
+        ))
+        .into());
+    }
+    let expires = chrono::DateTime::parse_from_rfc3339(&plan.expires_at)
+        .map_err(|e| Exit::config(format!("{}: expires_at: {e}", args.plan.display())))?;
+    if expires < chrono::Utc::now() {
+        return Err(Exit::config(format!(
+            "{}: the plan expired at {}: refused; make a new one with once --dry-run --out",
+            args.plan.display(),
+            plan.expires_at
+        ))
+        .into());
+    }
+    let app = App::build(&config, None).await.map_err(Exit::config)?;
+    let (set, ctx) = (app.rules, app.ctx);
+    if set.fingerprint != plan.rules_fingerprint {
+        tracing::warn!("the rules changed since the plan was made; the plan applies as reviewed");
+    }
+    let mut rules: Vec<String> = plan
+        .cases
+        .iter()
+        .flat_map(|c| c.changes.iter().map(|ch| ch.rule.clone()))
+        .collect();
+    rules.sort();
+    rules.dedup();
+    if let Some(missing) = rules
+        .iter()
+        .find(|r| !set.rules.iter().any(|x| &&x.name == r))
+    {
+        return Err(Exit::config(format!(
+            "the plan's rule {missing:?} is no longer in {}; apply needs the rules it was made with",
+            config.daemon.rules_dir.display()
+        ))
+        .into());
+    }
+    let trigger = format!("apply plan {}", plan.plan_id);
+    ctx.client.authenticate().await.map_err(Exit::server)?;
+    // Under the one-writer claim, so two applies of one plan cannot both go out.
+    let claimed = crate::pass::with_claim(&ctx, Duration::from_secs(args.wait), async || {
+        if let Some(done) = ctx.audit.live_pass_by(&trigger).await? {
+            return Err(Exit::config(format!(
+                "{}: plan {} was already applied by pass {} at {}: refused (its comments would be posted twice); make a new plan",
+                args.plan.display(),
+                plan.plan_id,
+                done.id,
+                done.started_at
+            ))
+            .into());
+        }
+        let plans = check_cases(&ctx, &plan, args.include_halted).await?;
+        let opts = PassOptions {
+            dry_run: args.dry_run,
+            only: rules.clone(),
+            trigger: trigger.clone(),
+            plans: Some(Arc::new(plans)),
+            ..PassOptions::default()
+        };
+        Ok::<_, anyhow::Error>(crate::pass::run_pass(&ctx, &set, &opts).await)
+    })
+    .await;
+    let report = match claimed {
+        Ok(report) => report?,
+        Err(ClaimError::Held(held)) => return Err(Exit::held(held).into()),
+        Err(ClaimError::Audit(e)) => return Err(e.into()),
+    };
+    print_report(&mut std::io::stdout().lock(), &report)?;
+    ctx.audit.close().await;
+    Ok(if report.has_failures() { 1 } else { 0 })
+}

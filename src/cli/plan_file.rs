@@ -1,0 +1,223 @@
+//! The reviewed plan (`once --dry-run --out PLAN.json`, `casewarden apply PLAN.json`):
+//! every decision of a dry run with what a reviewer needs to trust it, and what `apply`
+//! needs to refuse a stale or foreign one.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::Exit;
+use crate::plan::{CasePlan, Decision, Field};
+use crate::stellar::Case;
+
+/// The skip note of a change the blast-radius guard held back.
+const HALTED: &str = "blast-radius guard:";
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanFile {
+    pub plan_id: String,
+    /// The dry-run pass that made it.
+    pub pass_id: String,
+    pub created_at: String,
+    pub expires_at: String,
+    pub server_url: String,
+    pub rules_fingerprint: String,
+    pub cases: Vec<PlannedCase>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlannedCase {
+    pub case_id: String,
+    pub ticket_id: Option<i64>,
+    pub changes: Vec<PlannedChange>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlannedChange {
+    pub rule: String,
+    pub field: String,
+    pub old: Option<String>,
+    pub new: Option<String>,
+    pub reason: String,
+    /// Held back by the blast-radius guard: applied only with `apply --include-halted`.
+    #[serde(default)]
+    pub halted: bool,
+}
+
+impl PlanFile {
+    /// The plan of a dry-run pass: its planned changes and those the guard halted.
+    pub fn of(
+        plans: &[CasePlan],
+        pass_id: &str,
+        server_url: &str,
+        fingerprint: &str,
+        valid_for: chrono::Duration,
+    ) -> PlanFile {
+        let now = chrono::Utc::now();
+        let cases = plans
+            .iter()
+            .filter_map(|p| {
+                let changes: Vec<PlannedChange> = p
+                    .decisions
+                    .iter()
+                    .filter_map(|d| {
+                        let halted = d.skipped.as_deref().is_some_and(|s| s.contains(HALTED));
+                        (d.is_planned() || halted).then(|| PlannedChange {
+                            rule: d.rule.clone(),
+                            field: d.field.to_string(),
+                            old: d.old.clone(),
+                            new: d.new.clone(),
+                            reason: d.reason.clone(),
+                            halted,
+                        })
+                    })
+                    .collect();
+                (!changes.is_empty()).then(|| PlannedCase {
+                    case_id: p.case_id.clone(),
+                    ticket_id: p.ticket_id,
+                    changes,
+                })
+            })
+            .collect();
+        PlanFile {
+            plan_id: uuid::Uuid::new_v4().to_string(),
+            pass_id: pass_id.to_string(),
+            created_at: crate::time::timestamp(now),
+            expires_at: crate::time::timestamp(now + valid_for),
+            server_url: server_url.to_string(),
+            rules_fingerprint: fingerprint.to_string(),
+            cases,
+        }
+    }
+
+    pub fn write(&self, path: &Path) -> Result<(), Exit> {
+        let text = serde_json::to_string_pretty(self).map_err(Exit::config)?;
+        std::fs::write(path, text + "\n")
+            .map_err(|e| Exit::config(format!("--out {}: {e}", path.display())))
+    }
+
+    pub fn read(path: &Path) -> Result<PlanFile, Exit> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Exit::config(format!("{}: {e}", path.display())))?;
+        serde_json::from_str(&text)
+            .map_err(|e| Exit::config(format!("{}: not a casewarden plan: {e}", path.display())))
+    }
+
+    /// Changes that will be offered for applying (halted ones only when asked).
+    pub fn pending(&self, include_halted: bool) -> usize {
+        self.cases
+            .iter()
+            .flat_map(|c| &c.changes)
+            .filter(|c| include_halted || !c.halted)
+            .count()
+    }
+}
+
+impl PlannedCase {
+    /// The case's plan against the case as it is now: a change whose `old` no longer holds
+    /// is skipped ("case changed since the plan"), as is a halted one unless included.
+    pub fn against(
+        &self,
+        now: &Case,
+        include_halted: bool,
+        plan_id: &str,
+    ) -> Result<CasePlan, Exit> {
+        let decisions = self
+            .changes
+            .iter()
+            .map(|c| {
+                let field = Field::parse(&c.field).ok_or_else(|| {
+                    Exit::config(format!("case {}: unknown field {:?} in the plan", self.case_id, c.field))
+                })?;
+                let skipped = if c.halted && !include_halted {
+                    Some("halted by the blast-radius guard when planned; apply --include-halted applies it".to_string())
+                } else {
+                    still_holds(now, field, c).err()
+                };
+                Ok(Decision {
+                    rule: c.rule.clone(),
+                    field,
+                    old: c.old.clone(),
+                    new: c.new.clone(),
+                    reason: format!("{} [plan {plan_id}]", c.reason),
+                    skipped,
+                })
+            })
+            .collect::<Result<Vec<Decision>, Exit>>()?;
+        let mut decisions = decisions;
+        // A comment explains its rule's changes: none of them going out, neither does it.
+        let silent: Vec<String> = decisions
+            .iter()
+            .filter(|d| d.field != Field::Comment)
+            .map(|d| d.rule.clone())
+            .filter(|r| {
+                !decisions
+                    .iter()
+                    .any(|d| &d.rule == r && d.field != Field::Comment && d.is_planned())
+            })
+            .collect();
+        for d in decisions.iter_mut() {
+            if d.field == Field::Comment && d.is_planned() && silent.contains(&d.rule) {
+                d.skipped = Some("the changes this comment explains are not applied".into());
+            }
+        }
+        Ok(CasePlan {
+            case_id: self.case_id.clone(),
+            ticket_id: self.ticket_id,
+            decisions,
+            // Checked just now, change by change.
+            stamp: None,
+        })
+    }
+}
+
+/// Whether the case still holds what the plan saw (`old`), so the change means what the
+/// reviewer approved; why not, if not.
+fn still_holds(case: &Case, field: Field, c: &PlannedChange) -> Result<(), String> {
+    let changed = |now: String| {
+        Err(format!(
+            "case changed since the plan: {field} was {:?} when planned, now {now:?}",
+            c.old.as_deref().unwrap_or("")
+        ))
+    };
+    let new = c.new.as_deref().unwrap_or("");
+    match field {
+        Field::Comment => Ok(()),
+        Field::Tags => {
+            let (sign, tag) = new.split_at_checked(1).unwrap_or(("", ""));
+            let has = case.has_tag(tag);
+            if (sign == "+" && has) || (sign == "-" && !has) {
+                Err(format!(
+                    "case changed since the plan: tag {tag} is already {}",
+                    if has { "there" } else { "gone" }
+                ))
+            } else {
+                Ok(())
+            }
+        }
+        Field::Priority => {
+            let now = case.priority().to_string();
+            if Some(now.as_str()) == c.old.as_deref() {
+                Ok(())
+            } else {
+                changed(now)
+            }
+        }
+        other => {
+            let now = case
+                .raw()
+                .get(other.as_str())
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            if now == c.old.as_deref().unwrap_or("") {
+                Ok(())
+            } else {
+                changed(now)
+            }
+        }
+    }
+}
