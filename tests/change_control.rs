@@ -166,16 +166,17 @@ async fn apply_applies_the_reviewed_plan_and_skips_what_a_person_changed_since()
     );
     let out = ws.run(&["apply", plan.to_str().unwrap()]).await;
     assert_exit(&out, 0);
-    let state = sim.state();
-    assert_eq!(
-        state.case(&touched).unwrap()["priority"],
-        "High",
-        "left as the person set it"
-    );
-    for id in &low[1..] {
-        assert_eq!(state.case(id).unwrap()["priority"], "Medium", "case {id}");
+    {
+        let state = sim.state();
+        assert_eq!(
+            state.case(&touched).unwrap()["priority"],
+            "High",
+            "left as the person set it"
+        );
+        for id in &low[1..] {
+            assert_eq!(state.case(id).unwrap()["priority"], "Medium", "case {id}");
+        }
     }
-    drop(state);
     let plan_id = written["plan_id"].as_str().unwrap();
     let rows = ws.audit(Filter::default()).await;
     let skipped: Vec<_> = rows
