@@ -216,3 +216,96 @@ async fn apply_applies_the_reviewed_plan_and_skips_what_a_person_changed_since()
     let none = ws.run(&["once", "--dry-run", "--detailed-exitcode"]).await;
     assert_eq!(none.status.code(), Some(0), "nothing left to change");
 }
+
+/// `revert PASS`: every value the pass set is set back, except where a person changed the
+/// case since; its comment gets a note instead of a deletion; the revert is a pass of its
+/// own (rule `revert:PASS`), refused twice, and can itself be reverted.
+#[tokio::test(flavor = "multi_thread")]
+async fn revert_restores_what_a_pass_set_and_leaves_what_a_person_changed() {
+    let sim = start(sim_options(40)).await;
+    let rule = "const RULE = #{ name: \"raise\", max_change_fraction: 1.0, query: #{ priority: \"Low\" } };\nfn evaluate(c) { set_priority(\"Medium\", \"raise\"); add_tag(\"raised\", \"raise\"); comment(\"raised by casewarden\"); }\n";
+    let ws = Workspace::new(
+        &sim.url,
+        "legacy",
+        "comment_changes = false",
+        Some(&[("raise.rhai", rule)]),
+    );
+    let low: Vec<String> = sim
+        .state()
+        .cases
+        .iter()
+        .filter(|c| c["priority"] == "Low")
+        .map(|c| c["_id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(low.len() >= 2);
+    let out = ws.run(&["once"]).await;
+    assert_exit(&out, 0);
+    let rows = ws.audit(Filter::default()).await;
+    let pass = rows[0].run_id.clone();
+    let touched = low[0].clone();
+    sim.state().human_change(
+        &touched,
+        "alice@example.com",
+        "priority",
+        serde_json::json!("Critical"),
+    );
+
+    let out = ws.run(&["revert", &pass]).await;
+    assert_exit(&out, 0);
+    {
+        let state = sim.state();
+        let has = |id: &str, tag: &str| {
+            state.case(id).unwrap()["tags"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t == tag)
+        };
+        for id in &low[1..] {
+            assert_eq!(state.case(id).unwrap()["priority"], "Low", "case {id}");
+            assert!(!has(id, "raised"), "case {id}");
+        }
+        assert_eq!(state.case(&touched).unwrap()["priority"], "Critical");
+        assert!(
+            !has(&touched, "raised"),
+            "the tag it still held is taken back"
+        );
+        for id in &low {
+            let notes = state.comments.get(id.as_str()).cloned().unwrap_or_default();
+            assert!(
+                notes.iter().any(|c| c
+                    .to_string()
+                    .contains(&format!("casewarden reverted pass {pass}"))),
+                "case {id}: {notes:?}"
+            );
+        }
+    }
+    let actor = format!("revert:{pass}");
+    let reverted = ws
+        .audit(Filter {
+            rule: Some(actor.clone()),
+            ..Filter::default()
+        })
+        .await;
+    let skipped: Vec<_> = reverted.iter().filter(|r| r.outcome == "skipped").collect();
+    assert_eq!(skipped.len(), 1, "{reverted:?}");
+    assert_eq!(skipped[0].case_id, touched);
+    assert!(
+        skipped[0].reason.contains("the case changed since pass"),
+        "{}",
+        skipped[0].reason
+    );
+    assert_eq!(
+        reverted.iter().filter(|r| r.outcome == "applied").count(),
+        3 * low.len() - 1,
+        "priority, tag and note per case, the touched priority left"
+    );
+
+    let again = ws.run(&["revert", &pass]).await;
+    assert_fails_with(&again, 2, "was already reverted by pass");
+    // The revert is a pass too: reverting it sets the values back again.
+    let revert_pass = reverted[0].run_id.clone();
+    let out = ws.run(&["revert", &revert_pass]).await;
+    assert_exit(&out, 0);
+    assert_eq!(sim.state().case(&low[1]).unwrap()["priority"], "Medium");
+}

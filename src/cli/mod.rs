@@ -12,6 +12,7 @@ mod once;
 mod plan_file;
 mod progress;
 mod report;
+mod revert;
 mod run;
 mod simulate;
 mod test;
@@ -30,6 +31,7 @@ pub use diff::{DiffArgs, DiffFormat};
 pub use exit::{Exit, code_of};
 pub use once::OnceArgs;
 pub use report::{ReportArgs, ReportFormat};
+pub use revert::RevertArgs;
 pub use simulate::SimulateArgs;
 pub use test::TestArgs;
 pub use test_rule::{TestFormat, TestRuleArgs};
@@ -81,6 +83,8 @@ pub enum Command {
     /// Apply exactly a reviewed plan (from `once --dry-run --out`), skipping changes whose
     /// case changed since
     Apply(ApplyArgs),
+    /// Undo a pass's applied changes where the case still holds what it wrote
+    Revert(RevertArgs),
     /// What candidate rules would decide differently from the live ones, no writes
     Diff(DiffArgs),
     /// Run the rule tests in RULES_DIR/tests/*.toml (exit 1 on a failed expectation)
@@ -118,6 +122,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Check(args) => check::run(&cli, args).await,
         Command::Apply(args) => apply::run(&cli, args).await,
         Command::Diff(args) => diff::run(&cli, args).await,
+        Command::Revert(args) => revert::run(&cli, args).await,
         Command::Test(args) => test::run(&cli, args),
         Command::TestRule(args) => test_rule::run(args, cli.config.as_deref()),
         Command::Audit(args) => audit::run(&cli, args).await,

@@ -324,11 +324,11 @@ fn pushdown(rules: &[Arc<Rule>]) -> Vec<(String, String)> {
     out
 }
 
-fn event(run_id: &str, rule: &Rule, plan: &CasePlan, d: &Decision, dry_run: bool) -> NewEvent {
+fn event(run_id: &str, actor: &Actor, plan: &CasePlan, d: &Decision, dry_run: bool) -> NewEvent {
     NewEvent {
         run_id: run_id.to_string(),
         rule: d.rule.clone(),
-        rule_hash: rule.source_hash.clone(),
+        rule_hash: actor.hash.clone(),
         case_id: plan.case_id.clone(),
         ticket_id: plan.ticket_id,
         field: d.field.to_string(),
@@ -511,17 +511,38 @@ async fn run(
         })
         .cloned()
         .collect();
-    report.rules = rules
+    // Who changes cases this pass: the rules, and for given plans also the names they
+    // carry that are no rule (`revert:PASS`).
+    let mut actors: Vec<Actor> = rules
         .iter()
-        .map(|r| RuleStats {
+        .map(|r| Actor {
             name: r.name.clone(),
+            hash: r.source_hash.clone(),
+            shadow: r.dry_run,
+        })
+        .collect();
+    for p in opts.plans.iter().flat_map(|p| p.iter()) {
+        for d in &p.decisions {
+            if !actors.iter().any(|a| a.name == d.rule) {
+                actors.push(Actor {
+                    name: d.rule.clone(),
+                    hash: String::new(),
+                    shadow: false,
+                });
+            }
+        }
+    }
+    report.rules = actors
+        .iter()
+        .map(|a| RuleStats {
+            name: a.name.clone(),
             ..RuleStats::default()
         })
         .collect();
     ctx.audit
         .start_pass(&report.run_id, &opts.trigger, &set.fingerprint, dry_run)
         .await?;
-    if rules.is_empty() {
+    if actors.is_empty() {
         return Ok(());
     }
     let deadline = tokio::time::Instant::now() + ctx.settings.pass_timeout;
@@ -530,12 +551,13 @@ async fn run(
         set,
         opts,
         dry_run,
-        index_of: rules
+        index_of: actors
             .iter()
             .enumerate()
-            .map(|(i, r)| (r.name.clone(), i))
+            .map(|(i, a)| (a.name.clone(), i))
             .collect(),
         rules,
+        actors,
     };
     let plans = match &opts.plans {
         Some(given) => {
@@ -567,7 +589,18 @@ struct Stage<'a> {
     opts: &'a PassOptions,
     dry_run: bool,
     rules: Vec<Arc<Rule>>,
+    /// The rules first, in the same order, then any other name a given plan carries.
+    actors: Vec<Actor>,
     index_of: HashMap<String, usize>,
+}
+
+/// Whose decisions a pass records: a rule, or a command acting like one (`revert:PASS`).
+struct Actor {
+    name: String,
+    /// The rule file's SHA-256 (empty for a command).
+    hash: String,
+    /// A shadow rule: recorded, never sent.
+    shadow: bool,
 }
 
 /// The planning state carried from page to page.
@@ -581,9 +614,9 @@ struct Planning {
 }
 
 impl Stage<'_> {
-    fn rule_of(&self, name: &str) -> Option<(usize, &Rule)> {
+    fn rule_of(&self, name: &str) -> Option<(usize, &Actor)> {
         let &i = self.index_of.get(name)?;
-        Some((i, &self.rules[i]))
+        Some((i, &self.actors[i]))
     }
 
     /// fetch -> evaluate -> plan, a page at a time (the next page downloads while this one
@@ -794,7 +827,7 @@ impl Stage<'_> {
             if repeated.contains(&(p.case_id.as_str(), d.rule.as_str())) {
                 not_again += 1;
             } else {
-                let dry = self.dry_run || rule.dry_run;
+                let dry = self.dry_run || rule.shadow;
                 events.push(event(&report.run_id, rule, p, d, dry));
                 owners.push(id);
             }
@@ -827,7 +860,7 @@ impl Stage<'_> {
         for (_, p, d) in plan::decisions(plans) {
             if !self
                 .rule_of(&d.rule)
-                .is_some_and(|(_, r)| self.dry_run || r.dry_run)
+                .is_some_and(|(_, r)| self.dry_run || r.shadow)
             {
                 continue;
             }
@@ -876,10 +909,10 @@ impl Stage<'_> {
     /// sent while the other rules' changes are.
     fn hold_back_shadow_rules(&self, mut plans: Vec<CasePlan>) -> Vec<CasePlan> {
         let shadow: Vec<&str> = self
-            .rules
+            .actors
             .iter()
-            .filter(|r| r.dry_run)
-            .map(|r| r.name.as_str())
+            .filter(|a| a.shadow)
+            .map(|a| a.name.as_str())
             .collect();
         if !shadow.is_empty() {
             for p in &mut plans {
@@ -918,9 +951,9 @@ impl Stage<'_> {
             tx,
             seq_of,
             rule_hash: self
-                .rules
+                .actors
                 .iter()
-                .map(|r| (r.name.clone(), r.source_hash.clone()))
+                .map(|a| (a.name.clone(), a.hash.clone()))
                 .collect(),
             run_id: report.run_id.clone(),
             cancel: self.opts.cancel.clone(),
