@@ -309,3 +309,61 @@ async fn revert_restores_what_a_pass_set_and_leaves_what_a_person_changed() {
     assert_exit(&out, 0);
     assert_eq!(sim.state().case(&low[1]).unwrap()["priority"], "Medium");
 }
+
+/// A rule the guard halts: its changes are in the plan marked `halted`; `apply` holds them
+/// back unless `--include-halted` (the reviewer's approval) is given.
+#[tokio::test(flavor = "multi_thread")]
+async fn halted_changes_are_applied_only_when_included() {
+    let sim = start(sim_options(40)).await;
+    let rule = "const RULE = #{ name: \"greedy\" };\nfn evaluate(c) { add_tag(\"reviewed\", \"approved in review\"); }\n";
+    let ws = Workspace::new(
+        &sim.url,
+        "legacy",
+        "comment_changes = false\nguard_min_cases = 10",
+        Some(&[("greedy.rhai", rule)]),
+    );
+    let plan = ws.dir.path().join("plan.json");
+    let out = ws
+        .run(&["once", "--dry-run", "--out", plan.to_str().unwrap()])
+        .await;
+    assert_exit(&out, 1);
+    assert!(
+        stderr(&out).contains("40 of them halted by the guard"),
+        "{}",
+        stderr(&out)
+    );
+    let tagged = || {
+        sim.state()
+            .cases
+            .iter()
+            .filter(|c| {
+                c["tags"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|t| t == "reviewed")
+            })
+            .count()
+    };
+    let held = ws
+        .run(&["apply", plan.to_str().unwrap(), "--dry-run"])
+        .await;
+    assert_exit(&held, 0);
+    let rows = ws
+        .audit(Filter {
+            rule: Some("greedy".into()),
+            ..Filter::default()
+        })
+        .await;
+    assert!(
+        rows.iter()
+            .any(|r| r.outcome == "skipped"
+                && r.reason.contains("apply --include-halted applies it"))
+    );
+    assert_eq!(tagged(), 0);
+    let out = ws
+        .run(&["apply", plan.to_str().unwrap(), "--include-halted"])
+        .await;
+    assert_exit(&out, 0);
+    assert_eq!(tagged(), 40, "the reviewed plan went out whole");
+}

@@ -855,6 +855,10 @@ impl Stage<'_> {
         &self,
         plans: &'p [CasePlan],
     ) -> anyhow::Result<std::collections::HashSet<(&'p str, &'p str)>> {
+        // A reviewed plan checked with `apply --dry-run` is an event of its own.
+        if self.opts.plans.is_some() {
+            return Ok(Default::default());
+        }
         type Sig = Vec<(String, String, Outcome)>;
         let mut now: HashMap<(&str, &str), Sig> = HashMap::new();
         for (_, p, d) in plan::decisions(plans) {
