@@ -11,6 +11,28 @@ use crate::common::*;
 const LIVE: &str = "const RULE = #{ name: \"heat\", max_change_fraction: 1.0 };\nfn evaluate(c) {\n    if c.priority == \"High\" { add_tag(\"hot\"); }\n    if c.priority == \"Medium\" { add_tag(\"warm\"); }\n}\n";
 const CANDIDATE: &str = "const RULE = #{ name: \"heat\", max_change_fraction: 1.0 };\nfn evaluate(c) {\n    if c.priority == \"Critical\" { add_tag(\"hot\"); }\n    if c.priority == \"Medium\" { add_tag(\"mild\"); }\n}\n";
 
+/// A workspace with one rule `raise` doing `body` on the Low cases, and those cases.
+fn raising(sim: &casewarden::sim::Simulator, body: &str) -> (Workspace, Vec<String>) {
+    let rule = format!(
+        "const RULE = #{{ name: \"raise\", max_change_fraction: 1.0, query: #{{ priority: \"Low\" }} }};\nfn evaluate(c) {{ {body} }}\n"
+    );
+    let ws = Workspace::new(
+        &sim.url,
+        "legacy",
+        "comment_changes = false",
+        Some(&[("raise.rhai", rule.as_str())]),
+    );
+    let low: Vec<String> = sim
+        .state()
+        .cases
+        .iter()
+        .filter(|c| c["priority"] == "Low")
+        .map(|c| c["_id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(low.len() >= 2, "the population has Low cases");
+    (ws, low)
+}
+
 fn ids(rule: &Value, key: &str) -> BTreeSet<String> {
     rule[key]
         .as_array()
@@ -120,21 +142,7 @@ async fn diff_reports_exactly_what_a_modified_rule_gains_and_loses() {
 #[tokio::test(flavor = "multi_thread")]
 async fn apply_applies_the_reviewed_plan_and_skips_what_a_person_changed_since() {
     let sim = start(sim_options(30)).await;
-    let rule = "const RULE = #{ name: \"raise\", max_change_fraction: 1.0, query: #{ priority: \"Low\" } };\nfn evaluate(c) { set_priority(\"Medium\", \"reviewed raise\"); }\n";
-    let ws = Workspace::new(
-        &sim.url,
-        "legacy",
-        "comment_changes = false",
-        Some(&[("raise.rhai", rule)]),
-    );
-    let low: Vec<String> = sim
-        .state()
-        .cases
-        .iter()
-        .filter(|c| c["priority"] == "Low")
-        .map(|c| c["_id"].as_str().unwrap().to_string())
-        .collect();
-    assert!(low.len() >= 2);
+    let (ws, low) = raising(&sim, "set_priority(\"Medium\", \"reviewed raise\");");
     let plan = ws.dir.path().join("plan.json");
     let out = ws
         .run(&[
@@ -223,21 +231,10 @@ async fn apply_applies_the_reviewed_plan_and_skips_what_a_person_changed_since()
 #[tokio::test(flavor = "multi_thread")]
 async fn revert_restores_what_a_pass_set_and_leaves_what_a_person_changed() {
     let sim = start(sim_options(40)).await;
-    let rule = "const RULE = #{ name: \"raise\", max_change_fraction: 1.0, query: #{ priority: \"Low\" } };\nfn evaluate(c) { set_priority(\"Medium\", \"raise\"); add_tag(\"raised\", \"raise\"); comment(\"raised by casewarden\"); }\n";
-    let ws = Workspace::new(
-        &sim.url,
-        "legacy",
-        "comment_changes = false",
-        Some(&[("raise.rhai", rule)]),
+    let (ws, low) = raising(
+        &sim,
+        "set_priority(\"Medium\", \"raise\"); add_tag(\"raised\", \"raise\"); comment(\"raised by casewarden\");",
     );
-    let low: Vec<String> = sim
-        .state()
-        .cases
-        .iter()
-        .filter(|c| c["priority"] == "Low")
-        .map(|c| c["_id"].as_str().unwrap().to_string())
-        .collect();
-    assert!(low.len() >= 2);
     let out = ws.run(&["once"]).await;
     assert_exit(&out, 0);
     let rows = ws.audit(Filter::default()).await;

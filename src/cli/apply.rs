@@ -14,7 +14,8 @@ use super::plan_file::PlanFile;
 use super::{Cli, Exit, load_config};
 use crate::app::App;
 use crate::audit::ClaimError;
-use crate::pass::PassOptions;
+use crate::pass::{PassContext, PassOptions};
+use crate::plan::CasePlan;
 use crate::report::print_report;
 
 #[derive(Debug, Args)]
@@ -39,10 +40,10 @@ pub struct ApplyArgs {
 
 /// Each case of the plan as it is now (read concurrently), its changes checked against it.
 async fn check_cases(
-    ctx: &crate::pass::PassContext,
+    ctx: &PassContext,
     plan: &PlanFile,
     include_halted: bool,
-) -> anyhow::Result<Vec<crate::plan::CasePlan>> {
+) -> anyhow::Result<Vec<CasePlan>> {
     let fresh: Vec<_> = futures::stream::iter(&plan.cases)
         .map(|c| {
             let client = ctx.client.clone();
@@ -123,29 +124,61 @@ pub(super) async fn run(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<u8> {
         ))
         .into());
     }
-    let trigger = format!("apply plan {}", plan.plan_id);
-    ctx.client.authenticate().await.map_err(Exit::server)?;
-    // Under the one-writer claim, so two applies of one plan cannot both go out.
-    let claimed = crate::pass::with_claim(&ctx, Duration::from_secs(args.wait), async || {
-        if let Some(done) = ctx.audit.live_pass_by(&trigger).await? {
-            return Err(Exit::config(format!(
+    let given = Given {
+        trigger: format!("apply plan {}", plan.plan_id),
+        only: rules,
+        dry_run: args.dry_run,
+        wait: Duration::from_secs(args.wait),
+    };
+    run_given(
+        &ctx,
+        &set,
+        given,
+        |done| {
+            Exit::config(format!(
                 "{}: plan {} was already applied by pass {} at {}: refused (its comments would be posted twice); make a new plan",
                 args.plan.display(),
                 plan.plan_id,
                 done.id,
                 done.started_at
             ))
-            .into());
+        },
+        async || check_cases(&ctx, &plan, args.include_halted).await,
+    )
+    .await
+}
+
+/// A pass of given case plans (`apply`, `revert`).
+pub(super) struct Given {
+    /// Names the pass; a live pass with the same trigger means it was done already.
+    pub trigger: String,
+    pub only: Vec<String>,
+    pub dry_run: bool,
+    pub wait: Duration,
+}
+
+/// Under the one-writer claim (so two cannot race): refuses what a live pass with the same
+/// trigger already did, makes the plans, runs them as a pass and prints its summary.
+pub(super) async fn run_given(
+    ctx: &PassContext,
+    set: &crate::rules::RuleSet,
+    given: Given,
+    refuse: impl FnOnce(crate::audit::PassRow) -> Exit,
+    plans: impl AsyncFnOnce() -> anyhow::Result<Vec<CasePlan>>,
+) -> anyhow::Result<u8> {
+    ctx.client.authenticate().await.map_err(Exit::server)?;
+    let claimed = crate::pass::with_claim(ctx, given.wait, async || {
+        if let Some(done) = ctx.audit.live_pass_by(&given.trigger).await? {
+            return Err(refuse(done).into());
         }
-        let plans = check_cases(&ctx, &plan, args.include_halted).await?;
         let opts = PassOptions {
-            dry_run: args.dry_run,
-            only: rules.clone(),
-            trigger: trigger.clone(),
-            plans: Some(Arc::new(plans)),
+            dry_run: given.dry_run,
+            only: given.only.clone(),
+            trigger: given.trigger.clone(),
+            plans: Some(Arc::new(plans().await?)),
             ..PassOptions::default()
         };
-        Ok::<_, anyhow::Error>(crate::pass::run_pass(&ctx, &set, &opts).await)
+        Ok::<_, anyhow::Error>(crate::pass::run_pass(ctx, set, &opts).await)
     })
     .await;
     let report = match claimed {

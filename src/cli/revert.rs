@@ -4,18 +4,17 @@
 //! Recorded as a pass of the rule `revert:PASS_ID`, so a revert can be reverted too.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 use futures::TryStreamExt;
 
+use super::apply::{Given, run_given};
 use super::{Cli, Exit, load_config};
 use crate::app::App;
-use crate::audit::{ClaimError, EventRow, Filter, Outcome};
-use crate::pass::{PassContext, PassOptions};
+use crate::audit::{EventRow, Filter, Outcome};
+use crate::pass::PassContext;
 use crate::plan::{CasePlan, Decision, Field};
-use crate::report::print_report;
 use crate::stellar::Case;
 
 #[derive(Debug, Args)]
@@ -71,35 +70,25 @@ pub(super) async fn run(cli: &Cli, args: &RevertArgs) -> anyhow::Result<u8> {
         return Ok(0);
     }
     let actor = format!("revert:{pass}");
-    let trigger = format!("revert {pass}");
-    ctx.client.authenticate().await.map_err(Exit::server)?;
-    let claimed = crate::pass::with_claim(&ctx, Duration::from_secs(args.wait), async || {
-        if let Some(done) = ctx.audit.live_pass_by(&trigger).await? {
-            return Err(Exit::config(format!(
+    let given = Given {
+        trigger: format!("revert {pass}"),
+        only: vec![actor.clone()],
+        dry_run: args.dry_run,
+        wait: Duration::from_secs(args.wait),
+    };
+    run_given(
+        &ctx,
+        &set,
+        given,
+        |done| {
+            Exit::config(format!(
                 "pass {pass} was already reverted by pass {}: refused; `casewarden revert {}` undoes that revert",
                 done.id, done.id
             ))
-            .into());
-        }
-        let plans = inverse(&ctx, &rows, pass, &actor).await?;
-        let opts = PassOptions {
-            dry_run: args.dry_run,
-            only: vec![actor.clone()],
-            trigger: trigger.clone(),
-            plans: Some(Arc::new(plans)),
-            ..PassOptions::default()
-        };
-        Ok::<_, anyhow::Error>(crate::pass::run_pass(&ctx, &set, &opts).await)
-    })
-    .await;
-    let report = match claimed {
-        Ok(report) => report?,
-        Err(ClaimError::Held(held)) => return Err(Exit::held(held).into()),
-        Err(ClaimError::Audit(e)) => return Err(e.into()),
-    };
-    print_report(&mut std::io::stdout().lock(), &report)?;
-    ctx.audit.close().await;
-    Ok(if report.has_failures() { 1 } else { 0 })
+        },
+        async || inverse(&ctx, &rows, pass, &actor).await,
+    )
+    .await
 }
 
 /// The inverse of the applied rows, case by case, checked against each case as it is now.
