@@ -798,3 +798,34 @@ async fn exempt_and_snoozed_cases_stay_untouched_while_others_change() {
         27
     );
 }
+
+/// A rule that comments the same text on every pass posts it once: the planner remembers
+/// casewarden's last comment on the case.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_comment_is_not_posted_twice() {
+    let sim = start(sim_options(5)).await;
+    let rule = "const RULE = #{ name: \"nag\", max_change_fraction: 1.0 };\nfn evaluate(c) { comment(\"Please acknowledge this case.\"); }\n";
+    let ws = Workspace::new(
+        &sim.url,
+        "legacy",
+        "comment_changes = false",
+        Some(&[("nag.rhai", rule)]),
+    );
+    for _ in 0..2 {
+        assert_exit(&ws.run(&["once"]).await, 0);
+    }
+    let state = sim.state();
+    for case in &state.cases {
+        let id = case["_id"].as_str().unwrap();
+        let posted = state
+            .comments
+            .get(id)
+            .map(|c| {
+                c.iter()
+                    .filter(|c| c.to_string().contains("Please acknowledge"))
+                    .count()
+            })
+            .unwrap_or(0);
+        assert_eq!(posted, 1, "case {id}");
+    }
+}

@@ -376,8 +376,9 @@ impl AuditStore {
         .await?)
     }
 
-    /// casewarden's memory of what it applied to these cases: every applied field change
-    /// (not comments), oldest first, for the planner to keep the newest per field.
+    /// casewarden's memory of what it applied to these cases: every applied change
+    /// (comments too, so the same comment is not posted twice), oldest first, for the
+    /// planner to keep the newest per field.
     pub async fn applied_changes(
         &self,
         case_ids: &[&str],
@@ -387,7 +388,7 @@ impl AuditStore {
         }
         let mut sql = String::from(
             "SELECT case_id, field, new FROM events WHERE outcome = 'applied' AND dry_run = 0 \
-             AND field <> 'comment' AND case_id IN (?",
+             AND case_id IN (?",
         );
         sql.push_str(&", ?".repeat(case_ids.len() - 1));
         sql.push_str(") ORDER BY seq");
