@@ -173,6 +173,7 @@ pub struct Unsettled {
 #[derive(Debug, Clone, FromRow, PartialEq)]
 pub struct AppliedChange {
     pub case_id: String,
+    pub rule: String,
     pub field: String,
     pub new: Option<String>,
 }

@@ -387,7 +387,7 @@ impl AuditStore {
             return Ok(Vec::new());
         }
         let mut sql = String::from(
-            "SELECT case_id, field, new FROM events WHERE outcome = 'applied' AND dry_run = 0 \
+            "SELECT case_id, rule, field, new FROM events WHERE outcome = 'applied' AND dry_run = 0 \
              AND case_id IN (?",
         );
         sql.push_str(&", ?".repeat(case_ids.len() - 1));

@@ -350,6 +350,21 @@ fn event(run_id: &str, actor: &Actor, plan: &CasePlan, d: &Decision, dry_run: bo
     }
 }
 
+/// The keys whose last applied change was a revert, oldest change first in `applied`.
+fn reverted(applied: &[(Field, String, String)]) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for (field, new, rule) in applied {
+        // Undoing `+tag` writes `-tag`: both are the tag's key.
+        let key = plan::memory_key(*field, new);
+        if rule.starts_with("revert:") {
+            out.insert(key, rule.clone());
+        } else {
+            out.remove(&key);
+        }
+    }
+    out
+}
+
 /// Resolves `assign("someone@x")` to user ids; unknown emails become rule errors, and so
 /// does every email when the users list could not be read (`users` None).
 fn resolve_assignees(
@@ -742,13 +757,14 @@ impl Stage<'_> {
             .filter(|ev| !ev.requests.is_empty())
             .map(|ev| ev.case.id.as_str())
             .collect();
-        let mut memory: HashMap<String, Vec<(Field, String)>> = HashMap::new();
+        let mut memory: HashMap<String, Vec<(Field, String, String)>> = HashMap::new();
         for row in ctx.audit.applied_changes(&ids).await? {
             if let Some(field) = Field::parse(&row.field) {
-                memory
-                    .entry(row.case_id)
-                    .or_default()
-                    .push((field, row.new.unwrap_or_default()));
+                memory.entry(row.case_id).or_default().push((
+                    field,
+                    row.new.unwrap_or_default(),
+                    row.rule,
+                ));
             }
         }
         let mut deferred_events = Vec::new();
@@ -789,8 +805,9 @@ impl Stage<'_> {
             }
             let applied = memory.remove(&ev.case.id).unwrap_or_default();
             let facts = plan::CaseFacts {
-                memory: plan::remember(applied.iter().map(|(f, n)| (*f, n.as_str()))),
+                memory: plan::remember(applied.iter().map(|(f, n, _)| (*f, n.as_str()))),
                 open: state.open.get(&ev.case.id).cloned().unwrap_or_default(),
+                reverted: reverted(&applied),
             };
             let flavor = ctx.client.flavor();
             if let Some(deferred) = state.planner.add(&ev.case, &ev.requests, &facts, flavor) {

@@ -4,7 +4,7 @@
 //! change budget; over the pass, the blast-radius guard. Facts from the server and the
 //! audit log come in as inputs.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use super::case::skip_overridden;
 use super::{CasePlan, Field, Memory, RuleChanges, memory_key, plan_case};
@@ -35,6 +35,9 @@ pub struct CaseFacts {
     pub memory: Memory,
     /// Keys ([`memory_key`]) of changes whose outcome is not settled yet.
     pub open: HashSet<String>,
+    /// Keys whose last applied change was a `casewarden revert` (key -> `revert:PASS`):
+    /// a person undid what a rule did there, so no rule does it again.
+    pub reverted: HashMap<String, String>,
 }
 
 /// The plans of a pass, once every case was seen.
@@ -131,6 +134,14 @@ impl PassPlanner {
             }
         }
         skip_overridden(&mut plan, case, &facts.memory, &self.own);
+        for d in plan.decisions.iter_mut().filter(|d| d.is_planned()) {
+            let key = memory_key(d.field, d.new.as_deref().unwrap_or(""));
+            if let Some(by) = facts.reverted.get(&key) {
+                d.skipped = Some(format!(
+                    "reverted by a person (`casewarden revert`, rule {by}): not set again"
+                ));
+            }
+        }
         for d in plan.decisions.iter_mut().filter(|d| d.is_planned()) {
             if facts
                 .open
@@ -421,12 +432,13 @@ mod tests {
     }
 
     #[test]
-    fn override_open_changes_and_the_legacy_resolution_are_skipped_with_reasons() {
+    fn override_revert_open_changes_and_the_legacy_resolution_are_skipped_with_reasons() {
         let mut p = planner(100);
         let c = case("1");
         let facts = CaseFacts {
             memory: remember([(Field::Priority, "High")]),
             open: HashSet::from(["tags:x".to_string()]),
+            reverted: HashMap::from([("tags:y".to_string(), "revert:P1".to_string())]),
         };
         let kinds = [
             ChangeKind::Priority("Critical".into()),
@@ -443,7 +455,7 @@ mod tests {
             .collect();
         assert!(why[0].1.starts_with("overridden by a person"), "{why:?}");
         assert!(why[1].1.contains("not settled yet"), "{why:?}");
-        assert_eq!(why[2], ("tags", "planned"));
+        assert!(why[2].1.contains("reverted by a person"), "{why:?}");
         assert_eq!(why[3], ("status", "planned"));
         assert!(why[4].1.contains("no resolution field"), "{why:?}");
     }
