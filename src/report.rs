@@ -61,8 +61,8 @@ pub fn print_report(out: &mut impl Write, r: &PassReport) -> std::io::Result<()>
     for s in r.rules.iter().filter(|s| s.guard_halted) {
         writeln!(
             out,
-            "  ! rule {} wanted to change {} of the {} cases it saw; the blast-radius guard halted it, nothing it asked for was applied. Check the rule, or raise daemon.max_change_fraction if this is intended.",
-            s.name, s.matched, s.seen
+            "  ! rule {} wanted to change {} of the {} cases the pass listed; the blast-radius guard halted it, nothing it asked for was applied. Check the rule, or raise daemon.max_change_fraction (or its RULE.max_change_fraction) if this is intended.",
+            s.name, s.matched, r.cases_seen
         )?;
     }
     if r.budget_exhausted {

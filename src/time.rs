@@ -17,7 +17,7 @@ pub enum DurationError {
     NotADuration,
     #[error("{0:?}: unknown unit {1:?}; use s, m, h, d or w")]
     Unit(String, String),
-    #[error("{0:?} is too far back; at most 100 years (36500d)")]
+    #[error("{0:?} is too long; at most 100 years (36500d)")]
     TooLong(String),
 }
 
@@ -36,7 +36,7 @@ pub fn parse_duration(text: &str) -> Result<chrono::Duration, DurationError> {
         "w" => 7 * 86_400,
         _ => return Err(DurationError::Unit(text.into(), unit.into())),
     };
-    const MAX_SECS: i64 = 100 * 366 * 86_400;
+    const MAX_SECS: i64 = 36_500 * 86_400;
     let secs = n
         .checked_mul(unit_secs)
         .filter(|s| *s <= MAX_SECS)

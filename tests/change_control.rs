@@ -214,6 +214,17 @@ async fn apply_applies_the_reviewed_plan_and_skips_what_a_person_changed_since()
     std::fs::write(&other_file, other.to_string()).unwrap();
     let out = ws.run(&["apply", other_file.to_str().unwrap()]).await;
     assert_fails_with(&out, 2, "the plan is for https://other.example.com");
+    let mut edited = written.clone();
+    edited["plan_id"] = "another-id".into();
+    edited["cases"][0]["changes"][0]["new"] = "Critical".into();
+    let edited_file = ws.dir.path().join("edited.json");
+    std::fs::write(&edited_file, edited.to_string()).unwrap();
+    let out = ws.run(&["apply", edited_file.to_str().unwrap()]).await;
+    assert_fails_with(
+        &out,
+        2,
+        "is not the plan another-id that `once --dry-run --out` wrote",
+    );
     let mut old = written.clone();
     old["plan_id"] = "expired-plan".into();
     old["expires_at"] = "2020-01-01T00:00:00.000Z".into();
@@ -298,8 +309,13 @@ async fn revert_restores_what_a_pass_set_and_leaves_what_a_person_changed() {
         "priority, tag and note per case, the touched priority left"
     );
 
+    // The rule does not set again what a person reverted.
+    assert_exit(&ws.run(&["once"]).await, 0);
+    assert_eq!(sim.state().case(&low[1]).unwrap()["priority"], "Low");
     let again = ws.run(&["revert", &pass]).await;
     assert_fails_with(&again, 2, "was already reverted by pass");
+    let unknown = ws.run(&["revert", &pass, "--rule", "nope"]).await;
+    assert_fails_with(&unknown, 2, "has no rows of a rule \"nope\"");
     // The revert is a pass too: reverting it sets the values back again.
     let revert_pass = reverted[0].run_id.clone();
     let out = ws.run(&["revert", &revert_pass]).await;
@@ -328,6 +344,12 @@ async fn halted_changes_are_applied_only_when_included() {
         stderr(&out).contains("40 of them halted by the guard"),
         "{}",
         stderr(&out)
+    );
+    let pending = ws.run(&["once", "--dry-run", "--detailed-exitcode"]).await;
+    assert_eq!(
+        pending.status.code(),
+        Some(2),
+        "halted changes are pending review"
     );
     let tagged = || {
         sim.state()

@@ -436,6 +436,29 @@ impl AuditStore {
             .collect()
     }
 
+    /// Whether a plan with this id and file hash was recorded when it was written (a
+    /// chained row: rule and field `plan`, case id the plan id, new the hash).
+    pub async fn plan_recorded(&self, plan_id: &str, digest: &str) -> Result<bool, AuditError> {
+        let found: Option<(i64,)> = sqlx::query_as(
+            "SELECT seq FROM events WHERE field = 'plan' AND case_id = ? AND new = ? LIMIT 1",
+        )
+        .bind(plan_id)
+        .bind(digest)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(found.is_some())
+    }
+
+    /// The newest live pass whose trigger starts with `prefix`, if any.
+    pub async fn live_pass_like(&self, prefix: &str) -> Result<Option<PassRow>, AuditError> {
+        Ok(sqlx::query_as::<_, PassRow>(
+            "SELECT * FROM passes WHERE substr(trigger_kind, 1, length(?1)) = ?1 AND dry_run = 0 ORDER BY started_at DESC LIMIT 1",
+        )
+        .bind(prefix)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
     /// The newest pass started by `trigger` that was not a dry run, if any.
     pub async fn live_pass_by(&self, trigger: &str) -> Result<Option<PassRow>, AuditError> {
         Ok(sqlx::query_as::<_, PassRow>(

@@ -81,7 +81,7 @@ fn same_server(a: &str, b: &str) -> bool {
 }
 
 pub(super) async fn run(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<u8> {
-    let plan = PlanFile::read(&args.plan)?;
+    let (plan, digest) = PlanFile::read(&args.plan)?;
     let config = load_config(cli)?;
     if !same_server(&plan.server_url, &config.stellar.url) {
         return Err(Exit::config(format!(
@@ -104,6 +104,15 @@ pub(super) async fn run(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<u8> {
     }
     let app = App::build(&config, None).await.map_err(Exit::config)?;
     let (set, ctx) = (app.rules, app.ctx);
+    if !ctx.audit.plan_recorded(&plan.plan_id, &digest).await? {
+        return Err(Exit::config(format!(
+            "{}: refused: this file is not the plan {} that `once --dry-run --out` wrote and recorded in {} (the file was edited, or comes from another audit log); make a new plan",
+            args.plan.display(),
+            plan.plan_id,
+            config.audit.path.display()
+        ))
+        .into());
+    }
     if set.fingerprint != plan.rules_fingerprint {
         tracing::warn!("the rules changed since the plan was made; the plan applies as reviewed");
     }

@@ -35,6 +35,11 @@ impl Exit {
         Exit::with(3, message)
     }
 
+    /// Any error, as exit 1 (`once --detailed-exitcode`, where 2 means "changes pending").
+    pub fn failed(e: &anyhow::Error) -> Exit {
+        Exit::with(1, format!("{e:#}"))
+    }
+
     /// Another casewarden pass holds the audit store (exit 4).
     pub fn held(message: impl Display) -> Exit {
         Exit::with(4, message)

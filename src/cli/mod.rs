@@ -73,7 +73,9 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the daemon: passes on schedule until SIGTERM/SIGINT; SIGHUP reloads rules
     Run,
-    /// Run one pass now and print a summary (exit 0 ok, 1 some change failed, 2 config/rule error)
+    /// Run one pass now and print a summary (exit 0 ok, 1 some change failed or a rule was
+    /// halted or errored, 2 config/rule error, 3 server unreachable or key refused, 4 another
+    /// pass holds the audit store)
     Once(OnceArgs),
     /// Validate the config and compile every rule (errors name file:line:col), then probe
     /// the server: token, one page, update flavour (exit 0 ok, 2 config/rule error, 3 server)

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::plan_file::PlanFile;
+use super::plan_file::{PLAN_ROW, PlanFile};
 use super::{Cli, Exit, load_config};
 use crate::app::App;
 use crate::audit::ClaimError;
@@ -89,8 +89,28 @@ impl CaseFile {
 }
 
 pub(super) async fn run(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
+    let result = pass(cli, args).await;
+    // With --detailed-exitcode, 2 means "changes pending": every error is 1.
+    match result {
+        Err(e) if args.detailed_exitcode => Err(Exit::failed(&e).into()),
+        other => other,
+    }
+}
+
+async fn pass(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
     let valid_for = crate::time::parse_duration(&args.expires)
         .map_err(|e| Exit::config(format!("--expires: {e}")))?;
+    if valid_for < chrono::Duration::minutes(1) {
+        return Err(Exit::config("--expires: a plan must stay valid at least 1m").into());
+    }
+    // A plan that cannot be written is found before the pass runs.
+    if let Some(path) = &args.out {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| Exit::config(format!("--out {}: {e}", path.display())))?;
+    }
     let config = load_config(cli)?;
     let app = App::build(&config, None).await.map_err(Exit::config)?;
     let (set, ctx) = (app.rules, app.ctx);
@@ -163,7 +183,26 @@ pub(super) async fn run(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
             &set.fingerprint,
             valid_for,
         );
-        plan.write(path)?;
+        let digest = plan.write(path)?;
+        // The file's hash goes into the chained log: `apply` takes only this very file.
+        let row = crate::audit::NewEvent {
+            run_id: report.run_id.clone(),
+            rule: PLAN_ROW.into(),
+            case_id: plan.plan_id.clone(),
+            field: PLAN_ROW.into(),
+            new: Some(digest),
+            reason: format!(
+                "plan written to {}: {} change(s) on {} case(s), valid until {}",
+                path.display(),
+                plan.pending(true),
+                plan.cases.len(),
+                plan.expires_at
+            ),
+            dry_run: true,
+            outcome: Some(crate::audit::Outcome::Planned),
+            ..crate::audit::NewEvent::default()
+        };
+        ctx.audit.append(&[row]).await?;
         eprintln!(
             "plan {} written to {}: {} change(s) on {} case(s), {} of them halted by the guard; valid until {}. Review it, then: casewarden apply {}",
             plan.plan_id,
@@ -177,14 +216,23 @@ pub(super) async fn run(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
     }
     ctx.audit.close().await;
     if args.detailed_exitcode {
-        let pending = report.plans.iter().any(|p| p.has_work());
-        return Ok(
-            match (report.error.is_some() || report.failed > 0, pending) {
-                (true, _) => 1,
-                (false, true) => 2,
-                (false, false) => 0,
-            },
-        );
+        // Changes the guard halted are pending too: a reviewer may apply them.
+        let pending = report.plans.iter().any(|p| {
+            p.decisions.iter().any(|d| {
+                d.is_planned()
+                    || d.skipped
+                        .as_deref()
+                        .is_some_and(|s| s.contains("blast-radius guard:"))
+            })
+        });
+        let trouble = report.error.is_some()
+            || report.failed > 0
+            || report.rules.iter().any(|r| r.errors > 0);
+        return Ok(match (trouble, pending) {
+            (true, _) => 1,
+            (false, true) => 2,
+            (false, false) => 0,
+        });
     }
     Ok(if report.has_failures() { 1 } else { 0 })
 }

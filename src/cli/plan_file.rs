@@ -10,6 +10,14 @@ use super::Exit;
 use crate::plan::{CasePlan, Decision, Field};
 use crate::stellar::Case;
 
+fn digest(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// The `rule` and `field` of the audit row that records a written plan's hash.
+pub const PLAN_ROW: &str = "plan";
+
 /// The skip note of a change the blast-radius guard held back.
 const HALTED: &str = "blast-radius guard:";
 
@@ -93,17 +101,26 @@ impl PlanFile {
         }
     }
 
-    pub fn write(&self, path: &Path) -> Result<(), Exit> {
-        let text = serde_json::to_string_pretty(self).map_err(Exit::config)?;
-        std::fs::write(path, text + "\n")
-            .map_err(|e| Exit::config(format!("--out {}: {e}", path.display())))
+    /// Writes the plan; returns the SHA-256 of the file, which `once` records in the audit
+    /// log so `apply` can tell the reviewed file from an edited one.
+    pub fn write(&self, path: &Path) -> Result<String, Exit> {
+        let text = serde_json::to_string_pretty(self).map_err(Exit::config)? + "\n";
+        std::fs::write(path, &text)
+            .map_err(|e| Exit::config(format!("--out {}: {e}", path.display())))?;
+        Ok(digest(text.as_bytes()))
     }
 
-    pub fn read(path: &Path) -> Result<PlanFile, Exit> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Exit::config(format!("{}: {e}", path.display())))?;
-        serde_json::from_str(&text)
-            .map_err(|e| Exit::config(format!("{}: not a casewarden plan: {e}", path.display())))
+    /// The plan and the SHA-256 of its file.
+    pub fn read(path: &Path) -> Result<(PlanFile, String), Exit> {
+        let bytes =
+            std::fs::read(path).map_err(|e| Exit::config(format!("{}: {e}", path.display())))?;
+        let plan = serde_json::from_slice(&bytes).map_err(|e| {
+            Exit::config(format!(
+                "{}: not a plan written by `casewarden once --dry-run --out` ({e})",
+                path.display()
+            ))
+        })?;
+        Ok((plan, digest(&bytes)))
     }
 
     /// Changes that will be offered for applying (halted ones only when asked).

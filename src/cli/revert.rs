@@ -59,6 +59,21 @@ pub(super) async fn run(cli: &Cli, args: &RevertArgs) -> anyhow::Result<u8> {
         })
         .try_collect()
         .await?;
+    if let Some(rule) = &args.rule {
+        let any: Vec<EventRow> = ctx
+            .audit
+            .query(&Filter {
+                run_id: Some(pass.clone()),
+                rule: Some(rule.clone()),
+                limit: Some(1),
+                ..Filter::default()
+            })
+            .try_collect()
+            .await?;
+        if any.is_empty() {
+            return Err(Exit::config(format!("pass {pass} has no rows of a rule {rule:?}")).into());
+        }
+    }
     if rows.is_empty() {
         println!(
             "pass {pass} applied no change{}: nothing to revert",
@@ -70,8 +85,35 @@ pub(super) async fn run(cli: &Cli, args: &RevertArgs) -> anyhow::Result<u8> {
         return Ok(0);
     }
     let actor = format!("revert:{pass}");
+    // A revert of one rule leaves the others of that pass revertable.
+    let whole = format!("revert {pass}");
+    let trigger = match &args.rule {
+        Some(rule) => format!("revert {pass} rule {rule}"),
+        None => whole.clone(),
+    };
+    if args.rule.is_some()
+        && let Some(done) = ctx.audit.live_pass_by(&whole).await?
+    {
+        return Err(Exit::config(format!(
+            "pass {pass} was already reverted whole by pass {}: refused",
+            done.id
+        ))
+        .into());
+    }
+    if args.rule.is_none()
+        && let Some(done) = ctx
+            .audit
+            .live_pass_like(&format!("revert {pass} rule "))
+            .await?
+    {
+        return Err(Exit::config(format!(
+            "part of pass {pass} was already reverted by pass {} ({}): revert the other rules with --rule",
+            done.id, done.trigger_kind
+        ))
+        .into());
+    }
     let given = Given {
-        trigger: format!("revert {pass}"),
+        trigger,
         only: vec![actor.clone()],
         dry_run: args.dry_run,
         wait: Duration::from_secs(args.wait),

@@ -51,7 +51,7 @@ pub async fn serve(shared: Arc<Shared>, listen: &str, token: Option<Secret>) -> 
         .route("/api/passes", get(api_passes))
         .route("/api/audit", get(api_audit))
         .with_state(shared.clone())
-        .layer(middleware::from_fn_with_state(access, guard));
+        .layer(middleware::from_fn_with_state(access.clone(), guard));
     let app = axum::Router::new()
         .route(
             "/healthz",
@@ -71,7 +71,10 @@ pub async fn serve(shared: Arc<Shared>, listen: &str, token: Option<Secret>) -> 
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("daemon.listen {listen}: {e}"))?;
-    tracing::info!(%listen, "serving /healthz, /metrics and the live view at /");
+    match access {
+        Access::Closed => tracing::info!(%listen, "serving /healthz and /metrics"),
+        _ => tracing::info!(%listen, "serving /healthz, /metrics and the live view at /"),
+    }
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "the metrics server stopped");

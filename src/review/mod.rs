@@ -241,7 +241,7 @@ pub async fn rule_reviews(
                 c.failed += d.rows;
                 day.failed += d.rows;
             }
-            ("change", "skipped", _) => {
+            ("change", "skipped", false) => {
                 c.skipped += d.rows;
                 day.skipped += d.rows;
             }
