@@ -851,16 +851,31 @@ async fn rule_tests_pass_on_the_examples_and_fail_on_a_broken_expectation() {
         "{xml}"
     );
 
-    std::fs::write(
-        copy.join("tests/escalate.toml"),
-        "[[test]]\nname = \"no case\"\nno_changes = true\n",
-    )
-    .unwrap();
-    let out = run_bin(&["test", copy.to_str().unwrap()], &[]).await;
-    assert_exit(&out, 2);
-    assert!(
-        stderr(&out).contains("give exactly one of `case` and `case_file`"),
-        "{}",
-        stderr(&out)
-    );
+    for (test, error) in [
+        (
+            "name = \"no case\"\nnow = \"2026-11-25T12:00:00Z\"\nno_changes = true",
+            "give exactly one of `case` and `case_file`",
+        ),
+        (
+            "name = \"no clock\"\ncase = { _id = \"a\" }\nno_changes = true",
+            "give `now`",
+        ),
+        (
+            "name = \"typo\"\nnow = \"2026-11-25T12:00:00Z\"\ncase = { _id = \"a\" }\nexpect = [{ field = \"prio\", new = \"High\" }]",
+            "unknown field \"prio\"",
+        ),
+        (
+            "name = \"vague\"\nnow = \"2026-11-25T12:00:00Z\"\ncase = { _id = \"a\" }\nexpect = [{ field = \"tags\" }]",
+            "exactly one of `new` and `new_contains`",
+        ),
+    ] {
+        std::fs::write(
+            copy.join("tests/escalate.toml"),
+            format!("[[test]]\n{test}\n"),
+        )
+        .unwrap();
+        let out = run_bin(&["test", copy.to_str().unwrap()], &[]).await;
+        assert_exit(&out, 2);
+        assert!(stderr(&out).contains(error), "{error}: {}", stderr(&out));
+    }
 }

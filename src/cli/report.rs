@@ -53,6 +53,11 @@ pub(super) async fn run(cli: &Cli, args: &ReportArgs) -> anyhow::Result<u8> {
             .transpose()?,
         rule: args.rule.clone(),
     };
+    if let (Some(since), Some(until)) = (&period.since, &period.until)
+        && since > until
+    {
+        return Err(Exit::config(format!("--since {since} is after --until {until}")).into());
+    }
     let store = super::audit::open_audit(cli, &args.db).await?;
     // The server is only named in the header: a report from a copied log needs no config.
     let server_url = Config::load(&config_path(cli))

@@ -52,7 +52,7 @@ struct TestFile {
 #[serde(deny_unknown_fields)]
 struct TestCase {
     name: String,
-    /// What `now()` is (RFC 3339) [default: the real clock].
+    /// What `now()` is (RFC 3339); required, so a test decides the same every day.
     now: Option<String>,
     /// The case, inline; a string field `"now"` or `"now-30h"` becomes that time in ms.
     case: Option<toml::Value>,
@@ -173,7 +173,16 @@ pub(super) fn run(cli: &Cli, args: &TestArgs) -> anyhow::Result<u8> {
         if parsed.test.is_empty() {
             return Err(Exit::config(format!("{}: no [[test]] in it", file.display())).into());
         }
+        let mut names = std::collections::HashSet::new();
         for t in &parsed.test {
+            if !names.insert(t.name.as_str()) {
+                return Err(Exit::config(format!(
+                    "{}: two tests named {:?}: names tell failures apart",
+                    file.display(),
+                    t.name
+                ))
+                .into());
+            }
             let failure = run_one(&set, &base, file, parsed.rule.as_deref(), t)?;
             outcomes.push(Outcome {
                 file: file.display().to_string(),
@@ -217,15 +226,27 @@ fn run_one(
     t: &TestCase,
 ) -> Result<Vec<String>, Exit> {
     let at = |m: String| Exit::config(format!("{}: test {:?}: {m}", file.display(), t.name));
-    let now_ms = match &t.now {
-        Some(n) => Some(
-            chrono::DateTime::parse_from_rfc3339(n)
-                .map_err(|e| at(format!("now {n:?} is not an RFC 3339 time ({e})")))?
-                .timestamp_millis(),
-        ),
-        None => None,
+    // A test that read the real clock would pass today and fail next week.
+    let Some(now) = &t.now else {
+        return Err(at("give `now` (RFC 3339), the time the rules see".into()));
     };
-    let clock = now_ms.unwrap_or_else(crate::now_ms);
+    let clock = chrono::DateTime::parse_from_rfc3339(now)
+        .map_err(|e| at(format!("now {now:?} is not an RFC 3339 time ({e})")))?
+        .timestamp_millis();
+    for e in t.expect.iter().flatten() {
+        if crate::plan::Field::parse(&e.field).is_none() {
+            return Err(at(format!(
+                "expect: unknown field {:?}: one of priority, status, resolution, assignee, tags, description, comment",
+                e.field
+            )));
+        }
+        if e.new.is_some() == e.new_contains.is_some() {
+            return Err(at(format!(
+                "expect: give exactly one of `new` and `new_contains` for {}",
+                e.field
+            )));
+        }
+    }
     let mut json = match (&t.case, &t.case_file) {
         (Some(c), None) => serde_json::to_value(c).map_err(|e| at(e.to_string()))?,
         (None, Some(f)) => {
