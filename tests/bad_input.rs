@@ -375,6 +375,16 @@ async fn connection_mistakes_are_explained() {
     let tls = Workspace::new(&https, "legacy", "", None);
     let out = tls.run(&["check"]).await;
     assert_fails_with(&out, 3, "does not speak TLS");
+    // Nothing listens: the error counts every attempt it made (max_attempts = 3).
+    let down = Workspace::new(
+        &format!("http://127.0.0.1:{}", free_port()),
+        "legacy",
+        "",
+        None,
+    );
+    let out = down.run(&["once"]).await;
+    assert_fails_with(&out, 3, "cannot connect");
+    assert_fails_with(&out, 3, "(gave up after 3 attempt(s))");
     let here = Workspace::new(&sim.url, "legacy", "", None);
     std::fs::write(
         here.dir.path().join("bad.rhai"),

@@ -577,6 +577,21 @@ async fn run(
     let plans = match &opts.plans {
         Some(given) => {
             report.cases_seen = given.len();
+            for p in given.iter() {
+                let mut actors: Vec<(&str, bool)> = Vec::new();
+                for d in &p.decisions {
+                    match actors.iter_mut().find(|(a, _)| *a == d.rule) {
+                        Some((_, planned)) => *planned |= d.is_planned(),
+                        None => actors.push((&d.rule, d.is_planned())),
+                    }
+                }
+                for (actor, planned) in actors {
+                    if let Some((i, _)) = stage.rule_of(actor) {
+                        report.rules[i].seen += 1;
+                        report.rules[i].matched += usize::from(planned);
+                    }
+                }
+            }
             given.to_vec()
         }
         None => match stage.plan(report).await? {

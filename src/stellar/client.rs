@@ -184,7 +184,7 @@ impl Client {
         .when(|f: &Failed| f.next == retry::Next::Retry)
         .notify(log_retry)
         .await
-        .map_err(|f| f.error)
+        .map_err(|f| f.error.after_attempts(attempts.load(Ordering::Relaxed)))
     }
 
     /// Backoff between attempts: exponential from `retry_base`, jittered, capped.

@@ -51,6 +51,16 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// The error of the last of `n` attempts, saying so (a token fetch does not know how
+    /// many attempts its caller made).
+    pub fn after_attempts(mut self, n: u32) -> ApiError {
+        if let ApiError::Transport { attempts, .. } | ApiError::GaveUp { attempts, .. } = &mut self
+        {
+            *attempts = n.max(*attempts);
+        }
+        self
+    }
+
     /// The HTTP status the server answered with, when there was one.
     pub fn http_status(&self) -> Option<u16> {
         match self {
