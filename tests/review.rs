@@ -54,13 +54,7 @@ fn number_after(html: &str, at: &str, attr: &str) -> i64 {
 /// What the page says of each rule and in total, as (key, number) pairs.
 fn page_numbers(html: &str, rules: &[&str]) -> Vec<(String, i64)> {
     let mut out = Vec::new();
-    for key in [
-        "applied",
-        "failed",
-        "guard_halts",
-        "breaker_trips",
-        "rule_errors",
-    ] {
+    for key in COUNTS {
         out.push((
             format!("total {key}"),
             number_after(
@@ -114,13 +108,7 @@ fn counted(rows: &[Value], rules: &[&str]) -> Vec<(String, i64)> {
         }
     };
     let mut out = Vec::new();
-    for key in [
-        "applied",
-        "failed",
-        "guard_halts",
-        "breaker_trips",
-        "rule_errors",
-    ] {
+    for key in COUNTS {
         out.push((format!("total {key}"), of(None, key)));
         for rule in rules {
             out.push((format!("{rule} {key}"), of(Some(rule), key)));
@@ -130,6 +118,15 @@ fn counted(rows: &[Value], rules: &[&str]) -> Vec<(String, i64)> {
 }
 
 const RULES: [&str; 3] = ["tagger", "greedy", "thrower"];
+
+/// The numbers compared per rule and in total.
+const COUNTS: [&str; 5] = [
+    "applied",
+    "failed",
+    "guard_halts",
+    "breaker_trips",
+    "rule_errors",
+];
 
 /// A rule that tags every case, one the guard halts, one that fails on every case.
 const TROUBLE: [(&str, &str); 3] = [
