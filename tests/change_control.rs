@@ -66,6 +66,11 @@ async fn diff_reports_exactly_what_a_modified_rule_gains_and_loses() {
         "const RULE = #{ name: \"fresh\" };\nfn evaluate(c) { if c.priority == \"Low\" { add_tag(\"low\"); } }\n",
     )
     .unwrap();
+    std::fs::write(
+        candidate.join("all.rhai"),
+        "const RULE = #{ name: \"all\" };\nfn evaluate(c) { add_tag(\"everything\"); }\n",
+    )
+    .unwrap();
     let writes = sim.state().write_requests();
     let out = ws
         .run(&[
@@ -97,6 +102,15 @@ async fn diff_reports_exactly_what_a_modified_rule_gains_and_loses() {
     let changed = &heat["changed"][0];
     assert_eq!(changed["live"], serde_json::json!(["tags +warm"]));
     assert_eq!(changed["candidate"], serde_json::json!(["tags +mild"]));
+    assert_eq!(heat["candidate_halted"], Value::Null);
+    assert!(
+        rule("all")["candidate_halted"]
+            .as_str()
+            .unwrap()
+            .contains("would halt it: it wants to change 60 of 60 cases (limit 25%)"),
+        "{}",
+        rule("all")
+    );
     assert_eq!(rule("fresh")["status"], "added");
     assert_eq!(ids(&rule("fresh"), "gained"), with("Low"));
 
@@ -129,6 +143,10 @@ async fn diff_reports_exactly_what_a_modified_rule_gains_and_loses() {
             high.len(),
             medium.len()
         )),
+        "{text}"
+    );
+    assert!(
+        text.contains("  ! the blast-radius guard would halt it"),
         "{text}"
     );
     let one = high.iter().next().unwrap();

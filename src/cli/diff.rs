@@ -59,6 +59,9 @@ struct RuleDiff {
     gained: Vec<CaseDiff>,
     lost: Vec<CaseDiff>,
     changed: Vec<CaseDiff>,
+    /// The blast-radius guard would halt the candidate rule on these cases (nothing of it
+    /// would be applied): why.
+    candidate_halted: Option<String>,
 }
 
 /// Each rule's planned changes on one case, as `field old -> new` lines.
@@ -162,13 +165,18 @@ pub(super) async fn run(cli: &Cli, args: &DiffArgs) -> anyhow::Result<u8> {
                     gained: Vec::new(),
                     lost: Vec::new(),
                     changed: Vec::new(),
+                    candidate_halted: None,
                 },
             )
         })
         .collect();
+    let mut wanted: BTreeMap<String, usize> = BTreeMap::new();
     for case in &cases {
         let before = decide(&live, &live_rules, case, &env);
         let after = decide(&candidate, &candidate_rules, case, &env);
+        for rule in after.keys() {
+            *wanted.entry(rule.clone()).or_default() += 1;
+        }
         for (name, d) in diffs.iter_mut() {
             let (b, a) = (before.get(name), after.get(name));
             if b == a {
@@ -185,6 +193,22 @@ pub(super) async fn run(cli: &Cli, args: &DiffArgs) -> anyhow::Result<u8> {
                 (Some(_), None) => d.lost.push(entry),
                 _ => d.changed.push(entry),
             }
+        }
+    }
+    // As a pass would: a rule wanting too large a share of the listed cases is halted.
+    for r in &candidate_rules {
+        let n = wanted.get(&r.name).copied().unwrap_or(0);
+        let limit = r
+            .max_change_fraction
+            .unwrap_or(config.daemon.max_change_fraction);
+        if crate::plan::guard_trips(n, cases.len(), limit, config.daemon.guard_min_cases)
+            && let Some(d) = diffs.get_mut(&r.name)
+        {
+            d.candidate_halted = Some(format!(
+                "the blast-radius guard would halt it: it wants to change {n} of {} cases (limit {:.0}%), so none of its changes would be applied",
+                cases.len(),
+                limit * 100.0
+            ));
         }
     }
     let diffs: Vec<RuleDiff> = diffs.into_values().collect();
@@ -225,6 +249,9 @@ fn print_table(out: &mut impl Write, diffs: &[RuleDiff], cases: usize) -> std::i
                 )
             }
         )?;
+        if let Some(why) = &d.candidate_halted {
+            writeln!(out, "  ! {why}")?;
+        }
         let ticket = |c: &CaseDiff| {
             c.ticket_id
                 .map(|t| format!(" (ticket {t})"))

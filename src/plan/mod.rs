@@ -12,4 +12,4 @@ pub use case::{
     plan_case, remember, stamp,
 };
 pub use field::{DecisionId, Field, describe_change, memory_key};
-pub use pass::{Budgets, CaseFacts, PassPlan, PassPlanner, RuleSettings};
+pub use pass::{Budgets, CaseFacts, PassPlan, PassPlanner, RuleSettings, guard_trips};

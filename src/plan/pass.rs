@@ -238,7 +238,7 @@ impl PassPlanner {
 
 /// The blast-radius guard: does a rule that wants to change `changed` of the `seen` cases
 /// it looked at exceed the allowed fraction? Below `min_cases` seen, never.
-fn guard_trips(changed: usize, seen: usize, max_fraction: f64, min_cases: usize) -> bool {
+pub fn guard_trips(changed: usize, seen: usize, max_fraction: f64, min_cases: usize) -> bool {
     seen >= min_cases.max(1) && changed as f64 > max_fraction * seen as f64
 }
 
