@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::Exit;
-use crate::plan::{CasePlan, Decision, Field};
+use crate::plan::{CasePlan, Decision, Field, current, holds};
 use crate::stellar::Case;
 
 fn digest(bytes: &[u8]) -> String {
@@ -164,77 +164,48 @@ impl PlannedCase {
                 })
             })
             .collect::<Result<Vec<Decision>, Exit>>()?;
-        let mut decisions = decisions;
-        // A comment explains its rule's changes: none of them going out, neither does it.
-        let silent: Vec<String> = decisions
-            .iter()
-            .filter(|d| d.field != Field::Comment)
-            .map(|d| d.rule.clone())
-            .filter(|r| {
-                !decisions
-                    .iter()
-                    .any(|d| &d.rule == r && d.field != Field::Comment && d.is_planned())
-            })
-            .collect();
-        for d in decisions.iter_mut() {
-            if d.field == Field::Comment && d.is_planned() && silent.contains(&d.rule) {
-                d.skipped = Some("the changes this comment explains are not applied".into());
-            }
-        }
-        Ok(CasePlan {
+        let mut plan = CasePlan {
             case_id: self.case_id.clone(),
             ticket_id: self.ticket_id,
             decisions,
             // Checked just now, change by change.
             stamp: None,
-        })
+        };
+        plan.skip_unexplained_comments(
+            |_| true,
+            "the changes this comment explains are not applied",
+        );
+        Ok(plan)
     }
 }
 
 /// Whether the case still holds what the plan saw (`old`), so the change means what the
 /// reviewer approved; why not, if not.
 fn still_holds(case: &Case, field: Field, c: &PlannedChange) -> Result<(), String> {
-    let changed = |now: String| {
-        Err(format!(
-            "case changed since the plan: {field} was {:?} when planned, now {now:?}",
-            c.old.as_deref().unwrap_or("")
-        ))
-    };
     let new = c.new.as_deref().unwrap_or("");
-    match field {
-        Field::Comment => Ok(()),
-        Field::Tags => {
-            let (sign, tag) = new.split_at_checked(1).unwrap_or(("", ""));
-            let has = case.has_tag(tag);
-            if (sign == "+" && has) || (sign == "-" && !has) {
-                Err(format!(
-                    "case changed since the plan: tag {tag} is already {}",
-                    if has { "there" } else { "gone" }
-                ))
-            } else {
-                Ok(())
-            }
-        }
-        Field::Priority => {
-            let now = case.priority().to_string();
-            if Some(now.as_str()) == c.old.as_deref() {
-                Ok(())
-            } else {
-                changed(now)
-            }
-        }
-        other => {
-            let now = case
-                .raw()
-                .get(other.as_str())
-                .and_then(serde_json::Value::as_str)
-                .unwrap_or("")
-                .to_string();
-            if now == c.old.as_deref().unwrap_or("") {
-                Ok(())
-            } else {
-                changed(now)
-            }
-        }
+    let old = c.old.as_deref().unwrap_or("");
+    let fine = match field {
+        Field::Comment => true,
+        // A tag change still is one while the case does not hold it yet.
+        Field::Tags => !holds(case, field, new),
+        _ => holds(case, field, old),
+    };
+    if fine {
+        return Ok(());
     }
+    Err(match field {
+        Field::Tags => format!(
+            "case changed since the plan: tag {} is already {}",
+            new.get(1..).unwrap_or(""),
+            if new.starts_with('+') {
+                "there"
+            } else {
+                "gone"
+            }
+        ),
+        _ => format!(
+            "case changed since the plan: {field} was {old:?} when planned, now {:?}",
+            current(case, field, new)
+        ),
+    })
 }

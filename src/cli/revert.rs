@@ -200,35 +200,15 @@ fn undo(now: &Case, field: Field, r: &EventRow, pass: &str, actor: &str) -> Deci
         r.rule,
         crate::plan::describe_change(field, r.old.as_deref(), r.new.as_deref())
     );
-    let (old, new, holds) = match field {
+    let (old, new) = match field {
         Field::Tags => {
             let (sign, tag) = wrote.split_at_checked(1).unwrap_or(("", ""));
-            let has = now.has_tag(tag);
             let back = if sign == "+" { "-" } else { "+" };
-            (None, format!("{back}{tag}"), (sign == "+") == has)
+            (None, format!("{back}{tag}"))
         }
-        Field::Priority => {
-            let current = now.priority().to_string();
-            (
-                Some(wrote.clone()),
-                r.old.clone().unwrap_or_default(),
-                current == wrote,
-            )
-        }
-        other => {
-            let current = now
-                .raw()
-                .get(other.as_str())
-                .and_then(serde_json::Value::as_str)
-                .unwrap_or("")
-                .to_string();
-            (
-                Some(wrote.clone()),
-                r.old.clone().unwrap_or_default(),
-                current == wrote,
-            )
-        }
+        _ => (Some(wrote.clone()), r.old.clone().unwrap_or_default()),
     };
+    let holds = crate::plan::holds(now, field, &wrote);
     Decision {
         rule: actor.to_string(),
         field,

@@ -111,6 +111,23 @@ impl CasePlan {
         self.decisions.iter().any(Decision::is_planned)
     }
 
+    /// A comment explains its rule's changes: the planned comments of a rule (among those
+    /// `among` picks) whose field changes are all skipped are skipped too, with `why`.
+    pub fn skip_unexplained_comments(&mut self, among: impl Fn(&str) -> bool, why: &str) {
+        let silent: Vec<String> = self
+            .decisions
+            .iter()
+            .filter(|d| d.field != Field::Comment && among(&d.rule))
+            .map(|d| d.rule.clone())
+            .filter(|r| !self.field_changes().any(|d| &d.rule == r))
+            .collect();
+        for d in self.decisions.iter_mut() {
+            if d.field == Field::Comment && d.is_planned() && silent.contains(&d.rule) {
+                d.skipped = Some(why.into());
+            }
+        }
+    }
+
     /// Marks every planned decision of `rule` skipped with `reason`.
     pub fn skip_rule(&mut self, rule: &str, reason: &str) {
         for d in &mut self.decisions {
@@ -239,8 +256,12 @@ pub fn stamp(case: &Case) -> Option<String> {
 /// Whether the case already holds what a planned decision sets (used to reconcile after a
 /// crash and to check idempotence).
 pub fn case_holds(case: &Case, d: &Decision) -> bool {
-    let new = d.new.as_deref().unwrap_or("");
-    match d.field {
+    holds(case, d.field, d.new.as_deref().unwrap_or(""))
+}
+
+/// Whether the case holds `value` in `field` (`+tag`/`-tag` for tags: there / not there).
+pub fn holds(case: &Case, field: Field, new: &str) -> bool {
+    match field {
         Field::Priority => case.priority() == new,
         Field::Status => case.status() == new,
         Field::Assignee => case.assignee() == new,
@@ -305,17 +326,17 @@ pub(super) fn skip_overridden(plan: &mut CasePlan, case: &Case, memory: &Memory,
     }
     // A comment explains its rule's changes: with all of them reverted by a person it would
     // be posted again every pass; the same text casewarden posted last is not posted twice.
-    let still_changing: Vec<String> = plan.field_changes().map(|d| d.rule.clone()).collect();
+    plan.skip_unexplained_comments(
+        |rule| overridden.iter().any(|r| r == rule),
+        "overridden by a person: the changes this comment explains were reverted",
+    );
     let last_comment = memory.get(&memory_key(Field::Comment, ""));
     for d in plan.decisions.iter_mut() {
-        if d.field != Field::Comment || !d.is_planned() {
-            continue;
-        }
-        if overridden.contains(&d.rule) && !still_changing.contains(&d.rule) {
-            d.skipped = Some(
-                "overridden by a person: the changes this comment explains were reverted".into(),
-            );
-        } else if last_comment.is_some() && last_comment == d.new.as_ref() {
+        if d.field == Field::Comment
+            && d.is_planned()
+            && last_comment.is_some()
+            && last_comment == d.new.as_ref()
+        {
             d.skipped =
                 Some("already posted: casewarden's last comment on this case says the same".into());
         }
@@ -323,7 +344,7 @@ pub(super) fn skip_overridden(plan: &mut CasePlan, case: &Case, memory: &Memory,
 }
 
 /// The case's current value of `field`, in the memory's form.
-fn current(case: &Case, field: Field, new: &str) -> String {
+pub fn current(case: &Case, field: Field, new: &str) -> String {
     match field {
         Field::Tags => {
             let tag = new.get(1..).unwrap_or("");

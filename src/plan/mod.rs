@@ -8,8 +8,8 @@ mod field;
 mod pass;
 
 pub use case::{
-    CasePlan, Change, ChangeKind, Decision, Memory, RuleChanges, apply, case_holds, decisions,
-    plan_case, remember, stamp,
+    CasePlan, Change, ChangeKind, Decision, Memory, RuleChanges, apply, case_holds, current,
+    decisions, holds, plan_case, remember, stamp,
 };
 pub use field::{DecisionId, Field, describe_change, memory_key};
 pub use pass::{Budgets, CaseFacts, PassPlan, PassPlanner, RuleSettings, guard_trips};
