@@ -101,6 +101,22 @@ pub struct Step {
     pub error: Option<String>,
 }
 
+/// `WHERE` conditions over `passes` by start time, and their values.
+fn pass_conditions(p: &Period) -> (String, Vec<String>) {
+    let mut sql = String::from("1 = 1");
+    let mut binds = Vec::new();
+    for (cond, value) in [
+        (" AND started_at >= ?", &p.since),
+        (" AND started_at <= ?", &p.until),
+    ] {
+        if let Some(v) = value {
+            sql.push_str(cond);
+            binds.push(v.clone());
+        }
+    }
+    (sql, binds)
+}
+
 /// Rows that say what happened (not intents still open): the outcome rows, dry-run
 /// plans, and the rule rows.
 const SETTLED: &str = "(e.outcome != 'planned' OR e.dry_run = 1)";
@@ -182,19 +198,20 @@ impl AuditStore {
 
     /// Passes that started in the period, newest first, at most `limit`.
     pub async fn passes_in(&self, p: &Period, limit: i64) -> Result<Vec<PassRow>, AuditError> {
-        let mut sql = String::from("SELECT * FROM passes WHERE 1 = 1");
-        let mut binds = Vec::new();
-        for (cond, value) in [
-            (" AND started_at >= ?", &p.since),
-            (" AND started_at <= ?", &p.until),
-        ] {
-            if let Some(v) = value {
-                sql.push_str(cond);
-                binds.push(v.clone());
-            }
-        }
-        sql.push_str(&format!(" ORDER BY started_at DESC, id DESC LIMIT {limit}"));
+        let (cond, binds) = pass_conditions(p);
+        let sql = format!(
+            "SELECT * FROM passes WHERE {cond} ORDER BY started_at DESC, id DESC LIMIT {limit}"
+        );
         self.all(sql, binds).await
+    }
+
+    /// How many passes started in the period.
+    pub async fn pass_count(&self, p: &Period) -> Result<i64, AuditError> {
+        let (cond, binds) = pass_conditions(p);
+        let rows: Vec<(i64,)> = self
+            .all(format!("SELECT COUNT(*) FROM passes WHERE {cond}"), binds)
+            .await?;
+        Ok(rows.first().map_or(0, |r| r.0))
     }
 
     async fn all<T>(&self, sql: String, binds: Vec<String>) -> Result<Vec<T>, AuditError>

@@ -11,7 +11,7 @@ use super::plan_file::{PLAN_ROW, PlanFile};
 use super::{Cli, Exit, load_config};
 use crate::app::App;
 use crate::audit::ClaimError;
-use crate::pass::{PageHook, PassOptions};
+use crate::pass::{Hook, PassOptions};
 use crate::report::print_report;
 use crate::stellar::Case;
 
@@ -140,7 +140,7 @@ async fn pass(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
         None => None,
     };
     let on_page = saved.clone().map(|file| {
-        PageHook(Arc::new(move |cases: &[Case]| {
+        Hook(Arc::new(move |cases: &[Case]| {
             if let Ok(mut f) = file.lock() {
                 f.add(cases);
             }

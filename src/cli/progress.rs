@@ -35,17 +35,19 @@ pub fn pass_bar() -> (ProgressBar, crate::pass::Progress) {
         ProgressBar::hidden()
     };
     let shown = bar.clone();
-    let progress = crate::pass::Progress(std::sync::Arc::new(move |step| match step {
-        crate::pass::Step::Listed { cases, total } => {
-            shown.set_message("listing");
-            shown.set_length(total.unwrap_or(cases).max(cases));
-            shown.set_position(cases);
-        }
-        crate::pass::Step::Applied { cases, total } => {
-            shown.set_message("applying");
-            shown.set_position(cases);
-            shown.set_length(total);
-        }
-    }));
+    let progress = crate::pass::Hook(std::sync::Arc::new(
+        move |step: &crate::pass::Step| match *step {
+            crate::pass::Step::Listed { cases, total } => {
+                shown.set_message("listing");
+                shown.set_length(total.unwrap_or(cases).max(cases));
+                shown.set_position(cases);
+            }
+            crate::pass::Step::Applied { cases, total } => {
+                shown.set_message("applying");
+                shown.set_position(cases);
+                shown.set_length(total);
+            }
+        },
+    ));
     (bar, progress)
 }

@@ -159,11 +159,7 @@ pub(super) fn run(cli: &Cli, args: &TestArgs) -> anyhow::Result<u8> {
         );
     }
     let config = cli.config.as_deref();
-    let base = EvalEnv {
-        calendars: Arc::new(super::test_rule::calendars(config)?),
-        exempt_tags: Arc::new(super::test_rule::exempt_tags(config)?),
-        ..EvalEnv::default()
-    };
+    let base = super::test_rule::offline_env(config)?;
     let mut outcomes = Vec::new();
     for file in &files {
         let text = std::fs::read_to_string(file)

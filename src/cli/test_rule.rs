@@ -1,6 +1,5 @@
 //! `casewarden test-rule`: one rule, offline, on saved cases.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,7 +7,6 @@ use std::sync::Arc;
 use clap::{Args, ValueEnum};
 
 use super::Exit;
-use crate::calendar::Calendar;
 use crate::plan::{ChangeKind, RuleChanges, plan_case};
 use crate::report::print_plans;
 use crate::rules::{EvalEnv, RuleSet};
@@ -86,15 +84,21 @@ fn read_users(path: &std::path::Path) -> Result<Directory, Exit> {
     Ok(Directory::new(items.iter().filter_map(User::from_value)))
 }
 
-/// Calendars from the config named with --config (test-rule reads nothing else of it).
-pub(super) fn calendars(
-    config: Option<&std::path::Path>,
-) -> Result<HashMap<String, Calendar>, Exit> {
+/// What offline runs take from the config named with --config (read once): its
+/// calendars and `daemon.exempt_tags`; without one, no calendars and the default tag.
+pub(super) fn offline_env(config: Option<&std::path::Path>) -> Result<EvalEnv, Exit> {
     let Some(path) = config else {
-        return Ok(HashMap::new());
+        return Ok(EvalEnv {
+            exempt_tags: Arc::new(vec![crate::config::DEFAULT_EXEMPT_TAG.to_string()]),
+            ..EvalEnv::default()
+        });
     };
     let config = crate::config::Config::load(path).map_err(Exit::config)?;
-    config.calendars().map_err(Exit::config)
+    Ok(EvalEnv {
+        calendars: Arc::new(config.calendars().map_err(Exit::config)?),
+        exempt_tags: Arc::new(config.daemon.exempt_tags),
+        ..EvalEnv::default()
+    })
 }
 
 /// What the rules asked of a case, as a pass collects it, and their errors.
@@ -114,17 +118,6 @@ pub(super) fn requests_of(
         }
     }
     (requests, errors)
-}
-
-/// `daemon.exempt_tags` from the config named with --config, else the default.
-pub(super) fn exempt_tags(config: Option<&std::path::Path>) -> Result<Vec<String>, Exit> {
-    match config {
-        Some(path) => Ok(crate::config::Config::load(path)
-            .map_err(Exit::config)?
-            .daemon
-            .exempt_tags),
-        None => Ok(vec![crate::config::DEFAULT_EXEMPT_TAG.to_string()]),
-    }
 }
 
 /// `assign("someone@x")` as a pass sends it: the user's id, or the rule's error.
@@ -174,9 +167,7 @@ pub(super) fn run(args: &TestRuleArgs, config: Option<&std::path::Path>) -> anyh
         now_ms,
         own_users: std::sync::Arc::new(args.self_users.clone()),
         users: users.clone().map(Arc::new),
-        calendars: Arc::new(calendars(config)?),
-        exempt_tags: Arc::new(exempt_tags(config)?),
-        ..EvalEnv::default()
+        ..offline_env(config)?
     };
     let mut failed = false;
     let mut out = std::io::stdout().lock();

@@ -131,18 +131,26 @@ pub struct PassOptions {
     pub plans: Option<Arc<Vec<CasePlan>>>,
 }
 
-/// What is called with each listed page.
-pub type PageFn = dyn Fn(&[Case]) + Send + Sync;
+/// A callback of a pass (progress, listed pages), called on the pass's task: it must be
+/// quick.
+pub struct Hook<A: ?Sized>(pub Arc<dyn Fn(&A) + Send + Sync>);
 
-/// A callback for each listed page; called on the pass's task.
-#[derive(Clone)]
-pub struct PageHook(pub Arc<PageFn>);
-
-impl std::fmt::Debug for PageHook {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PageHook")
+impl<A: ?Sized> Clone for Hook<A> {
+    fn clone(&self) -> Self {
+        Hook(self.0.clone())
     }
 }
+
+impl<A: ?Sized> std::fmt::Debug for Hook<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hook")
+    }
+}
+
+/// Given every page of cases as listed.
+pub type PageHook = Hook<[Case]>;
+/// Told how far listing and applying have got.
+pub type Progress = Hook<Step>;
 
 /// How far a pass has got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,20 +161,10 @@ pub enum Step {
     Applied { cases: u64, total: u64 },
 }
 
-/// A callback for [`Step`]s; called on the pass's task, so it must be quick.
-#[derive(Clone)]
-pub struct Progress(pub Arc<dyn Fn(Step) + Send + Sync>);
-
-impl std::fmt::Debug for Progress {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Progress")
-    }
-}
-
 impl PassOptions {
     fn tell(&self, step: Step) {
         if let Some(p) = &self.progress {
-            (p.0)(step);
+            (p.0)(&step);
         }
     }
 

@@ -146,11 +146,11 @@ impl Review {
             },
         };
         let (rules, totals) = rule_reviews(store, period).await?;
-        let all_passes = store.passes_in(period, i64::MAX).await?;
-        let passes_total = all_passes.len();
-        let passes = all_passes
+        let passes_total = store.pass_count(period).await? as usize;
+        let passes = store
+            .passes_in(period, MAX_PASSES)
+            .await?
             .into_iter()
-            .take(MAX_PASSES as usize)
             .map(|p| PassReview {
                 seconds: p
                     .finished_at
