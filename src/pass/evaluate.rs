@@ -32,17 +32,12 @@ pub(super) fn evaluate_one(
     let mut ev = Evaluated {
         requests: Vec::new(),
         seen_by: Vec::new(),
-        exempt_from: (0..rules.len())
-            .filter(|&i| {
-                crate::rules::hints_match(&case, &rules[i].query)
-                    && crate::rules::exempt(&case, &rules[i], env)
-            })
-            .collect(),
+        exempt_from: Vec::new(),
         errors: Vec::new(),
         wants_activities: false,
         case,
     };
-    for (i, result) in set.evaluate_case(rules, &ev.case, env) {
+    for (i, result) in set.evaluate_case_noting_exempt(rules, &ev.case, env, &mut ev.exempt_from) {
         ev.seen_by.push(i);
         match result {
             Ok(asked) => {

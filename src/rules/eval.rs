@@ -41,9 +41,29 @@ impl RuleSet {
         case: &Case,
         env: &EvalEnv,
     ) -> Vec<(usize, Result<Asked, EvalError>)> {
-        let due: Vec<usize> = (0..rules.len())
-            .filter(|&i| hints_match(case, &rules[i].query) && !exempt(case, &rules[i], env))
-            .collect();
+        self.evaluate_case_noting_exempt(rules, case, env, &mut Vec::new())
+    }
+
+    /// [`RuleSet::evaluate_case`], also adding to `exempt` the rules whose query selected
+    /// the case but an exemption kept off it (for the pass's counts).
+    pub fn evaluate_case_noting_exempt(
+        &self,
+        rules: &[Arc<Rule>],
+        case: &Case,
+        env: &EvalEnv,
+        exempt_from: &mut Vec<usize>,
+    ) -> Vec<(usize, Result<Asked, EvalError>)> {
+        let mut due = Vec::new();
+        for (i, rule) in rules.iter().enumerate() {
+            if !hints_match(case, &rule.query) {
+                continue;
+            }
+            if exempt(case, rule, env) {
+                exempt_from.push(i);
+            } else {
+                due.push(i);
+            }
+        }
         if due.is_empty() {
             return Vec::new();
         }
