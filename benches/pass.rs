@@ -1,142 +1,291 @@
-//! One pass of the example rules over N simulated cases (the simulator runs as a separate
-//! process, so the RSS below is casewarden's alone). Baseline: a plain listing of the same
-//! cases through the client, in the same run.
+//! One pass of casewarden against a hand-written async Python peer (`benches/peer/peer.py`,
+//! asyncio + aiohttp, installed by this bench into `target/bench-venv` when missing), on
+//! the same simulated population, alternately, in one run. Both apply the five rules of
+//! `benches/peer/rules` (the peer mirrors them in Python); comments off.
 //!
-//! cargo bench --bench pass -- 100000 [RULE...]   (N defaults to 10000; RULEs default to
-//! every example rule)
+//! cargo bench --bench pass -- [CASES] [--rounds N] [--only casewarden|peer]
+//!
+//! Each run gets a freshly started simulator (`casewarden simulate --cases N --seed 7`) so
+//! both see the same cases. Printed per run: wall time, the client's CPU seconds and peak
+//! RSS (from wait4), the simulator's CPU seconds during the run (/proc), and how many cases
+//! the simulator saw changed; then the medians and their ratios.
 
-mod support;
-
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use casewarden::app::App;
-use casewarden::config::Config;
-use casewarden::pass::{PassOptions, run_pass};
+const KEY: &str = "bench-key";
+const USER: &str = "demo@example.com";
 
-#[tokio::main(flavor = "multi_thread")]
-async fn main() {
+#[derive(Clone, Copy, PartialEq)]
+enum Who {
+    Casewarden,
+    Peer,
+}
+
+impl Who {
+    fn name(self) -> &'static str {
+        match self {
+            Who::Casewarden => "casewarden once",
+            Who::Peer => "async Python peer",
+        }
+    }
+}
+
+struct Run {
+    wall: f64,
+    cpu: f64,
+    rss_mib: f64,
+    sim_cpu: f64,
+    changed: u64,
+}
+
+fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a != "--bench")
         .collect();
-    let cases: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(10_000);
-    let only: Vec<String> = args
-        .iter()
-        .filter(|a| a.parse::<usize>().is_err())
-        .cloned()
-        .collect();
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let cases: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(100_000);
+    let rounds: usize = value("--rounds").and_then(|r| r.parse().ok()).unwrap_or(3);
+    let who: Vec<Who> = match value("--only").as_deref() {
+        Some("casewarden") => vec![Who::Casewarden],
+        Some("peer") => vec![Who::Peer],
+        _ => vec![Who::Casewarden, Who::Peer],
+    };
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let python = who.contains(&Who::Peer).then(|| venv(&root));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("api_key"), format!("{KEY}\n")).unwrap();
+
+    println!(
+        "one pass over {cases} simulated cases (seed 7), 5 rules (benches/peer/rules), comments off, page size 500, {rounds} round(s)"
+    );
+    let mut runs: Vec<(Who, Run)> = Vec::new();
+    for round in 1..=rounds {
+        for &w in &who {
+            let run = one_run(w, cases, &root, python.as_deref(), dir.path());
+            println!(
+                "  round {round} {:<18} wall {:>6.2} s  client CPU {:>6.2} s  peak RSS {:>6.0} MiB  simulator CPU {:>6.2} s  cases changed {}",
+                w.name(),
+                run.wall,
+                run.cpu,
+                run.rss_mib,
+                run.sim_cpu,
+                run.changed
+            );
+            runs.push((w, run));
+        }
+    }
+    let median = |w: Who, f: fn(&Run) -> f64| {
+        let mut v: Vec<f64> = runs
+            .iter()
+            .filter(|(x, _)| *x == w)
+            .map(|(_, r)| f(r))
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "\nmedians | wall | client CPU | simulator CPU | client CPU / simulator CPU | peak RSS"
+    );
+    for &w in &who {
+        println!(
+            "{} | {:.2} s | {:.2} s | {:.2} s | {:.2} | {:.0} MiB",
+            w.name(),
+            median(w, |r| r.wall),
+            median(w, |r| r.cpu),
+            median(w, |r| r.sim_cpu),
+            median(w, |r| r.cpu) / median(w, |r| r.sim_cpu),
+            median(w, |r| r.rss_mib)
+        );
+    }
+    if who.len() == 2 {
+        println!(
+            "peer / casewarden: wall {:.2}x, client CPU {:.2}x",
+            median(Who::Peer, |r| r.wall) / median(Who::Casewarden, |r| r.wall),
+            median(Who::Peer, |r| r.cpu) / median(Who::Casewarden, |r| r.cpu)
+        );
+    }
+}
+
+/// The peer's interpreter: `target/bench-venv` with aiohttp, made when missing.
+fn venv(root: &Path) -> PathBuf {
+    let dir = root.join("target/bench-venv");
+    let python = dir.join("bin/python");
+    let ready = |p: &Path| {
+        Command::new(p)
+            .args(["-c", "import aiohttp"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !ready(&python) {
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&dir)
+            .status()
+            .expect("python3 runs");
+        assert!(made.success(), "python3 -m venv failed");
+        let pip = Command::new(dir.join("bin/pip"))
+            .args(["install", "--quiet", "aiohttp"])
+            .status()
+            .expect("pip runs");
+        assert!(pip.success(), "pip install aiohttp failed");
+    }
+    python
+}
+
+fn one_run(who: Who, cases: usize, root: &Path, python: Option<&Path>, dir: &Path) -> Run {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
+    let url = format!("http://127.0.0.1:{port}");
     let mut sim = Command::new(env!("CARGO_BIN_EXE_casewarden"))
         .args([
             "simulate",
+            "--quiet",
             "--listen",
             &format!("127.0.0.1:{port}"),
+        ])
+        .args([
             "--cases",
             &cases.to_string(),
             "--seed",
             "7",
             "--api-key",
-            "bench-key",
+            KEY,
         ])
         .stdout(Stdio::null())
         .spawn()
         .expect("the simulator starts");
     let ready = Instant::now();
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
-            ready.elapsed() < Duration::from_secs(300),
+            ready.elapsed() < Duration::from_secs(600),
             "simulator did not come up"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        std::thread::sleep(Duration::from_millis(100));
     }
-    // The same start-up as `casewarden once`: a config file, then App::build.
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("api_key"), "bench-key\n").unwrap();
-    let rules_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("rules");
-    let config = Config::parse(
-        &format!(
-            "[stellar]\nurl = \"http://127.0.0.1:{port}\"\napi_flavor = \"legacy\"\n\
-             user = \"demo@example.com\"\napi_key_file = \"api_key\"\ntimeout_secs = 60\n\
-             page_size = 500\nmax_attempts = 3\nretry_base_ms = 100\n\n\
-             [daemon]\nrules_dir = {}\nmax_changes_per_run = 50000\npass_timeout_secs = 3600\n\n\
-             [audit]\npath = \"audit.db\"\n",
-            toml::Value::String(rules_dir.display().to_string())
-        ),
-        &dir.path().join("casewarden.toml"),
-    )
-    .unwrap();
-    let App { rules: set, ctx } = App::build(&config, None).await.unwrap();
-    let client = ctx.client.clone();
-
+    let mut command = match who {
+        Who::Casewarden => {
+            let audit = dir.join("audit.db");
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", audit.display()));
+            }
+            let config = dir.join("casewarden.toml");
+            std::fs::write(
+                &config,
+                format!(
+                    "[stellar]\nurl = \"{url}\"\napi_flavor = \"legacy\"\nuser = \"{USER}\"\n\
+                     api_key_file = \"api_key\"\npage_size = 500\ntimeout_secs = 120\n\n\
+                     [daemon]\nrules_dir = {}\nmax_changes_per_run = 10000000\n\
+                     max_change_fraction = 1.0\ncomment_changes = false\npass_timeout_secs = 3600\n\n\
+                     [audit]\npath = \"audit.db\"\n",
+                    toml::Value::String(root.join("benches/peer/rules").display().to_string())
+                ),
+            )
+            .unwrap();
+            let mut c = Command::new(env!("CARGO_BIN_EXE_casewarden"));
+            c.args(["once", "--quiet", "--config"])
+                .arg(&config)
+                .current_dir(dir);
+            c
+        }
+        Who::Peer => {
+            let mut c = Command::new(python.expect("the peer's venv"));
+            c.arg(root.join("benches/peer/peer.py"))
+                .args([&url, USER, KEY]);
+            c
+        }
+    };
+    let mut client = command
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the client starts");
+    let sim_before = cpu_seconds(sim.id());
     let start = Instant::now();
-    let mut pager = client.list_cases(vec![
-        ("sort".into(), "modified_at".into()),
-        ("order".into(), "asc".into()),
-    ]);
-    let mut listed = 0;
-    while let Some(page) = pager.next_page().await.unwrap() {
-        listed += page.cases.len();
-    }
-    let list_time = start.elapsed();
-    let rss_listing = support::peak_rss_kb();
-
-    let start = Instant::now();
-    let report = run_pass(
-        &ctx,
-        &set,
-        &PassOptions {
-            trigger: "bench".into(),
-            only: only.clone(),
-            ..PassOptions::default()
-        },
-    )
-    .await;
-    let pass_time = start.elapsed();
-    let changed = report.plans.iter().filter(|p| p.has_work()).count();
+    let (ok, cpu, rss_kib) = wait_with_usage(&mut client);
+    let wall = start.elapsed().as_secs_f64();
+    let sim_cpu = cpu_seconds(sim.id()) - sim_before;
+    assert!(ok, "{} failed", who.name());
+    let changed = changed_cases(&url);
     let _ = sim.kill();
     let _ = sim.wait();
-
-    let rules = if only.is_empty() {
-        "all example rules".to_string()
-    } else {
-        only.join(", ")
-    };
-    println!(
-        "one pass, {cases} simulated cases, {rules}, page size 500, max_in_flight 8, budget 50000:"
-    );
-    println!(
-        "  baseline listing only:  {:>8.2} s  ({listed} cases; peak RSS {} MiB)",
-        list_time.as_secs_f64(),
-        rss_listing / 1024
-    );
-    println!(
-        "  full pass:              {:>8.2} s  ({} seen, {changed} cases changed = {:.1}%, {} changes applied, {} failed, {} deferred; status {})",
-        pass_time.as_secs_f64(),
-        report.cases_seen,
-        100.0 * changed as f64 / report.cases_seen.max(1) as f64,
-        report.applied,
-        report.failed,
-        report.deferred_changes,
-        report.status
-    );
-    println!(
-        "  ratio pass/listing:     {:>8.2}",
-        pass_time.as_secs_f64() / list_time.as_secs_f64()
-    );
-    println!(
-        "  peak RSS after pass:    {:>8} MiB",
-        support::peak_rss_kb() / 1024
-    );
+    Run {
+        wall,
+        cpu,
+        rss_mib: rss_kib as f64 / 1024.0,
+        sim_cpu,
+        changed,
+    }
 }
 
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+/// (exited 0, user + system CPU seconds, peak RSS KiB) of a finished child.
+fn wait_with_usage(child: &mut Child) -> (bool, f64, i64) {
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 fills it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = child.id() as libc::pid_t;
+    let got = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(got, pid, "wait4");
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    (
+        ok,
+        secs(usage.ru_utime) + secs(usage.ru_stime),
+        usage.ru_maxrss,
+    )
+}
+
+/// A running process's user + system CPU seconds so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_name = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+    let ticks: f64 = fields
+        .get(11..13)
+        .map(|f| f.iter().filter_map(|x| x.parse::<f64>().ok()).sum())
+        .unwrap_or(0.0);
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// How many cases the simulator shows modified by the API user (the changes either client
+/// made), asked with a one-case listing.
+fn changed_cases(url: &str) -> u64 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        let token: serde_json::Value = http
+            .post(format!("{url}/connect/api/v1/access_token"))
+            .basic_auth(USER, Some(KEY))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let answer: serde_json::Value = http
+            .get(format!("{url}/connect/api/v1/cases"))
+            .query(&[("limit", "1"), ("modified_by", USER)])
+            .bearer_auth(token["access_token"].as_str().unwrap_or_default())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        answer["data"]["total"].as_u64().unwrap_or(0)
+    })
+}

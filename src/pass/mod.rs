@@ -696,21 +696,15 @@ impl Stage<'_> {
             users_read,
             open,
         };
-        let mut pager = ctx.client.list_cases(pushdown(&self.rules));
-        let mut next = Some(tokio::spawn(async move {
-            let page = pager.next_page().await;
-            (pager, page)
-        }));
-        while let Some(fetch) = next.take() {
+        // Pages download while the one before is evaluated.
+        let mut pager = ctx
+            .client
+            .list_cases(pushdown(&self.rules))
+            .ahead(ctx.settings.max_in_flight);
+        while let Some(page) = pager.next_page().await? {
             if self.opts.cancelled() {
                 return Ok(None);
             }
-            let (mut pager, page) = fetch.await?;
-            let Some(page) = page? else { break };
-            next = Some(tokio::spawn(async move {
-                let page = pager.next_page().await;
-                (pager, page)
-            }));
             report.cases_unparsable += page.skipped.len();
             report.cases_seen += page.cases.len();
             if let Some(hook) = &self.opts.on_page {

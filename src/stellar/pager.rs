@@ -1,9 +1,11 @@
 //! Paging through the case listing with `limit` + `skip`.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
 
 use reqwest::Method;
 use serde_json::Value;
+use tokio::task::JoinHandle;
 
 use super::client::{Call, Client, data_of, short};
 use super::{ApiError, ApiFlavor, Case, CaseParseError};
@@ -17,81 +19,95 @@ pub struct Page {
     pub total: Option<u64>,
 }
 
-/// Walks the listing with `limit` + `skip` until `total`. When the set shifts between
-/// pages, a case can come back on the next page: the ids of the last two pages are kept
-/// so it is yielded once, while memory stays bounded whatever the total.
+/// Walks the listing with `limit` + `skip` until `total`. Once the first page has told
+/// the total, up to `ahead` pages are requested at once (each parsed in its own task) and
+/// yielded in order. When the set shifts between pages, a case can come back on the next
+/// page: the ids of the last two pages are kept so it is yielded once, while memory stays
+/// bounded whatever the total.
 pub struct CasePager {
     client: Client,
-    filters: Vec<(String, String)>,
-    skip: u64,
+    filters: Arc<Vec<(String, String)>>,
+    /// The `skip` of the next page to request.
+    next_skip: u64,
     total: Option<u64>,
+    ahead: usize,
+    in_flight: VecDeque<JoinHandle<Result<Fetched, ApiError>>>,
     recent: [HashSet<String>; 2],
     done: bool,
 }
 
+/// One page as its task fetched and parsed it.
+struct Fetched {
+    skip: u64,
+    parsed: Vec<Result<Case, CaseParseError>>,
+    received: u64,
+    total: Option<u64>,
+}
+
 impl Client {
-    /// Pages through the cases matching `filters`, `page_size` at a time.
+    /// Pages through the cases matching `filters`, `page_size` at a time, one request at
+    /// a time until [`CasePager::ahead`] says more.
     pub fn list_cases(&self, filters: Vec<(String, String)>) -> CasePager {
-        CasePager::new(self.clone(), filters)
+        CasePager {
+            client: self.clone(),
+            filters: Arc::new(filters),
+            next_skip: 0,
+            total: None,
+            ahead: 1,
+            in_flight: VecDeque::new(),
+            recent: [HashSet::new(), HashSet::new()],
+            done: false,
+        }
     }
 }
 
 impl CasePager {
-    fn new(client: Client, filters: Vec<(String, String)>) -> CasePager {
-        CasePager {
-            client,
-            filters,
-            skip: 0,
-            total: None,
-            recent: [HashSet::new(), HashSet::new()],
-            done: false,
+    /// Requests up to `pages` pages at once once the total is known (at least 1).
+    pub fn ahead(mut self, pages: usize) -> CasePager {
+        self.ahead = pages.max(1);
+        self
+    }
+
+    /// Keeps `ahead` requests going, never past the known total: the first page is
+    /// requested alone, since only its answer tells how many there are.
+    fn top_up(&mut self) {
+        let limit = u64::from(self.client.page_size());
+        while !self.done
+            && match self.total {
+                None => self.in_flight.is_empty(),
+                Some(t) => self.in_flight.len() < self.ahead && self.next_skip < t,
+            }
+        {
+            let task = fetch(self.client.clone(), self.filters.clone(), self.next_skip);
+            self.in_flight.push_back(tokio::spawn(task));
+            self.next_skip += limit;
         }
     }
 
     /// The next page, or None after the last.
     pub async fn next_page(&mut self) -> Result<Option<Page>, ApiError> {
-        if self.done {
+        self.top_up();
+        let Some(task) = self.in_flight.pop_front() else {
             return Ok(None);
-        }
-        let limit = u64::from(self.client.page_size());
-        let mut query = self.filters.clone();
-        query.push(("limit".into(), limit.to_string()));
-        query.push(("skip".into(), self.skip.to_string()));
-        let what = format!("GET cases (skip {})", self.skip);
-        let v = self
-            .client
-            .call(Call {
-                method: Method::GET,
-                path: "/connect/api/v1/cases".into(),
-                query: &query,
-                body: None,
-                idempotent: true,
-            })
-            .await?;
-        let data = data_of(v, &what)?;
-        let Some(items) = data.get("cases").and_then(Value::as_array) else {
-            return Err(ApiError::BadResponse {
-                what,
-                detail: format!("data.cases should be a list, got {}", short(&data)),
-            });
         };
-        let total = data.get("total").and_then(Value::as_u64);
-        let received = items.len() as u64;
-        if self.client.known_flavor().is_none()
-            && let Some(f) = items
-                .iter()
-                .find_map(|c| c.as_object().and_then(ApiFlavor::of_case))
-        {
-            self.client.detect_flavor(
-                f,
-                &format!("the server's cases carry `{}`", f.priority_key()),
-            );
-        }
-        let flavor = self.client.known_flavor();
+        let fetched = match task.await {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => {
+                self.stop();
+                return Err(e);
+            }
+            Err(e) => {
+                self.stop();
+                return Err(ApiError::BadResponse {
+                    what: "GET cases".into(),
+                    detail: format!("the page's task failed: {e}"),
+                });
+            }
+        };
         let mut page = Page::default();
-        let mut ids = HashSet::with_capacity(items.len());
-        for item in items.iter().cloned() {
-            match Case::parse(item, flavor) {
+        let mut ids = HashSet::with_capacity(fetched.parsed.len());
+        for parsed in fetched.parsed {
+            match parsed {
                 Ok(case) => {
                     let repeat = self.recent.iter().any(|r| r.contains(&case.id));
                     if ids.insert(case.id.clone()) && !repeat {
@@ -106,13 +122,84 @@ impl CasePager {
         }
         self.recent.swap(0, 1);
         self.recent[1] = ids;
-        self.skip += received;
-        if let Some(t) = total {
+        let limit = u64::from(self.client.page_size());
+        let reached = fetched.skip + fetched.received;
+        if let Some(t) = fetched.total {
             self.total = Some(t);
         }
         page.total = self.total;
         // A short page ends the listing even if `total` claims more: the server has no more.
-        self.done = received < limit || self.total.is_some_and(|t| self.skip >= t);
+        if fetched.received < limit || self.total.is_some_and(|t| reached >= t) {
+            self.stop();
+        }
+        self.top_up();
         Ok(Some(page))
     }
+
+    /// No more pages: requests still going are dropped.
+    fn stop(&mut self) {
+        self.done = true;
+        for task in self.in_flight.drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for CasePager {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Requests and parses the page at `skip`.
+async fn fetch(
+    client: Client,
+    filters: Arc<Vec<(String, String)>>,
+    skip: u64,
+) -> Result<Fetched, ApiError> {
+    let limit = u64::from(client.page_size());
+    let mut query = filters.to_vec();
+    query.push(("limit".into(), limit.to_string()));
+    query.push(("skip".into(), skip.to_string()));
+    let what = format!("GET cases (skip {skip})");
+    let v = client
+        .call(Call {
+            method: Method::GET,
+            path: "/connect/api/v1/cases".into(),
+            query: &query,
+            body: None,
+            idempotent: true,
+        })
+        .await?;
+    let mut data = data_of(v, &what)?;
+    let items = match data.get_mut("cases") {
+        Some(Value::Array(items)) => std::mem::take(items),
+        _ => {
+            return Err(ApiError::BadResponse {
+                what,
+                detail: format!("data.cases should be a list, got {}", short(&data)),
+            });
+        }
+    };
+    let total = data.get("total").and_then(Value::as_u64);
+    if client.known_flavor().is_none()
+        && let Some(f) = items
+            .iter()
+            .find_map(|c| c.as_object().and_then(ApiFlavor::of_case))
+    {
+        client.detect_flavor(
+            f,
+            &format!("the server's cases carry `{}`", f.priority_key()),
+        );
+    }
+    let flavor = client.known_flavor();
+    Ok(Fetched {
+        skip,
+        received: items.len() as u64,
+        parsed: items
+            .into_iter()
+            .map(|item| Case::parse(item, flavor))
+            .collect(),
+        total,
+    })
 }
