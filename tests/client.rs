@@ -413,6 +413,90 @@ async fn a_case_pushed_into_the_next_page_by_a_shifting_set_is_yielded_once() {
     assert_eq!(ids.len(), 250);
 }
 
+/// Cases in listing order, through a pager requesting `ahead` pages at once.
+async fn listed_ids(client: &Client, ahead: usize) -> Vec<String> {
+    let mut pager = client.list_cases(vec![]).ahead(ahead);
+    let mut ids = Vec::new();
+    while let Some(page) = pager.next_page().await.unwrap() {
+        assert_eq!(page.total, Some(2_345));
+        ids.extend(page.cases.into_iter().map(|c| c.id));
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pages_are_requested_several_at_a_time_and_yielded_in_order() {
+    let mut opts = sim_options(2_345);
+    opts.faults.latency_ms = 20;
+    let sim = start(opts).await;
+    let mut s = settings(&sim);
+    s.page_size = 100;
+    let client = Client::new(s).unwrap();
+    let one_at_a_time = listed_ids(&client, 1).await;
+    let first_run = sim.state().requests.len();
+    let four_at_a_time = listed_ids(&client, 4).await;
+    assert_eq!(one_at_a_time.len(), 2_345);
+    assert_eq!(four_at_a_time, one_at_a_time, "same cases, same order");
+    let requests = sim.state().requests.clone();
+    let lists =
+        |rs: &[casewarden::sim::SeenRequest]| -> Vec<(std::time::Instant, std::time::Instant)> {
+            rs.iter()
+                .filter(|r| r.path.ends_with("/cases"))
+                .map(|r| (r.arrived, r.at))
+                .collect()
+        };
+    // The most requests the server was answering at one moment.
+    let most_at_once = |spans: &[(std::time::Instant, std::time::Instant)]| {
+        spans
+            .iter()
+            .map(|(start, _)| {
+                spans
+                    .iter()
+                    .filter(|(a, b)| a <= start && start < b)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
+    };
+    let (before, after) = requests.split_at(first_run);
+    assert_eq!(lists(before).len(), 24);
+    assert_eq!(
+        lists(after).len(),
+        24,
+        "no page requested twice, none past the total"
+    );
+    assert_eq!(most_at_once(&lists(before)), 1);
+    let overlap = most_at_once(&lists(after));
+    assert!((2..=4).contains(&overlap), "{overlap} requests at once");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_page_ends_a_concurrent_listing_with_its_error() {
+    let mut opts = sim_options(1_000);
+    opts.faults.latency_ms = 10;
+    let sim = start(opts).await;
+    let mut s = settings(&sim);
+    s.page_size = 100;
+    s.max_attempts = 1;
+    let client = Client::new(s).unwrap();
+    let mut pager = client.list_cases(vec![]).ahead(4);
+    let mut cases = pager.next_page().await.unwrap().unwrap().cases.len();
+    sim.state().faults.down = true;
+    let err = loop {
+        match pager.next_page().await {
+            Ok(Some(page)) => cases += page.cases.len(),
+            Ok(None) => panic!("the listing ended without an error"),
+            Err(e) => break e,
+        }
+    };
+    assert!(cases < 1_000, "{cases}");
+    assert!(err.to_string().contains("503"), "{err}");
+    assert!(
+        pager.next_page().await.unwrap().is_none(),
+        "nothing after the error"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_token_service_is_retried() {
     let sim = start(sim_options(5)).await;

@@ -74,7 +74,14 @@ impl AuditStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(busy)
-            .foreign_keys(false);
+            .foreign_keys(false)
+            // A pass appends tens of thousands of rows across the case index in one
+            // transaction: with SQLite's 2 MiB default the cache spills mid-transaction and
+            // the same index pages are written to the WAL again and again.
+            .pragma("cache_size", "-65536")
+            // Lookups by many case ids build a temporary index per query: in memory, not
+            // as a file in /var/tmp written page by page.
+            .pragma("temp_store", "memory");
         // SQLite's default page size is 4 KiB; max_page_count is per connection.
         let options = match max_size_mb {
             Some(mb) => options.pragma("max_page_count", (mb * 256).max(1).to_string()),

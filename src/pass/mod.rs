@@ -1033,9 +1033,16 @@ impl Stage<'_> {
     }
 }
 
-/// Batches whatever outcomes have arrived into one transaction. After a failed write no
-/// further request is sent (the senders check `audit_broken`); what was in flight stays
-/// `planned` for the next pass to settle.
+/// Outcome rows are committed at most this long after they arrive, this many at a time.
+/// Each commit rewrites the index pages its rows touch (case ids are random), so a few
+/// large transactions cost far less than one per answer; an outcome lost to a crash in
+/// between leaves its `planned` row, which the next pass settles by reading the case.
+const OUTCOME_WINDOW: Duration = Duration::from_millis(250);
+const OUTCOME_ROWS: usize = 5000;
+
+/// Collects outcomes for up to [`OUTCOME_WINDOW`] into one transaction. After a failed
+/// write no further request is sent (the senders check `audit_broken`); what was in
+/// flight stays `planned` for the next pass to settle.
 async fn write_outcomes(
     audit: AuditStore,
     mut rx: tokio::sync::mpsc::Receiver<Vec<NewEvent>>,
@@ -1043,8 +1050,12 @@ async fn write_outcomes(
 ) -> Result<(), crate::audit::AuditError> {
     let mut failure = None;
     while let Some(mut batch) = rx.recv().await {
-        while let Ok(mut more) = rx.try_recv() {
-            batch.append(&mut more);
+        let until = tokio::time::Instant::now() + OUTCOME_WINDOW;
+        while batch.len() < OUTCOME_ROWS {
+            match tokio::time::timeout_at(until, rx.recv()).await {
+                Ok(Some(mut more)) => batch.append(&mut more),
+                _ => break,
+            }
         }
         if failure.is_none()
             && let Err(e) = audit.append(&batch).await

@@ -23,6 +23,7 @@ pub(super) async fn faults_and_log(
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
+    let arrived = std::time::Instant::now();
     let latency = lock(&state).faults.latency_ms;
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
@@ -102,6 +103,7 @@ pub(super) async fn faults_and_log(
             path,
             query,
             status: resp.status().as_u16(),
+            arrived,
             at: std::time::Instant::now(),
         });
         s.faults.slow_write_answers_ms

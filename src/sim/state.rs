@@ -18,6 +18,8 @@ pub struct SeenRequest {
     pub path: String,
     pub query: String,
     pub status: u16,
+    /// When the request arrived.
+    pub arrived: std::time::Instant,
     /// When the answer was ready (a held-back one goes out later).
     pub at: std::time::Instant,
 }

@@ -132,7 +132,11 @@ impl CasePager {
         if fetched.received < limit || self.total.is_some_and(|t| reached >= t) {
             self.stop();
         }
-        self.top_up();
+        // The next pages download while the caller works on this one; one at a time means
+        // the next request waits for the next call.
+        if self.ahead > 1 {
+            self.top_up();
+        }
         Ok(Some(page))
     }
 
