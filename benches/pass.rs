@@ -61,7 +61,10 @@ fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let python = who.contains(&Who::Peer).then(|| venv(&root));
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("api_key"), format!("{KEY}\n")).unwrap();
+    let key_file = dir.path().join("api_key");
+    std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
+    std::fs::set_permissions(&key_file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .unwrap();
 
     println!(
         "one pass over {cases} simulated cases (seed 7), 5 rules (benches/peer/rules), comments off, page size 500, {rounds} round(s)"
