@@ -35,11 +35,18 @@ fn rate(set: &RuleSet, cases: &[Case], env: &EvalEnv) -> (f64, usize) {
 
 fn main() {
     let users = data::users("demo@example.com");
-    let cases: Vec<Case> =
-        data::generate(CASES, 7, casewarden::now_ms(), ApiFlavor::Legacy, &users)
-            .into_iter()
-            .map(|v| Case::from_value(v).expect("generated cases parse"))
-            .collect();
+    let tenants = data::tenants(data::TENANTS.len());
+    let cases: Vec<Case> = data::generate(
+        CASES,
+        7,
+        casewarden::now_ms(),
+        ApiFlavor::Legacy,
+        &users,
+        &tenants,
+    )
+    .into_iter()
+    .map(|v| Case::from_value(v).expect("generated cases parse"))
+    .collect();
     let env = EvalEnv::default();
     let rules_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("rules");
     let examples = RuleSet::load_dir(&rules_dir).expect("example rules compile");

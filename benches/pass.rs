@@ -63,8 +63,11 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("api_key");
     std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
-    std::fs::set_permissions(&key_file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .unwrap();
+    std::fs::set_permissions(
+        &key_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
 
     println!(
         "one pass over {cases} simulated cases (seed 7), 5 rules (benches/peer/rules), comments off, page size 500, {rounds} round(s)"

@@ -55,8 +55,23 @@ pub fn print_report(out: &mut impl Write, r: &PassReport) -> std::io::Result<()>
             s.failed,
             s.skipped,
             s.deferred,
-            if s.guard_halted { "HALTED" } else { "ok" }
+            if s.guard_halted {
+                "HALTED".to_string()
+            } else if !s.tenant_halts.is_empty() {
+                format!("HALTED for {} customer(s)", s.tenant_halts.len())
+            } else {
+                "ok".to_string()
+            }
         )?;
+    }
+    for s in &r.rules {
+        for (tenant, why) in &s.tenant_halts {
+            writeln!(
+                out,
+                "  ! rule {}, customer {tenant}: {why}; nothing it asked for that customer was applied, its changes to the others were.",
+                s.name
+            )?;
+        }
     }
     for s in r.rules.iter().filter(|s| s.guard_halted) {
         writeln!(

@@ -29,6 +29,8 @@ fn event(n: usize, outcome: Outcome) -> NewEvent {
         error: (outcome == Outcome::Failed).then(|| "HTTP 500: boom".to_string()),
         http_status: (outcome == Outcome::Failed).then_some(500),
         planned_seq: None,
+        // Rows with and without a customer: both kinds chain and verify.
+        tenant: (n % 4 != 3).then(|| format!("cust-{}", n % 2)),
     }
 }
 

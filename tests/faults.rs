@@ -194,6 +194,7 @@ async fn a_crash_before_a_comment_is_reconciled_from_the_case_comments() {
         error: None,
         http_status: None,
         planned_seq: None,
+        tenant: None,
     };
     store
         .append(&[planned(&ids[0]), planned(&ids[1])])

@@ -14,3 +14,4 @@ mod pass;
 mod real_api;
 mod review;
 mod rules_cli;
+mod tenants;

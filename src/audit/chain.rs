@@ -53,7 +53,13 @@ impl EventRow {
         let mut h = HashWriter(Sha256::new());
         h.0.update(self.prev_hash.as_bytes());
         h.0.update(b"\n");
-        serde_json::to_writer(&mut h, &canonical).expect("hashing cannot fail");
+        // A row without a tenant hashes as rows did before tenants were recorded, so
+        // older logs verify unchanged.
+        match &self.tenant {
+            None => serde_json::to_writer(&mut h, &canonical),
+            Some(tenant) => serde_json::to_writer(&mut h, &(canonical, tenant)),
+        }
+        .expect("hashing cannot fail");
         hex::encode(h.0.finalize())
     }
 }
@@ -222,10 +228,20 @@ mod tests {
             planned_seq: Some(5),
             prev_hash: "11".repeat(32),
             hash: String::new(),
+            tenant: None,
         };
         assert_eq!(
             row.compute_hash(),
             "3fbfa9d9ba5eb9f07161b64e322bcc745c3fc0263fe369f52f902dbf0772454f"
+        );
+        // With a tenant: the array of the fields and the tenant, `[[...], "cust"]`.
+        let row = EventRow {
+            tenant: Some("7e2f6a0c3d9b4e1f8a5c2b7d0e4f6a21".into()),
+            ..row
+        };
+        assert_eq!(
+            row.compute_hash(),
+            "845f19f3f09e7b0eaa5660058656be387a8318147f2ceb415caa43215bcddfc2"
         );
     }
 }

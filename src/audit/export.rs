@@ -28,7 +28,7 @@ enum Sink<W: Write> {
     Csv(Box<csv::Writer<W>>),
 }
 
-const CSV_HEADER: [&str; 21] = [
+const CSV_HEADER: [&str; 22] = [
     "seq",
     "run_id",
     "recorded_at",
@@ -50,6 +50,7 @@ const CSV_HEADER: [&str; 21] = [
     "outcome_of",
     "old_email",
     "new_email",
+    "tenant",
 ];
 
 impl<W: Write> Printer<W> {
@@ -122,6 +123,7 @@ impl<W: Write> Printer<W> {
                     num(r.planned_seq),
                     opt(&old_email),
                     opt(&new_email),
+                    opt(&r.tenant),
                 ])?;
                 return Ok(());
             }

@@ -132,6 +132,8 @@ pub struct NewEvent {
     pub http_status: Option<i64>,
     /// For an outcome row: the `seq` of the planned row it settles.
     pub planned_seq: Option<i64>,
+    /// The customer (`cust_id`) whose case it is, when the case names one.
+    pub tenant: Option<String>,
 }
 
 /// One stored row, as the audit command prints it.
@@ -155,6 +157,7 @@ pub struct EventRow {
     pub planned_seq: Option<i64>,
     pub prev_hash: String,
     pub hash: String,
+    pub tenant: Option<String>,
 }
 
 /// A planned change without a final outcome, and its newest outcome so far.

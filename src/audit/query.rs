@@ -15,6 +15,8 @@ pub struct Filter {
     pub until: Option<String>,
     pub outcome: Option<Outcome>,
     pub run_id: Option<String>,
+    /// Rows about cases of this customer (`cust_id`).
+    pub tenant: Option<String>,
     pub limit: Option<i64>,
     /// Rows to pass over first (paging; with `limit`).
     pub offset: Option<i64>,
@@ -29,7 +31,7 @@ impl AuditStore {
         filter: &'a Filter,
     ) -> impl Stream<Item = Result<EventRow, AuditError>> + 'a {
         let mut sql = String::from("SELECT * FROM events WHERE 1 = 1");
-        let conds: [(&str, bool); 7] = [
+        let conds: [(&str, bool); 8] = [
             (" AND case_id = ?", filter.case_id.is_some()),
             (" AND ticket_id = ?", filter.ticket_id.is_some()),
             (" AND rule = ?", filter.rule.is_some()),
@@ -37,6 +39,7 @@ impl AuditStore {
             (" AND recorded_at <= ?", filter.until.is_some()),
             (" AND outcome = ?", filter.outcome.is_some()),
             (" AND run_id = ?", filter.run_id.is_some()),
+            (" AND tenant = ?", filter.tenant.is_some()),
         ];
         for (cond, on) in conds {
             if on {
@@ -74,6 +77,9 @@ impl AuditStore {
             q = q.bind(v.as_str());
         }
         if let Some(v) = &filter.run_id {
+            q = q.bind(v);
+        }
+        if let Some(v) = &filter.tenant {
             q = q.bind(v);
         }
         if let Some(v) = filter.limit {

@@ -226,6 +226,7 @@ impl AuditStore {
                 planned_seq: e.planned_seq,
                 prev_hash: prev,
                 hash: String::new(),
+                tenant: e.tenant.clone(),
             };
             row.hash = row.compute_hash();
             prev = row.hash.clone();
@@ -236,7 +237,7 @@ impl AuditStore {
         // limit of bound parameters, cuts the per-statement cost that dominates otherwise.
         for chunk in rows.chunks(ROWS_PER_INSERT) {
             let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO events (seq, run_id, recorded_at, rule, rule_hash, case_id, ticket_id, field, old, new, reason, dry_run, outcome, error, http_status, planned_seq, prev_hash, hash) ",
+                "INSERT INTO events (seq, run_id, recorded_at, rule, rule_hash, case_id, ticket_id, field, old, new, reason, dry_run, outcome, error, http_status, planned_seq, prev_hash, hash, tenant) ",
             );
             q.push_values(chunk, |mut b, row| {
                 b.push_bind(row.seq)
@@ -256,7 +257,8 @@ impl AuditStore {
                     .push_bind(row.http_status)
                     .push_bind(row.planned_seq)
                     .push_bind(row.prev_hash.clone())
-                    .push_bind(row.hash.clone());
+                    .push_bind(row.hash.clone())
+                    .push_bind(row.tenant.clone());
             });
             q.build().execute(&mut *tx).await?;
         }

@@ -54,6 +54,9 @@ pub struct AuditQuery {
     /// Only rows of this pass (run_id)
     #[arg(long = "pass", value_name = "RUN_ID")]
     pub run_id: Option<String>,
+    /// Only rows about cases of this customer (its cust_id)
+    #[arg(long, value_name = "ID")]
+    pub tenant: Option<String>,
     /// At most this many rows (the oldest, or with --newest the newest)
     #[arg(long)]
     pub limit: Option<i64>,
@@ -142,6 +145,7 @@ pub(super) async fn run(cli: &Cli, args: &AuditArgs) -> anyhow::Result<u8> {
         outcome: q.outcome,
         newest: q.newest,
         run_id: q.run_id.clone(),
+        tenant: q.tenant.clone(),
         limit: q.limit,
         offset: None,
     };

@@ -170,6 +170,7 @@ impl PlannedCase {
             decisions,
             // Checked just now, change by change.
             stamp: None,
+            tenant: now.tenant().map(str::to_string),
         };
         plan.skip_unexplained_comments(
             |_| true,

@@ -186,6 +186,7 @@ async fn inverse(
             ticket_id: now.ticket_id(),
             decisions,
             stamp: None,
+            tenant: now.tenant().map(str::to_string),
         });
     }
     Ok(plans)

@@ -36,6 +36,10 @@ pub struct SimulateArgs {
     /// Also accept Basic user:key on every call (the vendor's on-prem sync mode)
     #[arg(long)]
     pub accept_basic: bool,
+    /// Customers (tenants) to spread the generated cases over, each with a `cust_id` and
+    /// a name, listed by `/tenants` and selectable with the `tenantid` filter
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+    pub tenants: u16,
     /// Lifetime of issued tokens in seconds
     #[arg(long, default_value_t = 600)]
     pub token_ttl: u64,
@@ -69,6 +73,7 @@ pub(super) async fn run(args: &SimulateArgs) -> anyhow::Result<u8> {
         token_ttl_secs: args.token_ttl,
         cases_file: args.cases_file.clone(),
         accept_basic: args.accept_basic,
+        tenants: usize::from(args.tenants),
         faults: Faults {
             latency_ms: args.latency_ms,
             error_rate: args.error_rate,

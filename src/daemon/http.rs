@@ -271,6 +271,7 @@ struct AuditParams {
     until: Option<String>,
     outcome: Option<String>,
     pass: Option<String>,
+    tenant: Option<String>,
     #[serde(default)]
     newest: bool,
     limit: Option<i64>,
@@ -296,6 +297,7 @@ async fn api_audit(State(shared): State<Arc<Shared>>, Query(p): Query<AuditParam
         until,
         outcome,
         run_id: p.pass,
+        tenant: p.tenant,
         limit: Some(limit),
         offset: Some(offset),
         newest: p.newest,

@@ -35,6 +35,18 @@ pub(super) fn after_pass(r: &PassReport) -> Vec<Notice> {
             json!({"rule": rule.name, "pass": r.run_id, "matched": rule.matched, "cases_seen": r.cases_seen}),
         ));
     }
+    for rule in &r.rules {
+        for (tenant, why) in &rule.tenant_halts {
+            out.push(notice(
+                EventKind::GuardHalt,
+                format!(
+                    "rule {} was halted for customer {tenant} in pass {}: {why}",
+                    rule.name, r.run_id
+                ),
+                json!({"rule": rule.name, "pass": r.run_id, "tenant": tenant, "why": why}),
+            ));
+        }
+    }
     if matches!(r.status, PassStatus::Error | PassStatus::FailedChanges) {
         let why = match &r.error {
             Some(e) => format!("stopped: {e}"),

@@ -170,6 +170,7 @@ impl Applier {
                             decision: *di,
                         })
                         .copied(),
+                    tenant: p.tenant.clone(),
                 }
             })
             .collect();

@@ -195,6 +195,8 @@ pub struct RuleStats {
     pub deferred: usize,
     /// Halted by the blast-radius guard.
     pub guard_halted: bool,
+    /// Customers (`cust_id`) the guard halted it for, with why, while it ran for the others.
+    pub tenant_halts: Vec<(String, String)>,
 }
 
 /// How a pass ended, as the summary, the `passes` table and `/healthz` say it.
@@ -271,7 +273,9 @@ impl PassReport {
 
     /// A rule was halted by the guard or failed on some case.
     pub fn rule_trouble(&self) -> bool {
-        self.rules.iter().any(|r| r.guard_halted || r.errors > 0)
+        self.rules
+            .iter()
+            .any(|r| r.guard_halted || !r.tenant_halts.is_empty() || r.errors > 0)
     }
 }
 
@@ -344,6 +348,7 @@ fn event(run_id: &str, actor: &Actor, plan: &CasePlan, d: &Decision, dry_run: bo
         } else {
             Outcome::Skipped
         }),
+        tenant: plan.tenant.clone(),
         ..NewEvent::default()
     }
 }
@@ -696,17 +701,30 @@ impl Stage<'_> {
             users_read,
             open,
         };
+        let tenant_names = match self.set.needs_tenants {
+            true => tenant_names(ctx).await,
+            false => HashMap::new(),
+        };
+        let mut seen_by_tenant: HashMap<String, usize> = HashMap::new();
         // Pages download while the one before is evaluated.
         let mut pager = ctx
             .client
             .list_cases(pushdown(&self.rules))
             .ahead(ctx.settings.max_in_flight);
-        while let Some(page) = pager.next_page().await? {
+        while let Some(mut page) = pager.next_page().await? {
             if self.opts.cancelled() {
                 return Ok(None);
             }
+            if !tenant_names.is_empty() {
+                page.cases
+                    .iter_mut()
+                    .for_each(|c| c.name_tenant(&tenant_names));
+            }
             report.cases_unparsable += page.skipped.len();
             report.cases_seen += page.cases.len();
+            for t in page.cases.iter().filter_map(Case::tenant) {
+                *seen_by_tenant.entry(t.to_string()).or_default() += 1;
+            }
             if let Some(hook) = &self.opts.on_page {
                 (hook.0)(&page.cases);
             }
@@ -727,7 +745,7 @@ impl Stage<'_> {
         // The guard measures each rule against every case the pass listed, not only the
         // ones its query selected: a precise rule changing all of its few cases is fine.
         let seen = vec![report.cases_seen; report.rules.len()];
-        let passplan = state.planner.finish(&seen);
+        let passplan = state.planner.finish(&seen, &seen_by_tenant);
         for (i, stats) in report.rules.iter_mut().enumerate() {
             stats.matched = passplan.matched[i];
             stats.deferred = passplan.deferred[i];
@@ -735,6 +753,11 @@ impl Stage<'_> {
                 stats.guard_halted = true;
                 tracing::warn!(rule = %stats.name, "rule halted for this pass, none of its changes are applied: {why}");
             }
+        }
+        for (i, tenant, why) in &passplan.tenant_halts {
+            let stats = &mut report.rules[*i];
+            tracing::warn!(rule = %stats.name, %tenant, "rule halted for one customer this pass, its changes to the others go ahead: {why}");
+            stats.tenant_halts.push((tenant.clone(), why.clone()));
         }
         report.budget_exhausted = passplan.budget_exhausted;
         report.deferred_changes = passplan.deferred_changes;
@@ -1066,6 +1089,21 @@ async fn write_outcomes(
         }
     }
     failure.map_or(Ok(()), Err)
+}
+
+/// Customer names by `cust_id`, from the server's tenants list; empty, with a warning, when
+/// it cannot be read (rules then see no `tenant_name` on cases that do not carry one).
+async fn tenant_names(ctx: &PassContext) -> HashMap<String, String> {
+    match ctx.client.list_tenants().await {
+        Ok(tenants) => tenants
+            .into_iter()
+            .filter_map(|t| Some((t.id, t.name?)))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list tenants: cases that do not carry tenant_name have none this pass");
+            HashMap::new()
+        }
+    }
 }
 
 /// The server's users, remembered in the audit DB so `casewarden audit` can show emails

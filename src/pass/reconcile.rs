@@ -213,6 +213,7 @@ fn outcome_row(r: &Unsettled, outcome: Outcome, error: Option<String>) -> NewEve
         error,
         http_status: None,
         planned_seq: Some(row.seq),
+        tenant: row.tenant.clone(),
     }
 }
 

@@ -65,6 +65,8 @@ pub struct CasePlan {
     /// The case's [`stamp`] when it was listed: a different one before sending means
     /// someone changed it since.
     pub stamp: Option<String>,
+    /// The customer the case belongs to (`cust_id`), recorded with its audit rows.
+    pub tenant: Option<String>,
 }
 
 impl CasePlan {
@@ -236,6 +238,7 @@ pub fn plan_case(case: &Case, requests: &[RuleChanges]) -> CasePlan {
         ticket_id: case.ticket_id(),
         decisions,
         stamp: stamp(case),
+        tenant: case.tenant().map(str::to_string),
     }
 }
 

@@ -51,6 +51,8 @@ pub struct PassPlan {
     pub deferred: Vec<usize>,
     /// Per rule: why the guard halted it, if it did.
     pub halted: Vec<Option<String>>,
+    /// Rules the guard halted for one customer only: (rule index, cust_id, why).
+    pub tenant_halts: Vec<(usize, String, String)>,
     pub budget_exhausted: bool,
     pub deferred_changes: usize,
 }
@@ -65,6 +67,8 @@ pub struct PassPlanner {
     used_by_rule: Vec<usize>,
     own: Vec<String>,
     used: usize,
+    /// Per (rule, customer): cases it wanted to change.
+    matched_by_tenant: HashMap<(usize, String), usize>,
     plan: PassPlan,
 }
 
@@ -79,6 +83,7 @@ impl PassPlanner {
             used_by_rule: vec![0; n],
             own,
             used: 0,
+            matched_by_tenant: HashMap::new(),
             plan: PassPlan {
                 matched: vec![0; n],
                 deferred: vec![0; n],
@@ -175,6 +180,9 @@ impl PassPlanner {
         wanted.dedup();
         for i in wanted {
             self.plan.matched[i] += 1;
+            if let Some(t) = &plan.tenant {
+                *self.matched_by_tenant.entry((i, t.clone())).or_default() += 1;
+            }
         }
         if plan.decisions.is_empty() {
             return None;
@@ -215,7 +223,11 @@ impl PassPlanner {
     /// The guard, over `seen` per rule (in the planner's rule order; a pass gives every rule
     /// all the cases it listed, so a precise query does not count against a rule): a rule
     /// that wanted to change too large a share is halted for the pass.
-    pub fn finish(mut self, seen: &[usize]) -> PassPlan {
+    ///
+    /// Then the same guard per customer, over `seen_by_tenant` (the cases listed of each
+    /// `cust_id`): a rule changing too large a share of one customer's cases is halted for
+    /// that customer only, even when it is a small share of everything listed.
+    pub fn finish(mut self, seen: &[usize], seen_by_tenant: &HashMap<String, usize>) -> PassPlan {
         for (i, rule) in self.rules.iter().enumerate() {
             let (wanted, saw) = (self.plan.matched[i], seen.get(i).copied().unwrap_or(0));
             let fraction = self.limits[i]
@@ -231,6 +243,32 @@ impl PassPlanner {
                 }
                 self.plan.halted[i] = Some(why);
             }
+        }
+        let mut by_tenant: Vec<_> = self.matched_by_tenant.into_iter().collect();
+        by_tenant.sort();
+        for ((i, tenant), wanted) in by_tenant {
+            let saw = seen_by_tenant.get(&tenant).copied().unwrap_or(0);
+            let fraction = self.limits[i]
+                .max_change_fraction
+                .unwrap_or(self.budgets.max_change_fraction);
+            if self.plan.halted[i].is_some()
+                || !guard_trips(wanted, saw, fraction, self.budgets.guard_min_cases)
+            {
+                continue;
+            }
+            let why = format!(
+                "blast-radius guard for customer {tenant}: rule wanted to change {wanted} of its {saw} cases (limit {:.0}%)",
+                fraction * 100.0
+            );
+            for p in self
+                .plan
+                .plans
+                .iter_mut()
+                .filter(|p| p.tenant.as_deref() == Some(&tenant))
+            {
+                p.skip_rule(&self.rules[i], &why);
+            }
+            self.plan.tenant_halts.push((i, tenant, why));
         }
         self.plan
     }
@@ -319,7 +357,7 @@ mod tests {
                     .is_none()
             );
         }
-        let plan = p.finish(&[4, 4]);
+        let plan = p.finish(&[4, 4], &HashMap::new());
         let skipped = |rule: &str, why: &str| {
             plan.plans
                 .iter()
@@ -363,7 +401,7 @@ mod tests {
             p.add(&case("1"), &asked, &f, ApiFlavor::V5).is_none(),
             "fits the budget of 1"
         );
-        let plan = p.finish(&[1, 1]);
+        let plan = p.finish(&[1, 1], &HashMap::new());
         let decided: Vec<(&str, &str, bool)> = plan.plans[0]
             .decisions
             .iter()
@@ -403,7 +441,7 @@ mod tests {
                 .unwrap()
                 .contains("refused")
         );
-        let plan = p.finish(&[1, 1]);
+        let plan = p.finish(&[1, 1], &HashMap::new());
         let kept: Vec<&str> = plan.plans.iter().map(|p| p.case_id.as_str()).collect();
         assert_eq!(kept, ["1", "3"]);
         assert_eq!((plan.deferred, plan.deferred_changes), (vec![3, 6], 9));
@@ -418,7 +456,7 @@ mod tests {
             p.add(&case(id), &[asks("a", &tags(1))], &f, ApiFlavor::V5);
         }
         p.add(&case("4"), &[asks("b", &tags(1))], &f, ApiFlavor::V5);
-        let plan = p.finish(&[4, 4]);
+        let plan = p.finish(&[4, 4], &HashMap::new());
         assert!(plan.halted[0].as_deref().unwrap().contains("3 of 4"));
         assert!(plan.halted[1].is_none());
         let planned: Vec<&str> = plan
@@ -447,7 +485,7 @@ mod tests {
             ChangeKind::Resolve("Benign".into()),
         ];
         p.add(&c, &[asks("a", &kinds)], &facts, ApiFlavor::Legacy);
-        let plan = p.finish(&[1, 0]);
+        let plan = p.finish(&[1, 0], &HashMap::new());
         let why: Vec<(&str, &str)> = plan.plans[0]
             .decisions
             .iter()

@@ -13,7 +13,7 @@ use super::{Rule, RuleError};
 use crate::stellar::model::{PRIORITIES, RESOLUTIONS, STATUSES};
 
 /// The keys of a rule's `RULE` map.
-const KEYS: [&str; 10] = [
+const KEYS: [&str; 11] = [
     "name",
     "description",
     "schedule",
@@ -24,6 +24,7 @@ const KEYS: [&str; 10] = [
     "max_changes",
     "custom_fields",
     "exempt_tags",
+    "tenants",
 ];
 use crate::stellar::filter;
 
@@ -309,6 +310,30 @@ fn read_meta(meta: &rhai::Map, file: &Path, text: &str) -> Result<Meta, Vec<Rule
     };
     let custom_fields = strings("custom_fields", "[\"my_field\"]")?;
     let exempt_tags = strings("exempt_tags", "[\"vip\", \"legal-hold\"]")?;
+    let tenants = strings("tenants", "[\"<cust_id>\", \"<cust_id>\"]")?;
+    let mut query = query;
+    if !tenants.is_empty() {
+        if tenants
+            .iter()
+            .any(|t| t.trim().is_empty() || t.contains(','))
+        {
+            return Err(at(
+                "tenants",
+                "RULE.tenants: each entry is one customer id (cust_id), not empty and without commas".into(),
+            ));
+        }
+        if query.iter().any(|(k, _)| {
+            k.trim_start_matches("NOT~") == "tenantid" || k.trim_start_matches("NOT~") == "cust_id"
+        }) {
+            return Err(at(
+                "tenants",
+                "RULE.tenants and a tenantid/cust_id filter in RULE.query: give the customers once, in RULE.tenants".into(),
+            ));
+        }
+        // A tenant scope is a filter like any other: pushed down as `tenantid` when every
+        // rule shares it, and re-checked on each case.
+        query.push(("tenantid".into(), tenants.join(",")));
+    }
     Ok(Meta {
         name,
         description: get_str("description")?.unwrap_or_default(),

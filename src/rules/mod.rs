@@ -94,6 +94,9 @@ pub struct RuleSet {
     /// Some rule or shared module may call `user_email`/`user_id`: a pass reads the
     /// server's users before evaluating.
     pub needs_users: bool,
+    /// Some rule or shared module reads `tenant_name`: a pass reads the server's tenants
+    /// to name the customer of cases that carry only its id.
+    pub needs_tenants: bool,
     /// Calendar names given as literals, located, to check against the config.
     calendar_refs: Vec<RuleError>,
 }
@@ -210,6 +213,10 @@ impl RuleSet {
             .iter()
             .chain(&libs)
             .any(|(_, text)| text.contains("user_email") || text.contains("user_id"));
+        let needs_tenants = sources
+            .iter()
+            .chain(&libs)
+            .any(|(_, text)| text.contains("tenant_name"));
         let calendar_refs = sources
             .iter()
             .chain(&libs)
@@ -279,6 +286,7 @@ impl RuleSet {
             fingerprint: hex::encode(hasher.finalize()),
             warnings,
             needs_users,
+            needs_tenants,
             calendar_refs,
         })
     }

@@ -12,6 +12,7 @@ pub struct SimUser {
     pub name: String,
 }
 
+/// The customers of the default population (`simulate` without `--tenants`).
 pub const TENANTS: [(&str, &str); 3] = [
     ("3b5cd2d5bd1c4b8a9b8a2f0e1d6c7a10", "Acme Corp"),
     ("7e2f6a0c3d9b4e1f8a5c2b7d0e4f6a21", "Globex"),
@@ -103,18 +104,46 @@ pub fn users(api_user: &str) -> Vec<SimUser> {
         .collect()
 }
 
-/// `n` cases drawn from `seed`, with ages counted back from `now_ms`.
+/// A customer of the simulated server: `cust_id` and name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimTenant {
+    pub id: String,
+    pub name: String,
+}
+
+/// The server's customers: [`TENANTS`] when `n` is 3, else `n` generated ones.
+pub fn tenants(n: usize) -> Vec<SimTenant> {
+    if n == TENANTS.len() {
+        return TENANTS
+            .iter()
+            .map(|(id, name)| SimTenant {
+                id: id.to_string(),
+                name: name.to_string(),
+            })
+            .collect();
+    }
+    (0..n)
+        .map(|i| SimTenant {
+            id: hex_id("tenant", i as u64),
+            name: format!("Customer {:02}", i + 1),
+        })
+        .collect()
+}
+
+/// `n` cases drawn from `seed`, with ages counted back from `now_ms`, spread over
+/// `tenants` (at least one).
 pub fn generate(
     n: usize,
     seed: u64,
     now_ms: i64,
     flavor: ApiFlavor,
     users: &[SimUser],
+    tenants: &[SimTenant],
 ) -> Vec<Value> {
     let mut rng = fastrand::Rng::with_seed(seed);
     let people = &users[1..];
     (0..n)
-        .map(|i| one_case(&mut rng, i, now_ms, flavor, people))
+        .map(|i| one_case(&mut rng, i, now_ms, flavor, people, tenants))
         .collect()
 }
 
@@ -142,6 +171,7 @@ fn one_case(
     now: i64,
     flavor: ApiFlavor,
     people: &[SimUser],
+    tenants: &[SimTenant],
 ) -> Value {
     let status = *pick(
         rng,
@@ -181,7 +211,10 @@ fn one_case(
         }
     }
     let entity_id = entity_id(rng);
-    let (tenant, tenant_name) = TENANTS[rng.usize(0..TENANTS.len())];
+    let SimTenant {
+        id: tenant,
+        name: tenant_name,
+    } = &tenants[rng.usize(0..tenants.len().max(1))];
     let score = rng.u32(1..=100);
     let mut history = vec![json!({"field": "created_at", "timestamp": created, "user": "System"})];
     if !assignee.is_empty() {

@@ -527,9 +527,10 @@ pub(super) async fn list_tenants(State(state): State<Shared>, headers: HeaderMap
     if let Err(msg) = authorize(&s, &headers) {
         return error(StatusCode::UNAUTHORIZED, msg);
     }
-    let tenants: Vec<Value> = data::TENANTS
+    let tenants: Vec<Value> = s
+        .tenants
         .iter()
-        .map(|(id, name)| json!({"cust_id": id, "cust_name": name}))
+        .map(|t| json!({"cust_id": t.id, "cust_name": t.name}))
         .collect();
     Json(json!({"data": tenants})).into_response()
 }

@@ -47,6 +47,7 @@ pub struct SimState {
     /// objects carry no `history`).
     pub activities: HashMap<String, Vec<Value>>,
     pub users: Vec<SimUser>,
+    pub tenants: Vec<data::SimTenant>,
     pub(super) api_user: String,
     pub(super) api_key: String,
     pub(super) accept_basic: bool,
@@ -74,9 +75,17 @@ pub struct SimState {
 impl SimState {
     pub fn new(opts: &SimOptions) -> anyhow::Result<SimState> {
         let users = data::users(&opts.user);
+        let tenants = data::tenants(opts.tenants.max(1));
         let mut cases = match &opts.cases_file {
             Some(path) => load_cases(path)?,
-            None => data::generate(opts.cases, opts.seed, crate::now_ms(), opts.flavor, &users),
+            None => data::generate(
+                opts.cases,
+                opts.seed,
+                crate::now_ms(),
+                opts.flavor,
+                &users,
+                &tenants,
+            ),
         };
         let mut activities = HashMap::new();
         if opts.flavor == ApiFlavor::V5 {
@@ -96,6 +105,7 @@ impl SimState {
             comments: HashMap::new(),
             activities,
             users,
+            tenants,
             api_user: opts.user.clone(),
             api_key: opts.api_key.clone(),
             accept_basic: opts.accept_basic,
@@ -300,6 +310,8 @@ pub struct SimOptions {
     /// Also accept `Authorization: Basic user:key` on every call, as the vendor's on-prem
     /// sync mode sends it, instead of a JWT.
     pub accept_basic: bool,
+    /// Customers the generated cases are spread over (3: the default population's).
+    pub tenants: usize,
     pub faults: Faults,
 }
 
@@ -314,6 +326,7 @@ impl Default for SimOptions {
             token_ttl_secs: 600,
             cases_file: None,
             accept_basic: false,
+            tenants: data::TENANTS.len(),
             faults: Faults::default(),
         }
     }

@@ -15,7 +15,7 @@ pub const PRIORITIES: [&str; 4] = ["Low", "Medium", "High", "Critical"];
 pub const RESOLUTIONS: [&str; 3] = ["False Positive", "Benign", "True Positive"];
 /// The fields of a case object as 4.3 and 5.x servers send them (docs/rules.md), with
 /// `priority` and `score` that casewarden fills in for either flavour.
-pub const CASE_FIELDS: [&str; 32] = [
+pub const CASE_FIELDS: [&str; 33] = [
     "_id",
     "ticket_id",
     "name",
@@ -38,6 +38,7 @@ pub const CASE_FIELDS: [&str; 32] = [
     "acknowledged",
     "closed",
     "cust_id",
+    "tenant",
     "tenant_name",
     "size",
     "resolution",
@@ -156,6 +157,10 @@ impl Case {
         {
             raw.insert("score".into(), s.clone());
         }
+        // Rules name the customer `tenant`; servers call its id `cust_id`.
+        if let Some(t) = raw.get("cust_id").filter(|v| v.is_string()) {
+            raw.insert("tenant".into(), t.clone());
+        }
         Ok(Case {
             id,
             raw: Arc::new(raw),
@@ -166,6 +171,23 @@ impl Case {
     /// The normalised object, as rules see it.
     pub fn raw(&self) -> &Map<String, Value> {
         &self.raw
+    }
+
+    /// The customer (`cust_id`) the case belongs to, when it says.
+    pub fn tenant(&self) -> Option<&str> {
+        self.str_field("tenant").filter(|t| !t.is_empty())
+    }
+
+    /// Adds the customer's name from the server's tenants list when the case does not
+    /// carry `tenant_name` itself (4.3 servers send only `cust_id`).
+    pub fn name_tenant(&mut self, names: &std::collections::HashMap<String, String>) {
+        if self.raw.contains_key("tenant_name") {
+            return;
+        }
+        if let Some(name) = self.tenant().and_then(|t| names.get(t)) {
+            let name = Value::String(name.clone());
+            Arc::make_mut(&mut self.raw).insert("tenant_name".into(), name);
+        }
     }
 
     pub fn shared_raw(&self) -> Arc<Map<String, Value>> {
