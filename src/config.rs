@@ -80,9 +80,23 @@ pub struct Config {
     /// Business calendars rules name in `business_hours_since(ms, "NAME")`.
     #[serde(default)]
     pub calendars: BTreeMap<String, CalendarConfig>,
+    /// Limits for one customer's cases, by `cust_id` (`[tenants."ID"]`).
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantLimits>,
     /// The file this was read from; relative paths are resolved against its folder.
     #[serde(skip)]
     pub source: PathBuf,
+}
+
+/// A customer's own limits, stricter (or looser) than the pass-wide ones.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantLimits {
+    /// At most this many changes to the customer's cases per pass; the rest wait.
+    pub max_changes_per_run: Option<usize>,
+    /// The blast-radius guard for this customer: a rule changing more than this share of
+    /// its cases is halted for it (the stricter of this and the rule's own limit).
+    pub max_change_fraction: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -475,6 +489,16 @@ impl Config {
             ));
         }
         self.calendars()?;
+        for (id, t) in &self.tenants {
+            if let Some(f) = t.max_change_fraction
+                && !(f > 0.0 && f <= 1.0)
+            {
+                return Err(self.invalid(
+                    format!("tenants.{id}.max_change_fraction"),
+                    format!("{f} must be in (0, 1]"),
+                ));
+            }
+        }
         for (i, n) in self.notify.iter().enumerate() {
             let key = |k: &str| format!("notify[{i}].{k}");
             match reqwest::Url::parse(&n.url) {

@@ -73,6 +73,21 @@ pub fn print_report(out: &mut impl Write, r: &PassReport) -> std::io::Result<()>
             )?;
         }
     }
+    if r.by_tenant.len() > 1 {
+        writeln!(
+            out,
+            "  {:<34} {:>8} {:>8} {:>8}",
+            "CUSTOMER (cust_id)", "APPLIED", "FAILED", "SKIPPED"
+        )?;
+        for (tenant, [applied, failed, skipped]) in &r.by_tenant {
+            let applied = if r.dry_run {
+                "-".to_string()
+            } else {
+                applied.to_string()
+            };
+            writeln!(out, "  {tenant:<34} {applied:>8} {failed:>8} {skipped:>8}")?;
+        }
+    }
     for s in r.rules.iter().filter(|s| s.guard_halted) {
         writeln!(
             out,

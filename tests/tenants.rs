@@ -231,6 +231,20 @@ async fn a_rule_over_its_guard_in_one_tenant_is_halted_there_and_applied_in_the_
     assert!(text.contains(&format!("customer {t1}")), "{text}");
     let got = tagged(&sim, "looked-at");
     let (in_t1, others): (Vec<_>, Vec<_>) = wanted.iter().partition(|(_, t)| t == t1);
+    // The summary counts per customer: (applied, failed, skipped).
+    let row = |t: &str| -> Vec<usize> {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(t))
+            .unwrap_or_else(|| panic!("{t}: {text}"));
+        line.split_whitespace()
+            .skip(1)
+            .map(|n| n.parse().unwrap())
+            .collect()
+    };
+    assert_eq!(row(t1), vec![0, 0, in_t1.len()]);
+    let applied: usize = TENANTS[1..].iter().map(|(t, _)| row(t)[0]).sum();
+    assert_eq!(applied, others.len());
     assert!(!in_t1.is_empty() && !others.is_empty());
     assert!(
         in_t1.iter().all(|(id, _)| !got.contains(id)),
@@ -250,4 +264,69 @@ async fn a_rule_over_its_guard_in_one_tenant_is_halted_there_and_applied_in_the_
             && r.reason
                 .contains(&format!("blast-radius guard for customer {t1}"))
     }));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_customers_own_budget_and_guard_from_the_config_apply_to_its_cases_only() {
+    let sim = start(sim_options(900)).await;
+    let (t1, t2, t3) = (TENANTS[0].0, TENANTS[1].0, TENANTS[2].0);
+    let rule = "const RULE = #{ name: \"all-new\" };\n\
+                fn evaluate(c) { if c.status == \"New\" { add_tag(\"seen\"); } }\n";
+    let ws = Workspace::new(
+        &sim.url,
+        "legacy",
+        &format!(
+            "comment_changes = false\nmax_changes_per_run = 100000\nmax_change_fraction = 1.0\n\n\
+             [tenants.\"{t2}\"]\nmax_changes_per_run = 5\n\n\
+             [tenants.\"{t3}\"]\nmax_change_fraction = 0.1\n"
+        ),
+        Some(&[("10-all-new.rhai", rule)]),
+    );
+    let new_of = |t: &str| -> HashSet<String> {
+        sim.state()
+            .cases
+            .iter()
+            .filter(|c| c["status"] == "New" && c["cust_id"] == t)
+            .map(|c| c["_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (new1, new2, new3) = (new_of(t1), new_of(t2), new_of(t3));
+    assert!(new2.len() > 5 && !new3.is_empty());
+    let out = ws.run(&["once"]).await;
+    let text = stdout(&out);
+    assert_exit(&out, 1);
+    let got = tagged(&sim, "seen");
+    assert!(
+        new1.is_subset(&got),
+        "the customer without limits got every change"
+    );
+    assert_eq!(got.intersection(&new2).count(), 5, "its own budget of 5");
+    assert!(
+        got.is_disjoint(&new3),
+        "its own stricter guard halted the rule for it"
+    );
+    assert!(text.contains(&format!("customer {t3}")), "{text}");
+    let deferred = ws
+        .audit(Filter {
+            tenant: Some(t2.to_string()),
+            outcome: Some(casewarden::audit::Outcome::Skipped),
+            ..Filter::default()
+        })
+        .await;
+    assert_eq!(deferred.len(), new2.len() - 5);
+    assert!(
+        deferred
+            .iter()
+            .all(|r| r.reason.contains("max_changes_per_run")),
+        "{:?}",
+        deferred[0].reason
+    );
+    // A bad limit names its key.
+    ws.edit_config("max_change_fraction = 0.1", "max_change_fraction = 1.5");
+    let out = ws.run(&["check", "--offline"]).await;
+    let err = format!("{}{}", stderr(&out), stdout(&out));
+    assert!(
+        err.contains(&format!("tenants.{t3}.max_change_fraction")),
+        "{err}"
+    );
 }

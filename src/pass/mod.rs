@@ -48,6 +48,7 @@ pub struct PassSettings {
     pub limits: Limits,
     pub calendars: Arc<HashMap<String, Calendar>>,
     pub exempt_tags: Arc<Vec<String>>,
+    pub tenant_limits: HashMap<String, crate::config::TenantLimits>,
 }
 
 impl PassSettings {
@@ -65,6 +66,7 @@ impl PassSettings {
             // Checked when the config was loaded.
             calendars: Arc::new(c.calendars().unwrap_or_default()),
             exempt_tags: Arc::new(c.daemon.exempt_tags.clone()),
+            tenant_limits: c.tenants.clone().into_iter().collect(),
         }
     }
 }
@@ -262,6 +264,8 @@ pub struct PassReport {
     pub error: Option<String>,
     /// The audit log could not be written (the pass stopped, or could not be closed).
     pub audit_failed: bool,
+    /// Field changes per customer (`cust_id`): applied, failed, skipped.
+    pub by_tenant: std::collections::BTreeMap<String, [usize; 3]>,
 }
 
 impl PassReport {
@@ -676,6 +680,7 @@ impl Stage<'_> {
             max_changes: ctx.settings.max_changes,
             max_change_fraction: ctx.settings.max_change_fraction,
             guard_min_cases: ctx.settings.guard_min_cases,
+            tenants: ctx.settings.tenant_limits.clone(),
         };
         let names = self.rules.iter().map(|r| r.name.clone()).collect();
         let mut planner = plan::PassPlanner::new(names, budgets, own.to_vec());
@@ -883,6 +888,9 @@ impl Stage<'_> {
             } else {
                 report.rules[ri].skipped += 1;
                 report.skipped += 1;
+                if let Some(t) = &p.tenant {
+                    report.by_tenant.entry(t.clone()).or_default()[2] += 1;
+                }
             }
         }
         if not_again > 0 {
@@ -1045,13 +1053,16 @@ impl Stage<'_> {
             let Some((ri, _)) = self.rule_of(&plans[id.case].decisions[id.decision].rule) else {
                 continue;
             };
-            let (by_rule, total) = match outcome {
-                Outcome::Applied => (&mut report.rules[ri].applied, &mut report.applied),
-                Outcome::Skipped => (&mut report.rules[ri].skipped, &mut report.skipped),
-                _ => (&mut report.rules[ri].failed, &mut report.failed),
+            let (by_rule, total, column) = match outcome {
+                Outcome::Applied => (&mut report.rules[ri].applied, &mut report.applied, 0),
+                Outcome::Skipped => (&mut report.rules[ri].skipped, &mut report.skipped, 2),
+                _ => (&mut report.rules[ri].failed, &mut report.failed, 1),
             };
             *by_rule += 1;
             *total += 1;
+            if let Some(t) = &plans[id.case].tenant {
+                report.by_tenant.entry(t.clone()).or_default()[column] += 1;
+            }
         }
     }
 }

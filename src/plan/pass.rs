@@ -10,12 +10,13 @@ use super::case::skip_overridden;
 use super::{CasePlan, Field, Memory, RuleChanges, memory_key, plan_case};
 use crate::stellar::{ApiFlavor, Case};
 
-/// The pass-wide limits, from `[daemon]`.
+/// The pass-wide limits, from `[daemon]`, and each customer's own (`[tenants."ID"]`).
 #[derive(Debug, Clone)]
 pub struct Budgets {
     pub max_changes: usize,
     pub max_change_fraction: f64,
     pub guard_min_cases: usize,
+    pub tenants: HashMap<String, crate::config::TenantLimits>,
 }
 
 /// What a rule sets for itself in `RULE`, overriding the pass-wide settings for it.
@@ -69,6 +70,8 @@ pub struct PassPlanner {
     used: usize,
     /// Per (rule, customer): cases it wanted to change.
     matched_by_tenant: HashMap<(usize, String), usize>,
+    /// Per customer: changes planned so far, against its own budget.
+    used_by_tenant: HashMap<String, usize>,
     plan: PassPlan,
 }
 
@@ -84,6 +87,7 @@ impl PassPlanner {
             own,
             used: 0,
             matched_by_tenant: HashMap::new(),
+            used_by_tenant: HashMap::new(),
             plan: PassPlan {
                 matched: vec![0; n],
                 deferred: vec![0; n],
@@ -193,10 +197,25 @@ impl PassPlanner {
             .filter(|d| d.is_planned() && !self.is_shadow(&d.rule))
             .count();
         let budget = self.budgets.max_changes;
+        let tenant_cap = plan.tenant.as_ref().and_then(|t| {
+            let cap = self.budgets.tenants.get(t)?.max_changes_per_run?;
+            Some((
+                t.clone(),
+                cap,
+                self.used_by_tenant.get(t).copied().unwrap_or(0),
+            ))
+        });
+        let over_tenant = tenant_cap
+            .as_ref()
+            .filter(|(_, cap, used)| cost > 0 && used + cost > *cap);
         // A case that does not fit waits for the next pass while later, smaller ones still
         // go; one that could never fit is refused instead of blocking every pass.
-        if cost > 0 && self.used + cost > budget {
-            let why = if cost > budget {
+        if cost > 0 && (self.used + cost > budget || over_tenant.is_some()) {
+            let why = if let Some((t, cap, _)) = over_tenant {
+                format!(
+                    "customer {t}'s budget of {cap} changes per pass ([tenants.\"{t}\"] max_changes_per_run) spent; deferred to the next pass"
+                )
+            } else if cost > budget {
                 format!(
                     "this case asks {cost} changes, more than the whole budget of {budget} per pass (daemon.max_changes_per_run): refused"
                 )
@@ -216,6 +235,9 @@ impl PassPlanner {
             return Some(deferred);
         }
         self.used += cost;
+        if let Some((t, _, used)) = tenant_cap {
+            self.used_by_tenant.insert(t, used + cost);
+        }
         self.plan.plans.push(plan);
         None
     }
@@ -248,9 +270,15 @@ impl PassPlanner {
         by_tenant.sort();
         for ((i, tenant), wanted) in by_tenant {
             let saw = seen_by_tenant.get(&tenant).copied().unwrap_or(0);
+            let own = self
+                .budgets
+                .tenants
+                .get(&tenant)
+                .and_then(|t| t.max_change_fraction);
             let fraction = self.limits[i]
                 .max_change_fraction
-                .unwrap_or(self.budgets.max_change_fraction);
+                .unwrap_or(self.budgets.max_change_fraction)
+                .min(own.unwrap_or(1.0));
             if self.plan.halted[i].is_some()
                 || !guard_trips(wanted, saw, fraction, self.budgets.guard_min_cases)
             {
@@ -324,6 +352,7 @@ mod tests {
                 max_changes: budget,
                 max_change_fraction: 0.5,
                 guard_min_cases: 4,
+                tenants: HashMap::new(),
             },
             vec![],
         )
