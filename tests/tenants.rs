@@ -245,6 +245,40 @@ async fn a_rule_over_its_guard_in_one_tenant_is_halted_there_and_applied_in_the_
     assert_eq!(row(t1), vec![0, 0, in_t1.len()]);
     let applied: usize = TENANTS[1..].iter().map(|(t, _)| row(t)[0]).sum();
     assert_eq!(applied, others.len());
+    // The report counts the same per customer.
+    let db = ws.audit_db();
+    let out = run_bin(
+        &["report", "--format", "json", "--db", db.to_str().unwrap()],
+        &[],
+    )
+    .await;
+    assert_exit(&out, 0);
+    let report: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let customers = report["tenants"].as_array().unwrap();
+    let of = |t: &str| {
+        customers
+            .iter()
+            .find(|c| c["tenant"] == t)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(
+        (of(t1)["applied"].as_u64(), of(t1)["skipped"].as_u64()),
+        (Some(0), Some(in_t1.len() as u64))
+    );
+    let reported: u64 = TENANTS[1..]
+        .iter()
+        .filter_map(|(t, _)| of(t)["applied"].as_u64())
+        .sum();
+    assert_eq!(reported, others.len() as u64);
+    // Halts for one customer count as guard halts.
+    let lopsided = report["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["rule"] == "lopsided")
+        .unwrap();
+    assert_eq!(lopsided["guard_halts"], 1, "{lopsided}");
     assert!(!in_t1.is_empty() && !others.is_empty());
     assert!(
         in_t1.iter().all(|(id, _)| !got.contains(id)),

@@ -72,6 +72,16 @@ pub struct FailureGroup {
     pub ticket_id: Option<i64>,
 }
 
+/// Changes to one customer's cases by outcome (live rows only).
+#[derive(Debug, Clone, FromRow, Serialize, PartialEq)]
+pub struct TenantCount {
+    pub tenant: String,
+    pub applied: i64,
+    pub failed: i64,
+    pub skipped: i64,
+    pub cases: i64,
+}
+
 /// A case and how much was done to it.
 #[derive(Debug, Clone, FromRow, Serialize, PartialEq)]
 pub struct CaseCount {
@@ -127,7 +137,7 @@ impl AuditStore {
         let sql = format!(
             "SELECT rule, substr(recorded_at, 1, 10) AS day, \
              CASE WHEN field = 'rule' THEN COALESCE(new, '') \
-                  WHEN outcome = 'skipped' AND reason LIKE '%[skipped: blast-radius guard:%' THEN 'guard' \
+                  WHEN outcome = 'skipped' AND reason LIKE '%[skipped: blast-radius guard%' THEN 'guard' \
                   ELSE 'change' END AS kind, \
              outcome, dry_run, COUNT(*) AS rows, COUNT(DISTINCT run_id) AS passes, \
              SUM(CASE WHEN field = 'rule' AND new = 'errors' THEN CAST(old AS INTEGER) ELSE 0 END) AS cases \
@@ -157,6 +167,18 @@ impl AuditStore {
              MAX(case_id) AS example_case, MAX(ticket_id) AS ticket_id FROM events e \
              WHERE {cond} AND outcome IN ('failed', 'unknown') AND field != 'rule' \
              GROUP BY rule, error ORDER BY rows DESC, rule LIMIT {limit}"
+        );
+        self.all(sql, binds).await
+    }
+
+    /// Per customer: its changes by outcome and the cases they touched.
+    pub async fn tenant_counts(&self, p: &Period) -> Result<Vec<TenantCount>, AuditError> {
+        let (cond, binds) = p.conditions("e");
+        let sql = format!(
+            "SELECT tenant, SUM(outcome = 'applied') AS applied, SUM(outcome IN ('failed', 'unknown')) AS failed, \
+             SUM(outcome = 'skipped') AS skipped, COUNT(DISTINCT case_id) AS cases FROM events e \
+             WHERE {cond} AND tenant IS NOT NULL AND dry_run = 0 AND outcome != 'planned' \
+             AND field NOT IN ('rule', 'plan') GROUP BY tenant ORDER BY tenant"
         );
         self.all(sql, binds).await
     }

@@ -90,6 +90,7 @@ pub fn render(r: &Review, live: bool) -> String {
     rules(&mut h, &r.rules);
     passes(&mut h, &r.passes, r.passes_total);
     failures(&mut h, r);
+    tenants(&mut h, r);
     cases(&mut h, r);
     // `</` cannot end the script early: JSON escapes it as `<\/`.
     let json = serde_json::to_string(&r.timelines)
@@ -355,6 +356,26 @@ fn failures(h: &mut String, r: &Review) {
             f.ticket_id
                 .map(|t| format!(" ticket {t}"))
                 .unwrap_or_default()
+        );
+    }
+    h.push_str("</table></section>");
+}
+
+/// Per customer, only when the log names customers.
+fn tenants(h: &mut String, r: &Review) {
+    if r.tenants.is_empty() {
+        return;
+    }
+    h.push_str("<section><h2>Customers</h2><table><tr><th>customer (cust_id)</th><th class=\"n\">applied</th><th class=\"n\">failed</th><th class=\"n\">skipped</th><th class=\"n\">cases</th></tr>");
+    for t in &r.tenants {
+        let _ = write!(
+            h,
+            "<tr data-tenant=\"{0}\"><td><code>{0}</code></td><td class=\"n\">{1}</td><td class=\"n\">{2}</td><td class=\"n\">{3}</td><td class=\"n\">{4}</td></tr>",
+            esc(&t.tenant),
+            t.applied,
+            t.failed,
+            t.skipped,
+            t.cases
         );
     }
     h.push_str("</table></section>");

@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::audit::{
-    AuditError, AuditStore, CaseCount, FailureGroup, Period, RuleVersion, Step, Verification,
+    AuditError, AuditStore, CaseCount, FailureGroup, Period, RuleVersion, Step, TenantCount,
+    Verification,
 };
 
 pub use html::render;
@@ -109,6 +110,8 @@ pub struct Review {
     pub passes: Vec<PassReview>,
     pub passes_total: usize,
     pub failures: Vec<FailureGroup>,
+    /// Changes per customer, when the rows name customers.
+    pub tenants: Vec<TenantCount>,
     pub busiest_cases: Vec<CaseCount>,
     /// The busiest and failed cases' timelines, by case id.
     pub timelines: BTreeMap<String, Vec<Step>>,
@@ -169,6 +172,7 @@ impl Review {
             })
             .collect();
         let failures = store.failure_groups(period, FAILURES).await?;
+        let tenants = store.tenant_counts(period).await?;
         let busiest_cases = store.busiest_cases(period, BUSIEST).await?;
         let mut wanted: Vec<String> = busiest_cases.iter().map(|c| c.case_id.clone()).collect();
         for f in &failures {
@@ -196,6 +200,7 @@ impl Review {
             passes,
             passes_total,
             failures,
+            tenants,
             busiest_cases,
             timelines,
         })
