@@ -23,6 +23,16 @@ pub struct ChangeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabels {
+    pub tenant: String,
+    pub outcome: String,
+}
+
+/// Distinct customers given their own label; the rest are counted as `other`, so a server
+/// sending arbitrary `cust_id`s cannot grow the metrics without bound.
+const TENANT_LABELS: usize = 200;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RuleLabels {
     pub rule: String,
 }
@@ -46,6 +56,8 @@ pub struct Metrics {
     pub rule_errors: Family<RuleLabels, Counter>,
     pub last_success: Gauge,
     pub notifications: Family<NotifyLabels, Counter>,
+    tenant_changes: Family<TenantLabels, Counter>,
+    tenants_labelled: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Metrics {
@@ -61,6 +73,12 @@ impl Metrics {
         let rule_errors = Family::<RuleLabels, Counter>::default();
         let last_success = Gauge::default();
         let notifications = Family::<NotifyLabels, Counter>::default();
+        let tenant_changes = Family::<TenantLabels, Counter>::default();
+        registry.register(
+            "tenant_changes",
+            "Field changes by customer (cust_id; `other` past the first 200) and outcome (applied, failed, skipped)",
+            tenant_changes.clone(),
+        );
         registry.register(
             "notifications",
             "Notification attempts by event and outcome (delivered, attempt_failed, gave_up, dropped)",
@@ -119,7 +137,31 @@ impl Metrics {
             rule_errors,
             last_success,
             notifications,
+            tenant_changes,
+            tenants_labelled: Default::default(),
         })
+    }
+
+    /// Counts `n` changes with `outcome` to the cases of customer `tenant`.
+    pub fn tenant_changes(&self, tenant: &str, outcome: &str, n: u64) {
+        let tenant = {
+            let mut seen = self
+                .tenants_labelled
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if seen.contains(tenant) || seen.len() < TENANT_LABELS {
+                seen.insert(tenant.to_string());
+                tenant.to_string()
+            } else {
+                "other".to_string()
+            }
+        };
+        self.tenant_changes
+            .get_or_create(&TenantLabels {
+                tenant,
+                outcome: outcome.to_string(),
+            })
+            .inc_by(n);
     }
 
     /// Counts one API answer (`status` is the HTTP code, or "error" for no answer).
@@ -141,5 +183,36 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn customers_past_the_label_limit_are_counted_as_other() {
+        let m = Metrics::new();
+        for i in 0..TENANT_LABELS + 5 {
+            m.tenant_changes(&format!("cust-{i}"), "applied", 2);
+        }
+        m.tenant_changes("cust-0", "applied", 1);
+        let text = m.render(0);
+        assert!(
+            text.contains(
+                "casewarden_tenant_changes_total{tenant=\"cust-0\",outcome=\"applied\"} 3"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "casewarden_tenant_changes_total{tenant=\"other\",outcome=\"applied\"} 10"
+            )
+        );
+        let labelled = text
+            .lines()
+            .filter(|l| l.starts_with("casewarden_tenant_changes_total{"))
+            .count();
+        assert_eq!(labelled, TENANT_LABELS + 1);
     }
 }

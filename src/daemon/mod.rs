@@ -347,6 +347,13 @@ async fn after_pass(shared: &Shared, set: &RuleSet, report: &PassReport, took: D
             }
         }
     }
+    for (tenant, counts) in &report.by_tenant {
+        for (outcome, n) in ["applied", "failed", "skipped"].into_iter().zip(counts) {
+            if *n > 0 {
+                m.tenant_changes(tenant, outcome, *n as u64);
+            }
+        }
+    }
     systemd::status(&format!(
         "last pass {}: {}, {} cases, {} applied, {} failed",
         report.run_id, report.status, report.cases_seen, report.applied, report.failed
