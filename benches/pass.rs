@@ -4,6 +4,8 @@
 //! `benches/peer/rules` (the peer mirrors them in Python); comments off.
 //!
 //! cargo bench --bench pass -- [CASES] [--rounds N] [--only casewarden|peer]
+//!     [--instances K] [--tenants T]   (K simulators sharing the cases, as K `[[instance]]`
+//!     blocks of one config, each with T customers; the peer only knows one server)
 //!
 //! Each run gets a freshly started simulator (`casewarden simulate --cases N --seed 7`) so
 //! both see the same cases. Printed per run: wall time, the client's CPU seconds and peak
@@ -32,6 +34,14 @@ impl Who {
     }
 }
 
+/// How the cases are served: over how many simulators (config instances), each with how
+/// many customers. The peer talks to the first simulator only.
+#[derive(Clone, Copy)]
+struct Shape {
+    instances: usize,
+    tenants: usize,
+}
+
 struct Run {
     wall: f64,
     cpu: f64,
@@ -53,6 +63,16 @@ fn main() {
     };
     let cases: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(100_000);
     let rounds: usize = value("--rounds").and_then(|r| r.parse().ok()).unwrap_or(3);
+    let shape = Shape {
+        instances: value("--instances")
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(1)
+            .max(1),
+        tenants: value("--tenants")
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(3)
+            .max(1),
+    };
     let who: Vec<Who> = match value("--only").as_deref() {
         Some("casewarden") => vec![Who::Casewarden],
         Some("peer") => vec![Who::Peer],
@@ -70,12 +90,13 @@ fn main() {
     .unwrap();
 
     println!(
-        "one pass over {cases} simulated cases (seed 7), 5 rules (benches/peer/rules), comments off, page size 500, {rounds} round(s)"
+        "one pass over {cases} simulated cases (seed 7) on {} simulator(s) with {} customers each, 5 rules (benches/peer/rules), comments off, page size 500, {rounds} round(s)",
+        shape.instances, shape.tenants
     );
     let mut runs: Vec<(Who, Run)> = Vec::new();
     for round in 1..=rounds {
         for &w in &who {
-            let run = one_run(w, cases, &root, python.as_deref(), dir.path());
+            let run = one_run(w, cases, shape, &root, python.as_deref(), dir.path());
             println!(
                 "  round {round} {:<18} wall {:>6.2} s  client CPU {:>6.2} s  peak RSS {:>6.0} MiB  simulator CPU {:>6.2} s  cases changed {}",
                 w.name(),
@@ -147,28 +168,22 @@ fn venv(root: &Path) -> PathBuf {
     python
 }
 
-fn one_run(who: Who, cases: usize, root: &Path, python: Option<&Path>, dir: &Path) -> Run {
+/// Starts a simulator with `cases` cases over `tenants` customers; returns it and its URL.
+fn simulator(cases: usize, tenants: usize, seed: usize) -> (Child, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut sim = Command::new(env!("CARGO_BIN_EXE_casewarden"))
+    let sim = Command::new(env!("CARGO_BIN_EXE_casewarden"))
         .args([
             "simulate",
             "--quiet",
             "--listen",
             &format!("127.0.0.1:{port}"),
         ])
-        .args([
-            "--cases",
-            &cases.to_string(),
-            "--seed",
-            "7",
-            "--api-key",
-            KEY,
-        ])
+        .args(["--cases", &cases.to_string(), "--seed", &seed.to_string()])
+        .args(["--tenants", &tenants.to_string(), "--api-key", KEY])
         .stdout(Stdio::null())
         .spawn()
         .expect("the simulator starts");
@@ -180,19 +195,43 @@ fn one_run(who: Who, cases: usize, root: &Path, python: Option<&Path>, dir: &Pat
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    (sim, format!("http://127.0.0.1:{port}"))
+}
+
+/// One run of `who` against fresh simulators: `shape.instances` of them sharing the cases.
+fn one_run(
+    who: Who,
+    cases: usize,
+    shape: Shape,
+    root: &Path,
+    python: Option<&Path>,
+    dir: &Path,
+) -> Run {
+    let mut sims: Vec<(Child, String)> = (0..shape.instances)
+        .map(|i| simulator(cases / shape.instances, shape.tenants, 7 + i))
+        .collect();
+    let url = sims[0].1.clone();
     let mut command = match who {
         Who::Casewarden => {
             let audit = dir.join("audit.db");
             for suffix in ["", "-wal", "-shm"] {
                 let _ = std::fs::remove_file(format!("{}{suffix}", audit.display()));
             }
+            let servers: String = sims
+                .iter()
+                .enumerate()
+                .map(|(i, (_, url))| {
+                    format!(
+                        "[[instance]]\nname = \"sim{i}\"\nurl = \"{url}\"\napi_flavor = \"legacy\"\nuser = \"{USER}\"\n\
+                         api_key_file = \"api_key\"\npage_size = 500\ntimeout_secs = 120\n\n"
+                    )
+                })
+                .collect();
             let config = dir.join("casewarden.toml");
             std::fs::write(
                 &config,
                 format!(
-                    "[stellar]\nurl = \"{url}\"\napi_flavor = \"legacy\"\nuser = \"{USER}\"\n\
-                     api_key_file = \"api_key\"\npage_size = 500\ntimeout_secs = 120\n\n\
-                     [daemon]\nrules_dir = {}\nmax_changes_per_run = 10000000\n\
+                    "{servers}[daemon]\nrules_dir = {}\nmax_changes_per_run = 10000000\n\
                      max_change_fraction = 1.0\ncomment_changes = false\npass_timeout_secs = 3600\n\n\
                      [audit]\npath = \"audit.db\"\n",
                     toml::Value::String(root.join("benches/peer/rules").display().to_string())
@@ -216,15 +255,17 @@ fn one_run(who: Who, cases: usize, root: &Path, python: Option<&Path>, dir: &Pat
         .stdout(Stdio::null())
         .spawn()
         .expect("the client starts");
-    let sim_before = cpu_seconds(sim.id());
+    let sim_before: f64 = sims.iter().map(|(s, _)| cpu_seconds(s.id())).sum();
     let start = Instant::now();
     let (ok, cpu, rss_kib) = wait_with_usage(&mut client);
     let wall = start.elapsed().as_secs_f64();
-    let sim_cpu = cpu_seconds(sim.id()) - sim_before;
+    let sim_cpu = sims.iter().map(|(s, _)| cpu_seconds(s.id())).sum::<f64>() - sim_before;
     assert!(ok, "{} failed", who.name());
-    let changed = changed_cases(&url);
-    let _ = sim.kill();
-    let _ = sim.wait();
+    let changed = sims.iter().map(|(_, url)| changed_cases(url)).sum();
+    for (sim, _) in &mut sims {
+        let _ = sim.kill();
+        let _ = sim.wait();
+    }
     Run {
         wall,
         cpu,

@@ -15,7 +15,10 @@ use crate::stellar::Client;
 /// What a pass needs, ready.
 pub struct App {
     pub rules: RuleSet,
+    /// The first server's (the one `[stellar]` names, else the first `[[instance]]`).
     pub ctx: PassContext,
+    /// Every server's, in config order (the first is `ctx`).
+    pub instances: Vec<PassContext>,
 }
 
 /// Why casewarden could not start; every one is a config or rule error (exit 2).
@@ -50,9 +53,10 @@ impl App {
                 errors,
             })?;
         rules.log_warnings();
-        let settings = config.client_settings().map_err(StartError::Setup)?;
-        let client =
-            Client::with_metrics(settings, metrics).map_err(|e| StartError::Setup(e.into()))?;
+        let unknown = unknown_instances(config, &rules);
+        if !unknown.is_empty() {
+            return Err(StartError::Setup(anyhow::anyhow!(unknown.join("\n"))));
+        }
         let audit = AuditStore::open_with(
             &config.audit.path,
             Duration::from_secs(config.audit.busy_timeout_secs),
@@ -60,13 +64,47 @@ impl App {
         )
         .await?
         .with_head_file(config.audit.head_file.clone());
+        let mut instances = Vec::new();
+        for s in config.servers() {
+            let settings = config.client_settings_of(s).map_err(|e| match s.name {
+                Some(_) => StartError::Setup(e.context(format!("instance {}", s.instance_name()))),
+                None => StartError::Setup(e),
+            })?;
+            let client = Client::with_metrics(settings, metrics.clone())
+                .map_err(|e| StartError::Setup(e.into()))?;
+            instances.push(PassContext {
+                client,
+                audit: audit.for_instance(s.instance_name()),
+                settings: PassSettings::for_server(config, s),
+                instance: s.instance_name().to_string(),
+                tenants: Arc::new(s.tenants.clone()),
+            });
+        }
         Ok(App {
             rules,
-            ctx: PassContext {
-                client,
-                audit,
-                settings: PassSettings::from_config(config),
-            },
+            ctx: instances[0].clone(),
+            instances,
         })
     }
+}
+
+/// Rules naming a server (`RULE.instances`) the config does not have.
+pub fn unknown_instances(config: &Config, set: &RuleSet) -> Vec<String> {
+    let names: Vec<&str> = config.servers().iter().map(|s| s.instance_name()).collect();
+    set.rules
+        .iter()
+        .flat_map(|r| {
+            r.instances
+                .iter()
+                .filter(|i| !names.contains(&i.as_str()))
+                .map(|i| {
+                    format!(
+                        "{}: RULE.instances: no server named {i:?} in the config (servers: {})",
+                        r.file.display(),
+                        names.join(", ")
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }

@@ -69,6 +69,15 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// `[stellar]` as written: the server of a one-server setup, instance `default`.
+    #[serde(default, rename = "stellar")]
+    stellar_section: Option<StellarConfig>,
+    /// `[[instance]]` blocks: more servers, each with a `name`.
+    #[serde(default)]
+    instance: Vec<StellarConfig>,
+    /// The first server (`[stellar]`, else the first `[[instance]]`): what the commands
+    /// that talk to one server use.
+    #[serde(skip, default = "StellarConfig::unset")]
     pub stellar: StellarConfig,
     #[serde(default)]
     pub daemon: DaemonConfig,
@@ -102,6 +111,11 @@ pub struct TenantLimits {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StellarConfig {
+    /// The instance's name in rows, logs and `RULE.instances` (`default` for `[stellar]`).
+    pub name: Option<String>,
+    /// Only these customers' cases (`cust_id`s); empty: every customer.
+    #[serde(default)]
+    pub tenants: Vec<String>,
     pub url: String,
     #[serde(default)]
     pub api_flavor: FlavorSetting,
@@ -123,6 +137,36 @@ pub struct StellarConfig {
     /// First backoff step; doubles per attempt, with full jitter, capped at 30 s.
     #[serde(default = "default_backoff_ms")]
     pub retry_base_ms: u64,
+}
+
+/// The instance name of `[stellar]`.
+pub const DEFAULT_INSTANCE: &str = "default";
+
+impl StellarConfig {
+    /// A placeholder until the config's servers are read.
+    fn unset() -> StellarConfig {
+        StellarConfig {
+            name: None,
+            tenants: Vec::new(),
+            url: String::new(),
+            api_flavor: FlavorSetting::default(),
+            user: None,
+            api_key_file: None,
+            api_key_env: None,
+            ca_file: None,
+            insecure_skip_tls_verify: false,
+            timeout_secs: default_timeout(),
+            page_size: default_page_size(),
+            max_in_flight: default_max_in_flight(),
+            max_attempts: default_max_attempts(),
+            retry_base_ms: default_backoff_ms(),
+        }
+    }
+
+    /// The instance's name.
+    pub fn instance_name(&self) -> &str {
+        self.name.as_deref().unwrap_or(DEFAULT_INSTANCE)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -343,6 +387,12 @@ impl Config {
             message: describe_toml_error(text, &e),
         })?;
         config.source = path.to_path_buf();
+        if config.stellar_section.is_none() && config.instance.is_empty() {
+            return Err(ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: "no server: give it in [stellar] (url, user, api_key_file), or several in [[instance]] blocks".into(),
+            });
+        }
         let base = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -363,12 +413,19 @@ impl Config {
         };
         resolve(&mut config.daemon.rules_dir);
         resolve(&mut config.audit.path);
-        if let Some(p) = config.stellar.api_key_file.as_mut() {
-            resolve(p);
+        for s in config
+            .stellar_section
+            .iter_mut()
+            .chain(config.instance.iter_mut())
+        {
+            if let Some(p) = s.api_key_file.as_mut() {
+                resolve(p);
+            }
+            if let Some(p) = s.ca_file.as_mut() {
+                resolve(p);
+            }
         }
-        if let Some(p) = config.stellar.ca_file.as_mut() {
-            resolve(p);
-        }
+        config.stellar = config.servers()[0].clone();
         if let Some(p) = config.audit.head_file.as_mut() {
             resolve(p);
         }
@@ -392,8 +449,57 @@ impl Config {
         }
     }
 
+    /// Every server casewarden works on: `[stellar]` (instance `default` unless named),
+    /// then the `[[instance]]` blocks.
+    pub fn servers(&self) -> Vec<&StellarConfig> {
+        self.stellar_section.iter().chain(&self.instance).collect()
+    }
+
+    /// The config key of a server's setting: `stellar.url`, `instance.eu.url`.
+    pub fn server_key(&self, s: &StellarConfig, key: &str) -> String {
+        match self.stellar_section.as_ref() {
+            Some(first) if std::ptr::eq(first, s) => format!("stellar.{key}"),
+            _ => format!("instance.{}.{key}", s.instance_name()),
+        }
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
-        let s = &self.stellar;
+        let mut names = std::collections::HashSet::new();
+        for (i, s) in self.instance.iter().enumerate() {
+            let Some(name) = &s.name else {
+                return Err(self.invalid(
+                    format!("instance[{i}].name"),
+                    "every [[instance]] needs a name, e.g. name = \"eu\"",
+                ));
+            };
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(self.invalid(
+                    format!("instance[{i}].name"),
+                    format!("{name:?}: use letters, digits, - and _"),
+                ));
+            }
+        }
+        for s in self.servers() {
+            if !names.insert(s.instance_name()) {
+                return Err(self.invalid(
+                    self.server_key(s, "name"),
+                    format!(
+                        "two servers are named {:?}; each instance needs its own name",
+                        s.instance_name()
+                    ),
+                ));
+            }
+            self.validate_server(s)?;
+        }
+        self.validate_rest()
+    }
+
+    fn validate_server(&self, s: &StellarConfig) -> Result<(), ConfigError> {
+        let key = |k: &str| self.server_key(s, k);
         let url = reqwest::Url::parse(&s.url).map_err(|e| {
             let hint = if e == url::ParseError::RelativeUrlWithoutBase {
                 format!(
@@ -404,27 +510,27 @@ impl Config {
             } else {
                 format!("not a URL ({e}): {:?}", s.url)
             };
-            self.invalid("stellar.url", hint)
+            self.invalid(key("url"), hint)
         })?;
         match url.scheme() {
             "https" => {}
             "http" if is_loopback(&url) => {}
             "http" => {
                 return Err(self.invalid(
-                    "stellar.url",
+                    key("url"),
                     "http:// is only allowed for loopback addresses; use https://",
                 ));
             }
             other => {
                 return Err(self.invalid(
-                    "stellar.url",
+                    key("url"),
                     format!("unsupported scheme {other:?}; use https://"),
                 ));
             }
         }
         if s.page_size == 0 || s.page_size > 500 {
             return Err(self.invalid(
-                "stellar.page_size",
+                key("page_size"),
                 format!(
                     "{} is out of range: the API serves 1 to 500 cases per page",
                     s.page_size
@@ -432,17 +538,35 @@ impl Config {
             ));
         }
         if s.max_in_flight == 0 {
-            return Err(self.invalid("stellar.max_in_flight", "must be at least 1"));
+            return Err(self.invalid(key("max_in_flight"), "must be at least 1"));
         }
         if s.max_attempts == 0 {
-            return Err(self.invalid("stellar.max_attempts", "must be at least 1"));
+            return Err(self.invalid(key("max_attempts"), "must be at least 1"));
         }
         if s.api_key_file.is_some() && s.api_key_env.is_some() {
             return Err(self.invalid(
-                "stellar.api_key_file",
+                key("api_key_file"),
                 "set only one of api_key_file and api_key_env",
             ));
         }
+        if !(1..=3_600).contains(&s.timeout_secs) {
+            return Err(self.invalid(
+                key("timeout_secs"),
+                format!("{} is out of range: 1 to 3600", s.timeout_secs),
+            ));
+        }
+        for t in &s.tenants {
+            if t.trim().is_empty() || t.contains(',') {
+                return Err(self.invalid(
+                    key("tenants"),
+                    format!("{t:?} is not a customer id (cust_id)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_rest(&self) -> Result<(), ConfigError> {
         let d = &self.daemon;
         if !(d.max_change_fraction > 0.0 && d.max_change_fraction <= 1.0) {
             return Err(self.invalid(
@@ -468,7 +592,6 @@ impl Config {
                 d.shutdown_timeout_secs,
                 86_400,
             ),
-            ("stellar.timeout_secs", s.timeout_secs, 3_600),
         ] {
             if value == 0 || value > max {
                 return Err(self.invalid(key, format!("{value} is out of range: 1 to {max}")));
@@ -590,7 +713,12 @@ impl Config {
     /// Loads the API key: `api_key_file`, else `api_key_env`, else
     /// `$CREDENTIALS_DIRECTORY/api_key` (systemd's LoadCredential).
     pub fn api_key(&self) -> Result<Secret, ConfigError> {
-        let s = &self.stellar;
+        self.api_key_of(&self.stellar)
+    }
+
+    /// A server's API key: its `api_key_file`, its `api_key_env`, else the systemd
+    /// credential `api_key` (instance `default`) or `api_key.NAME`.
+    pub fn api_key_of(&self, s: &StellarConfig) -> Result<Secret, ConfigError> {
         let file = match (&s.api_key_file, &s.api_key_env) {
             (Some(f), _) => f.clone(),
             (None, Some(var)) => {
@@ -603,7 +731,10 @@ impl Config {
                 };
             }
             (None, None) => match std::env::var_os("CREDENTIALS_DIRECTORY") {
-                Some(dir) => PathBuf::from(dir).join("api_key"),
+                Some(dir) if s.instance_name() == DEFAULT_INSTANCE => {
+                    PathBuf::from(dir).join("api_key")
+                }
+                Some(dir) => PathBuf::from(dir).join(format!("api_key.{}", s.instance_name())),
                 None => {
                     return Err(ConfigError::NoApiKey {
                         path: self.source.clone(),
@@ -683,7 +814,11 @@ impl Config {
 
     /// Client settings from the `[stellar]` section, reading the key and CA file.
     pub fn client_settings(&self) -> anyhow::Result<ClientSettings> {
-        let s = &self.stellar;
+        self.client_settings_of(&self.stellar)
+    }
+
+    /// The client of one server.
+    pub fn client_settings_of(&self, s: &StellarConfig) -> anyhow::Result<ClientSettings> {
         let ca_pem = match &s.ca_file {
             Some(path) => Some(
                 std::fs::read(path)
@@ -696,7 +831,7 @@ impl Config {
             flavor: s.api_flavor.fixed(),
             credentials: Credentials {
                 user: s.user.clone(),
-                key: self.api_key()?,
+                key: self.api_key_of(s)?,
             },
             ca_pem,
             insecure_skip_tls_verify: s.insecure_skip_tls_verify,

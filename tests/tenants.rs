@@ -364,3 +364,150 @@ async fn a_customers_own_budget_and_guard_from_the_config_apply_to_its_cases_onl
         "{err}"
     );
 }
+
+/// A config with one `[[instance]]` per (name, url, tenants).
+fn instances_config(ws: &Workspace, servers: &[(&str, &str, &[&str])]) {
+    let mut text = String::new();
+    for (name, url, tenants) in servers {
+        let list: Vec<String> = tenants.iter().map(|t| format!("{t:?}")).collect();
+        text.push_str(&format!(
+            "[[instance]]\nname = {name:?}\nurl = {url:?}\napi_flavor = \"legacy\"\nuser = {USER:?}\n\
+             api_key_file = \"api_key\"\ntimeout_secs = 5\nmax_attempts = 1\nretry_base_ms = 20\n\
+             tenants = [{}]\n\n",
+            list.join(", ")
+        ));
+    }
+    text.push_str(
+        "[daemon]\nrules_dir = \"rules\"\nmax_change_fraction = 1.0\ncomment_changes = false\n\
+         max_changes_per_run = 100000\n\n[audit]\npath = \"state/audit.db\"\n",
+    );
+    std::fs::write(ws.config(), text).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_servers_in_one_pass_each_rule_changes_only_its_servers_and_customers() {
+    let (eu, us) = (start(sim_options(500)).await, start(sim_options(400)).await);
+    let (t1, t2, t3) = (TENANTS[0].0, TENANTS[1].0, TENANTS[2].0);
+    let eu_rule = "const RULE = #{ name: \"eu-only\", instances: [\"eu\"] };\n\
+                   fn evaluate(c) { if c.status == \"New\" { add_tag(\"eu-only\"); } }\n";
+    let ws = Workspace::new(
+        &eu.url,
+        "legacy",
+        "",
+        Some(&[
+            ("10-eu.rhai", eu_rule),
+            ("20-t3.rhai", &scoped("third-customer", &[t3], "t3")),
+        ]),
+    );
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    instances_config(
+        &ws,
+        &[
+            ("eu", &eu.url, &[t1, t2]),
+            ("us", &us.url, &[]),
+            ("down", &dead, &[]),
+        ],
+    );
+    let new_cases =
+        |sim: &casewarden::sim::Simulator, wanted: &dyn Fn(&str) -> bool| -> HashSet<String> {
+            sim.state()
+                .cases
+                .iter()
+                .filter(|c| c["status"] == "New" && wanted(c["cust_id"].as_str().unwrap()))
+                .map(|c| c["_id"].as_str().unwrap().to_string())
+                .collect()
+        };
+    let eu_expected = new_cases(&eu, &|t| t == t1 || t == t2);
+    let us_expected = new_cases(&us, &|t| t == t3);
+    let out = ws.run(&["once"]).await;
+    let text = stdout(&out);
+    // The server that is down fails its pass; the others run.
+    assert_exit(&out, 1);
+    assert!(
+        text.contains("instance down") && text.contains("not run"),
+        "{text}"
+    );
+    assert_eq!(
+        tagged(&eu, "eu-only"),
+        eu_expected,
+        "eu: its customers' New cases"
+    );
+    assert!(
+        tagged(&eu, "t3").is_empty(),
+        "eu is limited to two customers"
+    );
+    assert!(tagged(&us, "eu-only").is_empty(), "a rule for eu only");
+    assert_eq!(tagged(&us, "t3"), us_expected);
+    assert!(changed_by_api(&eu, None) == eu_expected && changed_by_api(&us, None) == us_expected);
+    // Rows say which server; `audit --instance` returns exactly that server's changes.
+    let db = ws.audit_db();
+    for (name, expected) in [("eu", &eu_expected), ("us", &us_expected)] {
+        let out = run_bin(
+            &[
+                "audit",
+                "--db",
+                db.to_str().unwrap(),
+                "--instance",
+                name,
+                "--outcome",
+                "applied",
+                "--format",
+                "json",
+            ],
+            &[],
+        )
+        .await;
+        assert_exit(&out, 0);
+        let rows: Vec<Value> = stdout(&out)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert!(rows.iter().all(|r| r["instance"] == name));
+        let cases: HashSet<String> = rows
+            .iter()
+            .map(|r| r["case_id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(&cases, expected, "{name}");
+    }
+    let verify = run_bin(&["audit", "verify", "--db", db.to_str().unwrap()], &[]).await;
+    assert_exit(&verify, 0);
+    // One server at a time on request; a second pass changes nothing more.
+    let out = ws.run(&["once", "--instance", "us"]).await;
+    assert_exit(&out, 0);
+    assert_eq!(changed_by_api(&us, None), us_expected);
+    let out = ws.run(&["once", "--instance", "nope"]).await;
+    assert!(
+        stderr(&out).contains("no such server") && stderr(&out).contains("eu, us, down"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn instance_names_are_checked_in_the_config_and_in_rules() {
+    let sim = start(sim_options(5)).await;
+    let rule = "const RULE = #{ name: \"r\", instances: [\"mars\"] };\nfn evaluate(c) {}\n";
+    let ws = Workspace::new(&sim.url, "legacy", "", Some(&[("r.rhai", rule)]));
+    instances_config(&ws, &[("eu", &sim.url, &[])]);
+    let out = ws.run(&["check", "--offline"]).await;
+    let err = format!("{}{}", stderr(&out), stdout(&out));
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        err.contains("r.rhai: RULE.instances: no server named \"mars\"")
+            && err.contains("(servers: eu)"),
+        "{err}"
+    );
+    let out = ws.run(&["once"]).await;
+    assert_exit(&out, 2);
+    instances_config(&ws, &[("eu", &sim.url, &[]), ("eu", &sim.url, &[])]);
+    let out = ws.run(&["check", "--offline"]).await;
+    let err = format!("{}{}", stderr(&out), stdout(&out));
+    assert!(
+        err.contains("instance.eu.name") && err.contains("two servers are named"),
+        "{err}"
+    );
+    std::fs::write(ws.config(), "[daemon]\nrules_dir = \"rules\"\n").unwrap();
+    let out = ws.run(&["check", "--offline"]).await;
+    let err = format!("{}{}", stderr(&out), stdout(&out));
+    assert!(err.contains("no server"), "{err}");
+}

@@ -55,9 +55,12 @@ impl EventRow {
         h.0.update(b"\n");
         // A row without a tenant hashes as rows did before tenants were recorded, so
         // older logs verify unchanged.
-        match &self.tenant {
-            None => serde_json::to_writer(&mut h, &canonical),
-            Some(tenant) => serde_json::to_writer(&mut h, &(canonical, tenant)),
+        match (&self.tenant, &self.instance) {
+            (None, None) => serde_json::to_writer(&mut h, &canonical),
+            (Some(tenant), None) => serde_json::to_writer(&mut h, &(canonical, tenant)),
+            (tenant, Some(instance)) => {
+                serde_json::to_writer(&mut h, &(canonical, tenant, instance))
+            }
         }
         .expect("hashing cannot fail");
         hex::encode(h.0.finalize())
@@ -229,6 +232,7 @@ mod tests {
             prev_hash: "11".repeat(32),
             hash: String::new(),
             tenant: None,
+            instance: None,
         };
         assert_eq!(
             row.compute_hash(),
@@ -242,6 +246,23 @@ mod tests {
         assert_eq!(
             row.compute_hash(),
             "845f19f3f09e7b0eaa5660058656be387a8318147f2ceb415caa43215bcddfc2"
+        );
+        // With an instance: `[[...], tenant or null, "instance"]`.
+        let row = EventRow {
+            instance: Some("eu".into()),
+            ..row
+        };
+        assert_eq!(
+            row.compute_hash(),
+            "715f1c83bc9f2d0bef96841383463029a5023974a1e7f2cf777b941e20f16411"
+        );
+        let row = EventRow {
+            tenant: None,
+            ..row
+        };
+        assert_eq!(
+            row.compute_hash(),
+            "d89b468f19f112cea8729dd2cd7dbad17f0201f50fe6d422e460ba85a3913669"
         );
     }
 }

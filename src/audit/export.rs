@@ -28,7 +28,7 @@ enum Sink<W: Write> {
     Csv(Box<csv::Writer<W>>),
 }
 
-const CSV_HEADER: [&str; 22] = [
+const CSV_HEADER: [&str; 23] = [
     "seq",
     "run_id",
     "recorded_at",
@@ -51,6 +51,7 @@ const CSV_HEADER: [&str; 22] = [
     "old_email",
     "new_email",
     "tenant",
+    "instance",
 ];
 
 impl<W: Write> Printer<W> {
@@ -124,6 +125,7 @@ impl<W: Write> Printer<W> {
                     opt(&old_email),
                     opt(&new_email),
                     opt(&r.tenant),
+                    opt(&r.instance),
                 ])?;
                 return Ok(());
             }

@@ -158,6 +158,7 @@ pub struct EventRow {
     pub prev_hash: String,
     pub hash: String,
     pub tenant: Option<String>,
+    pub instance: Option<String>,
 }
 
 /// A planned change without a final outcome, and its newest outcome so far.

@@ -17,6 +17,9 @@ pub struct Filter {
     pub run_id: Option<String>,
     /// Rows about cases of this customer (`cust_id`).
     pub tenant: Option<String>,
+    /// Rows about cases on this server (config instance name; `default` also matches
+    /// rows written before instances were recorded).
+    pub instance: Option<String>,
     pub limit: Option<i64>,
     /// Rows to pass over first (paging; with `limit`).
     pub offset: Option<i64>,
@@ -31,7 +34,7 @@ impl AuditStore {
         filter: &'a Filter,
     ) -> impl Stream<Item = Result<EventRow, AuditError>> + 'a {
         let mut sql = String::from("SELECT * FROM events WHERE 1 = 1");
-        let conds: [(&str, bool); 8] = [
+        let conds: [(&str, bool); 9] = [
             (" AND case_id = ?", filter.case_id.is_some()),
             (" AND ticket_id = ?", filter.ticket_id.is_some()),
             (" AND rule = ?", filter.rule.is_some()),
@@ -40,6 +43,10 @@ impl AuditStore {
             (" AND outcome = ?", filter.outcome.is_some()),
             (" AND run_id = ?", filter.run_id.is_some()),
             (" AND tenant = ?", filter.tenant.is_some()),
+            (
+                " AND (instance = ? OR (instance IS NULL AND ? = 'default'))",
+                filter.instance.is_some(),
+            ),
         ];
         for (cond, on) in conds {
             if on {
@@ -81,6 +88,9 @@ impl AuditStore {
         }
         if let Some(v) = &filter.tenant {
             q = q.bind(v);
+        }
+        if let Some(v) = &filter.instance {
+            q = q.bind(v).bind(v);
         }
         if let Some(v) = filter.limit {
             q = q.bind(v);

@@ -27,6 +27,9 @@ pub struct AuditStore {
     pub(super) claim: std::sync::Arc<tokio::sync::Mutex<lease::Slot>>,
     /// `audit.head_file`: every finished pass appends its chain head there.
     pub(super) head_file: Option<std::sync::Arc<PathBuf>>,
+    /// The server this handle writes for: recorded in its rows, and its lookups of earlier
+    /// rows see only that server's.
+    pub(super) instance: Option<std::sync::Arc<str>>,
 }
 
 impl AuditStore {
@@ -106,6 +109,33 @@ impl AuditStore {
             write: Default::default(),
             claim: Default::default(),
             head_file: None,
+            instance: None,
+        }
+    }
+
+    /// The same log, writing and remembering for the server named `name` (a config
+    /// instance name: letters, digits, `-` and `_`).
+    pub fn for_instance(&self, name: &str) -> AuditStore {
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+            "instance names are checked with the config"
+        );
+        AuditStore {
+            instance: Some(name.into()),
+            ..self.clone()
+        }
+    }
+
+    /// The SQL condition keeping a lookup to this handle's server; rows from before
+    /// instances were recorded belong to `default`.
+    fn instance_filter(&self, alias: &str) -> String {
+        match self.instance.as_deref() {
+            None => String::new(),
+            Some(crate::config::DEFAULT_INSTANCE) => {
+                format!(" AND ({alias}instance IS NULL OR {alias}instance = 'default')")
+            }
+            Some(name) => format!(" AND {alias}instance = '{name}'"),
         }
     }
 
@@ -227,6 +257,7 @@ impl AuditStore {
                 prev_hash: prev,
                 hash: String::new(),
                 tenant: e.tenant.clone(),
+                instance: self.instance.as_deref().map(str::to_string),
             };
             row.hash = row.compute_hash();
             prev = row.hash.clone();
@@ -237,7 +268,7 @@ impl AuditStore {
         // limit of bound parameters, cuts the per-statement cost that dominates otherwise.
         for chunk in rows.chunks(ROWS_PER_INSERT) {
             let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO events (seq, run_id, recorded_at, rule, rule_hash, case_id, ticket_id, field, old, new, reason, dry_run, outcome, error, http_status, planned_seq, prev_hash, hash, tenant) ",
+                "INSERT INTO events (seq, run_id, recorded_at, rule, rule_hash, case_id, ticket_id, field, old, new, reason, dry_run, outcome, error, http_status, planned_seq, prev_hash, hash, tenant, instance) ",
             );
             q.push_values(chunk, |mut b, row| {
                 b.push_bind(row.seq)
@@ -258,7 +289,8 @@ impl AuditStore {
                     .push_bind(row.planned_seq)
                     .push_bind(row.prev_hash.clone())
                     .push_bind(row.hash.clone())
-                    .push_bind(row.tenant.clone());
+                    .push_bind(row.tenant.clone())
+                    .push_bind(row.instance.clone());
             });
             q.build().execute(&mut *tx).await?;
         }
@@ -375,14 +407,16 @@ impl AuditStore {
     /// Planned (non-dry-run) changes not settled yet: with no outcome (left by a crash) or
     /// whose newest outcome is `unknown` (the answer was lost), oldest first.
     pub async fn unsettled(&self) -> Result<Vec<Unsettled>, AuditError> {
-        Ok(sqlx::query_as::<_, Unsettled>(
+        let sql = format!(
             "SELECT p.*, o.outcome AS last_outcome, o.recorded_at AS last_at, o.http_status AS last_status FROM events p \
              LEFT JOIN events o ON o.seq = (SELECT MAX(x.seq) FROM events x WHERE x.planned_seq = p.seq) \
-             WHERE p.outcome = 'planned' AND p.dry_run = 0 AND (o.seq IS NULL OR o.outcome = 'unknown') \
+             WHERE p.outcome = 'planned' AND p.dry_run = 0 AND (o.seq IS NULL OR o.outcome = 'unknown'){} \
              ORDER BY p.seq",
-        )
-        .fetch_all(&self.pool)
-        .await?)
+            self.instance_filter("p.")
+        );
+        Ok(sqlx::query_as::<_, Unsettled>(AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     /// casewarden's memory of what it applied to these cases: every applied change
@@ -400,7 +434,9 @@ impl AuditStore {
              AND case_id IN (?",
         );
         sql.push_str(&", ?".repeat(case_ids.len() - 1));
-        sql.push_str(") ORDER BY seq");
+        sql.push(')');
+        sql.push_str(&self.instance_filter(""));
+        sql.push_str(" ORDER BY seq");
         let mut q = sqlx::query_as::<_, AppliedChange>(AssertSqlSafe(sql));
         for id in case_ids {
             q = q.bind(*id);
@@ -418,8 +454,10 @@ impl AuditStore {
                  WHERE dry_run = 1 AND case_id IN (?",
             );
             sql.push_str(&", ?".repeat(chunk.len() - 1));
+            sql.push(')');
+            sql.push_str(&self.instance_filter(""));
             sql.push_str(
-                ") GROUP BY case_id, rule), \
+                " GROUP BY case_id, rule), \
                  runs AS (SELECT l.case_id, l.rule, e.run_id FROM last l JOIN events e ON e.seq = l.seq) \
                  SELECT e.case_id, e.rule, e.field, e.new, e.outcome FROM events e JOIN runs r \
                  ON e.case_id = r.case_id AND e.rule = r.rule AND e.run_id = r.run_id \

@@ -57,6 +57,10 @@ pub struct AuditQuery {
     /// Only rows about cases of this customer (its cust_id)
     #[arg(long, value_name = "ID")]
     pub tenant: Option<String>,
+    /// Only rows about cases on this server (an `[[instance]]` name, `default` for
+    /// `[stellar]`)
+    #[arg(long, value_name = "NAME")]
+    pub instance: Option<String>,
     /// At most this many rows (the oldest, or with --newest the newest)
     #[arg(long)]
     pub limit: Option<i64>,
@@ -146,6 +150,7 @@ pub(super) async fn run(cli: &Cli, args: &AuditArgs) -> anyhow::Result<u8> {
         newest: q.newest,
         run_id: q.run_id.clone(),
         tenant: q.tenant.clone(),
+        instance: q.instance.clone(),
         limit: q.limit,
         offset: None,
     };

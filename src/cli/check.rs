@@ -2,10 +2,10 @@
 
 use clap::Args;
 
-use super::{Cli, Exit, config_path, connect};
-use crate::config::Config;
+use super::{Cli, Exit, config_path};
+use crate::config::{Config, StellarConfig};
 use crate::rules::RuleSet;
-use crate::stellar::ApiError;
+use crate::stellar::{ApiError, Client};
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
@@ -19,10 +19,22 @@ pub(super) async fn run(cli: &Cli, args: &CheckArgs) -> anyhow::Result<u8> {
     let config = Config::load(&path).map_err(Exit::config)?;
     // Every problem of the config and the rules, found together.
     let mut problems = Vec::new();
-    if !args.offline
-        && let Err(e) = config.api_key()
-    {
-        problems.push(e.to_string());
+    for s in config.servers() {
+        if !args.offline
+            && let Err(e) = config.api_key_of(s)
+        {
+            problems.push(e.to_string());
+        }
+        if let Some(ca) = &s.ca_file
+            && let Err(e) = std::fs::read(ca)
+        {
+            problems.push(format!(
+                "{}: {} {}: {e}",
+                path.display(),
+                config.server_key(s, "ca_file"),
+                ca.display()
+            ));
+        }
     }
     if let Err(e) = config.ui_token() {
         problems.push(e.to_string());
@@ -30,21 +42,13 @@ pub(super) async fn run(cli: &Cli, args: &CheckArgs) -> anyhow::Result<u8> {
     if let Err(e) = config.notify_targets() {
         problems.push(e.to_string());
     }
-    if let Some(ca) = &config.stellar.ca_file
-        && let Err(e) = std::fs::read(ca)
-    {
-        problems.push(format!(
-            "{}: stellar.ca_file {}: {e}",
-            path.display(),
-            ca.display()
-        ));
-    }
     if problems.is_empty() {
         println!("config {}: ok", path.display());
     }
     let mut footer = None;
     match RuleSet::load_dir_for(&config.daemon.rules_dir, &config.calendar_names()) {
         Ok(set) => {
+            problems.extend(crate::app::unknown_instances(&config, &set));
             for w in &set.warnings {
                 eprintln!("warning: {w}");
             }
@@ -75,16 +79,21 @@ pub(super) async fn run(cli: &Cli, args: &CheckArgs) -> anyhow::Result<u8> {
         return Err(Exit::config_all(&problems, footer).into());
     }
     if !args.offline {
-        probe_server(&config).await?;
+        for s in config.servers() {
+            probe_server(&config, s).await?;
+        }
     }
     Ok(0)
 }
 
 /// `check` online: the key is accepted, a page of cases lists, and which update flavour
 /// the server takes (asked with an empty update of a case that does not exist).
-async fn probe_server(config: &Config) -> Result<(), Exit> {
-    let client = connect(config)?;
-    let url = &config.stellar.url;
+async fn probe_server(config: &Config, s: &StellarConfig) -> Result<(), Exit> {
+    let settings = config
+        .client_settings_of(s)
+        .map_err(|e| Exit::config(format!("{e:#}")))?;
+    let client = Client::new(settings).map_err(Exit::config)?;
+    let url = &s.url;
     let unreachable = |e: ApiError| Exit::server(format!("server {url}: {e}"));
     client.authenticate().await.map_err(unreachable)?;
     let page = client
@@ -97,7 +106,8 @@ async fn probe_server(config: &Config) -> Result<(), Exit> {
         "server {url}: key accepted, first page lists {} case(s)",
         page.cases.len()
     );
-    let configured = config.stellar.api_flavor.fixed();
+    let configured = s.api_flavor.fixed();
+    let flavor_key = config.server_key(s, "api_flavor");
     let first = client.flavor();
     let found = if client
         .probe_update_route(first)
@@ -119,13 +129,13 @@ async fn probe_server(config: &Config) -> Result<(), Exit> {
     match configured {
         Some(c) if c != found => {
             return Err(Exit::config(format!(
-                "{}: stellar.api_flavor is \"{c}\" but the server takes the {found} update call: set stellar.api_flavor = \"{found}\" (or \"auto\")",
+                "{}: {flavor_key} is \"{c}\" but the server takes the {found} update call: set {flavor_key} = \"{found}\" (or \"auto\")",
                 config.source.display()
             )));
         }
         Some(c) => println!("api flavour: {c} (configured; the server takes its update call)"),
         None => println!(
-            "api flavour: {found} (detected: the server takes its update call; stellar.api_flavor = \"auto\")"
+            "api flavour: {found} (detected: the server takes its update call; {flavor_key} = \"auto\")"
         ),
     }
     Ok(())

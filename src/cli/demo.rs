@@ -145,7 +145,9 @@ pub(super) async fn run(args: &DemoArgs) -> anyhow::Result<u8> {
     writeln!(out, "   listening on {}", sim.url)?;
     let scratch = tempfile::tempdir()?;
     let (dir, from) = rules_dir(args, scratch.path())?;
-    let App { rules: set, ctx } = App::build(&config(scratch.path(), &sim.url, &dir)?, None)
+    let App {
+        rules: set, ctx, ..
+    } = App::build(&config(scratch.path(), &sim.url, &dir)?, None)
         .await
         .map_err(|e| anyhow::anyhow!("the demo cannot start: {e}"))?;
     writeln!(out, "2. Loaded {} rule(s) from {from}:", set.rules.len())?;

@@ -11,8 +11,10 @@ use super::plan_file::{PLAN_ROW, PlanFile};
 use super::{Cli, Exit, load_config};
 use crate::app::App;
 use crate::audit::ClaimError;
-use crate::pass::{Hook, PassOptions};
+use crate::config::Config;
+use crate::pass::{Hook, PassContext, PassOptions};
 use crate::report::print_report;
+use crate::rules::RuleSet;
 use crate::stellar::Case;
 
 #[derive(Debug, Args)]
@@ -41,6 +43,10 @@ pub struct OnceArgs {
     /// an error (as `terraform plan -detailed-exitcode`)
     #[arg(long, requires = "dry_run")]
     pub detailed_exitcode: bool,
+    /// Only this server (a `[[instance]]` name, `default` for `[stellar]`); without it a
+    /// config with several servers runs a pass on each, one after the other
+    #[arg(long, value_name = "NAME")]
+    pub instance: Option<String>,
 }
 
 /// Writes listed cases as one JSON list, page by page; the first write error is kept.
@@ -113,7 +119,21 @@ async fn pass(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
     }
     let config = load_config(cli)?;
     let app = App::build(&config, None).await.map_err(Exit::config)?;
-    let (set, ctx) = (app.rules, app.ctx);
+    let set = app.rules;
+    let names: Vec<&str> = app.instances.iter().map(|i| i.instance.as_str()).collect();
+    let mut chosen: Vec<PassContext> = match &args.instance {
+        Some(name) => match app.instances.iter().find(|i| &i.instance == name) {
+            Some(i) => vec![i.clone()],
+            None => {
+                return Err(Exit::config(format!(
+                    "--instance {name:?}: no such server in the config (servers: {})",
+                    names.join(", ")
+                ))
+                .into());
+            }
+        },
+        None => app.instances.clone(),
+    };
     for name in &args.rules {
         if !set.rules.iter().any(|r| &r.name == name) {
             let known: Vec<&str> = set.rules.iter().map(|r| r.name.as_str()).collect();
@@ -124,10 +144,21 @@ async fn pass(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
             .into());
         }
     }
+    if chosen.len() > 1 {
+        if args.out.is_some() || args.save_cases.is_some() || args.detailed_exitcode {
+            return Err(Exit::config(format!(
+                "--out, --save-cases and --detailed-exitcode work on one server: add --instance NAME (servers: {})",
+                names.join(", ")
+            ))
+            .into());
+        }
+        return every_server(&config, &set, chosen, args).await;
+    }
+    let ctx = chosen.remove(0);
     tracing::info!(
         version = %env!("CARGO_PKG_VERSION"),
         mode = %if args.dry_run || config.daemon.dry_run { "dry-run (nothing is sent)" } else { "live" },
-        url = %config.stellar.url,
+        url = %ctx.client.base_url(),
         audit = %config.audit.path.display(),
         rules = set.rules.len(),
         "one pass"
@@ -179,7 +210,7 @@ async fn pass(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
         let plan = PlanFile::of(
             &report.plans,
             &report.run_id,
-            &config.stellar.url,
+            ctx.client.base_url(),
             &set.fingerprint,
             valid_for,
         );
@@ -235,4 +266,55 @@ async fn pass(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
         });
     }
     Ok(if report.has_failures() { 1 } else { 0 })
+}
+
+/// A pass on each server in turn; one that cannot be reached or fails does not stop the
+/// others. Exit 1 when any pass had trouble.
+async fn every_server(
+    config: &Config,
+    set: &RuleSet,
+    servers: Vec<PassContext>,
+    args: &OnceArgs,
+) -> anyhow::Result<u8> {
+    let mut trouble = false;
+    let mut out = std::io::stdout().lock();
+    for ctx in &servers {
+        writeln!(out, "instance {} ({})", ctx.instance, ctx.client.base_url())?;
+        tracing::info!(
+            version = %env!("CARGO_PKG_VERSION"),
+            instance = %ctx.instance,
+            url = %ctx.client.base_url(),
+            audit = %config.audit.path.display(),
+            rules = set.rules.len(),
+            "one pass"
+        );
+        if let Err(e) = ctx.client.authenticate().await {
+            writeln!(out, "  ! not run: {e}\n")?;
+            trouble = true;
+            continue;
+        }
+        let claimed = crate::pass::run_claimed(
+            ctx,
+            set,
+            &PassOptions {
+                dry_run: args.dry_run,
+                only: args.rules.clone(),
+                trigger: format!("once ({})", ctx.instance),
+                ..PassOptions::default()
+            },
+            Duration::from_secs(args.wait),
+        )
+        .await;
+        match claimed {
+            Ok(report) => {
+                print_report(&mut out, &report)?;
+                trouble |= report.has_failures();
+            }
+            Err(ClaimError::Held(held)) => return Err(Exit::held(held).into()),
+            Err(ClaimError::Audit(e)) => return Err(e.into()),
+        }
+        writeln!(out)?;
+    }
+    servers[0].audit.close().await;
+    Ok(u8::from(trouble))
 }

@@ -272,6 +272,7 @@ struct AuditParams {
     outcome: Option<String>,
     pass: Option<String>,
     tenant: Option<String>,
+    instance: Option<String>,
     #[serde(default)]
     newest: bool,
     limit: Option<i64>,
@@ -298,6 +299,7 @@ async fn api_audit(State(shared): State<Arc<Shared>>, Query(p): Query<AuditParam
         outcome,
         run_id: p.pass,
         tenant: p.tenant,
+        instance: p.instance,
         limit: Some(limit),
         offset: Some(offset),
         newest: p.newest,

@@ -38,7 +38,10 @@ const NOTIFY_AT_EXIT: Duration = Duration::from_secs(5);
 /// What the loop, the pass tasks and the HTTP endpoints share.
 struct Shared {
     config: Config,
+    /// The first server's: the log, `/healthz` and the live view use it.
     ctx: PassContext,
+    /// Every server's, in config order; each tick runs a pass on each.
+    instances: Vec<PassContext>,
     metrics: Arc<Metrics>,
     notifier: Notifier,
     state: Mutex<State>,
@@ -163,20 +166,27 @@ pub async fn run_until(
 async fn start(config: Config) -> anyhow::Result<(Arc<Shared>, Delivery)> {
     let metrics = Metrics::new();
     let targets = config.notify_targets()?;
-    let App { rules, ctx } = App::build(&config, Some(metrics.clone()))
+    let App {
+        rules,
+        ctx,
+        instances,
+    } = App::build(&config, Some(metrics.clone()))
         .await
         .map_err(|e| anyhow::Error::new(e).context("not starting"))?;
-    match ctx.client.authenticate().await {
-        Err(e @ ApiError::KeyRejected { .. }) => return Err(e.into()),
-        Err(e) => {
-            tracing::warn!(error = %e, "the Cases API is not reachable yet; passes will retry on schedule")
+    for i in &instances {
+        match i.client.authenticate().await {
+            Err(e @ ApiError::KeyRejected { .. }) if instances.len() == 1 => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(instance = %i.instance, error = %e, "the Cases API is not reachable yet; passes will retry on schedule")
+            }
+            Ok(()) => {}
         }
-        Ok(()) => {}
+        settle_at_start(i).await;
     }
-    settle_at_start(&ctx).await;
     let (notifier, delivery) = Notifier::start(targets, metrics.clone());
     let shared = Arc::new(Shared {
         ctx,
+        instances,
         metrics,
         notifier,
         state: Mutex::new(State {
@@ -273,33 +283,35 @@ fn start_pass(shared: &Arc<Shared>, due: BTreeSet<String>, passes: &mut JoinSet<
     }
     let shared = shared.clone();
     passes.spawn(async move {
-        let started = Instant::now();
-        let report = if names.is_empty() {
-            None
-        } else {
+        // One pass per server, one after the other; a server that fails does not stop
+        // the others.
+        let mut worst: Option<PassStatus> = None;
+        for ctx in shared.instances.iter().filter(|_| !names.is_empty()) {
+            let started = Instant::now();
             let options = PassOptions {
-                only: names,
+                only: names.clone(),
                 trigger: format!("schedule {}", schedules.join(" + ")),
                 cancel: Some(shared.cancel.clone()),
                 ..PassOptions::default()
             };
-            match pass::run_claimed(&shared.ctx, &set, &options, Duration::ZERO).await {
-                Ok(report) => Some(report),
+            match pass::run_claimed(ctx, &set, &options, Duration::ZERO).await {
+                Ok(report) => {
+                    after_pass(&shared, &set, &report, started.elapsed()).await;
+                    if worst.is_none_or(|w| w == PassStatus::Ok || report.status.is_broken()) {
+                        worst = Some(report.status);
+                    }
+                }
                 Err(e) => {
                     shared.metrics.ticks_skipped.inc();
-                    tracing::warn!(error = %e, "tick skipped");
-                    None
+                    tracing::warn!(instance = %ctx.instance, error = %e, "tick skipped");
                 }
             }
-        };
-        if let Some(report) = &report {
-            after_pass(&shared, &set, report, started.elapsed()).await;
         }
         let mut state = shared.state();
         for s in schedules {
             state.running.remove(&s);
-            if let Some(r) = &report {
-                state.last.insert(s, r.status);
+            if let Some(status) = worst {
+                state.last.insert(s, status);
             }
         }
     });

@@ -53,14 +53,19 @@ pub struct PassSettings {
 
 impl PassSettings {
     pub fn from_config(c: &Config) -> PassSettings {
+        PassSettings::for_server(c, &c.stellar)
+    }
+
+    /// The settings of a pass on server `s` of config `c`.
+    pub fn for_server(c: &Config, s: &crate::config::StellarConfig) -> PassSettings {
         PassSettings {
             dry_run: c.daemon.dry_run,
             max_changes: c.daemon.max_changes_per_run,
             comment_changes: c.daemon.comment_changes,
             max_change_fraction: c.daemon.max_change_fraction,
             guard_min_cases: c.daemon.guard_min_cases,
-            max_in_flight: c.stellar.max_in_flight,
-            settle_after: settle_after(Duration::from_secs(c.stellar.timeout_secs)),
+            max_in_flight: s.max_in_flight,
+            settle_after: settle_after(Duration::from_secs(s.timeout_secs)),
             pass_timeout: Duration::from_secs(c.daemon.pass_timeout_secs),
             limits: c.rule_limits(),
             // Checked when the config was loaded.
@@ -110,8 +115,13 @@ pub async fn with_claim<T>(
 #[derive(Clone)]
 pub struct PassContext {
     pub client: Client,
+    /// The log, as this server's handle (its rows carry the instance name).
     pub audit: AuditStore,
     pub settings: PassSettings,
+    /// The server's name in the config (`default` for `[stellar]`).
+    pub instance: String,
+    /// Only these customers' cases on this server (`tenants` of its section); empty: all.
+    pub tenants: Arc<Vec<String>>,
 }
 
 /// Per-pass choices: which rules, dry run, what triggered it.
@@ -531,6 +541,7 @@ async fn run(
                 opts.only.contains(&r.name)
             }
         })
+        .filter(|r| r.instances.is_empty() || r.instances.contains(&ctx.instance))
         .cloned()
         .collect();
     // Who changes cases this pass: the rules, and for given plans also the names they
@@ -712,13 +723,31 @@ impl Stage<'_> {
         };
         let mut seen_by_tenant: HashMap<String, usize> = HashMap::new();
         // Pages download while the one before is evaluated.
+        let mut filters = pushdown(&self.rules);
+        // A server limited to some customers lists only theirs (and checks each case).
+        if !ctx.tenants.is_empty() && !filters.iter().any(|(k, _)| k == "tenantid") {
+            filters.push(("tenantid".into(), ctx.tenants.join(",")));
+        }
         let mut pager = ctx
             .client
-            .list_cases(pushdown(&self.rules))
+            .list_cases(filters)
             .ahead(ctx.settings.max_in_flight);
         while let Some(mut page) = pager.next_page().await? {
             if self.opts.cancelled() {
                 return Ok(None);
+            }
+            if !ctx.tenants.is_empty() {
+                let before = page.cases.len();
+                page.cases.retain(|c| {
+                    c.tenant()
+                        .is_some_and(|t| ctx.tenants.iter().any(|x| x == t))
+                });
+                if page.cases.len() < before {
+                    tracing::debug!(
+                        left_out = before - page.cases.len(),
+                        "cases of customers this instance is not limited to"
+                    );
+                }
             }
             if !tenant_names.is_empty() {
                 page.cases

@@ -13,7 +13,7 @@ use super::{Rule, RuleError};
 use crate::stellar::model::{PRIORITIES, RESOLUTIONS, STATUSES};
 
 /// The keys of a rule's `RULE` map.
-const KEYS: [&str; 11] = [
+const KEYS: [&str; 12] = [
     "name",
     "description",
     "schedule",
@@ -25,6 +25,7 @@ const KEYS: [&str; 11] = [
     "custom_fields",
     "exempt_tags",
     "tenants",
+    "instances",
 ];
 use crate::stellar::filter;
 
@@ -145,6 +146,7 @@ pub(super) fn compile(
         max_change_fraction: meta.max_change_fraction,
         max_changes: meta.max_changes,
         exempt_tags: meta.exempt_tags,
+        instances: meta.instances,
         file: file.to_path_buf(),
         source_hash: hex::encode(Sha256::digest(text.as_bytes())),
         module: AST::new_from_module(module),
@@ -208,6 +210,7 @@ struct Meta {
     /// Case fields of this server that the documented schema does not list.
     custom_fields: Vec<String>,
     exempt_tags: Vec<String>,
+    instances: Vec<String>,
 }
 
 /// Reads and checks the `RULE` map; errors are located at the key in `text`.
@@ -311,6 +314,7 @@ fn read_meta(meta: &rhai::Map, file: &Path, text: &str) -> Result<Meta, Vec<Rule
     let custom_fields = strings("custom_fields", "[\"my_field\"]")?;
     let exempt_tags = strings("exempt_tags", "[\"vip\", \"legal-hold\"]")?;
     let tenants = strings("tenants", "[\"<cust_id>\", \"<cust_id>\"]")?;
+    let instances = strings("instances", "[\"eu\", \"us\"]")?;
     let mut query = query;
     if !tenants.is_empty() {
         if tenants
@@ -345,6 +349,7 @@ fn read_meta(meta: &rhai::Map, file: &Path, text: &str) -> Result<Meta, Vec<Rule
         max_changes,
         custom_fields,
         exempt_tags,
+        instances,
     })
 }
 

@@ -61,6 +61,8 @@ pub struct Rule {
     pub max_changes: Option<usize>,
     /// A case carrying one of these tags is left alone by this rule.
     pub exempt_tags: Vec<String>,
+    /// Runs only on these servers (config instance names); empty: on every server.
+    pub instances: Vec<String>,
     pub file: PathBuf,
     /// SHA-256 of the file's text, recorded with every audit row the rule causes.
     pub source_hash: String,

@@ -157,6 +157,11 @@ impl Client {
     }
 
     /// The configured API user (None for a per-user Bearer key).
+    /// The server's address, as configured (without a trailing slash).
+    pub fn base_url(&self) -> &str {
+        &self.inner.base
+    }
+
     pub fn user(&self) -> Option<&str> {
         self.inner.user.as_deref()
     }
