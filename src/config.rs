@@ -91,21 +91,10 @@ pub struct Config {
     pub calendars: BTreeMap<String, CalendarConfig>,
     /// Limits for one customer's cases, by `cust_id` (`[tenants."ID"]`).
     #[serde(default)]
-    pub tenants: BTreeMap<String, TenantLimits>,
+    pub tenants: BTreeMap<String, crate::plan::TenantLimits>,
     /// The file this was read from; relative paths are resolved against its folder.
     #[serde(skip)]
     pub source: PathBuf,
-}
-
-/// A customer's own limits, stricter (or looser) than the pass-wide ones.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TenantLimits {
-    /// At most this many changes to the customer's cases per pass; the rest wait.
-    pub max_changes_per_run: Option<usize>,
-    /// The blast-radius guard for this customer: a rule changing more than this share of
-    /// its cases is halted for it (the stricter of this and the rule's own limit).
-    pub max_change_fraction: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

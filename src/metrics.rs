@@ -20,12 +20,15 @@ pub struct StatusLabel {
 pub struct ChangeLabels {
     pub rule: String,
     pub outcome: String,
+    /// The server (config instance name).
+    pub instance: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TenantLabels {
     pub tenant: String,
     pub outcome: String,
+    pub instance: String,
 }
 
 /// Distinct customers given their own label; the rest are counted as `other`, so a server
@@ -76,7 +79,7 @@ impl Metrics {
         let tenant_changes = Family::<TenantLabels, Counter>::default();
         registry.register(
             "tenant_changes",
-            "Field changes by customer (cust_id; `other` past the first 200) and outcome (applied, failed, skipped)",
+            "Field changes by customer (cust_id; `other` past the first 200), outcome (applied, failed, skipped) and server (instance)",
             tenant_changes.clone(),
         );
         registry.register(
@@ -97,7 +100,7 @@ impl Metrics {
         registry.register("passes", "Passes by final status", passes.clone());
         registry.register(
             "changes",
-            "Changes by rule and outcome (applied, failed, skipped, deferred), and cases an exempt or snooze tag kept a rule off (exempt)",
+            "Changes by rule, outcome (applied, failed, skipped, deferred) and server (instance), and cases an exempt or snooze tag kept a rule off (exempt)",
             changes.clone(),
         );
         registry.register(
@@ -142,8 +145,8 @@ impl Metrics {
         })
     }
 
-    /// Counts `n` changes with `outcome` to the cases of customer `tenant`.
-    pub fn tenant_changes(&self, tenant: &str, outcome: &str, n: u64) {
+    /// Counts `n` changes with `outcome` to the cases of customer `tenant` on `instance`.
+    pub fn tenant_changes(&self, instance: &str, tenant: &str, outcome: &str, n: u64) {
         let tenant = {
             let mut seen = self
                 .tenants_labelled
@@ -160,6 +163,7 @@ impl Metrics {
             .get_or_create(&TenantLabels {
                 tenant,
                 outcome: outcome.to_string(),
+                instance: instance.to_string(),
             })
             .inc_by(n);
     }
@@ -194,19 +198,19 @@ mod tests {
     fn customers_past_the_label_limit_are_counted_as_other() {
         let m = Metrics::new();
         for i in 0..TENANT_LABELS + 5 {
-            m.tenant_changes(&format!("cust-{i}"), "applied", 2);
+            m.tenant_changes("eu", &format!("cust-{i}"), "applied", 2);
         }
-        m.tenant_changes("cust-0", "applied", 1);
+        m.tenant_changes("eu", "cust-0", "applied", 1);
         let text = m.render(0);
         assert!(
             text.contains(
-                "casewarden_tenant_changes_total{tenant=\"cust-0\",outcome=\"applied\"} 3"
+                "casewarden_tenant_changes_total{tenant=\"cust-0\",outcome=\"applied\",instance=\"eu\"} 3"
             ),
             "{text}"
         );
         assert!(
             text.contains(
-                "casewarden_tenant_changes_total{tenant=\"other\",outcome=\"applied\"} 10"
+                "casewarden_tenant_changes_total{tenant=\"other\",outcome=\"applied\",instance=\"eu\"} 10"
             )
         );
         let labelled = text

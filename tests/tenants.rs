@@ -511,3 +511,47 @@ async fn instance_names_are_checked_in_the_config_and_in_rules() {
     let err = format!("{}{}", stderr(&out), stdout(&out));
     assert!(err.contains("no server"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reviewed_plan_for_the_second_server_is_applied_there() {
+    let (eu, us) = (start(sim_options(60)).await, start(sim_options(60)).await);
+    let rule = "const RULE = #{ name: \"all-new\" };\n\
+                fn evaluate(c) { if c.status == \"New\" { add_tag(\"seen\"); } }\n";
+    let ws = Workspace::new(&eu.url, "legacy", "", Some(&[("10-all-new.rhai", rule)]));
+    instances_config(&ws, &[("eu", &eu.url, &[]), ("us", &us.url, &[])]);
+    let plan = ws.dir.path().join("plan.json");
+    let out = ws
+        .run(&[
+            "once",
+            "--instance",
+            "us",
+            "--dry-run",
+            "--out",
+            plan.to_str().unwrap(),
+        ])
+        .await;
+    assert_exit(&out, 0);
+    let out = ws.run(&["apply", plan.to_str().unwrap()]).await;
+    assert_exit(&out, 0);
+    let wanted: HashSet<String> = us
+        .state()
+        .cases
+        .iter()
+        .filter(|c| c["status"] == "New")
+        .map(|c| c["_id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!wanted.is_empty());
+    assert_eq!(tagged(&us, "seen"), wanted);
+    assert!(
+        changed_by_api(&eu, None).is_empty(),
+        "nothing sent to the other server"
+    );
+    let rows = ws
+        .audit(Filter {
+            instance: Some("us".into()),
+            outcome: Some(casewarden::audit::Outcome::Applied),
+            ..Filter::default()
+        })
+        .await;
+    assert_eq!(rows.len(), wanted.len());
+}

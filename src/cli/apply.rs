@@ -83,15 +83,21 @@ fn same_server(a: &str, b: &str) -> bool {
 pub(super) async fn run(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<u8> {
     let (plan, digest) = PlanFile::read(&args.plan)?;
     let config = load_config(cli)?;
-    if !same_server(&plan.server_url, &config.stellar.url) {
+    let servers: Vec<&str> = config.servers().iter().map(|s| s.url.as_str()).collect();
+    let Some(server) = config
+        .servers()
+        .into_iter()
+        .find(|s| same_server(&plan.server_url, &s.url))
+    else {
         return Err(Exit::config(format!(
-            "{}: the plan is for {}, this config's server is {}: refused",
+            "{}: the plan is for {}, this config's servers are {}: refused",
             args.plan.display(),
             plan.server_url,
-            config.stellar.url
+            servers.join(", ")
         ))
         .into());
-    }
+    };
+    let instance = server.instance_name().to_string();
     let expires = chrono::DateTime::parse_from_rfc3339(&plan.expires_at)
         .map_err(|e| Exit::config(format!("{}: expires_at: {e}", args.plan.display())))?;
     if expires < chrono::Utc::now() {
@@ -103,7 +109,12 @@ pub(super) async fn run(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<u8> {
         .into());
     }
     let app = App::build(&config, None).await.map_err(Exit::config)?;
-    let (set, ctx) = (app.rules, app.ctx);
+    let set = app.rules;
+    let ctx = app
+        .instances
+        .into_iter()
+        .find(|i| i.instance == instance)
+        .expect("every configured server has a context");
     if !ctx.audit.plan_recorded(&plan.plan_id, &digest).await? {
         return Err(Exit::config(format!(
             "{}: refused: this file is not the plan {} that `once --dry-run --out` wrote and recorded in {} (the file was edited, or comes from another audit log); make a new plan",

@@ -354,6 +354,7 @@ async fn after_pass(shared: &Shared, set: &RuleSet, report: &PassReport, took: D
                     .get_or_create(&ChangeLabels {
                         rule: s.name.clone(),
                         outcome: outcome.into(),
+                        instance: report.instance.clone(),
                     })
                     .inc_by(n as u64);
             }
@@ -362,7 +363,7 @@ async fn after_pass(shared: &Shared, set: &RuleSet, report: &PassReport, took: D
     for (tenant, counts) in &report.by_tenant {
         for (outcome, n) in ["applied", "failed", "skipped"].into_iter().zip(counts) {
             if *n > 0 {
-                m.tenant_changes(tenant, outcome, *n as u64);
+                m.tenant_changes(&report.instance, tenant, outcome, *n as u64);
             }
         }
     }

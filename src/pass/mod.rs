@@ -48,7 +48,7 @@ pub struct PassSettings {
     pub limits: Limits,
     pub calendars: Arc<HashMap<String, Calendar>>,
     pub exempt_tags: Arc<Vec<String>>,
-    pub tenant_limits: HashMap<String, crate::config::TenantLimits>,
+    pub tenant_limits: HashMap<String, crate::plan::TenantLimits>,
 }
 
 impl PassSettings {
@@ -255,6 +255,8 @@ impl std::fmt::Display for PassStatus {
 #[derive(Debug, Clone, Default)]
 pub struct PassReport {
     pub run_id: String,
+    /// The server the pass ran on (config instance name).
+    pub instance: String,
     pub dry_run: bool,
     pub cases_seen: usize,
     pub cases_unparsable: usize,
@@ -438,6 +440,7 @@ pub async fn run_pass(ctx: &PassContext, set: &RuleSet, opts: &PassOptions) -> P
     async {
         let mut report = PassReport {
             run_id: run_id.clone(),
+            instance: ctx.instance.clone(),
             dry_run,
             ..PassReport::default()
         };

@@ -12,4 +12,6 @@ pub use case::{
     decisions, holds, plan_case, remember, stamp,
 };
 pub use field::{DecisionId, Field, describe_change, memory_key};
-pub use pass::{Budgets, CaseFacts, PassPlan, PassPlanner, RuleSettings, guard_trips};
+pub use pass::{
+    Budgets, CaseFacts, PassPlan, PassPlanner, RuleSettings, TenantLimits, guard_trips,
+};

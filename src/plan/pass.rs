@@ -10,13 +10,24 @@ use super::case::skip_overridden;
 use super::{CasePlan, Field, Memory, RuleChanges, memory_key, plan_case};
 use crate::stellar::{ApiFlavor, Case};
 
+/// A customer's own limits, stricter (or looser) than the pass-wide ones.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantLimits {
+    /// At most this many changes to the customer's cases per pass; the rest wait.
+    pub max_changes_per_run: Option<usize>,
+    /// The blast-radius guard for this customer: a rule changing more than this share of
+    /// its cases is halted for it (the stricter of this and the rule's own limit).
+    pub max_change_fraction: Option<f64>,
+}
+
 /// The pass-wide limits, from `[daemon]`, and each customer's own (`[tenants."ID"]`).
 #[derive(Debug, Clone)]
 pub struct Budgets {
     pub max_changes: usize,
     pub max_change_fraction: f64,
     pub guard_min_cases: usize,
-    pub tenants: HashMap<String, crate::config::TenantLimits>,
+    pub tenants: HashMap<String, TenantLimits>,
 }
 
 /// What a rule sets for itself in `RULE`, overriding the pass-wide settings for it.
