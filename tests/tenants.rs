@@ -117,30 +117,7 @@ async fn rules_change_only_the_tenants_they_are_scoped_to_and_rows_say_whose_cas
             .all(|r| r.tenant.as_deref() == Some(tenant[&r.case_id].as_str()))
     );
     let db = ws.audit_db();
-    let out = run_bin(
-        &[
-            "audit",
-            "--db",
-            db.to_str().unwrap(),
-            "--tenant",
-            t1,
-            "--outcome",
-            "applied",
-            "--format",
-            "json",
-        ],
-        &[],
-    )
-    .await;
-    assert_exit(&out, 0);
-    let applied: Vec<Value> = stdout(&out)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let cases: HashSet<String> = applied
-        .iter()
-        .map(|r| r["case_id"].as_str().unwrap().to_string())
-        .collect();
+    let (applied, cases) = applied_rows(&db, "--tenant", t1).await;
     assert!(applied.iter().all(|r| r["tenant"] == t1));
     assert_eq!(
         cases,
@@ -365,6 +342,37 @@ async fn a_customers_own_budget_and_guard_from_the_config_apply_to_its_cases_onl
     );
 }
 
+/// The rows `audit --FLAG VALUE --outcome applied --format json` prints, and their cases.
+async fn applied_rows(
+    db: &std::path::Path,
+    flag: &str,
+    value: &str,
+) -> (Vec<Value>, HashSet<String>) {
+    let db = db.to_str().unwrap();
+    let args = [
+        "audit",
+        "--db",
+        db,
+        flag,
+        value,
+        "--outcome",
+        "applied",
+        "--format",
+        "json",
+    ];
+    let out = run_bin(&args, &[]).await;
+    assert_exit(&out, 0);
+    let rows: Vec<Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let cases = rows
+        .iter()
+        .map(|r| r["case_id"].as_str().unwrap().to_string())
+        .collect();
+    (rows, cases)
+}
+
 /// A config with one `[[instance]]` per (name, url, tenants).
 fn instances_config(ws: &Workspace, servers: &[(&str, &str, &[&str])]) {
     let mut text = String::new();
@@ -442,31 +450,8 @@ async fn two_servers_in_one_pass_each_rule_changes_only_its_servers_and_customer
     // Rows say which server; `audit --instance` returns exactly that server's changes.
     let db = ws.audit_db();
     for (name, expected) in [("eu", &eu_expected), ("us", &us_expected)] {
-        let out = run_bin(
-            &[
-                "audit",
-                "--db",
-                db.to_str().unwrap(),
-                "--instance",
-                name,
-                "--outcome",
-                "applied",
-                "--format",
-                "json",
-            ],
-            &[],
-        )
-        .await;
-        assert_exit(&out, 0);
-        let rows: Vec<Value> = stdout(&out)
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let (rows, cases) = applied_rows(&db, "--instance", name).await;
         assert!(rows.iter().all(|r| r["instance"] == name));
-        let cases: HashSet<String> = rows
-            .iter()
-            .map(|r| r["case_id"].as_str().unwrap().to_string())
-            .collect();
         assert_eq!(&cases, expected, "{name}");
     }
     let verify = run_bin(&["audit", "verify", "--db", db.to_str().unwrap()], &[]).await;
