@@ -699,14 +699,8 @@ impl Config {
             .collect()
     }
 
-    /// Loads the API key: `api_key_file`, else `api_key_env`, else
-    /// `$CREDENTIALS_DIRECTORY/api_key` (systemd's LoadCredential).
-    pub fn api_key(&self) -> Result<Secret, ConfigError> {
-        self.api_key_of(&self.stellar)
-    }
-
     /// A server's API key: its `api_key_file`, its `api_key_env`, else the systemd
-    /// credential `api_key` (instance `default`) or `api_key.NAME`.
+    /// credential (LoadCredential) `api_key` (instance `default`) or `api_key.NAME`.
     pub fn api_key_of(&self, s: &StellarConfig) -> Result<Secret, ConfigError> {
         let file = match (&s.api_key_file, &s.api_key_env) {
             (Some(f), _) => f.clone(),
@@ -802,10 +796,6 @@ impl Config {
     }
 
     /// Client settings from the `[stellar]` section, reading the key and CA file.
-    pub fn client_settings(&self) -> anyhow::Result<ClientSettings> {
-        self.client_settings_of(&self.stellar)
-    }
-
     /// The client of one server.
     pub fn client_settings_of(&self, s: &StellarConfig) -> anyhow::Result<ClientSettings> {
         let ca_pem = match &s.ca_file {
@@ -921,7 +911,7 @@ mod tests {
             "{MINIMAL}api_key_env = \"CASEWARDEN_TEST_UNSET_VAR\"\n"
         ))
         .unwrap();
-        let err = c.api_key().unwrap_err().to_string();
+        let err = c.api_key_of(&c.stellar).unwrap_err().to_string();
         assert!(err.contains("CASEWARDEN_TEST_UNSET_VAR"), "{err}");
     }
 }

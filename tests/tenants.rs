@@ -484,6 +484,17 @@ async fn instance_names_are_checked_in_the_config_and_in_rules() {
     );
     let out = ws.run(&["once"]).await;
     assert_exit(&out, 2);
+    let rules = ws.dir.path().join("rules");
+    let out = ws
+        .run(&[
+            "diff",
+            "--rules-dir",
+            rules.to_str().unwrap(),
+            "--instance",
+            "nope",
+        ])
+        .await;
+    assert!(stderr(&out).contains("(servers: eu)"), "{}", stderr(&out));
     instances_config(&ws, &[("eu", &sim.url, &[]), ("eu", &sim.url, &[])]);
     let out = ws.run(&["check", "--offline"]).await;
     let err = format!("{}{}", stderr(&out), stdout(&out));
@@ -539,4 +550,9 @@ async fn a_reviewed_plan_for_the_second_server_is_applied_there() {
         })
         .await;
     assert_eq!(rows.len(), wanted.len());
+    // Its revert goes to the server the pass ran on.
+    let out = ws.run(&["revert", &rows[0].run_id]).await;
+    assert_exit(&out, 0);
+    assert!(tagged(&us, "seen").is_empty(), "{}", stdout(&out));
+    assert!(changed_by_api(&eu, None).is_empty());
 }

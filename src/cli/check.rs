@@ -2,10 +2,10 @@
 
 use clap::Args;
 
-use super::{Cli, Exit, config_path};
+use super::{Cli, Exit, config_path, connect};
 use crate::config::{Config, StellarConfig};
 use crate::rules::RuleSet;
-use crate::stellar::{ApiError, Client};
+use crate::stellar::ApiError;
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
@@ -89,10 +89,7 @@ pub(super) async fn run(cli: &Cli, args: &CheckArgs) -> anyhow::Result<u8> {
 /// `check` online: the key is accepted, a page of cases lists, and which update flavour
 /// the server takes (asked with an empty update of a case that does not exist).
 async fn probe_server(config: &Config, s: &StellarConfig) -> Result<(), Exit> {
-    let settings = config
-        .client_settings_of(s)
-        .map_err(|e| Exit::config(format!("{e:#}")))?;
-    let client = Client::new(settings).map_err(Exit::config)?;
+    let client = connect(config, s)?;
     let url = &s.url;
     let unreachable = |e: ApiError| Exit::server(format!("server {url}: {e}"));
     client.authenticate().await.map_err(unreachable)?;

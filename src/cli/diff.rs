@@ -33,6 +33,9 @@ pub struct DiffArgs {
     /// table for people, json for CI
     #[arg(long, value_enum, default_value_t = DiffFormat::Table)]
     pub format: DiffFormat,
+    /// List this server's cases (an `[[instance]]` name) [default: the first server]
+    #[arg(long, value_name = "NAME", conflicts_with = "cases")]
+    pub instance: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -118,7 +121,21 @@ pub(super) async fn run(cli: &Cli, args: &DiffArgs) -> anyhow::Result<u8> {
             })
             .collect::<Result<Vec<_>, _>>()?,
         None => {
-            let client = super::connect(&config)?;
+            let servers = config.servers();
+            let server = match &args.instance {
+                None => servers[0],
+                Some(name) => *servers
+                    .iter()
+                    .find(|s| s.instance_name() == name)
+                    .ok_or_else(|| {
+                        let names: Vec<&str> = servers.iter().map(|s| s.instance_name()).collect();
+                        Exit::config(format!(
+                            "--instance {name:?}: no such server in the config (servers: {})",
+                            names.join(", ")
+                        ))
+                    })?,
+            };
+            let client = super::connect(&config, server)?;
             client.authenticate().await.map_err(Exit::server)?;
             if live.needs_users || candidate.needs_users {
                 let users = client.list_users().await.map_err(Exit::server)?;

@@ -136,9 +136,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
-fn connect(config: &Config) -> Result<Client, Exit> {
+/// A client of one of the config's servers.
+fn connect(config: &Config, server: &crate::config::StellarConfig) -> Result<Client, Exit> {
     let settings = config
-        .client_settings()
+        .client_settings_of(server)
         .map_err(|e| Exit::config(format!("{e:#}")))?;
     Client::new(settings).map_err(Exit::config)
 }

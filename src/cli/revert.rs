@@ -40,7 +40,7 @@ pub struct RevertArgs {
 pub(super) async fn run(cli: &Cli, args: &RevertArgs) -> anyhow::Result<u8> {
     let config = load_config(cli)?;
     let app = App::build(&config, None).await.map_err(Exit::config)?;
-    let (set, ctx) = (app.rules, app.ctx);
+    let (set, ctx, instances) = (app.rules, app.ctx, app.instances);
     let pass = &args.pass_id;
     if !ctx.audit.passes().await?.iter().any(|p| &p.id == pass) {
         return Err(Exit::config(format!(
@@ -84,6 +84,17 @@ pub(super) async fn run(cli: &Cli, args: &RevertArgs) -> anyhow::Result<u8> {
         );
         return Ok(0);
     }
+    // The server the pass ran on (rows from before instances were recorded: `default`).
+    let server = rows[0]
+        .instance
+        .clone()
+        .unwrap_or_else(|| crate::config::DEFAULT_INSTANCE.to_string());
+    let Some(ctx) = instances.into_iter().find(|i| i.instance == server) else {
+        return Err(Exit::config(format!(
+            "pass {pass} ran on server {server:?}, which this config does not have: refused"
+        ))
+        .into());
+    };
     let actor = format!("revert:{pass}");
     // A revert of one rule leaves the others of that pass revertable.
     let whole = format!("revert {pass}");
