@@ -235,7 +235,7 @@ async fn a_rule_over_its_guard_in_one_tenant_is_halted_there_and_applied_in_the_
     let of = |t: &str| {
         customers
             .iter()
-            .find(|c| c["tenant"] == t)
+            .find(|c| c["name"] == t)
             .cloned()
             .unwrap_or(Value::Null)
     };
@@ -456,6 +456,30 @@ async fn two_servers_in_one_pass_each_rule_changes_only_its_servers_and_customer
     }
     let verify = run_bin(&["audit", "verify", "--db", db.to_str().unwrap()], &[]).await;
     assert_exit(&verify, 0);
+    // The report counts the same per server.
+    let out = run_bin(
+        &["report", "--format", "json", "--db", db.to_str().unwrap()],
+        &[],
+    )
+    .await;
+    let report: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let servers: HashMap<String, u64> = report["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["name"].as_str().unwrap().to_string(),
+                g["applied"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let expected: HashMap<String, u64> = [
+        ("eu".to_string(), eu_expected.len() as u64),
+        ("us".to_string(), us_expected.len() as u64),
+    ]
+    .into();
+    assert_eq!(servers, expected);
     // One server at a time on request; a second pass changes nothing more.
     let out = ws.run(&["once", "--instance", "us"]).await;
     assert_exit(&out, 0);

@@ -14,7 +14,7 @@ pub use crate::time::timestamp;
 pub use chain::{GENESIS, Verification};
 pub use lease::{Claim, ClaimError, HEARTBEAT, Held, Lease};
 pub use query::Filter;
-pub use stats::{CaseCount, DayCount, FailureGroup, Period, RuleVersion, Step, TenantCount};
+pub use stats::{CaseCount, DayCount, FailureGroup, GroupCount, Period, RuleVersion, Step};
 pub use store::AuditStore;
 
 use std::fmt;

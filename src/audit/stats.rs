@@ -72,10 +72,11 @@ pub struct FailureGroup {
     pub ticket_id: Option<i64>,
 }
 
-/// Changes to one customer's cases by outcome (live rows only).
+/// Changes to one customer's (or one server's) cases by outcome (live rows only).
 #[derive(Debug, Clone, FromRow, Serialize, PartialEq)]
-pub struct TenantCount {
-    pub tenant: String,
+pub struct GroupCount {
+    /// The customer's `cust_id`, or the server's instance name.
+    pub name: String,
     pub applied: i64,
     pub failed: i64,
     pub skipped: i64,
@@ -172,13 +173,28 @@ impl AuditStore {
     }
 
     /// Per customer: its changes by outcome and the cases they touched.
-    pub async fn tenant_counts(&self, p: &Period) -> Result<Vec<TenantCount>, AuditError> {
+    pub async fn tenant_counts(&self, p: &Period) -> Result<Vec<GroupCount>, AuditError> {
+        self.counts_by("tenant", "tenant IS NOT NULL", p).await
+    }
+
+    /// The same per server (rows from before instances were recorded count as `default`).
+    pub async fn instance_counts(&self, p: &Period) -> Result<Vec<GroupCount>, AuditError> {
+        self.counts_by("COALESCE(instance, 'default')", "1 = 1", p)
+            .await
+    }
+
+    async fn counts_by(
+        &self,
+        key: &str,
+        only: &str,
+        p: &Period,
+    ) -> Result<Vec<GroupCount>, AuditError> {
         let (cond, binds) = p.conditions("e");
         let sql = format!(
-            "SELECT tenant, SUM(outcome = 'applied') AS applied, SUM(outcome IN ('failed', 'unknown')) AS failed, \
+            "SELECT {key} AS name, SUM(outcome = 'applied') AS applied, SUM(outcome IN ('failed', 'unknown')) AS failed, \
              SUM(outcome = 'skipped') AS skipped, COUNT(DISTINCT case_id) AS cases FROM events e \
-             WHERE {cond} AND tenant IS NOT NULL AND dry_run = 0 AND outcome != 'planned' \
-             AND field NOT IN ('rule', 'plan') GROUP BY tenant ORDER BY tenant"
+             WHERE {cond} AND {only} AND dry_run = 0 AND outcome != 'planned' \
+             AND field NOT IN ('rule', 'plan') GROUP BY 1 ORDER BY 1"
         );
         self.all(sql, binds).await
     }

@@ -5,6 +5,7 @@
 use std::fmt::Write;
 
 use super::{Counts, Day, PassReview, Review, RuleReview};
+use crate::audit::GroupCount;
 
 const STYLE: &str = r#"
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;margin:0;color:#1d2430;background:#f6f7f9}
@@ -90,7 +91,8 @@ pub fn render(r: &Review, live: bool) -> String {
     rules(&mut h, &r.rules);
     passes(&mut h, &r.passes, r.passes_total);
     failures(&mut h, r);
-    tenants(&mut h, r);
+    counts(&mut h, "Servers", "server (instance)", &r.instances, 2);
+    counts(&mut h, "Customers", "customer (cust_id)", &r.tenants, 1);
     cases(&mut h, r);
     // `</` cannot end the script early: JSON escapes it as `<\/`.
     let json = serde_json::to_string(&r.timelines)
@@ -361,17 +363,21 @@ fn failures(h: &mut String, r: &Review) {
     h.push_str("</table></section>");
 }
 
-/// Per customer, only when the log names customers.
-fn tenants(h: &mut String, r: &Review) {
-    if r.tenants.is_empty() {
+/// Changes per server or per customer; shown only from `least` groups on (one server is
+/// the whole report already).
+fn counts(h: &mut String, title: &str, what: &str, groups: &[GroupCount], least: usize) {
+    if groups.len() < least {
         return;
     }
-    h.push_str("<section><h2>Customers</h2><table><tr><th>customer (cust_id)</th><th class=\"n\">applied</th><th class=\"n\">failed</th><th class=\"n\">skipped</th><th class=\"n\">cases</th></tr>");
-    for t in &r.tenants {
+    let _ = write!(
+        h,
+        "<section><h2>{title}</h2><table><tr><th>{what}</th><th class=\"n\">applied</th><th class=\"n\">failed</th><th class=\"n\">skipped</th><th class=\"n\">cases</th></tr>"
+    );
+    for t in groups {
         let _ = write!(
             h,
-            "<tr data-tenant=\"{0}\"><td><code>{0}</code></td><td class=\"n\">{1}</td><td class=\"n\">{2}</td><td class=\"n\">{3}</td><td class=\"n\">{4}</td></tr>",
-            esc(&t.tenant),
+            "<tr data-group=\"{0}\"><td><code>{0}</code></td><td class=\"n\">{1}</td><td class=\"n\">{2}</td><td class=\"n\">{3}</td><td class=\"n\">{4}</td></tr>",
+            esc(&t.name),
             t.applied,
             t.failed,
             t.skipped,

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::audit::{
-    AuditError, AuditStore, CaseCount, FailureGroup, Period, RuleVersion, Step, TenantCount,
+    AuditError, AuditStore, CaseCount, FailureGroup, GroupCount, Period, RuleVersion, Step,
     Verification,
 };
 
@@ -111,7 +111,9 @@ pub struct Review {
     pub passes_total: usize,
     pub failures: Vec<FailureGroup>,
     /// Changes per customer, when the rows name customers.
-    pub tenants: Vec<TenantCount>,
+    pub tenants: Vec<GroupCount>,
+    /// Changes per server (`tenant` holds the instance name).
+    pub instances: Vec<GroupCount>,
     pub busiest_cases: Vec<CaseCount>,
     /// The busiest and failed cases' timelines, by case id.
     pub timelines: BTreeMap<String, Vec<Step>>,
@@ -173,6 +175,7 @@ impl Review {
             .collect();
         let failures = store.failure_groups(period, FAILURES).await?;
         let tenants = store.tenant_counts(period).await?;
+        let instances = store.instance_counts(period).await?;
         let busiest_cases = store.busiest_cases(period, BUSIEST).await?;
         let mut wanted: Vec<String> = busiest_cases.iter().map(|c| c.case_id.clone()).collect();
         for f in &failures {
@@ -201,6 +204,7 @@ impl Review {
             passes_total,
             failures,
             tenants,
+            instances,
             busiest_cases,
             timelines,
         })
