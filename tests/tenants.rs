@@ -33,6 +33,16 @@ fn tenant_of(sim: &casewarden::sim::Simulator) -> HashMap<String, String> {
         .collect()
 }
 
+/// The New cases of the customers `wanted` accepts (by `cust_id`).
+fn new_cases(sim: &casewarden::sim::Simulator, wanted: &dyn Fn(&str) -> bool) -> HashSet<String> {
+    sim.state()
+        .cases
+        .iter()
+        .filter(|c| c["status"] == "New" && wanted(c["cust_id"].as_str().unwrap()))
+        .map(|c| c["_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
 fn tagged(sim: &casewarden::sim::Simulator, tag: &str) -> HashSet<String> {
     sim.state()
         .cases
@@ -58,13 +68,7 @@ async fn rules_change_only_the_tenants_they_are_scoped_to_and_rows_say_whose_cas
             ("30-named.rhai", named),
         ]),
     );
-    let new_before: HashSet<String> = sim
-        .state()
-        .cases
-        .iter()
-        .filter(|c| c["status"] == "New")
-        .map(|c| c["_id"].as_str().unwrap().to_string())
-        .collect();
+    let new_before = new_cases(&sim, &|_| true);
     let out = ws.run(&["once"]).await;
     assert_exit(&out, 0);
     let tenant = tenant_of(&sim);
@@ -293,14 +297,7 @@ async fn a_customers_own_budget_and_guard_from_the_config_apply_to_its_cases_onl
         ),
         Some(&[("10-all-new.rhai", rule)]),
     );
-    let new_of = |t: &str| -> HashSet<String> {
-        sim.state()
-            .cases
-            .iter()
-            .filter(|c| c["status"] == "New" && c["cust_id"] == t)
-            .map(|c| c["_id"].as_str().unwrap().to_string())
-            .collect()
-    };
+    let new_of = |t: &str| new_cases(&sim, &|x| x == t);
     let (new1, new2, new3) = (new_of(t1), new_of(t2), new_of(t3));
     assert!(new2.len() > 5 && !new3.is_empty());
     let out = ws.run(&["once"]).await;
@@ -416,15 +413,6 @@ async fn two_servers_in_one_pass_each_rule_changes_only_its_servers_and_customer
             ("down", &dead, &[]),
         ],
     );
-    let new_cases =
-        |sim: &casewarden::sim::Simulator, wanted: &dyn Fn(&str) -> bool| -> HashSet<String> {
-            sim.state()
-                .cases
-                .iter()
-                .filter(|c| c["status"] == "New" && wanted(c["cust_id"].as_str().unwrap()))
-                .map(|c| c["_id"].as_str().unwrap().to_string())
-                .collect()
-        };
     let eu_expected = new_cases(&eu, &|t| t == t1 || t == t2);
     let us_expected = new_cases(&us, &|t| t == t3);
     let out = ws.run(&["once"]).await;
@@ -553,13 +541,7 @@ async fn a_reviewed_plan_for_the_second_server_is_applied_there() {
     assert_exit(&out, 0);
     let out = ws.run(&["apply", plan.to_str().unwrap()]).await;
     assert_exit(&out, 0);
-    let wanted: HashSet<String> = us
-        .state()
-        .cases
-        .iter()
-        .filter(|c| c["status"] == "New")
-        .map(|c| c["_id"].as_str().unwrap().to_string())
-        .collect();
+    let wanted = new_cases(&us, &|_| true);
     assert!(!wanted.is_empty());
     assert_eq!(tagged(&us, "seen"), wanted);
     assert!(
