@@ -253,7 +253,7 @@ async fn pass(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
                 d.is_planned()
                     || d.skipped
                         .as_deref()
-                        .is_some_and(|s| s.contains("blast-radius guard:"))
+                        .is_some_and(|s| s.contains(super::plan_file::HALTED))
             })
         });
         let trouble = report.error.is_some()

@@ -18,8 +18,9 @@ fn digest(bytes: &[u8]) -> String {
 /// The `rule` and `field` of the audit row that records a written plan's hash.
 pub const PLAN_ROW: &str = "plan";
 
-/// The skip note of a change the blast-radius guard held back.
-const HALTED: &str = "blast-radius guard:";
+/// The skip note of a change the blast-radius guard held back (for the whole pass, or for
+/// one customer).
+pub(super) const HALTED: &str = "blast-radius guard";
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -725,12 +725,12 @@ impl Stage<'_> {
             false => HashMap::new(),
         };
         let mut seen_by_tenant: HashMap<String, usize> = HashMap::new();
-        // Pages download while the one before is evaluated.
         let mut filters = pushdown(&self.rules);
         // A server limited to some customers lists only theirs (and checks each case).
         if !ctx.tenants.is_empty() && !filters.iter().any(|(k, _)| k == "tenantid") {
             filters.push(("tenantid".into(), ctx.tenants.join(",")));
         }
+        // Pages download while the one before is evaluated.
         let mut pager = ctx
             .client
             .list_cases(filters)
