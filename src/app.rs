@@ -47,16 +47,13 @@ impl App {
     /// Compiles the rules, builds the client (counting its requests in `metrics`) and
     /// opens the audit store. Nothing is sent to the server yet.
     pub async fn build(config: &Config, metrics: Option<Arc<Metrics>>) -> Result<App, StartError> {
-        let rules = RuleSet::load_dir_for(&config.daemon.rules_dir, &config.calendar_names())
-            .map_err(|errors| StartError::Rules {
+        let rules = RuleSet::load_dir_for(&config.daemon.rules_dir, &config.rule_names()).map_err(
+            |errors| StartError::Rules {
                 dir: config.daemon.rules_dir.clone(),
                 errors,
-            })?;
+            },
+        )?;
         rules.log_warnings();
-        let unknown = unknown_instances(config, &rules);
-        if !unknown.is_empty() {
-            return Err(StartError::Setup(anyhow::anyhow!(unknown.join("\n"))));
-        }
         let audit = AuditStore::open_with(
             &config.audit.path,
             Duration::from_secs(config.audit.busy_timeout_secs),
@@ -86,25 +83,4 @@ impl App {
             instances,
         })
     }
-}
-
-/// Rules naming a server (`RULE.instances`) the config does not have.
-pub fn unknown_instances(config: &Config, set: &RuleSet) -> Vec<String> {
-    let names: Vec<&str> = config.servers().iter().map(|s| s.instance_name()).collect();
-    set.rules
-        .iter()
-        .flat_map(|r| {
-            r.instances
-                .iter()
-                .filter(|i| !names.contains(&i.as_str()))
-                .map(|i| {
-                    format!(
-                        "{}: RULE.instances: no server named {i:?} in the config (servers: {})",
-                        r.file.display(),
-                        names.join(", ")
-                    )
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect()
 }

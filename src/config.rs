@@ -660,8 +660,12 @@ impl Config {
             .collect()
     }
 
-    pub fn calendar_names(&self) -> Vec<&str> {
-        self.calendars.keys().map(String::as_str).collect()
+    /// The names rules may use: calendars and servers.
+    pub fn rule_names(&self) -> crate::rules::ConfigNames<'_> {
+        crate::rules::ConfigNames {
+            calendars: self.calendars.keys().map(String::as_str).collect(),
+            instances: self.servers().iter().map(|s| s.instance_name()).collect(),
+        }
     }
 
     /// The live view's bearer token, if `daemon.ui_token_file` is set.

@@ -490,7 +490,8 @@ async fn instance_names_are_checked_in_the_config_and_in_rules() {
     let err = format!("{}{}", stderr(&out), stdout(&out));
     assert_ne!(out.status.code(), Some(0));
     assert!(
-        err.contains("r.rhai: RULE.instances: no server named \"mars\"")
+        err.contains("r.rhai:1:")
+            && err.contains(": RULE.instances: no server named \"mars\"")
             && err.contains("(servers: eu)"),
         "{err}"
     );

@@ -46,9 +46,8 @@ pub(super) async fn run(cli: &Cli, args: &CheckArgs) -> anyhow::Result<u8> {
         println!("config {}: ok", path.display());
     }
     let mut footer = None;
-    match RuleSet::load_dir_for(&config.daemon.rules_dir, &config.calendar_names()) {
+    match RuleSet::load_dir_for(&config.daemon.rules_dir, &config.rule_names()) {
         Ok(set) => {
-            problems.extend(crate::app::unknown_instances(&config, &set));
             for w in &set.warnings {
                 eprintln!("warning: {w}");
             }

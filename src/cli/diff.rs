@@ -88,7 +88,7 @@ fn decide(set: &RuleSet, rules: &[Arc<Rule>], case: &Case, env: &EvalEnv) -> Dec
 pub(super) async fn run(cli: &Cli, args: &DiffArgs) -> anyhow::Result<u8> {
     let config = load_config(cli)?;
     let load = |dir: &std::path::Path| {
-        RuleSet::load_dir_for(dir, &config.calendar_names()).map_err(|errors| {
+        RuleSet::load_dir_for(dir, &config.rule_names()).map_err(|errors| {
             Exit::config_all(
                 &errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 Some(format!("in {}", dir.display())),

@@ -78,10 +78,7 @@ fn dir_state(dir: &Path) -> DirState {
 /// re-enabled rules take effect together.
 pub async fn reload(shared: &Shared, schedule: &mut Schedule) {
     systemd::reloading();
-    match RuleSet::load_dir_for(
-        &shared.config.daemon.rules_dir,
-        &shared.config.calendar_names(),
-    ) {
+    match RuleSet::load_dir_for(&shared.config.daemon.rules_dir, &shared.config.rule_names()) {
         Err(errors) => {
             for e in &errors {
                 tracing::error!("rule error: {e}");

@@ -83,6 +83,13 @@ impl fmt::Debug for Rule {
     }
 }
 
+/// What rules may name that the config defines: calendars (`business_hours_since`) and
+/// servers (`RULE.instances`).
+pub struct ConfigNames<'a> {
+    pub calendars: Vec<&'a str>,
+    pub instances: Vec<&'a str>,
+}
+
 /// All rules of a folder, in file-name order, sharing one engine.
 #[derive(Clone)]
 pub struct RuleSet {
@@ -143,9 +150,10 @@ impl RuleSet {
 
     /// Loads `dir` as [`RuleSet::load_dir`] does, and checks that every calendar a rule
     /// names is among `calendars` (the config's).
-    pub fn load_dir_for(dir: &Path, calendars: &[&str]) -> Result<RuleSet, Vec<RuleError>> {
+    pub fn load_dir_for(dir: &Path, names: &ConfigNames) -> Result<RuleSet, Vec<RuleError>> {
         let set = RuleSet::load_dir(dir)?;
-        let unknown: Vec<RuleError> = set
+        let calendars = &names.calendars;
+        let mut unknown: Vec<RuleError> = set
             .calendar_refs
             .iter()
             .filter(|r| !calendars.contains(&r.message.as_str()))
@@ -163,6 +171,25 @@ impl RuleSet {
                 ..r.clone()
             })
             .collect();
+        for r in &set.rules {
+            for i in r
+                .instances
+                .iter()
+                .filter(|i| !names.instances.contains(&i.as_str()))
+            {
+                let text = std::fs::read_to_string(&r.file).unwrap_or_default();
+                let (line, col) = compile::locate(&text, "instances");
+                unknown.push(RuleError {
+                    file: r.file.clone(),
+                    line,
+                    col,
+                    message: format!(
+                        "RULE.instances: no server named {i:?} in the config (servers: {})",
+                        names.instances.join(", ")
+                    ),
+                });
+            }
+        }
         if unknown.is_empty() {
             Ok(set)
         } else {
