@@ -455,24 +455,25 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         let mut names = std::collections::HashSet::new();
         for (i, s) in self.instance.iter().enumerate() {
-            let Some(name) = &s.name else {
+            if s.name.is_none() {
                 return Err(self.invalid(
                     format!("instance[{i}].name"),
                     "every [[instance]] needs a name, e.g. name = \"eu\"",
                 ));
-            };
+            }
+        }
+        for s in self.servers() {
+            let name = s.instance_name();
             if name.is_empty()
                 || !name
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
             {
                 return Err(self.invalid(
-                    format!("instance[{i}].name"),
+                    self.server_key(s, "name"),
                     format!("{name:?}: use letters, digits, - and _"),
                 ));
             }
-        }
-        for s in self.servers() {
             if !names.insert(s.instance_name()) {
                 return Err(self.invalid(
                     self.server_key(s, "name"),
@@ -831,6 +832,18 @@ mod tests {
     use super::*;
 
     const MINIMAL: &str = "[stellar]\nurl = \"https://stellar.example.com\"\n";
+
+    #[test]
+    fn a_server_name_that_cannot_be_one_is_refused_with_its_key() {
+        let text = format!("{MINIMAL}name = \"eu west\"\n");
+        let err = Config::parse(&text, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("stellar.name") && err.contains("\"eu west\""),
+            "{err}"
+        );
+    }
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("/etc/casewarden/casewarden.toml"))
