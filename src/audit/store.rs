@@ -78,10 +78,6 @@ impl AuditStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(busy)
             .foreign_keys(false)
-            // A pass appends tens of thousands of rows across the case index in one
-            // transaction: with SQLite's 2 MiB default the cache spills mid-transaction and
-            // the same index pages are written to the WAL again and again.
-            .pragma("cache_size", "-65536")
             // Lookups by many case ids build a temporary index per query: in memory, not
             // as a file in /var/tmp written page by page.
             .pragma("temp_store", "memory");
