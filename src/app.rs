@@ -3,10 +3,9 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-use crate::audit::{AuditError, AuditStore};
-use crate::config::Config;
+use crate::audit::AuditError;
+use crate::config::{Config, OpenAuditError};
 use crate::metrics::Metrics;
 use crate::pass::{PassContext, PassSettings};
 use crate::rules::{RuleError, RuleSet};
@@ -35,6 +34,15 @@ pub enum StartError {
     Audit(#[from] AuditError),
 }
 
+impl From<OpenAuditError> for StartError {
+    fn from(e: OpenAuditError) -> StartError {
+        match e {
+            OpenAuditError::Config(e) => StartError::Setup(e.into()),
+            OpenAuditError::Audit(e) => StartError::Audit(e),
+        }
+    }
+}
+
 fn list(errors: &[RuleError]) -> String {
     errors
         .iter()
@@ -54,13 +62,7 @@ impl App {
             },
         )?;
         rules.log_warnings();
-        let audit = AuditStore::open_with(
-            &config.audit.path,
-            Duration::from_secs(config.audit.busy_timeout_secs),
-            config.audit.max_size_mb,
-        )
-        .await?
-        .with_head_file(config.audit.head_file.clone());
+        let audit = config.open_audit().await?;
         let mut instances = Vec::new();
         for s in config.servers() {
             let settings = config.client_settings_of(s).map_err(|e| match s.name {

@@ -34,6 +34,42 @@ impl FlavorSetting {
     }
 }
 
+/// Why the configured audit log could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenAuditError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
+}
+
+/// Checks a PostgreSQL URL for the audit log: `postgres://user@host[:port]/db`, with no
+/// password in it (a URL is shown in logs and `status`; the password is kept apart).
+pub fn check_postgres_url(url: &str) -> Result<(), String> {
+    let parsed = url::Url::parse(url).map_err(|e| {
+        format!(
+            "{} is not a URL ({e}); expected postgres://user@host/database",
+            crate::secret::redact_url(url)
+        )
+    })?;
+    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+        return Err(format!(
+            "{} is not a PostgreSQL URL: it must start with postgres:// (a SQLite log is set with audit.path)",
+            crate::secret::redact_url(url)
+        ));
+    }
+    if parsed.password().is_some() {
+        return Err(format!(
+            "{} holds a password: put it in audit.password_file (or the systemd credential audit_password) instead, so it never shows where the URL is printed",
+            crate::secret::redact_url(url)
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{url} names no host"));
+    }
+    Ok(())
+}
+
 /// Everything that can be wrong with a configuration, each naming where.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -255,6 +291,31 @@ pub struct AuditConfig {
     pub max_size_mb: Option<u64>,
     /// Every finished pass appends its chain head here.
     pub head_file: Option<PathBuf>,
+    /// `postgres://user@host[:port]/db`: the log in PostgreSQL, shared by replicas, instead
+    /// of the SQLite file at `path`. No password in it: see `password_file`.
+    pub url: Option<String>,
+    /// The PostgreSQL password; else the systemd credential `audit_password`, else
+    /// `PGPASSWORD` or `~/.pgpass`.
+    pub password_file: Option<PathBuf>,
+    /// Replicas on PostgreSQL: how long the leader's lease lives without renewal.
+    #[serde(default = "default_lease")]
+    pub lease_secs: u64,
+    /// How often the leader renews it.
+    #[serde(default = "default_lease_renew")]
+    pub lease_renew_secs: u64,
+    /// How often a follower tries to take it.
+    #[serde(default = "default_lease_retry")]
+    pub lease_retry_secs: u64,
+}
+
+fn default_lease() -> u64 {
+    15
+}
+fn default_lease_renew() -> u64 {
+    5
+}
+fn default_lease_retry() -> u64 {
+    2
 }
 
 fn default_timeout() -> u64 {
@@ -355,6 +416,11 @@ impl Default for AuditConfig {
             busy_timeout_secs: default_busy_timeout(),
             max_size_mb: None,
             head_file: None,
+            url: None,
+            password_file: None,
+            lease_secs: default_lease(),
+            lease_renew_secs: default_lease_renew(),
+            lease_retry_secs: default_lease_retry(),
         }
     }
 }
@@ -416,6 +482,9 @@ impl Config {
         }
         config.stellar = config.servers()[0].clone();
         if let Some(p) = config.audit.head_file.as_mut() {
+            resolve(p);
+        }
+        if let Some(p) = config.audit.password_file.as_mut() {
             resolve(p);
         }
         if let Some(p) = config.daemon.ui_token_file.as_mut() {
@@ -556,7 +625,103 @@ impl Config {
         Ok(())
     }
 
+    fn validate_audit(&self) -> Result<(), ConfigError> {
+        let a = &self.audit;
+        if let Some(url) = &a.url {
+            check_postgres_url(url).map_err(|e| self.invalid("audit.url", e))?;
+        }
+        if a.lease_secs < 2 || a.lease_secs > 3600 {
+            return Err(self.invalid(
+                "audit.lease_secs",
+                format!("{} is out of range: 2 to 3600", a.lease_secs),
+            ));
+        }
+        if a.lease_renew_secs == 0 || a.lease_renew_secs >= a.lease_secs {
+            return Err(self.invalid(
+                "audit.lease_renew_secs",
+                format!(
+                    "{} must be at least 1 and less than audit.lease_secs ({}), so the lease is renewed before it ends",
+                    a.lease_renew_secs, a.lease_secs
+                ),
+            ));
+        }
+        if a.lease_retry_secs == 0 || a.lease_retry_secs > a.lease_secs {
+            return Err(self.invalid(
+                "audit.lease_retry_secs",
+                format!(
+                    "{} is out of range: 1 to audit.lease_secs ({})",
+                    a.lease_retry_secs, a.lease_secs
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Where the audit log is, as it may be shown: the file, or the URL.
+    pub fn audit_location(&self) -> String {
+        match &self.audit.url {
+            Some(url) => crate::secret::redact_url(url),
+            None => self.audit.path.display().to_string(),
+        }
+    }
+
+    /// The PostgreSQL password: `audit.password_file`, else the systemd credential
+    /// `audit_password`; None leaves it to `PGPASSWORD` or `~/.pgpass`.
+    pub fn audit_password(&self) -> Result<Option<Secret>, ConfigError> {
+        let file = match (
+            &self.audit.password_file,
+            std::env::var_os("CREDENTIALS_DIRECTORY"),
+        ) {
+            (Some(f), _) => f.clone(),
+            (None, Some(dir)) if PathBuf::from(&dir).join("audit_password").is_file() => {
+                PathBuf::from(dir).join("audit_password")
+            }
+            _ => return Ok(None),
+        };
+        warn_if_world_readable(&file);
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| self.invalid("audit.password_file", format!("{}: {e}", file.display())))?;
+        let password = text.trim_end_matches(['\n', '\r']);
+        if password.is_empty() {
+            return Err(self.invalid(
+                "audit.password_file",
+                format!("{}: the file is empty", file.display()),
+            ));
+        }
+        Ok(Some(Secret::new(password)))
+    }
+
+    /// The lease settings of replicas on PostgreSQL.
+    pub fn lease_times(&self) -> crate::audit::LeaseTimes {
+        crate::audit::LeaseTimes {
+            ttl: std::time::Duration::from_secs(self.audit.lease_secs),
+            renew: std::time::Duration::from_secs(self.audit.lease_renew_secs),
+        }
+    }
+
+    /// Opens the configured audit log for writing: the SQLite file, or PostgreSQL.
+    pub async fn open_audit(&self) -> Result<crate::audit::AuditStore, OpenAuditError> {
+        let store = match &self.audit.url {
+            Some(url) => {
+                let password = self.audit_password()?;
+                crate::audit::AuditStore::open_postgres(url, password.as_ref().map(Secret::expose))
+                    .await?
+                    .with_lease_times(self.lease_times())
+            }
+            None => {
+                crate::audit::AuditStore::open_with(
+                    &self.audit.path,
+                    std::time::Duration::from_secs(self.audit.busy_timeout_secs),
+                    self.audit.max_size_mb,
+                )
+                .await?
+            }
+        };
+        Ok(store.with_head_file(self.audit.head_file.clone()))
+    }
+
     fn validate_rest(&self) -> Result<(), ConfigError> {
+        self.validate_audit()?;
         let d = &self.daemon;
         if !(d.max_change_fraction > 0.0 && d.max_change_fraction <= 1.0) {
             return Err(self.invalid(

@@ -30,9 +30,36 @@ impl fmt::Display for Secret {
     }
 }
 
+/// A URL as it may be shown: any password in it replaced by `***` (a URL that does not
+/// parse is shown only by its scheme).
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => format!("{}://…", url.split("://").next().unwrap_or("?")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_are_shown_without_their_password() {
+        assert_eq!(
+            redact_url("postgres://cw:hunter2@db.example.com:5432/audit"),
+            "postgres://cw:***@db.example.com:5432/audit"
+        );
+        assert_eq!(
+            redact_url("postgres://cw@db.example.com/audit"),
+            "postgres://cw@db.example.com/audit"
+        );
+        assert!(!redact_url("postgres://cw:hun ter2@[bad").contains("hun"));
+    }
 
     #[test]
     fn debug_and_display_hide_the_value() {

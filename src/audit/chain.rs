@@ -1,11 +1,10 @@
 //! The hash chain: every row's hash covers the previous row's hash and its own content,
 //! sealed pass rows name the chain head they saw, and `verify` walks it all.
 
+use super::store::on_pool;
+use super::{AuditError, AuditStore, EventRow, PassRow};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
-use sqlx::{FromRow, Row};
-
-use super::{AuditError, AuditStore, EventRow, PassRow};
 
 /// Rows `verify` reads and hashes at a time.
 const VERIFY_BATCH: usize = 2_048;
@@ -55,11 +54,14 @@ impl EventRow {
         h.0.update(b"\n");
         // A row without a tenant hashes as rows did before tenants were recorded, so
         // older logs verify unchanged.
-        match (&self.tenant, &self.instance) {
-            (None, None) => serde_json::to_writer(&mut h, &canonical),
-            (Some(tenant), None) => serde_json::to_writer(&mut h, &(canonical, tenant)),
-            (tenant, Some(instance)) => {
+        match (&self.tenant, &self.instance, self.epoch) {
+            (None, None, None) => serde_json::to_writer(&mut h, &canonical),
+            (Some(tenant), None, None) => serde_json::to_writer(&mut h, &(canonical, tenant)),
+            (tenant, Some(instance), None) => {
                 serde_json::to_writer(&mut h, &(canonical, tenant, instance))
+            }
+            (tenant, instance, Some(epoch)) => {
+                serde_json::to_writer(&mut h, &(canonical, tenant, instance, epoch))
             }
         }
         .expect("hashing cannot fail");
@@ -114,19 +116,11 @@ impl AuditStore {
     /// Walks the whole chain in order, recomputing every hash.
     pub async fn verify(&self) -> Result<Verification, AuditError> {
         // Sealed passes name the chain head they saw; each must be a row of the chain.
-        let passes = sqlx::query("SELECT * FROM passes ORDER BY started_at, id")
-            .fetch_all(&self.pool)
-            .await?;
-        let mut sealed = Vec::new();
-        for p in &passes {
-            if p.try_get::<Option<String>, _>("hash")
-                .ok()
-                .flatten()
-                .is_some()
-            {
-                sealed.push(PassRow::from_row(p)?);
-            }
-        }
+        let sealed: Vec<PassRow> = on_pool!(&self.pool, |pool| {
+            sqlx::query_as("SELECT * FROM passes WHERE hash IS NOT NULL ORDER BY started_at, id")
+                .fetch_all(pool)
+                .await?
+        });
         let mut heads: std::collections::HashSet<String> = sealed
             .iter()
             .filter_map(|p| p.chain_head.clone())
@@ -134,16 +128,20 @@ impl AuditStore {
             .collect();
         // Rows arrive in batches; their hashes are checked in parallel (each row names the
         // hash before it), the links between them in order.
-        let mut batches = sqlx::query("SELECT * FROM events ORDER BY seq")
-            .fetch(&self.pool)
-            .chunks(VERIFY_BATCH);
+        let mut batches: futures::stream::BoxStream<'_, Vec<Result<EventRow, sqlx::Error>>> =
+            on_pool!(&self.pool, |pool| {
+                sqlx::query_as("SELECT * FROM events ORDER BY seq")
+                    .fetch(pool)
+                    .chunks(VERIFY_BATCH)
+                    .boxed()
+            });
         let mut prev = GENESIS.to_string();
         let mut count = 0u64;
         let mut last_seq = 0i64;
         while let Some(batch) = batches.next().await {
             let rows = batch
                 .into_iter()
-                .map(|r| Ok(EventRow::from_row(&r?)?))
+                .map(|r| Ok(r?))
                 .collect::<Result<Vec<EventRow>, AuditError>>()?;
             let forged: Option<usize> = {
                 use rayon::prelude::*;
@@ -195,10 +193,12 @@ impl AuditStore {
 
     /// The `seq` of the row whose hash is `hash`, if any.
     pub async fn seq_of_hash(&self, hash: &str) -> Result<Option<i64>, AuditError> {
-        Ok(sqlx::query_scalar("SELECT seq FROM events WHERE hash = ?")
-            .bind(hash.to_ascii_lowercase())
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(on_pool!(&self.pool, |pool| {
+            sqlx::query_scalar("SELECT seq FROM events WHERE hash = $1")
+                .bind(hash.to_ascii_lowercase())
+                .fetch_optional(pool)
+                .await?
+        }))
     }
 }
 
@@ -233,6 +233,7 @@ mod tests {
             hash: String::new(),
             tenant: None,
             instance: None,
+            epoch: None,
         };
         assert_eq!(
             row.compute_hash(),

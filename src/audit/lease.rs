@@ -1,23 +1,59 @@
 //! One writer: a pass holds an exclusive claim on the audit store for its whole run, so
-//! two processes never plan and send the same change. On one host an OS file lock beside
-//! the database is the fast path (the kernel drops it when a holder dies); the `lease` row,
-//! taken in one `BEGIN IMMEDIATE` transaction, names the holder and carries its heartbeat,
-//! which tells reconciliation when a dead holder's requests can no longer land. Passes of
-//! one process share the claim.
+//! two processes never plan and send the same change. The `lease` row, taken under the
+//! store's write lock, names the holder, its epoch (one more at every new holder) and its
+//! heartbeat. On one host (SQLite) an OS file lock beside the database is the fast path:
+//! the kernel drops it when a holder dies. Replicas sharing PostgreSQL have only the row:
+//! a lease is honoured until it expires, and the daemon that holds it is the leader.
+//! Fencing keeps a holder that lost the lease (paused past it while another took over)
+//! from acting: it sends nothing once its lease has run out by its own clock, and the
+//! store refuses its writes once the row names another epoch. Passes of one process share
+//! the claim.
 
 use std::fs::{File, TryLockError};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::FromRow;
+use tokio::time::Instant;
 
+use super::store::{Backend, Pool, on_pool};
 use super::{AuditError, AuditStore, timestamp};
 
-/// How long a claim lives without a heartbeat.
-const TTL: Duration = Duration::from_secs(30);
-/// How often a holder renews it: a holder may have sent its last request up to this long
-/// after its last recorded heartbeat.
-pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long a lease lives without renewal, and how often its holder renews it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LeaseTimes {
+    pub ttl: Duration,
+    pub renew: Duration,
+}
+
+impl LeaseTimes {
+    /// On one host the OS lock tells when a holder died; the row only says when.
+    pub const ONE_HOST: LeaseTimes = LeaseTimes {
+        ttl: Duration::from_secs(30),
+        renew: Duration::from_secs(1),
+    };
+}
+
+/// This process's hold on the lease, as its own clock sees it.
+#[derive(Debug, Clone)]
+pub struct Fence {
+    pub holder: String,
+    pub epoch: i64,
+    /// The lease's end as of the last renewal that the database confirmed, measured from
+    /// before that renewal was sent (the monotonic clock runs on while a process is paused).
+    valid_until: Arc<Mutex<Instant>>,
+    /// A renewal found the row naming another holder.
+    lost: Arc<AtomicBool>,
+}
+
+impl Fence {
+    /// Whether this process must stop acting as the holder.
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+            || Instant::now() >= *self.valid_until.lock().expect("fence clock")
+    }
+}
 
 /// The lease row: who holds (or last held) the claim.
 #[derive(Debug, Clone, FromRow, PartialEq)]
@@ -66,9 +102,9 @@ pub struct Claim {
 /// What the passes of one process hold together.
 pub(super) struct Shared {
     store: AuditStore,
-    holder: String,
-    /// Kept open for its OS lock.
-    _file: File,
+    fence: Fence,
+    /// Kept open for its OS lock (SQLite).
+    _file: Option<File>,
     heartbeat: tokio::task::JoinHandle<()>,
 }
 
@@ -86,6 +122,11 @@ impl Drop for Shared {
 }
 
 impl Claim {
+    /// The holder and epoch this process took the lease with, and whether it still holds it.
+    pub fn fence(&self) -> &Fence {
+        &self.shared.fence
+    }
+
     /// Gives this pass's share back; the last share of the process marks the lease
     /// released (a claim dropped without this still ends: the OS lock goes with it and
     /// the lease expires).
@@ -93,15 +134,20 @@ impl Claim {
         let Claim { shared, .. } = self;
         if let Ok(shared) = Arc::try_unwrap(shared) {
             shared.heartbeat.abort();
+            shared.store.fence.lock().expect("fence lock").take();
             let now = timestamp(chrono::Utc::now());
-            let released = sqlx::query(
-                "UPDATE lease SET released = 1, heartbeat_at = ?, expires_at = ? WHERE holder = ?",
-            )
-            .bind(&now)
-            .bind(&now)
-            .bind(&shared.holder)
-            .execute(&shared.store.pool)
-            .await;
+            let released: Result<_, sqlx::Error> = on_pool!(&shared.store.pool, |pool| {
+                sqlx::query(
+                    "UPDATE lease SET released = TRUE, heartbeat_at = $1, expires_at = $2 WHERE holder = $3 AND epoch = $4",
+                )
+                .bind(&now)
+                .bind(&now)
+                .bind(&shared.fence.holder)
+                .bind(shared.fence.epoch)
+                .execute(pool)
+                .await
+                .map(|_| ())
+            });
             if let Err(e) = released {
                 tracing::warn!(error = %e, "cannot mark the audit store's claim released; it expires by itself");
             }
@@ -133,71 +179,68 @@ impl AuditStore {
                 first: false,
             });
         }
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(lock_path(&self.path))
-            .map_err(|e| {
-                ClaimError::Audit(self.open_error(format!("cannot open the lock file: {e}")))
-            })?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                // A released row names the previous holder, not this one (still starting).
-                return Err(ClaimError::Held(Held {
-                    holder: self.lease().await.ok().flatten().filter(|l| !l.released),
-                }));
-            }
-            Err(TryLockError::Error(e)) => {
-                return Err(ClaimError::Audit(
-                    self.open_error(format!("cannot lock: {e}")),
-                ));
-            }
-        }
+        // On one host the OS lock comes first: while another process holds it, the row
+        // is not even read for writing.
+        let file = match self.pool {
+            Pool::Sqlite(_) => Some(self.lock_file().await?),
+            Pool::Postgres(_) => None,
+        };
         let holder = uuid::Uuid::new_v4().to_string();
         let host = hostname();
+        let times = self.lease_times;
+        // The lease's end by this process's clock starts before the row is written.
+        let asked = Instant::now();
         let now = chrono::Utc::now();
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
+        let (previous, epoch) = on_pool!(&self.pool, |pool| {
+            let mut tx = pool.begin_write().await.map_err(AuditError::from)?;
+            let previous: Option<Lease> = sqlx::query_as("SELECT * FROM lease WHERE id = 1")
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(AuditError::from)?;
+            // With the OS lock ours, a live lease of this host belongs to a dead process;
+            // any other live lease (another host's, or any on PostgreSQL) is honoured until
+            // it expires.
+            if let Some(p) = &previous
+                && !p.released
+                && (file.is_none() || p.host != host)
+                && p.expires_at > timestamp(now)
+            {
+                return Err(ClaimError::Held(Held {
+                    holder: Some(p.clone()),
+                }));
+            }
+            let epoch = previous.as_ref().map_or(1, |p| p.epoch + 1);
+            sqlx::query(
+                "INSERT INTO lease (id, holder, pid, host, started_at, heartbeat_at, expires_at, released, epoch) \
+                 VALUES (1, $1, $2, $3, $4, $5, $6, FALSE, $7) \
+                 ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, pid = excluded.pid, host = excluded.host, \
+                 started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at, \
+                 expires_at = excluded.expires_at, released = excluded.released, epoch = excluded.epoch",
+            )
+            .bind(&holder)
+            .bind(i64::from(std::process::id()))
+            .bind(&host)
+            .bind(timestamp(now))
+            .bind(timestamp(now))
+            .bind(timestamp(now + times.ttl))
+            .bind(epoch)
+            .execute(&mut *tx)
             .await
             .map_err(AuditError::from)?;
-        let previous: Option<Lease> = sqlx::query_as("SELECT * FROM lease WHERE id = 1")
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(AuditError::from)?;
-        // The OS lock is ours, so a live lease of this host belongs to a dead process; one
-        // of another host (a shared file system) is honoured until it expires.
-        if let Some(p) = &previous
-            && !p.released
-            && p.host != host
-            && p.expires_at > timestamp(now)
-        {
-            return Err(ClaimError::Held(Held {
-                holder: Some(p.clone()),
-            }));
-        }
-        let epoch = previous.as_ref().map_or(1, |p| p.epoch + 1);
-        sqlx::query(
-            "INSERT OR REPLACE INTO lease (id, holder, pid, host, started_at, heartbeat_at, expires_at, released, epoch) \
-             VALUES (1, ?, ?, ?, ?, ?, ?, 0, ?)",
-        )
-        .bind(&holder)
-        .bind(i64::from(std::process::id()))
-        .bind(&host)
-        .bind(timestamp(now))
-        .bind(timestamp(now))
-        .bind(timestamp(now + TTL))
-        .bind(epoch)
-        .execute(&mut *tx)
-        .await
-        .map_err(AuditError::from)?;
-        tx.commit().await.map_err(AuditError::from)?;
-        let heartbeat = tokio::spawn(heartbeat(self.clone(), holder.clone()));
+            tx.commit().await.map_err(AuditError::from)?;
+            (previous, epoch)
+        });
+        let fence = Fence {
+            holder,
+            epoch,
+            valid_until: Arc::new(Mutex::new(asked + times.ttl)),
+            lost: Arc::new(AtomicBool::new(false)),
+        };
+        *self.fence.lock().expect("fence lock") = Some(fence.clone());
+        let heartbeat = tokio::spawn(heartbeat(self.clone(), fence.clone()));
         let shared = Arc::new(Shared {
             store: self.clone(),
-            holder,
+            fence,
             _file: file,
             heartbeat,
         });
@@ -211,11 +254,55 @@ impl AuditStore {
         })
     }
 
+    /// The OS lock beside a SQLite file, taken without waiting.
+    async fn lock_file(&self) -> Result<File, ClaimError> {
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(lock_path(&self.path))
+            .map_err(|e| {
+                ClaimError::Audit(self.open_error(format!("cannot open the lock file: {e}")))
+            })?;
+        match file.try_lock() {
+            Ok(()) => Ok(file),
+            // A released row names the previous holder, not this one (still starting).
+            Err(TryLockError::WouldBlock) => Err(ClaimError::Held(Held {
+                holder: self.lease().await.ok().flatten().filter(|l| !l.released),
+            })),
+            Err(TryLockError::Error(e)) => Err(ClaimError::Audit(
+                self.open_error(format!("cannot lock: {e}")),
+            )),
+        }
+    }
+
+    /// Whether this process took the lease and has since lost it (see [`Fence::is_lost`]):
+    /// nothing more may be sent.
+    pub fn lease_lost(&self) -> bool {
+        self.fence
+            .lock()
+            .expect("fence lock")
+            .as_ref()
+            .is_some_and(Fence::is_lost)
+    }
+
+    /// How long after its last recorded heartbeat a holder that stopped renewing may still
+    /// have sent a request: on one host the OS lock shows it died (so within one renewal);
+    /// a replica stops sending when its lease runs out by its own clock.
+    pub fn quiet_after_heartbeat(&self) -> Duration {
+        match self.pool {
+            Pool::Sqlite(_) => self.lease_times.renew,
+            Pool::Postgres(_) => self.lease_times.ttl,
+        }
+    }
+
     /// The lease row, if any process ever held the claim.
     pub async fn lease(&self) -> Result<Option<Lease>, AuditError> {
-        Ok(sqlx::query_as("SELECT * FROM lease WHERE id = 1")
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(on_pool!(&self.pool, |pool| {
+            sqlx::query_as("SELECT * FROM lease WHERE id = 1")
+                .fetch_optional(pool)
+                .await?
+        }))
     }
 
     fn open_error(&self, message: String) -> AuditError {
@@ -242,19 +329,37 @@ pub(super) fn lock_path(db: &std::path::Path) -> std::path::PathBuf {
     db.with_file_name(name)
 }
 
-async fn heartbeat(store: AuditStore, holder: String) {
+/// Renews the lease every `renew`; a renewal that finds the row naming another holder
+/// marks the fence lost for good.
+async fn heartbeat(store: AuditStore, fence: Fence) {
+    let times = store.lease_times;
     loop {
-        tokio::time::sleep(HEARTBEAT).await;
+        tokio::time::sleep(times.renew).await;
+        let asked = Instant::now();
         let now = chrono::Utc::now();
-        let beat =
-            sqlx::query("UPDATE lease SET heartbeat_at = ?, expires_at = ? WHERE holder = ?")
-                .bind(timestamp(now))
-                .bind(timestamp(now + TTL))
-                .bind(&holder)
-                .execute(&store.pool)
-                .await;
-        if let Err(e) = beat {
-            tracing::warn!(error = %e, "cannot renew the audit store's claim");
+        let beat: Result<u64, sqlx::Error> = on_pool!(&store.pool, |pool| {
+            sqlx::query(
+                "UPDATE lease SET heartbeat_at = $1, expires_at = $2 WHERE id = 1 AND holder = $3 AND epoch = $4",
+            )
+            .bind(timestamp(now))
+            .bind(timestamp(now + times.ttl))
+            .bind(&fence.holder)
+            .bind(fence.epoch)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected())
+        });
+        match beat {
+            Ok(1) => *fence.valid_until.lock().expect("fence clock") = asked + times.ttl,
+            Ok(_) => {
+                fence.lost.store(true, Ordering::SeqCst);
+                tracing::error!(
+                    epoch = fence.epoch,
+                    "the audit store's lease was taken over by another process: this one sends nothing more"
+                );
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot renew the audit store's claim"),
         }
     }
 }

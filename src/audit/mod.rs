@@ -12,7 +12,7 @@ mod store;
 
 pub use crate::time::timestamp;
 pub use chain::{GENESIS, Verification};
-pub use lease::{Claim, ClaimError, HEARTBEAT, Held, Lease};
+pub use lease::{Claim, ClaimError, Fence, Held, Lease, LeaseTimes};
 pub use query::Filter;
 pub use stats::{CaseCount, DayCount, FailureGroup, GroupCount, Period, RuleVersion, Step};
 pub use store::AuditStore;
@@ -36,6 +36,11 @@ pub enum AuditError {
         found: i64,
         known: i64,
     },
+    #[error(
+        "this process no longer holds the audit log's lease (its epoch {epoch}, now {}): it sends and writes nothing more; the holder settles what it left open",
+        current.map_or_else(|| "none".to_string(), |c| c.to_string())
+    )]
+    Fenced { epoch: i64, current: Option<i64> },
     #[error("audit DB: {}", with_hint(.0))]
     Db(#[from] sqlx::Error),
 }
@@ -56,9 +61,8 @@ fn with_hint(e: &sqlx::Error) -> String {
 }
 
 /// What happened to a decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-#[sqlx(rename_all = "lowercase")]
 pub enum Outcome {
     Planned,
     Applied,
@@ -98,6 +102,15 @@ impl FromStr for Outcome {
             .ok_or_else(|| {
                 format!("{s:?} is not an outcome: planned, applied, failed, skipped or unknown")
             })
+    }
+}
+
+/// How rows are read back (stored as text in either backend).
+impl TryFrom<String> for Outcome {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Outcome, String> {
+        s.parse()
     }
 }
 
@@ -151,6 +164,7 @@ pub struct EventRow {
     pub new: Option<String>,
     pub reason: String,
     pub dry_run: bool,
+    #[sqlx(try_from = "String")]
     pub outcome: Outcome,
     pub error: Option<String>,
     pub http_status: Option<i64>,
@@ -159,6 +173,9 @@ pub struct EventRow {
     pub hash: String,
     pub tenant: Option<String>,
     pub instance: Option<String>,
+    /// The lease epoch of the process that wrote it (None: written without the lease,
+    /// or before epochs were recorded).
+    pub epoch: Option<i64>,
 }
 
 /// A planned change without a final outcome, and its newest outcome so far.
@@ -189,6 +206,7 @@ pub struct DryRow {
     pub rule: String,
     pub field: String,
     pub new: Option<String>,
+    #[sqlx(try_from = "String")]
     pub outcome: Outcome,
 }
 

@@ -3,6 +3,7 @@
 use futures::{Stream, StreamExt};
 use sqlx::AssertSqlSafe;
 
+use super::store::{numbered, on_pool};
 use super::{AuditError, AuditStore, EventRow, Outcome};
 
 /// Filters for `casewarden audit`.
@@ -64,40 +65,43 @@ impl AuditStore {
                 sql.push_str(" OFFSET ?");
             }
         }
-        let mut q = sqlx::query_as::<_, EventRow>(AssertSqlSafe(sql));
-        if let Some(v) = &filter.case_id {
-            q = q.bind(v);
-        }
-        if let Some(v) = filter.ticket_id {
-            q = q.bind(v);
-        }
-        if let Some(v) = &filter.rule {
-            q = q.bind(v);
-        }
-        if let Some(v) = &filter.since {
-            q = q.bind(v);
-        }
-        if let Some(v) = &filter.until {
-            q = q.bind(v);
-        }
-        if let Some(v) = filter.outcome {
-            q = q.bind(v.as_str());
-        }
-        if let Some(v) = &filter.run_id {
-            q = q.bind(v);
-        }
-        if let Some(v) = &filter.tenant {
-            q = q.bind(v);
-        }
-        if let Some(v) = &filter.instance {
-            q = q.bind(v).bind(v);
-        }
-        if let Some(v) = filter.limit {
-            q = q.bind(v);
-            if let Some(o) = filter.offset {
-                q = q.bind(o);
+        let sql = numbered(&sql);
+        on_pool!(&self.pool, |pool| {
+            let mut q = sqlx::query_as::<_, EventRow>(AssertSqlSafe(sql));
+            if let Some(v) = &filter.case_id {
+                q = q.bind(v);
             }
-        }
-        q.fetch(&self.pool).map(|r| r.map_err(AuditError::from))
+            if let Some(v) = filter.ticket_id {
+                q = q.bind(v);
+            }
+            if let Some(v) = &filter.rule {
+                q = q.bind(v);
+            }
+            if let Some(v) = &filter.since {
+                q = q.bind(v);
+            }
+            if let Some(v) = &filter.until {
+                q = q.bind(v);
+            }
+            if let Some(v) = filter.outcome {
+                q = q.bind(v.as_str());
+            }
+            if let Some(v) = &filter.run_id {
+                q = q.bind(v);
+            }
+            if let Some(v) = &filter.tenant {
+                q = q.bind(v);
+            }
+            if let Some(v) = &filter.instance {
+                q = q.bind(v).bind(v);
+            }
+            if let Some(v) = filter.limit {
+                q = q.bind(v);
+                if let Some(o) = filter.offset {
+                    q = q.bind(o);
+                }
+            }
+            q.fetch(pool).map(|r| r.map_err(AuditError::from)).boxed()
+        })
     }
 }

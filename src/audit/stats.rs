@@ -4,6 +4,7 @@
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, FromRow};
 
+use super::store::{numbered, on_pool};
 use super::{AuditError, AuditStore, PassRow};
 
 /// The rows a report covers: `since <= recorded_at <= until`, one rule or all.
@@ -130,7 +131,7 @@ fn pass_conditions(p: &Period) -> (String, Vec<String>) {
 
 /// Rows that say what happened (not intents still open): the outcome rows, dry-run
 /// plans, and the rule rows.
-const SETTLED: &str = "(e.outcome != 'planned' OR e.dry_run = 1)";
+const SETTLED: &str = "(e.outcome != 'planned' OR e.dry_run)";
 
 impl AuditStore {
     pub async fn day_counts(&self, p: &Period) -> Result<Vec<DayCount>, AuditError> {
@@ -191,9 +192,10 @@ impl AuditStore {
     ) -> Result<Vec<GroupCount>, AuditError> {
         let (cond, binds) = p.conditions("e");
         let sql = format!(
-            "SELECT {key} AS name, SUM(outcome = 'applied') AS applied, SUM(outcome IN ('failed', 'unknown')) AS failed, \
-             SUM(outcome = 'skipped') AS skipped, COUNT(DISTINCT case_id) AS cases FROM events e \
-             WHERE {cond} AND {only} AND dry_run = 0 AND outcome != 'planned' \
+            "SELECT {key} AS name, COUNT(*) FILTER (WHERE outcome = 'applied') AS applied, \
+             COUNT(*) FILTER (WHERE outcome IN ('failed', 'unknown')) AS failed, \
+             COUNT(*) FILTER (WHERE outcome = 'skipped') AS skipped, COUNT(DISTINCT case_id) AS cases FROM events e \
+             WHERE {cond} AND {only} AND NOT dry_run AND outcome != 'planned' \
              AND field NOT IN ('rule', 'plan') GROUP BY 1 ORDER BY 1"
         );
         self.all(sql, binds).await
@@ -254,12 +256,18 @@ impl AuditStore {
 
     async fn all<T>(&self, sql: String, binds: Vec<String>) -> Result<Vec<T>, AuditError>
     where
-        T: for<'r> FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin,
+        T: for<'r> FromRow<'r, sqlx::sqlite::SqliteRow>
+            + for<'r> FromRow<'r, sqlx::postgres::PgRow>
+            + Send
+            + Unpin,
     {
-        let mut q = sqlx::query_as::<_, T>(AssertSqlSafe(sql));
-        for b in binds {
-            q = q.bind(b);
-        }
-        Ok(q.fetch_all(&self.pool).await?)
+        let sql = numbered(&sql);
+        Ok(on_pool!(&self.pool, |pool| {
+            let mut q = sqlx::query_as::<_, T>(AssertSqlSafe(sql));
+            for b in binds {
+                q = q.bind(b);
+            }
+            q.fetch_all(pool).await?
+        }))
     }
 }

@@ -1,15 +1,18 @@
-//! The SQLite store: opening and migrating the file, appending rows in one transaction,
-//! the passes table, and the reads the pass itself needs.
+//! The store: opening and migrating the log (a SQLite file on one host, or PostgreSQL
+//! shared by replicas), appending rows in one transaction, the passes table, and the reads
+//! the pass itself needs. Both backends run the same SQL (`$N` parameters, which SQLite
+//! accepts too); where they differ, [`Backend`] says how.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::AssertSqlSafe;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, Row};
 
 use super::{
     AppliedChange, AuditError, DryRow, EventRow, GENESIS, NewEvent, Outcome, PassRow, PassTotals,
@@ -19,12 +22,66 @@ use super::{
 /// Rows per INSERT statement (18 parameters each).
 const ROWS_PER_INSERT: usize = 100;
 
+/// The database behind the log.
+#[derive(Clone)]
+pub(super) enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$p` bound to the store's pool, whichever backend it is: the body is
+/// compiled once per backend.
+macro_rules! on_pool {
+    ($pool:expr, |$p:ident| $body:expr) => {
+        match $pool {
+            $crate::audit::store::Pool::Sqlite($p) => $body,
+            $crate::audit::store::Pool::Postgres($p) => $body,
+        }
+    };
+}
+pub(super) use on_pool;
+
+/// What differs between the backends beyond the SQL they share.
+pub(super) trait Backend {
+    type Db: sqlx::Database;
+    /// A transaction that holds the log's write lock from its start, so a writer reads the
+    /// chain head (or the lease) knowing nobody else, in any process, writes until it ends.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>;
+}
+
+impl Backend for SqlitePool {
+    type Db = sqlx::Sqlite;
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.begin_with("BEGIN IMMEDIATE").await
+    }
+}
+
+/// The advisory lock every writer of a PostgreSQL log takes for its transaction.
+const PG_WRITE_LOCK: i64 = 0x6361_7365_7761_7264; // "caseward"
+
+impl Backend for PgPool {
+    type Db = sqlx::Postgres;
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        let mut tx = self.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(PG_WRITE_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
+    }
+}
+
 #[derive(Clone)]
 pub struct AuditStore {
-    pub(super) pool: SqlitePool,
+    pub(super) pool: Pool,
+    /// The SQLite file, or the PostgreSQL URL without its password (for messages).
     pub(super) path: PathBuf,
     pub(super) write: std::sync::Arc<tokio::sync::Mutex<()>>,
     pub(super) claim: std::sync::Arc<tokio::sync::Mutex<lease::Slot>>,
+    /// The lease this process holds, if any: its rows carry the epoch, and are refused
+    /// once the lease is someone else's.
+    pub(super) fence: std::sync::Arc<std::sync::Mutex<Option<lease::Fence>>>,
+    pub(super) lease_times: lease::LeaseTimes,
     /// `audit.head_file`: every finished pass appends its chain head there.
     pub(super) head_file: Option<std::sync::Arc<PathBuf>>,
     /// The server this handle writes for: recorded in its rows, and its lookups of earlier
@@ -91,22 +148,94 @@ impl AuditStore {
             .connect_with(options)
             .await
             .map_err(|e| fail(describe_open_error(&e)))?;
-        let store = AuditStore::over(pool, path);
+        let store = AuditStore::over(Pool::Sqlite(pool), path);
         let migrated = store.migrate().await;
         drop(lock);
         migrated?;
         Ok(store)
     }
 
-    fn over(pool: SqlitePool, path: &Path) -> AuditStore {
+    /// Opens (creating the tables on first start) and migrates a PostgreSQL log. `url` is
+    /// `postgres://user@host/db` without a password; `password` comes apart (a file or a
+    /// credential) so it is never shown where the URL is.
+    pub async fn open_postgres(
+        url: &str,
+        password: Option<&str>,
+    ) -> Result<AuditStore, AuditError> {
+        let store = AuditStore::connect_postgres(url, password, false).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Opens a PostgreSQL log for reading only: every transaction of the connection is
+    /// read-only, and nothing is created or migrated.
+    pub async fn open_postgres_read_only(
+        url: &str,
+        password: Option<&str>,
+    ) -> Result<AuditStore, AuditError> {
+        let store = AuditStore::connect_postgres(url, password, true).await?;
+        if !store.has_table("events").await? {
+            return Err(AuditError::Open {
+                path: store.path.clone(),
+                message: "not a casewarden audit log (no events table; has a pass run with audit.url yet?)".into(),
+            });
+        }
+        Ok(store)
+    }
+
+    async fn connect_postgres(
+        url: &str,
+        password: Option<&str>,
+        read_only: bool,
+    ) -> Result<AuditStore, AuditError> {
+        let shown = crate::secret::redact_url(url);
+        let fail = |message: String| AuditError::Open {
+            path: PathBuf::from(&shown),
+            message,
+        };
+        let mut options = PgConnectOptions::from_str(url)
+            .map_err(|e| fail(format!("not a PostgreSQL URL: {e}")))?
+            .application_name("casewarden");
+        if let Some(password) = password {
+            options = options.password(password);
+        }
+        if read_only {
+            options = options.options([("default_transaction_read_only", "on")]);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(|e| fail(describe_open_error(&e)))?;
+        Ok(AuditStore::over(Pool::Postgres(pool), Path::new(&shown)))
+    }
+
+    /// Whether the log is in PostgreSQL (shared by replicas) rather than a SQLite file.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.pool, Pool::Postgres(_))
+    }
+
+    /// Where the log is: the SQLite file, or the PostgreSQL URL without a password.
+    pub fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn over(pool: Pool, path: &Path) -> AuditStore {
         AuditStore {
             pool,
             path: path.to_path_buf(),
             write: Default::default(),
             claim: Default::default(),
+            fence: Default::default(),
+            lease_times: lease::LeaseTimes::ONE_HOST,
             head_file: None,
             instance: None,
         }
+    }
+
+    fn fence(&self) -> Option<lease::Fence> {
+        self.fence.lock().expect("fence lock").clone()
     }
 
     /// The same log, writing and remembering for the server named `name` (a config
@@ -133,6 +262,15 @@ impl AuditStore {
             }
             Some(name) => format!(" AND {alias}instance = '{name}'"),
         }
+    }
+
+    /// How long the lease lives and how often it is renewed (replicas on PostgreSQL; a
+    /// SQLite file keeps [`lease::LeaseTimes::ONE_HOST`]).
+    pub fn with_lease_times(mut self, times: lease::LeaseTimes) -> AuditStore {
+        if self.is_shared() {
+            self.lease_times = times;
+        }
+        self
     }
 
     /// Appends the chain head of every finished pass to `file` (a second place to check
@@ -166,36 +304,54 @@ impl AuditStore {
             .connect_with(options)
             .await
             .map_err(|e| fail(describe_open_error(&e)))?;
-        let store = AuditStore::over(pool, path);
-        let has_events: Option<(String,)> = sqlx::query_as(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'events'",
-        )
-        .fetch_optional(&store.pool)
-        .await
-        .map_err(|e| fail(describe_open_error(&e)))?;
-        if has_events.is_none() {
+        let store = AuditStore::over(Pool::Sqlite(pool), path);
+        let has_events = store
+            .has_table("events")
+            .await
+            .map_err(|e| fail(describe_open_error(&e)))?;
+        if !has_events {
             return Err(fail("not a casewarden audit log (no events table)".into()));
         }
         Ok(store)
     }
 
+    /// Whether the database has a table called `name`.
+    pub(super) async fn has_table(&self, name: &str) -> Result<bool, sqlx::Error> {
+        let sql = match self.pool {
+            Pool::Sqlite(_) => "SELECT name FROM sqlite_master WHERE type = 'table' AND name = $1",
+            Pool::Postgres(_) => {
+                "SELECT table_name::text FROM information_schema.tables \
+                 WHERE table_schema = current_schema() AND table_name = $1"
+            }
+        };
+        let found: Option<String> = on_pool!(&self.pool, |pool| {
+            sqlx::query_scalar(sql)
+                .bind(name)
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(found.is_some())
+    }
+
     async fn migrate(&self) -> Result<(), AuditError> {
-        let migrator = sqlx::migrate!("./migrations");
+        let migrator = match self.pool {
+            Pool::Sqlite(_) => sqlx::migrate!("./migrations/sqlite"),
+            Pool::Postgres(_) => sqlx::migrate!("./migrations/postgres"),
+        };
         let known = migrator.iter().map(|m| m.version).max().unwrap_or(0);
-        let has_table: Option<(String,)> = sqlx::query_as(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
-        )
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| AuditError::Open {
-            path: self.path.clone(),
-            message: describe_open_error(&e),
-        })?;
-        if has_table.is_some() {
-            let found: Option<i64> =
+        let has_table = self
+            .has_table("_sqlx_migrations")
+            .await
+            .map_err(|e| AuditError::Open {
+                path: self.path.clone(),
+                message: describe_open_error(&e),
+            })?;
+        if has_table {
+            let found: Option<i64> = on_pool!(&self.pool, |pool| {
                 sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
-                    .fetch_one(&self.pool)
-                    .await?;
+                    .fetch_one(pool)
+                    .await?
+            });
             if let Some(found) = found.filter(|f| *f > known) {
                 return Err(AuditError::NewerSchema {
                     path: self.path.clone(),
@@ -204,13 +360,10 @@ impl AuditStore {
                 });
             }
         }
-        migrator
-            .run(&self.pool)
-            .await
-            .map_err(|e| AuditError::Open {
-                path: self.path.clone(),
-                message: format!("migration failed: {e}"),
-            })
+        on_pool!(&self.pool, |pool| migrator.run(pool).await).map_err(|e| AuditError::Open {
+            path: self.path.clone(),
+            message: format!("migration failed: {e}"),
+        })
     }
 
     /// Appends rows in one transaction, extending the hash chain; returns their `seq`s.
@@ -220,16 +373,80 @@ impl AuditStore {
             return Ok(Vec::new());
         }
         let _guard = self.write.lock().await;
-        // IMMEDIATE takes the write lock before reading the head, so two writers (even in
-        // two processes) can never fork the chain.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let head: Option<(i64, String)> =
-            sqlx::query_as("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&mut *tx)
-                .await?;
+        on_pool!(&self.pool, |pool| {
+            // The write lock is taken before reading the head, so two writers (even in two
+            // processes, or on two hosts sharing PostgreSQL) can never fork the chain.
+            let mut tx = pool.begin_write().await?;
+            let head: Option<(i64, String)> =
+                sqlx::query_as("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            // Fencing: a holder that lost the lease (paused past it while another took
+            // over) writes nothing more, so it cannot settle what the new holder settles.
+            let fence = self.fence();
+            if let Some(mine) = &fence {
+                let current: Option<(String, i64)> =
+                    sqlx::query_as("SELECT holder, epoch FROM lease WHERE id = 1")
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if current
+                    .as_ref()
+                    .is_none_or(|(h, e)| *h != mine.holder || *e != mine.epoch)
+                {
+                    return Err(AuditError::Fenced {
+                        epoch: mine.epoch,
+                        current: current.map(|c| c.1),
+                    });
+                }
+            }
+            let epoch = fence.map(|f| f.epoch);
+            let rows = self.rows(events, head, epoch);
+            // Multi-row INSERTs: one statement per ROWS_PER_INSERT rows, well under either
+            // backend's limit of bound parameters, cut the per-statement cost that
+            // dominates otherwise.
+            for chunk in rows.chunks(ROWS_PER_INSERT) {
+                let mut q = sqlx::QueryBuilder::new(
+                    "INSERT INTO events (seq, run_id, recorded_at, rule, rule_hash, case_id, ticket_id, field, old, new, reason, dry_run, outcome, error, http_status, planned_seq, prev_hash, hash, tenant, instance, epoch) ",
+                );
+                q.push_values(chunk, |mut b, row| {
+                    b.push_bind(row.seq)
+                        .push_bind(row.run_id.clone())
+                        .push_bind(row.recorded_at.clone())
+                        .push_bind(row.rule.clone())
+                        .push_bind(row.rule_hash.clone())
+                        .push_bind(row.case_id.clone())
+                        .push_bind(row.ticket_id)
+                        .push_bind(row.field.clone())
+                        .push_bind(row.old.clone())
+                        .push_bind(row.new.clone())
+                        .push_bind(row.reason.clone())
+                        .push_bind(row.dry_run)
+                        .push_bind(row.outcome.as_str())
+                        .push_bind(row.error.clone())
+                        .push_bind(row.http_status)
+                        .push_bind(row.planned_seq)
+                        .push_bind(row.prev_hash.clone())
+                        .push_bind(row.hash.clone())
+                        .push_bind(row.tenant.clone())
+                        .push_bind(row.instance.clone())
+                        .push_bind(row.epoch);
+                });
+                q.build().execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(rows.iter().map(|r| r.seq).collect())
+        })
+    }
+
+    /// The rows to append after `head`, hashed into the chain.
+    fn rows(
+        &self,
+        events: &[NewEvent],
+        head: Option<(i64, String)>,
+        epoch: Option<i64>,
+    ) -> Vec<EventRow> {
         let (mut seq, mut prev) = head.unwrap_or((0, GENESIS.to_string()));
         let now = timestamp(chrono::Utc::now());
-        let mut seqs = Vec::with_capacity(events.len());
         let mut rows = Vec::with_capacity(events.len());
         for e in events {
             seq += 1;
@@ -254,52 +471,22 @@ impl AuditStore {
                 hash: String::new(),
                 tenant: e.tenant.clone(),
                 instance: self.instance.as_deref().map(str::to_string),
+                epoch,
             };
             row.hash = row.compute_hash();
             prev = row.hash.clone();
-            seqs.push(seq);
             rows.push(row);
         }
-        // Multi-row INSERTs: one statement per ROWS_PER_INSERT rows, well under SQLite's
-        // limit of bound parameters, cuts the per-statement cost that dominates otherwise.
-        for chunk in rows.chunks(ROWS_PER_INSERT) {
-            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO events (seq, run_id, recorded_at, rule, rule_hash, case_id, ticket_id, field, old, new, reason, dry_run, outcome, error, http_status, planned_seq, prev_hash, hash, tenant, instance) ",
-            );
-            q.push_values(chunk, |mut b, row| {
-                b.push_bind(row.seq)
-                    .push_bind(row.run_id.clone())
-                    .push_bind(row.recorded_at.clone())
-                    .push_bind(row.rule.clone())
-                    .push_bind(row.rule_hash.clone())
-                    .push_bind(row.case_id.clone())
-                    .push_bind(row.ticket_id)
-                    .push_bind(row.field.clone())
-                    .push_bind(row.old.clone())
-                    .push_bind(row.new.clone())
-                    .push_bind(row.reason.clone())
-                    .push_bind(row.dry_run)
-                    .push_bind(row.outcome)
-                    .push_bind(row.error.clone())
-                    .push_bind(row.http_status)
-                    .push_bind(row.planned_seq)
-                    .push_bind(row.prev_hash.clone())
-                    .push_bind(row.hash.clone())
-                    .push_bind(row.tenant.clone())
-                    .push_bind(row.instance.clone());
-            });
-            q.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(seqs)
+        rows
     }
 
     /// The newest row's hash (the chain head) and row count.
     pub async fn head(&self) -> Result<(i64, String), AuditError> {
-        let head: Option<(i64, String)> =
+        let head: Option<(i64, String)> = on_pool!(&self.pool, |pool| {
             sqlx::query_as("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&self.pool)
-                .await?;
+                .fetch_optional(pool)
+                .await?
+        });
         Ok(head.unwrap_or((0, GENESIS.to_string())))
     }
 
@@ -310,52 +497,57 @@ impl AuditStore {
         fingerprint: &str,
         dry_run: bool,
     ) -> Result<(), AuditError> {
-        sqlx::query(
-            "INSERT INTO passes (id, started_at, trigger_kind, rules_fingerprint, dry_run, status) VALUES (?, ?, ?, ?, ?, 'running')",
-        )
-        .bind(id)
-        .bind(timestamp(chrono::Utc::now()))
-        .bind(trigger)
-        .bind(fingerprint)
-        .bind(dry_run)
-        .execute(&self.pool)
-        .await?;
+        on_pool!(&self.pool, |pool| {
+            sqlx::query(
+                "INSERT INTO passes (id, started_at, trigger_kind, rules_fingerprint, dry_run, status) VALUES ($1, $2, $3, $4, $5, 'running')",
+            )
+            .bind(id)
+            .bind(timestamp(chrono::Utc::now()))
+            .bind(trigger)
+            .bind(fingerprint)
+            .bind(dry_run)
+            .execute(pool)
+            .await?;
+        });
         Ok(())
     }
 
     /// Records a pass's totals and seals its row (see [`PassRow::compute_hash`]).
     pub async fn finish_pass(&self, id: &str, t: &PassTotals) -> Result<(), AuditError> {
         let _guard = self.write.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let mut row: PassRow = sqlx::query_as("SELECT * FROM passes WHERE id = ?")
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
-        let head: Option<String> =
-            sqlx::query_scalar("SELECT hash FROM events ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&mut *tx)
+        let row = on_pool!(&self.pool, |pool| {
+            let mut tx = pool.begin_write().await?;
+            let mut row: PassRow = sqlx::query_as("SELECT * FROM passes WHERE id = $1")
+                .bind(id)
+                .fetch_one(&mut *tx)
                 .await?;
-        row.finished_at = Some(timestamp(chrono::Utc::now()));
-        row.totals = t.clone();
-        row.chain_head = Some(head.unwrap_or_else(|| GENESIS.to_string()));
-        row.hash = Some(row.compute_hash());
-        sqlx::query(
-            "UPDATE passes SET finished_at = ?, cases_seen = ?, planned = ?, applied = ?, failed = ?, skipped = ?, status = ?, error = ?, chain_head = ?, hash = ? WHERE id = ?",
-        )
-        .bind(&row.finished_at)
-        .bind(t.cases_seen)
-        .bind(t.planned)
-        .bind(t.applied)
-        .bind(t.failed)
-        .bind(t.skipped)
-        .bind(&t.status)
-        .bind(&t.error)
-        .bind(&row.chain_head)
-        .bind(&row.hash)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+            let head: Option<String> =
+                sqlx::query_scalar("SELECT hash FROM events ORDER BY seq DESC LIMIT 1")
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            row.finished_at = Some(timestamp(chrono::Utc::now()));
+            row.totals = t.clone();
+            row.chain_head = Some(head.unwrap_or_else(|| GENESIS.to_string()));
+            row.hash = Some(row.compute_hash());
+            sqlx::query(
+                "UPDATE passes SET finished_at = $1, cases_seen = $2, planned = $3, applied = $4, failed = $5, skipped = $6, status = $7, error = $8, chain_head = $9, hash = $10 WHERE id = $11",
+            )
+            .bind(&row.finished_at)
+            .bind(t.cases_seen)
+            .bind(t.planned)
+            .bind(t.applied)
+            .bind(t.failed)
+            .bind(t.skipped)
+            .bind(&t.status)
+            .bind(&t.error)
+            .bind(&row.chain_head)
+            .bind(&row.hash)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            row
+        });
         if let Some(file) = &self.head_file {
             let line = format!(
                 "{} pass {} {} head {}\n",
@@ -378,18 +570,20 @@ impl AuditStore {
 
     /// Every pass, oldest first.
     pub async fn passes(&self) -> Result<Vec<PassRow>, AuditError> {
-        Ok(
-            sqlx::query_as::<_, PassRow>("SELECT * FROM passes ORDER BY started_at, id")
-                .fetch_all(&self.pool)
-                .await?,
-        )
+        Ok(on_pool!(&self.pool, |pool| {
+            sqlx::query_as("SELECT * FROM passes ORDER BY started_at, id")
+                .fetch_all(pool)
+                .await?
+        }))
     }
 
     /// Passes still marked running (a crash or kill interrupted them).
     pub async fn mark_interrupted_passes(&self) -> Result<u64, AuditError> {
-        let running: Vec<PassRow> = sqlx::query_as("SELECT * FROM passes WHERE status = 'running'")
-            .fetch_all(&self.pool)
-            .await?;
+        let running: Vec<PassRow> = on_pool!(&self.pool, |pool| {
+            sqlx::query_as("SELECT * FROM passes WHERE status = 'running'")
+                .fetch_all(pool)
+                .await?
+        });
         for p in &running {
             let totals = PassTotals {
                 status: "interrupted".into(),
@@ -406,13 +600,13 @@ impl AuditStore {
         let sql = format!(
             "SELECT p.*, o.outcome AS last_outcome, o.recorded_at AS last_at, o.http_status AS last_status FROM events p \
              LEFT JOIN events o ON o.seq = (SELECT MAX(x.seq) FROM events x WHERE x.planned_seq = p.seq) \
-             WHERE p.outcome = 'planned' AND p.dry_run = 0 AND (o.seq IS NULL OR o.outcome = 'unknown'){} \
+             WHERE p.outcome = 'planned' AND NOT p.dry_run AND (o.seq IS NULL OR o.outcome = 'unknown'){} \
              ORDER BY p.seq",
             self.instance_filter("p.")
         );
-        Ok(sqlx::query_as::<_, Unsettled>(AssertSqlSafe(sql))
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(on_pool!(&self.pool, |pool| {
+            sqlx::query_as(AssertSqlSafe(sql)).fetch_all(pool).await?
+        }))
     }
 
     /// casewarden's memory of what it applied to these cases: every applied change
@@ -426,18 +620,20 @@ impl AuditStore {
             return Ok(Vec::new());
         }
         let mut sql = String::from(
-            "SELECT case_id, rule, field, new FROM events WHERE outcome = 'applied' AND dry_run = 0 \
-             AND case_id IN (?",
+            "SELECT case_id, rule, field, new FROM events WHERE outcome = 'applied' AND NOT dry_run \
+             AND case_id IN (",
         );
-        sql.push_str(&", ?".repeat(case_ids.len() - 1));
+        sql.push_str(&placeholders(1, case_ids.len()));
         sql.push(')');
         sql.push_str(&self.instance_filter(""));
         sql.push_str(" ORDER BY seq");
-        let mut q = sqlx::query_as::<_, AppliedChange>(AssertSqlSafe(sql));
-        for id in case_ids {
-            q = q.bind(*id);
-        }
-        Ok(q.fetch_all(&self.pool).await?)
+        Ok(on_pool!(&self.pool, |pool| {
+            let mut q = sqlx::query_as(AssertSqlSafe(sql));
+            for id in case_ids {
+                q = q.bind(*id);
+            }
+            q.fetch_all(pool).await?
+        }))
     }
 
     /// For each (case, rule) among `case_ids`, the rows of the newest dry run of that rule
@@ -447,9 +643,9 @@ impl AuditStore {
         for chunk in case_ids.chunks(500) {
             let mut sql = String::from(
                 "WITH last AS (SELECT case_id, rule, MAX(seq) AS seq FROM events \
-                 WHERE dry_run = 1 AND case_id IN (?",
+                 WHERE dry_run AND case_id IN (",
             );
-            sql.push_str(&", ?".repeat(chunk.len() - 1));
+            sql.push_str(&placeholders(1, chunk.len()));
             sql.push(')');
             sql.push_str(&self.instance_filter(""));
             sql.push_str(
@@ -457,59 +653,67 @@ impl AuditStore {
                  runs AS (SELECT l.case_id, l.rule, e.run_id FROM last l JOIN events e ON e.seq = l.seq) \
                  SELECT e.case_id, e.rule, e.field, e.new, e.outcome FROM events e JOIN runs r \
                  ON e.case_id = r.case_id AND e.rule = r.rule AND e.run_id = r.run_id \
-                 WHERE e.dry_run = 1",
+                 WHERE e.dry_run",
             );
-            let mut q = sqlx::query_as::<_, DryRow>(AssertSqlSafe(sql));
-            for id in chunk {
-                q = q.bind(*id);
-            }
-            out.extend(q.fetch_all(&self.pool).await?);
+            let rows: Vec<DryRow> = on_pool!(&self.pool, |pool| {
+                let mut q = sqlx::query_as(AssertSqlSafe(sql));
+                for id in chunk {
+                    q = q.bind(*id);
+                }
+                q.fetch_all(pool).await?
+            });
+            out.extend(rows);
         }
         Ok(out)
     }
 
     /// Summary counts of one pass's rows by outcome (for reports).
     pub async fn outcome_counts(&self, run_id: &str) -> Result<Vec<(String, i64)>, AuditError> {
-        let rows = sqlx::query("SELECT outcome, COUNT(*) AS n FROM events WHERE run_id = ? GROUP BY outcome ORDER BY outcome")
-            .bind(run_id)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("outcome")?, r.try_get("n")?)))
-            .collect()
+        Ok(on_pool!(&self.pool, |pool| {
+            sqlx::query_as("SELECT outcome, COUNT(*) AS n FROM events WHERE run_id = $1 GROUP BY outcome ORDER BY outcome")
+                .bind(run_id)
+                .fetch_all(pool)
+                .await?
+        }))
     }
 
     /// Whether a plan with this id and file hash was recorded when it was written (a
     /// chained row: rule and field `plan`, case id the plan id, new the hash).
     pub async fn plan_recorded(&self, plan_id: &str, digest: &str) -> Result<bool, AuditError> {
-        let found: Option<(i64,)> = sqlx::query_as(
-            "SELECT seq FROM events WHERE field = 'plan' AND case_id = ? AND new = ? LIMIT 1",
-        )
-        .bind(plan_id)
-        .bind(digest)
-        .fetch_optional(&self.pool)
-        .await?;
+        let found: Option<(i64,)> = on_pool!(&self.pool, |pool| {
+            sqlx::query_as(
+                "SELECT seq FROM events WHERE field = 'plan' AND case_id = $1 AND new = $2 LIMIT 1",
+            )
+            .bind(plan_id)
+            .bind(digest)
+            .fetch_optional(pool)
+            .await?
+        });
         Ok(found.is_some())
     }
 
     /// The newest live pass whose trigger starts with `prefix`, if any.
     pub async fn live_pass_like(&self, prefix: &str) -> Result<Option<PassRow>, AuditError> {
-        Ok(sqlx::query_as::<_, PassRow>(
-            "SELECT * FROM passes WHERE substr(trigger_kind, 1, length(?1)) = ?1 AND dry_run = 0 ORDER BY started_at DESC LIMIT 1",
-        )
-        .bind(prefix)
-        .fetch_optional(&self.pool)
-        .await?)
+        Ok(on_pool!(&self.pool, |pool| {
+            sqlx::query_as(
+                "SELECT * FROM passes WHERE substr(trigger_kind, 1, length($1)) = $1 AND NOT dry_run ORDER BY started_at DESC LIMIT 1",
+            )
+            .bind(prefix)
+            .fetch_optional(pool)
+            .await?
+        }))
     }
 
     /// The newest pass started by `trigger` that was not a dry run, if any.
     pub async fn live_pass_by(&self, trigger: &str) -> Result<Option<PassRow>, AuditError> {
-        Ok(sqlx::query_as::<_, PassRow>(
-            "SELECT * FROM passes WHERE trigger_kind = ? AND dry_run = 0 ORDER BY started_at DESC LIMIT 1",
-        )
-        .bind(trigger)
-        .fetch_optional(&self.pool)
-        .await?)
+        Ok(on_pool!(&self.pool, |pool| {
+            sqlx::query_as(
+                "SELECT * FROM passes WHERE trigger_kind = $1 AND NOT dry_run ORDER BY started_at DESC LIMIT 1",
+            )
+            .bind(trigger)
+            .fetch_optional(pool)
+            .await?
+        }))
     }
 
     /// Remembers the users' emails (see the `users` table).
@@ -518,46 +722,74 @@ impl AuditStore {
         users: &crate::stellar::Directory,
     ) -> Result<(), AuditError> {
         let now = timestamp(chrono::Utc::now());
-        let mut tx = self.pool.begin().await?;
-        for (id, email) in users.pairs() {
-            sqlx::query(
-                "INSERT INTO users (id, email, seen_at) VALUES (?, ?, ?) \
-                 ON CONFLICT(id) DO UPDATE SET email = excluded.email, seen_at = excluded.seen_at",
-            )
-            .bind(id)
-            .bind(email)
-            .bind(&now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
+        on_pool!(&self.pool, |pool| {
+            let mut tx = pool.begin().await?;
+            for (id, email) in users.pairs() {
+                sqlx::query(
+                    "INSERT INTO users (id, email, seen_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT(id) DO UPDATE SET email = excluded.email, seen_at = excluded.seen_at",
+                )
+                .bind(id)
+                .bind(email)
+                .bind(&now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+        });
         Ok(())
     }
 
     /// User id -> email, as last seen; empty for a log written before emails were kept.
     pub async fn user_emails(&self) -> Result<HashMap<String, String>, AuditError> {
-        let has_table: Option<(String,)> = sqlx::query_as(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'users'",
-        )
-        .fetch_optional(&self.pool)
-        .await?;
-        if has_table.is_none() {
+        if !self.has_table("users").await? {
             return Ok(HashMap::new());
         }
-        let rows: Vec<(String, String)> = sqlx::query_as("SELECT id, email FROM users")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows: Vec<(String, String)> = on_pool!(&self.pool, |pool| {
+            sqlx::query_as("SELECT id, email FROM users")
+                .fetch_all(pool)
+                .await?
+        });
         Ok(rows.into_iter().collect())
     }
 
     pub async fn close(&self) {
-        self.pool.close().await;
+        on_pool!(&self.pool, |pool| pool.close().await);
     }
+}
+
+/// `sql` with its `?` parameters numbered `$1, $2, ...` in order (the form both backends
+/// read), for queries put together from optional conditions. `sql` holds no `?` inside a
+/// string literal.
+pub(super) fn numbered(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut n = 0;
+    for ch in sql.chars() {
+        if ch == '?' {
+            n += 1;
+            out.push_str(&format!("${n}"));
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+/// `$from, $from+1, ...`: `n` numbered parameters for an `IN (...)` list.
+pub(super) fn placeholders(from: usize, n: usize) -> String {
+    (from..from + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn describe_open_error(e: &sqlx::Error) -> String {
     let text = e.to_string();
-    if text.contains("file is not a database") || text.contains("not a database") {
+    if text.contains("password authentication failed") {
+        format!(
+            "{text} (set the password in audit.password_file or the systemd credential `audit_password`)"
+        )
+    } else if text.contains("file is not a database") || text.contains("not a database") {
         "the file exists but is not an SQLite database (was audit.path pointed at another file?); it was not changed".into()
     } else if text.contains("unable to open") {
         format!("cannot open the file ({text}); check that the folder exists and is writable")

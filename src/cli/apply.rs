@@ -120,7 +120,7 @@ pub(super) async fn run(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<u8> {
             "{}: refused: this file is not the plan {} that `once --dry-run --out` wrote and recorded in {} (the file was edited, or comes from another audit log); make a new plan",
             args.plan.display(),
             plan.plan_id,
-            config.audit.path.display()
+            config.audit_location()
         ))
         .into());
     }

@@ -78,7 +78,18 @@ pub struct AuditQuery {
 pub(super) async fn open_audit(cli: &Cli, db: &Option<PathBuf>) -> anyhow::Result<AuditStore> {
     let path = match db {
         Some(p) => p.clone(),
-        None => load_config(cli)?.audit.path,
+        None => {
+            let config = load_config(cli)?;
+            if let Some(url) = &config.audit.url {
+                let password = config.audit_password()?;
+                return Ok(AuditStore::open_postgres_read_only(
+                    url,
+                    password.as_ref().map(crate::secret::Secret::expose),
+                )
+                .await?);
+            }
+            config.audit.path
+        }
     };
     if !path.exists() {
         anyhow::bail!(

@@ -159,7 +159,7 @@ async fn pass(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
         version = %env!("CARGO_PKG_VERSION"),
         mode = %if args.dry_run || config.daemon.dry_run { "dry-run (nothing is sent)" } else { "live" },
         url = %ctx.client.base_url(),
-        audit = %config.audit.path.display(),
+        audit = %config.audit_location(),
         rules = set.rules.len(),
         "one pass"
     );
@@ -284,7 +284,7 @@ async fn every_server(
             version = %env!("CARGO_PKG_VERSION"),
             instance = %ctx.instance,
             url = %ctx.client.base_url(),
-            audit = %config.audit.path.display(),
+            audit = %config.audit_location(),
             rules = set.rules.len(),
             "one pass"
         );

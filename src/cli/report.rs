@@ -63,13 +63,9 @@ pub(super) async fn run(cli: &Cli, args: &ReportArgs) -> anyhow::Result<u8> {
     let server_url = Config::load(&config_path(cli))
         .map(|c| c.stellar.url)
         .unwrap_or_else(|_| "(no config read)".into());
-    let db = match &args.db {
-        Some(p) => p.clone(),
-        None => super::load_config(cli)?.audit.path,
-    };
     let source = Source {
         server_url,
-        audit_db: db.display().to_string(),
+        audit_db: store.location(),
     };
     let progress = super::progress::spinner("reading the audit log");
     let review = Review::build(&store, &period, source).await?;

@@ -45,7 +45,7 @@ pub(super) async fn run(cli: &Cli, args: &RevertArgs) -> anyhow::Result<u8> {
     if !ctx.audit.passes().await?.iter().any(|p| &p.id == pass) {
         return Err(Exit::config(format!(
             "no pass {pass} in {} (the PASS column of `casewarden audit` names them)",
-            config.audit.path.display()
+            config.audit_location()
         ))
         .into());
     }

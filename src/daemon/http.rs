@@ -216,7 +216,7 @@ async fn live_view(State(shared): State<Arc<Shared>>, Query(p): Query<ViewParams
     };
     let source = Source {
         server_url: shared.config.stellar.url.clone(),
-        audit_db: shared.config.audit.path.display().to_string(),
+        audit_db: shared.config.audit_location(),
     };
     match Review::build(&shared.ctx.audit, &period, source).await {
         Ok(review) => Html(crate::review::render(&review, true)).into_response(),

@@ -123,7 +123,7 @@ pub async fn run_until(
         url = %c.stellar.url,
         api_flavor = ?c.stellar.api_flavor,
         detected_flavor = ?shared.ctx.client.known_flavor(),
-        audit = %c.audit.path.display(),
+        audit = %c.audit_location(),
         rules = shared.state().rules.rules.len(),
         "casewarden started"
     );

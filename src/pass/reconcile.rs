@@ -53,7 +53,7 @@ pub async fn reconcile(
         && let Some(last) = previous.and_then(|p| parse(&p.heartbeat_at))
     {
         // Its last request may have left up to one heartbeat after the last one recorded.
-        let settled_at = last + window + crate::audit::HEARTBEAT;
+        let settled_at = last + window + ctx.audit.quiet_after_heartbeat();
         let wait = (settled_at - chrono::Utc::now())
             .to_std()
             .unwrap_or_default();
