@@ -58,6 +58,9 @@ pub struct Metrics {
     pub ticks_skipped: Counter,
     pub rule_errors: Family<RuleLabels, Counter>,
     pub last_success: Gauge,
+    /// 1 while this daemon may run passes (the leader, or alone on a SQLite file).
+    pub leader: Gauge,
+    pub lease_epoch: Gauge,
     pub notifications: Family<NotifyLabels, Counter>,
     tenant_changes: Family<TenantLabels, Counter>,
     tenants_labelled: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -75,6 +78,18 @@ impl Metrics {
         let ticks_skipped = Counter::default();
         let rule_errors = Family::<RuleLabels, Counter>::default();
         let last_success = Gauge::default();
+        let leader = Gauge::default();
+        let lease_epoch = Gauge::default();
+        registry.register(
+            "leader",
+            "1 when this daemon runs the passes (the leader of the replicas sharing a PostgreSQL log, or alone on a SQLite file), 0 when a follower",
+            leader.clone(),
+        );
+        registry.register(
+            "lease_epoch",
+            "The epoch of the audit log's lease this daemon leads with (0: not leading, or on a SQLite file)",
+            lease_epoch.clone(),
+        );
         let notifications = Family::<NotifyLabels, Counter>::default();
         let tenant_changes = Family::<TenantLabels, Counter>::default();
         registry.register(
@@ -139,6 +154,8 @@ impl Metrics {
             ticks_skipped,
             rule_errors,
             last_success,
+            leader,
+            lease_epoch,
             notifications,
             tenant_changes,
             tenants_labelled: Default::default(),

@@ -1,5 +1,5 @@
 -- The audit log in PostgreSQL, for replicas sharing one record: the same tables, columns
--- and append-only guarantees as the SQLite log (migrations/sqlite 0001-0007), in one step.
+-- and append-only guarantees as the SQLite log (migrations/sqlite 0001-0008), in one step.
 
 -- One row per pass: what ran, over how many cases, and how it ended. A finished row is
 -- sealed: its hash covers every field and the events chain head when it finished.
@@ -18,7 +18,8 @@ CREATE TABLE passes (
     status            TEXT NOT NULL,
     error             TEXT,
     chain_head        TEXT,
-    hash              TEXT
+    hash              TEXT,
+    instance          TEXT
 );
 
 -- The append-only, hash-chained record of every decision and outcome. `tenant`,

@@ -89,6 +89,11 @@ impl PassRow {
             t.error,
             self.chain_head,
         ]);
+        // A pass recorded before servers were hashes as it did then.
+        let canonical = match &self.instance {
+            None => canonical,
+            Some(instance) => serde_json::json!([canonical, instance]),
+        };
         hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
     }
 }
@@ -264,6 +269,23 @@ mod tests {
         assert_eq!(
             row.compute_hash(),
             "d89b468f19f112cea8729dd2cd7dbad17f0201f50fe6d422e460ba85a3913669"
+        );
+        // With a lease epoch: `[[...], tenant or null, instance or null, epoch]`.
+        let row = EventRow {
+            epoch: Some(3),
+            ..row
+        };
+        assert_eq!(
+            row.compute_hash(),
+            "8533ad23af369b8ee6078744830b27ada13e47ef068a2187f653ae63e2bbb96b"
+        );
+        let row = EventRow {
+            instance: None,
+            ..row
+        };
+        assert_eq!(
+            row.compute_hash(),
+            "019c283666c0bc13d3b717d247310649f04ed5f519d662f1df72196be25807fa"
         );
     }
 }

@@ -56,7 +56,7 @@ impl Fence {
 }
 
 /// The lease row: who holds (or last held) the claim.
-#[derive(Debug, Clone, FromRow, PartialEq)]
+#[derive(Debug, Clone, FromRow, PartialEq, serde::Serialize)]
 pub struct Lease {
     pub holder: String,
     pub pid: i64,
@@ -173,6 +173,12 @@ impl AuditStore {
     async fn try_claim(&self) -> Result<Claim, ClaimError> {
         let mut slot = self.claim.lock().await;
         if let Some(shared) = slot.shared.as_ref().and_then(std::sync::Weak::upgrade) {
+            // A share of a lost lease is no claim: passes still holding it are stopping.
+            if shared.fence.is_lost() {
+                return Err(ClaimError::Held(Held {
+                    holder: self.lease().await.ok().flatten(),
+                }));
+            }
             return Ok(Claim {
                 shared,
                 previous: slot.previous.clone(),

@@ -226,6 +226,8 @@ pub struct PassRow {
     pub chain_head: Option<String>,
     /// SHA-256 over the finished row (chain head included); None while it runs.
     pub hash: Option<String>,
+    /// The server it ran on (None: recorded before servers were).
+    pub instance: Option<String>,
 }
 
 /// Totals of a finished pass.

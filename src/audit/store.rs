@@ -499,13 +499,14 @@ impl AuditStore {
     ) -> Result<(), AuditError> {
         on_pool!(&self.pool, |pool| {
             sqlx::query(
-                "INSERT INTO passes (id, started_at, trigger_kind, rules_fingerprint, dry_run, status) VALUES ($1, $2, $3, $4, $5, 'running')",
+                "INSERT INTO passes (id, started_at, trigger_kind, rules_fingerprint, dry_run, status, instance) VALUES ($1, $2, $3, $4, $5, 'running', $6)",
             )
             .bind(id)
             .bind(timestamp(chrono::Utc::now()))
             .bind(trigger)
             .bind(fingerprint)
             .bind(dry_run)
+            .bind(self.instance.as_deref())
             .execute(pool)
             .await?;
         });
@@ -574,6 +575,20 @@ impl AuditStore {
             sqlx::query_as("SELECT * FROM passes ORDER BY started_at, id")
                 .fetch_all(pool)
                 .await?
+        }))
+    }
+
+    /// The newest pass of each server (passes recorded before servers were count as
+    /// `default`), by server name.
+    pub async fn last_passes(&self) -> Result<Vec<PassRow>, AuditError> {
+        Ok(on_pool!(&self.pool, |pool| {
+            sqlx::query_as(
+                "SELECT * FROM passes p WHERE started_at = (SELECT MAX(started_at) FROM passes q \
+                 WHERE COALESCE(q.instance, 'default') = COALESCE(p.instance, 'default')) \
+                 ORDER BY COALESCE(instance, 'default'), id",
+            )
+            .fetch_all(pool)
+            .await?
         }))
     }
 

@@ -15,6 +15,7 @@ mod report;
 mod revert;
 mod run;
 mod simulate;
+mod status;
 mod test;
 mod test_rule;
 
@@ -100,6 +101,9 @@ pub enum Command {
     /// Write the audit review: one self-contained HTML page (or JSON) with changes per rule
     /// and day, guard halts, breaker trips, passes, failures and case timelines
     Report(ReportArgs),
+    /// Who leads the replicas sharing the audit log (holder, epoch, lease expiry) and the
+    /// last pass on each server; reads the log only
+    Status(status::StatusArgs),
     /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout
     Completions(CompletionsArgs),
     /// Print the man pages (roff) of casewarden and its commands to stdout
@@ -131,6 +135,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Simulate(args) => simulate::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Report(args) => report::run(&cli, args).await,
+        Command::Status(args) => status::run(&cli, args).await,
         Command::Completions(args) => completions::completions(args),
         Command::Man => completions::man(),
     }

@@ -126,6 +126,8 @@ async fn health(shared: &Shared) -> (StatusCode, axum::Json<serde_json::Value>) 
         .map(|d| d.as_secs());
     let body = serde_json::json!({
         "status": status,
+        "role": shared.leader.role(),
+        "lease_epoch": shared.leader.epoch(),
         "reasons": reasons,
         "warnings": warnings,
         "disabled_rules": disabled,

@@ -5,6 +5,7 @@
 
 mod breaker;
 mod http;
+mod leader;
 mod notices;
 mod schedule;
 mod systemd;
@@ -46,6 +47,8 @@ struct Shared {
     notifier: Notifier,
     state: Mutex<State>,
     cancel: Arc<AtomicBool>,
+    /// Among replicas sharing a PostgreSQL log, whether this one leads.
+    leader: leader::Leadership,
 }
 
 /// The daemon's changing state, behind one lock (never held across an await).
@@ -115,7 +118,19 @@ pub async fn run_until(
     let watchdog = systemd::watchdog_interval();
     let mut pet = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
     let mut passes: JoinSet<()> = JoinSet::new();
-    systemd::ready("waiting for the first tick");
+    let leading = shared
+        .ctx
+        .audit
+        .is_shared()
+        .then(|| tokio::spawn(leader::keep(shared.clone())));
+    if leading.is_none() {
+        shared.metrics.leader.set(1);
+    }
+    systemd::ready(if leading.is_some() {
+        "a replica: leads when it holds the audit log's lease"
+    } else {
+        "waiting for the first tick"
+    });
     let c = &shared.config;
     tracing::info!(
         version = %env!("CARGO_PKG_VERSION"),
@@ -152,6 +167,9 @@ pub async fn run_until(
     systemd::stopping();
     shared.cancel.store(true, Ordering::SeqCst);
     schedule.shutdown().await;
+    if let Some(task) = leading {
+        task.abort();
+    }
     let code = drain(&shared, passes, force).await;
     digests.abort_all();
     shared.notifier.send(notices::stopped(code));
@@ -181,9 +199,13 @@ async fn start(config: Config) -> anyhow::Result<(Arc<Shared>, Delivery)> {
             }
             Ok(()) => {}
         }
-        settle_at_start(i).await;
+        // Replicas settle what the previous leader left when they take the lead.
+        if !i.audit.is_shared() {
+            settle_at_start(i).await;
+        }
     }
     let (notifier, delivery) = Notifier::start(targets, metrics.clone());
+    let ctx_shared = ctx.audit.is_shared();
     let shared = Arc::new(Shared {
         ctx,
         instances,
@@ -198,6 +220,7 @@ async fn start(config: Config) -> anyhow::Result<(Arc<Shared>, Delivery)> {
             last_good: None,
         }),
         cancel: Arc::new(AtomicBool::new(false)),
+        leader: leader::Leadership::new(ctx_shared),
         config,
     });
     if let Some(listen) = shared.config.daemon.listen.clone() {
@@ -244,7 +267,11 @@ async fn drain(shared: &Shared, mut passes: JoinSet<()>, force: impl Future<Outp
         );
         passes.abort_all();
     }
-    let _ = shared.ctx.audit.mark_interrupted_passes().await;
+    // A follower's log holds the leader's running passes: not interrupted.
+    if shared.leader.may_run() {
+        let _ = shared.ctx.audit.mark_interrupted_passes().await;
+    }
+    shared.leader.resign().await;
     shared.ctx.audit.close().await;
     tracing::info!("stopped");
     0
@@ -252,6 +279,10 @@ async fn drain(shared: &Shared, mut passes: JoinSet<()>, force: impl Future<Outp
 
 /// Runs one pass for the rules of the due schedules that are not still running.
 fn start_pass(shared: &Arc<Shared>, due: BTreeSet<String>, passes: &mut JoinSet<()>) {
+    if !shared.leader.may_run() {
+        tracing::debug!("a follower: the leader runs the passes");
+        return;
+    }
     let (set, names, schedules) = {
         let mut state = shared.state();
         let set = state.rules.clone();
@@ -281,6 +312,7 @@ fn start_pass(shared: &Arc<Shared>, due: BTreeSet<String>, passes: &mut JoinSet<
     if schedules.is_empty() {
         return;
     }
+
     let shared = shared.clone();
     passes.spawn(async move {
         // One pass per server, one after the other; a server that fails does not stop

@@ -69,6 +69,8 @@ pub(super) struct Applier {
     /// `daemon.pass_timeout_secs` after the pass began: nothing is sent after it.
     pub(super) deadline: tokio::time::Instant,
     pub(super) comment_changes: bool,
+    /// The log, to ask whether this process still holds its lease before each send.
+    pub(super) audit: crate::audit::AuditStore,
 }
 
 impl Applier {
@@ -124,6 +126,15 @@ impl Applier {
             Some(why) => Some(why),
             None => self.changed_since_listed(&p).await,
         };
+        // Checked last, right before the request: the read-back above may have waited
+        // while this process was paused past its lease.
+        let stop = stop.or_else(|| {
+            self.audit.lease_lost().then(|| {
+                NotApplied::skipped(
+                    "not sent: this process no longer holds the audit log's lease (another replica leads); the leader decides again",
+                )
+            })
+        });
         let outcomes = if let Some(why) = stop {
             p.decisions
                 .iter()

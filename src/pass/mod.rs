@@ -1052,6 +1052,7 @@ impl Stage<'_> {
             wrong_flavor: std::sync::OnceLock::new(),
             deadline,
             comment_changes: ctx.settings.comment_changes,
+            audit: ctx.audit.clone(),
         });
         let total = work.len() as u64;
         let mut done = 0;

@@ -1,0 +1,115 @@
+//! `casewarden status`: the audit log's lease (on replicas, the leader) and the last pass
+//! on each server, read from the log without writing to it.
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+
+use super::Cli;
+use crate::audit::{Lease, PassRow};
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Output format
+    #[arg(long, value_enum, default_value_t = StatusFormat::Text)]
+    pub format: StatusFormat,
+    /// Audit DB file [default: audit.url or audit.path from the config]
+    #[arg(long, value_name = "PATH")]
+    pub db: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum StatusFormat {
+    Text,
+    Json,
+}
+
+/// What `status --format json` prints.
+#[derive(Debug, Serialize)]
+struct Status {
+    audit_log: String,
+    /// `postgres` (replicas elect a leader) or `sqlite` (one host).
+    backend: &'static str,
+    /// The lease as the log holds it; `live` says whether it is held now.
+    lease: Option<LeaseStatus>,
+    /// The newest pass of each server.
+    last_passes: Vec<PassRow>,
+}
+
+#[derive(Debug, Serialize)]
+struct LeaseStatus {
+    #[serde(flatten)]
+    row: Lease,
+    live: bool,
+}
+
+pub(super) async fn run(cli: &Cli, args: &StatusArgs) -> anyhow::Result<u8> {
+    let store = super::audit::open_audit(cli, &args.db).await?;
+    let now = crate::time::timestamp(chrono::Utc::now());
+    let status = Status {
+        audit_log: store.location(),
+        backend: if store.is_shared() {
+            "postgres"
+        } else {
+            "sqlite"
+        },
+        lease: store.lease().await?.map(|row| LeaseStatus {
+            live: !row.released && row.expires_at > now,
+            row,
+        }),
+        last_passes: store.last_passes().await?,
+    };
+    match args.format {
+        StatusFormat::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+        StatusFormat::Text => print!("{}", text(&status)),
+    }
+    Ok(0)
+}
+
+fn text(s: &Status) -> String {
+    let mut out = format!("audit log  {} ({})\n", s.audit_log, s.backend);
+    let who = if s.backend == "postgres" {
+        "leader"
+    } else {
+        "writer"
+    };
+    match &s.lease {
+        None => out.push_str(&format!("{who:<10} none: no pass has run on this log\n")),
+        Some(l) => {
+            let r = &l.row;
+            let state = if l.live {
+                format!("expires {}", r.expires_at)
+            } else if r.released {
+                format!("released at {}: nobody holds it", r.heartbeat_at)
+            } else {
+                format!("EXPIRED at {}: nobody renews it", r.expires_at)
+            };
+            let holder = if l.live { who } else { "last" };
+            out.push_str(&format!(
+                "{holder:<10} pid {} on {} (holder {}), epoch {}\nlease      {state}\n",
+                r.pid, r.host, r.holder, r.epoch
+            ));
+        }
+    }
+    if s.last_passes.is_empty() {
+        out.push_str("last pass  none\n");
+    }
+    for p in &s.last_passes {
+        let t = &p.totals;
+        out.push_str(&format!(
+            "last pass  {:<10} {} {}{} started {} finished {}: planned {}, applied {}, failed {}, skipped {}\n",
+            p.instance.as_deref().unwrap_or(crate::config::DEFAULT_INSTANCE),
+            p.id,
+            t.status,
+            if p.dry_run { " (dry run)" } else { "" },
+            p.started_at,
+            p.finished_at.as_deref().unwrap_or("-"),
+            t.planned,
+            t.applied,
+            t.failed,
+            t.skipped,
+        ));
+    }
+    out
+}
