@@ -12,19 +12,19 @@ use serde_json::json;
 
 use crate::common::*;
 
-const TAG_ALL: &str =
+pub const TAG_ALL: &str =
     "const RULE = #{ name: \"tag-all\" };\nfn evaluate(c) { add_tag(\"seen\", \"test\"); }\n";
-const GUARD_OFF: &str =
+pub const GUARD_OFF: &str =
     "max_change_fraction = 1.0\ncomment_changes = false\nmax_changes_per_run = 100000";
 
 /// Cases whose history holds an API change of the tag the rule adds.
-fn tagged_by_api(sim: &Simulator) -> HashSet<String> {
+pub fn tagged_by_api(sim: &Simulator) -> HashSet<String> {
     changed_by_api(sim, Some("tags"))
 }
 
 /// Every change the server saw has an `applied` row; every `applied` row is a change
 /// the server saw; every planned row is settled; no change was applied twice.
-fn assert_agreement(sim: &Simulator, rows: &[EventRow]) {
+pub fn assert_agreement(sim: &Simulator, rows: &[EventRow]) {
     let server = tagged_by_api(sim);
     let applied: HashSet<String> = rows
         .iter()
@@ -62,7 +62,7 @@ fn assert_agreement(sim: &Simulator, rows: &[EventRow]) {
     }
 }
 
-fn workspace(sim: &Simulator, extra: &str) -> Workspace {
+pub fn workspace(sim: &Simulator, extra: &str) -> Workspace {
     Workspace::new(
         &sim.url,
         "legacy",
@@ -72,7 +72,7 @@ fn workspace(sim: &Simulator, extra: &str) -> Workspace {
 }
 
 /// Replaces the workspace's timeout and retry settings with `extra`.
-fn set_stellar(ws: &Workspace, extra: &str) {
+pub fn set_stellar(ws: &Workspace, extra: &str) {
     ws.edit_config(
         "timeout_secs = 5\nmax_attempts = 3\nretry_base_ms = 20",
         extra,

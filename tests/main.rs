@@ -12,6 +12,7 @@ mod faults;
 mod fuzz;
 mod pass;
 mod real_api;
+mod replicas;
 mod review;
 mod rules_cli;
 mod tenants;

@@ -4,6 +4,7 @@
 //! `export` prints them, `lease` keeps to one writer at a time.
 
 mod chain;
+mod copy;
 pub mod export;
 mod lease;
 mod query;
@@ -12,6 +13,7 @@ mod store;
 
 pub use crate::time::timestamp;
 pub use chain::{GENESIS, Verification};
+pub use copy::{Copied, CopyError};
 pub use lease::{Claim, ClaimError, Fence, Held, Lease, LeaseTimes};
 pub use query::Filter;
 pub use stats::{CaseCount, DayCount, FailureGroup, GroupCount, Period, RuleVersion, Step};

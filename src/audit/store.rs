@@ -19,8 +19,8 @@ use super::{
     Unsettled, lease, timestamp,
 };
 
-/// Rows per INSERT statement (18 parameters each).
-const ROWS_PER_INSERT: usize = 100;
+/// Rows per INSERT statement (21 parameters each).
+pub(super) const ROWS_PER_INSERT: usize = 100;
 
 /// The database behind the log.
 #[derive(Clone)]
@@ -70,6 +70,44 @@ impl Backend for PgPool {
         Ok(tx)
     }
 }
+
+/// Inserts `$rows` (hashed [`EventRow`]s) through `$conn`, as they are. Multi-row
+/// INSERTs: one statement per ROWS_PER_INSERT rows, well under either backend's limit of
+/// bound parameters, cut the per-statement cost that dominates otherwise.
+macro_rules! insert_events {
+    ($conn:expr, $rows:expr) => {
+        for chunk in $rows.chunks(ROWS_PER_INSERT) {
+            let mut q = sqlx::QueryBuilder::new(
+                "INSERT INTO events (seq, run_id, recorded_at, rule, rule_hash, case_id, ticket_id, field, old, new, reason, dry_run, outcome, error, http_status, planned_seq, prev_hash, hash, tenant, instance, epoch) ",
+            );
+            q.push_values(chunk, |mut b, row| {
+                b.push_bind(row.seq)
+                    .push_bind(row.run_id.clone())
+                    .push_bind(row.recorded_at.clone())
+                    .push_bind(row.rule.clone())
+                    .push_bind(row.rule_hash.clone())
+                    .push_bind(row.case_id.clone())
+                    .push_bind(row.ticket_id)
+                    .push_bind(row.field.clone())
+                    .push_bind(row.old.clone())
+                    .push_bind(row.new.clone())
+                    .push_bind(row.reason.clone())
+                    .push_bind(row.dry_run)
+                    .push_bind(row.outcome.as_str())
+                    .push_bind(row.error.clone())
+                    .push_bind(row.http_status)
+                    .push_bind(row.planned_seq)
+                    .push_bind(row.prev_hash.clone())
+                    .push_bind(row.hash.clone())
+                    .push_bind(row.tenant.clone())
+                    .push_bind(row.instance.clone())
+                    .push_bind(row.epoch);
+            });
+            q.build().execute($conn).await?;
+        }
+    };
+}
+pub(super) use insert_events;
 
 #[derive(Clone)]
 pub struct AuditStore {
@@ -401,38 +439,7 @@ impl AuditStore {
             }
             let epoch = fence.map(|f| f.epoch);
             let rows = self.rows(events, head, epoch);
-            // Multi-row INSERTs: one statement per ROWS_PER_INSERT rows, well under either
-            // backend's limit of bound parameters, cut the per-statement cost that
-            // dominates otherwise.
-            for chunk in rows.chunks(ROWS_PER_INSERT) {
-                let mut q = sqlx::QueryBuilder::new(
-                    "INSERT INTO events (seq, run_id, recorded_at, rule, rule_hash, case_id, ticket_id, field, old, new, reason, dry_run, outcome, error, http_status, planned_seq, prev_hash, hash, tenant, instance, epoch) ",
-                );
-                q.push_values(chunk, |mut b, row| {
-                    b.push_bind(row.seq)
-                        .push_bind(row.run_id.clone())
-                        .push_bind(row.recorded_at.clone())
-                        .push_bind(row.rule.clone())
-                        .push_bind(row.rule_hash.clone())
-                        .push_bind(row.case_id.clone())
-                        .push_bind(row.ticket_id)
-                        .push_bind(row.field.clone())
-                        .push_bind(row.old.clone())
-                        .push_bind(row.new.clone())
-                        .push_bind(row.reason.clone())
-                        .push_bind(row.dry_run)
-                        .push_bind(row.outcome.as_str())
-                        .push_bind(row.error.clone())
-                        .push_bind(row.http_status)
-                        .push_bind(row.planned_seq)
-                        .push_bind(row.prev_hash.clone())
-                        .push_bind(row.hash.clone())
-                        .push_bind(row.tenant.clone())
-                        .push_bind(row.instance.clone())
-                        .push_bind(row.epoch);
-                });
-                q.build().execute(&mut *tx).await?;
-            }
+            insert_events!(&mut *tx, &rows);
             tx.commit().await?;
             Ok(rows.iter().map(|r| r.seq).collect())
         })

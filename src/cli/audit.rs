@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use futures::StreamExt;
 
+use super::exit::Exit;
 use super::{Cli, load_config};
 use crate::audit::export::{Format, Printer, parse_time};
 use crate::audit::{AuditStore, Filter, Outcome, Verification};
@@ -26,6 +27,20 @@ pub enum AuditCommand {
         #[arg(long, value_name = "HASH")]
         expect_head: Option<String>,
         /// Audit DB file [default: audit.path from the config]
+        #[arg(long, value_name = "PATH")]
+        db: Option<PathBuf>,
+    },
+    /// Copy a SQLite log into PostgreSQL (for replicas): every row as it is, then both
+    /// chains verified to the same head; an interrupted copy resumes. Stop the daemon first
+    Migrate {
+        /// The PostgreSQL database: postgres://user@host[:port]/db (no password in it)
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// File holding the PostgreSQL password [default: audit.password_file, the systemd
+        /// credential audit_password, PGPASSWORD or ~/.pgpass]
+        #[arg(long, value_name = "PATH")]
+        password_file: Option<PathBuf>,
+        /// The SQLite file to copy [default: audit.path from the config]
         #[arg(long, value_name = "PATH")]
         db: Option<PathBuf>,
     },
@@ -101,7 +116,82 @@ pub(super) async fn open_audit(cli: &Cli, db: &Option<PathBuf>) -> anyhow::Resul
     Ok(AuditStore::open_read_only(&path).await?)
 }
 
+/// `audit migrate`: the SQLite log, held against writers, copied into PostgreSQL.
+async fn migrate(
+    cli: &Cli,
+    to: &str,
+    password_file: &Option<PathBuf>,
+    db: &Option<PathBuf>,
+) -> anyhow::Result<u8> {
+    crate::config::check_postgres_url(to).map_err(|e| Exit::config(format!("--to: {e}")))?;
+    let config = if db.is_none() || password_file.is_none() {
+        Some(load_config(cli)?)
+    } else {
+        None
+    };
+    let path = match (db, &config) {
+        (Some(p), _) => p.clone(),
+        (None, Some(c)) => c.audit.path.clone(),
+        (None, None) => unreachable!("the config is read when --db is not given"),
+    };
+    if !path.is_file() {
+        return Err(Exit::config(format!("audit DB {} does not exist", path.display())).into());
+    }
+    let password = match (password_file, &config) {
+        (Some(f), _) => Some(crate::secret::Secret::new(
+            std::fs::read_to_string(f)
+                .map_err(|e| Exit::config(format!("--password-file {}: {e}", f.display())))?
+                .trim_end_matches(['\n', '\r']),
+        )),
+        (None, Some(c)) => c.audit_password()?,
+        (None, None) => None,
+    };
+    let source = AuditStore::open(&path).await?;
+    // No pass may write the file while it is copied.
+    let claim = source
+        .claim(std::time::Duration::ZERO)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}; stop the daemon before moving its log"))?;
+    let target = AuditStore::open_postgres(to, password.as_ref().map(|p| p.expose())).await?;
+    let bar = super::progress::spinner("copying rows");
+    let copied = source
+        .copy_into(&target, |n| bar.set_message(format!("{n} row(s) copied")))
+        .await;
+    bar.finish_and_clear();
+    claim.release().await;
+    let copied = copied?;
+    println!(
+        "copied {} row(s) and {} pass(es) from {} into {}{}",
+        copied.rows,
+        copied.passes,
+        path.display(),
+        target.location(),
+        if copied.already > 0 {
+            format!(" (it held the first {} already)", copied.already)
+        } else {
+            String::new()
+        }
+    );
+    println!(
+        "ok: the PostgreSQL log verifies: {} row(s), head {} (the same head as the file)",
+        copied.total, copied.head
+    );
+    println!(
+        "next: set audit.url = \"{}\" in the config of every replica (audit.path is then unused) and keep the file as evidence",
+        target.location()
+    );
+    Ok(0)
+}
+
 pub(super) async fn run(cli: &Cli, args: &AuditArgs) -> anyhow::Result<u8> {
+    if let Some(AuditCommand::Migrate {
+        to,
+        password_file,
+        db,
+    }) = &args.verify
+    {
+        return migrate(cli, to, password_file, db).await;
+    }
     if let Some(AuditCommand::Verify { expect_head, db }) = &args.verify {
         let store = open_audit(cli, db).await?;
         let result = store.verify().await?;

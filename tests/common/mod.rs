@@ -222,6 +222,10 @@ impl Daemon {
         }
     }
 
+    pub fn pid(&self) -> i64 {
+        i64::from(self.child.id().unwrap())
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
