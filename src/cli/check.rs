@@ -81,8 +81,51 @@ pub(super) async fn run(cli: &Cli, args: &CheckArgs) -> anyhow::Result<u8> {
         for s in config.servers() {
             probe_server(&config, s).await?;
         }
+        if config.audit.url.is_some() {
+            probe_audit(&config).await?;
+        }
     }
     Ok(0)
+}
+
+/// `check` online with the log in PostgreSQL: it answers, with this password, and who
+/// holds the lease. Reads only.
+async fn probe_audit(config: &Config) -> Result<(), Exit> {
+    let url = config.audit.url.as_deref().unwrap_or_default();
+    let password = config.audit_password().map_err(Exit::config)?;
+    let store = crate::audit::AuditStore::open_postgres_read_only(
+        url,
+        password.as_ref().map(crate::secret::Secret::expose),
+    )
+    .await;
+    let lease = match store {
+        Ok(store) => store.lease().await,
+        Err(e) => Err(e),
+    };
+    match lease {
+        Ok(Some(l)) => println!(
+            "audit log {}: reachable; lease epoch {} last held by pid {} on {}",
+            config.audit_location(),
+            l.epoch,
+            l.pid,
+            l.host
+        ),
+        Ok(None) => println!(
+            "audit log {}: reachable; no replica has led yet",
+            config.audit_location()
+        ),
+        // Not created yet: the first daemon creates the tables.
+        Err(crate::audit::AuditError::Open { message, .. })
+            if message.contains("no events table") =>
+        {
+            println!(
+                "audit log {}: reachable; its tables are created when the first replica starts",
+                config.audit_location()
+            )
+        }
+        Err(e) => return Err(Exit::config(format!("audit.url: {e}"))),
+    }
+    Ok(())
 }
 
 /// `check` online: the key is accepted, a page of cases lists, and which update flavour

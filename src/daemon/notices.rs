@@ -135,6 +135,10 @@ pub(super) fn digests(shared: &Arc<Shared>) -> JoinSet<()> {
                 };
                 let wait = (next - now).to_std().unwrap_or(Duration::ZERO);
                 tokio::time::sleep(wait).await;
+                // Replicas share one log: the leader alone tells about it.
+                if !shared.leader.may_run() {
+                    continue;
+                }
                 match digest(&shared, i).await {
                     Ok(n) => shared.notifier.send(n),
                     Err(e) => tracing::error!(error = %e, "cannot read the audit log for the daily digest"),
