@@ -4,8 +4,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::audit::AuditError;
-use crate::config::{Config, OpenAuditError};
+use std::time::Duration;
+
+use crate::audit::{AuditError, AuditStore, LeaseTimes};
+use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pass::{PassContext, PassSettings};
 use crate::rules::{RuleError, RuleSet};
@@ -34,13 +36,31 @@ pub enum StartError {
     Audit(#[from] AuditError),
 }
 
-impl From<OpenAuditError> for StartError {
-    fn from(e: OpenAuditError) -> StartError {
-        match e {
-            OpenAuditError::Config(e) => StartError::Setup(e.into()),
-            OpenAuditError::Audit(e) => StartError::Audit(e),
+/// Opens the configured audit log for writing: the SQLite file, or PostgreSQL.
+pub async fn open_audit(config: &Config) -> Result<AuditStore, StartError> {
+    let a = &config.audit;
+    let store = match &a.url {
+        Some(url) => {
+            let password = config
+                .audit_password()
+                .map_err(|e| StartError::Setup(e.into()))?;
+            AuditStore::open_postgres(url, password.as_ref().map(|p| p.expose()))
+                .await?
+                .with_lease_times(LeaseTimes {
+                    ttl: Duration::from_secs(a.lease_secs),
+                    renew: Duration::from_secs(a.lease_renew_secs),
+                })
         }
-    }
+        None => {
+            AuditStore::open_with(
+                &a.path,
+                Duration::from_secs(a.busy_timeout_secs),
+                a.max_size_mb,
+            )
+            .await?
+        }
+    };
+    Ok(store.with_head_file(a.head_file.clone()))
 }
 
 fn list(errors: &[RuleError]) -> String {
@@ -62,7 +82,7 @@ impl App {
             },
         )?;
         rules.log_warnings();
-        let audit = config.open_audit().await?;
+        let audit = open_audit(config).await?;
         let mut instances = Vec::new();
         for s in config.servers() {
             let settings = config.client_settings_of(s).map_err(|e| match s.name {

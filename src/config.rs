@@ -34,15 +34,6 @@ impl FlavorSetting {
     }
 }
 
-/// Why the configured audit log could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum OpenAuditError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    Audit(#[from] crate::audit::AuditError),
-}
-
 /// Checks a PostgreSQL URL for the audit log: `postgres://user@host[:port]/db`, with no
 /// password in it (a URL is shown in logs and `status`; the password is kept apart).
 pub fn check_postgres_url(url: &str) -> Result<(), String> {
@@ -689,35 +680,6 @@ impl Config {
             ));
         }
         Ok(Some(Secret::new(password)))
-    }
-
-    /// The lease settings of replicas on PostgreSQL.
-    pub fn lease_times(&self) -> crate::audit::LeaseTimes {
-        crate::audit::LeaseTimes {
-            ttl: std::time::Duration::from_secs(self.audit.lease_secs),
-            renew: std::time::Duration::from_secs(self.audit.lease_renew_secs),
-        }
-    }
-
-    /// Opens the configured audit log for writing: the SQLite file, or PostgreSQL.
-    pub async fn open_audit(&self) -> Result<crate::audit::AuditStore, OpenAuditError> {
-        let store = match &self.audit.url {
-            Some(url) => {
-                let password = self.audit_password()?;
-                crate::audit::AuditStore::open_postgres(url, password.as_ref().map(Secret::expose))
-                    .await?
-                    .with_lease_times(self.lease_times())
-            }
-            None => {
-                crate::audit::AuditStore::open_with(
-                    &self.audit.path,
-                    std::time::Duration::from_secs(self.audit.busy_timeout_secs),
-                    self.audit.max_size_mb,
-                )
-                .await?
-            }
-        };
-        Ok(store.with_head_file(self.audit.head_file.clone()))
     }
 
     fn validate_rest(&self) -> Result<(), ConfigError> {

@@ -435,53 +435,63 @@ fn spawn_once(ws: &Workspace, extra: &[&str]) -> tokio::process::Child {
         .unwrap()
 }
 
+/// The 120 slow cases two racing `once` runs share.
+pub async fn race_sim() -> Simulator {
+    let mut opts = sim_options(120);
+    opts.faults.latency_ms = 3;
+    start(opts).await
+}
+
+/// Starts two `once` runs on `ws` (comments on) `gap` ms apart: one passes, the other
+/// passes after it or is refused, and every case got one tag and one comment.
+pub async fn race_two_onces(sim: &Simulator, ws: &Workspace, gap: u64) {
+    ws.edit_config("comment_changes = false", "comment_changes = true");
+    let first = spawn_once(ws, &["--wait", "0"]);
+    tokio::time::sleep(Duration::from_millis(gap)).await;
+    let second = spawn_once(ws, &["--wait", "0"]);
+    let (a, b) = (
+        first.wait_with_output().await.unwrap(),
+        second.wait_with_output().await.unwrap(),
+    );
+    let codes = [a.status.code(), b.status.code()];
+    assert!(
+        codes.contains(&Some(0)),
+        "gap {gap}: {codes:?} {}",
+        stderr(&b)
+    );
+    for o in [&a, &b] {
+        assert!(
+            matches!(o.status.code(), Some(0) | Some(4)),
+            "gap {gap}: {}",
+            stderr(o)
+        );
+        if o.status.code() == Some(4) {
+            assert!(
+                stderr(o).contains("claimed by another casewarden pass"),
+                "{}",
+                stderr(o)
+            );
+        }
+    }
+    assert_eq!(tagged_by_api(sim).len(), 120, "gap {gap}");
+    let state = sim.state();
+    for (id, comments) in &state.comments {
+        assert_eq!(
+            comments.len(),
+            1,
+            "gap {gap}: {id} got {} comments",
+            comments.len()
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn two_once_runs_started_together_apply_each_change_once() {
     for gap in [0u64, 3, 7, 12, 20, 30, 45, 60, 80, 100] {
-        let mut opts = sim_options(120);
-        opts.faults.latency_ms = 3;
-        let sim = start(opts).await;
+        let sim = race_sim().await;
         let ws = workspace(&sim, "");
-        ws.edit_config("comment_changes = false", "comment_changes = true");
-        let first = spawn_once(&ws, &["--wait", "0"]);
-        tokio::time::sleep(Duration::from_millis(gap)).await;
-        let second = spawn_once(&ws, &["--wait", "0"]);
-        let (a, b) = (
-            first.wait_with_output().await.unwrap(),
-            second.wait_with_output().await.unwrap(),
-        );
-        let codes = [a.status.code(), b.status.code()];
-        assert!(
-            codes.contains(&Some(0)),
-            "gap {gap}: {codes:?} {}",
-            stderr(&b)
-        );
-        for o in [&a, &b] {
-            assert!(
-                matches!(o.status.code(), Some(0) | Some(4)),
-                "gap {gap}: {}",
-                stderr(o)
-            );
-            if o.status.code() == Some(4) {
-                assert!(
-                    stderr(o).contains("claimed by another casewarden pass"),
-                    "{}",
-                    stderr(o)
-                );
-            }
-        }
-        let rows = ws.audit(Filter::default()).await;
-        assert_agreement(&sim, &rows);
-        assert_eq!(tagged_by_api(&sim).len(), 120, "gap {gap}");
-        let state = sim.state();
-        for (id, comments) in &state.comments {
-            assert_eq!(
-                comments.len(),
-                1,
-                "gap {gap}: {id} got {} comments",
-                comments.len()
-            );
-        }
+        race_two_onces(&sim, &ws, gap).await;
+        assert_agreement(&sim, &ws.audit(Filter::default()).await);
     }
 }
 

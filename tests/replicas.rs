@@ -13,7 +13,9 @@ use futures::StreamExt;
 use sqlx::AssertSqlSafe;
 
 use crate::common::*;
-use crate::faults::{TAG_ALL, assert_agreement, set_stellar, tagged_by_api, workspace};
+use crate::faults::{
+    TAG_ALL, assert_agreement, race_sim, race_two_onces, set_stellar, tagged_by_api, workspace,
+};
 
 /// A database of its own on the test server, dropped at the end.
 struct TestDb {
@@ -221,6 +223,19 @@ async fn a_log_in_postgresql_records_verifies_and_refuses_edits_like_the_file() 
         "{text}"
     );
     assert!(!text.contains("hunter2-secret"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_once_runs_on_one_postgresql_log_apply_each_change_once() {
+    for gap in [0u64, 5, 20, 60] {
+        let Some(db) = TestDb::create("two once runs").await else {
+            return;
+        };
+        let sim = race_sim().await;
+        let ws = replica_workspace(&sim, &db, "");
+        race_two_onces(&sim, &ws, gap).await;
+        assert_agreement(&sim, &db.rows().await);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,7 +1,7 @@
 //! The hash chain: every row's hash covers the previous row's hash and its own content,
 //! sealed pass rows name the chain head they saw, and `verify` walks it all.
 
-use super::store::on_pool;
+use super::db::on_pool;
 use super::{AuditError, AuditStore, EventRow, PassRow};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 
 use futures::StreamExt;
 
-use super::store::{Backend, Pool, ROWS_PER_INSERT, insert_events, on_pool};
+use super::db::{Backend, Pool, insert_events, on_pool};
 use super::{AuditError, AuditStore, EventRow, Lease, PassRow, Verification};
 
 /// Rows copied per transaction.

@@ -17,7 +17,7 @@ use std::time::Duration;
 use sqlx::FromRow;
 use tokio::time::Instant;
 
-use super::store::{Backend, Pool, on_pool};
+use super::db::{Backend, Pool, on_pool};
 use super::{AuditError, AuditStore, timestamp};
 
 /// How long a lease lives without renewal, and how often its holder renews it.

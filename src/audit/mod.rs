@@ -5,6 +5,7 @@
 
 mod chain;
 mod copy;
+mod db;
 pub mod export;
 mod lease;
 mod query;

@@ -3,7 +3,7 @@
 use futures::{Stream, StreamExt};
 use sqlx::AssertSqlSafe;
 
-use super::store::{numbered, on_pool};
+use super::db::{numbered, on_pool};
 use super::{AuditError, AuditStore, EventRow, Outcome};
 
 /// Filters for `casewarden audit`.

@@ -4,7 +4,7 @@
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, FromRow};
 
-use super::store::{numbered, on_pool};
+use super::db::{numbered, on_pool};
 use super::{AuditError, AuditStore, PassRow};
 
 /// The rows a report covers: `since <= recorded_at <= until`, one rule or all.
