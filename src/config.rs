@@ -37,26 +37,26 @@ impl FlavorSetting {
 /// Checks a PostgreSQL URL for the audit log: `postgres://user@host[:port]/db`, with no
 /// password in it (a URL is shown in logs and `status`; the password is kept apart).
 pub fn check_postgres_url(url: &str) -> Result<(), String> {
-    let parsed = url::Url::parse(url).map_err(|e| {
-        format!(
-            "{} is not a URL ({e}); expected postgres://user@host/database",
-            crate::secret::redact_url(url)
-        )
-    })?;
+    let parsed = url::Url::parse(url)
+        .map_err(|e| format!("not a URL ({e}); expected postgres://user@host/database"))?;
     if !matches!(parsed.scheme(), "postgres" | "postgresql") {
         return Err(format!(
             "{} is not a PostgreSQL URL: it must start with postgres:// (a SQLite log is set with audit.path)",
             crate::secret::redact_url(url)
         ));
     }
-    if parsed.password().is_some() {
+    if parsed.password().is_some()
+        || parsed
+            .query_pairs()
+            .any(|(k, _)| crate::secret::is_secret_param(&k))
+    {
         return Err(format!(
             "{} holds a password: put it in audit.password_file (or the systemd credential audit_password) instead, so it never shows where the URL is printed",
             crate::secret::redact_url(url)
         ));
     }
     if parsed.host_str().is_none_or(str::is_empty) {
-        return Err(format!("{url} names no host"));
+        return Err(format!("{} names no host", crate::secret::redact_url(url)));
     }
     Ok(())
 }
@@ -620,6 +620,14 @@ impl Config {
         let a = &self.audit;
         if let Some(url) = &a.url {
             check_postgres_url(url).map_err(|e| self.invalid("audit.url", e))?;
+        }
+        if let Some(file) = &a.password_file
+            && !file.is_file()
+        {
+            return Err(self.invalid(
+                "audit.password_file",
+                format!("{}: no such file", file.display()),
+            ));
         }
         if a.lease_secs < 2 || a.lease_secs > 3600 {
             return Err(self.invalid(

@@ -30,18 +30,35 @@ impl fmt::Display for Secret {
     }
 }
 
-/// A URL as it may be shown: any password in it replaced by `***` (a URL that does not
-/// parse is shown only by its scheme).
+/// Query parameters of a URL that carry a secret (libpq's `password`, `sslpassword`).
+pub fn is_secret_param(name: &str) -> bool {
+    name.to_ascii_lowercase().contains("password")
+}
+
+/// A URL as it may be shown: a password in it, as user info or as a `password` query
+/// parameter, replaced by `***`. Text that does not parse as a URL is not shown at all.
 pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("***"));
-            }
-            u.to_string()
-        }
-        Err(_) => format!("{}://…", url.split("://").next().unwrap_or("?")),
+    let Ok(mut u) = url::Url::parse(url) else {
+        return "(a value that is not a URL)".into();
+    };
+    if u.password().is_some() {
+        let _ = u.set_password(Some("***"));
     }
+    if u.query_pairs().any(|(k, _)| is_secret_param(&k)) {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if is_secret_param(&k) {
+                    "***".into()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    u.to_string()
 }
 
 #[cfg(test)]
@@ -59,6 +76,10 @@ mod tests {
             "postgres://cw@db.example.com/audit"
         );
         assert!(!redact_url("postgres://cw:hun ter2@[bad").contains("hun"));
+        assert_eq!(
+            redact_url("postgres://cw@db/audit?sslmode=require&password=hunter2"),
+            "postgres://cw@db/audit?sslmode=require&password=***"
+        );
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub struct Copied {
     pub head: String,
     /// Rows in the target's chain.
     pub total: u64,
+    /// Rows the target holds beyond the source's: the log was moved and continued there.
+    pub continued: i64,
 }
 
 /// Why a copy stopped.
@@ -32,7 +34,7 @@ pub enum CopyError {
     #[error(transparent)]
     Audit(#[from] AuditError),
     #[error(
-        "the target already holds a different log (its row {seq} is not row {seq} of the source): nothing was copied; use an empty database"
+        "the target already holds a different log (its newest row, seq {seq}, is not a row of the source): nothing was copied; use an empty database"
     )]
     Diverged { seq: i64 },
     #[error("the source log does not verify ({0}); fix or restore it before moving it")]
@@ -67,6 +69,22 @@ impl AuditStore {
         };
         let (already, head) = target.head().await?;
         if already > 0 && self.seq_of_hash(&head).await? != Some(already) {
+            // Moved earlier and written since: the target holds the whole source.
+            let (rows, source_last) = self.head().await?;
+            if rows < already && target.seq_of_hash(&source_last).await? == Some(rows) {
+                let total = match target.verify().await? {
+                    Verification::Intact { rows, .. } => rows,
+                    broken => return Err(CopyError::CopyBroken(describe(&broken))),
+                };
+                return Ok(Copied {
+                    already: rows,
+                    rows: 0,
+                    passes: 0,
+                    head: source_head,
+                    total,
+                    continued: already - rows,
+                });
+            }
             return Err(CopyError::Diverged { seq: already });
         }
         let mut rows = on_pool!(&self.pool, |pool| {
@@ -87,6 +105,8 @@ impl AuditStore {
         }
         let passes = self.copy_passes(to).await?;
         self.copy_users_and_lease(to).await?;
+        // Fresh statistics, or the planner scans the whole table for each open change.
+        sqlx::query("ANALYZE events, passes").execute(to).await?;
         match target.verify().await? {
             Verification::Intact { rows, head } if head == source_head => Ok(Copied {
                 already,
@@ -94,6 +114,7 @@ impl AuditStore {
                 passes,
                 head,
                 total: rows,
+                continued: 0,
             }),
             Verification::Intact { head, .. } => Err(CopyError::CopyBroken(format!(
                 "its head is {head}, the source's {source_head}"

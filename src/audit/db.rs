@@ -121,7 +121,7 @@ pub(super) fn placeholders(from: usize, n: usize) -> String {
 }
 
 pub(super) fn describe_open_error(e: &sqlx::Error) -> String {
-    let text = e.to_string();
+    let text = super::db_message(e);
     if text.contains("password authentication failed") {
         format!(
             "{text} (set the password in audit.password_file or the systemd credential `audit_password`)"

@@ -44,13 +44,29 @@ pub enum AuditError {
         current.map_or_else(|| "none".to_string(), |c| c.to_string())
     )]
     Fenced { epoch: i64, current: Option<i64> },
+    /// Not a `source`: its text is already in the message, once.
     #[error("audit DB: {}", with_hint(.0))]
-    Db(#[from] sqlx::Error),
+    Db(sqlx::Error),
+}
+
+impl From<sqlx::Error> for AuditError {
+    fn from(e: sqlx::Error) -> AuditError {
+        AuditError::Db(e)
+    }
+}
+
+/// What the database said: a refusal's own message (PostgreSQL's adds the line of its
+/// own source code that raised it, which means nothing to an operator).
+pub(crate) fn db_message(e: &sqlx::Error) -> String {
+    match e.as_database_error() {
+        Some(d) => format!("error returned from database: {}", d.message()),
+        None => e.to_string(),
+    }
 }
 
 /// The database's message plus what the operator can do about it.
 fn with_hint(e: &sqlx::Error) -> String {
-    let text = e.to_string();
+    let text = db_message(e);
     let hint = if text.contains("full") {
         " (the disk or audit.max_size_mb is full: nothing further is sent until the log can be written; archive the file or raise the limit)"
     } else if text.contains("locked") || text.contains("busy") {

@@ -11,13 +11,17 @@ use std::time::Duration;
 use sqlx::AssertSqlSafe;
 
 use super::db::{Backend, Pool, describe_open_error, insert_events, on_pool, placeholders};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use super::{
     AppliedChange, AuditError, DryRow, EventRow, GENESIS, NewEvent, Outcome, PassRow, PassTotals,
     Unsettled, lease, timestamp,
 };
+
+/// How long opening a PostgreSQL log waits for the server.
+const CONNECT: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct AuditStore {
@@ -150,9 +154,23 @@ impl AuditStore {
         if read_only {
             options = options.options([("default_transaction_read_only", "on")]);
         }
+        // One connection first: a pool only says it timed out, this says why.
+        let first = tokio::time::timeout(CONNECT, PgConnection::connect_with(&options)).await;
+        match first {
+            Ok(Ok(c)) => {
+                let _ = c.close().await;
+            }
+            Ok(Err(e)) => return Err(fail(describe_open_error(&e))),
+            Err(_) => {
+                return Err(fail(format!(
+                    "no answer within {} s: check the host, the port and any firewall between",
+                    CONNECT.as_secs()
+                )));
+            }
+        }
         let pool = PgPoolOptions::new()
             .max_connections(4)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(CONNECT)
             .connect_with(options)
             .await
             .map_err(|e| fail(describe_open_error(&e)))?;
@@ -510,15 +528,38 @@ impl AuditStore {
     }
 
     /// Passes still marked running (a crash or kill interrupted them).
+    /// Seals them `interrupted` (this handle's server's only, when it has one), with the
+    /// changes their rows record: call it once what they left open is settled.
     pub async fn mark_interrupted_passes(&self) -> Result<u64, AuditError> {
+        let sql = format!(
+            "SELECT * FROM passes WHERE status = 'running'{}",
+            self.instance_filter("")
+        );
         let running: Vec<PassRow> = on_pool!(&self.pool, |pool| {
-            sqlx::query_as("SELECT * FROM passes WHERE status = 'running'")
-                .fetch_all(pool)
-                .await?
+            sqlx::query_as(AssertSqlSafe(sql)).fetch_all(pool).await?
         });
         for p in &running {
+            let counts: Vec<(String, i64)> = on_pool!(&self.pool, |pool| {
+                sqlx::query_as(
+                    "SELECT outcome, COUNT(*) FROM events WHERE run_id = $1 AND NOT dry_run \
+                     AND field NOT IN ('rule', 'plan') GROUP BY outcome",
+                )
+                .bind(&p.id)
+                .fetch_all(pool)
+                .await?
+            });
+            let n = |o: Outcome| {
+                counts
+                    .iter()
+                    .find(|(k, _)| o == k.as_str())
+                    .map_or(0, |c| c.1)
+            };
             let totals = PassTotals {
                 status: "interrupted".into(),
+                planned: n(Outcome::Planned),
+                applied: n(Outcome::Applied),
+                failed: n(Outcome::Failed) + n(Outcome::Unknown),
+                skipped: n(Outcome::Skipped),
                 ..p.totals.clone()
             };
             self.finish_pass(&p.id, &totals).await?;

@@ -26,7 +26,8 @@ pub enum AuditCommand {
         /// Fail unless the newest row's hash is this (catches truncation)
         #[arg(long, value_name = "HASH")]
         expect_head: Option<String>,
-        /// Audit DB file [default: audit.path from the config]
+        /// The audit log: a SQLite file or a postgres:// URL [default: audit.url, else
+        /// audit.path, from the config]
         #[arg(long, value_name = "PATH")]
         db: Option<PathBuf>,
     },
@@ -85,27 +86,46 @@ pub struct AuditQuery {
     /// Output format
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
-    /// Audit DB file [default: audit.path from the config]
+    /// The audit log: a SQLite file or a postgres:// URL [default: audit.url, else
+    /// audit.path, from the config]
     #[arg(long, value_name = "PATH")]
     pub db: Option<PathBuf>,
 }
 
 pub(super) async fn open_audit(cli: &Cli, db: &Option<PathBuf>) -> anyhow::Result<AuditStore> {
-    let path = match db {
-        Some(p) => p.clone(),
+    let url = |p: &PathBuf| {
+        p.to_str()
+            .filter(|s| s.starts_with("postgres://") || s.starts_with("postgresql://"))
+            .map(str::to_string)
+    };
+    let (path, url, config) = match db {
+        Some(p) => (p.clone(), url(p), None),
         None => {
             let config = load_config(cli)?;
-            if let Some(url) = &config.audit.url {
-                let password = config.audit_password()?;
-                return Ok(AuditStore::open_postgres_read_only(
-                    url,
-                    password.as_ref().map(crate::secret::Secret::expose),
-                )
-                .await?);
-            }
-            config.audit.path
+            (
+                config.audit.path.clone(),
+                config.audit.url.clone(),
+                Some(config),
+            )
         }
     };
+    if let Some(url) = url {
+        crate::config::check_postgres_url(&url).map_err(|e| Exit::config(format!("--db: {e}")))?;
+        // A URL given with --db takes the password the config names, if there is one.
+        let config = match config {
+            Some(c) => Some(c),
+            None => load_config(cli).ok(),
+        };
+        let password = match &config {
+            Some(c) => c.audit_password()?,
+            None => None,
+        };
+        return Ok(AuditStore::open_postgres_read_only(
+            &url,
+            password.as_ref().map(crate::secret::Secret::expose),
+        )
+        .await?);
+    }
     if !path.exists() {
         anyhow::bail!(
             "audit DB {} does not exist (no pass has run with this config yet?)",
@@ -160,6 +180,17 @@ async fn migrate(
     bar.finish_and_clear();
     claim.release().await;
     let copied = copied?;
+    if copied.continued > 0 {
+        println!(
+            "nothing to copy: {} already holds all {} row(s) of {}, and {} row(s) written there since; it verifies ({} row(s))",
+            target.location(),
+            copied.already,
+            path.display(),
+            copied.continued,
+            copied.total
+        );
+        return Ok(0);
+    }
     println!(
         "copied {} row(s) and {} pass(es) from {} into {}{}",
         copied.rows,

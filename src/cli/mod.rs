@@ -102,7 +102,7 @@ pub enum Command {
     /// and day, guard halts, breaker trips, passes, failures and case timelines
     Report(ReportArgs),
     /// Who leads the replicas sharing the audit log (holder, epoch, lease expiry) and the
-    /// last pass on each server; reads the log only
+    /// last pass on each server; reads the log only (exit 1: replicas and nobody leads)
     Status(status::StatusArgs),
     /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout
     Completions(CompletionsArgs),

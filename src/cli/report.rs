@@ -30,7 +30,8 @@ pub struct ReportArgs {
     /// html: a page for people (opens offline); json: the same numbers for scripts
     #[arg(long, value_enum, default_value_t = ReportFormat::Html)]
     pub format: ReportFormat,
-    /// Audit DB file [default: audit.path from the config]
+    /// The audit log: a SQLite file or a postgres:// URL [default: audit.url, else
+    /// audit.path, from the config]
     #[arg(long, value_name = "PATH")]
     pub db: Option<PathBuf>,
 }

@@ -1,5 +1,6 @@
 //! `casewarden status`: the audit log's lease (on replicas, the leader) and the last pass
-//! on each server, read from the log without writing to it.
+//! on each server, read from the log without writing to it. Exit 1 when replicas share the
+//! log and none leads.
 
 use std::path::PathBuf;
 
@@ -14,7 +15,8 @@ pub struct StatusArgs {
     /// Output format
     #[arg(long, value_enum, default_value_t = StatusFormat::Text)]
     pub format: StatusFormat,
-    /// Audit DB file [default: audit.url or audit.path from the config]
+    /// The audit log: a SQLite file or a postgres:// URL [default: audit.url, else
+    /// audit.path, from the config]
     #[arg(long, value_name = "PATH")]
     pub db: Option<PathBuf>,
 }
@@ -64,7 +66,10 @@ pub(super) async fn run(cli: &Cli, args: &StatusArgs) -> anyhow::Result<u8> {
         StatusFormat::Json => println!("{}", serde_json::to_string_pretty(&status)?),
         StatusFormat::Text => print!("{}", text(&status)),
     }
-    Ok(0)
+    // For monitoring: replicas with nobody leading. (On one host the claim is held only
+    // while a pass runs.)
+    let leaderless = status.backend == "postgres" && !status.lease.is_some_and(|l| l.live);
+    Ok(u8::from(leaderless))
 }
 
 fn text(s: &Status) -> String {

@@ -82,9 +82,15 @@ impl Leadership {
     /// Gives the lease back (at shutdown): a follower takes over without waiting for it
     /// to run out.
     pub(super) async fn resign(&self) {
-        self.fence.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let fence = self.fence.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(claim) = self.claim.lock().await.take() {
             claim.release().await;
+            if let Some(f) = fence.filter(|f| !f.is_lost()) {
+                tracing::info!(
+                    epoch = f.epoch,
+                    "gave the audit log's lease back: a follower takes over"
+                );
+            }
         }
     }
 }
@@ -93,6 +99,8 @@ impl Leadership {
 pub(super) async fn keep(shared: Arc<Shared>) {
     let retry = Duration::from_secs(shared.config.audit.lease_retry_secs);
     let me = &shared.leader;
+    // The leader this follower last told about, so it says so once per leader.
+    let mut last_seen: Option<(String, i64)> = None;
     loop {
         match me.fence().map(|f| f.is_lost()) {
             Some(false) => {}
@@ -103,12 +111,22 @@ pub(super) async fn keep(shared: Arc<Shared>) {
                 );
                 me.settled.store(false, Ordering::SeqCst);
                 me.resign().await;
+                // What its passes ended with is the new leader's to report now.
+                shared.state().last.clear();
                 report(&shared);
             }
             None => match shared.ctx.audit.claim(Duration::ZERO).await {
                 Ok(claim) => lead(&shared, claim).await,
                 Err(ClaimError::Held(held)) => {
-                    tracing::debug!(%held, "follower: the lease is held")
+                    let holder = held.holder.as_ref().map(|l| (l.holder.clone(), l.epoch));
+                    if holder != last_seen {
+                        tracing::info!(
+                            leader = %held.holder.as_ref().map(ToString::to_string).unwrap_or_else(|| "unknown".into()),
+                            epoch = holder.as_ref().map(|h| h.1),
+                            "a follower: another replica leads; this one takes over if its lease runs out"
+                        );
+                        last_seen = holder;
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot take the audit log's lease; trying again")

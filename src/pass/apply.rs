@@ -113,6 +113,8 @@ impl Applier {
             Some(NotApplied::skipped(
                 "not sent: casewarden is shutting down; the next pass plans it again",
             ))
+        } else if self.audit.lease_lost() {
+            Some(lease_lost())
         } else if tokio::time::Instant::now() > self.deadline {
             Some(NotApplied::skipped(
                 "not sent: the pass ran past daemon.pass_timeout_secs",
@@ -128,13 +130,7 @@ impl Applier {
         };
         // Checked last, right before the request: the read-back above may have waited
         // while this process was paused past its lease.
-        let stop = stop.or_else(|| {
-            self.audit.lease_lost().then(|| {
-                NotApplied::skipped(
-                    "not sent: this process no longer holds the audit log's lease (another replica leads); the leader decides again",
-                )
-            })
-        });
+        let stop = stop.or_else(|| self.audit.lease_lost().then(lease_lost));
         let outcomes = if let Some(why) = stop {
             p.decisions
                 .iter()
@@ -194,6 +190,12 @@ impl Applier {
             })
             .collect()
     }
+}
+
+fn lease_lost() -> NotApplied {
+    NotApplied::skipped(
+        "not sent: this process no longer holds the audit log's lease (another replica leads); the leader decides again",
+    )
 }
 
 /// Sends one case's update, then its comment; returns the outcome of every planned decision.

@@ -29,6 +29,8 @@ type ReadBack = (
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Reconciled {
     pub applied: usize,
+    /// Interrupted before they took: never sent, or sent and not applied.
+    pub skipped: usize,
     pub failed: usize,
     pub unknown: usize,
     /// Left open: the server may still apply them, or could not be asked.
@@ -41,10 +43,10 @@ pub async fn reconcile(
     ctx: &PassContext,
     previous: Option<&Lease>,
 ) -> Result<Reconciled, AuditError> {
-    let interrupted = ctx.audit.mark_interrupted_passes().await?;
     let rows = ctx.audit.unsettled().await?;
     let mut summary = Reconciled::default();
     if rows.is_empty() {
+        ctx.audit.mark_interrupted_passes().await?;
         return Ok(summary);
     }
     let window = ctx.settings.settle_after;
@@ -112,6 +114,7 @@ pub async fn reconcile(
             match outcome {
                 Some(Outcome::Applied) => summary.applied += 1,
                 Some(Outcome::Failed) => summary.failed += 1,
+                Some(Outcome::Skipped) => summary.skipped += 1,
                 Some(_) => summary.unknown += 1,
                 None => summary.open += 1,
             }
@@ -121,9 +124,12 @@ pub async fn reconcile(
         }
         ctx.audit.append(&events).await?;
     }
+    // Sealed once their open changes are settled, so their totals count them.
+    let interrupted = ctx.audit.mark_interrupted_passes().await?;
     tracing::warn!(
         interrupted_passes = interrupted,
         applied = summary.applied,
+        not_applied = summary.skipped,
         failed = summary.failed,
         unknown = summary.unknown,
         still_open = summary.open,
@@ -178,18 +184,26 @@ fn settle(
     match holds {
         Ok(true) => (Some(Outcome::Applied), None),
         Ok(false) if may_still_land => (None, None),
+        // Left planned by a process that stopped: most were never sent, and none took.
+        // Not a failure (no alert): the next pass decides again, as after a clean stop.
+        Ok(false) if first => (
+            Some(Outcome::Skipped),
+            Some(match field {
+                Some(Field::Comment) => {
+                    "interrupted: the comment is not on the case; the next pass decides again"
+                }
+                _ => {
+                    "interrupted: the case does not hold the planned value; the next pass decides again"
+                }
+            }
+            .into()),
+        ),
         Ok(false) => (
             Some(Outcome::Failed),
-            Some(match (first, field) {
-                (true, Some(Field::Comment)) => {
-                    "interrupted: the comment is not on the case".into()
-                }
-                (true, _) => "interrupted: the case does not hold the planned value".into(),
-                (false, _) => {
-                    "not applied: the case does not hold it, and the request can no longer land"
-                        .into()
-                }
-            }),
+            Some(
+                "not applied: the case does not hold it, and the request can no longer land"
+                    .into(),
+            ),
         ),
         Err(e) if first => (Some(Outcome::Unknown), Some(e)),
         Err(_) => (None, None),
