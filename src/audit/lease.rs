@@ -81,7 +81,7 @@ impl std::fmt::Display for Lease {
 /// Another process holds the claim.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error(
-    "the audit store is claimed by another casewarden pass: {}; it runs one pass at a time (try again, or pass --wait SECS)",
+    "the audit store is claimed by another casewarden pass: {}; it runs one pass at a time (try again, or pass --wait SECS; a daemon leading replicas on PostgreSQL holds it for as long as it runs)",
     holder.as_ref().map_or_else(|| "a process on this host".to_string(), |h| h.to_string())
 )]
 pub struct Held {
