@@ -51,10 +51,14 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // One I/O worker: rules run on rayon's threads and SQLite on its own, so a second
+    // worker mostly adds wake-ups between threads (a 100,000-case pass: ~10% less CPU with
+    // one, BENCHMARKS.md). `TOKIO_WORKER_THREADS` still sets another number.
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        builder.worker_threads(1);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
