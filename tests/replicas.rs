@@ -469,12 +469,7 @@ async fn audit_migrate_moves_a_sqlite_log_into_postgresql_with_its_chain() {
         return;
     };
     let sim = start(sim_options(80)).await;
-    let ws = Workspace::new(
-        &sim.url,
-        "legacy",
-        crate::faults::GUARD_OFF,
-        Some(&[("all.rhai", TAG_ALL)]),
-    );
+    let ws = workspace(&sim, "");
     assert_exit(&ws.run(&["once"]).await, 0);
     let verified = stdout(&ws.run(&["audit", "verify"]).await);
     let head = verified.split("head ").nth(1).unwrap().trim().to_string();
@@ -537,12 +532,7 @@ async fn audit_migrate_moves_a_sqlite_log_into_postgresql_with_its_chain() {
     );
 
     // A different log in the target is never mixed in.
-    let other = Workspace::new(
-        &sim.url,
-        "legacy",
-        crate::faults::GUARD_OFF,
-        Some(&[("all.rhai", TAG_ALL)]),
-    );
+    let other = workspace(&sim, "");
     assert_exit(&other.run(&["once"]).await, 0);
     let out = other.run(&["audit", "migrate", "--to", &db.url]).await;
     assert_fails_with(&out, 2, "already holds a different log");
