@@ -34,6 +34,17 @@ impl FlavorSetting {
     }
 }
 
+/// A password file: one line (its line break is not part of it), not empty.
+pub fn read_password_file(file: &Path) -> Result<Secret, String> {
+    warn_if_world_readable(file);
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let password = text.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        return Err(format!("{}: the file is empty", file.display()));
+    }
+    Ok(Secret::new(password))
+}
+
 /// Checks a PostgreSQL URL for the audit log: `postgres://user@host[:port]/db`, with no
 /// password in it (a URL is shown in logs and `status`; the password is kept apart).
 pub fn check_postgres_url(url: &str) -> Result<(), String> {
@@ -677,17 +688,9 @@ impl Config {
             }
             _ => return Ok(None),
         };
-        warn_if_world_readable(&file);
-        let text = std::fs::read_to_string(&file)
-            .map_err(|e| self.invalid("audit.password_file", format!("{}: {e}", file.display())))?;
-        let password = text.trim_end_matches(['\n', '\r']);
-        if password.is_empty() {
-            return Err(self.invalid(
-                "audit.password_file",
-                format!("{}: the file is empty", file.display()),
-            ));
-        }
-        Ok(Some(Secret::new(password)))
+        read_password_file(&file)
+            .map(Some)
+            .map_err(|e| self.invalid("audit.password_file", e))
     }
 
     fn validate_rest(&self) -> Result<(), ConfigError> {

@@ -39,6 +39,11 @@ pub enum AuditError {
         found: i64,
         known: i64,
     },
+    /// The database answers but holds no log (no pass has written one yet).
+    #[error(
+        "audit DB {path}: not a casewarden audit log (no events table; has a pass run with audit.url yet?)"
+    )]
+    NoLog { path: PathBuf },
     #[error(
         "this process no longer holds the audit log's lease (its epoch {epoch}, now {}): it sends and writes nothing more; the holder settles what it left open",
         current.map_or_else(|| "none".to_string(), |c| c.to_string())

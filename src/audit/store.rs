@@ -8,12 +8,11 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::AssertSqlSafe;
-
-use super::db::{Backend, Pool, describe_open_error, insert_events, on_pool, placeholders};
-use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{AssertSqlSafe, Connection};
+
+use super::db::{Backend, Pool, describe_open_error, insert_events, on_pool, placeholders};
 
 use super::{
     AppliedChange, AuditError, DryRow, EventRow, GENESIS, NewEvent, Outcome, PassRow, PassTotals,
@@ -127,10 +126,7 @@ impl AuditStore {
     ) -> Result<AuditStore, AuditError> {
         let store = AuditStore::connect_postgres(url, password, true).await?;
         if !store.has_table("events").await? {
-            return Err(AuditError::Open {
-                path: store.path.clone(),
-                message: "not a casewarden audit log (no events table; has a pass run with audit.url yet?)".into(),
-            });
+            return Err(AuditError::NoLog { path: store.path });
         }
         Ok(store)
     }

@@ -158,11 +158,10 @@ async fn migrate(
         return Err(Exit::config(format!("audit DB {} does not exist", path.display())).into());
     }
     let password = match (password_file, &config) {
-        (Some(f), _) => Some(crate::secret::Secret::new(
-            std::fs::read_to_string(f)
-                .map_err(|e| Exit::config(format!("--password-file {}: {e}", f.display())))?
-                .trim_end_matches(['\n', '\r']),
-        )),
+        (Some(f), _) => Some(
+            crate::config::read_password_file(f)
+                .map_err(|e| Exit::config(format!("--password-file {e}")))?,
+        ),
         (None, Some(c)) => c.audit_password()?,
         (None, None) => None,
     };

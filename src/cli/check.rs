@@ -115,9 +115,7 @@ async fn probe_audit(config: &Config) -> Result<(), Exit> {
             config.audit_location()
         ),
         // Not created yet: the first daemon creates the tables.
-        Err(crate::audit::AuditError::Open { message, .. })
-            if message.contains("no events table") =>
-        {
+        Err(crate::audit::AuditError::NoLog { .. }) => {
             println!(
                 "audit log {}: reachable; its tables are created when the first replica starts",
                 config.audit_location()

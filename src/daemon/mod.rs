@@ -205,7 +205,8 @@ async fn start(config: Config) -> anyhow::Result<(Arc<Shared>, Delivery)> {
         }
     }
     let (notifier, delivery) = Notifier::start(targets, metrics.clone());
-    let ctx_shared = ctx.audit.is_shared();
+    // Replicas sharing a PostgreSQL log elect a leader.
+    let elected = ctx.audit.is_shared();
     let shared = Arc::new(Shared {
         ctx,
         instances,
@@ -220,7 +221,7 @@ async fn start(config: Config) -> anyhow::Result<(Arc<Shared>, Delivery)> {
             last_good: None,
         }),
         cancel: Arc::new(AtomicBool::new(false)),
-        leader: leader::Leadership::new(ctx_shared),
+        leader: leader::Leadership::new(elected),
         config,
     });
     if let Some(listen) = shared.config.daemon.listen.clone() {
