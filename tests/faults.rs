@@ -622,6 +622,85 @@ async fn a_case_a_person_changed_after_the_listing_is_not_overwritten() {
     );
 }
 
+/// Requests the simulator saw: reads of one case, and listings by ticket number.
+fn reads(sim: &Simulator) -> (usize, Vec<String>) {
+    let state = sim.state();
+    let one = state
+        .requests
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.starts_with("/connect/api/v1/cases/"))
+        .count();
+    let by_ticket = state
+        .requests
+        .iter()
+        .filter(|r| r.method == "GET" && r.query.contains("ticket_id="))
+        .map(|r| r.query.clone())
+        .collect();
+    (one, by_ticket)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cases_are_read_before_sending_in_waves_by_ticket_number() {
+    let sim = start(sim_options(150)).await;
+    let ws = workspace(&sim, "");
+    set_stellar(&ws, "timeout_secs = 5\nmax_in_flight = 4");
+    assert_exit(&ws.run(&["once"]).await, 0);
+    assert_agreement(&sim, &ws.audit(Filter::default()).await);
+    assert_eq!(tagged_by_api(&sim).len(), 150);
+    let (one, by_ticket) = reads(&sim);
+    assert_eq!(one, 0, "no case is read alone");
+    // Waves of 4 x 8 cases: 150 cases in 5 reads, each naming its wave's tickets.
+    assert_eq!(by_ticket.len(), 5, "{by_ticket:?}");
+    let named: usize = by_ticket
+        .iter()
+        .map(|q| {
+            q.split("ticket_id=")
+                .nth(1)
+                .unwrap()
+                .split('&')
+                .next()
+                .unwrap()
+        })
+        .map(|list| list.split("%2C").count())
+        .sum();
+    assert_eq!(named, 150, "{by_ticket:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_refusing_the_ticket_filter_gets_each_case_read_alone() {
+    let mut opts = sim_options(60);
+    opts.faults.refuse_filter = Some("ticket_id".into());
+    opts.faults.edit_before_read = Some((
+        "alice@example.com".into(),
+        "assignee".into(),
+        json!("alice"),
+    ));
+    let sim = start(opts).await;
+    let ws = workspace(&sim, "");
+    let out = ws.run(&["once"]).await;
+    assert_exit(&out, 0);
+    let rows = ws.audit(Filter::default()).await;
+    assert_agreement(&sim, &rows);
+    // Every case was read alone, found changed by a person, and left alone.
+    let (one, by_ticket) = reads(&sim);
+    assert_eq!(one, 60);
+    assert_eq!(
+        by_ticket.len(),
+        1,
+        "tried once, then not again: {by_ticket:?}"
+    );
+    assert!(tagged_by_api(&sim).is_empty());
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("changed since it was listed")))
+            .count(),
+        60
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_kill_while_slow_updates_are_in_flight_then_an_immediate_restart_agree() {
     for seed in 0..10u64 {

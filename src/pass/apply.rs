@@ -71,35 +71,90 @@ pub(super) struct Applier {
     pub(super) comment_changes: bool,
     /// The log, to ask whether this process still holds its lease before each send.
     pub(super) audit: crate::audit::AuditStore,
+    /// Cleared when the server does not answer a read by ticket numbers with the cases
+    /// asked for: the rest of the pass reads each case alone.
+    pub(super) read_by_ticket: AtomicBool,
 }
 
+/// A case's [`plan::stamp`] as read just before sending it.
+pub(super) type Fresh = Option<String>;
+
 impl Applier {
-    /// Reads the case just before its update: a case someone changed since it was listed
-    /// is not sent what was decided on the old one (the next pass decides again).
-    async fn changed_since_listed(&self, p: &CasePlan) -> Option<NotApplied> {
-        let listed = p.stamp.as_ref()?;
-        p.field_changes().next()?;
-        match self.client.get_case(&p.case_id).await {
-            Ok(fresh) if plan::stamp(&fresh).as_ref() == Some(listed) => None,
-            Ok(_) => Some(NotApplied::skipped(
-                "not sent: the case changed since it was listed; the next pass decides again",
-            )),
-            Err(e) => Some(NotApplied::failed(
-                format!("not sent: cannot read the case before sending ({e})"),
-                e.http_status(),
-            )),
+    /// Reads a wave of cases about to be sent in one listing request by ticket number
+    /// (`ticket_id=1,2,3`), so each update needs no read of its own. A case the answer
+    /// lacks (no ticket number, a server that ignores the filter) is read alone by
+    /// [`Applier::apply`].
+    pub(super) async fn read_wave(
+        &self,
+        wave: Vec<(usize, CasePlan)>,
+    ) -> Vec<(usize, CasePlan, Option<Fresh>)> {
+        let tickets: Vec<i64> = wave
+            .iter()
+            .filter(|(_, p)| needs_read(p))
+            .filter_map(|(_, p)| p.ticket_id)
+            .collect();
+        let mut fresh: HashMap<String, Fresh> = HashMap::new();
+        if tickets.len() > 1 && self.read_by_ticket.load(Ordering::Relaxed) && self.stop().is_none()
+        {
+            match self.client.cases_by_ticket(&tickets).await {
+                Ok(cases) => {
+                    let wanted: std::collections::HashSet<&str> =
+                        wave.iter().map(|(_, p)| p.case_id.as_str()).collect();
+                    fresh = cases
+                        .iter()
+                        .filter(|c| wanted.contains(c.id.as_str()))
+                        .map(|c| (c.id.clone(), plan::stamp(c)))
+                        .collect();
+                    if fresh.is_empty() {
+                        tracing::info!(
+                            "the server answered a read by ticket numbers with none of the cases asked for; reading each case alone"
+                        );
+                        self.read_by_ticket.store(false, Ordering::Relaxed);
+                    }
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "cannot read cases by ticket numbers; reading each case alone");
+                    self.read_by_ticket.store(false, Ordering::Relaxed);
+                }
+            }
         }
+        wave.into_iter()
+            .map(|(i, p)| {
+                let f = fresh.remove(&p.case_id);
+                (i, p, f)
+            })
+            .collect()
     }
 
-    /// Sends (or, once shutdown began, does not send) one case's update and hands the
-    /// outcome rows to the audit writer; returns the outcome of each decision it settled.
-    /// `case` is the plan's place in the pass (see [`DecisionId`]).
-    pub(super) async fn apply(
-        self: Arc<Self>,
-        case: usize,
-        p: CasePlan,
-    ) -> Vec<(DecisionId, Outcome)> {
-        let stop = if self.audit_broken.load(Ordering::SeqCst) {
+    /// Whether the case changed since it was listed, from its read in the wave or else
+    /// read now: a case someone changed is not sent what was decided on the old one (the
+    /// next pass decides again).
+    async fn changed_since_listed(&self, p: &CasePlan, fresh: Option<Fresh>) -> Option<NotApplied> {
+        if !needs_read(p) {
+            return None;
+        }
+        let now = match fresh {
+            Some(stamp) => stamp,
+            None => match self.client.get_case(&p.case_id).await {
+                Ok(case) => plan::stamp(&case),
+                Err(e) => {
+                    return Some(NotApplied::failed(
+                        format!("not sent: cannot read the case before sending ({e})"),
+                        e.http_status(),
+                    ));
+                }
+            },
+        };
+        (now != p.stamp).then(|| {
+            NotApplied::skipped(
+                "not sent: the case changed since it was listed; the next pass decides again",
+            )
+        })
+    }
+
+    /// Why nothing may be sent now, if so.
+    fn stop(&self) -> Option<NotApplied> {
+        if self.audit_broken.load(Ordering::SeqCst) {
             Some(NotApplied::failed(
                 "not sent: the audit log cannot be written",
                 None,
@@ -123,10 +178,22 @@ impl Applier {
             self.wrong_flavor
                 .get()
                 .map(|e| NotApplied::skipped(format!("not sent: {e}")))
-        };
-        let stop = match stop {
+        }
+    }
+
+    /// Sends (or, once shutdown began, does not send) one case's update and hands the
+    /// outcome rows to the audit writer; returns the outcome of each decision it settled.
+    /// `case` is the plan's place in the pass (see [`DecisionId`]); `fresh`, the case as
+    /// its wave read it, if it did.
+    pub(super) async fn apply(
+        self: Arc<Self>,
+        case: usize,
+        p: CasePlan,
+        fresh: Option<Fresh>,
+    ) -> Vec<(DecisionId, Outcome)> {
+        let stop = match self.stop() {
             Some(why) => Some(why),
-            None => self.changed_since_listed(&p).await,
+            None => self.changed_since_listed(&p, fresh).await,
         };
         // Checked last, right before the request: the read-back above may have waited
         // while this process was paused past its lease.
@@ -190,6 +257,11 @@ impl Applier {
             })
             .collect()
     }
+}
+
+/// A plan whose field changes wait on the case being as listed (a comment alone does not).
+fn needs_read(p: &CasePlan) -> bool {
+    p.stamp.is_some() && p.field_changes().next().is_some()
 }
 
 fn lease_lost() -> NotApplied {

@@ -1053,12 +1053,27 @@ impl Stage<'_> {
             deadline,
             comment_changes: ctx.settings.comment_changes,
             audit: ctx.audit.clone(),
+            read_by_ticket: AtomicBool::new(true),
         });
         let total = work.len() as u64;
         let mut done = 0;
-        let results: Vec<Vec<(DecisionId, Outcome)>> = futures::stream::iter(work)
-            .map(|(case, p)| apply.clone().apply(case, p))
-            .buffer_unordered(ctx.settings.max_in_flight.max(1))
+        let in_flight = ctx.settings.max_in_flight.max(1);
+        // Each wave is read in one request just before it is sent; the next wave's read
+        // overlaps the end of this one's updates.
+        let wave = in_flight * WAVE_PER_REQUEST;
+        let (reader, sender) = (apply.clone(), apply.clone());
+        // Boxed: the compiler cannot prove the combined stream `Send` otherwise.
+        let sends = futures::stream::iter(work)
+            .chunks(wave)
+            .then(move |w| {
+                let apply = reader.clone();
+                async move { apply.read_wave(w).await }
+            })
+            .flat_map(futures::stream::iter)
+            .map(move |(case, p, fresh)| sender.clone().apply(case, p, fresh))
+            .buffer_unordered(in_flight)
+            .boxed();
+        let results: Vec<Vec<(DecisionId, Outcome)>> = sends
             .inspect(|_| {
                 done += 1;
                 self.opts.tell(Step::Applied { cases: done, total });
@@ -1099,6 +1114,10 @@ impl Stage<'_> {
         }
     }
 }
+
+/// Cases read at once before sending, per request in flight: the longest a read waits for
+/// its update is this many round trips.
+const WAVE_PER_REQUEST: usize = 8;
 
 /// Outcome rows are committed at most this long after they arrive, this many at a time.
 /// Each commit rewrites the index pages its rows touch (case ids are random), so a few

@@ -17,6 +17,7 @@ use crate::stellar::model::{
     Directory, Entity, HistoryEntry, PRIORITIES, RESOLUTIONS, STATUSES, entity_of, involved,
     parse_entity, priority_rank,
 };
+use crate::stellar::object::Object;
 use crate::text::check_text;
 
 /// What a rule's environment holds besides the case: the clock and who "we" are.
@@ -329,7 +330,7 @@ fn entity_map(e: Entity) -> Dynamic {
 
 fn entity(c: Fields) -> Dynamic {
     let parsed = match &c {
-        Fields::Json(json) => entity_of(json),
+        Fields::Json(json) => entity_of(*json),
         Fields::Map(_) => metadata_text(&c, "entity_id").and_then(|id| parse_entity(&id)),
     };
     parsed.map_or(Dynamic::UNIT, entity_map)
@@ -351,17 +352,18 @@ fn entities(c: Fields) -> Array {
 /// `history` (4.3), else `modified_at` (a later change of another field makes this an
 /// underestimate), else `created_at`.
 fn minutes_in_status(c: Fields) -> INT {
-    let json;
-    let raw = match c {
-        Fields::Json(j) => j,
-        Fields::Map(m) => {
-            json = rhai::serde::from_dynamic::<serde_json::Map<String, Value>>(&Dynamic::from_map(
+    match c {
+        Fields::Json(j) => minutes_in_status_of(j),
+        Fields::Map(m) => minutes_in_status_of(
+            &rhai::serde::from_dynamic::<serde_json::Map<String, Value>>(&Dynamic::from_map(
                 m.clone(),
             ))
-            .unwrap_or_default();
-            &json
-        }
-    };
+            .unwrap_or_default(),
+        ),
+    }
+}
+
+fn minutes_in_status_of(raw: &impl Object) -> INT {
     let from_history = raw
         .get("history")
         .and_then(Value::as_array)
@@ -378,24 +380,8 @@ fn minutes_in_status(c: Fields) -> INT {
 }
 
 fn last_human_activity(c: Fields) -> INT {
-    let answer = |raw: &serde_json::Map<String, Value>| {
-        with(
-            |ctx| {
-                let at = crate::stellar::model::last_human_activity(
-                    raw,
-                    &ctx.env.own_users,
-                    ctx.activities.as_deref().map(Vec::as_slice),
-                );
-                if at.is_none() {
-                    ctx.wants_activities = true;
-                }
-                at.unwrap_or(ctx.now_ms)
-            },
-            crate::now_ms(),
-        )
-    };
     match c {
-        Fields::Json(json) => answer(json),
+        Fields::Json(json) => human_activity_of(json),
         Fields::Map(map) => {
             // The rule made its own copy of the case; read the fields that decide.
             let mut raw = serde_json::Map::new();
@@ -406,9 +392,26 @@ fn last_human_activity(c: Fields) -> INT {
                     raw.insert(key.to_string(), v);
                 }
             }
-            answer(&raw)
+            human_activity_of(&raw)
         }
     }
+}
+
+fn human_activity_of(raw: &impl Object) -> INT {
+    with(
+        |ctx| {
+            let at = crate::stellar::model::last_human_activity(
+                raw,
+                &ctx.env.own_users,
+                ctx.activities.as_deref().map(Vec::as_slice),
+            );
+            if at.is_none() {
+                ctx.wants_activities = true;
+            }
+            at.unwrap_or(ctx.now_ms)
+        },
+        crate::now_ms(),
+    )
 }
 
 /// The engine every rule runs in, with every limit set explicitly (the defaults differ

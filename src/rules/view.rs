@@ -10,18 +10,20 @@ use std::sync::Arc;
 use rhai::{Dynamic, Engine, EvalAltResult, ImmutableString, Map, NativeCallContext};
 use serde_json::Value;
 
+use crate::stellar::object::CaseObject;
+
 /// Rhai's own name for maps, so `type_of(c)` and error messages say "map".
 const TYPE_NAME: &str = "map";
 
 #[derive(Clone)]
 pub struct CaseView {
-    json: Arc<serde_json::Map<String, Value>>,
+    json: Arc<CaseObject>,
     /// The whole case as a map of its own, once the rule has changed it.
     own: Option<Box<Map>>,
 }
 
 impl CaseView {
-    pub fn new(json: Arc<serde_json::Map<String, Value>>) -> CaseView {
+    pub fn new(json: Arc<CaseObject>) -> CaseView {
         CaseView { json, own: None }
     }
 
@@ -64,13 +66,13 @@ impl CaseView {
 
 /// What a case helper reads: the untouched JSON, or the map the rule made of it.
 pub enum Fields<'a> {
-    Json(&'a serde_json::Map<String, Value>),
+    Json(&'a CaseObject),
     Map(&'a Map),
 }
 
-fn object_to_map(o: &serde_json::Map<String, Value>) -> Map {
+fn object_to_map(o: &CaseObject) -> Map {
     o.iter()
-        .map(|(k, v)| (k.as_str().into(), json_to_dynamic(v)))
+        .map(|(k, v)| (k.into(), json_to_dynamic(v)))
         .collect()
 }
 
@@ -85,7 +87,11 @@ fn json_to_dynamic(v: &Value) -> Dynamic {
         },
         Value::String(s) => Dynamic::from(ImmutableString::from(s.as_str())),
         Value::Array(a) => Dynamic::from_array(a.iter().map(json_to_dynamic).collect()),
-        Value::Object(o) => Dynamic::from_map(object_to_map(o)),
+        Value::Object(o) => Dynamic::from_map(
+            o.iter()
+                .map(|(k, v)| (k.as_str().into(), json_to_dynamic(v)))
+                .collect(),
+        ),
     }
 }
 
@@ -296,7 +302,11 @@ mod tests {
         let ast = engine.compile(&src).unwrap();
         let module =
             AST::new_from_module(Module::eval_ast_as_new(Scope::new(), &ast, &engine).unwrap());
-        let view = CaseView::new(Arc::new(json.clone()));
+        // The view reads the case as a listing's text, one field at a time; the plain map
+        // is parsed from the same text (a float may not survive a round trip to text).
+        let text = serde_json::value::to_raw_value(json).unwrap();
+        let view = CaseView::new(Arc::new(CaseObject::index(&text).unwrap()));
+        let plain: Value = serde_json::from_str(text.get()).unwrap();
         let out = EXPRS
             .iter()
             .enumerate()
@@ -311,7 +321,7 @@ mod tests {
                 (
                     *e,
                     run(Dynamic::from(view.clone())),
-                    run(Dynamic::from_map(object_to_map(json))),
+                    run(json_to_dynamic(&plain)),
                 )
             })
             .collect();
@@ -380,7 +390,7 @@ mod tests {
         let ast = engine.compile("fn t(c) { c.frobnicate(1) }").unwrap();
         let module =
             AST::new_from_module(Module::eval_ast_as_new(Scope::new(), &ast, &engine).unwrap());
-        let view = CaseView::new(Arc::new(serde_json::Map::new()));
+        let view = CaseView::new(Arc::new(CaseObject::default()));
         let err = FnPtr::new("t")
             .unwrap()
             .call::<Dynamic>(&engine, &module, (Dynamic::from(view),))

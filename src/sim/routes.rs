@@ -198,7 +198,27 @@ pub(super) async fn list_cases(
             },
             "sort" => sort = Some(v.clone()),
             "order" => desc = v.eq_ignore_ascii_case("desc"),
+            key if s.faults.refuse_filter.as_deref() == Some(key) => {
+                return error(StatusCode::BAD_REQUEST, format!("unknown filter: {key}"));
+            }
             _ => filters.push((k.clone(), v.clone())),
+        }
+    }
+    // A person's edit lands before the first read of a case, by ticket number too.
+    if let Some((who, field, value)) = s.faults.edit_before_read.clone()
+        && let Some((_, tickets)) = filters.iter().find(|(k, _)| k == "ticket_id")
+    {
+        let read: Vec<String> = s
+            .cases
+            .iter()
+            .filter_map(Value::as_object)
+            .filter(|c| crate::stellar::filter::matches(*c, "ticket_id", tickets))
+            .filter_map(|c| Some(c.get("_id")?.as_str()?.to_string()))
+            .collect();
+        for id in read {
+            if s.edited.insert(id.clone()) {
+                s.human_change(&id, &who, &field, value.clone());
+            }
         }
     }
     // Paging re-runs the same query with a growing `skip`; filtering and sorting a large
@@ -209,8 +229,15 @@ pub(super) async fn list_cases(
         .as_ref()
         .filter(|(k, v, _)| *k == query_key && *v == s.version)
         .map(|(_, _, hits)| hits.clone());
+    let tickets: Option<Vec<i64>> = match filters.as_slice() {
+        [(k, list)] if k == "ticket_id" && sort.is_none() => {
+            list.split(',').map(|t| t.trim().parse().ok()).collect()
+        }
+        _ => None,
+    };
     let hits = match cached {
         Some(hits) => hits,
+        None if let Some(tickets) = tickets => Arc::new(s.by_tickets(&tickets)),
         // The whole population in its own order: nothing to compute or remember.
         None if filters.is_empty() && sort.is_none() => Arc::new((0..s.cases.len()).collect()),
         None => {

@@ -42,6 +42,8 @@ pub struct SimState {
     pub flavor: ApiFlavor,
     pub cases: Vec<Value>,
     pub(super) index: HashMap<String, usize>,
+    /// Where each ticket number's case is; rebuilt when found stale (`cases` is public).
+    tickets: HashMap<i64, usize>,
     pub comments: HashMap<String, Vec<Value>>,
     /// v5: each case's change history, served at `/cases/{id}/activities` (v5 case
     /// objects carry no `history`).
@@ -102,6 +104,7 @@ impl SimState {
             flavor: opts.flavor,
             cases,
             index,
+            tickets: HashMap::new(),
             comments: HashMap::new(),
             activities,
             users,
@@ -128,6 +131,29 @@ impl SimState {
     /// A case by id, as the server currently holds it.
     pub fn case(&self, id: &str) -> Option<&Value> {
         self.index.get(id).map(|&i| &self.cases[i])
+    }
+
+    /// The positions of the cases with these ticket numbers, in population order, as a
+    /// server answers `ticket_id=1,2,3` from its index rather than by scanning.
+    pub(super) fn by_tickets(&mut self, tickets: &[i64]) -> Vec<usize> {
+        let ticket_at = |cases: &[Value], i: usize| cases.get(i)?.get("ticket_id")?.as_i64();
+        let stale = tickets.iter().any(|t| {
+            self.tickets
+                .get(t)
+                .is_none_or(|&i| ticket_at(&self.cases, i) != Some(*t))
+        });
+        if stale {
+            self.tickets = (0..self.cases.len())
+                .filter_map(|i| Some((ticket_at(&self.cases, i)?, i)))
+                .collect();
+        }
+        let mut hits: Vec<usize> = tickets
+            .iter()
+            .filter_map(|t| self.tickets.get(t).copied())
+            .collect();
+        hits.sort_unstable();
+        hits.dedup();
+        hits
     }
 
     /// Adds or replaces a case (tests plant exactly the cases they need, broken ones too).
@@ -376,6 +402,8 @@ pub struct Faults {
     pub garble_write_answers: bool,
     /// Reads of one case (`GET /cases/{id}`) that has been sent an update answer 503.
     pub fail_reads_after_updates: bool,
+    /// Listings with this filter key answer 400, as a server that does not know it.
+    pub refuse_filter: Option<String>,
 }
 
 /// A redirect answer for requests of `method` (any when None) whose path ends with

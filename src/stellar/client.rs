@@ -416,6 +416,17 @@ impl Client {
     /// waits for Retry-After; a 401 renews the token and retries once; a 3xx is an error.
     /// `retry::decide` says whether; backon counts and sleeps.
     pub(super) async fn call(&self, call: Call<'_>) -> Result<Value, ApiError> {
+        self.call_with(call, |body| serde_json::from_slice(body))
+            .await
+    }
+
+    /// [`Client::call`] with the answer read by `decode`; an answer it refuses counts as
+    /// not JSON.
+    pub(super) async fn call_with<T>(
+        &self,
+        call: Call<'_>,
+        decode: Decode<T>,
+    ) -> Result<T, ApiError> {
         let attempts = AtomicU32::new(0);
         let renewed = AtomicBool::new(false);
         (|| {
@@ -423,6 +434,7 @@ impl Client {
                 &call,
                 attempts.fetch_add(1, Ordering::Relaxed) + 1,
                 &renewed,
+                decode,
             )
         })
         .retry(self.policy())
@@ -435,16 +447,17 @@ impl Client {
 
     /// Attempt number `attempt` of a call, renewing the token once within it when the
     /// server rejects the one it was sent with (expired early or revoked).
-    async fn attempt(
+    async fn attempt<T>(
         &self,
         call: &Call<'_>,
         attempt: u32,
         renewed: &AtomicBool,
-    ) -> Result<Value, Failed> {
+        decode: Decode<T>,
+    ) -> Result<T, Failed> {
         loop {
             let a = self.attempt_of(Some(call), attempt, renewed.load(Ordering::Relaxed));
             let token = self.token(a).await?;
-            let (failure, error, asked) = match self.send(call, &token, attempt).await {
+            let (failure, error, asked) = match self.send(call, &token, attempt, decode).await {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
@@ -459,12 +472,13 @@ impl Client {
 
     /// One attempt of a call: the answer's JSON, or how it failed (with the error to
     /// report if it is not retried, and the wait the server asked for).
-    async fn send(
+    async fn send<T>(
         &self,
         call: &Call<'_>,
         token: &Secret,
         attempt: u32,
-    ) -> Result<Value, (retry::Failure, ApiError, Option<Duration>)> {
+        decode: Decode<T>,
+    ) -> Result<T, (retry::Failure, ApiError, Option<Duration>)> {
         let inner = &self.inner;
         let what = format!("{} {}", call.method, call.path);
         let mut req = inner
@@ -526,7 +540,7 @@ impl Client {
             };
             return Err((retry::Failure::Status(status), error, asked));
         }
-        serde_json::from_slice(&body).map_err(|e| {
+        decode(&body).map_err(|e| {
             let error = ApiError::BadResponse {
                 what,
                 detail: format!(
@@ -538,6 +552,9 @@ impl Client {
         })
     }
 }
+
+/// Reads an answer's body.
+pub(super) type Decode<T> = fn(&[u8]) -> serde_json::Result<T>;
 
 /// One failed attempt: how, the error to report if it is not retried, the wait the server
 /// asked for, and what the retry policy makes of it.

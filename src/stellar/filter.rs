@@ -2,7 +2,9 @@
 //! [`matches`]; the client re-checks every listed case with [`recheck`], because a server
 //! may ignore a filter.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
+
+use super::object::Object;
 
 /// Filter keys casewarden knows the meaning of (each may also take a `NOT~` prefix).
 pub const KEYS: [&str; 12] = [
@@ -41,7 +43,7 @@ pub fn is_known(key: &str) -> bool {
 /// One filter, `NOT~` included, as the server applies it to a case object: any field
 /// can be filtered on, numbers compare as numbers, and a field the case lacks is "not
 /// equal" (so `NOT~field=x` keeps it).
-pub fn matches(case: &Map<String, Value>, key: &str, value: &str) -> bool {
+pub fn matches(case: &impl Object, key: &str, value: &str) -> bool {
     match key.strip_prefix("NOT~") {
         Some(bare) => !positive(case, bare, value),
         None => positive(case, key, value),
@@ -50,7 +52,7 @@ pub fn matches(case: &Map<String, Value>, key: &str, value: &str) -> bool {
 
 /// The client's re-check of a rule's hints: every known filter must match; an unknown
 /// key is left to the server (logged at debug) rather than dropping every case.
-pub fn recheck(case: &Map<String, Value>, hints: &[(String, String)]) -> bool {
+pub fn recheck(case: &impl Object, hints: &[(String, String)]) -> bool {
     hints.iter().all(|(k, v)| {
         if is_known(k) {
             matches(case, k, v)
@@ -61,7 +63,7 @@ pub fn recheck(case: &Map<String, Value>, hints: &[(String, String)]) -> bool {
     })
 }
 
-fn positive(case: &Map<String, Value>, key: &str, value: &str) -> bool {
+fn positive(case: &impl Object, key: &str, value: &str) -> bool {
     if let Some(field) = key.strip_prefix("FROM~") {
         let bound = value.trim().parse::<f64>().unwrap_or(f64::MIN);
         return number(case, field).is_some_and(|v| v >= bound);
@@ -98,7 +100,7 @@ fn equals(field: &Value, v: &str) -> bool {
 }
 
 /// A numeric field; `score` is also found under the older names.
-fn number(case: &Map<String, Value>, field: &str) -> Option<f64> {
+fn number(case: &impl Object, field: &str) -> Option<f64> {
     let v = case
         .get(field)
         .filter(|v| v.is_number())
@@ -114,7 +116,7 @@ fn number(case: &Map<String, Value>, field: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Map, json};
 
     fn case(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()

@@ -1,6 +1,8 @@
 //! The two generations of the Cases API, and how to tell them apart from what a server sends.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
+
+use super::object::Object;
 
 /// Which generation of the update call the server speaks (see INTERFACE.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default, clap::ValueEnum)]
@@ -31,7 +33,7 @@ impl ApiFlavor {
 
     /// The flavour a case object's field names show: `severity` is v5's, `priority` (or
     /// `case_score`) without it legacy's; None when the object shows neither.
-    pub fn of_case(case: &Map<String, Value>) -> Option<ApiFlavor> {
+    pub fn of_case(case: &impl Object) -> Option<ApiFlavor> {
         if case.get("severity").is_some_and(Value::is_string) {
             Some(ApiFlavor::V5)
         } else if case.get("priority").is_some_and(Value::is_string)

@@ -7,6 +7,7 @@ mod error;
 pub mod filter;
 mod flavor;
 pub mod model;
+pub mod object;
 mod pager;
 mod retry;
 

@@ -3,9 +3,11 @@
 
 use std::sync::Arc;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::ApiFlavor;
+use super::object::{CaseObject, Kind, Object};
 
 /// Case statuses the API accepts.
 pub const STATUSES: [&str; 5] = ["New", "In Progress", "Escalated", "Resolved", "Cancelled"];
@@ -65,7 +67,7 @@ pub fn priority_rank(p: &str) -> i64 {
 pub struct Case {
     pub id: String,
     /// Shared with the rules' views of the case, which only read it.
-    raw: Arc<Map<String, Value>>,
+    raw: Arc<CaseObject>,
     /// The case's change history from `/cases/{id}/activities`, when it was read (5.x
     /// servers send no `history` in the case object).
     pub activities: Option<Arc<Vec<HistoryEntry>>>,
@@ -107,12 +109,28 @@ impl Case {
     /// `priority`, `case_score`), falling back to the other names (and `incident_score`)
     /// when the object lacks them. `flavor` None: the flavour the object shows.
     pub fn parse(value: Value, flavor: Option<ApiFlavor>) -> Result<Case, CaseParseError> {
-        let Value::Object(mut raw) = value else {
-            return Err(CaseParseError {
-                id: None,
-                reason: format!("expected a JSON object, got {}", type_name(&value)),
-            });
-        };
+        Case::from_object(Case::object(value)?, flavor)
+    }
+
+    /// The object a parsed case is, checked to be one.
+    pub fn object(value: Value) -> Result<CaseObject, CaseParseError> {
+        match value {
+            Value::Object(raw) => Ok(CaseObject::from_map(raw)),
+            other => Err(not_an_object(Kind::of(&other))),
+        }
+    }
+
+    /// The object a case is as it stands in a listing's text, its fields read one at a
+    /// time when asked for.
+    pub fn index(raw: &RawValue) -> Result<CaseObject, CaseParseError> {
+        CaseObject::index(raw).map_err(not_an_object)
+    }
+
+    /// [`Case::parse`] of an object.
+    pub fn from_object(
+        mut raw: CaseObject,
+        flavor: Option<ApiFlavor>,
+    ) -> Result<Case, CaseParseError> {
         let id = match raw.get("_id") {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
             Some(other) => {
@@ -147,19 +165,19 @@ impl Case {
         };
         if let Some(p) = priorities
             .iter()
-            .find_map(|k| raw.get(*k).filter(|v| v.is_string()))
+            .find_map(|k| raw.get(k).filter(|v| v.is_string()))
         {
-            raw.insert("priority".into(), p.clone());
+            raw.insert("priority", p.clone());
         }
         if let Some(s) = scores
             .iter()
-            .find_map(|k| raw.get(*k).filter(|v| v.is_number()))
+            .find_map(|k| raw.get(k).filter(|v| v.is_number()))
         {
-            raw.insert("score".into(), s.clone());
+            raw.insert("score", s.clone());
         }
         // Rules name the customer `tenant`; servers call its id `cust_id`.
         if let Some(t) = raw.get("cust_id").filter(|v| v.is_string()) {
-            raw.insert("tenant".into(), t.clone());
+            raw.insert("tenant", t.clone());
         }
         Ok(Case {
             id,
@@ -169,7 +187,7 @@ impl Case {
     }
 
     /// The normalised object, as rules see it.
-    pub fn raw(&self) -> &Map<String, Value> {
+    pub fn raw(&self) -> &CaseObject {
         &self.raw
     }
 
@@ -186,11 +204,11 @@ impl Case {
         }
         if let Some(name) = self.tenant().and_then(|t| names.get(t)) {
             let name = Value::String(name.clone());
-            Arc::make_mut(&mut self.raw).insert("tenant_name".into(), name);
+            Arc::make_mut(&mut self.raw).insert("tenant_name", name);
         }
     }
 
-    pub fn shared_raw(&self) -> Arc<Map<String, Value>> {
+    pub fn shared_raw(&self) -> Arc<CaseObject> {
         self.raw.clone()
     }
 
@@ -237,13 +255,13 @@ impl Case {
 
     /// History entries that carry a field and a timestamp; malformed entries are ignored.
     pub fn history(&self) -> Vec<HistoryEntry> {
-        history_of(&self.raw)
+        history_of(&*self.raw)
     }
 
     /// A copy with fields replaced, as the server would hold them after an update.
     pub fn with_field(&self, key: &str, value: Value) -> Case {
         let mut raw = (*self.raw).clone();
-        raw.insert(key.to_string(), value);
+        raw.insert(key, value);
         Case {
             id: self.id.clone(),
             raw: Arc::new(raw),
@@ -260,7 +278,7 @@ pub fn is_own_entry(api: bool, user: &str, own: &[String]) -> bool {
 }
 
 /// History entries of a raw case object.
-fn history_of(raw: &Map<String, Value>) -> Vec<HistoryEntry> {
+fn history_of(raw: &impl Object) -> Vec<HistoryEntry> {
     raw.get("history")
         .and_then(Value::as_array)
         .into_iter()
@@ -314,7 +332,7 @@ pub fn activities_of(items: &[Value]) -> Vec<HistoryEntry> {
 /// no `history`, the newest entry of `activities` not its own. Else `created_at`.
 /// None: `activities` are needed and were not read. `own`: casewarden's user id and email.
 pub fn last_human_activity(
-    raw: &Map<String, Value>,
+    raw: &impl Object,
     own: &[String],
     activities: Option<&[HistoryEntry]>,
 ) -> Option<i64> {
@@ -421,14 +439,15 @@ fn without_trailing_commas(text: &str) -> String {
 }
 
 /// The fields casewarden relies on have the types it reads them as; Err: what is wrong.
-fn check_types(raw: &Map<String, Value>) -> Result<(), String> {
+/// Reads no more than the first character of a field's text, but `tags`.
+fn check_types(raw: &CaseObject) -> Result<(), String> {
     for key in [
         "status", "priority", "severity", "assignee", "name", "cust_id",
     ] {
-        match raw.get(key) {
-            None | Some(Value::Null) | Some(Value::String(_)) => {}
+        match raw.kind(key) {
+            None | Some(Kind::Null | Kind::String) => {}
             Some(other) => {
-                return Err(format!("{key} must be a string, got {}", type_name(other)));
+                return Err(format!("{key} must be a string, got {}", other.name()));
             }
         }
     }
@@ -442,10 +461,10 @@ fn check_types(raw: &Map<String, Value>) -> Result<(), String> {
         "incident_score",
         "ticket_id",
     ] {
-        match raw.get(key) {
-            None | Some(Value::Null) | Some(Value::Number(_)) => {}
+        match raw.kind(key) {
+            None | Some(Kind::Null | Kind::Number) => {}
             Some(other) => {
-                return Err(format!("{key} must be a number, got {}", type_name(other)));
+                return Err(format!("{key} must be a number, got {}", other.name()));
             }
         }
     }
@@ -454,23 +473,23 @@ fn check_types(raw: &Map<String, Value>) -> Result<(), String> {
         Some(Value::Array(tags)) if tags.iter().all(Value::is_string) => {}
         Some(_) => return Err("tags must be a list of strings".into()),
     }
-    match raw.get("history") {
-        None | Some(Value::Null) | Some(Value::Array(_)) => {}
+    match raw.kind("history") {
+        None | Some(Kind::Null | Kind::List) => {}
         Some(other) => {
-            return Err(format!("history must be a list, got {}", type_name(other)));
+            return Err(format!("history must be a list, got {}", other.name()));
         }
     }
     Ok(())
 }
 
 fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
+    Kind::of(v).name()
+}
+
+fn not_an_object(kind: Kind) -> CaseParseError {
+    CaseParseError {
+        id: None,
+        reason: format!("expected a JSON object, got {}", kind.name()),
     }
 }
 
@@ -530,7 +549,7 @@ pub fn involved(summary: &str) -> Vec<Entity> {
 }
 
 /// The entity of a raw case object, if it has a usable `metadata.entity_id`.
-pub fn entity_of(raw: &Map<String, Value>) -> Option<Entity> {
+pub fn entity_of(raw: &impl Object) -> Option<Entity> {
     raw.get("metadata")?
         .get("entity_id")?
         .as_str()

@@ -5,9 +5,11 @@ use std::sync::Arc;
 
 use reqwest::Method;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::task::JoinHandle;
 
 use super::client::{Call, Client, data_of, short};
+use super::object::CaseObject;
 use super::{ApiError, ApiFlavor, Case, CaseParseError};
 
 /// One page of cases: the cases that parsed and the ones skipped, with reasons.
@@ -58,6 +60,22 @@ impl Client {
             recent: [HashSet::new(), HashSet::new()],
             done: false,
         }
+    }
+}
+
+impl Client {
+    /// The cases with these ticket numbers, a page of them per listing request
+    /// (`ticket_id=1,2,3`). A server may answer with other cases or fewer: the caller
+    /// looks for the ones it asked for.
+    pub async fn cases_by_ticket(&self, tickets: &[i64]) -> Result<Vec<Case>, ApiError> {
+        let mut cases = Vec::with_capacity(tickets.len());
+        for some in tickets.chunks(self.page_size() as usize) {
+            let list: Vec<String> = some.iter().map(i64::to_string).collect();
+            let filters = Arc::new(vec![("ticket_id".to_string(), list.join(","))]);
+            let fetched = fetch(self.clone(), filters, 0).await?;
+            cases.extend(fetched.parsed.into_iter().filter_map(Result::ok));
+        }
+        Ok(cases)
     }
 }
 
@@ -155,6 +173,39 @@ impl Drop for CasePager {
     }
 }
 
+/// A listing's answer: the common shape read without parsing the cases' fields, or any
+/// other JSON, for [`fetch`] to make sense of or report.
+enum Listed {
+    Page {
+        cases: Vec<Result<CaseObject, CaseParseError>>,
+        total: Option<u64>,
+    },
+    Other(Value),
+}
+
+#[derive(serde::Deserialize)]
+struct Answer<'a> {
+    #[serde(borrow)]
+    data: Cases<'a>,
+}
+
+#[derive(serde::Deserialize)]
+struct Cases<'a> {
+    #[serde(borrow)]
+    cases: Vec<&'a RawValue>,
+    total: Option<u64>,
+}
+
+fn decode(body: &[u8]) -> serde_json::Result<Listed> {
+    match serde_json::from_slice::<Answer>(body) {
+        Ok(a) => Ok(Listed::Page {
+            cases: a.data.cases.into_iter().map(Case::index).collect(),
+            total: a.data.total,
+        }),
+        Err(_) => serde_json::from_slice(body).map(Listed::Other),
+    }
+}
+
 /// Requests and parses the page at `skip`.
 async fn fetch(
     client: Client,
@@ -166,30 +217,39 @@ async fn fetch(
     query.push(("limit".into(), limit.to_string()));
     query.push(("skip".into(), skip.to_string()));
     let what = format!("GET cases (skip {skip})");
-    let v = client
-        .call(Call {
-            method: Method::GET,
-            path: "/connect/api/v1/cases".into(),
-            query: &query,
-            body: None,
-            idempotent: true,
-        })
+    let listed = client
+        .call_with(
+            Call {
+                method: Method::GET,
+                path: "/connect/api/v1/cases".into(),
+                query: &query,
+                body: None,
+                idempotent: true,
+            },
+            decode,
+        )
         .await?;
-    let mut data = data_of(v, &what)?;
-    let items = match data.get_mut("cases") {
-        Some(Value::Array(items)) => std::mem::take(items),
-        _ => {
-            return Err(ApiError::BadResponse {
-                what,
-                detail: format!("data.cases should be a list, got {}", short(&data)),
-            });
+    let (items, total) = match listed {
+        Listed::Page { cases, total } => (cases, total),
+        Listed::Other(v) => {
+            let mut data = data_of(v, &what)?;
+            let items = match data.get_mut("cases") {
+                Some(Value::Array(items)) => std::mem::take(items),
+                _ => {
+                    return Err(ApiError::BadResponse {
+                        what,
+                        detail: format!("data.cases should be a list, got {}", short(&data)),
+                    });
+                }
+            };
+            let total = data.get("total").and_then(Value::as_u64);
+            (items.into_iter().map(Case::object).collect(), total)
         }
     };
-    let total = data.get("total").and_then(Value::as_u64);
     if client.known_flavor().is_none()
         && let Some(f) = items
             .iter()
-            .find_map(|c| c.as_object().and_then(ApiFlavor::of_case))
+            .find_map(|c| c.as_ref().ok().and_then(ApiFlavor::of_case))
     {
         client.detect_flavor(
             f,
@@ -202,7 +262,7 @@ async fn fetch(
         received: items.len() as u64,
         parsed: items
             .into_iter()
-            .map(|item| Case::parse(item, flavor))
+            .map(|item| item.and_then(|o| Case::from_object(o, flavor)))
             .collect(),
         total,
     })
