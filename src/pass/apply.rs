@@ -84,10 +84,10 @@ impl Applier {
     /// (`ticket_id=1,2,3`), so each update needs no read of its own. A case the answer
     /// lacks (no ticket number, a server that ignores the filter) is read alone by
     /// [`Applier::apply`].
-    pub(super) async fn read_wave(
+    pub(super) async fn read_wave<'p>(
         &self,
-        wave: Vec<(usize, CasePlan)>,
-    ) -> Vec<(usize, CasePlan, Option<Fresh>)> {
+        wave: Vec<(usize, &'p CasePlan)>,
+    ) -> Vec<(usize, &'p CasePlan, Option<Fresh>)> {
         let tickets: Vec<i64> = wave
             .iter()
             .filter(|(_, p)| needs_read(p))
@@ -188,12 +188,12 @@ impl Applier {
     pub(super) async fn apply(
         self: Arc<Self>,
         case: usize,
-        p: CasePlan,
+        p: &CasePlan,
         fresh: Option<Fresh>,
     ) -> Vec<(DecisionId, Outcome)> {
         let stop = match self.stop() {
             Some(why) => Some(why),
-            None => self.changed_since_listed(&p, fresh).await,
+            None => self.changed_since_listed(p, fresh).await,
         };
         // Checked last, right before the request: the read-back above may have waited
         // while this process was paused past its lease.
@@ -206,7 +206,7 @@ impl Applier {
                 .map(|(i, _)| (i, Err(why.clone())))
                 .collect()
         } else {
-            let outcomes = apply_case(&self.client, &p, self.comment_changes, &self.run_id).await;
+            let outcomes = apply_case(&self.client, p, self.comment_changes, &self.run_id).await;
             if let Some((_, Err(n))) = outcomes
                 .iter()
                 .find(|(_, r)| r.as_ref().is_err_and(|n| n.halts))
@@ -285,7 +285,7 @@ async fn apply_case(
         let mut out = Vec::new();
         let update: DecisionResult = match plan.body() {
             Some(body) => match client.update_case(&plan.case_id, &body).await {
-                Ok(updated) => match Case::parse(updated, Some(client.flavor())) {
+                Ok(updated) => match updated {
                     Ok(case) => holds(&case, plan),
                     // Only a case holding the planned values proves the update.
                     Err(_) => read_back(client, plan, "the server's answer to the update is not a case", NotApplied::failed("the server accepted the update but the case does not hold it", None)).await,

@@ -903,8 +903,13 @@ impl Stage<'_> {
         let repeated = self.repeated_dry_runs(plans).await?;
         let mut events = Vec::new();
         let mut owners = Vec::new();
+        let mut seqs = Vec::new();
         let mut not_again = 0;
         for (id, p, d) in plan::decisions(plans) {
+            if events.len() == INTENT_ROWS {
+                seqs.extend(self.ctx.audit.append(&events).await?);
+                events.clear();
+            }
             let Some((ri, rule)) = self.rule_of(&d.rule) else {
                 continue;
             };
@@ -931,7 +936,7 @@ impl Stage<'_> {
                 "dry-run rows not recorded again: the same plan as the last dry run of that rule on that case"
             );
         }
-        let seqs = self.ctx.audit.append(&events).await?;
+        seqs.extend(self.ctx.audit.append(&events).await?);
         Ok(owners.into_iter().zip(seqs).collect())
     }
 
@@ -1031,11 +1036,10 @@ impl Stage<'_> {
         let (tx, rx) = tokio::sync::mpsc::channel::<Vec<NewEvent>>(256);
         let audit_broken = Arc::new(AtomicBool::new(false));
         let writer = tokio::spawn(write_outcomes(ctx.audit.clone(), rx, audit_broken.clone()));
-        let work: Vec<(usize, CasePlan)> = plans
+        let work: Vec<(usize, &CasePlan)> = plans
             .iter()
             .enumerate()
             .filter(|(_, p)| p.has_work())
-            .map(|(i, p)| (i, p.clone()))
             .collect();
         let apply = Arc::new(Applier {
             client: ctx.client.clone(),
@@ -1114,6 +1118,11 @@ impl Stage<'_> {
         }
     }
 }
+
+/// Planned rows committed per transaction: every one of them is committed before the first
+/// request either way; a large plan is not built as one list of rows, and the lease's
+/// heartbeat is not kept waiting behind one long transaction.
+const INTENT_ROWS: usize = 10_000;
 
 /// Cases read at once before sending, per request in flight: the longest a read waits for
 /// its update is this many round trips.

@@ -9,12 +9,13 @@ use backon::{ExponentialBuilder, Retryable};
 use reqwest::header::{AUTHORIZATION, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tracing::Instrument;
 
 use super::ApiFlavor;
 use super::auth::{self, Credentials};
 use super::error::{ApiError, describe_reqwest, excerpt, redirect};
-use super::model::{self, Case, Comment, Tenant, User};
+use super::model::{self, Case, CaseParseError, Comment, Tenant, User};
 use super::retry;
 use crate::secret::Secret;
 
@@ -227,27 +228,35 @@ impl Client {
 
     pub async fn get_case(&self, id: &str) -> Result<Case, ApiError> {
         let what = format!("GET case {id}");
-        let v = self
-            .call(Call {
-                method: Method::GET,
-                path: format!("/connect/api/v1/cases/{}", urlencode(id)),
-                query: &[],
-                body: None,
-                idempotent: true,
-            })
+        let data = self
+            .call_with(
+                Call {
+                    method: Method::GET,
+                    path: format!("/connect/api/v1/cases/{}", urlencode(id)),
+                    query: &[],
+                    body: None,
+                    idempotent: true,
+                },
+                decode_data,
+            )
             .await?;
-        let data = data_of(v, &what)?;
-        Case::parse(data, self.known_flavor()).map_err(|e| ApiError::BadResponse {
-            what,
-            detail: e.to_string(),
-        })
+        data.into_case(self.known_flavor(), &what)?
+            .map_err(|e| ApiError::BadResponse {
+                what,
+                detail: e.to_string(),
+            })
     }
 
     /// Sends one update. `body` uses `priority`; on v5 servers it is sent as `severity`.
     /// With `api_flavor = "auto"`, an update call the server answers 405 (nothing applied)
     /// is sent once more in the other flavour, which is kept from then on; with a
-    /// configured flavour, a 405 is [`ApiError::WrongFlavor`].
-    pub async fn update_case(&self, id: &str, body: &Value) -> Result<Value, ApiError> {
+    /// configured flavour, a 405 is [`ApiError::WrongFlavor`]. `Ok(Err(_))`: the server
+    /// accepted the update and answered with JSON that is not a case.
+    pub async fn update_case(
+        &self,
+        id: &str,
+        body: &Value,
+    ) -> Result<Result<Case, CaseParseError>, ApiError> {
         let flavor = self.flavor();
         match self.update_as(flavor, id, body).await {
             Err(ApiError::Status { status: 405, .. }) if !self.inner.flavor_fixed => {
@@ -275,7 +284,7 @@ impl Client {
         flavor: ApiFlavor,
         id: &str,
         body: &Value,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Result<Case, CaseParseError>, ApiError> {
         let what = format!("update case {id}");
         let (method, path, query, body) = match flavor {
             ApiFlavor::Legacy => (
@@ -299,16 +308,19 @@ impl Client {
                 )
             }
         };
-        let v = self
-            .call(Call {
-                method,
-                path,
-                query: &query,
-                body: Some(&body),
-                idempotent: true,
-            })
+        let data = self
+            .call_with(
+                Call {
+                    method,
+                    path,
+                    query: &query,
+                    body: Some(&body),
+                    idempotent: true,
+                },
+                decode_data,
+            )
             .await?;
-        data_of(v, &what)
+        data.into_case(Some(flavor), &what)
     }
 
     /// A case's change history (5.x: `GET /cases/{id}/activities`), newest or oldest first
@@ -587,6 +599,39 @@ fn log_retry(f: &Failed, wait: Duration) {
         tracing::info!(wait_ms, "rate limited (429), waiting");
     } else {
         tracing::debug!(error = %f.error, wait_ms, "retrying");
+    }
+}
+
+/// An answer's `data`: its text when the answer is `{"data": ...}`, else the whole answer
+/// parsed, for [`data_of`] to report.
+enum Data {
+    Text(Box<RawValue>),
+    Other(Value),
+}
+
+fn decode_data(body: &[u8]) -> serde_json::Result<Data> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        data: Box<RawValue>,
+    }
+    match serde_json::from_slice::<Answer>(body) {
+        Ok(a) => Ok(Data::Text(a.data)),
+        Err(_) => serde_json::from_slice(body).map(Data::Other),
+    }
+}
+
+impl Data {
+    /// The case the answer holds, read one field at a time; Err: the answer has no `data`;
+    /// `Ok(Err(_))`: its `data` is not a case.
+    fn into_case(
+        self,
+        flavor: Option<ApiFlavor>,
+        what: &str,
+    ) -> Result<Result<Case, CaseParseError>, ApiError> {
+        Ok(match self {
+            Data::Text(text) => Case::index(&text).and_then(|o| Case::from_object(o, flavor)),
+            Data::Other(v) => Case::parse(data_of(v, what)?, flavor),
+        })
     }
 }
 
