@@ -6,6 +6,8 @@
 //! cargo bench --bench pass -- [CASES] [--rounds N] [--only casewarden|peer]
 //!     [--instances K] [--tenants T]   (K simulators sharing the cases, as K `[[instance]]`
 //!     blocks of one config, each with T customers; the peer only knows one server)
+//!     [--against BINARY]   (an earlier build of casewarden, run alternately with this one
+//!     on the same simulators and config, to measure a change)
 //!
 //! Each run gets a freshly started simulator (`casewarden simulate --cases N --seed 7`) so
 //! both see the same cases. Printed per run: wall time, the client's CPU seconds and peak
@@ -22,6 +24,8 @@ const USER: &str = "demo@example.com";
 #[derive(Clone, Copy, PartialEq)]
 enum Who {
     Casewarden,
+    /// The binary given with `--against`.
+    Earlier,
     Peer,
 }
 
@@ -29,6 +33,7 @@ impl Who {
     fn name(self) -> &'static str {
         match self {
             Who::Casewarden => "casewarden once",
+            Who::Earlier => "earlier build",
             Who::Peer => "async Python peer",
         }
     }
@@ -73,11 +78,15 @@ fn main() {
             .unwrap_or(3)
             .max(1),
     };
-    let who: Vec<Who> = match value("--only").as_deref() {
+    let earlier = value("--against").map(PathBuf::from);
+    let mut who: Vec<Who> = match value("--only").as_deref() {
         Some("casewarden") => vec![Who::Casewarden],
         Some("peer") => vec![Who::Peer],
         _ => vec![Who::Casewarden, Who::Peer],
     };
+    if earlier.is_some() {
+        who.insert(1, Who::Earlier);
+    }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let python = who.contains(&Who::Peer).then(|| venv(&root));
     let dir = tempfile::tempdir().unwrap();
@@ -96,7 +105,19 @@ fn main() {
     let mut runs: Vec<(Who, Run)> = Vec::new();
     for round in 1..=rounds {
         for &w in &who {
-            let run = one_run(w, cases, shape, &root, python.as_deref(), dir.path());
+            let binary = match w {
+                Who::Earlier => earlier.clone(),
+                _ => None,
+            };
+            let run = one_run(
+                w,
+                cases,
+                shape,
+                &root,
+                python.as_deref(),
+                binary,
+                dir.path(),
+            );
             println!(
                 "  round {round} {:<18} wall {:>6.2} s  client CPU {:>6.2} s  peak RSS {:>6.0} MiB  simulator CPU {:>6.2} s  cases changed {}",
                 w.name(),
@@ -132,12 +153,15 @@ fn main() {
             median(w, |r| r.rss_mib)
         );
     }
-    if who.len() == 2 {
-        println!(
-            "peer / casewarden: wall {:.2}x, client CPU {:.2}x",
-            median(Who::Peer, |r| r.wall) / median(Who::Casewarden, |r| r.wall),
-            median(Who::Peer, |r| r.cpu) / median(Who::Casewarden, |r| r.cpu)
-        );
+    for other in [Who::Peer, Who::Earlier] {
+        if who.contains(&other) && who.contains(&Who::Casewarden) {
+            println!(
+                "{} / casewarden: wall {:.2}x, client CPU {:.2}x",
+                other.name(),
+                median(other, |r| r.wall) / median(Who::Casewarden, |r| r.wall),
+                median(other, |r| r.cpu) / median(Who::Casewarden, |r| r.cpu)
+            );
+        }
     }
 }
 
@@ -199,12 +223,14 @@ fn simulator(cases: usize, tenants: usize, seed: usize) -> (Child, String) {
 }
 
 /// One run of `who` against fresh simulators: `shape.instances` of them sharing the cases.
+/// `binary`: the casewarden to run instead of this build's.
 fn one_run(
     who: Who,
     cases: usize,
     shape: Shape,
     root: &Path,
     python: Option<&Path>,
+    binary: Option<PathBuf>,
     dir: &Path,
 ) -> Run {
     let mut sims: Vec<(Child, String)> = (0..shape.instances)
@@ -212,7 +238,7 @@ fn one_run(
         .collect();
     let url = sims[0].1.clone();
     let mut command = match who {
-        Who::Casewarden => {
+        Who::Casewarden | Who::Earlier => {
             let audit = dir.join("audit.db");
             for suffix in ["", "-wal", "-shm"] {
                 let _ = std::fs::remove_file(format!("{}{suffix}", audit.display()));
@@ -238,7 +264,9 @@ fn one_run(
                 ),
             )
             .unwrap();
-            let mut c = Command::new(env!("CARGO_BIN_EXE_casewarden"));
+            let mut c = Command::new(
+                binary.unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_casewarden"))),
+            );
             c.args(["once", "--quiet", "--config"])
                 .arg(&config)
                 .current_dir(dir);
