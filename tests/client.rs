@@ -58,13 +58,15 @@ async fn filters_are_sent_and_applied() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tokens_are_renewed_when_they_expire_during_a_listing() {
-    let mut opts = sim_options(600);
-    opts.token_ttl_secs = 2;
+    // Pages one at a time, 400 ms each: the 4 s token (renewed a quarter early) runs out
+    // mid listing, with over a second to spare for a request delayed on a busy machine.
+    let mut opts = sim_options(1000);
+    opts.token_ttl_secs = 4;
     opts.faults.latency_ms = 400;
     let sim = start(opts).await;
     let client = client(&sim);
     let cases = list_all(&client, vec![]).await.unwrap();
-    assert_eq!(cases.len(), 600);
+    assert_eq!(cases.len(), 1000);
     let s = sim.state();
     assert!(
         s.issued_tokens.len() >= 2,
@@ -276,6 +278,48 @@ async fn a_broken_case_is_skipped_and_reported() {
     assert_eq!(page.skipped[0].id.as_deref(), Some("broken-1"));
     assert!(page.skipped[0].reason.contains("tags"));
     assert_eq!(page.skipped[1].id, None);
+}
+
+/// Values whose syntax is JSON but that do not parse (a number out of range, a lone
+/// surrogate) skip their case, naming the field, instead of reading as something else.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_case_whose_field_does_not_parse_is_skipped_naming_it() {
+    let sim = start(sim_options(0)).await;
+    let body = r#"{"data": {"cases": [
+        {"_id": "a", "status": "New", "modified_at": 1e400},
+        {"_id": "b", "status": "New", "name": "x\ud800y"},
+        {"_id": "c", "status": "New", "version": 1e999},
+        {"_id": "d", "status": "New", "history": [{"field": "status", "timestamp": 1}]}
+    ], "total": 4}}"#;
+    sim.state().faults.list_answer = Some(casewarden::sim::RawAnswer {
+        status: 200,
+        content_type: "application/json".into(),
+        body: body.as_bytes().to_vec(),
+        drip_ms: 0,
+    });
+    let mut pager = client(&sim).list_cases(vec![]);
+    let page = pager.next_page().await.unwrap().unwrap();
+    let ids: Vec<&str> = page.cases.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["d"]);
+    let reasons: Vec<(Option<&str>, &str)> = page
+        .skipped
+        .iter()
+        .map(|e| (e.id.as_deref(), e.reason.as_str()))
+        .collect();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(
+        reasons[0].1.starts_with("modified_at is not valid JSON"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].1.starts_with("name is not valid JSON"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[2].1.starts_with("version is not valid JSON"),
+        "{reasons:?}"
+    );
+    assert_eq!(page.cases[0].history().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]

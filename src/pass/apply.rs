@@ -76,8 +76,15 @@ pub(super) struct Applier {
     pub(super) read_by_ticket: AtomicBool,
 }
 
-/// A case's [`plan::stamp`] as read just before sending it.
-pub(super) type Fresh = Option<String>;
+/// A case's [`plan::stamp`] as its wave read it, and when the read was asked for.
+pub(super) struct Fresh {
+    stamp: Option<String>,
+    asked: tokio::time::Instant,
+}
+
+/// A wave's read older than this when a case's update is due (retries, a slow server) is
+/// repeated for that case alone.
+const FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Applier {
     /// Reads a wave of cases about to be sent in one listing request by ticket number
@@ -96,6 +103,7 @@ impl Applier {
         let mut fresh: HashMap<String, Fresh> = HashMap::new();
         if tickets.len() > 1 && self.read_by_ticket.load(Ordering::Relaxed) && self.stop().is_none()
         {
+            let asked = tokio::time::Instant::now();
             match self.client.cases_by_ticket(&tickets).await {
                 Ok(cases) => {
                     let wanted: std::collections::HashSet<&str> =
@@ -103,7 +111,10 @@ impl Applier {
                     fresh = cases
                         .iter()
                         .filter(|c| wanted.contains(c.id.as_str()))
-                        .map(|c| (c.id.clone(), plan::stamp(c)))
+                        .map(|c| {
+                            let stamp = plan::stamp(c);
+                            (c.id.clone(), Fresh { stamp, asked })
+                        })
                         .collect();
                     if fresh.is_empty() {
                         tracing::info!(
@@ -126,15 +137,15 @@ impl Applier {
             .collect()
     }
 
-    /// Whether the case changed since it was listed, from its read in the wave or else
-    /// read now: a case someone changed is not sent what was decided on the old one (the
+    /// Whether the case changed since it was listed, from its read in the wave (if recent)
+    /// or else read now: a case someone changed is not sent what was decided on the old one (the
     /// next pass decides again).
     async fn changed_since_listed(&self, p: &CasePlan, fresh: Option<Fresh>) -> Option<NotApplied> {
         if !needs_read(p) {
             return None;
         }
-        let now = match fresh {
-            Some(stamp) => stamp,
+        let now = match fresh.filter(|f| f.asked.elapsed() <= FRESH_FOR) {
+            Some(f) => f.stamp,
             None => match self.client.get_case(&p.case_id).await {
                 Ok(case) => plan::stamp(&case),
                 Err(e) => {

@@ -123,7 +123,7 @@ impl Case {
     /// The object a case is as it stands in a listing's text, its fields read one at a
     /// time when asked for.
     pub fn index(raw: &RawValue) -> Result<CaseObject, CaseParseError> {
-        CaseObject::index(raw).map_err(not_an_object)
+        CaseObject::index(raw).map_err(|reason| CaseParseError { id: None, reason })
     }
 
     /// [`Case::parse`] of an object.
@@ -259,7 +259,7 @@ impl Case {
     }
 
     /// A copy with fields replaced, as the server would hold them after an update.
-    pub fn with_field(&self, key: &str, value: Value) -> Case {
+    pub fn with_field(&self, key: &'static str, value: Value) -> Case {
         let mut raw = (*self.raw).clone();
         raw.insert(key, value);
         Case {
@@ -439,12 +439,14 @@ fn without_trailing_commas(text: &str) -> String {
 }
 
 /// The fields casewarden relies on have the types it reads them as; Err: what is wrong.
-/// Reads no more than the first character of a field's text, but `tags`.
+/// Parses the fields the planner and the read before sending rely on (a value the cheap
+/// syntax check of a listing let through may still not parse); `history` is only peeked at.
 fn check_types(raw: &CaseObject) -> Result<(), String> {
+    let kind = |key| Ok::<_, String>(raw.checked(key)?.map(Kind::of));
     for key in [
         "status", "priority", "severity", "assignee", "name", "cust_id",
     ] {
-        match raw.kind(key) {
+        match kind(key)? {
             None | Some(Kind::Null | Kind::String) => {}
             Some(other) => {
                 return Err(format!("{key} must be a string, got {}", other.name()));
@@ -461,14 +463,16 @@ fn check_types(raw: &CaseObject) -> Result<(), String> {
         "incident_score",
         "ticket_id",
     ] {
-        match raw.kind(key) {
+        match kind(key)? {
             None | Some(Kind::Null | Kind::Number) => {}
             Some(other) => {
                 return Err(format!("{key} must be a number, got {}", other.name()));
             }
         }
     }
-    match raw.get("tags") {
+    // What tells a person's edit apart from the listing (see `plan::stamp`).
+    raw.checked("version")?;
+    match raw.checked("tags")? {
         None | Some(Value::Null) => {}
         Some(Value::Array(tags)) if tags.iter().all(Value::is_string) => {}
         Some(_) => return Err("tags must be a list of strings".into()),

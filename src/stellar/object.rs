@@ -93,23 +93,27 @@ struct Field {
 enum Key {
     /// Where the key is in `text` (a key without escapes, which is every real one).
     At(u32, u32),
+    /// A field casewarden sets itself (the normalised `priority`, `score`, `tenant`).
+    Static(&'static str),
     Own(Box<str>),
 }
 
 impl CaseObject {
-    /// Indexes an object's fields without parsing their values. Err: the text is not an
-    /// object; the kind it is.
-    pub fn index(raw: &RawValue) -> Result<CaseObject, Kind> {
+    /// Indexes an object's fields without parsing their values. Err: why the text is not
+    /// an object casewarden can read.
+    pub fn index(raw: &RawValue) -> Result<CaseObject, String> {
         let text: Box<str> = raw.get().trim().into();
         let kind = Kind::of_text(&text);
         if kind != Kind::Object {
-            return Err(kind);
+            return Err(format!("expected a JSON object, got {}", kind.name()));
+        }
+        if u32::try_from(text.len()).is_err() {
+            return Err("a case object larger than 4 GiB".into());
         }
         let base = text.as_ptr() as usize;
         let fields = serde_json::Deserializer::from_str(&text)
             .deserialize_map(Indexer { base })
-            // The text was checked as JSON when the page was read.
-            .map_err(|_| Kind::Object)?;
+            .map_err(|e| format!("not valid JSON ({e})"))?;
         Ok(CaseObject { text, fields })
     }
 
@@ -133,6 +137,7 @@ impl CaseObject {
     fn key<'a>(&'a self, f: &'a Field) -> &'a str {
         match &f.key {
             Key::At(a, b) => &self.text[*a as usize..*b as usize],
+            Key::Static(k) => k,
             Key::Own(k) => k,
         }
     }
@@ -145,16 +150,37 @@ impl CaseObject {
             .find(|f| f.tag == t && self.key(f) == key)
     }
 
+    fn parse<'a>(&'a self, f: &'a Field) -> serde_json::Result<&'a Value> {
+        if let Some(v) = f.value.get() {
+            return Ok(v);
+        }
+        let v = serde_json::from_str(&self.text[f.at.0 as usize..f.at.1 as usize])?;
+        Ok(f.value.get_or_init(|| v))
+    }
+
+    /// Indexing only checks a value's syntax: a number out of range, a lone surrogate or
+    /// nesting deeper than 128 is found here, and read as null (the fields a pass relies on
+    /// are parsed with [`CaseObject::checked`] first, so such a case is skipped instead).
     fn value<'a>(&'a self, f: &'a Field) -> &'a Value {
-        f.value.get_or_init(|| {
-            let text = &self.text[f.at.0 as usize..f.at.1 as usize];
-            // Checked as JSON when indexed, so this cannot fail.
-            serde_json::from_str(text).unwrap_or(Value::Null)
+        self.parse(f).unwrap_or_else(|e| {
+            tracing::warn!(field = self.key(f), error = %e, "a field of a case is not valid JSON; read as null");
+            f.value.get_or_init(|| Value::Null)
         })
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.field(key).map(|f| self.value(f))
+    }
+
+    /// [`CaseObject::get`], or why the field's value cannot be read.
+    pub fn checked(&self, key: &str) -> Result<Option<&Value>, String> {
+        match self.field(key) {
+            None => Ok(None),
+            Some(f) => self
+                .parse(f)
+                .map(Some)
+                .map_err(|e| format!("{key} is not valid JSON ({e})")),
+        }
     }
 
     /// The kind of value a field holds, without parsing it.
@@ -171,7 +197,7 @@ impl CaseObject {
     }
 
     /// Sets a field, replacing the value it had.
-    pub fn insert(&mut self, key: &str, value: Value) {
+    pub fn insert(&mut self, key: &'static str, value: Value) {
         let t = tag(key);
         let at = self
             .fields
@@ -179,7 +205,7 @@ impl CaseObject {
             .rposition(|f| f.tag == t && self.key(f) == key);
         let field = Field {
             tag: t,
-            key: Key::Own(key.into()),
+            key: Key::Static(key),
             at: (0, 0),
             value: OnceLock::from(value),
         };
@@ -201,12 +227,6 @@ impl CaseObject {
         keys.dedup_by(|later, first| later.0 == first.0);
         keys.into_iter()
             .map(|(k, i)| (k, self.value(&self.fields[i])))
-    }
-
-    pub fn to_map(&self) -> Map<String, Value> {
-        self.iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect()
     }
 }
 
@@ -339,7 +359,6 @@ mod tests {
             "the last of a repeated key wins"
         );
         assert_eq!(obj.kind("n"), Some(Kind::Number));
-        assert_eq!(obj.to_map(), map);
         assert_eq!(serde_json::to_value(&obj).unwrap(), Value::Object(map));
     }
 
@@ -368,8 +387,31 @@ mod tests {
     #[test]
     fn not_an_object_says_what_it_is() {
         let raw: Box<RawValue> = serde_json::from_str("[1]").unwrap();
-        assert_eq!(CaseObject::index(&raw).unwrap_err(), Kind::List);
+        assert_eq!(
+            CaseObject::index(&raw).unwrap_err(),
+            "expected a JSON object, got a list"
+        );
         let raw: Box<RawValue> = serde_json::from_str(" \"x\"").unwrap();
-        assert_eq!(CaseObject::index(&raw).unwrap_err().name(), "a string");
+        assert!(CaseObject::index(&raw).unwrap_err().ends_with("a string"));
+    }
+
+    #[test]
+    fn a_value_only_a_full_parse_refuses_is_an_error_when_checked() {
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        let text = format!(r#"{{"big": 1e400, "deep": {deep}, "ok": 1}}"#);
+        let obj = indexed(&text);
+        assert!(
+            obj.checked("big")
+                .unwrap_err()
+                .starts_with("big is not valid JSON")
+        );
+        assert!(obj.checked("deep").is_err());
+        assert_eq!(obj.checked("ok"), Ok(Some(&json!(1))));
+        assert_eq!(obj.checked("none"), Ok(None));
+        assert_eq!(
+            obj.get("big"),
+            Some(&Value::Null),
+            "read as null after a warning"
+        );
     }
 }

@@ -61,9 +61,7 @@ impl Client {
             done: false,
         }
     }
-}
 
-impl Client {
     /// The cases with these ticket numbers, a page of them per listing request
     /// (`ticket_id=1,2,3`). A server may answer with other cases or fewer: the caller
     /// looks for the ones it asked for.
