@@ -71,7 +71,11 @@ pub enum Fields<'a> {
 }
 
 fn object_to_map(o: &CaseObject) -> Map {
-    o.iter()
+    map_of(o.iter())
+}
+
+fn map_of<'a>(fields: impl Iterator<Item = (&'a str, &'a Value)>) -> Map {
+    fields
         .map(|(k, v)| (k.into(), json_to_dynamic(v)))
         .collect()
 }
@@ -87,11 +91,7 @@ fn json_to_dynamic(v: &Value) -> Dynamic {
         },
         Value::String(s) => Dynamic::from(ImmutableString::from(s.as_str())),
         Value::Array(a) => Dynamic::from_array(a.iter().map(json_to_dynamic).collect()),
-        Value::Object(o) => Dynamic::from_map(
-            o.iter()
-                .map(|(k, v)| (k.as_str().into(), json_to_dynamic(v)))
-                .collect(),
-        ),
+        Value::Object(o) => Dynamic::from_map(map_of(o.iter().map(|(k, v)| (k.as_str(), v)))),
     }
 }
 

@@ -116,7 +116,10 @@ impl Case {
     pub fn object(value: Value) -> Result<CaseObject, CaseParseError> {
         match value {
             Value::Object(raw) => Ok(CaseObject::from_map(raw)),
-            other => Err(not_an_object(Kind::of(&other))),
+            other => Err(CaseParseError {
+                id: None,
+                reason: Kind::of(&other).not_an_object(),
+            }),
         }
     }
 
@@ -488,13 +491,6 @@ fn check_types(raw: &CaseObject) -> Result<(), String> {
 
 fn type_name(v: &Value) -> &'static str {
     Kind::of(v).name()
-}
-
-fn not_an_object(kind: Kind) -> CaseParseError {
-    CaseParseError {
-        id: None,
-        reason: format!("expected a JSON object, got {}", kind.name()),
-    }
 }
 
 /// Parsed `metadata.entity_id`: `kind,name,ip` (4.3) or `kind,name,...ids...,ip` (newer).

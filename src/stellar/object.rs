@@ -58,6 +58,11 @@ impl Kind {
         }
     }
 
+    /// Why a case that is this kind of value is not read.
+    pub fn not_an_object(self) -> String {
+        format!("expected a JSON object, got {}", self.name())
+    }
+
     /// As error messages name it.
     pub fn name(self) -> &'static str {
         match self {
@@ -105,7 +110,7 @@ impl CaseObject {
         let text: Box<str> = raw.get().trim().into();
         let kind = Kind::of_text(&text);
         if kind != Kind::Object {
-            return Err(format!("expected a JSON object, got {}", kind.name()));
+            return Err(kind.not_an_object());
         }
         if u32::try_from(text.len()).is_err() {
             return Err("a case object larger than 4 GiB".into());
