@@ -10,7 +10,7 @@ mod support;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use casewarden::audit::{AuditStore, Filter, NewEvent, Outcome, Period};
+use casewarden::audit::{AuditStore, CaseRef, Filter, NewEvent, Outcome, Period};
 use casewarden::review::{Review, Source};
 use futures::StreamExt;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -43,15 +43,20 @@ fn event(n: usize) -> NewEvent {
         run_id: format!("20261125T000000Z-{:06x}", n / 10_000),
         rule: ["escalate-aged-new", "sla-breach", "tag-by-entity"][n % 3].into(),
         rule_hash: "ab".repeat(32),
-        case_id: format!("{:032x}", n / 4),
-        ticket_id: Some(60_000 + (n / 4) as i64),
+        case: CaseRef::Case {
+            id: format!("{:032x}", n / 4),
+            ticket_id: Some(60_000 + (n / 4) as i64),
+            tenant: None,
+        },
         field: "priority".into(),
         old: Some("Medium".into()),
         new: Some("High".into()),
         reason: reason.into(),
-        outcome: Some(outcome),
+        dry_run: false,
+        outcome,
         error,
-        ..NewEvent::default()
+        http_status: None,
+        planned_seq: None,
     }
 }
 
@@ -75,7 +80,7 @@ async fn baseline(path: &std::path::Path, rows: usize) -> Duration {
         for &n in chunk {
             let e = event(n);
             sqlx::query("INSERT INTO plain (run_id, recorded_at, rule, rule_hash, case_id, ticket_id, field, old, new, reason, dry_run, outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-                .bind(&e.run_id).bind("2026-11-25T00:00:00.000Z").bind(&e.rule).bind(&e.rule_hash).bind(&e.case_id).bind(e.ticket_id)
+                .bind(&e.run_id).bind("2026-11-25T00:00:00.000Z").bind(&e.rule).bind(&e.rule_hash).bind(e.case.id()).bind(e.case.ticket_id())
                 .bind(&e.field).bind(&e.old).bind(&e.new).bind(&e.reason).bind(false).bind("planned")
                 .execute(&mut *tx).await.unwrap();
         }

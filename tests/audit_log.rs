@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use casewarden::audit::{AuditStore, Filter, NewEvent, Outcome, Verification};
+use casewarden::audit::{AuditStore, CaseRef, Filter, NewEvent, Outcome, Verification};
 use futures::StreamExt;
 use sqlx::sqlite::SqlitePoolOptions;
 
@@ -18,19 +18,21 @@ fn event(n: usize, outcome: Outcome) -> NewEvent {
             "odd-rule".into()
         },
         rule_hash: "ab".repeat(32),
-        case_id: format!("case-{n}"),
-        ticket_id: Some(1000 + n as i64),
+        case: CaseRef::Case {
+            id: format!("case-{n}"),
+            ticket_id: Some(1000 + n as i64),
+            // Rows with and without a customer: both kinds chain and verify.
+            tenant: (n % 4 != 3).then(|| format!("cust-{}", n % 2)),
+        },
         field: "priority".into(),
         old: Some("Low".into()),
         new: Some("High".into()),
         reason: format!("reason {n}, with a comma"),
         dry_run: n.is_multiple_of(5),
-        outcome: Some(outcome),
+        outcome,
         error: (outcome == Outcome::Failed).then(|| "HTTP 500: boom".to_string()),
         http_status: (outcome == Outcome::Failed).then_some(500),
         planned_seq: None,
-        // Rows with and without a customer: both kinds chain and verify.
-        tenant: (n % 4 != 3).then(|| format!("cust-{}", n % 2)),
     }
 }
 
@@ -385,7 +387,7 @@ async fn audit_output_is_readable_and_safe_for_spreadsheets() {
             field: "tags".into(),
             old: None,
             new: Some("+=HYPERLINK(\"http://evil\")".into()),
-            outcome: Some(Outcome::Planned),
+            outcome: Outcome::Planned,
             ..event(10, Outcome::Planned)
         }])
         .await

@@ -183,18 +183,20 @@ async fn a_crash_before_a_comment_is_reconciled_from_the_case_comments() {
         run_id: "20261125T000000Z-crashed".into(),
         rule: "sla-breach".into(),
         rule_hash: "ab".repeat(32),
-        case_id: case_id.into(),
-        ticket_id: None,
+        case: casewarden::audit::CaseRef::Case {
+            id: case_id.into(),
+            ticket_id: None,
+            tenant: None,
+        },
         field: "comment".into(),
         old: None,
         new: Some("SLA breach".into()),
         reason: String::new(),
         dry_run: false,
-        outcome: None,
+        outcome: casewarden::audit::Outcome::Planned,
         error: None,
         http_status: None,
         planned_seq: None,
-        tenant: None,
     };
     store
         .append(&[planned(&ids[0]), planned(&ids[1])])

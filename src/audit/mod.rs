@@ -9,6 +9,7 @@ mod db;
 pub mod export;
 mod lease;
 mod query;
+pub mod row;
 mod stats;
 mod store;
 
@@ -17,6 +18,7 @@ pub use chain::{GENESIS, Verification};
 pub use copy::{Copied, CopyError};
 pub use lease::{Claim, ClaimError, Fence, Held, Lease, LeaseTimes};
 pub use query::Filter;
+pub use row::{CaseRef, NewEvent, Settled};
 pub use stats::{CaseCount, DayCount, FailureGroup, GroupCount, Period, RuleVersion, Step};
 pub use store::AuditStore;
 
@@ -149,28 +151,6 @@ impl PartialEq<&str> for Outcome {
     fn eq(&self, other: &&str) -> bool {
         self.as_str() == *other
     }
-}
-
-/// One row to append.
-#[derive(Debug, Clone, Default)]
-pub struct NewEvent {
-    pub run_id: String,
-    pub rule: String,
-    pub rule_hash: String,
-    pub case_id: String,
-    pub ticket_id: Option<i64>,
-    pub field: String,
-    pub old: Option<String>,
-    pub new: Option<String>,
-    pub reason: String,
-    pub dry_run: bool,
-    pub outcome: Option<Outcome>,
-    pub error: Option<String>,
-    pub http_status: Option<i64>,
-    /// For an outcome row: the `seq` of the planned row it settles.
-    pub planned_seq: Option<i64>,
-    /// The customer (`cust_id`) whose case it is, when the case names one.
-    pub tenant: Option<String>,
 }
 
 /// One stored row, as the audit command prints it.

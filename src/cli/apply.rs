@@ -14,7 +14,7 @@ use super::plan_file::PlanFile;
 use super::{Cli, Exit, load_config};
 use crate::app::App;
 use crate::audit::ClaimError;
-use crate::pass::{PassContext, PassOptions};
+use crate::pass::{PassContext, PassOptions, Work};
 use crate::plan::CasePlan;
 use crate::report::print_report;
 
@@ -192,10 +192,12 @@ pub(super) async fn run_given(
             return Err(refuse(done).into());
         }
         let opts = PassOptions {
-            dry_run: given.dry_run,
+            work: Work::Given {
+                plans: Arc::new(plans().await?),
+                dry_run: given.dry_run,
+            },
             only: given.only.clone(),
             trigger: given.trigger.clone(),
-            plans: Some(Arc::new(plans().await?)),
             ..PassOptions::default()
         };
         Ok::<_, anyhow::Error>(crate::pass::run_pass(ctx, set, &opts).await)

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::plan_file::{PLAN_ROW, PlanFile};
+use super::plan_file::PlanFile;
 use super::{Cli, Exit, load_config};
 use crate::app::App;
 use crate::audit::ClaimError;
 use crate::config::Config;
-use crate::pass::{Hook, PassContext, PassOptions};
+use crate::pass::{Hook, PassContext, PassOptions, Work};
 use crate::report::print_report;
 use crate::rules::RuleSet;
 use crate::stellar::Case;
@@ -181,7 +181,7 @@ async fn pass(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
         &ctx,
         &set,
         &PassOptions {
-            dry_run: args.dry_run,
+            work: work(args),
             only: args.rules.clone(),
             trigger: "once".into(),
             progress: Some(progress),
@@ -216,23 +216,14 @@ async fn pass(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
         );
         let digest = plan.write(path)?;
         // The file's hash goes into the chained log: `apply` takes only this very file.
-        let row = crate::audit::NewEvent {
-            run_id: report.run_id.clone(),
-            rule: PLAN_ROW.into(),
-            case_id: plan.plan_id.clone(),
-            field: PLAN_ROW.into(),
-            new: Some(digest),
-            reason: format!(
-                "plan written to {}: {} change(s) on {} case(s), valid until {}",
-                path.display(),
-                plan.pending(true),
-                plan.cases.len(),
-                plan.expires_at
-            ),
-            dry_run: true,
-            outcome: Some(crate::audit::Outcome::Planned),
-            ..crate::audit::NewEvent::default()
-        };
+        let reason = format!(
+            "plan written to {}: {} change(s) on {} case(s), valid until {}",
+            path.display(),
+            plan.pending(true),
+            plan.cases.len(),
+            plan.expires_at
+        );
+        let row = crate::audit::row::plan_written(&report.run_id, &plan.plan_id, digest, reason);
         ctx.audit.append(&[row]).await?;
         eprintln!(
             "plan {} written to {}: {} change(s) on {} case(s), {} of them halted by the guard; valid until {}. Review it, then: casewarden apply {}",
@@ -268,6 +259,14 @@ async fn pass(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
     Ok(if report.has_failures() { 1 } else { 0 })
 }
 
+/// What `once` asks of a pass.
+fn work(args: &OnceArgs) -> Work {
+    match args.dry_run {
+        true => Work::DryRun,
+        false => Work::Live,
+    }
+}
+
 /// A pass on each server in turn; one that cannot be reached or fails does not stop the
 /// others. Exit 1 when any pass had trouble.
 async fn every_server(
@@ -297,7 +296,7 @@ async fn every_server(
             ctx,
             set,
             &PassOptions {
-                dry_run: args.dry_run,
+                work: work(args),
                 only: args.rules.clone(),
                 trigger: format!("once ({})", ctx.instance),
                 ..PassOptions::default()

@@ -15,9 +15,6 @@ fn digest(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
-/// The `rule` and `field` of the audit row that records a written plan's hash.
-pub const PLAN_ROW: &str = "plan";
-
 /// The skip note of a change the blast-radius guard held back (for the whole pass, or for
 /// one customer).
 pub(super) const HALTED: &str = "blast-radius guard";

@@ -22,7 +22,7 @@ use tokio::sync::watch as signal_count;
 use tokio::task::JoinSet;
 
 use crate::app::App;
-use crate::audit::{NewEvent, Outcome};
+use crate::audit::row;
 use crate::config::Config;
 use crate::metrics::{ChangeLabels, Metrics, RuleLabels, StatusLabel};
 use crate::notify::{Delivery, Notifier};
@@ -422,20 +422,13 @@ async fn after_pass(shared: &Shared, set: &RuleSet, report: &PassReport, took: D
             .notifier
             .send(notices::breaker_trip(&name, &rule.file, limit));
         // Recorded first, then announced: whoever reads the log line finds the row.
-        let event = NewEvent {
-            run_id: report.run_id.clone(),
-            rule: name.clone(),
-            rule_hash: rule.source_hash.clone(),
-            case_id: "-".into(),
-            field: "rule".into(),
-            new: Some("disabled".into()),
-            reason: format!(
-                "circuit breaker: failed on every case it saw in {limit} consecutive passes; disabled until {} changes",
-                rule.file.display()
-            ),
-            outcome: Some(Outcome::Skipped),
-            ..NewEvent::default()
-        };
+        let event = row::rule_disabled(
+            &report.run_id,
+            &name,
+            &rule.source_hash,
+            limit,
+            &rule.file,
+        );
         if let Err(e) = shared.ctx.audit.append(&[event]).await {
             tracing::error!(error = %e, "cannot record the disabled rule in the audit log");
         }

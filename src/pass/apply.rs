@@ -5,16 +5,109 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use futures::StreamExt;
 use tracing::Instrument;
 
 use super::comment::{comment_texts, comment_trailer, rule_comment};
-use crate::audit::{NewEvent, Outcome};
+use super::error::PassError;
+use super::options::Step;
+use super::record::Recorded;
+use super::run::Run;
+use super::settle;
+use crate::audit::{NewEvent, Outcome, Settled, row};
 use crate::plan::{self, CasePlan, DecisionId, Field};
 use crate::stellar::{ApiError, Case, Client};
 
+/// Cases read at once before sending, per request in flight: the longest a read waits for
+/// its update is this many round trips.
+const WAVE_PER_REQUEST: usize = 8;
+
+/// What sending the plan came to.
+#[derive(Debug, Default)]
+pub(super) struct Applied {
+    /// The outcome of every decision it settled.
+    pub outcomes: Vec<(DecisionId, Outcome)>,
+    /// Why sending stopped for the rest of the pass (the server refused the flavour).
+    pub error: Option<String>,
+    /// Shutdown began while sending.
+    pub interrupted: bool,
+}
+
+/// Sends every case's update with bounded concurrency, each wave of cases read in one
+/// request just before it is sent; outcome rows are written by one writer as they come.
+pub(super) async fn send(
+    run: &Run<'_>,
+    recorded: &Recorded,
+    deadline: tokio::time::Instant,
+) -> Result<Applied, PassError> {
+    let ctx = run.ctx;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<NewEvent>>(256);
+    let audit_broken = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(settle::write_outcomes(
+        ctx.audit.clone(),
+        rx,
+        audit_broken.clone(),
+    ));
+    let work: Vec<(usize, &CasePlan)> = recorded
+        .plans
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.has_work())
+        .collect();
+    let apply = Arc::new(Applier {
+        client: ctx.client.clone(),
+        tx,
+        seq_of: recorded.seq_of.clone(),
+        rule_hash: run.hashes(),
+        run_id: run.run_id.clone(),
+        cancel: run.opts.cancel.clone(),
+        audit_broken,
+        wrong_flavor: std::sync::OnceLock::new(),
+        deadline,
+        comment_changes: ctx.settings.comment_changes,
+        audit: ctx.audit.clone(),
+        read_by_ticket: AtomicBool::new(true),
+    });
+    let total = work.len() as u64;
+    let mut done = 0;
+    let in_flight = ctx.settings.max_in_flight.max(1);
+    // The next wave's read overlaps the end of this one's updates.
+    let wave = in_flight * WAVE_PER_REQUEST;
+    let (reader, sender) = (apply.clone(), apply.clone());
+    // Boxed: the compiler cannot prove the combined stream `Send` otherwise.
+    let sends = futures::stream::iter(work)
+        .chunks(wave)
+        .then(move |w| {
+            let apply = reader.clone();
+            async move { apply.read_wave(w).await }
+        })
+        .flat_map(futures::stream::iter)
+        .map(move |(case, p, fresh)| sender.clone().apply(case, p, fresh))
+        .buffer_unordered(in_flight)
+        .boxed();
+    let results: Vec<Vec<(DecisionId, Outcome)>> = sends
+        .inspect(|_| {
+            done += 1;
+            run.opts.tell(Step::Applied { cases: done, total });
+        })
+        .collect()
+        .await;
+    let error = apply.wrong_flavor.get().cloned();
+    if let Some(e) = &error {
+        tracing::error!(error = %e, "no further change is sent this pass");
+    }
+    drop(apply);
+    writer.await??;
+    Ok(Applied {
+        outcomes: results.into_iter().flatten().collect(),
+        error,
+        interrupted: run.opts.cancelled(),
+    })
+}
+
 /// Why a planned decision was not applied, and whether that is a failure or a skip.
 #[derive(Debug, Clone)]
-pub(super) struct NotApplied {
+struct NotApplied {
     why: String,
     status: Option<u16>,
     outcome: Outcome,
@@ -53,31 +146,31 @@ impl NotApplied {
     }
 }
 
-pub(super) type DecisionResult = Result<(), NotApplied>;
+type DecisionResult = Result<(), NotApplied>;
 
 /// What sending one case's changes needs, owned so each send is a `'static` task.
-pub(super) struct Applier {
-    pub(super) client: Client,
-    pub(super) tx: tokio::sync::mpsc::Sender<Vec<NewEvent>>,
-    pub(super) seq_of: HashMap<DecisionId, i64>,
-    pub(super) rule_hash: HashMap<String, String>,
-    pub(super) run_id: String,
-    pub(super) cancel: Option<Arc<AtomicBool>>,
-    pub(super) audit_broken: Arc<AtomicBool>,
+struct Applier {
+    client: Client,
+    tx: tokio::sync::mpsc::Sender<Vec<NewEvent>>,
+    seq_of: HashMap<DecisionId, i64>,
+    rule_hash: HashMap<String, String>,
+    run_id: String,
+    cancel: Option<Arc<AtomicBool>>,
+    audit_broken: Arc<AtomicBool>,
     /// Set by the first update refused for the configured flavour: nothing more is sent.
-    pub(super) wrong_flavor: std::sync::OnceLock<String>,
+    wrong_flavor: std::sync::OnceLock<String>,
     /// `daemon.pass_timeout_secs` after the pass began: nothing is sent after it.
-    pub(super) deadline: tokio::time::Instant,
-    pub(super) comment_changes: bool,
+    deadline: tokio::time::Instant,
+    comment_changes: bool,
     /// The log, to ask whether this process still holds its lease before each send.
-    pub(super) audit: crate::audit::AuditStore,
+    audit: crate::audit::AuditStore,
     /// Cleared when the server does not answer a read by ticket numbers with the cases
     /// asked for: the rest of the pass reads each case alone.
-    pub(super) read_by_ticket: AtomicBool,
+    read_by_ticket: AtomicBool,
 }
 
 /// A case's [`plan::stamp`] as its wave read it, and when the read was asked for.
-pub(super) struct Fresh {
+struct Fresh {
     stamp: Option<String>,
     asked: tokio::time::Instant,
 }
@@ -91,7 +184,7 @@ impl Applier {
     /// (`ticket_id=1,2,3`), so each update needs no read of its own. A case the answer
     /// lacks (no ticket number, a server that ignores the filter) is read alone by
     /// [`Applier::apply`].
-    pub(super) async fn read_wave<'p>(
+    async fn read_wave<'p>(
         &self,
         wave: Vec<(usize, &'p CasePlan)>,
     ) -> Vec<(usize, &'p CasePlan, Option<Fresh>)> {
@@ -196,7 +289,7 @@ impl Applier {
     /// outcome rows to the audit writer; returns the outcome of each decision it settled.
     /// `case` is the plan's place in the pass (see [`DecisionId`]); `fresh`, the case as
     /// its wave read it, if it did.
-    pub(super) async fn apply(
+    async fn apply(
         self: Arc<Self>,
         case: usize,
         p: &CasePlan,
@@ -230,33 +323,17 @@ impl Applier {
             .iter()
             .map(|(di, result)| {
                 let d = &p.decisions[*di];
-                let (outcome, error, status) = match result {
-                    Ok(()) => (Outcome::Applied, None, None),
-                    Err(n) => (n.outcome, Some(n.why.clone()), n.status),
+                let settled = match result {
+                    Ok(()) => Settled::applied(),
+                    Err(n) => Settled {
+                        outcome: n.outcome,
+                        error: Some(n.why.clone()),
+                        http_status: n.status,
+                    },
                 };
-                NewEvent {
-                    run_id: self.run_id.clone(),
-                    rule: d.rule.clone(),
-                    rule_hash: self.rule_hash.get(&d.rule).cloned().unwrap_or_default(),
-                    case_id: p.case_id.clone(),
-                    ticket_id: p.ticket_id,
-                    field: d.field.to_string(),
-                    old: d.old.clone(),
-                    new: d.new.clone(),
-                    reason: String::new(),
-                    dry_run: false,
-                    outcome: Some(outcome),
-                    error,
-                    http_status: status.map(i64::from),
-                    planned_seq: self
-                        .seq_of
-                        .get(&DecisionId {
-                            case,
-                            decision: *di,
-                        })
-                        .copied(),
-                    tenant: p.tenant.clone(),
-                }
+                let hash = self.rule_hash.get(&d.rule).map_or("", String::as_str);
+                let planned = self.seq_of.get(&DecisionId { case, decision: *di });
+                row::outcome(&self.run_id, hash, p, d, planned.copied(), settled)
             })
             .collect();
         let _ = self.tx.send(events).await;

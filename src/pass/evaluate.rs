@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 
-use super::PassContext;
+use super::error::PassError;
+use super::fetch::Fetched;
+use super::run::Run;
 use crate::plan::RuleChanges;
 use crate::rules::{EvalEnv, EvalError, Rule, RuleSet};
 use crate::stellar::Case;
@@ -23,7 +25,7 @@ pub(super) struct Evaluated {
 }
 
 /// Evaluates every due rule on one case.
-pub(super) fn evaluate_one(
+fn evaluate_one(
     set: &RuleSet,
     rules: &[Arc<Rule>],
     case: Case,
@@ -71,13 +73,24 @@ fn evaluate_page(
         .collect()
 }
 
+/// Every due rule on every case of a listed page, then again with their activities on
+/// the cases a rule needs them for.
+pub(super) async fn page(
+    run: &Run<'_>,
+    env: &EvalEnv,
+    page: Fetched,
+) -> Result<Vec<Evaluated>, PassError> {
+    let evaluated = evaluate_cases(run.set, &run.rules, page.cases, env).await?;
+    with_activities(run, env, evaluated).await
+}
+
 /// `evaluate_page` on a blocking thread, in the current span.
-pub(super) async fn evaluate_cases(
+async fn evaluate_cases(
     set: &RuleSet,
     rules: &[Arc<Rule>],
     cases: Vec<Case>,
     env: &EvalEnv,
-) -> anyhow::Result<Vec<Evaluated>> {
+) -> Result<Vec<Evaluated>, PassError> {
     let (set, rules, env) = (set.clone(), rules.to_vec(), env.clone());
     let span = tracing::Span::current();
     Ok(tokio::task::spawn_blocking(move || {
@@ -90,13 +103,12 @@ pub(super) async fn evaluate_cases(
 /// the last change and the server sends no `history`), asked about by a rule: reads those
 /// activities, once per case, and evaluates the case again with them. A case whose
 /// activities cannot be read keeps its first evaluation, which took it as recently touched.
-pub(super) async fn with_activities(
-    ctx: &PassContext,
-    set: &RuleSet,
-    rules: &[Arc<Rule>],
+async fn with_activities(
+    run: &Run<'_>,
     env: &EvalEnv,
     mut evaluated: Vec<Evaluated>,
-) -> anyhow::Result<Vec<Evaluated>> {
+) -> Result<Vec<Evaluated>, PassError> {
+    let ctx = run.ctx;
     let wanted: Vec<(usize, Case)> = evaluated
         .iter()
         .enumerate()
@@ -124,7 +136,7 @@ pub(super) async fn with_activities(
         .collect()
         .await;
     let (slots, cases): (Vec<usize>, Vec<Case>) = read.into_iter().unzip();
-    let again = evaluate_cases(set, rules, cases, env).await?;
+    let again = evaluate_cases(run.set, &run.rules, cases, env).await?;
     for (i, ev) in slots.into_iter().zip(again) {
         evaluated[i] = ev;
     }

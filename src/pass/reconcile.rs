@@ -10,7 +10,7 @@ use futures::StreamExt;
 
 use super::PassContext;
 use super::comment::{comment_texts, comment_trailer, rule_comment};
-use crate::audit::{AuditError, Lease, NewEvent, Outcome, Unsettled};
+use crate::audit::{AuditError, Lease, Outcome, Unsettled, row};
 use crate::plan::{self, Decision, Field};
 use crate::stellar::Case;
 
@@ -119,7 +119,7 @@ pub async fn reconcile(
                 None => summary.open += 1,
             }
             if let Some(outcome) = outcome {
-                events.push(outcome_row(&r, outcome, error));
+                events.push(row::reconciled(&r, outcome, error));
             }
         }
         ctx.audit.append(&events).await?;
@@ -207,27 +207,6 @@ fn settle(
         ),
         Err(e) if first => (Some(Outcome::Unknown), Some(e)),
         Err(_) => (None, None),
-    }
-}
-
-fn outcome_row(r: &Unsettled, outcome: Outcome, error: Option<String>) -> NewEvent {
-    let row = &r.row;
-    NewEvent {
-        run_id: row.run_id.clone(),
-        rule: row.rule.clone(),
-        rule_hash: row.rule_hash.clone(),
-        case_id: row.case_id.clone(),
-        ticket_id: row.ticket_id,
-        field: row.field.clone(),
-        old: row.old.clone(),
-        new: row.new.clone(),
-        reason: "reconciled: read back from the server".into(),
-        dry_run: false,
-        outcome: Some(outcome),
-        error,
-        http_status: None,
-        planned_seq: Some(row.seq),
-        tenant: row.tenant.clone(),
     }
 }
 

@@ -1,0 +1,281 @@
+//! The constructors of audit rows: a decision as planned, its outcome, an outcome read
+//! back later, and the notes a pass writes about a rule or a plan file. Rows are appended by
+//! `store`; the rest of casewarden builds them only through these (tests build raw rows to
+//! set up a log as a crash or an older version left it).
+
+use super::{Outcome, Unsettled};
+use crate::plan::{CasePlan, Decision};
+
+/// What a row is about: a case, or nothing case-shaped (a pass's note about a rule), or a
+/// plan file (its id stands where a case id would).
+#[derive(Debug, Clone, PartialEq)]
+pub enum CaseRef {
+    Case {
+        id: String,
+        ticket_id: Option<i64>,
+        /// The customer (`cust_id`) whose case it is, when the case names one.
+        tenant: Option<String>,
+    },
+    Plan(String),
+    NoCase,
+}
+
+/// The `case_id` stored for a row about no case.
+const NO_CASE: &str = "-";
+
+impl CaseRef {
+    fn of(plan: &CasePlan) -> CaseRef {
+        CaseRef::Case {
+            id: plan.case_id.clone(),
+            ticket_id: plan.ticket_id,
+            tenant: plan.tenant.clone(),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        match self {
+            CaseRef::Case { id, .. } | CaseRef::Plan(id) => id,
+            CaseRef::NoCase => NO_CASE,
+        }
+    }
+
+    pub fn ticket_id(&self) -> Option<i64> {
+        match self {
+            CaseRef::Case { ticket_id, .. } => *ticket_id,
+            _ => None,
+        }
+    }
+
+    pub fn tenant(&self) -> Option<&str> {
+        match self {
+            CaseRef::Case { tenant, .. } => tenant.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// What a pass's note row is about, stored in the `field` column beside the case fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Note {
+    /// A rule's errors or its circuit breaker.
+    Rule,
+    /// A plan file written for review.
+    Plan,
+}
+
+impl Note {
+    fn as_str(self) -> &'static str {
+        match self {
+            Note::Rule => "rule",
+            Note::Plan => "plan",
+        }
+    }
+}
+
+/// The rule name a written plan's row carries.
+const PLAN_ROW: &str = "plan";
+
+/// One row to append.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub run_id: String,
+    pub rule: String,
+    pub rule_hash: String,
+    pub case: CaseRef,
+    pub field: String,
+    pub old: Option<String>,
+    pub new: Option<String>,
+    pub reason: String,
+    pub dry_run: bool,
+    pub outcome: Outcome,
+    pub error: Option<String>,
+    pub http_status: Option<i64>,
+    /// For an outcome row: the `seq` of the planned row it settles.
+    pub planned_seq: Option<i64>,
+}
+
+/// How a sent (or not sent) decision ended: what the outcome row says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settled {
+    pub outcome: Outcome,
+    pub error: Option<String>,
+    pub http_status: Option<u16>,
+}
+
+impl Settled {
+    pub fn applied() -> Settled {
+        Settled {
+            outcome: Outcome::Applied,
+            error: None,
+            http_status: None,
+        }
+    }
+}
+
+/// A rule's decision about a case as the pass recorded it before sending: `planned`, or
+/// `skipped` with why (conflict, guard, budget, override...) after its reason.
+pub fn decision(
+    run_id: &str,
+    rule_hash: &str,
+    plan: &CasePlan,
+    d: &Decision,
+    dry_run: bool,
+) -> NewEvent {
+    let (outcome, reason) = match &d.skipped {
+        Some(why) => (
+            Outcome::Skipped,
+            format!("{} [skipped: {why}]", d.reason)
+                .trim_start()
+                .to_string(),
+        ),
+        None => (Outcome::Planned, d.reason.clone()),
+    };
+    NewEvent {
+        reason,
+        dry_run,
+        outcome,
+        ..change(run_id, rule_hash, plan, d)
+    }
+}
+
+/// What became of a planned decision when its case was sent (or held back); `planned_seq`
+/// is the row it settles.
+pub fn outcome(
+    run_id: &str,
+    rule_hash: &str,
+    plan: &CasePlan,
+    d: &Decision,
+    planned_seq: Option<i64>,
+    settled: Settled,
+) -> NewEvent {
+    NewEvent {
+        outcome: settled.outcome,
+        error: settled.error,
+        http_status: settled.http_status.map(i64::from),
+        planned_seq,
+        ..change(run_id, rule_hash, plan, d)
+    }
+}
+
+/// The outcome of a row left open (a crash, a lost answer), read back from the server.
+pub fn reconciled(open: &Unsettled, outcome: Outcome, error: Option<String>) -> NewEvent {
+    let row = &open.row;
+    NewEvent {
+        run_id: row.run_id.clone(),
+        rule: row.rule.clone(),
+        rule_hash: row.rule_hash.clone(),
+        case: CaseRef::Case {
+            id: row.case_id.clone(),
+            ticket_id: row.ticket_id,
+            tenant: row.tenant.clone(),
+        },
+        field: row.field.clone(),
+        old: row.old.clone(),
+        new: row.new.clone(),
+        reason: "reconciled: read back from the server".into(),
+        dry_run: false,
+        outcome,
+        error,
+        http_status: None,
+        planned_seq: Some(row.seq),
+    }
+}
+
+/// A rule that failed on `cases` case(s) this pass (old: the count, error: the first
+/// failure), so reports count rule errors from the chained log.
+pub fn rule_errors(
+    run_id: &str,
+    rule: &str,
+    rule_hash: &str,
+    cases: usize,
+    first_error: Option<String>,
+    dry_run: bool,
+) -> NewEvent {
+    NewEvent {
+        old: Some(cases.to_string()),
+        new: Some("errors".into()),
+        error: first_error,
+        dry_run,
+        outcome: Outcome::Failed,
+        ..note(
+            run_id,
+            rule,
+            rule_hash,
+            Note::Rule,
+            format!("the rule failed on {cases} case(s) this pass"),
+        )
+    }
+}
+
+/// A rule the circuit breaker disabled after failing on every case `passes` passes running.
+pub fn rule_disabled(
+    run_id: &str,
+    rule: &str,
+    rule_hash: &str,
+    passes: u32,
+    file: &std::path::Path,
+) -> NewEvent {
+    NewEvent {
+        new: Some("disabled".into()),
+        outcome: Outcome::Skipped,
+        ..note(
+            run_id,
+            rule,
+            rule_hash,
+            Note::Rule,
+            format!(
+                "circuit breaker: failed on every case it saw in {passes} consecutive passes; disabled until {} changes",
+                file.display()
+            ),
+        )
+    }
+}
+
+/// A plan file written for review, by its id and the SHA-256 of its bytes: `apply` takes
+/// only the very file whose digest the chained log holds.
+pub fn plan_written(run_id: &str, plan_id: &str, digest: String, reason: String) -> NewEvent {
+    NewEvent {
+        case: CaseRef::Plan(plan_id.to_string()),
+        new: Some(digest),
+        dry_run: true,
+        ..note(run_id, PLAN_ROW, "", Note::Plan, reason)
+    }
+}
+
+/// The row of decision `d` on `plan`, planned, with no reason yet.
+fn change(run_id: &str, rule_hash: &str, plan: &CasePlan, d: &Decision) -> NewEvent {
+    NewEvent {
+        run_id: run_id.to_string(),
+        rule: d.rule.clone(),
+        rule_hash: rule_hash.to_string(),
+        case: CaseRef::of(plan),
+        field: d.field.to_string(),
+        old: d.old.clone(),
+        new: d.new.clone(),
+        reason: String::new(),
+        dry_run: false,
+        outcome: Outcome::Planned,
+        error: None,
+        http_status: None,
+        planned_seq: None,
+    }
+}
+
+/// A pass's note about a rule or a plan, about no case.
+fn note(run_id: &str, rule: &str, rule_hash: &str, about: Note, reason: String) -> NewEvent {
+    NewEvent {
+        run_id: run_id.to_string(),
+        rule: rule.to_string(),
+        rule_hash: rule_hash.to_string(),
+        case: CaseRef::NoCase,
+        field: about.as_str().to_string(),
+        old: None,
+        new: None,
+        reason,
+        dry_run: false,
+        outcome: Outcome::Planned,
+        error: None,
+        http_status: None,
+        planned_seq: None,
+    }
+}

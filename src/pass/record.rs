@@ -1,0 +1,191 @@
+//! Stage: write-ahead. Every decision of the plan is committed to the audit log before any
+//! request goes out; so are the changes the budget deferred and the rules' errors.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use super::run::Run;
+use crate::audit::{AuditError, Outcome, row};
+use crate::plan::{self, CasePlan, DecisionId};
+
+/// Planned rows committed per transaction: every one of them is committed before the first
+/// request either way; a large plan is not built as one list of rows, and the lease's
+/// heartbeat is not kept waiting behind one long transaction.
+const INTENT_ROWS: usize = 10_000;
+
+/// The plan as recorded, ready to send.
+#[derive(Debug, Default)]
+pub(super) struct Recorded {
+    /// The plans, shadow rules' decisions held back.
+    pub plans: Vec<CasePlan>,
+    /// The `seq` of each planned decision's row: its outcome row names it.
+    pub seq_of: HashMap<DecisionId, i64>,
+    /// Per actor: decisions recorded as planned, and as skipped.
+    pub planned: Vec<usize>,
+    pub skipped: Vec<usize>,
+    /// Skipped decisions per customer.
+    pub skipped_by_tenant: BTreeMap<String, usize>,
+}
+
+/// Records every decision of `plans` (a dry run's rows only when they differ from the
+/// last dry run's) and returns the plans with the shadow rules held back.
+pub(super) async fn intent(run: &Run<'_>, plans: Vec<CasePlan>) -> Result<Recorded, AuditError> {
+    let repeated = repeated_dry_runs(run, &plans).await?;
+    let mut rec = Recorded {
+        planned: vec![0; run.actors.len()],
+        skipped: vec![0; run.actors.len()],
+        ..Recorded::default()
+    };
+    let (mut rows, mut owners, mut seqs) = (Vec::new(), Vec::new(), Vec::new());
+    let mut not_again = 0;
+    for (id, p, d) in plan::decisions(&plans) {
+        if rows.len() == INTENT_ROWS {
+            seqs.extend(run.ctx.audit.append(&rows).await?);
+            rows.clear();
+        }
+        let Some((ri, actor)) = run.actor(&d.rule) else {
+            continue;
+        };
+        if repeated.contains(&(p.case_id.as_str(), d.rule.as_str())) {
+            not_again += 1;
+        } else {
+            let dry = run.dry_run || actor.shadow;
+            rows.push(row::decision(&run.run_id, &actor.hash, p, d, dry));
+            owners.push(id);
+        }
+        if d.is_planned() {
+            rec.planned[ri] += 1;
+        } else {
+            rec.skipped[ri] += 1;
+            if let Some(t) = &p.tenant {
+                *rec.skipped_by_tenant.entry(t.clone()).or_default() += 1;
+            }
+        }
+    }
+    if not_again > 0 {
+        tracing::info!(
+            rows = not_again,
+            "dry-run rows not recorded again: the same plan as the last dry run of that rule on that case"
+        );
+    }
+    seqs.extend(run.ctx.audit.append(&rows).await?);
+    rec.seq_of = owners.into_iter().zip(seqs).collect();
+    rec.plans = hold_back_shadow_rules(run, plans);
+    Ok(rec)
+}
+
+/// Records the decisions of the case plans the budget deferred, as skipped.
+pub(super) async fn deferred(run: &Run<'_>, deferred: &[CasePlan]) -> Result<(), AuditError> {
+    let rows: Vec<_> = deferred
+        .iter()
+        .flat_map(|p| p.decisions.iter().map(move |d| (p, d)))
+        .filter_map(|(p, d)| {
+            let (_, actor) = run.actor(&d.rule)?;
+            Some(row::decision(&run.run_id, &actor.hash, p, d, run.dry_run))
+        })
+        .collect();
+    if !rows.is_empty() {
+        run.ctx.audit.append(&rows).await?;
+    }
+    Ok(())
+}
+
+/// One row per rule that failed on some case this pass, so reports count rule errors from
+/// the chained log.
+pub(super) async fn rule_errors(run: &Run<'_>, rules: &[super::RuleStats]) {
+    let rows: Vec<_> = rules
+        .iter()
+        .filter(|r| r.errors > 0)
+        .map(|r| {
+            let hash = run.hash_of(&r.name);
+            let first = r.first_error.clone();
+            row::rule_errors(&run.run_id, &r.name, hash, r.errors, first, run.dry_run)
+        })
+        .collect();
+    if !rows.is_empty()
+        && let Err(e) = run.ctx.audit.append(&rows).await
+    {
+        tracing::error!(error = %e, "cannot record the rules' errors in the audit log");
+    }
+}
+
+/// A decision's fields, value and outcome, to compare a dry run with the last one.
+type Sig = Vec<(String, String, Outcome)>;
+
+/// The (case, rule) pairs of dry-run decisions that plan exactly what the last dry run
+/// of that rule on that case recorded (fields, values, planned or skipped): recording
+/// them again every pass would fill the log with copies.
+async fn repeated_dry_runs<'p>(
+    run: &Run<'_>,
+    plans: &'p [CasePlan],
+) -> Result<HashSet<(&'p str, &'p str)>, AuditError> {
+    // A reviewed plan checked with `apply --dry-run` is an event of its own.
+    if run.opts.work.given().is_some() {
+        return Ok(HashSet::new());
+    }
+    let now = dry_signatures(run, plans);
+    if now.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let ids: Vec<&str> = now
+        .keys()
+        .map(|(c, _)| *c)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut last: HashMap<(String, String), Sig> = HashMap::new();
+    for r in run.ctx.audit.last_dry_runs(&ids).await? {
+        let sig = (r.field, r.new.unwrap_or_default(), r.outcome);
+        last.entry((r.case_id, r.rule)).or_default().push(sig);
+    }
+    Ok(now
+        .into_iter()
+        .filter_map(|(key, mut sig)| {
+            let mut before = last.remove(&(key.0.to_string(), key.1.to_string()))?;
+            sig.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+            before.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+            (sig == before).then_some(key)
+        })
+        .collect())
+}
+
+/// The signature of each (case, rule) pair's dry-run decisions in `plans`.
+fn dry_signatures<'p>(run: &Run<'_>, plans: &'p [CasePlan]) -> HashMap<(&'p str, &'p str), Sig> {
+    let mut now: HashMap<(&str, &str), Sig> = HashMap::new();
+    for (_, p, d) in plan::decisions(plans) {
+        if !run
+            .actor(&d.rule)
+            .is_some_and(|(_, a)| run.dry_run || a.shadow)
+        {
+            continue;
+        }
+        let outcome = match d.is_planned() {
+            true => Outcome::Planned,
+            false => Outcome::Skipped,
+        };
+        let sig = (d.field.to_string(), d.new.clone().unwrap_or_default(), outcome);
+        now.entry((p.case_id.as_str(), d.rule.as_str()))
+            .or_default()
+            .push(sig);
+    }
+    now
+}
+
+/// Shadow rules (`RULE.dry_run`) were recorded as dry-run rows; nothing of theirs is
+/// sent while the other rules' changes are.
+fn hold_back_shadow_rules(run: &Run<'_>, mut plans: Vec<CasePlan>) -> Vec<CasePlan> {
+    let shadow: Vec<&str> = run
+        .actors
+        .iter()
+        .filter(|a| a.shadow)
+        .map(|a| a.name.as_str())
+        .collect();
+    for p in plans.iter_mut().filter(|_| !shadow.is_empty()) {
+        for rule in &shadow {
+            p.skip_rule(
+                rule,
+                "shadow rule (RULE.dry_run): recorded as a dry run, not sent",
+            );
+        }
+    }
+    plans
+}

@@ -1,0 +1,59 @@
+//! The knobs of a pass on one server, taken from the config once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::calendar::Calendar;
+use crate::config::{Config, StellarConfig};
+use crate::rules::limits::Limits;
+
+/// The knobs of a pass, from `[daemon]` and `[stellar]`.
+#[derive(Debug, Clone)]
+pub struct PassSettings {
+    pub dry_run: bool,
+    pub max_changes: usize,
+    pub comment_changes: bool,
+    pub max_change_fraction: f64,
+    pub guard_min_cases: usize,
+    pub max_in_flight: usize,
+    /// How long after it was sent a request may still be applied by the server: an
+    /// unanswered change is settled only after this.
+    pub settle_after: Duration,
+    /// After this, a pass sends nothing more and records what it did not send as skipped.
+    pub pass_timeout: Duration,
+    pub limits: Limits,
+    pub calendars: Arc<HashMap<String, Calendar>>,
+    pub exempt_tags: Arc<Vec<String>>,
+    pub tenant_limits: HashMap<String, crate::plan::TenantLimits>,
+}
+
+impl PassSettings {
+    pub fn from_config(c: &Config) -> PassSettings {
+        PassSettings::for_server(c, &c.stellar)
+    }
+
+    /// The settings of a pass on server `s` of config `c`.
+    pub fn for_server(c: &Config, s: &StellarConfig) -> PassSettings {
+        PassSettings {
+            dry_run: c.daemon.dry_run,
+            max_changes: c.daemon.max_changes_per_run,
+            comment_changes: c.daemon.comment_changes,
+            max_change_fraction: c.daemon.max_change_fraction,
+            guard_min_cases: c.daemon.guard_min_cases,
+            max_in_flight: s.max_in_flight,
+            settle_after: settle_after(Duration::from_secs(s.timeout_secs)),
+            pass_timeout: Duration::from_secs(c.daemon.pass_timeout_secs),
+            limits: c.rule_limits(),
+            // Checked when the config was loaded.
+            calendars: Arc::new(c.calendars().unwrap_or_default()),
+            exempt_tags: Arc::new(c.daemon.exempt_tags.clone()),
+            tenant_limits: c.tenants.clone().into_iter().collect(),
+        }
+    }
+}
+
+/// The settle window for a request timeout: the timeout and a margin for clocks.
+fn settle_after(timeout: Duration) -> Duration {
+    timeout + Duration::from_secs(2)
+}
