@@ -29,12 +29,14 @@ mod run;
 mod send;
 mod settings;
 mod settle;
+mod stats;
 
 pub use error::PassError;
 pub use options::{Hook, PageHook, PassOptions, Progress, Step, Work};
 pub use reconcile::{Reconciled, reconcile};
-pub use report::{PassReport, PassStatus, RuleStats};
+pub use report::{PassReport, PassStatus};
 pub use settings::{PassContext, PassSettings};
+pub use stats::RuleStats;
 
 use crate::audit::{ClaimError, PassTotals};
 use crate::rules::RuleSet;
