@@ -6,12 +6,16 @@
 mod chain;
 mod copy;
 mod db;
+mod events;
 pub mod export;
 mod lease;
+mod open;
+mod passes;
 mod query;
 pub mod row;
 mod stats;
 mod store;
+mod users;
 
 pub use crate::time::timestamp;
 pub use chain::{GENESIS, Verification};
