@@ -1,7 +1,6 @@
 //! Running rules: one rule on one case in the sandbox, every due rule on a case, and the
 //! errors located in the rule's file.
 
-use std::fmt;
 use std::sync::Arc;
 
 use rhai::{Dynamic, EvalAltResult, Position};
@@ -12,22 +11,13 @@ use super::{Rule, RuleSet};
 use crate::stellar::{Case, filter};
 
 /// A failed evaluation of one rule on one case.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("rule {rule} on case {case_id} ({location}): {message}")]
 pub struct EvalError {
     pub rule: String,
     pub case_id: String,
     pub location: String,
     pub message: String,
-}
-
-impl fmt::Display for EvalError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "rule {} on case {} ({}): {}",
-            self.rule, self.case_id, self.location, self.message
-        )
-    }
 }
 
 impl RuleSet {

@@ -1,11 +1,12 @@
-//! Rules: a folder of `*.rhai` files compiled into a [`RuleSet`] (`compile`), the
-//! sandboxed engine and the functions rules call (`engine`, `limits`, `view`), and running
-//! them on cases (`eval`).
+//! Rules: a folder of `*.rhai` files compiled into a [`RuleSet`] (`build`, `compile`,
+//! `meta`, checked by `lint`), the sandboxed engine and the functions rules call
+//! (`engine`, `functions`, `limits`, `view`, `matching`), and running them on cases (`eval`).
 
 mod build;
 mod compile;
 mod engine;
 mod eval;
+mod functions;
 pub mod limits;
 mod lint;
 mod matching;
@@ -22,25 +23,13 @@ pub use engine::{Asked, EvalEnv};
 pub use eval::{EvalError, case_arg, exempt, hints_match};
 
 /// A problem with one rule file, located as precisely as we can.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}:{line}:{col}: {message}", file.display())]
 pub struct RuleError {
     pub file: PathBuf,
     pub line: usize,
     pub col: usize,
     pub message: String,
-}
-
-impl fmt::Display for RuleError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file.display(),
-            self.line,
-            self.col,
-            self.message
-        )
-    }
 }
 
 /// One compiled rule and its declared metadata.
