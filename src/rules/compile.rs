@@ -3,13 +3,12 @@
 
 use std::path::Path;
 
-use rhai::{AST, Engine, FnPtr, Module, Position, Scope};
-use sha2::{Digest, Sha256};
+use rhai::{AST, Engine, Module, Position, Scope};
 
 use super::engine::{self, EvalEnv};
 use super::eval::innermost;
 use super::lint::{Findings, Library, lint};
-use super::meta::{locate, read_meta};
+use super::meta::{locate, read_rule};
 use super::{Rule, RuleError};
 
 /// Compiles and lints one rule file: the rule and what the lint found besides errors,
@@ -36,28 +35,11 @@ pub(super) fn compile(
     let param = evaluate.params[0].to_string();
     let body = evaluate.body.start_position();
     let (meta, module) = load(engine, library, file, &ast)?;
-    let meta = read_meta(&meta, file, text)?;
-    let found = lint(file, &ast, library, &param, &meta.custom_fields);
+    let (rule, custom_fields) = read_rule(&meta, file, text, AST::new_from_module(module), body)?;
+    let found = lint(file, &ast, library, &param, &custom_fields);
     if !found.errors.is_empty() {
         return Err(found.errors);
     }
-    let rule = Rule {
-        name: meta.name,
-        description: meta.description,
-        schedule: meta.schedule,
-        query: meta.query,
-        enabled: meta.enabled,
-        dry_run: meta.dry_run,
-        max_change_fraction: meta.max_change_fraction,
-        max_changes: meta.max_changes,
-        exempt_tags: meta.exempt_tags,
-        instances: meta.instances,
-        file: file.to_path_buf(),
-        source_hash: hex::encode(Sha256::digest(text.as_bytes())),
-        module: AST::new_from_module(module),
-        evaluate: FnPtr::new("evaluate").expect("a valid function name"),
-        body,
-    };
     Ok((rule, found))
 }
 

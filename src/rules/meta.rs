@@ -1,12 +1,13 @@
-//! A rule's `RULE` map: its keys read and checked (name, schedule, query hints, limits,
-//! allow-lists), every problem located at the key in the rule's text.
+//! A rule's `RULE` map read into its [`Rule`]: the keys checked (name, schedule, query
+//! hints, limits, allow-lists), every problem located at the key in the rule's text.
 
 use std::path::Path;
 
-use rhai::{Dynamic, Map};
+use rhai::{AST, Dynamic, FnPtr, Map, Position};
+use sha2::{Digest, Sha256};
 
-use super::RuleError;
 use super::lint::did_you_mean;
+use super::{Rule, RuleError};
 use crate::stellar::filter;
 use crate::stellar::model::{PRIORITIES, RESOLUTIONS, STATUSES};
 
@@ -34,26 +35,18 @@ pub(super) fn locate(text: &str, needle: &str) -> (usize, usize) {
         .unwrap_or((1, 1))
 }
 
-/// What a rule's `RULE` map declares, checked.
-pub(super) struct Meta {
-    pub name: String,
-    pub description: String,
-    pub schedule: Option<String>,
-    pub query: Vec<(String, String)>,
-    pub enabled: bool,
-    pub dry_run: bool,
-    pub max_change_fraction: Option<f64>,
-    pub max_changes: Option<usize>,
-    /// Case fields of this server that the documented schema does not list.
-    pub custom_fields: Vec<String>,
-    pub exempt_tags: Vec<String>,
-    pub instances: Vec<String>,
-}
-
 type Checked<T> = Result<T, Vec<RuleError>>;
 
-/// Reads and checks the `RULE` map; errors are located at the key in `text`.
-pub(super) fn read_meta(meta: &Map, file: &Path, text: &str) -> Checked<Meta> {
+/// The rule `text` declares in its `RULE` map, read and checked (errors located at the
+/// key), running `evaluate` from `module` whose body starts at `body`; and the case
+/// fields of this server that the documented schema does not list (`custom_fields`).
+pub(super) fn read_rule(
+    meta: &Map,
+    file: &Path,
+    text: &str,
+    module: AST,
+    body: Position,
+) -> Checked<(Rule, Vec<String>)> {
     let read = Reader { meta, file, text };
     read.known_keys()?;
     let name = read
@@ -79,7 +72,7 @@ pub(super) fn read_meta(meta: &Map, file: &Path, text: &str) -> Checked<Meta> {
     let tenants = read.strings("tenants", "[\"<cust_id>\", \"<cust_id>\"]")?;
     let instances = read.strings("instances", "[\"eu\", \"us\"]")?;
     read.scope_to_tenants(tenants, &mut query)?;
-    Ok(Meta {
+    let rule = Rule {
         name,
         description: read.string("description")?.unwrap_or_default(),
         schedule,
@@ -88,10 +81,15 @@ pub(super) fn read_meta(meta: &Map, file: &Path, text: &str) -> Checked<Meta> {
         dry_run,
         max_change_fraction,
         max_changes,
-        custom_fields,
         exempt_tags,
         instances,
-    })
+        file: file.to_path_buf(),
+        source_hash: hex::encode(Sha256::digest(text.as_bytes())),
+        module,
+        evaluate: FnPtr::new("evaluate").expect("a valid function name"),
+        body,
+    };
+    Ok((rule, custom_fields))
 }
 
 /// The `RULE` map of one file, with where to locate its problems.
