@@ -5,7 +5,7 @@ use std::path::Path;
 
 use rhai::{AST, Engine, Module, Position, Scope};
 
-use super::engine::{self, EvalEnv};
+use super::collector::{self, EvalEnv};
 use super::eval::innermost;
 use super::lint::{Findings, Library, lint};
 use super::meta::{locate, read_rule};
@@ -56,9 +56,9 @@ pub(super) fn compile_lib(
     if !found.errors.is_empty() {
         return Err(found.errors);
     }
-    engine::begin(&EvalEnv::default(), "<loading>", None);
+    collector::begin(&EvalEnv::default(), "<loading>", None);
     let module = Module::eval_ast_as_new(Scope::new(), &ast, engine);
-    let asked = engine::finish();
+    let asked = collector::finish();
     let module = module.map_err(|e| {
         let (message, pos) = innermost(*e);
         located(file, pos, format!("error while loading: {message}"))
@@ -103,9 +103,9 @@ fn load(
         located(file, pos, format!("error while loading: {message}"))
     };
     let mut scope = Scope::new();
-    engine::begin(&EvalEnv::default(), "<loading>", None);
+    collector::begin(&EvalEnv::default(), "<loading>", None);
     let run = engine.run_ast_with_scope(&mut scope, ast);
-    engine::finish();
+    collector::finish();
     run.map_err(loading_error)?;
     // Functions called later without re-running the top level still need its constants
     // (`global::MAX_HOURS`): a module built from the AST encapsulates them with each function.

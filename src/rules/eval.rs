@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use rhai::{Dynamic, EvalAltResult, Position};
 
-use super::engine::{self, Asked, EvalEnv};
+use super::collector::{self, Asked, EvalEnv};
 use super::view::CaseView;
 use super::{Rule, RuleSet};
 use crate::stellar::{Case, filter};
@@ -93,11 +93,11 @@ impl RuleSet {
         arg: Dynamic,
         env: &EvalEnv,
     ) -> Result<Asked, EvalError> {
-        engine::begin(env, &rule.name, case.activities.clone());
+        collector::begin(env, &rule.name, case.activities.clone());
         let result = rule
             .evaluate
             .call::<Dynamic>(&self.engine, &rule.module, (arg,));
-        let asked = engine::finish();
+        let asked = collector::finish();
         match result {
             Ok(_) => Ok(asked),
             Err(err) => {

@@ -1,8 +1,10 @@
 //! Rules: a folder of `*.rhai` files compiled into a [`RuleSet`] (`build`, `compile`,
 //! `meta`, checked by `lint`), the sandboxed engine and the functions rules call
-//! (`engine`, `functions`, `limits`, `view`, `matching`), and running them on cases (`eval`).
+//! (`engine`, `functions`, `view`, `matching`, with `collector` and `limits` for what one
+//! evaluation knows, asks and may do), and running them on cases (`eval`).
 
 mod build;
+mod collector;
 mod compile;
 mod engine;
 mod eval;
@@ -19,7 +21,7 @@ use std::sync::Arc;
 
 use rhai::{AST, Engine, FnPtr, Position};
 
-pub use engine::{Asked, EvalEnv};
+pub use collector::{Asked, EvalEnv};
 pub use eval::{EvalError, case_arg, exempt, hints_match};
 
 /// A problem with one rule file, located as precisely as we can.

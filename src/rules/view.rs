@@ -318,9 +318,9 @@ mod tests {
             .map(|(i, e)| {
                 let f = FnPtr::new(format!("t{i}")).unwrap();
                 let run = |arg: Dynamic| {
-                    super::super::engine::begin(&Default::default(), "t", None);
+                    super::super::collector::begin(&Default::default(), "t", None);
                     let r = f.call::<Dynamic>(&engine, &module, (arg,));
-                    super::super::engine::finish();
+                    super::super::collector::finish();
                     r.map(|v| v.to_string()).map_err(|e| e.to_string())
                 };
                 (

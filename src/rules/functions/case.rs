@@ -5,8 +5,7 @@
 use rhai::{Array, Dynamic, INT, ImmutableString, Map};
 use serde_json::Value;
 
-use super::since;
-use crate::rules::engine::{now, with};
+use crate::rules::collector::{now, since, with};
 use crate::rules::view::Fields;
 use crate::stellar::model::{Entity, entity_of, involved, parse_entity};
 use crate::stellar::object::Object;

@@ -4,7 +4,7 @@
 use rhai::EvalAltResult;
 
 use crate::plan::{Change, ChangeKind};
-use crate::rules::engine::with;
+use crate::rules::collector::with;
 use crate::rules::limits;
 use crate::stellar::model::{PRIORITIES, RESOLUTIONS, STATUSES};
 use crate::text::check_text;

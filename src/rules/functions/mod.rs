@@ -8,7 +8,7 @@ mod tests;
 
 use rhai::{Dynamic, Engine, EvalAltResult, INT, ImmutableString, Map, Variant};
 
-use super::engine::{now, with};
+use super::collector::{now, since, with};
 use super::matching;
 use super::view::{CaseView, Fields};
 use crate::stellar::model::{Directory, priority_rank};
@@ -145,9 +145,4 @@ fn business_since(ms: INT, calendar: &str, unit: INT) -> Result<INT, Box<EvalAlt
         },
         Ok(0),
     )
-}
-
-/// Whole `unit`s (in ms) from `ms` to now.
-fn since(ms: INT, unit: INT) -> INT {
-    (now() - ms).div_euclid(unit)
 }
