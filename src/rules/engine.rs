@@ -13,11 +13,11 @@ use super::limits::{self, Limits, PrintLog};
 use super::view::{CaseView, Fields};
 use crate::calendar::Calendar;
 use crate::plan::{Change, ChangeKind};
-use crate::stellar::model::{
-    Directory, Entity, HistoryEntry, PRIORITIES, RESOLUTIONS, STATUSES, entity_of, involved,
-    parse_entity, priority_rank,
-};
+use crate::stellar::model::{PRIORITIES, RESOLUTIONS, STATUSES};
 use crate::stellar::object::Object;
+use crate::stellar::{
+    Directory, Entity, HistoryEntry, entity_of, involved, parse_entity, priority_rank,
+};
 use crate::text::check_text;
 
 /// What a rule's environment holds besides the case: the clock and who "we" are.
@@ -345,7 +345,7 @@ fn entities(c: Fields) -> Array {
         .collect()
 }
 
-/// When a person last touched the case (see [`crate::stellar::model::last_human_activity`]).
+/// When a person last touched the case (see [`crate::stellar::last_human_activity`]).
 /// When the answer needs the case's activities and they were not read, the recent side:
 /// now, so a rule about idle cases never fires on a case a person may have touched.
 /// Minutes since the case took its current status: the newest `status` entry of its
@@ -400,7 +400,7 @@ fn last_human_activity(c: Fields) -> INT {
 fn human_activity_of(raw: &impl Object) -> INT {
     with(
         |ctx| {
-            let at = crate::stellar::model::last_human_activity(
+            let at = crate::stellar::last_human_activity(
                 raw,
                 &ctx.env.own_users,
                 ctx.activities.as_deref().map(Vec::as_slice),

@@ -231,7 +231,7 @@ fn one_case(
         "ticket_id": 60000 + i as i64,
         "name": NAMES[rng.usize(0..NAMES.len())],
         "status": status,
-        "priority_num": crate::stellar::model::priority_rank(priority),
+        "priority_num": crate::stellar::priority_rank(priority),
         "assignee": assignee,
         "tags": tags,
         "created_at": created,

@@ -636,7 +636,7 @@ pub(super) fn validate_update(
                 out.push((pkey.to_string(), json!(v)));
                 out.push((
                     "priority_num".to_string(),
-                    json!(crate::stellar::model::priority_rank(v)),
+                    json!(crate::stellar::priority_rank(v)),
                 ));
             }
             "resolution" if s.flavor == ApiFlavor::V5 => {

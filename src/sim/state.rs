@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 
 use super::data::{self, SimUser};
 use crate::stellar::ApiFlavor;
-use crate::stellar::model::{cases_in_answer, parse_lenient};
+use crate::stellar::{cases_in_answer, parse_lenient};
 
 /// One request as the simulator saw it.
 #[derive(Debug, Clone)]

@@ -15,7 +15,8 @@ use tracing::Instrument;
 use super::ApiFlavor;
 use super::auth::{self, Credentials};
 use super::error::{ApiError, describe_reqwest, excerpt, redirect};
-use super::model::{self, Case, CaseParseError, Comment, Tenant, User};
+use super::history::{self, HistoryEntry};
+use super::model::{Case, CaseParseError, Comment, Tenant, User};
 use super::retry;
 use crate::secret::Secret;
 
@@ -325,7 +326,7 @@ impl Client {
 
     /// A case's change history (5.x: `GET /cases/{id}/activities`), newest or oldest first
     /// as the server sends it.
-    pub async fn list_activities(&self, id: &str) -> Result<Vec<model::HistoryEntry>, ApiError> {
+    pub async fn list_activities(&self, id: &str) -> Result<Vec<HistoryEntry>, ApiError> {
         let path = format!("/connect/api/v1/cases/{}/activities", urlencode(id));
         let what = format!("GET {path}");
         let v = self
@@ -347,7 +348,7 @@ impl Client {
             _ => None,
         };
         match items {
-            Some(items) => Ok(model::activities_of(items)),
+            Some(items) => Ok(history::activities_of(items)),
             None => Err(ApiError::BadResponse {
                 what,
                 detail: format!("data should be a list of activities, got {}", short(&data)),
