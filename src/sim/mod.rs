@@ -2,14 +2,12 @@
 //! (tokens, filters, paging, both update flavours, history, comments, users, tenants) with
 //! switchable faults. `casewarden simulate`, the demo, the tests and the benchmarks use it.
 
+mod answer;
+mod auth;
 pub mod data;
-
 mod faults;
-
 mod routes;
-
 mod state;
-
 mod tls;
 
 use std::net::SocketAddr;
