@@ -11,39 +11,41 @@ mod update;
 
 use axum::Router;
 use axum::middleware::from_fn_with_state;
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 
 use super::auth::{access_token, authorized};
 use super::faults::faults_and_log;
 use super::state::Shared;
 
 pub(super) fn router(state: Shared) -> Router {
-    let api = Router::new()
+    let auth = from_fn_with_state(state.clone(), authorized);
+    // On each route's methods, not on the router: a method a route lacks keeps its 405.
+    let api = |methods: MethodRouter<Shared>| methods.route_layer(auth.clone());
+    Router::new()
+        .route("/connect/api/v1/access_token", post(access_token))
         .route(
             "/connect/api/v1/cases",
-            get(listing::list_cases).post(update::update_legacy),
+            api(get(listing::list_cases).post(update::update_legacy)),
         )
         .route(
             "/connect/api/v1/cases/{id}",
-            get(case::get_case).put(update::update_v5),
+            api(get(case::get_case).put(update::update_v5)),
         )
         .route(
             "/connect/api/v1/cases/{id}/comments",
-            get(comments::list_comments).post(comments::add_comment),
+            api(get(comments::list_comments).post(comments::add_comment)),
         )
         .route(
             "/connect/api/v1/cases/{id}/activities",
-            get(comments::list_activities),
+            api(get(comments::list_activities)),
         )
-        .route("/connect/api/v1/cases/{id}/{part}", get(case::case_part))
-        .route("/connect/api/v1/users", get(directory::list_users))
-        .route("/connect/api/v1/users/{id}", get(directory::get_user))
-        .route("/connect/api/v1/tenants", get(directory::list_tenants))
-        // Only on matched routes: an unknown path or method keeps its 404 or 405.
-        .route_layer(from_fn_with_state(state.clone(), authorized));
-    Router::new()
-        .route("/connect/api/v1/access_token", post(access_token))
-        .merge(api)
+        .route(
+            "/connect/api/v1/cases/{id}/{part}",
+            api(get(case::case_part)),
+        )
+        .route("/connect/api/v1/users", api(get(directory::list_users)))
+        .route("/connect/api/v1/users/{id}", api(get(directory::get_user)))
+        .route("/connect/api/v1/tenants", api(get(directory::list_tenants)))
         .layer(from_fn_with_state(state.clone(), faults_and_log))
         // Outside the API's faults: a webhook receiver is another server.
         .route("/hooks/{name}", post(hooks::record_hook))
