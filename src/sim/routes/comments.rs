@@ -1,6 +1,8 @@
 //! What is said and done about a case: `/cases/{id}/comments` (read and post) and, on 5.x
 //! servers, `/cases/{id}/activities`.
 
+use std::collections::HashMap;
+
 use axum::Json;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
@@ -17,11 +19,10 @@ pub(super) async fn list_comments(
     UrlPath(id): UrlPath<String>,
 ) -> Response {
     let s = lock(&state);
-    if s.case(&id).is_none() {
-        return no_case(&id);
+    match s.case(&id) {
+        Some(_) => listed(&s.comments, &id),
+        None => no_case(&id),
     }
-    let comments = s.comments.get(&id).cloned().unwrap_or_default();
-    Json(json!({"data": comments})).into_response()
 }
 
 pub(super) async fn add_comment(
@@ -70,6 +71,11 @@ pub(super) async fn list_activities(
     if s.flavor == ApiFlavor::Legacy {
         return error(StatusCode::NOT_FOUND, "no such route on a 4.3 server");
     }
-    let activities = s.activities.get(&id).cloned().unwrap_or_default();
-    Json(json!({"data": activities})).into_response()
+    listed(&s.activities, &id)
+}
+
+/// `{"data": [...]}` of what a case has in `per_case` (none is an empty list).
+fn listed(per_case: &HashMap<String, Vec<Value>>, id: &str) -> Response {
+    let items = per_case.get(id).map_or(&[][..], Vec::as_slice);
+    Json(json!({"data": items})).into_response()
 }
