@@ -103,7 +103,7 @@ fn who_changed(case: &Case, field: Field, own: &[String]) -> String {
         .iter()
         .chain(case.activities.iter().flat_map(|a| a.iter()));
     entries
-        .filter(|h| same(&h.field) && !crate::stellar::model::is_own_entry(h.api, &h.user, own))
+        .filter(|h| same(&h.field) && !crate::stellar::is_own_entry(h.api, &h.user, own))
         .max_by_key(|h| h.timestamp)
         .and_then(|h| {
             let at = chrono::DateTime::from_timestamp_millis(h.timestamp)?;

@@ -12,7 +12,7 @@ use rhai::INT;
 use super::limits::{Limits, PrintLog};
 use crate::calendar::Calendar;
 use crate::plan::Change;
-use crate::stellar::model::{Directory, HistoryEntry};
+use crate::stellar::{Directory, HistoryEntry};
 
 /// What a rule's environment holds besides the case: the clock and who "we" are.
 #[derive(Debug, Clone, Default)]

@@ -7,8 +7,8 @@ use serde_json::Value;
 
 use crate::rules::collector::{now, since, with};
 use crate::rules::view::Fields;
-use crate::stellar::model::{Entity, entity_of, involved, parse_entity};
 use crate::stellar::object::Object;
+use crate::stellar::{Entity, entity_of, involved, parse_entity};
 
 pub(super) fn has_tag(c: Fields, t: &str) -> bool {
     match c {
@@ -96,7 +96,7 @@ fn minutes_in_status_of(raw: &impl Object) -> INT {
     since(at, 60_000)
 }
 
-/// When a person last touched the case (see [`crate::stellar::model::last_human_activity`]).
+/// When a person last touched the case (see [`crate::stellar::last_human_activity`]).
 /// When the answer needs the case's activities and they were not read, the recent side:
 /// now, so a rule about idle cases never fires on a case a person may have touched.
 pub(super) fn last_human_activity(c: Fields) -> INT {
@@ -120,7 +120,7 @@ pub(super) fn last_human_activity(c: Fields) -> INT {
 fn human_activity_of(raw: &impl Object) -> INT {
     with(
         |ctx| {
-            let at = crate::stellar::model::last_human_activity(
+            let at = crate::stellar::last_human_activity(
                 raw,
                 &ctx.env.own_users,
                 ctx.activities.as_deref().map(Vec::as_slice),

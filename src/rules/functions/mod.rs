@@ -11,7 +11,7 @@ use rhai::{Dynamic, Engine, EvalAltResult, INT, ImmutableString, Map, Variant};
 use super::collector::{now, since, with};
 use super::matching;
 use super::view::{CaseView, Fields};
-use crate::stellar::model::{Directory, priority_rank};
+use crate::stellar::{Directory, priority_rank};
 use changes::Res;
 
 /// Registers every function of the rule library (docs/rules.md) on `e`.
