@@ -106,17 +106,17 @@ pub enum ConfigError {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Config {
+pub struct Settings {
     /// `[stellar]` as written: the server of a one-server setup, instance `default`.
     #[serde(default, rename = "stellar")]
-    stellar_section: Option<StellarConfig>,
+    stellar_section: Option<ServerSettings>,
     /// `[[instance]]` blocks: more servers, each with a `name`.
     #[serde(default)]
-    instance: Vec<StellarConfig>,
+    instance: Vec<ServerSettings>,
     /// The first server (`[stellar]`, else the first `[[instance]]`): what the commands
     /// that talk to one server use.
-    #[serde(skip, default = "StellarConfig::unset")]
-    pub stellar: StellarConfig,
+    #[serde(skip, default = "ServerSettings::unset")]
+    pub stellar: ServerSettings,
     #[serde(default)]
     pub daemon: DaemonConfig,
     #[serde(default)]
@@ -137,7 +137,7 @@ pub struct Config {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct StellarConfig {
+pub struct ServerSettings {
     /// The instance's name in rows, logs and `RULE.instances` (`default` for `[stellar]`).
     pub name: Option<String>,
     /// Only these customers' cases (`cust_id`s); empty: every customer.
@@ -169,10 +169,10 @@ pub struct StellarConfig {
 /// The instance name of `[stellar]`.
 pub const DEFAULT_INSTANCE: &str = "default";
 
-impl StellarConfig {
+impl ServerSettings {
     /// A placeholder until the config's servers are read.
-    fn unset() -> StellarConfig {
-        StellarConfig {
+    fn unset() -> ServerSettings {
+        ServerSettings {
             name: None,
             tenants: Vec::new(),
             url: String::new(),
@@ -427,19 +427,19 @@ impl Default for AuditConfig {
     }
 }
 
-impl Config {
+impl Settings {
     /// Reads, parses and validates the file; relative paths become relative to its folder.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Config::parse(&text, path)
+        Settings::parse(&text, path)
     }
 
     /// Parses config text as if it came from `path`.
-    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+    pub fn parse(text: &str, path: &Path) -> Result<Settings, ConfigError> {
+        let mut config: Settings = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: describe_toml_error(text, &e),
         })?;
@@ -511,12 +511,12 @@ impl Config {
 
     /// Every server casewarden works on: `[stellar]` (instance `default` unless named),
     /// then the `[[instance]]` blocks.
-    pub fn servers(&self) -> Vec<&StellarConfig> {
+    pub fn servers(&self) -> Vec<&ServerSettings> {
         self.stellar_section.iter().chain(&self.instance).collect()
     }
 
     /// The config key of a server's setting: `stellar.url`, `instance.eu.url`.
-    pub fn server_key(&self, s: &StellarConfig, key: &str) -> String {
+    pub fn server_key(&self, s: &ServerSettings, key: &str) -> String {
         match self.stellar_section.as_ref() {
             Some(first) if std::ptr::eq(first, s) => format!("stellar.{key}"),
             _ => format!("instance.{}.{key}", s.instance_name()),
@@ -559,7 +559,7 @@ impl Config {
         self.validate_rest()
     }
 
-    fn validate_server(&self, s: &StellarConfig) -> Result<(), ConfigError> {
+    fn validate_server(&self, s: &ServerSettings) -> Result<(), ConfigError> {
         let key = |k: &str| self.server_key(s, k);
         let url = reqwest::Url::parse(&s.url).map_err(|e| {
             let hint = if e == url::ParseError::RelativeUrlWithoutBase {
@@ -844,7 +844,7 @@ impl Config {
 
     /// A server's API key: its `api_key_file`, its `api_key_env`, else the systemd
     /// credential (LoadCredential) `api_key` (instance `default`) or `api_key.NAME`.
-    pub fn api_key_of(&self, s: &StellarConfig) -> Result<Secret, ConfigError> {
+    pub fn api_key_of(&self, s: &ServerSettings) -> Result<Secret, ConfigError> {
         let file = match (&s.api_key_file, &s.api_key_env) {
             (Some(f), _) => f.clone(),
             (None, Some(var)) => {
@@ -925,7 +925,7 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
     }
 }
 
-impl Config {
+impl Settings {
     /// What one rule may ask of one case, from `[daemon]`.
     pub fn rule_limits(&self) -> crate::rules::limits::Limits {
         let d = &self.daemon;
@@ -940,7 +940,7 @@ impl Config {
 
     /// Client settings from the `[stellar]` section, reading the key and CA file.
     /// The client of one server.
-    pub fn client_settings_of(&self, s: &StellarConfig) -> anyhow::Result<ClientSettings> {
+    pub fn client_settings_of(&self, s: &ServerSettings) -> anyhow::Result<ClientSettings> {
         let ca_pem = match &s.ca_file {
             Some(path) => Some(
                 std::fs::read(path)
@@ -974,7 +974,7 @@ mod tests {
     #[test]
     fn a_server_name_that_cannot_be_one_is_refused_with_its_key() {
         let text = format!("{MINIMAL}name = \"eu west\"\n");
-        let err = Config::parse(&text, Path::new("c.toml"))
+        let err = Settings::parse(&text, Path::new("c.toml"))
             .unwrap_err()
             .to_string();
         assert!(
@@ -983,8 +983,8 @@ mod tests {
         );
     }
 
-    fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse(text, Path::new("/etc/casewarden/casewarden.toml"))
+    fn parse(text: &str) -> Result<Settings, ConfigError> {
+        Settings::parse(text, Path::new("/etc/casewarden/casewarden.toml"))
     }
 
     #[test]

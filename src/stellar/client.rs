@@ -26,7 +26,7 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
 /// The longest backoff between attempts when the server asked for nothing.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// Everything needed to build a [`Client`]; `Config::client_settings` makes one from the
+/// Everything needed to build a [`Client`]; `Settings::client_settings_of` makes one from the
 /// `[stellar]` section, and tests and the demo build one without a file.
 #[derive(Clone)]
 pub struct ClientSettings {
