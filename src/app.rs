@@ -89,8 +89,10 @@ impl App {
         let mut instances = Vec::new();
         for s in config.servers() {
             let settings = config.client_settings_of(s).map_err(|e| match s.name {
-                Some(_) => StartError::Setup(e.context(format!("instance {}", s.instance_name()))),
-                None => StartError::Setup(e),
+                Some(_) => StartError::Setup(
+                    anyhow::Error::new(e).context(format!("instance {}", s.instance_name())),
+                ),
+                None => StartError::Setup(e.into()),
             })?;
             let client = Client::with_metrics(settings, metrics.clone())
                 .map_err(|e| StartError::Setup(e.into()))?;

@@ -95,7 +95,7 @@ pub(super) fn offline_env(config: Option<&std::path::Path>) -> Result<EvalEnv, E
     };
     let config = crate::config::Settings::load(path).map_err(Exit::config)?;
     Ok(EvalEnv {
-        calendars: Arc::new(config.calendars().map_err(Exit::config)?),
+        calendars: config.calendars(),
         exempt_tags: Arc::new(config.daemon.exempt_tags),
         ..EvalEnv::default()
     })

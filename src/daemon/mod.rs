@@ -224,9 +224,9 @@ async fn start(config: Settings) -> anyhow::Result<(Arc<Shared>, Delivery)> {
         leader: leader::Leadership::new(elected),
         config,
     });
-    if let Some(listen) = shared.config.daemon.listen.clone() {
+    if let Some(listen) = shared.config.daemon.listen {
         let token = shared.config.ui_token()?;
-        http::serve(shared.clone(), &listen, token).await?;
+        http::serve(shared.clone(), listen, token).await?;
     }
     Ok((shared, delivery))
 }

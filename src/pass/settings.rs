@@ -61,8 +61,7 @@ impl PassSettings {
             settle_after: settle_after(Duration::from_secs(s.timeout_secs)),
             pass_timeout: Duration::from_secs(c.daemon.pass_timeout_secs),
             limits: c.rule_limits(),
-            // Checked when the config was loaded.
-            calendars: Arc::new(c.calendars().unwrap_or_default()),
+            calendars: c.calendars(),
             exempt_tags: Arc::new(c.daemon.exempt_tags.clone()),
             tenant_limits: c.tenants.clone().into_iter().collect(),
         }

@@ -1,0 +1,237 @@
+//! One Stellar Cyber server (`[stellar]` or an `[[instance]]`): checked, with its API key
+//! read from a file, an environment variable or systemd's credentials directory.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::error::ConfigError;
+use super::raw::{FlavorSetting, RawServer};
+use super::secrets::Loaded;
+use super::source::Source;
+use crate::secret::Secret;
+use crate::stellar::{ClientSettings, Credentials};
+
+/// The instance name of `[stellar]`.
+pub const DEFAULT_INSTANCE: &str = "default";
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// The instance's name in rows, logs and `RULE.instances`; None for `[stellar]`
+    /// without one (instance `default`).
+    pub name: Option<String>,
+    /// Only these customers' cases (`cust_id`s); empty: every customer.
+    pub tenants: Vec<String>,
+    /// The base URL, checked, as written: plans and logs show and compare this text.
+    pub url: String,
+    pub api_flavor: FlavorSetting,
+    pub user: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub insecure_skip_tls_verify: bool,
+    pub timeout_secs: u64,
+    pub page_size: u32,
+    pub max_in_flight: usize,
+    /// Attempts per request before giving up (connect errors, timeouts, 5xx, 429).
+    pub max_attempts: u32,
+    /// First backoff step; doubles per attempt, with full jitter, capped at 30 s.
+    pub retry_base_ms: u64,
+    /// Where its keys are written: `stellar` or `instance.NAME`.
+    section: String,
+    api_key: Loaded<Secret>,
+}
+
+impl ServerSettings {
+    /// Checks one server's block; `section` is `stellar` or `instance.NAME`.
+    pub(super) fn build(
+        raw: RawServer,
+        section: String,
+        src: &Source,
+    ) -> Result<ServerSettings, ConfigError> {
+        let key = |k: &str| format!("{section}.{k}");
+        let name = raw.name.as_deref().unwrap_or(DEFAULT_INSTANCE);
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(src.invalid(
+                key("name"),
+                format!("{name:?}: use letters, digits, - and _"),
+            ));
+        }
+        let url = raw.url.as_deref().ok_or_else(|| {
+            src.invalid(
+                key("url"),
+                "missing: give the server's base URL, e.g. url = \"https://stellar.example.com\"",
+            )
+        })?;
+        check_url(url).map_err(|message| src.invalid(key("url"), message))?;
+        check_limits(&raw).map_err(|(k, message)| src.invalid(key(k), message))?;
+        let api_key = read_api_key(&raw, name, src);
+        Ok(ServerSettings {
+            url: url.to_string(),
+            name: raw.name,
+            tenants: raw.tenants,
+            api_flavor: raw.api_flavor,
+            user: raw.user,
+            ca_file: raw.ca_file.map(|p| src.resolve(&p)),
+            insecure_skip_tls_verify: raw.insecure_skip_tls_verify,
+            timeout_secs: raw.timeout_secs,
+            page_size: raw.page_size,
+            max_in_flight: raw.max_in_flight,
+            max_attempts: raw.max_attempts,
+            retry_base_ms: raw.retry_base_ms,
+            section,
+            api_key,
+        })
+    }
+
+    /// The instance's name.
+    pub fn instance_name(&self) -> &str {
+        self.name.as_deref().unwrap_or(DEFAULT_INSTANCE)
+    }
+
+    /// The config key of one of its settings: `stellar.url`, `instance.eu.url`.
+    pub fn key(&self, key: &str) -> String {
+        format!("{}.{key}", self.section)
+    }
+
+    /// Its API key, as read when the settings were built.
+    pub(super) fn api_key(&self) -> Result<Secret, ConfigError> {
+        self.api_key.get()
+    }
+
+    /// What its client needs, reading the CA file.
+    pub(super) fn client_settings(&self) -> Result<ClientSettings, ConfigError> {
+        let ca_pem = match &self.ca_file {
+            Some(file) => Some(std::fs::read(file).map_err(|e| ConfigError::CaFile {
+                file: file.clone(),
+                source: Arc::new(e),
+            })?),
+            None => None,
+        };
+        Ok(ClientSettings {
+            url: self.url.clone(),
+            flavor: self.api_flavor.fixed(),
+            credentials: Credentials {
+                user: self.user.clone(),
+                key: self.api_key()?,
+            },
+            ca_pem,
+            insecure_skip_tls_verify: self.insecure_skip_tls_verify,
+            timeout: Duration::from_secs(self.timeout_secs),
+            page_size: self.page_size,
+            max_attempts: self.max_attempts,
+            retry_base: Duration::from_millis(self.retry_base_ms),
+        })
+    }
+}
+
+/// `https://`, or `http://` to a loopback address.
+fn check_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| {
+        if e == url::ParseError::RelativeUrlWithoutBase {
+            format!(
+                "not a URL: {url:?} has no scheme: write it as https://{}",
+                url.trim_start_matches('/')
+            )
+        } else {
+            format!("not a URL ({e}): {url:?}")
+        }
+    })?;
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if is_loopback(&parsed) => Ok(()),
+        "http" => Err("http:// is only allowed for loopback addresses; use https://".into()),
+        other => Err(format!("unsupported scheme {other:?}; use https://")),
+    }
+}
+
+fn is_loopback(url: &reqwest::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// The numbers and the key source; the error names the key within the block.
+fn check_limits(s: &RawServer) -> Result<(), (&'static str, String)> {
+    if s.page_size == 0 || s.page_size > 500 {
+        return Err((
+            "page_size",
+            format!(
+                "{} is out of range: the API serves 1 to 500 cases per page",
+                s.page_size
+            ),
+        ));
+    }
+    if s.max_in_flight == 0 {
+        return Err(("max_in_flight", "must be at least 1".into()));
+    }
+    if s.max_attempts == 0 {
+        return Err(("max_attempts", "must be at least 1".into()));
+    }
+    if s.api_key_file.is_some() && s.api_key_env.is_some() {
+        return Err((
+            "api_key_file",
+            "set only one of api_key_file and api_key_env".into(),
+        ));
+    }
+    if !(1..=3_600).contains(&s.timeout_secs) {
+        return Err((
+            "timeout_secs",
+            format!("{} is out of range: 1 to 3600", s.timeout_secs),
+        ));
+    }
+    match s
+        .tenants
+        .iter()
+        .find(|t| t.trim().is_empty() || t.contains(','))
+    {
+        Some(t) => Err(("tenants", format!("{t:?} is not a customer id (cust_id)"))),
+        None => Ok(()),
+    }
+}
+
+/// Its `api_key_file`, its `api_key_env`, else the systemd credential (LoadCredential)
+/// `api_key` (instance `default`) or `api_key.NAME`.
+fn read_api_key(s: &RawServer, name: &str, src: &Source) -> Loaded<Secret> {
+    let file = match (&s.api_key_file, &s.api_key_env) {
+        (Some(f), _) => src.resolve(f),
+        (None, Some(var)) => return Loaded::new(key_from_env(var, src), None),
+        (None, None) => match std::env::var_os("CREDENTIALS_DIRECTORY") {
+            Some(dir) if name == DEFAULT_INSTANCE => PathBuf::from(dir).join("api_key"),
+            Some(dir) => PathBuf::from(dir).join(format!("api_key.{name}")),
+            None => return Loaded::new(Err(ConfigError::NoApiKey { path: src.path() }), None),
+        },
+    };
+    Loaded::new(key_in_file(&file, src), Some(&file))
+}
+
+fn key_from_env(var: &str, src: &Source) -> Result<Secret, ConfigError> {
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => Ok(Secret::new(v.trim())),
+        _ => Err(ConfigError::KeyEnv {
+            path: src.path(),
+            var: var.to_string(),
+        }),
+    }
+}
+
+fn key_in_file(file: &std::path::Path, src: &Source) -> Result<Secret, ConfigError> {
+    let failed = |e: std::io::Error| ConfigError::KeyFile {
+        path: src.path(),
+        file: file.to_path_buf(),
+        source: Arc::new(e),
+    };
+    let text = std::fs::read_to_string(file).map_err(failed)?;
+    match text.trim() {
+        "" => Err(failed(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the file is empty",
+        ))),
+        key => Ok(Secret::new(key)),
+    }
+}
