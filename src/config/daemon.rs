@@ -18,23 +18,36 @@ const MIN_TOKEN_CHARS: usize = 16;
 
 #[derive(Debug, Clone)]
 pub struct DaemonSettings {
-    pub schedule: CronSchedule,
+    // The rules: where, when, and what bounds each.
     pub rules_dir: PathBuf,
+    /// When passes run, unless a rule names its own schedule.
+    pub schedule: CronSchedule,
+    /// What one rule may ask of one case.
+    pub rule_limits: Limits,
+    /// A case carrying one of these tags is left alone by every rule.
+    pub exempt_tags: Vec<String>,
+    /// Passes in a row a rule may fail on every case before it is disabled.
+    pub breaker_passes: u32,
+
+    // What one pass may send.
+    /// Plan and record, send nothing.
     pub dry_run: bool,
-    pub max_changes_per_run: usize,
+    /// One comment per updated case naming the rules and reasons.
     pub comment_changes: bool,
+    /// The change budget of one pass.
+    pub max_changes_per_run: usize,
+    /// The blast-radius guard: the share of the listed cases one rule may change, once
+    /// it has seen `guard_min_cases`.
     pub max_change_fraction: f64,
     pub guard_min_cases: usize,
-    pub breaker_passes: u32,
-    pub shutdown_timeout_secs: u64,
     /// A pass still sending after this long stops sending; what it did not send is
     /// recorded as skipped.
     pub pass_timeout_secs: u64,
-    /// What one rule may ask of one case.
-    pub rule_limits: Limits,
+    /// On SIGTERM, how long in-flight requests may finish.
+    pub shutdown_timeout_secs: u64,
+
+    // The HTTP endpoints.
     pub listen: Option<SocketAddr>,
-    /// A case carrying one of these tags is left alone by every rule.
-    pub exempt_tags: Vec<String>,
     /// The bearer token the live view and its API at `listen` require.
     ui_token: Loaded<Option<Secret>>,
 }

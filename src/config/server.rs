@@ -17,27 +17,30 @@ pub const DEFAULT_INSTANCE: &str = "default";
 
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
+    // Which server, and who casewarden is on it.
     /// The instance's name in rows, logs and `RULE.instances`; None for `[stellar]`
     /// without one (instance `default`).
     pub name: Option<String>,
-    /// Only these customers' cases (`cust_id`s); empty: every customer.
-    pub tenants: Vec<String>,
+    /// Where its keys are written: `stellar` or `instance.NAME`.
+    section: String,
     /// The base URL, checked, as written: plans and logs show and compare this text.
     pub url: String,
-    pub api_flavor: FlavorSetting,
     pub user: Option<String>,
+    api_key: Loaded<Secret>,
     pub ca_file: Option<PathBuf>,
     pub insecure_skip_tls_verify: bool,
-    pub timeout_secs: u64,
+    pub api_flavor: FlavorSetting,
+    /// Only these customers' cases (`cust_id`s); empty: every customer.
+    pub tenants: Vec<String>,
+
+    // How it is asked.
     pub page_size: u32,
     pub max_in_flight: usize,
+    pub timeout_secs: u64,
     /// Attempts per request before giving up (connect errors, timeouts, 5xx, 429).
     pub max_attempts: u32,
     /// First backoff step; doubles per attempt, with full jitter, capped at 30 s.
     pub retry_base_ms: u64,
-    /// Where its keys are written: `stellar` or `instance.NAME`.
-    section: String,
-    api_key: Loaded<Secret>,
 }
 
 impl ServerSettings {
