@@ -47,7 +47,7 @@ impl AuditSettings {
             let missing = SecretFileError::Missing { file: file.clone() };
             return Err(src.secret_file("audit.password_file", missing));
         }
-        check_lease(&a).map_err(|(key, message)| src.invalid(key, message))?;
+        check_lease(&a, src)?;
         Ok(AuditSettings {
             password: read_password(password_file, src),
             path: src.resolve(&a.path),
@@ -92,16 +92,16 @@ pub fn check_postgres_url(url: &str) -> Result<(), PostgresUrlError> {
     Ok(())
 }
 
-/// The lease's times; the error names the key.
-fn check_lease(a: &RawAudit) -> Result<(), (&'static str, String)> {
+/// The lease's times.
+fn check_lease(a: &RawAudit, src: &Source) -> Result<(), ConfigError> {
     if a.lease_secs < 2 || a.lease_secs > 3600 {
-        return Err((
+        return Err(src.invalid(
             "audit.lease_secs",
             format!("{} is out of range: 2 to 3600", a.lease_secs),
         ));
     }
     if a.lease_renew_secs == 0 || a.lease_renew_secs >= a.lease_secs {
-        return Err((
+        return Err(src.invalid(
             "audit.lease_renew_secs",
             format!(
                 "{} must be at least 1 and less than audit.lease_secs ({}), so the lease is renewed before it ends",
@@ -110,7 +110,7 @@ fn check_lease(a: &RawAudit) -> Result<(), (&'static str, String)> {
         ));
     }
     if a.lease_retry_secs == 0 || a.lease_retry_secs > a.lease_secs {
-        return Err((
+        return Err(src.invalid(
             "audit.lease_retry_secs",
             format!(
                 "{} is out of range: 1 to audit.lease_secs ({})",

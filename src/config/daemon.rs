@@ -54,7 +54,7 @@ pub struct DaemonSettings {
 
 impl DaemonSettings {
     pub(super) fn build(d: RawDaemon, src: &Source) -> Result<DaemonSettings, ConfigError> {
-        check_numbers(&d).map_err(|(key, message)| src.invalid(key, message))?;
+        check_numbers(&d, src)?;
         let schedule =
             CronSchedule::parse(&d.schedule).map_err(|e| src.invalid("daemon.schedule", e))?;
         let listen = match &d.listen {
@@ -101,10 +101,10 @@ impl DaemonSettings {
     }
 }
 
-/// The ranges; the error names the key.
-fn check_numbers(d: &RawDaemon) -> Result<(), (&'static str, String)> {
+/// The ranges.
+fn check_numbers(d: &RawDaemon, src: &Source) -> Result<(), ConfigError> {
     if !(d.max_change_fraction > 0.0 && d.max_change_fraction <= 1.0) {
-        return Err((
+        return Err(src.invalid(
             "daemon.max_change_fraction",
             format!("{} must be in (0, 1]", d.max_change_fraction),
         ));
@@ -130,11 +130,11 @@ fn check_numbers(d: &RawDaemon) -> Result<(), (&'static str, String)> {
         ),
     ] {
         if value == 0 || value > max {
-            return Err((key, format!("{value} is out of range: 1 to {max}")));
+            return Err(src.invalid(key, format!("{value} is out of range: 1 to {max}")));
         }
     }
     if d.breaker_passes == 0 {
-        return Err(("daemon.breaker_passes", "must be at least 1".into()));
+        return Err(src.invalid("daemon.breaker_passes", "must be at least 1"));
     }
     Ok(())
 }

@@ -68,8 +68,8 @@ impl ServerSettings {
                 "missing: give the server's base URL, e.g. url = \"https://stellar.example.com\"",
             )
         })?;
-        check_url(url).map_err(|message| src.invalid(key("url"), message))?;
-        check_limits(&raw).map_err(|(k, message)| src.invalid(key(k), message))?;
+        check_url(url, key("url"), src)?;
+        check_limits(&raw, &key, src)?;
         let api_key = read_api_key(&raw, name, src);
         Ok(ServerSettings {
             url: url.to_string(),
@@ -131,22 +131,26 @@ impl ServerSettings {
 }
 
 /// `https://`, or `http://` to a loopback address.
-fn check_url(url: &str) -> Result<(), String> {
+fn check_url(url: &str, key: String, src: &Source) -> Result<(), ConfigError> {
     let parsed = reqwest::Url::parse(url).map_err(|e| {
-        if e == url::ParseError::RelativeUrlWithoutBase {
+        let message = if e == url::ParseError::RelativeUrlWithoutBase {
             format!(
                 "not a URL: {url:?} has no scheme: write it as https://{}",
                 url.trim_start_matches('/')
             )
         } else {
             format!("not a URL ({e}): {url:?}")
-        }
+        };
+        src.invalid(key.clone(), message)
     })?;
     match parsed.scheme() {
         "https" => Ok(()),
         "http" if is_loopback(&parsed) => Ok(()),
-        "http" => Err("http:// is only allowed for loopback addresses; use https://".into()),
-        other => Err(format!("unsupported scheme {other:?}; use https://")),
+        "http" => Err(src.invalid(
+            key,
+            "http:// is only allowed for loopback addresses; use https://",
+        )),
+        other => Err(src.invalid(key, format!("unsupported scheme {other:?}; use https://"))),
     }
 }
 
@@ -159,41 +163,37 @@ fn is_loopback(url: &reqwest::Url) -> bool {
     }
 }
 
-/// The numbers and the key source; the error names the key within the block.
-fn check_limits(s: &RawServer) -> Result<(), (&'static str, String)> {
+/// The numbers and the key source; `key` names a key of the block.
+fn check_limits(
+    s: &RawServer,
+    key: &dyn Fn(&str) -> String,
+    src: &Source,
+) -> Result<(), ConfigError> {
+    let invalid = |k: &str, message: String| Err(src.invalid(key(k), message));
     if s.page_size == 0 || s.page_size > 500 {
-        return Err((
-            "page_size",
-            format!(
-                "{} is out of range: the API serves 1 to 500 cases per page",
-                s.page_size
-            ),
-        ));
+        let range = "is out of range: the API serves 1 to 500 cases per page";
+        return invalid("page_size", format!("{} {range}", s.page_size));
     }
     if s.max_in_flight == 0 {
-        return Err(("max_in_flight", "must be at least 1".into()));
+        return invalid("max_in_flight", "must be at least 1".into());
     }
     if s.max_attempts == 0 {
-        return Err(("max_attempts", "must be at least 1".into()));
+        return invalid("max_attempts", "must be at least 1".into());
     }
     if s.api_key_file.is_some() && s.api_key_env.is_some() {
-        return Err((
-            "api_key_file",
-            "set only one of api_key_file and api_key_env".into(),
-        ));
+        let both = "set only one of api_key_file and api_key_env";
+        return invalid("api_key_file", both.into());
     }
     if !(1..=3_600).contains(&s.timeout_secs) {
-        return Err((
-            "timeout_secs",
-            format!("{} is out of range: 1 to 3600", s.timeout_secs),
-        ));
+        let range = "is out of range: 1 to 3600";
+        return invalid("timeout_secs", format!("{} {range}", s.timeout_secs));
     }
     match s
         .tenants
         .iter()
         .find(|t| t.trim().is_empty() || t.contains(','))
     {
-        Some(t) => Err(("tenants", format!("{t:?} is not a customer id (cust_id)"))),
+        Some(t) => invalid("tenants", format!("{t:?} is not a customer id (cust_id)")),
         None => Ok(()),
     }
 }
