@@ -3,7 +3,7 @@
 use clap::Args;
 
 use super::{Cli, Exit, config_path, connect};
-use crate::config::{Config, StellarConfig};
+use crate::config::{ServerSettings, Settings};
 use crate::rules::RuleSet;
 use crate::stellar::ApiError;
 
@@ -16,7 +16,7 @@ pub struct CheckArgs {
 
 pub(super) async fn run(cli: &Cli, args: &CheckArgs) -> anyhow::Result<u8> {
     let path = config_path(cli);
-    let config = Config::load(&path).map_err(Exit::config)?;
+    let config = Settings::load(&path).map_err(Exit::config)?;
     // Every problem of the config and the rules, found together.
     let mut problems = Vec::new();
     for s in config.servers() {
@@ -90,7 +90,7 @@ pub(super) async fn run(cli: &Cli, args: &CheckArgs) -> anyhow::Result<u8> {
 
 /// `check` online with the log in PostgreSQL: it answers, with this password, and who
 /// holds the lease. Reads only.
-async fn probe_audit(config: &Config) -> Result<(), Exit> {
+async fn probe_audit(config: &Settings) -> Result<(), Exit> {
     let url = config.audit.url.as_deref().unwrap_or_default();
     let password = config.audit_password().map_err(Exit::config)?;
     let store = crate::audit::AuditStore::open_postgres_read_only(
@@ -128,7 +128,7 @@ async fn probe_audit(config: &Config) -> Result<(), Exit> {
 
 /// `check` online: the key is accepted, a page of cases lists, and which update flavour
 /// the server takes (asked with an empty update of a case that does not exist).
-async fn probe_server(config: &Config, s: &StellarConfig) -> Result<(), Exit> {
+async fn probe_server(config: &Settings, s: &ServerSettings) -> Result<(), Exit> {
     let client = connect(config, s)?;
     let url = &s.url;
     let unreachable = |e: ApiError| Exit::server(format!("server {url}: {e}"));

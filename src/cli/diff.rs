@@ -107,7 +107,7 @@ pub(super) async fn run(cli: &Cli, args: &DiffArgs) -> anyhow::Result<u8> {
     };
     let mut env = EvalEnv {
         now_ms,
-        calendars: Arc::new(config.calendars().map_err(Exit::config)?),
+        calendars: config.calendars(),
         exempt_tags: Arc::new(config.daemon.exempt_tags.clone()),
         ..EvalEnv::default()
     };

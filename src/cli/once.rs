@@ -11,7 +11,7 @@ use super::plan_file::PlanFile;
 use super::{Cli, Exit, load_config};
 use crate::app::App;
 use crate::audit::ClaimError;
-use crate::config::Config;
+use crate::config::Settings;
 use crate::pass::{Hook, PassContext, PassOptions, Work};
 use crate::report::print_report;
 use crate::rules::RuleSet;
@@ -270,7 +270,7 @@ fn work(args: &OnceArgs) -> Work {
 /// A pass on each server in turn; one that cannot be reached or fails does not stop the
 /// others. Exit 1 when any pass had trouble.
 async fn every_server(
-    config: &Config,
+    config: &Settings,
     set: &RuleSet,
     servers: Vec<PassContext>,
     args: &OnceArgs,
