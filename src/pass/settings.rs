@@ -45,10 +45,6 @@ pub struct PassSettings {
 }
 
 impl PassSettings {
-    pub fn from_config(c: &Settings) -> PassSettings {
-        PassSettings::for_server(c, &c.stellar)
-    }
-
     /// The settings of a pass on server `s` of config `c`.
     pub fn for_server(c: &Settings, s: &ServerSettings) -> PassSettings {
         PassSettings {
