@@ -422,13 +422,7 @@ async fn after_pass(shared: &Shared, set: &RuleSet, report: &PassReport, took: D
             .notifier
             .send(notices::breaker_trip(&name, &rule.file, limit));
         // Recorded first, then announced: whoever reads the log line finds the row.
-        let event = row::rule_disabled(
-            &report.run_id,
-            &name,
-            &rule.source_hash,
-            limit,
-            &rule.file,
-        );
+        let event = row::rule_disabled(&report.run_id, &name, &rule.source_hash, limit, &rule.file);
         if let Err(e) = shared.ctx.audit.append(&[event]).await {
             tracing::error!(error = %e, "cannot record the disabled rule in the audit log");
         }

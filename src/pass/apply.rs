@@ -332,7 +332,10 @@ impl Applier {
                     },
                 };
                 let hash = self.rule_hash.get(&d.rule).map_or("", String::as_str);
-                let planned = self.seq_of.get(&DecisionId { case, decision: *di });
+                let planned = self.seq_of.get(&DecisionId {
+                    case,
+                    decision: *di,
+                });
                 row::outcome(&self.run_id, hash, p, d, planned.copied(), settled)
             })
             .collect();

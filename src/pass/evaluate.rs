@@ -25,12 +25,7 @@ pub(super) struct Evaluated {
 }
 
 /// Evaluates every due rule on one case.
-fn evaluate_one(
-    set: &RuleSet,
-    rules: &[Arc<Rule>],
-    case: Case,
-    env: &EvalEnv,
-) -> Evaluated {
+fn evaluate_one(set: &RuleSet, rules: &[Arc<Rule>], case: Case, env: &EvalEnv) -> Evaluated {
     let mut ev = Evaluated {
         requests: Vec::new(),
         seen_by: Vec::new(),

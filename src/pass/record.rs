@@ -162,7 +162,11 @@ fn dry_signatures<'p>(run: &Run<'_>, plans: &'p [CasePlan]) -> HashMap<(&'p str,
             true => Outcome::Planned,
             false => Outcome::Skipped,
         };
-        let sig = (d.field.to_string(), d.new.clone().unwrap_or_default(), outcome);
+        let sig = (
+            d.field.to_string(),
+            d.new.clone().unwrap_or_default(),
+            outcome,
+        );
         now.entry((p.case_id.as_str(), d.rule.as_str()))
             .or_default()
             .push(sig);

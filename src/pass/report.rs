@@ -117,7 +117,6 @@ impl PassReport {
     }
 }
 
-
 /// What the stages of a pass returned, as far as it got.
 #[derive(Debug, Default)]
 pub(super) struct Ran {
@@ -162,7 +161,11 @@ impl PassReport {
         if let Some(rec) = ran.recorded {
             report.add_recorded(run, rec, &applied);
         }
-        for r in report.rules.iter().filter(|r| r.errors > LOGGED_ERRORS_PER_RULE) {
+        for r in report
+            .rules
+            .iter()
+            .filter(|r| r.errors > LOGGED_ERRORS_PER_RULE)
+        {
             tracing::warn!(rule = %r.name, errors = r.errors, "rule failed on {} more case(s) this pass than logged above", r.errors - LOGGED_ERRORS_PER_RULE);
         }
         report.status = report.status_now();

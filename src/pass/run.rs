@@ -56,7 +56,13 @@ impl<'a> Run<'a> {
                 shadow: r.dry_run,
             })
             .collect();
-        for d in opts.work.given().into_iter().flatten().flat_map(|p| &p.decisions) {
+        for d in opts
+            .work
+            .given()
+            .into_iter()
+            .flatten()
+            .flat_map(|p| &p.decisions)
+        {
             if !actors.iter().any(|a| a.name == d.rule) {
                 actors.push(Actor {
                     name: d.rule.clone(),

@@ -3,11 +3,14 @@
 //! them on cases (`eval`).
 
 mod compile;
+pub mod diff;
 mod engine;
 mod eval;
 pub mod limits;
 mod lint;
 mod matching;
+pub mod offline;
+pub mod testing;
 mod view;
 
 use std::fmt;
