@@ -6,6 +6,8 @@
 mod case;
 mod field;
 mod pass;
+pub mod revert;
+pub mod reviewed;
 
 pub use case::{
     CasePlan, Change, ChangeKind, Decision, Memory, RuleChanges, apply, case_holds, current,
