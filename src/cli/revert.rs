@@ -51,17 +51,7 @@ pub(super) async fn run(cli: &Cli, args: &RevertArgs) -> anyhow::Result<u8> {
         );
         return Ok(0);
     }
-    // The server the pass ran on (rows from before instances were recorded: `default`).
-    let server = rows[0]
-        .instance
-        .clone()
-        .unwrap_or_else(|| crate::config::DEFAULT_INSTANCE.to_string());
-    let Some(ctx) = app.instances.into_iter().find(|i| i.instance == server) else {
-        return Err(Exit::config(format!(
-            "pass {pass} ran on server {server:?}, which this config does not have: refused"
-        ))
-        .into());
-    };
+    let ctx = server_of(app.instances, &rows[0], pass)?;
     refuse_overlap(&ctx, pass, args.rule.as_deref()).await?;
     let actor = format!("revert:{pass}");
     let given = Given {
@@ -127,6 +117,22 @@ async fn applied_rows(
         }
     }
     Ok(rows)
+}
+
+/// The server the pass ran on (rows from before instances were recorded: `default`).
+fn server_of(instances: Vec<PassContext>, row: &EventRow, pass: &str) -> Result<PassContext, Exit> {
+    let server = row
+        .instance
+        .clone()
+        .unwrap_or_else(|| crate::config::DEFAULT_INSTANCE.to_string());
+    instances
+        .into_iter()
+        .find(|i| i.instance == server)
+        .ok_or_else(|| {
+            Exit::config(format!(
+                "pass {pass} ran on server {server:?}, which this config does not have: refused"
+            ))
+        })
 }
 
 /// The trigger the revert pass is recorded with: a revert of one rule leaves the others
