@@ -128,24 +128,26 @@ mod tests {
         .unwrap()
     }
 
-    fn applied<'a>(field: &'a str, old: Option<&'a str>, new: &'a str) -> Applied<'a> {
-        Applied {
-            rule: "escalate",
-            field,
-            old,
-            new: Some(new),
-        }
+    /// The revert of `applied` (field, old, new) by rule `escalate` on [`case`].
+    fn revert(applied: &[(&str, Option<&str>, &str)]) -> CasePlan {
+        let applied: Vec<Applied> = applied
+            .iter()
+            .map(|&(field, old, new)| Applied {
+                rule: "escalate",
+                field,
+                old,
+                new: Some(new),
+            })
+            .collect();
+        BY.plan(&case(), &applied)
     }
 
     #[test]
     fn what_the_case_still_holds_is_set_back() {
-        let plan = BY.plan(
-            &case(),
-            &[
-                applied("priority", Some("Medium"), "High"),
-                applied("tags", None, "+auto-escalated"),
-            ],
-        );
+        let plan = revert(&[
+            ("priority", Some("Medium"), "High"),
+            ("tags", None, "+auto-escalated"),
+        ]);
         assert_eq!(plan.case_id, "c1");
         assert_eq!(plan.ticket_id, Some(7));
         let d = &plan.decisions;
@@ -164,13 +166,7 @@ mod tests {
 
     #[test]
     fn a_case_changed_since_is_skipped_with_why() {
-        let plan = BY.plan(
-            &case(),
-            &[
-                applied("status", Some("New"), "Closed"),
-                applied("tags", None, "-vip"),
-            ],
-        );
+        let plan = revert(&[("status", Some("New"), "Closed"), ("tags", None, "-vip")]);
         let skipped: Vec<&str> = plan
             .decisions
             .iter()
@@ -187,14 +183,11 @@ mod tests {
 
     #[test]
     fn a_comment_gets_a_note_and_a_resolution_goes_with_its_status() {
-        let plan = BY.plan(
-            &case(),
-            &[
-                applied("comment", None, "escalated"),
-                applied("resolution", None, "False Positive"),
-                applied("comment", None, "again"),
-            ],
-        );
+        let plan = revert(&[
+            ("comment", None, "escalated"),
+            ("resolution", None, "False Positive"),
+            ("comment", None, "again"),
+        ]);
         assert_eq!(plan.decisions.len(), 1);
         assert_eq!(plan.decisions[0].field, Field::Comment);
         assert!(plan.decisions[0].is_planned());

@@ -170,16 +170,7 @@ fn mark_halted(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn set(sources: &[(&str, &str)]) -> RuleSet {
-        RuleSet::from_sources(
-            sources
-                .iter()
-                .map(|(f, s)| (f.into(), s.to_string()))
-                .collect(),
-        )
-        .unwrap()
-    }
+    use crate::rules::offline::tests::set;
 
     fn tagger(name: &str, status: &str) -> String {
         format!(

@@ -123,10 +123,11 @@ fn excluded_by(case: &Case, query: &[(String, String)]) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn set(sources: &[(&str, &str)]) -> RuleSet {
+    /// A rule set of (file, source) pairs.
+    pub(crate) fn set(sources: &[(&str, &str)]) -> RuleSet {
         RuleSet::from_sources(
             sources
                 .iter()
