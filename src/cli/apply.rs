@@ -79,12 +79,6 @@ async fn check_cases(
     Ok(plans)
 }
 
-/// The server URL without a trailing slash, for comparing.
-fn same_server(a: &str, b: &str) -> bool {
-    a.trim_end_matches('/')
-        .eq_ignore_ascii_case(b.trim_end_matches('/'))
-}
-
 pub(super) async fn run(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<u8> {
     let file = args.plan.display();
     let (plan, digest) = read_plan(&args.plan)?;
@@ -140,10 +134,7 @@ fn read_plan(path: &Path) -> Result<(PlanFile, String), Exit> {
 /// The config's name of the server the plan is for; refused when the config lacks it.
 fn instance_of(config: &Config, plan: &PlanFile, path: &Path) -> Result<String, Exit> {
     let servers = config.servers();
-    match servers
-        .iter()
-        .find(|s| same_server(&plan.server_url, &s.url))
-    {
+    match servers.iter().find(|s| plan.is_for(&s.url)) {
         Some(server) => Ok(server.instance_name().to_string()),
         None => {
             let urls: Vec<&str> = servers.iter().map(|s| s.url.as_str()).collect();
@@ -158,9 +149,10 @@ fn instance_of(config: &Config, plan: &PlanFile, path: &Path) -> Result<String, 
 }
 
 fn refuse_expired(plan: &PlanFile, path: &Path) -> Result<(), Exit> {
-    let expires = chrono::DateTime::parse_from_rfc3339(&plan.expires_at)
+    let expired = plan
+        .expired(chrono::Utc::now())
         .map_err(|e| Exit::config(format!("{}: expires_at: {e}", path.display())))?;
-    if expires < chrono::Utc::now() {
+    if expired {
         return Err(Exit::config(format!(
             "{}: the plan expired at {}: refused; make a new one with once --dry-run --out",
             path.display(),
@@ -172,13 +164,7 @@ fn refuse_expired(plan: &PlanFile, path: &Path) -> Result<(), Exit> {
 
 /// The rules whose changes the plan holds, each of which must still be loaded.
 fn rules_of(plan: &PlanFile, set: &RuleSet, config: &Config) -> Result<Vec<String>, Exit> {
-    let mut rules: Vec<String> = plan
-        .cases
-        .iter()
-        .flat_map(|c| c.changes.iter().map(|ch| ch.rule.clone()))
-        .collect();
-    rules.sort();
-    rules.dedup();
+    let rules = plan.rules();
     if let Some(missing) = rules
         .iter()
         .find(|r| !set.rules.iter().any(|x| &&x.name == r))

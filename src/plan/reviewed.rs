@@ -133,6 +133,30 @@ impl PlanFile {
         Ok((plan, digest(bytes)))
     }
 
+    /// Whether the plan was made on the server at `url` (a trailing slash and case aside).
+    pub fn is_for(&self, url: &str) -> bool {
+        self.server_url
+            .trim_end_matches('/')
+            .eq_ignore_ascii_case(url.trim_end_matches('/'))
+    }
+
+    /// Whether the plan's validity ended before `now`.
+    pub fn expired(&self, now: chrono::DateTime<chrono::Utc>) -> Result<bool, chrono::ParseError> {
+        Ok(chrono::DateTime::parse_from_rfc3339(&self.expires_at)? < now)
+    }
+
+    /// The rules whose changes the plan holds, in name order.
+    pub fn rules(&self) -> Vec<String> {
+        let mut rules: Vec<String> = self
+            .cases
+            .iter()
+            .flat_map(|c| c.changes.iter().map(|ch| ch.rule.clone()))
+            .collect();
+        rules.sort();
+        rules.dedup();
+        rules
+    }
+
     /// Changes that will be offered for applying (halted ones only when asked).
     pub fn pending(&self, include_halted: bool) -> usize {
         self.cases
@@ -276,6 +300,23 @@ mod tests {
         assert_eq!((plan.pending(true), plan.pending(false)), (2, 1));
         assert!(any_pending(&plans()));
         assert!(!any_pending(&plans()[1..]));
+    }
+
+    #[test]
+    fn a_plan_names_its_server_expiry_and_rules() {
+        let plan = PlanFile::of(
+            &plans(),
+            "p1",
+            "https://X/",
+            "f",
+            chrono::Duration::hours(1),
+        );
+        assert!(plan.is_for("https://x"));
+        assert!(!plan.is_for("https://y"));
+        let now = chrono::Utc::now();
+        assert!(!plan.expired(now).unwrap());
+        assert!(plan.expired(now + chrono::Duration::hours(2)).unwrap());
+        assert_eq!(plan.rules(), ["r"]);
     }
 
     #[test]
