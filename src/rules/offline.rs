@@ -20,7 +20,7 @@ pub fn enabled(set: &RuleSet) -> Vec<Arc<Rule>> {
 }
 
 /// What the rules asked of a case, as a pass collects it, and their errors.
-pub fn requests_of(
+fn requests_of(
     results: Vec<(usize, Result<Asked, EvalError>)>,
     rules: &[Arc<Rule>],
 ) -> (Vec<RuleChanges>, Vec<String>) {
