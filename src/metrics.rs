@@ -68,98 +68,91 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
-        let mut registry = Registry::with_prefix("casewarden");
-        let passes = Family::<StatusLabel, Counter>::default();
-        let changes = Family::<ChangeLabels, Counter>::default();
-        let api_requests = Family::<StatusLabel, Counter>::default();
-        let token_renewals = Counter::default();
-        let pass_duration = Histogram::new(exponential_buckets(0.05, 2.0, 14));
-        let rules_disabled = Gauge::default();
-        let ticks_skipped = Counter::default();
-        let rule_errors = Family::<RuleLabels, Counter>::default();
-        let last_success = Gauge::default();
-        let leader = Gauge::default();
-        let lease_epoch = Gauge::default();
-        registry.register(
+        let mut metrics = Metrics {
+            registry: Registry::with_prefix("casewarden"),
+            passes: Family::default(),
+            changes: Family::default(),
+            api_requests: Family::default(),
+            token_renewals: Counter::default(),
+            pass_duration: Histogram::new(exponential_buckets(0.05, 2.0, 14)),
+            rules_disabled: Gauge::default(),
+            ticks_skipped: Counter::default(),
+            rule_errors: Family::default(),
+            last_success: Gauge::default(),
+            leader: Gauge::default(),
+            lease_epoch: Gauge::default(),
+            notifications: Family::default(),
+            tenant_changes: Family::default(),
+            tenants_labelled: Default::default(),
+        };
+        metrics.register();
+        Arc::new(metrics)
+    }
+
+    /// Names and explains each metric in the registry, in the order `render` lists them.
+    fn register(&mut self) {
+        let r = &mut self.registry;
+        r.register(
             "leader",
             "1 when this daemon runs the passes (the leader of the replicas sharing a PostgreSQL log, or alone on a SQLite file), 0 when a follower",
-            leader.clone(),
+            self.leader.clone(),
         );
-        registry.register(
+        r.register(
             "lease_epoch",
             "The epoch of the audit log's lease this daemon leads with (0: not leading, or on a SQLite file)",
-            lease_epoch.clone(),
+            self.lease_epoch.clone(),
         );
-        let notifications = Family::<NotifyLabels, Counter>::default();
-        let tenant_changes = Family::<TenantLabels, Counter>::default();
-        registry.register(
+        r.register(
             "tenant_changes",
             "Field changes by customer (cust_id; `other` past the first 200), outcome (applied, failed, skipped) and server (instance)",
-            tenant_changes.clone(),
+            self.tenant_changes.clone(),
         );
-        registry.register(
+        r.register(
             "notifications",
             "Notification attempts by event and outcome (delivered, attempt_failed, gave_up, dropped)",
-            notifications.clone(),
+            self.notifications.clone(),
         );
-        registry.register(
+        r.register(
             "rule_errors",
             "Cases a rule failed on (a script error or a sandbox stop), by rule",
-            rule_errors.clone(),
+            self.rule_errors.clone(),
         );
-        registry.register(
+        r.register(
             "last_success_timestamp_seconds",
             "Unix time of the end of the last pass that got through its work (ok, dry-run, budget-exhausted, degraded or failed-changes)",
-            last_success.clone(),
+            self.last_success.clone(),
         );
-        registry.register("passes", "Passes by final status", passes.clone());
-        registry.register(
+        r.register("passes", "Passes by final status", self.passes.clone());
+        r.register(
             "changes",
             "Changes by rule, outcome (applied, failed, skipped, deferred) and server (instance), and cases an exempt or snooze tag kept a rule off (exempt)",
-            changes.clone(),
+            self.changes.clone(),
         );
-        registry.register(
+        r.register(
             "api_requests",
             "Cases API requests by HTTP status (or error)",
-            api_requests.clone(),
+            self.api_requests.clone(),
         );
-        registry.register(
+        r.register(
             "token_renewals",
             "Access tokens fetched",
-            token_renewals.clone(),
+            self.token_renewals.clone(),
         );
-        registry.register(
+        r.register(
             "pass_duration_seconds",
             "Wall time of a pass",
-            pass_duration.clone(),
+            self.pass_duration.clone(),
         );
-        registry.register(
+        r.register(
             "rules_disabled",
             "Rules disabled by the circuit breaker",
-            rules_disabled.clone(),
+            self.rules_disabled.clone(),
         );
-        registry.register(
+        r.register(
             "ticks_skipped",
             "Schedule ticks skipped because the previous pass still ran",
-            ticks_skipped.clone(),
+            self.ticks_skipped.clone(),
         );
-        Arc::new(Metrics {
-            registry,
-            passes,
-            changes,
-            api_requests,
-            token_renewals,
-            pass_duration,
-            rules_disabled,
-            ticks_skipped,
-            rule_errors,
-            last_success,
-            leader,
-            lease_epoch,
-            notifications,
-            tenant_changes,
-            tenants_labelled: Default::default(),
-        })
     }
 
     /// Counts `n` changes with `outcome` to the cases of customer `tenant` on `instance`.

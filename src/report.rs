@@ -26,6 +26,17 @@ pub fn print_report(out: &mut impl Write, r: &PassReport) -> std::io::Result<()>
         },
         r.status
     )?;
+    print_rules(out, r)?;
+    print_tenants(out, r)?;
+    print_warnings(out, r)?;
+    if !r.chain_head.is_empty() {
+        writeln!(out, "  audit chain head: {}", r.chain_head)?;
+    }
+    Ok(())
+}
+
+/// The per-rule table, and the customers a rule was halted for.
+fn print_rules(out: &mut impl Write, r: &PassReport) -> std::io::Result<()> {
     // Two units side by side, named in the header: cases (seen, exempt, matched, errors)
     // and the field changes those cases lead to (applied .. deferred).
     writeln!(
@@ -73,21 +84,32 @@ pub fn print_report(out: &mut impl Write, r: &PassReport) -> std::io::Result<()>
             )?;
         }
     }
-    if r.by_tenant.len() > 1 {
-        writeln!(
-            out,
-            "  {:<34} {:>8} {:>8} {:>8}",
-            "CUSTOMER (cust_id)", "APPLIED", "FAILED", "SKIPPED"
-        )?;
-        for (tenant, [applied, failed, skipped]) in &r.by_tenant {
-            let applied = if r.dry_run {
-                "-".to_string()
-            } else {
-                applied.to_string()
-            };
-            writeln!(out, "  {tenant:<34} {applied:>8} {failed:>8} {skipped:>8}")?;
-        }
+    Ok(())
+}
+
+/// Changes per customer, when the pass touched more than one.
+fn print_tenants(out: &mut impl Write, r: &PassReport) -> std::io::Result<()> {
+    if r.by_tenant.len() <= 1 {
+        return Ok(());
     }
+    writeln!(
+        out,
+        "  {:<34} {:>8} {:>8} {:>8}",
+        "CUSTOMER (cust_id)", "APPLIED", "FAILED", "SKIPPED"
+    )?;
+    for (tenant, [applied, failed, skipped]) in &r.by_tenant {
+        let applied = if r.dry_run {
+            "-".to_string()
+        } else {
+            applied.to_string()
+        };
+        writeln!(out, "  {tenant:<34} {applied:>8} {failed:>8} {skipped:>8}")?;
+    }
+    Ok(())
+}
+
+/// What to look at: guard halts, a spent budget, rule errors, an early stop.
+fn print_warnings(out: &mut impl Write, r: &PassReport) -> std::io::Result<()> {
     for s in r.rules.iter().filter(|s| s.guard_halted) {
         writeln!(
             out,
@@ -110,9 +132,6 @@ pub fn print_report(out: &mut impl Write, r: &PassReport) -> std::io::Result<()>
     }
     if let Some(e) = &r.error {
         writeln!(out, "  ! the pass stopped early: {e}")?;
-    }
-    if !r.chain_head.is_empty() {
-        writeln!(out, "  audit chain head: {}", r.chain_head)?;
     }
     Ok(())
 }

@@ -8,7 +8,10 @@ use std::collections::HashSet;
 use futures::StreamExt;
 
 use super::db::{Backend, Pool, insert_events, on_pool};
-use super::{AuditError, AuditStore, EventRow, Lease, PassRow, Verification};
+use super::lease::insert_released;
+use super::passes::insert_pass;
+use super::users::insert_users;
+use super::{AuditError, AuditStore, EventRow, Verification};
 
 /// Rows copied per transaction.
 const BATCH: usize = 2_000;
@@ -150,73 +153,13 @@ impl AuditStore {
         let users = self.user_emails().await?;
         let lease = self.lease().await?;
         let mut tx = to.begin_write().await?;
-        for (id, email) in &users {
-            sqlx::query(
-                "INSERT INTO users (id, email, seen_at) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(id)
-            .bind(email)
-            .bind(crate::time::timestamp(chrono::Utc::now()))
-            .execute(&mut *tx)
-            .await?;
-        }
-        if let Some(Lease {
-            holder,
-            pid,
-            host,
-            started_at,
-            heartbeat_at,
-            epoch,
-            ..
-        }) = lease
-        {
-            sqlx::query(
-                "INSERT INTO lease (id, holder, pid, host, started_at, heartbeat_at, expires_at, released, epoch) \
-                 VALUES (1, $1, $2, $3, $4, $5, $5, TRUE, $6) ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(holder)
-            .bind(pid)
-            .bind(host)
-            .bind(started_at)
-            .bind(heartbeat_at)
-            .bind(epoch)
-            .execute(&mut *tx)
-            .await?;
+        insert_users(&mut tx, &users).await?;
+        if let Some(lease) = &lease {
+            insert_released(&mut tx, lease).await?;
         }
         tx.commit().await?;
         Ok(())
     }
-}
-
-async fn insert_pass(
-    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
-    p: &PassRow,
-) -> Result<(), sqlx::Error> {
-    let t = &p.totals;
-    sqlx::query(
-        "INSERT INTO passes (id, started_at, finished_at, trigger_kind, rules_fingerprint, dry_run, \
-         cases_seen, planned, applied, failed, skipped, status, error, chain_head, hash, instance) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
-    )
-    .bind(&p.id)
-    .bind(&p.started_at)
-    .bind(&p.finished_at)
-    .bind(&p.trigger_kind)
-    .bind(&p.rules_fingerprint)
-    .bind(p.dry_run)
-    .bind(t.cases_seen)
-    .bind(t.planned)
-    .bind(t.applied)
-    .bind(t.failed)
-    .bind(t.skipped)
-    .bind(&t.status)
-    .bind(&t.error)
-    .bind(&p.chain_head)
-    .bind(&p.hash)
-    .bind(&p.instance)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
 
 fn describe(v: &Verification) -> String {

@@ -96,83 +96,11 @@ impl<W: Write> Printer<W> {
 
     pub fn row(&mut self, r: &EventRow) -> std::io::Result<()> {
         self.rows += 1;
-        let (old_email, new_email) = (self.email(r, &r.old), self.email(r, &r.new));
-        let out = match &mut self.sink {
-            Sink::Csv(w) => {
-                let text = |v: &str| spreadsheet_safe(v);
-                let opt = |v: &Option<String>| text(v.as_deref().unwrap_or_default());
-                let num = |v: Option<i64>| v.map(|n| n.to_string()).unwrap_or_default();
-                w.write_record([
-                    r.seq.to_string(),
-                    text(&r.run_id),
-                    r.recorded_at.clone(),
-                    text(&r.rule),
-                    r.rule_hash.clone(),
-                    text(&r.case_id),
-                    num(r.ticket_id),
-                    text(&r.field),
-                    opt(&r.old),
-                    opt(&r.new),
-                    text(&r.reason),
-                    r.dry_run.to_string(),
-                    r.outcome.to_string(),
-                    opt(&r.error),
-                    num(r.http_status),
-                    num(r.planned_seq),
-                    r.prev_hash.clone(),
-                    r.hash.clone(),
-                    num(r.planned_seq),
-                    opt(&old_email),
-                    opt(&new_email),
-                    opt(&r.tenant),
-                    opt(&r.instance),
-                ])?;
-                return Ok(());
-            }
-            Sink::Plain(out) => out,
-        };
-        match self.format {
-            Format::Json => {
-                let mut v = serde_json::to_value(r)?;
-                // The planned row an outcome row settles, under a name that says so.
-                v["outcome_of"] = serde_json::json!(r.planned_seq);
-                if old_email.is_some() || new_email.is_some() {
-                    v["old_email"] = serde_json::json!(old_email);
-                    v["new_email"] = serde_json::json!(new_email);
-                }
-                serde_json::to_writer(&mut *out, &v)?;
-                writeln!(out)
-            }
-            _ => {
-                let when = r.recorded_at.replace('T', " ");
-                let shown = |id: &Option<String>, email: Option<String>| email.or(id.clone());
-                let change = describe_change(r, shown(&r.old, old_email), shown(&r.new, new_email));
-                let outcome = if r.dry_run {
-                    format!("{} (dry)", r.outcome)
-                } else {
-                    r.outcome.to_string()
-                };
-                let note = match (&r.error, r.planned_seq) {
-                    (Some(e), _) => format!("error: {e}"),
-                    (None, Some(p)) if r.reason.is_empty() => format!("outcome of #{p}"),
-                    _ => r.reason.clone(),
-                };
-                writeln!(
-                    out,
-                    "{:>6}  {:<24}  {:<23}  {:<22}  {:>8}  {:<11}  {:<34}  {:<13}  {}",
-                    r.seq,
-                    clip(&when, 24),
-                    clip(&r.run_id, 23),
-                    clip(&r.rule, 22),
-                    r.ticket_id
-                        .map(|t| t.to_string())
-                        .unwrap_or_else(|| "-".into()),
-                    clip(&r.field, 11),
-                    clip(&change, 34),
-                    outcome,
-                    clip(&note, 100)
-                )
-            }
+        let emails = (self.email(r, &r.old), self.email(r, &r.new));
+        match (&mut self.sink, self.format) {
+            (Sink::Csv(w), _) => csv_record(w, r, emails),
+            (Sink::Plain(out), Format::Json) => json_line(out, r, emails),
+            (Sink::Plain(out), _) => table_line(out, r, emails),
         }
     }
 
@@ -189,6 +117,99 @@ impl<W: Write> Printer<W> {
         }
         Ok(self.rows)
     }
+}
+
+/// The emails of an assignee row's old and new user ids, where known.
+type Emails = (Option<String>, Option<String>);
+
+/// One CSV record, in [`CSV_HEADER`]'s order.
+fn csv_record<W: Write>(
+    w: &mut csv::Writer<W>,
+    r: &EventRow,
+    (old_email, new_email): Emails,
+) -> std::io::Result<()> {
+    let text = |v: &str| spreadsheet_safe(v);
+    let opt = |v: &Option<String>| text(v.as_deref().unwrap_or_default());
+    let num = |v: Option<i64>| v.map(|n| n.to_string()).unwrap_or_default();
+    w.write_record([
+        r.seq.to_string(),
+        text(&r.run_id),
+        r.recorded_at.clone(),
+        text(&r.rule),
+        r.rule_hash.clone(),
+        text(&r.case_id),
+        num(r.ticket_id),
+        text(&r.field),
+        opt(&r.old),
+        opt(&r.new),
+        text(&r.reason),
+        r.dry_run.to_string(),
+        r.outcome.to_string(),
+        opt(&r.error),
+        num(r.http_status),
+        num(r.planned_seq),
+        r.prev_hash.clone(),
+        r.hash.clone(),
+        num(r.planned_seq),
+        opt(&old_email),
+        opt(&new_email),
+        opt(&r.tenant),
+        opt(&r.instance),
+    ])?;
+    Ok(())
+}
+
+/// One JSON object on a line: the row's columns, `outcome_of`, and the emails if any.
+fn json_line(
+    out: &mut impl Write,
+    r: &EventRow,
+    (old_email, new_email): Emails,
+) -> std::io::Result<()> {
+    let mut v = serde_json::to_value(r)?;
+    // The planned row an outcome row settles, under a name that says so.
+    v["outcome_of"] = serde_json::json!(r.planned_seq);
+    if old_email.is_some() || new_email.is_some() {
+        v["old_email"] = serde_json::json!(old_email);
+        v["new_email"] = serde_json::json!(new_email);
+    }
+    serde_json::to_writer(&mut *out, &v)?;
+    writeln!(out)
+}
+
+/// One line of the table, emails shown in place of user ids.
+fn table_line(
+    out: &mut impl Write,
+    r: &EventRow,
+    (old_email, new_email): Emails,
+) -> std::io::Result<()> {
+    let when = r.recorded_at.replace('T', " ");
+    let shown = |id: &Option<String>, email: Option<String>| email.or(id.clone());
+    let change = describe_change(r, shown(&r.old, old_email), shown(&r.new, new_email));
+    let outcome = if r.dry_run {
+        format!("{} (dry)", r.outcome)
+    } else {
+        r.outcome.to_string()
+    };
+    let note = match (&r.error, r.planned_seq) {
+        (Some(e), _) => format!("error: {e}"),
+        (None, Some(p)) if r.reason.is_empty() => format!("outcome of #{p}"),
+        _ => r.reason.clone(),
+    };
+    writeln!(
+        out,
+        "{:>6}  {:<24}  {:<23}  {:<22}  {:>8}  {:<11}  {:<34}  {:<13}  {}",
+        r.seq,
+        clip(&when, 24),
+        clip(&r.run_id, 23),
+        clip(&r.rule, 22),
+        r.ticket_id
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| "-".into()),
+        clip(&r.field, 11),
+        clip(&change, 34),
+        outcome,
+        clip(&note, 100)
+    )
 }
 
 /// `old -> new` for fields, `+tag`/`-tag` for tags, the text for comments.

@@ -192,54 +192,13 @@ impl AuditStore {
             Pool::Postgres(_) => None,
         };
         let holder = uuid::Uuid::new_v4().to_string();
-        let host = hostname();
-        let times = self.lease_times;
         // The lease's end by this process's clock starts before the row is written.
         let asked = Instant::now();
-        let now = chrono::Utc::now();
-        let (previous, epoch) = on_pool!(&self.pool, |pool| {
-            let mut tx = pool.begin_write().await.map_err(AuditError::from)?;
-            let previous: Option<Lease> = sqlx::query_as("SELECT * FROM lease WHERE id = 1")
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(AuditError::from)?;
-            // With the OS lock ours, a live lease of this host belongs to a dead process;
-            // any other live lease (another host's, or any on PostgreSQL) is honoured until
-            // it expires.
-            if let Some(p) = &previous
-                && !p.released
-                && (file.is_none() || p.host != host)
-                && p.expires_at > timestamp(now)
-            {
-                return Err(ClaimError::Held(Held {
-                    holder: Some(p.clone()),
-                }));
-            }
-            let epoch = previous.as_ref().map_or(1, |p| p.epoch + 1);
-            sqlx::query(
-                "INSERT INTO lease (id, holder, pid, host, started_at, heartbeat_at, expires_at, released, epoch) \
-                 VALUES (1, $1, $2, $3, $4, $5, $6, FALSE, $7) \
-                 ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, pid = excluded.pid, host = excluded.host, \
-                 started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at, \
-                 expires_at = excluded.expires_at, released = excluded.released, epoch = excluded.epoch",
-            )
-            .bind(&holder)
-            .bind(i64::from(std::process::id()))
-            .bind(&host)
-            .bind(timestamp(now))
-            .bind(timestamp(now))
-            .bind(timestamp(now + times.ttl))
-            .bind(epoch)
-            .execute(&mut *tx)
-            .await
-            .map_err(AuditError::from)?;
-            tx.commit().await.map_err(AuditError::from)?;
-            (previous, epoch)
-        });
+        let (previous, epoch) = self.take_row(&holder, file.is_some()).await?;
         let fence = Fence {
             holder,
             epoch,
-            valid_until: Arc::new(Mutex::new(asked + times.ttl)),
+            valid_until: Arc::new(Mutex::new(asked + self.lease_times.ttl)),
             lost: Arc::new(AtomicBool::new(false)),
         };
         *self.fence.lock().expect("fence lock") = Some(fence.clone());
@@ -258,6 +217,57 @@ impl AuditStore {
             previous,
             first: true,
         })
+    }
+
+    /// Writes the lease row naming `holder` with the next epoch, unless a live lease
+    /// stands in the way; returns the row as it was and the new epoch. `os_locked`: this
+    /// process holds the OS lock beside a SQLite file.
+    async fn take_row(
+        &self,
+        holder: &str,
+        os_locked: bool,
+    ) -> Result<(Option<Lease>, i64), ClaimError> {
+        let host = hostname();
+        let now = chrono::Utc::now();
+        Ok(on_pool!(&self.pool, |pool| {
+            let mut tx = pool.begin_write().await.map_err(AuditError::from)?;
+            let previous: Option<Lease> = sqlx::query_as("SELECT * FROM lease WHERE id = 1")
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(AuditError::from)?;
+            // With the OS lock ours, a live lease of this host belongs to a dead process;
+            // any other live lease (another host's, or any on PostgreSQL) is honoured until
+            // it expires.
+            if let Some(p) = &previous
+                && !p.released
+                && (!os_locked || p.host != host)
+                && p.expires_at > timestamp(now)
+            {
+                return Err(ClaimError::Held(Held {
+                    holder: Some(p.clone()),
+                }));
+            }
+            let epoch = previous.as_ref().map_or(1, |p| p.epoch + 1);
+            sqlx::query(
+                "INSERT INTO lease (id, holder, pid, host, started_at, heartbeat_at, expires_at, released, epoch) \
+                 VALUES (1, $1, $2, $3, $4, $5, $6, FALSE, $7) \
+                 ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, pid = excluded.pid, host = excluded.host, \
+                 started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at, \
+                 expires_at = excluded.expires_at, released = excluded.released, epoch = excluded.epoch",
+            )
+            .bind(holder)
+            .bind(i64::from(std::process::id()))
+            .bind(&host)
+            .bind(timestamp(now))
+            .bind(timestamp(now))
+            .bind(timestamp(now + self.lease_times.ttl))
+            .bind(epoch)
+            .execute(&mut *tx)
+            .await
+            .map_err(AuditError::from)?;
+            tx.commit().await.map_err(AuditError::from)?;
+            (previous, epoch)
+        }))
     }
 
     /// The OS lock beside a SQLite file, taken without waiting.
@@ -326,6 +336,27 @@ pub enum ClaimError {
     Held(#[from] Held),
     #[error(transparent)]
     Audit(#[from] AuditError),
+}
+
+/// Writes the lease row of a log being copied, released, unless the target has one: its
+/// epoch carries on, so rows of the copy never share an epoch with later holders'.
+pub(super) async fn insert_released(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    lease: &Lease,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO lease (id, holder, pid, host, started_at, heartbeat_at, expires_at, released, epoch) \
+         VALUES (1, $1, $2, $3, $4, $5, $5, TRUE, $6) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&lease.holder)
+    .bind(lease.pid)
+    .bind(&lease.host)
+    .bind(&lease.started_at)
+    .bind(&lease.heartbeat_at)
+    .bind(lease.epoch)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// The OS lock file beside the database (also taken around migrations).

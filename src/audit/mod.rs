@@ -1,17 +1,22 @@
-//! The audit log: an append-only, hash-chained SQLite record of every decision casewarden
-//! makes (planned, applied, failed, skipped), plus one row per pass. The rows are here;
-//! `store` writes them, `chain` hashes and verifies them, `query` reads them back,
-//! `export` prints them, `lease` keeps to one writer at a time.
+//! The audit log: an append-only, hash-chained record (SQLite or PostgreSQL) of every
+//! decision casewarden makes (planned, applied, failed, skipped), plus one row per pass.
+//! The row types are here and `row` builds the rows to write; `store` is the handle,
+//! `events`, `passes` and `users` hold the SQL of each, `chain` hashes and verifies,
+//! `query` reads back, `export` prints, `lease` keeps to one writer at a time.
 
 mod chain;
 mod copy;
 mod db;
+mod events;
 pub mod export;
 mod lease;
+mod open;
+mod passes;
 mod query;
 pub mod row;
 mod stats;
 mod store;
+mod users;
 
 pub use crate::time::timestamp;
 pub use chain::{GENESIS, Verification};

@@ -245,7 +245,7 @@ fn print_excluded(
 pub(super) fn read_cases(path: &Path) -> Result<Vec<serde_json::Value>, Exit> {
     let raw = std::fs::read_to_string(path)
         .map_err(|e| Exit::config(format!("cannot read case file {}: {e}", path.display())))?;
-    let (json, repaired) = crate::stellar::model::parse_lenient(&raw).map_err(|e| {
+    let (json, repaired) = crate::stellar::parse_lenient(&raw).map_err(|e| {
         Exit::config(format!(
             "{}:{}:{}: not valid JSON: {e}",
             path.display(),
@@ -259,7 +259,7 @@ pub(super) fn read_cases(path: &Path) -> Result<Vec<serde_json::Value>, Exit> {
             path.display()
         );
     }
-    crate::stellar::model::cases_in_answer(json)
+    crate::stellar::cases_in_answer(json)
         .map_err(|e| Exit::config(format!("{}: {e}", path.display())))
 }
 

@@ -1,8 +1,9 @@
 //! `casewarden run`: passes on their cron schedules until SIGTERM/SIGINT, rules reloaded
 //! on SIGHUP or when their files change, rules that fail everywhere disabled, and the
 //! state told to systemd and Prometheus. Each concern has its room: `schedule`, `watch`,
-//! `breaker` (pure), `http`, `systemd`; this file starts them and runs the loop.
+//! `breaker` (pure), `after` (what follows each pass), `http`, `systemd`; this file starts them and runs the loop.
 
+mod after;
 mod breaker;
 mod http;
 mod leader;
@@ -22,11 +23,10 @@ use tokio::sync::watch as signal_count;
 use tokio::task::JoinSet;
 
 use crate::app::App;
-use crate::audit::row;
 use crate::config::Config;
-use crate::metrics::{ChangeLabels, Metrics, RuleLabels, StatusLabel};
+use crate::metrics::Metrics;
 use crate::notify::{Delivery, Notifier};
-use crate::pass::{self, PassContext, PassOptions, PassReport, PassStatus};
+use crate::pass::{self, PassContext, PassOptions, PassStatus};
 use crate::rules::RuleSet;
 use crate::stellar::ApiError;
 use breaker::Breaker;
@@ -329,7 +329,7 @@ fn start_pass(shared: &Arc<Shared>, due: BTreeSet<String>, passes: &mut JoinSet<
             };
             match pass::run_claimed(ctx, &set, &options, Duration::ZERO).await {
                 Ok(report) => {
-                    after_pass(&shared, &set, &report, started.elapsed()).await;
+                    after::pass(&shared, &set, &report, started.elapsed()).await;
                     if worst.is_none_or(|w| w == PassStatus::Ok || report.status.is_broken()) {
                         worst = Some(report.status);
                     }
@@ -348,86 +348,4 @@ fn start_pass(shared: &Arc<Shared>, due: BTreeSet<String>, passes: &mut JoinSet<
             }
         }
     });
-}
-
-/// Metrics, systemd status and the circuit breaker after a pass.
-async fn after_pass(shared: &Shared, set: &RuleSet, report: &PassReport, took: Duration) {
-    let m = &shared.metrics;
-    m.passes
-        .get_or_create(&StatusLabel {
-            status: report.status.to_string(),
-        })
-        .inc();
-    m.pass_duration.observe(took.as_secs_f64());
-    if !report.status.is_broken() {
-        let now = std::time::SystemTime::now();
-        shared.state().last_good = Some(now);
-        let secs = now
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        m.last_success.set(secs as i64);
-    }
-    for s in report.rules.iter().filter(|s| s.errors > 0) {
-        m.rule_errors
-            .get_or_create(&RuleLabels {
-                rule: s.name.clone(),
-            })
-            .inc_by(s.errors as u64);
-    }
-    for s in &report.rules {
-        for (outcome, n) in [
-            ("applied", s.applied),
-            ("failed", s.failed),
-            ("skipped", s.skipped),
-            ("deferred", s.deferred),
-            ("exempt", s.exempt),
-        ] {
-            if n > 0 {
-                m.changes
-                    .get_or_create(&ChangeLabels {
-                        rule: s.name.clone(),
-                        outcome: outcome.into(),
-                        instance: report.instance.clone(),
-                    })
-                    .inc_by(n as u64);
-            }
-        }
-    }
-    for (tenant, counts) in &report.by_tenant {
-        for (outcome, n) in ["applied", "failed", "skipped"].into_iter().zip(counts) {
-            if *n > 0 {
-                m.tenant_changes(&report.instance, tenant, outcome, *n as u64);
-            }
-        }
-    }
-    systemd::status(&format!(
-        "last pass {}: {}, {} cases, {} applied, {} failed",
-        report.run_id, report.status, report.cases_seen, report.applied, report.failed
-    ));
-    let limit = shared.config.daemon.breaker_passes;
-    let newly_disabled = shared.state().breaker.record(&report.rules, |name| {
-        set.rules
-            .iter()
-            .find(|r| r.name == name)
-            .map(|r| r.source_hash.clone())
-    });
-    for notice in notices::after_pass(report) {
-        shared.notifier.send(notice);
-    }
-    for name in newly_disabled {
-        let Some(rule) = set.rules.iter().find(|r| r.name == name) else {
-            continue;
-        };
-        shared
-            .notifier
-            .send(notices::breaker_trip(&name, &rule.file, limit));
-        // Recorded first, then announced: whoever reads the log line finds the row.
-        let event = row::rule_disabled(&report.run_id, &name, &rule.source_hash, limit, &rule.file);
-        if let Err(e) = shared.ctx.audit.append(&[event]).await {
-            tracing::error!(error = %e, "cannot record the disabled rule in the audit log");
-        }
-        tracing::error!(rule = %name, file = %rule.file.display(), passes = limit, "CIRCUIT BREAKER: rule failed on every case for {limit} passes in a row; disabled until its file changes");
-    }
-    m.rules_disabled
-        .set(shared.state().breaker.disabled_count() as i64);
 }

@@ -26,35 +26,24 @@ mod reconcile;
 mod record;
 mod report;
 mod run;
+mod send;
 mod settings;
 mod settle;
+mod stats;
 
 pub use error::PassError;
 pub use options::{Hook, PageHook, PassOptions, Progress, Step, Work};
 pub use reconcile::{Reconciled, reconcile};
-pub use report::{PassReport, PassStatus, RuleStats};
-pub use settings::PassSettings;
+pub use report::{PassReport, PassStatus};
+pub use settings::{PassContext, PassSettings};
+pub use stats::RuleStats;
 
-use crate::audit::{AuditStore, ClaimError, PassTotals};
+use crate::audit::{ClaimError, PassTotals};
 use crate::rules::RuleSet;
-use crate::stellar::Client;
 use fetch::Fetch;
 use plan::{Planned, Planning};
 use report::Ran;
 use run::Run;
-
-/// What a pass needs: the API, the log, and the settings.
-#[derive(Clone)]
-pub struct PassContext {
-    pub client: Client,
-    /// The log, as this server's handle (its rows carry the instance name).
-    pub audit: AuditStore,
-    pub settings: PassSettings,
-    /// The server's name in the config (`default` for `[stellar]`).
-    pub instance: String,
-    /// Only these customers' cases on this server (`tenants` of its section); empty: all.
-    pub tenants: std::sync::Arc<Vec<String>>,
-}
 
 /// One pass under the audit store's one-writer claim, waiting up to `wait` for it: the
 /// first pass of the process settles what a dead holder (or a lost answer) left, then the

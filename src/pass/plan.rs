@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use super::evaluate::Evaluated;
 use super::fetch::Fetched;
-use super::report::RuleStats;
 use super::run::Run;
+use super::stats::RuleStats;
 use crate::audit::AuditError;
 use crate::plan::{self, CasePlan, ChangeKind, Field};
 use crate::rules::{EvalEnv, EvalError};

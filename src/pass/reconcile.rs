@@ -50,23 +50,8 @@ pub async fn reconcile(
         return Ok(summary);
     }
     let window = ctx.settings.settle_after;
-    // A dead holder's requests may land until its last heartbeat plus the request timeout.
-    if rows.iter().any(|r| r.last_outcome.is_none())
-        && let Some(last) = previous.and_then(|p| parse(&p.heartbeat_at))
-    {
-        // Its last request may have left up to one heartbeat after the last one recorded.
-        let settled_at = last + window + ctx.audit.quiet_after_heartbeat();
-        let wait = (settled_at - chrono::Utc::now())
-            .to_std()
-            .unwrap_or_default();
-        if !wait.is_zero() {
-            tracing::info!(
-                wait_ms = wait.as_millis() as u64,
-                holder = %previous.map(ToString::to_string).unwrap_or_default(),
-                "waiting until the requests of an interrupted pass can no longer land"
-            );
-            tokio::time::sleep(wait).await;
-        }
+    if rows.iter().any(|r| r.last_outcome.is_none()) {
+        wait_for_dead_holder(ctx, previous).await;
     }
     let ids: Vec<String> = {
         let mut seen = std::collections::HashSet::new();
@@ -85,23 +70,7 @@ pub async fn reconcile(
     let mut cases: HashMap<String, Result<Case, String>> = HashMap::new();
     let mut comments: HashMap<String, Result<Vec<String>, String>> = HashMap::new();
     for chunk in ids.chunks(BATCH) {
-        let read: Vec<ReadBack> = futures::stream::iter(chunk.iter().cloned())
-            .map(|id| async {
-                let case = ctx.client.get_case(&id).await.map_err(|e| e.to_string());
-                let texts = if with_comments.contains(&id) {
-                    Some(
-                        comment_texts(&ctx.client, &id)
-                            .await
-                            .map_err(|e| e.to_string()),
-                    )
-                } else {
-                    None
-                };
-                (id, case, texts)
-            })
-            .buffer_unordered(ctx.settings.max_in_flight.max(1))
-            .collect()
-            .await;
+        let read = read_back(ctx, chunk, &with_comments).await;
         for (id, case, texts) in read {
             cases.insert(id.clone(), case);
             if let Some(t) = texts {
@@ -208,6 +177,47 @@ fn settle(
         Err(e) if first => (Some(Outcome::Unknown), Some(e)),
         Err(_) => (None, None),
     }
+}
+
+/// Waits until the requests of a holder that died (`previous`) can no longer land: its last
+/// heartbeat plus the request timeout, and one heartbeat more, since its last request may
+/// have left after the last heartbeat recorded.
+async fn wait_for_dead_holder(ctx: &PassContext, previous: Option<&Lease>) {
+    let Some(last) = previous.and_then(|p| parse(&p.heartbeat_at)) else {
+        return;
+    };
+    let settled_at = last + ctx.settings.settle_after + ctx.audit.quiet_after_heartbeat();
+    let wait = (settled_at - chrono::Utc::now())
+        .to_std()
+        .unwrap_or_default();
+    if !wait.is_zero() {
+        tracing::info!(
+            wait_ms = wait.as_millis() as u64,
+            holder = %previous.map(ToString::to_string).unwrap_or_default(),
+            "waiting until the requests of an interrupted pass can no longer land"
+        );
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Reads back the cases of `ids` (and the comments of those in `with_comments`).
+async fn read_back(ctx: &PassContext, ids: &[String], with_comments: &[String]) -> Vec<ReadBack> {
+    futures::stream::iter(ids.iter().cloned())
+        .map(|id| async {
+            let case = ctx.client.get_case(&id).await.map_err(|e| e.to_string());
+            let texts = match with_comments.contains(&id) {
+                true => Some(
+                    comment_texts(&ctx.client, &id)
+                        .await
+                        .map_err(|e| e.to_string()),
+                ),
+                false => None,
+            };
+            (id, case, texts)
+        })
+        .buffer_unordered(ctx.settings.max_in_flight.max(1))
+        .collect()
+        .await
 }
 
 fn parse(t: &str) -> Option<chrono::DateTime<chrono::Utc>> {

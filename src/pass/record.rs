@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::run::Run;
+use super::stats::RuleStats;
 use crate::audit::{AuditError, Outcome, row};
 use crate::plan::{self, CasePlan, DecisionId};
 
@@ -91,7 +92,7 @@ pub(super) async fn deferred(run: &Run<'_>, deferred: &[CasePlan]) -> Result<(),
 
 /// One row per rule that failed on some case this pass, so reports count rule errors from
 /// the chained log.
-pub(super) async fn rule_errors(run: &Run<'_>, rules: &[super::RuleStats]) {
+pub(super) async fn rule_errors(run: &Run<'_>, rules: &[RuleStats]) {
     let rows: Vec<_> = rules
         .iter()
         .filter(|r| r.errors > 0)

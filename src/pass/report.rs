@@ -7,31 +7,8 @@ use super::plan::{LOGGED_ERRORS_PER_RULE, Planned};
 use super::record::Recorded;
 use super::run::Run;
 use super::settle;
+use super::stats::RuleStats;
 use crate::plan::CasePlan;
-
-/// How one rule fared in a pass.
-#[derive(Debug, Clone, Default)]
-pub struct RuleStats {
-    pub name: String,
-    /// Cases the rule was evaluated on.
-    pub seen: usize,
-    /// Cases its query selected that an exempt or snooze tag kept it off.
-    pub exempt: usize,
-    /// Cases it wanted to change.
-    pub matched: usize,
-    pub planned: usize,
-    pub applied: usize,
-    pub failed: usize,
-    pub skipped: usize,
-    pub errors: usize,
-    /// The first error of the pass: where and what.
-    pub first_error: Option<String>,
-    pub deferred: usize,
-    /// Halted by the blast-radius guard.
-    pub guard_halted: bool,
-    /// Customers (`cust_id`) the guard halted it for, with why, while it ran for the others.
-    pub tenant_halts: Vec<(String, String)>,
-}
 
 /// How a pass ended, as the summary, the `passes` table and `/healthz` say it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]

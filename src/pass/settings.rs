@@ -1,12 +1,28 @@
-//! The knobs of a pass on one server, taken from the config once.
+//! What a pass on one server works with: its client, log and knobs, taken from the config
+//! once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::audit::AuditStore;
 use crate::calendar::Calendar;
 use crate::config::{Config, StellarConfig};
 use crate::rules::limits::Limits;
+use crate::stellar::Client;
+
+/// What a pass needs: the API, the log, and the settings.
+#[derive(Clone)]
+pub struct PassContext {
+    pub client: Client,
+    /// The log, as this server's handle (its rows carry the instance name).
+    pub audit: AuditStore,
+    pub settings: PassSettings,
+    /// The server's name in the config (`default` for `[stellar]`).
+    pub instance: String,
+    /// Only these customers' cases on this server (`tenants` of its section); empty: all.
+    pub tenants: Arc<Vec<String>>,
+}
 
 /// The knobs of a pass, from `[daemon]` and `[stellar]`.
 #[derive(Debug, Clone)]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use super::report::RuleStats;
+use super::stats::RuleStats;
 use crate::audit::{AuditError, AuditStore, NewEvent, Outcome};
 use crate::plan::{CasePlan, DecisionId};
 

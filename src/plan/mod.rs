@@ -1,19 +1,23 @@
 //! The planner, pure and I/O-free: what the rules asked for on each case becomes decisions
 //! (planned or skipped, and why) and at most one update body per case (`case`); over the
 //! whole pass, the budget, the guard and what casewarden remembers decide what goes
-//! (`pass`); `field` names what a decision changes.
+//! (`pass`), with human override from casewarden's `memory`; `field` names what a
+//! decision changes. `reviewed` is the plan file a person approves before `apply`, and
+//! `revert` the inverse of a pass's applied changes.
 
 mod case;
 mod field;
+mod memory;
 mod pass;
 pub mod revert;
 pub mod reviewed;
 
 pub use case::{
-    CasePlan, Change, ChangeKind, Decision, Memory, RuleChanges, apply, case_holds, current,
-    decisions, holds, plan_case, remember, stamp,
+    CasePlan, Change, ChangeKind, Decision, RuleChanges, apply, case_holds, decisions, holds,
+    plan_case, stamp,
 };
 pub use field::{DecisionId, Field, describe_change, memory_key};
+pub use memory::{Memory, current, remember};
 pub use pass::{
     Budgets, CaseFacts, PassPlan, PassPlanner, RuleSettings, TenantLimits, guard_trips,
 };

@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::case::skip_overridden;
+use super::memory::skip_overridden;
 use super::{CasePlan, Field, Memory, RuleChanges, memory_key, plan_case};
 use crate::stellar::{ApiFlavor, Case};
 
@@ -132,44 +132,36 @@ impl PassPlanner {
         facts: &CaseFacts,
         flavor: ApiFlavor,
     ) -> Option<CasePlan> {
-        let mut plan = if self.limits.iter().any(|l| l.shadow) {
-            // Shadow rules are merged among themselves, after the live ones.
-            let (shadow, live): (Vec<RuleChanges>, Vec<RuleChanges>) = requests
-                .iter()
-                .cloned()
-                .partition(|r| self.is_shadow(&r.rule));
-            let mut plan = plan_case(case, &live);
-            plan.decisions.extend(plan_case(case, &shadow).decisions);
-            plan
-        } else {
-            plan_case(case, requests)
-        };
+        let mut plan = self.merge(case, requests);
         if flavor == ApiFlavor::Legacy {
-            for d in plan
-                .decisions
-                .iter_mut()
-                .filter(|d| d.field == Field::Resolution && d.is_planned())
-            {
-                d.skipped = Some("the legacy (4.3) update call has no resolution field; the status is set without it".into());
-            }
+            skip_resolution(&mut plan);
         }
         skip_overridden(&mut plan, case, &facts.memory, &self.own);
-        for d in plan.decisions.iter_mut().filter(|d| d.is_planned()) {
-            let key = memory_key(d.field, d.new.as_deref().unwrap_or(""));
-            if let Some(by) = facts.reverted.get(&key) {
-                d.skipped = Some(format!(
-                    "reverted by a person (`casewarden revert`, rule {by}): not set again"
-                ));
-            }
+        skip_reverted_and_open(&mut plan, facts);
+        self.apply_rule_caps(&mut plan);
+        self.count_matches(&plan);
+        if plan.decisions.is_empty() {
+            return None;
         }
-        for d in plan.decisions.iter_mut().filter(|d| d.is_planned()) {
-            if facts
-                .open
-                .contains(&memory_key(d.field, d.new.as_deref().unwrap_or("")))
-            {
-                d.skipped = Some("an earlier change of this field is not settled yet (its answer was lost); it is read back before a later pass and never sent twice".into());
-            }
+        self.charge(plan)
+    }
+
+    /// The case's plan, with shadow rules merged among themselves after the live ones.
+    fn merge(&self, case: &Case, requests: &[RuleChanges]) -> CasePlan {
+        if !self.limits.iter().any(|l| l.shadow) {
+            return plan_case(case, requests);
         }
+        let (shadow, live): (Vec<RuleChanges>, Vec<RuleChanges>) = requests
+            .iter()
+            .cloned()
+            .partition(|r| self.is_shadow(&r.rule));
+        let mut plan = plan_case(case, &live);
+        plan.decisions.extend(plan_case(case, &shadow).decisions);
+        plan
+    }
+
+    /// Defers what a rule plans beyond its own cap (`RULE.max_changes`).
+    fn apply_rule_caps(&mut self, plan: &mut CasePlan) {
         for d in plan.decisions.iter_mut().filter(|d| d.is_planned()) {
             let Some(i) = self.index(&d.rule) else {
                 continue;
@@ -185,6 +177,11 @@ impl PassPlanner {
                 }
             }
         }
+    }
+
+    /// Counts the case once for each rule that still wants to change it (the guard's input),
+    /// overall and for its customer.
+    fn count_matches(&mut self, plan: &CasePlan) {
         let mut wanted: Vec<usize> = plan
             .decisions
             .iter()
@@ -199,9 +196,11 @@ impl PassPlanner {
                 *self.matched_by_tenant.entry((i, t.clone())).or_default() += 1;
             }
         }
-        if plan.decisions.is_empty() {
-            return None;
-        }
+    }
+
+    /// Takes the case's live changes from the pass's budget and its customer's: a case that
+    /// fits is kept; one that does not is returned with its planned decisions deferred.
+    fn charge(&mut self, plan: CasePlan) -> Option<CasePlan> {
         let cost = plan
             .decisions
             .iter()
@@ -234,16 +233,7 @@ impl PassPlanner {
                 self.plan.budget_exhausted = true;
                 format!("change budget of {budget} per pass spent; deferred to the next pass")
             };
-            self.plan.deferred_changes += cost;
-            let mut deferred = plan;
-            deferred.decisions.retain(|d| d.is_planned());
-            for d in &mut deferred.decisions {
-                if let Some(i) = self.index(&d.rule) {
-                    self.plan.deferred[i] += 1;
-                }
-                d.skipped = Some(why.clone());
-            }
-            return Some(deferred);
+            return Some(self.defer(plan, cost, &why));
         }
         self.used += cost;
         if let Some((t, _, used)) = tenant_cap {
@@ -251,6 +241,19 @@ impl PassPlanner {
         }
         self.plan.plans.push(plan);
         None
+    }
+
+    /// The case's planned decisions, each skipped with `why` and counted as deferred.
+    fn defer(&mut self, mut plan: CasePlan, cost: usize, why: &str) -> CasePlan {
+        self.plan.deferred_changes += cost;
+        plan.decisions.retain(|d| d.is_planned());
+        for d in &mut plan.decisions {
+            if let Some(i) = self.index(&d.rule) {
+                self.plan.deferred[i] += 1;
+            }
+            d.skipped = Some(why.to_string());
+        }
+        plan
     }
 
     /// The guard, over `seen` per rule (in the planner's rule order; a pass gives every rule
@@ -319,222 +322,40 @@ pub fn guard_trips(changed: usize, seen: usize, max_fraction: f64, min_cases: us
     seen >= min_cases.max(1) && changed as f64 > max_fraction * seen as f64
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn guard_threshold() {
-        assert!(!guard_trips(30, 39, 0.25, 40));
-        assert!(!guard_trips(10, 40, 0.25, 40));
-        assert!(guard_trips(11, 40, 0.25, 40));
-    }
-    use crate::plan::{Change, ChangeKind, remember};
-    use serde_json::json;
-
-    fn case(id: &str) -> Case {
-        Case::from_value(json!({"_id": id, "status": "New", "priority": "Medium", "tags": []}))
-            .unwrap()
-    }
-
-    fn asks(rule: &str, kinds: &[ChangeKind]) -> RuleChanges {
-        RuleChanges {
-            rule: rule.into(),
-            changes: kinds
-                .iter()
-                .map(|k| Change {
-                    kind: k.clone(),
-                    reason: String::new(),
-                })
-                .collect(),
-        }
-    }
-
-    fn tags(n: usize) -> Vec<ChangeKind> {
-        (0..n)
-            .map(|i| ChangeKind::AddTag(format!("t{i}")))
-            .collect()
-    }
-
-    fn planner(budget: usize) -> PassPlanner {
-        PassPlanner::new(
-            vec!["a".into(), "b".into()],
-            Budgets {
-                max_changes: budget,
-                max_change_fraction: 0.5,
-                guard_min_cases: 4,
-                tenants: HashMap::new(),
-            },
-            vec![],
-        )
-    }
-
-    #[test]
-    fn a_rules_own_cap_and_fraction_override_the_pass_wide_ones() {
-        let mut p = planner(100);
-        p.configure_rule(
-            "a",
-            RuleSettings {
-                max_changes: Some(2),
-                ..RuleSettings::default()
-            },
+/// The legacy (4.3) update call cannot set a resolution: its status goes alone.
+fn skip_resolution(plan: &mut CasePlan) {
+    for d in plan
+        .decisions
+        .iter_mut()
+        .filter(|d| d.field == Field::Resolution && d.is_planned())
+    {
+        d.skipped = Some(
+            "the legacy (4.3) update call has no resolution field; the status is set without it"
+                .into(),
         );
-        p.configure_rule(
-            "b",
-            RuleSettings {
-                max_change_fraction: Some(1.0),
-                ..RuleSettings::default()
-            },
-        );
-        let f = CaseFacts::default();
-        for i in 0..4 {
-            let asked = [
-                asks("a", &tags(1)),
-                asks("b", &[ChangeKind::AddTag("b".into())]),
-            ];
-            assert!(
-                p.add(&case(&i.to_string()), &asked, &f, ApiFlavor::V5)
-                    .is_none()
-            );
-        }
-        let plan = p.finish(&[4, 4], &HashMap::new());
-        let skipped = |rule: &str, why: &str| {
-            plan.plans
-                .iter()
-                .flat_map(|c| &c.decisions)
-                .filter(|d| d.rule == rule && d.skipped.as_deref().is_some_and(|s| s.contains(why)))
-                .count()
-        };
-        assert_eq!(
-            skipped("a", "RULE.max_changes"),
-            2,
-            "a's cap of 2 defers the other two"
-        );
-        assert_eq!(plan.deferred[0], 2);
-        assert_eq!(plan.matched, [2, 4]);
-        assert!(
-            plan.halted[1].is_none(),
-            "b changes all 4, as its own fraction of 1.0 allows"
-        );
-        assert!(
-            plan.halted[0].is_none(),
-            "a changes 2 of 4, the pass-wide 50%"
-        );
-    }
-
-    #[test]
-    fn a_shadow_rule_takes_no_field_and_no_budget_from_the_live_ones() {
-        let mut p = planner(1);
-        p.configure_rule(
-            "a",
-            RuleSettings {
-                shadow: true,
-                ..RuleSettings::default()
-            },
-        );
-        let f = CaseFacts::default();
-        let asked = [
-            asks("a", &[ChangeKind::Priority("Low".into())]),
-            asks("b", &[ChangeKind::Priority("High".into())]),
-        ];
-        assert!(
-            p.add(&case("1"), &asked, &f, ApiFlavor::V5).is_none(),
-            "fits the budget of 1"
-        );
-        let plan = p.finish(&[1, 1], &HashMap::new());
-        let decided: Vec<(&str, &str, bool)> = plan.plans[0]
-            .decisions
-            .iter()
-            .map(|d| (d.rule.as_str(), d.new.as_deref().unwrap(), d.is_planned()))
-            .collect();
-        assert_eq!(decided, [("b", "High", true), ("a", "Low", true)]);
-    }
-
-    #[test]
-    fn the_budget_defers_what_does_not_fit_and_goes_on_with_what_does() {
-        let mut p = planner(5);
-        let f = CaseFacts::default();
-        assert!(
-            p.add(&case("1"), &[asks("a", &tags(3))], &f, ApiFlavor::V5)
-                .is_none()
-        );
-        let deferred = p
-            .add(&case("2"), &[asks("a", &tags(3))], &f, ApiFlavor::V5)
-            .unwrap();
-        assert!(
-            deferred
-                .decisions
-                .iter()
-                .all(|d| d.skipped.as_deref().unwrap().contains("deferred"))
-        );
-        assert!(
-            p.add(&case("3"), &[asks("b", &tags(2))], &f, ApiFlavor::V5)
-                .is_none()
-        );
-        let refused = p
-            .add(&case("4"), &[asks("b", &tags(6))], &f, ApiFlavor::V5)
-            .unwrap();
-        assert!(
-            refused.decisions[0]
-                .skipped
-                .as_deref()
-                .unwrap()
-                .contains("refused")
-        );
-        let plan = p.finish(&[1, 1], &HashMap::new());
-        let kept: Vec<&str> = plan.plans.iter().map(|p| p.case_id.as_str()).collect();
-        assert_eq!(kept, ["1", "3"]);
-        assert_eq!((plan.deferred, plan.deferred_changes), (vec![3, 6], 9));
-        assert!(plan.budget_exhausted);
-    }
-
-    #[test]
-    fn the_guard_halts_a_rule_over_its_share_only() {
-        let mut p = planner(100);
-        let f = CaseFacts::default();
-        for id in ["1", "2", "3"] {
-            p.add(&case(id), &[asks("a", &tags(1))], &f, ApiFlavor::V5);
-        }
-        p.add(&case("4"), &[asks("b", &tags(1))], &f, ApiFlavor::V5);
-        let plan = p.finish(&[4, 4], &HashMap::new());
-        assert!(plan.halted[0].as_deref().unwrap().contains("3 of 4"));
-        assert!(plan.halted[1].is_none());
-        let planned: Vec<&str> = plan
-            .plans
-            .iter()
-            .flat_map(|p| &p.decisions)
-            .filter(|d| d.is_planned())
-            .map(|d| d.rule.as_str())
-            .collect();
-        assert_eq!(planned, ["b"]);
-    }
-
-    #[test]
-    fn override_revert_open_changes_and_the_legacy_resolution_are_skipped_with_reasons() {
-        let mut p = planner(100);
-        let c = case("1");
-        let facts = CaseFacts {
-            memory: remember([(Field::Priority, "High")]),
-            open: HashSet::from(["tags:x".to_string()]),
-            reverted: HashMap::from([("tags:y".to_string(), "revert:P1".to_string())]),
-        };
-        let kinds = [
-            ChangeKind::Priority("Critical".into()),
-            ChangeKind::AddTag("x".into()),
-            ChangeKind::AddTag("y".into()),
-            ChangeKind::Resolve("Benign".into()),
-        ];
-        p.add(&c, &[asks("a", &kinds)], &facts, ApiFlavor::Legacy);
-        let plan = p.finish(&[1, 0], &HashMap::new());
-        let why: Vec<(&str, &str)> = plan.plans[0]
-            .decisions
-            .iter()
-            .map(|d| (d.field.as_str(), d.skipped.as_deref().unwrap_or("planned")))
-            .collect();
-        assert!(why[0].1.starts_with("overridden by a person"), "{why:?}");
-        assert!(why[1].1.contains("not settled yet"), "{why:?}");
-        assert!(why[2].1.contains("reverted by a person"), "{why:?}");
-        assert_eq!(why[3], ("status", "planned"));
-        assert!(why[4].1.contains("no resolution field"), "{why:?}");
     }
 }
+
+/// A change a person reverted with `casewarden revert` is not made again, and one whose
+/// earlier outcome is still open is not sent a second time.
+fn skip_reverted_and_open(plan: &mut CasePlan, facts: &CaseFacts) {
+    for d in plan.decisions.iter_mut().filter(|d| d.is_planned()) {
+        let key = memory_key(d.field, d.new.as_deref().unwrap_or(""));
+        if let Some(by) = facts.reverted.get(&key) {
+            d.skipped = Some(format!(
+                "reverted by a person (`casewarden revert`, rule {by}): not set again"
+            ));
+        }
+    }
+    for d in plan.decisions.iter_mut().filter(|d| d.is_planned()) {
+        if facts
+            .open
+            .contains(&memory_key(d.field, d.new.as_deref().unwrap_or("")))
+        {
+            d.skipped = Some("an earlier change of this field is not settled yet (its answer was lost); it is read back before a later pass and never sent twice".into());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::audit::{
-    AuditError, AuditStore, CaseCount, FailureGroup, GroupCount, Period, RuleVersion, Step,
-    Verification,
+    AuditError, AuditStore, CaseCount, FailureGroup, GroupCount, PassRow, Period, RuleVersion,
+    Step, Verification,
 };
 
 pub use html::render;
@@ -126,70 +126,20 @@ impl Review {
         period: &Period,
         source: Source,
     ) -> Result<Review, AuditError> {
-        let integrity = match store.verify().await? {
-            Verification::Intact { rows, head } => Integrity {
-                intact: true,
-                rows,
-                head: Some(head),
-                problem: None,
-            },
-            Verification::Broken {
-                seq,
-                rows_checked,
-                problem,
-            } => Integrity {
-                intact: false,
-                rows: rows_checked,
-                head: None,
-                problem: Some(format!("row {seq}: {problem}")),
-            },
-            Verification::BrokenPass { id, problem } => Integrity {
-                intact: false,
-                rows: 0,
-                head: store.head().await.ok().map(|(_, h)| h),
-                problem: Some(format!("pass {id}: {problem}")),
-            },
-        };
+        let integrity = integrity(store).await?;
         let (rules, totals) = rule_reviews(store, period).await?;
         let passes_total = store.pass_count(period).await? as usize;
         let passes = store
             .passes_in(period, MAX_PASSES)
             .await?
             .into_iter()
-            .map(|p| PassReview {
-                seconds: p
-                    .finished_at
-                    .as_deref()
-                    .and_then(|f| seconds_between(&p.started_at, f)),
-                id: p.id,
-                started_at: p.started_at,
-                finished_at: p.finished_at,
-                status: p.totals.status,
-                trigger: p.trigger_kind,
-                dry_run: p.dry_run,
-                cases_seen: p.totals.cases_seen,
-                applied: p.totals.applied,
-                failed: p.totals.failed,
-                skipped: p.totals.skipped,
-            })
+            .map(PassReview::from)
             .collect();
         let failures = store.failure_groups(period, FAILURES).await?;
         let tenants = store.tenant_counts(period).await?;
         let instances = store.instance_counts(period).await?;
         let busiest_cases = store.busiest_cases(period, BUSIEST).await?;
-        let mut wanted: Vec<String> = busiest_cases.iter().map(|c| c.case_id.clone()).collect();
-        for f in &failures {
-            if !wanted.contains(&f.example_case) {
-                wanted.push(f.example_case.clone());
-            }
-        }
-        let mut timelines: BTreeMap<String, Vec<Step>> = BTreeMap::new();
-        for step in store.timelines(period, &wanted).await? {
-            timelines
-                .entry(step.case_id.clone())
-                .or_default()
-                .push(step);
-        }
+        let timelines = timelines(store, period, &busiest_cases, &failures).await?;
         Ok(Review {
             generated_at: crate::time::timestamp(chrono::Utc::now()),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -209,6 +159,78 @@ impl Review {
             timelines,
         })
     }
+}
+
+impl From<PassRow> for PassReview {
+    fn from(p: PassRow) -> PassReview {
+        PassReview {
+            seconds: p
+                .finished_at
+                .as_deref()
+                .and_then(|f| seconds_between(&p.started_at, f)),
+            id: p.id,
+            started_at: p.started_at,
+            finished_at: p.finished_at,
+            status: p.totals.status,
+            trigger: p.trigger_kind,
+            dry_run: p.dry_run,
+            cases_seen: p.totals.cases_seen,
+            applied: p.totals.applied,
+            failed: p.totals.failed,
+            skipped: p.totals.skipped,
+        }
+    }
+}
+
+/// What `audit verify` says of the whole chain now.
+async fn integrity(store: &AuditStore) -> Result<Integrity, AuditError> {
+    Ok(match store.verify().await? {
+        Verification::Intact { rows, head } => Integrity {
+            intact: true,
+            rows,
+            head: Some(head),
+            problem: None,
+        },
+        Verification::Broken {
+            seq,
+            rows_checked,
+            problem,
+        } => Integrity {
+            intact: false,
+            rows: rows_checked,
+            head: None,
+            problem: Some(format!("row {seq}: {problem}")),
+        },
+        Verification::BrokenPass { id, problem } => Integrity {
+            intact: false,
+            rows: 0,
+            head: store.head().await.ok().map(|(_, h)| h),
+            problem: Some(format!("pass {id}: {problem}")),
+        },
+    })
+}
+
+/// The timelines of the busiest cases and of each failure group's example, by case id.
+async fn timelines(
+    store: &AuditStore,
+    period: &Period,
+    busiest: &[CaseCount],
+    failures: &[FailureGroup],
+) -> Result<BTreeMap<String, Vec<Step>>, AuditError> {
+    let mut wanted: Vec<String> = busiest.iter().map(|c| c.case_id.clone()).collect();
+    for f in failures {
+        if !wanted.contains(&f.example_case) {
+            wanted.push(f.example_case.clone());
+        }
+    }
+    let mut timelines: BTreeMap<String, Vec<Step>> = BTreeMap::new();
+    for step in store.timelines(period, &wanted).await? {
+        timelines
+            .entry(step.case_id.clone())
+            .or_default()
+            .push(step);
+    }
+    Ok(timelines)
 }
 
 /// Per rule and in total: changes by outcome and day, guard halts, breaker trips, rule

@@ -1,33 +1,23 @@
 //! Running rules: one rule on one case in the sandbox, every due rule on a case, and the
 //! errors located in the rule's file.
 
-use std::fmt;
 use std::sync::Arc;
 
 use rhai::{Dynamic, EvalAltResult, Position};
 
-use super::engine::{self, Asked, EvalEnv};
+use super::collector::{self, Asked, EvalEnv};
 use super::view::CaseView;
 use super::{Rule, RuleSet};
 use crate::stellar::{Case, filter};
 
 /// A failed evaluation of one rule on one case.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("rule {rule} on case {case_id} ({location}): {message}")]
 pub struct EvalError {
     pub rule: String,
     pub case_id: String,
     pub location: String,
     pub message: String,
-}
-
-impl fmt::Display for EvalError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "rule {} on case {} ({}): {}",
-            self.rule, self.case_id, self.location, self.message
-        )
-    }
 }
 
 impl RuleSet {
@@ -103,11 +93,11 @@ impl RuleSet {
         arg: Dynamic,
         env: &EvalEnv,
     ) -> Result<Asked, EvalError> {
-        engine::begin(env, &rule.name, case.activities.clone());
+        collector::begin(env, &rule.name, case.activities.clone());
         let result = rule
             .evaluate
             .call::<Dynamic>(&self.engine, &rule.module, (arg,));
-        let asked = engine::finish();
+        let asked = collector::finish();
         match result {
             Ok(_) => Ok(asked),
             Err(err) => {

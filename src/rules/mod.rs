@@ -1,14 +1,19 @@
-//! Rules: a folder of `*.rhai` files compiled into a [`RuleSet`] (`compile`), the
-//! sandboxed engine and the functions rules call (`engine`, `limits`, `view`), and running
-//! them on cases (`eval`).
+//! Rules: a folder of `*.rhai` files compiled into a [`RuleSet`] (`build`, `compile`,
+//! `meta`, checked by `lint`), the sandboxed engine and the functions rules call
+//! (`engine`, `functions`, `view`, `matching`, with `collector` and `limits` for what one
+//! evaluation knows, asks and may do), and running them on cases (`eval`).
 
+mod build;
+mod collector;
 mod compile;
 pub mod diff;
 mod engine;
 mod eval;
+mod functions;
 pub mod limits;
 mod lint;
 mod matching;
+mod meta;
 pub mod offline;
 pub mod testing;
 mod view;
@@ -18,33 +23,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rhai::{AST, Engine, FnPtr, Position};
-use sha2::{Digest, Sha256};
 
-pub use engine::{Asked, EvalEnv};
+pub use collector::{Asked, EvalEnv};
 pub use eval::{EvalError, case_arg, exempt, hints_match};
 
-use compile::{compile, locate};
-
 /// A problem with one rule file, located as precisely as we can.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}:{line}:{col}: {message}", file.display())]
 pub struct RuleError {
     pub file: PathBuf,
     pub line: usize,
     pub col: usize,
     pub message: String,
-}
-
-impl fmt::Display for RuleError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file.display(),
-            self.line,
-            self.col,
-            self.message
-        )
-    }
 }
 
 /// One compiled rule and its declared metadata.
@@ -115,8 +105,6 @@ pub struct RuleSet {
 
 /// The folder of shared modules inside a rules folder.
 pub const LIB_DIR: &str = "lib";
-/// At most this many shared modules.
-const MAX_LIBS: usize = 64;
 
 impl RuleSet {
     /// Loads every `*.rhai` in `dir`. All problems are returned, not only the first.
@@ -181,7 +169,7 @@ impl RuleSet {
                 .filter(|i| !names.instances.contains(&i.as_str()))
             {
                 let text = std::fs::read_to_string(&r.file).unwrap_or_default();
-                let (line, col) = compile::locate(&text, "instances");
+                let (line, col) = meta::locate(&text, "instances");
                 unknown.push(RuleError {
                     file: r.file.clone(),
                     line,
@@ -235,117 +223,15 @@ impl RuleSet {
     /// rules, which may import any of them as `import "NAME" as NAME;` (NAME: the file name
     /// without `.rhai`).
     pub fn build(sources: Vec<Source>, libs: Vec<Source>) -> Result<RuleSet, Vec<RuleError>> {
-        let mut engine = engine::engine();
-        let mut library = lint::Library::of(&engine);
-        let mut warnings = Vec::new();
-        let mut errors = Vec::new();
-        let mut rules: Vec<Arc<Rule>> = Vec::new();
-        let mut hasher = Sha256::new();
-        let needs_users = sources
-            .iter()
-            .chain(&libs)
-            .any(|(_, text)| text.contains("user_email") || text.contains("user_id"));
-        let needs_tenants = sources
-            .iter()
-            .chain(&libs)
-            .any(|(_, text)| text.contains("tenant_name"));
-        let calendar_refs = sources
-            .iter()
-            .chain(&libs)
-            .flat_map(|(file, text)| {
-                lint::calendar_names(text)
-                    .into_iter()
-                    .map(|(line, col, name)| RuleError {
-                        file: file.clone(),
-                        line,
-                        col,
-                        message: name,
-                    })
-            })
-            .collect();
-        if libs.len() > MAX_LIBS {
-            errors.push(RuleError {
-                file: libs[MAX_LIBS].0.clone(),
-                line: 0,
-                col: 0,
-                message: format!("more than {MAX_LIBS} shared modules in {LIB_DIR}/"),
-            });
-        }
-        let mut resolver = rhai::module_resolvers::StaticModuleResolver::new();
-        for (file, text) in libs.iter().take(MAX_LIBS) {
-            hash_file(&mut hasher, "lib/", file, text);
-            let name = module_name(file);
-            match compile::compile_lib(&engine, &library, file, text) {
-                Ok((module, ast)) => {
-                    library.add_module(&name, &ast);
-                    resolver.insert(name, module);
-                    engine.set_module_resolver(resolver.clone());
-                }
-                Err(mut e) => errors.append(&mut e),
-            }
-        }
-        engine.set_module_resolver(resolver);
-        for (file, text) in &sources {
-            hash_file(&mut hasher, "", file, text);
-            match compile(&engine, &library, file, text) {
-                Ok((rule, mut found)) => {
-                    warnings.append(&mut found);
-                    if let Some(first) = rules.iter().find(|r| r.name == rule.name) {
-                        let (line, col) = locate(text, "name");
-                        errors.push(RuleError {
-                            file: file.clone(),
-                            line,
-                            col,
-                            message: format!(
-                                "duplicate rule name {:?}: {} already uses it; names must be unique",
-                                rule.name,
-                                first.file.display()
-                            ),
-                        });
-                    } else {
-                        rules.push(Arc::new(rule));
-                    }
-                }
-                Err(mut e) => errors.append(&mut e),
-            }
-        }
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-        Ok(RuleSet {
-            rules,
-            engine: Arc::new(engine),
-            fingerprint: hex::encode(hasher.finalize()),
-            warnings,
-            needs_users,
-            needs_tenants,
-            calendar_refs,
-        })
+        build::Build::new()
+            .libs(&libs)
+            .rules(&sources)
+            .finish(&sources, &libs)
     }
 }
 
 /// A file's name and text.
 type Source = (PathBuf, String);
-
-/// Adds a file's name (after `prefix`) and text to the rule set's fingerprint.
-fn hash_file(hasher: &mut Sha256, prefix: &str, file: &Path, text: &str) {
-    hasher.update(prefix.as_bytes());
-    hasher.update(
-        file.file_name()
-            .map(|n| n.as_encoded_bytes())
-            .unwrap_or(b""),
-    );
-    hasher.update([0]);
-    hasher.update(text.as_bytes());
-    hasher.update([0]);
-}
-
-/// The name a shared module is imported under: its file name without `.rhai`.
-fn module_name(file: &Path) -> String {
-    file.file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
 
 /// The `*.rhai` files of `dir`, sorted, read; files that cannot be read are errors.
 fn read_rhai_files(dir: &Path) -> std::io::Result<(Vec<Source>, Vec<RuleError>)> {

@@ -132,33 +132,38 @@ pub(super) fn register(e: &mut Engine) {
             let mut m = Dynamic::from_map(m.clone());
             expand_views(&mut m);
             rhai::format_map_as_json(&m.cast::<Map>())
-        })
-        .register_fn(
-            "==",
-            |ctx: NativeCallContext, a: &mut CaseView, b: CaseView| {
-                equals(&ctx, a.to_map(), b.to_map())
-            },
-        )
-        .register_fn("==", |ctx: NativeCallContext, a: &mut CaseView, b: Map| {
-            equals(&ctx, a.to_map(), b)
-        })
-        .register_fn("==", |ctx: NativeCallContext, a: &mut Map, b: CaseView| {
-            equals(&ctx, a.clone(), b.to_map())
-        })
-        .register_fn(
-            "!=",
-            |ctx: NativeCallContext, a: &mut CaseView, b: CaseView| {
-                equals(&ctx, a.to_map(), b.to_map()).map(|eq| !eq)
-            },
-        )
-        .register_fn("!=", |ctx: NativeCallContext, a: &mut CaseView, b: Map| {
-            equals(&ctx, a.to_map(), b).map(|eq| !eq)
-        })
-        .register_fn("!=", |ctx: NativeCallContext, a: &mut Map, b: CaseView| {
-            equals(&ctx, a.clone(), b.to_map()).map(|eq| !eq)
         });
-    // Rhai's other map functions (`c.keys()`, `c.remove(..)`, `to_json(c)`, ...): the view
-    // becomes the plain map it stands for and Rhai's own function runs on it, in place.
+    register_comparisons(e);
+    register_map_functions(e);
+}
+
+/// `==` and `!=` between views and maps, in either order.
+fn register_comparisons(e: &mut Engine) {
+    for (op, negated) in [("==", false), ("!=", true)] {
+        e.register_fn(
+            op,
+            move |ctx: NativeCallContext, a: &mut CaseView, b: CaseView| {
+                equals(&ctx, a.to_map(), b.to_map()).map(|eq| eq != negated)
+            },
+        )
+        .register_fn(
+            op,
+            move |ctx: NativeCallContext, a: &mut CaseView, b: Map| {
+                equals(&ctx, a.to_map(), b).map(|eq| eq != negated)
+            },
+        )
+        .register_fn(
+            op,
+            move |ctx: NativeCallContext, a: &mut Map, b: CaseView| {
+                equals(&ctx, a.clone(), b.to_map()).map(|eq| eq != negated)
+            },
+        );
+    }
+}
+
+/// Rhai's other map functions (`c.keys()`, `c.remove(..)`, `to_json(c)`, ...): the view
+/// becomes the plain map it stands for and Rhai's own function runs on it, in place.
+fn register_map_functions(e: &mut Engine) {
     for name in ["len", "is_empty", "keys", "values", "clear", "to_json"] {
         e.register_fn(name, move |ctx: NativeCallContext, c: &mut CaseView| {
             on_map(&ctx, name, c, &mut [])
@@ -313,9 +318,9 @@ mod tests {
             .map(|(i, e)| {
                 let f = FnPtr::new(format!("t{i}")).unwrap();
                 let run = |arg: Dynamic| {
-                    super::super::engine::begin(&Default::default(), "t", None);
+                    super::super::collector::begin(&Default::default(), "t", None);
                     let r = f.call::<Dynamic>(&engine, &module, (arg,));
-                    super::super::engine::finish();
+                    super::super::collector::finish();
                     r.map(|v| v.to_string()).map_err(|e| e.to_string())
                 };
                 (

@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::stellar::ApiFlavor;
+use crate::stellar::{ApiFlavor, priority_rank};
 
 /// A user of the simulated server.
 #[derive(Debug, Clone)]
@@ -173,20 +173,7 @@ fn one_case(
     people: &[SimUser],
     tenants: &[SimTenant],
 ) -> Value {
-    let status = *pick(
-        rng,
-        &[
-            ("New", 30),
-            ("In Progress", 25),
-            ("Escalated", 10),
-            ("Resolved", 25),
-            ("Cancelled", 10),
-        ],
-    );
-    let priority = *pick(
-        rng,
-        &[("Low", 30), ("Medium", 35), ("High", 25), ("Critical", 10)],
-    );
+    let (status, priority) = status_and_priority(rng);
     let (created, modified) = created_and_modified(rng, status, now);
     let status_by = people[rng.usize(0..4)].clone();
     let acknowledged = if status == "New" && rng.u32(0..100) < 70 {
@@ -204,12 +191,7 @@ fn one_case(
     } else {
         people[rng.usize(0..4)].user_id.clone()
     };
-    let mut tags: Vec<&str> = Vec::new();
-    for t in TAGS {
-        if rng.u32(0..100) < 10 {
-            tags.push(t);
-        }
-    }
+    let tags: Vec<&str> = TAGS.into_iter().filter(|_| rng.u32(0..100) < 10).collect();
     let entity_id = entity_id(rng);
     let SimTenant {
         id: tenant,
@@ -223,15 +205,13 @@ fn one_case(
     if status != "New" {
         history.push(json!({"field": "status", "from": "New", "to": status, "timestamp": modified, "user": status_by.user_id}));
     }
-    let event_ids: Vec<Value> = (0..rng.usize(1..5))
-        .map(|_| json!({"_id": hex_id("event", rng.u64(..)), "_index": "aella-ser-1658966542094-"}))
-        .collect();
+    let event_ids = event_ids(rng);
     let mut case = json!({
         "_id": hex_id("case", i as u64 ^ 0x5eed),
         "ticket_id": 60000 + i as i64,
         "name": NAMES[rng.usize(0..NAMES.len())],
         "status": status,
-        "priority_num": crate::stellar::model::priority_rank(priority),
+        "priority_num": priority_rank(priority),
         "assignee": assignee,
         "tags": tags,
         "created_at": created,
@@ -259,6 +239,32 @@ fn one_case(
         ApiFlavor::V5 => to_v5(obj, rng, people, &status_by, tenant_name, priority, score),
     }
     case
+}
+
+/// A status and a priority, weighted as a SOC's queue looks.
+fn status_and_priority(rng: &mut fastrand::Rng) -> (&'static str, &'static str) {
+    let status = *pick(
+        rng,
+        &[
+            ("New", 30),
+            ("In Progress", 25),
+            ("Escalated", 10),
+            ("Resolved", 25),
+            ("Cancelled", 10),
+        ],
+    );
+    let priority = *pick(
+        rng,
+        &[("Low", 30), ("Medium", 35), ("High", 25), ("Critical", 10)],
+    );
+    (status, priority)
+}
+
+/// One to four events of the case, as `event_ids` names them.
+fn event_ids(rng: &mut fastrand::Rng) -> Vec<Value> {
+    (0..rng.usize(1..5))
+        .map(|_| json!({"_id": hex_id("event", rng.u64(..)), "_index": "aella-ser-1658966542094-"}))
+        .collect()
 }
 
 /// When a case of `status` was created and last modified.

@@ -4,15 +4,13 @@
 
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use futures::StreamExt as _;
-use serde_json::json;
+use axum::response::Response;
 
-use super::state::{RawAnswer, SeenRequest, Shared, lock};
+use super::answer::error;
+use super::state::{RedirectFault, SeenRequest, Shared, SimState, lock};
 
 /// Injects latency, outages, 5xx and 429 bursts, and records every request.
 pub(super) async fn faults_and_log(
@@ -28,60 +26,7 @@ pub(super) async fn faults_and_log(
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
-    let injected = {
-        let mut s = lock(&state);
-        let is_token = path.ends_with("/access_token");
-        let redirect = s.faults.redirect.clone().filter(|r| {
-            path.ends_with(&r.path_suffix) && r.method.as_ref().is_none_or(|m| *m == method)
-        });
-        if let Some(r) = redirect {
-            let mut resp = Response::new(axum::body::Body::empty());
-            *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::FOUND);
-            if let Ok(v) = header::HeaderValue::from_str(&r.location) {
-                resp.headers_mut().insert(header::LOCATION, v);
-            }
-            Some(resp)
-        } else if s.faults.down {
-            Some(error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "service unavailable",
-            ))
-        } else if is_token && s.faults.token_fail_next > 0 {
-            s.faults.token_fail_next -= 1;
-            Some(error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "token service unavailable",
-            ))
-        } else if is_token {
-            None
-        } else {
-            s.api_requests += 1;
-            let every = s.faults.rate_limit_every;
-            if every > 0 && s.api_requests.is_multiple_of(every) {
-                s.burst_left = s.faults.rate_limit_burst.max(1);
-            }
-            if s.faults.throttle_next > 0 {
-                s.faults.throttle_next -= 1;
-                s.burst_left += 1;
-            }
-            if s.burst_left > 0 {
-                s.burst_left -= 1;
-                let mut r = error(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
-                r.headers_mut().insert(
-                    header::RETRY_AFTER,
-                    header::HeaderValue::from(s.faults.retry_after_secs),
-                );
-                Some(r)
-            } else if s.faults.fail_next > 0 {
-                s.faults.fail_next -= 1;
-                Some(error(StatusCode::SERVICE_UNAVAILABLE, "injected fault"))
-            } else if s.faults.error_rate > 0.0 && s.rng.f64() < s.faults.error_rate {
-                Some(error(StatusCode::SERVICE_UNAVAILABLE, "injected fault"))
-            } else {
-                None
-            }
-        }
-    };
+    let injected = injected(&mut lock(&state), &method, &path);
     let is_write = (method == "POST" || method == "PUT") && !path.ends_with("/access_token");
     let apply_delay = lock(&state).faults.slow_write_apply_ms;
     let resp = match injected {
@@ -114,46 +59,68 @@ pub(super) async fn faults_and_log(
     resp
 }
 
-/// An answer announcing its whole length whose connection drops halfway through.
-pub(super) fn truncated(body: Vec<u8>) -> Response {
-    let len = body.len();
-    let half = body[..len / 2].to_vec();
-    let chunks = futures::stream::iter([
-        Ok::<_, std::io::Error>(half),
-        Err(std::io::Error::other("connection dropped")),
-    ]);
-    let mut r = Response::new(axum::body::Body::from_stream(chunks));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    r.headers_mut()
-        .insert(header::CONTENT_LENGTH, header::HeaderValue::from(len));
-    r
-}
-
-/// An error answer as the server gives one: `{"error": message}`.
-pub(super) fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({"error": message.into()}))).into_response()
-}
-
-/// A hand-made answer as the response it stands for, dripping its body if asked.
-pub(super) fn raw_response(raw: RawAnswer) -> Response {
-    let status = StatusCode::from_u16(raw.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let body = if raw.drip_ms == 0 {
-        axum::body::Body::from(raw.body)
+/// The answer a fault gives instead of the route's, if one does: a redirect, an outage, a
+/// token service failure, or (for every call but the token's) an API fault.
+fn injected(s: &mut SimState, method: &str, path: &str) -> Option<Response> {
+    let is_token = path.ends_with("/access_token");
+    let redirect = s.faults.redirect.clone().filter(|r| {
+        path.ends_with(&r.path_suffix) && r.method.as_ref().is_none_or(|m| *m == method)
+    });
+    if let Some(r) = redirect {
+        Some(redirected(&r))
+    } else if s.faults.down {
+        Some(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service unavailable",
+        ))
+    } else if is_token && s.faults.token_fail_next > 0 {
+        s.faults.token_fail_next -= 1;
+        Some(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "token service unavailable",
+        ))
+    } else if is_token {
+        None
     } else {
-        let chunks: Vec<Vec<u8>> = raw.body.chunks(1024).map(<[u8]>::to_vec).collect();
-        let drip = Duration::from_millis(raw.drip_ms);
-        axum::body::Body::from_stream(futures::stream::iter(chunks).then(move |c| async move {
-            tokio::time::sleep(drip).await;
-            Ok::<_, std::io::Error>(c)
-        }))
-    };
-    let mut r = Response::new(body);
-    *r.status_mut() = status;
-    if let Ok(v) = header::HeaderValue::from_str(&raw.content_type) {
-        r.headers_mut().insert(header::CONTENT_TYPE, v);
+        api_fault(s)
     }
-    r
+}
+
+/// The 3xx a redirect fault answers with (a bad `Location` is left out).
+fn redirected(r: &RedirectFault) -> Response {
+    let mut resp = Response::new(axum::body::Body::empty());
+    *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::FOUND);
+    if let Ok(v) = header::HeaderValue::from_str(&r.location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+/// Counts an API call and answers it with a 429 of a burst or an injected 5xx when due.
+fn api_fault(s: &mut SimState) -> Option<Response> {
+    s.api_requests += 1;
+    let every = s.faults.rate_limit_every;
+    if every > 0 && s.api_requests.is_multiple_of(every) {
+        s.burst_left = s.faults.rate_limit_burst.max(1);
+    }
+    if s.faults.throttle_next > 0 {
+        s.faults.throttle_next -= 1;
+        s.burst_left += 1;
+    }
+    if s.burst_left > 0 {
+        s.burst_left -= 1;
+        let mut r = error(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
+        r.headers_mut().insert(
+            header::RETRY_AFTER,
+            header::HeaderValue::from(s.faults.retry_after_secs),
+        );
+        Some(r)
+    } else if s.faults.fail_next > 0 {
+        s.faults.fail_next -= 1;
+        Some(error(StatusCode::SERVICE_UNAVAILABLE, "injected fault"))
+    } else if s.faults.error_rate > 0.0 && s.rng.f64() < s.faults.error_rate {
+        Some(error(StatusCode::SERVICE_UNAVAILABLE, "injected fault"))
+    } else {
+        None
+    }
 }

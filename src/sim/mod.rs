@@ -2,21 +2,23 @@
 //! (tokens, filters, paging, both update flavours, history, comments, users, tenants) with
 //! switchable faults. `casewarden simulate`, the demo, the tests and the benchmarks use it.
 
+mod answer;
+mod auth;
 pub mod data;
-
+mod error;
 mod faults;
-
 mod routes;
-
 mod state;
-
 mod tls;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use axum_server::tls_rustls::RustlsConfig;
 use routes::router;
+
+pub use error::SimError;
 pub use state::{Faults, RawAnswer, RedirectFault, SeenRequest, SimOptions, SimState};
 use state::{Shared, lock};
 use tls::self_signed_chain;
@@ -39,28 +41,31 @@ impl Simulator {
         opts: SimOptions,
         listen: SocketAddr,
         tls_cert_out: Option<&Path>,
-    ) -> anyhow::Result<Simulator> {
+    ) -> Result<Simulator, SimError> {
         let state: Shared = Arc::new(Mutex::new(SimState::new(&opts)?));
         let app = router(state.clone());
-        let listener = std::net::TcpListener::bind(listen)
-            .map_err(|e| anyhow::anyhow!("simulator cannot listen on {listen}: {e}"))?;
-        let addr = listener.local_addr()?;
+        let listener = std::net::TcpListener::bind(listen).map_err(|error| SimError::Listen {
+            addr: listen,
+            error,
+        })?;
+        let socket = |error| SimError::Socket {
+            addr: listen,
+            error,
+        };
+        let addr = listener.local_addr().map_err(socket)?;
         let handle = axum_server::Handle::new();
         let (scheme, task) = match tls_cert_out {
             Some(out) => {
-                let (ca_pem, cert_pem, key_pem) = self_signed_chain()?;
-                std::fs::write(out, ca_pem)
-                    .map_err(|e| anyhow::anyhow!("--tls-cert-out {}: {e}", out.display()))?;
-                let config = axum_server::tls_rustls::RustlsConfig::from_pem(
-                    cert_pem.into_bytes(),
-                    key_pem.into_bytes(),
-                )
-                .await?;
-                let server = axum_server::from_tcp_rustls(listener, config)?.handle(handle.clone());
+                let config = tls_config(out).await?;
+                let server = axum_server::from_tcp_rustls(listener, config)
+                    .map_err(socket)?
+                    .handle(handle.clone());
                 ("https", tokio::spawn(server.serve(app.into_make_service())))
             }
             None => {
-                let server = axum_server::from_tcp(listener)?.handle(handle.clone());
+                let server = axum_server::from_tcp(listener)
+                    .map_err(socket)?
+                    .handle(handle.clone());
                 ("http", tokio::spawn(server.serve(app.into_make_service())))
             }
         };
@@ -95,8 +100,25 @@ impl Simulator {
     }
 
     /// Serves until the task ends (for `casewarden simulate`).
-    pub async fn wait(self) -> anyhow::Result<()> {
-        self.task.await??;
-        Ok(())
+    pub async fn wait(self) -> Result<(), SimError> {
+        let stopped = |detail: String| SimError::Stopped { detail };
+        self.task
+            .await
+            .map_err(|e| stopped(e.to_string()))?
+            .map_err(|e| stopped(e.to_string()))
     }
+}
+
+/// A fresh certificate chain for HTTPS, its CA written to `out` for `stellar.ca_file`.
+async fn tls_config(out: &Path) -> Result<RustlsConfig, SimError> {
+    let (ca_pem, cert_pem, key_pem) = self_signed_chain()?;
+    std::fs::write(out, ca_pem).map_err(|error| SimError::CertOut {
+        path: out.to_path_buf(),
+        error,
+    })?;
+    RustlsConfig::from_pem(cert_pem.into_bytes(), key_pem.into_bytes())
+        .await
+        .map_err(|e| SimError::Tls {
+            detail: e.to_string(),
+        })
 }

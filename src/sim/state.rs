@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde_json::{Map, Value, json};
 
 use super::data::{self, SimUser};
+use super::error::SimError;
 use crate::stellar::ApiFlavor;
-use crate::stellar::model::{cases_in_answer, parse_lenient};
+use crate::stellar::{cases_in_answer, parse_lenient};
 
 /// One request as the simulator saw it.
 #[derive(Debug, Clone)]
@@ -75,7 +76,7 @@ pub struct SimState {
 }
 
 impl SimState {
-    pub fn new(opts: &SimOptions) -> anyhow::Result<SimState> {
+    pub fn new(opts: &SimOptions) -> Result<SimState, SimError> {
         let users = data::users(&opts.user);
         let tenants = data::tenants(opts.tenants.max(1));
         let mut cases = match &opts.cases_file {
@@ -293,22 +294,22 @@ pub(super) fn take_history(
 
 /// Cases from a file: a case, an array, or any saved answer that holds cases (see
 /// [`cases_in_answer`]), strict JSON or with the trailing commas real documentation prints.
-pub(super) fn load_cases(path: &Path) -> anyhow::Result<Vec<Value>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("--cases-file {}: {e}", path.display()))?;
-    let (v, repaired) = parse_lenient(&text).map_err(|e| {
-        anyhow::anyhow!(
-            "--cases-file {}:{}:{}: not JSON: {e}",
-            path.display(),
-            e.line(),
-            e.column()
-        )
+pub(super) fn load_cases(path: &Path) -> Result<Vec<Value>, SimError> {
+    let text = std::fs::read_to_string(path).map_err(|e| SimError::CasesFile {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    let (v, repaired) = parse_lenient(&text).map_err(|error| SimError::NotJson {
+        path: path.to_path_buf(),
+        error,
     })?;
     if repaired {
         tracing::warn!(file = %path.display(), "not strict JSON (trailing commas); read without them");
     }
-    let cases =
-        cases_in_answer(v).map_err(|e| anyhow::anyhow!("--cases-file {}: {e}", path.display()))?;
+    let cases = cases_in_answer(v).map_err(|detail| SimError::CasesFile {
+        path: path.to_path_buf(),
+        detail,
+    })?;
     if cases.is_empty() {
         tracing::warn!(file = %path.display(), "the file holds no case; serving none");
     }

@@ -1,8 +1,17 @@
 //! A throwaway certificate chain, so the simulator can serve HTTPS for `stellar.ca_file`.
 
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+
+use super::error::SimError;
+
 /// A CA and a `localhost`/`127.0.0.1` certificate signed by it, all PEM.
-pub(super) fn self_signed_chain() -> anyhow::Result<(String, String, String)> {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+pub(super) fn self_signed_chain() -> Result<(String, String, String), SimError> {
+    chain().map_err(|e| SimError::Tls {
+        detail: e.to_string(),
+    })
+}
+
+fn chain() -> Result<(String, String, String), rcgen::Error> {
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params

@@ -3,9 +3,12 @@
 
 mod auth;
 mod client;
+mod derived;
+mod document;
 mod error;
 pub mod filter;
 mod flavor;
+mod history;
 pub mod model;
 pub mod object;
 mod pager;
@@ -13,7 +16,10 @@ mod retry;
 
 pub use auth::Credentials;
 pub use client::{Client, ClientSettings, credentials};
+pub use derived::{Entity, entity_of, involved, parse_entity, priority_rank};
+pub use document::{cases_in_answer, parse_lenient};
 pub use error::ApiError;
 pub use flavor::ApiFlavor;
+pub use history::{HistoryEntry, activities_of, is_own_entry, last_human_activity};
 pub use model::{Case, CaseParseError, Comment, Directory, Tenant, User};
 pub use pager::{CasePager, Page};

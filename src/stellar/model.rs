@@ -1,5 +1,6 @@
-//! The case object, normalised across the legacy (priority, case_score) and v5 (severity,
-//! score) flavours while keeping every field the server sent.
+//! What the server sends, as casewarden reads it: the case object (normalised across the
+//! legacy (priority, case_score) and v5 (severity, score) flavours while keeping every field
+//! the server sent), the values the API accepts, and users, comments and tenants.
 
 use std::sync::Arc;
 
@@ -7,7 +8,8 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::ApiFlavor;
-use super::object::{CaseObject, Kind, Object};
+use super::history::{HistoryEntry, history_of};
+use super::object::{CaseObject, Kind};
 
 /// Case statuses the API accepts.
 pub const STATUSES: [&str; 5] = ["New", "In Progress", "Escalated", "Resolved", "Cancelled"];
@@ -53,14 +55,6 @@ pub const CASE_FIELDS: [&str; 33] = [
     "version",
 ];
 
-/// Rank of a priority, Low 1 .. Critical 4; anything else 0.
-pub fn priority_rank(p: &str) -> i64 {
-    PRIORITIES
-        .iter()
-        .position(|x| *x == p)
-        .map_or(0, |i| i as i64 + 1)
-}
-
 /// One case. `raw` is the object exactly as the server sent it, plus the normalised
 /// `priority` and `score` when the server used `severity` / `case_score`.
 #[derive(Debug, Clone, PartialEq)]
@@ -87,15 +81,6 @@ impl std::fmt::Display for CaseParseError {
             None => write!(f, "case without _id: {}", self.reason),
         }
     }
-}
-
-/// One entry of a case's `history` (or of its `/activities` on 5.x servers).
-#[derive(Debug, Clone, PartialEq)]
-pub struct HistoryEntry {
-    pub field: String,
-    pub timestamp: i64,
-    pub user: String,
-    pub api: bool,
 }
 
 impl Case {
@@ -273,174 +258,6 @@ impl Case {
     }
 }
 
-/// Whether a history entry is casewarden's own: made through the API by one of its
-/// identities or, when those are unknown (a Bearer key without `stellar.user`), through the
-/// API at all. Own entries are not human activity.
-pub fn is_own_entry(api: bool, user: &str, own: &[String]) -> bool {
-    api && (own.is_empty() || own.iter().any(|o| o.eq_ignore_ascii_case(user)))
-}
-
-/// History entries of a raw case object.
-fn history_of(raw: &impl Object) -> Vec<HistoryEntry> {
-    raw.get("history")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|h| {
-            Some(HistoryEntry {
-                field: h.get("field")?.as_str()?.to_string(),
-                timestamp: h.get("timestamp")?.as_i64()?,
-                user: h
-                    .get("user")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string(),
-                api: h.get("api").and_then(Value::as_bool).unwrap_or(false),
-            })
-        })
-        .collect()
-}
-
-/// Entries of a `/cases/{id}/activities` answer's list. Field names vary between server
-/// versions, so each value is looked for under the names seen; an entry without a time is
-/// dropped. An entry without an `api` flag counts as made through the API, so that only
-/// an entry by someone other than casewarden's own user is taken as a person's.
-pub fn activities_of(items: &[Value]) -> Vec<HistoryEntry> {
-    let first_str = |h: &Value, keys: &[&str]| {
-        keys.iter()
-            .find_map(|k| h.get(*k).and_then(Value::as_str))
-            .unwrap_or("")
-            .to_string()
-    };
-    items
-        .iter()
-        .filter_map(|h| {
-            let timestamp = ["timestamp", "created_at", "time"].iter().find_map(|k| {
-                h.get(*k)
-                    .and_then(|t| t.as_i64().or_else(|| t.as_f64().map(|f| f as i64)))
-            })?;
-            Some(HistoryEntry {
-                field: first_str(h, &["field", "action", "type"]),
-                timestamp,
-                user: first_str(h, &["user", "user_id", "created_by", "modified_by"]),
-                api: h.get("api").and_then(Value::as_bool).unwrap_or(true),
-            })
-        })
-        .collect()
-}
-
-/// When a person last touched the case, in ms, as far as casewarden can tell; the newest of:
-/// `history` entries not casewarden's own; `modified_at` unless `modified_by` is
-/// casewarden's own user; and, when casewarden made the last change and the case carries
-/// no `history`, the newest entry of `activities` not its own. Else `created_at`.
-/// None: `activities` are needed and were not read. `own`: casewarden's user id and email.
-pub fn last_human_activity(
-    raw: &impl Object,
-    own: &[String],
-    activities: Option<&[HistoryEntry]>,
-) -> Option<i64> {
-    let ms = |key: &str| {
-        raw.get(key)
-            .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)))
-    };
-    let newest_human = |entries: &[HistoryEntry]| {
-        entries
-            .iter()
-            .filter(|h| !is_own_entry(h.api, &h.user, own))
-            .map(|h| h.timestamp)
-            .max()
-    };
-    let mut newest = ms("created_at").unwrap_or(0);
-    let history = raw.get("history").and_then(Value::as_array);
-    let has_history = history.is_some();
-    // Read in place: this runs for every case an idle-case rule looks at.
-    for h in history.into_iter().flatten() {
-        let api = h.get("api").and_then(Value::as_bool).unwrap_or(false);
-        let user = h.get("user").and_then(Value::as_str).unwrap_or("");
-        if !is_own_entry(api, user, own)
-            && let Some(t) = h.get("timestamp").and_then(Value::as_i64)
-        {
-            newest = newest.max(t);
-        }
-    }
-    let modifier = raw.get("modified_by").and_then(Value::as_str).unwrap_or("");
-    // Without knowing its own identity, casewarden cannot tell its changes from a person's.
-    let by_us = !own.is_empty() && own.iter().any(|o| o.eq_ignore_ascii_case(modifier));
-    if !by_us {
-        newest = newest.max(ms("modified_at").unwrap_or(0));
-    } else if !has_history {
-        newest = newest.max(newest_human(activities?).unwrap_or(0));
-    }
-    Some(newest)
-}
-
-/// The case objects of a saved document: one case, an array of cases, or an API answer
-/// (`{"data": {"cases": [...]}}`, `{"data": {"incidents": [...]}}`, `{"data": {case}}`,
-/// `{"data": [...]}`). An answer whose `data` is not a case (a `/summary` text, say)
-/// holds no case. Err: the document is none of these.
-pub fn cases_in_answer(v: Value) -> Result<Vec<Value>, String> {
-    match v {
-        Value::Array(items) => Ok(items),
-        Value::Object(mut obj) => match obj.remove("data") {
-            Some(Value::Object(mut data)) => {
-                match ["cases", "incidents"].iter().find_map(|k| data.remove(*k)) {
-                    Some(Value::Array(items)) => Ok(items),
-                    Some(other) => Err(format!(
-                        "data.cases should be a list, got {}",
-                        type_name(&other)
-                    )),
-                    None => Ok(vec![Value::Object(data)]),
-                }
-            }
-            Some(Value::Array(items)) => Ok(items),
-            Some(_) => Ok(Vec::new()),
-            None => Ok(vec![Value::Object(obj)]),
-        },
-        other => Err(format!(
-            "expected a case object, an array of cases, or an API answer like {{\"data\":{{\"cases\":[...]}}}}, got {}",
-            type_name(&other)
-        )),
-    }
-}
-
-/// JSON as real documentation and servers write it: strict JSON, or else JSON with
-/// trailing commas (`[1, 2,]`), which the vendor's own pages print. The flag says whether
-/// commas had to be dropped. The error is strict JSON's, with its line and column.
-pub fn parse_lenient(text: &str) -> Result<(Value, bool), serde_json::Error> {
-    match serde_json::from_str(text) {
-        Ok(v) => Ok((v, false)),
-        Err(strict) => match serde_json::from_str(&without_trailing_commas(text)) {
-            Ok(v) => Ok((v, true)),
-            Err(_) => Err(strict),
-        },
-    }
-}
-
-/// `text` with every comma that closes a list or object (outside strings) removed.
-fn without_trailing_commas(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let (mut in_string, mut escaped) = (false, false);
-    for (i, ch) in text.char_indices() {
-        if in_string {
-            match (escaped, ch) {
-                (true, _) => escaped = false,
-                (false, '\\') => escaped = true,
-                (false, '"') => in_string = false,
-                _ => {}
-            }
-        } else if ch == '"' {
-            in_string = true;
-        } else if ch == ',' {
-            let rest = text[i + 1..].trim_start();
-            if rest.starts_with('}') || rest.starts_with(']') {
-                continue;
-            }
-        }
-        out.push(ch);
-    }
-    out
-}
-
 /// The fields casewarden relies on have the types it reads them as; Err: what is wrong.
 /// Parses the fields the planner and the read before sending rely on (a value the cheap
 /// syntax check of a listing let through may still not parse); `history` is only peeked at.
@@ -491,69 +308,6 @@ fn check_types(raw: &CaseObject) -> Result<(), String> {
 
 fn type_name(v: &Value) -> &'static str {
     Kind::of(v).name()
-}
-
-/// Parsed `metadata.entity_id`: `kind,name,ip` (4.3) or `kind,name,...ids...,ip` (newer).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Entity {
-    pub kind: String,
-    pub name: String,
-    pub ip: Option<String>,
-}
-
-pub fn parse_entity(entity_id: &str) -> Option<Entity> {
-    let parts: Vec<&str> = entity_id.split(',').map(str::trim).collect();
-    if parts.len() < 2 || parts[0].is_empty() {
-        return None;
-    }
-    let last = parts[parts.len() - 1];
-    let ip =
-        (parts.len() >= 3 && last.parse::<std::net::IpAddr>().is_ok()).then(|| last.to_string());
-    Some(Entity {
-        kind: parts[0].to_string(),
-        name: parts[1].to_string(),
-        ip,
-    })
-}
-
-/// The entities a case summary names, as servers write `metadata.description_auto`:
-/// lines like `Involved 2 hosts: Desktop-CB, 10.0.0.5` give one entity per name, the kind
-/// singular (`host`), `ip` set when the name is an address.
-pub fn involved(summary: &str) -> Vec<Entity> {
-    let mut out = Vec::new();
-    for line in summary.lines() {
-        let Some(rest) = line.trim().strip_prefix("Involved ") else {
-            continue;
-        };
-        let Some((head, names)) = rest.split_once(':') else {
-            continue;
-        };
-        let Some(kind) = head.split_whitespace().nth(1) else {
-            continue;
-        };
-        let kind = kind.to_lowercase();
-        let kind = kind.strip_suffix('s').unwrap_or(&kind).to_string();
-        for name in names.split(", ").map(str::trim).filter(|n| !n.is_empty()) {
-            let ip = name
-                .parse::<std::net::IpAddr>()
-                .is_ok()
-                .then(|| name.to_string());
-            out.push(Entity {
-                kind: kind.clone(),
-                name: name.to_string(),
-                ip,
-            });
-        }
-    }
-    out
-}
-
-/// The entity of a raw case object, if it has a usable `metadata.entity_id`.
-pub fn entity_of(raw: &impl Object) -> Option<Entity> {
-    raw.get("metadata")?
-        .get("entity_id")?
-        .as_str()
-        .and_then(parse_entity)
 }
 
 /// A user as `/users` lists it: the id assignments take and the email rules may name.
@@ -663,27 +417,7 @@ impl Tenant {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn summaries_name_involved_entities() {
-        let seed = "Observed 1 tactics: XDR EBA\nInvolved 1 hosts: Desktop-CB\nInvolved 2 users: CORP\\jamesmurphy, TESTUSER$\nInvolved 1 IPs: 10.0.0.5";
-        let found = involved(seed);
-        let names: Vec<(&str, &str)> = found
-            .iter()
-            .map(|e| (e.kind.as_str(), e.name.as_str()))
-            .collect();
-        assert_eq!(
-            names,
-            [
-                ("host", "Desktop-CB"),
-                ("user", "CORP\\jamesmurphy"),
-                ("user", "TESTUSER$"),
-                ("ip", "10.0.0.5")
-            ]
-        );
-        assert_eq!(found[3].ip.as_deref(), Some("10.0.0.5"));
-        assert!(involved("generated by casewarden simulate").is_empty());
-    }
+    use serde_json::json;
 
     #[test]
     fn a_directory_looks_up_both_ways_ignoring_case() {
@@ -719,7 +453,6 @@ mod tests {
         let t = Tenant::from_value(&json!({"cust_id": 7, "cust_name": "Acme"})).unwrap();
         assert_eq!((t.id.as_str(), t.name.as_deref()), ("7", Some("Acme")));
     }
-    use serde_json::json;
 
     #[test]
     fn v5_names_are_normalised() {
@@ -754,90 +487,5 @@ mod tests {
             Case::from_value(json!({"_id": "b", "priority": "Critical", "incident_score": 91.8}))
                 .unwrap();
         assert_eq!((xsoar.priority(), xsoar.score()), ("Critical", Some(91.8)));
-    }
-
-    #[test]
-    fn saved_answers_of_every_shape() {
-        let case = json!({"_id": "a"});
-        for doc in [
-            case.clone(),
-            json!([case.clone()]),
-            json!({"data": {"cases": [case.clone()], "total": 1}}),
-            json!({"data": {"incidents": [case.clone()], "total": 1}}),
-            json!({"data": case.clone()}),
-        ] {
-            assert_eq!(
-                cases_in_answer(doc.clone()),
-                Ok(vec![case.clone()]),
-                "{doc}"
-            );
-        }
-        assert_eq!(
-            cases_in_answer(json!({"data": "Observed 1 tactic"})),
-            Ok(vec![])
-        );
-        assert!(cases_in_answer(json!(42)).is_err());
-    }
-
-    #[test]
-    fn trailing_commas_are_forgiven_elsewhere_errors_stay_located() {
-        let (v, repaired) = parse_lenient("{\"a\": [1, 2,], \"s\": \"x,]\",\n}").unwrap();
-        assert!(repaired);
-        assert_eq!(v, json!({"a": [1, 2], "s": "x,]"}));
-        let e = parse_lenient("{\n\"a\": }").unwrap_err();
-        assert_eq!(e.line(), 2);
-    }
-
-    #[test]
-    fn last_human_activity_without_history() {
-        let own = vec!["me@example.com".to_string(), "abc".to_string()];
-        let case = |by: &str| {
-            json!({"created_at": 100, "modified_at": 500, "modified_by": by})
-                .as_object()
-                .unwrap()
-                .clone()
-        };
-        // A person (or the system) made the last change: it counts.
-        assert_eq!(last_human_activity(&case("someone"), &own, None), Some(500));
-        assert_eq!(last_human_activity(&case(""), &own, None), Some(500));
-        // casewarden made it: only the activities can tell.
-        assert_eq!(last_human_activity(&case("ABC"), &own, None), None);
-        let acts = vec![
-            HistoryEntry {
-                field: "severity".into(),
-                timestamp: 300,
-                user: "bob".into(),
-                api: false,
-            },
-            HistoryEntry {
-                field: "tags".into(),
-                timestamp: 500,
-                user: "abc".into(),
-                api: true,
-            },
-        ];
-        assert_eq!(
-            last_human_activity(&case("abc"), &own, Some(&acts)),
-            Some(300)
-        );
-        // Not knowing its own identity, casewarden takes every change as a person's.
-        assert_eq!(last_human_activity(&case("abc"), &[], None), Some(500));
-    }
-
-    #[test]
-    fn entity_forms() {
-        let e = parse_entity("asset,,10.10.30.20").unwrap();
-        assert_eq!(
-            (e.kind.as_str(), e.name.as_str(), e.ip.as_deref()),
-            ("asset", "", Some("10.10.30.20"))
-        );
-        let e = parse_entity("user,jdoe,abc,def,10.1.2.3").unwrap();
-        assert_eq!(
-            (e.name.as_str(), e.ip.as_deref()),
-            ("jdoe", Some("10.1.2.3"))
-        );
-        let e = parse_entity("host,web01").unwrap();
-        assert_eq!(e.ip, None);
-        assert_eq!(parse_entity(""), None);
     }
 }

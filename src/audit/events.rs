@@ -1,0 +1,204 @@
+//! The SQL of the events table: appending rows to the chain in one transaction (fenced by
+//! the lease), its head, and the reads the pass itself needs (changes left open, what was
+//! applied to cases, the last dry runs, recorded plans).
+
+use sqlx::AssertSqlSafe;
+
+use super::db::{Backend, insert_events, on_pool, placeholders};
+use super::{
+    AppliedChange, AuditError, AuditStore, DryRow, EventRow, GENESIS, NewEvent, Unsettled,
+    timestamp,
+};
+
+impl AuditStore {
+    /// Appends rows in one transaction, extending the hash chain; returns their `seq`s.
+    /// When this returns Ok the rows are on disk (synchronous=FULL).
+    pub async fn append(&self, events: &[NewEvent]) -> Result<Vec<i64>, AuditError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let _guard = self.write.lock().await;
+        on_pool!(&self.pool, |pool| {
+            // The write lock is taken before reading the head, so two writers (even in two
+            // processes, or on two hosts sharing PostgreSQL) can never fork the chain.
+            let mut tx = pool.begin_write().await?;
+            let head: Option<(i64, String)> =
+                sqlx::query_as("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            // Fencing: a holder that lost the lease (paused past it while another took
+            // over) writes nothing more, so it cannot settle what the new holder settles.
+            let fence = self.fence();
+            if let Some(mine) = &fence {
+                let current: Option<(String, i64)> =
+                    sqlx::query_as("SELECT holder, epoch FROM lease WHERE id = 1")
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if current
+                    .as_ref()
+                    .is_none_or(|(h, e)| *h != mine.holder || *e != mine.epoch)
+                {
+                    return Err(AuditError::Fenced {
+                        epoch: mine.epoch,
+                        current: current.map(|c| c.1),
+                    });
+                }
+            }
+            let epoch = fence.map(|f| f.epoch);
+            let rows = self.rows(events, head, epoch);
+            insert_events!(&mut *tx, &rows);
+            tx.commit().await?;
+            Ok(rows.iter().map(|r| r.seq).collect())
+        })
+    }
+
+    /// The rows to append after `head`, hashed into the chain.
+    fn rows(
+        &self,
+        events: &[NewEvent],
+        head: Option<(i64, String)>,
+        epoch: Option<i64>,
+    ) -> Vec<EventRow> {
+        let (mut seq, mut prev) = head.unwrap_or((0, GENESIS.to_string()));
+        let now = timestamp(chrono::Utc::now());
+        let mut rows = Vec::with_capacity(events.len());
+        for e in events {
+            seq += 1;
+            let mut row = EventRow {
+                seq,
+                run_id: e.run_id.clone(),
+                recorded_at: now.clone(),
+                rule: e.rule.clone(),
+                rule_hash: e.rule_hash.clone(),
+                case_id: e.case.id().to_string(),
+                ticket_id: e.case.ticket_id(),
+                field: e.field.clone(),
+                old: e.old.clone(),
+                new: e.new.clone(),
+                reason: e.reason.clone(),
+                dry_run: e.dry_run,
+                outcome: e.outcome,
+                error: e.error.clone(),
+                http_status: e.http_status,
+                planned_seq: e.planned_seq,
+                prev_hash: prev,
+                hash: String::new(),
+                tenant: e.case.tenant().map(str::to_string),
+                instance: self.instance.as_deref().map(str::to_string),
+                epoch,
+            };
+            row.hash = row.compute_hash();
+            prev = row.hash.clone();
+            rows.push(row);
+        }
+        rows
+    }
+
+    /// The newest row's hash (the chain head) and row count.
+    pub async fn head(&self) -> Result<(i64, String), AuditError> {
+        let head: Option<(i64, String)> = on_pool!(&self.pool, |pool| {
+            sqlx::query_as("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(head.unwrap_or((0, GENESIS.to_string())))
+    }
+
+    /// Planned (non-dry-run) changes not settled yet: with no outcome (left by a crash) or
+    /// whose newest outcome is `unknown` (the answer was lost), oldest first.
+    pub async fn unsettled(&self) -> Result<Vec<Unsettled>, AuditError> {
+        let sql = format!(
+            "SELECT p.*, o.outcome AS last_outcome, o.recorded_at AS last_at, o.http_status AS last_status FROM events p \
+             LEFT JOIN events o ON o.seq = (SELECT MAX(x.seq) FROM events x WHERE x.planned_seq = p.seq) \
+             WHERE p.outcome = 'planned' AND NOT p.dry_run AND (o.seq IS NULL OR o.outcome = 'unknown'){} \
+             ORDER BY p.seq",
+            self.instance_filter("p.")
+        );
+        Ok(on_pool!(&self.pool, |pool| {
+            sqlx::query_as(AssertSqlSafe(sql)).fetch_all(pool).await?
+        }))
+    }
+
+    /// casewarden's memory of what it applied to these cases: every applied change
+    /// (comments too, so the same comment is not posted twice), oldest first, for the
+    /// planner to keep the newest per field.
+    pub async fn applied_changes(
+        &self,
+        case_ids: &[&str],
+    ) -> Result<Vec<AppliedChange>, AuditError> {
+        if case_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql = String::from(
+            "SELECT case_id, rule, field, new FROM events WHERE outcome = 'applied' AND NOT dry_run \
+             AND case_id IN (",
+        );
+        sql.push_str(&placeholders(1, case_ids.len()));
+        sql.push(')');
+        sql.push_str(&self.instance_filter(""));
+        sql.push_str(" ORDER BY seq");
+        Ok(on_pool!(&self.pool, |pool| {
+            let mut q = sqlx::query_as(AssertSqlSafe(sql));
+            for id in case_ids {
+                q = q.bind(*id);
+            }
+            q.fetch_all(pool).await?
+        }))
+    }
+
+    /// For each (case, rule) among `case_ids`, the rows of the newest dry run of that rule
+    /// on that case.
+    pub async fn last_dry_runs(&self, case_ids: &[&str]) -> Result<Vec<DryRow>, AuditError> {
+        let mut out = Vec::new();
+        for chunk in case_ids.chunks(500) {
+            let mut sql = String::from(
+                "WITH last AS (SELECT case_id, rule, MAX(seq) AS seq FROM events \
+                 WHERE dry_run AND case_id IN (",
+            );
+            sql.push_str(&placeholders(1, chunk.len()));
+            sql.push(')');
+            sql.push_str(&self.instance_filter(""));
+            sql.push_str(
+                " GROUP BY case_id, rule), \
+                 runs AS (SELECT l.case_id, l.rule, e.run_id FROM last l JOIN events e ON e.seq = l.seq) \
+                 SELECT e.case_id, e.rule, e.field, e.new, e.outcome FROM events e JOIN runs r \
+                 ON e.case_id = r.case_id AND e.rule = r.rule AND e.run_id = r.run_id \
+                 WHERE e.dry_run",
+            );
+            let rows: Vec<DryRow> = on_pool!(&self.pool, |pool| {
+                let mut q = sqlx::query_as(AssertSqlSafe(sql));
+                for id in chunk {
+                    q = q.bind(*id);
+                }
+                q.fetch_all(pool).await?
+            });
+            out.extend(rows);
+        }
+        Ok(out)
+    }
+
+    /// Summary counts of one pass's rows by outcome (for reports).
+    pub async fn outcome_counts(&self, run_id: &str) -> Result<Vec<(String, i64)>, AuditError> {
+        Ok(on_pool!(&self.pool, |pool| {
+            sqlx::query_as("SELECT outcome, COUNT(*) AS n FROM events WHERE run_id = $1 GROUP BY outcome ORDER BY outcome")
+                .bind(run_id)
+                .fetch_all(pool)
+                .await?
+        }))
+    }
+
+    /// Whether a plan with this id and file hash was recorded when it was written (a
+    /// chained row: rule and field `plan`, case id the plan id, new the hash).
+    pub async fn plan_recorded(&self, plan_id: &str, digest: &str) -> Result<bool, AuditError> {
+        let found: Option<(i64,)> = on_pool!(&self.pool, |pool| {
+            sqlx::query_as(
+                "SELECT seq FROM events WHERE field = 'plan' AND case_id = $1 AND new = $2 LIMIT 1",
+            )
+            .bind(plan_id)
+            .bind(digest)
+            .fetch_optional(pool)
+            .await?
+        });
+        Ok(found.is_some())
+    }
+}

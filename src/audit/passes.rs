@@ -1,0 +1,224 @@
+//! The SQL of the passes table: a pass's row from its start to its sealed totals (and the
+//! chain head appended to `audit.head_file`), sealing passes a crash interrupted, and
+//! finding passes.
+
+use sqlx::query::Query;
+use sqlx::{AssertSqlSafe, Database, Encode, Type};
+
+use super::db::{Backend, on_pool};
+use super::{AuditError, AuditStore, GENESIS, Outcome, PassRow, PassTotals, timestamp};
+
+impl AuditStore {
+    pub async fn start_pass(
+        &self,
+        id: &str,
+        trigger: &str,
+        fingerprint: &str,
+        dry_run: bool,
+    ) -> Result<(), AuditError> {
+        on_pool!(&self.pool, |pool| {
+            sqlx::query(
+                "INSERT INTO passes (id, started_at, trigger_kind, rules_fingerprint, dry_run, status, instance) VALUES ($1, $2, $3, $4, $5, 'running', $6)",
+            )
+            .bind(id)
+            .bind(timestamp(chrono::Utc::now()))
+            .bind(trigger)
+            .bind(fingerprint)
+            .bind(dry_run)
+            .bind(self.instance.as_deref())
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Records a pass's totals and seals its row (see [`PassRow::compute_hash`]).
+    pub async fn finish_pass(&self, id: &str, t: &PassTotals) -> Result<(), AuditError> {
+        let _guard = self.write.lock().await;
+        let row = on_pool!(&self.pool, |pool| {
+            let mut tx = pool.begin_write().await?;
+            let mut row: PassRow = sqlx::query_as("SELECT * FROM passes WHERE id = $1")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+            let head: Option<String> =
+                sqlx::query_scalar("SELECT hash FROM events ORDER BY seq DESC LIMIT 1")
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            row.finished_at = Some(timestamp(chrono::Utc::now()));
+            row.totals = t.clone();
+            row.chain_head = Some(head.unwrap_or_else(|| GENESIS.to_string()));
+            row.hash = Some(row.compute_hash());
+            let update = sqlx::query(
+                "UPDATE passes SET finished_at = $1, cases_seen = $2, planned = $3, applied = $4, failed = $5, skipped = $6, status = $7, error = $8, chain_head = $9, hash = $10 WHERE id = $11",
+            )
+            .bind(&row.finished_at);
+            bind_totals(update, t)
+                .bind(&row.chain_head)
+                .bind(&row.hash)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            row
+        });
+        self.append_head_line(&row);
+        Ok(())
+    }
+
+    /// Appends a sealed pass's chain head to `audit.head_file`, if one is set; a failure
+    /// is logged, not returned: the pass and its rows are already recorded.
+    fn append_head_line(&self, row: &PassRow) {
+        let Some(file) = &self.head_file else {
+            return;
+        };
+        let line = format!(
+            "{} pass {} {} head {}\n",
+            row.finished_at.as_deref().unwrap_or(""),
+            row.id,
+            row.totals.status,
+            row.chain_head.as_deref().unwrap_or(GENESIS)
+        );
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(file.as_path())
+            .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
+        if let Err(e) = written {
+            tracing::error!(file = %file.display(), error = %e, "cannot append the chain head to audit.head_file");
+        }
+    }
+
+    /// Every pass, oldest first.
+    pub async fn passes(&self) -> Result<Vec<PassRow>, AuditError> {
+        Ok(on_pool!(&self.pool, |pool| {
+            sqlx::query_as("SELECT * FROM passes ORDER BY started_at, id")
+                .fetch_all(pool)
+                .await?
+        }))
+    }
+
+    /// The newest pass of each server (passes recorded before servers were count as
+    /// `default`), by server name.
+    pub async fn last_passes(&self) -> Result<Vec<PassRow>, AuditError> {
+        Ok(on_pool!(&self.pool, |pool| {
+            sqlx::query_as(
+                "SELECT * FROM passes p WHERE started_at = (SELECT MAX(started_at) FROM passes q \
+                 WHERE COALESCE(q.instance, 'default') = COALESCE(p.instance, 'default')) \
+                 ORDER BY COALESCE(instance, 'default'), id",
+            )
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+
+    /// Passes still marked running (a crash or kill interrupted them).
+    /// Seals them `interrupted` (this handle's server's only, when it has one), with the
+    /// changes their rows record: call it once what they left open is settled.
+    pub async fn mark_interrupted_passes(&self) -> Result<u64, AuditError> {
+        let sql = format!(
+            "SELECT * FROM passes WHERE status = 'running'{}",
+            self.instance_filter("")
+        );
+        let running: Vec<PassRow> = on_pool!(&self.pool, |pool| {
+            sqlx::query_as(AssertSqlSafe(sql)).fetch_all(pool).await?
+        });
+        for p in &running {
+            let counts: Vec<(String, i64)> = on_pool!(&self.pool, |pool| {
+                sqlx::query_as(
+                    "SELECT outcome, COUNT(*) FROM events WHERE run_id = $1 AND NOT dry_run \
+                     AND field NOT IN ('rule', 'plan') GROUP BY outcome",
+                )
+                .bind(&p.id)
+                .fetch_all(pool)
+                .await?
+            });
+            let n = |o: Outcome| {
+                counts
+                    .iter()
+                    .find(|(k, _)| o == k.as_str())
+                    .map_or(0, |c| c.1)
+            };
+            let totals = PassTotals {
+                status: "interrupted".into(),
+                planned: n(Outcome::Planned),
+                applied: n(Outcome::Applied),
+                failed: n(Outcome::Failed) + n(Outcome::Unknown),
+                skipped: n(Outcome::Skipped),
+                ..p.totals.clone()
+            };
+            self.finish_pass(&p.id, &totals).await?;
+        }
+        Ok(running.len() as u64)
+    }
+
+    /// The newest live pass whose trigger starts with `prefix`, if any.
+    pub async fn live_pass_like(&self, prefix: &str) -> Result<Option<PassRow>, AuditError> {
+        Ok(on_pool!(&self.pool, |pool| {
+            sqlx::query_as(
+                "SELECT * FROM passes WHERE substr(trigger_kind, 1, length($1)) = $1 AND NOT dry_run ORDER BY started_at DESC LIMIT 1",
+            )
+            .bind(prefix)
+            .fetch_optional(pool)
+            .await?
+        }))
+    }
+
+    /// The newest pass started by `trigger` that was not a dry run, if any.
+    pub async fn live_pass_by(&self, trigger: &str) -> Result<Option<PassRow>, AuditError> {
+        Ok(on_pool!(&self.pool, |pool| {
+            sqlx::query_as(
+                "SELECT * FROM passes WHERE trigger_kind = $1 AND NOT dry_run ORDER BY started_at DESC LIMIT 1",
+            )
+            .bind(trigger)
+            .fetch_optional(pool)
+            .await?
+        }))
+    }
+}
+
+/// Inserts a pass's row as it is (sealed or not): a copy of the log keeps its hash.
+pub(super) async fn insert_pass(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    p: &PassRow,
+) -> Result<(), sqlx::Error> {
+    let insert = sqlx::query(
+        "INSERT INTO passes (id, started_at, finished_at, trigger_kind, rules_fingerprint, dry_run, \
+         cases_seen, planned, applied, failed, skipped, status, error, chain_head, hash, instance) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+    )
+    .bind(&p.id)
+    .bind(&p.started_at)
+    .bind(&p.finished_at)
+    .bind(&p.trigger_kind)
+    .bind(&p.rules_fingerprint)
+    .bind(p.dry_run);
+    bind_totals(insert, &p.totals)
+        .bind(&p.chain_head)
+        .bind(&p.hash)
+        .bind(&p.instance)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Binds the totals' columns in the order the passes table has them: `cases_seen`,
+/// `planned`, `applied`, `failed`, `skipped`, `status`, `error`.
+fn bind_totals<'q, DB>(
+    q: Query<'q, DB, DB::Arguments>,
+    t: &PassTotals,
+) -> Query<'q, DB, DB::Arguments>
+where
+    DB: Database,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+    for<'t> String: Encode<'t, DB> + Type<DB>,
+    for<'t> Option<String>: Encode<'t, DB> + Type<DB>,
+{
+    q.bind(t.cases_seen)
+        .bind(t.planned)
+        .bind(t.applied)
+        .bind(t.failed)
+        .bind(t.skipped)
+        .bind(t.status.clone())
+        .bind(t.error.clone())
+}

@@ -1,0 +1,295 @@
+//! A rule's `RULE` map read into its [`Rule`]: the keys checked (name, schedule, query
+//! hints, limits, allow-lists), every problem located at the key in the rule's text.
+
+use std::path::Path;
+
+use rhai::{AST, Dynamic, FnPtr, Map, Position};
+use sha2::{Digest, Sha256};
+
+use super::lint::did_you_mean;
+use super::{Rule, RuleError};
+use crate::stellar::filter;
+use crate::stellar::model::{PRIORITIES, RESOLUTIONS, STATUSES};
+
+/// The keys of a rule's `RULE` map.
+const KEYS: [&str; 12] = [
+    "name",
+    "description",
+    "schedule",
+    "query",
+    "enabled",
+    "dry_run",
+    "max_change_fraction",
+    "max_changes",
+    "custom_fields",
+    "exempt_tags",
+    "tenants",
+    "instances",
+];
+
+/// Line and column of the first occurrence of `needle` in `text` (1-based), or 1:1.
+pub(super) fn locate(text: &str, needle: &str) -> (usize, usize) {
+    text.lines()
+        .enumerate()
+        .find_map(|(i, l)| l.find(needle).map(|c| (i + 1, c + 1)))
+        .unwrap_or((1, 1))
+}
+
+type Checked<T> = Result<T, Vec<RuleError>>;
+
+/// The rule `text` declares in its `RULE` map, read and checked (errors located at the
+/// key), running `evaluate` from `module` whose body starts at `body`; and the case
+/// fields of this server that the documented schema does not list (`custom_fields`).
+pub(super) fn read_rule(
+    meta: &Map,
+    file: &Path,
+    text: &str,
+    module: AST,
+    body: Position,
+) -> Checked<(Rule, Vec<String>)> {
+    let read = Reader { meta, file, text };
+    read.known_keys()?;
+    let name = read
+        .string("name")?
+        .filter(|n| !n.trim().is_empty())
+        .ok_or_else(|| {
+            read.at(
+                "RULE",
+                "RULE.name is missing: every rule needs a unique name".into(),
+            )
+        })?;
+    let schedule = read.string("schedule")?;
+    if let Some(s) = &schedule {
+        crate::cron::validate(s).map_err(|e| read.at("schedule", format!("RULE.schedule: {e}")))?;
+    }
+    let enabled = read.flag("enabled", true)?;
+    let dry_run = read.flag("dry_run", false)?;
+    let max_change_fraction = read.fraction()?;
+    let max_changes = read.count()?;
+    let mut query = read.query()?;
+    let custom_fields = read.strings("custom_fields", "[\"my_field\"]")?;
+    let exempt_tags = read.strings("exempt_tags", "[\"vip\", \"legal-hold\"]")?;
+    let tenants = read.strings("tenants", "[\"<cust_id>\", \"<cust_id>\"]")?;
+    let instances = read.strings("instances", "[\"eu\", \"us\"]")?;
+    read.scope_to_tenants(tenants, &mut query)?;
+    let rule = Rule {
+        name,
+        description: read.string("description")?.unwrap_or_default(),
+        schedule,
+        query,
+        enabled,
+        dry_run,
+        max_change_fraction,
+        max_changes,
+        exempt_tags,
+        instances,
+        file: file.to_path_buf(),
+        source_hash: hex::encode(Sha256::digest(text.as_bytes())),
+        module,
+        evaluate: FnPtr::new("evaluate").expect("a valid function name"),
+        body,
+    };
+    Ok((rule, custom_fields))
+}
+
+/// The `RULE` map of one file, with where to locate its problems.
+struct Reader<'a> {
+    meta: &'a Map,
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Reader<'_> {
+    /// An error located at the first `needle` of the text.
+    fn at(&self, needle: &str, message: String) -> Vec<RuleError> {
+        let (line, col) = locate(self.text, needle);
+        vec![RuleError {
+            file: self.file.to_path_buf(),
+            line,
+            col,
+            message,
+        }]
+    }
+
+    fn known_keys(&self) -> Checked<()> {
+        match self.meta.keys().find(|key| !KEYS.contains(&key.as_str())) {
+            Some(key) => Err(self.at(
+                &format!("{key}:"),
+                format!("unknown RULE key {key:?}: expected {}", KEYS.join(", ")),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn string(&self, key: &str) -> Checked<Option<String>> {
+        match self.meta.get(key) {
+            None => Ok(None),
+            Some(v) if v.is_string() => Ok(Some(v.to_string())),
+            Some(v) => Err(self.at(
+                &format!("{key}:"),
+                format!("RULE.{key} must be a string, not {}", v.type_name()),
+            )),
+        }
+    }
+
+    fn flag(&self, key: &str, default: bool) -> Checked<bool> {
+        match self.meta.get(key) {
+            None => Ok(default),
+            Some(v) => v
+                .as_bool()
+                .map_err(|t| self.at(key, format!("RULE.{key} must be true or false, not {t}"))),
+        }
+    }
+
+    fn strings(&self, key: &str, example: &str) -> Checked<Vec<String>> {
+        match self.meta.get(key) {
+            None => Ok(Vec::new()),
+            Some(v) => v
+                .read_lock::<rhai::Array>()
+                .and_then(|a| a.iter().map(|f| f.clone().into_string().ok()).collect())
+                .ok_or_else(|| self.at(key, format!("RULE.{key} must be a list like {example}"))),
+        }
+    }
+
+    /// `max_change_fraction`: a share of the cases, above 0 and at most 1.
+    fn fraction(&self) -> Checked<Option<f64>> {
+        let key = "max_change_fraction";
+        self.meta.get(key).map(|v| {
+            v.as_float()
+                .ok()
+                .filter(|f| *f > 0.0 && *f <= 1.0)
+                .ok_or_else(|| {
+                    self.at(
+                        key,
+                        format!("RULE.max_change_fraction must be a number above 0 and at most 1.0 (a share of the cases), not {v}"),
+                    )
+                })
+        }).transpose()
+    }
+
+    /// `max_changes`: a whole number of changes.
+    fn count(&self) -> Checked<Option<usize>> {
+        let key = "max_changes";
+        self.meta
+            .get(key)
+            .map(|v| {
+                v.as_int()
+                    .ok()
+                    .and_then(|n| usize::try_from(n).ok())
+                    .ok_or_else(|| {
+                        self.at(
+                            key,
+                            format!(
+                                "RULE.max_changes must be a whole number of changes, 0 or more, not {v}"
+                            ),
+                        )
+                    })
+            })
+            .transpose()
+    }
+
+    fn query(&self) -> Checked<Vec<(String, String)>> {
+        let Some(q) = self.meta.get("query") else {
+            return Ok(Vec::new());
+        };
+        match q.read_lock::<Map>() {
+            Some(map) => {
+                parse_hints(&map).map_err(|m| self.at("query", format!("RULE.query: {m}")))
+            }
+            None => Err(self.at(
+                "query",
+                "RULE.query must be a map like #{ status: \"New\" }".into(),
+            )),
+        }
+    }
+
+    /// A tenant scope is a filter like any other: pushed down as `tenantid` when every
+    /// rule shares it, and re-checked on each case.
+    fn scope_to_tenants(
+        &self,
+        tenants: Vec<String>,
+        query: &mut Vec<(String, String)>,
+    ) -> Checked<()> {
+        if tenants.is_empty() {
+            return Ok(());
+        }
+        if tenants
+            .iter()
+            .any(|t| t.trim().is_empty() || t.contains(','))
+        {
+            return Err(self.at(
+                "tenants",
+                "RULE.tenants: each entry is one customer id (cust_id), not empty and without commas".into(),
+            ));
+        }
+        if query.iter().any(|(k, _)| {
+            k.trim_start_matches("NOT~") == "tenantid" || k.trim_start_matches("NOT~") == "cust_id"
+        }) {
+            return Err(self.at(
+                "tenants",
+                "RULE.tenants and a tenantid/cust_id filter in RULE.query: give the customers once, in RULE.tenants".into(),
+            ));
+        }
+        query.push(("tenantid".into(), tenants.join(",")));
+        Ok(())
+    }
+}
+
+fn parse_hints(map: &Map) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for (key, value) in map {
+        if !filter::is_known(key) {
+            return Err(format!(
+                "unknown filter {key:?}: expected one of {}, FROM~/TO~ on {}, optionally NOT~",
+                filter::KEYS.join(", "),
+                filter::RANGE_FIELDS.join(", ")
+            ));
+        }
+        let text = hint_text(key, value)?;
+        check_values(key, &text)?;
+        out.push((key.to_string(), text));
+    }
+    Ok(out)
+}
+
+/// A query value as the API's filter takes it: a list joined by commas.
+fn hint_text(key: &str, value: &Dynamic) -> Result<String, String> {
+    if let Some(arr) = value.read_lock::<rhai::Array>() {
+        Ok(arr
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join(","))
+    } else if value.is_string() || value.is_int() || value.is_float() {
+        Ok(value.to_string())
+    } else {
+        Err(format!(
+            "{key}: expected a string, number or list, not {}",
+            value.type_name()
+        ))
+    }
+}
+
+/// A query value a case can never hold makes the rule see nothing: an error, with the
+/// closest allowed value.
+fn check_values(key: &str, text: &str) -> Result<(), String> {
+    let bare = key.strip_prefix("NOT~").unwrap_or(key);
+    let allowed: &[&str] = match bare {
+        "status" => &STATUSES,
+        "priority" | "severity" => &PRIORITIES,
+        "resolution" => &RESOLUTIONS,
+        _ => return Ok(()),
+    };
+    for v in text.split(',').map(str::trim) {
+        if !allowed.contains(&v) {
+            let hint = did_you_mean(v, allowed.iter().copied())
+                .map(|s| format!(" (did you mean {s:?}?)"))
+                .unwrap_or_default();
+            return Err(format!(
+                "{key}: {v:?} is not a {bare}{hint}: expected one of {}; the query would never match",
+                allowed.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
