@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::audit::{AuditError, AuditStore, LeaseTimes};
-use crate::config::Config;
+use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::pass::{PassContext, PassSettings};
 use crate::rules::{RuleError, RuleSet};
@@ -37,7 +37,7 @@ pub enum StartError {
 }
 
 /// Opens the configured audit log for writing: the SQLite file, or PostgreSQL.
-pub async fn open_audit(config: &Config) -> Result<AuditStore, StartError> {
+pub async fn open_audit(config: &Settings) -> Result<AuditStore, StartError> {
     let a = &config.audit;
     let store = match &a.url {
         Some(url) => {
@@ -74,7 +74,10 @@ fn list(errors: &[RuleError]) -> String {
 impl App {
     /// Compiles the rules, builds the client (counting its requests in `metrics`) and
     /// opens the audit store. Nothing is sent to the server yet.
-    pub async fn build(config: &Config, metrics: Option<Arc<Metrics>>) -> Result<App, StartError> {
+    pub async fn build(
+        config: &Settings,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<App, StartError> {
         let rules = RuleSet::load_dir_for(&config.daemon.rules_dir, &config.rule_names()).map_err(
             |errors| StartError::Rules {
                 dir: config.daemon.rules_dir.clone(),
@@ -86,8 +89,10 @@ impl App {
         let mut instances = Vec::new();
         for s in config.servers() {
             let settings = config.client_settings_of(s).map_err(|e| match s.name {
-                Some(_) => StartError::Setup(e.context(format!("instance {}", s.instance_name()))),
-                None => StartError::Setup(e),
+                Some(_) => StartError::Setup(
+                    anyhow::Error::new(e).context(format!("instance {}", s.instance_name())),
+                ),
+                None => StartError::Setup(e.into()),
             })?;
             let client = Client::with_metrics(settings, metrics.clone())
                 .map_err(|e| StartError::Setup(e.into()))?;

@@ -1,5 +1,8 @@
 //! Cron expressions as the scheduler reads them: 6 fields, seconds first, UTC.
 
+use std::fmt;
+use std::ops::Deref;
+
 /// Checks a 6-field cron expression (seconds first), as the scheduler will read it.
 pub fn validate(expr: &str) -> Result<croner::Cron, String> {
     if expr.split_whitespace().count() != 6 {
@@ -23,4 +26,41 @@ pub fn next_run(expr: &str) -> Option<String> {
         .find_next_occurrence(&now, false)
         .ok()?;
     Some(crate::time::timestamp(next))
+}
+
+/// A checked cron expression kept with its text: the scheduler and the logs take the
+/// text as written, so it reads as a `str`.
+#[derive(Debug, Clone)]
+pub struct CronSchedule {
+    text: String,
+    cron: croner::Cron,
+}
+
+impl CronSchedule {
+    /// Checks `text` once; the error says what is wrong with it.
+    pub fn parse(text: &str) -> Result<CronSchedule, String> {
+        Ok(CronSchedule {
+            text: text.to_string(),
+            cron: validate(text)?,
+        })
+    }
+
+    /// The parsed schedule.
+    pub fn cron(&self) -> &croner::Cron {
+        &self.cron
+    }
+}
+
+impl Deref for CronSchedule {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl fmt::Display for CronSchedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
 }

@@ -479,7 +479,7 @@ async fn the_daemon_loop_runs_in_process_until_its_shutdown_future_completes() {
         &format!("{EVERY_SECOND}\nmax_change_fraction = 1.0"),
         Some(&[("tag.rhai", TAG_ALL)]),
     );
-    let config = casewarden::config::Config::load(&ws.config()).unwrap();
+    let config = casewarden::config::Settings::load(&ws.config()).unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let daemon = tokio::spawn(casewarden::daemon::run_until(
         config,

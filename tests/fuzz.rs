@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-use casewarden::config::Config;
+use casewarden::config::Settings;
 use casewarden::rules::{EvalEnv, RuleSet};
 use casewarden::stellar::Case;
 use proptest::prelude::*;
@@ -97,7 +97,7 @@ proptest! {
 
     #[test]
     fn arbitrary_config_text_never_panics(text in "(?s).{0,200}") {
-        let _ = Config::parse(&text, Path::new("/etc/casewarden/casewarden.toml"));
+        let _ = Settings::parse(&text, Path::new("/etc/casewarden/casewarden.toml"));
     }
 
     #[test]
@@ -108,6 +108,6 @@ proptest! {
             at -= 1;
         }
         let text = format!("{}{}{}", &base[..at], insert, &base[at..]);
-        let _ = Config::parse(&text, Path::new("/etc/casewarden/casewarden.toml"));
+        let _ = Settings::parse(&text, Path::new("/etc/casewarden/casewarden.toml"));
     }
 }

@@ -13,7 +13,7 @@ use futures::StreamExt;
 use super::exit::unclaimed;
 use super::{Cli, Exit, load_config};
 use crate::app::App;
-use crate::config::Config;
+use crate::config::Settings;
 use crate::pass::{PassContext, PassOptions, Work};
 use crate::plan::CasePlan;
 use crate::plan::reviewed::PlanFile;
@@ -132,7 +132,7 @@ fn read_plan(path: &Path) -> Result<(PlanFile, String), Exit> {
 }
 
 /// The config's name of the server the plan is for; refused when the config lacks it.
-fn instance_of(config: &Config, plan: &PlanFile, path: &Path) -> Result<String, Exit> {
+fn instance_of(config: &Settings, plan: &PlanFile, path: &Path) -> Result<String, Exit> {
     let servers = config.servers();
     match servers.iter().find(|s| plan.is_for(&s.url)) {
         Some(server) => Ok(server.instance_name().to_string()),
@@ -163,7 +163,7 @@ fn refuse_expired(plan: &PlanFile, path: &Path) -> Result<(), Exit> {
 }
 
 /// The rules whose changes the plan holds, each of which must still be loaded.
-fn rules_of(plan: &PlanFile, set: &RuleSet, config: &Config) -> Result<Vec<String>, Exit> {
+fn rules_of(plan: &PlanFile, set: &RuleSet, config: &Settings) -> Result<Vec<String>, Exit> {
     let rules = plan.rules();
     if let Some(missing) = rules
         .iter()

@@ -5,7 +5,7 @@ use std::path::Path;
 use clap::Args;
 
 use super::{Cli, Exit, config_path, connect};
-use crate::config::{Config, StellarConfig};
+use crate::config::{ServerSettings, Settings};
 use crate::rules::RuleSet;
 use crate::stellar::ApiError;
 
@@ -18,7 +18,7 @@ pub struct CheckArgs {
 
 pub(super) async fn run(cli: &Cli, args: &CheckArgs) -> anyhow::Result<u8> {
     let path = config_path(cli);
-    let config = Config::load(&path).map_err(Exit::config)?;
+    let config = Settings::load(&path).map_err(Exit::config)?;
     // Every problem of the config and the rules, found together.
     let mut problems = config_problems(&config, &path, args.offline);
     if problems.is_empty() {
@@ -41,7 +41,7 @@ pub(super) async fn run(cli: &Cli, args: &CheckArgs) -> anyhow::Result<u8> {
 
 /// What the config refers to that cannot be read: keys (unless offline), CA files, the
 /// UI token, notification targets.
-fn config_problems(config: &Config, path: &Path, offline: bool) -> Vec<String> {
+fn config_problems(config: &Settings, path: &Path, offline: bool) -> Vec<String> {
     let mut problems = Vec::new();
     for s in config.servers() {
         if !offline && let Err(e) = config.api_key_of(s) {
@@ -69,7 +69,7 @@ fn config_problems(config: &Config, path: &Path, offline: bool) -> Vec<String> {
 
 /// Lists the rules with their schedules, or adds their errors to `problems` and returns
 /// the line that sums them up.
-fn list_rules(config: &Config, problems: &mut Vec<String>) -> Option<String> {
+fn list_rules(config: &Settings, problems: &mut Vec<String>) -> Option<String> {
     let dir = &config.daemon.rules_dir;
     let set = match RuleSet::load_dir_for(dir, &config.rule_names()) {
         Ok(set) => set,
@@ -103,7 +103,7 @@ fn list_rules(config: &Config, problems: &mut Vec<String>) -> Option<String> {
 
 /// `check` online with the log in PostgreSQL: it answers, with this password, and who
 /// holds the lease. Reads only.
-async fn probe_audit(config: &Config) -> Result<(), Exit> {
+async fn probe_audit(config: &Settings) -> Result<(), Exit> {
     let url = config.audit.url.as_deref().unwrap_or_default();
     let password = config.audit_password().map_err(Exit::config)?;
     let store = crate::audit::AuditStore::open_postgres_read_only(
@@ -141,7 +141,7 @@ async fn probe_audit(config: &Config) -> Result<(), Exit> {
 
 /// `check` online: the key is accepted, a page of cases lists, and which update flavour
 /// the server takes (asked with an empty update of a case that does not exist).
-async fn probe_server(config: &Config, s: &StellarConfig) -> Result<(), Exit> {
+async fn probe_server(config: &Settings, s: &ServerSettings) -> Result<(), Exit> {
     let client = connect(config, s)?;
     let url = &s.url;
     let unreachable = |e: ApiError| Exit::server(format!("server {url}: {e}"));

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use crate::app::App;
 use crate::audit::export::{Format, Printer};
 use crate::audit::{AuditStore, Filter, Verification};
-use crate::config::Config;
+use crate::config::Settings;
 use crate::pass::{PassContext, PassOptions, PassReport, run_pass};
 use crate::report::{print_plans, print_report};
 use crate::rules::RuleSet;
@@ -77,7 +77,7 @@ fn rules_dir(args: &DemoArgs, scratch: &Path) -> anyhow::Result<(PathBuf, String
 
 /// The demo's config, as a user would write it: the simulator, a key file, the rules and
 /// an audit log in `scratch`; everything else the defaults.
-fn config(scratch: &Path, url: &str, rules: &Path) -> anyhow::Result<Config> {
+fn config(scratch: &Path, url: &str, rules: &Path) -> anyhow::Result<Settings> {
     let key = scratch.join("api_key");
     std::fs::write(&key, "demo-key\n")?;
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
@@ -87,7 +87,7 @@ fn config(scratch: &Path, url: &str, rules: &Path) -> anyhow::Result<Config> {
          api_key_file = \"api_key\"\ntimeout_secs = 10\nretry_base_ms = 100\n\n\
          [daemon]\nrules_dir = {rules}\n\n[audit]\npath = \"audit.db\"\n"
     );
-    Ok(Config::parse(&text, &scratch.join("casewarden.toml"))?)
+    Ok(Settings::parse(&text, &scratch.join("casewarden.toml"))?)
 }
 
 /// One changed case's rows, the first pass's outcome counts, and `audit verify`.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use clap::{Args, ValueEnum};
 
 use super::{Cli, Exit, load_config};
-use crate::config::{Config, StellarConfig};
+use crate::config::{ServerSettings, Settings};
 use crate::rules::diff::{CaseDiff, Guard, RuleDiff, diff};
 use crate::rules::{EvalEnv, RuleSet};
 use crate::stellar::Case;
@@ -49,7 +49,7 @@ pub(super) async fn run(cli: &Cli, args: &DiffArgs) -> anyhow::Result<u8> {
     let candidate = load_rules(&config, &args.rules_dir)?;
     let mut env = EvalEnv {
         now_ms: Some(now_of(args)?),
-        calendars: Arc::new(config.calendars().map_err(Exit::config)?),
+        calendars: config.calendars(),
         exempt_tags: Arc::new(config.daemon.exempt_tags.clone()),
         ..EvalEnv::default()
     };
@@ -79,7 +79,7 @@ pub(super) async fn run(cli: &Cli, args: &DiffArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-fn load_rules(config: &Config, dir: &Path) -> Result<RuleSet, Exit> {
+fn load_rules(config: &Settings, dir: &Path) -> Result<RuleSet, Exit> {
     RuleSet::load_dir_for(dir, &config.rule_names()).map_err(|errors| {
         Exit::config_all(
             &errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
@@ -112,7 +112,7 @@ fn cases_in(file: &Path) -> Result<Vec<Case>, Exit> {
 
 /// Every case of the server, and into `env` what rules read of it (its users, our own).
 async fn list_cases(
-    config: &Config,
+    config: &Settings,
     instance: Option<&str>,
     needs_users: bool,
     env: &mut EvalEnv,
@@ -133,7 +133,7 @@ async fn list_cases(
 }
 
 /// The server `--instance` names, else the first.
-fn server_of<'a>(config: &'a Config, instance: Option<&str>) -> Result<&'a StellarConfig, Exit> {
+fn server_of<'a>(config: &'a Settings, instance: Option<&str>) -> Result<&'a ServerSettings, Exit> {
     let servers = config.servers();
     let Some(name) = instance else {
         return Ok(servers[0]);

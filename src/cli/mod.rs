@@ -36,7 +36,7 @@ pub use simulate::SimulateArgs;
 pub use test::TestArgs;
 pub use test_rule::{TestFormat, TestRuleArgs};
 
-use crate::config::Config;
+use crate::config::Settings;
 use crate::stellar::Client;
 
 #[derive(Debug, Parser)]
@@ -115,8 +115,8 @@ fn config_path(cli: &Cli) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("casewarden.toml"))
 }
 
-fn load_config(cli: &Cli) -> Result<Config, Exit> {
-    Config::load(&config_path(cli)).map_err(Exit::config)
+fn load_config(cli: &Cli) -> Result<Settings, Exit> {
+    Settings::load(&config_path(cli)).map_err(Exit::config)
 }
 
 /// Runs the parsed command; returns the process exit code.
@@ -141,7 +141,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
 }
 
 /// A client of one of the config's servers.
-fn connect(config: &Config, server: &crate::config::StellarConfig) -> Result<Client, Exit> {
+fn connect(config: &Settings, server: &crate::config::ServerSettings) -> Result<Client, Exit> {
     let settings = config
         .client_settings_of(server)
         .map_err(|e| Exit::config(format!("{e:#}")))?;

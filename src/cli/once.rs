@@ -10,7 +10,7 @@ use clap::Args;
 use super::exit::unclaimed;
 use super::{Cli, Exit, load_config};
 use crate::app::App;
-use crate::config::Config;
+use crate::config::Settings;
 use crate::pass::{Hook, PageHook, PassContext, PassOptions, PassReport, Work};
 use crate::plan::reviewed::{PlanFile, any_pending};
 use crate::report::print_report;
@@ -210,7 +210,7 @@ fn check_rules(set: &RuleSet, names: &[String]) -> Result<(), Exit> {
 
 /// The pass on one server, with its progress bar, saved cases and written plan.
 async fn one_server(
-    config: &Config,
+    config: &Settings,
     set: &RuleSet,
     ctx: &PassContext,
     args: &OnceArgs,
@@ -316,7 +316,7 @@ fn work(args: &OnceArgs) -> Work {
 /// A pass on each server in turn; one that cannot be reached or fails does not stop the
 /// others. Exit 1 when any pass had trouble.
 async fn every_server(
-    config: &Config,
+    config: &Settings,
     set: &RuleSet,
     servers: Vec<PassContext>,
     args: &OnceArgs,

@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 use super::{Cli, Exit, config_path};
 use crate::audit::Period;
 use crate::audit::export::parse_time;
-use crate::config::Config;
+use crate::config::Settings;
 use crate::review::{Review, Source};
 
 #[derive(Debug, Args)]
@@ -46,7 +46,7 @@ pub(super) async fn run(cli: &Cli, args: &ReportArgs) -> anyhow::Result<u8> {
     let period = period_of(args)?;
     let store = super::audit::open_audit(cli, &args.db).await?;
     // The server is only named in the header: a report from a copied log needs no config.
-    let server_url = Config::load(&config_path(cli))
+    let server_url = Settings::load(&config_path(cli))
         .map(|c| c.stellar.url)
         .unwrap_or_else(|_| "(no config read)".into());
     let source = Source {

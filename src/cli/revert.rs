@@ -13,7 +13,7 @@ use super::apply::{Given, run_given};
 use super::{Cli, Exit, load_config};
 use crate::app::App;
 use crate::audit::{EventRow, Filter, Outcome};
-use crate::config::Config;
+use crate::config::Settings;
 use crate::pass::PassContext;
 use crate::plan::CasePlan;
 use crate::plan::revert::{Applied, Reverter};
@@ -83,7 +83,7 @@ pub(super) async fn run(cli: &Cli, args: &RevertArgs) -> anyhow::Result<u8> {
 /// the pass no such rule.
 async fn applied_rows(
     ctx: &PassContext,
-    config: &Config,
+    config: &Settings,
     args: &RevertArgs,
 ) -> anyhow::Result<Vec<EventRow>> {
     let pass = &args.pass_id;

@@ -38,7 +38,7 @@ pub struct TestArgs {
 pub(super) fn run(cli: &Cli, args: &TestArgs) -> anyhow::Result<u8> {
     let dir = match &args.rules_dir {
         Some(d) => d.clone(),
-        None => crate::config::Config::load(&super::config_path(cli))
+        None => crate::config::Settings::load(&super::config_path(cli))
             .map(|c| c.daemon.rules_dir)
             .unwrap_or_else(|_| PathBuf::from("rules")),
     };

@@ -93,9 +93,9 @@ pub(super) fn offline_env(config: Option<&Path>) -> Result<EvalEnv, Exit> {
             ..EvalEnv::default()
         });
     };
-    let config = crate::config::Config::load(path).map_err(Exit::config)?;
+    let config = crate::config::Settings::load(path).map_err(Exit::config)?;
     Ok(EvalEnv {
-        calendars: Arc::new(config.calendars().map_err(Exit::config)?),
+        calendars: config.calendars(),
         exempt_tags: Arc::new(config.daemon.exempt_tags),
         ..EvalEnv::default()
     })

@@ -34,10 +34,12 @@ enum Access {
 
 /// Binds `listen` and serves in the background; an address that cannot be bound is a
 /// start-up error.
-pub async fn serve(shared: Arc<Shared>, listen: &str, token: Option<Secret>) -> anyhow::Result<()> {
-    let loopback = listen
-        .parse::<std::net::SocketAddr>()
-        .is_ok_and(|a| a.ip().is_loopback());
+pub async fn serve(
+    shared: Arc<Shared>,
+    listen: std::net::SocketAddr,
+    token: Option<Secret>,
+) -> anyhow::Result<()> {
+    let loopback = listen.ip().is_loopback();
     let access = match (token, loopback) {
         (Some(t), _) => Access::Token(Arc::new(t)),
         (None, true) => Access::Open,

@@ -23,7 +23,7 @@ use tokio::sync::watch as signal_count;
 use tokio::task::JoinSet;
 
 use crate::app::App;
-use crate::config::Config;
+use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::notify::{Delivery, Notifier};
 use crate::pass::{self, PassContext, PassOptions, PassStatus};
@@ -38,7 +38,7 @@ const NOTIFY_AT_EXIT: Duration = Duration::from_secs(5);
 
 /// What the loop, the pass tasks and the HTTP endpoints share.
 struct Shared {
-    config: Config,
+    config: Settings,
     /// The first server's: the log, `/healthz` and the live view use it.
     ctx: PassContext,
     /// Every server's, in config order; each tick runs a pass on each.
@@ -73,7 +73,7 @@ impl Shared {
 
 /// Starts the daemon and runs until SIGTERM/SIGINT (a second one stops at once); returns
 /// the exit code.
-pub async fn run(config: Config) -> anyhow::Result<u8> {
+pub async fn run(config: Settings) -> anyhow::Result<u8> {
     // Handlers first: a signal during start-up (reconciliation can take a while) must not
     // kill the process with the default action.
     let stops = count_stop_signals()?;
@@ -104,7 +104,7 @@ async fn nth_stop(mut count: signal_count::Receiver<u32>, n: u32) {
 /// The daemon until `shutdown` completes: then running passes get the shutdown timeout to
 /// finish their in-flight requests, or until `force` completes (exit 130).
 pub async fn run_until(
-    config: Config,
+    config: Settings,
     shutdown: impl Future<Output = ()>,
     force: impl Future<Output = ()>,
 ) -> anyhow::Result<u8> {
@@ -181,7 +181,7 @@ pub async fn run_until(
 
 /// Everything before the loop: the app, the key checked, earlier changes settled, the
 /// HTTP endpoints listening.
-async fn start(config: Config) -> anyhow::Result<(Arc<Shared>, Delivery)> {
+async fn start(config: Settings) -> anyhow::Result<(Arc<Shared>, Delivery)> {
     let metrics = Metrics::new();
     let targets = config.notify_targets()?;
     let App {
@@ -224,9 +224,9 @@ async fn start(config: Config) -> anyhow::Result<(Arc<Shared>, Delivery)> {
         leader: leader::Leadership::new(elected),
         config,
     });
-    if let Some(listen) = shared.config.daemon.listen.clone() {
+    if let Some(listen) = shared.config.daemon.listen {
         let token = shared.config.ui_token()?;
-        http::serve(shared.clone(), &listen, token).await?;
+        http::serve(shared.clone(), listen, token).await?;
     }
     Ok((shared, delivery))
 }

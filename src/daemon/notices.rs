@@ -123,9 +123,7 @@ pub(super) fn digests(shared: &Arc<Shared>) -> JoinSet<()> {
         if !n.events.contains(&EventKind::DailyDigest) {
             continue;
         }
-        let Ok(cron) = crate::cron::validate(&n.digest_schedule) else {
-            continue;
-        };
+        let cron = n.digest_schedule.cron().clone();
         let shared = shared.clone();
         tasks.spawn(async move {
             loop {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::audit::AuditStore;
 use crate::calendar::Calendar;
-use crate::config::{Config, StellarConfig};
+use crate::config::{ServerSettings, Settings};
 use crate::rules::limits::Limits;
 use crate::stellar::Client;
 
@@ -45,12 +45,12 @@ pub struct PassSettings {
 }
 
 impl PassSettings {
-    pub fn from_config(c: &Config) -> PassSettings {
+    pub fn from_config(c: &Settings) -> PassSettings {
         PassSettings::for_server(c, &c.stellar)
     }
 
     /// The settings of a pass on server `s` of config `c`.
-    pub fn for_server(c: &Config, s: &StellarConfig) -> PassSettings {
+    pub fn for_server(c: &Settings, s: &ServerSettings) -> PassSettings {
         PassSettings {
             dry_run: c.daemon.dry_run,
             max_changes: c.daemon.max_changes_per_run,
@@ -61,8 +61,7 @@ impl PassSettings {
             settle_after: settle_after(Duration::from_secs(s.timeout_secs)),
             pass_timeout: Duration::from_secs(c.daemon.pass_timeout_secs),
             limits: c.rule_limits(),
-            // Checked when the config was loaded.
-            calendars: Arc::new(c.calendars().unwrap_or_default()),
+            calendars: c.calendars(),
             exempt_tags: Arc::new(c.daemon.exempt_tags.clone()),
             tenant_limits: c.tenants.clone().into_iter().collect(),
         }

@@ -16,7 +16,7 @@ mod lists;
 
 pub(super) use call::{Call, data_of, short};
 
-/// Everything needed to build a [`Client`]; `Config::client_settings` makes one from the
+/// Everything needed to build a [`Client`]; `Settings::client_settings_of` makes one from the
 /// `[stellar]` section, and tests and the demo build one without a file.
 #[derive(Clone)]
 pub struct ClientSettings {

@@ -1,0 +1,72 @@
+//! `[[notify]]`: webhook receivers, checked, with their signing secrets read.
+
+use std::time::Duration;
+
+use super::error::ConfigError;
+use super::raw::RawNotify;
+use super::secrets::{self, Loaded};
+use super::source::Source;
+use crate::cron::CronSchedule;
+use crate::notify::{EventKind, Kind, Target};
+use crate::secret::Secret;
+
+/// One receiver.
+#[derive(Debug, Clone)]
+pub struct NotifySettings {
+    pub url: reqwest::Url,
+    pub kind: Kind,
+    pub events: Vec<EventKind>,
+    /// When the daily digest goes out (UTC).
+    pub digest_schedule: CronSchedule,
+    /// First wait before a failed delivery is tried again (doubling).
+    pub retry_base_ms: u64,
+    /// The secret for the `X-Casewarden-Signature` HMAC header.
+    secret: Loaded<Option<Secret>>,
+}
+
+impl NotifySettings {
+    /// Checks block `i`.
+    pub(super) fn build(
+        i: usize,
+        n: RawNotify,
+        src: &Source,
+    ) -> Result<NotifySettings, ConfigError> {
+        let key = |k: &str| format!("notify[{i}].{k}");
+        // The URL is not repeated in errors: a webhook URL carries its own key.
+        let url = n
+            .url
+            .as_deref()
+            .and_then(|u| reqwest::Url::parse(u).ok())
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+            .ok_or_else(|| src.invalid(key("url"), "not an http(s) URL with a host"))?;
+        let digest_schedule = CronSchedule::parse(&n.digest_schedule)
+            .map_err(|e| src.invalid(key("digest_schedule"), e))?;
+        if n.retry_base_ms == 0 || n.retry_base_ms > 600_000 {
+            return Err(src.invalid(key("retry_base_ms"), "out of range: 1 to 600000"));
+        }
+        let secret = n
+            .secret_file
+            .map(|f| secrets::read(&src.resolve(&f)).map(|text| Secret::new(text.trim())))
+            .transpose()
+            .map_err(|e| src.secret_file(key("secret_file"), e));
+        Ok(NotifySettings {
+            url,
+            kind: n.kind,
+            events: n.events,
+            digest_schedule,
+            retry_base_ms: n.retry_base_ms,
+            secret: Loaded::new(secret, None),
+        })
+    }
+
+    /// The receiver, with its secret.
+    pub(super) fn target(&self) -> Result<Target, ConfigError> {
+        Ok(Target {
+            url: self.url.clone(),
+            kind: self.kind,
+            events: self.events.clone(),
+            secret: self.secret.get()?,
+            retry_base: Duration::from_millis(self.retry_base_ms),
+        })
+    }
+}

@@ -1,0 +1,240 @@
+//! One Stellar Cyber server (`[stellar]` or an `[[instance]]`): checked, with its API key
+//! read from a file, an environment variable or systemd's credentials directory.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::error::ConfigError;
+use super::raw::{FlavorSetting, RawServer};
+use super::secrets::Loaded;
+use super::source::Source;
+use crate::secret::Secret;
+use crate::stellar::{ClientSettings, Credentials};
+
+/// The instance name of `[stellar]`.
+pub const DEFAULT_INSTANCE: &str = "default";
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    // Which server, and who casewarden is on it.
+    /// The instance's name in rows, logs and `RULE.instances`; None for `[stellar]`
+    /// without one (instance `default`).
+    pub name: Option<String>,
+    /// Where its keys are written: `stellar` or `instance.NAME`.
+    section: String,
+    /// The base URL, checked, as written: plans and logs show and compare this text.
+    pub url: String,
+    pub user: Option<String>,
+    api_key: Loaded<Secret>,
+    pub ca_file: Option<PathBuf>,
+    pub insecure_skip_tls_verify: bool,
+    pub api_flavor: FlavorSetting,
+    /// Only these customers' cases (`cust_id`s); empty: every customer.
+    pub tenants: Vec<String>,
+
+    // How it is asked.
+    pub page_size: u32,
+    pub max_in_flight: usize,
+    pub timeout_secs: u64,
+    /// Attempts per request before giving up (connect errors, timeouts, 5xx, 429).
+    pub max_attempts: u32,
+    /// First backoff step; doubles per attempt, with full jitter, capped at 30 s.
+    pub retry_base_ms: u64,
+}
+
+impl ServerSettings {
+    /// Checks one server's block; `section` is `stellar` or `instance.NAME`.
+    pub(super) fn build(
+        raw: RawServer,
+        section: String,
+        src: &Source,
+    ) -> Result<ServerSettings, ConfigError> {
+        let key = |k: &str| format!("{section}.{k}");
+        let name = raw.name.as_deref().unwrap_or(DEFAULT_INSTANCE);
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(src.invalid(
+                key("name"),
+                format!("{name:?}: use letters, digits, - and _"),
+            ));
+        }
+        let url = raw.url.as_deref().ok_or_else(|| {
+            src.invalid(
+                key("url"),
+                "missing: give the server's base URL, e.g. url = \"https://stellar.example.com\"",
+            )
+        })?;
+        check_url(url, key("url"), src)?;
+        check_limits(&raw, &key, src)?;
+        let api_key = read_api_key(&raw, name, src);
+        Ok(ServerSettings {
+            url: url.to_string(),
+            name: raw.name,
+            tenants: raw.tenants,
+            api_flavor: raw.api_flavor,
+            user: raw.user,
+            ca_file: raw.ca_file.map(|p| src.resolve(&p)),
+            insecure_skip_tls_verify: raw.insecure_skip_tls_verify,
+            timeout_secs: raw.timeout_secs,
+            page_size: raw.page_size,
+            max_in_flight: raw.max_in_flight,
+            max_attempts: raw.max_attempts,
+            retry_base_ms: raw.retry_base_ms,
+            section,
+            api_key,
+        })
+    }
+
+    /// The instance's name.
+    pub fn instance_name(&self) -> &str {
+        self.name.as_deref().unwrap_or(DEFAULT_INSTANCE)
+    }
+
+    /// The config key of one of its settings: `stellar.url`, `instance.eu.url`.
+    pub fn key(&self, key: &str) -> String {
+        format!("{}.{key}", self.section)
+    }
+
+    /// Its API key, as read when the settings were built.
+    pub(super) fn api_key(&self) -> Result<Secret, ConfigError> {
+        self.api_key.get()
+    }
+
+    /// What its client needs, reading the CA file.
+    pub(super) fn client_settings(&self) -> Result<ClientSettings, ConfigError> {
+        let ca_pem = match &self.ca_file {
+            Some(file) => Some(std::fs::read(file).map_err(|e| ConfigError::CaFile {
+                file: file.clone(),
+                source: Arc::new(e),
+            })?),
+            None => None,
+        };
+        Ok(ClientSettings {
+            url: self.url.clone(),
+            flavor: self.api_flavor.fixed(),
+            credentials: Credentials {
+                user: self.user.clone(),
+                key: self.api_key()?,
+            },
+            ca_pem,
+            insecure_skip_tls_verify: self.insecure_skip_tls_verify,
+            timeout: Duration::from_secs(self.timeout_secs),
+            page_size: self.page_size,
+            max_attempts: self.max_attempts,
+            retry_base: Duration::from_millis(self.retry_base_ms),
+        })
+    }
+}
+
+/// `https://`, or `http://` to a loopback address.
+fn check_url(url: &str, key: String, src: &Source) -> Result<(), ConfigError> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| {
+        let message = if e == url::ParseError::RelativeUrlWithoutBase {
+            format!(
+                "not a URL: {url:?} has no scheme: write it as https://{}",
+                url.trim_start_matches('/')
+            )
+        } else {
+            format!("not a URL ({e}): {url:?}")
+        };
+        src.invalid(key.clone(), message)
+    })?;
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if is_loopback(&parsed) => Ok(()),
+        "http" => Err(src.invalid(
+            key,
+            "http:// is only allowed for loopback addresses; use https://",
+        )),
+        other => Err(src.invalid(key, format!("unsupported scheme {other:?}; use https://"))),
+    }
+}
+
+fn is_loopback(url: &reqwest::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// The numbers and the key source; `key` names a key of the block.
+fn check_limits(
+    s: &RawServer,
+    key: &dyn Fn(&str) -> String,
+    src: &Source,
+) -> Result<(), ConfigError> {
+    let invalid = |k: &str, message: String| Err(src.invalid(key(k), message));
+    if s.page_size == 0 || s.page_size > 500 {
+        let range = "is out of range: the API serves 1 to 500 cases per page";
+        return invalid("page_size", format!("{} {range}", s.page_size));
+    }
+    if s.max_in_flight == 0 {
+        return invalid("max_in_flight", "must be at least 1".into());
+    }
+    if s.max_attempts == 0 {
+        return invalid("max_attempts", "must be at least 1".into());
+    }
+    if s.api_key_file.is_some() && s.api_key_env.is_some() {
+        let both = "set only one of api_key_file and api_key_env";
+        return invalid("api_key_file", both.into());
+    }
+    if !(1..=3_600).contains(&s.timeout_secs) {
+        let range = "is out of range: 1 to 3600";
+        return invalid("timeout_secs", format!("{} {range}", s.timeout_secs));
+    }
+    match s
+        .tenants
+        .iter()
+        .find(|t| t.trim().is_empty() || t.contains(','))
+    {
+        Some(t) => invalid("tenants", format!("{t:?} is not a customer id (cust_id)")),
+        None => Ok(()),
+    }
+}
+
+/// Its `api_key_file`, its `api_key_env`, else the systemd credential (LoadCredential)
+/// `api_key` (instance `default`) or `api_key.NAME`.
+fn read_api_key(s: &RawServer, name: &str, src: &Source) -> Loaded<Secret> {
+    let file = match (&s.api_key_file, &s.api_key_env) {
+        (Some(f), _) => src.resolve(f),
+        (None, Some(var)) => return Loaded::new(key_from_env(var, src), None),
+        (None, None) => match std::env::var_os("CREDENTIALS_DIRECTORY") {
+            Some(dir) if name == DEFAULT_INSTANCE => PathBuf::from(dir).join("api_key"),
+            Some(dir) => PathBuf::from(dir).join(format!("api_key.{name}")),
+            None => return Loaded::new(Err(ConfigError::NoApiKey { path: src.path() }), None),
+        },
+    };
+    Loaded::new(key_in_file(&file, src), Some(&file))
+}
+
+fn key_from_env(var: &str, src: &Source) -> Result<Secret, ConfigError> {
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => Ok(Secret::new(v.trim())),
+        _ => Err(ConfigError::KeyEnv {
+            path: src.path(),
+            var: var.to_string(),
+        }),
+    }
+}
+
+fn key_in_file(file: &std::path::Path, src: &Source) -> Result<Secret, ConfigError> {
+    let failed = |e: std::io::Error| ConfigError::KeyFile {
+        path: src.path(),
+        file: file.to_path_buf(),
+        source: Arc::new(e),
+    };
+    let text = std::fs::read_to_string(file).map_err(failed)?;
+    match text.trim() {
+        "" => Err(failed(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the file is empty",
+        ))),
+        key => Ok(Secret::new(key)),
+    }
+}
