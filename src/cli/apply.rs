@@ -3,20 +3,22 @@
 //! A plan for another server, or past its expiry, is refused. Audited as a pass whose
 //! trigger and reasons name the plan.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 use futures::StreamExt;
 
-use super::plan_file::PlanFile;
+use super::exit::unclaimed;
 use super::{Cli, Exit, load_config};
 use crate::app::App;
-use crate::audit::ClaimError;
+use crate::config::Settings;
 use crate::pass::{PassContext, PassOptions, Work};
 use crate::plan::CasePlan;
+use crate::plan::reviewed::PlanFile;
 use crate::report::print_report;
+use crate::rules::RuleSet;
 
 #[derive(Debug, Args)]
 #[command(
@@ -55,7 +57,10 @@ async fn check_cases(
     let mut plans = Vec::new();
     for (c, now) in fresh {
         match now {
-            Ok(now) => plans.push(c.against(&now, include_halted, &plan.plan_id)?),
+            Ok(now) => plans.push(
+                c.against(&now, include_halted, &plan.plan_id)
+                    .map_err(Exit::config)?,
+            ),
             Err(e) if e.http_status() == Some(404) => {
                 eprintln!(
                     "case {} no longer exists: its changes are not applied",
@@ -74,40 +79,12 @@ async fn check_cases(
     Ok(plans)
 }
 
-/// The server URL without a trailing slash, for comparing.
-fn same_server(a: &str, b: &str) -> bool {
-    a.trim_end_matches('/')
-        .eq_ignore_ascii_case(b.trim_end_matches('/'))
-}
-
 pub(super) async fn run(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<u8> {
-    let (plan, digest) = PlanFile::read(&args.plan)?;
+    let file = args.plan.display();
+    let (plan, digest) = read_plan(&args.plan)?;
     let config = load_config(cli)?;
-    let servers: Vec<&str> = config.servers().iter().map(|s| s.url.as_str()).collect();
-    let Some(server) = config
-        .servers()
-        .into_iter()
-        .find(|s| same_server(&plan.server_url, &s.url))
-    else {
-        return Err(Exit::config(format!(
-            "{}: the plan is for {}, this config's servers are {}: refused",
-            args.plan.display(),
-            plan.server_url,
-            servers.join(", ")
-        ))
-        .into());
-    };
-    let instance = server.instance_name().to_string();
-    let expires = chrono::DateTime::parse_from_rfc3339(&plan.expires_at)
-        .map_err(|e| Exit::config(format!("{}: expires_at: {e}", args.plan.display())))?;
-    if expires < chrono::Utc::now() {
-        return Err(Exit::config(format!(
-            "{}: the plan expired at {}: refused; make a new one with once --dry-run --out",
-            args.plan.display(),
-            plan.expires_at
-        ))
-        .into());
-    }
+    let instance = instance_of(&config, &plan, &args.plan)?;
+    refuse_expired(&plan, &args.plan)?;
     let app = App::build(&config, None).await.map_err(Exit::config)?;
     let set = app.rules;
     let ctx = app
@@ -117,8 +94,7 @@ pub(super) async fn run(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<u8> {
         .expect("every configured server has a context");
     if !ctx.audit.plan_recorded(&plan.plan_id, &digest).await? {
         return Err(Exit::config(format!(
-            "{}: refused: this file is not the plan {} that `once --dry-run --out` wrote and recorded in {} (the file was edited, or comes from another audit log); make a new plan",
-            args.plan.display(),
+            "{file}: refused: this file is not the plan {} that `once --dry-run --out` wrote and recorded in {} (the file was edited, or comes from another audit log); make a new plan",
             plan.plan_id,
             config.audit_location()
         ))
@@ -127,26 +103,9 @@ pub(super) async fn run(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<u8> {
     if set.fingerprint != plan.rules_fingerprint {
         tracing::warn!("the rules changed since the plan was made; the plan applies as reviewed");
     }
-    let mut rules: Vec<String> = plan
-        .cases
-        .iter()
-        .flat_map(|c| c.changes.iter().map(|ch| ch.rule.clone()))
-        .collect();
-    rules.sort();
-    rules.dedup();
-    if let Some(missing) = rules
-        .iter()
-        .find(|r| !set.rules.iter().any(|x| &&x.name == r))
-    {
-        return Err(Exit::config(format!(
-            "the plan's rule {missing:?} is no longer in {}; apply needs the rules it was made with",
-            config.daemon.rules_dir.display()
-        ))
-        .into());
-    }
     let given = Given {
         trigger: format!("apply plan {}", plan.plan_id),
-        only: rules,
+        only: rules_of(&plan, &set, &config)?,
         dry_run: args.dry_run,
         wait: Duration::from_secs(args.wait),
     };
@@ -156,16 +115,66 @@ pub(super) async fn run(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<u8> {
         given,
         |done| {
             Exit::config(format!(
-                "{}: plan {} was already applied by pass {} at {}: refused (its comments would be posted twice); make a new plan",
-                args.plan.display(),
-                plan.plan_id,
-                done.id,
-                done.started_at
+                "{file}: plan {} was already applied by pass {} at {}: refused (its comments would be posted twice); make a new plan",
+                plan.plan_id, done.id, done.started_at
             ))
         },
         async || check_cases(&ctx, &plan, args.include_halted).await,
     )
     .await
+}
+
+/// The plan in the file and the file's SHA-256.
+fn read_plan(path: &Path) -> Result<(PlanFile, String), Exit> {
+    let bytes =
+        std::fs::read(path).map_err(|e| Exit::config(format!("{}: {e}", path.display())))?;
+    PlanFile::from_bytes(&bytes).map_err(|e| Exit::config(format!("{}: {e}", path.display())))
+}
+
+/// The config's name of the server the plan is for; refused when the config lacks it.
+fn instance_of(config: &Settings, plan: &PlanFile, path: &Path) -> Result<String, Exit> {
+    let servers = config.servers();
+    match servers.iter().find(|s| plan.is_for(&s.url)) {
+        Some(server) => Ok(server.instance_name().to_string()),
+        None => {
+            let urls: Vec<&str> = servers.iter().map(|s| s.url.as_str()).collect();
+            Err(Exit::config(format!(
+                "{}: the plan is for {}, this config's servers are {}: refused",
+                path.display(),
+                plan.server_url,
+                urls.join(", ")
+            )))
+        }
+    }
+}
+
+fn refuse_expired(plan: &PlanFile, path: &Path) -> Result<(), Exit> {
+    let expired = plan
+        .expired(chrono::Utc::now())
+        .map_err(|e| Exit::config(format!("{}: expires_at: {e}", path.display())))?;
+    if expired {
+        return Err(Exit::config(format!(
+            "{}: the plan expired at {}: refused; make a new one with once --dry-run --out",
+            path.display(),
+            plan.expires_at
+        )));
+    }
+    Ok(())
+}
+
+/// The rules whose changes the plan holds, each of which must still be loaded.
+fn rules_of(plan: &PlanFile, set: &RuleSet, config: &Settings) -> Result<Vec<String>, Exit> {
+    let rules = plan.rules();
+    if let Some(missing) = rules
+        .iter()
+        .find(|r| !set.rules.iter().any(|x| &&x.name == r))
+    {
+        return Err(Exit::config(format!(
+            "the plan's rule {missing:?} is no longer in {}; apply needs the rules it was made with",
+            config.daemon.rules_dir.display()
+        )));
+    }
+    Ok(rules)
 }
 
 /// A pass of given case plans (`apply`, `revert`).
@@ -181,7 +190,7 @@ pub(super) struct Given {
 /// trigger already did, makes the plans, runs them as a pass and prints its summary.
 pub(super) async fn run_given(
     ctx: &PassContext,
-    set: &crate::rules::RuleSet,
+    set: &RuleSet,
     given: Given,
     refuse: impl FnOnce(crate::audit::PassRow) -> Exit,
     plans: impl AsyncFnOnce() -> anyhow::Result<Vec<CasePlan>>,
@@ -203,11 +212,7 @@ pub(super) async fn run_given(
         Ok::<_, anyhow::Error>(crate::pass::run_pass(ctx, set, &opts).await)
     })
     .await;
-    let report = match claimed {
-        Ok(report) => report?,
-        Err(ClaimError::Held(held)) => return Err(Exit::held(held).into()),
-        Err(ClaimError::Audit(e)) => return Err(e.into()),
-    };
+    let report = claimed.map_err(unclaimed)??;
     print_report(&mut std::io::stdout().lock(), &report)?;
     ctx.audit.close().await;
     Ok(if report.has_failures() { 1 } else { 0 })

@@ -1,6 +1,6 @@
 //! `casewarden audit` and `audit verify`: reading the log, never writing it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use futures::StreamExt;
@@ -8,7 +8,8 @@ use futures::StreamExt;
 use super::exit::Exit;
 use super::{Cli, load_config};
 use crate::audit::export::{Format, Printer, parse_time};
-use crate::audit::{AuditStore, Filter, Outcome, Verification};
+use crate::audit::{AuditStore, Copied, Filter, Outcome, Verification};
+use crate::secret::Secret;
 
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -144,6 +145,30 @@ async fn migrate(
     db: &Option<PathBuf>,
 ) -> anyhow::Result<u8> {
     crate::config::check_postgres_url(to).map_err(|e| Exit::config(format!("--to: {e}")))?;
+    let (path, password) = migrate_source(cli, password_file, db)?;
+    let source = AuditStore::open(&path).await?;
+    // No pass may write the file while it is copied.
+    let claim = source
+        .claim(std::time::Duration::ZERO)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}; stop the daemon before moving its log"))?;
+    let target = AuditStore::open_postgres(to, password.as_ref().map(|p| p.expose())).await?;
+    let bar = super::progress::spinner("copying rows");
+    let copied = source
+        .copy_into(&target, |n| bar.set_message(format!("{n} row(s) copied")))
+        .await;
+    bar.finish_and_clear();
+    claim.release().await;
+    print_copied(&copied?, &path, &target.location());
+    Ok(0)
+}
+
+/// The SQLite file to copy and the PostgreSQL password: the flags', else the config's.
+fn migrate_source(
+    cli: &Cli,
+    password_file: &Option<PathBuf>,
+    db: &Option<PathBuf>,
+) -> anyhow::Result<(PathBuf, Option<Secret>)> {
     let config = if db.is_none() || password_file.is_none() {
         Some(load_config(cli)?)
     } else {
@@ -165,37 +190,25 @@ async fn migrate(
         (None, Some(c)) => c.audit_password()?,
         (None, None) => None,
     };
-    let source = AuditStore::open(&path).await?;
-    // No pass may write the file while it is copied.
-    let claim = source
-        .claim(std::time::Duration::ZERO)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}; stop the daemon before moving its log"))?;
-    let target = AuditStore::open_postgres(to, password.as_ref().map(|p| p.expose())).await?;
-    let bar = super::progress::spinner("copying rows");
-    let copied = source
-        .copy_into(&target, |n| bar.set_message(format!("{n} row(s) copied")))
-        .await;
-    bar.finish_and_clear();
-    claim.release().await;
-    let copied = copied?;
+    Ok((path, password))
+}
+
+fn print_copied(copied: &Copied, path: &Path, target: &str) {
     if copied.continued > 0 {
         println!(
-            "nothing to copy: {} already holds all {} row(s) of {}, and {} row(s) written there since; it verifies ({} row(s))",
-            target.location(),
+            "nothing to copy: {target} already holds all {} row(s) of {}, and {} row(s) written there since; it verifies ({} row(s))",
             copied.already,
             path.display(),
             copied.continued,
             copied.total
         );
-        return Ok(0);
+        return;
     }
     println!(
-        "copied {} row(s) and {} pass(es) from {} into {}{}",
+        "copied {} row(s) and {} pass(es) from {} into {target}{}",
         copied.rows,
         copied.passes,
         path.display(),
-        target.location(),
         if copied.already > 0 {
             format!(" (it held the first {} already)", copied.already)
         } else {
@@ -207,84 +220,77 @@ async fn migrate(
         copied.total, copied.head
     );
     println!(
-        "next: set audit.url = \"{}\" in the config of every replica (audit.path is then unused) and keep the file as evidence",
-        target.location()
+        "next: set audit.url = \"{target}\" in the config of every replica (audit.path is then unused) and keep the file as evidence"
+    );
+}
+
+pub(super) async fn run(cli: &Cli, args: &AuditArgs) -> anyhow::Result<u8> {
+    match &args.verify {
+        Some(AuditCommand::Migrate {
+            to,
+            password_file,
+            db,
+        }) => migrate(cli, to, password_file, db).await,
+        Some(AuditCommand::Verify { expect_head, db }) => {
+            verify(cli, expect_head.as_deref(), db).await
+        }
+        None => query(cli, &args.query).await,
+    }
+}
+
+/// `audit verify`: exit 0 when the chain is intact (and holds `--expect-head`), else 1.
+async fn verify(cli: &Cli, expect_head: Option<&str>, db: &Option<PathBuf>) -> anyhow::Result<u8> {
+    let store = open_audit(cli, db).await?;
+    Ok(match store.verify().await? {
+        Verification::Intact { rows, head } => match expect_head {
+            // A head saved earlier is any row of the chain: the log grows after it.
+            Some(expected) if !head.eq_ignore_ascii_case(expected) => {
+                expected_head(&store, rows, &head, expected).await?
+            }
+            _ => {
+                println!("ok: {rows} row(s), hash chain intact, head {head}");
+                0
+            }
+        },
+        Verification::BrokenPass { id, problem } => {
+            println!("BROKEN: pass {id}: {problem}");
+            1
+        }
+        Verification::Broken {
+            seq,
+            rows_checked,
+            problem,
+        } => {
+            println!("BROKEN at row {seq} (after {rows_checked} good row(s)): {problem}");
+            1
+        }
+    })
+}
+
+/// An intact chain whose head is not the expected hash: fine when that hash is an older
+/// row, broken when no row has it.
+async fn expected_head(
+    store: &AuditStore,
+    rows: u64,
+    head: &str,
+    expected: &str,
+) -> anyhow::Result<u8> {
+    let Some(seq) = store.seq_of_hash(expected).await? else {
+        println!(
+            "BROKEN: the chain is intact over {rows} row(s) but its head is {head}, not the expected {expected}, and no row has that hash: rows were removed or the log was replaced"
+        );
+        return Ok(1);
+    };
+    let since = rows.saturating_sub(seq as u64);
+    println!(
+        "ok: {rows} row(s), hash chain intact, head {head}; the expected hash is row {seq}, {since} row(s) appended since"
     );
     Ok(0)
 }
 
-pub(super) async fn run(cli: &Cli, args: &AuditArgs) -> anyhow::Result<u8> {
-    if let Some(AuditCommand::Migrate {
-        to,
-        password_file,
-        db,
-    }) = &args.verify
-    {
-        return migrate(cli, to, password_file, db).await;
-    }
-    if let Some(AuditCommand::Verify { expect_head, db }) = &args.verify {
-        let store = open_audit(cli, db).await?;
-        let result = store.verify().await?;
-        return Ok(match result {
-            Verification::Intact { rows, head } => {
-                // A head saved earlier is any row of the chain: the log grows after it.
-                if let Some(expected) = expect_head
-                    && !head.eq_ignore_ascii_case(expected)
-                {
-                    let Some(seq) = store.seq_of_hash(expected).await? else {
-                        println!(
-                            "BROKEN: the chain is intact over {rows} row(s) but its head is {head}, not the expected {expected}, and no row has that hash: rows were removed or the log was replaced"
-                        );
-                        return Ok(1);
-                    };
-                    let since = rows.saturating_sub(seq as u64);
-                    println!(
-                        "ok: {rows} row(s), hash chain intact, head {head}; the expected hash is row {seq}, {since} row(s) appended since"
-                    );
-                    return Ok(0);
-                }
-                println!("ok: {rows} row(s), hash chain intact, head {head}");
-                0
-            }
-            Verification::BrokenPass { id, problem } => {
-                println!("BROKEN: pass {id}: {problem}");
-                1
-            }
-            Verification::Broken {
-                seq,
-                rows_checked,
-                problem,
-            } => {
-                println!("BROKEN at row {seq} (after {rows_checked} good row(s)): {problem}");
-                1
-            }
-        });
-    }
-    let q = &args.query;
-    let filter = Filter {
-        case_id: q.case_id.clone(),
-        ticket_id: q.ticket,
-        rule: q.rule.clone(),
-        since: q
-            .since
-            .as_deref()
-            .map(parse_time)
-            .transpose()
-            .map_err(|e| anyhow::anyhow!("--since: {e}"))?,
-        until: q
-            .until
-            .as_deref()
-            .map(parse_time)
-            .transpose()
-            .map_err(|e| anyhow::anyhow!("--until: {e}"))?,
-        outcome: q.outcome,
-        newest: q.newest,
-        run_id: q.run_id.clone(),
-        tenant: q.tenant.clone(),
-        instance: q.instance.clone(),
-        limit: q.limit,
-        offset: None,
-    };
+/// `audit` with filters: the rows, printed as they stream.
+async fn query(cli: &Cli, q: &AuditQuery) -> anyhow::Result<u8> {
+    let filter = q.filter()?;
     let store = open_audit(cli, &q.db).await?;
     let stdout = std::io::stdout();
     let mut printer = Printer::new(q.format, std::io::BufWriter::new(stdout.lock()))?
@@ -298,4 +304,29 @@ pub(super) async fn run(cli: &Cli, args: &AuditArgs) -> anyhow::Result<u8> {
     }
     printer.finish()?;
     Ok(0)
+}
+
+impl AuditQuery {
+    fn filter(&self) -> anyhow::Result<Filter> {
+        let time = |flag: &str, t: &Option<String>| {
+            t.as_deref()
+                .map(parse_time)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("{flag}: {e}"))
+        };
+        Ok(Filter {
+            case_id: self.case_id.clone(),
+            ticket_id: self.ticket,
+            rule: self.rule.clone(),
+            since: time("--since", &self.since)?,
+            until: time("--until", &self.until)?,
+            outcome: self.outcome,
+            newest: self.newest,
+            run_id: self.run_id.clone(),
+            tenant: self.tenant.clone(),
+            instance: self.instance.clone(),
+            limit: self.limit,
+            offset: None,
+        })
+    }
 }

@@ -1,5 +1,7 @@
 //! `casewarden check`: the config and every rule, then (unless `--offline`) the server.
 
+use std::path::Path;
+
 use clap::Args;
 
 use super::{Cli, Exit, config_path, connect};
@@ -18,11 +20,31 @@ pub(super) async fn run(cli: &Cli, args: &CheckArgs) -> anyhow::Result<u8> {
     let path = config_path(cli);
     let config = Settings::load(&path).map_err(Exit::config)?;
     // Every problem of the config and the rules, found together.
+    let mut problems = config_problems(&config, &path, args.offline);
+    if problems.is_empty() {
+        println!("config {}: ok", path.display());
+    }
+    let footer = list_rules(&config, &mut problems);
+    if !problems.is_empty() {
+        return Err(Exit::config_all(&problems, footer).into());
+    }
+    if !args.offline {
+        for s in config.servers() {
+            probe_server(&config, s).await?;
+        }
+        if config.audit.url.is_some() {
+            probe_audit(&config).await?;
+        }
+    }
+    Ok(0)
+}
+
+/// What the config refers to that cannot be read: keys (unless offline), CA files, the
+/// UI token, notification targets.
+fn config_problems(config: &Settings, path: &Path, offline: bool) -> Vec<String> {
     let mut problems = Vec::new();
     for s in config.servers() {
-        if !args.offline
-            && let Err(e) = config.api_key_of(s)
-        {
+        if !offline && let Err(e) = config.api_key_of(s) {
             problems.push(e.to_string());
         }
         if let Some(ca) = &s.ca_file
@@ -42,50 +64,41 @@ pub(super) async fn run(cli: &Cli, args: &CheckArgs) -> anyhow::Result<u8> {
     if let Err(e) = config.notify_targets() {
         problems.push(e.to_string());
     }
-    if problems.is_empty() {
-        println!("config {}: ok", path.display());
-    }
-    let mut footer = None;
-    match RuleSet::load_dir_for(&config.daemon.rules_dir, &config.rule_names()) {
-        Ok(set) => {
-            for w in &set.warnings {
-                eprintln!("warning: {w}");
-            }
-            println!("rules in {}:", config.daemon.rules_dir.display());
-            for r in &set.rules {
-                let schedule = r.schedule.as_deref().unwrap_or(&config.daemon.schedule);
-                let next = crate::cron::next_run(schedule).unwrap_or_default();
-                println!(
-                    "  {:<24} {:<9} schedule {:<16} next {}  {}",
-                    r.name,
-                    if r.enabled { "enabled" } else { "disabled" },
-                    schedule,
-                    next,
-                    r.file.display()
-                );
-            }
-        }
+    problems
+}
+
+/// Lists the rules with their schedules, or adds their errors to `problems` and returns
+/// the line that sums them up.
+fn list_rules(config: &Settings, problems: &mut Vec<String>) -> Option<String> {
+    let dir = &config.daemon.rules_dir;
+    let set = match RuleSet::load_dir_for(dir, &config.rule_names()) {
+        Ok(set) => set,
         Err(errors) => {
             problems.extend(errors.iter().map(ToString::to_string));
-            footer = Some(format!(
+            return Some(format!(
                 "{} rule error(s) in {}",
                 errors.len(),
-                config.daemon.rules_dir.display()
+                dir.display()
             ));
         }
+    };
+    for w in &set.warnings {
+        eprintln!("warning: {w}");
     }
-    if !problems.is_empty() {
-        return Err(Exit::config_all(&problems, footer).into());
+    println!("rules in {}:", dir.display());
+    for r in &set.rules {
+        let schedule = r.schedule.as_deref().unwrap_or(&config.daemon.schedule);
+        let next = crate::cron::next_run(schedule).unwrap_or_default();
+        println!(
+            "  {:<24} {:<9} schedule {:<16} next {}  {}",
+            r.name,
+            if r.enabled { "enabled" } else { "disabled" },
+            schedule,
+            next,
+            r.file.display()
+        );
     }
-    if !args.offline {
-        for s in config.servers() {
-            probe_server(&config, s).await?;
-        }
-        if config.audit.url.is_some() {
-            probe_audit(&config).await?;
-        }
-    }
-    Ok(0)
+    None
 }
 
 /// `check` online with the log in PostgreSQL: it answers, with this password, and who

@@ -11,7 +11,7 @@ use crate::app::App;
 use crate::audit::export::{Format, Printer};
 use crate::audit::{AuditStore, Filter, Verification};
 use crate::config::Settings;
-use crate::pass::{PassContext, PassOptions, run_pass};
+use crate::pass::{PassContext, PassOptions, PassReport, run_pass};
 use crate::report::{print_plans, print_report};
 use crate::rules::RuleSet;
 use crate::sim::{SimOptions, Simulator};
@@ -161,6 +161,14 @@ pub(super) async fn run(args: &DemoArgs) -> anyhow::Result<u8> {
         "5. The audit trail of one changed case: intent (planned) before each request, outcome after:"
     )?;
     show_trail(&mut out, &ctx.audit, first_changed, &first_run).await?;
+    print_epilogue(&mut out, &sim)?;
+    ctx.audit.close().await;
+    sim.stop().await;
+    Ok(0)
+}
+
+/// What reached the simulator, and where to go next.
+fn print_epilogue(out: &mut impl Write, sim: &Simulator) -> std::io::Result<()> {
     let (writes, comments) = {
         let s = sim.state();
         (
@@ -176,10 +184,28 @@ pub(super) async fn run(args: &DemoArgs) -> anyhow::Result<u8> {
     writeln!(
         out,
         "Next: `casewarden simulate` in one terminal, then `casewarden once --dry-run` against it (see README)."
+    )
+}
+
+/// The first cases the pass changed, in full; returns the one it changed most.
+fn list_changed(out: &mut impl Write, report: &PassReport) -> std::io::Result<Option<String>> {
+    let changed: Vec<_> = report
+        .plans
+        .iter()
+        .filter(|p| p.has_work())
+        .cloned()
+        .collect();
+    let shown = changed.len().min(SHOWN_CASES);
+    writeln!(
+        out,
+        "   {} case(s) changed. The first {shown}:",
+        changed.len()
     )?;
-    ctx.audit.close().await;
-    sim.stop().await;
-    Ok(0)
+    print_plans(out, &changed[..shown])?;
+    Ok(changed
+        .iter()
+        .max_by_key(|p| p.decisions.len())
+        .map(|p| p.case_id.clone()))
 }
 
 /// Two passes with their summaries, the first one's changed cases listed; returns the
@@ -210,23 +236,7 @@ async fn two_passes(
         writeln!(out, "done in {} ms", started.elapsed().as_millis())?;
         if n == 1 {
             first_run = report.run_id.clone();
-            let changed: Vec<_> = report
-                .plans
-                .iter()
-                .filter(|p| p.has_work())
-                .cloned()
-                .collect();
-            first_changed = changed
-                .iter()
-                .max_by_key(|p| p.decisions.len())
-                .map(|p| p.case_id.clone());
-            writeln!(
-                out,
-                "   {} case(s) changed. The first {}:",
-                changed.len(),
-                changed.len().min(SHOWN_CASES)
-            )?;
-            print_plans(out, &changed[..changed.len().min(SHOWN_CASES)])?;
+            first_changed = list_changed(out, &report)?;
         }
         print_report(out, &report)?;
         if report.has_failures() {

@@ -3,6 +3,7 @@
 
 use std::fmt::Display;
 
+use crate::audit::ClaimError;
 use crate::stellar::ApiError;
 
 /// A command's failure with its exit code; an `ApiError` exits 3, any other error 2.
@@ -50,6 +51,15 @@ impl Exit {
             code,
             message: message.to_string(),
         }
+    }
+}
+
+/// A pass that could not take the audit store's claim: held by another (exit 4), or the
+/// store failed.
+pub(super) fn unclaimed(e: ClaimError) -> anyhow::Error {
+    match e {
+        ClaimError::Held(held) => Exit::held(held).into(),
+        ClaimError::Audit(e) => e.into(),
     }
 }
 

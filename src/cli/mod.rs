@@ -9,7 +9,6 @@ mod demo;
 mod diff;
 mod exit;
 mod once;
-mod plan_file;
 mod progress;
 mod report;
 mod revert;

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::plan_file::PlanFile;
+use super::exit::unclaimed;
 use super::{Cli, Exit, load_config};
 use crate::app::App;
-use crate::audit::ClaimError;
 use crate::config::Settings;
-use crate::pass::{Hook, PassContext, PassOptions, Work};
+use crate::pass::{Hook, PageHook, PassContext, PassOptions, PassReport, Work};
+use crate::plan::reviewed::{PlanFile, any_pending};
 use crate::report::print_report;
 use crate::rules::RuleSet;
 use crate::stellar::Case;
@@ -94,6 +94,44 @@ impl CaseFile {
     }
 }
 
+/// `--save-cases`: the file the pass's listed pages go to, when asked for.
+struct SavedCases(Option<(Arc<Mutex<CaseFile>>, PathBuf)>);
+
+impl SavedCases {
+    fn open(path: Option<&Path>) -> Result<SavedCases, Exit> {
+        let Some(path) = path else {
+            return Ok(SavedCases(None));
+        };
+        let file = Arc::new(Mutex::new(CaseFile::create(path)?));
+        Ok(SavedCases(Some((file, path.to_path_buf()))))
+    }
+
+    /// The pass's page hook that writes each page's cases.
+    fn hook(&self) -> Option<PageHook> {
+        let (file, _) = self.0.as_ref()?;
+        let file = file.clone();
+        Some(Hook(Arc::new(move |cases: &[Case]| {
+            if let Ok(mut f) = file.lock() {
+                f.add(cases);
+            }
+        })))
+    }
+
+    /// Closes the list once the pass (and its hook) is done, and says how many were saved.
+    fn finish(self) -> Result<(), Exit> {
+        let Some((file, path)) = self.0 else {
+            return Ok(());
+        };
+        let file = Arc::try_unwrap(file)
+            .ok()
+            .and_then(|m| m.into_inner().ok())
+            .ok_or_else(|| Exit::config("--save-cases: the pass still holds the file"))?;
+        let n = file.finish(&path)?;
+        eprintln!("{n} listed case(s) saved to {}", path.display());
+        Ok(())
+    }
+}
+
 pub(super) async fn run(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
     let result = pass(cli, args).await;
     // With --detailed-exitcode, 2 means "changes pending": every error is 1.
@@ -104,19 +142,7 @@ pub(super) async fn run(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
 }
 
 async fn pass(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
-    let valid_for = crate::time::parse_duration(&args.expires)
-        .map_err(|e| Exit::config(format!("--expires: {e}")))?;
-    if valid_for < chrono::Duration::minutes(1) {
-        return Err(Exit::config("--expires: a plan must stay valid at least 1m").into());
-    }
-    // A plan that cannot be written is found before the pass runs.
-    if let Some(path) = &args.out {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| Exit::config(format!("--out {}: {e}", path.display())))?;
-    }
+    let valid_for = plan_validity(args)?;
     let config = load_config(cli)?;
     let app = App::build(&config, None).await.map_err(Exit::config)?;
     let set = app.rules;
@@ -134,16 +160,7 @@ async fn pass(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
         },
         None => app.instances.clone(),
     };
-    for name in &args.rules {
-        if !set.rules.iter().any(|r| &r.name == name) {
-            let known: Vec<&str> = set.rules.iter().map(|r| r.name.as_str()).collect();
-            return Err(Exit::config(format!(
-                "--rule {name:?}: no such rule (known: {})",
-                known.join(", ")
-            ))
-            .into());
-        }
-    }
+    check_rules(&set, &args.rules)?;
     if chosen.len() > 1 {
         if args.out.is_some() || args.save_cases.is_some() || args.detailed_exitcode {
             return Err(Exit::config(format!(
@@ -154,7 +171,51 @@ async fn pass(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
         }
         return every_server(&config, &set, chosen, args).await;
     }
-    let ctx = chosen.remove(0);
+    one_server(&config, &set, &chosen.remove(0), args, valid_for).await
+}
+
+/// How long a written plan stays valid (`--expires`); a plan that cannot be written is
+/// found before the pass runs.
+fn plan_validity(args: &OnceArgs) -> Result<chrono::Duration, Exit> {
+    let valid_for = crate::time::parse_duration(&args.expires)
+        .map_err(|e| Exit::config(format!("--expires: {e}")))?;
+    if valid_for < chrono::Duration::minutes(1) {
+        return Err(Exit::config(
+            "--expires: a plan must stay valid at least 1m",
+        ));
+    }
+    if let Some(path) = &args.out {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| Exit::config(format!("--out {}: {e}", path.display())))?;
+    }
+    Ok(valid_for)
+}
+
+/// Every `--rule` names a loaded rule.
+fn check_rules(set: &RuleSet, names: &[String]) -> Result<(), Exit> {
+    for name in names {
+        if !set.rules.iter().any(|r| &r.name == name) {
+            let known: Vec<&str> = set.rules.iter().map(|r| r.name.as_str()).collect();
+            return Err(Exit::config(format!(
+                "--rule {name:?}: no such rule (known: {})",
+                known.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The pass on one server, with its progress bar, saved cases and written plan.
+async fn one_server(
+    config: &Settings,
+    set: &RuleSet,
+    ctx: &PassContext,
+    args: &OnceArgs,
+    valid_for: chrono::Duration,
+) -> anyhow::Result<u8> {
     tracing::info!(
         version = %env!("CARGO_PKG_VERSION"),
         mode = %if args.dry_run || config.daemon.dry_run { "dry-run (nothing is sent)" } else { "live" },
@@ -166,97 +227,82 @@ async fn pass(cli: &Cli, args: &OnceArgs) -> anyhow::Result<u8> {
     // The server could not be reached or refused the key.
     ctx.client.authenticate().await.map_err(Exit::server)?;
     let (bar, progress) = super::progress::pass_bar();
-    let saved = match &args.save_cases {
-        Some(path) => Some(Arc::new(Mutex::new(CaseFile::create(path)?))),
-        None => None,
+    let saved = SavedCases::open(args.save_cases.as_deref())?;
+    let opts = PassOptions {
+        work: work(args),
+        only: args.rules.clone(),
+        trigger: "once".into(),
+        progress: Some(progress),
+        on_page: saved.hook(),
+        ..PassOptions::default()
     };
-    let on_page = saved.clone().map(|file| {
-        Hook(Arc::new(move |cases: &[Case]| {
-            if let Ok(mut f) = file.lock() {
-                f.add(cases);
-            }
-        }))
-    });
-    let claimed = crate::pass::run_claimed(
-        &ctx,
-        &set,
-        &PassOptions {
-            work: work(args),
-            only: args.rules.clone(),
-            trigger: "once".into(),
-            progress: Some(progress),
-            on_page,
-            ..PassOptions::default()
-        },
-        Duration::from_secs(args.wait),
-    )
-    .await;
+    let claimed = crate::pass::run_claimed(ctx, set, &opts, Duration::from_secs(args.wait)).await;
     bar.finish_and_clear();
-    let report = match claimed {
-        Ok(report) => report,
-        Err(ClaimError::Held(held)) => return Err(Exit::held(held).into()),
-        Err(ClaimError::Audit(e)) => return Err(e.into()),
-    };
+    // The page hook holds the case file until the options go.
+    drop(opts);
+    let report = claimed.map_err(unclaimed)?;
     print_report(&mut std::io::stdout().lock(), &report)?;
-    if let (Some(file), Some(path)) = (saved, &args.save_cases) {
-        let file = Arc::try_unwrap(file)
-            .ok()
-            .and_then(|m| m.into_inner().ok())
-            .ok_or_else(|| Exit::config("--save-cases: the pass still holds the file"))?;
-        let n = file.finish(path)?;
-        eprintln!("{n} listed case(s) saved to {}", path.display());
-    }
+    saved.finish()?;
     if let Some(path) = &args.out {
-        let plan = PlanFile::of(
-            &report.plans,
-            &report.run_id,
-            ctx.client.base_url(),
-            &set.fingerprint,
-            valid_for,
-        );
-        let digest = plan.write(path)?;
-        // The file's hash goes into the chained log: `apply` takes only this very file.
-        let reason = format!(
-            "plan written to {}: {} change(s) on {} case(s), valid until {}",
-            path.display(),
-            plan.pending(true),
-            plan.cases.len(),
-            plan.expires_at
-        );
-        let row = crate::audit::row::plan_written(&report.run_id, &plan.plan_id, digest, reason);
-        ctx.audit.append(&[row]).await?;
-        eprintln!(
-            "plan {} written to {}: {} change(s) on {} case(s), {} of them halted by the guard; valid until {}. Review it, then: casewarden apply {}",
-            plan.plan_id,
-            path.display(),
-            plan.pending(true),
-            plan.cases.len(),
-            plan.pending(true) - plan.pending(false),
-            plan.expires_at,
-            path.display()
-        );
+        write_plan(ctx, set, &report, path, valid_for).await?;
     }
     ctx.audit.close().await;
     if args.detailed_exitcode {
-        // Changes the guard halted are pending too: a reviewer may apply them.
-        let pending = report.plans.iter().any(|p| {
-            p.decisions.iter().any(|d| {
-                d.is_planned()
-                    || d.skipped
-                        .as_deref()
-                        .is_some_and(|s| s.contains(super::plan_file::HALTED))
-            })
-        });
-        let trouble = report.error.is_some()
-            || report.failed > 0
-            || report.rules.iter().any(|r| r.errors > 0);
-        return Ok(match (trouble, pending) {
-            (true, _) => 1,
-            (false, true) => 2,
-            (false, false) => 0,
-        });
+        return Ok(detailed_code(&report));
     }
     Ok(if report.has_failures() { 1 } else { 0 })
+}
+
+/// `--detailed-exitcode`: 1 on trouble, else 2 when changes are pending, else 0.
+fn detailed_code(report: &PassReport) -> u8 {
+    // Changes the guard halted are pending too: a reviewer may apply them.
+    let pending = any_pending(&report.plans);
+    let trouble =
+        report.error.is_some() || report.failed > 0 || report.rules.iter().any(|r| r.errors > 0);
+    match (trouble, pending) {
+        (true, _) => 1,
+        (false, true) => 2,
+        (false, false) => 0,
+    }
+}
+
+/// Writes the plan for review and records its hash in the chained log: `apply` takes
+/// only this very file.
+async fn write_plan(
+    ctx: &PassContext,
+    set: &RuleSet,
+    report: &PassReport,
+    path: &Path,
+    valid_for: chrono::Duration,
+) -> anyhow::Result<()> {
+    let plan = PlanFile::of(
+        &report.plans,
+        &report.run_id,
+        ctx.client.base_url(),
+        &set.fingerprint,
+        valid_for,
+    );
+    let (text, digest) = plan.to_text().map_err(Exit::config)?;
+    std::fs::write(path, &text)
+        .map_err(|e| Exit::config(format!("--out {}: {e}", path.display())))?;
+    let (changes, halted) = (plan.pending(true), plan.pending(true) - plan.pending(false));
+    let reason = format!(
+        "plan written to {}: {changes} change(s) on {} case(s), valid until {}",
+        path.display(),
+        plan.cases.len(),
+        plan.expires_at
+    );
+    let row = crate::audit::row::plan_written(&report.run_id, &plan.plan_id, digest, reason);
+    ctx.audit.append(&[row]).await?;
+    eprintln!(
+        "plan {} written to {}: {changes} change(s) on {} case(s), {halted} of them halted by the guard; valid until {}. Review it, then: casewarden apply {}",
+        plan.plan_id,
+        path.display(),
+        plan.cases.len(),
+        plan.expires_at,
+        path.display()
+    );
+    Ok(())
 }
 
 /// What `once` asks of a pass.
@@ -304,14 +350,9 @@ async fn every_server(
             Duration::from_secs(args.wait),
         )
         .await;
-        match claimed {
-            Ok(report) => {
-                print_report(&mut out, &report)?;
-                trouble |= report.has_failures();
-            }
-            Err(ClaimError::Held(held)) => return Err(Exit::held(held).into()),
-            Err(ClaimError::Audit(e)) => return Err(e.into()),
-        }
+        let report = claimed.map_err(unclaimed)?;
+        print_report(&mut out, &report)?;
+        trouble |= report.has_failures();
         writeln!(out)?;
     }
     servers[0].audit.close().await;

@@ -1,7 +1,7 @@
 //! `casewarden report`: the audit review as one self-contained HTML file, or JSON.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 
@@ -43,22 +43,7 @@ pub enum ReportFormat {
 }
 
 pub(super) async fn run(cli: &Cli, args: &ReportArgs) -> anyhow::Result<u8> {
-    let time =
-        |flag: &str, t: &str| parse_time(t).map_err(|e| Exit::config(format!("{flag}: {e}")));
-    let period = Period {
-        since: Some(time("--since", &args.since)?),
-        until: args
-            .until
-            .as_deref()
-            .map(|t| time("--until", t))
-            .transpose()?,
-        rule: args.rule.clone(),
-    };
-    if let (Some(since), Some(until)) = (&period.since, &period.until)
-        && since > until
-    {
-        return Err(Exit::config(format!("--since {since} is after --until {until}")).into());
-    }
+    let period = period_of(args)?;
     let store = super::audit::open_audit(cli, &args.db).await?;
     // The server is only named in the header: a report from a copied log needs no config.
     let server_url = Settings::load(&config_path(cli))
@@ -75,29 +60,58 @@ pub(super) async fn run(cli: &Cli, args: &ReportArgs) -> anyhow::Result<u8> {
         ReportFormat::Html => crate::review::render(&review, false),
         ReportFormat::Json => serde_json::to_string_pretty(&review)?,
     };
-    match &args.out {
-        Some(path) => {
-            std::fs::write(path, &text)
-                .map_err(|e| Exit::config(format!("cannot write {}: {e}", path.display())))?;
-            eprintln!(
-                "report written to {} ({} rule(s), {} pass(es), audit log {})",
-                path.display(),
-                review.rules.len(),
-                review.passes_total,
-                if review.integrity.intact {
-                    "intact"
-                } else {
-                    "BROKEN"
-                }
-            );
-        }
-        None => {
-            let mut out = std::io::stdout().lock();
-            match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(0),
-                other => other?,
-            }
-        }
+    // A reader that stopped early (`| head`) ends the command as done.
+    if !write_out(args.out.as_deref(), &text, &review)? {
+        return Ok(0);
     }
     Ok(if review.integrity.intact { 0 } else { 1 })
+}
+
+/// The period `--since`, `--until` and `--rule` name.
+fn period_of(args: &ReportArgs) -> Result<Period, Exit> {
+    let time =
+        |flag: &str, t: &str| parse_time(t).map_err(|e| Exit::config(format!("{flag}: {e}")));
+    let period = Period {
+        since: Some(time("--since", &args.since)?),
+        until: args
+            .until
+            .as_deref()
+            .map(|t| time("--until", t))
+            .transpose()?,
+        rule: args.rule.clone(),
+    };
+    if let (Some(since), Some(until)) = (&period.since, &period.until)
+        && since > until
+    {
+        return Err(Exit::config(format!(
+            "--since {since} is after --until {until}"
+        )));
+    }
+    Ok(period)
+}
+
+/// The report to `--out` (and a line saying so), else to stdout; false when stdout's
+/// reader went away.
+fn write_out(out: Option<&Path>, text: &str, review: &Review) -> anyhow::Result<bool> {
+    let Some(path) = out else {
+        let mut out = std::io::stdout().lock();
+        return match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+            other => Ok(other.map(|()| true)?),
+        };
+    };
+    std::fs::write(path, text)
+        .map_err(|e| Exit::config(format!("cannot write {}: {e}", path.display())))?;
+    eprintln!(
+        "report written to {} ({} rule(s), {} pass(es), audit log {})",
+        path.display(),
+        review.rules.len(),
+        review.passes_total,
+        if review.integrity.intact {
+            "intact"
+        } else {
+            "BROKEN"
+        }
+    );
+    Ok(true)
 }

@@ -64,7 +64,20 @@ pub struct SimulateArgs {
 }
 
 pub(super) async fn run(args: &SimulateArgs) -> anyhow::Result<u8> {
-    let opts = SimOptions {
+    let sim = Simulator::start(options(args), args.listen, args.tls_cert_out.as_deref())
+        .await
+        .context("cannot start the simulator")?;
+    print_banner(args, &sim.url, sim.state().cases.len());
+    std::io::stdout().flush()?;
+    tokio::select! {
+        r = sim.wait() => r?,
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(0)
+}
+
+fn options(args: &SimulateArgs) -> SimOptions {
+    SimOptions {
         cases: args.cases,
         seed: args.seed,
         flavor: args.flavor,
@@ -82,16 +95,16 @@ pub(super) async fn run(args: &SimulateArgs) -> anyhow::Result<u8> {
             retry_after_secs: args.retry_after,
             ..Faults::default()
         },
-    };
-    let sim = Simulator::start(opts, args.listen, args.tls_cert_out.as_deref())
-        .await
-        .context("cannot start the simulator")?;
-    let case_count = sim.state().cases.len();
+    }
+}
+
+/// Where the simulator listens, its credentials, and a config that points at it.
+fn print_banner(args: &SimulateArgs, url: &str, case_count: usize) {
     println!(
         "casewarden simulator: Stellar Cyber Cases API ({} flavour) with {case_count} cases",
         args.flavor.as_str()
     );
-    println!("  url:      {}", sim.url);
+    println!("  url:      {url}");
     println!("  user:     {}", args.user);
     println!(
         "  api key:  {} (simulator credentials; Basic with the user, or Bearer alone)",
@@ -103,8 +116,7 @@ pub(super) async fn run(args: &SimulateArgs) -> anyhow::Result<u8> {
     println!();
     println!("Point casewarden at it with a casewarden.toml like:");
     println!(
-        "  [stellar]\n  url = \"{}\"\n  api_flavor = \"{}\"\n  user = \"{}\"\n  api_key_env = \"CASEWARDEN_API_KEY\"",
-        sim.url,
+        "  [stellar]\n  url = \"{url}\"\n  api_flavor = \"{}\"\n  user = \"{}\"\n  api_key_env = \"CASEWARDEN_API_KEY\"",
         args.flavor.as_str(),
         args.user
     );
@@ -115,10 +127,4 @@ pub(super) async fn run(args: &SimulateArgs) -> anyhow::Result<u8> {
         "and `CASEWARDEN_API_KEY={} casewarden once --dry-run`. Ctrl-C stops the simulator.",
         args.api_key
     );
-    std::io::stdout().flush()?;
-    tokio::select! {
-        r = sim.wait() => r?,
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    Ok(0)
 }

@@ -1,16 +1,16 @@
 //! `casewarden test-rule`: one rule, offline, on saved cases.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
 
 use super::Exit;
-use crate::plan::{ChangeKind, RuleChanges, plan_case};
 use crate::report::print_plans;
-use crate::rules::{EvalEnv, RuleSet};
-use crate::stellar::{Case, Directory, User, filter};
+use crate::rules::offline::{Verdict, decide, enabled};
+use crate::rules::{EvalEnv, Rule, RuleSet};
+use crate::stellar::{Case, Directory, User};
 
 #[derive(Debug, Args)]
 #[command(
@@ -69,7 +69,7 @@ fn load(args: &TestRuleArgs) -> Result<(RuleSet, PathBuf), Exit> {
 }
 
 /// The server's users from a saved `/users` answer.
-fn read_users(path: &std::path::Path) -> Result<Directory, Exit> {
+fn read_users(path: &Path) -> Result<Directory, Exit> {
     let bad = |what: String| Exit::config(format!("--users {}: {what}", path.display()));
     let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read: {e}")))?;
     let json: serde_json::Value =
@@ -86,7 +86,7 @@ fn read_users(path: &std::path::Path) -> Result<Directory, Exit> {
 
 /// What offline runs take from the config named with --config (read once): its
 /// calendars and `daemon.exempt_tags`; without one, no calendars and the default tag.
-pub(super) fn offline_env(config: Option<&std::path::Path>) -> Result<EvalEnv, Exit> {
+pub(super) fn offline_env(config: Option<&Path>) -> Result<EvalEnv, Exit> {
     let Some(path) = config else {
         return Ok(EvalEnv {
             exempt_tags: Arc::new(vec![crate::config::DEFAULT_EXEMPT_TAG.to_string()]),
@@ -101,139 +101,114 @@ pub(super) fn offline_env(config: Option<&std::path::Path>) -> Result<EvalEnv, E
     })
 }
 
-/// What the rules asked of a case, as a pass collects it, and their errors.
-pub(super) fn requests_of(
-    results: Vec<(usize, Result<crate::rules::Asked, crate::rules::EvalError>)>,
-    rules: &[Arc<crate::rules::Rule>],
-) -> (Vec<RuleChanges>, Vec<String>) {
-    let mut requests = Vec::new();
-    let mut errors = Vec::new();
-    for (i, result) in results {
-        match result {
-            Ok(asked) => requests.push(RuleChanges {
-                rule: rules[i].name.clone(),
-                changes: asked.changes,
-            }),
-            Err(e) => errors.push(e.to_string()),
-        }
-    }
-    (requests, errors)
-}
-
-/// `assign("someone@x")` as a pass sends it: the user's id, or the rule's error.
-fn resolve_emails(requests: &mut [RuleChanges], users: &Directory, errors: &mut Vec<String>) {
-    for rc in requests {
-        for c in &mut rc.changes {
-            if let ChangeKind::Assign(who) = &mut c.kind
-                && who.contains('@')
-            {
-                match users.id_of(who) {
-                    Some(id) => *who = id.to_string(),
-                    None => errors.push(format!(
-                        "rule {}: assign: no user with email {who:?} in --users",
-                        rc.rule
-                    )),
-                }
-            }
-        }
-    }
-}
-
-pub(super) fn run(args: &TestRuleArgs, config: Option<&std::path::Path>) -> anyhow::Result<u8> {
+pub(super) fn run(args: &TestRuleArgs, config: Option<&Path>) -> anyhow::Result<u8> {
     let (set, cases_file) = load(args)?;
     for w in &set.warnings {
         eprintln!("warning: {w}");
     }
-    let rules: Vec<_> = if args.rules_dir.is_some() {
-        set.rules.iter().filter(|r| r.enabled).cloned().collect()
+    let rules = if args.rules_dir.is_some() {
+        enabled(&set)
     } else {
         set.rules.clone()
     };
     let items = read_cases(&cases_file)?;
-    let now_ms = match &args.now {
-        Some(t) => Some(
-            chrono::DateTime::parse_from_rfc3339(t)
-                .map_err(|e| {
-                    Exit::config(format!(
-                        "--now {t:?}: not an RFC 3339 time ({e}), e.g. 2026-01-31T08:00:00Z"
-                    ))
-                })?
-                .timestamp_millis(),
-        ),
-        None => None,
-    };
     let users = args.users.as_deref().map(read_users).transpose()?;
     let env = EvalEnv {
-        now_ms,
-        own_users: std::sync::Arc::new(args.self_users.clone()),
+        now_ms: now_of(args)?,
+        own_users: Arc::new(args.self_users.clone()),
         users: users.clone().map(Arc::new),
         ..offline_env(config)?
     };
-    let mut failed = false;
     let mut out = std::io::stdout().lock();
-    if matches!(args.format, TestFormat::Table) {
-        for rule in &rules {
-            writeln!(out, "rule {} ({})", rule.name, rule.file.display())?;
-        }
-        if items.is_empty() {
-            writeln!(out, "  (no case in {})", cases_file.display())?;
-        }
+    let table = matches!(args.format, TestFormat::Table);
+    if table {
+        print_header(&mut out, &rules, items.is_empty(), &cases_file)?;
     }
-    let (mut selected, mut changed, mut excluded) = (0, 0, 0);
+    let mut tally = Tally::default();
     for (n, item) in items.into_iter().enumerate() {
         let case = match Case::from_value(item) {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("error: {} case #{}: {e}", cases_file.display(), n + 1);
-                failed = true;
+                tally.failed = true;
                 continue;
             }
         };
-        // As in a pass: only the rules whose query selects the case evaluate it.
-        let results = set.evaluate_case(&rules, &case, &env);
-        if results.is_empty() {
-            excluded += 1;
-            let why = match rules.as_slice() {
-                [rule] if crate::rules::exempt(&case, rule, &env) => {
-                    "exempt: it carries an exempt tag (daemon.exempt_tags, RULE.exempt_tags) or a casewarden-snooze:DATE still ahead".to_string()
-                }
-                [rule] => excluded_by(&case, &rule.query).unwrap_or_default(),
-                _ => "no rule's query selects it, or it is exempt".to_string(),
-            };
-            print_excluded(&mut out, args.format, &case, &why)?;
-            continue;
-        }
-        selected += 1;
-        let (mut requests, mut errors) = requests_of(results, &rules);
-        if let Some(users) = &users {
-            resolve_emails(&mut requests, users, &mut errors);
-        }
-        failed |= !errors.is_empty();
-        let plan = plan_case(&case, &requests);
-        changed += usize::from(plan.has_work());
-        let error = (!errors.is_empty()).then(|| errors.join("; "));
-        print_case(&mut out, args.format, &case, Some(&plan), error.as_deref())?;
+        let verdict = decide(&set, &rules, &case, &env, users.as_ref());
+        tally.print(&mut out, args.format, &case, verdict)?;
     }
-    if matches!(args.format, TestFormat::Table) {
+    if table {
         writeln!(
             out,
-            "{selected} case(s) selected by the rules' queries, {changed} would change; {excluded} not selected"
+            "{} case(s) selected by the rules' queries, {} would change; {} not selected",
+            tally.selected, tally.changed, tally.excluded
         )?;
     }
-    Ok(if failed { 2 } else { 0 })
+    Ok(if tally.failed { 2 } else { 0 })
 }
 
-/// Why the rule's query does not select `case` (the first filter it fails), if it does not.
-fn excluded_by(case: &Case, query: &[(String, String)]) -> Option<String> {
-    let (key, value) = query
-        .iter()
-        .find(|(k, v)| filter::is_known(k) && !filter::matches(case.raw(), k, v))?;
-    let field = key.rsplit('~').next().unwrap_or(key);
-    let holds = case
-        .raw()
-        .get(field)
-        .map_or("nothing".to_string(), |v| v.to_string());
-    Some(format!("RULE.query {key}={value} (the case holds {holds})"))
+/// The rules under test and, when it has none, that the case file is empty.
+fn print_header(
+    out: &mut impl Write,
+    rules: &[Arc<Rule>],
+    no_case: bool,
+    cases_file: &Path,
+) -> std::io::Result<()> {
+    for rule in rules {
+        writeln!(out, "rule {} ({})", rule.name, rule.file.display())?;
+    }
+    if no_case {
+        writeln!(out, "  (no case in {})", cases_file.display())?;
+    }
+    Ok(())
+}
+
+/// `--now`, else the real clock.
+fn now_of(args: &TestRuleArgs) -> Result<Option<i64>, Exit> {
+    let Some(t) = &args.now else {
+        return Ok(None);
+    };
+    let at = chrono::DateTime::parse_from_rfc3339(t).map_err(|e| {
+        Exit::config(format!(
+            "--now {t:?}: not an RFC 3339 time ({e}), e.g. 2026-01-31T08:00:00Z"
+        ))
+    })?;
+    Ok(Some(at.timestamp_millis()))
+}
+
+/// The cases seen so far.
+#[derive(Default)]
+struct Tally {
+    selected: usize,
+    changed: usize,
+    excluded: usize,
+    /// A case could not be read or a rule failed on one.
+    failed: bool,
+}
+
+impl Tally {
+    /// Counts one case's verdict and prints it.
+    fn print(
+        &mut self,
+        out: &mut impl Write,
+        format: TestFormat,
+        case: &Case,
+        verdict: Verdict,
+    ) -> std::io::Result<()> {
+        match verdict {
+            Verdict::Excluded(why) => {
+                self.excluded += 1;
+                print_excluded(out, format, case, &why)
+            }
+            Verdict::Decided { plan, errors } => {
+                self.selected += 1;
+                self.failed |= !errors.is_empty();
+                self.changed += usize::from(plan.has_work());
+                let error = (!errors.is_empty()).then(|| errors.join("; "));
+                print_case(out, format, case, Some(&plan), error.as_deref())
+            }
+        }
+    }
 }
 
 fn print_excluded(
@@ -267,7 +242,7 @@ fn print_excluded(
 
 /// The case objects of a saved file (any saved answer; trailing commas forgiven with a
 /// warning).
-pub(super) fn read_cases(path: &std::path::Path) -> Result<Vec<serde_json::Value>, Exit> {
+pub(super) fn read_cases(path: &Path) -> Result<Vec<serde_json::Value>, Exit> {
     let raw = std::fs::read_to_string(path)
         .map_err(|e| Exit::config(format!("cannot read case file {}: {e}", path.display())))?;
     let (json, repaired) = crate::stellar::parse_lenient(&raw).map_err(|e| {

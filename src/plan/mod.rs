@@ -2,12 +2,15 @@
 //! (planned or skipped, and why) and at most one update body per case (`case`); over the
 //! whole pass, the budget, the guard and what casewarden remembers decide what goes
 //! (`pass`), with human override from casewarden's `memory`; `field` names what a
-//! decision changes.
+//! decision changes. `reviewed` is the plan file a person approves before `apply`, and
+//! `revert` the inverse of a pass's applied changes.
 
 mod case;
 mod field;
 mod memory;
 mod pass;
+pub mod revert;
+pub mod reviewed;
 
 pub use case::{
     CasePlan, Change, ChangeKind, Decision, RuleChanges, apply, case_holds, decisions, holds,

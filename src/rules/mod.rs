@@ -6,6 +6,7 @@
 mod build;
 mod collector;
 mod compile;
+pub mod diff;
 mod engine;
 mod eval;
 mod functions;
@@ -13,6 +14,8 @@ pub mod limits;
 mod lint;
 mod matching;
 mod meta;
+pub mod offline;
+pub mod testing;
 mod view;
 
 use std::fmt;
