@@ -1,7 +1,9 @@
 //! Rules: a folder of `*.rhai` files compiled into a [`RuleSet`] (`build`, `compile`,
 //! `meta`, checked by `lint`), the sandboxed engine and the functions rules call
 //! (`engine`, `functions`, `view`, `matching`, with `collector` and `limits` for what one
-//! evaluation knows, asks and may do), and running them on cases (`eval`).
+//! evaluation knows, asks and may do), running them on cases (`eval`), and what the
+//! commands do with rules offline: deciding saved cases (`offline`), comparing a candidate
+//! folder with the live one (`diff`), and the rule tests (`testing`).
 
 mod build;
 mod collector;
