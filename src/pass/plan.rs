@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::evaluate::Evaluated;
 use super::fetch::Fetched;
 use super::run::Run;
-use super::stats::RuleStats;
+use super::stats::{self, RuleStats};
 use crate::audit::AuditError;
 use crate::plan::{self, CasePlan, ChangeKind, Field};
 use crate::rules::{EvalEnv, EvalError};
@@ -80,7 +80,7 @@ impl Planning {
             open,
             seen_by_tenant: HashMap::new(),
             tally: Planned {
-                rules: stats_of(run),
+                rules: stats::zeroed(run),
                 ..Planned::default()
             },
         })
@@ -234,7 +234,7 @@ impl Planning {
 
 /// The plan of given case plans (`apply`, `revert`): every actor's cases, nothing listed.
 pub(super) fn given(run: &Run<'_>, given: &[CasePlan]) -> Planned {
-    let mut rules = stats_of(run);
+    let mut rules = stats::zeroed(run);
     for p in given {
         let mut actors: Vec<(&str, bool)> = Vec::new();
         for d in &p.decisions {
@@ -256,17 +256,6 @@ pub(super) fn given(run: &Run<'_>, given: &[CasePlan]) -> Planned {
         cases_seen: given.len(),
         ..Planned::default()
     }
-}
-
-/// An empty count for each actor.
-fn stats_of(run: &Run<'_>) -> Vec<RuleStats> {
-    run.actors
-        .iter()
-        .map(|a| RuleStats {
-            name: a.name.clone(),
-            ..RuleStats::default()
-        })
-        .collect()
 }
 
 /// The pure planner, with each rule's own limits.

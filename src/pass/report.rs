@@ -7,7 +7,7 @@ use super::plan::{LOGGED_ERRORS_PER_RULE, Planned};
 use super::record::Recorded;
 use super::run::Run;
 use super::settle;
-use super::stats::RuleStats;
+use super::stats::{self, RuleStats};
 use crate::plan::CasePlan;
 
 /// How a pass ended, as the summary, the `passes` table and `/healthz` say it.
@@ -79,21 +79,6 @@ pub struct PassReport {
     pub by_tenant: std::collections::BTreeMap<String, [usize; 3]>,
 }
 
-impl PassReport {
-    /// Whether any change failed or the pass could not finish.
-    /// Some change failed, the pass stopped, or a rule was halted or errored (exit 1).
-    pub fn has_failures(&self) -> bool {
-        self.failed > 0 || self.error.is_some() || self.rule_trouble()
-    }
-
-    /// A rule was halted by the guard or failed on some case.
-    pub fn rule_trouble(&self) -> bool {
-        self.rules
-            .iter()
-            .any(|r| r.guard_halted || !r.tenant_halts.is_empty() || r.errors > 0)
-    }
-}
-
 /// What the stages of a pass returned, as far as it got.
 #[derive(Debug, Default)]
 pub(super) struct Ran {
@@ -106,19 +91,25 @@ pub(super) struct Ran {
 }
 
 impl PassReport {
+    /// Some change failed, the pass stopped, or a rule was halted or errored (exit 1).
+    pub fn has_failures(&self) -> bool {
+        self.failed > 0 || self.error.is_some() || self.rule_trouble()
+    }
+
+    /// A rule was halted by the guard or failed on some case.
+    pub fn rule_trouble(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.guard_halted || !r.tenant_halts.is_empty() || r.errors > 0)
+    }
+
     /// The report of a pass from its stages' results.
     pub(super) fn build(run: &Run<'_>, ran: Ran) -> PassReport {
-        let planned = ran.planned.unwrap_or_else(|| Planned {
-            rules: run
-                .actors
-                .iter()
-                .map(|a| RuleStats {
-                    name: a.name.clone(),
-                    ..RuleStats::default()
-                })
-                .collect(),
-            ..Planned::default()
-        });
+        let mut planned = ran.planned.unwrap_or_default();
+        // Planning that could not start counted nothing: every rule is listed at zero.
+        if planned.rules.is_empty() {
+            planned.rules = stats::zeroed(run);
+        }
         let applied = ran.applied.unwrap_or_default();
         let mut report = PassReport {
             run_id: run.run_id.clone(),

@@ -1,5 +1,7 @@
 //! How one rule fared in a pass: what each stage counted for it.
 
+use super::run::Run;
+
 /// How one rule fared in a pass.
 #[derive(Debug, Clone, Default)]
 pub struct RuleStats {
@@ -22,4 +24,15 @@ pub struct RuleStats {
     pub guard_halted: bool,
     /// Customers (`cust_id`) the guard halted it for, with why, while it ran for the others.
     pub tenant_halts: Vec<(String, String)>,
+}
+
+/// A count of nothing yet for each actor of the pass, in its order.
+pub(super) fn zeroed(run: &Run<'_>) -> Vec<RuleStats> {
+    run.actors
+        .iter()
+        .map(|a| RuleStats {
+            name: a.name.clone(),
+            ..RuleStats::default()
+        })
+        .collect()
 }
