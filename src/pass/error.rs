@@ -13,6 +13,6 @@ pub enum PassError {
     #[error(transparent)]
     Api(#[from] ApiError),
     /// A task of the pass (rule evaluation, the outcome writer) panicked or was cancelled.
-    #[error("a task of the pass failed: {0}")]
+    #[error(transparent)]
     Task(#[from] tokio::task::JoinError),
 }

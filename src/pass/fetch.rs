@@ -23,6 +23,8 @@ pub(super) struct Fetch {
     tenant_names: HashMap<String, String>,
     /// Cases listed so far, parsed or not, for the progress bar.
     listed: u64,
+    /// Shutdown stopped the listing before its end.
+    pub cut_short: bool,
 }
 
 impl Fetch {
@@ -46,6 +48,7 @@ impl Fetch {
             pager,
             tenant_names,
             listed: 0,
+            cut_short: false,
         }
     }
 
@@ -55,6 +58,7 @@ impl Fetch {
             return Ok(None);
         };
         if run.opts.cancelled() {
+            self.cut_short = true;
             return Ok(None);
         }
         let tenants = &run.ctx.tenants;

@@ -125,27 +125,28 @@ async fn stages(run: &Run<'_>) -> Ran {
         },
     };
     let plans = std::mem::take(&mut planned.plans);
-    let recorded = match record::intent(run, plans).await {
-        Ok(recorded) => recorded,
-        Err(e) => {
-            ran.planned = Some(planned);
-            ran.error = Some(e.into());
-            return ran;
-        }
-    };
     ran.planned = Some(planned);
-    if !run.dry_run {
+    let (mut recorded, written) = record::intent(run, plans).await;
+    if let Err(e) = written {
+        ran.error = Some(e.into());
+    } else if !run.dry_run {
         match apply::send(run, &recorded, deadline).await {
             Ok(applied) => ran.applied = Some(applied),
             Err(e) => ran.error = Some(e),
         }
+    }
+    // A pass that stopped on an error reports what it counted, not its plans.
+    if ran.error.is_some() {
+        recorded.plans.clear();
     }
     ran.recorded = Some(recorded);
     ran
 }
 
 /// fetch -> evaluate -> plan, a page at a time; the budget's deferrals are recorded per
-/// page. Err: what was counted before the listing failed (Some) or shutdown began (None).
+/// page. Err: what was counted before something failed (Some: planning could not start, a
+/// page could not be listed, evaluated or recorded) or shutdown began (None; once every
+/// page was listed, the whole pass's plan is still made, for its counts and warnings).
 async fn plan_listing(run: &Run<'_>) -> Result<Planned, (Planned, Option<PassError>)> {
     let mut planning = Planning::start(run)
         .await
@@ -163,7 +164,8 @@ async fn plan_listing(run: &Run<'_>) -> Result<Planned, (Planned, Option<PassErr
     .await;
     match listed {
         Err(e) => Err((planning.abandon(), Some(e))),
-        Ok(()) if run.opts.cancelled() => Err((planning.abandon(), None)),
+        Ok(()) if fetch.cut_short => Err((planning.abandon(), None)),
+        Ok(()) if run.opts.cancelled() => Err((planning.finish(run), None)),
         Ok(()) => Ok(planning.finish(run)),
     }
 }

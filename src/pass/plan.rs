@@ -215,7 +215,8 @@ impl Planning {
         planned
     }
 
-    /// What was counted before the pass stopped (shutdown, a failed listing): no plans.
+    /// What was counted before the pass stopped (shutdown, a failed listing): no plans,
+    /// and none of the whole pass's counts (matched, deferred, halts, budget).
     pub fn abandon(self) -> Planned {
         self.tally
     }

@@ -18,9 +18,11 @@ const INTENT_ROWS: usize = 10_000;
 pub(super) struct Recorded {
     /// The plans, shadow rules' decisions held back.
     pub plans: Vec<CasePlan>,
-    /// The `seq` of each planned decision's row: its outcome row names it.
+    /// The `seq` of each decision's row as written (a dry run's repeated rows are not
+    /// written again): the outcome row of a sent decision names it.
     pub seq_of: HashMap<DecisionId, i64>,
-    /// Per actor: decisions recorded as planned, and as skipped.
+    /// Per actor: decisions planned, and skipped (counted whether or not a dry run's
+    /// repeated row was written again).
     pub planned: Vec<usize>,
     pub skipped: Vec<usize>,
     /// Skipped decisions per customer.
@@ -28,17 +30,34 @@ pub(super) struct Recorded {
 }
 
 /// Records every decision of `plans` (a dry run's rows only when they differ from the
-/// last dry run's) and returns the plans with the shadow rules held back.
-pub(super) async fn intent(run: &Run<'_>, plans: Vec<CasePlan>) -> Result<Recorded, AuditError> {
-    let repeated = repeated_dry_runs(run, &plans).await?;
+/// last dry run's) and returns the plans with the shadow rules held back; when the log
+/// cannot be written, what was counted until then and no plans.
+pub(super) async fn intent(
+    run: &Run<'_>,
+    plans: Vec<CasePlan>,
+) -> (Recorded, Result<(), AuditError>) {
     let mut rec = Recorded {
         planned: vec![0; run.actors.len()],
         skipped: vec![0; run.actors.len()],
         ..Recorded::default()
     };
+    let written = write_intent(run, &plans, &mut rec).await;
+    if written.is_ok() {
+        rec.plans = hold_back_shadow_rules(run, plans);
+    }
+    (rec, written)
+}
+
+/// Appends the decisions' rows and counts them into `rec` as they go.
+async fn write_intent(
+    run: &Run<'_>,
+    plans: &[CasePlan],
+    rec: &mut Recorded,
+) -> Result<(), AuditError> {
+    let repeated = repeated_dry_runs(run, plans).await?;
     let (mut rows, mut owners, mut seqs) = (Vec::new(), Vec::new(), Vec::new());
     let mut not_again = 0;
-    for (id, p, d) in plan::decisions(&plans) {
+    for (id, p, d) in plan::decisions(plans) {
         if rows.len() == INTENT_ROWS {
             seqs.extend(run.ctx.audit.append(&rows).await?);
             rows.clear();
@@ -70,8 +89,7 @@ pub(super) async fn intent(run: &Run<'_>, plans: Vec<CasePlan>) -> Result<Record
     }
     seqs.extend(run.ctx.audit.append(&rows).await?);
     rec.seq_of = owners.into_iter().zip(seqs).collect();
-    rec.plans = hold_back_shadow_rules(run, plans);
-    Ok(rec)
+    Ok(())
 }
 
 /// Records the decisions of the case plans the budget deferred, as skipped.

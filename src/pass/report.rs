@@ -85,7 +85,7 @@ pub(super) struct Ran {
     pub planned: Option<Planned>,
     pub recorded: Option<Recorded>,
     pub applied: Option<Applied>,
-    /// Shutdown began while listing.
+    /// Shutdown began before the plan was recorded.
     pub interrupted: bool,
     pub error: Option<PassError>,
 }
