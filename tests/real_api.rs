@@ -264,8 +264,23 @@ async fn the_flavour_is_found_and_a_wrong_one_stops_sending() {
     assert_eq!(sim.state().case("esc2").unwrap()["severity"], "High");
 }
 
-fn real_api_files() -> Vec<std::path::PathBuf> {
+/// The recorded answers in `../shared/real-api`; None (the test skips, saying so) in a
+/// clone without them, unless `CASEWARDEN_REQUIRE_REAL_API=1` (set by `.ci/run`) requires them.
+fn real_api_files(test: &str) -> Option<Vec<std::path::PathBuf>> {
     let dir = repo().join("../shared/real-api");
+    if !dir.is_dir() {
+        let why = format!(
+            "{} is absent: the recorded real-server answers live beside the repository in shared/real-api",
+            dir.display()
+        );
+        if std::env::var("CASEWARDEN_REQUIRE_REAL_API").is_ok_and(|v| v == "1") {
+            panic!("{why} (required: CASEWARDEN_REQUIRE_REAL_API=1)");
+        }
+        eprintln!(
+            "SKIPPED {test}: {why} (set CASEWARDEN_REQUIRE_REAL_API=1 to make this a failure)"
+        );
+        return None;
+    }
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
@@ -273,18 +288,21 @@ fn real_api_files() -> Vec<std::path::PathBuf> {
         .collect();
     files.sort();
     assert!(files.len() >= 10, "{files:?}");
-    files
+    Some(files)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_recorded_answer_goes_through_test_rule_with_every_example_rule() {
+    let Some(files) = real_api_files("every_recorded_answer_goes_through_test_rule") else {
+        return;
+    };
     let mut rules: Vec<_> = std::fs::read_dir(repo().join("rules"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "rhai"))
         .collect();
     rules.sort();
-    for file in real_api_files() {
+    for file in files {
         for rule in &rules {
             let out = run_bin(
                 &[
@@ -321,7 +339,10 @@ async fn every_recorded_answer_goes_through_test_rule_with_every_example_rule() 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_recorded_answer_loads_into_the_simulator_and_a_dry_run() {
     use tokio::io::AsyncBufReadExt;
-    for file in real_api_files() {
+    let Some(files) = real_api_files("every_recorded_answer_loads_into_the_simulator") else {
+        return;
+    };
+    for file in files {
         let mut sim = tokio::process::Command::new(env!("CARGO_BIN_EXE_casewarden"))
             .args([
                 "simulate",
