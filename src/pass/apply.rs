@@ -10,7 +10,6 @@ use futures::StreamExt;
 
 use super::error::PassError;
 use super::options::Step;
-use super::record::Recorded;
 use super::run::Run;
 use super::send::{NotApplied, apply_case};
 use super::settle;
@@ -34,10 +33,12 @@ pub(super) struct Applied {
 }
 
 /// Sends every case's update with bounded concurrency, each wave of cases read in one
-/// request just before it is sent; outcome rows are written by one writer as they come.
+/// request just before it is sent; outcome rows are written by one writer as they come,
+/// each naming its planned row by `seq_of`.
 pub(super) async fn send(
     run: &Run<'_>,
-    recorded: &Recorded,
+    plans: &[CasePlan],
+    seq_of: HashMap<DecisionId, i64>,
     deadline: tokio::time::Instant,
 ) -> Result<Applied, PassError> {
     let ctx = run.ctx;
@@ -48,8 +49,7 @@ pub(super) async fn send(
         rx,
         audit_broken.clone(),
     ));
-    let work: Vec<(usize, &CasePlan)> = recorded
-        .plans
+    let work: Vec<(usize, &CasePlan)> = plans
         .iter()
         .enumerate()
         .filter(|(_, p)| p.has_work())
@@ -57,7 +57,7 @@ pub(super) async fn send(
     let apply = Arc::new(Applier {
         client: ctx.client.clone(),
         tx,
-        seq_of: recorded.seq_of.clone(),
+        seq_of,
         rule_hash: run.hashes(),
         run_id: run.run_id.clone(),
         cancel: run.opts.cancel.clone(),

@@ -1,11 +1,32 @@
 //! The comment text contract: what casewarden writes on a case, and how it finds its own
 //! comments again.
 
+use crate::plan::{self, CasePlan};
 use crate::stellar::{ApiError, Client};
 
 /// A rule's `comment(..)` as it appears in the posted comment.
 pub(super) fn rule_comment(rule: &str, text: Option<&str>) -> String {
     format!("[{rule}] {}", text.unwrap_or(""))
+}
+
+/// The comment an analyst sees in the UI: which rules changed what, and why.
+pub(super) fn change_summary(plan: &CasePlan, fields: &[usize]) -> String {
+    let mut lines = vec!["casewarden changed this case:".to_string()];
+    for &i in fields {
+        let d = &plan.decisions[i];
+        let what = format!(
+            "{}: {}",
+            d.field,
+            plan::describe_change(d.field, d.old.as_deref(), d.new.as_deref())
+        );
+        let why = if d.reason.is_empty() {
+            String::new()
+        } else {
+            format!(" — {}", d.reason)
+        };
+        lines.push(format!("- {what} (rule {}){why}", d.rule));
+    }
+    lines.join("\n")
 }
 
 /// The last line of every comment casewarden posts: the pass that wrote it, for the analyst

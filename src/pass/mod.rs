@@ -130,7 +130,8 @@ async fn stages(run: &Run<'_>) -> Ran {
     if let Err(e) = written {
         ran.error = Some(e.into());
     } else if !run.dry_run {
-        match apply::send(run, &recorded, deadline).await {
+        let seq_of = std::mem::take(&mut recorded.seq_of);
+        match apply::send(run, &recorded.plans, seq_of, deadline).await {
             Ok(applied) => ran.applied = Some(applied),
             Err(e) => ran.error = Some(e),
         }

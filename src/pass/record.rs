@@ -19,7 +19,7 @@ pub(super) struct Recorded {
     /// The plans, shadow rules' decisions held back.
     pub plans: Vec<CasePlan>,
     /// The `seq` of each decision's row as written (a dry run's repeated rows are not
-    /// written again): the outcome row of a sent decision names it.
+    /// written again): the outcome row of a sent decision names it. Taken by `apply`.
     pub seq_of: HashMap<DecisionId, i64>,
     /// Per actor: decisions planned, and skipped (counted whether or not a dry run's
     /// repeated row was written again).
@@ -202,7 +202,10 @@ fn hold_back_shadow_rules(run: &Run<'_>, mut plans: Vec<CasePlan>) -> Vec<CasePl
         .filter(|a| a.shadow)
         .map(|a| a.name.as_str())
         .collect();
-    for p in plans.iter_mut().filter(|_| !shadow.is_empty()) {
+    if shadow.is_empty() {
+        return plans;
+    }
+    for p in &mut plans {
         for rule in &shadow {
             p.skip_rule(
                 rule,

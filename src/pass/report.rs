@@ -154,7 +154,7 @@ impl PassReport {
         for (t, n) in rec.skipped_by_tenant {
             self.by_tenant.entry(t).or_default()[2] += n;
         }
-        let index_of = |name: &str| run.index_of().get(name).copied();
+        let index_of = |name: &str| run.actor(name).map(|(i, _)| i);
         let tally = settle::count(&rec.plans, &applied.outcomes, index_of, &mut self.rules);
         self.applied += tally.applied;
         self.failed += tally.failed;

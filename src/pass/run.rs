@@ -94,11 +94,6 @@ impl<'a> Run<'a> {
         Some((i, &self.actors[i]))
     }
 
-    /// The place of each actor by name.
-    pub fn index_of(&self) -> &HashMap<String, usize> {
-        &self.index_of
-    }
-
     /// The rule file hash of each actor, by name.
     pub fn hashes(&self) -> HashMap<String, String> {
         self.actors

@@ -3,7 +3,7 @@
 
 use tracing::Instrument;
 
-use super::comment::{comment_texts, comment_trailer, rule_comment};
+use super::comment::{change_summary, comment_texts, comment_trailer, rule_comment};
 use crate::audit::Outcome;
 use crate::plan::{self, CasePlan, Field};
 use crate::stellar::{ApiError, Case, Client};
@@ -232,24 +232,4 @@ fn holds(case: &Case, plan: &CasePlan) -> DecisionResult {
             None,
         ))
     }
-}
-
-/// The comment an analyst sees in the UI: which rules changed what, and why.
-fn change_summary(plan: &CasePlan, fields: &[usize]) -> String {
-    let mut lines = vec!["casewarden changed this case:".to_string()];
-    for &i in fields {
-        let d = &plan.decisions[i];
-        let what = format!(
-            "{}: {}",
-            d.field,
-            plan::describe_change(d.field, d.old.as_deref(), d.new.as_deref())
-        );
-        let why = if d.reason.is_empty() {
-            String::new()
-        } else {
-            format!(" — {}", d.reason)
-        };
-        lines.push(format!("- {what} (rule {}){why}", d.rule));
-    }
-    lines.join("\n")
 }
