@@ -173,10 +173,28 @@ impl Planning {
             self.env.users = user_directory(run).await;
             self.users_read = true;
         }
-        for e in resolve_assignees(ev, self.env.users.as_deref()) {
-            if let Some((i, _)) = run.actor(&e.rule) {
-                ev.errors.push((i, e));
-            }
+        let users = self.env.users.as_deref();
+        for (rule, who) in plan::resolve_emails(&mut ev.requests, users) {
+            let Some((i, _)) = run.actor(&rule) else {
+                continue;
+            };
+            let message = match users {
+                Some(_) => format!("assign: no user with email {who:?} on the server"),
+                None => format!(
+                    "assign: cannot look up {who:?}: the server's users list could not be read this pass"
+                ),
+            };
+            let case_id = ev.case.id.clone();
+            let location = "assign".into();
+            ev.errors.push((
+                i,
+                EvalError {
+                    rule,
+                    case_id,
+                    location,
+                    message,
+                },
+            ));
         }
     }
 
@@ -314,43 +332,6 @@ fn reverted(applied: &[(Field, String, String)]) -> HashMap<String, String> {
         }
     }
     out
-}
-
-/// Resolves `assign("someone@x")` to user ids; an unknown email (every email when the
-/// users list could not be read: `users` None) drops the change and is the rule's error.
-fn resolve_assignees(ev: &mut Evaluated, users: Option<&Directory>) -> Vec<EvalError> {
-    let mut errors = Vec::new();
-    for rc in &mut ev.requests {
-        rc.changes.retain_mut(|c| {
-            let ChangeKind::Assign(who) = &mut c.kind else {
-                return true;
-            };
-            if !who.contains('@') {
-                return true;
-            }
-            match users.and_then(|u| u.id_of(who)) {
-                Some(id) => {
-                    *who = id.to_string();
-                    true
-                }
-                None => {
-                    errors.push(EvalError {
-                        rule: rc.rule.clone(),
-                        case_id: ev.case.id.clone(),
-                        location: "assign".into(),
-                        message: match users {
-                            Some(_) => format!("assign: no user with email {who:?} on the server"),
-                            None => format!(
-                                "assign: cannot look up {who:?}: the server's users list could not be read this pass"
-                            ),
-                        },
-                    });
-                    false
-                }
-            }
-        });
-    }
-    errors
 }
 
 /// Who casewarden is in case histories: its API user's email and, from the users list, id.

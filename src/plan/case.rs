@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use serde_json::{Map, Value, json};
 
 use super::field::{DecisionId, Field};
-use crate::stellar::Case;
+use crate::stellar::{Case, Directory};
 
 /// What a rule can ask for. Values are validated by the rule library before they get here.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -35,6 +35,37 @@ pub struct Change {
 pub struct RuleChanges {
     pub rule: String,
     pub changes: Vec<Change>,
+}
+
+/// `assign("someone@x")` as it is sent: the user's id from `users`. A change naming an
+/// email `users` lacks (every email when the users are unknown: None) is dropped and
+/// returned as (rule, email), to be reported as that rule's error.
+pub fn resolve_emails(
+    requests: &mut [RuleChanges],
+    users: Option<&Directory>,
+) -> Vec<(String, String)> {
+    let mut unknown = Vec::new();
+    for rc in requests {
+        rc.changes.retain_mut(|c| {
+            let ChangeKind::Assign(who) = &mut c.kind else {
+                return true;
+            };
+            if !who.contains('@') {
+                return true;
+            }
+            match users.and_then(|u| u.id_of(who)) {
+                Some(id) => {
+                    *who = id.to_string();
+                    true
+                }
+                None => {
+                    unknown.push((rc.rule.clone(), who.clone()));
+                    false
+                }
+            }
+        });
+    }
+    unknown
 }
 
 /// The decision for one requested change: exactly what the audit log records.

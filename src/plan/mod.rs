@@ -14,7 +14,7 @@ pub mod reviewed;
 
 pub use case::{
     CasePlan, Change, ChangeKind, Decision, RuleChanges, apply, case_holds, decisions, holds,
-    plan_case, stamp,
+    plan_case, resolve_emails, stamp,
 };
 pub use field::{DecisionId, Field, describe_change, memory_key};
 pub use memory::{Memory, current, remember};

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::{Asked, EvalEnv, EvalError, Rule, RuleSet, exempt};
-use crate::plan::{CasePlan, ChangeKind, RuleChanges, plan_case};
+use crate::plan::{CasePlan, RuleChanges, plan_case, resolve_emails};
 use crate::stellar::{Case, Directory, filter};
 
 /// Why a case a single rule leaves alone is exempt, as `test-rule` says it.
@@ -74,7 +74,11 @@ pub fn decide(
     }
     let (mut requests, mut errors) = requests_of(results, rules);
     if let Some(users) = users {
-        resolve_emails(&mut requests, users, &mut errors);
+        for (rule, who) in resolve_emails(&mut requests, Some(users)) {
+            errors.push(format!(
+                "rule {rule}: assign: no user with email {who:?} in --users"
+            ));
+        }
     }
     Verdict::Decided {
         plan: plan_case(case, &requests),
@@ -87,25 +91,6 @@ fn why_excluded(rules: &[Arc<Rule>], case: &Case, env: &EvalEnv) -> String {
         [rule] if exempt(case, rule, env) => EXEMPT.to_string(),
         [rule] => excluded_by(case, &rule.query).unwrap_or_default(),
         _ => NONE_SELECTS.to_string(),
-    }
-}
-
-/// `assign("someone@x")` as a pass sends it: the user's id, or the rule's error.
-fn resolve_emails(requests: &mut [RuleChanges], users: &Directory, errors: &mut Vec<String>) {
-    for rc in requests {
-        for c in &mut rc.changes {
-            if let ChangeKind::Assign(who) = &mut c.kind
-                && who.contains('@')
-            {
-                match users.id_of(who) {
-                    Some(id) => *who = id.to_string(),
-                    None => errors.push(format!(
-                        "rule {}: assign: no user with email {who:?} in --users",
-                        rc.rule
-                    )),
-                }
-            }
-        }
     }
 }
 

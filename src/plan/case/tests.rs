@@ -206,3 +206,25 @@ proptest! {
         prop_assert_eq!(first.1, second.0);
     }
 }
+
+#[test]
+fn an_assignment_by_email_is_sent_as_the_users_id_and_an_unknown_email_is_dropped() {
+    let users = crate::stellar::Directory::new([crate::stellar::User {
+        id: "u-desk".into(),
+        email: Some("Desk@Example.com".into()),
+    }]);
+    let assign = |who: &str| ChangeKind::Assign(who.into());
+    let mut asked = vec![
+        rc("a", vec![assign("desk@example.com"), assign("u-bob")]),
+        rc("b", vec![assign("gone@x")]),
+    ];
+    let unknown = resolve_emails(&mut asked, Some(&users));
+    assert_eq!(unknown, [("b".to_string(), "gone@x".to_string())]);
+    assert_eq!(asked[0].changes[0].kind, assign("u-desk"));
+    assert_eq!(asked[0].changes[1].kind, assign("u-bob"));
+    assert!(asked[1].changes.is_empty());
+    // Without the users list, every email is unknown; ids still go.
+    let mut asked = vec![rc("a", vec![assign("desk@example.com"), assign("u-bob")])];
+    assert_eq!(resolve_emails(&mut asked, None).len(), 1);
+    assert_eq!(asked[0].changes.len(), 1);
+}
