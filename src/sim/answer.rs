@@ -7,7 +7,7 @@ use axum::Json;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt as _;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::state::RawAnswer;
 
@@ -27,12 +27,15 @@ pub(super) fn json_bytes(body: Vec<u8>) -> Response {
 }
 
 /// `{"data": value}` without copying `value` into a new tree first.
-pub(super) fn data_answer(value: &Value) -> Response {
+pub(super) fn data_answer<T: serde::Serialize + ?Sized>(value: &T) -> Response {
     #[derive(serde::Serialize)]
-    struct Data<'a> {
-        data: &'a Value,
+    struct Data<'a, T: ?Sized> {
+        data: &'a T,
     }
-    json_bytes(serde_json::to_vec(&Data { data: value }).expect("a Value serializes"))
+    match serde_json::to_vec(&Data { data: value }) {
+        Ok(body) => json_bytes(body),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 /// An answer announcing its whole length whose connection drops halfway through.

@@ -26,9 +26,14 @@ pub(super) async fn faults_and_log(
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
-    let injected = injected(&mut lock(&state), &method, &path);
+    let (injected, apply_delay) = {
+        let mut s = lock(&state);
+        (
+            injected(&mut s, &method, &path),
+            s.faults.slow_write_apply_ms,
+        )
+    };
     let is_write = (method == "POST" || method == "PUT") && !path.ends_with("/access_token");
-    let apply_delay = lock(&state).faults.slow_write_apply_ms;
     let resp = match injected {
         Some(r) => r,
         // Detached, so the write lands even if the client gives up (or dies) meanwhile.

@@ -124,7 +124,10 @@ impl Case {
             Some(other) => {
                 return Err(CaseParseError {
                     id: None,
-                    reason: format!("_id must be a non-empty string, got {}", type_name(other)),
+                    reason: format!(
+                        "_id must be a non-empty string, got {}",
+                        Kind::of(other).name()
+                    ),
                 });
             }
             None => {
@@ -304,10 +307,6 @@ fn check_types(raw: &CaseObject) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-fn type_name(v: &Value) -> &'static str {
-    Kind::of(v).name()
 }
 
 /// A user as `/users` lists it: the id assignments take and the email rules may name.

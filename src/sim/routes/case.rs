@@ -1,10 +1,9 @@
 //! One case: `GET /cases/{id}` and the other per-case reads of 5.x servers (summary,
 //! observables, scores, alerts).
 
-use axum::Json;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde_json::{Value, json};
 
 use crate::sim::answer::{data_answer, error, no_case};
@@ -54,5 +53,5 @@ pub(super) async fn case_part(
         "alerts" => json!({"docs": [], "total": 0}),
         _ => return error(StatusCode::NOT_FOUND, format!("no route {part} for a case")),
     };
-    Json(json!({"data": data})).into_response()
+    data_answer(&data)
 }

@@ -3,13 +3,12 @@
 
 use std::collections::HashMap;
 
-use axum::Json;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde_json::{Value, json};
 
-use crate::sim::answer::{error, no_case};
+use crate::sim::answer::{data_answer, error, no_case};
 use crate::sim::data;
 use crate::sim::state::{Shared, lock};
 use crate::stellar::ApiFlavor;
@@ -57,7 +56,7 @@ pub(super) async fn add_comment(
         "modified_at": now,
     });
     s.comments.entry(id).or_default().push(comment.clone());
-    Json(json!({"data": comment})).into_response()
+    data_answer(&comment)
 }
 
 pub(super) async fn list_activities(
@@ -77,5 +76,5 @@ pub(super) async fn list_activities(
 /// `{"data": [...]}` of what a case has in `per_case` (none is an empty list).
 fn listed(per_case: &HashMap<String, Vec<Value>>, id: &str) -> Response {
     let items = per_case.get(id).map_or(&[][..], Vec::as_slice);
-    Json(json!({"data": items})).into_response()
+    data_answer(items)
 }

@@ -1,19 +1,18 @@
 //! The server's people and customers: `/users`, `/users/{id}` and `/tenants`.
 
-use axum::Json;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde_json::{Value, json};
 
-use crate::sim::answer::error;
+use crate::sim::answer::{data_answer, error};
 use crate::sim::data::SimUser;
 use crate::sim::state::{Shared, lock};
 
 pub(super) async fn list_users(State(state): State<Shared>) -> Response {
     let s = lock(&state);
     let users: Vec<Value> = s.users.iter().map(user_json).collect();
-    Json(json!({"data": users})).into_response()
+    data_answer(&users)
 }
 
 pub(super) async fn get_user(
@@ -22,7 +21,7 @@ pub(super) async fn get_user(
 ) -> Response {
     let s = lock(&state);
     match s.users.iter().find(|u| u.user_id == id) {
-        Some(u) => Json(json!({"data": user_json(u)})).into_response(),
+        Some(u) => data_answer(&user_json(u)),
         None => error(StatusCode::NOT_FOUND, format!("user {id} not found")),
     }
 }
@@ -38,5 +37,5 @@ pub(super) async fn list_tenants(State(state): State<Shared>) -> Response {
         .iter()
         .map(|t| json!({"cust_id": t.id, "cust_name": t.name}))
         .collect();
-    Json(json!({"data": tenants})).into_response()
+    data_answer(&tenants)
 }

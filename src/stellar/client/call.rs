@@ -226,7 +226,7 @@ impl Client {
 }
 
 /// Reads an answer's body.
-pub(in crate::stellar) type Decode<T> = fn(&[u8]) -> serde_json::Result<T>;
+type Decode<T> = fn(&[u8]) -> serde_json::Result<T>;
 
 /// One failed attempt: how, the error to report if it is not retried, the wait the server
 /// asked for, and what the retry policy makes of it.
