@@ -277,15 +277,18 @@ async fn write_plan(
 ) -> anyhow::Result<()> {
     let plan = PlanFile::of(
         &report.plans,
+        uuid::Uuid::new_v4().to_string(),
         &report.run_id,
         ctx.client.base_url(),
         &set.fingerprint,
+        chrono::Utc::now(),
         valid_for,
     );
     let (text, digest) = plan.to_text().map_err(Exit::config)?;
     std::fs::write(path, &text)
         .map_err(|e| Exit::config(format!("--out {}: {e}", path.display())))?;
-    let (changes, halted) = (plan.pending(true), plan.pending(true) - plan.pending(false));
+    let changes = plan.pending(true);
+    let halted = changes - plan.pending(false);
     let reason = format!(
         "plan written to {}: {changes} change(s) on {} case(s), valid until {}",
         path.display(),

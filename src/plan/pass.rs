@@ -271,7 +271,7 @@ impl PassPlanner {
                 .unwrap_or(self.budgets.max_change_fraction);
             if guard_trips(wanted, saw, fraction, self.budgets.guard_min_cases) {
                 let why = format!(
-                    "blast-radius guard: rule wanted to change {wanted} of {saw} cases (limit {:.0}%)",
+                    "{HALTED}: rule wanted to change {wanted} of {saw} cases (limit {:.0}%)",
                     fraction * 100.0
                 );
                 for p in &mut self.plan.plans {
@@ -299,7 +299,7 @@ impl PassPlanner {
                 continue;
             }
             let why = format!(
-                "blast-radius guard for customer {tenant}: rule wanted to change {wanted} of its {saw} cases (limit {:.0}%)",
+                "{HALTED} for customer {tenant}: rule wanted to change {wanted} of its {saw} cases (limit {:.0}%)",
                 fraction * 100.0
             );
             for p in self
@@ -315,6 +315,10 @@ impl PassPlanner {
         self.plan
     }
 }
+
+/// How the skip note of a change the blast-radius guard held back begins (for the whole
+/// pass, or for one customer); a reviewed plan tells such changes by it.
+pub(super) const HALTED: &str = "blast-radius guard";
 
 /// The blast-radius guard: does a rule that wants to change `changed` of the `seen` cases
 /// it looked at exceed the allowed fraction? Below `min_cases` seen, never.

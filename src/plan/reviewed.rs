@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::pass::HALTED;
 use super::{CasePlan, Decision, Field, current, holds};
 use crate::stellar::Case;
 
@@ -21,10 +22,6 @@ fn digest(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
 }
-
-/// The skip note of a change the blast-radius guard held back (for the whole pass, or for
-/// one customer).
-const HALTED: &str = "blast-radius guard";
 
 fn is_halted(d: &Decision) -> bool {
     d.skipped.as_deref().is_some_and(|s| s.contains(HALTED))
@@ -74,15 +71,17 @@ pub struct PlannedChange {
 }
 
 impl PlanFile {
-    /// The plan of a dry-run pass: its planned changes and those the guard halted.
+    /// The plan `plan_id` of a dry-run pass made `now`: its planned changes and those the
+    /// guard halted.
     pub fn of(
         plans: &[CasePlan],
+        plan_id: String,
         pass_id: &str,
         server_url: &str,
         fingerprint: &str,
+        now: chrono::DateTime<chrono::Utc>,
         valid_for: chrono::Duration,
     ) -> PlanFile {
-        let now = chrono::Utc::now();
         let cases = plans
             .iter()
             .filter_map(|p| {
@@ -109,7 +108,7 @@ impl PlanFile {
             })
             .collect();
         PlanFile {
-            plan_id: uuid::Uuid::new_v4().to_string(),
+            plan_id,
             pass_id: pass_id.to_string(),
             created_at: crate::time::timestamp(now),
             expires_at: crate::time::timestamp(now + valid_for),
@@ -293,7 +292,15 @@ mod tests {
 
     #[test]
     fn a_plan_keeps_planned_and_halted_changes_only() {
-        let plan = PlanFile::of(&plans(), "p1", "https://x", "f", chrono::Duration::hours(1));
+        let plan = PlanFile::of(
+            &plans(),
+            "plan-1".into(),
+            "p1",
+            "https://x",
+            "f",
+            chrono::Utc::now(),
+            chrono::Duration::hours(1),
+        );
         assert_eq!(plan.cases.len(), 1);
         let halted: Vec<bool> = plan.cases[0].changes.iter().map(|c| c.halted).collect();
         assert_eq!(halted, [false, true]);
@@ -304,16 +311,19 @@ mod tests {
 
     #[test]
     fn a_plan_names_its_server_expiry_and_rules() {
+        let now = chrono::Utc::now();
+        let hour = chrono::Duration::hours(1);
         let plan = PlanFile::of(
             &plans(),
+            "plan-1".into(),
             "p1",
             "https://X/",
             "f",
-            chrono::Duration::hours(1),
+            now,
+            hour,
         );
         assert!(plan.is_for("https://x"));
         assert!(!plan.is_for("https://y"));
-        let now = chrono::Utc::now();
         assert!(!plan.expired(now).unwrap());
         assert!(plan.expired(now + chrono::Duration::hours(2)).unwrap());
         assert_eq!(plan.rules(), ["r"]);
@@ -321,7 +331,15 @@ mod tests {
 
     #[test]
     fn the_digest_is_of_the_files_bytes() {
-        let plan = PlanFile::of(&plans(), "p1", "https://x", "f", chrono::Duration::hours(1));
+        let plan = PlanFile::of(
+            &plans(),
+            "plan-1".into(),
+            "p1",
+            "https://x",
+            "f",
+            chrono::Utc::now(),
+            chrono::Duration::hours(1),
+        );
         let (text, digest) = plan.to_text().unwrap();
         let (read, again) = PlanFile::from_bytes(text.as_bytes()).unwrap();
         assert_eq!((read.plan_id, again), (plan.plan_id, digest.clone()));
@@ -335,7 +353,15 @@ mod tests {
 
     #[test]
     fn a_change_whose_case_moved_on_is_skipped_and_a_halted_one_waits() {
-        let plan = PlanFile::of(&plans(), "p1", "https://x", "f", chrono::Duration::hours(1));
+        let plan = PlanFile::of(
+            &plans(),
+            "plan-1".into(),
+            "p1",
+            "https://x",
+            "f",
+            chrono::Utc::now(),
+            chrono::Duration::hours(1),
+        );
         let planned = &plan.cases[0];
         let now = planned.against(&case("Low"), false, "id").unwrap();
         assert!(now.decisions[0].is_planned());
