@@ -4,7 +4,7 @@
 //! `benches/peer/rules` (the peer mirrors them in Python); comments off.
 //!
 //! cargo bench --bench pass -- [CASES] [--rounds N] [--only casewarden|peer]
-//!     [--instances K] [--tenants T]   (K simulators sharing the cases, as K `[[instance]]`
+//!     [--instances K] [--tenants T] [--latency-ms MS]   (K simulators sharing the cases, as K `[[instance]]`
 //!     blocks of one config, each with T customers; the peer only knows one server)
 //!     [--against BINARY]   (an earlier build of casewarden, run alternately with this one
 //!     on the same simulators and config, to measure a change)
@@ -45,6 +45,8 @@ impl Who {
 struct Shape {
     instances: usize,
     tenants: usize,
+    /// The simulator's answer latency (`simulate --latency-ms`), as a real server's.
+    latency_ms: u64,
 }
 
 struct Run {
@@ -77,6 +79,9 @@ fn main() {
             .and_then(|r| r.parse().ok())
             .unwrap_or(3)
             .max(1),
+        latency_ms: value("--latency-ms")
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0),
     };
     let earlier = value("--against").map(PathBuf::from);
     let mut who: Vec<Who> = match value("--only").as_deref() {
@@ -99,8 +104,8 @@ fn main() {
     .unwrap();
 
     println!(
-        "one pass over {cases} simulated cases (seed 7) on {} simulator(s) with {} customers each, 5 rules (benches/peer/rules), comments off, page size 500, {rounds} round(s)",
-        shape.instances, shape.tenants
+        "one pass over {cases} simulated cases (seed 7) on {} simulator(s) with {} customers each, {} ms latency, 5 rules (benches/peer/rules), comments off, page size 500, {rounds} round(s)",
+        shape.instances, shape.tenants, shape.latency_ms
     );
     let mut runs: Vec<(Who, Run)> = Vec::new();
     for round in 1..=rounds {
@@ -193,7 +198,7 @@ fn venv(root: &Path) -> PathBuf {
 }
 
 /// Starts a simulator with `cases` cases over `tenants` customers; returns it and its URL.
-fn simulator(cases: usize, tenants: usize, seed: usize) -> (Child, String) {
+fn simulator(cases: usize, shape: Shape, seed: usize) -> (Child, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -207,7 +212,8 @@ fn simulator(cases: usize, tenants: usize, seed: usize) -> (Child, String) {
             &format!("127.0.0.1:{port}"),
         ])
         .args(["--cases", &cases.to_string(), "--seed", &seed.to_string()])
-        .args(["--tenants", &tenants.to_string(), "--api-key", KEY])
+        .args(["--tenants", &shape.tenants.to_string(), "--api-key", KEY])
+        .args(["--latency-ms", &shape.latency_ms.to_string()])
         .stdout(Stdio::null())
         .spawn()
         .expect("the simulator starts");
@@ -234,7 +240,7 @@ fn one_run(
     dir: &Path,
 ) -> Run {
     let mut sims: Vec<(Child, String)> = (0..shape.instances)
-        .map(|i| simulator(cases / shape.instances, shape.tenants, 7 + i))
+        .map(|i| simulator(cases / shape.instances, shape, 7 + i))
         .collect();
     let url = sims[0].1.clone();
     let mut command = match who {
