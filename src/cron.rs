@@ -1,10 +1,9 @@
 //! Cron expressions as the scheduler reads them: 6 fields, seconds first, UTC.
 
 use std::fmt;
-use std::ops::Deref;
 
 /// Checks a 6-field cron expression (seconds first), as the scheduler will read it.
-pub fn validate(expr: &str) -> Result<croner::Cron, String> {
+fn validate(expr: &str) -> Result<croner::Cron, String> {
     if expr.split_whitespace().count() != 6 {
         return Err(format!(
             "{expr:?} is not a 6-field cron expression (sec min hour day month weekday), e.g. \"0 */5 * * * *\""
@@ -17,19 +16,8 @@ pub fn validate(expr: &str) -> Result<croner::Cron, String> {
         .map_err(|e| format!("{expr:?} is not a valid cron expression: {e}"))
 }
 
-/// When a cron schedule fires next (UTC, RFC 3339), for `check` and the daemon's start log.
-pub fn next_run(expr: &str) -> Option<String> {
-    use chrono::Timelike;
-    let now = chrono::Utc::now().with_nanosecond(0)?;
-    let next = validate(expr)
-        .ok()?
-        .find_next_occurrence(&now, false)
-        .ok()?;
-    Some(crate::time::timestamp(next))
-}
-
 /// A checked cron expression kept with its text: the scheduler and the logs take the
-/// text as written, so it reads as a `str`.
+/// text as written.
 #[derive(Debug, Clone)]
 pub struct CronSchedule {
     text: String,
@@ -49,18 +37,23 @@ impl CronSchedule {
     pub fn cron(&self) -> &croner::Cron {
         &self.cron
     }
-}
 
-impl Deref for CronSchedule {
-    type Target = str;
-
-    fn deref(&self) -> &str {
+    /// The expression as written.
+    pub fn as_str(&self) -> &str {
         &self.text
+    }
+
+    /// When it fires next (UTC, RFC 3339), for `check` and the daemon's start log.
+    pub fn next_run(&self) -> Option<String> {
+        use chrono::Timelike;
+        let now = chrono::Utc::now().with_nanosecond(0)?;
+        let next = self.cron.find_next_occurrence(&now, false).ok()?;
+        Some(crate::time::timestamp(next))
     }
 }
 
 impl fmt::Display for CronSchedule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
+        f.pad(&self.text)
     }
 }

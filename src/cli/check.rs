@@ -1,7 +1,5 @@
 //! `casewarden check`: the config and every rule, then (unless `--offline`) the server.
 
-use std::path::Path;
-
 use clap::Args;
 
 use super::{Cli, Exit, config_path, connect};
@@ -20,7 +18,7 @@ pub(super) async fn run(cli: &Cli, args: &CheckArgs) -> anyhow::Result<u8> {
     let path = config_path(cli);
     let config = Settings::load(&path).map_err(Exit::config)?;
     // Every problem of the config and the rules, found together.
-    let mut problems = config_problems(&config, &path, args.offline);
+    let mut problems = config_problems(&config, args.offline);
     if problems.is_empty() {
         println!("config {}: ok", path.display());
     }
@@ -41,24 +39,17 @@ pub(super) async fn run(cli: &Cli, args: &CheckArgs) -> anyhow::Result<u8> {
 
 /// What the config refers to that cannot be read: keys (unless offline), CA files, the
 /// UI token, notification targets.
-fn config_problems(config: &Settings, path: &Path, offline: bool) -> Vec<String> {
+fn config_problems(config: &Settings, offline: bool) -> Vec<String> {
     let mut problems = Vec::new();
     for s in config.servers() {
-        if !offline && let Err(e) = config.api_key_of(s) {
+        if !offline && let Err(e) = s.api_key() {
             problems.push(e.to_string());
         }
-        if let Some(ca) = &s.ca_file
-            && let Err(e) = std::fs::read(ca)
-        {
-            problems.push(format!(
-                "{}: {} {}: {e}",
-                path.display(),
-                config.server_key(s, "ca_file"),
-                ca.display()
-            ));
+        if let Err(e) = s.ca_pem() {
+            problems.push(e.to_string());
         }
     }
-    if let Err(e) = config.ui_token() {
+    if let Err(e) = config.daemon.ui_token() {
         problems.push(e.to_string());
     }
     if let Err(e) = config.notify_targets() {
@@ -87,8 +78,8 @@ fn list_rules(config: &Settings, problems: &mut Vec<String>) -> Option<String> {
     }
     println!("rules in {}:", dir.display());
     for r in &set.rules {
-        let schedule = r.schedule.as_deref().unwrap_or(&config.daemon.schedule);
-        let next = crate::cron::next_run(schedule).unwrap_or_default();
+        let schedule = r.schedule.as_ref().unwrap_or(&config.daemon.schedule);
+        let next = schedule.next_run().unwrap_or_default();
         println!(
             "  {:<24} {:<9} schedule {:<16} next {}  {}",
             r.name,
@@ -105,7 +96,7 @@ fn list_rules(config: &Settings, problems: &mut Vec<String>) -> Option<String> {
 /// holds the lease. Reads only.
 async fn probe_audit(config: &Settings) -> Result<(), Exit> {
     let url = config.audit.url.as_deref().unwrap_or_default();
-    let password = config.audit_password().map_err(Exit::config)?;
+    let password = config.audit.password().map_err(Exit::config)?;
     let store = crate::audit::AuditStore::open_postgres_read_only(
         url,
         password.as_ref().map(crate::secret::Secret::expose),
@@ -118,20 +109,20 @@ async fn probe_audit(config: &Settings) -> Result<(), Exit> {
     match lease {
         Ok(Some(l)) => println!(
             "audit log {}: reachable; lease epoch {} last held by pid {} on {}",
-            config.audit_location(),
+            config.audit.location(),
             l.epoch,
             l.pid,
             l.host
         ),
         Ok(None) => println!(
             "audit log {}: reachable; no replica has led yet",
-            config.audit_location()
+            config.audit.location()
         ),
         // Not created yet: the first daemon creates the tables.
         Err(crate::audit::AuditError::NoLog { .. }) => {
             println!(
                 "audit log {}: reachable; its tables are created when the first replica starts",
-                config.audit_location()
+                config.audit.location()
             )
         }
         Err(e) => return Err(Exit::config(format!("audit.url: {e}"))),
@@ -142,7 +133,7 @@ async fn probe_audit(config: &Settings) -> Result<(), Exit> {
 /// `check` online: the key is accepted, a page of cases lists, and which update flavour
 /// the server takes (asked with an empty update of a case that does not exist).
 async fn probe_server(config: &Settings, s: &ServerSettings) -> Result<(), Exit> {
-    let client = connect(config, s)?;
+    let client = connect(s)?;
     let url = &s.url;
     let unreachable = |e: ApiError| Exit::server(format!("server {url}: {e}"));
     client.authenticate().await.map_err(unreachable)?;
@@ -157,7 +148,7 @@ async fn probe_server(config: &Settings, s: &ServerSettings) -> Result<(), Exit>
         page.cases.len()
     );
     let configured = s.api_flavor.fixed();
-    let flavor_key = config.server_key(s, "api_flavor");
+    let flavor_key = s.key("api_flavor");
     let first = client.flavor();
     let found = if client
         .probe_update_route(first)

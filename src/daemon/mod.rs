@@ -138,7 +138,7 @@ pub async fn run_until(
         url = %c.stellar.url,
         api_flavor = ?c.stellar.api_flavor,
         detected_flavor = ?shared.ctx.client.known_flavor(),
-        audit = %c.audit_location(),
+        audit = %c.audit.location(),
         rules = shared.state().rules.rules.len(),
         "casewarden started"
     );
@@ -225,7 +225,7 @@ async fn start(config: Settings) -> anyhow::Result<(Arc<Shared>, Delivery)> {
         config,
     });
     if let Some(listen) = shared.config.daemon.listen {
-        let token = shared.config.ui_token()?;
+        let token = shared.config.daemon.ui_token()?;
         http::serve(shared.clone(), listen, token).await?;
     }
     Ok((shared, delivery))
@@ -296,11 +296,12 @@ fn start_pass(shared: &Arc<Shared>, due: BTreeSet<String>, passes: &mut JoinSet<
                 tracing::warn!(%schedule, "tick skipped: the previous pass of this schedule is still running");
                 continue;
             }
-            let Some(rules) = groups.get(&schedule) else {
+            let Some(group) = groups.get(&schedule) else {
                 continue;
             };
             names.extend(
-                rules
+                group
+                    .rules
                     .iter()
                     .filter(|r| !state.breaker.is_disabled(r))
                     .cloned(),

@@ -7,19 +7,33 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_cron_scheduler::{Job, JobScheduler};
 
+use crate::cron::CronSchedule;
 use crate::rules::RuleSet;
 
 /// Ticks arriving this close together share one fetch.
 const TICK_GATHER: Duration = Duration::from_millis(200);
 
-/// Schedule -> the enabled rules that run on it (their own schedule or the daemon's).
-pub type Groups = BTreeMap<String, Vec<String>>;
+/// Schedule (as written) -> it and the enabled rules that run on it (their own schedule
+/// or the daemon's).
+pub type Groups = BTreeMap<String, Group>;
 
-pub fn groups(set: &RuleSet, default: &str) -> Groups {
+/// The rules of one schedule.
+pub struct Group {
+    pub cron: CronSchedule,
+    pub rules: Vec<String>,
+}
+
+pub fn groups(set: &RuleSet, default: &CronSchedule) -> Groups {
     let mut out = Groups::new();
     for r in set.rules.iter().filter(|r| r.enabled) {
-        let s = r.schedule.clone().unwrap_or_else(|| default.to_string());
-        out.entry(s).or_default().push(r.name.clone());
+        let cron = r.schedule.as_ref().unwrap_or(default);
+        out.entry(cron.to_string())
+            .or_insert_with(|| Group {
+                cron: cron.clone(),
+                rules: Vec::new(),
+            })
+            .rules
+            .push(r.name.clone());
     }
     out
 }
@@ -76,9 +90,10 @@ impl Schedule {
 }
 
 fn log_next_runs(groups: &Groups) {
-    for (schedule, rules) in groups {
-        let next = crate::cron::next_run(schedule).unwrap_or_default();
-        tracing::info!(%schedule, next_run = %next, rules = %rules.join(", "), "schedule");
+    for (schedule, group) in groups {
+        let next = group.cron.next_run().unwrap_or_default();
+        let rules = group.rules.join(", ");
+        tracing::info!(%schedule, next_run = %next, %rules, "schedule");
     }
 }
 

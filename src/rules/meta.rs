@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 
 use super::lint::did_you_mean;
 use super::{Rule, RuleError};
+use crate::cron::CronSchedule;
 use crate::stellar::filter;
 use crate::stellar::model::{PRIORITIES, RESOLUTIONS, STATUSES};
 
@@ -58,10 +59,13 @@ pub(super) fn read_rule(
                 "RULE.name is missing: every rule needs a unique name".into(),
             )
         })?;
-    let schedule = read.string("schedule")?;
-    if let Some(s) = &schedule {
-        crate::cron::validate(s).map_err(|e| read.at("schedule", format!("RULE.schedule: {e}")))?;
-    }
+    let schedule = match read.string("schedule")? {
+        Some(s) => Some(
+            CronSchedule::parse(&s)
+                .map_err(|e| read.at("schedule", format!("RULE.schedule: {e}")))?,
+        ),
+        None => None,
+    };
     let enabled = read.flag("enabled", true)?;
     let dry_run = read.flag("dry_run", false)?;
     let max_change_fraction = read.fraction()?;

@@ -43,7 +43,7 @@ pub struct RuleError {
 pub struct Rule {
     pub name: String,
     pub description: String,
-    pub schedule: Option<String>,
+    pub schedule: Option<crate::cron::CronSchedule>,
     /// Server-side filter hints, re-checked on each case before evaluation.
     pub query: Vec<(String, String)>,
     pub enabled: bool,
