@@ -41,9 +41,7 @@ pub async fn open_audit(config: &Settings) -> Result<AuditStore, StartError> {
     let a = &config.audit;
     let store = match &a.url {
         Some(url) => {
-            let password = config
-                .audit_password()
-                .map_err(|e| StartError::Setup(e.into()))?;
+            let password = a.password().map_err(|e| StartError::Setup(e.into()))?;
             AuditStore::open_postgres(url, password.as_ref().map(|p| p.expose()))
                 .await?
                 .with_lease_times(LeaseTimes {
@@ -88,7 +86,7 @@ impl App {
         let audit = open_audit(config).await?;
         let mut instances = Vec::new();
         for s in config.servers() {
-            let settings = config.client_settings_of(s).map_err(|e| match s.name {
+            let settings = s.client_settings().map_err(|e| match s.name {
                 Some(_) => StartError::Setup(
                     anyhow::Error::new(e).context(format!("instance {}", s.instance_name())),
                 ),

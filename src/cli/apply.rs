@@ -96,7 +96,7 @@ pub(super) async fn run(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<u8> {
         return Err(Exit::config(format!(
             "{file}: refused: this file is not the plan {} that `once --dry-run --out` wrote and recorded in {} (the file was edited, or comes from another audit log); make a new plan",
             plan.plan_id,
-            config.audit_location()
+            config.audit.location()
         ))
         .into());
     }

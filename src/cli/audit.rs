@@ -118,7 +118,7 @@ pub(super) async fn open_audit(cli: &Cli, db: &Option<PathBuf>) -> anyhow::Resul
             None => load_config(cli).ok(),
         };
         let password = match &config {
-            Some(c) => c.audit_password()?,
+            Some(c) => c.audit.password()?,
             None => None,
         };
         return Ok(AuditStore::open_postgres_read_only(
@@ -187,7 +187,7 @@ fn migrate_source(
             crate::config::read_password_file(f)
                 .map_err(|e| Exit::config(format!("--password-file {e}")))?,
         ),
-        (None, Some(c)) => c.audit_password()?,
+        (None, Some(c)) => c.audit.password()?,
         (None, None) => None,
     };
     Ok((path, password))

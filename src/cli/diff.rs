@@ -117,7 +117,7 @@ async fn list_cases(
     needs_users: bool,
     env: &mut EvalEnv,
 ) -> Result<Vec<Case>, Exit> {
-    let client = super::connect(config, server_of(config, instance)?)?;
+    let client = super::connect(server_of(config, instance)?)?;
     client.authenticate().await.map_err(Exit::server)?;
     if needs_users {
         let users = client.list_users().await.map_err(Exit::server)?;

@@ -141,9 +141,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
 }
 
 /// A client of one of the config's servers.
-fn connect(config: &Settings, server: &crate::config::ServerSettings) -> Result<Client, Exit> {
-    let settings = config
-        .client_settings_of(server)
+fn connect(server: &crate::config::ServerSettings) -> Result<Client, Exit> {
+    let settings = server
+        .client_settings()
         .map_err(|e| Exit::config(format!("{e:#}")))?;
     Client::new(settings).map_err(Exit::config)
 }

@@ -220,7 +220,7 @@ async fn one_server(
         version = %env!("CARGO_PKG_VERSION"),
         mode = %if args.dry_run || config.daemon.dry_run { "dry-run (nothing is sent)" } else { "live" },
         url = %ctx.client.base_url(),
-        audit = %config.audit_location(),
+        audit = %config.audit.location(),
         rules = set.rules.len(),
         "one pass"
     );
@@ -332,7 +332,7 @@ async fn every_server(
             version = %env!("CARGO_PKG_VERSION"),
             instance = %ctx.instance,
             url = %ctx.client.base_url(),
-            audit = %config.audit_location(),
+            audit = %config.audit.location(),
             rules = set.rules.len(),
             "one pass"
         );

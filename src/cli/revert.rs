@@ -90,7 +90,7 @@ async fn applied_rows(
     if !ctx.audit.passes().await?.iter().any(|p| &p.id == pass) {
         return Err(Exit::config(format!(
             "no pass {pass} in {} (the PASS column of `casewarden audit` names them)",
-            config.audit_location()
+            config.audit.location()
         ))
         .into());
     }

@@ -70,7 +70,7 @@ impl AuditSettings {
     }
 
     /// The PostgreSQL password, as read when the settings were built.
-    pub(super) fn password(&self) -> Result<Option<Secret>, ConfigError> {
+    pub fn password(&self) -> Result<Option<Secret>, ConfigError> {
         self.password.get()
     }
 }

@@ -96,7 +96,7 @@ impl DaemonSettings {
     }
 
     /// The live view's token, if `ui_token_file` is set.
-    pub(super) fn ui_token(&self) -> Result<Option<Secret>, ConfigError> {
+    pub fn ui_token(&self) -> Result<Option<Secret>, ConfigError> {
         self.ui_token.get()
     }
 }

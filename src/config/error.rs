@@ -4,15 +4,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 /// A configuration that cannot be used. `Clone`, so a secret that could not be read is
-/// kept with the settings and given to each command that needs it.
+/// kept with the settings and given to each command that needs it. An I/O cause is a
+/// field named `problem`, not `source`: it is part of the message, and printing the error
+/// with its chain must not repeat it.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ConfigError {
     #[error(
-        "cannot read config file {path}: {source} (pass --config PATH or set CASEWARDEN_CONFIG)"
+        "cannot read config file {path}: {problem} (pass --config PATH or set CASEWARDEN_CONFIG)"
     )]
     Read {
         path: PathBuf,
-        source: Arc<std::io::Error>,
+        problem: Arc<std::io::Error>,
     },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
@@ -37,18 +39,20 @@ pub enum ConfigError {
         "{path}: no API key configured: set stellar.api_key_file or stellar.api_key_env, or run under systemd with LoadCredential=api_key"
     )]
     NoApiKey { path: PathBuf },
-    #[error("{path}: stellar.api_key_file {file}: {source}")]
+    #[error("{path}: stellar.api_key_file {file}: {problem}")]
     KeyFile {
         path: PathBuf,
         file: PathBuf,
-        source: Arc<std::io::Error>,
+        problem: Arc<std::io::Error>,
     },
     #[error("{path}: stellar.api_key_env: environment variable {var} is not set or empty")]
     KeyEnv { path: PathBuf, var: String },
-    #[error("stellar.ca_file {file}: {source}")]
+    #[error("{path}: {key} {file}: {problem}")]
     CaFile {
+        path: PathBuf,
+        key: String,
         file: PathBuf,
-        source: Arc<std::io::Error>,
+        problem: Arc<std::io::Error>,
     },
 }
 

@@ -19,9 +19,7 @@ pub use audit::{AuditSettings, check_postgres_url};
 pub use daemon::DaemonSettings;
 pub use error::{ConfigError, PostgresUrlError, SecretFileError};
 pub use notify::NotifySettings;
-pub use raw::{
-    DEFAULT_EXEMPT_TAG, FlavorSetting, RawAudit, RawConfig, RawDaemon, RawNotify, RawServer,
-};
+pub use raw::{DEFAULT_EXEMPT_TAG, FlavorSetting};
 pub use secrets::read_password_file;
 pub use server::{DEFAULT_INSTANCE, ServerSettings};
-pub use settings::{RawFile, Settings};
+pub use settings::Settings;

@@ -28,6 +28,8 @@ pub struct ServerSettings {
     pub user: Option<String>,
     api_key: Loaded<Secret>,
     pub ca_file: Option<PathBuf>,
+    /// The CA file's PEM, read when the settings were built.
+    ca_pem: Option<Loaded<Vec<u8>>>,
     pub insecure_skip_tls_verify: bool,
     pub api_flavor: FlavorSetting,
     /// Only these customers' cases (`cust_id`s); empty: every customer.
@@ -71,13 +73,24 @@ impl ServerSettings {
         check_url(url, key("url"), src)?;
         check_limits(&raw, &key, src)?;
         let api_key = read_api_key(&raw, name, src);
+        let ca_file = raw.ca_file.map(|p| src.resolve(&p));
+        let ca_pem = ca_file.as_ref().map(|file| {
+            let read = std::fs::read(file).map_err(|e| ConfigError::CaFile {
+                path: src.path(),
+                key: key("ca_file"),
+                file: file.clone(),
+                problem: Arc::new(e),
+            });
+            Loaded::new(read, None)
+        });
         Ok(ServerSettings {
             url: url.to_string(),
             name: raw.name,
             tenants: raw.tenants,
             api_flavor: raw.api_flavor,
             user: raw.user,
-            ca_file: raw.ca_file.map(|p| src.resolve(&p)),
+            ca_file,
+            ca_pem,
             insecure_skip_tls_verify: raw.insecure_skip_tls_verify,
             timeout_secs: raw.timeout_secs,
             page_size: raw.page_size,
@@ -100,19 +113,18 @@ impl ServerSettings {
     }
 
     /// Its API key, as read when the settings were built.
-    pub(super) fn api_key(&self) -> Result<Secret, ConfigError> {
+    pub fn api_key(&self) -> Result<Secret, ConfigError> {
         self.api_key.get()
     }
 
-    /// What its client needs, reading the CA file.
-    pub(super) fn client_settings(&self) -> Result<ClientSettings, ConfigError> {
-        let ca_pem = match &self.ca_file {
-            Some(file) => Some(std::fs::read(file).map_err(|e| ConfigError::CaFile {
-                file: file.clone(),
-                source: Arc::new(e),
-            })?),
-            None => None,
-        };
+    /// The CA file's PEM (None without `ca_file`), or why it could not be read.
+    pub fn ca_pem(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        self.ca_pem.as_ref().map(Loaded::get).transpose()
+    }
+
+    /// What its client needs.
+    pub fn client_settings(&self) -> Result<ClientSettings, ConfigError> {
+        let ca_pem = self.ca_pem()?;
         Ok(ClientSettings {
             url: self.url.clone(),
             flavor: self.api_flavor.fixed(),
@@ -227,7 +239,7 @@ fn key_in_file(file: &std::path::Path, src: &Source) -> Result<Secret, ConfigErr
     let failed = |e: std::io::Error| ConfigError::KeyFile {
         path: src.path(),
         file: file.to_path_buf(),
-        source: Arc::new(e),
+        problem: Arc::new(e),
     };
     let text = std::fs::read_to_string(file).map_err(failed)?;
     match text.trim() {

@@ -10,13 +10,10 @@ use super::daemon::DaemonSettings;
 use super::error::ConfigError;
 use super::notify::NotifySettings;
 use super::raw::RawConfig;
-use super::server::ServerSettings;
+use super::server::{DEFAULT_INSTANCE, ServerSettings};
 use super::source::Source;
 use crate::calendar::Calendar;
 use crate::plan::TenantLimits;
-use crate::rules::limits::Limits;
-use crate::secret::Secret;
-use crate::stellar::ClientSettings;
 
 /// The raw settings of one file, with the path they were read from.
 pub struct RawFile {
@@ -46,9 +43,9 @@ pub struct Settings {
 impl Settings {
     /// Reads, parses and checks the file; relative paths become relative to its folder.
     pub fn load(path: &Path) -> Result<Settings, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
             path: path.to_path_buf(),
-            source: Arc::new(source),
+            problem: Arc::new(e),
         })?;
         Settings::parse(&text, path)
     }
@@ -73,22 +70,6 @@ impl Settings {
             .collect()
     }
 
-    /// The config key of a server's setting: `stellar.url`, `instance.eu.url`.
-    pub fn server_key(&self, s: &ServerSettings, key: &str) -> String {
-        s.key(key)
-    }
-
-    /// Where the audit log is, as it may be shown: the file, or the URL.
-    pub fn audit_location(&self) -> String {
-        self.audit.location()
-    }
-
-    /// The PostgreSQL password: `audit.password_file`, else the systemd credential
-    /// `audit_password`; None leaves it to `PGPASSWORD` or `~/.pgpass`.
-    pub fn audit_password(&self) -> Result<Option<Secret>, ConfigError> {
-        self.audit.password()
-    }
-
     /// The `[[notify]]` targets, with their secrets.
     pub fn notify_targets(&self) -> Result<Vec<crate::notify::Target>, ConfigError> {
         self.notify.iter().map(NotifySettings::target).collect()
@@ -104,30 +85,9 @@ impl Settings {
         }
     }
 
-    /// The live view's bearer token, if `daemon.ui_token_file` is set.
-    pub fn ui_token(&self) -> Result<Option<Secret>, ConfigError> {
-        self.daemon.ui_token()
-    }
-
     /// The configured business calendars, loaded when the settings were built.
     pub fn calendars(&self) -> Arc<HashMap<String, Calendar>> {
         self.calendars.clone()
-    }
-
-    /// A server's API key: its `api_key_file`, its `api_key_env`, else the systemd
-    /// credential (LoadCredential) `api_key` (instance `default`) or `api_key.NAME`.
-    pub fn api_key_of(&self, s: &ServerSettings) -> Result<Secret, ConfigError> {
-        s.api_key()
-    }
-
-    /// What one rule may ask of one case, from `[daemon]`.
-    pub fn rule_limits(&self) -> Limits {
-        self.daemon.rule_limits.clone()
-    }
-
-    /// The client of one server, with its key and CA file.
-    pub fn client_settings_of(&self, s: &ServerSettings) -> Result<ClientSettings, ConfigError> {
-        s.client_settings()
     }
 }
 
@@ -199,17 +159,15 @@ fn servers(
     let mut names = HashSet::new();
     let mut servers = Vec::new();
     for (section, raw) in sections {
-        let server = ServerSettings::build(raw, section, src)?;
-        if !names.insert(server.instance_name().to_string()) {
+        // Names first: a second block of the same name is that, whatever else it holds.
+        let name = raw.name.as_deref().unwrap_or(DEFAULT_INSTANCE);
+        if !names.insert(name.to_string()) {
             return Err(src.invalid(
-                server.key("name"),
-                format!(
-                    "two servers are named {:?}; each instance needs its own name",
-                    server.instance_name()
-                ),
+                format!("{section}.name"),
+                format!("two servers are named {name:?}; each instance needs its own name"),
             ));
         }
-        servers.push(server);
+        servers.push(ServerSettings::build(raw, section, src)?);
     }
     Ok(servers)
 }

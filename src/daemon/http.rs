@@ -220,7 +220,7 @@ async fn live_view(State(shared): State<Arc<Shared>>, Query(p): Query<ViewParams
     };
     let source = Source {
         server_url: shared.config.stellar.url.clone(),
-        audit_db: shared.config.audit_location(),
+        audit_db: shared.config.audit.location(),
     };
     match Review::build(&shared.ctx.audit, &period, source).await {
         Ok(review) => Html(crate::review::render(&review, true)).into_response(),

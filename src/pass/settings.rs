@@ -56,7 +56,7 @@ impl PassSettings {
             max_in_flight: s.max_in_flight,
             settle_after: settle_after(Duration::from_secs(s.timeout_secs)),
             pass_timeout: Duration::from_secs(c.daemon.pass_timeout_secs),
-            limits: c.rule_limits(),
+            limits: c.daemon.rule_limits.clone(),
             calendars: c.calendars(),
             exempt_tags: Arc::new(c.daemon.exempt_tags.clone()),
             tenant_limits: c.tenants.clone().into_iter().collect(),
