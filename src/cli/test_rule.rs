@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 
 use super::Exit;
 use crate::report::print_plans;
-use crate::rules::offline::{Verdict, decide, enabled};
+use crate::rules::offline::{Verdict, decide};
 use crate::rules::{EvalEnv, Rule, RuleSet};
 use crate::stellar::{Case, Directory, User};
 
@@ -107,7 +107,7 @@ pub(super) fn run(args: &TestRuleArgs, config: Option<&Path>) -> anyhow::Result<
         eprintln!("warning: {w}");
     }
     let rules = if args.rules_dir.is_some() {
-        enabled(&set)
+        set.enabled().cloned().collect()
     } else {
         set.rules.clone()
     };

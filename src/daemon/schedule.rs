@@ -25,7 +25,7 @@ pub struct Group {
 
 pub fn groups(set: &RuleSet, default: &CronSchedule) -> Groups {
     let mut out = Groups::new();
-    for r in set.rules.iter().filter(|r| r.enabled) {
+    for r in set.enabled() {
         let cron = r.schedule.as_ref().unwrap_or(default);
         out.entry(cron.to_string())
             .or_insert_with(|| Group {

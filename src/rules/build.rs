@@ -9,12 +9,10 @@ use rhai::module_resolvers::StaticModuleResolver;
 use sha2::{Digest, Sha256};
 
 use super::compile::{compile, compile_lib};
+use super::engine::MAX_MODULES;
 use super::lint::Library;
 use super::meta::locate;
 use super::{LIB_DIR, Rule, RuleError, RuleSet, Source, engine};
-
-/// At most this many shared modules.
-const MAX_LIBS: usize = 64;
 
 /// A rule set being compiled: what the files compiled so far add up to.
 pub(super) struct Build {
@@ -46,16 +44,16 @@ impl Build {
 
     /// Compiles the shared modules, each importable by the ones after it and by the rules.
     pub(super) fn libs(mut self, libs: &[Source]) -> Build {
-        if libs.len() > MAX_LIBS {
+        if libs.len() > MAX_MODULES {
             self.errors.push(RuleError {
-                file: libs[MAX_LIBS].0.clone(),
+                file: libs[MAX_MODULES].0.clone(),
                 line: 0,
                 col: 0,
-                message: format!("more than {MAX_LIBS} shared modules in {LIB_DIR}/"),
+                message: format!("more than {MAX_MODULES} shared modules in {LIB_DIR}/"),
             });
         }
         let mut resolver = StaticModuleResolver::new();
-        for (file, text) in libs.iter().take(MAX_LIBS) {
+        for (file, text) in libs.iter().take(MAX_MODULES) {
             hash_file(&mut self.hasher, "lib/", file, text);
             let name = module_name(file);
             match compile_lib(&self.engine, &self.library, file, text) {

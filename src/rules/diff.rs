@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::offline::{enabled, plan_of};
+use super::offline::plan_of;
 use super::{EvalEnv, Rule, RuleSet};
 use crate::plan::{describe_change, guard_trips};
 use crate::stellar::Case;
@@ -61,7 +61,10 @@ pub fn diff(
     env: &EvalEnv,
     guard: Guard,
 ) -> Vec<RuleDiff> {
-    let (live_rules, candidate_rules) = (enabled(live), enabled(candidate));
+    let (live_rules, candidate_rules) = (
+        live.enabled().cloned().collect::<Vec<_>>(),
+        candidate.enabled().cloned().collect::<Vec<_>>(),
+    );
     let mut diffs = by_status(&live_rules, &candidate_rules);
     let mut wanted: BTreeMap<String, usize> = BTreeMap::new();
     for case in cases {

@@ -5,6 +5,9 @@ use rhai::{Dynamic, Engine};
 
 use super::collector::{may_print, past_deadline, rule_name};
 
+/// At most this many shared modules (`rules_dir/lib`): the rule set refuses more.
+pub(super) const MAX_MODULES: usize = 64;
+
 /// The engine every rule runs in, with every limit set explicitly (the defaults differ
 /// between debug and release builds) and no way out of the sandbox.
 pub(super) fn engine() -> Engine {
@@ -18,7 +21,7 @@ pub(super) fn engine() -> Engine {
         .set_max_map_size(10_000)
         // Modules come only from `rules_dir/lib`, compiled at load: the resolver is a
         // static one set by the rule set, never the file system.
-        .set_max_modules(64)
+        .set_max_modules(MAX_MODULES)
         .set_max_variables(1_000)
         .set_max_functions(1_000)
         .set_strict_variables(true);

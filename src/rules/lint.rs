@@ -359,7 +359,7 @@ fn list(counts: &BTreeSet<usize>) -> String {
 /// whether or not a `;` ends it.
 fn returned_value(ast: &AST) -> Option<Position> {
     let mut evaluate = ast.clone_functions_only();
-    evaluate.retain_functions(|_, _, name, _| name == "evaluate");
+    evaluate.retain_functions(|_, _, name, params| name == "evaluate" && params == 1);
     let mut returned = None;
     let mut last = None;
     evaluate.walk(&mut |path: &[ASTNode]| match path {

@@ -109,6 +109,11 @@ pub struct RuleSet {
 pub const LIB_DIR: &str = "lib";
 
 impl RuleSet {
+    /// The rules that run when none is chosen by name.
+    pub fn enabled(&self) -> impl Iterator<Item = &Arc<Rule>> {
+        self.rules.iter().filter(|r| r.enabled)
+    }
+
     /// Loads every `*.rhai` in `dir`. All problems are returned, not only the first.
     pub fn load_dir(dir: &Path) -> Result<RuleSet, Vec<RuleError>> {
         let at_dir = |message: String| {

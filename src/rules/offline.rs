@@ -14,11 +14,6 @@ const EXEMPT: &str = "exempt: it carries an exempt tag (daemon.exempt_tags, RULE
 /// Why several rules leave a case alone (they are not told apart).
 const NONE_SELECTS: &str = "no rule's query selects it, or it is exempt";
 
-/// The enabled rules of a set, as a pass runs them.
-pub fn enabled(set: &RuleSet) -> Vec<Arc<Rule>> {
-    set.rules.iter().filter(|r| r.enabled).cloned().collect()
-}
-
 /// What the rules asked of a case, as a pass collects it, and their errors.
 fn requests_of(
     results: Vec<(usize, Result<Asked, EvalError>)>,
@@ -96,9 +91,7 @@ fn why_excluded(rules: &[Arc<Rule>], case: &Case, env: &EvalEnv) -> String {
 
 /// Why the rule's query does not select `case` (the first filter it fails), if it does not.
 fn excluded_by(case: &Case, query: &[(String, String)]) -> Option<String> {
-    let (key, value) = query
-        .iter()
-        .find(|(k, v)| filter::is_known(k) && !filter::matches(case.raw(), k, v))?;
+    let (key, value) = filter::first_failing(case.raw(), query)?;
     let field = key.rsplit('~').next().unwrap_or(key);
     let holds = case
         .raw()

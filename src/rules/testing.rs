@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::offline::{enabled, plan_of};
+use super::offline::plan_of;
 use super::{EvalEnv, Rule, RuleSet};
 use crate::plan::{CasePlan, Decision, Field};
 use crate::stellar::Case;
@@ -279,7 +279,7 @@ fn case_of(t: &TestCase, file: &Path, clock: i64) -> Result<Case, String> {
 /// The rule the test names (enabled or not), else every enabled rule.
 fn rules_of(set: &RuleSet, only: Option<&str>) -> Result<Vec<Arc<Rule>>, String> {
     let Some(name) = only else {
-        return Ok(enabled(set));
+        return Ok(set.enabled().cloned().collect());
     };
     let rule = set.rules.iter().find(|r| r.name == name).cloned();
     Ok(vec![rule.ok_or_else(|| format!("no rule named {name:?}"))?])

@@ -53,12 +53,20 @@ pub fn matches(case: &impl Object, key: &str, value: &str) -> bool {
 /// The client's re-check of a rule's hints: every known filter must match; an unknown
 /// key is left to the server (logged at debug) rather than dropping every case.
 pub fn recheck(case: &impl Object, hints: &[(String, String)]) -> bool {
-    hints.iter().all(|(k, v)| {
+    first_failing(case, hints).is_none()
+}
+
+/// The first of `hints` that `case` fails, as [`recheck`] reads them.
+pub fn first_failing<'h>(
+    case: &impl Object,
+    hints: &'h [(String, String)],
+) -> Option<&'h (String, String)> {
+    hints.iter().find(|(k, v)| {
         if is_known(k) {
-            matches(case, k, v)
+            !matches(case, k, v)
         } else {
             tracing::debug!(filter = %k, "not re-checked on the client: unknown filter key");
-            true
+            false
         }
     })
 }
