@@ -1,6 +1,6 @@
 //! The constructors of audit rows: a decision as planned, its outcome, an outcome read
 //! back later, and the notes a pass writes about a rule or a plan file. Rows are appended by
-//! `store`; the rest of casewarden builds them only through these (tests build raw rows to
+//! `events`; the rest of casewarden builds them only through these (tests build raw rows to
 //! set up a log as a crash or an older version left it).
 
 use super::{Outcome, Unsettled};

@@ -48,7 +48,7 @@ pub(super) async fn run(cli: &Cli, args: &DiffArgs) -> anyhow::Result<u8> {
     let live = load_rules(&config, &config.daemon.rules_dir)?;
     let candidate = load_rules(&config, &args.rules_dir)?;
     let mut env = EvalEnv {
-        now_ms: Some(now_of(args)?),
+        now_ms: Some(super::now_arg(args.now.as_deref())?.unwrap_or_else(crate::now_ms)),
         calendars: config.calendars(),
         exempt_tags: Arc::new(config.daemon.exempt_tags.clone()),
         ..EvalEnv::default()
@@ -80,22 +80,8 @@ pub(super) async fn run(cli: &Cli, args: &DiffArgs) -> anyhow::Result<u8> {
 }
 
 fn load_rules(config: &Settings, dir: &Path) -> Result<RuleSet, Exit> {
-    RuleSet::load_dir_for(dir, &config.rule_names()).map_err(|errors| {
-        Exit::config_all(
-            &errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            Some(format!("in {}", dir.display())),
-        )
-    })
-}
-
-/// `--now`, else the real clock.
-fn now_of(args: &DiffArgs) -> Result<i64, Exit> {
-    match &args.now {
-        Some(t) => Ok(chrono::DateTime::parse_from_rfc3339(t)
-            .map_err(|e| Exit::config(format!("--now {t:?}: not an RFC 3339 time ({e})")))?
-            .timestamp_millis()),
-        None => Ok(crate::now_ms()),
-    }
+    RuleSet::load_dir_for(dir, &config.rule_names())
+        .map_err(|errors| Exit::config_all(&errors, Some(format!("in {}", dir.display()))))
 }
 
 /// The cases of a saved file.

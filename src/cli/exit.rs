@@ -22,8 +22,9 @@ impl Exit {
 
     /// Several config or rule errors found together (exit 2), one per line, and a last
     /// line that sums them up.
-    pub fn config_all(messages: &[String], footer: Option<String>) -> Exit {
-        let mut message = messages.join("\nerror: ");
+    pub fn config_all(messages: &[impl Display], footer: Option<String>) -> Exit {
+        let lines: Vec<String> = messages.iter().map(ToString::to_string).collect();
+        let mut message = lines.join("\nerror: ");
         if let Some(footer) = footer {
             message.push('\n');
             message.push_str(&footer);

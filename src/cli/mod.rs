@@ -140,6 +140,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
+/// `--now T` in ms since the epoch; None when not given.
+fn now_arg(t: Option<&str>) -> Result<Option<i64>, Exit> {
+    let Some(t) = t else {
+        return Ok(None);
+    };
+    let at = chrono::DateTime::parse_from_rfc3339(t).map_err(|e| {
+        Exit::config(format!(
+            "--now {t:?}: not an RFC 3339 time ({e}), e.g. 2026-01-31T08:00:00Z"
+        ))
+    })?;
+    Ok(Some(at.timestamp_millis()))
+}
+
 /// A client of one of the config's servers.
 fn connect(server: &crate::config::ServerSettings) -> Result<Client, Exit> {
     let settings = server

@@ -106,7 +106,8 @@ async fn applied_rows(
         .query(&of_pass(Some(Outcome::Applied), None))
         .try_collect()
         .await?;
-    if let Some(rule) = &args.rule {
+    // Only when it applied nothing: a rule of no row at all is a mistyped name.
+    if let Some(rule) = args.rule.as_ref().filter(|_| rows.is_empty()) {
         let any: Vec<EventRow> = ctx
             .audit
             .query(&of_pass(None, Some(1)))
@@ -192,7 +193,7 @@ async fn inverse(
     let mut plans = Vec::new();
     for (case_id, applied) in by_case {
         match ctx.client.get_case(case_id).await {
-            Ok(now) => plans.push(by.plan(&now, &applied)),
+            Ok(now) => plans.push(by.plan(case_id, &now, &applied)),
             Err(e) if e.http_status() == Some(404) => {
                 eprintln!("case {case_id} no longer exists: nothing of it is reverted");
             }

@@ -9,7 +9,7 @@ use clap::Args;
 
 use super::{Cli, Exit};
 use crate::rules::RuleSet;
-use crate::rules::testing::{Outcome, junit, run_all};
+use crate::rules::testing::{Outcome, junit, run_all, test_files};
 
 #[derive(Debug, Args)]
 #[command(after_help = "A test file, rules/tests/escalate.toml:
@@ -42,14 +42,10 @@ pub(super) fn run(cli: &Cli, args: &TestArgs) -> anyhow::Result<u8> {
             .map(|c| c.daemon.rules_dir)
             .unwrap_or_else(|_| PathBuf::from("rules")),
     };
-    let set = RuleSet::load_dir(&dir).map_err(|errors| {
-        Exit::config_all(
-            &errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            None,
-        )
-    })?;
+    let set = RuleSet::load_dir(&dir).map_err(|errors| Exit::config_all(&errors, None))?;
+    let files = test_files(&dir).map_err(Exit::config)?;
     let base = super::test_rule::offline_env(cli.config.as_deref())?;
-    let outcomes = run_all(&set, &base, &dir).map_err(Exit::config)?;
+    let outcomes = run_all(&set, &base, &files).map_err(Exit::config)?;
     let failed = print_outcomes(&mut std::io::stdout().lock(), &outcomes)?;
     if let Some(path) = &args.junit {
         std::fs::write(path, junit(&outcomes))

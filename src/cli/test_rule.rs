@@ -49,12 +49,7 @@ pub enum TestFormat {
 
 /// The rules under test and the case file, from the arguments.
 fn load(args: &TestRuleArgs) -> Result<(RuleSet, PathBuf), Exit> {
-    let rule_errors = |errors: Vec<crate::rules::RuleError>| {
-        Exit::config_all(
-            &errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
-            None,
-        )
-    };
+    let rule_errors = |errors: Vec<crate::rules::RuleError>| Exit::config_all(&errors, None);
     match (&args.rules_dir, args.paths.as_slice()) {
         (Some(dir), [cases]) => Ok((RuleSet::load_dir(dir).map_err(rule_errors)?, cases.clone())),
         (None, [rule, cases]) => Ok((
@@ -114,9 +109,9 @@ pub(super) fn run(args: &TestRuleArgs, config: Option<&Path>) -> anyhow::Result<
     let items = read_cases(&cases_file)?;
     let users = args.users.as_deref().map(read_users).transpose()?;
     let env = EvalEnv {
-        now_ms: now_of(args)?,
+        now_ms: super::now_arg(args.now.as_deref())?,
         own_users: Arc::new(args.self_users.clone()),
-        users: users.clone().map(Arc::new),
+        users: users.map(Arc::new),
         ..offline_env(config)?
     };
     let mut out = std::io::stdout().lock();
@@ -134,7 +129,7 @@ pub(super) fn run(args: &TestRuleArgs, config: Option<&Path>) -> anyhow::Result<
                 continue;
             }
         };
-        let verdict = decide(&set, &rules, &case, &env, users.as_ref());
+        let verdict = decide(&set, &rules, &case, &env);
         tally.print(&mut out, args.format, &case, verdict)?;
     }
     if table {
@@ -161,19 +156,6 @@ fn print_header(
         writeln!(out, "  (no case in {})", cases_file.display())?;
     }
     Ok(())
-}
-
-/// `--now`, else the real clock.
-fn now_of(args: &TestRuleArgs) -> Result<Option<i64>, Exit> {
-    let Some(t) = &args.now else {
-        return Ok(None);
-    };
-    let at = chrono::DateTime::parse_from_rfc3339(t).map_err(|e| {
-        Exit::config(format!(
-            "--now {t:?}: not an RFC 3339 time ({e}), e.g. 2026-01-31T08:00:00Z"
-        ))
-    })?;
-    Ok(Some(at.timestamp_millis()))
 }
 
 /// The cases seen so far.

@@ -1,7 +1,8 @@
 //! `casewarden run`: passes on their cron schedules until SIGTERM/SIGINT, rules reloaded
 //! on SIGHUP or when their files change, rules that fail everywhere disabled, and the
 //! state told to systemd and Prometheus. Each concern has its room: `schedule`, `watch`,
-//! `breaker` (pure), `after` (what follows each pass), `http`, `systemd`; this file starts them and runs the loop.
+//! `breaker` (pure), `after` (what follows each pass), `http`, `systemd`; this file starts
+//! them and runs the loop.
 
 mod after;
 mod breaker;

@@ -349,13 +349,7 @@ fn skip_reverted_and_open(plan: &mut CasePlan, facts: &CaseFacts) {
             d.skipped = Some(format!(
                 "reverted by a person (`casewarden revert`, rule {by}): not set again"
             ));
-        }
-    }
-    for d in plan.decisions.iter_mut().filter(|d| d.is_planned()) {
-        if facts
-            .open
-            .contains(&memory_key(d.field, d.new.as_deref().unwrap_or("")))
-        {
+        } else if facts.open.contains(&key) {
             d.skipped = Some("an earlier change of this field is not settled yet (its answer was lost); it is read back before a later pass and never sent twice".into());
         }
     }

@@ -23,8 +23,9 @@ pub struct Reverter<'a> {
 }
 
 impl Reverter<'_> {
-    /// The plan undoing `applied` (the pass's changes of one case) on the case as it is now.
-    pub fn plan(&self, now: &Case, applied: &[Applied]) -> CasePlan {
+    /// The plan undoing `applied` (the pass's changes of case `case_id`, as the log names
+    /// it) on the case as it is now.
+    pub fn plan(&self, case_id: &str, now: &Case, applied: &[Applied]) -> CasePlan {
         let mut decisions = Vec::new();
         let mut commented = false;
         for a in applied {
@@ -40,7 +41,7 @@ impl Reverter<'_> {
             decisions.push(self.note());
         }
         CasePlan {
-            case_id: now.id.clone(),
+            case_id: case_id.to_string(),
             ticket_id: now.ticket_id(),
             decisions,
             stamp: None,
@@ -139,7 +140,7 @@ mod tests {
                 new: Some(new),
             })
             .collect();
-        BY.plan(&case(), &applied)
+        BY.plan("c1", &case(), &applied)
     }
 
     #[test]

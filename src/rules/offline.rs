@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::{Asked, EvalEnv, EvalError, Rule, RuleSet, exempt};
 use crate::plan::{CasePlan, RuleChanges, plan_case, resolve_emails};
-use crate::stellar::{Case, Directory, filter};
+use crate::stellar::{Case, filter};
 
 /// Why a case a single rule leaves alone is exempt, as `test-rule` says it.
 const EXEMPT: &str = "exempt: it carries an exempt tag (daemon.exempt_tags, RULE.exempt_tags) or a casewarden-snooze:DATE still ahead";
@@ -53,22 +53,16 @@ pub enum Verdict {
     Decided { plan: CasePlan, errors: Vec<String> },
 }
 
-/// Decides one case as a pass would; with `users`, `assign("someone@x")` becomes the
-/// user's id as a pass sends it.
-pub fn decide(
-    set: &RuleSet,
-    rules: &[Arc<Rule>],
-    case: &Case,
-    env: &EvalEnv,
-    users: Option<&Directory>,
-) -> Verdict {
+/// Decides one case as a pass would; with the users in `env`, `assign("someone@x")`
+/// becomes the user's id as a pass sends it.
+pub fn decide(set: &RuleSet, rules: &[Arc<Rule>], case: &Case, env: &EvalEnv) -> Verdict {
     // As in a pass: only the rules whose query selects the case evaluate it.
     let results = set.evaluate_case(rules, case, env);
     if results.is_empty() {
         return Verdict::Excluded(why_excluded(rules, case, env));
     }
     let (mut requests, mut errors) = requests_of(results, rules);
-    if let Some(users) = users {
+    if let Some(users) = env.users.as_deref() {
         for (rule, who) in resolve_emails(&mut requests, Some(users)) {
             errors.push(format!(
                 "rule {rule}: assign: no user with email {who:?} in --users"
@@ -103,6 +97,7 @@ fn excluded_by(case: &Case, query: &[(String, String)]) -> Option<String> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::stellar::Directory;
 
     /// A rule set of (file, source) pairs.
     pub(crate) fn set(sources: &[(&str, &str)]) -> RuleSet {
@@ -125,8 +120,7 @@ pub(crate) mod tests {
     fn a_case_the_query_does_not_select_says_which_filter_it_fails() {
         let set = set(&[("a.rhai", NEW_ONLY)]);
         let closed = case(serde_json::json!({"_id": "c1", "status": "Resolved", "tags": []}));
-        let Verdict::Excluded(why) = decide(&set, &set.rules, &closed, &EvalEnv::default(), None)
-        else {
+        let Verdict::Excluded(why) = decide(&set, &set.rules, &closed, &EvalEnv::default()) else {
             panic!("a Resolved case is not selected");
         };
         assert_eq!(why, "RULE.query status=New (the case holds \"Resolved\")");
@@ -136,8 +130,7 @@ pub(crate) mod tests {
     fn a_selected_case_gets_the_rules_plan() {
         let set = set(&[("a.rhai", NEW_ONLY)]);
         let new = case(serde_json::json!({"_id": "c1", "status": "New", "tags": []}));
-        let Verdict::Decided { plan, errors } =
-            decide(&set, &set.rules, &new, &EvalEnv::default(), None)
+        let Verdict::Decided { plan, errors } = decide(&set, &set.rules, &new, &EvalEnv::default())
         else {
             panic!("a New case is selected");
         };
@@ -151,10 +144,11 @@ pub(crate) mod tests {
         let assign = "const RULE = #{ name: \"assign\" };\nfn evaluate(c) { assign(\"nobody@x\", \"why\"); }\n";
         let set = set(&[("a.rhai", assign)]);
         let c = case(serde_json::json!({"_id": "c1", "status": "New", "tags": []}));
-        let users = Directory::new(std::iter::empty());
-        let Verdict::Decided { errors, .. } =
-            decide(&set, &set.rules, &c, &EvalEnv::default(), Some(&users))
-        else {
+        let env = EvalEnv {
+            users: Some(Arc::new(Directory::new(std::iter::empty()))),
+            ..EvalEnv::default()
+        };
+        let Verdict::Decided { errors, .. } = decide(&set, &set.rules, &c, &env) else {
             panic!("the rule has no query");
         };
         assert_eq!(
@@ -168,7 +162,7 @@ pub(crate) mod tests {
         let other = NEW_ONLY.replace("new-only", "other");
         let set = set(&[("a.rhai", NEW_ONLY), ("b.rhai", &other)]);
         let closed = case(serde_json::json!({"_id": "c1", "status": "Resolved", "tags": []}));
-        let verdict = decide(&set, &set.rules, &closed, &EvalEnv::default(), None);
+        let verdict = decide(&set, &set.rules, &closed, &EvalEnv::default());
         assert!(matches!(verdict, Verdict::Excluded(why) if why == NONE_SELECTS));
     }
 }

@@ -154,18 +154,24 @@ pub struct Outcome {
     pub failure: Vec<String>,
 }
 
-/// Runs every test of `RULES_DIR/tests/*.toml`, file by file in name order; `base` holds
-/// what the config gives the rules (calendars, exempt tags).
-pub fn run_all(set: &RuleSet, base: &EvalEnv, rules_dir: &Path) -> Result<Vec<Outcome>, TestError> {
+/// Runs every test of the `files` ([`test_files`]), file by file; `base` holds what the
+/// config gives the rules (calendars, exempt tags).
+pub fn run_all(
+    set: &RuleSet,
+    base: &EvalEnv,
+    files: &[PathBuf],
+) -> Result<Vec<Outcome>, TestError> {
     let mut outcomes = Vec::new();
-    for file in test_files(&rules_dir.join("tests"))? {
-        outcomes.extend(run_file(set, base, &file)?);
+    for file in files {
+        outcomes.extend(run_file(set, base, file)?);
     }
     Ok(outcomes)
 }
 
-/// The `*.toml` files of the tests folder, in name order; at least one.
-fn test_files(dir: &Path) -> Result<Vec<PathBuf>, TestError> {
+/// The `*.toml` files of a rules folder's `tests/`, in name order; at least one.
+pub fn test_files(rules_dir: &Path) -> Result<Vec<PathBuf>, TestError> {
+    let dir = rules_dir.join("tests");
+    let dir = dir.as_path();
     let entries = std::fs::read_dir(dir).map_err(|source| TestError::NoTestsDir {
         dir: dir.to_path_buf(),
         source,
@@ -436,7 +442,8 @@ mod tests {
             "[[test]]\nname = \"aged\"\nnow = \"2026-11-25T12:00:00Z\"\ncase = { _id = \"a\", status = \"New\", priority = \"Medium\", created_at = \"now-30h\" }\nexpect = [ { field = \"priority\", new = \"High\" } ]\n\n\
              [[test]]\nname = \"fresh\"\nnow = \"2026-11-25T12:00:00Z\"\ncase = { _id = \"b\", status = \"New\", priority = \"Medium\", created_at = \"now-30h\" }\nno_changes = true\n",
         );
-        let outcomes = run_all(&set, &EvalEnv::default(), dir.path()).unwrap();
+        let outcomes =
+            run_all(&set, &EvalEnv::default(), &test_files(dir.path()).unwrap()).unwrap();
         assert_eq!(outcomes.len(), 2);
         assert!(outcomes[0].failure.is_empty(), "{:?}", outcomes[0].failure);
         assert_eq!(
@@ -452,7 +459,7 @@ mod tests {
     fn a_test_without_now_cannot_run() {
         let (dir, set) =
             folder("[[test]]\nname = \"clockless\"\ncase = { _id = \"a\" }\nno_changes = true\n");
-        let e = run_all(&set, &EvalEnv::default(), dir.path()).unwrap_err();
+        let e = run_all(&set, &EvalEnv::default(), &test_files(dir.path()).unwrap()).unwrap_err();
         assert!(
             e.to_string().ends_with(
                 "t.toml: test \"clockless\": give `now` (RFC 3339), the time the rules see"
