@@ -35,18 +35,29 @@ pub enum ConfigError {
         path: PathBuf,
         problem: PostgresUrlError,
     },
+    /// `section` is the server's (`stellar`, `instance.NAME`), `credential` the systemd
+    /// credential it would read (`api_key`, `api_key.NAME`).
     #[error(
-        "{path}: no API key configured: set stellar.api_key_file or stellar.api_key_env, or run under systemd with LoadCredential=api_key"
+        "{path}: no API key configured: set {section}.api_key_file or {section}.api_key_env, or run under systemd with LoadCredential={credential}"
     )]
-    NoApiKey { path: PathBuf },
-    #[error("{path}: stellar.api_key_file {file}: {problem}")]
+    NoApiKey {
+        path: PathBuf,
+        section: String,
+        credential: String,
+    },
+    #[error("{path}: {section}.api_key_file {file}: {problem}")]
     KeyFile {
         path: PathBuf,
+        section: String,
         file: PathBuf,
         problem: Arc<std::io::Error>,
     },
-    #[error("{path}: stellar.api_key_env: environment variable {var} is not set or empty")]
-    KeyEnv { path: PathBuf, var: String },
+    #[error("{path}: {section}.api_key_env: environment variable {var} is not set or empty")]
+    KeyEnv {
+        path: PathBuf,
+        section: String,
+        var: String,
+    },
     #[error("{path}: {key} {file}: {problem}")]
     CaFile {
         path: PathBuf,

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::error::ConfigError;
+use super::error::{ConfigError, SecretFileError};
 use super::raw::RawNotify;
 use super::secrets::{self, Loaded};
 use super::source::Source;
@@ -44,9 +44,16 @@ impl NotifySettings {
         if n.retry_base_ms == 0 || n.retry_base_ms > 600_000 {
             return Err(src.invalid(key("retry_base_ms"), "out of range: 1 to 600000"));
         }
+        // An empty file would sign with an empty key: refused like an empty password.
         let secret = n
             .secret_file
-            .map(|f| secrets::read(&src.resolve(&f)).map(|text| Secret::new(text.trim())))
+            .map(|f| {
+                let file = src.resolve(&f);
+                match secrets::read(&file)?.trim() {
+                    "" => Err(SecretFileError::Empty { file }),
+                    text => Ok(Secret::new(text)),
+                }
+            })
             .transpose()
             .map_err(|e| src.secret_file(key("secret_file"), e));
         Ok(NotifySettings {

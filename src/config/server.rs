@@ -72,7 +72,7 @@ impl ServerSettings {
         })?;
         check_url(url, key("url"), src)?;
         check_limits(&raw, &key, src)?;
-        let api_key = read_api_key(&raw, name, src);
+        let api_key = read_api_key(&raw, name, &section, src);
         let ca_file = raw.ca_file.map(|p| src.resolve(&p));
         let ca_pem = ca_file.as_ref().map(|file| {
             let read = std::fs::read(file).map_err(|e| ConfigError::CaFile {
@@ -211,33 +211,45 @@ fn check_limits(
 }
 
 /// Its `api_key_file`, its `api_key_env`, else the systemd credential (LoadCredential)
-/// `api_key` (instance `default`) or `api_key.NAME`.
-fn read_api_key(s: &RawServer, name: &str, src: &Source) -> Loaded<Secret> {
+/// `api_key` (instance `default`) or `api_key.NAME`; errors name the server's `section`.
+fn read_api_key(s: &RawServer, name: &str, section: &str, src: &Source) -> Loaded<Secret> {
+    let credential = match name {
+        DEFAULT_INSTANCE => "api_key".to_string(),
+        name => format!("api_key.{name}"),
+    };
     let file = match (&s.api_key_file, &s.api_key_env) {
         (Some(f), _) => src.resolve(f),
-        (None, Some(var)) => return Loaded::new(key_from_env(var, src), None),
+        (None, Some(var)) => return Loaded::new(key_from_env(var, section, src), None),
         (None, None) => match std::env::var_os("CREDENTIALS_DIRECTORY") {
-            Some(dir) if name == DEFAULT_INSTANCE => PathBuf::from(dir).join("api_key"),
-            Some(dir) => PathBuf::from(dir).join(format!("api_key.{name}")),
-            None => return Loaded::new(Err(ConfigError::NoApiKey { path: src.path() }), None),
+            Some(dir) => PathBuf::from(dir).join(credential),
+            None => {
+                let none = ConfigError::NoApiKey {
+                    path: src.path(),
+                    section: section.to_string(),
+                    credential,
+                };
+                return Loaded::new(Err(none), None);
+            }
         },
     };
-    Loaded::new(key_in_file(&file, src), Some(&file))
+    Loaded::new(key_in_file(&file, section, src), Some(&file))
 }
 
-fn key_from_env(var: &str, src: &Source) -> Result<Secret, ConfigError> {
+fn key_from_env(var: &str, section: &str, src: &Source) -> Result<Secret, ConfigError> {
     match std::env::var(var) {
         Ok(v) if !v.trim().is_empty() => Ok(Secret::new(v.trim())),
         _ => Err(ConfigError::KeyEnv {
             path: src.path(),
+            section: section.to_string(),
             var: var.to_string(),
         }),
     }
 }
 
-fn key_in_file(file: &std::path::Path, src: &Source) -> Result<Secret, ConfigError> {
+fn key_in_file(file: &std::path::Path, section: &str, src: &Source) -> Result<Secret, ConfigError> {
     let failed = |e: std::io::Error| ConfigError::KeyFile {
         path: src.path(),
+        section: section.to_string(),
         file: file.to_path_buf(),
         problem: Arc::new(e),
     };

@@ -221,3 +221,36 @@ fn documented_defaults_are_the_codes() {
         "defaults in docs/config.md differ from the code's: {wrong:?}"
     );
 }
+
+#[test]
+fn key_and_ca_errors_name_the_server_block_they_belong_to() {
+    let text = format!(
+        "{MINIMAL}api_key_env = \"K\"\n[[instance]]\nname = \"eu\"\nurl = \"https://eu.example.com\"\n\
+         api_key_env = \"CASEWARDEN_TEST_UNSET_VAR\"\nca_file = \"/nonexistent/ca.pem\"\n"
+    );
+    let c = parse(&text).unwrap();
+    let eu = c.servers()[1];
+    let err = eu.api_key().unwrap_err().to_string();
+    assert!(err.contains("instance.eu.api_key_env"), "{err}");
+    let err = eu.ca_pem().unwrap_err().to_string();
+    assert!(
+        err.contains("casewarden.toml: instance.eu.ca_file /nonexistent/ca.pem:"),
+        "{err}"
+    );
+    // The I/O cause is in the message once, not repeated as its source.
+    assert!(std::error::Error::source(&eu.ca_pem().unwrap_err()).is_none());
+}
+
+#[test]
+fn an_empty_webhook_secret_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret"), "\n").unwrap();
+    let text =
+        format!("{MINIMAL}[[notify]]\nurl = \"https://h.example\"\nsecret_file = \"secret\"\n");
+    let c = Settings::parse(&text, &dir.path().join("c.toml")).unwrap();
+    let err = c.notify_targets().unwrap_err().to_string();
+    assert!(
+        err.contains("notify[0].secret_file") && err.contains("the file is empty"),
+        "{err}"
+    );
+}
