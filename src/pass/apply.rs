@@ -105,7 +105,7 @@ pub(super) async fn send(
     })
 }
 
-/// What sending one case's changes needs, owned so each send is a `'static` task.
+/// What sending one case's changes needs, shared by the sends in flight.
 struct Applier {
     client: Client,
     tx: tokio::sync::mpsc::Sender<Vec<NewEvent>>,
