@@ -285,6 +285,12 @@ mod tests {
         ]
     }
 
+    /// The plan of [`plans`] for `url`, made `now`, valid an hour.
+    fn plan_file(url: &str, now: chrono::DateTime<chrono::Utc>) -> PlanFile {
+        let hour = chrono::Duration::hours(1);
+        PlanFile::of(&plans(), "plan-1".into(), "p1", url, "f", now, hour)
+    }
+
     fn case(priority: &str) -> Case {
         Case::from_value(serde_json::json!({"_id": "c1", "priority": priority, "status": "New"}))
             .unwrap()
@@ -292,15 +298,7 @@ mod tests {
 
     #[test]
     fn a_plan_keeps_planned_and_halted_changes_only() {
-        let plan = PlanFile::of(
-            &plans(),
-            "plan-1".into(),
-            "p1",
-            "https://x",
-            "f",
-            chrono::Utc::now(),
-            chrono::Duration::hours(1),
-        );
+        let plan = plan_file("https://x", chrono::Utc::now());
         assert_eq!(plan.cases.len(), 1);
         let halted: Vec<bool> = plan.cases[0].changes.iter().map(|c| c.halted).collect();
         assert_eq!(halted, [false, true]);
@@ -312,16 +310,7 @@ mod tests {
     #[test]
     fn a_plan_names_its_server_expiry_and_rules() {
         let now = chrono::Utc::now();
-        let hour = chrono::Duration::hours(1);
-        let plan = PlanFile::of(
-            &plans(),
-            "plan-1".into(),
-            "p1",
-            "https://X/",
-            "f",
-            now,
-            hour,
-        );
+        let plan = plan_file("https://X/", now);
         assert!(plan.is_for("https://x"));
         assert!(!plan.is_for("https://y"));
         assert!(!plan.expired(now).unwrap());
@@ -331,15 +320,7 @@ mod tests {
 
     #[test]
     fn the_digest_is_of_the_files_bytes() {
-        let plan = PlanFile::of(
-            &plans(),
-            "plan-1".into(),
-            "p1",
-            "https://x",
-            "f",
-            chrono::Utc::now(),
-            chrono::Duration::hours(1),
-        );
+        let plan = plan_file("https://x", chrono::Utc::now());
         let (text, digest) = plan.to_text().unwrap();
         let (read, again) = PlanFile::from_bytes(text.as_bytes()).unwrap();
         assert_eq!((read.plan_id, again), (plan.plan_id, digest.clone()));
@@ -353,15 +334,7 @@ mod tests {
 
     #[test]
     fn a_change_whose_case_moved_on_is_skipped_and_a_halted_one_waits() {
-        let plan = PlanFile::of(
-            &plans(),
-            "plan-1".into(),
-            "p1",
-            "https://x",
-            "f",
-            chrono::Utc::now(),
-            chrono::Duration::hours(1),
-        );
+        let plan = plan_file("https://x", chrono::Utc::now());
         let planned = &plan.cases[0];
         let now = planned.against(&case("Low"), false, "id").unwrap();
         assert!(now.decisions[0].is_planned());
