@@ -108,7 +108,7 @@ impl AuditStore {
     /// whose newest outcome is `unknown` (the answer was lost), oldest first.
     pub async fn unsettled(&self) -> Result<Vec<Unsettled>, AuditError> {
         let sql = format!(
-            "SELECT p.*, o.outcome AS last_outcome, o.recorded_at AS last_at, o.http_status AS last_status FROM events p \
+            "SELECT p.*, o.outcome AS last_outcome, o.recorded_at AS last_at FROM events p \
              LEFT JOIN events o ON o.seq = (SELECT MAX(x.seq) FROM events x WHERE x.planned_seq = p.seq) \
              WHERE p.outcome = 'planned' AND NOT p.dry_run AND (o.seq IS NULL OR o.outcome = 'unknown'){} \
              ORDER BY p.seq",

@@ -50,8 +50,17 @@ pub struct Fence {
 impl Fence {
     /// Whether this process must stop acting as the holder.
     pub fn is_lost(&self) -> bool {
-        self.lost.load(Ordering::SeqCst)
-            || Instant::now() >= *self.valid_until.lock().expect("fence clock")
+        self.left().is_zero()
+    }
+
+    /// How long this process still holds the lease by its own monotonic clock (zero once
+    /// lost): a process resumed from a stall sees the time it was stopped as gone.
+    pub fn left(&self) -> Duration {
+        if self.lost.load(Ordering::SeqCst) {
+            return Duration::ZERO;
+        }
+        let until = *self.valid_until.lock().expect("fence clock");
+        until.saturating_duration_since(Instant::now())
     }
 }
 
@@ -300,6 +309,26 @@ impl AuditStore {
             .expect("fence lock")
             .as_ref()
             .is_some_and(Fence::is_lost)
+    }
+
+    /// How long a write sent now may take: None when this process holds no claim (nothing to
+    /// fence), else the claim's time left, if that is at least `timeout` (at most half the
+    /// time a holder renewing on time always has left, for a slow renewal); else why not.
+    pub fn send_window(&self, timeout: Duration) -> Result<Option<Duration>, String> {
+        let Some(fence) = self.fence() else {
+            return Ok(None);
+        };
+        let times = self.lease_times;
+        let need = timeout.min(times.ttl.saturating_sub(times.renew) / 2);
+        let left = fence.left();
+        if !left.is_zero() && left >= need {
+            return Ok(Some(left));
+        }
+        Err(format!(
+            "this process's claim on the audit log has {} ms left, less than the {} ms an answer may take (the process was paused, or cut off from the log): it sends nothing more, and whoever holds the claim next settles what is open",
+            left.as_millis(),
+            need.as_millis()
+        ))
     }
 
     /// How long after its last recorded heartbeat a holder that stopped renewing may still

@@ -195,8 +195,6 @@ pub struct Unsettled {
     /// None: no outcome at all; else `unknown`.
     pub last_outcome: Option<String>,
     pub last_at: Option<String>,
-    /// The HTTP status of the answer the `unknown` outcome got, if the server answered.
-    pub last_status: Option<i64>,
 }
 
 /// A field change casewarden applied to a case.

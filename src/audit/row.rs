@@ -61,6 +61,8 @@ enum Note {
     Rule,
     /// A plan file written for review.
     Plan,
+    /// A listed case that could not be read.
+    Case,
 }
 
 impl Note {
@@ -68,12 +70,15 @@ impl Note {
         match self {
             Note::Rule => "rule",
             Note::Plan => "plan",
+            Note::Case => "case",
         }
     }
 }
 
 /// The rule name a written plan's row carries.
 const PLAN_ROW: &str = "plan";
+/// The rule name of a note about a listed case that could not be read.
+const LISTING_ROW: &str = "listing";
 
 /// One row to append.
 #[derive(Debug, Clone)]
@@ -100,14 +105,18 @@ pub struct Settled {
     pub outcome: Outcome,
     pub error: Option<String>,
     pub http_status: Option<u16>,
+    /// How an outcome the answer did not prove is known (`confirmed by read: ...`): the
+    /// row's reason.
+    pub note: Option<String>,
 }
 
 impl Settled {
-    pub fn applied() -> Settled {
+    pub fn applied(note: Option<String>) -> Settled {
         Settled {
             outcome: Outcome::Applied,
             error: None,
             http_status: None,
+            note,
         }
     }
 }
@@ -153,6 +162,7 @@ pub fn outcome(
         error: settled.error,
         http_status: settled.http_status.map(i64::from),
         planned_seq,
+        reason: settled.note.unwrap_or_default(),
         ..change(run_id, rule_hash, plan, d)
     }
 }
@@ -172,7 +182,11 @@ pub fn reconciled(open: &Unsettled, outcome: Outcome, error: Option<String>) -> 
         field: row.field.clone(),
         old: row.old.clone(),
         new: row.new.clone(),
-        reason: "reconciled: read back from the server".into(),
+        reason: match outcome {
+            Outcome::Applied => "confirmed by read: reconciled from the case as the server holds it",
+            _ => "reconciled: read back from the server",
+        }
+        .into(),
         dry_run: false,
         outcome,
         error,
@@ -258,6 +272,22 @@ fn change(run_id: &str, rule_hash: &str, plan: &CasePlan, d: &Decision) -> NewEv
         error: None,
         http_status: None,
         planned_seq: None,
+    }
+}
+
+/// A listed case that could not be read (`id`, when it could be found), skipped while the
+/// rest of its page is decided.
+pub fn unreadable_case(run_id: &str, id: Option<&str>, problem: &str, dry_run: bool) -> NewEvent {
+    let reason = format!("the listed case cannot be read, so no rule saw it: {problem}");
+    NewEvent {
+        case: id.map_or(CaseRef::NoCase, |id| CaseRef::Case {
+            id: id.to_string(),
+            ticket_id: None,
+            tenant: None,
+        }),
+        outcome: Outcome::Skipped,
+        dry_run,
+        ..note(run_id, LISTING_ROW, "", Note::Case, reason)
     }
 }
 

@@ -50,7 +50,7 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
     /// Fault: share of API requests answered 503 (0.0-1.0)
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = rate)]
     pub error_rate: f64,
     /// Fault: every Nth API request starts a burst of 429s
     #[arg(long, default_value_t = 0)]
@@ -61,6 +61,28 @@ pub struct SimulateArgs {
     /// Fault: Retry-After seconds sent with 429
     #[arg(long, default_value_t = 1)]
     pub retry_after: u64,
+    /// Fault: listings serve each case as it was this many ms ago (a search index trailing
+    /// writes); reading one case by id is current
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    pub list_lag_ms: u64,
+    /// Fault: share of updates applied, then answered 502 by a "gateway" (0.0-1.0)
+    #[arg(long, default_value_t = 0.0, value_name = "RATE", value_parser = rate)]
+    pub apply_then_fail: f64,
+    /// Fault: writes are applied, then their answer is held back this many ms (beyond a
+    /// client's timeout, a late answer)
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    pub slow_write_answers_ms: u64,
+    /// Fault: listings serve the case with this id with a byte of invalid UTF-8
+    #[arg(long, value_name = "CASE_ID")]
+    pub invalid_utf8_case: Option<String>,
+}
+
+/// A share from 0.0 to 1.0.
+fn rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{s:?} is not a share from 0.0 to 1.0")),
+    }
 }
 
 pub(super) async fn run(args: &SimulateArgs) -> anyhow::Result<u8> {
@@ -93,6 +115,10 @@ fn options(args: &SimulateArgs) -> SimOptions {
             rate_limit_every: args.rate_limit_every,
             rate_limit_burst: args.rate_limit_burst,
             retry_after_secs: args.retry_after,
+            list_lag_ms: args.list_lag_ms,
+            apply_then_fail: args.apply_then_fail,
+            slow_write_answers_ms: args.slow_write_answers_ms,
+            invalid_utf8_case: args.invalid_utf8_case.clone(),
             ..Faults::default()
         },
     }

@@ -39,6 +39,8 @@ pub struct ServerSettings {
     pub page_size: u32,
     pub max_in_flight: usize,
     pub timeout_secs: u64,
+    /// As configured; see [`ServerSettings::settle_after`].
+    pub settle_after_secs: u64,
     /// Attempts per request before giving up (connect errors, timeouts, 5xx, 429).
     pub max_attempts: u32,
     /// First backoff step; doubles per attempt, with full jitter, capped at 30 s.
@@ -93,6 +95,7 @@ impl ServerSettings {
             ca_pem,
             insecure_skip_tls_verify: raw.insecure_skip_tls_verify,
             timeout_secs: raw.timeout_secs,
+            settle_after_secs: raw.settle_after_secs,
             page_size: raw.page_size,
             max_in_flight: raw.max_in_flight,
             max_attempts: raw.max_attempts,
@@ -115,6 +118,14 @@ impl ServerSettings {
     /// Its API key, as read when the settings were built.
     pub fn api_key(&self) -> Result<Secret, ConfigError> {
         self.api_key.get()
+    }
+
+    /// How long after it was sent an update in doubt may still be applied by the server, so
+    /// it is settled as not applied (and sent again) only after this: `settle_after_secs`,
+    /// and never less than twice the request timeout.
+    pub fn settle_after(&self) -> std::time::Duration {
+        let secs = self.settle_after_secs.max(2 * self.timeout_secs);
+        std::time::Duration::from_secs(secs)
     }
 
     /// The CA file's PEM (None without `ca_file`), or why it could not be read.
@@ -199,6 +210,10 @@ fn check_limits(
     if !(1..=3_600).contains(&s.timeout_secs) {
         let range = "is out of range: 1 to 3600";
         return invalid("timeout_secs", format!("{} {range}", s.timeout_secs));
+    }
+    if s.settle_after_secs > 86_400 {
+        let range = "is out of range: at most 86400";
+        return invalid("settle_after_secs", format!("{} {range}", s.settle_after_secs));
     }
     match s
         .tenants

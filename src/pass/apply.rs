@@ -1,6 +1,7 @@
-//! Stage: send the plan, case by case with bounded concurrency, each case read just before
-//! its update; nothing is sent once the pass must stop (shutdown, lease lost, audit
-//! unwritable, deadline, a flavour the server refuses).
+//! Stage: send the plan, case by case with bounded concurrency, each case read by id just
+//! before its update (a listing may trail writes by seconds) and each field sent only while
+//! it still holds what the plan saw; nothing is sent once the pass must stop (shutdown,
+//! lease lost or about to end, audit unwritable, deadline, a flavour the server refuses).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,15 +12,11 @@ use futures::StreamExt;
 use super::error::PassError;
 use super::options::Step;
 use super::run::Run;
-use super::send::{NotApplied, apply_case};
+use super::send::{DecisionResult, NotApplied, apply_case, overridden};
 use super::settle;
-use crate::audit::{NewEvent, Outcome, Settled, row};
-use crate::plan::{self, CasePlan, DecisionId};
-use crate::stellar::Client;
-
-/// Cases read at once before sending, per request in flight: the longest a read waits for
-/// its update is this many round trips.
-const WAVE_PER_REQUEST: usize = 8;
+use crate::audit::{AuditStore, NewEvent, Outcome, Settled, row};
+use crate::plan::{self, CasePlan, DecisionId, FieldNow};
+use crate::stellar::{Client, WriteGate};
 
 /// What sending the plan came to.
 #[derive(Debug, Default)]
@@ -32,9 +29,9 @@ pub(super) struct Applied {
     pub interrupted: bool,
 }
 
-/// Sends every case's update with bounded concurrency, each wave of cases read in one
-/// request just before it is sent; outcome rows are written by one writer as they come,
-/// each naming its planned row by `seq_of`.
+/// Sends every case's update with bounded concurrency, each case read right before it is
+/// sent; outcome rows are written by one writer as they come, each naming its planned row
+/// by `seq_of`.
 pub(super) async fn send(
     run: &Run<'_>,
     plans: &[CasePlan],
@@ -55,7 +52,7 @@ pub(super) async fn send(
         .filter(|(_, p)| p.has_work())
         .collect();
     let apply = Arc::new(Applier {
-        client: ctx.client.clone(),
+        client: ctx.client.gated(fence(ctx.audit.clone())),
         tx,
         seq_of,
         rule_hash: run.hashes(),
@@ -66,23 +63,14 @@ pub(super) async fn send(
         deadline,
         comment_changes: ctx.settings.comment_changes,
         audit: ctx.audit.clone(),
-        read_by_ticket: AtomicBool::new(true),
     });
     let total = work.len() as u64;
     let mut done = 0;
     let in_flight = ctx.settings.max_in_flight.max(1);
-    // The next wave's read overlaps the end of this one's updates.
-    let wave = in_flight * WAVE_PER_REQUEST;
-    let (reader, sender) = (apply.clone(), apply.clone());
+    let sender = apply.clone();
     // Boxed: the compiler cannot prove the combined stream `Send` otherwise.
     let sends = futures::stream::iter(work)
-        .chunks(wave)
-        .then(move |w| {
-            let apply = reader.clone();
-            async move { apply.read_wave(w).await }
-        })
-        .flat_map(futures::stream::iter)
-        .map(move |(case, p, fresh)| sender.clone().apply(case, p, fresh))
+        .map(move |(case, p)| sender.clone().apply(case, p))
         .buffer_unordered(in_flight)
         .boxed();
     let results: Vec<Vec<(DecisionId, Outcome)>> = sends
@@ -120,99 +108,15 @@ struct Applier {
     deadline: tokio::time::Instant,
     comment_changes: bool,
     /// The log, to ask whether this process still holds its lease before each send.
-    audit: crate::audit::AuditStore,
-    /// Cleared when the server does not answer a read by ticket numbers with the cases
-    /// asked for: the rest of the pass reads each case alone.
-    read_by_ticket: AtomicBool,
+    audit: AuditStore,
 }
 
-/// A case's [`plan::stamp`] as its wave read it, and when the read was asked for.
-struct Fresh {
-    stamp: Option<String>,
-    asked: tokio::time::Instant,
+/// Passes a write only while this process's claim on the log outlasts its answer.
+fn fence(audit: AuditStore) -> WriteGate {
+    Arc::new(move |timeout| audit.send_window(timeout))
 }
-
-/// A wave's read older than this when a case's update is due (retries, a slow server) is
-/// repeated for that case alone.
-const FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Applier {
-    /// Reads a wave of cases about to be sent in one listing request by ticket number
-    /// (`ticket_id=1,2,3`), so each update needs no read of its own. A case the answer
-    /// lacks (no ticket number, a server that ignores the filter) is read alone by
-    /// [`Applier::apply`].
-    async fn read_wave<'p>(
-        &self,
-        wave: Vec<(usize, &'p CasePlan)>,
-    ) -> Vec<(usize, &'p CasePlan, Option<Fresh>)> {
-        let tickets: Vec<i64> = wave
-            .iter()
-            .filter(|(_, p)| needs_read(p))
-            .filter_map(|(_, p)| p.ticket_id)
-            .collect();
-        let mut fresh: HashMap<String, Fresh> = HashMap::new();
-        if tickets.len() > 1 && self.read_by_ticket.load(Ordering::Relaxed) && self.stop().is_none()
-        {
-            let asked = tokio::time::Instant::now();
-            match self.client.cases_by_ticket(&tickets).await {
-                Ok(cases) => {
-                    let wanted: std::collections::HashSet<&str> =
-                        wave.iter().map(|(_, p)| p.case_id.as_str()).collect();
-                    fresh = cases
-                        .iter()
-                        .filter(|c| wanted.contains(c.id.as_str()))
-                        .map(|c| {
-                            let stamp = plan::stamp(c);
-                            (c.id.clone(), Fresh { stamp, asked })
-                        })
-                        .collect();
-                    if fresh.is_empty() {
-                        tracing::info!(
-                            "the server answered a read by ticket numbers with none of the cases asked for; reading each case alone"
-                        );
-                        self.read_by_ticket.store(false, Ordering::Relaxed);
-                    }
-                }
-                Err(e) => {
-                    tracing::info!(error = %e, "cannot read cases by ticket numbers; reading each case alone");
-                    self.read_by_ticket.store(false, Ordering::Relaxed);
-                }
-            }
-        }
-        wave.into_iter()
-            .map(|(i, p)| {
-                let f = fresh.remove(&p.case_id);
-                (i, p, f)
-            })
-            .collect()
-    }
-
-    /// Whether the case changed since it was listed, from its read in the wave (if recent)
-    /// or else read now: a case someone changed is not sent what was decided on the old one (the
-    /// next pass decides again).
-    async fn changed_since_listed(&self, p: &CasePlan, fresh: Option<Fresh>) -> Option<NotApplied> {
-        if !needs_read(p) {
-            return None;
-        }
-        let now = match fresh.filter(|f| f.asked.elapsed() <= FRESH_FOR) {
-            Some(f) => f.stamp,
-            None => match self.client.get_case(&p.case_id).await {
-                Ok(case) => plan::stamp(&case),
-                Err(e) => {
-                    return Some(NotApplied::failed(
-                        format!("not sent: cannot read the case before sending ({e})"),
-                        e.http_status(),
-                    ));
-                }
-            },
-        };
-        (now != p.stamp).then(|| {
-            NotApplied::skipped(
-                "not sent: the case changed since it was listed; the next pass decides again",
-            )
-        })
-    }
-
     /// Why nothing may be sent now, if so.
     fn stop(&self) -> Option<NotApplied> {
         if self.audit_broken.load(Ordering::SeqCst) {
@@ -242,50 +146,53 @@ impl Applier {
         }
     }
 
-    /// Sends (or, once shutdown began, does not send) one case's update and hands the
-    /// outcome rows to the audit writer; returns the outcome of each decision it settled.
-    /// `case` is the plan's place in the pass (see [`DecisionId`]); `fresh`, the case as
-    /// its wave read it, if it did.
-    async fn apply(
-        self: Arc<Self>,
-        case: usize,
-        p: &CasePlan,
-        fresh: Option<Fresh>,
-    ) -> Vec<(DecisionId, Outcome)> {
-        let stop = match self.stop() {
-            Some(why) => Some(why),
-            None => self.changed_since_listed(p, fresh).await,
+    /// Reads the case by id (real time, unlike the listing), then sends what still applies
+    /// to it; the fence is checked again after the read, which may have waited while this
+    /// process was paused.
+    async fn read_then_send(&self, p: &CasePlan) -> Vec<(usize, DecisionResult)> {
+        let (live, mut held) = match p.field_changes().next() {
+            None => (p.clone(), Vec::new()),
+            Some(_) => match self.client.get_case(&p.case_id).await {
+                Ok(now) => still_to_send(p, &now),
+                Err(e) => {
+                    let why = format!("not sent: cannot read the case right before sending ({e})");
+                    return not_sent(p, &NotApplied::failed(why, e.http_status()));
+                }
+            },
         };
-        // Checked last, right before the request: the read-back above may have waited
-        // while this process was paused past its lease.
-        let stop = stop.or_else(|| self.audit.lease_lost().then(lease_lost));
-        let outcomes = if let Some(why) = stop {
-            p.decisions
-                .iter()
-                .enumerate()
-                .filter(|(_, d)| d.is_planned())
-                .map(|(i, _)| (i, Err(why.clone())))
-                .collect()
-        } else {
-            let outcomes = apply_case(&self.client, p, self.comment_changes, &self.run_id).await;
-            if let Some((_, Err(n))) = outcomes
-                .iter()
-                .find(|(_, r)| r.as_ref().is_err_and(|n| n.halts))
-            {
-                let _ = self.wrong_flavor.set(n.why.clone());
-            }
-            outcomes
+        if let Some(why) = self.stop() {
+            return not_sent(p, &why);
+        }
+        let mut outcomes = apply_case(&self.client, &live, self.comment_changes, &self.run_id).await;
+        if let Some((_, Err(n))) = outcomes
+            .iter()
+            .find(|(_, r)| r.as_ref().is_err_and(|n| n.halts))
+        {
+            let _ = self.wrong_flavor.set(n.why.clone());
+        }
+        outcomes.append(&mut held);
+        outcomes
+    }
+
+    /// Sends (or, once the pass must stop, does not send) one case's update and hands the
+    /// outcome rows to the audit writer; returns the outcome of each decision it settled.
+    /// `case` is the plan's place in the pass (see [`DecisionId`]).
+    async fn apply(self: Arc<Self>, case: usize, p: &CasePlan) -> Vec<(DecisionId, Outcome)> {
+        let outcomes = match self.stop() {
+            Some(why) => not_sent(p, &why),
+            None => self.read_then_send(p).await,
         };
         let events: Vec<NewEvent> = outcomes
             .iter()
             .map(|(di, result)| {
                 let d = &p.decisions[*di];
                 let settled = match result {
-                    Ok(()) => Settled::applied(),
+                    Ok(note) => Settled::applied(note.clone()),
                     Err(n) => Settled {
                         outcome: n.outcome,
                         error: Some(n.why.clone()),
                         http_status: n.status,
+                        note: None,
                     },
                 };
                 let hash = self.rule_hash.get(&d.rule).map_or("", String::as_str);
@@ -300,16 +207,46 @@ impl Applier {
         outcomes
             .into_iter()
             .map(|(decision, r)| {
-                let outcome = r.map_or_else(|n| n.outcome, |()| Outcome::Applied);
+                let outcome = r.map_or_else(|n| n.outcome, |_| Outcome::Applied);
                 (DecisionId { case, decision }, outcome)
             })
             .collect()
     }
 }
 
-/// A plan whose field changes wait on the case being as listed (a comment alone does not).
-fn needs_read(p: &CasePlan) -> bool {
-    p.stamp.is_some() && p.field_changes().next().is_some()
+/// Every planned decision of `p`, not sent for `why`.
+fn not_sent(p: &CasePlan, why: &NotApplied) -> Vec<(usize, DecisionResult)> {
+    (p.decisions.iter().enumerate())
+        .filter(|(_, d)| d.is_planned())
+        .map(|(i, _)| (i, Err(why.clone())))
+        .collect()
+}
+
+/// `p` as it still applies to `now`, the case read just before sending: a field that holds
+/// the new value already, or a third value someone set since the plan saw it, is not sent
+/// (and a comment explaining only such fields neither); returns the outcomes of those.
+fn still_to_send(p: &CasePlan, now: &crate::stellar::Case) -> (CasePlan, Vec<(usize, DecisionResult)>) {
+    let mut live = p.clone();
+    for d in live.decisions.iter_mut().filter(|d| d.is_planned()) {
+        let (old, new) = (d.old.as_deref(), d.new.as_deref());
+        d.skipped = match plan::field_now(now, d.field, old.unwrap_or(""), new.unwrap_or("")) {
+            FieldNow::Old => None,
+            FieldNow::New => Some("not sent: the case already holds it (someone made the same change since the plan saw it)".into()),
+            FieldNow::Other(value) => Some(overridden(d.field, old, &value)),
+        };
+    }
+    live.skip_unexplained_comments(
+        |_| true,
+        "not sent: the changes this comment explains were made or overridden by someone else",
+    );
+    let held = (p.decisions.iter().zip(&live.decisions).enumerate())
+        .filter(|(_, (was, is))| was.is_planned() && !is.is_planned())
+        .map(|(i, (_, is))| {
+            let why = is.skipped.clone().unwrap_or_default();
+            (i, Err(NotApplied::skipped(why)))
+        })
+        .collect();
+    (live, held)
 }
 
 fn lease_lost() -> NotApplied {

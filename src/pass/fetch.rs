@@ -8,13 +8,13 @@ use std::sync::Arc;
 use super::options::Step;
 use super::run::Run;
 use crate::rules::Rule;
-use crate::stellar::{ApiError, Case, CasePager};
+use crate::stellar::{ApiError, Case, CaseParseError, CasePager};
 
 /// One page of listed cases, as the rules will see them.
 pub(super) struct Fetched {
     pub cases: Vec<Case>,
-    /// Cases of the page skipped because they did not parse.
-    pub unparsable: usize,
+    /// Cases of the page skipped because they could not be read, and why.
+    pub unparsable: Vec<CaseParseError>,
 }
 
 /// The listing of one pass.
@@ -88,7 +88,7 @@ impl Fetch {
         });
         Ok(Some(Fetched {
             cases: page.cases,
-            unparsable: page.skipped.len(),
+            unparsable: page.skipped,
         }))
     }
 }

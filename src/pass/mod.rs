@@ -156,6 +156,7 @@ async fn plan_listing(run: &Run<'_>) -> Result<Planned, (Planned, Option<PassErr
     let listed = async {
         while let Some(page) = fetch.next(run).await? {
             planning.listed(&page);
+            record::unreadable(run, &page.unparsable).await?;
             let evaluated = evaluate::page(run, planning.env(), page).await?;
             let deferred = planning.add(run, evaluated).await?;
             record::deferred(run, &deferred).await?;

@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::evaluate::Evaluated;
+use super::reconcile;
 use super::fetch::Fetched;
 use super::run::Run;
 use super::stats::{self, RuleStats};
@@ -45,11 +46,16 @@ pub(super) struct Planning {
 }
 
 impl Planning {
-    /// Reads what is still open and, when needed, the server's users.
+    /// Settles the changes in doubt by reading their cases (a live pass), reads what is
+    /// still open and, when needed, the server's users.
     pub async fn start(run: &Run<'_>) -> Result<Planning, AuditError> {
         let ctx = run.ctx;
         let mut open: HashMap<String, HashSet<String>> = HashMap::new();
-        for u in ctx.audit.unsettled().await? {
+        let mut unsettled = ctx.audit.unsettled().await?;
+        if !run.dry_run {
+            unsettled = reconcile::doubts(ctx, unsettled).await?;
+        }
+        for u in unsettled {
             if let Some(field) = Field::parse(&u.row.field) {
                 let key = plan::memory_key(field, u.row.new.as_deref().unwrap_or(""));
                 open.entry(u.row.case_id).or_default().insert(key);
@@ -93,7 +99,7 @@ impl Planning {
 
     /// Counts a listed page.
     pub fn listed(&mut self, page: &Fetched) {
-        self.tally.unparsable += page.unparsable;
+        self.tally.unparsable += page.unparsable.len();
         self.tally.cases_seen += page.cases.len();
         for t in page.cases.iter().filter_map(Case::tenant) {
             *self.seen_by_tenant.entry(t.to_string()).or_default() += 1;

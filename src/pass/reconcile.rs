@@ -10,8 +10,9 @@ use futures::StreamExt;
 
 use super::PassContext;
 use super::comment::{comment_texts, comment_trailer, rule_comment};
+use super::send::overridden;
 use crate::audit::{AuditError, Lease, Outcome, Unsettled, row};
-use crate::plan::{self, Decision, Field};
+use crate::plan::{self, Field, FieldNow};
 use crate::stellar::Case;
 
 /// Rows settled per audit transaction, so a process killed while reconciling keeps what
@@ -44,15 +45,61 @@ pub async fn reconcile(
     previous: Option<&Lease>,
 ) -> Result<Reconciled, AuditError> {
     let rows = ctx.audit.unsettled().await?;
-    let mut summary = Reconciled::default();
     if rows.is_empty() {
         ctx.audit.mark_interrupted_passes().await?;
-        return Ok(summary);
+        return Ok(Reconciled::default());
     }
-    let window = ctx.settings.settle_after;
     if rows.iter().any(|r| r.last_outcome.is_none()) {
         wait_for_dead_holder(ctx, previous).await;
     }
+    let (summary, _) = settle_rows(ctx, rows).await?;
+    // Sealed once their open changes are settled, so their totals count them.
+    let interrupted = ctx.audit.mark_interrupted_passes().await?;
+    tracing::warn!(
+        interrupted_passes = interrupted,
+        applied = summary.applied,
+        not_applied = summary.skipped,
+        failed = summary.failed,
+        unknown = summary.unknown,
+        still_open = summary.open,
+        "reconciled changes left planned by an interrupted pass or answered by no one"
+    );
+    Ok(summary)
+}
+
+/// Settles the changes in doubt (`unknown`: sent, but the answer proved nothing) among
+/// `rows` by reading their cases, before a pass plans anything for them; returns the rows
+/// still open, which the pass does not plan again.
+pub(super) async fn doubts(
+    ctx: &PassContext,
+    rows: Vec<Unsettled>,
+) -> Result<Vec<Unsettled>, AuditError> {
+    let (doubts, mut open): (Vec<Unsettled>, Vec<Unsettled>) = rows
+        .into_iter()
+        .partition(|r| r.last_outcome.as_deref() == Some(Outcome::Unknown.as_str()));
+    if doubts.is_empty() {
+        return Ok(open);
+    }
+    let (summary, mut left) = settle_rows(ctx, doubts).await?;
+    tracing::info!(
+        applied = summary.applied,
+        overridden = summary.skipped,
+        not_applied = summary.failed,
+        still_open = summary.open,
+        "settled changes in doubt by reading their cases"
+    );
+    open.append(&mut left);
+    Ok(open)
+}
+
+/// Reads the cases of `rows` back and records what they show, a batch at a time; returns
+/// the counts and the rows left open.
+async fn settle_rows(
+    ctx: &PassContext,
+    rows: Vec<Unsettled>,
+) -> Result<(Reconciled, Vec<Unsettled>), AuditError> {
+    let mut summary = Reconciled::default();
+    let window = ctx.settings.settle_after;
     let ids: Vec<String> = {
         let mut seen = std::collections::HashSet::new();
         rows.iter()
@@ -67,6 +114,7 @@ pub async fn reconcile(
         .collect();
     let now = chrono::Utc::now();
     let mut pending = rows.into_iter().peekable();
+    let mut left = Vec::new();
     let mut cases: HashMap<String, Result<Case, String>> = HashMap::new();
     let mut comments: HashMap<String, Result<Vec<String>, String>> = HashMap::new();
     for chunk in ids.chunks(BATCH) {
@@ -87,24 +135,14 @@ pub async fn reconcile(
                 Some(_) => summary.unknown += 1,
                 None => summary.open += 1,
             }
-            if let Some(outcome) = outcome {
-                events.push(row::reconciled(&r, outcome, error));
+            match outcome {
+                Some(outcome) => events.push(row::reconciled(&r, outcome, error)),
+                None => left.push(r),
             }
         }
         ctx.audit.append(&events).await?;
     }
-    // Sealed once their open changes are settled, so their totals count them.
-    let interrupted = ctx.audit.mark_interrupted_passes().await?;
-    tracing::warn!(
-        interrupted_passes = interrupted,
-        applied = summary.applied,
-        not_applied = summary.skipped,
-        failed = summary.failed,
-        unknown = summary.unknown,
-        still_open = summary.open,
-        "reconciled changes left planned by an interrupted pass or answered by no one"
-    );
-    Ok(summary)
+    Ok((summary, left))
 }
 
 /// What the case read back says of one unsettled change; None: nothing new to record.
@@ -116,13 +154,14 @@ fn settle(
     window: Duration,
 ) -> (Option<Outcome>, Option<String>) {
     let row = &r.row;
-    // A lost answer (`unknown`) may still be applied by the server until the window after
-    // it has passed; a dead process's rows are read only after it has (see `reconcile`).
-    let may_still_land = r.last_status.is_none()
-        && r.last_at
-            .as_deref()
-            .and_then(parse)
-            .is_some_and(|at| now < at + window);
+    // A change in doubt (`unknown`: no answer, or a gateway's 5xx) may still be applied by
+    // the server until the window after its send has passed; a dead process's rows are
+    // read only after it has (see `reconcile`).
+    let may_still_land = r
+        .last_at
+        .as_deref()
+        .and_then(parse)
+        .is_some_and(|at| now < at + window);
     let first = r.last_outcome.is_none();
     let field = Field::parse(&row.field);
     let holds = match (&cases[&row.case_id], field) {
@@ -138,17 +177,16 @@ fn settle(
             }
             Err(e) => Err(format!("cannot read the case's comments: {e}")),
         },
-        (Ok(case), Some(field)) => Ok(plan::case_holds(
-            case,
-            &Decision {
-                rule: row.rule.clone(),
-                field,
-                old: row.old.clone(),
-                new: row.new.clone(),
-                reason: row.reason.clone(),
-                skipped: None,
-            },
-        )),
+        (Ok(case), Some(field)) => {
+            let (old, new) = (row.old.as_deref(), row.new.as_deref());
+            match plan::field_now(case, field, old.unwrap_or(""), new.unwrap_or("")) {
+                FieldNow::New => Ok(true),
+                FieldNow::Old => Ok(false),
+                FieldNow::Other(now) => {
+                    return (Some(Outcome::Skipped), Some(overridden(field, old, &now)));
+                }
+            }
+        }
     };
     match holds {
         Ok(true) => (Some(Outcome::Applied), None),
@@ -170,7 +208,7 @@ fn settle(
         Ok(false) => (
             Some(Outcome::Failed),
             Some(
-                "not applied: the case does not hold it, and the request can no longer land"
+                "not applied: the case does not hold it, and the request can no longer land (stellar.settle_after_secs have passed); the next pass decides again"
                     .into(),
             ),
         ),
@@ -179,14 +217,14 @@ fn settle(
     }
 }
 
-/// Waits until the requests of a holder that died (`previous`) can no longer land: its last
-/// heartbeat plus the request timeout, and one heartbeat more, since its last request may
-/// have left after the last heartbeat recorded.
+/// Waits until the requests of a holder that died or stalled (`previous`) can no longer
+/// land: its lease's end (it sends nothing once its lease, by its own clock, has less left
+/// than a request may take) plus the longest request.
 async fn wait_for_dead_holder(ctx: &PassContext, previous: Option<&Lease>) {
     let Some(last) = previous.and_then(|p| parse(&p.heartbeat_at)) else {
         return;
     };
-    let settled_at = last + ctx.settings.settle_after + ctx.audit.quiet_after_heartbeat();
+    let settled_at = last + ctx.audit.quiet_after_heartbeat() + ctx.settings.request_timeout;
     let wait = (settled_at - chrono::Utc::now())
         .to_std()
         .unwrap_or_default();

@@ -108,6 +108,21 @@ pub(super) async fn deferred(run: &Run<'_>, deferred: &[CasePlan]) -> Result<(),
     Ok(())
 }
 
+/// A note per listed case that could not be read, naming it and what was wrong.
+pub(super) async fn unreadable(
+    run: &Run<'_>,
+    cases: &[crate::stellar::CaseParseError],
+) -> Result<(), AuditError> {
+    let rows: Vec<_> = cases
+        .iter()
+        .map(|e| row::unreadable_case(&run.run_id, e.id.as_deref(), &e.reason, run.dry_run))
+        .collect();
+    if !rows.is_empty() {
+        run.ctx.audit.append(&rows).await?;
+    }
+    Ok(())
+}
+
 /// One row per rule that failed on some case this pass, so reports count rule errors from
 /// the chained log.
 pub(super) async fn rule_errors(run: &Run<'_>, rules: &[RuleStats]) {

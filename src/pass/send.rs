@@ -1,11 +1,12 @@
 //! One case's update and comment: sent, and each planned decision's outcome worked out
-//! from the answer (a lost answer is read back, never re-sent).
+//! from the answer. An answer that proves nothing (5xx, timeout, reset, cut short) is
+//! settled by reading the case, never by sending again.
 
 use tracing::Instrument;
 
 use super::comment::{change_summary, comment_texts, comment_trailer, rule_comment};
 use crate::audit::Outcome;
-use crate::plan::{self, CasePlan, Field};
+use crate::plan::{self, CasePlan, Field, FieldNow};
 use crate::stellar::{ApiError, Case, Client};
 
 /// Why a planned decision was not applied, and whether that is a failure or a skip.
@@ -49,7 +50,11 @@ impl NotApplied {
     }
 }
 
-pub(super) type DecisionResult = Result<(), NotApplied>;
+/// Applied (with how it is known, when the answer did not prove it), or why not.
+pub(super) type DecisionResult = Result<Option<String>, NotApplied>;
+
+/// What an unproven change waits for before it may be sent again.
+const IN_DOUBT: &str = "settled by a read at the start of the next pass, and sent again only once stellar.settle_after_secs have passed since this send";
 
 /// Sends one case's update, then its comment; returns the outcome of every planned decision.
 pub(super) async fn apply_case(
@@ -63,31 +68,37 @@ pub(super) async fn apply_case(
         let planned = (0..plan.decisions.len()).filter(|&i| plan.decisions[i].is_planned());
         let (comments, fields): (Vec<usize>, Vec<usize>) =
             planned.partition(|&i| plan.decisions[i].field == Field::Comment);
-        let update = match plan.body() {
-            Some(body) => update(client, plan, &body).await,
-            None => Ok(()),
+        let updated = match plan.body() {
+            Some(body) => update(client, plan, &fields, &body).await,
+            None => Vec::new(),
         };
-        let mut out: Vec<(usize, DecisionResult)> =
-            fields.iter().map(|&i| (i, update.clone())).collect();
+        let applied: Vec<usize> = (fields.iter().zip(&updated))
+            .filter(|(_, r)| r.is_ok())
+            .map(|(&i, _)| i)
+            .collect();
+        let unsent = (!fields.is_empty() && applied.is_empty())
+            .then(|| updated.iter().find_map(|r| r.clone().err()))
+            .flatten();
+        let mut out: Vec<(usize, DecisionResult)> = fields.iter().copied().zip(updated).collect();
         let mut text = Vec::new();
-        if update.is_ok() && comment_changes && !fields.is_empty() {
-            text.push(change_summary(plan, &fields));
+        if comment_changes && !applied.is_empty() {
+            text.push(change_summary(plan, &applied));
         }
         for &i in &comments {
             let d = &plan.decisions[i];
             text.push(rule_comment(&d.rule, d.new.as_deref()));
         }
-        let posted = match &update {
-            // Never sent, so known: failed with its update, or skipped.
-            Err(n) => {
+        let posted = match unsent {
+            // Not sent: the changes it explains did not take (or are not known to).
+            Some(n) => {
                 let why = "not sent: the case update did not succeed";
                 Err(match n.outcome {
                     Outcome::Failed => NotApplied::failed(why, None),
                     _ => NotApplied::skipped(why),
                 })
             }
-            Ok(()) if text.is_empty() => return out,
-            Ok(()) => post_comment(client, plan, text, run_id).await,
+            None if text.is_empty() => return out,
+            None => post_comment(client, plan, text, run_id).await,
         };
         out.extend(comments.iter().map(|&i| (i, posted.clone())));
         out
@@ -96,42 +107,98 @@ pub(super) async fn apply_case(
     .await
 }
 
-/// Sends the update and works out from the answer (or a read back) whether it took.
-async fn update(client: &Client, plan: &CasePlan, body: &serde_json::Value) -> DecisionResult {
-    match client.update_case(&plan.case_id, body).await {
-        Ok(Ok(case)) => holds(&case, plan),
-        // Only a case holding the planned values proves the update.
-        Ok(Err(_)) => {
-            let not_held = NotApplied::failed(
-                "the server accepted the update but the case does not hold it",
-                None,
-            );
-            let what = "the server's answer to the update is not a case";
-            read_back(client, plan, what, not_held).await
+/// Sends the update and works out each field's outcome from the answer, or, when the answer
+/// proves nothing, from a read of the case.
+async fn update(
+    client: &Client,
+    plan: &CasePlan,
+    fields: &[usize],
+    body: &serde_json::Value,
+) -> Vec<DecisionResult> {
+    let (what, in_flight, status) = match client.update_case(&plan.case_id, body).await {
+        Ok(Ok(case)) if unheld_fields(&case, plan).is_empty() => {
+            return fields.iter().map(|_| Ok(None)).collect();
         }
-        // No answer: the request may still be applied, so a case without the
-        // change is not settled yet.
-        Err(e @ ApiError::Transport { .. }) => {
-            let why = format!(
-                "{e}; the case does not hold the change yet and the server may still apply it: settled before the next pass, never re-sent while open"
-            );
-            read_back(client, plan, &e.to_string(), NotApplied::unknown(why)).await
-        }
-        // A 2xx whose body is not JSON proves nothing either way.
-        Err(e @ ApiError::BadResponse { .. }) => {
-            let why = format!("{e}; the case does not hold the change");
-            read_back(client, plan, &e.to_string(), NotApplied::failed(why, None)).await
-        }
-        Err(e) if e.http_status().is_some_and(|s| s >= 500) => {
-            let answered = read_back(client, plan, &e.to_string(), failure(&e)).await;
-            // The server answered: nothing of it can land later.
-            answered.map_err(|n| NotApplied {
-                status: n.status.or(e.http_status()),
-                ..n
-            })
-        }
-        Err(e) => Err(failure(&e)),
+        Ok(Ok(_)) => (
+            "the server accepted the update but its answer does not hold every change".into(),
+            false,
+            None,
+        ),
+        Ok(Err(_)) => (
+            "the server's answer to the update is not a case".into(),
+            false,
+            None,
+        ),
+        Err(e) if in_doubt(&e) => (e.to_string(), true, e.http_status()),
+        Err(e) => return fields.iter().map(|_| Err(failure(&e))).collect(),
+    };
+    settle_by_read(client, plan, fields, &what, in_flight)
+        .await
+        .into_iter()
+        .map(|r| r.map_err(|n| NotApplied { status, ..n }))
+        .collect()
+}
+
+/// An answer after which the server may have applied the update, or may still: no answer
+/// (timeout, reset), one cut short or not JSON, or a 5xx (a gateway's, after the server
+/// applied it). 429 and the other statuses mean it was not applied.
+fn in_doubt(e: &ApiError) -> bool {
+    match e {
+        ApiError::Transport { .. } | ApiError::BadResponse { .. } => true,
+        other => other.http_status().is_some_and(|s| s >= 500),
     }
+}
+
+/// After an update whose answer does not prove it (`what`), reads the case: a field holding
+/// the new value is applied (confirmed by read); one holding a third value was changed by
+/// someone else, and is left alone; one still holding the old value failed if the server
+/// answered (`in_flight` false), else is unknown until a later read settles it.
+async fn settle_by_read(
+    client: &Client,
+    plan: &CasePlan,
+    fields: &[usize],
+    what: &str,
+    in_flight: bool,
+) -> Vec<DecisionResult> {
+    let case = match client.get_case(&plan.case_id).await {
+        Ok(case) => case,
+        Err(e) => {
+            let why = format!("{what}; reading the case back failed too ({e}): {IN_DOUBT}");
+            return fields
+                .iter()
+                .map(|_| Err(NotApplied::unknown(why.clone())))
+                .collect();
+        }
+    };
+    fields
+        .iter()
+        .map(|&i| {
+            let d = &plan.decisions[i];
+            let (old, new) = (d.old.as_deref(), d.new.as_deref());
+            match plan::field_now(&case, d.field, old.unwrap_or(""), new.unwrap_or("")) {
+                FieldNow::New => {
+                    tracing::info!(error = %what, field = %d.field, "the update's answer was no proof, but reading the case back shows it applied");
+                    Ok(Some(format!("confirmed by read: {what}")))
+                }
+                FieldNow::Other(now) => Err(NotApplied::skipped(overridden(d.field, old, &now))),
+                FieldNow::Old if in_flight => Err(NotApplied::unknown(format!(
+                    "{what}; the case does not hold it yet and the server may still apply the request: {IN_DOUBT}"
+                ))),
+                FieldNow::Old => Err(NotApplied::failed(
+                    format!("{what}; reading the case back shows it was not applied"),
+                    None,
+                )),
+            }
+        })
+        .collect()
+}
+
+/// Why a change found a third value in its field is left alone.
+pub(super) fn overridden(field: Field, old: Option<&str>, now: &str) -> String {
+    format!(
+        "overridden: {field} is now {now:?}, not {:?} as planned on: someone else changed it; left alone",
+        old.unwrap_or("")
+    )
 }
 
 /// Posts the case's comment: `text`'s parts and the pass's trailer.
@@ -143,55 +210,25 @@ async fn post_comment(
 ) -> DecisionResult {
     text.push(comment_trailer(run_id));
     let body = text.join("\n\n");
-    // A comment is not idempotent, so it is never re-sent; whether a lost answer's
-    // comment landed is read from the case's comments (the trailer makes it unique).
+    // A comment posted twice is a duplicate, so it is never re-sent; whether a lost
+    // answer's comment landed is read from the case's comments (the trailer makes it unique).
     let posted = match client.add_comment(&plan.case_id, &body).await {
-        Ok(()) => Ok(()),
-        Err(e)
-            if may_have_landed(&e)
-                && comment_texts(client, &plan.case_id)
-                    .await
-                    .is_ok_and(|t| t.contains(&body)) =>
-        {
-            tracing::info!(error = %e, "the comment's answer was lost, but the case's comments show it was posted");
-            Ok(())
-        }
+        Ok(()) => Ok(None),
+        Err(e) if in_doubt(&e) => match comment_texts(client, &plan.case_id).await {
+            Ok(texts) if texts.contains(&body) => {
+                tracing::info!(error = %e, "the comment's answer was lost, but the case's comments show it was posted");
+                Ok(Some(format!("confirmed by read: {e}")))
+            }
+            _ => Err(NotApplied::unknown(format!(
+                "{e}; the comment is not on the case yet and the server may still post it: {IN_DOUBT}"
+            ))),
+        },
         Err(e) => Err(failure(&e)),
     };
     if let Err(n) = &posted {
         tracing::warn!(error = %n.why, "the case was updated but its explanatory comment could not be posted");
     }
     posted
-}
-
-/// An error after which the server may still have applied the comment: the request
-/// went out but no (good) answer came back.
-fn may_have_landed(e: &ApiError) -> bool {
-    match e {
-        ApiError::Transport { .. } => true,
-        other => other.http_status().is_some_and(|s| s >= 500),
-    }
-}
-
-/// After an update whose answer does not prove it (`what` went wrong), reads the case
-/// back: applied if it holds every planned field, else `not_held`; `unknown` when it cannot
-/// be read.
-async fn read_back(
-    client: &Client,
-    plan: &CasePlan,
-    what: &str,
-    not_held: NotApplied,
-) -> DecisionResult {
-    match client.get_case(&plan.case_id).await {
-        Ok(case) if unheld_fields(&case, plan).is_empty() => {
-            tracing::info!(error = %what, "the update's answer was no proof, but reading the case back shows it was applied");
-            Ok(())
-        }
-        Ok(_) => Err(not_held),
-        Err(e) => Err(NotApplied::unknown(format!(
-            "{what}; reading the case back failed too ({e}): settled before the next pass, never re-sent while open"
-        ))),
-    }
 }
 
 /// The fields of the plan's changes that `case` does not hold.
@@ -202,34 +239,15 @@ fn unheld_fields(case: &Case, plan: &CasePlan) -> Vec<Field> {
         .collect()
 }
 
-/// A request that went wrong; a call refused for the configured API flavour was never
-/// taken by the server, and is recorded as skipped.
+/// A request that went wrong; a call refused for the configured API flavour, or held back
+/// by the fence, was never taken by the server, and is recorded as skipped.
 fn failure(e: &ApiError) -> NotApplied {
     match e {
         ApiError::WrongFlavor { .. } => NotApplied {
             halts: true,
             ..NotApplied::skipped(e.to_string())
         },
+        ApiError::Fenced { .. } => NotApplied::skipped(e.to_string()),
         _ => NotApplied::failed(e.to_string(), e.http_status()),
-    }
-}
-
-/// The server answered with the case: does it hold what was sent?
-fn holds(case: &Case, plan: &CasePlan) -> DecisionResult {
-    let missing = unheld_fields(case, plan);
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(NotApplied::failed(
-            format!(
-                "the server accepted the update but the case does not hold the new {}",
-                missing
-                    .iter()
-                    .map(|f| f.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            None,
-        ))
     }
 }

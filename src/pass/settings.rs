@@ -33,9 +33,11 @@ pub struct PassSettings {
     pub max_change_fraction: f64,
     pub guard_min_cases: usize,
     pub max_in_flight: usize,
-    /// How long after it was sent a request may still be applied by the server: an
-    /// unanswered change is settled only after this.
+    /// How long after it was sent a request may still be applied by the server: a change in
+    /// doubt is settled as not applied (and may be sent again) only after this.
     pub settle_after: Duration,
+    /// The longest one request may take (`timeout_secs`).
+    pub request_timeout: Duration,
     /// After this, a pass sends nothing more and records what it did not send as skipped.
     pub pass_timeout: Duration,
     pub limits: Limits,
@@ -54,7 +56,8 @@ impl PassSettings {
             max_change_fraction: c.daemon.max_change_fraction,
             guard_min_cases: c.daemon.guard_min_cases,
             max_in_flight: s.max_in_flight,
-            settle_after: settle_after(Duration::from_secs(s.timeout_secs)),
+            settle_after: s.settle_after(),
+            request_timeout: Duration::from_secs(s.timeout_secs),
             pass_timeout: Duration::from_secs(c.daemon.pass_timeout_secs),
             limits: c.daemon.rule_limits.clone(),
             calendars: c.calendars(),
@@ -62,9 +65,4 @@ impl PassSettings {
             tenant_limits: c.tenants.clone().into_iter().collect(),
         }
     }
-}
-
-/// The settle window for a request timeout: the timeout and a margin for clocks.
-fn settle_after(timeout: Duration) -> Duration {
-    timeout + Duration::from_secs(2)
 }

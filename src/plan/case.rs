@@ -93,9 +93,6 @@ pub struct CasePlan {
     pub case_id: String,
     pub ticket_id: Option<i64>,
     pub decisions: Vec<Decision>,
-    /// The case's [`stamp`] when it was listed: a different one before sending means
-    /// someone changed it since.
-    pub stamp: Option<String>,
     /// The customer the case belongs to (`cust_id`), recorded with its audit rows.
     pub tenant: Option<String>,
 }
@@ -268,23 +265,32 @@ pub fn plan_case(case: &Case, requests: &[RuleChanges]) -> CasePlan {
         case_id: case.id.clone(),
         ticket_id: case.ticket_id(),
         decisions,
-        stamp: stamp(case),
         tenant: case.tenant().map(str::to_string),
     }
 }
 
-/// What changes whenever anyone changes the case: `modified_at` and, where the server
-/// keeps one, `version`. None when the case carries neither.
-pub fn stamp(case: &Case) -> Option<String> {
-    let raw = case.raw();
-    let (modified, version) = (raw.get("modified_at"), raw.get("version"));
-    (modified.is_some() || version.is_some()).then(|| {
-        format!(
-            "{}/{}",
-            modified.unwrap_or(&Value::Null),
-            version.unwrap_or(&Value::Null)
-        )
-    })
+/// What a case read now holds in a planned change's field.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldNow {
+    /// What the plan saw (`old`; for a tag, not yet added or removed): the change still is one.
+    Old,
+    /// What the plan sets: made already.
+    New,
+    /// A third value (never for a tag), as [`current`] shows it: someone else changed it.
+    Other(String),
+}
+
+/// What `case` holds now in `field`, against the plan's `old` and `new`.
+pub fn field_now(case: &Case, field: Field, old: &str, new: &str) -> FieldNow {
+    if holds(case, field, new) {
+        return FieldNow::New;
+    }
+    let now = super::current(case, field, new);
+    if field == Field::Tags || field == Field::Comment || now == old || holds(case, field, old) {
+        FieldNow::Old
+    } else {
+        FieldNow::Other(now)
+    }
 }
 
 /// Whether the case already holds what a planned decision sets (used to reconcile after a

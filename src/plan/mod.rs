@@ -13,8 +13,8 @@ pub mod revert;
 pub mod reviewed;
 
 pub use case::{
-    CasePlan, Change, ChangeKind, Decision, RuleChanges, apply, case_holds, decisions, holds,
-    plan_case, resolve_emails, stamp,
+    CasePlan, Change, ChangeKind, Decision, FieldNow, RuleChanges, apply, case_holds, decisions,
+    field_now, holds, plan_case, resolve_emails,
 };
 pub use field::{DecisionId, Field, describe_change, memory_key};
 pub use memory::{Memory, current, remember};

@@ -44,7 +44,6 @@ impl Reverter<'_> {
             case_id: case_id.to_string(),
             ticket_id: now.ticket_id(),
             decisions,
-            stamp: None,
             tenant: now.tenant().map(str::to_string),
         }
     }

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::pass::HALTED;
-use super::{CasePlan, Decision, Field, current, holds};
+use super::{CasePlan, Decision, Field, FieldNow, current, field_now};
 use crate::stellar::Case;
 
 /// A plan file `apply` cannot use.
@@ -203,8 +203,6 @@ impl PlannedCase {
             case_id: self.case_id.clone(),
             ticket_id: self.ticket_id,
             decisions,
-            // Checked just now, change by change.
-            stamp: None,
             tenant: now.tenant().map(str::to_string),
         };
         plan.skip_unexplained_comments(
@@ -220,13 +218,7 @@ impl PlannedCase {
 fn still_holds(case: &Case, field: Field, c: &PlannedChange) -> Result<(), String> {
     let new = c.new.as_deref().unwrap_or("");
     let old = c.old.as_deref().unwrap_or("");
-    let fine = match field {
-        Field::Comment => true,
-        // A tag change still is one while the case does not hold it yet.
-        Field::Tags => !holds(case, field, new),
-        _ => holds(case, field, old),
-    };
-    if fine {
+    if field_now(case, field, old, new) == FieldNow::Old {
         return Ok(());
     }
     Err(match field {
@@ -272,14 +264,12 @@ mod tests {
                     decision(Field::Status, "New", "Closed", Some(guard)),
                     decision(Field::Assignee, "a", "b", Some("no-op")),
                 ],
-                stamp: None,
                 tenant: None,
             },
             CasePlan {
                 case_id: "c2".into(),
                 ticket_id: None,
                 decisions: vec![decision(Field::Priority, "Low", "Low", Some("no-op"))],
-                stamp: None,
                 tenant: None,
             },
         ]

@@ -72,6 +72,8 @@ pub struct SimState {
     pub(super) burst_left: u64,
     /// Bumped on every change to `cases`; invalidates `list_cache`.
     pub(super) version: u64,
+    /// With a listing lag: each case's earlier versions, with when each was replaced.
+    past: HashMap<String, Vec<(std::time::Instant, Value)>>,
     pub(super) list_cache: Option<(String, u64, Arc<Vec<usize>>)>,
 }
 
@@ -125,6 +127,7 @@ impl SimState {
             api_requests: 0,
             burst_left: 0,
             version: 0,
+            past: HashMap::new(),
             list_cache: None,
         })
     }
@@ -155,6 +158,41 @@ impl SimState {
         hits.sort_unstable();
         hits.dedup();
         hits
+    }
+
+    /// Bumps the version before the case at `i` changes, keeping the version it replaces
+    /// while listings lag (and only as long as they can still serve it).
+    pub(super) fn remember(&mut self, i: usize) {
+        self.version += 1;
+        let lag = std::time::Duration::from_millis(self.faults.list_lag_ms);
+        if lag.is_zero() {
+            return;
+        }
+        let Some(id) = self.cases[i].get("_id").and_then(Value::as_str) else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        let versions = self.past.entry(id.to_string()).or_default();
+        versions.retain(|(replaced, _)| now.duration_since(*replaced) <= lag);
+        versions.push((now, self.cases[i].clone()));
+    }
+
+    /// The population as a listing lagging `list_lag_ms` behind serves it.
+    pub(super) fn lagged(&self) -> Vec<Value> {
+        let lag = std::time::Duration::from_millis(self.faults.list_lag_ms);
+        let now = std::time::Instant::now();
+        self.cases
+            .iter()
+            .map(|c| {
+                let id = c.get("_id").and_then(Value::as_str).unwrap_or("");
+                // The oldest version replaced within the lag is what the index still holds.
+                self.past
+                    .get(id)
+                    .and_then(|v| v.iter().find(|(at, _)| now.duration_since(*at) <= lag))
+                    .map_or(c, |(_, old)| old)
+                    .clone()
+            })
+            .collect()
     }
 
     /// Adds or replaces a case (tests plant exactly the cases they need, broken ones too).
@@ -218,7 +256,7 @@ impl SimState {
         let Some(&i) = self.index.get(case_id) else {
             return;
         };
-        self.version += 1;
+        self.remember(i);
         let at = crate::now_ms() - ago_ms;
         let case = self.cases[i].as_object_mut().expect("cases are objects");
         let from = case.get(field).cloned().unwrap_or(Value::Null);
@@ -405,6 +443,13 @@ pub struct Faults {
     pub fail_reads_after_updates: bool,
     /// Listings with this filter key answer 400, as a server that does not know it.
     pub refuse_filter: Option<String>,
+    /// Listings serve each case as it was this long ago, as a search index trailing
+    /// writes; `GET /cases/{id}` is current.
+    pub list_lag_ms: u64,
+    /// Share of updates that are applied, then answered 502 with a gateway's HTML page.
+    pub apply_then_fail: f64,
+    /// Listings serve the case with this id with a byte of invalid UTF-8 in its name.
+    pub invalid_utf8_case: Option<String>,
 }
 
 /// A redirect answer for requests of `method` (any when None) whose path ends with

@@ -46,6 +46,8 @@ pub enum ApiError {
         what: String,
         configured: super::ApiFlavor,
     },
+    #[error("{what}: not sent: {why}")]
+    Fenced { what: String, why: String },
     #[error("cannot set up the HTTP client: {0}")]
     Setup(String),
 }

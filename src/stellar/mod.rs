@@ -15,7 +15,7 @@ mod pager;
 mod retry;
 
 pub use auth::Credentials;
-pub use client::{Client, ClientSettings, credentials};
+pub use client::{Client, ClientSettings, WriteGate, credentials};
 pub use derived::{Entity, entity_of, involved, parse_entity, priority_rank};
 pub use document::{cases_in_answer, parse_lenient};
 pub use error::ApiError;

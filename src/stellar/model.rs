@@ -293,8 +293,6 @@ fn check_types(raw: &CaseObject) -> Result<(), String> {
             }
         }
     }
-    // What tells a person's edit apart from the listing (see `plan::stamp`).
-    raw.checked("version")?;
     match raw.checked("tags")? {
         None | Some(Value::Null) => {}
         Some(Value::Array(tags)) if tags.iter().all(Value::is_string) => {}

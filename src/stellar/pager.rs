@@ -61,20 +61,6 @@ impl Client {
             done: false,
         }
     }
-
-    /// The cases with these ticket numbers, a page of them per listing request
-    /// (`ticket_id=1,2,3`). A server may answer with other cases or fewer: the caller
-    /// looks for the ones it asked for.
-    pub async fn cases_by_ticket(&self, tickets: &[i64]) -> Result<Vec<Case>, ApiError> {
-        let mut cases = Vec::with_capacity(tickets.len());
-        for some in tickets.chunks(self.page_size() as usize) {
-            let list: Vec<String> = some.iter().map(i64::to_string).collect();
-            let filters = Arc::new(vec![("ticket_id".to_string(), list.join(","))]);
-            let fetched = fetch(self.clone(), filters, 0).await?;
-            cases.extend(fetched.parsed.into_iter().filter_map(Result::ok));
-        }
-        Ok(cases)
-    }
 }
 
 impl CasePager {
@@ -195,6 +181,9 @@ struct Cases<'a> {
 }
 
 fn decode(body: &[u8]) -> serde_json::Result<Listed> {
+    if let Err(e) = std::str::from_utf8(body) {
+        return decode_invalid_utf8(body, e.valid_up_to());
+    }
     match serde_json::from_slice::<Answer>(body) {
         Ok(a) => Ok(Listed::Page {
             cases: a.data.cases.into_iter().map(Case::index).collect(),
@@ -202,6 +191,44 @@ fn decode(body: &[u8]) -> serde_json::Result<Listed> {
         }),
         Err(_) => serde_json::from_slice(body).map(Listed::Other),
     }
+}
+
+/// A page with bytes that are not UTF-8 (from `first` on): each is read as `?` so the
+/// page parses, and the cases that held one are refused, naming where.
+fn decode_invalid_utf8(body: &[u8], first: usize) -> serde_json::Result<Listed> {
+    let mut text = body.to_vec();
+    let mut bad = Vec::new();
+    let mut at = first;
+    while at < text.len() {
+        match std::str::from_utf8(&text[at..]) {
+            Ok(_) => break,
+            Err(e) => {
+                let from = at + e.valid_up_to();
+                let len = e.error_len().unwrap_or(text.len() - from);
+                text[from..from + len].fill(b'?');
+                bad.push(from);
+                at = from + len;
+            }
+        }
+    }
+    let a = serde_json::from_slice::<Answer>(&text)?;
+    let base = text.as_ptr() as usize;
+    let cases = a.data.cases.into_iter().map(|raw| {
+        let start = raw.get().as_ptr() as usize - base;
+        let end = start + raw.get().len();
+        let parsed = Case::index(raw)?;
+        match bad.iter().find(|&&b| (start..end).contains(&b)) {
+            None => Ok(parsed),
+            Some(b) => Err(CaseParseError {
+                id: parsed.get("_id").and_then(Value::as_str).map(str::to_string),
+                reason: format!("invalid UTF-8 at byte {b} of the page"),
+            }),
+        }
+    });
+    Ok(Listed::Page {
+        cases: cases.collect(),
+        total: a.data.total,
+    })
 }
 
 /// Requests and parses the page at `skip`.
@@ -222,7 +249,6 @@ async fn fetch(
                 path: "/connect/api/v1/cases".into(),
                 query: &query,
                 body: None,
-                idempotent: true,
             },
             decode,
         )

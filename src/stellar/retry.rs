@@ -12,6 +12,8 @@ pub(crate) enum Failure {
     Status(u16),
     /// The answer's body was cut short or is not JSON.
     BadBody,
+    /// A write the sender's fence held back: its claim may end before the answer.
+    Fenced,
     /// No token to send it with; `transient` when getting one failed on the network, a 429
     /// or a 5xx, not because the key was refused.
     Token { transient: bool },
@@ -32,8 +34,6 @@ pub(crate) enum Next {
 pub(crate) struct Attempt {
     /// A read: sending it twice is harmless even if the first one landed.
     pub read: bool,
-    /// A 5xx may be retried (the server answered, so nothing is in flight).
-    pub idempotent: bool,
     /// No attempt is left.
     pub last: bool,
     /// The token was already renewed once for this call.
@@ -41,8 +41,9 @@ pub(crate) struct Attempt {
 }
 
 /// A 401 renews the token once; otherwise, while attempts are left: a request that never
-/// left is sent again, one that may have landed only if it is a read (an update answered
-/// late would land twice), 429 always, 5xx when idempotent, a bad body of a read.
+/// left is sent again, one that may have landed only if it is a read (a write answered
+/// late, or 5xx by a gateway after the server applied it, would land twice), 429 always.
+/// A write the fence held back was never sent, and is not sent again either.
 pub(crate) fn decide(failure: Failure, a: Attempt) -> Next {
     match failure {
         Failure::Status(401) if !a.renewed => Next::Renew,
@@ -50,7 +51,7 @@ pub(crate) fn decide(failure: Failure, a: Attempt) -> Next {
         Failure::Unsent | Failure::Token { transient: true } => Next::Retry,
         Failure::Unanswered | Failure::BadBody if a.read => Next::Retry,
         Failure::Status(429) => Next::Retry,
-        Failure::Status(s) if s >= 500 && a.idempotent => Next::Retry,
+        Failure::Status(s) if s >= 500 && a.read => Next::Retry,
         _ => Next::Stop,
     }
 }
@@ -61,33 +62,26 @@ mod tests {
 
     const READ: Attempt = Attempt {
         read: true,
-        idempotent: true,
         last: false,
         renewed: false,
     };
-    const UPDATE: Attempt = Attempt {
+    const WRITE: Attempt = Attempt {
         read: false,
-        idempotent: true,
-        last: false,
-        renewed: false,
-    };
-    const COMMENT: Attempt = Attempt {
-        read: false,
-        idempotent: false,
         last: false,
         renewed: false,
     };
 
     #[test]
     fn what_may_be_sent_again() {
-        assert_eq!(decide(Failure::Unsent, COMMENT), Next::Retry);
+        assert_eq!(decide(Failure::Unsent, WRITE), Next::Retry);
         assert_eq!(decide(Failure::Unanswered, READ), Next::Retry);
-        assert_eq!(decide(Failure::Unanswered, UPDATE), Next::Stop);
+        assert_eq!(decide(Failure::Unanswered, WRITE), Next::Stop);
         assert_eq!(decide(Failure::BadBody, READ), Next::Retry);
-        assert_eq!(decide(Failure::BadBody, UPDATE), Next::Stop);
-        assert_eq!(decide(Failure::Status(503), UPDATE), Next::Retry);
-        assert_eq!(decide(Failure::Status(503), COMMENT), Next::Stop);
-        assert_eq!(decide(Failure::Status(429), COMMENT), Next::Retry);
+        assert_eq!(decide(Failure::BadBody, WRITE), Next::Stop);
+        assert_eq!(decide(Failure::Status(503), READ), Next::Retry);
+        assert_eq!(decide(Failure::Status(502), WRITE), Next::Stop);
+        assert_eq!(decide(Failure::Status(429), WRITE), Next::Retry);
+        assert_eq!(decide(Failure::Fenced, WRITE), Next::Stop);
         assert_eq!(decide(Failure::Status(404), READ), Next::Stop);
         assert_eq!(decide(Failure::Status(302), READ), Next::Stop);
     }
@@ -96,7 +90,7 @@ mod tests {
     fn a_token_is_fetched_again_only_after_a_transient_failure() {
         let transient = Failure::Token { transient: true };
         let refused = Failure::Token { transient: false };
-        assert_eq!(decide(transient, COMMENT), Next::Retry);
+        assert_eq!(decide(transient, WRITE), Next::Retry);
         assert_eq!(decide(refused, READ), Next::Stop);
         assert_eq!(
             decide(transient, Attempt { last: true, ..READ }),

@@ -74,8 +74,15 @@ pub(super) async fn list_cases(
         Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
     };
     edit_before_read(&mut s, &q.filters);
-    let hits = matching(&mut s, &q);
-    let body = page(&s, &hits, q.skip, q.limit);
+    let bad = s.faults.invalid_utf8_case.clone();
+    let body = if s.faults.list_lag_ms > 0 {
+        // Rare and for tests of lag: the lagged population is copied per listing.
+        let cases = s.lagged();
+        page(&cases, &select(&cases, &q), q.skip, q.limit, bad.as_deref())
+    } else {
+        let hits = matching(&mut s, &q);
+        page(&s.cases, &hits, q.skip, q.limit, bad.as_deref())
+    };
     if s.faults.truncate_next_lists > 0 {
         s.faults.truncate_next_lists -= 1;
         return truncated(body);
@@ -121,23 +128,25 @@ fn matching(s: &mut SimState, q: &ListQuery) -> Arc<Vec<usize>> {
         // The whole population in its own order: nothing to compute or remember.
         None if q.filters.is_empty() && q.sort.is_none() => Arc::new((0..s.cases.len()).collect()),
         None => {
-            let mut hits: Vec<usize> = (0..s.cases.len())
-                .filter(|&i| {
-                    q.filters.iter().all(|(k, v)| {
-                        s.cases[i]
-                            .as_object()
-                            .is_some_and(|o| filter::matches(o, k, v))
-                    })
-                })
-                .collect();
-            if let Some(key) = &q.sort {
-                sort(&s.cases, &mut hits, key, q.desc);
-            }
-            let hits = Arc::new(hits);
+            let hits = Arc::new(select(&s.cases, q));
             s.list_cache = Some((query_key, s.version, hits.clone()));
             hits
         }
     }
+}
+
+/// The positions of the `cases` that `q`'s filters match, in its order.
+fn select(cases: &[Value], q: &ListQuery) -> Vec<usize> {
+    let mut hits: Vec<usize> = (0..cases.len())
+        .filter(|&i| {
+            (q.filters.iter())
+                .all(|(k, v)| cases[i].as_object().is_some_and(|o| filter::matches(o, k, v)))
+        })
+        .collect();
+    if let Some(key) = &q.sort {
+        sort(cases, &mut hits, key, q.desc);
+    }
+    hits
 }
 
 /// Sorts positions of `cases` by `key`: as numbers when both are, else as text.
@@ -161,15 +170,20 @@ fn field_str<'a>(case: &'a Value, key: &str) -> &'a str {
 
 /// One page of the listing as the answer's bytes. Written straight to bytes: a page of 500
 /// cases is ~600 KB, and building it as a `Value` first would copy every case once more
-/// while the state is locked.
-fn page(s: &SimState, hits: &[usize], skip: usize, limit: usize) -> Vec<u8> {
+/// while the state is locked. The case with id `bad` gets a byte of invalid UTF-8.
+fn page(cases: &[Value], hits: &[usize], skip: usize, limit: usize, bad: Option<&str>) -> Vec<u8> {
     let mut body = Vec::with_capacity(limit.min(hits.len()) * 1400 + 64);
     body.extend_from_slice(b"{\"data\":{\"cases\":[");
     for (n, &i) in hits.iter().skip(skip).take(limit).enumerate() {
         if n > 0 {
             body.push(b',');
         }
-        serde_json::to_writer(&mut body, &s.cases[i]).expect("a Value serializes");
+        let start = body.len();
+        serde_json::to_writer(&mut body, &cases[i]).expect("a Value serializes");
+        if bad.is_some_and(|id| cases[i].get("_id").and_then(Value::as_str) == Some(id)) {
+            let name = body[start..].windows(8).position(|w| w == b"\"name\":\"");
+            body.insert(start + name.map_or(1, |at| at + 8), 0xff);
+        }
     }
     body.extend_from_slice(format!("],\"total\":{}}}}}", hits.len()).as_bytes());
     body

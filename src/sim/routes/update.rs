@@ -66,7 +66,23 @@ fn update(state: &Shared, id: &str, body: &[u8], route: ApiFlavor) -> Response {
     if s.faults.garble_write_answers {
         return (StatusCode::OK, "<html>OK</html>").into_response();
     }
+    let rate = s.faults.apply_then_fail;
+    if rate > 0.0 && s.rng.f64() < rate {
+        return gateway_error();
+    }
     data_answer(&s.cases[idx])
+}
+
+/// What a load balancer answers when the server behind it took too long: the update was
+/// applied all the same.
+fn gateway_error() -> Response {
+    let page = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n";
+    (
+        StatusCode::BAD_GATEWAY,
+        [(axum::http::header::CONTENT_TYPE, "text/html")],
+        page,
+    )
+        .into_response()
 }
 
 /// Makes `changes` to the case at `idx` as the API user: what differs is set and recorded
@@ -79,7 +95,7 @@ fn apply(s: &mut SimState, id: &str, idx: usize, changes: Vec<(String, Value)>) 
         ApiFlavor::Legacy => s.api_user.clone(),
         ApiFlavor::V5 => api_user_id.clone(),
     };
-    s.version += 1;
+    s.remember(idx);
     let now = crate::now_ms();
     let case = s.cases[idx].as_object_mut().expect("cases are objects");
     let mut entries = Vec::new();

@@ -22,15 +22,13 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
 /// The longest backoff between attempts when the server asked for nothing.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// A request, and whether one the server refused with a 5xx may be sent again (updates
-/// set absolute values and add/delete tags; a comment posted twice is a duplicate). One
-/// that may have reached the server unanswered (a timeout) is sent again only if a read.
+/// A request. Only a read is sent again after a 5xx or a lost answer: a gateway answers
+/// 502/503/504 after the server applied a write, so a write's doubt is settled by reading.
 pub(in crate::stellar) struct Call<'a> {
     pub method: Method,
     pub path: String,
     pub query: &'a [(String, String)],
     pub body: Option<&'a Value>,
-    pub idempotent: bool,
 }
 
 impl Client {
@@ -63,7 +61,6 @@ impl Client {
     fn attempt_of(&self, call: Option<&Call<'_>>, attempt: u32, renewed: bool) -> retry::Attempt {
         retry::Attempt {
             read: call.is_none_or(|c| c.method == Method::GET),
-            idempotent: call.is_none_or(|c| c.idempotent),
             last: attempt >= self.inner.max_attempts,
             renewed,
         }
@@ -84,7 +81,7 @@ impl Client {
     }
 
     /// One API call with the retry policy: connect errors back off with jitter, as do
-    /// timeouts and cut-short or non-JSON answers of reads, and 5xx when `idempotent`; 429
+    /// timeouts, 5xx and cut-short or non-JSON answers of reads; 429
     /// waits for Retry-After; a 401 renews the token and retries once; a 3xx is an error.
     /// `retry::decide` says whether; backon counts and sleeps.
     pub(in crate::stellar) async fn call(&self, call: Call<'_>) -> Result<Value, ApiError> {
@@ -153,10 +150,21 @@ impl Client {
     ) -> Result<T, (retry::Failure, ApiError, Option<Duration>)> {
         let inner = &self.inner;
         let what = format!("{} {}", call.method, call.path);
+        let mut limit = inner.timeout;
+        if let Some(gate) = self.gate.as_ref().filter(|_| call.method != Method::GET) {
+            match gate(inner.timeout) {
+                Ok(left) => limit = left.map_or(limit, |l| l.min(limit)),
+                Err(why) => {
+                    let error = ApiError::Fenced { what, why };
+                    return Err((retry::Failure::Fenced, error, None));
+                }
+            }
+        }
         let mut req = inner
             .http
             .request(call.method.clone(), format!("{}{}", inner.base, call.path))
-            .header(AUTHORIZATION, format!("Bearer {}", token.expose()));
+            .header(AUTHORIZATION, format!("Bearer {}", token.expose()))
+            .timeout(limit);
         if !call.query.is_empty() {
             req = req.query(call.query);
         }

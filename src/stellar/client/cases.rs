@@ -20,7 +20,6 @@ impl Client {
                     path: format!("/connect/api/v1/cases/{}", urlencode(id)),
                     query: &[],
                     body: None,
-                    idempotent: true,
                 },
                 decode_data,
             )
@@ -100,7 +99,6 @@ impl Client {
                     path,
                     query: &query,
                     body: Some(&body),
-                    idempotent: true,
                 },
                 decode_data,
             )
@@ -119,7 +117,6 @@ impl Client {
                 path,
                 query: &[],
                 body: None,
-                idempotent: true,
             })
             .await?;
         let data = data_of(v, &what)?;

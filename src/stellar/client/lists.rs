@@ -17,7 +17,6 @@ impl Client {
             path: format!("/connect/api/v1/cases/{}/comments", urlencode(id)),
             query: &[],
             body: Some(&body),
-            idempotent: false,
         })
         .await
         .map(|_| ())
@@ -52,7 +51,6 @@ impl Client {
                 path: path.to_string(),
                 query: &[],
                 body: None,
-                idempotent: true,
             })
             .await?;
         match data_of(v, &what)? {

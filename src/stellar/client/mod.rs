@@ -35,7 +35,12 @@ pub struct ClientSettings {
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    gate: Option<WriteGate>,
 }
+
+/// Asked right before every write attempt (first, retry, comment): how long its answer
+/// may take (None: no limit beyond the timeout), or why nothing may be sent now.
+pub type WriteGate = Arc<dyn Fn(Duration) -> Result<Option<Duration>, String> + Send + Sync>;
 
 struct Inner {
     metrics: Option<Arc<crate::metrics::Metrics>>,
@@ -49,6 +54,7 @@ struct Inner {
     page_size: u32,
     max_attempts: u32,
     retry_base: Duration,
+    timeout: Duration,
     tokens: auth::TokenCache,
 }
 
@@ -102,8 +108,18 @@ impl Client {
                 page_size: settings.page_size.clamp(1, 500),
                 max_attempts: settings.max_attempts.max(1),
                 retry_base: settings.retry_base,
+                timeout: settings.timeout,
             }),
+            gate: None,
         })
+    }
+
+    /// This client with every write first passed by `gate` (given the request timeout).
+    pub fn gated(&self, gate: WriteGate) -> Client {
+        Client {
+            inner: self.inner.clone(),
+            gate: Some(gate),
+        }
     }
 
     /// The flavour in use: configured, detected, or legacy while nothing showed otherwise.
