@@ -8,6 +8,7 @@ mod change_control;
 mod client;
 mod common;
 mod daemon;
+mod exactly_once;
 mod faults;
 mod fuzz;
 mod pass;

@@ -177,7 +177,7 @@ async fn settle_by_read(
             let (old, new) = (d.old.as_deref(), d.new.as_deref());
             match plan::field_now(&case, d.field, old.unwrap_or(""), new.unwrap_or("")) {
                 FieldNow::New => {
-                    tracing::info!(error = %what, field = %d.field, "the update's answer was no proof, but reading the case back shows it applied");
+                    tracing::info!(error = %what, field = %d.field, "the update's answer was no proof, but reading the case back shows it was applied");
                     Ok(Some(format!("confirmed by read: {what}")))
                 }
                 FieldNow::Other(now) => Err(NotApplied::skipped(overridden(d.field, old, &now))),
