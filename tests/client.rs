@@ -300,13 +300,14 @@ async fn a_case_whose_field_does_not_parse_is_skipped_naming_it() {
     let mut pager = client(&sim).list_cases(vec![]);
     let page = pager.next_page().await.unwrap().unwrap();
     let ids: Vec<&str> = page.cases.iter().map(|c| c.id.as_str()).collect();
-    assert_eq!(ids, ["d"]);
+    // `version` is nobody's business but the server's: passed through, even unreadable.
+    assert_eq!(ids, ["c", "d"]);
     let reasons: Vec<(Option<&str>, &str)> = page
         .skipped
         .iter()
         .map(|e| (e.id.as_deref(), e.reason.as_str()))
         .collect();
-    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
     assert!(
         reasons[0].1.starts_with("modified_at is not valid JSON"),
         "{reasons:?}"
@@ -315,11 +316,7 @@ async fn a_case_whose_field_does_not_parse_is_skipped_naming_it() {
         reasons[1].1.starts_with("name is not valid JSON"),
         "{reasons:?}"
     );
-    assert!(
-        reasons[2].1.starts_with("version is not valid JSON"),
-        "{reasons:?}"
-    );
-    assert_eq!(page.cases[0].history().len(), 1);
+    assert_eq!(page.cases[1].history().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -40,8 +40,16 @@ async fn a_lagging_listing_and_502s_after_apply_change_each_case_once_and_overwr
         (ids, targets)
     };
     assert_eq!(edited.len(), 20);
-    let ws = Workspace::new(&sim.url, "legacy", GUARD_OFF, Some(&[("high.rhai", TO_HIGH)]));
-    set_stellar(&ws, "timeout_secs = 2\nmax_attempts = 3\nretry_base_ms = 20");
+    let ws = Workspace::new(
+        &sim.url,
+        "legacy",
+        GUARD_OFF,
+        Some(&[("high.rhai", TO_HIGH)]),
+    );
+    set_stellar(
+        &ws,
+        "timeout_secs = 2\nmax_attempts = 3\nretry_base_ms = 20",
+    );
     // Three passes while the listing still trails the first one's writes.
     for _ in 0..3 {
         assert_exit(&ws.run(&["once"]).await, 0);
@@ -59,7 +67,10 @@ async fn a_lagging_listing_and_502s_after_apply_change_each_case_once_and_overwr
             .count();
         assert!(to_high <= 1, "{id} set High {to_high} times");
         if edited.iter().any(|e| e == id) {
-            assert_eq!(c["priority"], "Critical", "{id}: a person's edit overwritten");
+            assert_eq!(
+                c["priority"], "Critical",
+                "{id}: a person's edit overwritten"
+            );
             assert_eq!(calls, 0, "{id}: an update was sent over a person's edit");
         }
     }
@@ -98,8 +109,16 @@ async fn answers_later_than_the_timeout_are_confirmed_by_reading_never_failed_or
     let mut opts = sim_options(30);
     opts.faults.slow_write_answers_ms = 5_000;
     let sim = start(opts).await;
-    let ws = Workspace::new(&sim.url, "legacy", GUARD_OFF, Some(&[("all.rhai", TAG_ALL)]));
-    set_stellar(&ws, "timeout_secs = 1\nmax_attempts = 3\nretry_base_ms = 20");
+    let ws = Workspace::new(
+        &sim.url,
+        "legacy",
+        GUARD_OFF,
+        Some(&[("all.rhai", TAG_ALL)]),
+    );
+    set_stellar(
+        &ws,
+        "timeout_secs = 1\nmax_attempts = 3\nretry_base_ms = 20",
+    );
     assert_exit(&ws.run(&["once"]).await, 0);
     assert_exit(&ws.run(&["once"]).await, 0);
     let rows = ws.audit(Filter::default()).await;
@@ -124,7 +143,12 @@ async fn a_case_that_is_not_utf8_is_skipped_with_a_note_and_the_others_are_chang
     drop(sim);
     opts.faults.invalid_utf8_case = Some(bad.clone());
     let sim = start(opts).await;
-    let ws = Workspace::new(&sim.url, "legacy", GUARD_OFF, Some(&[("all.rhai", TAG_ALL)]));
+    let ws = Workspace::new(
+        &sim.url,
+        "legacy",
+        GUARD_OFF,
+        Some(&[("all.rhai", TAG_ALL)]),
+    );
     let out = ws.run(&["once"]).await;
     assert_exit(&out, 0);
     assert!(
@@ -140,5 +164,8 @@ async fn a_case_that_is_not_utf8_is_skipped_with_a_note_and_the_others_are_chang
     assert_eq!(notes.len(), 1, "{notes:?}");
     assert_eq!(notes[0].case_id, bad);
     assert_eq!(notes[0].rule, "listing");
-    assert!(notes[0].reason.contains("invalid UTF-8 at byte"), "{notes:?}");
+    assert!(
+        notes[0].reason.contains("invalid UTF-8 at byte"),
+        "{notes:?}"
+    );
 }

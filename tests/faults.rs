@@ -638,7 +638,10 @@ async fn each_case_is_read_by_id_right_before_its_update() {
     assert_eq!(tagged_by_api(&sim).len(), 150);
     let state = sim.state();
     assert!(
-        state.requests.iter().all(|r| !r.query.contains("ticket_id=")),
+        state
+            .requests
+            .iter()
+            .all(|r| !r.query.contains("ticket_id=")),
         "no listing stands in for the read"
     );
     for case in &state.cases {

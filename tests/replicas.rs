@@ -463,6 +463,61 @@ async fn a_leader_paused_past_its_lease_sends_nothing_more() {
     assert_intact(store.verify().await.unwrap());
 }
 
+/// Retries waiting on `Retry-After` when the leader froze come due after another took
+/// over: the fence, checked right before every attempt, keeps each of them unsent.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_paused_with_retries_pending_sends_none_of_them_after_its_lease() {
+    let Some(db) = TestDb::create("paused leader, retries pending").await else {
+        return;
+    };
+    let cases = 2000;
+    let sim = slow_sim(cases).await;
+    let ws = replica_workspace(&sim, &db, EVERY_SECOND);
+    let a = Daemon::start(&ws, &[]);
+    let store = db.store().await;
+    let (_, epoch) = wait_for(30, "the leader sending", async || {
+        leader(&store)
+            .await
+            .filter(|_| tagged_by_api(&sim).len() > 50)
+            .map(|(pid, epoch, _)| (pid, epoch))
+    })
+    .await;
+    {
+        let mut s = sim.state();
+        s.faults.retry_after_secs = 6;
+        s.faults.throttle_next = 1_000_000;
+    }
+    // Every request in flight is answered 429 + Retry-After: 6 and waits to be sent again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.signal(libc::SIGSTOP);
+    let other = store.clone().with_lease_times(LeaseTimes {
+        ttl: Duration::from_secs(30),
+        renew: Duration::from_secs(1),
+    });
+    let claim = other.claim(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(claim.fence().epoch, epoch + 1);
+    sim.state().faults.throttle_next = 0;
+    let sent = sim.state().write_requests();
+    a.signal(libc::SIGCONT);
+    // The retries come due within 6 s of their 429s.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(
+        sim.state().write_requests(),
+        sent,
+        "a retry went out after the lease was lost: {}",
+        a.log()
+    );
+    assert!(
+        a.log()
+            .contains("not sent: this process's claim on the audit log"),
+        "{}",
+        a.log()
+    );
+    claim.release().await;
+    a.signal(libc::SIGTERM);
+    a.exit_code(30).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn audit_migrate_moves_a_sqlite_log_into_postgresql_with_its_chain() {
     let Some(db) = TestDb::create("migrate").await else {

@@ -158,6 +158,12 @@ async fn the_report_and_the_live_view_show_what_the_audit_log_holds() {
         ),
         Some(&TROUBLE),
     );
+    // A 500 may come after the server applied: the failing case's update is sent again
+    // only once settle_after_secs have passed.
+    ws.edit_config(
+        "timeout_secs = 5",
+        "timeout_secs = 1\nsettle_after_secs = 2",
+    );
     let d = Daemon::start(&ws, &[]);
     d.wait_log("CIRCUIT BREAKER", 30).await;
     // From here on the log stops growing: the failing case heals, the greedy rule is

@@ -183,7 +183,9 @@ pub fn reconciled(open: &Unsettled, outcome: Outcome, error: Option<String>) -> 
         old: row.old.clone(),
         new: row.new.clone(),
         reason: match outcome {
-            Outcome::Applied => "confirmed by read: reconciled from the case as the server holds it",
+            Outcome::Applied => {
+                "confirmed by read: reconciled from the case as the server holds it"
+            }
             _ => "reconciled: read back from the server",
         }
         .into(),

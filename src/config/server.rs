@@ -213,7 +213,10 @@ fn check_limits(
     }
     if s.settle_after_secs > 86_400 {
         let range = "is out of range: at most 86400";
-        return invalid("settle_after_secs", format!("{} {range}", s.settle_after_secs));
+        return invalid(
+            "settle_after_secs",
+            format!("{} {range}", s.settle_after_secs),
+        );
     }
     match s
         .tenants

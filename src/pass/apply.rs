@@ -163,7 +163,8 @@ impl Applier {
         if let Some(why) = self.stop() {
             return not_sent(p, &why);
         }
-        let mut outcomes = apply_case(&self.client, &live, self.comment_changes, &self.run_id).await;
+        let mut outcomes =
+            apply_case(&self.client, &live, self.comment_changes, &self.run_id).await;
         if let Some((_, Err(n))) = outcomes
             .iter()
             .find(|(_, r)| r.as_ref().is_err_and(|n| n.halts))
@@ -225,7 +226,10 @@ fn not_sent(p: &CasePlan, why: &NotApplied) -> Vec<(usize, DecisionResult)> {
 /// `p` as it still applies to `now`, the case read just before sending: a field that holds
 /// the new value already, or a third value someone set since the plan saw it, is not sent
 /// (and a comment explaining only such fields neither); returns the outcomes of those.
-fn still_to_send(p: &CasePlan, now: &crate::stellar::Case) -> (CasePlan, Vec<(usize, DecisionResult)>) {
+fn still_to_send(
+    p: &CasePlan,
+    now: &crate::stellar::Case,
+) -> (CasePlan, Vec<(usize, DecisionResult)>) {
     let mut live = p.clone();
     for d in live.decisions.iter_mut().filter(|d| d.is_planned()) {
         let (old, new) = (d.old.as_deref(), d.new.as_deref());

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::options::Step;
 use super::run::Run;
 use crate::rules::Rule;
-use crate::stellar::{ApiError, Case, CaseParseError, CasePager};
+use crate::stellar::{ApiError, Case, CasePager, CaseParseError};
 
 /// One page of listed cases, as the rules will see them.
 pub(super) struct Fetched {

@@ -6,8 +6,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::evaluate::Evaluated;
-use super::reconcile;
 use super::fetch::Fetched;
+use super::reconcile;
 use super::run::Run;
 use super::stats::{self, RuleStats};
 use crate::audit::AuditError;

@@ -220,7 +220,10 @@ fn decode_invalid_utf8(body: &[u8], first: usize) -> serde_json::Result<Listed> 
         match bad.iter().find(|&&b| (start..end).contains(&b)) {
             None => Ok(parsed),
             Some(b) => Err(CaseParseError {
-                id: parsed.get("_id").and_then(Value::as_str).map(str::to_string),
+                id: parsed
+                    .get("_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
                 reason: format!("invalid UTF-8 at byte {b} of the page"),
             }),
         }
@@ -290,4 +293,37 @@ async fn fetch(
             .collect(),
         total,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_case_with_bytes_that_are_not_utf8_is_refused_alone_naming_where() {
+        let mut page =
+            br#"{"data":{"cases":[{"_id":"a","name":"ok"},{"_id":"b","name":"bad "#.to_vec();
+        page.extend_from_slice(&[0xff, 0xc3]);
+        page.extend_from_slice(br#""},{"_id":"c","name":"fine"}],"total":3}}"#);
+        let Ok(Listed::Page { cases, total }) = decode(&page) else {
+            panic!("the page did not parse");
+        };
+        assert_eq!(total, Some(3));
+        assert_eq!(cases.len(), 3);
+        assert!(cases[0].is_ok() && cases[2].is_ok());
+        let err = cases[1].as_ref().err().expect("b is refused");
+        assert_eq!(err.id.as_deref(), Some("b"));
+        assert!(
+            err.reason.contains("invalid UTF-8 at byte 65"),
+            "{}",
+            err.reason
+        );
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_outside_any_case_fail_the_page() {
+        let mut page = br#"{"data":{"cases":[],"total":0}}"#.to_vec();
+        page.insert(1, 0xff);
+        assert!(decode(&page).is_err());
+    }
 }

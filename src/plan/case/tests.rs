@@ -228,3 +228,23 @@ fn an_assignment_by_email_is_sent_as_the_users_id_and_an_unknown_email_is_droppe
     assert_eq!(resolve_emails(&mut asked, None).len(), 1);
     assert_eq!(asked[0].changes.len(), 1);
 }
+
+#[test]
+fn a_field_read_before_sending_is_old_new_or_someone_elses() {
+    let c = case();
+    let now = |field, old, new| field_now(&c, field, old, new);
+    assert_eq!(now(Field::Priority, "Medium", "High"), FieldNow::Old);
+    assert_eq!(now(Field::Priority, "Low", "Medium"), FieldNow::New);
+    assert_eq!(
+        now(Field::Priority, "Low", "High"),
+        FieldNow::Other("Medium".into())
+    );
+    // An empty field read as the empty old value it was planned on.
+    assert_eq!(now(Field::Assignee, "", "alice"), FieldNow::Old);
+    assert_eq!(now(Field::Resolution, "", "Benign"), FieldNow::Old);
+    // A tag change is one while the case does not hold it yet; never a third value.
+    assert_eq!(now(Field::Tags, "", "+new"), FieldNow::Old);
+    assert_eq!(now(Field::Tags, "", "+vip"), FieldNow::New);
+    assert_eq!(now(Field::Tags, "", "-vip"), FieldNow::Old);
+    assert_eq!(now(Field::Tags, "", "-gone"), FieldNow::New);
+}

@@ -139,8 +139,11 @@ fn matching(s: &mut SimState, q: &ListQuery) -> Arc<Vec<usize>> {
 fn select(cases: &[Value], q: &ListQuery) -> Vec<usize> {
     let mut hits: Vec<usize> = (0..cases.len())
         .filter(|&i| {
-            (q.filters.iter())
-                .all(|(k, v)| cases[i].as_object().is_some_and(|o| filter::matches(o, k, v)))
+            (q.filters.iter()).all(|(k, v)| {
+                cases[i]
+                    .as_object()
+                    .is_some_and(|o| filter::matches(o, k, v))
+            })
         })
         .collect();
     if let Some(key) = &q.sort {

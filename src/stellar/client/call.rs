@@ -156,6 +156,7 @@ impl Client {
                 Ok(left) => limit = left.map_or(limit, |l| l.min(limit)),
                 Err(why) => {
                     let error = ApiError::Fenced { what, why };
+                    tracing::warn!(error = %error, "a write held back");
                     return Err((retry::Failure::Fenced, error, None));
                 }
             }
