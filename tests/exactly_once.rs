@@ -10,6 +10,13 @@ use crate::faults::{GUARD_OFF, TAG_ALL, assert_agreement, set_stellar, tagged_by
 
 const TO_HIGH: &str = "const RULE = #{ name: \"to-high\" };\nfn evaluate(c) { if c.priority != \"High\" { set_priority(\"High\", \"test\"); } }\n";
 
+/// A workspace whose one rule is `rule`, with `stellar` for its timeouts and retries.
+fn workspace(sim: &casewarden::sim::Simulator, rule: &str, stellar: &str) -> Workspace {
+    let ws = Workspace::new(&sim.url, "legacy", GUARD_OFF, Some(&[("rule.rhai", rule)]));
+    set_stellar(&ws, stellar);
+    ws
+}
+
 /// Rows that settle a planned change (not the planned rows themselves, nor notes).
 fn outcomes<'a>(rows: &'a [EventRow], field: &'a str) -> impl Iterator<Item = &'a EventRow> {
     rows.iter()
@@ -40,14 +47,9 @@ async fn a_lagging_listing_and_502s_after_apply_change_each_case_once_and_overwr
         (ids, targets)
     };
     assert_eq!(edited.len(), 20);
-    let ws = Workspace::new(
-        &sim.url,
-        "legacy",
-        GUARD_OFF,
-        Some(&[("high.rhai", TO_HIGH)]),
-    );
-    set_stellar(
-        &ws,
+    let ws = workspace(
+        &sim,
+        TO_HIGH,
         "timeout_secs = 2\nmax_attempts = 3\nretry_base_ms = 20",
     );
     // Three passes while the listing still trails the first one's writes.
@@ -109,14 +111,9 @@ async fn answers_later_than_the_timeout_are_confirmed_by_reading_never_failed_or
     let mut opts = sim_options(30);
     opts.faults.slow_write_answers_ms = 5_000;
     let sim = start(opts).await;
-    let ws = Workspace::new(
-        &sim.url,
-        "legacy",
-        GUARD_OFF,
-        Some(&[("all.rhai", TAG_ALL)]),
-    );
-    set_stellar(
-        &ws,
+    let ws = workspace(
+        &sim,
+        TAG_ALL,
         "timeout_secs = 1\nmax_attempts = 3\nretry_base_ms = 20",
     );
     assert_exit(&ws.run(&["once"]).await, 0);

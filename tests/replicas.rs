@@ -150,6 +150,28 @@ async fn leader(store: &AuditStore) -> Option<(i64, i64, bool)> {
     Some((lease.pid, lease.epoch, running))
 }
 
+/// The epoch of the leader once it has sent some of its changes.
+async fn leader_sending(sim: &Simulator, store: &AuditStore) -> i64 {
+    wait_for(30, "the leader sending", async || {
+        leader(store)
+            .await
+            .filter(|_| tagged_by_api(sim).len() > 50)
+            .map(|(_, epoch, _)| epoch)
+    })
+    .await
+}
+
+/// Takes the lease from a leader paused at `epoch`, once it has run out.
+async fn take_over(store: &AuditStore, epoch: i64) -> casewarden::audit::Claim {
+    let other = store.clone().with_lease_times(LeaseTimes {
+        ttl: Duration::from_secs(30),
+        renew: Duration::from_secs(1),
+    });
+    let claim = other.claim(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(claim.fence().epoch, epoch + 1);
+    claim
+}
+
 fn assert_intact(v: Verification) -> u64 {
     match v {
         Verification::Intact { rows, .. } => rows,
@@ -411,21 +433,10 @@ async fn a_leader_paused_past_its_lease_sends_nothing_more() {
     let ws = replica_workspace(&sim, &db, EVERY_SECOND);
     let a = Daemon::start(&ws, &[]);
     let store = db.store().await;
-    let (_, epoch) = wait_for(30, "the leader sending", async || {
-        leader(&store)
-            .await
-            .filter(|_| tagged_by_api(&sim).len() > 50)
-            .map(|(pid, epoch, _)| (pid, epoch))
-    })
-    .await;
+    let epoch = leader_sending(&sim, &store).await;
     a.signal(libc::SIGSTOP);
     // Another holder takes the lease once it has run out (2 s).
-    let other = store.clone().with_lease_times(LeaseTimes {
-        ttl: Duration::from_secs(30),
-        renew: Duration::from_secs(1),
-    });
-    let claim = other.claim(Duration::from_secs(10)).await.unwrap();
-    assert_eq!(claim.fence().epoch, epoch + 1);
+    let claim = take_over(&store, epoch).await;
     // What was on the wire when it froze has landed by now.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     let sent = sim.state().write_requests();
@@ -475,13 +486,7 @@ async fn a_leader_paused_with_retries_pending_sends_none_of_them_after_its_lease
     let ws = replica_workspace(&sim, &db, EVERY_SECOND);
     let a = Daemon::start(&ws, &[]);
     let store = db.store().await;
-    let (_, epoch) = wait_for(30, "the leader sending", async || {
-        leader(&store)
-            .await
-            .filter(|_| tagged_by_api(&sim).len() > 50)
-            .map(|(pid, epoch, _)| (pid, epoch))
-    })
-    .await;
+    let epoch = leader_sending(&sim, &store).await;
     {
         let mut s = sim.state();
         s.faults.retry_after_secs = 6;
@@ -490,12 +495,7 @@ async fn a_leader_paused_with_retries_pending_sends_none_of_them_after_its_lease
     // Every request in flight is answered 429 + Retry-After: 6 and waits to be sent again.
     tokio::time::sleep(Duration::from_millis(500)).await;
     a.signal(libc::SIGSTOP);
-    let other = store.clone().with_lease_times(LeaseTimes {
-        ttl: Duration::from_secs(30),
-        renew: Duration::from_secs(1),
-    });
-    let claim = other.claim(Duration::from_secs(10)).await.unwrap();
-    assert_eq!(claim.fence().epoch, epoch + 1);
+    let claim = take_over(&store, epoch).await;
     sim.state().faults.throttle_next = 0;
     let sent = sim.state().write_requests();
     a.signal(libc::SIGCONT);

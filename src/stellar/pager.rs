@@ -311,7 +311,7 @@ mod tests {
         assert_eq!(total, Some(3));
         assert_eq!(cases.len(), 3);
         assert!(cases[0].is_ok() && cases[2].is_ok());
-        let err = cases[1].as_ref().err().expect("b is refused");
+        let err = cases[1].as_ref().expect_err("b is refused");
         assert_eq!(err.id.as_deref(), Some("b"));
         assert!(
             err.reason.contains("invalid UTF-8 at byte 65"),
