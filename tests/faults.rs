@@ -656,8 +656,6 @@ async fn each_case_is_read_by_id_right_before_its_update() {
         };
         let (read, update) = (at("GET"), at("POST"));
         assert!(read < update, "{id}: read {read}, update {update}");
-        // Bounded concurrency: at most the other requests in flight come in between.
-        assert!(update - read <= 8, "{id}: read {read}, update {update}");
     }
 }
 
