@@ -23,29 +23,32 @@ fn outcomes<'a>(rows: &'a [EventRow], field: &'a str) -> impl Iterator<Item = &'
         .filter(move |r| r.field == field && r.planned_seq.is_some())
 }
 
+/// A person sets `n` cases (neither High nor Critical) to Critical just before the pass, so
+/// a lagging listing does not show it; returns them, and the others the rule must set High.
+fn edit_before_the_pass(sim: &casewarden::sim::Simulator, n: usize) -> (Vec<String>, Vec<String>) {
+    let mut s = sim.state();
+    let ids: Vec<String> = (s.cases.iter())
+        .filter(|c| c["priority"] != "High" && c["priority"] != "Critical")
+        .take(n)
+        .map(|c| c["_id"].as_str().unwrap().to_string())
+        .collect();
+    for id in &ids {
+        s.human_change(id, "alice@example.com", "priority", json!("Critical"));
+    }
+    let targets = (s.cases.iter())
+        .map(|c| c["_id"].as_str().unwrap().to_string())
+        .filter(|id| !ids.contains(id) && s.case(id).unwrap()["priority"] != "High")
+        .collect();
+    (ids, targets)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lagging_listing_and_502s_after_apply_change_each_case_once_and_overwrite_no_one() {
     let mut opts = sim_options(60);
     opts.faults.list_lag_ms = 5_000;
     opts.faults.apply_then_fail = 0.5;
     let sim = start(opts).await;
-    // A person sets 20 cases to Critical just before the pass; the listing does not show it.
-    let (edited, targets): (Vec<String>, Vec<String>) = {
-        let mut s = sim.state();
-        let ids: Vec<String> = (s.cases.iter())
-            .filter(|c| c["priority"] != "High" && c["priority"] != "Critical")
-            .take(20)
-            .map(|c| c["_id"].as_str().unwrap().to_string())
-            .collect();
-        for id in &ids {
-            s.human_change(id, "alice@example.com", "priority", json!("Critical"));
-        }
-        let targets = (s.cases.iter())
-            .map(|c| c["_id"].as_str().unwrap().to_string())
-            .filter(|id| !ids.contains(id) && s.case(id).unwrap()["priority"] != "High")
-            .collect();
-        (ids, targets)
-    };
+    let (edited, targets) = edit_before_the_pass(&sim, 20);
     assert_eq!(edited.len(), 20);
     let ws = workspace(
         &sim,

@@ -150,15 +150,42 @@ async fn leader(store: &AuditStore) -> Option<(i64, i64, bool)> {
     Some((lease.pid, lease.epoch, running))
 }
 
-/// The epoch of the leader once it has sent some of its changes.
-async fn leader_sending(sim: &Simulator, store: &AuditStore) -> i64 {
-    wait_for(30, "the leader sending", async || {
-        leader(store)
+/// A daemon leading on its own database over a slow server of 2000 cases, once it has
+/// sent some of its changes.
+struct Leading {
+    db: TestDb,
+    sim: Simulator,
+    ws: Workspace,
+    a: Daemon,
+    store: AuditStore,
+    epoch: i64,
+    cases: usize,
+}
+
+/// Starts a [`Leading`] daemon; None without a PostgreSQL server to test on.
+async fn leading(test: &str) -> Option<Leading> {
+    let db = TestDb::create(test).await?;
+    let cases = 2000;
+    let sim = slow_sim(cases).await;
+    let ws = replica_workspace(&sim, &db, EVERY_SECOND);
+    let a = Daemon::start(&ws, &[]);
+    let store = db.store().await;
+    let epoch = wait_for(30, "the leader sending", async || {
+        leader(&store)
             .await
-            .filter(|_| tagged_by_api(sim).len() > 50)
+            .filter(|_| tagged_by_api(&sim).len() > 50)
             .map(|(_, epoch, _)| epoch)
     })
-    .await
+    .await;
+    Some(Leading {
+        db,
+        sim,
+        ws,
+        a,
+        store,
+        epoch,
+        cases,
+    })
 }
 
 /// Takes the lease from a leader paused at `epoch`, once it has run out.
@@ -425,15 +452,18 @@ async fn the_leader_killed_mid_pass_ten_times_loses_nothing_and_applies_nothing_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_leader_paused_past_its_lease_sends_nothing_more() {
-    let Some(db) = TestDb::create("paused leader").await else {
+    let Some(Leading {
+        db,
+        sim,
+        ws,
+        a,
+        store,
+        epoch,
+        cases,
+    }) = leading("paused leader").await
+    else {
         return;
     };
-    let cases = 2000;
-    let sim = slow_sim(cases).await;
-    let ws = replica_workspace(&sim, &db, EVERY_SECOND);
-    let a = Daemon::start(&ws, &[]);
-    let store = db.store().await;
-    let epoch = leader_sending(&sim, &store).await;
     a.signal(libc::SIGSTOP);
     // Another holder takes the lease once it has run out (2 s).
     let claim = take_over(&store, epoch).await;
@@ -478,15 +508,19 @@ async fn a_leader_paused_past_its_lease_sends_nothing_more() {
 /// over: the fence, checked right before every attempt, keeps each of them unsent.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_leader_paused_with_retries_pending_sends_none_of_them_after_its_lease() {
-    let Some(db) = TestDb::create("paused leader, retries pending").await else {
+    // Bound, not `_`: the database and the workspace live until the test ends.
+    let Some(Leading {
+        db: _db,
+        sim,
+        ws: _ws,
+        a,
+        store,
+        epoch,
+        ..
+    }) = leading("paused leader, retries pending").await
+    else {
         return;
     };
-    let cases = 2000;
-    let sim = slow_sim(cases).await;
-    let ws = replica_workspace(&sim, &db, EVERY_SECOND);
-    let a = Daemon::start(&ws, &[]);
-    let store = db.store().await;
-    let epoch = leader_sending(&sim, &store).await;
     {
         let mut s = sim.state();
         s.faults.retry_after_secs = 6;

@@ -139,6 +139,26 @@ impl Client {
         }
     }
 
+    /// How long the answer to `call` may take: the timeout, cut for a write to what the
+    /// gate allows; Err when the gate holds the write back.
+    fn time_limit(&self, call: &Call<'_>, what: &str) -> Result<Duration, AttemptError> {
+        let timeout = self.inner.timeout;
+        let Some(gate) = self.gate.as_ref().filter(|_| call.method != Method::GET) else {
+            return Ok(timeout);
+        };
+        match gate(timeout) {
+            Ok(left) => Ok(left.map_or(timeout, |l| l.min(timeout))),
+            Err(why) => {
+                let error = ApiError::Fenced {
+                    what: what.to_string(),
+                    why,
+                };
+                tracing::warn!(error = %error, "a write held back");
+                Err((retry::Failure::Fenced, error, None))
+            }
+        }
+    }
+
     /// One attempt of a call: the answer's JSON, or how it failed (with the error to
     /// report if it is not retried, and the wait the server asked for).
     async fn send<T>(
@@ -147,20 +167,10 @@ impl Client {
         token: &Secret,
         attempt: u32,
         decode: Decode<T>,
-    ) -> Result<T, (retry::Failure, ApiError, Option<Duration>)> {
+    ) -> Result<T, AttemptError> {
         let inner = &self.inner;
         let what = format!("{} {}", call.method, call.path);
-        let mut limit = inner.timeout;
-        if let Some(gate) = self.gate.as_ref().filter(|_| call.method != Method::GET) {
-            match gate(inner.timeout) {
-                Ok(left) => limit = left.map_or(limit, |l| l.min(limit)),
-                Err(why) => {
-                    let error = ApiError::Fenced { what, why };
-                    tracing::warn!(error = %error, "a write held back");
-                    return Err((retry::Failure::Fenced, error, None));
-                }
-            }
-        }
+        let limit = self.time_limit(call, &what)?;
         let mut req = inner
             .http
             .request(call.method.clone(), format!("{}{}", inner.base, call.path))
@@ -207,18 +217,8 @@ impl Client {
             .await
             .map_err(|detail| (retry::Failure::BadBody, transport(detail), None))?;
         if !status.is_success() {
-            let body = excerpt(&String::from_utf8_lossy(&body));
             let status = status.as_u16();
-            let error = if attempt > 1 && (status == 429 || status >= 500) {
-                ApiError::GaveUp {
-                    what,
-                    status,
-                    attempts: attempt,
-                    body,
-                }
-            } else {
-                ApiError::Status { what, status, body }
-            };
+            let error = refused(what, status, attempt, &body);
             return Err((retry::Failure::Status(status), error, asked));
         }
         decode(&body).map_err(|e| {
@@ -233,6 +233,25 @@ impl Client {
         })
     }
 }
+
+/// A non-2xx answer as the error to report: after earlier attempts, one that was retried.
+fn refused(what: String, status: u16, attempt: u32, body: &[u8]) -> ApiError {
+    let body = excerpt(&String::from_utf8_lossy(body));
+    if attempt > 1 && (status == 429 || status >= 500) {
+        ApiError::GaveUp {
+            what,
+            status,
+            attempts: attempt,
+            body,
+        }
+    } else {
+        ApiError::Status { what, status, body }
+    }
+}
+
+/// How one attempt failed: the retry decision's input, the error to report if it is not
+/// retried, and the wait the server asked for.
+type AttemptError = (retry::Failure, ApiError, Option<Duration>);
 
 /// Reads an answer's body.
 type Decode<T> = fn(&[u8]) -> serde_json::Result<T>;
