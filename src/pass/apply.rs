@@ -15,7 +15,7 @@ use super::run::Run;
 use super::send::{DecisionResult, NotApplied, apply_case, overridden};
 use super::settle;
 use crate::audit::{AuditStore, NewEvent, Outcome, Settled, row};
-use crate::plan::{self, CasePlan, DecisionId, FieldNow};
+use crate::plan::{CasePlan, DecisionId, FieldNow};
 use crate::stellar::{Client, WriteGate};
 
 /// What sending the plan came to.
@@ -231,16 +231,17 @@ fn still_to_send(
     now: &crate::stellar::Case,
 ) -> (CasePlan, Vec<(usize, DecisionResult)>) {
     let mut live = p.clone();
+    let mut screened = Vec::new();
     for d in live.decisions.iter_mut().filter(|d| d.is_planned()) {
-        let (old, new) = (d.old.as_deref(), d.new.as_deref());
-        d.skipped = match plan::field_now(now, d.field, old.unwrap_or(""), new.unwrap_or("")) {
-            FieldNow::Old => None,
+        d.skipped = match d.now_in(now) {
+            FieldNow::Old => continue,
             FieldNow::New => Some("not sent: the case already holds it (someone made the same change since the plan saw it)".into()),
-            FieldNow::Other(value) => Some(overridden(d.field, old, &value)),
+            FieldNow::Other(value) => Some(overridden(d.field, d.old.as_deref(), &value)),
         };
+        screened.push(d.rule.clone());
     }
     live.skip_unexplained_comments(
-        |_| true,
+        |rule| screened.iter().any(|r| r == rule),
         "not sent: the changes this comment explains were made or overridden by someone else",
     );
     let held = (p.decisions.iter().zip(&live.decisions).enumerate())

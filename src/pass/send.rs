@@ -174,13 +174,15 @@ async fn settle_by_read(
         .iter()
         .map(|&i| {
             let d = &plan.decisions[i];
-            let (old, new) = (d.old.as_deref(), d.new.as_deref());
-            match plan::field_now(&case, d.field, old.unwrap_or(""), new.unwrap_or("")) {
+            match d.now_in(&case) {
                 FieldNow::New => {
                     tracing::info!(error = %what, field = %d.field, "the update's answer was no proof, but reading the case back shows it was applied");
                     Ok(Some(format!("confirmed by read: {what}")))
                 }
-                FieldNow::Other(now) => Err(NotApplied::skipped(overridden(d.field, old, &now))),
+                FieldNow::Other(now) => {
+                    let why = overridden(d.field, d.old.as_deref(), &now);
+                    Err(NotApplied::skipped(why))
+                }
                 FieldNow::Old if in_flight => Err(NotApplied::unknown(format!(
                     "{what}; the case does not hold it yet and the server may still apply the request: {IN_DOUBT}"
                 ))),

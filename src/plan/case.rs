@@ -85,6 +85,12 @@ impl Decision {
     pub fn is_planned(&self) -> bool {
         self.skipped.is_none()
     }
+
+    /// What `case` holds now in this decision's field (see [`field_now`]).
+    pub fn now_in(&self, case: &Case) -> FieldNow {
+        let (old, new) = (self.old.as_deref(), self.new.as_deref());
+        field_now(case, self.field, old.unwrap_or(""), new.unwrap_or(""))
+    }
 }
 
 /// The plan for one case.
