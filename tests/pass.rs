@@ -574,6 +574,37 @@ async fn rules_run_in_shadow_with_their_own_limits() {
     );
 }
 
+/// The budget defers whole cases, the shadow rule's decisions on them too: those rows are
+/// still the shadow rule's dry runs, never live rows.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shadow_rules_decisions_the_budget_defers_stay_dry_runs() {
+    let sim = start(sim_options(30)).await;
+    let rules = [
+        (
+            "10-live.rhai",
+            "const RULE = #{ name: \"live\" };\nfn evaluate(c) { add_tag(\"done\", \"now\"); }\n",
+        ),
+        (
+            "20-shadow.rhai",
+            "const RULE = #{ name: \"shadow\", dry_run: true };\nfn evaluate(c) { add_tag(\"would-tag\", \"trying it\"); }\n",
+        ),
+    ];
+    let daemon = "comment_changes = false\nmax_changes_per_run = 10\nmax_change_fraction = 1.0";
+    let ws = Workspace::new(&sim.url, "legacy", daemon, Some(&rules));
+    assert_exit(&ws.run(&["once"]).await, 0);
+    let rows = ws.audit(Filter::default()).await;
+    let shadow: Vec<_> = rows.iter().filter(|r| r.rule == "shadow").collect();
+    assert!(
+        shadow.iter().any(|r| r.outcome == "skipped"),
+        "the budget deferred some of its cases: {shadow:?}"
+    );
+    assert!(shadow.iter().all(|r| r.dry_run), "{shadow:?}");
+    assert!(
+        rows.iter()
+            .any(|r| r.rule == "live" && !r.dry_run && r.outcome == "applied")
+    );
+}
+
 /// `once --dry-run` every few minutes must not copy the same plan into the log each time:
 /// a dry-run plan is recorded again only where it differs from the last dry run of that
 /// rule on that case.

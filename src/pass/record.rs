@@ -68,8 +68,7 @@ async fn write_intent(
         if repeated.contains(&(p.case_id.as_str(), d.rule.as_str())) {
             not_again += 1;
         } else {
-            let dry = run.dry_run || actor.shadow;
-            rows.push(row::decision(&run.run_id, &actor.hash, p, d, dry));
+            rows.push(decision_row(run, actor, p, d));
             owners.push(id);
         }
         if d.is_planned() {
@@ -97,10 +96,7 @@ pub(super) async fn deferred(run: &Run<'_>, deferred: &[CasePlan]) -> Result<(),
     let rows: Vec<_> = deferred
         .iter()
         .flat_map(|p| p.decisions.iter().map(move |d| (p, d)))
-        .filter_map(|(p, d)| {
-            let (_, actor) = run.actor(&d.rule)?;
-            Some(row::decision(&run.run_id, &actor.hash, p, d, run.dry_run))
-        })
+        .filter_map(|(p, d)| Some(decision_row(run, run.actor(&d.rule)?.1, p, d)))
         .collect();
     if !rows.is_empty() {
         run.ctx.audit.append(&rows).await?;
@@ -229,4 +225,16 @@ fn hold_back_shadow_rules(run: &Run<'_>, mut plans: Vec<CasePlan>) -> Vec<CasePl
         }
     }
     plans
+}
+
+/// The row of decision `d` on `p` by `actor`: a dry run when the pass is one or the
+/// actor is a shadow rule.
+fn decision_row(
+    run: &Run<'_>,
+    actor: &super::run::Actor,
+    p: &CasePlan,
+    d: &plan::Decision,
+) -> crate::audit::NewEvent {
+    let dry = run.dry_run || actor.shadow;
+    row::decision(&run.run_id, &actor.hash, p, d, dry)
 }
