@@ -38,11 +38,6 @@ impl CronSchedule {
         &self.cron
     }
 
-    /// The expression as written.
-    pub fn as_str(&self) -> &str {
-        &self.text
-    }
-
     /// When it fires next (UTC, RFC 3339), for `check` and the daemon's start log.
     pub fn next_run(&self) -> Option<String> {
         use chrono::Timelike;

@@ -1,5 +1,5 @@
 //! Text from rules and cases on its way out: checked before it is sent to the server, and
-//! made harmless before it is printed on a terminal.
+//! made harmless before it is printed on a terminal; and where in a file a TOML error is.
 
 /// Characters that make text lie about itself on a screen: direction overrides and
 /// isolates, and invisible zero-width ones.
@@ -48,6 +48,20 @@ pub fn for_terminal(text: &str) -> std::borrow::Cow<'_, str> {
         }
     }
     std::borrow::Cow::Owned(out)
+}
+
+/// toml's message plus the line and column it points at, so the user can jump there.
+pub fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {col}: {message}")
+        }
+        None => message,
+    }
 }
 
 #[cfg(test)]

@@ -868,6 +868,10 @@ async fn rule_tests_pass_on_the_examples_and_fail_on_a_broken_expectation() {
             "name = \"vague\"\nnow = \"2026-11-25T12:00:00Z\"\ncase = { _id = \"a\" }\nexpect = [{ field = \"tags\" }]",
             "exactly one of `new` and `new_contains`",
         ),
+        (
+            "name = \"broken\"\nnow = \"2026-11-25T12:00:00Z\" oops",
+            "escalate.toml: line 3, column",
+        ),
     ] {
         std::fs::write(
             copy.join("tests/escalate.toml"),

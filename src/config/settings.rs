@@ -54,7 +54,7 @@ impl Settings {
     pub fn parse(text: &str, path: &Path) -> Result<Settings, ConfigError> {
         let config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: describe_toml_error(text, &e),
+            message: crate::text::toml_error(text, &e),
         })?;
         Settings::try_from(RawFile {
             path: path.to_path_buf(),
@@ -187,18 +187,4 @@ fn check_tenants(
         }
     }
     Ok(())
-}
-
-/// toml's message plus the line and column it points at, so the user can jump there.
-fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
-    let message = e.message().trim().to_string();
-    match e.span() {
-        Some(span) => {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            format!("line {line}, column {col}: {message}")
-        }
-        None => message,
-    }
 }

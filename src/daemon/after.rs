@@ -6,11 +6,18 @@ use std::time::Duration;
 use super::{Shared, notices, systemd};
 use crate::audit::row;
 use crate::metrics::{ChangeLabels, Metrics, RuleLabels, StatusLabel};
-use crate::pass::PassReport;
+use crate::pass::{PassContext, PassReport};
 use crate::rules::RuleSet;
 
-/// Metrics, systemd status, notices and the circuit breaker after a pass.
-pub(super) async fn pass(shared: &Shared, set: &RuleSet, report: &PassReport, took: Duration) {
+/// Metrics, systemd status, notices and the circuit breaker after a pass on the server
+/// of `ctx`.
+pub(super) async fn pass(
+    shared: &Shared,
+    ctx: &PassContext,
+    set: &RuleSet,
+    report: &PassReport,
+    took: Duration,
+) {
     let m = &shared.metrics;
     count_pass(m, report, took);
     if !report.status.is_broken() {
@@ -36,7 +43,7 @@ pub(super) async fn pass(shared: &Shared, set: &RuleSet, report: &PassReport, to
         shared.notifier.send(notice);
     }
     for name in newly_disabled {
-        disable(shared, set, report, &name).await;
+        disable(shared, ctx, set, report, &name).await;
     }
     m.rules_disabled
         .set(shared.state().breaker.disabled_count() as i64);
@@ -86,9 +93,15 @@ fn count_changes(m: &Metrics, report: &PassReport) {
     }
 }
 
-/// A rule the circuit breaker just disabled: announced, and recorded first so whoever
-/// reads the log line finds the row.
-async fn disable(shared: &Shared, set: &RuleSet, report: &PassReport, name: &str) {
+/// A rule the circuit breaker just disabled: announced, and recorded (in the log of the
+/// server whose pass tripped it) first so whoever reads the log line finds the row.
+async fn disable(
+    shared: &Shared,
+    ctx: &PassContext,
+    set: &RuleSet,
+    report: &PassReport,
+    name: &str,
+) {
     let Some(rule) = set.rules.iter().find(|r| r.name == name) else {
         return;
     };
@@ -97,7 +110,7 @@ async fn disable(shared: &Shared, set: &RuleSet, report: &PassReport, name: &str
         .notifier
         .send(notices::breaker_trip(name, &rule.file, limit));
     let event = row::rule_disabled(&report.run_id, name, &rule.source_hash, limit, &rule.file);
-    if let Err(e) = shared.ctx.audit.append(&[event]).await {
+    if let Err(e) = ctx.audit.append(&[event]).await {
         tracing::error!(error = %e, "cannot record the disabled rule in the audit log");
     }
     tracing::error!(rule = %name, file = %rule.file.display(), passes = limit, "CIRCUIT BREAKER: rule failed on every case for {limit} passes in a row; disabled until its file changes");

@@ -331,7 +331,7 @@ fn start_pass(shared: &Arc<Shared>, due: BTreeSet<String>, passes: &mut JoinSet<
             };
             match pass::run_claimed(ctx, &set, &options, Duration::ZERO).await {
                 Ok(report) => {
-                    after::pass(&shared, &set, &report, started.elapsed()).await;
+                    after::pass(&shared, ctx, &set, &report, started.elapsed()).await;
                     if worst.is_none_or(|w| w == PassStatus::Ok || report.status.is_broken()) {
                         worst = Some(report.status);
                     }

@@ -3,7 +3,7 @@
 //! comments) once the server can no longer be applying the request, and records what it
 //! shows; what it still cannot tell stays open, and is never re-sent while open.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -101,13 +101,13 @@ async fn settle_rows(
     let mut summary = Reconciled::default();
     let window = ctx.settings.settle_after;
     let ids: Vec<String> = {
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = HashSet::new();
         rows.iter()
             .filter(|r| seen.insert(r.row.case_id.as_str()))
             .map(|r| r.row.case_id.clone())
             .collect()
     };
-    let with_comments: Vec<String> = rows
+    let with_comments: HashSet<String> = rows
         .iter()
         .filter(|r| r.row.field == Field::Comment.as_str())
         .map(|r| r.row.case_id.clone())
@@ -239,7 +239,11 @@ async fn wait_for_dead_holder(ctx: &PassContext, previous: Option<&Lease>) {
 }
 
 /// Reads back the cases of `ids` (and the comments of those in `with_comments`).
-async fn read_back(ctx: &PassContext, ids: &[String], with_comments: &[String]) -> Vec<ReadBack> {
+async fn read_back(
+    ctx: &PassContext,
+    ids: &[String],
+    with_comments: &HashSet<String>,
+) -> Vec<ReadBack> {
     futures::stream::iter(ids.iter().cloned())
         .map(|id| async {
             let case = ctx.client.get_case(&id).await.map_err(|e| e.to_string());

@@ -129,6 +129,7 @@ impl CasePlan {
     }
 
     /// Planned comments, in rule order.
+    #[cfg(test)]
     pub fn comments(&self) -> impl Iterator<Item = &Decision> {
         self.decisions
             .iter()
@@ -323,6 +324,7 @@ pub fn holds(case: &Case, field: Field, new: &str) -> bool {
 }
 
 /// The case as the server would hold it after the plan's update.
+#[cfg(test)]
 pub fn apply(case: &Case, plan: &CasePlan) -> Case {
     let mut out = case.clone();
     let mut tags: Vec<String> = case.tags().map(str::to_string).collect();

@@ -13,7 +13,7 @@ pub mod revert;
 pub mod reviewed;
 
 pub use case::{
-    CasePlan, Change, ChangeKind, Decision, FieldNow, RuleChanges, apply, case_holds, decisions,
+    CasePlan, Change, ChangeKind, Decision, FieldNow, RuleChanges, case_holds, decisions,
     field_now, holds, plan_case, resolve_emails,
 };
 pub use field::{DecisionId, Field, describe_change, memory_key};

@@ -197,7 +197,7 @@ fn run_file(set: &RuleSet, base: &EvalEnv, file: &Path) -> Result<Vec<Outcome>, 
     })?;
     let parsed: TestFile = toml::from_str(&text).map_err(|e| TestError::Parse {
         file: file.to_path_buf(),
-        message: e.message().to_string(),
+        message: crate::text::toml_error(&text, &e),
     })?;
     if parsed.test.is_empty() {
         return Err(TestError::Empty {
