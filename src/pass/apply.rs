@@ -52,17 +52,13 @@ pub(super) async fn send(
         .filter(|(_, p)| p.has_work())
         .collect();
     let apply = Arc::new(Applier {
+        run,
         client: ctx.client.gated(fence(ctx.audit.clone())),
         tx,
         seq_of,
-        rule_hash: run.hashes(),
-        run_id: run.run_id.clone(),
-        cancel: run.opts.cancel.clone(),
         audit_broken,
         wrong_flavor: std::sync::OnceLock::new(),
         deadline,
-        comment_changes: ctx.settings.comment_changes,
-        audit: ctx.audit.clone(),
     });
     let total = work.len() as u64;
     let mut done = 0;
@@ -94,21 +90,17 @@ pub(super) async fn send(
 }
 
 /// What sending one case's changes needs, shared by the sends in flight.
-struct Applier {
+struct Applier<'r> {
+    run: &'r Run<'r>,
+    /// The server's client, every write passed by the fence first.
     client: Client,
     tx: tokio::sync::mpsc::Sender<Vec<NewEvent>>,
     seq_of: HashMap<DecisionId, i64>,
-    rule_hash: HashMap<String, String>,
-    run_id: String,
-    cancel: Option<Arc<AtomicBool>>,
     audit_broken: Arc<AtomicBool>,
     /// Set by the first update refused for the configured flavour: nothing more is sent.
     wrong_flavor: std::sync::OnceLock<String>,
     /// `daemon.pass_timeout_secs` after the pass began: nothing is sent after it.
     deadline: tokio::time::Instant,
-    comment_changes: bool,
-    /// The log, to ask whether this process still holds its lease before each send.
-    audit: AuditStore,
 }
 
 /// Passes a write only while this process's claim on the log outlasts its answer.
@@ -116,7 +108,7 @@ fn fence(audit: AuditStore) -> WriteGate {
     Arc::new(move |timeout| audit.send_window(timeout))
 }
 
-impl Applier {
+impl Applier<'_> {
     /// Why nothing may be sent now, if so.
     fn stop(&self) -> Option<NotApplied> {
         if self.audit_broken.load(Ordering::SeqCst) {
@@ -124,16 +116,12 @@ impl Applier {
                 "not sent: the audit log cannot be written",
                 None,
             ))
-        } else if self
-            .cancel
-            .as_ref()
-            .is_some_and(|c| c.load(Ordering::SeqCst))
-        {
+        } else if self.run.opts.cancelled() {
             // Not a failure: nothing was sent, and the next pass plans it again.
             Some(NotApplied::skipped(
                 "not sent: casewarden is shutting down; the next pass plans it again",
             ))
-        } else if self.audit.lease_lost() {
+        } else if self.run.ctx.audit.lease_lost() {
             Some(lease_lost())
         } else if tokio::time::Instant::now() > self.deadline {
             Some(NotApplied::skipped(
@@ -163,8 +151,8 @@ impl Applier {
         if let Some(why) = self.stop() {
             return not_sent(p, &why);
         }
-        let mut outcomes =
-            apply_case(&self.client, &live, self.comment_changes, &self.run_id).await;
+        let comment_changes = self.run.ctx.settings.comment_changes;
+        let mut outcomes = apply_case(&self.client, &live, comment_changes, &self.run.run_id).await;
         if let Some((_, Err(n))) = outcomes
             .iter()
             .find(|(_, r)| r.as_ref().is_err_and(|n| n.halts))
@@ -196,12 +184,12 @@ impl Applier {
                         note: None,
                     },
                 };
-                let hash = self.rule_hash.get(&d.rule).map_or("", String::as_str);
+                let hash = self.run.hash_of(&d.rule);
                 let planned = self.seq_of.get(&DecisionId {
                     case,
                     decision: *di,
                 });
-                row::outcome(&self.run_id, hash, p, d, planned.copied(), settled)
+                row::outcome(&self.run.run_id, hash, p, d, planned.copied(), settled)
             })
             .collect();
         let _ = self.tx.send(events).await;

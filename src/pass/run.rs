@@ -94,14 +94,6 @@ impl<'a> Run<'a> {
         Some((i, &self.actors[i]))
     }
 
-    /// The rule file hash of each actor, by name.
-    pub fn hashes(&self) -> HashMap<String, String> {
-        self.actors
-            .iter()
-            .map(|a| (a.name.clone(), a.hash.clone()))
-            .collect()
-    }
-
     /// The hash of the named actor's rule file (empty for a command or an unknown name).
     pub fn hash_of(&self, name: &str) -> &str {
         self.actor(name).map_or("", |(_, a)| a.hash.as_str())
