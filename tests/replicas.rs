@@ -508,6 +508,26 @@ async fn a_leader_paused_past_its_lease_sends_nothing_more() {
 /// over: the fence, checked right before every attempt, keeps each of them unsent.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_leader_paused_with_retries_pending_sends_none_of_them_after_its_lease() {
+    paused_with_requests_pending("paused leader, retries pending", |f, on| {
+        f.retry_after_secs = 6;
+        f.throttle_next = if on { 1_000_000 } else { 0 };
+    })
+    .await;
+}
+
+/// Writes answered 503 are settled by reads (retried with backoff), never re-sent: a
+/// leader frozen with those pending sends no write after its lease either.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_paused_with_503s_pending_sends_nothing_after_its_lease() {
+    paused_with_requests_pending("paused leader, 503s pending", |f, on| {
+        f.fail_next = if on { 1_000_000 } else { 0 };
+    })
+    .await;
+}
+
+/// Freezes a leader while `fault` (switched on) makes its requests wait, lets another take
+/// the lease, switches the fault off and resumes it: no write may go out after.
+async fn paused_with_requests_pending(test: &str, fault: fn(&mut casewarden::sim::Faults, bool)) {
     // Bound, not `_`: the database and the workspace live until the test ends.
     let Some(Leading {
         db: _db,
@@ -517,28 +537,24 @@ async fn a_leader_paused_with_retries_pending_sends_none_of_them_after_its_lease
         store,
         epoch,
         ..
-    }) = leading("paused leader, retries pending").await
+    }) = leading(test).await
     else {
         return;
     };
-    {
-        let mut s = sim.state();
-        s.faults.retry_after_secs = 6;
-        s.faults.throttle_next = 1_000_000;
-    }
-    // Every request in flight is answered 429 + Retry-After: 6 and waits to be sent again.
+    fault(&mut sim.state().faults, true);
+    // Every request in flight meets the fault and waits to be sent (or read) again.
     tokio::time::sleep(Duration::from_millis(500)).await;
     a.signal(libc::SIGSTOP);
     let claim = take_over(&store, epoch).await;
-    sim.state().faults.throttle_next = 0;
+    fault(&mut sim.state().faults, false);
     let sent = sim.state().write_requests();
     a.signal(libc::SIGCONT);
-    // The retries come due within 6 s of their 429s.
+    // Whatever was waiting (Retry-After: 6, backoffs) comes due within this.
     tokio::time::sleep(Duration::from_secs(8)).await;
     assert_eq!(
         sim.state().write_requests(),
         sent,
-        "a retry went out after the lease was lost: {}",
+        "a write went out after the lease was lost: {}",
         a.log()
     );
     claim.release().await;
