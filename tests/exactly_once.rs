@@ -169,3 +169,152 @@ async fn a_case_that_is_not_utf8_is_skipped_with_a_note_and_the_others_are_chang
         "{notes:?}"
     );
 }
+
+/// Killed while updates and their summary comments are on the wire (each write takes
+/// 300 ms to land), then run again at once: every case ends with its tag and exactly one
+/// summary comment, and every summary row is settled.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kill_while_comments_are_posted_leaves_each_changed_case_exactly_one_comment() {
+    for seed in 0..6u64 {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut opts = sim_options(40);
+        opts.faults.slow_write_apply_ms = 300;
+        let sim = start(opts).await;
+        let daemon = "max_change_fraction = 1.0\nmax_changes_per_run = 100000";
+        let ws = Workspace::new(&sim.url, "legacy", daemon, Some(&[("all.rhai", TAG_ALL)]));
+        set_stellar(
+            &ws,
+            "timeout_secs = 2\nmax_attempts = 2\nretry_base_ms = 20",
+        );
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_casewarden"))
+            .args(["--config", ws.config().to_str().unwrap(), "once"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let posting = |sim: &casewarden::sim::Simulator| {
+            (sim.state().requests.iter())
+                .any(|r| r.method == "POST" && r.path.ends_with("/comments"))
+        };
+        assert!(
+            until(15, || posting(&sim)).await,
+            "seed {seed}: no comment posted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(rng.u64(0..300))).await;
+        child.start_kill().unwrap();
+        child.wait().await.unwrap();
+        for _ in 0..2 {
+            let out = ws.run(&["once"]).await;
+            assert_exit(&out, 0);
+        }
+        let rows = ws.audit(Filter::default()).await;
+        assert_agreement(&sim, &rows);
+        assert_eq!(tagged_by_api(&sim).len(), 40, "seed {seed}");
+        let s = sim.state();
+        for c in &s.cases {
+            let id = c["_id"].as_str().unwrap();
+            let comments = s.comments.get(id).map_or(0, Vec::len);
+            assert_eq!(comments, 1, "seed {seed}: {id} has {comments} comments");
+            let text = s.comments[id][0]["comment"].as_str().unwrap();
+            assert!(text.starts_with("casewarden changed this case:"), "{text}");
+            let summaries = (rows.iter())
+                .filter(|r| r.case_id == id && r.field == "summary" && r.outcome == "applied")
+                .count();
+            assert_eq!(summaries, 1, "seed {seed}: {id}");
+        }
+    }
+}
+
+/// Summary rows a crash left open: posted from the pass's applied changes when the case's
+/// comments do not hold it, not posted again when they do, and not posted (a row says
+/// why) when none of the pass's changes was applied.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_summary_comment_a_crash_left_open_is_posted_only_if_absent() {
+    let sim = start(sim_options(5)).await;
+    let noop = "const RULE = #{ name: \"noop\" };\nfn evaluate(c) { }\n";
+    let ws = Workspace::new(&sim.url, "legacy", GUARD_OFF, Some(&[("noop.rhai", noop)]));
+    let ids: Vec<String> = sim.state().cases[..3]
+        .iter()
+        .map(|c| c["_id"].as_str().unwrap().to_string())
+        .collect();
+    let run = "20261125T000000Z-crashed";
+    let row =
+        |case_id: &str, rule: &str, field: &str, new: Option<&str>| casewarden::audit::NewEvent {
+            run_id: run.into(),
+            rule: rule.into(),
+            rule_hash: String::new(),
+            case: casewarden::audit::CaseRef::Case {
+                id: case_id.into(),
+                ticket_id: None,
+                tenant: None,
+            },
+            field: field.into(),
+            old: None,
+            new: new.map(str::to_string),
+            reason: "because".into(),
+            dry_run: false,
+            outcome: casewarden::audit::Outcome::Planned,
+            error: None,
+            http_status: None,
+            planned_seq: None,
+        };
+    std::fs::create_dir(ws.dir.path().join("state")).unwrap();
+    let store = casewarden::audit::AuditStore::open(&ws.audit_db())
+        .await
+        .unwrap();
+    let mut planted = Vec::new();
+    for id in &ids {
+        planted.push(row(id, "tagger", "tags", Some("+seen")));
+        planted.push(row(id, "casewarden", "summary", None));
+    }
+    store.append(&planted).await.unwrap();
+    store.close().await;
+    // Before the crash: cases 0 and 1 were tagged, and case 1's comment was posted.
+    let client = client(&sim);
+    for id in &ids[..2] {
+        let tag = json!({"tags": {"add": ["seen"], "delete": []}});
+        client.update_case(id, &tag).await.unwrap().unwrap();
+    }
+    let posted = format!("casewarden changed this case:\n- tags: +seen\n\n(casewarden pass {run})");
+    client.add_comment(&ids[1], &posted).await.unwrap();
+
+    assert_exit(&ws.run(&["once"]).await, 0);
+    let rows = ws.audit(Filter::default()).await;
+    let summary = |id: &str| {
+        (rows.iter())
+            .find(|r| r.case_id == id && r.field == "summary" && r.planned_seq.is_some())
+            .map(|r| (r.outcome.clone(), r.error.clone(), r.reason.clone()))
+            .unwrap()
+    };
+    let s = sim.state();
+    let texts = |id: &str| -> Vec<String> {
+        s.comments
+            .get(id)
+            .map(|c| {
+                c.iter()
+                    .map(|c| c["comment"].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // Case 0: tagged, its comment lost: posted now, from the applied change.
+    let (outcome, _, reason) = summary(&ids[0]);
+    assert_eq!(outcome, "applied");
+    assert!(reason.starts_with("posted after the pass"), "{reason}");
+    let zero = texts(&ids[0]);
+    assert_eq!(zero.len(), 1, "{zero:?}");
+    assert!(
+        zero[0].starts_with("casewarden changed this case:\n- tags: +seen (rule tagger) — because")
+            && zero[0].ends_with(&format!("(casewarden pass {run})")),
+        "{zero:?}"
+    );
+    // Case 1: the comment is there: applied, not posted again.
+    assert_eq!(summary(&ids[1]).0, "applied");
+    assert_eq!(texts(&ids[1]).len(), 1);
+    // Case 2: the change never went out: no comment, and the row says why.
+    let (outcome, error, _) = summary(&ids[2]);
+    assert_eq!(outcome, "skipped");
+    assert!(error.unwrap().contains("none of the pass's changes"));
+    assert!(texts(&ids[2]).is_empty());
+}

@@ -112,18 +112,27 @@ async fn example_rules_change_exactly_the_cases_they_should_and_a_second_pass_no
                 .all(|h| h["user"] == json!(api_user))
         );
     }
-    let applied = ws
+    // The summary comments' rows (one per updated case) are written ahead like the changes.
+    let (summaries, applied): (Vec<_>, Vec<_>) = ws
         .audit(Filter {
             outcome: Some(casewarden::audit::Outcome::Applied),
             ..Filter::default()
         })
-        .await;
-    let planned = ws
+        .await
+        .into_iter()
+        .partition(|r| r.field == "summary");
+    let (planned_summaries, planned): (Vec<_>, Vec<_>) = ws
         .audit(Filter {
             outcome: Some(casewarden::audit::Outcome::Planned),
             ..Filter::default()
         })
-        .await;
+        .await
+        .into_iter()
+        .partition(|r| r.field == "summary");
+    let mut summarized: Vec<&str> = summaries.iter().map(|r| r.case_id.as_str()).collect();
+    summarized.sort();
+    assert_eq!(summarized, ["asg", "ent", "esc", "sla", "stale"]);
+    assert_eq!(planned_summaries.len(), 5);
     assert_eq!(applied.len(), planned.len());
     assert_eq!(applied.len(), 8, "{applied:#?}");
     assert!(applied.iter().all(|a| {
@@ -180,6 +189,7 @@ async fn dry_run_sends_nothing_and_prints_the_plan_a_real_run_applies() {
         })
         .await
         .into_iter()
+        .filter(|r| r.field != "summary")
         .map(|r| (r.case_id, r.field, r.new))
         .collect();
     assert_eq!(planned, applied);
@@ -196,12 +206,15 @@ async fn the_budget_defers_changes_to_later_passes_oldest_first() {
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("change budget"), "{text}");
-    let first = ws
+    let first: Vec<_> = ws
         .audit(Filter {
             outcome: Some(casewarden::audit::Outcome::Applied),
             ..Filter::default()
         })
-        .await;
+        .await
+        .into_iter()
+        .filter(|r| r.field != "summary")
+        .collect();
     assert!(!first.is_empty() && first.len() <= 3, "{first:#?}");
     // Oldest modified first: "esc" (ticket 1) has the oldest modified_at.
     assert_eq!(first[0].case_id, "esc");
@@ -215,12 +228,15 @@ async fn the_budget_defers_changes_to_later_passes_oldest_first() {
     for _ in 0..6 {
         ws.run(&["once"]).await;
     }
-    let all = ws
+    let all: Vec<_> = ws
         .audit(Filter {
             outcome: Some(casewarden::audit::Outcome::Applied),
             ..Filter::default()
         })
-        .await;
+        .await
+        .into_iter()
+        .filter(|r| r.field != "summary")
+        .collect();
     assert_eq!(all.len(), 8);
     assert_eq!(sim.state().case("stale").unwrap()["status"], "Resolved");
 }

@@ -119,6 +119,28 @@ impl AuditStore {
         }))
     }
 
+    /// The planned rows of pass `run_id` on case `case_id` whose newest outcome is
+    /// `applied`, in the order they were planned: what a summary comment of that pass sums up.
+    pub async fn applied_in_pass(
+        &self,
+        run_id: &str,
+        case_id: &str,
+    ) -> Result<Vec<EventRow>, AuditError> {
+        let sql = format!(
+            "SELECT p.* FROM events p WHERE p.run_id = $1 AND p.case_id = $2 AND p.outcome = 'planned' \
+             AND (SELECT o.outcome FROM events o WHERE o.planned_seq = p.seq ORDER BY o.seq DESC LIMIT 1) = 'applied'{} \
+             ORDER BY p.seq",
+            self.instance_filter("p.")
+        );
+        Ok(on_pool!(&self.pool, |pool| {
+            sqlx::query_as(AssertSqlSafe(sql))
+                .bind(run_id)
+                .bind(case_id)
+                .fetch_all(pool)
+                .await?
+        }))
+    }
+
     /// casewarden's memory of what it applied to these cases: every applied change
     /// (comments too, so the same comment is not posted twice), oldest first, for the
     /// planner to keep the newest per field.

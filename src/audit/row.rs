@@ -63,6 +63,8 @@ enum Note {
     Plan,
     /// A listed case that could not be read.
     Case,
+    /// casewarden's comment summing up its changes to a case.
+    Summary,
 }
 
 impl Note {
@@ -71,6 +73,7 @@ impl Note {
             Note::Rule => "rule",
             Note::Plan => "plan",
             Note::Case => "case",
+            Note::Summary => SUMMARY,
         }
     }
 }
@@ -79,6 +82,10 @@ impl Note {
 const PLAN_ROW: &str = "plan";
 /// The rule name of a note about a listed case that could not be read.
 const LISTING_ROW: &str = "listing";
+/// The field of the rows of casewarden's summary comment on a case (not a case field: not
+/// counted among the changes), and their rule name.
+pub const SUMMARY: &str = "summary";
+const SUMMARY_ROW: &str = "casewarden";
 
 /// One row to append.
 #[derive(Debug, Clone)]
@@ -169,6 +176,28 @@ pub fn outcome(
 
 /// The outcome of a row left open (a crash, a lost answer), read back from the server.
 pub fn reconciled(open: &Unsettled, outcome: Outcome, error: Option<String>) -> NewEvent {
+    let reason = match outcome {
+        Outcome::Applied => "confirmed by read: reconciled from the case as the server holds it",
+        _ => "reconciled: read back from the server",
+    };
+    settled_later(open, outcome, error, reason)
+}
+
+/// A summary comment an interrupted pass left unposted, posted (or tried) after reading
+/// that the case does not hold it.
+pub fn summary_posted_later(open: &Unsettled, outcome: Outcome, error: Option<String>) -> NewEvent {
+    let reason =
+        "posted after the pass that meant to was interrupted: the case's comments did not hold it";
+    settled_later(open, outcome, error, reason)
+}
+
+/// The outcome of row `open`, found after its pass: `reason` says how.
+fn settled_later(
+    open: &Unsettled,
+    outcome: Outcome,
+    error: Option<String>,
+    reason: &str,
+) -> NewEvent {
     let row = &open.row;
     NewEvent {
         run_id: row.run_id.clone(),
@@ -182,13 +211,7 @@ pub fn reconciled(open: &Unsettled, outcome: Outcome, error: Option<String>) -> 
         field: row.field.clone(),
         old: row.old.clone(),
         new: row.new.clone(),
-        reason: match outcome {
-            Outcome::Applied => {
-                "confirmed by read: reconciled from the case as the server holds it"
-            }
-            _ => "reconciled: read back from the server",
-        }
-        .into(),
+        reason: reason.into(),
         dry_run: false,
         outcome,
         error,
@@ -290,6 +313,40 @@ pub fn unreadable_case(run_id: &str, id: Option<&str>, problem: &str, dry_run: b
         outcome: Outcome::Skipped,
         dry_run,
         ..note(run_id, LISTING_ROW, "", Note::Case, reason)
+    }
+}
+
+/// The intent to post casewarden's comment summing up the changes it applies to the case
+/// of `plan`, written ahead like the changes; settled by [`summary_outcome`] (or, after a
+/// crash, by looking for it among the case's comments and posting it only if absent).
+pub fn summary_intent(run_id: &str, plan: &CasePlan) -> NewEvent {
+    let reason = "a comment telling the analyst what casewarden changed on the case, and why";
+    NewEvent {
+        case: CaseRef::of(plan),
+        ..note(run_id, SUMMARY_ROW, "", Note::Summary, reason.into())
+    }
+}
+
+/// What became of the summary comment whose intent is row `planned_seq`.
+pub fn summary_outcome(
+    run_id: &str,
+    plan: &CasePlan,
+    planned_seq: i64,
+    settled: Settled,
+) -> NewEvent {
+    NewEvent {
+        case: CaseRef::of(plan),
+        outcome: settled.outcome,
+        error: settled.error,
+        http_status: settled.http_status.map(i64::from),
+        planned_seq: Some(planned_seq),
+        ..note(
+            run_id,
+            SUMMARY_ROW,
+            "",
+            Note::Summary,
+            settled.note.unwrap_or_default(),
+        )
     }
 }
 

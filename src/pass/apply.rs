@@ -12,11 +12,11 @@ use futures::StreamExt;
 use super::error::PassError;
 use super::options::Step;
 use super::run::Run;
-use super::send::{DecisionResult, NotApplied, apply_case, overridden};
+use super::send::{DecisionResult, NotApplied, Sent, apply_case, overridden};
 use super::settle;
-use crate::audit::{AuditStore, NewEvent, Outcome, Settled, row};
+use crate::audit::{NewEvent, Outcome, Settled, row};
 use crate::plan::{CasePlan, DecisionId, FieldNow};
-use crate::stellar::{Client, WriteGate};
+use crate::stellar::Client;
 
 /// What sending the plan came to.
 #[derive(Debug, Default)]
@@ -31,11 +31,12 @@ pub(super) struct Applied {
 
 /// Sends every case's update with bounded concurrency, each case read right before it is
 /// sent; outcome rows are written by one writer as they come, each naming its planned row
-/// by `seq_of`.
+/// by `seq_of` (a summary comment's, by `summary_of`).
 pub(super) async fn send(
     run: &Run<'_>,
     plans: &[CasePlan],
     seq_of: HashMap<DecisionId, i64>,
+    summary_of: HashMap<usize, i64>,
     deadline: tokio::time::Instant,
 ) -> Result<Applied, PassError> {
     let ctx = run.ctx;
@@ -53,9 +54,10 @@ pub(super) async fn send(
         .collect();
     let apply = Arc::new(Applier {
         run,
-        client: ctx.client.gated(fence(ctx.audit.clone())),
+        client: ctx.writer(),
         tx,
         seq_of,
+        summary_of,
         audit_broken,
         wrong_flavor: std::sync::OnceLock::new(),
         deadline,
@@ -96,16 +98,12 @@ struct Applier<'r> {
     client: Client,
     tx: tokio::sync::mpsc::Sender<Vec<NewEvent>>,
     seq_of: HashMap<DecisionId, i64>,
+    summary_of: HashMap<usize, i64>,
     audit_broken: Arc<AtomicBool>,
     /// Set by the first update refused for the configured flavour: nothing more is sent.
     wrong_flavor: std::sync::OnceLock<String>,
     /// `daemon.pass_timeout_secs` after the pass began: nothing is sent after it.
     deadline: tokio::time::Instant,
-}
-
-/// Passes a write only while this process's claim on the log outlasts its answer.
-fn fence(audit: AuditStore) -> WriteGate {
-    Arc::new(move |timeout| audit.send_window(timeout))
 }
 
 impl Applier<'_> {
@@ -137,7 +135,7 @@ impl Applier<'_> {
     /// Reads the case by id (real time, unlike the listing), then sends what still applies
     /// to it; the fence is checked again after the read, which may have waited while this
     /// process was paused.
-    async fn read_then_send(&self, p: &CasePlan) -> Vec<(usize, DecisionResult)> {
+    async fn read_then_send(&self, p: &CasePlan) -> Sent {
         let (live, mut held) = match p.field_changes().next() {
             None => (p.clone(), Vec::new()),
             Some(_) => match self.client.get_case(&p.case_id).await {
@@ -152,48 +150,46 @@ impl Applier<'_> {
             return not_sent(p, &why);
         }
         let comment_changes = self.run.ctx.settings.comment_changes;
-        let mut outcomes = apply_case(&self.client, &live, comment_changes, &self.run.run_id).await;
-        if let Some((_, Err(n))) = outcomes
-            .iter()
-            .find(|(_, r)| r.as_ref().is_err_and(|n| n.halts))
+        let mut sent = apply_case(&self.client, &live, comment_changes, &self.run.run_id).await;
+        if let Some((_, Err(n))) =
+            (sent.decisions.iter()).find(|(_, r)| r.as_ref().is_err_and(|n| n.halts))
         {
             let _ = self.wrong_flavor.set(n.why.clone());
         }
-        outcomes.append(&mut held);
-        outcomes
+        sent.decisions.append(&mut held);
+        sent
     }
 
     /// Sends (or, once the pass must stop, does not send) one case's update and hands the
     /// outcome rows to the audit writer; returns the outcome of each decision it settled.
     /// `case` is the plan's place in the pass (see [`DecisionId`]).
     async fn apply(self: Arc<Self>, case: usize, p: &CasePlan) -> Vec<(DecisionId, Outcome)> {
-        let outcomes = match self.stop() {
+        let sent = match self.stop() {
             Some(why) => not_sent(p, &why),
             None => self.read_then_send(p).await,
         };
-        let events: Vec<NewEvent> = outcomes
-            .iter()
+        let run_id = &self.run.run_id;
+        let mut events: Vec<NewEvent> = (sent.decisions.iter())
             .map(|(di, result)| {
                 let d = &p.decisions[*di];
-                let settled = match result {
-                    Ok(note) => Settled::applied(note.clone()),
-                    Err(n) => Settled {
-                        outcome: n.outcome,
-                        error: Some(n.why.clone()),
-                        http_status: n.status,
-                        note: None,
-                    },
-                };
                 let hash = self.run.hash_of(&d.rule);
                 let planned = self.seq_of.get(&DecisionId {
                     case,
                     decision: *di,
                 });
-                row::outcome(&self.run.run_id, hash, p, d, planned.copied(), settled)
+                row::outcome(run_id, hash, p, d, planned.copied(), settled(result))
             })
             .collect();
+        if let Some(&seq) = self.summary_of.get(&case) {
+            let summary = sent.summary.unwrap_or_else(|| {
+                Err(NotApplied::skipped(
+                    "not posted: no change of the case was sent",
+                ))
+            });
+            events.push(row::summary_outcome(run_id, p, seq, settled(&summary)));
+        }
         let _ = self.tx.send(events).await;
-        outcomes
+        sent.decisions
             .into_iter()
             .map(|(decision, r)| {
                 let outcome = r.map_or_else(|n| n.outcome, |_| Outcome::Applied);
@@ -203,12 +199,28 @@ impl Applier<'_> {
     }
 }
 
-/// Every planned decision of `p`, not sent for `why`.
-fn not_sent(p: &CasePlan, why: &NotApplied) -> Vec<(usize, DecisionResult)> {
-    (p.decisions.iter().enumerate())
-        .filter(|(_, d)| d.is_planned())
-        .map(|(i, _)| (i, Err(why.clone())))
-        .collect()
+/// Every planned decision of `p`, and its summary comment, not sent for `why`.
+fn not_sent(p: &CasePlan, why: &NotApplied) -> Sent {
+    Sent {
+        decisions: (p.decisions.iter().enumerate())
+            .filter(|(_, d)| d.is_planned())
+            .map(|(i, _)| (i, Err(why.clone())))
+            .collect(),
+        summary: Some(Err(why.clone())),
+    }
+}
+
+/// What an outcome row says of `result`.
+fn settled(result: &DecisionResult) -> Settled {
+    match result {
+        Ok(note) => Settled::applied(note.clone()),
+        Err(n) => Settled {
+            outcome: n.outcome,
+            error: Some(n.why.clone()),
+            http_status: n.status,
+            note: None,
+        },
+    }
 }
 
 /// `p` as it still applies to `now`, the case read just before sending: a field that holds

@@ -1,7 +1,7 @@
 //! The comment text contract: what casewarden writes on a case, and how it finds its own
 //! comments again.
 
-use crate::plan::{self, CasePlan};
+use crate::plan::{self, Decision};
 use crate::stellar::{ApiError, Client};
 
 /// A rule's `comment(..)` as it appears in the posted comment.
@@ -10,10 +10,9 @@ pub(super) fn rule_comment(rule: &str, text: Option<&str>) -> String {
 }
 
 /// The comment an analyst sees in the UI: which rules changed what, and why.
-pub(super) fn change_summary(plan: &CasePlan, fields: &[usize]) -> String {
+pub(super) fn change_summary<'a>(changes: impl IntoIterator<Item = &'a Decision>) -> String {
     let mut lines = vec!["casewarden changed this case:".to_string()];
-    for &i in fields {
-        let d = &plan.decisions[i];
+    for d in changes {
         let what = format!(
             "{}: {}",
             d.field,

@@ -131,7 +131,8 @@ async fn stages(run: &Run<'_>) -> Ran {
         ran.error = Some(e.into());
     } else if !run.dry_run {
         let seq_of = std::mem::take(&mut recorded.seq_of);
-        match apply::send(run, &recorded.plans, seq_of, deadline).await {
+        let summary_of = std::mem::take(&mut recorded.summary_of);
+        match apply::send(run, &recorded.plans, seq_of, summary_of, deadline).await {
             Ok(applied) => ran.applied = Some(applied),
             Err(e) => ran.error = Some(e),
         }

@@ -9,10 +9,10 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use super::PassContext;
-use super::comment::{comment_texts, comment_trailer, rule_comment};
-use super::send::overridden;
-use crate::audit::{AuditError, Lease, Outcome, Unsettled, row};
-use crate::plan::{self, Field, FieldNow};
+use super::comment::{change_summary, comment_texts, comment_trailer, rule_comment};
+use super::send::{in_doubt, overridden};
+use crate::audit::{AuditError, Lease, NewEvent, Outcome, Unsettled, row};
+use crate::plan::{self, Decision, Field, FieldNow};
 use crate::stellar::Case;
 
 /// Rows settled per audit transaction, so a process killed while reconciling keeps what
@@ -109,7 +109,7 @@ async fn settle_rows(
     };
     let with_comments: HashSet<String> = rows
         .iter()
-        .filter(|r| r.row.field == Field::Comment.as_str())
+        .filter(|r| r.row.field == Field::Comment.as_str() || r.row.field == row::SUMMARY)
         .map(|r| r.row.case_id.clone())
         .collect();
     let now = chrono::Utc::now();
@@ -125,9 +125,20 @@ async fn settle_rows(
                 comments.insert(id, t);
             }
         }
-        let mut events = Vec::new();
+        let (mut events, mut to_post) = (Vec::new(), Vec::new());
         while let Some(r) = pending.next_if(|r| cases.contains_key(&r.row.case_id)) {
-            let (outcome, error) = settle(&r, &cases, &comments, now, window);
+            let (outcome, error) = if r.row.field == row::SUMMARY {
+                match settle_summary(&r, &comments[&r.row.case_id], now, window) {
+                    Summary::Settled(outcome, error) => (Some(outcome), error),
+                    Summary::Open => (None, None),
+                    Summary::Post => {
+                        to_post.push(r);
+                        continue;
+                    }
+                }
+            } else {
+                settle(&r, &cases, &comments, now, window)
+            };
             match outcome {
                 Some(Outcome::Applied) => summary.applied += 1,
                 Some(Outcome::Failed) => summary.failed += 1,
@@ -141,8 +152,88 @@ async fn settle_rows(
             }
         }
         ctx.audit.append(&events).await?;
+        // After the batch's changes are settled: a summary sums up those applied.
+        let mut posted = Vec::new();
+        for r in &to_post {
+            let event = post_summary(ctx, r).await?;
+            match event.outcome {
+                Outcome::Applied => summary.applied += 1,
+                Outcome::Skipped => summary.skipped += 1,
+                Outcome::Failed => summary.failed += 1,
+                _ => summary.unknown += 1,
+            }
+            posted.push(event);
+        }
+        ctx.audit.append(&posted).await?;
     }
     Ok((summary, left))
+}
+
+/// What the case's comments say of a summary comment's row.
+enum Summary {
+    Settled(Outcome, Option<String>),
+    /// Its post may still land: looked at again later.
+    Open,
+    /// Not on the case, and its post (if any) can no longer land: posted now.
+    Post,
+}
+
+/// A summary comment is on the case when one of its comments ends with the pass's
+/// trailer (a pass posts one comment per case).
+fn settle_summary(
+    r: &Unsettled,
+    comments: &Result<Vec<String>, String>,
+    now: chrono::DateTime<chrono::Utc>,
+    window: Duration,
+) -> Summary {
+    let trailer = comment_trailer(&r.row.run_id);
+    match comments {
+        Ok(texts) if texts.iter().any(|c| c.ends_with(&trailer)) => {
+            Summary::Settled(Outcome::Applied, None)
+        }
+        Ok(_) if may_still_land(r, now, window) => Summary::Open,
+        Ok(_) => Summary::Post,
+        Err(e) if r.last_outcome.is_none() => Summary::Settled(
+            Outcome::Unknown,
+            Some(format!("cannot read the case's comments: {e}")),
+        ),
+        Err(_) => Summary::Open,
+    }
+}
+
+/// Posts the summary comment an interrupted pass meant to post: the changes of that pass
+/// to the case that are applied, with its trailer; skipped when none is.
+async fn post_summary(ctx: &PassContext, r: &Unsettled) -> Result<NewEvent, AuditError> {
+    let (run_id, case_id) = (&r.row.run_id, &r.row.case_id);
+    let applied = ctx.audit.applied_in_pass(run_id, case_id).await?;
+    let changes: Vec<Decision> = (applied.into_iter())
+        .filter_map(|a| {
+            let field = Field::parse(&a.field).filter(|f| *f != Field::Comment)?;
+            Some(Decision {
+                rule: a.rule,
+                field,
+                old: a.old,
+                new: a.new,
+                reason: a.reason,
+                skipped: None,
+            })
+        })
+        .collect();
+    if changes.is_empty() {
+        let why = "not posted: none of the pass's changes to the case was applied";
+        return Ok(row::reconciled(r, Outcome::Skipped, Some(why.into())));
+    }
+    let body = format!(
+        "{}\n\n{}",
+        change_summary(&changes),
+        comment_trailer(run_id)
+    );
+    let (outcome, error) = match ctx.writer().add_comment(case_id, &body).await {
+        Ok(()) => (Outcome::Applied, None),
+        Err(e) if in_doubt(&e) => (Outcome::Unknown, Some(e.to_string())),
+        Err(e) => (Outcome::Failed, Some(e.to_string())),
+    };
+    Ok(row::summary_posted_later(r, outcome, error))
 }
 
 /// What the case read back says of one unsettled change; None: nothing new to record.
@@ -154,14 +245,7 @@ fn settle(
     window: Duration,
 ) -> (Option<Outcome>, Option<String>) {
     let row = &r.row;
-    // A change in doubt (`unknown`: no answer, or a gateway's 5xx) may still be applied by
-    // the server until the window after its send has passed; a dead process's rows are
-    // read only after it has (see `reconcile`).
-    let may_still_land = r
-        .last_at
-        .as_deref()
-        .and_then(parse)
-        .is_some_and(|at| now < at + window);
+    let may_still_land = may_still_land(r, now, window);
     let first = r.last_outcome.is_none();
     let field = Field::parse(&row.field);
     let holds = match (&cases[&row.case_id], field) {
@@ -215,6 +299,16 @@ fn settle(
         Err(e) if first => (Some(Outcome::Unknown), Some(e)),
         Err(_) => (None, None),
     }
+}
+
+/// A change in doubt (`unknown`: no answer, or a gateway's 5xx) may still be applied by the
+/// server until `window` after its send; a dead process's rows are read only after it has
+/// (see `reconcile`).
+fn may_still_land(r: &Unsettled, now: chrono::DateTime<chrono::Utc>, window: Duration) -> bool {
+    r.last_at
+        .as_deref()
+        .and_then(parse)
+        .is_some_and(|at| now < at + window)
 }
 
 /// Waits until the requests of a holder that died or stalled (`previous`) can no longer

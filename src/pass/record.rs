@@ -21,6 +21,9 @@ pub(super) struct Recorded {
     /// The `seq` of each decision's row as written (a dry run's repeated rows are not
     /// written again): the outcome row of a sent decision names it. Taken by `apply`.
     pub seq_of: HashMap<DecisionId, i64>,
+    /// The `seq` of the summary comment's intent row, by the plan's place in `plans`.
+    /// Taken by `apply`.
+    pub summary_of: HashMap<usize, i64>,
     /// Per actor: decisions planned, and skipped (counted whether or not a dry run's
     /// repeated row was written again).
     pub planned: Vec<usize>,
@@ -41,11 +44,35 @@ pub(super) async fn intent(
         skipped: vec![0; run.actors.len()],
         ..Recorded::default()
     };
-    let written = write_intent(run, &plans, &mut rec).await;
+    let mut written = write_intent(run, &plans, &mut rec).await;
     if written.is_ok() {
         rec.plans = hold_back_shadow_rules(run, plans);
+        written = write_summaries(run, &mut rec).await;
+    }
+    if written.is_err() {
+        rec.plans.clear();
     }
     (rec, written)
+}
+
+/// A live pass that comments its changes writes ahead, for each case it will change, the
+/// intent to post the summary comment.
+async fn write_summaries(run: &Run<'_>, rec: &mut Recorded) -> Result<(), AuditError> {
+    if run.dry_run || !run.ctx.settings.comment_changes {
+        return Ok(());
+    }
+    let cases: Vec<usize> = (0..rec.plans.len())
+        .filter(|&i| rec.plans[i].field_changes().next().is_some())
+        .collect();
+    for chunk in cases.chunks(INTENT_ROWS) {
+        let rows: Vec<_> = chunk
+            .iter()
+            .map(|&i| row::summary_intent(&run.run_id, &rec.plans[i]))
+            .collect();
+        let seqs = run.ctx.audit.append(&rows).await?;
+        rec.summary_of.extend(chunk.iter().copied().zip(seqs));
+    }
+    Ok(())
 }
 
 /// Appends the decisions' rows and counts them into `rec` as they go.

@@ -56,13 +56,23 @@ pub(super) type DecisionResult = Result<Option<String>, NotApplied>;
 /// What an unproven change waits for before it may be sent again.
 const IN_DOUBT: &str = "settled by a read at the start of the next pass, and sent again only once stellar.settle_after_secs have passed since this send";
 
-/// Sends one case's update, then its comment; returns the outcome of every planned decision.
+/// What sending one case came to.
+#[derive(Debug, Default)]
+pub(super) struct Sent {
+    /// The outcome of each planned decision, by its place in the plan.
+    pub decisions: Vec<(usize, DecisionResult)>,
+    /// The summary comment's, when `comment_changes` asked for one and a field was sent.
+    pub summary: Option<DecisionResult>,
+}
+
+/// Sends one case's update, then its comment (the summary of the changes applied, when
+/// `comment_changes`, and the rules' comments, in one post).
 pub(super) async fn apply_case(
     client: &Client,
     plan: &CasePlan,
     comment_changes: bool,
     run_id: &str,
-) -> Vec<(usize, DecisionResult)> {
+) -> Sent {
     let span = tracing::info_span!("case", case_id = %plan.case_id);
     async {
         let planned = (0..plan.decisions.len()).filter(|&i| plan.decisions[i].is_planned());
@@ -79,10 +89,13 @@ pub(super) async fn apply_case(
         let unsent = (!fields.is_empty() && applied.is_empty())
             .then(|| updated.iter().find_map(|r| r.clone().err()))
             .flatten();
-        let mut out: Vec<(usize, DecisionResult)> = fields.iter().copied().zip(updated).collect();
+        let mut out = Sent {
+            decisions: fields.iter().copied().zip(updated).collect(),
+            summary: None,
+        };
         let mut text = Vec::new();
         if comment_changes && !applied.is_empty() {
-            text.push(change_summary(plan, &applied));
+            text.push(change_summary(applied.iter().map(|&i| &plan.decisions[i])));
         }
         for &i in &comments {
             let d = &plan.decisions[i];
@@ -100,7 +113,9 @@ pub(super) async fn apply_case(
             None if text.is_empty() => return out,
             None => post_comment(client, plan, text, run_id).await,
         };
-        out.extend(comments.iter().map(|&i| (i, posted.clone())));
+        let decisions = comments.iter().map(|&i| (i, posted.clone()));
+        out.decisions.extend(decisions);
+        out.summary = (comment_changes && !fields.is_empty()).then_some(posted);
         out
     }
     .instrument(span)
@@ -142,7 +157,7 @@ async fn update(
 /// An answer after which the server may have applied the update, or may still: no answer
 /// (timeout, reset), one cut short or not JSON, or a 5xx (a gateway's, after the server
 /// applied it). 429 and the other statuses mean it was not applied.
-fn in_doubt(e: &ApiError) -> bool {
+pub(super) fn in_doubt(e: &ApiError) -> bool {
     match e {
         ApiError::Transport { .. } | ApiError::BadResponse { .. } => true,
         other => other.http_status().is_some_and(|s| s >= 500),

@@ -24,6 +24,16 @@ pub struct PassContext {
     pub tenants: Arc<Vec<String>>,
 }
 
+impl PassContext {
+    /// The client for writes: each one passed only while this process's claim on the log
+    /// outlasts its answer.
+    pub(super) fn writer(&self) -> Client {
+        let audit = self.audit.clone();
+        self.client
+            .gated(Arc::new(move |timeout| audit.send_window(timeout)))
+    }
+}
+
 /// The knobs of a pass, from `[daemon]` and `[stellar]`.
 #[derive(Debug, Clone)]
 pub struct PassSettings {
