@@ -284,7 +284,7 @@ async fn a_summary_comment_a_crash_left_open_is_posted_only_if_absent() {
     let summary = |id: &str| {
         (rows.iter())
             .find(|r| r.case_id == id && r.field == "summary" && r.planned_seq.is_some())
-            .map(|r| (r.outcome.clone(), r.error.clone(), r.reason.clone()))
+            .map(|r| (r.outcome, r.error.clone(), r.reason.clone()))
             .unwrap()
     };
     let s = sim.state();
