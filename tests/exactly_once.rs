@@ -226,6 +226,35 @@ async fn a_kill_while_comments_are_posted_leaves_each_changed_case_exactly_one_c
     }
 }
 
+/// A `planned` row of pass `run` as a crash left it: written, never settled.
+fn planted_row(
+    run: &str,
+    case_id: &str,
+    rule: &str,
+    field: &str,
+    new: Option<&str>,
+) -> casewarden::audit::NewEvent {
+    casewarden::audit::NewEvent {
+        run_id: run.into(),
+        rule: rule.into(),
+        rule_hash: String::new(),
+        case: casewarden::audit::CaseRef::Case {
+            id: case_id.into(),
+            ticket_id: None,
+            tenant: None,
+        },
+        field: field.into(),
+        old: None,
+        new: new.map(str::to_string),
+        reason: "because".into(),
+        dry_run: false,
+        outcome: casewarden::audit::Outcome::Planned,
+        error: None,
+        http_status: None,
+        planned_seq: None,
+    }
+}
+
 /// Summary rows a crash left open: posted from the pass's applied changes when the case's
 /// comments do not hold it, not posted again when they do, and not posted (a row says
 /// why) when none of the pass's changes was applied.
@@ -239,34 +268,14 @@ async fn a_summary_comment_a_crash_left_open_is_posted_only_if_absent() {
         .map(|c| c["_id"].as_str().unwrap().to_string())
         .collect();
     let run = "20261125T000000Z-crashed";
-    let row =
-        |case_id: &str, rule: &str, field: &str, new: Option<&str>| casewarden::audit::NewEvent {
-            run_id: run.into(),
-            rule: rule.into(),
-            rule_hash: String::new(),
-            case: casewarden::audit::CaseRef::Case {
-                id: case_id.into(),
-                ticket_id: None,
-                tenant: None,
-            },
-            field: field.into(),
-            old: None,
-            new: new.map(str::to_string),
-            reason: "because".into(),
-            dry_run: false,
-            outcome: casewarden::audit::Outcome::Planned,
-            error: None,
-            http_status: None,
-            planned_seq: None,
-        };
     std::fs::create_dir(ws.dir.path().join("state")).unwrap();
     let store = casewarden::audit::AuditStore::open(&ws.audit_db())
         .await
         .unwrap();
     let mut planted = Vec::new();
     for id in &ids {
-        planted.push(row(id, "tagger", "tags", Some("+seen")));
-        planted.push(row(id, "casewarden", "summary", None));
+        planted.push(planted_row(run, id, "tagger", "tags", Some("+seen")));
+        planted.push(planted_row(run, id, "casewarden", "summary", None));
     }
     store.append(&planted).await.unwrap();
     store.close().await;
