@@ -327,3 +327,56 @@ async fn a_summary_comment_a_crash_left_open_is_posted_only_if_absent() {
     assert!(error.unwrap().contains("none of the pass's changes"));
     assert!(texts(&ids[2]).is_empty());
 }
+
+/// All of a real server's ways at once: a listing 5 s behind, half the updates answered
+/// 502 after they were applied, every write answered after 5 s against a 1 s timeout, a
+/// person's edits just before the pass, and a case that is not UTF-8.
+#[tokio::test(flavor = "multi_thread")]
+async fn all_real_server_faults_at_once_change_each_case_once_and_overwrite_no_one() {
+    let mut opts = sim_options(40);
+    let bad = start(opts.clone()).await.state().cases[3]["_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    opts.faults.list_lag_ms = 5_000;
+    opts.faults.apply_then_fail = 0.5;
+    opts.faults.slow_write_answers_ms = 5_000;
+    opts.faults.invalid_utf8_case = Some(bad.clone());
+    let sim = start(opts).await;
+    let (edited, targets) = edit_before_the_pass(&sim, 10);
+    let ws = workspace(
+        &sim,
+        TO_HIGH,
+        "timeout_secs = 1\nmax_attempts = 3\nretry_base_ms = 20",
+    );
+    for _ in 0..2 {
+        assert_exit(&ws.run(&["once"]).await, 0);
+    }
+    let rows = ws.audit(Filter::default()).await;
+    let changed = changed_by_api(&sim, Some("priority"));
+    let expected: std::collections::HashSet<String> =
+        targets.into_iter().filter(|id| *id != bad).collect();
+    assert_eq!(changed, expected, "each target changed; the bad case never");
+    let s = sim.state();
+    assert!(
+        s.update_calls.values().all(|n| *n == 1),
+        "{:?}",
+        s.update_calls
+    );
+    for id in &edited {
+        assert_eq!(
+            s.case(id).unwrap()["priority"],
+            "Critical",
+            "{id} overwritten"
+        );
+    }
+    assert!(
+        outcomes(&rows, "priority").all(|r| r.outcome == "applied" || r.outcome == "skipped"),
+        "no failed or unknown row: {rows:?}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r.field == "case" && r.case_id == bad && r.reason.contains("invalid UTF-8")),
+        "the bad case is named"
+    );
+}
