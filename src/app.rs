@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::audit::{AuditError, AuditStore, LeaseTimes};
 use crate::config::Settings;
 use crate::metrics::Metrics;
+use crate::mirror::Mirror;
 use crate::pass::{PassContext, PassSettings};
 use crate::rules::{RuleError, RuleSet};
 use crate::stellar::Client;
@@ -84,6 +85,14 @@ impl App {
         )?;
         rules.log_warnings();
         let audit = open_audit(config).await?;
+        let mirror_path = crate::mirror::path_beside(&config.audit.path);
+        let mirror_file = match crate::mirror::MirrorFile::open(&mirror_path).await {
+            Ok(file) => Some(file),
+            Err(e) => {
+                tracing::warn!(file = %mirror_path.display(), error = %e, "cannot open the mirror of the servers' cases; it is kept in memory only");
+                None
+            }
+        };
         let mut instances = Vec::new();
         for s in config.servers() {
             let settings = s.client_settings().map_err(|e| match s.name {
@@ -100,6 +109,7 @@ impl App {
                 settings: PassSettings::for_server(config, s),
                 instance: s.instance_name().to_string(),
                 tenants: Arc::new(s.tenants.clone()),
+                mirror: Mirror::new(mirror_file.clone(), s.instance_name()),
             });
         }
         Ok(App {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod cron;
 pub mod daemon;
 pub mod metrics;
+pub mod mirror;
 pub mod notify;
 pub mod pass;
 pub mod plan;

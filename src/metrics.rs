@@ -36,6 +36,12 @@ pub struct TenantLabels {
 const TENANT_LABELS: usize = 200;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerLabel {
+    /// The server's host and port (never the rest of its URL).
+    pub server: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RuleLabels {
     pub rule: String,
 }
@@ -62,6 +68,9 @@ pub struct Metrics {
     pub leader: Gauge,
     pub lease_epoch: Gauge,
     pub notifications: Family<NotifyLabels, Counter>,
+    api_in_flight: Family<ServerLabel, Gauge>,
+    api_window: Family<ServerLabel, Gauge>,
+    api_latency: Family<ServerLabel, Histogram, fn() -> Histogram>,
     tenant_changes: Family<TenantLabels, Counter>,
     tenants_labelled: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -82,6 +91,11 @@ impl Metrics {
             leader: Gauge::default(),
             lease_epoch: Gauge::default(),
             notifications: Family::default(),
+            api_in_flight: Family::default(),
+            api_window: Family::default(),
+            api_latency: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.005, 2.0, 14))
+            }),
             tenant_changes: Family::default(),
             tenants_labelled: Default::default(),
         };
@@ -132,6 +146,21 @@ impl Metrics {
             "api_requests",
             "Cases API requests by HTTP status (or error)",
             self.api_requests.clone(),
+        );
+        r.register(
+            "api_in_flight",
+            "Cases API requests in flight now, by server (host:port)",
+            self.api_in_flight.clone(),
+        );
+        r.register(
+            "api_window",
+            "Requests the adaptive window allows in flight (halved when a server answers 429 or 5xx or times out, grown back as answers come; at most stellar.max_in_flight)",
+            self.api_window.clone(),
+        );
+        r.register(
+            "api_request_duration_seconds",
+            "Wall time of one Cases API request attempt, from send to the end of its answer, by server",
+            self.api_latency.clone(),
         );
         r.register(
             "token_renewals",
@@ -185,6 +214,26 @@ impl Metrics {
                 status: status.to_string(),
             })
             .inc();
+    }
+
+    /// A request to `server` entered the window: `now` is (in flight, window).
+    pub fn in_flight(&self, server: &str, now: (usize, usize)) {
+        let label = ServerLabel {
+            server: server.to_string(),
+        };
+        self.api_in_flight.get_or_create(&label).set(now.0 as i64);
+        self.api_window.get_or_create(&label).set(now.1 as i64);
+    }
+
+    /// A request to `server` was answered after `took`.
+    pub fn request_took(&self, server: &str, took: std::time::Duration, now: (usize, usize)) {
+        let label = ServerLabel {
+            server: server.to_string(),
+        };
+        self.api_latency
+            .get_or_create(&label)
+            .observe(took.as_secs_f64());
+        self.in_flight(server, now);
     }
 
     /// The text exposition format, with the token renewal count as the client knows it.

@@ -11,6 +11,7 @@ mod daemon;
 mod exactly_once;
 mod faults;
 mod fuzz;
+mod mirror;
 mod pass;
 mod real_api;
 mod replicas;

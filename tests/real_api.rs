@@ -447,7 +447,12 @@ async fn the_v5_simulator_answers_like_the_recorded_servers() {
     for part in ["summary", "observables", "scores", "alerts"] {
         let r = get(format!("/cases/{id}/{part}")).await.unwrap();
         assert_eq!(r.status(), 200, "{part}");
-        assert!(r.json::<Value>().await.unwrap().get("data").is_some());
+        let answer = r.json::<Value>().await.unwrap();
+        assert!(answer.get("data").is_some());
+        if part == "scores" {
+            let scores = answer["data"].as_array().expect("scores are a list");
+            assert!(scores.iter().all(|s| s["timestamp"].is_i64() && s.get("score").is_some()));
+        }
     }
     let user = sim.state().users[1].user_id.clone();
     let u: Value = get(format!("/users/{user}"))

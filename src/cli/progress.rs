@@ -20,8 +20,8 @@ pub fn spinner(message: &str) -> ProgressBar {
     bar
 }
 
-/// A bar for one pass: cases listed (of the server's total), then cases applied; hidden
-/// off a terminal. Clear it before printing the summary.
+/// A bar for one pass: cases listed, then checked by the rules (of the mirror's total),
+/// then applied; hidden off a terminal. Clear it before printing the summary.
 pub fn pass_bar() -> (ProgressBar, crate::pass::Progress) {
     let bar = if std::io::stderr().is_terminal() {
         let bar = ProgressBar::new(0);
@@ -37,8 +37,13 @@ pub fn pass_bar() -> (ProgressBar, crate::pass::Progress) {
     let shown = bar.clone();
     let progress = crate::pass::Hook(std::sync::Arc::new(
         move |step: &crate::pass::Step| match *step {
+            crate::pass::Step::Synced { cases, full } => {
+                shown.set_message(if full { "listing" } else { "syncing" });
+                shown.set_length(cases);
+                shown.set_position(cases);
+            }
             crate::pass::Step::Listed { cases, total } => {
-                shown.set_message("listing");
+                shown.set_message("checking");
                 shown.set_length(total.unwrap_or(cases).max(cases));
                 shown.set_position(cases);
             }

@@ -41,6 +41,10 @@ pub struct ServerSettings {
     pub timeout_secs: u64,
     /// As configured; see [`ServerSettings::settle_after`].
     pub settle_after_secs: u64,
+    /// How far behind the mirror's checkpoint a delta listing reaches back.
+    pub list_overlap: Duration,
+    /// How often the mirror is refreshed by a full listing.
+    pub resync_interval: Duration,
     /// Attempts per request before giving up (connect errors, timeouts, 5xx, 429).
     pub max_attempts: u32,
     /// First backoff step; doubles per attempt, with full jitter, capped at 30 s.
@@ -74,6 +78,19 @@ impl ServerSettings {
         })?;
         check_url(url, key("url"), src)?;
         check_limits(&raw, &key, src)?;
+        let resync_interval = crate::time::parse_duration(&raw.resync_interval)
+            .ok()
+            .and_then(|d| d.to_std().ok())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                src.invalid(
+                    key("resync_interval"),
+                    format!(
+                        "{:?} is not a duration like 30m, 6h or 1d (at least 1s)",
+                        raw.resync_interval
+                    ),
+                )
+            })?;
         let api_key = read_api_key(&raw, name, &section, src);
         let ca_file = raw.ca_file.map(|p| src.resolve(&p));
         let ca_pem = ca_file.as_ref().map(|file| {
@@ -96,6 +113,8 @@ impl ServerSettings {
             insecure_skip_tls_verify: raw.insecure_skip_tls_verify,
             timeout_secs: raw.timeout_secs,
             settle_after_secs: raw.settle_after_secs,
+            list_overlap: Duration::from_secs(raw.list_overlap_secs),
+            resync_interval,
             page_size: raw.page_size,
             max_in_flight: raw.max_in_flight,
             max_attempts: raw.max_attempts,
@@ -147,6 +166,7 @@ impl ServerSettings {
             insecure_skip_tls_verify: self.insecure_skip_tls_verify,
             timeout: Duration::from_secs(self.timeout_secs),
             page_size: self.page_size,
+            max_in_flight: self.max_in_flight,
             max_attempts: self.max_attempts,
             retry_base: Duration::from_millis(self.retry_base_ms),
         })
@@ -216,6 +236,13 @@ fn check_limits(
         return invalid(
             "settle_after_secs",
             format!("{} {range}", s.settle_after_secs),
+        );
+    }
+    if s.list_overlap_secs > 86_400 {
+        let range = "is out of range: at most 86400";
+        return invalid(
+            "list_overlap_secs",
+            format!("{} {range}", s.list_overlap_secs),
         );
     }
     match s

@@ -193,6 +193,8 @@ async fn start(config: Settings) -> anyhow::Result<(Arc<Shared>, Delivery)> {
         .await
         .map_err(|e| anyhow::Error::new(e).context("not starting"))?;
     for i in &instances {
+        // The mirror file may be hours old or written by other processes: start afresh.
+        i.mirror.resync_next().await;
         match i.client.authenticate().await {
             Err(e @ ApiError::KeyRejected { .. }) if instances.len() == 1 => return Err(e.into()),
             Err(e) => {

@@ -16,7 +16,7 @@ use super::send::{DecisionResult, NotApplied, Sent, apply_case, overridden};
 use super::settle;
 use crate::audit::{NewEvent, Outcome, Settled, row};
 use crate::plan::{CasePlan, DecisionId, FieldNow};
-use crate::stellar::Client;
+use crate::stellar::{Case, Client};
 
 /// What sending the plan came to.
 #[derive(Debug, Default)]
@@ -71,7 +71,7 @@ pub(super) async fn send(
         .map(move |(case, p)| sender.clone().apply(case, p))
         .buffer_unordered(in_flight)
         .boxed();
-    let results: Vec<Vec<(DecisionId, Outcome)>> = sends
+    let results: Vec<(Vec<(DecisionId, Outcome)>, Option<Case>)> = sends
         .inspect(|_| {
             done += 1;
             run.opts.tell(Step::Applied { cases: done, total });
@@ -84,8 +84,13 @@ pub(super) async fn send(
     }
     drop(apply);
     writer.await??;
+    let (outcomes, latest): (Vec<_>, Vec<_>) = results.into_iter().unzip();
+    // The mirror learns the cases as this pass left them: its next delta need not list
+    // casewarden's own changes.
+    let latest: Vec<Case> = latest.into_iter().flatten().collect();
+    ctx.mirror.lock().await.learn(&latest).await;
     Ok(Applied {
-        outcomes: results.into_iter().flatten().collect(),
+        outcomes: outcomes.into_iter().flatten().collect(),
         error,
         interrupted: run.opts.cancelled(),
     })
@@ -136,10 +141,15 @@ impl Applier<'_> {
     /// to it; the fence is checked again after the read, which may have waited while this
     /// process was paused.
     async fn read_then_send(&self, p: &CasePlan) -> Sent {
+        let mut read = None;
         let (live, mut held) = match p.field_changes().next() {
             None => (p.clone(), Vec::new()),
             Some(_) => match self.client.get_case(&p.case_id).await {
-                Ok(now) => still_to_send(p, &now),
+                Ok(now) => {
+                    let live = still_to_send(p, &now);
+                    read = Some(now);
+                    live
+                }
                 Err(e) => {
                     let why = format!("not sent: cannot read the case right before sending ({e})");
                     return not_sent(p, &NotApplied::failed(why, e.http_status()));
@@ -157,13 +167,18 @@ impl Applier<'_> {
             let _ = self.wrong_flavor.set(n.why.clone());
         }
         sent.decisions.append(&mut held);
+        sent.latest = sent.latest.or(read);
         sent
     }
 
     /// Sends (or, once the pass must stop, does not send) one case's update and hands the
     /// outcome rows to the audit writer; returns the outcome of each decision it settled.
     /// `case` is the plan's place in the pass (see [`DecisionId`]).
-    async fn apply(self: Arc<Self>, case: usize, p: &CasePlan) -> Vec<(DecisionId, Outcome)> {
+    async fn apply(
+        self: Arc<Self>,
+        case: usize,
+        p: &CasePlan,
+    ) -> (Vec<(DecisionId, Outcome)>, Option<Case>) {
         let sent = match self.stop() {
             Some(why) => not_sent(p, &why),
             None => self.read_then_send(p).await,
@@ -189,13 +204,13 @@ impl Applier<'_> {
             events.push(row::summary_outcome(run_id, p, seq, settled(&summary)));
         }
         let _ = self.tx.send(events).await;
-        sent.decisions
-            .into_iter()
+        let outcomes = (sent.decisions.into_iter())
             .map(|(decision, r)| {
                 let outcome = r.map_or_else(|n| n.outcome, |_| Outcome::Applied);
                 (DecisionId { case, decision }, outcome)
             })
-            .collect()
+            .collect();
+        (outcomes, sent.latest)
     }
 }
 
@@ -207,6 +222,7 @@ fn not_sent(p: &CasePlan, why: &NotApplied) -> Sent {
             .map(|(i, _)| (i, Err(why.clone())))
             .collect(),
         summary: Some(Err(why.clone())),
+        latest: None,
     }
 }
 
@@ -228,7 +244,7 @@ fn settled(result: &DecisionResult) -> Settled {
 /// (and a comment explaining only such fields neither); returns the outcomes of those.
 fn still_to_send(
     p: &CasePlan,
-    now: &crate::stellar::Case,
+    now: &Case,
 ) -> (CasePlan, Vec<(usize, DecisionResult)>) {
     let mut live = p.clone();
     let mut screened = Vec::new();

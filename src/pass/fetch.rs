@@ -1,94 +1,121 @@
-//! Stage: list the server's cases a page at a time (the next pages download while this
-//! one is evaluated), with the filters every due rule agrees on, only this server's
-//! customers, and their names.
+//! Stage: bring the server's mirror up to date (see [`super::sync`]), then hand the rules
+//! every case it holds, a page at a time, with only this server's customers and their
+//! names.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use serde_json::value::RawValue;
+use tokio::sync::OwnedMutexGuard;
+
 use super::options::Step;
 use super::run::Run;
+use super::sync::sync;
+use crate::mirror::{Cursor, Held};
 use crate::rules::Rule;
-use crate::stellar::{ApiError, Case, CasePager, CaseParseError};
+use crate::stellar::{ApiError, Case, CaseParseError};
 
-/// One page of listed cases, as the rules will see them.
+/// One page of cases, as the rules will see them.
 pub(super) struct Fetched {
     pub cases: Vec<Case>,
-    /// Cases of the page skipped because they could not be read, and why.
+    /// Cases the listing skipped because they could not be read, and why.
     pub unparsable: Vec<CaseParseError>,
 }
 
-/// The listing of one pass.
+/// The cases of one pass, from the mirror, held for the pass.
 pub(super) struct Fetch {
-    pager: CasePager,
+    held: OwnedMutexGuard<Held>,
+    cursor: Option<Cursor>,
+    unparsable: Vec<CaseParseError>,
     tenant_names: HashMap<String, String>,
-    /// Cases listed so far, parsed or not, for the progress bar.
+    /// Cases handed out so far, for the progress bar.
     listed: u64,
     /// Shutdown stopped the listing before its end.
     pub cut_short: bool,
 }
 
 impl Fetch {
-    /// Reads the customers' names when a rule needs them, then starts the listing.
-    pub async fn start(run: &Run<'_>) -> Fetch {
+    /// Reads the customers' names when a rule needs them, then syncs the mirror with the
+    /// filters every due rule agrees on; `own`: who casewarden is in `modified_by`.
+    pub async fn start(run: &Run<'_>, own: &[String]) -> Result<Fetch, ApiError> {
         let ctx = run.ctx;
         let tenant_names = match run.set.needs_tenants {
             true => tenant_names(run).await,
             false => HashMap::new(),
         };
-        let mut filters = pushdown(&run.rules);
+        let mut scope = pushdown(&run.rules);
         // A server limited to some customers lists only theirs (and checks each case).
-        if !ctx.tenants.is_empty() && !filters.iter().any(|(k, _)| k == "tenantid") {
-            filters.push(("tenantid".into(), ctx.tenants.join(",")));
+        if !ctx.tenants.is_empty() && !scope.iter().any(|(k, _)| k == "tenantid") {
+            scope.push(("tenantid".into(), ctx.tenants.join(",")));
         }
-        let pager = ctx
-            .client
-            .list_cases(filters)
-            .ahead(ctx.settings.max_in_flight);
-        Fetch {
-            pager,
+        let mut held = ctx.mirror.lock().await;
+        let synced = sync(run, &mut held, &scope, own).await?;
+        Ok(Fetch {
+            held,
+            cursor: None,
+            unparsable: synced.unparsable,
             tenant_names,
             listed: 0,
-            cut_short: false,
-        }
+            cut_short: !synced.complete || run.opts.cancelled(),
+        })
     }
 
-    /// The next page, shown to the hooks; None at the end or on shutdown.
+    /// The next page of the mirror's cases, shown to the hooks; None at the end or on
+    /// shutdown.
     pub async fn next(&mut self, run: &Run<'_>) -> Result<Option<Fetched>, ApiError> {
-        let Some(mut page) = self.pager.next_page().await? else {
+        if self.cut_short {
             return Ok(None);
-        };
+        }
         if run.opts.cancelled() {
             self.cut_short = true;
             return Ok(None);
         }
+        let limit = run.ctx.client.page_size() as usize;
+        let flavor = run.ctx.client.known_flavor();
+        let chunk = self.held.cases.after(self.cursor.as_ref(), limit);
+        let Some((last, _)) = chunk.last() else {
+            let unparsable = std::mem::take(&mut self.unparsable);
+            return Ok((!unparsable.is_empty()).then_some(Fetched {
+                cases: Vec::new(),
+                unparsable,
+            }));
+        };
+        let cursor = (*last).clone();
+        let mut cases: Vec<Case> = chunk
+            .into_iter()
+            .filter_map(|(_, text)| {
+                let read = serde_json::from_str::<&RawValue>(text)
+                    .map_err(|e| CaseParseError {
+                        id: None,
+                        reason: e.to_string(),
+                    })
+                    .and_then(Case::index)
+                    .and_then(|o| Case::from_object(o, flavor));
+                read.inspect_err(|e| tracing::warn!(error = %e, "a case of the mirror cannot be read; it is listed again at the next full listing"))
+                    .ok()
+            })
+            .collect();
+        self.cursor = Some(cursor);
+        self.listed += cases.len() as u64;
         let tenants = &run.ctx.tenants;
         if !tenants.is_empty() {
-            let before = page.cases.len();
-            page.cases
-                .retain(|c| c.tenant().is_some_and(|t| tenants.iter().any(|x| x == t)));
-            if page.cases.len() < before {
-                tracing::debug!(
-                    left_out = before - page.cases.len(),
-                    "cases of customers this instance is not limited to"
-                );
-            }
+            cases.retain(|c| c.tenant().is_some_and(|t| tenants.iter().any(|x| x == t)));
         }
         if !self.tenant_names.is_empty() {
-            page.cases
+            cases
                 .iter_mut()
                 .for_each(|c| c.name_tenant(&self.tenant_names));
         }
-        self.listed += (page.cases.len() + page.skipped.len()) as u64;
         if let Some(hook) = &run.opts.on_page {
-            (hook.0)(&page.cases);
+            (hook.0)(&cases);
         }
         run.opts.tell(Step::Listed {
             cases: self.listed,
-            total: page.total,
+            total: Some(self.held.cases.len() as u64),
         });
         Ok(Some(Fetched {
-            cases: page.cases,
-            unparsable: page.skipped,
+            cases,
+            unparsable: std::mem::take(&mut self.unparsable),
         }))
     }
 }
@@ -112,8 +139,6 @@ fn pushdown(rules: &[Arc<Rule>]) -> Vec<(String, String)> {
             out.push((key.clone(), value.clone()));
         }
     }
-    out.push(("sort".into(), "modified_at".into()));
-    out.push(("order".into(), "asc".into()));
     out
 }
 

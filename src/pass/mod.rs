@@ -30,6 +30,7 @@ mod send;
 mod settings;
 mod settle;
 mod stats;
+mod sync;
 
 pub use error::PassError;
 pub use options::{Hook, PageHook, PassOptions, Progress, Step, Work};
@@ -153,7 +154,11 @@ async fn plan_listing(run: &Run<'_>) -> Result<Planned, (Planned, Option<PassErr
     let mut planning = Planning::start(run)
         .await
         .map_err(|e| (Planned::default(), Some(e.into())))?;
-    let mut fetch = Fetch::start(run).await;
+    let own = planning.env().own_users.clone();
+    let mut fetch = match Fetch::start(run, &own).await {
+        Ok(fetch) => fetch,
+        Err(e) => return Err((planning.abandon(), Some(e.into()))),
+    };
     let listed = async {
         while let Some(page) = fetch.next(run).await? {
             planning.listed(&page);

@@ -97,7 +97,9 @@ pub type Progress = Hook<Step>;
 /// How far a pass has got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
-    /// Cases listed so far, of the total the server announced.
+    /// Cases listed so far to bring the mirror up to date (`full`: every case).
+    Synced { cases: u64, full: bool },
+    /// Cases handed to the rules so far, of the mirror's total.
     Listed { cases: u64, total: Option<u64> },
     /// Cases whose changes were sent (or settled without sending), of those with work.
     Applied { cases: u64, total: u64 },

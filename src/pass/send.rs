@@ -63,6 +63,8 @@ pub(super) struct Sent {
     pub decisions: Vec<(usize, DecisionResult)>,
     /// The summary comment's, when `comment_changes` asked for one and a field was sent.
     pub summary: Option<DecisionResult>,
+    /// The case as the server last showed it (the update's answer or a read), for the mirror.
+    pub latest: Option<Case>,
 }
 
 /// Sends one case's update, then its comment (the summary of the changes applied, when
@@ -78,9 +80,9 @@ pub(super) async fn apply_case(
         let planned = (0..plan.decisions.len()).filter(|&i| plan.decisions[i].is_planned());
         let (comments, fields): (Vec<usize>, Vec<usize>) =
             planned.partition(|&i| plan.decisions[i].field == Field::Comment);
-        let updated = match plan.body() {
+        let (updated, latest) = match plan.body() {
             Some(body) => update(client, plan, &fields, &body).await,
-            None => Vec::new(),
+            None => (Vec::new(), None),
         };
         let applied: Vec<usize> = (fields.iter().zip(&updated))
             .filter(|(_, r)| r.is_ok())
@@ -92,6 +94,7 @@ pub(super) async fn apply_case(
         let mut out = Sent {
             decisions: fields.iter().copied().zip(updated).collect(),
             summary: None,
+            latest,
         };
         let mut text = Vec::new();
         if comment_changes && !applied.is_empty() {
@@ -123,16 +126,16 @@ pub(super) async fn apply_case(
 }
 
 /// Sends the update and works out each field's outcome from the answer, or, when the answer
-/// proves nothing, from a read of the case.
+/// proves nothing, from a read of the case; with the case as the server last showed it.
 async fn update(
     client: &Client,
     plan: &CasePlan,
     fields: &[usize],
     body: &serde_json::Value,
-) -> Vec<DecisionResult> {
+) -> (Vec<DecisionResult>, Option<Case>) {
     let (what, in_flight, status) = match client.update_case(&plan.case_id, body).await {
         Ok(Ok(case)) if unheld_fields(&case, plan).is_empty() => {
-            return fields.iter().map(|_| Ok(None)).collect();
+            return (fields.iter().map(|_| Ok(None)).collect(), Some(case));
         }
         Ok(Ok(_)) => (
             "the server accepted the update but its answer does not hold every change".into(),
@@ -145,13 +148,14 @@ async fn update(
             None,
         ),
         Err(e) if in_doubt(&e) => (e.to_string(), true, e.http_status()),
-        Err(e) => return fields.iter().map(|_| Err(failure(&e))).collect(),
+        Err(e) => return (fields.iter().map(|_| Err(failure(&e))).collect(), None),
     };
-    settle_by_read(client, plan, fields, &what, in_flight)
-        .await
+    let (results, read) = settle_by_read(client, plan, fields, &what, in_flight).await;
+    let results = results
         .into_iter()
         .map(|r| r.map_err(|n| NotApplied { status, ..n }))
-        .collect()
+        .collect();
+    (results, read)
 }
 
 /// An answer after which the server may have applied the update, or may still: no answer
@@ -174,18 +178,19 @@ async fn settle_by_read(
     fields: &[usize],
     what: &str,
     in_flight: bool,
-) -> Vec<DecisionResult> {
+) -> (Vec<DecisionResult>, Option<Case>) {
     let case = match client.get_case(&plan.case_id).await {
         Ok(case) => case,
         Err(e) => {
             let why = format!("{what}; reading the case back failed too ({e}): {IN_DOUBT}");
-            return fields
+            let results = fields
                 .iter()
                 .map(|_| Err(NotApplied::unknown(why.clone())))
                 .collect();
+            return (results, None);
         }
     };
-    fields
+    let results = fields
         .iter()
         .map(|&i| {
             let d = &plan.decisions[i];
@@ -207,7 +212,8 @@ async fn settle_by_read(
                 )),
             }
         })
-        .collect()
+        .collect();
+    (results, Some(case))
 }
 
 /// Why a change found a third value in its field is left alone.

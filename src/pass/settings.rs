@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::audit::AuditStore;
 use crate::calendar::Calendar;
 use crate::config::{ServerSettings, Settings};
+use crate::mirror::Mirror;
 use crate::rules::limits::Limits;
 use crate::stellar::Client;
 
@@ -22,6 +23,8 @@ pub struct PassContext {
     pub instance: String,
     /// Only these customers' cases on this server (`tenants` of its section); empty: all.
     pub tenants: Arc<Vec<String>>,
+    /// The local copy of the server's cases the rules run over.
+    pub mirror: Mirror,
 }
 
 impl PassContext {
@@ -43,6 +46,10 @@ pub struct PassSettings {
     pub max_change_fraction: f64,
     pub guard_min_cases: usize,
     pub max_in_flight: usize,
+    /// A delta listing reaches back this far behind the mirror's checkpoint.
+    pub list_overlap: Duration,
+    /// A full listing at least this often.
+    pub resync_interval: Duration,
     /// How long after it was sent a request may still be applied by the server: a change in
     /// doubt is settled as not applied (and may be sent again) only after this.
     pub settle_after: Duration,
@@ -66,6 +73,8 @@ impl PassSettings {
             max_change_fraction: c.daemon.max_change_fraction,
             guard_min_cases: c.daemon.guard_min_cases,
             max_in_flight: s.max_in_flight,
+            list_overlap: s.list_overlap,
+            resync_interval: s.resync_interval,
             settle_after: s.settle_after(),
             request_timeout: Duration::from_secs(s.timeout_secs),
             pass_timeout: Duration::from_secs(c.daemon.pass_timeout_secs),

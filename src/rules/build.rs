@@ -124,10 +124,22 @@ impl Build {
             warnings: self.warnings,
             needs_users: texts().any(|t| t.contains("user_email") || t.contains("user_id")),
             needs_tenants: texts().any(|t| t.contains("tenant_name")),
+            unread_fields: UNREAD_UNLESS_NAMED
+                .iter()
+                .filter(|(_, words)| !texts().any(|t| words.iter().any(|w| t.contains(w))))
+                .map(|(field, _)| *field)
+                .collect(),
             calendar_refs: self.calendar_refs,
         })
     }
 }
+
+/// Bulky fields the mirror leaves out unless a rule's text names one of the words (the
+/// field, a helper that reads it, or a function that sees the whole case).
+const UNREAD_UNLESS_NAMED: [(&str, &[&str]); 2] = [
+    ("event_ids", &["event_ids", "keys", "values", "to_json"]),
+    ("metadata", &["metadata", "entit", "keys", "values", "to_json"]),
+];
 
 /// Adds a file's name (after `prefix`) and text to the rule set's fingerprint.
 fn hash_file(hasher: &mut Sha256, prefix: &str, file: &Path, text: &str) {

@@ -101,6 +101,9 @@ pub struct RuleSet {
     /// Some rule or shared module reads `tenant_name`: a pass reads the server's tenants
     /// to name the customer of cases that carry only its id.
     pub needs_tenants: bool,
+    /// Bulky case fields no rule or module names (nor a helper that reads them): the
+    /// mirror does not keep them.
+    pub unread_fields: Vec<&'static str>,
     /// Calendar names given as literals, located, to check against the config.
     calendar_refs: Vec<RuleError>,
 }

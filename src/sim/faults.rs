@@ -48,6 +48,9 @@ pub(super) async fn faults_and_log(
     // Logged before a held-back answer, which a client that gives up never waits for.
     let slow = {
         let mut s = lock(&state);
+        s.bytes_served += axum::body::HttpBody::size_hint(resp.body())
+            .exact()
+            .unwrap_or(0);
         s.requests.push(SeenRequest {
             method,
             path,

@@ -59,6 +59,8 @@ pub struct SimState {
     /// Every JWT handed out, so tests can grep logs for them.
     pub issued_tokens: Vec<String>,
     pub requests: Vec<SeenRequest>,
+    /// Bytes of every answer body sent (the API's and the token service's).
+    pub bytes_served: u64,
     pub faults: Faults,
     /// Update requests that reached the update handler, per case id (whatever their
     /// answer, even one its client never received).
@@ -119,6 +121,7 @@ impl SimState {
             tokens: HashMap::new(),
             issued_tokens: Vec::new(),
             requests: Vec::new(),
+            bytes_served: 0,
             faults: opts.faults.clone(),
             update_calls: HashMap::new(),
             webhooks: Vec::new(),
@@ -213,6 +216,19 @@ impl SimState {
                 self.cases.push(case);
             }
         }
+    }
+
+    /// Deletes a case, as a person deleting it in the UI; false when there is none.
+    pub fn delete_case(&mut self, id: &str) -> bool {
+        let Some(i) = self.index.remove(id) else {
+            return false;
+        };
+        self.version += 1;
+        self.cases.remove(i);
+        for at in self.index.values_mut().filter(|at| **at > i) {
+            *at -= 1;
+        }
+        true
     }
 
     /// Makes every issued token invalid, as if they had all expired.
@@ -443,6 +459,9 @@ pub struct Faults {
     pub fail_reads_after_updates: bool,
     /// Listings with this filter key answer 400, as a server that does not know it.
     pub refuse_filter: Option<String>,
+    /// Listings leave out this filter key (`FROM~modified_at`, `sort`...), as a server
+    /// that ignores it.
+    pub ignore_filter: Option<String>,
     /// Listings serve each case as it was this long ago, as a search index trailing
     /// writes; `GET /cases/{id}` is current.
     pub list_lag_ms: u64,

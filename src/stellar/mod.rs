@@ -13,6 +13,7 @@ pub mod model;
 pub mod object;
 mod pager;
 mod retry;
+mod window;
 
 pub use auth::Credentials;
 pub use client::{Client, ClientSettings, WriteGate, credentials};

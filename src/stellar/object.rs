@@ -220,6 +220,33 @@ impl CaseObject {
         }
     }
 
+    /// The object as JSON text with only the fields `keep` accepts: values as the server
+    /// sent them, the ones casewarden set (normalised names) as it set them.
+    pub fn project(&self, keep: impl Fn(&str) -> bool) -> String {
+        let mut out = String::with_capacity(self.text.len());
+        out.push('{');
+        for (i, f) in self.fields.iter().enumerate() {
+            let key = self.key(f);
+            let later = self.fields[i + 1..]
+                .iter()
+                .any(|g| g.tag == f.tag && self.key(g) == key);
+            if later || !keep(key) {
+                continue;
+            }
+            if out.len() > 1 {
+                out.push(',');
+            }
+            out.push_str(&Value::String(key.to_string()).to_string());
+            out.push(':');
+            match f.at {
+                (0, 0) => out.push_str(&self.value(f).to_string()),
+                (a, b) => out.push_str(&self.text[a as usize..b as usize]),
+            }
+        }
+        out.push('}');
+        out
+    }
+
     /// Every field in key order (as a `Map` holds them), parsing what was not read yet.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
         let mut keys: Vec<(&str, usize)> = self

@@ -63,6 +63,32 @@ impl Client {
     }
 }
 
+impl Client {
+    /// One page of the listing of `filters` from `skip`, as the server answered it (no
+    /// dedupe across pages: keyset paging has none to do). `received`: cases it held.
+    pub async fn case_page(
+        &self,
+        filters: Vec<(String, String)>,
+        skip: u64,
+    ) -> Result<(Page, u64), ApiError> {
+        let fetched = fetch(self.clone(), Arc::new(filters), skip).await?;
+        let mut page = Page {
+            total: fetched.total,
+            ..Page::default()
+        };
+        for parsed in fetched.parsed {
+            match parsed {
+                Ok(case) => page.cases.push(case),
+                Err(e) => {
+                    tracing::warn!(case_id = e.id.as_deref().unwrap_or("-"), reason = %e.reason, "skipping a case that does not parse");
+                    page.skipped.push(e);
+                }
+            }
+        }
+        Ok((page, fetched.received))
+    }
+}
+
 impl CasePager {
     /// Requests up to `pages` pages at once once the total is known (at least 1).
     pub fn ahead(mut self, pages: usize) -> CasePager {

@@ -39,6 +39,7 @@ pub fn settings(sim: &Simulator) -> ClientSettings {
         insecure_skip_tls_verify: false,
         timeout: Duration::from_secs(5),
         page_size: 100,
+        max_in_flight: 16,
         max_attempts: 4,
         retry_base: Duration::from_millis(20),
     }

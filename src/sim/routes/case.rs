@@ -47,9 +47,11 @@ pub(super) async fn case_part(
                 .unwrap_or("")
         )),
         "observables" => json!({"observables": [], "total": 0}),
-        "scores" => {
-            json!({"score": case.get("score").or_else(|| case.get("case_score")).cloned().unwrap_or(Value::Null)})
-        }
+        // A list of scores with when each was given, as the vendor's own clients read it.
+        "scores" => json!([{
+            "score": case.get("score").or_else(|| case.get("case_score")).cloned().unwrap_or(Value::Null),
+            "timestamp": case.get("modified_at").or_else(|| case.get("created_at")).cloned().unwrap_or(Value::Null),
+        }]),
         "alerts" => json!({"docs": [], "total": 0}),
         _ => return error(StatusCode::NOT_FOUND, format!("no route {part} for a case")),
     };

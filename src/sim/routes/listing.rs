@@ -23,7 +23,11 @@ struct ListQuery {
 impl ListQuery {
     /// The query of `params`; Err: the 400 message. `refused` is a filter the server is
     /// rigged not to know.
-    fn parse(params: &[(String, String)], refused: Option<&str>) -> Result<ListQuery, String> {
+    fn parse(
+        params: &[(String, String)],
+        refused: Option<&str>,
+        ignored: Option<&str>,
+    ) -> Result<ListQuery, String> {
         let mut q = ListQuery {
             limit: 100,
             skip: 0,
@@ -31,7 +35,7 @@ impl ListQuery {
             desc: false,
             filters: Vec::new(),
         };
-        for (k, v) in params {
+        for (k, v) in params.iter().filter(|(k, _)| Some(k.as_str()) != ignored) {
             match k.as_str() {
                 "limit" => match v.parse::<usize>() {
                     Ok(n) => q.limit = n.min(500),
@@ -69,7 +73,11 @@ pub(super) async fn list_cases(
     if let Some(raw) = s.faults.list_answer.clone() {
         return raw_response(raw);
     }
-    let q = match ListQuery::parse(&params, s.faults.refuse_filter.as_deref()) {
+    let q = match ListQuery::parse(
+        &params,
+        s.faults.refuse_filter.as_deref(),
+        s.faults.ignore_filter.as_deref(),
+    ) {
         Ok(q) => q,
         Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
     };

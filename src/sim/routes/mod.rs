@@ -15,7 +15,17 @@ use axum::routing::{MethodRouter, get, post};
 
 use super::auth::{access_token, authorized};
 use super::faults::faults_and_log;
-use super::state::Shared;
+use super::state::{Shared, lock};
+
+/// What the simulator has served so far, for benchmarks run against its process.
+async fn stats(axum::extract::State(state): axum::extract::State<Shared>) -> axum::Json<serde_json::Value> {
+    let s = lock(&state);
+    axum::Json(serde_json::json!({
+        "requests": s.requests.len(),
+        "bytes": s.bytes_served,
+        "cases": s.cases.len(),
+    }))
+}
 
 pub(super) fn router(state: Shared) -> Router {
     let auth = from_fn_with_state(state.clone(), authorized);
@@ -49,5 +59,6 @@ pub(super) fn router(state: Shared) -> Router {
         .layer(from_fn_with_state(state.clone(), faults_and_log))
         // Outside the API's faults: a webhook receiver is another server.
         .route("/hooks/{name}", post(hooks::record_hook))
+        .route("/sim/stats", get(stats))
         .with_state(state)
 }

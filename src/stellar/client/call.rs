@@ -14,6 +14,7 @@ use super::Client;
 use crate::secret::Secret;
 use crate::stellar::error::{ApiError, describe_reqwest, excerpt, redirect};
 use crate::stellar::retry;
+use crate::stellar::window::Answer;
 
 /// Largest answer we read; a page of 500 cases with long histories stays far below it.
 const MAX_BODY: usize = 64 * 1024 * 1024;
@@ -159,9 +160,36 @@ impl Client {
         }
     }
 
+    /// One attempt of a call in the adaptive window: it waits for room, and its answer
+    /// (or strain: 429, 5xx, no answer) widens or narrows the window.
+    async fn send<T>(
+        &self,
+        call: &Call<'_>,
+        token: &Secret,
+        attempt: u32,
+        decode: Decode<T>,
+    ) -> Result<T, AttemptError> {
+        let inner = &self.inner;
+        let slot = inner.window.enter().await;
+        if let Some(m) = &inner.metrics {
+            m.in_flight(&inner.host, inner.window.now());
+        }
+        let result = self.exchange(call, token, attempt, decode).await;
+        let answer = match &result {
+            Err((retry::Failure::Status(s), ..)) if *s == 429 || *s >= 500 => Answer::Strained,
+            Err((retry::Failure::Unanswered, ..)) => Answer::Strained,
+            _ => Answer::Fine,
+        };
+        let took = slot.done(answer);
+        if let Some(m) = &inner.metrics {
+            m.request_took(&inner.host, took, inner.window.now());
+        }
+        result
+    }
+
     /// One attempt of a call: the answer's JSON, or how it failed (with the error to
     /// report if it is not retried, and the wait the server asked for).
-    async fn send<T>(
+    async fn exchange<T>(
         &self,
         call: &Call<'_>,
         token: &Secret,

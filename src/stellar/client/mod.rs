@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::ApiFlavor;
 use super::auth::{self, Credentials};
 use super::error::ApiError;
+use super::window::Window;
 use crate::secret::Secret;
 
 mod call;
@@ -28,6 +29,8 @@ pub struct ClientSettings {
     pub insecure_skip_tls_verify: bool,
     pub timeout: Duration,
     pub page_size: u32,
+    /// Requests in flight at most (the adaptive window's ceiling).
+    pub max_in_flight: usize,
     pub max_attempts: u32,
     pub retry_base: Duration,
 }
@@ -56,6 +59,9 @@ struct Inner {
     retry_base: Duration,
     timeout: Duration,
     tokens: auth::TokenCache,
+    window: Window,
+    /// `host:port` of the server, for metrics labels.
+    host: String,
 }
 
 impl Client {
@@ -96,6 +102,10 @@ impl Client {
             .build()
             .map_err(|e| ApiError::Setup(e.to_string()))?;
         let base = settings.url.trim_end_matches('/').to_string();
+        let host = reqwest::Url::parse(&base)
+            .ok()
+            .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)))
+            .unwrap_or_default();
         Ok(Client {
             inner: Arc::new(Inner {
                 metrics,
@@ -109,6 +119,8 @@ impl Client {
                 max_attempts: settings.max_attempts.max(1),
                 retry_base: settings.retry_base,
                 timeout: settings.timeout,
+                window: Window::new(settings.max_in_flight),
+                host,
             }),
             gate: None,
         })
@@ -162,8 +174,13 @@ impl Client {
         self.inner.user.as_deref()
     }
 
+    /// Requests in flight now, and how many the adaptive window allows.
+    pub fn in_flight(&self) -> (usize, usize) {
+        self.inner.window.now()
+    }
+
     /// Cases per page of the listing (1..=500).
-    pub(in crate::stellar) fn page_size(&self) -> u32 {
+    pub fn page_size(&self) -> u32 {
         self.inner.page_size
     }
 

@@ -1,0 +1,308 @@
+//! The mirror: a local copy of each server's cases, kept like an informer's cache. A pass
+//! brings it up to date with a delta listing (the cases modified since its checkpoint,
+//! minus `list_overlap_secs`) or, on start, every `resync_interval`, when its filters
+//! changed or when a delta cannot be trusted, with a full listing; the rules then run over
+//! every case it holds, so time-driven rules still fire on cases nobody touched. It decides
+//! what to plan, never what to overwrite: each case is read again right before its update.
+//!
+//! It lives in memory while the process runs and in a SQLite file beside the audit log
+//! ([`path_beside`]), so `once` from cron starts from where the last pass left it.
+
+mod store;
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+use crate::stellar::{Case, CaseParseError, filter};
+pub use store::{MirrorFile, path_beside};
+use store::PageWrite;
+
+/// One server's mirror; clones share it.
+#[derive(Clone)]
+pub struct Mirror {
+    inner: Arc<Mutex<Held>>,
+}
+
+/// The mirror as a pass holds it, locked for the pass.
+pub struct Held {
+    file: Option<MirrorFile>,
+    instance: String,
+    loaded: bool,
+    /// The next sync lists every case whatever the checkpoint says.
+    resync: bool,
+    pub sync: Sync,
+    pub cases: Cases,
+    /// The filters and left-out fields of this process's last sync, for what a pass learns
+    /// from its own writes.
+    kept: Option<(Vec<(String, String)>, Vec<&'static str>)>,
+}
+
+/// Where a mirror's sync stands.
+#[derive(Debug, Default, Clone)]
+pub struct Sync {
+    /// The filters of the full listing that filled it (a rule change that changes them
+    /// asks for a new full listing).
+    pub scope: String,
+    /// The full listing that last saw a case; cases an ended full listing did not see
+    /// are gone from the server.
+    pub generation: i64,
+    /// The newest `modified_at` (the server's clock) merged so far.
+    pub checkpoint: Option<i64>,
+    /// When the last full listing ended (this machine's clock, epoch ms).
+    pub last_full_ms: Option<i64>,
+}
+
+/// How a pass lists the server's cases.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Listing {
+    /// Every case; why.
+    Full(String),
+    /// The cases with `modified_at` at or after this (epoch ms, the server's clock).
+    Delta { from: i64 },
+}
+
+/// The cases, by id and in `modified_at` order.
+#[derive(Default)]
+pub struct Cases {
+    by_time: BTreeMap<(i64, Arc<str>), Stored>,
+    at: HashMap<Arc<str>, i64>,
+}
+
+struct Stored {
+    generation: i64,
+    /// The case as listed, without the fields no rule reads.
+    text: Box<str>,
+}
+
+/// Where an iteration over the cases has got to.
+pub type Cursor = (i64, Arc<str>);
+
+impl Cases {
+    fn put(&mut self, id: Arc<str>, modified_at: i64, generation: i64, text: Box<str>) {
+        if let Some(old) = self.at.insert(id.clone(), modified_at) {
+            self.by_time.remove(&(old, id.clone()));
+        }
+        self.by_time
+            .insert((modified_at, id), Stored { generation, text });
+    }
+
+    fn remove(&mut self, id: &str) -> bool {
+        match self.at.remove_entry(id) {
+            Some((id, m)) => self.by_time.remove(&(m, id)).is_some(),
+            None => false,
+        }
+    }
+
+    /// Drops the cases no listing of `generation` or later saw; how many.
+    fn sweep(&mut self, generation: i64) -> usize {
+        let before = self.at.len();
+        let at = &mut self.at;
+        self.by_time.retain(|(_, id), s| {
+            let keep = s.generation >= generation;
+            if !keep {
+                at.remove(id);
+            }
+            keep
+        });
+        before - self.at.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.at.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.at.is_empty()
+    }
+
+    /// Up to `n` cases after `after`, oldest `modified_at` first, as their JSON text.
+    pub fn after(&self, after: Option<&Cursor>, n: usize) -> Vec<(&Cursor, &str)> {
+        let from = match after {
+            Some(c) => Bound::Excluded(c.clone()),
+            None => Bound::Unbounded,
+        };
+        self.by_time
+            .range((from, Bound::Unbounded))
+            .take(n)
+            .map(|(k, s)| (k, &*s.text))
+            .collect()
+    }
+}
+
+impl Mirror {
+    /// A server's mirror, kept in `file` when there is one (else in memory only).
+    pub fn new(file: Option<MirrorFile>, instance: &str) -> Mirror {
+        Mirror {
+            inner: Arc::new(Mutex::new(Held {
+                file,
+                instance: instance.to_string(),
+                loaded: false,
+                resync: false,
+                sync: Sync::default(),
+                cases: Cases::default(),
+                kept: None,
+            })),
+        }
+    }
+
+    /// The mirror for one pass, read from its file the first time.
+    pub async fn lock(&self) -> OwnedMutexGuard<Held> {
+        let mut held = self.inner.clone().lock_owned().await;
+        if !held.loaded {
+            held.loaded = true;
+            if let Some(file) = &held.file {
+                match file.load(&held.instance).await {
+                    Ok((sync, cases)) => (held.sync, held.cases) = (sync, cases),
+                    Err(e) => {
+                        tracing::warn!(file = %file.path.display(), error = %e, "cannot read the mirror of the server's cases; listing every case");
+                    }
+                }
+            }
+        }
+        held
+    }
+
+    /// The next pass lists every case (a daemon's start).
+    pub async fn resync_next(&self) {
+        self.inner.lock().await.resync = true;
+    }
+}
+
+/// The modified time of a case as the server wrote it (0 when it has none).
+pub fn modified_at(case: &Case) -> i64 {
+    case.raw()
+        .get("modified_at")
+        .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)))
+        .unwrap_or(0)
+}
+
+impl Held {
+    /// How this pass lists: a delta from the checkpoint, unless a full listing is due.
+    pub fn listing(
+        &self,
+        scope: &str,
+        now_ms: i64,
+        overlap: Duration,
+        resync_interval: Duration,
+    ) -> Listing {
+        let overlap = overlap.as_millis() as i64;
+        let full = |why: &str| Listing::Full(why.to_string());
+        let (Some(checkpoint), Some(last_full)) = (self.sync.checkpoint, self.sync.last_full_ms)
+        else {
+            return full("no mirror of this server's cases yet");
+        };
+        if self.resync {
+            full("casewarden started")
+        } else if self.sync.scope != scope {
+            full("the rules' filters changed since the mirror was filled")
+        } else if checkpoint > now_ms + overlap {
+            full(&format!(
+                "the mirror's checkpoint ({}) is in the future by this machine's clock (clock skew or a changed clock)",
+                crate::time::timestamp(
+                    chrono::DateTime::from_timestamp_millis(checkpoint).unwrap_or_default()
+                )
+            ))
+        } else if now_ms - last_full >= resync_interval.as_millis() as i64 {
+            full("resync_interval has passed since the last full listing")
+        } else {
+            Listing::Delta {
+                from: checkpoint - overlap,
+            }
+        }
+    }
+
+    /// Remembers what this process's syncs keep, for [`Held::learn`].
+    pub fn keep(&mut self, scope: &[(String, String)], unread: &[&'static str]) {
+        self.kept = Some((scope.to_vec(), unread.to_vec()));
+    }
+
+    /// Merges cases as the server showed them after this pass's writes (and reads), so
+    /// the next delta may leave out casewarden's own changes; the checkpoint stays.
+    pub async fn learn(&mut self, cases: &[Case]) {
+        let Some((scope, unread)) = self.kept.clone() else {
+            return;
+        };
+        if !cases.is_empty() {
+            self.merge(cases, &[], &scope, &unread, None).await;
+        }
+    }
+
+    /// Starts a full listing with `scope`'s filters.
+    pub fn begin_full(&mut self, scope: &str) {
+        self.sync.generation += 1;
+        self.sync.scope = scope.to_string();
+    }
+
+    /// Merges one listed page: a case that still matches the mirror's `scope` is stored
+    /// (without the `unread` fields), one that does not (or no longer parses) leaves it.
+    /// With `checkpoint`, the checkpoint moves to it (never back) in the same write.
+    pub async fn merge(
+        &mut self,
+        cases: &[Case],
+        refused: &[CaseParseError],
+        scope: &[(String, String)],
+        unread: &[&str],
+        checkpoint: Option<i64>,
+    ) {
+        let generation = self.sync.generation;
+        let mut stored: Vec<(Arc<str>, i64, Box<str>)> = Vec::with_capacity(cases.len());
+        let mut removes: Vec<&str> = Vec::new();
+        for case in cases {
+            if filter::recheck(case.raw(), scope) {
+                let text = case.raw().project(|k| !unread.contains(&k));
+                stored.push((Arc::from(case.id.as_str()), modified_at(case), text.into()));
+            } else {
+                removes.push(&case.id);
+            }
+        }
+        removes.extend(refused.iter().filter_map(|e| e.id.as_deref()));
+        for id in &removes {
+            self.cases.remove(id);
+        }
+        if let Some(c) = checkpoint {
+            self.sync.checkpoint = Some(self.sync.checkpoint.map_or(c, |old| old.max(c)));
+        }
+        let write = PageWrite {
+            upserts: stored.iter().map(|(id, m, t)| (&**id, *m, &**t)).collect(),
+            removes,
+        };
+        self.write(write, false).await;
+        for (id, m, text) in stored {
+            self.cases.put(id, m, generation, text);
+        }
+    }
+
+    /// Ends a full listing: the checkpoint is set to `checkpoint` and, with `sweep`, the
+    /// cases it did not see leave the mirror (how many).
+    pub async fn end_full(&mut self, checkpoint: i64, sweep: bool) -> usize {
+        self.sync.checkpoint = Some(checkpoint);
+        self.sync.last_full_ms = Some(crate::now_ms());
+        self.resync = false;
+        let gone = match sweep {
+            true => self.cases.sweep(self.sync.generation),
+            false => 0,
+        };
+        let nothing = PageWrite {
+            upserts: Vec::new(),
+            removes: Vec::new(),
+        };
+        self.write(nothing, sweep).await;
+        gone
+    }
+
+    /// Writes to the file; a file that cannot be written is left for the rest of the
+    /// process (the mirror stays in memory, and the file's checkpoint where it was).
+    async fn write(&mut self, page: PageWrite<'_>, sweep: bool) {
+        let Some(file) = &self.file else {
+            return;
+        };
+        if let Err(e) = file.write(&self.instance, page, &self.sync, sweep).await {
+            tracing::warn!(file = %file.path.display(), error = %e, "cannot write the mirror of the server's cases; it is kept in memory only until casewarden restarts");
+            self.file = None;
+        }
+    }
+}
