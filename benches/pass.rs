@@ -10,9 +10,12 @@
 //!     on the same simulators and config, to measure a change)
 //!
 //! Each run gets a freshly started simulator (`casewarden simulate --cases N --seed 7`) so
-//! both see the same cases. Printed per run: wall time, the client's CPU seconds and peak
-//! RSS (from wait4), the simulator's CPU seconds during the run (/proc), and how many cases
-//! the simulator saw changed; then the medians and their ratios.
+//! both see the same cases, and makes two passes on it: the first, and one right after it
+//! with nothing changed (casewarden keeps its mirror between the two `once` processes; the
+//! peer has none). Printed per pass: wall time, the client's CPU seconds and peak RSS (from
+//! wait4), the simulator's CPU seconds during the pass (/proc), the requests and bytes the
+//! simulator served (`/sim/stats`), and how many cases it saw changed; then the medians and
+//! their ratios.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -55,6 +58,15 @@ struct Run {
     rss_mib: f64,
     sim_cpu: f64,
     changed: u64,
+    requests: f64,
+    mib: f64,
+}
+
+/// The two passes of a run.
+#[derive(Clone, Copy, PartialEq)]
+enum Pass {
+    First,
+    Unchanged,
 }
 
 fn main() {
@@ -107,14 +119,14 @@ fn main() {
         "one pass over {cases} simulated cases (seed 7) on {} simulator(s) with {} customers each, {} ms latency, 5 rules (benches/peer/rules), comments off, page size 500, {rounds} round(s)",
         shape.instances, shape.tenants, shape.latency_ms
     );
-    let mut runs: Vec<(Who, Run)> = Vec::new();
+    let mut runs: Vec<(Who, Pass, Run)> = Vec::new();
     for round in 1..=rounds {
         for &w in &who {
             let binary = match w {
                 Who::Earlier => earlier.clone(),
                 _ => None,
             };
-            let run = one_run(
+            let passes = one_run(
                 w,
                 cases,
                 shape,
@@ -123,50 +135,78 @@ fn main() {
                 binary,
                 dir.path(),
             );
-            println!(
-                "  round {round} {:<18} wall {:>6.2} s  client CPU {:>6.2} s  peak RSS {:>6.0} MiB  simulator CPU {:>6.2} s  cases changed {}",
-                w.name(),
-                run.wall,
-                run.cpu,
-                run.rss_mib,
-                run.sim_cpu,
-                run.changed
-            );
-            runs.push((w, run));
+            for (pass, run) in [Pass::First, Pass::Unchanged].into_iter().zip(passes) {
+                println!(
+                    "  round {round} {:<18} {:<9} wall {:>7.2} s  client CPU {:>6.2} s  peak RSS {:>5.0} MiB  simulator CPU {:>6.2} s  requests {:>7}  {:>8.2} MiB  cases changed {}",
+                    w.name(),
+                    if pass == Pass::First {
+                        "first"
+                    } else {
+                        "unchanged"
+                    },
+                    run.wall,
+                    run.cpu,
+                    run.rss_mib,
+                    run.sim_cpu,
+                    run.requests,
+                    run.mib,
+                    run.changed
+                );
+                runs.push((w, pass, run));
+            }
         }
     }
-    let median = |w: Who, f: fn(&Run) -> f64| {
+    let median = |w: Who, p: Pass, f: fn(&Run) -> f64| {
         let mut v: Vec<f64> = runs
             .iter()
-            .filter(|(x, _)| *x == w)
-            .map(|(_, r)| f(r))
+            .filter(|(x, q, _)| *x == w && *q == p)
+            .map(|(_, _, r)| f(r))
             .collect();
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    println!(
-        "\nmedians | wall | client CPU | simulator CPU | client CPU / simulator CPU | peak RSS"
-    );
-    for &w in &who {
+    for (pass, title) in [
+        (Pass::First, "first pass"),
+        (Pass::Unchanged, "unchanged pass"),
+    ] {
         println!(
-            "{} | {:.2} s | {:.2} s | {:.2} s | {:.2} | {:.0} MiB",
-            w.name(),
-            median(w, |r| r.wall),
-            median(w, |r| r.cpu),
-            median(w, |r| r.sim_cpu),
-            median(w, |r| r.cpu) / median(w, |r| r.sim_cpu),
-            median(w, |r| r.rss_mib)
+            "\n{title}, medians | wall | client CPU | simulator CPU | client CPU / simulator CPU | peak RSS | requests | MiB served"
         );
-    }
-    for other in [Who::Peer, Who::Earlier] {
-        if who.contains(&other) && who.contains(&Who::Casewarden) {
+        for &w in &who {
             println!(
-                "{} / casewarden: wall {:.2}x, client CPU {:.2}x",
-                other.name(),
-                median(other, |r| r.wall) / median(Who::Casewarden, |r| r.wall),
-                median(other, |r| r.cpu) / median(Who::Casewarden, |r| r.cpu)
+                "{} | {:.2} s | {:.2} s | {:.2} s | {:.2} | {:.0} MiB | {:.0} | {:.2}",
+                w.name(),
+                median(w, pass, |r| r.wall),
+                median(w, pass, |r| r.cpu),
+                median(w, pass, |r| r.sim_cpu),
+                median(w, pass, |r| r.cpu) / median(w, pass, |r| r.sim_cpu).max(1e-9),
+                median(w, pass, |r| r.rss_mib),
+                median(w, pass, |r| r.requests),
+                median(w, pass, |r| r.mib),
             );
         }
+        for other in [Who::Peer, Who::Earlier] {
+            if who.contains(&other) && who.contains(&Who::Casewarden) {
+                println!(
+                    "{} / casewarden: wall {:.2}x, client CPU {:.2}x, simulator CPU {:.2}x, MiB {:.2}x",
+                    other.name(),
+                    median(other, pass, |r| r.wall) / median(Who::Casewarden, pass, |r| r.wall),
+                    median(other, pass, |r| r.cpu) / median(Who::Casewarden, pass, |r| r.cpu),
+                    median(other, pass, |r| r.sim_cpu)
+                        / median(Who::Casewarden, pass, |r| r.sim_cpu).max(1e-9),
+                    median(other, pass, |r| r.mib) / median(Who::Casewarden, pass, |r| r.mib),
+                );
+            }
+        }
+    }
+    if who.contains(&Who::Casewarden) {
+        println!(
+            "casewarden unchanged / first pass: MiB served {:.4}x, wall {:.2}x",
+            median(Who::Casewarden, Pass::Unchanged, |r| r.mib)
+                / median(Who::Casewarden, Pass::First, |r| r.mib),
+            median(Who::Casewarden, Pass::Unchanged, |r| r.wall)
+                / median(Who::Casewarden, Pass::First, |r| r.wall),
+        );
     }
 }
 
@@ -238,16 +278,17 @@ fn one_run(
     python: Option<&Path>,
     binary: Option<PathBuf>,
     dir: &Path,
-) -> Run {
+) -> [Run; 2] {
     let mut sims: Vec<(Child, String)> = (0..shape.instances)
         .map(|i| simulator(cases / shape.instances, shape, 7 + i))
         .collect();
     let url = sims[0].1.clone();
     let mut command = match who {
         Who::Casewarden | Who::Earlier => {
-            let audit = dir.join("audit.db");
-            for suffix in ["", "-wal", "-shm"] {
-                let _ = std::fs::remove_file(format!("{}{suffix}", audit.display()));
+            for file in ["audit.db", "audit.mirror.db"] {
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(dir.join(format!("{file}{suffix}")));
+                }
             }
             let servers: String = sims
                 .iter()
@@ -285,28 +326,58 @@ fn one_run(
             c
         }
     };
-    let mut client = command
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("the client starts");
-    let sim_before: f64 = sims.iter().map(|(s, _)| cpu_seconds(s.id())).sum();
-    let start = Instant::now();
-    let (ok, cpu, rss_kib) = wait_with_usage(&mut client);
-    let wall = start.elapsed().as_secs_f64();
-    let sim_cpu = sims.iter().map(|(s, _)| cpu_seconds(s.id())).sum::<f64>() - sim_before;
-    assert!(ok, "{} failed", who.name());
-    let changed = sims.iter().map(|(_, url)| changed_cases(url)).sum();
+    let passes = [0, 1].map(|_| {
+        let stats_before = sims.iter().map(|(_, url)| served(url)).fold((0, 0), add);
+        let mut client = command
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("the client starts");
+        let sim_before: f64 = sims.iter().map(|(s, _)| cpu_seconds(s.id())).sum();
+        let start = Instant::now();
+        let (ok, cpu, rss_kib) = wait_with_usage(&mut client);
+        let wall = start.elapsed().as_secs_f64();
+        let sim_cpu = sims.iter().map(|(s, _)| cpu_seconds(s.id())).sum::<f64>() - sim_before;
+        assert!(ok, "{} failed", who.name());
+        let stats_after = sims.iter().map(|(_, url)| served(url)).fold((0, 0), add);
+        Run {
+            wall,
+            cpu,
+            rss_mib: rss_kib as f64 / 1024.0,
+            sim_cpu,
+            changed: sims.iter().map(|(_, url)| changed_cases(url)).sum(),
+            requests: (stats_after.0 - stats_before.0) as f64,
+            mib: (stats_after.1 - stats_before.1) as f64 / (1024.0 * 1024.0),
+        }
+    });
     for (sim, _) in &mut sims {
         let _ = sim.kill();
         let _ = sim.wait();
     }
-    Run {
-        wall,
-        cpu,
-        rss_mib: rss_kib as f64 / 1024.0,
-        sim_cpu,
-        changed,
-    }
+    passes
+}
+
+fn add(a: (u64, u64), b: (u64, u64)) -> (u64, u64) {
+    (a.0 + b.0, a.1 + b.1)
+}
+
+/// Requests and bytes the simulator at `url` has served so far.
+fn served(url: &str) -> (u64, u64) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let stats: serde_json::Value = reqwest::get(format!("{url}/sim/stats"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (
+            stats["requests"].as_u64().unwrap_or(0),
+            stats["bytes"].as_u64().unwrap_or(0),
+        )
+    })
 }
 
 /// (exited 0, user + system CPU seconds, peak RSS KiB) of a finished child.

@@ -138,10 +138,11 @@ async fn a_saved_head_verifies_as_the_log_grows_and_heads_go_to_a_second_place()
     let first = ws.run(&["audit", "verify"]).await;
     assert_exit(&first, 0);
     let old_head = head_of(&first);
-    sim.state().put_case(
-        json!({"_id": "new", "status": "New", "priority": "Low", "tags": [],
-        "created_at": casewarden::now_ms() - 30 * 3_600_000, "modified_at": 1}),
-    );
+    // A case filed now for an alert 30 h old (a server stamps modified_at when it files it).
+    let now = casewarden::now_ms();
+    sim.state().put_case(json!({"_id": "new", "status": "New", "priority": "Low", "tags": [],
+        "created_at": now - 30 * 3_600_000, "modified_at": now,
+        "history": [{"field": "status", "from": "", "to": "New", "timestamp": now - 30 * 3_600_000, "user": "System"}]}));
     assert_exit(&ws.run(&["once"]).await, 0);
     let out = ws
         .run(&["audit", "verify", "--expect-head", &old_head])

@@ -8,7 +8,9 @@ use serde_json::json;
 use crate::common::*;
 use crate::faults::{GUARD_OFF, TAG_ALL, assert_agreement, set_stellar, tagged_by_api};
 
-const TO_HIGH: &str = "const RULE = #{ name: \"to-high\" };\nfn evaluate(c) { if c.priority != \"High\" { set_priority(\"High\", \"test\"); } }\n";
+/// Raises Low and Medium cases to High; a Critical one (a person's edit below) is left
+/// alone once casewarden sees it, so an edit is overwritten only if a stale view is trusted.
+const TO_HIGH: &str = "const RULE = #{ name: \"to-high\" };\nfn evaluate(c) { if c.priority == \"Low\" || c.priority == \"Medium\" { set_priority(\"High\", \"test\"); } }\n";
 
 /// A workspace whose one rule is `rule`, with `stellar` for its timeouts and retries.
 fn workspace(sim: &casewarden::sim::Simulator, rule: &str, stellar: &str) -> Workspace {
@@ -36,8 +38,9 @@ fn edit_before_the_pass(sim: &casewarden::sim::Simulator, n: usize) -> (Vec<Stri
         s.human_change(id, "alice@example.com", "priority", json!("Critical"));
     }
     let targets = (s.cases.iter())
+        .filter(|c| c["priority"] == "Low" || c["priority"] == "Medium")
         .map(|c| c["_id"].as_str().unwrap().to_string())
-        .filter(|id| !ids.contains(id) && s.case(id).unwrap()["priority"] != "High")
+        .filter(|id| !ids.contains(id))
         .collect();
     (ids, targets)
 }

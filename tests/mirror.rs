@@ -50,8 +50,14 @@ async fn a_second_pass_lists_only_what_changed_and_rules_still_see_every_case() 
     assert_exit(&ws.run(&["once"]).await, 0);
     let first_bytes = sim.state().bytes_served;
     let first = listings_since(&sim, 0);
-    assert!(!first.is_empty() && first.iter().all(|q| !is_delta(q)), "{first:?}");
-    assert!(mirror_file(&ws).is_file(), "the mirror is kept beside the audit log");
+    assert!(
+        !first.is_empty() && first.iter().all(|q| !is_delta(q)),
+        "{first:?}"
+    );
+    assert!(
+        mirror_file(&ws).is_file(),
+        "the mirror is kept beside the audit log"
+    );
     let tagged_first = applied(&ws, "tag-high").await.len();
     assert!(tagged_first > 50, "{tagged_first}");
 
@@ -123,7 +129,10 @@ async fn a_deleted_case_leaves_the_mirror_at_the_next_full_listing() {
         GUARD_OFF,
         Some(&[("high.rhai", TAG_HIGH)]),
     );
-    ws.edit_config("retry_base_ms = 20", "retry_base_ms = 20\nresync_interval = \"3s\"");
+    ws.edit_config(
+        "retry_base_ms = 20",
+        "retry_base_ms = 20\nresync_interval = \"3s\"",
+    );
     assert_exit(&ws.run(&["once"]).await, 0);
     let gone = {
         let mut s = sim.state();
@@ -148,7 +157,10 @@ async fn a_deleted_case_leaves_the_mirror_at_the_next_full_listing() {
         stderr(&out)
     );
     assert!(listings_since(&sim, before).iter().all(|q| !is_delta(q)));
-    assert!(!mirrored(&ws, &gone).await, "the deleted case is still mirrored");
+    assert!(
+        !mirrored(&ws, &gone).await,
+        "the deleted case is still mirrored"
+    );
     let kept = sim.state().cases[0]["_id"].as_str().unwrap().to_string();
     assert!(mirrored(&ws, &kept).await);
 }

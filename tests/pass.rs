@@ -648,8 +648,11 @@ async fn repeated_dry_runs_record_only_what_changed() {
     // (a new plan: its row is recorded); the others plan as before (no rows).
     let newly_new = {
         let mut s = sim.state();
+        // Edits as a server records them: modified_at moves.
+        let now = serde_json::json!(casewarden::now_ms());
         let mut tagged = s.case(&first[0].case_id).unwrap().clone();
         tagged["tags"] = serde_json::json!(["looked-at"]);
+        tagged["modified_at"] = now.clone();
         s.put_case(tagged);
         let mut other = s
             .cases
@@ -658,6 +661,7 @@ async fn repeated_dry_runs_record_only_what_changed() {
             .unwrap()
             .clone();
         other["status"] = serde_json::json!("New");
+        other["modified_at"] = now;
         let id = other["_id"].as_str().unwrap().to_string();
         s.put_case(other);
         id

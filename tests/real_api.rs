@@ -451,7 +451,11 @@ async fn the_v5_simulator_answers_like_the_recorded_servers() {
         assert!(answer.get("data").is_some());
         if part == "scores" {
             let scores = answer["data"].as_array().expect("scores are a list");
-            assert!(scores.iter().all(|s| s["timestamp"].is_i64() && s.get("score").is_some()));
+            assert!(
+                scores
+                    .iter()
+                    .all(|s| s["timestamp"].is_i64() && s.get("score").is_some())
+            );
         }
     }
     let user = sim.state().users[1].user_id.clone();

@@ -18,8 +18,8 @@ use std::time::Duration;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::stellar::{Case, CaseParseError, filter};
-pub use store::{MirrorFile, path_beside};
 use store::PageWrite;
+pub use store::{MirrorFile, path_beside};
 
 /// One server's mirror; clones share it.
 #[derive(Clone)]
@@ -94,6 +94,15 @@ impl Cases {
         match self.at.remove_entry(id) {
             Some((id, m)) => self.by_time.remove(&(m, id)).is_some(),
             None => false,
+        }
+    }
+
+    /// Marks a case as seen by the listing of `generation`.
+    fn seen(&mut self, id: &str, generation: i64) {
+        if let Some((m, id)) = self.at.get_key_value(id).map(|(id, &m)| (m, id.clone()))
+            && let Some(s) = self.by_time.get_mut(&(m, id))
+        {
+            s.generation = generation;
         }
     }
 
@@ -238,7 +247,8 @@ impl Held {
     }
 
     /// Merges one listed page: a case that still matches the mirror's `scope` is stored
-    /// (without the `unread` fields), one that does not (or no longer parses) leaves it.
+    /// (without the `unread` fields), one that does not (or no longer parses) leaves it; a
+    /// version older than the one held (a listing that trails writes) only counts as seen.
     /// With `checkpoint`, the checkpoint moves to it (never back) in the same write.
     pub async fn merge(
         &mut self,
@@ -250,26 +260,34 @@ impl Held {
     ) {
         let generation = self.sync.generation;
         let mut stored: Vec<(Arc<str>, i64, Box<str>)> = Vec::with_capacity(cases.len());
-        let mut removes: Vec<&str> = Vec::new();
+        let mut write = PageWrite::default();
         for case in cases {
-            if filter::recheck(case.raw(), scope) {
+            let m = modified_at(case);
+            if self
+                .cases
+                .at
+                .get(case.id.as_str())
+                .is_some_and(|&held| held > m)
+            {
+                self.cases.seen(&case.id, generation);
+                write.seen.push(&case.id);
+            } else if filter::recheck(case.raw(), scope) {
                 let text = case.raw().project(|k| !unread.contains(&k));
-                stored.push((Arc::from(case.id.as_str()), modified_at(case), text.into()));
+                stored.push((Arc::from(case.id.as_str()), m, text.into()));
             } else {
-                removes.push(&case.id);
+                write.removes.push(&case.id);
             }
         }
-        removes.extend(refused.iter().filter_map(|e| e.id.as_deref()));
-        for id in &removes {
+        write
+            .removes
+            .extend(refused.iter().filter_map(|e| e.id.as_deref()));
+        for id in &write.removes {
             self.cases.remove(id);
         }
         if let Some(c) = checkpoint {
             self.sync.checkpoint = Some(self.sync.checkpoint.map_or(c, |old| old.max(c)));
         }
-        let write = PageWrite {
-            upserts: stored.iter().map(|(id, m, t)| (&**id, *m, &**t)).collect(),
-            removes,
-        };
+        write.upserts = stored.iter().map(|(id, m, t)| (&**id, *m, &**t)).collect();
         self.write(write, false).await;
         for (id, m, text) in stored {
             self.cases.put(id, m, generation, text);
@@ -286,11 +304,7 @@ impl Held {
             true => self.cases.sweep(self.sync.generation),
             false => 0,
         };
-        let nothing = PageWrite {
-            upserts: Vec::new(),
-            removes: Vec::new(),
-        };
-        self.write(nothing, sweep).await;
+        self.write(PageWrite::default(), sweep).await;
         gone
     }
 

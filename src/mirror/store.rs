@@ -19,9 +19,12 @@ pub struct MirrorFile {
 }
 
 /// What one merged page changes in the file.
+#[derive(Default)]
 pub(super) struct PageWrite<'a> {
     pub upserts: Vec<(&'a str, i64, &'a str)>,
     pub removes: Vec<&'a str>,
+    /// Cases listed in an older version than the one held: only marked as seen.
+    pub seen: Vec<&'a str>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -120,11 +123,23 @@ impl MirrorFile {
                     .push_bind(sync.generation)
                     .push_bind(*body);
             });
+            // Another process may have written a newer version meanwhile: it stays.
             q.push(
-                " ON CONFLICT (instance, id) DO UPDATE SET modified_at = excluded.modified_at, \
-                 generation = excluded.generation, body = excluded.body",
+                " ON CONFLICT (instance, id) DO UPDATE SET generation = excluded.generation, \
+                 modified_at = CASE WHEN excluded.modified_at >= modified_at \
+                 THEN excluded.modified_at ELSE modified_at END, \
+                 body = CASE WHEN excluded.modified_at >= modified_at \
+                 THEN excluded.body ELSE body END",
             );
             q.build().execute(&mut *tx).await?;
+        }
+        for id in page.seen {
+            sqlx::query("UPDATE mirror_cases SET generation = ? WHERE instance = ? AND id = ?")
+                .bind(sync.generation)
+                .bind(instance)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
         }
         for id in page.removes {
             sqlx::query("DELETE FROM mirror_cases WHERE instance = ? AND id = ?")

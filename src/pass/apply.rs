@@ -242,10 +242,7 @@ fn settled(result: &DecisionResult) -> Settled {
 /// `p` as it still applies to `now`, the case read just before sending: a field that holds
 /// the new value already, or a third value someone set since the plan saw it, is not sent
 /// (and a comment explaining only such fields neither); returns the outcomes of those.
-fn still_to_send(
-    p: &CasePlan,
-    now: &Case,
-) -> (CasePlan, Vec<(usize, DecisionResult)>) {
+fn still_to_send(p: &CasePlan, now: &Case) -> (CasePlan, Vec<(usize, DecisionResult)>) {
     let mut live = p.clone();
     let mut screened = Vec::new();
     for d in live.decisions.iter_mut().filter(|d| d.is_planned()) {

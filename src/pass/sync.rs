@@ -186,7 +186,9 @@ async fn full(
         "mirror filled by a full listing"
     );
     if !sweep {
-        tracing::info!("the server's total changed during the listing: no case is removed from the mirror until the next full listing");
+        tracing::info!(
+            "the server's total changed during the listing: no case is removed from the mirror until the next full listing"
+        );
     }
     Ok(())
 }

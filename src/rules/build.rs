@@ -138,7 +138,10 @@ impl Build {
 /// field, a helper that reads it, or a function that sees the whole case).
 const UNREAD_UNLESS_NAMED: [(&str, &[&str]); 2] = [
     ("event_ids", &["event_ids", "keys", "values", "to_json"]),
-    ("metadata", &["metadata", "entit", "keys", "values", "to_json"]),
+    (
+        "metadata",
+        &["metadata", "entit", "keys", "values", "to_json"],
+    ),
 ];
 
 /// Adds a file's name (after `prefix`) and text to the rule set's fingerprint.

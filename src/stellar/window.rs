@@ -94,7 +94,10 @@ impl Slot<'_> {
             Answer::Strained if s.cut_at.is_none_or(|at| self.started > at) => {
                 s.limit = (s.limit / 2.0).max(1.0);
                 s.cut_at = Some(Instant::now());
-                tracing::debug!(limit = s.limit as usize, "the server shows strain: fewer requests in flight");
+                tracing::debug!(
+                    limit = s.limit as usize,
+                    "the server shows strain: fewer requests in flight"
+                );
             }
             Answer::Strained => {}
         }
@@ -144,7 +147,10 @@ mod tests {
         let w2 = w.clone();
         let waiting = tokio::spawn(async move { w2.enter().await.done(Answer::Fine) });
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!waiting.is_finished(), "a second request started in a window of one");
+        assert!(
+            !waiting.is_finished(),
+            "a second request started in a window of one"
+        );
         first.done(Answer::Fine);
         waiting.await.unwrap();
     }

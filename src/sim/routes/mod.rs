@@ -18,7 +18,9 @@ use super::faults::faults_and_log;
 use super::state::{Shared, lock};
 
 /// What the simulator has served so far, for benchmarks run against its process.
-async fn stats(axum::extract::State(state): axum::extract::State<Shared>) -> axum::Json<serde_json::Value> {
+async fn stats(
+    axum::extract::State(state): axum::extract::State<Shared>,
+) -> axum::Json<serde_json::Value> {
     let s = lock(&state);
     axum::Json(serde_json::json!({
         "requests": s.requests.len(),
