@@ -38,7 +38,14 @@ pub struct Held {
     pub cases: Cases,
     /// The filters and left-out fields of this process's last sync, for what a pass learns
     /// from its own writes.
-    kept: Option<(Vec<(String, String)>, Vec<&'static str>)>,
+    kept: Option<Kept>,
+}
+
+/// A sync's filters and the fields it leaves out.
+#[derive(Clone)]
+struct Kept {
+    scope: Vec<(String, String)>,
+    unread: Vec<&'static str>,
 }
 
 /// Where a mirror's sync stands.
@@ -226,17 +233,21 @@ impl Held {
 
     /// Remembers what this process's syncs keep, for [`Held::learn`].
     pub fn keep(&mut self, scope: &[(String, String)], unread: &[&'static str]) {
-        self.kept = Some((scope.to_vec(), unread.to_vec()));
+        self.kept = Some(Kept {
+            scope: scope.to_vec(),
+            unread: unread.to_vec(),
+        });
     }
 
     /// Merges cases as the server showed them after this pass's writes (and reads), so
     /// the next delta may leave out casewarden's own changes; the checkpoint stays.
     pub async fn learn(&mut self, cases: &[Case]) {
-        let Some((scope, unread)) = self.kept.clone() else {
+        let Some(kept) = self.kept.clone() else {
             return;
         };
         if !cases.is_empty() {
-            self.merge(cases, &[], &scope, &unread, None).await;
+            self.merge(cases, &[], &kept.scope, &kept.unread, None)
+                .await;
         }
     }
 

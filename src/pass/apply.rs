@@ -71,7 +71,7 @@ pub(super) async fn send(
         .map(move |(case, p)| sender.clone().apply(case, p))
         .buffer_unordered(in_flight)
         .boxed();
-    let results: Vec<(Vec<(DecisionId, Outcome)>, Option<Case>)> = sends
+    let results: Vec<CaseSent> = sends
         .inspect(|_| {
             done += 1;
             run.opts.tell(Step::Applied { cases: done, total });
@@ -95,6 +95,9 @@ pub(super) async fn send(
         interrupted: run.opts.cancelled(),
     })
 }
+
+/// One case's outcomes, and the case as the server last showed it.
+type CaseSent = (Vec<(DecisionId, Outcome)>, Option<Case>);
 
 /// What sending one case's changes needs, shared by the sends in flight.
 struct Applier<'r> {
@@ -178,7 +181,7 @@ impl Applier<'_> {
         self: Arc<Self>,
         case: usize,
         p: &CasePlan,
-    ) -> (Vec<(DecisionId, Outcome)>, Option<Case>) {
+    ) -> CaseSent {
         let sent = match self.stop() {
             Some(why) => not_sent(p, &why),
             None => self.read_then_send(p).await,
