@@ -179,7 +179,7 @@ fn main() {
                 median(w, pass, |r| r.wall),
                 median(w, pass, |r| r.cpu),
                 median(w, pass, |r| r.sim_cpu),
-                median(w, pass, |r| r.cpu) / median(w, pass, |r| r.sim_cpu).max(1e-9),
+                median(w, pass, |r| r.cpu) / median(w, pass, |r| r.sim_cpu).max(0.01),
                 median(w, pass, |r| r.rss_mib),
                 median(w, pass, |r| r.requests),
                 median(w, pass, |r| r.mib),
@@ -193,7 +193,7 @@ fn main() {
                     median(other, pass, |r| r.wall) / median(Who::Casewarden, pass, |r| r.wall),
                     median(other, pass, |r| r.cpu) / median(Who::Casewarden, pass, |r| r.cpu),
                     median(other, pass, |r| r.sim_cpu)
-                        / median(Who::Casewarden, pass, |r| r.sim_cpu).max(1e-9),
+                        / median(Who::Casewarden, pass, |r| r.sim_cpu).max(0.01),
                     median(other, pass, |r| r.mib) / median(Who::Casewarden, pass, |r| r.mib),
                 );
             }

@@ -96,7 +96,7 @@ impl Default for RawServer {
             list_overlap_secs: 120,
             resync_interval: "6h".into(),
             page_size: 100,
-            max_in_flight: 16,
+            max_in_flight: 48,
             max_attempts: 5,
             retry_base_ms: 250,
         }
