@@ -820,7 +820,9 @@ async fn exempt_and_snoozed_cases_stay_untouched_while_others_change() {
             .iter()
             .enumerate()
             .map(|(i, (tag, _))| {
-                state.cases[i]["tags"] = json!([tag]);
+                let mut case = state.cases[i].clone();
+                case["tags"] = json!([tag]);
+                state.put_case(case);
                 state.cases[i]["_id"].as_str().unwrap().to_string()
             })
             .collect()

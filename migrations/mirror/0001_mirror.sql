@@ -7,8 +7,8 @@ CREATE TABLE mirror_cases (
     modified_at INTEGER NOT NULL,
     generation  INTEGER NOT NULL,
     body        TEXT NOT NULL,
-    PRIMARY KEY (instance, id)
-) WITHOUT ROWID;
+    UNIQUE (instance, id)
+);
 
 -- Where each server's sync stands: the filters its full listing used (`scope`), the
 -- newest modified_at merged (delta listings start `list_overlap_secs` before it), and

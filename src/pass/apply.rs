@@ -177,11 +177,7 @@ impl Applier<'_> {
     /// Sends (or, once the pass must stop, does not send) one case's update and hands the
     /// outcome rows to the audit writer; returns the outcome of each decision it settled.
     /// `case` is the plan's place in the pass (see [`DecisionId`]).
-    async fn apply(
-        self: Arc<Self>,
-        case: usize,
-        p: &CasePlan,
-    ) -> CaseSent {
+    async fn apply(self: Arc<Self>, case: usize, p: &CasePlan) -> CaseSent {
         let sent = match self.stop() {
             Some(why) => not_sent(p, &why),
             None => self.read_then_send(p).await,

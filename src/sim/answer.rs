@@ -38,6 +38,15 @@ pub(super) fn data_answer<T: serde::Serialize + ?Sized>(value: &T) -> Response {
     }
 }
 
+/// `{"data": ...}` around JSON already written.
+pub(super) fn data_bytes(json: &[u8]) -> Response {
+    let mut body = Vec::with_capacity(json.len() + 10);
+    body.extend_from_slice(b"{\"data\":");
+    body.extend_from_slice(json);
+    body.push(b'}');
+    json_bytes(body)
+}
+
 /// An answer announcing its whole length whose connection drops halfway through.
 pub(super) fn truncated(body: Vec<u8>) -> Response {
     let len = body.len();

@@ -77,6 +77,9 @@ pub struct SimState {
     /// With a listing lag: each case's earlier versions, with when each was replaced.
     past: HashMap<String, Vec<(std::time::Instant, Value)>>,
     pub(super) list_cache: Option<(String, u64, Arc<Vec<usize>>)>,
+    /// Each case's JSON as served, written once and kept until the case changes (a page
+    /// or a read copies bytes instead of walking a `Value`).
+    served: HashMap<usize, Arc<[u8]>>,
 }
 
 impl SimState {
@@ -132,12 +135,22 @@ impl SimState {
             version: 0,
             past: HashMap::new(),
             list_cache: None,
+            served: HashMap::new(),
         })
     }
 
     /// A case by id, as the server currently holds it.
     pub fn case(&self, id: &str) -> Option<&Value> {
         self.index.get(id).map(|&i| &self.cases[i])
+    }
+
+    /// The JSON of the case at `i` as served.
+    pub(super) fn served(&mut self, i: usize) -> Arc<[u8]> {
+        let case = &self.cases[i];
+        self.served
+            .entry(i)
+            .or_insert_with(|| serde_json::to_vec(case).expect("a Value serializes").into())
+            .clone()
     }
 
     /// The positions of the cases with these ticket numbers, in population order, as a
@@ -167,6 +180,7 @@ impl SimState {
     /// while listings lag (and only as long as they can still serve it).
     pub(super) fn remember(&mut self, i: usize) {
         self.version += 1;
+        self.served.remove(&i);
         let lag = std::time::Duration::from_millis(self.faults.list_lag_ms);
         if lag.is_zero() {
             return;
@@ -210,7 +224,10 @@ impl SimState {
             return;
         };
         match self.index.get(&id) {
-            Some(&i) => self.cases[i] = case,
+            Some(&i) => {
+                self.served.remove(&i);
+                self.cases[i] = case;
+            }
             None => {
                 self.index.insert(id, self.cases.len());
                 self.cases.push(case);
@@ -224,6 +241,7 @@ impl SimState {
             return false;
         };
         self.version += 1;
+        self.served.clear();
         self.cases.remove(i);
         for at in self.index.values_mut().filter(|at| **at > i) {
             *at -= 1;
@@ -294,6 +312,7 @@ impl SimState {
         let Some(&i) = self.index.get(case_id) else {
             return;
         };
+        self.served.remove(&i);
         let case = self.cases[i].as_object_mut().expect("cases are objects");
         match self.flavor {
             ApiFlavor::Legacy => push_history(case, entry),

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use crate::sim::answer::{data_answer, error, no_case};
+use crate::sim::answer::{data_answer, data_bytes, error, no_case};
 use crate::sim::state::{Shared, lock};
 
 pub(super) async fn get_case(
@@ -23,8 +23,8 @@ pub(super) async fn get_case(
     {
         s.human_change(&id, &who, &field, value);
     }
-    match s.case(&id) {
-        Some(c) => data_answer(c),
+    match s.index.get(&id).copied() {
+        Some(i) => data_bytes(&s.served(i)),
         None => no_case(&id),
     }
 }

@@ -86,10 +86,22 @@ pub(super) async fn list_cases(
     let body = if s.faults.list_lag_ms > 0 {
         // Rare and for tests of lag: the lagged population is copied per listing.
         let cases = s.lagged();
-        page(&cases, &select(&cases, &q), q.skip, q.limit, bad.as_deref())
+        let hits = select(&cases, &q);
+        page(&hits, q.skip, q.limit, |i| {
+            let mut text = serde_json::to_vec(&cases[i]).expect("a Value serializes");
+            spoil(&mut text, &cases[i], bad.as_deref());
+            text.into()
+        })
     } else {
         let hits = matching(&mut s, &q);
-        page(&s.cases, &hits, q.skip, q.limit, bad.as_deref())
+        page(&hits, q.skip, q.limit, |i| match bad.as_deref() {
+            Some(_) => {
+                let mut text = s.served(i).to_vec();
+                spoil(&mut text, &s.cases[i], bad.as_deref());
+                text.into()
+            }
+            None => s.served(i),
+        })
     };
     if s.faults.truncate_next_lists > 0 {
         s.faults.truncate_next_lists -= 1;
@@ -179,23 +191,30 @@ fn field_str<'a>(case: &'a Value, key: &str) -> &'a str {
     case.get(key).and_then(Value::as_str).unwrap_or("")
 }
 
-/// One page of the listing as the answer's bytes. Written straight to bytes: a page of 500
-/// cases is ~600 KB, and building it as a `Value` first would copy every case once more
-/// while the state is locked. The case with id `bad` gets a byte of invalid UTF-8.
-fn page(cases: &[Value], hits: &[usize], skip: usize, limit: usize, bad: Option<&str>) -> Vec<u8> {
+/// One page of the listing as the answer's bytes, each case's JSON from `json_of` (its
+/// position): copied from bytes written once, not serialized again while the state is locked.
+fn page(
+    hits: &[usize],
+    skip: usize,
+    limit: usize,
+    mut json_of: impl FnMut(usize) -> std::sync::Arc<[u8]>,
+) -> Vec<u8> {
     let mut body = Vec::with_capacity(limit.min(hits.len()) * 1400 + 64);
     body.extend_from_slice(b"{\"data\":{\"cases\":[");
     for (n, &i) in hits.iter().skip(skip).take(limit).enumerate() {
         if n > 0 {
             body.push(b',');
         }
-        let start = body.len();
-        serde_json::to_writer(&mut body, &cases[i]).expect("a Value serializes");
-        if bad.is_some_and(|id| cases[i].get("_id").and_then(Value::as_str) == Some(id)) {
-            let name = body[start..].windows(8).position(|w| w == b"\"name\":\"");
-            body.insert(start + name.map_or(1, |at| at + 8), 0xff);
-        }
+        body.extend_from_slice(&json_of(i));
     }
     body.extend_from_slice(format!("],\"total\":{}}}}}", hits.len()).as_bytes());
     body
+}
+
+/// The case with id `bad` gets a byte of invalid UTF-8 in its name.
+fn spoil(text: &mut Vec<u8>, case: &Value, bad: Option<&str>) {
+    if bad.is_some_and(|id| case.get("_id").and_then(Value::as_str) == Some(id)) {
+        let name = text.windows(8).position(|w| w == b"\"name\":\"");
+        text.insert(name.map_or(1, |at| at + 8), 0xff);
+    }
 }

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
-use crate::sim::answer::{data_answer, error, no_case};
+use crate::sim::answer::{data_bytes, error, no_case};
 use crate::sim::state::{Shared, SimState, lock};
 use crate::stellar::model::{PRIORITIES, RESOLUTIONS, STATUSES};
 use crate::stellar::{ApiFlavor, priority_rank};
@@ -70,7 +70,7 @@ fn update(state: &Shared, id: &str, body: &[u8], route: ApiFlavor) -> Response {
     if rate > 0.0 && s.rng.f64() < rate {
         return gateway_error();
     }
-    data_answer(&s.cases[idx])
+    data_bytes(&s.served(idx))
 }
 
 /// What a load balancer answers when the server behind it took too long: the update was
