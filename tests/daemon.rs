@@ -80,6 +80,49 @@ async fn passes_run_on_schedule_and_the_endpoints_answer() {
     ] {
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");
     }
+    // Requests in flight, the adaptive window and latency, by server (host:port only).
+    let server = format!("server=\"{}\"", sim.addr);
+    let window = |text: &str| -> f64 {
+        let line = (text.lines())
+            .find(|l| l.starts_with("casewarden_api_window{") && l.contains(&server))
+            .unwrap_or_else(|| panic!("no window for {server}:\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(
+        window(&metrics),
+        48.0,
+        "a server that answers keeps the full window"
+    );
+    for name in [
+        "casewarden_api_in_flight{",
+        "casewarden_api_request_duration_seconds_count{",
+    ] {
+        assert!(
+            (metrics.lines()).any(|l| l.starts_with(name) && l.contains(&server)),
+            "{name} missing:\n{metrics}"
+        );
+    }
+    // The daemon listed every case at its start, then only what changed.
+    let listings: Vec<String> = (sim.state().requests.iter())
+        .filter(|r| r.method == "GET" && r.path == "/connect/api/v1/cases")
+        .map(|r| r.query.clone())
+        .collect();
+    assert!(!listings[0].contains("modified_at"), "{listings:?}");
+    assert!(
+        listings.iter().any(|q| q.contains("FROM%7Emodified_at")),
+        "{listings:?}"
+    );
+    // A burst of 503s narrows the window.
+    sim.state().faults.fail_next = 10;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while window(&metrics_text(port).await) >= 48.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the window never narrowed: {}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // The server goes away: the token check and the failing passes make it unhealthy.
     sim.state().faults.down = true;
     sim.state().expire_tokens();
