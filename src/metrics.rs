@@ -100,6 +100,7 @@ impl Metrics {
             tenants_labelled: Default::default(),
         };
         metrics.register();
+        metrics.register_api();
         Arc::new(metrics)
     }
 
@@ -148,21 +149,6 @@ impl Metrics {
             self.api_requests.clone(),
         );
         r.register(
-            "api_in_flight",
-            "Cases API requests in flight now, by server (host:port)",
-            self.api_in_flight.clone(),
-        );
-        r.register(
-            "api_window",
-            "Requests the adaptive window allows in flight (halved when a server answers 429 or 5xx or times out, grown back as answers come; at most stellar.max_in_flight)",
-            self.api_window.clone(),
-        );
-        r.register(
-            "api_request_duration_seconds",
-            "Wall time of one Cases API request attempt, from send to the end of its answer, by server",
-            self.api_latency.clone(),
-        );
-        r.register(
             "token_renewals",
             "Access tokens fetched",
             self.token_renewals.clone(),
@@ -181,6 +167,26 @@ impl Metrics {
             "ticks_skipped",
             "Schedule ticks skipped because the previous pass still ran",
             self.ticks_skipped.clone(),
+        );
+    }
+
+    /// The requests to each server: in flight, the window, how long they took.
+    fn register_api(&mut self) {
+        let r = &mut self.registry;
+        r.register(
+            "api_in_flight",
+            "Cases API requests in flight now, by server (host:port)",
+            self.api_in_flight.clone(),
+        );
+        r.register(
+            "api_window",
+            "Requests the adaptive window allows in flight (halved when a server answers 429 or 5xx or times out, grown back as answers come; at most stellar.max_in_flight)",
+            self.api_window.clone(),
+        );
+        r.register(
+            "api_request_duration_seconds",
+            "Wall time of one Cases API request attempt, from send to the end of its answer, by server",
+            self.api_latency.clone(),
         );
     }
 

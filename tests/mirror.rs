@@ -38,15 +38,39 @@ fn mirror_file(ws: &Workspace) -> std::path::PathBuf {
     ws.dir.path().join("state/audit.mirror.db")
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_second_pass_lists_only_what_changed_and_rules_still_see_every_case() {
-    let sim = start(sim_options(600)).await;
-    let ws = Workspace::new(
+/// The mirror's SQLite file, opened as an operator (or an attacker) would.
+async fn mirror_db(ws: &Workspace) -> sqlx::SqlitePool {
+    let file = mirror_file(ws);
+    sqlx::SqlitePool::connect(&format!("sqlite://{}", file.display()))
+        .await
+        .unwrap()
+}
+
+/// A workspace whose one rule tags High cases.
+fn workspace(sim: &casewarden::sim::Simulator) -> Workspace {
+    Workspace::new(
         &sim.url,
         "legacy",
         GUARD_OFF,
         Some(&[("high.rhai", TAG_HIGH)]),
-    );
+    )
+}
+
+/// A person raises the first case of priority `from` to High; its id.
+fn raise(sim: &casewarden::sim::Simulator, from: &str) -> String {
+    let mut s = sim.state();
+    let id = (s.cases.iter())
+        .find(|c| c["priority"] == from)
+        .map(|c| c["_id"].as_str().unwrap().to_string())
+        .unwrap();
+    s.human_change(&id, "alice@example.com", "priority", json!("High"));
+    id
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_pass_lists_only_what_changed_and_rules_still_see_every_case() {
+    let sim = start(sim_options(600)).await;
+    let ws = workspace(&sim);
     assert_exit(&ws.run(&["once"]).await, 0);
     let first_bytes = sim.state().bytes_served;
     let first = listings_since(&sim, 0);
@@ -62,18 +86,10 @@ async fn a_second_pass_lists_only_what_changed_and_rules_still_see_every_case() 
     assert!(tagged_first > 50, "{tagged_first}");
 
     // A person raises one case to High; a new rule tags Critical cases nobody touched.
-    let (raised, critical) = {
-        let mut s = sim.state();
-        let raised = (s.cases.iter())
-            .find(|c| c["priority"] == "Low")
-            .map(|c| c["_id"].as_str().unwrap().to_string())
-            .unwrap();
-        s.human_change(&raised, "alice@example.com", "priority", json!("High"));
-        let critical = (s.cases.iter())
-            .filter(|c| c["priority"] == "Critical")
-            .count();
-        (raised, critical)
-    };
+    let raised = raise(&sim, "Low");
+    let critical = (sim.state().cases.iter())
+        .filter(|c| c["priority"] == "Critical")
+        .count();
     std::fs::write(ws.dir.path().join("rules/critical.rhai"), TAG_CRITICAL).unwrap();
     let before = sim.state().requests.len();
     let out = ws.run(&["once"]).await;
@@ -107,10 +123,7 @@ async fn a_second_pass_lists_only_what_changed_and_rules_still_see_every_case() 
 
 /// Whether the mirror file holds the case `id`.
 async fn mirrored(ws: &Workspace, id: &str) -> bool {
-    let file = mirror_file(ws);
-    let db = sqlx::SqlitePool::connect(&format!("sqlite://{}", file.display()))
-        .await
-        .unwrap();
+    let db = mirror_db(ws).await;
     let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM mirror_cases WHERE id = ?")
         .bind(id)
         .fetch_one(&db)
@@ -123,12 +136,7 @@ async fn mirrored(ws: &Workspace, id: &str) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deleted_case_leaves_the_mirror_at_the_next_full_listing() {
     let sim = start(sim_options(200)).await;
-    let ws = Workspace::new(
-        &sim.url,
-        "legacy",
-        GUARD_OFF,
-        Some(&[("high.rhai", TAG_HIGH)]),
-    );
+    let ws = workspace(&sim);
     ws.edit_config(
         "retry_base_ms = 20",
         "retry_base_ms = 20\nresync_interval = \"3s\"",
@@ -168,18 +176,10 @@ async fn a_deleted_case_leaves_the_mirror_at_the_next_full_listing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_checkpoint_in_the_future_falls_back_to_a_full_listing_saying_so() {
     let sim = start(sim_options(100)).await;
-    let ws = Workspace::new(
-        &sim.url,
-        "legacy",
-        GUARD_OFF,
-        Some(&[("high.rhai", TAG_HIGH)]),
-    );
+    let ws = workspace(&sim);
     assert_exit(&ws.run(&["once"]).await, 0);
     // The clock was wrong when the mirror was written: its checkpoint is a year ahead.
-    let file = mirror_file(&ws);
-    let db = sqlx::SqlitePool::connect(&format!("sqlite://{}", file.display()))
-        .await
-        .unwrap();
+    let db = mirror_db(&ws).await;
     let year_ahead = casewarden::now_ms() + 365 * 86_400_000;
     let changed = sqlx::query("UPDATE mirror_sync SET checkpoint_ms = ?")
         .bind(year_ahead)
@@ -189,15 +189,7 @@ async fn a_checkpoint_in_the_future_falls_back_to_a_full_listing_saying_so() {
     assert_eq!(changed.rows_affected(), 1);
     db.close().await;
     // A person's change now would be missed by a delta from a year ahead.
-    let raised = {
-        let mut s = sim.state();
-        let id = (s.cases.iter())
-            .find(|c| c["priority"] == "Medium")
-            .map(|c| c["_id"].as_str().unwrap().to_string())
-            .unwrap();
-        s.human_change(&id, "alice@example.com", "priority", json!("High"));
-        id
-    };
+    let raised = raise(&sim, "Medium");
     let before = sim.state().requests.len();
     let out = ws.run(&["once"]).await;
     assert_exit(&out, 0);
@@ -218,24 +210,11 @@ async fn a_server_that_ignores_the_delta_filter_costs_a_full_listing_and_misses_
     let mut opts = sim_options(300);
     opts.faults.ignore_filter = Some("FROM~modified_at".into());
     let sim = start(opts).await;
-    let ws = Workspace::new(
-        &sim.url,
-        "legacy",
-        GUARD_OFF,
-        Some(&[("high.rhai", TAG_HIGH)]),
-    );
+    let ws = workspace(&sim);
     ws.edit_config("retry_base_ms = 20", "retry_base_ms = 20\npage_size = 50");
     assert_exit(&ws.run(&["once"]).await, 0);
     let tagged = applied(&ws, "tag-high").await.len();
-    let raised = {
-        let mut s = sim.state();
-        let id = (s.cases.iter())
-            .find(|c| c["priority"] == "Low")
-            .map(|c| c["_id"].as_str().unwrap().to_string())
-            .unwrap();
-        s.human_change(&id, "alice@example.com", "priority", json!("High"));
-        id
-    };
+    let raised = raise(&sim, "Low");
     let out = ws.run(&["once"]).await;
     assert_exit(&out, 0);
     assert!(

@@ -169,7 +169,8 @@ impl AuditStore {
     }
 
     /// For each (case, rule) among `case_ids`, the rows of the newest dry run of that rule
-    /// on that case.
+    /// on that case. (`|| ''` keeps SQLite from walking every row of the run or the rule,
+    /// once per case, by their indexes: the rows are looked up by case.)
     pub async fn last_dry_runs(&self, case_ids: &[&str]) -> Result<Vec<DryRow>, AuditError> {
         let mut out = Vec::new();
         for chunk in case_ids.chunks(500) {
@@ -184,7 +185,7 @@ impl AuditStore {
                 " GROUP BY case_id, rule), \
                  runs AS (SELECT l.case_id, l.rule, e.run_id FROM last l JOIN events e ON e.seq = l.seq) \
                  SELECT e.case_id, e.rule, e.field, e.new, e.outcome FROM events e JOIN runs r \
-                 ON e.case_id = r.case_id AND e.rule = r.rule AND e.run_id = r.run_id \
+                 ON e.case_id = r.case_id AND e.rule || '' = r.rule AND e.run_id || '' = r.run_id \
                  WHERE e.dry_run",
             );
             let rows: Vec<DryRow> = on_pool!(&self.pool, |pool| {
