@@ -138,7 +138,7 @@ pub(super) async fn keep(shared: Arc<Shared>) {
 }
 
 /// Takes the lead: settles what the previous leader left open on every server, then lets
-/// passes run.
+/// passes run, the first of each server with a full listing.
 async fn lead(shared: &Shared, claim: Claim) {
     let me = &shared.leader;
     let fence = claim.fence().clone();
@@ -151,6 +151,9 @@ async fn lead(shared: &Shared, claim: Claim) {
     let previous = claim.previous.clone();
     *me.claim.lock().await = Some(claim);
     for ctx in &shared.instances {
+        // The last leader's changes carry casewarden's own user, which deltas leave out:
+        // only a full listing shows this replica what it did.
+        ctx.mirror.resync_next().await;
         if let Err(e) = pass::reconcile(ctx, previous.as_ref()).await {
             tracing::error!(instance = %ctx.instance, error = %e, "cannot settle the changes of the previous leader; they stay open and are not re-sent");
         }

@@ -182,7 +182,7 @@ impl Mirror {
         held
     }
 
-    /// The next pass lists every case (a daemon's start).
+    /// The next pass lists every case (a daemon's start, a replica taking the lead).
     pub async fn resync_next(&self) {
         self.inner.lock().await.resync = true;
     }
@@ -212,7 +212,7 @@ impl Held {
             return full("no mirror of this server's cases yet");
         };
         if self.resync {
-            full("casewarden started")
+            full("casewarden started, or took the lead")
         } else if self.sync.scope != scope {
             full("the rules' filters changed since the mirror was filled")
         } else if checkpoint > now_ms + overlap {
