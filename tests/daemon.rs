@@ -112,6 +112,14 @@ async fn passes_run_on_schedule_and_the_endpoints_answer() {
         listings.iter().any(|q| q.contains("FROM%7Emodified_at")),
         "{listings:?}"
     );
+    // ... from memory: the mirror file beside the log is for `once`.
+    let db = ws.mirror_db().await;
+    let (rows,): (i64,) = sqlx::query_as("SELECT count(*) FROM mirror_cases")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    assert_eq!(rows, 0, "the daemon wrote its mirror to the file");
     // A burst of 503s narrows the window.
     sim.state().faults.fail_next = 10;
     let deadline = Instant::now() + Duration::from_secs(15);

@@ -38,14 +38,6 @@ fn mirror_file(ws: &Workspace) -> std::path::PathBuf {
     ws.dir.path().join("state/audit.mirror.db")
 }
 
-/// The mirror's SQLite file, opened as an operator (or an attacker) would.
-async fn mirror_db(ws: &Workspace) -> sqlx::SqlitePool {
-    let file = mirror_file(ws);
-    sqlx::SqlitePool::connect(&format!("sqlite://{}", file.display()))
-        .await
-        .unwrap()
-}
-
 /// A workspace whose one rule tags High cases.
 fn workspace(sim: &casewarden::sim::Simulator) -> Workspace {
     Workspace::new(
@@ -123,7 +115,7 @@ async fn a_second_pass_lists_only_what_changed_and_rules_still_see_every_case() 
 
 /// Whether the mirror file holds the case `id`.
 async fn mirrored(ws: &Workspace, id: &str) -> bool {
-    let db = mirror_db(ws).await;
+    let db = ws.mirror_db().await;
     let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM mirror_cases WHERE id = ?")
         .bind(id)
         .fetch_one(&db)
@@ -179,7 +171,7 @@ async fn a_checkpoint_in_the_future_falls_back_to_a_full_listing_saying_so() {
     let ws = workspace(&sim);
     assert_exit(&ws.run(&["once"]).await, 0);
     // The clock was wrong when the mirror was written: its checkpoint is a year ahead.
-    let db = mirror_db(&ws).await;
+    let db = ws.mirror_db().await;
     let year_ahead = casewarden::now_ms() + 365 * 86_400_000;
     let changed = sqlx::query("UPDATE mirror_sync SET checkpoint_ms = ?")
         .bind(year_ahead)

@@ -193,8 +193,7 @@ async fn start(config: Settings) -> anyhow::Result<(Arc<Shared>, Delivery)> {
         .await
         .map_err(|e| anyhow::Error::new(e).context("not starting"))?;
     for i in &instances {
-        // The mirror file may be hours old or written by other processes: start afresh.
-        i.mirror.resync_next().await;
+        i.mirror.in_memory_only().await;
         match i.client.authenticate().await {
             Err(e @ ApiError::KeyRejected { .. }) if instances.len() == 1 => return Err(e.into()),
             Err(e) => {

@@ -5,8 +5,9 @@
 //! every case it holds, so time-driven rules still fire on cases nobody touched. It decides
 //! what to plan, never what to overwrite: each case is read again right before its update.
 //!
-//! It lives in memory while the process runs and in a SQLite file beside the audit log
-//! ([`path_beside`]), so `once` from cron starts from where the last pass left it.
+//! It lives in memory while the process runs; `once` also keeps it in a SQLite file beside
+//! the audit log ([`path_beside`]), so the next `once` from cron starts from where the last
+//! pass left it. The daemon, which lists every case at its start, keeps it in memory only.
 
 mod store;
 
@@ -185,6 +186,15 @@ impl Mirror {
     /// The next pass lists every case (a daemon's start, a replica taking the lead).
     pub async fn resync_next(&self) {
         self.inner.lock().await.resync = true;
+    }
+
+    /// Kept in memory only, from a full listing (a daemon: it lists every case at its start,
+    /// so the file would serve only `once` runs, which keep it consistent among themselves).
+    pub async fn in_memory_only(&self) {
+        let mut held = self.inner.lock().await;
+        held.file = None;
+        held.loaded = true;
+        held.resync = true;
     }
 }
 

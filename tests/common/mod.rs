@@ -95,6 +95,14 @@ impl Workspace {
         self.dir.path().join("casewarden.toml")
     }
 
+    /// The mirror's SQLite file beside the audit log, opened as an operator would.
+    pub async fn mirror_db(&self) -> sqlx::SqlitePool {
+        let file = self.dir.path().join("state/audit.mirror.db");
+        sqlx::SqlitePool::connect(&format!("sqlite://{}", file.display()))
+            .await
+            .unwrap()
+    }
+
     pub fn audit_db(&self) -> PathBuf {
         self.dir.path().join("state/audit.db")
     }
