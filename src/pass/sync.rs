@@ -122,9 +122,10 @@ async fn delta(
             _ => ties += received,
         }
     }
+    let since = chrono::DateTime::from_timestamp_millis(from).unwrap_or_default();
     tracing::info!(
         changed = listed,
-        since = from,
+        since = %crate::time::timestamp(since),
         cases = held.cases.len(),
         "mirror brought up to date"
     );
