@@ -200,10 +200,7 @@ impl Mirror {
 
 /// The modified time of a case as the server wrote it (0 when it has none).
 pub fn modified_at(case: &Case) -> i64 {
-    case.raw()
-        .get("modified_at")
-        .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)))
-        .unwrap_or(0)
+    case.modified_at().unwrap_or(0)
 }
 
 impl Held {

@@ -72,19 +72,12 @@ impl Client {
         skip: u64,
     ) -> Result<(Page, u64), ApiError> {
         let fetched = fetch(self.clone(), Arc::new(filters), skip).await?;
-        let mut page = Page {
+        let (cases, skipped) = split(fetched.parsed);
+        let page = Page {
+            cases,
+            skipped,
             total: fetched.total,
-            ..Page::default()
         };
-        for parsed in fetched.parsed {
-            match parsed {
-                Ok(case) => page.cases.push(case),
-                Err(e) => {
-                    tracing::warn!(case_id = e.id.as_deref().unwrap_or("-"), reason = %e.reason, "skipping a case that does not parse");
-                    page.skipped.push(e);
-                }
-            }
-        }
         Ok((page, fetched.received))
     }
 }
@@ -132,22 +125,17 @@ impl CasePager {
                 });
             }
         };
-        let mut page = Page::default();
-        let mut ids = HashSet::with_capacity(fetched.parsed.len());
-        for parsed in fetched.parsed {
-            match parsed {
-                Ok(case) => {
-                    let repeat = self.recent.iter().any(|r| r.contains(&case.id));
-                    if ids.insert(case.id.clone()) && !repeat {
-                        page.cases.push(case);
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(case_id = e.id.as_deref().unwrap_or("-"), reason = %e.reason, "skipping a case that does not parse");
-                    page.skipped.push(e);
-                }
-            }
-        }
+        let (mut cases, skipped) = split(fetched.parsed);
+        let mut ids = HashSet::with_capacity(cases.len());
+        cases.retain(|case| {
+            let repeat = self.recent.iter().any(|r| r.contains(&case.id));
+            ids.insert(case.id.clone()) && !repeat
+        });
+        let mut page = Page {
+            cases,
+            skipped,
+            total: None,
+        };
         self.recent.swap(0, 1);
         self.recent[1] = ids;
         let limit = u64::from(self.client.page_size());
@@ -181,6 +169,16 @@ impl Drop for CasePager {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A page's cases that parsed, and the ones skipped (each logged).
+fn split(parsed: Vec<Result<Case, CaseParseError>>) -> (Vec<Case>, Vec<CaseParseError>) {
+    let (cases, skipped): (Vec<_>, Vec<_>) = parsed.into_iter().partition(Result::is_ok);
+    let skipped: Vec<CaseParseError> = skipped.into_iter().filter_map(Result::err).collect();
+    for e in &skipped {
+        tracing::warn!(case_id = e.id.as_deref().unwrap_or("-"), reason = %e.reason, "skipping a case that does not parse");
+    }
+    (cases.into_iter().filter_map(Result::ok).collect(), skipped)
 }
 
 /// A listing's answer: the common shape read without parsing the cases' fields, or any
