@@ -242,6 +242,108 @@ async fn the_budget_defers_changes_to_later_passes_oldest_first() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_halted_rule_takes_nothing_from_the_budget_the_precise_rules_go_ahead() {
+    let mut opts = sim_options(100);
+    opts.flavor = casewarden::config::ApiFlavor::V5;
+    let sim = start(opts).await;
+    let everything = "const RULE = #{ name: \"tag-everything\" };\nfn evaluate(c) { add_tag(\"oops\", \"misfire\"); }\n";
+    let precise = "const RULE = #{ name: \"every-tenth\" };\nfn evaluate(c) { if c.ticket_id % 10 == 0 { add_tag(\"tenth\", \"precise\"); } }\n";
+    let ws = Workspace::new(
+        &sim.url,
+        "v5",
+        "max_changes_per_run = 20\ncomment_changes = false",
+        Some(&[
+            ("10-everything.rhai", everything),
+            ("20-tenth.rhai", precise),
+        ]),
+    );
+    let out = ws.run(&["once"]).await;
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "the halt is trouble: {text}");
+    assert!(!text.contains("change budget"), "{text}");
+    let tagged = |tag: &str| {
+        let s = sim.state();
+        s.cases
+            .iter()
+            .filter(|c| c["tags"].as_array().unwrap().contains(&json!(tag)))
+            .count()
+    };
+    assert_eq!(tagged("oops"), 0);
+    assert_eq!(
+        tagged("tenth"),
+        10,
+        "every precise change in the same pass: {text}"
+    );
+    let line = text.lines().find(|l| l.contains("every-tenth")).unwrap();
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    // RULE SEEN EXEMPT MATCHED ERRORS APPLIED FAILED SKIPPED DEFERRED guard
+    assert_eq!((cols[5], cols[8]), ("10", "0"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_budget_is_shared_by_the_rules_and_what_waited_goes_first() {
+    let sim = start(sim_options(60)).await;
+    let greedy = "const RULE = #{ name: \"greedy\" };\nfn evaluate(c) { add_tag(\"g\"); }\n";
+    let small = "const RULE = #{ name: \"small\" };\nfn evaluate(c) { if c.ticket_id % 20 == 0 { add_tag(\"s\"); } }\n";
+    let ws = Workspace::new(
+        &sim.url,
+        "legacy",
+        "max_changes_per_run = 10\nmax_change_fraction = 1.0\ncomment_changes = false",
+        Some(&[("10-greedy.rhai", greedy), ("20-small.rhai", small)]),
+    );
+    ws.run(&["once"]).await;
+    let tagged = |tag: &str| -> HashSet<String> {
+        let s = sim.state();
+        s.cases
+            .iter()
+            .filter(|c| c["tags"].as_array().unwrap().contains(&json!(tag)))
+            .map(|c| c["_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        tagged("s").len(),
+        3,
+        "the small rule's three changes fit beside the greedy one's"
+    );
+    assert_eq!(tagged("g").len(), 7);
+    // Rounds over the rules, oldest case first: three turns each, then greedy's four more.
+    let oldest: HashSet<String> = {
+        let s = sim.state();
+        let mut all: Vec<(i64, String)> = s
+            .cases
+            .iter()
+            .map(|c| {
+                (
+                    c["created_at"].as_i64().unwrap(),
+                    c["_id"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        all.sort();
+        all.into_iter().take(7).map(|(_, id)| id).collect()
+    };
+    assert_eq!(tagged("g"), oldest);
+    let deferred: HashSet<String> = ws
+        .audit(Filter::default())
+        .await
+        .into_iter()
+        .filter(|r| r.reason.contains("deferred to the next pass"))
+        .map(|r| r.case_id)
+        .collect();
+    assert_eq!(deferred.len(), 60 - 7);
+    // A new case, older than every deferred one, does not jump the line.
+    let mut early = sim.state().cases[0].clone();
+    early["_id"] = json!("early");
+    early["ticket_id"] = json!(9001);
+    early["tags"] = json!([]);
+    early["created_at"] = json!(1);
+    early["modified_at"] = json!(casewarden::now_ms());
+    sim.state().put_case(early);
+    ws.run(&["once"]).await;
+    assert!(!tagged("g").contains("early"), "what waited goes first");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_blast_radius_guard_halts_a_rule_that_hits_everything() {
     let sim = start(sim_options(60)).await;
     let everything = "const RULE = #{ name: \"tag-everything\" };\nfn evaluate(c) { add_tag(\"oops\", \"misfire\"); }\n";
@@ -590,10 +692,10 @@ async fn rules_run_in_shadow_with_their_own_limits() {
     );
 }
 
-/// The budget defers whole cases, the shadow rule's decisions on them too: those rows are
-/// still the shadow rule's dry runs, never live rows.
+/// A shadow rule sends nothing, so the budget never defers it: every one of its decisions
+/// is a dry-run row, while the live rule's are deferred past the budget.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_shadow_rules_decisions_the_budget_defers_stay_dry_runs() {
+async fn a_shadow_rule_takes_no_budget_and_its_rows_stay_dry_runs() {
     let sim = start(sim_options(30)).await;
     let rules = [
         (
@@ -610,15 +712,17 @@ async fn a_shadow_rules_decisions_the_budget_defers_stay_dry_runs() {
     assert_exit(&ws.run(&["once"]).await, 0);
     let rows = ws.audit(Filter::default()).await;
     let shadow: Vec<_> = rows.iter().filter(|r| r.rule == "shadow").collect();
+    assert_eq!(shadow.len(), 30);
     assert!(
-        shadow.iter().any(|r| r.outcome == "skipped"),
-        "the budget deferred some of its cases: {shadow:?}"
+        shadow.iter().all(|r| r.dry_run && r.outcome == "planned"),
+        "{shadow:?}"
     );
-    assert!(shadow.iter().all(|r| r.dry_run), "{shadow:?}");
-    assert!(
+    let live = |outcome: &str| {
         rows.iter()
-            .any(|r| r.rule == "live" && !r.dry_run && r.outcome == "applied")
-    );
+            .filter(|r| r.rule == "live" && !r.dry_run && r.outcome == outcome)
+            .count()
+    };
+    assert_eq!((live("applied"), live("skipped")), (10, 20));
 }
 
 /// `once --dry-run` every few minutes must not copy the same plan into the log each time:

@@ -168,6 +168,22 @@ impl AuditStore {
         }))
     }
 
+    /// The (case, rule) pairs whose changes the budget (or a rule's own cap) deferred in
+    /// the last live pass that ended: first in line in the next one.
+    pub async fn deferred_last_pass(&self) -> Result<Vec<(String, String)>, AuditError> {
+        let sql = format!(
+            "SELECT DISTINCT case_id, rule FROM events WHERE run_id = \
+             (SELECT id FROM passes WHERE NOT dry_run AND status <> 'running'{} \
+              ORDER BY started_at DESC LIMIT 1) \
+             AND outcome = 'skipped' AND NOT dry_run AND case_id IS NOT NULL \
+             AND reason LIKE '%deferred to the next pass%'",
+            self.instance_filter("")
+        );
+        Ok(on_pool!(&self.pool, |pool| {
+            sqlx::query_as(AssertSqlSafe(sql)).fetch_all(pool).await?
+        }))
+    }
+
     /// For each (case, rule) among `case_ids`, the rows of the newest dry run of that rule
     /// on that case. (`|| ''` keeps SQLite from walking every row of the run or the rule,
     /// once per case, by their indexes: the rows are looked up by case.)

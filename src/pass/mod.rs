@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! fetch ─► evaluate ─► plan ──► record ──► apply ──► settle
-//! (a page   (rules, on  (budget,  (write-    (read,     (outcome rows,
-//!  at a      all cores)  guard)    ahead)     then send) the report)
+//! (a page   (rules, on  (guard,   (write-    (read,     (outcome rows,
+//!  at a      all cores)  budget)   ahead)     then send) the report)
 //!  time)
 //! ```
 //!
@@ -146,8 +146,8 @@ async fn stages(run: &Run<'_>) -> Ran {
     ran
 }
 
-/// fetch -> evaluate -> plan, a page at a time; the budget's deferrals are recorded per
-/// page. Err: what was counted before something failed (Some: planning could not start, a
+/// fetch -> evaluate -> plan, a page at a time; the budget is shared once every page was
+/// planned. Err: what was counted before something failed (Some: planning could not start, a
 /// page could not be listed, evaluated or recorded) or shutdown began (None; once every
 /// page was listed, the whole pass's plan is still made, for its counts and warnings).
 async fn plan_listing(run: &Run<'_>) -> Result<Planned, (Planned, Option<PassError>)> {
@@ -164,8 +164,7 @@ async fn plan_listing(run: &Run<'_>) -> Result<Planned, (Planned, Option<PassErr
             planning.listed(&page);
             record::unreadable(run, &page.unparsable).await?;
             let evaluated = evaluate::page(run, planning.env(), page).await?;
-            let deferred = planning.add(run, evaluated).await?;
-            record::deferred(run, &deferred).await?;
+            planning.add(run, evaluated).await?;
         }
         Ok::<_, PassError>(())
     }

@@ -29,8 +29,6 @@ pub(super) struct Planned {
     pub unparsable: usize,
     pub budget_exhausted: bool,
     pub deferred_changes: usize,
-    /// Rows recorded as skipped for the changes the budget deferred.
-    pub deferred_rows: usize,
 }
 
 /// The planning state carried from page to page.
@@ -42,6 +40,8 @@ pub(super) struct Planning {
     /// Changes whose outcome is not known yet, per case: not planned again until settled.
     open: HashMap<String, HashSet<String>>,
     seen_by_tenant: HashMap<String, usize>,
+    /// Per case: rules whose changes the budget deferred last pass.
+    deferred_before: HashMap<String, HashSet<String>>,
     tally: Planned,
 }
 
@@ -79,12 +79,19 @@ impl Planning {
             calendars: ctx.settings.calendars.clone(),
             exempt_tags: ctx.settings.exempt_tags.clone(),
         };
+        let mut deferred_before: HashMap<String, HashSet<String>> = HashMap::new();
+        if !run.dry_run {
+            for (case_id, rule) in ctx.audit.deferred_last_pass().await? {
+                deferred_before.entry(case_id).or_default().insert(rule);
+            }
+        }
         Ok(Planning {
             planner: planner(run, own.to_vec()),
             env,
             users_read,
             open,
             seen_by_tenant: HashMap::new(),
+            deferred_before,
             tally: Planned {
                 rules: stats::zeroed(run),
                 ..Planned::default()
@@ -106,15 +113,13 @@ impl Planning {
         }
     }
 
-    /// Plans one page's evaluated cases; returns the case plans of what the budget
-    /// deferred, to be recorded as skipped.
+    /// Plans one page's evaluated cases.
     pub async fn add(
         &mut self,
         run: &Run<'_>,
         evaluated: Vec<Evaluated>,
-    ) -> Result<Vec<CasePlan>, AuditError> {
+    ) -> Result<(), AuditError> {
         let mut memory = applied_before(run, &evaluated).await?;
-        let mut deferred = Vec::new();
         for mut ev in evaluated {
             self.resolve_emails(run, &mut ev).await;
             self.count(&ev);
@@ -126,18 +131,12 @@ impl Planning {
                 memory: plan::remember(applied.iter().map(|(f, n, _)| (*f, n.as_str()))),
                 open: self.open.get(&ev.case.id).cloned().unwrap_or_default(),
                 reverted: reverted(&applied),
+                deferred_before: self.deferred_before.remove(&ev.case.id).unwrap_or_default(),
             };
             let flavor = run.ctx.client.flavor();
-            if let Some(d) = self.planner.add(&ev.case, &ev.requests, &facts, flavor) {
-                self.tally.deferred_rows += d
-                    .decisions
-                    .iter()
-                    .filter(|x| run.actor(&x.rule).is_some())
-                    .count();
-                deferred.push(d);
-            }
+            self.planner.add(&ev.case, &ev.requests, &facts, flavor);
         }
-        Ok(deferred)
+        Ok(())
     }
 
     /// Counts what the rules made of one case.

@@ -1,5 +1,5 @@
 //! Stage: write-ahead. Every decision of the plan is committed to the audit log before any
-//! request goes out; so are the changes the budget deferred and the rules' errors.
+//! request goes out, the changes the budget deferred among them; so are the rules' errors.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -115,19 +115,6 @@ async fn write_intent(
     }
     seqs.extend(run.ctx.audit.append(&rows).await?);
     rec.seq_of = owners.into_iter().zip(seqs).collect();
-    Ok(())
-}
-
-/// Records the decisions of the case plans the budget deferred, as skipped.
-pub(super) async fn deferred(run: &Run<'_>, deferred: &[CasePlan]) -> Result<(), AuditError> {
-    let rows: Vec<_> = deferred
-        .iter()
-        .flat_map(|p| p.decisions.iter().map(move |d| (p, d)))
-        .filter_map(|(p, d)| Some(decision_row(run, run.actor(&d.rule)?.1, p, d)))
-        .collect();
-    if !rows.is_empty() {
-        run.ctx.audit.append(&rows).await?;
-    }
     Ok(())
 }
 

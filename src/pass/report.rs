@@ -118,7 +118,6 @@ impl PassReport {
             cases_seen: planned.cases_seen,
             cases_unparsable: planned.unparsable,
             rules: planned.rules,
-            skipped: planned.deferred_rows,
             deferred_changes: planned.deferred_changes,
             budget_exhausted: planned.budget_exhausted,
             interrupted: ran.interrupted || applied.interrupted,

@@ -50,6 +50,8 @@ pub struct CaseFacts {
     /// Keys whose last applied change was a `casewarden revert` (key -> `revert:PASS`):
     /// a person undid what a rule did there, so no rule does it again.
     pub reverted: HashMap<String, String>,
+    /// Rules whose changes to this case the budget deferred last pass: first in line now.
+    pub deferred_before: HashSet<String>,
 }
 
 /// The plans of a pass, once every case was seen.
@@ -83,7 +85,17 @@ pub struct PassPlanner {
     matched_by_tenant: HashMap<(usize, String), usize>,
     /// Per customer: changes planned so far, against its own budget.
     used_by_tenant: HashMap<String, usize>,
+    /// Per plan of `plan.plans`: its place in each rule's line for the budget.
+    lines: Vec<Line>,
     plan: PassPlan,
+}
+
+/// Where a case stands in line for the budget: changes deferred last pass first, then the
+/// oldest case, then the listing's order.
+#[derive(Debug, Clone)]
+struct Line {
+    created_at: i64,
+    deferred_before: HashSet<String>,
 }
 
 impl PassPlanner {
@@ -99,6 +111,7 @@ impl PassPlanner {
             used: 0,
             matched_by_tenant: HashMap::new(),
             used_by_tenant: HashMap::new(),
+            lines: Vec::new(),
             plan: PassPlan {
                 matched: vec![0; n],
                 deferred: vec![0; n],
@@ -123,15 +136,14 @@ impl PassPlanner {
         self.rules.iter().position(|r| r == rule)
     }
 
-    /// Plans one case. Returns the plan of a case the budget deferred or refused (its
-    /// decisions skipped with the reason), to be recorded now; a case that fits is kept.
+    /// Plans one case; the budget is shared out once every case was seen ([`Self::finish`]).
     pub fn add(
         &mut self,
         case: &Case,
         requests: &[RuleChanges],
         facts: &CaseFacts,
         flavor: ApiFlavor,
-    ) -> Option<CasePlan> {
+    ) {
         let mut plan = self.merge(case, requests);
         if flavor == ApiFlavor::Legacy {
             skip_resolution(&mut plan);
@@ -141,9 +153,13 @@ impl PassPlanner {
         self.apply_rule_caps(&mut plan);
         self.count_matches(&plan);
         if plan.decisions.is_empty() {
-            return None;
+            return;
         }
-        self.charge(plan)
+        self.lines.push(Line {
+            created_at: case.created_at().unwrap_or(i64::MAX),
+            deferred_before: facts.deferred_before.clone(),
+        });
+        self.plan.plans.push(plan);
     }
 
     /// The case's plan, with shadow rules merged among themselves after the live ones.
@@ -198,13 +214,64 @@ impl PassPlanner {
         }
     }
 
-    /// Takes the case's live changes from the pass's budget and its customer's: a case that
-    /// fits is kept; one that does not is returned with its planned decisions deferred.
-    fn charge(&mut self, plan: CasePlan) -> Option<CasePlan> {
+    /// Shares the pass's budget (and each customer's) out in rounds over the rules: each
+    /// rule in turn takes the changes of its next case (a rule's changes to one case go
+    /// together), so no rule can take it all. Halted and shadow rules take nothing; what
+    /// does not fit is deferred to the next pass, where it is first in line.
+    fn share_budget(&mut self) {
+        let lines = self.rule_lines();
+        let mut turn = vec![0; lines.len()];
+        loop {
+            let mut took = false;
+            for i in 0..lines.len() {
+                if let Some(&p) = lines[i].get(turn[i]) {
+                    turn[i] += 1;
+                    took = true;
+                    self.charge(i, p);
+                }
+            }
+            if !took {
+                break;
+            }
+        }
+    }
+
+    /// Per rule, the plans it has live changes in, in line order.
+    fn rule_lines(&self) -> Vec<Vec<usize>> {
+        let mut lines = vec![Vec::new(); self.rules.len()];
+        for (p, plan) in self.plan.plans.iter().enumerate() {
+            let mut wants: Vec<usize> = plan
+                .decisions
+                .iter()
+                .filter(|d| d.is_planned())
+                .filter_map(|d| self.index(&d.rule))
+                .filter(|&i| !self.limits[i].shadow)
+                .collect();
+            wants.sort_unstable();
+            wants.dedup();
+            for i in wants {
+                lines[i].push(p);
+            }
+        }
+        for (i, line) in lines.iter_mut().enumerate() {
+            let rule = &self.rules[i];
+            line.sort_by_key(|&p| {
+                let l = &self.lines[p];
+                (!l.deferred_before.contains(rule), l.created_at, p)
+            });
+        }
+        lines
+    }
+
+    /// Takes rule `i`'s changes to plan `p` from the pass's budget and its customer's, or
+    /// defers them.
+    fn charge(&mut self, i: usize, p: usize) {
+        let rule = &self.rules[i];
+        let plan = &self.plan.plans[p];
         let cost = plan
             .decisions
             .iter()
-            .filter(|d| d.is_planned() && !self.is_shadow(&d.rule))
+            .filter(|d| d.is_planned() && &d.rule == rule)
             .count();
         let budget = self.budgets.max_changes;
         let tenant_cap = plan.tenant.as_ref().and_then(|t| {
@@ -217,43 +284,32 @@ impl PassPlanner {
         });
         let over_tenant = tenant_cap
             .as_ref()
-            .filter(|(_, cap, used)| cost > 0 && used + cost > *cap);
-        // A case that does not fit waits for the next pass while later, smaller ones still
-        // go; one that could never fit is refused instead of blocking every pass.
-        if cost > 0 && (self.used + cost > budget || over_tenant.is_some()) {
-            let why = if let Some((t, cap, _)) = over_tenant {
-                format!(
-                    "customer {t}'s budget of {cap} changes per pass ([tenants.\"{t}\"] max_changes_per_run) spent; deferred to the next pass"
-                )
-            } else if cost > budget {
-                format!(
-                    "this case asks {cost} changes, more than the whole budget of {budget} per pass (daemon.max_changes_per_run): refused"
-                )
-            } else {
-                self.plan.budget_exhausted = true;
-                format!("change budget of {budget} per pass spent; deferred to the next pass")
-            };
-            return Some(self.defer(plan, cost, &why));
-        }
-        self.used += cost;
-        if let Some((t, _, used)) = tenant_cap {
-            self.used_by_tenant.insert(t, used + cost);
-        }
-        self.plan.plans.push(plan);
-        None
-    }
-
-    /// The case's planned decisions, each skipped with `why` and counted as deferred.
-    fn defer(&mut self, mut plan: CasePlan, cost: usize, why: &str) -> CasePlan {
-        self.plan.deferred_changes += cost;
-        plan.decisions.retain(|d| d.is_planned());
-        for d in &mut plan.decisions {
-            if let Some(i) = self.index(&d.rule) {
-                self.plan.deferred[i] += 1;
+            .filter(|(_, cap, used)| used + cost > *cap);
+        if self.used + cost <= budget && over_tenant.is_none() {
+            self.used += cost;
+            if let Some((t, _, used)) = tenant_cap {
+                self.used_by_tenant.insert(t, used + cost);
             }
-            d.skipped = Some(why.to_string());
+            return;
         }
-        plan
+        // What does not fit waits for the next pass while smaller changes still go; what
+        // could never fit is refused instead of blocking every pass.
+        let why = if let Some((t, cap, _)) = over_tenant {
+            format!(
+                "customer {t}'s budget of {cap} changes per pass ([tenants.\"{t}\"] max_changes_per_run) spent; deferred to the next pass"
+            )
+        } else if cost > budget {
+            format!(
+                "the rule asks {cost} changes of this case, more than the whole budget of {budget} per pass (daemon.max_changes_per_run): refused"
+            )
+        } else {
+            self.plan.budget_exhausted = true;
+            format!("change budget of {budget} per pass spent; deferred to the next pass")
+        };
+        self.plan.deferred[i] += cost;
+        self.plan.deferred_changes += cost;
+        let rule = self.rules[i].clone();
+        self.plan.plans[p].skip_rule(&rule, &why);
     }
 
     /// The guard, over `seen` per rule (in the planner's rule order; a pass gives every rule
@@ -263,6 +319,8 @@ impl PassPlanner {
     /// Then the same guard per customer, over `seen_by_tenant` (the cases listed of each
     /// `cust_id`): a rule changing too large a share of one customer's cases is halted for
     /// that customer only, even when it is a small share of everything listed.
+    ///
+    /// Then the budget, over what the guard let through (see [`Self::share_budget`]).
     pub fn finish(mut self, seen: &[usize], seen_by_tenant: &HashMap<String, usize>) -> PassPlan {
         for (i, rule) in self.rules.iter().enumerate() {
             let (wanted, saw) = (self.plan.matched[i], seen.get(i).copied().unwrap_or(0));
@@ -280,7 +338,9 @@ impl PassPlanner {
                 self.plan.halted[i] = Some(why);
             }
         }
-        let mut by_tenant: Vec<_> = self.matched_by_tenant.into_iter().collect();
+        let mut by_tenant: Vec<_> = std::mem::take(&mut self.matched_by_tenant)
+            .into_iter()
+            .collect();
         by_tenant.sort();
         for ((i, tenant), wanted) in by_tenant {
             let saw = seen_by_tenant.get(&tenant).copied().unwrap_or(0);
@@ -312,6 +372,7 @@ impl PassPlanner {
             }
             self.plan.tenant_halts.push((i, tenant, why));
         }
+        self.share_budget();
         self.plan
     }
 }

@@ -215,6 +215,10 @@ impl Case {
     pub fn ticket_id(&self) -> Option<i64> {
         self.int_field("ticket_id")
     }
+    /// When the case was opened (ms since epoch).
+    pub fn created_at(&self) -> Option<i64> {
+        self.int_field("created_at")
+    }
     /// When the server last changed the case (ms since epoch), as it wrote it.
     pub fn modified_at(&self) -> Option<i64> {
         self.int_field("modified_at")
