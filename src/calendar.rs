@@ -119,6 +119,17 @@ impl Calendar {
         total
     }
 
+    /// Whether `ms` falls in working hours: a working day, not a holiday, between the
+    /// opening and closing time.
+    pub fn is_open(&self, ms: i64) -> bool {
+        let Some(day) = self.local_date(ms) else {
+            return false;
+        };
+        let working = self.days[day.weekday().num_days_from_monday() as usize]
+            && !self.holidays.contains(&day);
+        working && self.instant(day, self.start) <= ms && ms < self.instant(day, self.end)
+    }
+
     fn local_date(&self, ms: i64) -> Option<NaiveDate> {
         Some(self.tz.timestamp_millis_opt(ms).single()?.date_naive())
     }
@@ -203,6 +214,18 @@ mod tests {
         assert_eq!(c.business_ms(from, to), 0);
         let whole_week = c.business_ms(ms("2026-11-23T00:00:00Z"), ms("2026-11-30T00:00:00Z"));
         assert_eq!(whole_week, 5 * 8 * HOUR);
+    }
+
+    #[test]
+    fn open_only_in_working_hours_of_working_days_in_the_zone() {
+        let c = cal("Europe/Berlin", "09:00-17:00", &["2026-12-25"]);
+        // Friday 2026-11-20: 08:00Z is 09:00 in Berlin, 16:00Z is 17:00 (closed).
+        assert!(c.is_open(ms("2026-11-20T08:00:00Z")));
+        assert!(!c.is_open(ms("2026-11-20T07:59:59Z")));
+        assert!(c.is_open(ms("2026-11-20T15:59:59Z")));
+        assert!(!c.is_open(ms("2026-11-20T16:00:00Z")));
+        assert!(!c.is_open(ms("2026-11-21T10:00:00Z")), "a Saturday");
+        assert!(!c.is_open(ms("2026-12-25T10:00:00Z")), "a holiday");
     }
 
     #[test]

@@ -609,6 +609,73 @@ async fn v5_servers_get_severity_and_resolution() {
     );
 }
 
+/// On 5.x (no `history`), casewarden's own tag moves `modified_at`: the time in status
+/// comes from the case's activities, read only for the cases a rule asks it of.
+#[tokio::test(flavor = "multi_thread")]
+async fn casewardens_own_writes_do_not_reset_the_time_in_status_on_v5() {
+    let mut opts = sim_options(0);
+    opts.flavor = casewarden::config::ApiFlavor::V5;
+    let sim = start(opts).await;
+    let now = casewarden::now_ms();
+    let case = |id: &str, ticket: i64, created: i64, history: Value| {
+        json!({"_id": id, "ticket_id": ticket, "name": id, "status": "New", "severity": "Medium",
+               "tags": [], "created_at": created, "modified_at": created, "score": 40,
+               "cust_id": "", "history": history})
+    };
+    sim.state().put_case(case(
+        "aged",
+        1,
+        now - 5 * DAY,
+        json!([{"field": "created_at", "timestamp": now - 5 * DAY, "user": "System"}]),
+    ));
+    let mut reopened = case(
+        "reopened",
+        2,
+        now - 10 * DAY,
+        json!([{"field": "status", "from": "Resolved", "to": "New", "timestamp": now - HOUR, "user": PERSON}]),
+    );
+    reopened["modified_at"] = json!(now - HOUR);
+    reopened["modified_by"] = json!(PERSON);
+    sim.state().put_case(reopened);
+    let tagger =
+        "const RULE = #{ name: \"tagger\" };\nfn evaluate(c) { add_tag(\"triaged\", \"seen\"); }\n";
+    let ws = Workspace::new(
+        &sim.url,
+        "v5",
+        "comment_changes = false\nmax_change_fraction = 1.0",
+        Some(&[("10-tagger.rhai", tagger)]),
+    );
+    assert_exit(&ws.run(&["once"]).await, 0);
+    assert_eq!(
+        sim.state().case("aged").unwrap()["tags"],
+        json!(["triaged"])
+    );
+    let escalate = "const RULE = #{ name: \"escalate\" };\nfn evaluate(c) {\n    if c.status == \"New\" && minutes_in_status(c) >= 4 * 24 * 60 {\n        set_priority(\"High\", `New for ${minutes_in_status(c)} minutes`);\n    }\n}\n";
+    std::fs::write(ws.dir.path().join("rules/20-escalate.rhai"), escalate).unwrap();
+    let activities = || {
+        sim.state()
+            .requests
+            .iter()
+            .filter(|r| r.path.ends_with("/activities"))
+            .count()
+    };
+    let before = activities();
+    assert_exit(&ws.run(&["once"]).await, 0);
+    let s = sim.state();
+    assert_eq!(
+        s.case("aged").unwrap()["severity"],
+        "High",
+        "New for 5 days, tagged by casewarden"
+    );
+    assert_eq!(
+        s.case("reopened").unwrap()["severity"],
+        "Medium",
+        "New again for an hour"
+    );
+    drop(s);
+    assert_eq!(activities() - before, 2, "read for the two New cases only");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn legacy_servers_record_the_resolution_as_not_sent() {
     let sim = planted_sim().await;

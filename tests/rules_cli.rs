@@ -513,7 +513,7 @@ async fn rules_match_networks_patterns_and_time_in_status() {
              "history": [{"field": "status", "timestamp": now - 7_200_000, "user": "alice"}]},
             {"_id": "b", "status": "In Progress", "name": "port scan", "tags": [],
              "metadata": {"entity_id": "asset,,192.168.1.5"}, "created_at": now - 9_000_000,
-             "modified_at": now - 600_000},
+             "modified_at": now - 9_000_000},
         ])
         .to_string(),
     )
@@ -540,7 +540,8 @@ fn evaluate(c) {
             ("tags", "", "+in-status-120m"),
         ])
     );
-    assert_eq!(changes(&out[1]), owned(&[("tags", "", "+in-status-10m")]));
+    // Never changed since it was opened: in its status since `created_at`.
+    assert_eq!(changes(&out[1]), owned(&[("tags", "", "+in-status-150m")]));
 }
 
 /// `test-rule --rules-dir`: the whole set on each case, as a pass decides it: queries,
@@ -881,5 +882,52 @@ async fn rule_tests_pass_on_the_examples_and_fail_on_a_broken_expectation() {
         let out = run_bin(&["test", copy.to_str().unwrap()], &[]).await;
         assert_exit(&out, 2);
         assert!(stderr(&out).contains(error), "{error}: {}", stderr(&out));
+    }
+}
+
+/// `test-rule` without --config reads `casewarden.toml` of the current folder, as every
+/// other command does: its calendars, for `in_business_hours` and business time.
+#[tokio::test(flavor = "multi_thread")]
+async fn test_rule_reads_the_default_config_for_calendars_and_business_hours() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("casewarden.toml"),
+        "[stellar]\nurl = \"https://x.example.com\"\n\n[calendars.berlin]\ntimezone = \"Europe/Berlin\"\nhours = \"09:00-17:00\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("r.rhai"),
+        "const RULE = #{ name: \"r\" };\nfn evaluate(c) {\n    if in_business_hours(\"berlin\") { add_tag(\"open\"); } else { add_tag(\"closed\"); }\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("cases.json"),
+        r#"[{"_id": "a", "status": "New", "tags": [], "created_at": 0}]"#,
+    )
+    .unwrap();
+    let at = |now: &'static str| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_casewarden"));
+        cmd.args([
+            "test-rule",
+            "r.rhai",
+            "cases.json",
+            "--format",
+            "json",
+            "--now",
+            now,
+        ])
+        .current_dir(dir.path())
+        .env_remove("CASEWARDEN_CONFIG");
+        async move { cmd.output().await.unwrap() }
+    };
+    // Monday 2026-11-23: 09:00Z is 10:00 in Berlin (open), 17:30Z is 18:30 (closed).
+    for (now, tag) in [
+        ("2026-11-23T09:00:00Z", "+open"),
+        ("2026-11-23T17:30:00Z", "+closed"),
+    ] {
+        let out = at(now).await;
+        assert_exit(&out, 0);
+        let line: Value = serde_json::from_str(stdout(&out).lines().next().unwrap()).unwrap();
+        assert_eq!(changes(&line), owned(&[("tags", "", tag)]), "at {now}");
     }
 }

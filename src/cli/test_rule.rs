@@ -79,14 +79,20 @@ fn read_users(path: &Path) -> Result<Directory, Exit> {
     Ok(Directory::new(items.iter().filter_map(User::from_value)))
 }
 
-/// What offline runs take from the config named with --config (read once): its
-/// calendars and `daemon.exempt_tags`; without one, no calendars and the default tag.
+/// What offline runs take from the config (read once): its calendars and
+/// `daemon.exempt_tags`. The one named with --config, else `casewarden.toml` here as every
+/// other command reads it; without either, no calendars and the default tag.
 pub(super) fn offline_env(config: Option<&Path>) -> Result<EvalEnv, Exit> {
-    let Some(path) = config else {
-        return Ok(EvalEnv {
-            exempt_tags: Arc::new(vec![crate::config::DEFAULT_EXEMPT_TAG.to_string()]),
-            ..EvalEnv::default()
-        });
+    let default = Path::new("casewarden.toml");
+    let path = match config {
+        Some(path) => path,
+        None if default.is_file() => default,
+        None => {
+            return Ok(EvalEnv {
+                exempt_tags: Arc::new(vec![crate::config::DEFAULT_EXEMPT_TAG.to_string()]),
+                ..EvalEnv::default()
+            });
+        }
     };
     let config = crate::config::Settings::load(path).map_err(Exit::config)?;
     Ok(EvalEnv {

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-use crate::stellar::{Case, CaseParseError, filter};
+use crate::stellar::{Case, CaseParseError, HistoryEntry, filter};
 use store::PageWrite;
 pub use store::{MirrorFile, path_beside};
 
@@ -26,7 +26,13 @@ pub use store::{MirrorFile, path_beside};
 #[derive(Clone)]
 pub struct Mirror {
     inner: Arc<Mutex<Held>>,
+    /// The `/activities` read for a case (5.x), by id, with the `modified_at` they were read
+    /// at: read again only when the case changed. Outside `inner`, which a pass holds.
+    activities: Arc<std::sync::Mutex<HashMap<String, (i64, Activities)>>>,
 }
+
+/// A case's change history as its `/activities` listed it.
+pub type Activities = Arc<Vec<HistoryEntry>>;
 
 /// The mirror as a pass holds it, locked for the pass.
 pub struct Held {
@@ -163,7 +169,21 @@ impl Mirror {
                 cases: Cases::default(),
                 kept: None,
             })),
+            activities: Arc::default(),
         }
+    }
+
+    /// The activities read for `case` while it was at its current `modified_at`.
+    pub fn activities(&self, case: &Case) -> Option<Activities> {
+        let held = self.activities.lock().unwrap_or_else(|p| p.into_inner());
+        let (at, read) = held.get(&case.id)?;
+        (*at == modified_at(case)).then(|| read.clone())
+    }
+
+    /// Keeps the activities read for `case`, until it changes.
+    pub fn keep_activities(&self, case: &Case, read: Activities) {
+        let mut held = self.activities.lock().unwrap_or_else(|p| p.into_inner());
+        held.insert(case.id.clone(), (modified_at(case), read));
     }
 
     /// The mirror for one pass, read from its file the first time.

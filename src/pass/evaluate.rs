@@ -94,10 +94,11 @@ async fn evaluate_cases(
     .await?)
 }
 
-/// Cases whose last human activity only their `/activities` can tell (casewarden made
-/// the last change and the server sends no `history`), asked about by a rule: reads those
-/// activities, once per case, and evaluates the case again with them. A case whose
-/// activities cannot be read keeps its first evaluation, which took it as recently touched.
+/// Cases whose last human activity or time in status only their `/activities` can tell
+/// (the server sends no `history`), asked about by a rule: reads those activities (kept in
+/// the mirror until the case changes) and evaluates the case again with them. A case whose
+/// activities cannot be read keeps its first evaluation, which took it as recently touched
+/// and new in its status.
 async fn with_activities(
     run: &Run<'_>,
     env: &EvalEnv,
@@ -115,9 +116,15 @@ async fn with_activities(
     }
     let read: Vec<(usize, Case)> = futures::stream::iter(wanted)
         .map(|(i, mut case)| async move {
+            if let Some(kept) = ctx.mirror.activities(&case) {
+                case.activities = Some(kept);
+                return Some((i, case));
+            }
             match ctx.client.list_activities(&case.id).await {
                 Ok(activities) => {
-                    case.activities = Some(Arc::new(activities));
+                    let read = Arc::new(activities);
+                    ctx.mirror.keep_activities(&case, read.clone());
+                    case.activities = Some(read);
                     Some((i, case))
                 }
                 Err(e) => {

@@ -234,10 +234,12 @@ impl Checker<'_> {
         {
             return;
         }
-        if !method
-            && matches!(name, "business_hours_since" | "business_minutes_since")
-            && let [_, Expr::StringConstant(calendar, at)] = &call.args[..]
-        {
+        let calendar_arg = match (name, &call.args[..]) {
+            ("business_hours_since" | "business_minutes_since", [_, arg]) => Some(arg),
+            ("in_business_hours", [arg]) => Some(arg),
+            _ => None,
+        };
+        if !method && let Some(Expr::StringConstant(calendar, at)) = calendar_arg {
             let named = self.at(*at, calendar.to_string());
             self.found.calendars.push(named);
         }
@@ -329,6 +331,17 @@ impl Checker<'_> {
             return;
         };
         let field = property.2.as_str();
+        if field == "modified_at" {
+            let warning = self.at(
+                *pos,
+                format!(
+                    "`{}.modified_at` moves with every change, casewarden's own among them (a tag it adds makes an old case look new): for how long a case has been in its status use minutes_in_status({0}), for when a person last touched it last_human_activity({0})",
+                    self.param
+                ),
+            );
+            self.found.warnings.push(warning);
+            return;
+        }
         if CASE_FIELDS.contains(&field) || self.custom_fields.iter().any(|f| f == field) {
             return;
         }

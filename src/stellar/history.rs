@@ -1,5 +1,6 @@
 //! casewarden's own identity in a case's history: which entries are its own, the entries of
-//! a 5.x `/activities` answer, and when a person last touched the case.
+//! a 5.x `/activities` answer, when a person last touched the case and when it entered its
+//! status.
 
 use serde_json::Value;
 
@@ -115,6 +116,43 @@ pub fn last_human_activity(
     Some(newest)
 }
 
+/// When the case entered its current status, in ms: the newest `status` entry of its
+/// `history` (4.3) or, without one, of its `activities` (5.x), else `created_at` (the status
+/// never changed). A case nobody changed since it was opened needs neither. None: the
+/// activities are needed and were not read. `modified_at` is never taken: any change, a
+/// tag casewarden added among them, moves it.
+pub fn status_since(raw: &impl Object, activities: Option<&[HistoryEntry]>) -> Option<i64> {
+    let ms = |key: &str| {
+        raw.get(key)
+            .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)))
+    };
+    let created = ms("created_at");
+    let newest_status = |entries: &mut dyn Iterator<Item = (Option<&str>, Option<i64>)>| {
+        entries
+            .filter(|(f, _)| *f == Some("status"))
+            .filter_map(|(_, t)| t)
+            .max()
+    };
+    if let Some(history) = raw.get("history").and_then(Value::as_array) {
+        let mut entries = history.iter().map(|h| {
+            let field = h.get("field").and_then(Value::as_str);
+            (field, h.get("timestamp").and_then(Value::as_i64))
+        });
+        return newest_status(&mut entries).or(created).or(Some(0));
+    }
+    if let Some(activities) = activities {
+        let mut entries = activities
+            .iter()
+            .map(|a| (Some(a.field.as_str()), Some(a.timestamp)));
+        return newest_status(&mut entries).or(created).or(Some(0));
+    }
+    match (created, ms("modified_at")) {
+        (Some(c), Some(m)) if m <= c => Some(c),
+        (Some(c), None) => Some(c),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,5 +192,35 @@ mod tests {
         );
         // Not knowing its own identity, casewarden takes every change as a person's.
         assert_eq!(last_human_activity(&case("abc"), &[], None), Some(500));
+    }
+
+    fn entry(field: &str, timestamp: i64, user: &str) -> HistoryEntry {
+        HistoryEntry {
+            field: field.into(),
+            timestamp,
+            user: user.into(),
+            api: true,
+        }
+    }
+
+    #[test]
+    fn status_since_never_reads_modified_at() {
+        let c = |v: Value| v.as_object().unwrap().clone();
+        let legacy = c(serde_json::json!({"created_at": 100, "modified_at": 900,
+            "history": [{"field": "status", "timestamp": 300}, {"field": "tags", "timestamp": 800}]}));
+        assert_eq!(status_since(&legacy, None), Some(300));
+        let never = c(serde_json::json!({"created_at": 100, "modified_at": 900, "history": []}));
+        assert_eq!(status_since(&never, None), Some(100));
+        let v5 = c(serde_json::json!({"created_at": 100, "modified_at": 900}));
+        assert_eq!(
+            status_since(&v5, None),
+            None,
+            "only the activities can tell"
+        );
+        let acts = [entry("tags", 900, "abc"), entry("status", 400, "someone")];
+        assert_eq!(status_since(&v5, Some(&acts)), Some(400));
+        assert_eq!(status_since(&v5, Some(&acts[..1])), Some(100));
+        let untouched = c(serde_json::json!({"created_at": 100, "modified_at": 100}));
+        assert_eq!(status_since(&untouched, None), Some(100));
     }
 }

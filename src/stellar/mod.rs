@@ -21,6 +21,6 @@ pub use derived::{Entity, entity_of, involved, parse_entity, priority_rank};
 pub use document::{cases_in_answer, parse_lenient};
 pub use error::ApiError;
 pub use flavor::ApiFlavor;
-pub use history::{HistoryEntry, is_own_entry, last_human_activity};
+pub use history::{HistoryEntry, is_own_entry, last_human_activity, status_since};
 pub use model::{Case, CaseParseError, Comment, Directory, Tenant, User};
 pub use pager::{CasePager, Page};

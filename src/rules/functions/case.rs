@@ -65,34 +65,38 @@ pub(super) fn entities(c: Fields) -> Array {
         .collect()
 }
 
-/// Minutes since the case took its current status: the newest `status` entry of its
-/// `history` (4.3), else `modified_at` (a later change of another field makes this an
-/// underestimate), else `created_at`.
+/// Minutes since the case took its current status (see [`crate::stellar::status_since`]).
+/// When only the case's activities can tell and they were not read, 0: a rule about aged
+/// cases never fires on a guess; the pass reads them and evaluates the case again.
 pub(super) fn minutes_in_status(c: Fields) -> INT {
     match c {
         Fields::Json(j) => minutes_in_status_of(j),
-        Fields::Map(m) => minutes_in_status_of(
-            &rhai::serde::from_dynamic::<serde_json::Map<String, Value>>(&Dynamic::from_map(
-                m.clone(),
-            ))
-            .unwrap_or_default(),
-        ),
+        Fields::Map(m) => {
+            let mut raw = serde_json::Map::new();
+            for key in ["created_at", "modified_at", "history"] {
+                if let Some(v) = m.get(key)
+                    && let Ok(v) = rhai::serde::from_dynamic::<Value>(v)
+                {
+                    raw.insert(key.to_string(), v);
+                }
+            }
+            minutes_in_status_of(&raw)
+        }
     }
 }
 
 fn minutes_in_status_of(raw: &impl Object) -> INT {
-    let from_history = raw
-        .get("history")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter(|h| h.get("field").and_then(Value::as_str) == Some("status"))
-        .filter_map(|h| h.get("timestamp").and_then(Value::as_i64))
-        .max();
-    let at = from_history
-        .or_else(|| raw.get("modified_at").and_then(Value::as_i64))
-        .or_else(|| raw.get("created_at").and_then(Value::as_i64))
-        .unwrap_or_else(now);
+    let at = with(
+        |ctx| {
+            let at =
+                crate::stellar::status_since(raw, ctx.activities.as_deref().map(Vec::as_slice));
+            if at.is_none() {
+                ctx.wants_activities = true;
+            }
+            at.unwrap_or(ctx.now_ms)
+        },
+        now(),
+    );
     since(at, 60_000)
 }
 

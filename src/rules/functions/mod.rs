@@ -64,7 +64,8 @@ fn register_time_and_people(e: &mut Engine) {
         })
         .register_fn("business_minutes_since", |ms: INT, cal: &str| {
             business_since(ms, cal, 60_000)
-        });
+        })
+        .register_fn("in_business_hours", in_business_hours);
     e.register_fn("user_email", user_email)
         .register_fn("user_email", |_: ()| Dynamic::UNIT)
         .register_fn("user_id", user_id)
@@ -126,9 +127,24 @@ fn user_id(email: &str) -> Found {
 
 /// Working time since `ms` by the named calendar of the config, in `unit` ms.
 fn business_since(ms: INT, calendar: &str, unit: INT) -> Result<INT, Box<EvalAltResult>> {
+    on_calendar(calendar, |cal, now| cal.business_ms(ms, now) / unit, 0)
+}
+
+/// Whether the evaluation's now is in the calendar's working hours.
+fn in_business_hours(calendar: &str) -> Result<bool, Box<EvalAltResult>> {
+    on_calendar(calendar, |cal, now| cal.is_open(now), false)
+}
+
+/// `f` on the named calendar of the config and the evaluation's now; an unknown name is
+/// the rule's error, naming the calendars there are.
+fn on_calendar<T>(
+    calendar: &str,
+    f: impl FnOnce(&crate::calendar::Calendar, INT) -> T,
+    outside: T,
+) -> Result<T, Box<EvalAltResult>> {
     with(
         |c| match c.env.calendars.get(calendar) {
-            Some(cal) => Ok(cal.business_ms(ms, c.now_ms) / unit),
+            Some(cal) => Ok(f(cal, c.now_ms)),
             None => {
                 let mut names: Vec<&str> = c.env.calendars.keys().map(String::as_str).collect();
                 names.sort_unstable();
@@ -143,6 +159,6 @@ fn business_since(ms: INT, calendar: &str, unit: INT) -> Result<INT, Box<EvalAlt
                 .into())
             }
         },
-        Ok(0),
+        Ok(outside),
     )
 }
