@@ -435,3 +435,59 @@ async fn audit_output_is_readable_and_safe_for_spreadsheets() {
     assert!(text.contains("PASS") && text.contains("run-1"), "{text}");
     assert!(text.contains(&format!("outcome of #{planned}")), "{text}");
 }
+
+/// `audit show ID` prints the text of the rule file as the pass that made the change ran
+/// it, after the file was edited, checked against the chained row's rule hash.
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_show_gives_the_rule_text_behind_a_change_made_before_an_edit() {
+    let sim = start(sim_options(5)).await;
+    let v1 = "// version one\nconst RULE = #{ name: \"tagger\" };\nfn evaluate(c) { add_tag(\"first\", \"v1\"); }\n";
+    let ws = Workspace::new(
+        &sim.url,
+        "legacy",
+        "comment_changes = false\nmax_change_fraction = 1.0",
+        Some(&[("tagger.rhai", v1)]),
+    );
+    assert_exit(&ws.run(&["once"]).await, 0);
+    let v2 = v1
+        .replace("version one", "version two")
+        .replace("first", "second");
+    std::fs::write(ws.dir.path().join("rules/tagger.rhai"), v2).unwrap();
+    assert_exit(&ws.run(&["once"]).await, 0);
+    let rows = ws.audit(Filter::default()).await;
+    let applied = |tag: &str| {
+        rows.iter()
+            .find(|r| r.outcome == "applied" && r.new.as_deref() == Some(tag))
+            .unwrap()
+            .seq
+            .to_string()
+    };
+    let old = ws.run(&["audit", "show", &applied("+first")]).await;
+    assert_exit(&old, 0);
+    let text = stdout(&old);
+    assert!(
+        text.contains("// version one") && !text.contains("version two"),
+        "{text}"
+    );
+    assert!(
+        text.contains("its SHA-256 is the hash in the chained row"),
+        "{text}"
+    );
+    let new = stdout(&ws.run(&["audit", "show", &applied("+second")]).await);
+    assert!(new.contains("// version two"), "{new}");
+    // Each distinct text once, and which one each pass ran.
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", ws.audit_db().display()))
+        .await
+        .unwrap();
+    let texts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM rule_texts")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let passes: i64 = sqlx::query_scalar("SELECT COUNT(DISTINCT pass_id) FROM pass_rules")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!((texts, passes), (2, 2));
+    let gone = ws.run(&["audit", "show", "999999"]).await;
+    assert_fails_with(&gone, 1, "no row 999999");
+}

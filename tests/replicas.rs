@@ -601,6 +601,11 @@ async fn audit_migrate_moves_a_sqlite_log_into_postgresql_with_its_chain() {
     )
     .unwrap();
     assert_exit(&ws.run(&["once"]).await, 0);
+    // The rule texts moved with the rows.
+    let first = file_rows.iter().find(|r| r.rule == "tag-all").unwrap().seq;
+    let shown = ws.run(&["audit", "show", &first.to_string()]).await;
+    assert_exit(&shown, 0);
+    assert!(stdout(&shown).contains("\"tag-all\""), "{}", stdout(&shown));
     let rows = db.rows().await;
     assert!(rows.len() > file_rows.len());
     assert_eq!(rows[file_rows.len()].prev_hash, head);

@@ -10,6 +10,7 @@ use futures::StreamExt;
 use super::db::{Backend, Pool, insert_events, on_pool};
 use super::lease::insert_released;
 use super::passes::insert_pass;
+use super::rule_texts::insert_rule_texts;
 use super::users::insert_users;
 use super::{AuditError, AuditStore, EventRow, Verification};
 
@@ -148,12 +149,15 @@ impl AuditStore {
         Ok(n)
     }
 
-    /// The users' emails, and the lease's epoch (released), so epochs keep growing.
+    /// The users' emails, the rule texts, and the lease's epoch (released), so epochs keep
+    /// growing.
     async fn copy_users_and_lease(&self, to: &sqlx::PgPool) -> Result<(), CopyError> {
         let users = self.user_emails().await?;
         let lease = self.lease().await?;
+        let (texts, pass_rules) = (self.rule_texts().await?, self.pass_rules().await?);
         let mut tx = to.begin_write().await?;
         insert_users(&mut tx, &users).await?;
+        insert_rule_texts(&mut tx, &texts, &pass_rules).await?;
         if let Some(lease) = &lease {
             insert_released(&mut tx, lease).await?;
         }

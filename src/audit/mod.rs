@@ -14,6 +14,7 @@ mod open;
 mod passes;
 mod query;
 pub mod row;
+mod rule_texts;
 mod stats;
 mod store;
 mod users;
@@ -24,6 +25,7 @@ pub use copy::{Copied, CopyError};
 pub use lease::{Claim, ClaimError, Fence, Held, Lease, LeaseTimes};
 pub use query::Filter;
 pub use row::{CaseRef, NewEvent, Settled};
+pub use rule_texts::{RuleSource, RuleText};
 pub use stats::{CaseCount, DayCount, FailureGroup, GroupCount, Period, RuleVersion, Step};
 pub use store::AuditStore;
 

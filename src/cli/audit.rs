@@ -32,6 +32,17 @@ pub enum AuditCommand {
         #[arg(long, value_name = "PATH")]
         db: Option<PathBuf>,
     },
+    /// Show one row (by its seq, the first column of `casewarden audit`) and the text of
+    /// the rule file that made it, as the pass ran it, checked against the row's rule hash
+    Show {
+        /// The row's seq
+        #[arg(value_name = "ID")]
+        seq: i64,
+        /// The audit log: a SQLite file or a postgres:// URL [default: audit.url, else
+        /// audit.path, from the config]
+        #[arg(long, value_name = "PATH")]
+        db: Option<PathBuf>,
+    },
     /// Copy a SQLite log into PostgreSQL (for replicas): every row as it is, then both
     /// chains verified to the same head; an interrupted copy resumes. Stop the daemon first
     Migrate {
@@ -234,6 +245,7 @@ pub(super) async fn run(cli: &Cli, args: &AuditArgs) -> anyhow::Result<u8> {
         Some(AuditCommand::Verify { expect_head, db }) => {
             verify(cli, expect_head.as_deref(), db).await
         }
+        Some(AuditCommand::Show { seq, db }) => show(cli, *seq, db).await,
         None => query(cli, &args.query).await,
     }
 }
@@ -285,6 +297,86 @@ async fn expected_head(
     println!(
         "ok: {rows} row(s), hash chain intact, head {head}; the expected hash is row {seq}, {since} row(s) appended since"
     );
+    Ok(0)
+}
+
+/// `audit show ID`: the row, then the rule text behind it. Exit 1 when no row has that
+/// seq or the kept text no longer hashes to the row's rule hash.
+async fn show(cli: &Cli, seq: i64, db: &Option<PathBuf>) -> anyhow::Result<u8> {
+    let store = open_audit(cli, db).await?;
+    let Some(row) = store.event(seq).await? else {
+        eprintln!("error: no row {seq} in the audit log");
+        return Ok(1);
+    };
+    let safe = crate::text::for_terminal;
+    let opt = |v: &Option<String>| {
+        v.as_deref()
+            .map_or("-".to_string(), |t| safe(t).into_owned())
+    };
+    println!(
+        "row {} of pass {}, recorded {}",
+        row.seq, row.run_id, row.recorded_at
+    );
+    println!("  rule      {}", safe(&row.rule));
+    println!(
+        "  case      {} (ticket {})",
+        safe(&row.case_id),
+        row.ticket_id.map_or("-".into(), |t| t.to_string())
+    );
+    println!(
+        "  field     {}: {} -> {}",
+        safe(&row.field),
+        opt(&row.old),
+        opt(&row.new)
+    );
+    println!(
+        "  outcome   {}{}",
+        row.outcome,
+        if row.dry_run { " (dry run)" } else { "" }
+    );
+    println!("  reason    {}", safe(&row.reason));
+    if let Some(e) = &row.error {
+        println!("  error     {}", safe(e));
+    }
+    println!(
+        "  rule hash {}",
+        if row.rule_hash.is_empty() {
+            "-"
+        } else {
+            &row.rule_hash
+        }
+    );
+    println!();
+    let Some(text) = store.rule_text(&row.rule_hash).await? else {
+        println!(
+            "no rule text is kept for this row: {}",
+            if row.rule_hash.is_empty() {
+                "it was made by a command or by casewarden itself, not by a rule file"
+            } else {
+                "the row is older than the log's rule texts (casewarden keeps them since this version)"
+            }
+        );
+        return Ok(0);
+    };
+    if !text.matches_hash() {
+        println!(
+            "BROKEN: the rule text kept for hash {} does not hash to it: the text was altered",
+            row.rule_hash
+        );
+        return Ok(1);
+    }
+    println!(
+        "rule text of {} ({}), first run {}; its SHA-256 is the hash in the chained row:",
+        safe(&text.rule),
+        safe(&text.file),
+        text.recorded_at
+    );
+    println!("{}", "-".repeat(72));
+    // Line by line, so only what could rewrite the screen is escaped, not the layout.
+    for line in text.text.replace('\t', "    ").lines() {
+        println!("{}", safe(line));
+    }
+    println!("{}", "-".repeat(72));
     Ok(0)
 }
 

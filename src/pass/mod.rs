@@ -109,6 +109,10 @@ async fn stages(run: &Run<'_>) -> Ran {
         ran.error = Some(e.into());
         return ran;
     }
+    if let Err(e) = record::rule_texts(run).await {
+        ran.error = Some(e.into());
+        return ran;
+    }
     if run.actors.is_empty() {
         return ran;
     }

@@ -118,6 +118,28 @@ async fn write_intent(
     Ok(())
 }
 
+/// Which text of each rule the pass runs; each distinct text is kept once.
+pub(super) async fn rule_texts(run: &Run<'_>) -> Result<(), AuditError> {
+    let files: Vec<(&str, &str, String, &str)> = run
+        .actors
+        .iter()
+        .filter_map(|a| {
+            let (file, text) = a.source.as_ref()?;
+            Some((
+                a.name.as_str(),
+                a.hash.as_str(),
+                file.display().to_string(),
+                &**text,
+            ))
+        })
+        .collect();
+    let rules: Vec<crate::audit::RuleSource<'_>> = files
+        .iter()
+        .map(|(rule, hash, file, text)| (*rule, *hash, file.as_str(), *text))
+        .collect();
+    run.ctx.audit.record_rules(&run.run_id, &rules).await
+}
+
 /// A note per listed case that could not be read, naming it and what was wrong.
 pub(super) async fn unreadable(
     run: &Run<'_>,

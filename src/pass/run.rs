@@ -2,6 +2,7 @@
 //! decisions it records.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{PassContext, PassOptions};
@@ -27,6 +28,8 @@ pub(super) struct Actor {
     pub name: String,
     /// The rule file's SHA-256 (empty for a command).
     pub hash: String,
+    /// The rule file and its text (None for a command).
+    pub source: Option<(PathBuf, Arc<str>)>,
     /// A shadow rule: recorded, never sent.
     pub shadow: bool,
 }
@@ -53,6 +56,7 @@ impl<'a> Run<'a> {
             .map(|r| Actor {
                 name: r.name.clone(),
                 hash: r.source_hash.clone(),
+                source: Some((r.file.clone(), r.source.clone())),
                 shadow: r.dry_run,
             })
             .collect();
@@ -67,6 +71,7 @@ impl<'a> Run<'a> {
                 actors.push(Actor {
                     name: d.rule.clone(),
                     hash: String::new(),
+                    source: None,
                     shadow: false,
                 });
             }

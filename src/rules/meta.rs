@@ -89,6 +89,7 @@ pub(super) fn read_rule(
         instances,
         file: file.to_path_buf(),
         source_hash: hex::encode(Sha256::digest(text.as_bytes())),
+        source: text.into(),
         module,
         evaluate: FnPtr::new("evaluate").expect("a valid function name"),
         body,

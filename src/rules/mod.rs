@@ -61,6 +61,8 @@ pub struct Rule {
     pub file: PathBuf,
     /// SHA-256 of the file's text, recorded with every audit row the rule causes.
     pub source_hash: String,
+    /// The file's text, kept in the audit log once per distinct text.
+    pub source: Arc<str>,
     /// The rule's functions as a module, each carrying its file's constants (`global::X`),
     /// so `evaluate` runs without re-running the file's top level.
     module: AST,
