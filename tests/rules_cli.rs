@@ -931,3 +931,88 @@ async fn test_rule_reads_the_default_config_for_calendars_and_business_hours() {
         assert_eq!(changes(&line), owned(&[("tags", "", tag)]), "at {now}");
     }
 }
+
+/// `check` catches what would fail on every case: values the server's vocabulary lacks
+/// (offline), a user nobody has and a customer named instead of its id (on the server),
+/// each located, with the nearest valid value.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_catches_values_that_would_fail_on_every_case() {
+    let mut opts = sim_options(10);
+    opts.flavor = casewarden::config::ApiFlavor::V5;
+    let sim = start(opts).await;
+    let rule = |body: &str, meta: &str| {
+        format!("const RULE = #{{ name: \"r\"{meta} }};\nfn evaluate(c) {{\n    {body}\n}}\n")
+    };
+    let cases = [
+        (
+            rule("set_status(\"Closed\");", ""),
+            true,
+            "set_status(\"Closed\")",
+            "New, In Progress, Escalated, Resolved, Cancelled",
+        ),
+        (
+            rule("set_priority(\"Urgent\", \"x\");", ""),
+            true,
+            "set_priority(\"Urgent\")",
+            "Low, Medium, High, Critical",
+        ),
+        (
+            rule("resolve(\"False Positve\");", ""),
+            true,
+            "did you mean \"False Positive\"?",
+            "False Positive, Benign, True Positive",
+        ),
+        (
+            rule("assign(\"nobody@example.com\");", ""),
+            false,
+            "assign(\"nobody@example.com\")",
+            "has no user with that email",
+        ),
+        (
+            rule("add_tag(\"x\");", ", tenants: [\"Acme Corp\"]"),
+            false,
+            "RULE.tenants",
+            "is the name of customer \"3b5cd2d5bd1c4b8a9b8a2f0e1d6c7a10\"",
+        ),
+    ];
+    for (text, offline, names, valid) in cases {
+        let ws = Workspace::new(&sim.url, "v5", "", Some(&[("r.rhai", &text)]));
+        if offline {
+            let out = ws.run(&["check", "--offline"]).await;
+            assert_eq!(out.status.code(), Some(2), "{text}\n{}", stderr(&out));
+            let err = stderr(&out);
+            assert!(
+                err.contains("r.rhai:3:") && err.contains(names) && err.contains(valid),
+                "{err}"
+            );
+        }
+        let out = ws.run(&["check"]).await;
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{text}\n{}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        let err = stderr(&out);
+        assert!(err.contains(names) && err.contains(valid), "{err}");
+    }
+    // Every problem of a file in one run: a bad query value and an unknown field.
+    let both = "const RULE = #{ name: \"b\", query: #{ status: \"Nwe\" } };\nfn evaluate(c) {\n    if c.asignee == \"\" { add_tag(\"x\"); }\n}\n";
+    let ws = Workspace::new(&sim.url, "v5", "", Some(&[("b.rhai", both)]));
+    let out = ws.run(&["check", "--offline"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("\"Nwe\" is not a status"), "{err}");
+    assert!(
+        err.contains("warning: ") && err.contains("b.rhai:3:") && err.contains("c.asignee"),
+        "{err}"
+    );
+    // A good user and customer id pass.
+    let good = rule(
+        "assign(\"alice@example.com\");",
+        ", tenants: [\"3b5cd2d5bd1c4b8a9b8a2f0e1d6c7a10\"]",
+    );
+    let ws = Workspace::new(&sim.url, "v5", "", Some(&[("r.rhai", &good)]));
+    assert_exit(&ws.run(&["check"]).await, 0);
+}

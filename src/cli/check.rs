@@ -4,8 +4,10 @@ use clap::Args;
 
 use super::{Cli, Exit, config_path, connect};
 use crate::config::{ServerSettings, Settings};
-use crate::rules::RuleSet;
-use crate::stellar::ApiError;
+use std::path::Path;
+
+use crate::rules::{Rule, RuleError, RuleSet};
+use crate::stellar::{ApiError, Client, Tenant, User};
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
@@ -22,19 +24,146 @@ pub(super) async fn run(cli: &Cli, args: &CheckArgs) -> anyhow::Result<u8> {
     if problems.is_empty() {
         println!("config {}: ok", path.display());
     }
-    let footer = list_rules(&config, &mut problems);
+    let (set, footer) = list_rules(&config, &mut problems);
     if !problems.is_empty() {
         return Err(Exit::config_all(&problems, footer).into());
     }
     if !args.offline {
+        let mut unknown = Vec::new();
         for s in config.servers() {
-            probe_server(&config, s).await?;
+            let client = probe_server(&config, s).await?;
+            if let Some(set) = &set {
+                unknown.extend(names_on_server(set, s, &client).await);
+            }
         }
         if config.audit.url.is_some() {
             probe_audit(&config).await?;
         }
+        if !unknown.is_empty() {
+            let footer = format!("{} rule value(s) the server does not know", unknown.len());
+            return Err(Exit::config_all(&unknown, Some(footer)).into());
+        }
     }
     Ok(0)
+}
+
+/// The users the rules `assign` by literal and the customers of their `RULE.tenants`, looked
+/// up on server `s` (for the rules that run there): each one it does not know, located,
+/// with the nearest it does.
+async fn names_on_server(set: &RuleSet, s: &ServerSettings, client: &Client) -> Vec<RuleError> {
+    let instance = s.instance_name();
+    let runs_here = |file: &Path| {
+        set.rules
+            .iter()
+            .find(|r| r.file == file)
+            .is_none_or(|r| r.instances.is_empty() || r.instances.iter().any(|i| i == instance))
+    };
+    let url = &s.url;
+    let mut unknown = Vec::new();
+    let people: Vec<&RuleError> = set
+        .people_refs
+        .iter()
+        .filter(|r| runs_here(&r.file))
+        .collect();
+    if !people.is_empty() {
+        match client.list_users().await {
+            Ok(users) => unknown.extend(
+                people
+                    .into_iter()
+                    .filter_map(|r| unknown_user(r, &users, url)),
+            ),
+            Err(e) => eprintln!(
+                "warning: server {url}: cannot read its users ({e}); the users rules assign to were not checked"
+            ),
+        }
+    }
+    let scoped: Vec<_> = set
+        .rules
+        .iter()
+        .filter(|r| !r.tenants.is_empty() && runs_here(&r.file))
+        .collect();
+    if !scoped.is_empty() {
+        match client.list_tenants().await {
+            Ok(tenants) => {
+                for r in scoped {
+                    unknown.extend(
+                        r.tenants
+                            .iter()
+                            .filter_map(|t| unknown_tenant(r, t, &tenants, url)),
+                    );
+                }
+            }
+            Err(e) => eprintln!(
+                "warning: server {url}: cannot read its customers ({e}); RULE.tenants were not checked"
+            ),
+        }
+    }
+    unknown
+}
+
+/// `assign(WHO)` naming an email or user id `users` lacks.
+fn unknown_user(named: &RuleError, users: &[User], url: &str) -> Option<RuleError> {
+    let who = named.message.trim();
+    let email = who.contains('@');
+    let known = |u: &User| match email {
+        true => u
+            .email
+            .as_deref()
+            .is_some_and(|e| e.eq_ignore_ascii_case(who)),
+        false => u.id == who,
+    };
+    if users.iter().any(known) {
+        return None;
+    }
+    let names = users.iter().filter_map(|u| match email {
+        true => u.email.as_deref(),
+        false => Some(u.id.as_str()),
+    });
+    let near = crate::rules::nearest(who, names)
+        .map(|n| format!(" (did you mean {n:?}?)"))
+        .unwrap_or_default();
+    let what = if email { "email" } else { "user id" };
+    Some(RuleError {
+        message: format!(
+            "assign({who:?}): server {url} has no user with that {what}{near}; it would fail on every case it matches"
+        ),
+        ..named.clone()
+    })
+}
+
+/// A `RULE.tenants` entry that is no customer id on the server: a customer's name is
+/// answered with its id.
+fn unknown_tenant(rule: &Rule, given: &str, tenants: &[Tenant], url: &str) -> Option<RuleError> {
+    if tenants.iter().any(|t| t.id == given) {
+        return None;
+    }
+    let text = std::fs::read_to_string(&rule.file).unwrap_or_default();
+    let (line, col) = crate::rules::locate(&text, "tenants");
+    let by_name = tenants.iter().find(|t| {
+        t.name
+            .as_deref()
+            .is_some_and(|n| n.eq_ignore_ascii_case(given))
+    });
+    let hint = match by_name {
+        Some(t) => format!(
+            "; {given:?} is the name of customer {:?}: give its cust_id",
+            t.id
+        ),
+        None => {
+            let near = crate::rules::nearest(given, tenants.iter().map(|t| t.id.as_str()))
+                .map(|n| format!(" (did you mean {n:?}?)"))
+                .unwrap_or_default();
+            let ids: Vec<&str> = tenants.iter().map(|t| t.id.as_str()).take(10).collect();
+            format!("{near}; its customers: {}", ids.join(", "))
+        }
+    };
+    Some(RuleError {
+        file: rule.file.clone(),
+        line,
+        col,
+        message: format!("RULE.tenants: server {url} has no customer with cust_id {given:?}{hint}"),
+        warning: false,
+    })
 }
 
 /// What the config refers to that cannot be read: keys (unless offline), CA files, the
@@ -58,19 +187,31 @@ fn config_problems(config: &Settings, offline: bool) -> Vec<String> {
     problems
 }
 
-/// Lists the rules with their schedules, or adds their errors to `problems` and returns
-/// the line that sums them up.
-fn list_rules(config: &Settings, problems: &mut Vec<String>) -> Option<String> {
+/// Lists the rules with their schedules and returns them, or adds their errors to
+/// `problems` and returns the line that sums them up.
+fn list_rules(config: &Settings, problems: &mut Vec<String>) -> (Option<RuleSet>, Option<String>) {
     let dir = &config.daemon.rules_dir;
     let set = match RuleSet::load_dir_for(dir, &config.rule_names()) {
         Ok(set) => set,
-        Err(errors) => {
+        Err(found) => {
+            let (warnings, errors): (Vec<_>, Vec<_>) = found.into_iter().partition(|e| e.warning);
+            for w in warnings.iter().cloned() {
+                eprintln!(
+                    "warning: {}",
+                    RuleError {
+                        warning: false,
+                        ..w
+                    }
+                );
+            }
             problems.extend(errors.iter().map(ToString::to_string));
-            return Some(format!(
-                "{} rule error(s) in {}",
+            let footer = format!(
+                "{} rule error(s), {} warning(s) in {}",
                 errors.len(),
+                warnings.len(),
                 dir.display()
-            ));
+            );
+            return (None, Some(footer));
         }
     };
     for w in &set.warnings {
@@ -89,7 +230,7 @@ fn list_rules(config: &Settings, problems: &mut Vec<String>) -> Option<String> {
             r.file.display()
         );
     }
-    None
+    (Some(set), None)
 }
 
 /// `check` online with the log in PostgreSQL: it answers, with this password, and who
@@ -132,7 +273,7 @@ async fn probe_audit(config: &Settings) -> Result<(), Exit> {
 
 /// `check` online: the key is accepted, a page of cases lists, and which update flavour
 /// the server takes (asked with an empty update of a case that does not exist).
-async fn probe_server(config: &Settings, s: &ServerSettings) -> Result<(), Exit> {
+async fn probe_server(config: &Settings, s: &ServerSettings) -> Result<Client, Exit> {
     let client = connect(s)?;
     let url = &s.url;
     let unreachable = |e: ApiError| Exit::server(format!("server {url}: {e}"));
@@ -179,5 +320,5 @@ async fn probe_server(config: &Settings, s: &ServerSettings) -> Result<(), Exit>
             "api flavour: {found} (detected: the server takes its update call; {flavor_key} = \"auto\")"
         ),
     }
-    Ok(())
+    Ok(client)
 }

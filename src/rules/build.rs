@@ -24,6 +24,8 @@ pub(super) struct Build {
     warnings: Vec<RuleError>,
     /// Calendar names given as literals, located: the rules' first, then the modules'.
     calendar_refs: Vec<RuleError>,
+    /// Users given as literals to `assign`, located.
+    people_refs: Vec<RuleError>,
     lib_calendar_refs: Vec<RuleError>,
 }
 
@@ -38,6 +40,7 @@ impl Build {
             rules: Vec::new(),
             warnings: Vec::new(),
             calendar_refs: Vec::new(),
+            people_refs: Vec::new(),
             lib_calendar_refs: Vec::new(),
         }
     }
@@ -50,6 +53,7 @@ impl Build {
                 line: 0,
                 col: 0,
                 message: format!("more than {MAX_MODULES} shared modules in {LIB_DIR}/"),
+                warning: false,
             });
         }
         let mut resolver = StaticModuleResolver::new();
@@ -78,6 +82,7 @@ impl Build {
                 Ok((rule, mut found)) => {
                     self.warnings.append(&mut found.warnings);
                     self.calendar_refs.append(&mut found.calendars);
+                    self.people_refs.append(&mut found.people);
                     self.add(rule, text);
                 }
                 Err(mut e) => self.errors.append(&mut e),
@@ -99,6 +104,7 @@ impl Build {
                         rule.name,
                         first.file.display()
                     ),
+                    warning: false,
                 });
             }
             None => self.rules.push(Arc::new(rule)),
@@ -130,6 +136,7 @@ impl Build {
                 .map(|(field, _)| *field)
                 .collect(),
             calendar_refs: self.calendar_refs,
+            people_refs: self.people_refs,
         })
     }
 }

@@ -30,17 +30,31 @@ pub(super) fn compile(
             line,
             col,
             message: "no `fn evaluate(c)` with one argument: every rule needs one".into(),
+            warning: false,
         }]);
     };
     let param = evaluate.params[0].to_string();
     let body = evaluate.body.start_position();
     let (meta, module) = load(engine, library, file, &ast)?;
-    let (rule, custom_fields) = read_rule(&meta, file, text, AST::new_from_module(module), body)?;
-    let found = lint(file, &ast, library, &param, &custom_fields);
-    if !found.errors.is_empty() {
-        return Err(found.errors);
+    let (rule, custom_fields) = read_rule(&meta, file, text, AST::new_from_module(module), body);
+    let mut found = lint(file, &ast, library, &param, &custom_fields);
+    match rule {
+        Ok(rule) if found.errors.is_empty() => Ok((rule, found)),
+        // Every problem of the file in one run: the RULE map's, the lint's errors and, so
+        // they are not found only once those are fixed, its warnings.
+        rule => {
+            let mut all = rule.err().unwrap_or_default();
+            all.append(&mut found.errors);
+            all.extend(
+                found
+                    .warnings
+                    .into_iter()
+                    .map(|w| RuleError { warning: true, ..w }),
+            );
+            all.sort_by_key(|e| (e.line, e.col));
+            Err(all)
+        }
     }
-    Ok((rule, found))
 }
 
 /// Compiles and lints one shared module of `rules_dir/lib`: its functions and constants,
@@ -127,5 +141,6 @@ fn located(file: &Path, pos: Position, message: String) -> Vec<RuleError> {
         line: pos.line().unwrap_or(0),
         col: pos.position().unwrap_or(0),
         message,
+        warning: false,
     }]
 }

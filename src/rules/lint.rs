@@ -1,6 +1,7 @@
 //! Static checks of a rule file, so the common mistakes stop `check` instead of failing on
 //! every case at run time: calls of functions that do not exist or with the wrong number
-//! of arguments (errors), fields of the case no Cases API object has and an `evaluate`
+//! of arguments, and literal statuses, priorities and resolutions the server refuses
+//! (errors), fields of the case no Cases API object has and an `evaluate`
 //! that returns a value (warnings); and the calendars it names, for the config to confirm.
 //! Rhai resolves functions only when it calls them, so this walks the compiled AST against
 //! the functions the engine has registered.
@@ -11,7 +12,7 @@ use std::path::Path;
 use rhai::{AST, ASTFlags, ASTNode, Engine, Expr, FnCallExpr, Position, Stmt};
 
 use super::RuleError;
-use crate::stellar::model::CASE_FIELDS;
+use crate::stellar::model::{CASE_FIELDS, PRIORITIES, RESOLUTIONS, STATUSES};
 
 /// Functions Rhai handles itself, not listed among the registered ones.
 const BUILT_IN: [&str; 9] = [
@@ -105,6 +106,9 @@ pub(super) struct Findings {
     pub errors: Vec<RuleError>,
     pub warnings: Vec<RuleError>,
     pub calendars: Vec<RuleError>,
+    /// The users named as literals in `assign("...")` (the name in `message`), for `check`
+    /// to look up on the server.
+    pub people: Vec<RuleError>,
 }
 
 /// What a file binds, imports and defines, gathered before the checks.
@@ -216,6 +220,7 @@ impl Checker<'_> {
             line: pos.line().unwrap_or(0),
             col: pos.position().unwrap_or(0),
             message,
+            warning: false,
         }
     }
 
@@ -243,6 +248,13 @@ impl Checker<'_> {
             let named = self.at(*at, calendar.to_string());
             self.found.calendars.push(named);
         }
+        if !method
+            && name == "assign"
+            && let Some(Expr::StringConstant(who, at)) = call.args.first()
+        {
+            let named = self.at(*at, who.to_string());
+            self.found.people.push(named);
+        }
         let script = self.names.script.get(name);
         let takes: BTreeSet<usize> = [self.library.arity.get(name), script]
             .into_iter()
@@ -253,7 +265,41 @@ impl Checker<'_> {
         if let Some(problem) = self.call_problem(name, n, method, &takes) {
             let error = self.at(pos, problem);
             self.found.errors.push(error);
+        } else if !method {
+            self.vocabulary(name, &call.args);
         }
+    }
+
+    /// A literal status, priority or resolution the server would refuse: it fails on every
+    /// case, so it is an error now, with the nearest valid value and all of them.
+    fn vocabulary(&mut self, name: &str, args: &[Expr]) {
+        let (what, allowed): (&str, &[&str]) = match name {
+            "set_status" => ("status", &STATUSES),
+            "set_priority" => ("priority (severity on 5.x)", &PRIORITIES),
+            "resolve" => ("resolution", &RESOLUTIONS),
+            _ => return,
+        };
+        let Some(Expr::StringConstant(value, at)) = args.first() else {
+            return;
+        };
+        if allowed.contains(&value.as_str()) {
+            return;
+        }
+        let near = allowed
+            .iter()
+            .find(|a| a.eq_ignore_ascii_case(value))
+            .copied()
+            .or_else(|| did_you_mean(value, allowed.iter().copied()))
+            .map(|s| format!(" (did you mean {s:?}?)"))
+            .unwrap_or_default();
+        let error = self.at(
+            *at,
+            format!(
+                "{name}({value:?}): {value:?} is not a {what} the server takes{near}; it would fail on every case. Valid: {}",
+                allowed.join(", ")
+            ),
+        );
+        self.found.errors.push(error);
     }
 
     /// `alias::name(..)` with `n` arguments, where `alias` imports a shared module.
@@ -444,10 +490,7 @@ fn start(node: ASTNode) -> Position {
 }
 
 /// The closest of `known` to `word`, when it is close enough to be a typo.
-pub(super) fn did_you_mean<'a>(
-    word: &str,
-    known: impl Iterator<Item = &'a str>,
-) -> Option<&'a str> {
+pub fn did_you_mean<'a>(word: &str, known: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     known
         .map(|k| (strsim::damerau_levenshtein(word, k), k))
         .filter(|(d, k)| *d <= 2.min(k.len() / 3 + 1))

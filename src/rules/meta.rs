@@ -29,7 +29,7 @@ const KEYS: [&str; 12] = [
 ];
 
 /// Line and column of the first occurrence of `needle` in `text` (1-based), or 1:1.
-pub(super) fn locate(text: &str, needle: &str) -> (usize, usize) {
+pub fn locate(text: &str, needle: &str) -> (usize, usize) {
     text.lines()
         .enumerate()
         .find_map(|(i, l)| l.find(needle).map(|c| (i + 1, c + 1)))
@@ -38,47 +38,87 @@ pub(super) fn locate(text: &str, needle: &str) -> (usize, usize) {
 
 type Checked<T> = Result<T, Vec<RuleError>>;
 
-/// The rule `text` declares in its `RULE` map, read and checked (errors located at the
-/// key), running `evaluate` from `module` whose body starts at `body`; and the case
-/// fields of this server that the documented schema does not list (`custom_fields`).
+/// The rule `text` declares in its `RULE` map, read and checked (every problem located
+/// at its key, all of them, not only the first), running `evaluate` from `module` whose
+/// body starts at `body`; and the case fields of this server that the documented schema
+/// does not list (`custom_fields`, empty when unreadable), for the lint.
 pub(super) fn read_rule(
     meta: &Map,
     file: &Path,
     text: &str,
     module: AST,
     body: Position,
-) -> Checked<(Rule, Vec<String>)> {
+) -> (Checked<Rule>, Vec<String>) {
     let read = Reader { meta, file, text };
-    read.known_keys()?;
-    let name = read
-        .string("name")?
-        .filter(|n| !n.trim().is_empty())
-        .ok_or_else(|| {
-            read.at(
-                "RULE",
-                "RULE.name is missing: every rule needs a unique name".into(),
+    let mut errors = Vec::new();
+    take(&mut errors, read.known_keys());
+    let name = take(&mut errors, read.string("name"))
+        .flatten()
+        .filter(|n| !n.trim().is_empty());
+    let schedule = take(&mut errors, read.string("schedule"))
+        .flatten()
+        .and_then(|s| {
+            take(
+                &mut errors,
+                CronSchedule::parse(&s)
+                    .map_err(|e| read.at("schedule", format!("RULE.schedule: {e}"))),
             )
-        })?;
-    let schedule = match read.string("schedule")? {
-        Some(s) => Some(
-            CronSchedule::parse(&s)
-                .map_err(|e| read.at("schedule", format!("RULE.schedule: {e}")))?,
-        ),
-        None => None,
+        });
+    let enabled = take(&mut errors, read.flag("enabled", true));
+    let dry_run = take(&mut errors, read.flag("dry_run", false));
+    let max_change_fraction = take(&mut errors, read.fraction()).flatten();
+    let max_changes = take(&mut errors, read.count()).flatten();
+    let query = take(&mut errors, read.query());
+    let custom_fields =
+        take(&mut errors, read.strings("custom_fields", "[\"my_field\"]")).unwrap_or_default();
+    let exempt_tags = take(
+        &mut errors,
+        read.strings("exempt_tags", "[\"vip\", \"legal-hold\"]"),
+    );
+    let tenants = take(
+        &mut errors,
+        read.strings("tenants", "[\"<cust_id>\", \"<cust_id>\"]"),
+    );
+    let instances = take(&mut errors, read.strings("instances", "[\"eu\", \"us\"]"));
+    let description = take(&mut errors, read.string("description")).flatten();
+    let query = match (query, &tenants) {
+        (Some(mut query), Some(tenants)) => {
+            take(&mut errors, read.scope_to_tenants(tenants, &mut query)).map(|()| query)
+        }
+        _ => None,
     };
-    let enabled = read.flag("enabled", true)?;
-    let dry_run = read.flag("dry_run", false)?;
-    let max_change_fraction = read.fraction()?;
-    let max_changes = read.count()?;
-    let mut query = read.query()?;
-    let custom_fields = read.strings("custom_fields", "[\"my_field\"]")?;
-    let exempt_tags = read.strings("exempt_tags", "[\"vip\", \"legal-hold\"]")?;
-    let tenants = read.strings("tenants", "[\"<cust_id>\", \"<cust_id>\"]")?;
-    let instances = read.strings("instances", "[\"eu\", \"us\"]")?;
-    read.scope_to_tenants(tenants, &mut query)?;
+    if name.is_none() && !errors.iter().any(|e| e.message.starts_with("RULE.name")) {
+        errors.extend(read.at(
+            "RULE",
+            "RULE.name is missing: every rule needs a unique name".into(),
+        ));
+    }
+    let (
+        Some(name),
+        Some(enabled),
+        Some(dry_run),
+        Some(query),
+        Some(exempt_tags),
+        Some(tenants),
+        Some(instances),
+        true,
+    ) = (
+        name,
+        enabled,
+        dry_run,
+        query,
+        exempt_tags,
+        tenants,
+        instances,
+        errors.is_empty(),
+    )
+    else {
+        errors.sort_by_key(|e| (e.line, e.col));
+        return (Err(errors), custom_fields);
+    };
     let rule = Rule {
         name,
-        description: read.string("description")?.unwrap_or_default(),
+        description: description.unwrap_or_default(),
         schedule,
         query,
         enabled,
@@ -86,6 +126,7 @@ pub(super) fn read_rule(
         max_change_fraction,
         max_changes,
         exempt_tags,
+        tenants,
         instances,
         file: file.to_path_buf(),
         source_hash: hex::encode(Sha256::digest(text.as_bytes())),
@@ -94,7 +135,12 @@ pub(super) fn read_rule(
         evaluate: FnPtr::new("evaluate").expect("a valid function name"),
         body,
     };
-    Ok((rule, custom_fields))
+    (Ok(rule), custom_fields)
+}
+
+/// The value of a check, or None with its errors added to `errors`.
+fn take<T>(errors: &mut Vec<RuleError>, checked: Checked<T>) -> Option<T> {
+    checked.map_err(|mut e| errors.append(&mut e)).ok()
 }
 
 /// The `RULE` map of one file, with where to locate its problems.
@@ -113,6 +159,7 @@ impl Reader<'_> {
             line,
             col,
             message,
+            warning: false,
         }]
     }
 
@@ -212,7 +259,7 @@ impl Reader<'_> {
     /// rule shares it, and re-checked on each case.
     fn scope_to_tenants(
         &self,
-        tenants: Vec<String>,
+        tenants: &[String],
         query: &mut Vec<(String, String)>,
     ) -> Checked<()> {
         if tenants.is_empty() {

@@ -28,15 +28,20 @@ use rhai::{AST, Engine, FnPtr, Position};
 
 pub use collector::{Asked, EvalEnv};
 pub use eval::{EvalError, case_arg, exempt, hints_match};
+pub use lint::did_you_mean as nearest;
+pub use meta::locate;
 
 /// A problem with one rule file, located as precisely as we can.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{}:{line}:{col}: {message}", file.display())]
+#[derive(Debug, Clone, Default, PartialEq, thiserror::Error)]
+#[error("{}:{line}:{col}: {}{message}", file.display(), if *warning { "warning: " } else { "" })]
 pub struct RuleError {
     pub file: PathBuf,
     pub line: usize,
     pub col: usize,
     pub message: String,
+    /// A lint warning reported beside the errors of a file that has some, so one run shows
+    /// everything (a rule set's own `warnings` do not stop it and are not flagged).
+    pub warning: bool,
 }
 
 /// One compiled rule and its declared metadata.
@@ -56,6 +61,8 @@ pub struct Rule {
     pub max_changes: Option<usize>,
     /// A case carrying one of these tags is left alone by this rule.
     pub exempt_tags: Vec<String>,
+    /// `RULE.tenants`: the customers (`cust_id`) it runs on; empty: all.
+    pub tenants: Vec<String>,
     /// Runs only on these servers (config instance names); empty: on every server.
     pub instances: Vec<String>,
     pub file: PathBuf,
@@ -108,6 +115,9 @@ pub struct RuleSet {
     pub unread_fields: Vec<&'static str>,
     /// Calendar names given as literals, located, to check against the config.
     calendar_refs: Vec<RuleError>,
+    /// Users given as literals to `assign` (the email or id in `message`), located, for
+    /// `check` to look up on the servers.
+    pub people_refs: Vec<RuleError>,
 }
 
 /// The folder of shared modules inside a rules folder.
@@ -127,6 +137,7 @@ impl RuleSet {
                 line: 0,
                 col: 0,
                 message,
+                warning: false,
             }]
         };
         let (files, mut errors) = read_rhai_files(dir).map_err(|e| {
@@ -190,6 +201,7 @@ impl RuleSet {
                         "RULE.instances: no server named {i:?} in the config (servers: {})",
                         names.instances.join(", ")
                     ),
+                    warning: false,
                 });
             }
         }
@@ -208,6 +220,7 @@ impl RuleSet {
                 line: 0,
                 col: 0,
                 message: format!("cannot read the rule: {e}"),
+                warning: false,
             }]
         })?;
         let mut errors = Vec::new();
@@ -262,6 +275,7 @@ fn read_rhai_files(dir: &Path) -> std::io::Result<(Vec<Source>, Vec<RuleError>)>
                 line: 0,
                 col: 0,
                 message: format!("cannot read: {e}"),
+                warning: false,
             }),
         }
     }
@@ -285,6 +299,7 @@ fn read_libs(rules_dir: &Path, errors: &mut Vec<RuleError>) -> Vec<Source> {
                 line: 0,
                 col: 0,
                 message: format!("cannot read the shared modules folder: {e}"),
+                warning: false,
             });
             Vec::new()
         }
