@@ -676,6 +676,33 @@ async fn casewardens_own_writes_do_not_reset_the_time_in_status_on_v5() {
     assert_eq!(activities() - before, 2, "read for the two New cases only");
 }
 
+/// A value only known at run time that the server refuses fails the rule on every case:
+/// logged once per pass, and `status` shows the rule as erroring.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runtime_value_the_server_refuses_is_one_error_and_status_shows_it() {
+    let sim = start(sim_options(30)).await;
+    let bad = "const RULE = #{ name: \"closer\" };\nfn evaluate(c) {\n    let s = \"Clo\" + \"sed\";\n    set_status(s);\n}\n";
+    let ok = "const RULE = #{ name: \"ok\" };\nfn evaluate(c) { if c.ticket_id % 10 == 0 { add_tag(\"fine\"); } }\n";
+    let ws = Workspace::new(
+        &sim.url,
+        "legacy",
+        "comment_changes = false",
+        Some(&[("10-closer.rhai", bad), ("20-ok.rhai", ok)]),
+    );
+    let out = ws.run(&["once"]).await;
+    assert_eq!(out.status.code(), Some(1), "errored: degraded");
+    let log = stderr(&out);
+    assert_eq!(log.matches("invalid status").count(), 1, "{log}");
+    assert!(log.contains("failed on 30 case(s) this pass"), "{log}");
+    let status = stdout(&ws.run(&["status"]).await);
+    assert!(
+        status.contains("ERRORING rule closer: failed on 30 case(s)")
+            && status.contains("invalid status"),
+        "{status}"
+    );
+    assert!(!status.contains("rule ok"), "{status}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn legacy_servers_record_the_resolution_as_not_sent() {
     let sim = planted_sim().await;

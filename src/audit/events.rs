@@ -6,8 +6,8 @@ use sqlx::AssertSqlSafe;
 
 use super::db::{Backend, insert_events, on_pool, placeholders};
 use super::{
-    AppliedChange, AuditError, AuditStore, DryRow, EventRow, GENESIS, NewEvent, Unsettled,
-    timestamp,
+    AppliedChange, AuditError, AuditStore, DryRow, EventRow, GENESIS, NewEvent, RuleErrors,
+    Unsettled, timestamp,
 };
 
 impl AuditStore {
@@ -163,6 +163,26 @@ impl AuditStore {
             let mut q = sqlx::query_as(AssertSqlSafe(sql));
             for id in case_ids {
                 q = q.bind(*id);
+            }
+            q.fetch_all(pool).await?
+        }))
+    }
+
+    /// The rules that failed on some case in these passes: (pass, rule, cases, first error),
+    /// from the rows [`super::row::rule_errors`] writes.
+    pub async fn rule_errors_in(&self, passes: &[&str]) -> Result<Vec<RuleErrors>, AuditError> {
+        if passes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql = String::from(
+            "SELECT run_id, rule, old, error FROM events WHERE field = 'rule' AND new = 'errors' AND run_id IN (",
+        );
+        sql.push_str(&placeholders(1, passes.len()));
+        sql.push_str(") ORDER BY seq");
+        Ok(on_pool!(&self.pool, |pool| {
+            let mut q = sqlx::query_as(AssertSqlSafe(sql));
+            for p in passes {
+                q = q.bind(*p);
             }
             q.fetch_all(pool).await?
         }))

@@ -199,6 +199,20 @@ pub struct Unsettled {
     pub last_at: Option<String>,
 }
 
+/// A rule that failed on some cases of a pass.
+#[derive(Debug, Clone, FromRow, PartialEq, serde::Serialize)]
+pub struct RuleErrors {
+    #[sqlx(rename = "run_id")]
+    pub pass: String,
+    pub rule: String,
+    /// How many cases, as recorded.
+    #[sqlx(rename = "old")]
+    pub cases: Option<String>,
+    /// The first failure: case, place and message.
+    #[sqlx(rename = "error")]
+    pub first_error: Option<String>,
+}
+
 /// A field change casewarden applied to a case.
 #[derive(Debug, Clone, FromRow, PartialEq)]
 pub struct AppliedChange {

@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use super::Cli;
-use crate::audit::{Lease, PassRow};
+use crate::audit::{Lease, PassRow, RuleErrors};
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -37,6 +37,8 @@ struct Status {
     lease: Option<LeaseStatus>,
     /// The newest pass of each server.
     last_passes: Vec<PassRow>,
+    /// The rules that failed on some case in those passes.
+    erroring_rules: Vec<RuleErrors>,
 }
 
 #[derive(Debug, Serialize)]
@@ -49,6 +51,8 @@ struct LeaseStatus {
 pub(super) async fn run(cli: &Cli, args: &StatusArgs) -> anyhow::Result<u8> {
     let store = super::audit::open_audit(cli, &args.db).await?;
     let now = crate::time::timestamp(chrono::Utc::now());
+    let last_passes = store.last_passes().await?;
+    let ids: Vec<&str> = last_passes.iter().map(|p| p.id.as_str()).collect();
     let status = Status {
         audit_log: store.location(),
         backend: if store.is_shared() {
@@ -60,7 +64,8 @@ pub(super) async fn run(cli: &Cli, args: &StatusArgs) -> anyhow::Result<u8> {
             live: !row.released && row.expires_at > now,
             row,
         }),
-        last_passes: store.last_passes().await?,
+        erroring_rules: store.rule_errors_in(&ids).await?,
+        last_passes,
     };
     match args.format {
         StatusFormat::Json => println!("{}", serde_json::to_string_pretty(&status)?),
@@ -115,6 +120,14 @@ fn text(s: &Status) -> String {
             t.failed,
             t.skipped,
         ));
+        for e in s.erroring_rules.iter().filter(|e| e.pass == p.id) {
+            out.push_str(&format!(
+                "  ERRORING rule {}: failed on {} case(s); first: {}\n",
+                crate::text::for_terminal(&e.rule),
+                e.cases.as_deref().unwrap_or("?"),
+                crate::text::for_terminal(e.first_error.as_deref().unwrap_or("-")),
+            ));
+        }
     }
     out
 }

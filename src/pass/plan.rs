@@ -42,6 +42,9 @@ pub(super) struct Planning {
     seen_by_tenant: HashMap<String, usize>,
     /// Per case: rules whose changes the budget deferred last pass.
     deferred_before: HashMap<String, HashSet<String>>,
+    /// (rule, message) of the errors logged this pass: a value the server refuses fails
+    /// the rule on every case it occurs on, and is logged once.
+    logged: HashSet<(usize, String)>,
     tally: Planned,
 }
 
@@ -92,6 +95,7 @@ impl Planning {
             open,
             seen_by_tenant: HashMap::new(),
             deferred_before,
+            logged: HashSet::new(),
             tally: Planned {
                 rules: stats::zeroed(run),
                 ..Planned::default()
@@ -157,7 +161,10 @@ impl Planning {
                     e.case_id, e.location, e.message
                 ));
             }
-            if stats.errors <= LOGGED_ERRORS_PER_RULE {
+            if stats.logged_errors < LOGGED_ERRORS_PER_RULE
+                && self.logged.insert((*i, e.message.clone()))
+            {
+                stats.logged_errors += 1;
                 tracing::warn!(rule = %e.rule, case_id = %e.case_id, location = %e.location, "rule failed on a case: {}", crate::text::for_terminal(&e.message));
             }
         }

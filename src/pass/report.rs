@@ -3,7 +3,7 @@
 
 use super::apply::Applied;
 use super::error::PassError;
-use super::plan::{LOGGED_ERRORS_PER_RULE, Planned};
+use super::plan::Planned;
 use super::record::Recorded;
 use super::run::Run;
 use super::settle;
@@ -128,12 +128,8 @@ impl PassReport {
         if let Some(rec) = ran.recorded {
             report.add_recorded(run, rec, &applied);
         }
-        for r in report
-            .rules
-            .iter()
-            .filter(|r| r.errors > LOGGED_ERRORS_PER_RULE)
-        {
-            tracing::warn!(rule = %r.name, errors = r.errors, "rule failed on {} more case(s) this pass than logged above", r.errors - LOGGED_ERRORS_PER_RULE);
+        for r in report.rules.iter().filter(|r| r.errors > r.logged_errors) {
+            tracing::warn!(rule = %r.name, errors = r.errors, "rule failed on {} case(s) this pass; {} distinct error(s) logged above", r.errors, r.logged_errors);
         }
         report.status = report.status_now();
         report

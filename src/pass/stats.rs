@@ -19,6 +19,8 @@ pub struct RuleStats {
     pub errors: usize,
     /// The first error of the pass: where and what.
     pub first_error: Option<String>,
+    /// Distinct errors logged this pass (the same message on many cases is logged once).
+    pub logged_errors: usize,
     pub deferred: usize,
     /// Halted by the blast-radius guard.
     pub guard_halted: bool,
