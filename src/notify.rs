@@ -30,10 +30,12 @@ pub enum EventKind {
     DaemonStart,
     DaemonStop,
     DailyDigest,
+    /// Another automation set back what casewarden applied (yielded to, or a fight).
+    Fight,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 8] = [
+    pub const ALL: [EventKind; 9] = [
         EventKind::GuardHalt,
         EventKind::BreakerTrip,
         EventKind::PassFailed,
@@ -42,6 +44,7 @@ impl EventKind {
         EventKind::DaemonStart,
         EventKind::DaemonStop,
         EventKind::DailyDigest,
+        EventKind::Fight,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,6 +57,7 @@ impl EventKind {
             EventKind::DaemonStart => "daemon_start",
             EventKind::DaemonStop => "daemon_stop",
             EventKind::DailyDigest => "daily_digest",
+            EventKind::Fight => "fight",
         }
     }
 }

@@ -124,6 +124,13 @@ fn print_warnings(out: &mut impl Write, r: &PassReport) -> std::io::Result<()> {
             r.deferred_changes
         )?;
     }
+    for c in &r.clashes {
+        writeln!(
+            out,
+            "  ! {}",
+            crate::text::for_terminal(&crate::pass::clash_text(c))
+        )?;
+    }
     if r.rules.iter().any(|s| s.errors > 0) {
         writeln!(
             out,

@@ -703,6 +703,114 @@ async fn a_runtime_value_the_server_refuses_is_one_error_and_status_shows_it() {
     assert!(!status.contains("rule ok"), "{status}");
 }
 
+/// Another API user (a SOAR playbook) setting back what casewarden set is that
+/// automation's doing, not a person's: recorded and reported once; with `reapply`
+/// casewarden sets it again once, then stops and records the fight.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_value_another_automation_sets_back_is_reported_once_and_never_fought_over() {
+    let mut opts = sim_options(0);
+    opts.flavor = casewarden::config::ApiFlavor::V5;
+    let sim = start(opts).await;
+    let now = casewarden::now_ms();
+    for (id, ticket) in [("yielding", 1), ("fighting", 2)] {
+        sim.state().put_case(
+            json!({"_id": id, "ticket_id": ticket, "name": id, "status": "New",
+            "severity": "Medium", "tags": [], "created_at": now - DAY, "modified_at": now - DAY,
+            "score": 40, "cust_id": ""}),
+        );
+    }
+    let rule = |name: &str, ticket: i64, extra: &str| {
+        format!(
+            "const RULE = #{{ name: \"{name}\"{extra} }};\nfn evaluate(c) {{ if c.ticket_id == {ticket} {{ set_priority(\"High\", \"wanted high\"); }} }}\n"
+        )
+    };
+    let ws = Workspace::new(
+        &sim.url,
+        "v5",
+        "comment_changes = false\nmax_change_fraction = 1.0",
+        Some(&[
+            ("10-yield.rhai", &rule("yield", 1, "")),
+            (
+                "20-reapply.rhai",
+                &rule("reapply", 2, ", on_automation_revert: \"reapply\""),
+            ),
+        ]),
+    );
+    let soar = "soar-playbook@example.com";
+    let set_back = |id: &str| {
+        sim.state()
+            .automation_change(id, soar, "severity", json!("Medium"))
+    };
+    let ours = |id: &str| {
+        sim.state()
+            .api_changes(id)
+            .iter()
+            .filter(|a| a["field"] == "severity" && a["user"] != soar)
+            .count()
+    };
+    let notes = |rows: &[casewarden::audit::EventRow], kind: &str| {
+        rows.iter()
+            .filter(|r| r.field == "rule" && r.new.as_deref() == Some(kind))
+            .count()
+    };
+    assert_exit(&ws.run(&["once"]).await, 0);
+    set_back("yielding");
+    set_back("fighting");
+    let second = stdout(&ws.run(&["once"]).await);
+    assert!(
+        second.contains(&format!(
+            "another automation, API user {soar} (not a person)"
+        )),
+        "{second}"
+    );
+    assert_eq!(
+        sim.state().case("yielding").unwrap()["severity"],
+        "Medium",
+        "yielded"
+    );
+    assert_eq!(
+        sim.state().case("fighting").unwrap()["severity"],
+        "High",
+        "set again"
+    );
+    let rows = ws.audit(Filter::default()).await;
+    let yielded = rows
+        .iter()
+        .find(|r| r.case_id == "yielding" && r.field == "priority" && r.outcome == "skipped")
+        .unwrap();
+    assert!(
+        yielded
+            .reason
+            .contains("set back by another automation, not a person")
+            && yielded.reason.contains(soar),
+        "{}",
+        yielded.reason
+    );
+    set_back("fighting");
+    let third = stdout(&ws.run(&["once"]).await);
+    assert!(
+        third.contains("fight with another automation") && !third.contains("(not a person)"),
+        "{third}"
+    );
+    for _ in 0..2 {
+        let again = stdout(&ws.run(&["once"]).await);
+        assert!(
+            !again.contains("another automation"),
+            "reported once: {again}"
+        );
+    }
+    let rows = ws.audit(Filter::default()).await;
+    assert_eq!((notes(&rows, "yield"), notes(&rows, "fight")), (1, 1));
+    assert_eq!(ours("yielding"), 1);
+    assert_eq!(ours("fighting"), 2, "not set a third time");
+    assert_eq!(sim.state().case("fighting").unwrap()["severity"], "Medium");
+    let status = stdout(&ws.run(&["status"]).await);
+    assert!(
+        status.contains("automation FIGHT") && status.contains("automation yielded"),
+        "{status}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn legacy_servers_record_the_resolution_as_not_sent() {
     let sim = planted_sim().await;

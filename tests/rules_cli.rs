@@ -288,9 +288,9 @@ async fn runaway_and_invalid_rules_are_stopped_and_located() {
         ),
         (
             "status.rhai",
-            "const RULE = #{ name: \"bad-status\" };\nfn evaluate(c) {\n    set_status(\"Closed\", \"done\");\n}\n",
+            "const RULE = #{ name: \"bad-status\" };\nfn evaluate(c) {\n    let s = \"Clo\" + \"sed\";\n    set_status(s, \"done\");\n}\n",
             "invalid status \"Closed\"",
-            "status.rhai:3:5",
+            "status.rhai:4:5",
         ),
         (
             "throw.rhai",

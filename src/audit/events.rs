@@ -188,6 +188,45 @@ impl AuditStore {
         }))
     }
 
+    /// The clash notes ([`super::row::clash`]) recorded for these cases: (case, rule, what,
+    /// outcome).
+    pub async fn clash_notes(
+        &self,
+        case_ids: &[&str],
+    ) -> Result<Vec<(String, String, String, String)>, AuditError> {
+        let mut out = Vec::new();
+        for chunk in case_ids.chunks(500) {
+            let mut sql = String::from(
+                "SELECT case_id, rule, old, new FROM events WHERE field = 'rule' \
+                 AND new IN ('yield', 'fight') AND case_id IN (",
+            );
+            sql.push_str(&placeholders(1, chunk.len()));
+            sql.push(')');
+            let rows: Vec<(String, String, String, String)> = on_pool!(&self.pool, |pool| {
+                let mut q = sqlx::query_as(AssertSqlSafe(sql));
+                for id in chunk {
+                    q = q.bind(*id);
+                }
+                q.fetch_all(pool).await?
+            });
+            out.extend(rows);
+        }
+        Ok(out)
+    }
+
+    /// The newest clash notes with other automations, newest first.
+    pub async fn recent_clashes(&self, limit: i64) -> Result<Vec<EventRow>, AuditError> {
+        Ok(on_pool!(&self.pool, |pool| {
+            sqlx::query_as(
+                "SELECT * FROM events WHERE field = 'rule' AND new IN ('yield', 'fight') \
+                 ORDER BY seq DESC LIMIT $1",
+            )
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+
     /// The (case, rule) pairs whose changes the budget (or a rule's own cap) deferred in
     /// the last live pass that ended: first in line in the next one.
     pub async fn deferred_last_pass(&self) -> Result<Vec<(String, String)>, AuditError> {

@@ -246,6 +246,26 @@ pub fn rule_errors(
     }
 }
 
+/// Another automation set back what `rule` applied to a case (`what`: `field=value by
+/// USER`); `outcome`: `yield` or `fight`. Written once per case, rule, value and user.
+pub fn clash(
+    run_id: &str,
+    rule: &str,
+    rule_hash: &str,
+    case: CaseRef,
+    what: String,
+    outcome: &str,
+    reason: String,
+) -> NewEvent {
+    NewEvent {
+        case,
+        old: Some(what),
+        new: Some(outcome.to_string()),
+        outcome: Outcome::Skipped,
+        ..note(run_id, rule, rule_hash, Note::Rule, reason)
+    }
+}
+
 /// A rule the circuit breaker disabled after failing on every case `passes` passes running.
 pub fn rule_disabled(
     run_id: &str,

@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use super::Cli;
-use crate::audit::{Lease, PassRow, RuleErrors};
+use crate::audit::{EventRow, Lease, PassRow, RuleErrors};
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -39,6 +39,9 @@ struct Status {
     last_passes: Vec<PassRow>,
     /// The rules that failed on some case in those passes.
     erroring_rules: Vec<RuleErrors>,
+    /// The newest values other automations set back (yielded to, or fights), each
+    /// recorded once.
+    automation_clashes: Vec<EventRow>,
 }
 
 #[derive(Debug, Serialize)]
@@ -65,6 +68,7 @@ pub(super) async fn run(cli: &Cli, args: &StatusArgs) -> anyhow::Result<u8> {
             row,
         }),
         erroring_rules: store.rule_errors_in(&ids).await?,
+        automation_clashes: store.recent_clashes(10).await?,
         last_passes,
     };
     match args.format {
@@ -128,6 +132,20 @@ fn text(s: &Status) -> String {
                 crate::text::for_terminal(e.first_error.as_deref().unwrap_or("-")),
             ));
         }
+    }
+    for c in &s.automation_clashes {
+        let kind = match c.new.as_deref() {
+            Some("fight") => "FIGHT",
+            _ => "yielded",
+        };
+        out.push_str(&format!(
+            "automation {kind} {} {}: {}\n",
+            c.recorded_at,
+            c.instance
+                .as_deref()
+                .unwrap_or(crate::config::DEFAULT_INSTANCE),
+            crate::text::for_terminal(&c.reason)
+        ));
     }
     out
 }

@@ -68,6 +68,15 @@ pub(super) fn after_pass(r: &PassReport) -> Vec<Notice> {
             json!({"pass": r.run_id, "deferred": r.deferred_changes}),
         ));
     }
+    for c in &r.clashes {
+        out.push(notice(
+            EventKind::Fight,
+            format!("pass {}: {}", r.run_id, crate::pass::clash_text(c)),
+            json!({"pass": r.run_id, "rule": c.clash.rule, "case_id": c.case_id, "ticket_id": c.ticket_id,
+                   "field": c.clash.field.as_str(), "value": c.clash.value, "by": c.clash.by,
+                   "outcome": c.clash.outcome.as_str()}),
+        ));
+    }
     if r.audit_failed {
         out.push(notice(
             EventKind::AuditFailure,

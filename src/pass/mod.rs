@@ -35,6 +35,7 @@ mod sync;
 pub use error::PassError;
 pub use options::{Hook, PageHook, PassOptions, Progress, Step, Work};
 pub use reconcile::{Reconciled, reconcile};
+pub use record::clash_text;
 pub use report::{PassReport, PassStatus};
 pub use settings::{PassContext, PassSettings};
 pub use stats::RuleStats;
@@ -129,6 +130,14 @@ async fn stages(run: &Run<'_>) -> Ran {
             }
         },
     };
+    match record::clashes(run, std::mem::take(&mut planned.clashes)).await {
+        Ok(new) => planned.clashes = new,
+        Err(e) => {
+            ran.error = Some(e.into());
+            ran.planned = Some(planned);
+            return ran;
+        }
+    }
     let plans = std::mem::take(&mut planned.plans);
     ran.planned = Some(planned);
     let (mut recorded, written) = record::intent(run, plans).await;

@@ -29,6 +29,9 @@ pub(super) struct Planned {
     pub unparsable: usize,
     pub budget_exhausted: bool,
     pub deferred_changes: usize,
+    /// Values another automation set back this pass (after recording: the ones seen for
+    /// the first time).
+    pub clashes: Vec<plan::CaseClash>,
 }
 
 /// The planning state carried from page to page.
@@ -88,8 +91,10 @@ impl Planning {
                 deferred_before.entry(case_id).or_default().insert(rule);
             }
         }
+        let mut planner = planner(run, own.to_vec());
+        planner.know_people(env.users.clone());
         Ok(Planning {
-            planner: planner(run, own.to_vec()),
+            planner,
             env,
             users_read,
             open,
@@ -131,12 +136,22 @@ impl Planning {
                 continue;
             }
             let applied = memory.remove(&ev.case.id).unwrap_or_default();
+            let mut applied_times: HashMap<String, usize> = HashMap::new();
+            for (field, new, _) in applied.iter().filter(|(_, _, r)| !r.starts_with("revert:")) {
+                *applied_times
+                    .entry(plan::memory_key(*field, new))
+                    .or_default() += 1;
+            }
             let facts = plan::CaseFacts {
+                applied_times,
                 memory: plan::remember(applied.iter().map(|(f, n, _)| (*f, n.as_str()))),
                 open: self.open.get(&ev.case.id).cloned().unwrap_or_default(),
                 reverted: reverted(&applied),
                 deferred_before: self.deferred_before.remove(&ev.case.id).unwrap_or_default(),
             };
+            if plan::sets_back(&ev.case, &ev.requests, &facts.memory) {
+                who_set_back(run, &mut ev.case).await;
+            }
             let flavor = run.ctx.client.flavor();
             self.planner.add(&ev.case, &ev.requests, &facts, flavor);
         }
@@ -183,6 +198,7 @@ impl Planning {
         }
         if !self.users_read {
             self.env.users = user_directory(run).await;
+            self.planner.know_people(self.env.users.clone());
             self.users_read = true;
         }
         let users = self.env.users.as_deref();
@@ -231,6 +247,7 @@ impl Planning {
             tracing::warn!(rule = %stats.name, %tenant, "rule halted for one customer this pass, its changes to the others go ahead: {why}");
             stats.tenant_halts.push((tenant, why));
         }
+        planned.clashes = passplan.clashes;
         planned.budget_exhausted = passplan.budget_exhausted;
         planned.deferred_changes = passplan.deferred_changes;
         if planned.budget_exhausted {
@@ -305,10 +322,35 @@ fn planner(run: &Run<'_>, own: Vec<String>) -> plan::PassPlanner {
             max_change_fraction: r.max_change_fraction,
             max_changes: r.max_changes,
             shadow: r.dry_run,
+            reapply: r.reapply_over_automation,
         };
         planner.configure_rule(&r.name, settings);
     }
     planner
+}
+
+/// A case where someone set back what casewarden applied, on a server that sends no
+/// `history`: its activities say who (a person, or another automation). Kept in the
+/// mirror until the case changes; unreadable, the change counts as a person's.
+async fn who_set_back(run: &Run<'_>, case: &mut Case) {
+    if case.activities.is_some() || case.raw().get("history").is_some() {
+        return;
+    }
+    let ctx = run.ctx;
+    if let Some(kept) = ctx.mirror.activities(case) {
+        case.activities = Some(kept);
+        return;
+    }
+    match ctx.client.list_activities(&case.id).await {
+        Ok(read) => {
+            let read = Arc::new(read);
+            ctx.mirror.keep_activities(case, read.clone());
+            case.activities = Some(read);
+        }
+        Err(e) => {
+            tracing::warn!(case_id = %case.id, error = %e, "cannot read the case's activities to tell who set back casewarden's change; taken as a person");
+        }
+    }
 }
 
 /// What casewarden applied before to the cases a rule wants to change: (field, value, rule).

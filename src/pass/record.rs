@@ -140,6 +140,82 @@ pub(super) async fn rule_texts(run: &Run<'_>) -> Result<(), AuditError> {
     run.ctx.audit.record_rules(&run.run_id, &rules).await
 }
 
+/// Records each clash with another automation the first time it is seen (yielded to, or
+/// a fight casewarden stopped); returns the ones seen for the first time. A dry run
+/// records none and returns all.
+pub(super) async fn clashes(
+    run: &Run<'_>,
+    clashes: Vec<plan::CaseClash>,
+) -> Result<Vec<plan::CaseClash>, AuditError> {
+    let clashes: Vec<_> = clashes
+        .into_iter()
+        .filter(|c| c.clash.outcome != plan::ClashOutcome::Reapplied)
+        .collect();
+    if clashes.is_empty() || run.dry_run {
+        return Ok(clashes);
+    }
+    let ids: Vec<&str> = clashes.iter().map(|c| c.case_id.as_str()).collect();
+    let seen: HashSet<(String, String, String, String)> =
+        run.ctx.audit.clash_notes(&ids).await?.into_iter().collect();
+    let what =
+        |c: &plan::CaseClash| format!("{}={} by {}", c.clash.field, c.clash.value, c.clash.by);
+    let new: Vec<plan::CaseClash> = clashes
+        .into_iter()
+        .filter(|c| {
+            let key = (
+                c.case_id.clone(),
+                c.clash.rule.clone(),
+                what(c),
+                c.clash.outcome.as_str().to_string(),
+            );
+            !seen.contains(&key)
+        })
+        .collect();
+    let rows: Vec<_> = new
+        .iter()
+        .map(|c| {
+            let case = crate::audit::CaseRef::Case {
+                id: c.case_id.clone(),
+                ticket_id: c.ticket_id,
+                tenant: c.tenant.clone(),
+            };
+            let rule = &c.clash.rule;
+            row::clash(
+                &run.run_id,
+                rule,
+                run.hash_of(rule),
+                case,
+                what(c),
+                c.clash.outcome.as_str(),
+                clash_text(c),
+            )
+        })
+        .collect();
+    if !rows.is_empty() {
+        run.ctx.audit.append(&rows).await?;
+    }
+    Ok(new)
+}
+
+/// What a clash note, the summary and the `fight` notification say of it.
+pub fn clash_text(c: &plan::CaseClash) -> String {
+    let value = format!(
+        "{} {}",
+        c.clash.field,
+        plan::describe_value(c.clash.field, &c.clash.value)
+    );
+    match c.clash.outcome {
+        plan::ClashOutcome::Fight => format!(
+            "fight with another automation: API user {} set back {value} on case {} again after rule {} set it twice; casewarden stopped setting it",
+            c.clash.by, c.case_id, c.clash.rule
+        ),
+        _ => format!(
+            "another automation, API user {} (not a person), set back {value} on case {} that rule {} set; casewarden yields to it (RULE.on_automation_revert = \"yield\")",
+            c.clash.by, c.case_id, c.clash.rule
+        ),
+    }
+}
+
 /// A note per listed case that could not be read, naming it and what was wrong.
 pub(super) async fn unreadable(
     run: &Run<'_>,

@@ -75,6 +75,8 @@ pub struct PassReport {
     pub error: Option<String>,
     /// The audit log could not be written (the pass stopped, or could not be closed).
     pub audit_failed: bool,
+    /// Values another automation set back, seen for the first time this pass.
+    pub clashes: Vec<crate::plan::CaseClash>,
     /// Field changes per customer (`cust_id`): applied, failed, skipped.
     pub by_tenant: std::collections::BTreeMap<String, [usize; 3]>,
 }
@@ -119,6 +121,7 @@ impl PassReport {
             cases_unparsable: planned.unparsable,
             rules: planned.rules,
             deferred_changes: planned.deferred_changes,
+            clashes: std::mem::take(&mut planned.clashes),
             budget_exhausted: planned.budget_exhausted,
             interrupted: ran.interrupted || applied.interrupted,
             audit_failed: matches!(ran.error, Some(PassError::Audit(_))),

@@ -82,7 +82,7 @@ pub fn describe_change(field: Field, old: Option<&str>, new: Option<&str>) -> St
 }
 
 /// One value of a field as the override note reads it.
-pub(super) fn describe_value(field: Field, value: &str) -> String {
+pub fn describe_value(field: Field, value: &str) -> String {
     match (field, value.split_at_checked(1)) {
         (Field::Tags, Some(("+", t))) => format!("tag {t} added"),
         (Field::Tags, Some(("-", t))) => format!("tag {t} removed"),

@@ -6,9 +6,9 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use super::case::{CasePlan, Decision, case_holds};
+use super::case::{CasePlan, Decision, RuleChanges, case_holds, plan_case};
 use super::field::{Field, describe_value, memory_key};
-use crate::stellar::Case;
+use crate::stellar::{Case, Directory};
 
 /// What casewarden last applied to one case: field (per tag for tags, `tags:NAME`) ->
 /// the value it set (`+NAME`/`-NAME` for tags).
@@ -22,47 +22,175 @@ pub fn remember<'a>(applied: impl IntoIterator<Item = (Field, &'a str)>) -> Memo
         .collect()
 }
 
+/// Who set back a value casewarden had applied, as far as the case tells: a person, or
+/// another automation (an API user that is not casewarden).
+pub struct Overrides<'a> {
+    /// casewarden's user id and email.
+    pub own: &'a [String],
+    /// The server's users, when read: an API user they list is a person using the API.
+    pub people: Option<&'a Directory>,
+    /// Whether a rule sets again what another automation set back
+    /// (`RULE.on_automation_revert = "reapply"`).
+    pub reapplies: &'a dyn Fn(&str) -> bool,
+}
+
+/// Another automation set back a value a rule of casewarden's had applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Clash {
+    pub rule: String,
+    pub field: Field,
+    /// The value casewarden set, in the memory's form.
+    pub value: String,
+    /// The API user that set it back.
+    pub by: String,
+    pub outcome: ClashOutcome,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClashOutcome {
+    /// casewarden leaves the other automation's value (`"yield"`).
+    Yielded,
+    /// casewarden sets its value again (`"reapply"`, the first time).
+    Reapplied,
+    /// Set back again after casewarden reapplied: casewarden stops.
+    Fight,
+}
+
+impl ClashOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClashOutcome::Yielded => "yield",
+            ClashOutcome::Reapplied => "reapply",
+            ClashOutcome::Fight => "fight",
+        }
+    }
+}
+
+/// The value casewarden last applied where `d` wants to write, when the case no longer
+/// holds it: someone else changed the field since.
+fn set_back<'m>(d: &Decision, case: &Case, memory: &'m Memory) -> Option<&'m String> {
+    let last = memory.get(&memory_key(d.field, d.new.as_deref().unwrap_or("")))?;
+    let ours = Decision {
+        new: Some(last.clone()),
+        ..d.clone()
+    };
+    let comment = matches!(d.field, Field::Comment | Field::Resolution);
+    (!comment && !case_holds(case, &ours)).then_some(last)
+}
+
+/// Whether some change the rules ask for meets a value casewarden applied that the case no
+/// longer holds: who set it back is then worth reading (a 5.x case's activities).
+pub fn sets_back(case: &Case, requests: &[RuleChanges], memory: &Memory) -> bool {
+    !memory.is_empty()
+        && plan_case(case, requests)
+            .decisions
+            .iter()
+            .any(|d| set_back(d, case, memory).is_some())
+}
+
 /// Human override, from casewarden's own memory rather than the case's history (which
 /// 5.x servers do not send): a field that no longer holds the value casewarden last applied
 /// there was changed by someone else, so no rule sets it again. The skip names who and
 /// when when the case's history or activities tell. A resolution goes with its status.
-pub(super) fn skip_overridden(plan: &mut CasePlan, case: &Case, memory: &Memory, own: &[String]) {
+///
+/// When the case says another automation set it back (an API user that is not casewarden
+/// nor a person `/users` lists), the rule yields to it, saying so, or with
+/// `on_automation_revert = "reapply"` sets it again once (`applied_times`: how often
+/// casewarden applied each value); set back once more, casewarden stops: a fight. Returns
+/// those clashes.
+pub(super) fn skip_overridden(
+    plan: &mut CasePlan,
+    case: &Case,
+    memory: &Memory,
+    applied_times: &HashMap<String, usize>,
+    who: &Overrides<'_>,
+) -> Vec<Clash> {
     let mut overridden_status: Vec<String> = Vec::new();
     let mut overridden: Vec<String> = Vec::new();
+    let mut clashes = Vec::new();
     for d in plan.decisions.iter_mut().filter(|d| d.is_planned()) {
+        let Some(last) = set_back(d, case, memory) else {
+            continue;
+        };
         let new = d.new.as_deref().unwrap_or("");
-        let Some(last) = memory.get(&memory_key(d.field, new)) else {
-            continue;
-        };
-        let ours = Decision {
-            new: Some(last.clone()),
-            ..d.clone()
-        };
-        if matches!(d.field, Field::Comment | Field::Resolution) || case_holds(case, &ours) {
-            continue;
-        }
-        d.skipped = Some(format!(
-            "overridden by a person: casewarden set {} {}, the case now holds {}{}",
+        let changer = last_changer(case, d.field, who.own);
+        let now_holds = describe_value(d.field, &current(case, d.field, new));
+        let set = format!(
+            "casewarden set {} {}, the case now holds {now_holds}",
             d.field,
-            describe_value(d.field, last),
-            describe_value(d.field, &current(case, d.field, new)),
-            who_changed(case, d.field, own)
-        ));
-        if d.field == Field::Status {
-            overridden_status.push(d.rule.clone());
+            describe_value(d.field, last)
+        );
+        let automation = changer.as_ref().filter(|c| {
+            c.api
+                && !who
+                    .people
+                    .is_some_and(|p| p.id_of(&c.user).is_some() || p.email_of(&c.user).is_some())
+        });
+        let Some(by) = automation else {
+            d.skipped = Some(format!(
+                "overridden by a person: {set}{}",
+                changer.as_ref().map(Changer::describe).unwrap_or_default()
+            ));
+            if d.field == Field::Status {
+                overridden_status.push(d.rule.clone());
+            }
+            overridden.push(d.rule.clone());
+            continue;
+        };
+        let times = applied_times
+            .get(&memory_key(d.field, new))
+            .copied()
+            .unwrap_or(1);
+        let outcome = match ((who.reapplies)(&d.rule), times) {
+            (false, _) => ClashOutcome::Yielded,
+            (true, 0 | 1) => ClashOutcome::Reapplied,
+            (true, _) => ClashOutcome::Fight,
+        };
+        let by_text = by.describe();
+        match outcome {
+            ClashOutcome::Reapplied => {
+                d.reason = format!(
+                    "{} [set again: another automation set it back{by_text}; RULE.on_automation_revert = \"reapply\"]",
+                    d.reason
+                )
+                .trim_start()
+                .to_string();
+            }
+            ClashOutcome::Yielded => {
+                d.skipped = Some(format!(
+                    "set back by another automation, not a person: {set}{by_text}; yielding (RULE.on_automation_revert = \"yield\")"
+                ));
+            }
+            ClashOutcome::Fight => {
+                d.skipped = Some(format!(
+                    "fight with another automation: {set}{by_text} again after casewarden set it {times} times; stopped (RULE.on_automation_revert = \"reapply\" sets it at most twice)"
+                ));
+            }
         }
-        overridden.push(d.rule.clone());
+        if outcome != ClashOutcome::Reapplied {
+            if d.field == Field::Status {
+                overridden_status.push(d.rule.clone());
+            }
+            overridden.push(d.rule.clone());
+        }
+        clashes.push(Clash {
+            rule: d.rule.clone(),
+            field: d.field,
+            value: last.clone(),
+            by: by.user.clone(),
+            outcome,
+        });
     }
     for d in plan.decisions.iter_mut() {
         if d.field == Field::Resolution && d.is_planned() && overridden_status.contains(&d.rule) {
-            d.skipped = Some("overridden by a person: the status it goes with was".into());
+            d.skipped = Some("overridden: the status it goes with was".into());
         }
     }
-    // A comment explains its rule's changes: with all of them reverted by a person it would
-    // be posted again every pass; the same text casewarden posted last is not posted twice.
+    // A comment explains its rule's changes: with all of them reverted it would be posted
+    // again every pass; the same text casewarden posted last is not posted twice.
     plan.skip_unexplained_comments(
         |rule| overridden.iter().any(|r| r == rule),
-        "overridden by a person: the changes this comment explains were reverted",
+        "overridden: the changes this comment explains were set back",
     );
     let last_comment = memory.get(&memory_key(Field::Comment, ""));
     for d in plan.decisions.iter_mut() {
@@ -75,6 +203,7 @@ pub(super) fn skip_overridden(plan: &mut CasePlan, case: &Case, memory: &Memory,
                 Some("already posted: casewarden's last comment on this case says the same".into());
         }
     }
+    clashes
 }
 
 /// The case's current value of `field`, in the memory's form.
@@ -94,9 +223,25 @@ pub fn current(case: &Case, field: Field, new: &str) -> String {
     }
 }
 
-/// " (by USER at TIME)" from the newest history or activity entry of `field` that is not
-/// casewarden's own, when there is one.
-fn who_changed(case: &Case, field: Field, own: &[String]) -> String {
+/// Who made the newest change of a field, from the case's history or activities.
+struct Changer {
+    user: String,
+    api: bool,
+    at: i64,
+}
+
+impl Changer {
+    /// " (by USER at TIME)".
+    fn describe(&self) -> String {
+        let at = chrono::DateTime::from_timestamp_millis(self.at)
+            .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+            .unwrap_or_default();
+        format!(" (by {} at {at})", self.user)
+    }
+}
+
+/// The newest history or activity entry of `field` that is not casewarden's own.
+fn last_changer(case: &Case, field: Field, own: &[String]) -> Option<Changer> {
     let same = |f: &str| f == field.as_str() || (field == Field::Priority && f == "severity");
     let history = case.history();
     let entries = history
@@ -105,15 +250,11 @@ fn who_changed(case: &Case, field: Field, own: &[String]) -> String {
     entries
         .filter(|h| same(&h.field) && !crate::stellar::is_own_entry(h.api, &h.user, own))
         .max_by_key(|h| h.timestamp)
-        .and_then(|h| {
-            let at = chrono::DateTime::from_timestamp_millis(h.timestamp)?;
-            Some(format!(
-                " (by {} at {})",
-                h.user,
-                at.format("%Y-%m-%dT%H:%M:%SZ")
-            ))
+        .map(|h| Changer {
+            user: h.user.clone(),
+            api: h.api,
+            at: h.timestamp,
         })
-        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -122,6 +263,16 @@ mod tests {
     use crate::plan::case::tests::rc;
     use crate::plan::{ChangeKind, plan_case};
     use serde_json::json;
+
+    /// Override as a pass without the users list sees it, no rule reapplying.
+    fn skip(plan: &mut CasePlan, c: &Case, memory: &Memory, own: &[String]) -> Vec<Clash> {
+        let who = Overrides {
+            own,
+            people: None,
+            reapplies: &|_| false,
+        };
+        skip_overridden(plan, c, memory, &HashMap::new(), &who)
+    }
 
     #[test]
     fn a_field_a_person_changed_after_casewarden_is_not_set_again() {
@@ -148,7 +299,7 @@ mod tests {
                 ],
             )],
         );
-        skip_overridden(&mut plan, &c, &memory, &["me".into()]);
+        skip(&mut plan, &c, &memory, &["me".into()]);
         let skipped: Vec<(&str, &str)> = plan
             .decisions
             .iter()
@@ -171,10 +322,7 @@ mod tests {
         assert!(skipped[3].1.starts_with("overridden by a person"));
         assert_eq!(
             skipped[4],
-            (
-                "Benign",
-                "overridden by a person: the status it goes with was"
-            )
+            ("Benign", "overridden: the status it goes with was")
         );
         // Where the case still holds what casewarden set, nothing is overridden.
         let held =
@@ -183,7 +331,7 @@ mod tests {
             &held,
             &[rc("a", vec![ChangeKind::Priority("Critical".into())])],
         );
-        skip_overridden(&mut plan, &held, &memory, &[]);
+        skip(&mut plan, &held, &memory, &[]);
         assert!(plan.decisions[0].is_planned());
     }
 
@@ -213,7 +361,7 @@ mod tests {
                 ),
             ],
         );
-        skip_overridden(&mut plan, &c, &memory, &[]);
+        skip(&mut plan, &c, &memory, &[]);
         let notes: Vec<(&str, Option<&str>)> = plan
             .decisions
             .iter()
@@ -224,7 +372,7 @@ mod tests {
             notes[1]
                 .1
                 .unwrap()
-                .contains("the changes this comment explains were reverted")
+                .contains("the changes this comment explains were set back")
         );
         assert!(notes[2].1.unwrap().starts_with("already posted"));
         assert_eq!(notes[3], ("other", None));

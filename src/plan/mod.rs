@@ -16,8 +16,8 @@ pub use case::{
     CasePlan, Change, ChangeKind, Decision, FieldNow, RuleChanges, case_holds, decisions,
     field_now, holds, plan_case, resolve_emails,
 };
-pub use field::{DecisionId, Field, describe_change, memory_key};
-pub use memory::{Memory, current, remember};
+pub use field::{DecisionId, Field, describe_change, describe_value, memory_key};
+pub use memory::{Clash, ClashOutcome, Memory, current, remember, sets_back};
 pub use pass::{
-    Budgets, CaseFacts, PassPlan, PassPlanner, RuleSettings, TenantLimits, guard_trips,
+    Budgets, CaseClash, CaseFacts, PassPlan, PassPlanner, RuleSettings, TenantLimits, guard_trips,
 };

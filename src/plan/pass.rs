@@ -6,9 +6,11 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::memory::skip_overridden;
+use std::sync::Arc;
+
+use super::memory::{Clash, Overrides, skip_overridden};
 use super::{CasePlan, Field, Memory, RuleChanges, memory_key, plan_case};
-use crate::stellar::{ApiFlavor, Case};
+use crate::stellar::{ApiFlavor, Case, Directory};
 
 /// A customer's own limits, stricter (or looser) than the pass-wide ones.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Deserialize)]
@@ -38,6 +40,8 @@ pub struct RuleSettings {
     /// `RULE.dry_run`: its decisions are recorded, never sent, and take nothing from the
     /// live rules: no field claim (a shadow rule loses no conflict for them) and no budget.
     pub shadow: bool,
+    /// `RULE.on_automation_revert = "reapply"`.
+    pub reapply: bool,
 }
 
 /// What casewarden knows of one case besides the case itself.
@@ -52,6 +56,17 @@ pub struct CaseFacts {
     pub reverted: HashMap<String, String>,
     /// Rules whose changes to this case the budget deferred last pass: first in line now.
     pub deferred_before: HashSet<String>,
+    /// How often casewarden applied each value ([`memory_key`]) to this case.
+    pub applied_times: HashMap<String, usize>,
+}
+
+/// Another automation set back what a rule applied to a case.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaseClash {
+    pub case_id: String,
+    pub ticket_id: Option<i64>,
+    pub tenant: Option<String>,
+    pub clash: Clash,
 }
 
 /// The plans of a pass, once every case was seen.
@@ -69,6 +84,8 @@ pub struct PassPlan {
     pub tenant_halts: Vec<(usize, String, String)>,
     pub budget_exhausted: bool,
     pub deferred_changes: usize,
+    /// Values another automation set back, and what casewarden did about it.
+    pub clashes: Vec<CaseClash>,
 }
 
 /// Plans a pass case by case (pages arrive one at a time), then applies the guard.
@@ -80,6 +97,8 @@ pub struct PassPlanner {
     /// Per rule: changes planned so far, against its cap.
     used_by_rule: Vec<usize>,
     own: Vec<String>,
+    /// The server's users, when read: an API user they list is a person.
+    people: Option<Arc<Directory>>,
     used: usize,
     /// Per (rule, customer): cases it wanted to change.
     matched_by_tenant: HashMap<(usize, String), usize>,
@@ -108,6 +127,7 @@ impl PassPlanner {
             limits: vec![RuleSettings::default(); n],
             used_by_rule: vec![0; n],
             own,
+            people: None,
             used: 0,
             matched_by_tenant: HashMap::new(),
             used_by_tenant: HashMap::new(),
@@ -119,6 +139,11 @@ impl PassPlanner {
                 ..PassPlan::default()
             },
         }
+    }
+
+    /// The server's users, to tell a person using the API from another automation.
+    pub fn know_people(&mut self, people: Option<Arc<Directory>>) {
+        self.people = people;
     }
 
     /// A rule's own settings (see [`RuleSettings`]).
@@ -148,7 +173,21 @@ impl PassPlanner {
         if flavor == ApiFlavor::Legacy {
             skip_resolution(&mut plan);
         }
-        skip_overridden(&mut plan, case, &facts.memory, &self.own);
+        let reapplies = |rule: &str| self.index(rule).is_some_and(|i| self.limits[i].reapply);
+        let who = Overrides {
+            own: &self.own,
+            people: self.people.as_deref(),
+            reapplies: &reapplies,
+        };
+        let clashes = skip_overridden(&mut plan, case, &facts.memory, &facts.applied_times, &who);
+        self.plan
+            .clashes
+            .extend(clashes.into_iter().map(|clash| CaseClash {
+                case_id: plan.case_id.clone(),
+                ticket_id: plan.ticket_id,
+                tenant: plan.tenant.clone(),
+                clash,
+            }));
         skip_reverted_and_open(&mut plan, facts);
         self.apply_rule_caps(&mut plan);
         self.count_matches(&plan);

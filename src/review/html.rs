@@ -157,6 +157,13 @@ fn totals(h: &mut String, t: &Counts, r: &Review) {
     card(h, "guard_halts", "guard halts", t.guard_halts);
     card(h, "breaker_trips", "breaker trips", t.breaker_trips);
     card(h, "rule_errors", "rule errors (cases)", t.rule_errors);
+    card(
+        h,
+        "automation_yields",
+        "set back by automations",
+        t.automation_yields,
+    );
+    card(h, "fights", "fights with automations", t.fights);
     card(h, "passes", "passes", r.passes_total as i64);
     h.push_str("</div></section>");
 }
@@ -214,10 +221,10 @@ fn rules(h: &mut String, rules: &[RuleReview]) {
     for (name, color) in COLORS {
         let _ = write!(h, "<span style=\"background:{color}\"></span>{name}");
     }
-    h.push_str("</p><table><tr><th>rule</th><th class=\"n\">applied</th><th class=\"n\">failed</th><th class=\"n\">skipped</th><th class=\"n\">dry run</th><th class=\"n\">guard halts</th><th class=\"n\">breaker trips</th><th class=\"n\">rule errors</th><th>versions</th><th>per day</th></tr>");
+    h.push_str("</p><table><tr><th>rule</th><th class=\"n\">applied</th><th class=\"n\">failed</th><th class=\"n\">skipped</th><th class=\"n\">dry run</th><th class=\"n\">guard halts</th><th class=\"n\">breaker trips</th><th class=\"n\">rule errors</th><th class=\"n\">automation set back</th><th class=\"n\">fights</th><th>versions</th><th>per day</th></tr>");
     if rules.is_empty() {
         h.push_str(
-            "<tr><td colspan=\"10\" class=\"muted\">No audit rows in this period.</td></tr>",
+            "<tr><td colspan=\"12\" class=\"muted\">No audit rows in this period.</td></tr>",
         );
     }
     for r in rules {
@@ -232,6 +239,8 @@ fn rules(h: &mut String, rules: &[RuleReview]) {
             ("guard_halts", c.guard_halts),
             ("breaker_trips", c.breaker_trips),
             ("rule_errors", c.rule_errors),
+            ("automation_yields", c.automation_yields),
+            ("fights", c.fights),
         ] {
             let class = if n > 0 && key != "applied" && key != "skipped" && key != "dry_run_planned"
             {

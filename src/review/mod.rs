@@ -56,6 +56,10 @@ pub struct Counts {
     pub breaker_trips: i64,
     /// Cases the rule failed on (evaluation errors), over all passes.
     pub rule_errors: i64,
+    /// Values another automation set back that casewarden yielded to.
+    pub automation_yields: i64,
+    /// Fights with another automation casewarden stopped.
+    pub fights: i64,
 }
 
 /// One day of one rule's changes.
@@ -259,6 +263,8 @@ pub async fn rule_reviews(
             ("guard", _, _) => c.guard_halts += d.passes,
             ("disabled", _, _) => c.breaker_trips += d.rows,
             ("errors", _, _) => c.rule_errors += d.cases,
+            ("yield", _, _) => c.automation_yields += d.rows,
+            ("fight", _, _) => c.fights += d.rows,
             ("change", "planned", true) => {
                 c.dry_run_planned += d.rows;
                 day.dry_run_planned += d.rows;
@@ -302,6 +308,8 @@ pub async fn rule_reviews(
         totals.guard_halts += c.guard_halts;
         totals.breaker_trips += c.breaker_trips;
         totals.rule_errors += c.rule_errors;
+        totals.automation_yields += c.automation_yields;
+        totals.fights += c.fights;
     }
     Ok((rules.into_values().collect(), totals))
 }

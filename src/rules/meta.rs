@@ -13,7 +13,7 @@ use crate::stellar::filter;
 use crate::stellar::model::{PRIORITIES, RESOLUTIONS, STATUSES};
 
 /// The keys of a rule's `RULE` map.
-const KEYS: [&str; 12] = [
+const KEYS: [&str; 13] = [
     "name",
     "description",
     "schedule",
@@ -26,6 +26,7 @@ const KEYS: [&str; 12] = [
     "exempt_tags",
     "tenants",
     "instances",
+    "on_automation_revert",
 ];
 
 /// Line and column of the first occurrence of `needle` in `text` (1-based), or 1:1.
@@ -81,6 +82,7 @@ pub(super) fn read_rule(
     );
     let instances = take(&mut errors, read.strings("instances", "[\"eu\", \"us\"]"));
     let description = take(&mut errors, read.string("description")).flatten();
+    let reapply = take(&mut errors, read.on_automation_revert());
     let query = match (query, &tenants) {
         (Some(mut query), Some(tenants)) => {
             take(&mut errors, read.scope_to_tenants(tenants, &mut query)).map(|()| query)
@@ -101,6 +103,7 @@ pub(super) fn read_rule(
         Some(exempt_tags),
         Some(tenants),
         Some(instances),
+        Some(reapply),
         true,
     ) = (
         name,
@@ -110,6 +113,7 @@ pub(super) fn read_rule(
         exempt_tags,
         tenants,
         instances,
+        reapply,
         errors.is_empty(),
     )
     else {
@@ -128,6 +132,7 @@ pub(super) fn read_rule(
         exempt_tags,
         tenants,
         instances,
+        reapply_over_automation: reapply,
         file: file.to_path_buf(),
         source_hash: hex::encode(Sha256::digest(text.as_bytes())),
         source: text.into(),
@@ -217,6 +222,21 @@ impl Reader<'_> {
                     )
                 })
         }).transpose()
+    }
+
+    /// `on_automation_revert`: "yield" (false, the default) or "reapply" (true).
+    fn on_automation_revert(&self) -> Checked<bool> {
+        let key = "on_automation_revert";
+        match self.string(key)?.as_deref() {
+            None | Some("yield") => Ok(false),
+            Some("reapply") => Ok(true),
+            Some(other) => Err(self.at(
+                key,
+                format!(
+                    "RULE.on_automation_revert must be \"yield\" or \"reapply\", not {other:?}"
+                ),
+            )),
+        }
     }
 
     /// `max_changes`: a whole number of changes.

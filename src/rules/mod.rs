@@ -63,6 +63,9 @@ pub struct Rule {
     pub exempt_tags: Vec<String>,
     /// `RULE.tenants`: the customers (`cust_id`) it runs on; empty: all.
     pub tenants: Vec<String>,
+    /// `RULE.on_automation_revert = "reapply"`: a value another automation set back is set
+    /// again (at most twice in all); else casewarden yields to it.
+    pub reapply_over_automation: bool,
     /// Runs only on these servers (config instance names); empty: on every server.
     pub instances: Vec<String>,
     pub file: PathBuf,

@@ -267,8 +267,8 @@ impl SimState {
         &self.users[0].user_id
     }
 
-    /// A person changing a case in the UI, `ago_ms` before now: records the change
-    /// without `api`, as its last modification.
+    /// A person changing a case in the UI, `ago_ms` before now: records the change with
+    /// `"api": false`, as its last modification.
     pub fn human_change_at(
         &mut self,
         case_id: &str,
@@ -276,6 +276,24 @@ impl SimState {
         field: &str,
         to: Value,
         ago_ms: i64,
+    ) {
+        self.change_by(case_id, user_email, field, to, ago_ms, false);
+    }
+
+    /// Another API client (a SOAR playbook, a sync tool) changing a case now: an entry
+    /// with `"api": true` by a user that is not casewarden's.
+    pub fn automation_change(&mut self, case_id: &str, user: &str, field: &str, to: Value) {
+        self.change_by(case_id, user, field, to, 0, true);
+    }
+
+    fn change_by(
+        &mut self,
+        case_id: &str,
+        user_email: &str,
+        field: &str,
+        to: Value,
+        ago_ms: i64,
+        api: bool,
     ) {
         let (user, name) = self
             .users
@@ -297,7 +315,7 @@ impl SimState {
         case.insert(field.to_string(), to.clone());
         case.insert("modified_at".into(), json!(at));
         case.insert("modified_by".into(), json!(modifier));
-        let entry = json!({"field": field, "from": from, "to": to, "timestamp": at, "user": user});
+        let entry = json!({"field": field, "from": from, "to": to, "timestamp": at, "user": user, "api": api});
         self.record_change(case_id, entry, &name);
     }
 
