@@ -35,6 +35,20 @@ pub fn is_secret_param(name: &str) -> bool {
     name.to_ascii_lowercase().contains("password")
 }
 
+/// `url` with whatever comes before an `@` in its authority replaced by `***`, parsed or
+/// not (a URL that does not parse may still carry a key).
+pub fn mask_userinfo(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s, r)) => (format!("{s}://"), r),
+        None => (String::new(), url),
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{scheme}***@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
 /// A URL as it may be shown: a password in it, as user info or as a `password` query
 /// parameter, replaced by `***`. Text that does not parse as a URL is not shown at all.
 pub fn redact_url(url: &str) -> String {

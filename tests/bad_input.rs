@@ -354,6 +354,38 @@ async fn a_url_without_scheme_says_what_to_write() {
     );
 }
 
+/// A key written into a URL is refused (exit 2), and the error never repeats it: the
+/// server's, an instance's (even one that does not parse) and a webhook's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_url_with_credentials_is_refused_without_showing_them() {
+    let secret = "Zq9SECRETkey";
+    for url in [
+        format!("https://demo%40example.com:{secret}@stellar.example.com"),
+        format!("https://{secret}@stellar.example.com"),
+        format!("https://user:{secret}@stellar example.com"),
+    ] {
+        let ws = Workspace::new(&url, "legacy", "", None);
+        let out = ws.run(&["check", "--offline"]).await;
+        assert_eq!(out.status.code(), Some(2), "{url}");
+        let err = stderr(&out);
+        assert!(
+            !err.contains(secret) && !stdout(&out).contains(secret),
+            "{err}"
+        );
+        assert!(err.contains("stellar.url") && err.contains("***@"), "{err}");
+    }
+    let ws = Workspace::new("https://stellar.example.com", "legacy", "", None);
+    let config = std::fs::read_to_string(ws.config()).unwrap();
+    std::fs::write(
+        ws.config(),
+        format!("{config}\n[[notify]]\nurl = \"https://hook:{secret}@hooks.example.com/x\"\n"),
+    )
+    .unwrap();
+    let out = ws.run(&["check", "--offline"]).await;
+    assert_fails_with(&out, 2, "notify[0].url");
+    assert!(!stderr(&out).contains(secret), "{}", stderr(&out));
+}
+
 /// Messages that say what to do: a token call answered 404 names the URL it called and the
 /// base-URL mistake; https against a plain-HTTP server says so; `rules_dir = "."` names
 /// files without `./.`.

@@ -39,6 +39,12 @@ impl NotifySettings {
             .and_then(|u| reqwest::Url::parse(u).ok())
             .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
             .ok_or_else(|| src.invalid(key("url"), "not an http(s) URL with a host"))?;
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(src.invalid(
+                key("url"),
+                "carries credentials (user:key@): a URL must not hold them; sign with secret_file instead",
+            ));
+        }
         let digest_schedule = CronSchedule::parse(&n.digest_schedule)
             .map_err(|e| src.invalid(key("digest_schedule"), e))?;
         if n.retry_base_ms == 0 || n.retry_base_ms > 600_000 {

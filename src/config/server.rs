@@ -173,19 +173,30 @@ impl ServerSettings {
     }
 }
 
-/// `https://`, or `http://` to a loopback address.
+/// `https://`, or `http://` to a loopback address; never with credentials in it (they
+/// are masked in the error: the key belongs in its file).
 fn check_url(url: &str, key: String, src: &Source) -> Result<(), ConfigError> {
+    // Text before an `@` may be a key: never repeated.
+    let shown = crate::secret::mask_userinfo(url);
     let parsed = reqwest::Url::parse(url).map_err(|e| {
         let message = if e == url::ParseError::RelativeUrlWithoutBase {
             format!(
-                "not a URL: {url:?} has no scheme: write it as https://{}",
-                url.trim_start_matches('/')
+                "not a URL: {shown:?} has no scheme: write it as https://{}",
+                shown.trim_start_matches('/')
             )
         } else {
-            format!("not a URL ({e}): {url:?}")
+            format!("not a URL ({e}): {shown:?}")
         };
         src.invalid(key.clone(), message)
     })?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(src.invalid(
+            key,
+            format!(
+                "{shown:?} carries credentials: a URL must not hold a user or key (they end up in logs and process lists); put the key in api_key_file (or api_key_env) and the user in `user`"
+            ),
+        ));
+    }
     match parsed.scheme() {
         "https" => Ok(()),
         "http" if is_loopback(&parsed) => Ok(()),
