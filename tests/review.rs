@@ -553,3 +553,53 @@ async fn the_live_view_needs_its_token_off_loopback() {
         assert_eq!(d.exit_code(20).await, 0);
     }
 }
+
+/// Case text that would end or derail the report's script (`<!--<script>`, a closing tag,
+/// U+2028, a very long name) reaches the page as data: in Chromium the script still runs,
+/// the case's timeline shows the text as text, and nothing of it executes.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_case_text_stays_data_in_the_report_in_a_browser() {
+    let sim = start(sim_options(3)).await;
+    let payload = format!(
+        "<!--<script> x </script><script>document.body.dataset.pwned='1'</script> \u{2028}\u{2029} {}",
+        "long ".repeat(600)
+    );
+    let mut hostile = sim.state().cases[0].clone();
+    hostile["_id"] = serde_json::json!("hostile");
+    hostile["ticket_id"] = serde_json::json!(777);
+    hostile["name"] = serde_json::json!(payload);
+    hostile["modified_at"] = serde_json::json!(casewarden::now_ms());
+    sim.state().put_case(hostile);
+    let rule = "const RULE = #{ name: \"describe\" };\nfn evaluate(c) {\n    if c.name.contains(\"<!--\") { set_description(c.name, c.name); }\n}\n";
+    let ws = Workspace::new(
+        &sim.url,
+        "legacy",
+        "comment_changes = false",
+        Some(&[("describe.rhai", rule)]),
+    );
+    assert_exit(&ws.run(&["once"]).await, 0);
+    let html = ws.dir.path().join("report.html");
+    let out = ws
+        .run(&["report", "--since", "1h", "--out", html.to_str().unwrap()])
+        .await;
+    assert_exit(&out, 0);
+    let text = std::fs::read_to_string(&html).unwrap();
+    assert!(
+        !text.contains("<!--<script>"),
+        "the raw text is not in the page source"
+    );
+    let url = format!("file://{}#case=hostile", html.display());
+    let dom = String::from_utf8(headless(&["--dump-dom", &url]).await.stdout).unwrap();
+    assert!(
+        dom.contains("<h3>Case <code>hostile</code></h3>"),
+        "the script ran and parsed its data: {}",
+        &dom[dom.len().saturating_sub(3000)..]
+    );
+    assert!(dom.contains(
+        "&lt;!--&lt;script&gt; x &lt;/script&gt;&lt;script&gt;document.body.dataset.pwned"
+    ));
+    assert!(dom.contains(&"long ".repeat(600)), "the long text whole");
+    assert!(!dom.contains("data-pwned"), "nothing of the case text ran");
+    assert!(dom.contains("data-total=\"applied\">1<"), "the totals");
+    assert!(dom.contains("<svg"), "the charts");
+}

@@ -48,7 +48,28 @@ function show(id){
 }
 document.getElementById('q').addEventListener('keydown',e=>{if(e.key==='Enter'){show(e.target.value.trim());}});
 for(const tr of document.querySelectorAll('tr[data-case]')){tr.addEventListener('click',()=>show(tr.dataset.case));}
+const linked=location.hash.match(/^#case=(.+)$/);
+if(linked){show(decodeURIComponent(linked[1]));}
 "#;
+
+/// JSON for inside a `<script>` element: `<`, `>` and `&` as `\u003c`..., so no case text
+/// can end the element or put the HTML parser in a script-escape state (`<!--<script>`),
+/// and U+2028/U+2029 escaped for older JavaScript parsers. The same value once parsed.
+fn script_json(value: &impl serde::Serialize) -> String {
+    let json = serde_json::to_string(value).unwrap_or_else(|_| "{}".into());
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        match c {
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            c => out.push(c),
+        }
+    }
+    out
+}
 
 /// HTML-escapes text for element content and attribute values.
 fn esc(s: &str) -> String {
@@ -94,10 +115,7 @@ pub fn render(r: &Review, live: bool) -> String {
     counts(&mut h, "Servers", "server (instance)", &r.instances, 2);
     counts(&mut h, "Customers", "customer (cust_id)", &r.tenants, 1);
     cases(&mut h, r);
-    // `</` cannot end the script early: JSON escapes it as `<\/`.
-    let json = serde_json::to_string(&r.timelines)
-        .unwrap_or_else(|_| "{}".into())
-        .replace("</", "<\\/");
+    let json = script_json(&r.timelines);
     let _ = write!(
         h,
         "</main><script type=\"application/json\" id=\"timelines\">{json}</script><script>{SCRIPT}</script></body></html>"
@@ -417,6 +435,17 @@ fn cases(h: &mut String, r: &Review) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn script_data_cannot_end_or_derail_its_element() {
+        let hostile = "<!--<script></script><script>alert(1)</script>&\u{2028}\u{2029}";
+        let json = script_json(&serde_json::json!({ "name": hostile }));
+        for c in ['<', '>', '&', '\u{2028}', '\u{2029}'] {
+            assert!(!json.contains(c), "{c:?} in {json}");
+        }
+        let back: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(back["name"], hostile, "the same data once parsed");
+    }
 
     #[test]
     fn text_cannot_become_markup() {
