@@ -491,3 +491,207 @@ async fn audit_show_gives_the_rule_text_behind_a_change_made_before_an_edit() {
     let gone = ws.run(&["audit", "show", "999999"]).await;
     assert_fails_with(&gone, 1, "no row 999999");
 }
+
+/// Rows cut from the end leave an intact, shorter chain: `verify` says it cannot see that
+/// without a saved head, and with the head file every pass appends to, it does.
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_catches_rows_cut_from_the_end_with_the_head_file() {
+    let sim = start(sim_options(5)).await;
+    let rule = "const RULE = #{ name: \"tagger\" };\nfn evaluate(c) { add_tag(\"seen\"); }\n";
+    let ws = Workspace::new(
+        &sim.url,
+        "legacy",
+        "comment_changes = false\nmax_change_fraction = 1.0",
+        Some(&[("tagger.rhai", rule)]),
+    );
+    let out = ws.run(&["audit", "verify"]).await;
+    assert!(!out.status.success(), "no log yet");
+    assert_exit(&ws.run(&["once"]).await, 0);
+    let bare = stdout(&ws.run(&["audit", "verify"]).await);
+    assert!(
+        bare.contains("rows cut from the end of the log cannot be detected without a saved head"),
+        "{bare}"
+    );
+    ws.edit_config(
+        "path = \"state/audit.db\"",
+        "path = \"state/audit.db\"\nhead_file = \"heads.txt\"",
+    );
+    assert_exit(&ws.run(&["once"]).await, 0);
+    let first = sim.state().cases[0]["_id"].as_str().unwrap().to_string();
+    sim.state()
+        .human_change(&first, "alice@example.com", "tags", serde_json::json!([]));
+    assert_exit(&ws.run(&["once"]).await, 0);
+    let out = ws.run(&["audit", "verify"]).await;
+    assert_exit(&out, 0);
+    assert!(
+        stdout(&out).contains("all 2 head(s) of"),
+        "{}",
+        stdout(&out)
+    );
+    // Cut the last pass's rows: the chain left is intact, the head file is not fooled.
+    let pool = raw_pool(&ws.audit_db()).await;
+    exec(&pool, "DROP TRIGGER events_no_delete").await.unwrap();
+    exec(&pool, "DROP TRIGGER passes_no_delete").await.unwrap();
+    let last: String = sqlx::query_scalar("SELECT run_id FROM events ORDER BY seq DESC LIMIT 1")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    for table in [
+        "DELETE FROM events WHERE run_id = $1",
+        "DELETE FROM passes WHERE id = $1",
+    ] {
+        sqlx::query(table).bind(&last).execute(&pool).await.unwrap();
+    }
+    let out = ws.run(&["audit", "verify"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("heads.txt:2 records head"),
+        "{}",
+        stdout(&out)
+    );
+    let heads = ws.dir.path().join("heads.txt");
+    let explicit = ws
+        .run(&[
+            "audit",
+            "verify",
+            "--db",
+            ws.audit_db().to_str().unwrap(),
+            "--heads",
+            heads.to_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(explicit.status.code(), Some(1));
+}
+
+/// Passes are in the chain: a pass row inserted, deleted, or edited with its hash
+/// recomputed makes `verify` exit 1 naming the pass; a forged `running` pass is not
+/// settled by the next `once`.
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_catches_forged_deleted_and_edited_passes() {
+    let sim = start(sim_options(5)).await;
+    let rule = "const RULE = #{ name: \"tagger\" };\nfn evaluate(c) { add_tag(\"seen\"); }\n";
+    let ws = Workspace::new(
+        &sim.url,
+        "legacy",
+        "comment_changes = false\nmax_change_fraction = 1.0",
+        Some(&[("tagger.rhai", rule)]),
+    );
+    assert_exit(&ws.run(&["once"]).await, 0);
+    assert_exit(&ws.run(&["once"]).await, 0);
+    assert_exit(&ws.run(&["audit", "verify"]).await, 0);
+    let copy = |name: &str| {
+        let to = ws.dir.path().join(name);
+        std::fs::copy(ws.audit_db(), &to).unwrap();
+        to
+    };
+    let verify = |db: std::path::PathBuf| {
+        let ws = &ws;
+        async move {
+            let out = ws
+                .run(&["audit", "verify", "--db", db.to_str().unwrap()])
+                .await;
+            (out.status.code(), stdout(&out))
+        }
+    };
+    let passes = {
+        let store = AuditStore::open(&ws.audit_db()).await.unwrap();
+        let p = store.passes().await.unwrap();
+        store.close().await;
+        p
+    };
+    let first = passes[0].clone();
+
+    // Edited totals, the row's hash recomputed: the chained end still holds the old one.
+    let db = copy("edited.db");
+    let pool = raw_pool(&db).await;
+    exec(&pool, "DROP TRIGGER passes_sealed").await.unwrap();
+    let mut edited = first.clone();
+    edited.totals.applied += 100;
+    let hash = edited.compute_hash();
+    sqlx::query("UPDATE passes SET applied = $1, hash = $2 WHERE id = $3")
+        .bind(edited.totals.applied)
+        .bind(&hash)
+        .bind(&first.id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let (code, text) = verify(db).await;
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains(&format!("BROKEN: pass {}", first.id)) && text.contains("edited"),
+        "{text}"
+    );
+
+    // A deleted pass: its chained start is left behind.
+    let db = copy("deleted.db");
+    let pool = raw_pool(&db).await;
+    exec(&pool, "DROP TRIGGER passes_no_delete").await.unwrap();
+    sqlx::query("DELETE FROM passes WHERE id = $1")
+        .bind(&first.id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let (code, text) = verify(db).await;
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains(&format!("BROKEN: pass {}", first.id)) && text.contains("deleted"),
+        "{text}"
+    );
+
+    // A forged pass, sealed with a correct hash, and a forged running one.
+    for (name, sealed) in [("forged.db", true), ("running.db", false)] {
+        let db = copy(name);
+        let pool = raw_pool(&db).await;
+        let mut forged = passes[1].clone();
+        forged.id = "20991231T000000Z-f0f0f0".into();
+        forged.started_at = "2099-12-31T00:00:00.000Z".into();
+        forged.finished_at = sealed.then(|| forged.started_at.clone());
+        forged.totals = casewarden::audit::PassTotals {
+            cases_seen: 1,
+            planned: 1,
+            applied: 1,
+            status: if sealed { "ok" } else { "running" }.into(),
+            ..Default::default()
+        };
+        let hash = sealed.then(|| forged.compute_hash());
+        sqlx::query(
+            "INSERT INTO passes (id, started_at, finished_at, trigger_kind, rules_fingerprint, dry_run, cases_seen, planned, applied, failed, skipped, status, error, chain_head, hash, instance) \
+             VALUES ($1, $2, $3, $4, $5, $6, 1, 1, 1, 0, 0, $7, NULL, $8, $9, $10)",
+        )
+        .bind(&forged.id)
+        .bind(&forged.started_at)
+        .bind(&forged.finished_at)
+        .bind(&forged.trigger_kind)
+        .bind(&forged.rules_fingerprint)
+        .bind(false)
+        .bind(if sealed { "ok" } else { "running" })
+        .bind(sealed.then_some(forged.chain_head.clone()).flatten())
+        .bind(&hash)
+        .bind(&forged.instance)
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        let (code, text) = verify(db.clone()).await;
+        assert_eq!(code, Some(1), "{name}: {text}");
+        assert!(
+            text.contains("BROKEN: pass 20991231T000000Z-f0f0f0")
+                && text.contains("never recorded its start"),
+            "{text}"
+        );
+        if !sealed {
+            // The next `once` on that log leaves it for verify to flag.
+            std::fs::copy(&db, ws.audit_db()).unwrap();
+            let out = ws.run(&["once"]).await;
+            assert!(
+                stderr(&out).contains("was never started by casewarden"),
+                "{}",
+                stderr(&out)
+            );
+            let (code, _) = verify(ws.audit_db()).await;
+            assert_eq!(code, Some(1));
+        }
+    }
+}

@@ -363,7 +363,7 @@ async fn the_blast_radius_guard_halts_a_rule_that_hits_everything() {
         text.contains("HALTED") && text.contains("blast-radius guard halted it"),
         "{text}"
     );
-    let skipped = ws.audit(Filter::default()).await;
+    let skipped = changes(ws.audit(Filter::default()).await);
     assert_eq!(skipped.len(), 60);
     assert!(
         skipped
@@ -936,7 +936,7 @@ async fn repeated_dry_runs_record_only_what_changed() {
     let rule = "const RULE = #{ name: \"tag-new\", query: #{ status: \"New\" }, max_change_fraction: 1.0 };\nfn evaluate(c) { add_tag(\"looked-at\", `seen at ${now()}`); }\n";
     let ws = Workspace::new(&sim.url, "legacy", "", Some(&[("a.rhai", rule)]));
     assert_exit(&ws.run(&["once", "--dry-run"]).await, 0);
-    let first = ws.audit(Filter::default()).await;
+    let first = changes(ws.audit(Filter::default()).await);
     assert!(!first.is_empty());
     assert!(first.iter().all(|r| r.dry_run && r.outcome == "planned"));
     let second = ws.run(&["once", "--dry-run"]).await;
@@ -946,7 +946,7 @@ async fn repeated_dry_runs_record_only_what_changed() {
         "the plan is still printed"
     );
     assert_eq!(
-        ws.audit(Filter::default()).await.len(),
+        changes(ws.audit(Filter::default()).await).len(),
         first.len(),
         "the same plan is not recorded twice, though its reason text changed"
     );
@@ -973,7 +973,7 @@ async fn repeated_dry_runs_record_only_what_changed() {
         id
     };
     assert_exit(&ws.run(&["once", "--dry-run"]).await, 0);
-    let third = ws.audit(Filter::default()).await;
+    let third = changes(ws.audit(Filter::default()).await);
     let added: Vec<&str> = third[first.len()..]
         .iter()
         .map(|r| r.case_id.as_str())

@@ -228,7 +228,12 @@ async fn the_flavour_is_found_and_a_wrong_one_stops_sending() {
         "{}",
         stdout(&out)
     );
-    let rows = ws.audit(Filter::default()).await;
+    let rows: Vec<_> = ws
+        .audit(Filter::default())
+        .await
+        .into_iter()
+        .filter(|r| r.field != "pass")
+        .collect();
     assert!(rows.iter().all(|r| r.outcome != "failed"), "{rows:#?}");
     let skipped = rows.iter().filter(|r| r.outcome == "skipped").count();
     assert_eq!(

@@ -571,7 +571,8 @@ async fn audit_migrate_moves_a_sqlite_log_into_postgresql_with_its_chain() {
     let ws = workspace(&sim, "");
     assert_exit(&ws.run(&["once"]).await, 0);
     let verified = stdout(&ws.run(&["audit", "verify"]).await);
-    let head = verified.split("head ").nth(1).unwrap().trim().to_string();
+    let head = verified.split("head ").nth(1).unwrap();
+    let head = head.split_whitespace().next().unwrap().to_string();
     let file_rows = ws.audit(Filter::default()).await;
 
     let out = ws.run(&["audit", "migrate", "--to", &db.url]).await;

@@ -98,6 +98,61 @@ impl PassRow {
     }
 }
 
+/// The chained rows of passes' starts and ends ([`super::row::pass_started`],
+/// [`super::row::pass_finished`]), gathered while walking the chain.
+#[derive(Default)]
+struct ChainedPasses {
+    /// Pass id -> the row of its start.
+    started: std::collections::BTreeMap<String, i64>,
+    /// Pass id -> the sealed row's hash its end carries.
+    finished: std::collections::HashMap<String, Option<String>>,
+    /// When the first chained start was recorded: passes since have one each.
+    since: Option<String>,
+}
+
+impl ChainedPasses {
+    fn see(&mut self, row: &EventRow) {
+        if row.field != super::row::PASS {
+            return;
+        }
+        match row.new.as_deref() {
+            Some("started") => {
+                self.since.get_or_insert_with(|| row.recorded_at.clone());
+                self.started.insert(row.run_id.clone(), row.seq);
+            }
+            Some("finished") => {
+                self.finished.insert(row.run_id.clone(), row.old.clone());
+            }
+            _ => {}
+        }
+    }
+
+    /// What is wrong with pass row `p` against the chain: forged (no chained start, though
+    /// passes of its time have one), sealed without its chained end, or sealed with other
+    /// totals than its end recorded.
+    fn problem(&self, p: &PassRow) -> Option<String> {
+        let since = self.since.as_deref()?;
+        if !self.started.contains_key(&p.id) {
+            // A pass recorded before passes were chained has no start row.
+            if p.started_at.as_str() < since {
+                return None;
+            }
+            return Some(match p.hash {
+                Some(_) => "the chain never recorded its start: the row was inserted outside casewarden".into(),
+                None => "marked running, but the chain never recorded its start: the row was inserted outside casewarden (no pass of casewarden's owns it)".into(),
+            });
+        }
+        match (&p.hash, self.finished.get(&p.id)) {
+            (Some(_), None) => Some("it is sealed, but the chain never recorded its end: the row was sealed outside casewarden".into()),
+            (Some(hash), Some(recorded)) if recorded.as_deref() != Some(hash.as_str()) => Some(
+                "its sealed row is not the one the chain recorded at its end (its totals, status or times were edited and its hash recomputed)".into(),
+            ),
+            (None, Some(_)) => Some("the chain recorded its end, but its row is not sealed: the row was reset outside casewarden".into()),
+            _ => None,
+        }
+    }
+}
+
 /// The result of walking the chain.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verification {
@@ -121,16 +176,18 @@ impl AuditStore {
     /// Walks the whole chain in order, recomputing every hash.
     pub async fn verify(&self) -> Result<Verification, AuditError> {
         // Sealed passes name the chain head they saw; each must be a row of the chain.
-        let sealed: Vec<PassRow> = on_pool!(&self.pool, |pool| {
-            sqlx::query_as("SELECT * FROM passes WHERE hash IS NOT NULL ORDER BY started_at, id")
+        let passes: Vec<PassRow> = on_pool!(&self.pool, |pool| {
+            sqlx::query_as("SELECT * FROM passes ORDER BY started_at, id")
                 .fetch_all(pool)
                 .await?
         });
-        let mut heads: std::collections::HashSet<String> = sealed
+        let mut heads: std::collections::HashSet<String> = passes
             .iter()
+            .filter(|p| p.hash.is_some())
             .filter_map(|p| p.chain_head.clone())
             .filter(|h| h != GENESIS)
             .collect();
+        let mut chained = ChainedPasses::default();
         // Rows arrive in batches; their hashes are checked in parallel (each row names the
         // hash before it), the links between them in order.
         let mut batches: futures::stream::BoxStream<'_, Vec<Result<EventRow, sqlx::Error>>> =
@@ -172,22 +229,41 @@ impl AuditStore {
                     )));
                 }
                 heads.remove(&row.hash);
+                chained.see(row);
                 prev.clone_from(&row.hash);
                 last_seq = row.seq;
                 count += 1;
             }
         }
-        for p in &sealed {
-            let problem = if p.hash.as_deref() != Some(p.compute_hash().as_str()) {
-                "its row does not match its hash (its totals, status or times were edited)"
-            } else if p.chain_head.as_ref().is_some_and(|h| heads.contains(h)) {
-                "the chain head it recorded is not a row of the chain (the events were rebuilt)"
-            } else {
-                continue;
-            };
+        for p in &passes {
+            let problem =
+                if p.hash.is_some() && p.hash.as_deref() != Some(p.compute_hash().as_str()) {
+                    "its row does not match its hash (its totals, status or times were edited)"
+                        .to_string()
+                } else if p.chain_head.as_ref().is_some_and(|h| heads.contains(h)) {
+                    "the chain head it recorded is not a row of the chain (the events were rebuilt)"
+                        .into()
+                } else if let Some(problem) = chained.problem(p) {
+                    problem
+                } else {
+                    continue;
+                };
             return Ok(Verification::BrokenPass {
                 id: p.id.clone(),
-                problem: problem.into(),
+                problem,
+            });
+        }
+        let have: std::collections::HashSet<&str> = passes.iter().map(|p| p.id.as_str()).collect();
+        if let Some((id, seq)) = chained
+            .started
+            .iter()
+            .find(|(id, _)| !have.contains(id.as_str()))
+        {
+            return Ok(Verification::BrokenPass {
+                id: id.clone(),
+                problem: format!(
+                    "its row was deleted: the chain records its start (row {seq}) but the passes table has no such pass"
+                ),
             });
         }
         Ok(Verification::Intact {

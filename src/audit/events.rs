@@ -6,8 +6,8 @@ use sqlx::AssertSqlSafe;
 
 use super::db::{Backend, insert_events, on_pool, placeholders};
 use super::{
-    AppliedChange, AuditError, AuditStore, DryRow, EventRow, GENESIS, NewEvent, RuleErrors,
-    Unsettled, timestamp,
+    AppliedChange, AuditError, AuditStore, DryRow, EventRow, GENESIS, NewEvent, PassRow,
+    PassTotals, RuleErrors, Unsettled, timestamp,
 };
 
 impl AuditStore {
@@ -17,6 +17,18 @@ impl AuditStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
+        Ok(self.write_chained(events, None).await?.0)
+    }
+
+    /// Appends `events` to the chain and, with `mark`, starts or seals a pass's row in the
+    /// same transaction, with the chained row of its start or end (which carries the sealed
+    /// row's hash): a pass row exists exactly when its start is chained, and is sealed
+    /// exactly when its end is.
+    pub(super) async fn write_chained(
+        &self,
+        events: &[NewEvent],
+        mark: Option<PassMark<'_>>,
+    ) -> Result<(Vec<i64>, Option<(PassRow, String)>), AuditError> {
         let _guard = self.write.lock().await;
         on_pool!(&self.pool, |pool| {
             // The write lock is taken before reading the head, so two writers (even in two
@@ -44,24 +56,73 @@ impl AuditStore {
                     });
                 }
             }
+            let mut sealed = None;
+            let mut end = None;
+            if let Some(PassMark::Start {
+                id,
+                trigger,
+                fingerprint,
+                dry_run,
+            }) = mark
+            {
+                sqlx::query(
+                    "INSERT INTO passes (id, started_at, trigger_kind, rules_fingerprint, dry_run, status, instance) VALUES ($1, $2, $3, $4, $5, 'running', $6)",
+                )
+                .bind(id)
+                .bind(timestamp(chrono::Utc::now()))
+                .bind(trigger)
+                .bind(fingerprint)
+                .bind(dry_run)
+                .bind(self.instance.as_deref())
+                .execute(&mut *tx)
+                .await?;
+                end = Some(super::row::pass_started(id, trigger, fingerprint, dry_run));
+            }
+            if let Some(PassMark::Seal(id, totals)) = mark {
+                let mut row: PassRow = sqlx::query_as("SELECT * FROM passes WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                row.finished_at = Some(timestamp(chrono::Utc::now()));
+                row.totals = totals.clone();
+                let at = head.as_ref().map(|h| h.1.clone());
+                row.chain_head = Some(at.unwrap_or_else(|| GENESIS.to_string()));
+                row.hash = Some(row.compute_hash());
+                let update = sqlx::query(
+                    "UPDATE passes SET finished_at = $1, cases_seen = $2, planned = $3, applied = $4, failed = $5, skipped = $6, status = $7, error = $8, chain_head = $9, hash = $10 WHERE id = $11",
+                )
+                .bind(&row.finished_at);
+                super::passes::bind_totals(update, totals)
+                    .bind(&row.chain_head)
+                    .bind(&row.hash)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                end = Some(super::row::pass_finished(&row));
+                sealed = Some(row);
+            }
             let epoch = fence.map(|f| f.epoch);
-            let rows = self.rows(events, head, epoch);
+            let rows = self.rows(events.iter().chain(end.as_ref()), head, epoch);
             insert_events!(&mut *tx, &rows);
             tx.commit().await?;
-            Ok(rows.iter().map(|r| r.seq).collect())
+            let head = rows.last().map(|r| r.hash.clone()).unwrap_or_default();
+            Ok((
+                rows.iter().map(|r| r.seq).collect(),
+                sealed.map(|s| (s, head)),
+            ))
         })
     }
 
     /// The rows to append after `head`, hashed into the chain.
-    fn rows(
+    fn rows<'e>(
         &self,
-        events: &[NewEvent],
+        events: impl Iterator<Item = &'e NewEvent>,
         head: Option<(i64, String)>,
         epoch: Option<i64>,
     ) -> Vec<EventRow> {
         let (mut seq, mut prev) = head.unwrap_or((0, GENESIS.to_string()));
         let now = timestamp(chrono::Utc::now());
-        let mut rows = Vec::with_capacity(events.len());
+        let mut rows = Vec::with_capacity(events.size_hint().0);
         for e in events {
             seq += 1;
             let mut row = EventRow {
@@ -278,7 +339,7 @@ impl AuditStore {
     /// Summary counts of one pass's rows by outcome (for reports).
     pub async fn outcome_counts(&self, run_id: &str) -> Result<Vec<(String, i64)>, AuditError> {
         Ok(on_pool!(&self.pool, |pool| {
-            sqlx::query_as("SELECT outcome, COUNT(*) AS n FROM events WHERE run_id = $1 GROUP BY outcome ORDER BY outcome")
+            sqlx::query_as("SELECT outcome, COUNT(*) AS n FROM events WHERE run_id = $1 AND field <> 'pass' GROUP BY outcome ORDER BY outcome")
                 .bind(run_id)
                 .fetch_all(pool)
                 .await?
@@ -299,4 +360,16 @@ impl AuditStore {
         });
         Ok(found.is_some())
     }
+}
+
+/// What [`AuditStore::write_chained`] does to a pass besides appending.
+#[derive(Clone, Copy)]
+pub(super) enum PassMark<'a> {
+    Start {
+        id: &'a str,
+        trigger: &'a str,
+        fingerprint: &'a str,
+        dry_run: bool,
+    },
+    Seal(&'a str, &'a PassTotals),
 }

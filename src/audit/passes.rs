@@ -5,10 +5,12 @@
 use sqlx::query::Query;
 use sqlx::{AssertSqlSafe, Database, Encode, Type};
 
-use super::db::{Backend, on_pool};
-use super::{AuditError, AuditStore, GENESIS, Outcome, PassRow, PassTotals, timestamp};
+use super::db::on_pool;
+use super::events::PassMark;
+use super::{AuditError, AuditStore, Outcome, PassRow, PassTotals};
 
 impl AuditStore {
+    /// Records a pass's start: its row, `running`, and the chained row of its start.
     pub async fn start_pass(
         &self,
         id: &str,
@@ -16,59 +18,29 @@ impl AuditStore {
         fingerprint: &str,
         dry_run: bool,
     ) -> Result<(), AuditError> {
-        on_pool!(&self.pool, |pool| {
-            sqlx::query(
-                "INSERT INTO passes (id, started_at, trigger_kind, rules_fingerprint, dry_run, status, instance) VALUES ($1, $2, $3, $4, $5, 'running', $6)",
-            )
-            .bind(id)
-            .bind(timestamp(chrono::Utc::now()))
-            .bind(trigger)
-            .bind(fingerprint)
-            .bind(dry_run)
-            .bind(self.instance.as_deref())
-            .execute(pool)
-            .await?;
-        });
+        let mark = PassMark::Start {
+            id,
+            trigger,
+            fingerprint,
+            dry_run,
+        };
+        self.write_chained(&[], Some(mark)).await?;
         Ok(())
     }
 
-    /// Records a pass's totals and seals its row (see [`PassRow::compute_hash`]).
+    /// Records a pass's totals and seals its row (see [`PassRow::compute_hash`]), with the
+    /// chained row that carries the sealed row's hash.
     pub async fn finish_pass(&self, id: &str, t: &PassTotals) -> Result<(), AuditError> {
-        let _guard = self.write.lock().await;
-        let row = on_pool!(&self.pool, |pool| {
-            let mut tx = pool.begin_write().await?;
-            let mut row: PassRow = sqlx::query_as("SELECT * FROM passes WHERE id = $1")
-                .bind(id)
-                .fetch_one(&mut *tx)
-                .await?;
-            let head: Option<String> =
-                sqlx::query_scalar("SELECT hash FROM events ORDER BY seq DESC LIMIT 1")
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            row.finished_at = Some(timestamp(chrono::Utc::now()));
-            row.totals = t.clone();
-            row.chain_head = Some(head.unwrap_or_else(|| GENESIS.to_string()));
-            row.hash = Some(row.compute_hash());
-            let update = sqlx::query(
-                "UPDATE passes SET finished_at = $1, cases_seen = $2, planned = $3, applied = $4, failed = $5, skipped = $6, status = $7, error = $8, chain_head = $9, hash = $10 WHERE id = $11",
-            )
-            .bind(&row.finished_at);
-            bind_totals(update, t)
-                .bind(&row.chain_head)
-                .bind(&row.hash)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            row
-        });
-        self.append_head_line(&row);
+        if let (_, Some((row, head))) = self.write_chained(&[], Some(PassMark::Seal(id, t))).await?
+        {
+            self.append_head_line(&row, &head);
+        }
         Ok(())
     }
 
     /// Appends a sealed pass's chain head to `audit.head_file`, if one is set; a failure
     /// is logged, not returned: the pass and its rows are already recorded.
-    fn append_head_line(&self, row: &PassRow) {
+    fn append_head_line(&self, row: &PassRow, head: &str) {
         let Some(file) = &self.head_file else {
             return;
         };
@@ -77,7 +49,7 @@ impl AuditStore {
             row.finished_at.as_deref().unwrap_or(""),
             row.id,
             row.totals.status,
-            row.chain_head.as_deref().unwrap_or(GENESIS)
+            head
         );
         let written = std::fs::OpenOptions::new()
             .create(true)
@@ -123,11 +95,32 @@ impl AuditStore {
         let running: Vec<PassRow> = on_pool!(&self.pool, |pool| {
             sqlx::query_as(AssertSqlSafe(sql)).fetch_all(pool).await?
         });
+        // A running row whose start the chain never recorded is no pass of casewarden's:
+        // it is left for `audit verify` to flag, not settled.
+        let chained: Option<i64> = on_pool!(&self.pool, |pool| {
+            sqlx::query_scalar("SELECT seq FROM events WHERE field = 'pass' LIMIT 1")
+                .fetch_optional(pool)
+                .await?
+        });
+        let mut sealed = 0;
         for p in &running {
+            let start: Option<i64> = on_pool!(&self.pool, |pool| {
+                sqlx::query_scalar(
+                    "SELECT seq FROM events WHERE run_id = $1 AND field = 'pass' AND new = 'started'",
+                )
+                .bind(&p.id)
+                .fetch_optional(pool)
+                .await?
+            });
+            if chained.is_some() && start.is_none() {
+                tracing::error!(pass_id = %p.id, "a pass row marked running was never started by casewarden (the chain holds no start for it): left as it is; `casewarden audit verify` reports it");
+                continue;
+            }
+            sealed += 1;
             let counts: Vec<(String, i64)> = on_pool!(&self.pool, |pool| {
                 sqlx::query_as(
                     "SELECT outcome, COUNT(*) FROM events WHERE run_id = $1 AND NOT dry_run \
-                     AND field NOT IN ('rule', 'plan', 'case', 'summary') GROUP BY outcome",
+                     AND field NOT IN ('rule', 'plan', 'case', 'summary', 'pass') GROUP BY outcome",
                 )
                 .bind(&p.id)
                 .fetch_all(pool)
@@ -149,7 +142,7 @@ impl AuditStore {
             };
             self.finish_pass(&p.id, &totals).await?;
         }
-        Ok(running.len() as u64)
+        Ok(sealed)
     }
 
     /// The newest live pass whose trigger starts with `prefix`, if any.
@@ -204,7 +197,7 @@ pub(super) async fn insert_pass(
 
 /// Binds the totals' columns in the order the passes table has them: `cases_seen`,
 /// `planned`, `applied`, `failed`, `skipped`, `status`, `error`.
-fn bind_totals<'q, DB>(
+pub(super) fn bind_totals<'q, DB>(
     q: Query<'q, DB, DB::Arguments>,
     t: &PassTotals,
 ) -> Query<'q, DB, DB::Arguments>

@@ -3,7 +3,7 @@
 //! `events`; the rest of casewarden builds them only through these (tests build raw rows to
 //! set up a log as a crash or an older version left it).
 
-use super::{Outcome, Unsettled};
+use super::{Outcome, PassRow, Unsettled};
 use crate::plan::{CasePlan, Decision};
 
 /// What a row is about: a case, or nothing case-shaped (a pass's note about a rule), or a
@@ -65,6 +65,8 @@ enum Note {
     Case,
     /// casewarden's comment summing up its changes to a case.
     Summary,
+    /// A pass's start and end, chained (the end carries the sealed pass row's hash).
+    Pass,
 }
 
 impl Note {
@@ -74,6 +76,7 @@ impl Note {
             Note::Plan => "plan",
             Note::Case => "case",
             Note::Summary => SUMMARY,
+            Note::Pass => PASS,
         }
     }
 }
@@ -85,6 +88,8 @@ const LISTING_ROW: &str = "listing";
 /// The field of the rows of casewarden's summary comment on a case (not a case field: not
 /// counted among the changes), and their rule name.
 pub const SUMMARY: &str = "summary";
+/// The field of the chained rows of a pass's start and end (not a case field).
+pub const PASS: &str = "pass";
 const SUMMARY_ROW: &str = "casewarden";
 
 /// One row to append.
@@ -285,6 +290,44 @@ pub fn rule_disabled(
             format!(
                 "circuit breaker: failed on every case it saw in {passes} consecutive passes; disabled until {} changes",
                 file.display()
+            ),
+        )
+    }
+}
+
+/// A pass began: chained, so a pass row nobody recorded starting is a forgery and a
+/// deleted pass row leaves this one behind.
+pub fn pass_started(id: &str, trigger: &str, fingerprint: &str, dry_run: bool) -> NewEvent {
+    NewEvent {
+        new: Some("started".into()),
+        dry_run,
+        outcome: Outcome::Skipped,
+        ..note(
+            id,
+            SUMMARY_ROW,
+            "",
+            Note::Pass,
+            format!("pass started by {trigger} (rules fingerprint {fingerprint})"),
+        )
+    }
+}
+
+/// A pass ended: its sealed row's hash (in `old`) and totals, chained.
+pub fn pass_finished(p: &PassRow) -> NewEvent {
+    let t = &p.totals;
+    NewEvent {
+        old: p.hash.clone(),
+        new: Some("finished".into()),
+        dry_run: p.dry_run,
+        outcome: Outcome::Skipped,
+        ..note(
+            &p.id,
+            SUMMARY_ROW,
+            "",
+            Note::Pass,
+            format!(
+                "pass finished {}: {} case(s) seen, planned {}, applied {}, failed {}, skipped {}",
+                t.status, t.cases_seen, t.planned, t.applied, t.failed, t.skipped
             ),
         )
     }

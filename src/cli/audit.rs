@@ -8,7 +8,7 @@ use futures::StreamExt;
 use super::exit::Exit;
 use super::{Cli, load_config};
 use crate::audit::export::{Format, Printer, parse_time};
-use crate::audit::{AuditStore, Copied, Filter, Outcome, Verification};
+use crate::audit::{AuditStore, Copied, Filter, GENESIS, Outcome, Verification};
 use crate::secret::Secret;
 
 #[derive(Debug, Args)]
@@ -27,6 +27,11 @@ pub enum AuditCommand {
         /// Fail unless the newest row's hash is this (catches truncation)
         #[arg(long, value_name = "HASH")]
         expect_head: Option<String>,
+        /// Check every head recorded in this file (`audit.head_file`: one line per pass,
+        /// `... head HASH`) is a row of the chain: rows cut from the end, or a replaced
+        /// log, are caught [default: audit.head_file of the config, when set]
+        #[arg(long, value_name = "FILE")]
+        heads: Option<PathBuf>,
         /// The audit log: a SQLite file or a postgres:// URL [default: audit.url, else
         /// audit.path, from the config]
         #[arg(long, value_name = "PATH")]
@@ -242,28 +247,59 @@ pub(super) async fn run(cli: &Cli, args: &AuditArgs) -> anyhow::Result<u8> {
             password_file,
             db,
         }) => migrate(cli, to, password_file, db).await,
-        Some(AuditCommand::Verify { expect_head, db }) => {
-            verify(cli, expect_head.as_deref(), db).await
-        }
+        Some(AuditCommand::Verify {
+            expect_head,
+            heads,
+            db,
+        }) => verify(cli, expect_head.as_deref(), heads, db).await,
         Some(AuditCommand::Show { seq, db }) => show(cli, *seq, db).await,
         None => query(cli, &args.query).await,
     }
 }
 
-/// `audit verify`: exit 0 when the chain is intact (and holds `--expect-head`), else 1.
-async fn verify(cli: &Cli, expect_head: Option<&str>, db: &Option<PathBuf>) -> anyhow::Result<u8> {
+/// `audit verify`: exit 0 when the chain is intact (and holds `--expect-head` and every
+/// head of the head file), else 1.
+async fn verify(
+    cli: &Cli,
+    expect_head: Option<&str>,
+    heads: &Option<PathBuf>,
+    db: &Option<PathBuf>,
+) -> anyhow::Result<u8> {
     let store = open_audit(cli, db).await?;
+    let heads = match (heads, db) {
+        (Some(f), _) => Some(f.clone()),
+        (None, None) => load_config(cli)
+            .ok()
+            .and_then(|c| c.audit.head_file)
+            .filter(|f| f.exists()),
+        (None, Some(_)) => None,
+    };
     Ok(match store.verify().await? {
-        Verification::Intact { rows, head } => match expect_head {
-            // A head saved earlier is any row of the chain: the log grows after it.
-            Some(expected) if !head.eq_ignore_ascii_case(expected) => {
-                expected_head(&store, rows, &head, expected).await?
+        Verification::Intact { rows, head } => {
+            if let Some(file) = &heads {
+                let code = saved_heads(&store, rows, &head, file).await?;
+                if code != 0 || expect_head.is_none() {
+                    return Ok(code);
+                }
             }
-            _ => {
-                println!("ok: {rows} row(s), hash chain intact, head {head}");
-                0
+            match expect_head {
+                // A head saved earlier is any row of the chain: the log grows after it.
+                Some(expected) if !head.eq_ignore_ascii_case(expected) => {
+                    expected_head(&store, rows, &head, expected).await?
+                }
+                Some(_) => {
+                    println!("ok: {rows} row(s), hash chain intact, head {head}");
+                    0
+                }
+                None => {
+                    println!("ok: {rows} row(s), hash chain intact, head {head}");
+                    println!(
+                        "note: rows cut from the end of the log cannot be detected without a saved head: set audit.head_file (every pass appends its head there; keep it apart from the log) and run `casewarden audit verify --heads FILE`, or keep the head above and pass it with --expect-head next time"
+                    );
+                    0
+                }
             }
-        },
+        }
         Verification::BrokenPass { id, problem } => {
             println!("BROKEN: pass {id}: {problem}");
             1
@@ -277,6 +313,47 @@ async fn verify(cli: &Cli, expect_head: Option<&str>, db: &Option<PathBuf>) -> a
             1
         }
     })
+}
+
+/// Every head a head file recorded must be a row of the intact chain: a missing one means
+/// rows were cut from the end (or the log replaced) after that pass.
+async fn saved_heads(store: &AuditStore, rows: u64, head: &str, file: &Path) -> anyhow::Result<u8> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| Exit::config(format!("--heads {}: {e}", file.display())))?;
+    let mut checked = 0;
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let hash = line.rsplit(' ').next().unwrap_or("").trim();
+        let valid = hash.len() == 64 && hash.chars().all(|c| c.is_ascii_hexdigit());
+        if !valid {
+            return Err(Exit::config(format!(
+                "{}:{}: not a head line (`... head HASH`, or a bare 64-hex hash)",
+                file.display(),
+                n + 1
+            ))
+            .into());
+        }
+        if hash == GENESIS {
+            continue;
+        }
+        if store.seq_of_hash(hash).await?.is_none() {
+            println!(
+                "BROKEN: {}:{} records head {hash}, which is no row of the chain (intact over {rows} row(s), head {head}): rows were cut from the end or the log was replaced after it",
+                file.display(),
+                n + 1
+            );
+            return Ok(1);
+        }
+        checked += 1;
+    }
+    println!(
+        "ok: {rows} row(s), hash chain intact, head {head}; all {checked} head(s) of {} are rows of the chain",
+        file.display()
+    );
+    Ok(0)
 }
 
 /// An intact chain whose head is not the expected hash: fine when that hash is an older

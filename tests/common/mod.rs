@@ -283,3 +283,8 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// The rows about cases: without the chained rows of passes' starts and ends.
+pub fn changes(rows: Vec<EventRow>) -> Vec<EventRow> {
+    rows.into_iter().filter(|r| r.field != "pass").collect()
+}
