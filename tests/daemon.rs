@@ -568,3 +568,97 @@ async fn the_daemon_loop_runs_in_process_until_its_shutdown_future_completes() {
         "no pass left open"
     );
 }
+
+/// Lets this process (and the daemon it starts) hold as many descriptors as the hard limit
+/// allows: the test opens hundreds of connections.
+fn raise_descriptor_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max.min(8192);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// The listener against hostile clients: 400 slow-loris connections held while `/healthz`
+/// answers and passes keep their cadence; the held ones are closed after
+/// `header_timeout_secs`; 200 concurrent page loads all answer 200 (the chain verified once
+/// per head); `since` is capped.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_listener_survives_hostile_clients_and_passes_keep_running() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    raise_descriptor_limit();
+    let sim = start(sim_options(20)).await;
+    let port = free_port();
+    let ws = Workspace::new(
+        &sim.url,
+        "legacy",
+        // Every other second: room for a pass on a busy two-core machine.
+        &format!(
+            "schedule = \"*/2 * * * * *\"\nlisten = \"127.0.0.1:{port}\"\nheader_timeout_secs = 3"
+        ),
+        Some(&[("tag.rhai", TAG_ALL)]),
+    );
+    let d = Daemon::start(&ws, &[]);
+    assert!(!wait_passes(&ws, 1, 15).await.is_empty(), "{}", d.log());
+    let mut held = Vec::new();
+    for _ in 0..400 {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        held.push(s);
+    }
+    let before = wait_passes(&ws, 0, 0).await.len();
+    let probe = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let health = probe
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .send()
+        .await
+        .expect("/healthz answers within 3 s while 400 slow clients are held");
+    assert_eq!(health.status(), 200);
+    let during = wait_passes(&ws, before + 2, 30).await;
+    assert!(
+        during.len() >= before + 2,
+        "passes keep running: {}",
+        d.log()
+    );
+    // The slow clients are cut off once their headers are late.
+    let mut buf = [0u8; 256];
+    let cut = tokio::time::timeout(Duration::from_secs(15), held[0].read(&mut buf)).await;
+    assert!(
+        matches!(cut, Ok(Ok(_)) | Ok(Err(_))),
+        "a slow client is closed"
+    );
+    drop(held);
+    let http = reqwest::Client::new();
+    let loads = (0..200).map(|_| {
+        let http = http.clone();
+        async move {
+            let r = http
+                .get(format!("http://127.0.0.1:{port}/?since=30d"))
+                .send()
+                .await;
+            r.map(|r| r.status().as_u16()).map_err(|e| e.to_string())
+        }
+    });
+    let codes = futures::future::join_all(loads).await;
+    assert!(codes.iter().all(|c| c == &Ok(200)), "{codes:?}");
+    let far = http
+        .get(format!("http://127.0.0.1:{port}/?since=36500d"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(far.status(), 400);
+    assert!(!d.log().contains("tick skipped"), "{}", d.log());
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.exit_code(20).await, 0);
+}

@@ -48,8 +48,19 @@ pub struct DaemonSettings {
 
     // The HTTP endpoints.
     pub listen: Option<SocketAddr>,
+    /// What the listener allows one client: its request headers within this long, and no
+    /// more than this long with nothing sent either way; and how many connections at once.
+    pub listener: ListenerLimits,
     /// The bearer token the live view and its API at `listen` require.
     ui_token: Loaded<Option<Secret>>,
+}
+
+/// The HTTP listener's limits against slow and greedy clients.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ListenerLimits {
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
 }
 
 impl DaemonSettings {
@@ -90,6 +101,11 @@ impl DaemonSettings {
                 prints_per_pass: d.max_prints_per_rule,
             },
             listen,
+            listener: ListenerLimits {
+                header_timeout: Duration::from_secs(d.header_timeout_secs),
+                idle_timeout: Duration::from_secs(d.idle_timeout_secs),
+                max_connections: d.max_connections,
+            },
             exempt_tags: d.exempt_tags,
             ui_token: Loaded::new(ui_token, None),
         })
@@ -123,6 +139,13 @@ fn check_numbers(d: &RawDaemon, src: &Source) -> Result<(), ConfigError> {
         ),
         ("daemon.rule_timeout_ms", d.rule_timeout_ms, 600_000),
         ("daemon.pass_timeout_secs", d.pass_timeout_secs, 7 * 86_400),
+        ("daemon.header_timeout_secs", d.header_timeout_secs, 3_600),
+        ("daemon.idle_timeout_secs", d.idle_timeout_secs, 86_400),
+        (
+            "daemon.max_connections",
+            usize_to_u64(d.max_connections),
+            1_000_000,
+        ),
         (
             "daemon.shutdown_timeout_secs",
             d.shutdown_timeout_secs,

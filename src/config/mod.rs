@@ -16,7 +16,7 @@ mod tests;
 
 pub use crate::stellar::ApiFlavor;
 pub use audit::{AuditSettings, check_postgres_url};
-pub use daemon::DaemonSettings;
+pub use daemon::{DaemonSettings, ListenerLimits};
 pub use error::{ConfigError, PostgresUrlError, SecretFileError};
 pub use notify::NotifySettings;
 pub use raw::{DEFAULT_EXEMPT_TAG, FlavorSetting};

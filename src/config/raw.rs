@@ -124,6 +124,9 @@ pub struct RawDaemon {
     pub max_prints_per_rule: u32,
     pub listen: Option<String>,
     pub ui_token_file: Option<PathBuf>,
+    pub header_timeout_secs: u64,
+    pub idle_timeout_secs: u64,
+    pub max_connections: usize,
     pub exempt_tags: Vec<String>,
 }
 
@@ -149,6 +152,9 @@ impl Default for RawDaemon {
             max_prints_per_rule: limits.prints_per_pass,
             listen: None,
             ui_token_file: None,
+            header_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            max_connections: 512,
             exempt_tags: vec![DEFAULT_EXEMPT_TAG.to_string()],
         }
     }

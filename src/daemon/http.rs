@@ -3,7 +3,11 @@
 //! `/api/passes` and `/api/audit` (paged JSON). The view and its API are served on a
 //! loopback address, or anywhere with `daemon.ui_token_file` as a bearer token.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::extract::{Query, Request, State};
 use axum::http::{StatusCode, header};
@@ -12,16 +16,33 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use futures::TryStreamExt;
 use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::Shared;
 use crate::audit::export::parse_time;
 use crate::audit::{Filter, Outcome, Period};
+use crate::config::ListenerLimits;
 use crate::pass::PassStatus;
-use crate::review::{Review, Source};
+use crate::review::{Integrity, Review, Source};
 use crate::secret::Secret;
 
 /// The most rows one `/api/audit` or `/api/passes` answer carries.
 const MAX_PAGE: i64 = 1_000;
+
+/// Pages of the live view built at once; more requests wait their turn.
+const PAGE_BUILDS: usize = 4;
+
+/// How far back the live view reaches (`?since=`); `casewarden report` for longer.
+const MAX_SINCE_DAYS: i64 = 400;
+
+/// What the live view's handlers share.
+struct View {
+    shared: Arc<Shared>,
+    /// The result of verifying the chain, by the head it was verified at: a page verifies
+    /// only when the log grew since.
+    verified: tokio::sync::Mutex<Option<(String, Integrity)>>,
+    builds: tokio::sync::Semaphore,
+}
 
 /// Who may see the live view.
 #[derive(Clone)]
@@ -39,6 +60,7 @@ pub async fn serve(
     listen: std::net::SocketAddr,
     token: Option<Secret>,
 ) -> anyhow::Result<()> {
+    let limits = shared.config.daemon.listener;
     let loopback = listen.ip().is_loopback();
     let access = match (token, loopback) {
         (Some(t), _) => Access::Token(Arc::new(t)),
@@ -48,11 +70,16 @@ pub async fn serve(
             Access::Closed
         }
     };
+    let state = Arc::new(View {
+        shared: shared.clone(),
+        verified: tokio::sync::Mutex::new(None),
+        builds: tokio::sync::Semaphore::new(PAGE_BUILDS),
+    });
     let view = axum::Router::new()
         .route("/", get(live_view))
         .route("/api/passes", get(api_passes))
         .route("/api/audit", get(api_audit))
-        .with_state(shared.clone())
+        .with_state(state)
         .layer(middleware::from_fn_with_state(access.clone(), guard));
     let app = axum::Router::new()
         .route(
@@ -77,12 +104,130 @@ pub async fn serve(
         Access::Closed => tracing::info!(%listen, "serving /healthz and /metrics"),
         _ => tracing::info!(%listen, "serving /healthz, /metrics and the live view at /"),
     }
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "the metrics server stopped");
-        }
-    });
+    tokio::spawn(accept(listener, app, limits));
     Ok(())
+}
+
+/// Serves connections, at most `max_connections` at once: past that, new ones wait in the
+/// kernel's backlog (nothing is accepted, so no descriptor is spent) until one closes. A
+/// client has `header_timeout` to send a request's headers and is dropped after
+/// `idle_timeout` with nothing sent either way, so slow or silent clients cannot hold the
+/// slots.
+async fn accept(listener: tokio::net::TcpListener, app: axum::Router, limits: ListenerLimits) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors or a reset before accept: wait, never spin.
+                tracing::warn!(error = %e, "the HTTP listener cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let (stream, quiet) = Watched::new(stream);
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout);
+            let conn = http.serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = conn => {}
+                () = quiet.until_idle(limits.idle_timeout) => {}
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// A connection that notes when it last read or wrote anything.
+struct Watched {
+    inner: tokio::net::TcpStream,
+    clock: Clock,
+}
+
+/// When a connection last moved data: ms after it was accepted.
+#[derive(Clone)]
+struct Clock {
+    started: tokio::time::Instant,
+    last: Arc<AtomicU64>,
+}
+
+impl Watched {
+    fn new(inner: tokio::net::TcpStream) -> (Watched, Clock) {
+        let clock = Clock {
+            started: tokio::time::Instant::now(),
+            last: Arc::new(AtomicU64::new(0)),
+        };
+        let watched = Watched {
+            inner,
+            clock: clock.clone(),
+        };
+        (watched, clock)
+    }
+}
+
+impl Clock {
+    fn touch(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, Ordering::Relaxed);
+    }
+
+    /// Resolves once the connection moved nothing for `idle`.
+    async fn until_idle(&self, idle: Duration) {
+        loop {
+            let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
+            let deadline = self.started + last + idle;
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let me = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut me.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            me.clock.touch();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let me = self.get_mut();
+        let polled = Pin::new(&mut me.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            me.clock.touch();
+        }
+        polled
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }
 
 /// `unhealthy` (503) when no token can be had or a schedule's last pass broke;
@@ -206,7 +351,8 @@ struct ViewParams {
 }
 
 /// The report's page, from the live log.
-async fn live_view(State(shared): State<Arc<Shared>>, Query(p): Query<ViewParams>) -> Response {
+async fn live_view(State(view): State<Arc<View>>, Query(p): Query<ViewParams>) -> Response {
+    let shared = &view.shared;
     let period = match times(
         Some(p.since.as_deref().unwrap_or("30d")),
         p.until.as_deref(),
@@ -218,14 +364,46 @@ async fn live_view(State(shared): State<Arc<Shared>>, Query(p): Query<ViewParams
         },
         Err(e) => return bad_request(e),
     };
+    let oldest =
+        crate::audit::timestamp(chrono::Utc::now() - chrono::Duration::days(MAX_SINCE_DAYS));
+    if period.since.as_deref().is_some_and(|s| s < oldest.as_str()) {
+        return bad_request(format!(
+            "since: the live view reaches back at most {MAX_SINCE_DAYS} days; `casewarden report --since` for longer"
+        ));
+    }
     let source = Source {
         server_url: shared.config.stellar.url.clone(),
         audit_db: shared.config.audit.location(),
     };
-    match Review::build(&shared.ctx.audit, &period, source).await {
+    let Ok(_turn) = view.builds.acquire().await else {
+        return server_error("the live view is shutting down");
+    };
+    let store = &shared.ctx.audit;
+    let integrity = match verified(&view, store).await {
+        Ok(i) => i,
+        Err(e) => return server_error(e),
+    };
+    match Review::build_with(store, &period, source, integrity).await {
         Ok(review) => Html(crate::review::render(&review, true)).into_response(),
         Err(e) => server_error(e),
     }
+}
+
+/// What `audit verify` says of the chain, verified again only when its head moved.
+async fn verified(
+    view: &View,
+    store: &crate::audit::AuditStore,
+) -> Result<Integrity, crate::audit::AuditError> {
+    let mut cached = view.verified.lock().await;
+    let (_, head) = store.head().await?;
+    if let Some((at, integrity)) = cached.as_ref()
+        && *at == head
+    {
+        return Ok(integrity.clone());
+    }
+    let integrity = crate::review::integrity(store).await?;
+    *cached = Some((head, integrity.clone()));
+    Ok(integrity)
 }
 
 #[derive(Debug, Deserialize)]
@@ -244,7 +422,8 @@ fn page(limit: Option<i64>, offset: Option<i64>) -> (i64, i64) {
 }
 
 /// Passes, newest first: `{passes, next_offset}`.
-async fn api_passes(State(shared): State<Arc<Shared>>, Query(p): Query<PageParams>) -> Response {
+async fn api_passes(State(view): State<Arc<View>>, Query(p): Query<PageParams>) -> Response {
+    let shared = &view.shared;
     let (since, until) = match times(p.since.as_deref(), p.until.as_deref()) {
         Ok(t) => t,
         Err(e) => return bad_request(e),
@@ -284,7 +463,8 @@ struct AuditParams {
 }
 
 /// Audit rows, oldest first unless `newest=true`: `{rows, next_offset}`.
-async fn api_audit(State(shared): State<Arc<Shared>>, Query(p): Query<AuditParams>) -> Response {
+async fn api_audit(State(view): State<Arc<View>>, Query(p): Query<AuditParams>) -> Response {
+    let shared = &view.shared;
     let (since, until) = match times(p.since.as_deref(), p.until.as_deref()) {
         Ok(t) => t,
         Err(e) => return bad_request(e),

@@ -131,6 +131,17 @@ impl Review {
         source: Source,
     ) -> Result<Review, AuditError> {
         let integrity = integrity(store).await?;
+        Review::build_with(store, period, source, integrity).await
+    }
+
+    /// Reads the numbers of `period` from `store`, with the chain's `integrity` as
+    /// verified already.
+    pub async fn build_with(
+        store: &AuditStore,
+        period: &Period,
+        source: Source,
+        integrity: Integrity,
+    ) -> Result<Review, AuditError> {
         let (rules, totals) = rule_reviews(store, period).await?;
         let passes_total = store.pass_count(period).await? as usize;
         let passes = store
@@ -187,7 +198,7 @@ impl From<PassRow> for PassReview {
 }
 
 /// What `audit verify` says of the whole chain now.
-async fn integrity(store: &AuditStore) -> Result<Integrity, AuditError> {
+pub async fn integrity(store: &AuditStore) -> Result<Integrity, AuditError> {
     Ok(match store.verify().await? {
         Verification::Intact { rows, head } => Integrity {
             intact: true,
