@@ -59,7 +59,12 @@ pub async fn open_audit(config: &Settings) -> Result<AuditStore, StartError> {
             .await?
         }
     };
-    Ok(store.with_head_file(a.head_file.clone()))
+    let keys = a.chain_keys().map_err(|e| StartError::Setup(e.into()))?;
+    let keys = crate::audit::key::ChainKeys::new(&keys);
+    Ok(store
+        .with_head_file(a.head_file.clone())
+        .key_chain(keys)
+        .await?)
 }
 
 fn list(errors: &[RuleError]) -> String {

@@ -372,7 +372,8 @@ async fn a_reader_and_a_writer_work_at_once() {
         store.verify().await.unwrap(),
         Verification::Intact {
             rows: 2100,
-            head: store.head().await.unwrap().1
+            head: store.head().await.unwrap().1,
+            keyed: casewarden::audit::Keyed::No,
         }
     );
 }
@@ -694,4 +695,102 @@ async fn verify_catches_forged_deleted_and_edited_passes() {
             assert_eq!(code, Some(1));
         }
     }
+}
+
+/// A keyed chain: with `audit.chain_key_file`, rows are HMACs under the key, so a row
+/// appended with a correctly recomputed plain hash is caught; `verify` says what it proved,
+/// and without the key says it could not prove the keyed rows; a writer without the key
+/// is refused; a rotation is a chained row and both keys verify their rows. The key is
+/// never printed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_keyed_chain_cannot_be_extended_without_the_key() {
+    let sim = start(sim_options(5)).await;
+    let rule = "const RULE = #{ name: \"tagger\" };\nfn evaluate(c) { add_tag(\"seen\"); }\n";
+    let ws = Workspace::new(
+        &sim.url,
+        "legacy",
+        "comment_changes = false\nmax_change_fraction = 1.0",
+        Some(&[("tagger.rhai", rule)]),
+    );
+    let key = "k3y-0f-the-chain-7f9a2c41d8e6b05a93c1";
+    std::fs::write(ws.dir.path().join("chain_key"), format!("{key}\n")).unwrap();
+    let keyed = "path = \"state/audit.db\"\nchain_key_file = \"chain_key\"";
+    ws.edit_config("path = \"state/audit.db\"", keyed);
+    let once = ws.run(&["once"]).await;
+    assert_exit(&once, 0);
+    let out = ws.run(&["audit", "verify"]).await;
+    assert_exit(&out, 0);
+    assert!(
+        stdout(&out).contains("proved with the chain key"),
+        "{}",
+        stdout(&out)
+    );
+    for o in [&once, &out] {
+        assert!(!stdout(o).contains(key) && !stderr(o).contains(key));
+    }
+    let rows = ws.audit(Filter::default()).await;
+    assert_eq!(
+        rows[0].field, "chain",
+        "keyed from the first row: {:?}",
+        rows[0]
+    );
+
+    // Someone with write access but not the key appends a row, hash recomputed.
+    let forged = ws.dir.path().join("forged.db");
+    std::fs::copy(ws.audit_db(), &forged).unwrap();
+    let last = rows.last().unwrap().clone();
+    let mut row = last.clone();
+    row.seq += 1;
+    row.reason = "forged".into();
+    row.prev_hash = last.hash.clone();
+    row.hash = row.compute_hash();
+    let pool = raw_pool(&forged).await;
+    sqlx::query("INSERT INTO events (seq, run_id, recorded_at, rule, rule_hash, case_id, field, old, new, reason, dry_run, outcome, prev_hash, hash, instance) \
+                 SELECT $1, run_id, recorded_at, rule, rule_hash, case_id, field, old, new, $2, dry_run, outcome, $3, $4, instance FROM events WHERE seq = $5")
+        .bind(row.seq)
+        .bind(&row.reason)
+        .bind(&row.prev_hash)
+        .bind(&row.hash)
+        .bind(last.seq)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let out = ws
+        .run(&["audit", "verify", "--db", forged.to_str().unwrap()])
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains(&format!("BROKEN at row {}", row.seq))
+            && stdout(&out).contains("keyed hash"),
+        "{}",
+        stdout(&out)
+    );
+
+    // Without the key: the keyed rows are not proven, and no writer may go on.
+    ws.edit_config(keyed, "path = \"state/audit.db\"");
+    let out = ws.run(&["audit", "verify"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("NOT PROVEN"), "{}", stdout(&out));
+    let refused = ws.run(&["once"]).await;
+    assert_fails_with(&refused, 2, "chain is keyed");
+
+    // A rotation: the new key first, the old one after it.
+    let new = "n3w-k3y-0f-the-chain-5d1e8a07c2b94f6e1a";
+    std::fs::write(ws.dir.path().join("chain_key"), format!("{new}\n{key}\n")).unwrap();
+    ws.edit_config("path = \"state/audit.db\"", keyed);
+    let first = sim.state().cases[0]["_id"].as_str().unwrap().to_string();
+    sim.state()
+        .human_change(&first, "alice@example.com", "tags", serde_json::json!([]));
+    assert_exit(&ws.run(&["once"]).await, 0);
+    let out = ws.run(&["audit", "verify"]).await;
+    assert_exit(&out, 0);
+    let rows = ws.audit(Filter::default()).await;
+    let markers: Vec<_> = rows.iter().filter(|r| r.field == "chain").collect();
+    assert_eq!(markers.len(), 2);
+    assert!(
+        markers[1].reason.contains("chain key changed"),
+        "{}",
+        markers[1].reason
+    );
 }

@@ -6,6 +6,8 @@ use super::{AuditError, AuditStore, EventRow, PassRow};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
+use super::key::{CHAIN, ChainKey, KEYED};
+
 /// Rows `verify` reads and hashes at a time.
 const VERIFY_BATCH: usize = 2_048;
 
@@ -14,7 +16,7 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 
 /// Feeds what is written straight into the hash, so a row is hashed without building its
 /// JSON text first.
-struct HashWriter(Sha256);
+struct HashWriter(RowDigest);
 
 impl std::io::Write for HashWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -27,10 +29,40 @@ impl std::io::Write for HashWriter {
     }
 }
 
+/// What a row's hash is computed with: SHA-256, or HMAC-SHA256 under a chain key.
+enum RowDigest {
+    Plain(Sha256),
+    Keyed(hmac::Hmac<Sha256>),
+}
+
+impl RowDigest {
+    fn update(&mut self, bytes: &[u8]) {
+        use hmac::Mac;
+        match self {
+            RowDigest::Plain(h) => sha2::Digest::update(h, bytes),
+            RowDigest::Keyed(m) => m.update(bytes),
+        }
+    }
+
+    fn hex(self) -> String {
+        use hmac::Mac;
+        match self {
+            RowDigest::Plain(h) => hex::encode(sha2::Digest::finalize(h)),
+            RowDigest::Keyed(m) => hex::encode(m.finalize().into_bytes()),
+        }
+    }
+}
+
 impl EventRow {
     /// SHA-256 of the previous hash and this row's content in a fixed order: the JSON array
     /// of the fields (a tuple prints as the same array).
     pub fn compute_hash(&self) -> String {
+        self.hash_with(None)
+    }
+
+    /// The row's hash: as [`EventRow::compute_hash`], or under `key` an HMAC-SHA256 of the
+    /// same bytes.
+    pub fn hash_with(&self, key: Option<&ChainKey>) -> String {
         let canonical = (
             self.seq,
             &self.run_id,
@@ -49,7 +81,10 @@ impl EventRow {
             self.http_status,
             self.planned_seq,
         );
-        let mut h = HashWriter(Sha256::new());
+        let mut h = HashWriter(match key {
+            Some(k) => RowDigest::Keyed(k.mac()),
+            None => RowDigest::Plain(Sha256::new()),
+        });
         h.0.update(self.prev_hash.as_bytes());
         h.0.update(b"\n");
         // A row without a tenant hashes as rows did before tenants were recorded, so
@@ -65,7 +100,7 @@ impl EventRow {
             }
         }
         .expect("hashing cannot fail");
-        hex::encode(h.0.finalize())
+        h.0.hex()
     }
 }
 
@@ -153,12 +188,36 @@ impl ChainedPasses {
     }
 }
 
+/// What an intact chain proved of its keyed rows.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Keyed {
+    /// No row is keyed: a plain SHA-256 chain, which anyone who can write the database
+    /// could rebuild.
+    No,
+    /// Rows from `from` on are keyed and were checked with the key: only a holder of the
+    /// key wrote them, and nothing before them changed.
+    Proven { from: i64 },
+    /// Rows from `from` on are keyed with a key not given (its id in `key`): their links
+    /// were checked, not their content.
+    Unproven { from: i64, rows: u64, key: String },
+}
+
+/// The key a row is hashed under, as the walk goes.
+#[derive(Clone, Copy)]
+enum Under<'k> {
+    Plain,
+    Key(&'k ChainKey),
+    /// A key that was not given.
+    Unknown,
+}
+
 /// The result of walking the chain.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verification {
     Intact {
         rows: u64,
         head: String,
+        keyed: Keyed,
     },
     Broken {
         seq: i64,
@@ -166,10 +225,7 @@ pub enum Verification {
         problem: String,
     },
     /// The events chain is intact, but a sealed pass row is not.
-    BrokenPass {
-        id: String,
-        problem: String,
-    },
+    BrokenPass { id: String, problem: String },
 }
 
 impl AuditStore {
@@ -200,15 +256,49 @@ impl AuditStore {
         let mut prev = GENESIS.to_string();
         let mut count = 0u64;
         let mut last_seq = 0i64;
+        let keys = self.chain_keys.as_deref();
+        let mut under = Under::Plain;
+        let mut keyed = Keyed::No;
         while let Some(batch) = batches.next().await {
             let rows = batch
                 .into_iter()
                 .map(|r| Ok(r?))
                 .collect::<Result<Vec<EventRow>, AuditError>>()?;
+            // A "keyed" row switches the key for itself and the rows after it.
+            let unders: Vec<Under<'_>> = rows
+                .iter()
+                .map(|row| {
+                    if row.field == CHAIN && row.new.as_deref() == Some(KEYED) {
+                        let id = row.old.clone().unwrap_or_default();
+                        under = match keys.and_then(|k| k.find(&id)) {
+                            Some(k) => Under::Key(k),
+                            None => Under::Unknown,
+                        };
+                        keyed = match (&keyed, under) {
+                            (Keyed::No, Under::Key(_)) => Keyed::Proven { from: row.seq },
+                            (Keyed::No | Keyed::Proven { .. }, Under::Unknown) => Keyed::Unproven {
+                                from: row.seq,
+                                rows: 0,
+                                key: id,
+                            },
+                            (k, _) => k.clone(),
+                        };
+                    }
+                    if let (Under::Unknown, Keyed::Unproven { rows, .. }) = (under, &mut keyed) {
+                        *rows += 1;
+                    }
+                    under
+                })
+                .collect();
             let forged: Option<usize> = {
                 use rayon::prelude::*;
                 rows.par_iter()
-                    .position_first(|row| row.compute_hash() != row.hash)
+                    .zip(unders.par_iter())
+                    .position_first(|(row, under)| match under {
+                        Under::Plain => row.compute_hash() != row.hash,
+                        Under::Key(k) => row.hash_with(Some(k)) != row.hash,
+                        Under::Unknown => false,
+                    })
             };
             for (i, row) in rows.iter().enumerate() {
                 let broken = |problem: String| Verification::Broken {
@@ -223,10 +313,16 @@ impl AuditStore {
                     )));
                 }
                 if forged == Some(i) {
-                    return Ok(broken(format!(
-                        "row {}'s content does not match its hash (the row was edited or forged)",
-                        row.seq
-                    )));
+                    return Ok(broken(match unders[i] {
+                        Under::Key(k) => format!(
+                            "row {}'s content does not match its keyed hash under key id {} (the row was edited, forged or re-linked without the key)",
+                            row.seq, k.id
+                        ),
+                        _ => format!(
+                            "row {}'s content does not match its hash (the row was edited or forged)",
+                            row.seq
+                        ),
+                    }));
                 }
                 heads.remove(&row.hash);
                 chained.see(row);
@@ -266,9 +362,17 @@ impl AuditStore {
                 ),
             });
         }
+        if keys.is_some() && keyed == Keyed::No {
+            return Ok(Verification::Broken {
+                seq: last_seq,
+                rows_checked: count,
+                problem: "audit.chain_key_file is set, but no row of the chain is keyed: the log was never keyed with it (start casewarden once with the key to key it from then on), or its rows were rebuilt without the key".into(),
+            });
+        }
         Ok(Verification::Intact {
             rows: count,
             head: prev,
+            keyed,
         })
     }
 

@@ -112,7 +112,7 @@ impl AuditStore {
         // Fresh statistics, or the planner scans the whole table for each open change.
         sqlx::query("ANALYZE events, passes").execute(to).await?;
         match target.verify().await? {
-            Verification::Intact { rows, head } if head == source_head => Ok(Copied {
+            Verification::Intact { rows, head, .. } if head == source_head => Ok(Copied {
                 already,
                 rows: copied,
                 passes,
@@ -168,7 +168,7 @@ impl AuditStore {
 
 fn describe(v: &Verification) -> String {
     match v {
-        Verification::Intact { rows, head } => format!("intact: {rows} row(s), head {head}"),
+        Verification::Intact { rows, head, .. } => format!("intact: {rows} row(s), head {head}"),
         Verification::Broken { seq, problem, .. } => format!("broken at row {seq}: {problem}"),
         Verification::BrokenPass { id, problem } => format!("pass {id}: {problem}"),
     }

@@ -5,6 +5,7 @@
 use sqlx::AssertSqlSafe;
 
 use super::db::{Backend, insert_events, on_pool, placeholders};
+use super::key::ChainKeys;
 use super::{
     AppliedChange, AuditError, AuditStore, DryRow, EventRow, GENESIS, NewEvent, PassRow,
     PassTotals, RuleErrors, Unsettled, timestamp,
@@ -148,7 +149,7 @@ impl AuditStore {
                 instance: self.instance.as_deref().map(str::to_string),
                 epoch,
             };
-            row.hash = row.compute_hash();
+            row.hash = row.hash_with(self.chain_keys.as_deref().map(ChainKeys::current));
             prev = row.hash.clone();
             rows.push(row);
         }
@@ -339,7 +340,7 @@ impl AuditStore {
     /// Summary counts of one pass's rows by outcome (for reports).
     pub async fn outcome_counts(&self, run_id: &str) -> Result<Vec<(String, i64)>, AuditError> {
         Ok(on_pool!(&self.pool, |pool| {
-            sqlx::query_as("SELECT outcome, COUNT(*) AS n FROM events WHERE run_id = $1 AND field <> 'pass' GROUP BY outcome ORDER BY outcome")
+            sqlx::query_as("SELECT outcome, COUNT(*) AS n FROM events WHERE run_id = $1 AND field NOT IN ('pass', 'chain') GROUP BY outcome ORDER BY outcome")
                 .bind(run_id)
                 .fetch_all(pool)
                 .await?

@@ -9,6 +9,7 @@ mod copy;
 mod db;
 mod events;
 pub mod export;
+pub mod key;
 mod lease;
 mod open;
 mod passes;
@@ -20,7 +21,7 @@ mod store;
 mod users;
 
 pub use crate::time::timestamp;
-pub use chain::{GENESIS, Verification};
+pub use chain::{GENESIS, Keyed, Verification};
 pub use copy::{Copied, CopyError};
 pub use lease::{Claim, ClaimError, Fence, Held, Lease, LeaseTimes};
 pub use query::Filter;
@@ -40,6 +41,10 @@ use sqlx::FromRow;
 pub enum AuditError {
     #[error("audit DB {path}: {message}")]
     Open { path: PathBuf, message: String },
+    #[error(
+        "the audit log's chain is keyed (key id {id}) but no audit.chain_key_file is set: new rows could not be written so they verify; set it to the key file (its first line the current key)"
+    )]
+    KeyNeeded { id: String },
     #[error(
         "audit DB {path} was written by a newer casewarden (schema version {found}, this build knows up to {known}); upgrade casewarden or set audit.path to another file — the file was not changed"
     )]

@@ -120,7 +120,7 @@ impl AuditStore {
             let counts: Vec<(String, i64)> = on_pool!(&self.pool, |pool| {
                 sqlx::query_as(
                     "SELECT outcome, COUNT(*) FROM events WHERE run_id = $1 AND NOT dry_run \
-                     AND field NOT IN ('rule', 'plan', 'case', 'summary', 'pass') GROUP BY outcome",
+                     AND field NOT IN ('rule', 'plan', 'case', 'summary', 'pass', 'chain') GROUP BY outcome",
                 )
                 .bind(&p.id)
                 .fetch_all(pool)

@@ -67,6 +67,8 @@ enum Note {
     Summary,
     /// A pass's start and end, chained (the end carries the sealed pass row's hash).
     Pass,
+    /// The chain keyed (or its key changed) from this row on.
+    Chain,
 }
 
 impl Note {
@@ -77,6 +79,7 @@ impl Note {
             Note::Case => "case",
             Note::Summary => SUMMARY,
             Note::Pass => PASS,
+            Note::Chain => super::key::CHAIN,
         }
     }
 }
@@ -330,6 +333,25 @@ pub fn pass_finished(p: &PassRow) -> NewEvent {
                 t.status, t.cases_seen, t.planned, t.applied, t.failed, t.skipped
             ),
         )
+    }
+}
+
+/// From here on the chain is keyed with the key whose id is `id` (`audit.chain_key_file`);
+/// `before`: the key it replaces, on a rotation.
+pub fn chain_keyed(id: &str, before: Option<&str>) -> NewEvent {
+    let reason = match before {
+        Some(old) => format!(
+            "chain key changed from key id {old} to key id {id}: rows from this one on are HMAC-SHA256 under the new key"
+        ),
+        None => format!(
+            "the chain is keyed from this row on: each row's hash is an HMAC-SHA256 under the key with id {id} (audit.chain_key_file)"
+        ),
+    };
+    NewEvent {
+        old: Some(id.to_string()),
+        new: Some(super::key::KEYED.into()),
+        outcome: Outcome::Skipped,
+        ..note("-", SUMMARY_ROW, "", Note::Chain, reason)
     }
 }
 

@@ -143,7 +143,7 @@ impl AuditStore {
                   ELSE 'change' END AS kind, \
              outcome, dry_run, COUNT(*) AS rows, COUNT(DISTINCT run_id) AS passes, \
              SUM(CASE WHEN field = 'rule' AND new = 'errors' THEN CAST(old AS INTEGER) ELSE 0 END) AS cases \
-             FROM events e WHERE {cond} AND field NOT IN ('plan', 'case', 'summary', 'pass') GROUP BY rule, day, kind, outcome, dry_run ORDER BY rule, day"
+             FROM events e WHERE {cond} AND field NOT IN ('plan', 'case', 'summary', 'pass', 'chain') GROUP BY rule, day, kind, outcome, dry_run ORDER BY rule, day"
         );
         self.all(sql, binds).await
     }
@@ -152,7 +152,7 @@ impl AuditStore {
         let (cond, binds) = p.conditions("e");
         let sql = format!(
             "SELECT rule, rule_hash, MIN(recorded_at) AS first_seen, MAX(recorded_at) AS last_seen, \
-             COUNT(*) AS rows FROM events e WHERE {cond} AND field NOT IN ('plan', 'case', 'summary', 'pass') GROUP BY rule, rule_hash ORDER BY rule, first_seen"
+             COUNT(*) AS rows FROM events e WHERE {cond} AND field NOT IN ('plan', 'case', 'summary', 'pass', 'chain') GROUP BY rule, rule_hash ORDER BY rule, first_seen"
         );
         self.all(sql, binds).await
     }
@@ -196,7 +196,7 @@ impl AuditStore {
              COUNT(*) FILTER (WHERE outcome IN ('failed', 'unknown')) AS failed, \
              COUNT(*) FILTER (WHERE outcome = 'skipped') AS skipped, COUNT(DISTINCT case_id) AS cases FROM events e \
              WHERE {cond} AND {only} AND NOT dry_run AND outcome != 'planned' \
-             AND field NOT IN ('rule', 'plan', 'case', 'summary', 'pass') GROUP BY 1 ORDER BY 1"
+             AND field NOT IN ('rule', 'plan', 'case', 'summary', 'pass', 'chain') GROUP BY 1 ORDER BY 1"
         );
         self.all(sql, binds).await
     }
@@ -210,7 +210,7 @@ impl AuditStore {
         let (cond, binds) = p.conditions("e");
         let sql = format!(
             "SELECT case_id, MAX(ticket_id) AS ticket_id, COUNT(*) AS rows, COUNT(DISTINCT rule) AS rules, \
-             MAX(recorded_at) AS last_at FROM events e WHERE {cond} AND field NOT IN ('rule', 'plan', 'case', 'summary', 'pass') AND {SETTLED} \
+             MAX(recorded_at) AS last_at FROM events e WHERE {cond} AND field NOT IN ('rule', 'plan', 'case', 'summary', 'pass', 'chain') AND {SETTLED} \
              GROUP BY case_id ORDER BY rows DESC, case_id LIMIT {limit}"
         );
         self.all(sql, binds).await

@@ -7,7 +7,8 @@
 use std::path::{Path, PathBuf};
 
 use super::db::{Pool, on_pool};
-use super::lease;
+use super::key::{CHAIN, ChainKeys, KEYED};
+use super::{AuditError, lease};
 
 #[derive(Clone)]
 pub struct AuditStore {
@@ -25,6 +26,9 @@ pub struct AuditStore {
     /// The server this handle writes for: recorded in its rows, and its lookups of earlier
     /// rows see only that server's.
     pub(super) instance: Option<std::sync::Arc<str>>,
+    /// `audit.chain_key_file`: new rows are keyed under the current key; `verify` checks
+    /// keyed rows with the key their "keyed" row names.
+    pub(super) chain_keys: Option<std::sync::Arc<ChainKeys>>,
 }
 
 impl AuditStore {
@@ -48,7 +52,43 @@ impl AuditStore {
             lease_times: lease::LeaseTimes::ONE_HOST,
             head_file: None,
             instance: None,
+            chain_keys: None,
         }
+    }
+
+    /// The same log, with the chain keys (`audit.chain_key_file`) for reading and
+    /// verifying; writers use [`AuditStore::key_chain`].
+    pub fn with_chain_keys(mut self, keys: Option<ChainKeys>) -> AuditStore {
+        self.chain_keys = keys.map(std::sync::Arc::new);
+        self
+    }
+
+    /// For a writer: the chain keys, and a chained "keyed" row naming the current key when
+    /// the chain is not keyed with it yet (the first time, or after a rotation). A keyed
+    /// log opened without keys is refused: its rows could not be written so they verify.
+    pub async fn key_chain(self, keys: Option<ChainKeys>) -> Result<AuditStore, AuditError> {
+        let store = self.with_chain_keys(keys);
+        let last: Option<Option<String>> = on_pool!(&store.pool, |pool| {
+            sqlx::query_scalar(
+                "SELECT old FROM events WHERE field = $1 AND new = $2 ORDER BY seq DESC LIMIT 1",
+            )
+            .bind(CHAIN)
+            .bind(KEYED)
+            .fetch_optional(pool)
+            .await?
+        });
+        let last = last.flatten();
+        match (&store.chain_keys, last) {
+            (None, None) => {}
+            (None, Some(id)) => return Err(AuditError::KeyNeeded { id }),
+            (Some(keys), last) if last.as_deref() != Some(keys.current().id.as_str()) => {
+                store
+                    .append(&[super::row::chain_keyed(&keys.current().id, last.as_deref())])
+                    .await?;
+            }
+            (Some(_), _) => {}
+        }
+        Ok(store)
     }
 
     pub(super) fn fence(&self) -> Option<lease::Fence> {

@@ -8,7 +8,9 @@ use futures::StreamExt;
 use super::exit::Exit;
 use super::{Cli, load_config};
 use crate::audit::export::{Format, Printer, parse_time};
-use crate::audit::{AuditStore, Copied, Filter, GENESIS, Outcome, Verification};
+use crate::audit::key::ChainKeys;
+use crate::audit::{AuditStore, Copied, Filter, GENESIS, Keyed, Outcome, Verification};
+use crate::config::Settings;
 use crate::secret::Secret;
 
 #[derive(Debug, Args)]
@@ -116,7 +118,8 @@ pub(super) async fn open_audit(cli: &Cli, db: &Option<PathBuf>) -> anyhow::Resul
             .map(str::to_string)
     };
     let (path, url, config) = match db {
-        Some(p) => (p.clone(), url(p), None),
+        // A log named with --db still takes the config's chain keys, when there is one.
+        Some(p) => (p.clone(), url(p), load_config(cli).ok()),
         None => {
             let config = load_config(cli)?;
             (
@@ -129,10 +132,6 @@ pub(super) async fn open_audit(cli: &Cli, db: &Option<PathBuf>) -> anyhow::Resul
     if let Some(url) = url {
         crate::config::check_postgres_url(&url).map_err(|e| Exit::config(format!("--db: {e}")))?;
         // A URL given with --db takes the password the config names, if there is one.
-        let config = match config {
-            Some(c) => Some(c),
-            None => load_config(cli).ok(),
-        };
         let password = match &config {
             Some(c) => c.audit.password()?,
             None => None,
@@ -141,7 +140,8 @@ pub(super) async fn open_audit(cli: &Cli, db: &Option<PathBuf>) -> anyhow::Resul
             &url,
             password.as_ref().map(crate::secret::Secret::expose),
         )
-        .await?);
+        .await?
+        .with_chain_keys(chain_keys(config.as_ref())?));
     }
     if !path.exists() {
         anyhow::bail!(
@@ -150,7 +150,17 @@ pub(super) async fn open_audit(cli: &Cli, db: &Option<PathBuf>) -> anyhow::Resul
         );
     }
     // Reading the log never writes to it: an auditor's copy may be read-only.
-    Ok(AuditStore::open_read_only(&path).await?)
+    Ok(AuditStore::open_read_only(&path)
+        .await?
+        .with_chain_keys(chain_keys(config.as_ref())?))
+}
+
+/// The config's chain keys (`audit.chain_key_file`), to verify a keyed chain with.
+fn chain_keys(config: Option<&Settings>) -> anyhow::Result<Option<ChainKeys>> {
+    let Some(c) = config else {
+        return Ok(None);
+    };
+    Ok(ChainKeys::new(&c.audit.chain_keys().map_err(Exit::config)?))
 }
 
 /// `audit migrate`: the SQLite log, held against writers, copied into PostgreSQL.
@@ -162,13 +172,18 @@ async fn migrate(
 ) -> anyhow::Result<u8> {
     crate::config::check_postgres_url(to).map_err(|e| Exit::config(format!("--to: {e}")))?;
     let (path, password) = migrate_source(cli, password_file, db)?;
-    let source = AuditStore::open(&path).await?;
+    let config = load_config(cli).ok();
+    let source = AuditStore::open(&path)
+        .await?
+        .with_chain_keys(chain_keys(config.as_ref())?);
     // No pass may write the file while it is copied.
     let claim = source
         .claim(std::time::Duration::ZERO)
         .await
         .map_err(|e| anyhow::anyhow!("{e}; stop the daemon before moving its log"))?;
-    let target = AuditStore::open_postgres(to, password.as_ref().map(|p| p.expose())).await?;
+    let target = AuditStore::open_postgres(to, password.as_ref().map(|p| p.expose()))
+        .await?
+        .with_chain_keys(chain_keys(config.as_ref())?);
     let bar = super::progress::spinner("copying rows");
     let copied = source
         .copy_into(&target, |n| bar.set_message(format!("{n} row(s) copied")))
@@ -275,14 +290,14 @@ async fn verify(
         (None, Some(_)) => None,
     };
     Ok(match store.verify().await? {
-        Verification::Intact { rows, head } => {
+        Verification::Intact { rows, head, keyed } => {
             if let Some(file) = &heads {
                 let code = saved_heads(&store, rows, &head, file).await?;
                 if code != 0 || expect_head.is_none() {
-                    return Ok(code);
+                    return Ok(code.max(print_keyed(&keyed)));
                 }
             }
-            match expect_head {
+            let code = match expect_head {
                 // A head saved earlier is any row of the chain: the log grows after it.
                 Some(expected) if !head.eq_ignore_ascii_case(expected) => {
                     expected_head(&store, rows, &head, expected).await?
@@ -298,7 +313,8 @@ async fn verify(
                     );
                     0
                 }
-            }
+            };
+            code.max(print_keyed(&keyed))
         }
         Verification::BrokenPass { id, problem } => {
             println!("BROKEN: pass {id}: {problem}");
@@ -313,6 +329,30 @@ async fn verify(
             1
         }
     })
+}
+
+/// Says what the chain's keys proved; 1 when keyed rows could not be checked (no key).
+fn print_keyed(keyed: &Keyed) -> u8 {
+    match keyed {
+        Keyed::No => {
+            println!(
+                "proved: every row is linked to the one before and unedited since it was hashed; the chain is not keyed, so someone who can write the database could rebuild it (set audit.chain_key_file)"
+            );
+            0
+        }
+        Keyed::Proven { from } => {
+            println!(
+                "proved with the chain key: rows from {from} on were written by a holder of the key, and no row before them was changed since"
+            );
+            0
+        }
+        Keyed::Unproven { from, rows, key } => {
+            println!(
+                "NOT PROVEN: {rows} row(s) from {from} on are keyed with key id {key}, which audit.chain_key_file does not hold: their links were checked, not their content"
+            );
+            1
+        }
+    }
 }
 
 /// Every head a head file recorded must be a row of the intact chain: a missing one means

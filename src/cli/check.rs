@@ -178,6 +178,9 @@ fn config_problems(config: &Settings, offline: bool) -> Vec<String> {
             problems.push(e.to_string());
         }
     }
+    if let Err(e) = config.audit.chain_keys() {
+        problems.push(e.to_string());
+    }
     if let Err(e) = config.daemon.ui_token() {
         problems.push(e.to_string());
     }

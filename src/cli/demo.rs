@@ -113,7 +113,7 @@ async fn show_trail(
     let counts: Vec<String> = counts.iter().map(|(o, n)| format!("{n} {o}")).collect();
     writeln!(out, "   first pass in the audit log: {}", counts.join(", "))?;
     match audit.verify().await? {
-        Verification::Intact { rows, head } => writeln!(
+        Verification::Intact { rows, head, .. } => writeln!(
             out,
             "   audit verify: ok, {rows} rows, hash chain intact, head {head}"
         )?,

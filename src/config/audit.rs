@@ -30,6 +30,8 @@ pub struct AuditSettings {
     pub lease_retry_secs: u64,
     /// The PostgreSQL password; None leaves it to `PGPASSWORD` or `~/.pgpass`.
     password: Loaded<Option<Secret>>,
+    /// `chain_key_file`: the keys of the keyed chain, the current one first.
+    chain_keys: Loaded<Vec<Secret>>,
 }
 
 impl AuditSettings {
@@ -48,7 +50,13 @@ impl AuditSettings {
             return Err(src.secret_file("audit.password_file", missing));
         }
         check_lease(&a, src)?;
+        let key_file = a.chain_key_file.as_deref().map(|p| src.resolve(p));
+        let chain_keys = key_file
+            .as_deref()
+            .map_or(Ok(Vec::new()), secrets::chain_keys_in)
+            .map_err(|e| src.secret_file("audit.chain_key_file", e));
         Ok(AuditSettings {
+            chain_keys: Loaded::new(chain_keys, key_file.as_deref()),
             password: read_password(password_file, src),
             path: src.resolve(&a.path),
             busy_timeout_secs: a.busy_timeout_secs,
@@ -67,6 +75,12 @@ impl AuditSettings {
             Some(url) => redact_url(url),
             None => self.path.display().to_string(),
         }
+    }
+
+    /// The keys of the keyed chain (`chain_key_file`), the current one first; empty when
+    /// the chain is not keyed.
+    pub fn chain_keys(&self) -> Result<Vec<Secret>, ConfigError> {
+        self.chain_keys.get()
     }
 
     /// The PostgreSQL password, as read when the settings were built.

@@ -34,6 +34,31 @@ impl<T: Clone> Loaded<T> {
     }
 }
 
+/// The least bytes a chain key has: shorter ones are guessable.
+const MIN_CHAIN_KEY: usize = 32;
+
+/// A chain key file: one key per line (the current one first, older ones after it for
+/// rows written before a rotation), each at least [`MIN_CHAIN_KEY`] characters.
+pub(super) fn chain_keys_in(file: &Path) -> Result<Vec<Secret>, SecretFileError> {
+    let text = read(file)?;
+    let keys: Vec<Secret> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| Secret::new(l.to_string()))
+        .collect();
+    if keys.is_empty() {
+        return Err(SecretFileError::Empty { file: file.into() });
+    }
+    if keys.iter().any(|k| k.expose().len() < MIN_CHAIN_KEY) {
+        return Err(SecretFileError::TooShort {
+            file: file.into(),
+            min: MIN_CHAIN_KEY,
+        });
+    }
+    Ok(keys)
+}
+
 /// A password file: one line (its line break is not part of it), not empty.
 pub fn read_password_file(file: &Path) -> Result<Secret, SecretFileError> {
     if readable_by_all(file) {
@@ -74,6 +99,6 @@ fn readable_by_all(_file: &Path) -> bool {
 fn warn_readable_by_all(file: &Path) {
     tracing::warn!(
         file = %file.display(),
-        "the API key file is readable by every user on this machine; chmod 600 it"
+        "a secret file (key, password or token) is readable by every user on this machine; chmod 600 it"
     );
 }

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::audit::{
-    AuditError, AuditStore, CaseCount, FailureGroup, GroupCount, PassRow, Period, RuleVersion,
-    Step, Verification,
+    AuditError, AuditStore, CaseCount, FailureGroup, GroupCount, Keyed, PassRow, Period,
+    RuleVersion, Step, Verification,
 };
 
 pub use html::render;
@@ -200,11 +200,16 @@ impl From<PassRow> for PassReview {
 /// What `audit verify` says of the whole chain now.
 pub async fn integrity(store: &AuditStore) -> Result<Integrity, AuditError> {
     Ok(match store.verify().await? {
-        Verification::Intact { rows, head } => Integrity {
+        Verification::Intact { rows, head, keyed } => Integrity {
             intact: true,
             rows,
             head: Some(head),
-            problem: None,
+            problem: match keyed {
+                Keyed::Unproven { from, key, .. } => Some(format!(
+                    "rows from {from} on are keyed with key id {key}, which was not given: their content was not checked"
+                )),
+                _ => None,
+            },
         },
         Verification::Broken {
             seq,
