@@ -57,6 +57,19 @@ async fn store_with(rows: usize) -> (tempfile::TempDir, AuditStore) {
     (dir, store)
 }
 
+/// A rule that tags every case.
+const TAGGER: &str = "const RULE = #{ name: \"tagger\" };\nfn evaluate(c) { add_tag(\"seen\"); }\n";
+
+/// A workspace whose only rule, `tagger.rhai`, is `rule`: no comments, no guard.
+fn tagging(sim: &casewarden::sim::Simulator, rule: &str) -> Workspace {
+    Workspace::new(
+        &sim.url,
+        "legacy",
+        "comment_changes = false\nmax_change_fraction = 1.0",
+        Some(&[("tagger.rhai", rule)]),
+    )
+}
+
 async fn raw_pool(path: &Path) -> sqlx::SqlitePool {
     SqlitePoolOptions::new()
         .max_connections(1)
@@ -443,12 +456,7 @@ async fn audit_output_is_readable_and_safe_for_spreadsheets() {
 async fn audit_show_gives_the_rule_text_behind_a_change_made_before_an_edit() {
     let sim = start(sim_options(5)).await;
     let v1 = "// version one\nconst RULE = #{ name: \"tagger\" };\nfn evaluate(c) { add_tag(\"first\", \"v1\"); }\n";
-    let ws = Workspace::new(
-        &sim.url,
-        "legacy",
-        "comment_changes = false\nmax_change_fraction = 1.0",
-        Some(&[("tagger.rhai", v1)]),
-    );
+    let ws = tagging(&sim, v1);
     assert_exit(&ws.run(&["once"]).await, 0);
     let v2 = v1
         .replace("version one", "version two")
@@ -498,13 +506,7 @@ async fn audit_show_gives_the_rule_text_behind_a_change_made_before_an_edit() {
 #[tokio::test(flavor = "multi_thread")]
 async fn verify_catches_rows_cut_from_the_end_with_the_head_file() {
     let sim = start(sim_options(5)).await;
-    let rule = "const RULE = #{ name: \"tagger\" };\nfn evaluate(c) { add_tag(\"seen\"); }\n";
-    let ws = Workspace::new(
-        &sim.url,
-        "legacy",
-        "comment_changes = false\nmax_change_fraction = 1.0",
-        Some(&[("tagger.rhai", rule)]),
-    );
+    let ws = tagging(&sim, TAGGER);
     let out = ws.run(&["audit", "verify"]).await;
     assert!(!out.status.success(), "no log yet");
     assert_exit(&ws.run(&["once"]).await, 0);
@@ -570,13 +572,7 @@ async fn verify_catches_rows_cut_from_the_end_with_the_head_file() {
 #[tokio::test(flavor = "multi_thread")]
 async fn verify_catches_forged_deleted_and_edited_passes() {
     let sim = start(sim_options(5)).await;
-    let rule = "const RULE = #{ name: \"tagger\" };\nfn evaluate(c) { add_tag(\"seen\"); }\n";
-    let ws = Workspace::new(
-        &sim.url,
-        "legacy",
-        "comment_changes = false\nmax_change_fraction = 1.0",
-        Some(&[("tagger.rhai", rule)]),
-    );
+    let ws = tagging(&sim, TAGGER);
     assert_exit(&ws.run(&["once"]).await, 0);
     assert_exit(&ws.run(&["once"]).await, 0);
     assert_exit(&ws.run(&["audit", "verify"]).await, 0);
@@ -705,13 +701,7 @@ async fn verify_catches_forged_deleted_and_edited_passes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_keyed_chain_cannot_be_extended_without_the_key() {
     let sim = start(sim_options(5)).await;
-    let rule = "const RULE = #{ name: \"tagger\" };\nfn evaluate(c) { add_tag(\"seen\"); }\n";
-    let ws = Workspace::new(
-        &sim.url,
-        "legacy",
-        "comment_changes = false\nmax_change_fraction = 1.0",
-        Some(&[("tagger.rhai", rule)]),
-    );
+    let ws = tagging(&sim, TAGGER);
     let key = "k3y-0f-the-chain-7f9a2c41d8e6b05a93c1";
     std::fs::write(ws.dir.path().join("chain_key"), format!("{key}\n")).unwrap();
     let keyed = "path = \"state/audit.db\"\nchain_key_file = \"chain_key\"";

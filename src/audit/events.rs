@@ -256,15 +256,32 @@ impl AuditStore {
         &self,
         case_ids: &[&str],
     ) -> Result<Vec<(String, String, String, String)>, AuditError> {
+        self.for_cases(case_ids, |ids| {
+            format!(
+                "SELECT case_id, rule, old, new FROM events WHERE field = 'rule' \
+                 AND new IN ('yield', 'fight') AND case_id IN ({ids})"
+            )
+        })
+        .await
+    }
+
+    /// The rows of `sql(placeholders)` for `case_ids`, asked 500 ids at a time (the
+    /// placeholders stand for them, `$1` on).
+    async fn for_cases<T>(
+        &self,
+        case_ids: &[&str],
+        sql: impl Fn(&str) -> String,
+    ) -> Result<Vec<T>, AuditError>
+    where
+        T: Send
+            + Unpin
+            + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+            + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+    {
         let mut out = Vec::new();
         for chunk in case_ids.chunks(500) {
-            let mut sql = String::from(
-                "SELECT case_id, rule, old, new FROM events WHERE field = 'rule' \
-                 AND new IN ('yield', 'fight') AND case_id IN (",
-            );
-            sql.push_str(&placeholders(1, chunk.len()));
-            sql.push(')');
-            let rows: Vec<(String, String, String, String)> = on_pool!(&self.pool, |pool| {
+            let sql = sql(&placeholders(1, chunk.len()));
+            let rows: Vec<T> = on_pool!(&self.pool, |pool| {
                 let mut q = sqlx::query_as(AssertSqlSafe(sql));
                 for id in chunk {
                     q = q.bind(*id);
@@ -309,32 +326,18 @@ impl AuditStore {
     /// on that case. (`|| ''` keeps SQLite from walking every row of the run or the rule,
     /// once per case, by their indexes: the rows are looked up by case.)
     pub async fn last_dry_runs(&self, case_ids: &[&str]) -> Result<Vec<DryRow>, AuditError> {
-        let mut out = Vec::new();
-        for chunk in case_ids.chunks(500) {
-            let mut sql = String::from(
+        let instance = self.instance_filter("");
+        self.for_cases(case_ids, |ids| {
+            format!(
                 "WITH last AS (SELECT case_id, rule, MAX(seq) AS seq FROM events \
-                 WHERE dry_run AND case_id IN (",
-            );
-            sql.push_str(&placeholders(1, chunk.len()));
-            sql.push(')');
-            sql.push_str(&self.instance_filter(""));
-            sql.push_str(
-                " GROUP BY case_id, rule), \
+                 WHERE dry_run AND case_id IN ({ids}){instance} GROUP BY case_id, rule), \
                  runs AS (SELECT l.case_id, l.rule, e.run_id FROM last l JOIN events e ON e.seq = l.seq) \
                  SELECT e.case_id, e.rule, e.field, e.new, e.outcome FROM events e JOIN runs r \
                  ON e.case_id = r.case_id AND e.rule || '' = r.rule AND e.run_id || '' = r.run_id \
-                 WHERE e.dry_run",
-            );
-            let rows: Vec<DryRow> = on_pool!(&self.pool, |pool| {
-                let mut q = sqlx::query_as(AssertSqlSafe(sql));
-                for id in chunk {
-                    q = q.bind(*id);
-                }
-                q.fetch_all(pool).await?
-            });
-            out.extend(rows);
-        }
-        Ok(out)
+                 WHERE e.dry_run"
+            )
+        })
+        .await
     }
 
     /// Summary counts of one pass's rows by outcome (for reports).
