@@ -151,6 +151,31 @@ async fn diff_reports_exactly_what_a_modified_rule_gains_and_loses() {
     );
     let one = high.iter().next().unwrap();
     assert!(text.contains(&format!("  - case {one} (ticket ")), "{text}");
+
+    // --detailed-exitcode: 2 for this candidate, 0 for one identical to the live rules, 1
+    // on an error.
+    let detailed = |dir: &std::path::Path| {
+        let args = [
+            "diff",
+            "--detailed-exitcode",
+            "--rules-dir",
+            dir.to_str().unwrap(),
+            "--cases",
+            saved.to_str().unwrap(),
+        ]
+        .map(String::from);
+        let ws = &ws;
+        async move {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            ws.run(&refs).await.status.code()
+        }
+    };
+    assert_eq!(detailed(&candidate).await, Some(2));
+    let same = ws.dir.path().join("same");
+    std::fs::create_dir(&same).unwrap();
+    std::fs::write(same.join("heat.rhai"), LIVE).unwrap();
+    assert_eq!(detailed(&same).await, Some(0));
+    assert_eq!(detailed(&ws.dir.path().join("nowhere")).await, Some(1));
 }
 
 /// A reviewed plan: `once --dry-run --out` writes it and sends nothing (exit 2 with

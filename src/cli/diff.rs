@@ -35,6 +35,11 @@ pub struct DiffArgs {
     /// List this server's cases (an `[[instance]]` name) [default: the first server]
     #[arg(long, value_name = "NAME", conflicts_with = "cases")]
     pub instance: Option<String>,
+    /// Exit 0 when the candidate decides every case as the live rules do, 2 when it
+    /// decides some differently or adds or removes a rule, 1 on an error (as `terraform
+    /// plan -detailed-exitcode`)
+    #[arg(long)]
+    pub detailed_exitcode: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -44,6 +49,17 @@ pub enum DiffFormat {
 }
 
 pub(super) async fn run(cli: &Cli, args: &DiffArgs) -> anyhow::Result<u8> {
+    let result = compare(cli, args).await;
+    // With --detailed-exitcode, 2 means "different": every error is 1.
+    match result {
+        Err(e) if args.detailed_exitcode => Err(Exit::failed(&e).into()),
+        Ok(true) if args.detailed_exitcode => Ok(2),
+        other => other.map(|_| 0),
+    }
+}
+
+/// Prints what the candidate decides differently; Ok(true) when it does.
+async fn compare(cli: &Cli, args: &DiffArgs) -> anyhow::Result<bool> {
     let config = load_config(cli)?;
     let live = load_rules(&config, &config.daemon.rules_dir)?;
     let candidate = load_rules(&config, &args.rules_dir)?;
@@ -76,7 +92,9 @@ pub(super) async fn run(cli: &Cli, args: &DiffArgs) -> anyhow::Result<u8> {
         }
         DiffFormat::Table => print_table(&mut out, &diffs, cases.len())?,
     }
-    Ok(0)
+    Ok(diffs
+        .iter()
+        .any(|d| !d.is_same() || matches!(d.status, "added" | "removed")))
 }
 
 fn load_rules(config: &Settings, dir: &Path) -> Result<RuleSet, Exit> {
