@@ -6,7 +6,7 @@ use super::{AuditError, AuditStore, EventRow, PassRow};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
-use super::key::{CHAIN, ChainKey, KEYED};
+use super::key::{CHAIN, ChainKey, ChainKeys, KEYED};
 
 /// Rows `verify` reads and hashes at a time.
 const VERIFY_BATCH: usize = 2_048;
@@ -162,6 +162,44 @@ impl ChainedPasses {
         }
     }
 
+    /// The first pass that does not hold against the walked chain: edited, its head not a
+    /// row of the chain (`heads`: the recorded heads no row had), forged, or deleted.
+    fn broken_pass(
+        &self,
+        passes: &[PassRow],
+        heads: &std::collections::HashSet<String>,
+    ) -> Option<Verification> {
+        for p in passes {
+            let problem =
+                if p.hash.is_some() && p.hash.as_deref() != Some(p.compute_hash().as_str()) {
+                    "its row does not match its hash (its totals, status or times were edited)"
+                        .to_string()
+                } else if p.chain_head.as_ref().is_some_and(|h| heads.contains(h)) {
+                    "the chain head it recorded is not a row of the chain (the events were rebuilt)"
+                        .into()
+                } else if let Some(problem) = self.problem(p) {
+                    problem
+                } else {
+                    continue;
+                };
+            return Some(Verification::BrokenPass {
+                id: p.id.clone(),
+                problem,
+            });
+        }
+        let have: std::collections::HashSet<&str> = passes.iter().map(|p| p.id.as_str()).collect();
+        let (id, seq) = self
+            .started
+            .iter()
+            .find(|(id, _)| !have.contains(id.as_str()))?;
+        Some(Verification::BrokenPass {
+            id: id.clone(),
+            problem: format!(
+                "its row was deleted: the chain records its start (row {seq}) but the passes table has no such pass"
+            ),
+        })
+    }
+
     /// What is wrong with pass row `p` against the chain: forged (no chained start, though
     /// passes of its time have one), sealed without its chained end, or sealed with other
     /// totals than its end recorded.
@@ -211,6 +249,67 @@ enum Under<'k> {
     Unknown,
 }
 
+/// The first row of a batch whose content does not match its hash under its key (rows
+/// under a key not given are not checked), hashed in parallel.
+fn first_forged(rows: &[EventRow], unders: &[Under<'_>]) -> Option<usize> {
+    use rayon::prelude::*;
+    rows.par_iter()
+        .zip(unders.par_iter())
+        .position_first(|(row, under)| match under {
+            Under::Plain => row.compute_hash() != row.hash,
+            Under::Key(k) => row.hash_with(Some(k)) != row.hash,
+            Under::Unknown => false,
+        })
+}
+
+/// Why a forged row is broken, naming the key it was checked under.
+fn forged_problem(row: &EventRow, under: Under<'_>) -> String {
+    match under {
+        Under::Key(k) => format!(
+            "row {}'s content does not match its keyed hash under key id {} (the row was edited, forged or re-linked without the key)",
+            row.seq, k.id
+        ),
+        _ => format!(
+            "row {}'s content does not match its hash (the row was edited or forged)",
+            row.seq
+        ),
+    }
+}
+
+/// The keys as the walk goes: a "keyed" row switches the key for itself and the rows after
+/// it; what the keyed rows proved so far.
+struct KeyWalk<'k> {
+    keys: Option<&'k ChainKeys>,
+    under: Under<'k>,
+    keyed: Keyed,
+}
+
+impl<'k> KeyWalk<'k> {
+    /// The key `row` is hashed under.
+    fn step(&mut self, row: &EventRow) -> Under<'k> {
+        if row.field == CHAIN && row.new.as_deref() == Some(KEYED) {
+            let id = row.old.clone().unwrap_or_default();
+            self.under = match self.keys.and_then(|k| k.find(&id)) {
+                Some(k) => Under::Key(k),
+                None => Under::Unknown,
+            };
+            self.keyed = match (&self.keyed, self.under) {
+                (Keyed::No, Under::Key(_)) => Keyed::Proven { from: row.seq },
+                (Keyed::No | Keyed::Proven { .. }, Under::Unknown) => Keyed::Unproven {
+                    from: row.seq,
+                    rows: 0,
+                    key: id,
+                },
+                (k, _) => k.clone(),
+            };
+        }
+        if let (Under::Unknown, Keyed::Unproven { rows, .. }) = (self.under, &mut self.keyed) {
+            *rows += 1;
+        }
+        self.under
+    }
+}
+
 /// The result of walking the chain.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verification {
@@ -257,49 +356,18 @@ impl AuditStore {
         let mut count = 0u64;
         let mut last_seq = 0i64;
         let keys = self.chain_keys.as_deref();
-        let mut under = Under::Plain;
-        let mut keyed = Keyed::No;
+        let mut walk = KeyWalk {
+            keys,
+            under: Under::Plain,
+            keyed: Keyed::No,
+        };
         while let Some(batch) = batches.next().await {
             let rows = batch
                 .into_iter()
                 .map(|r| Ok(r?))
                 .collect::<Result<Vec<EventRow>, AuditError>>()?;
-            // A "keyed" row switches the key for itself and the rows after it.
-            let unders: Vec<Under<'_>> = rows
-                .iter()
-                .map(|row| {
-                    if row.field == CHAIN && row.new.as_deref() == Some(KEYED) {
-                        let id = row.old.clone().unwrap_or_default();
-                        under = match keys.and_then(|k| k.find(&id)) {
-                            Some(k) => Under::Key(k),
-                            None => Under::Unknown,
-                        };
-                        keyed = match (&keyed, under) {
-                            (Keyed::No, Under::Key(_)) => Keyed::Proven { from: row.seq },
-                            (Keyed::No | Keyed::Proven { .. }, Under::Unknown) => Keyed::Unproven {
-                                from: row.seq,
-                                rows: 0,
-                                key: id,
-                            },
-                            (k, _) => k.clone(),
-                        };
-                    }
-                    if let (Under::Unknown, Keyed::Unproven { rows, .. }) = (under, &mut keyed) {
-                        *rows += 1;
-                    }
-                    under
-                })
-                .collect();
-            let forged: Option<usize> = {
-                use rayon::prelude::*;
-                rows.par_iter()
-                    .zip(unders.par_iter())
-                    .position_first(|(row, under)| match under {
-                        Under::Plain => row.compute_hash() != row.hash,
-                        Under::Key(k) => row.hash_with(Some(k)) != row.hash,
-                        Under::Unknown => false,
-                    })
-            };
+            let unders: Vec<Under<'_>> = rows.iter().map(|row| walk.step(row)).collect();
+            let forged = first_forged(&rows, &unders);
             for (i, row) in rows.iter().enumerate() {
                 let broken = |problem: String| Verification::Broken {
                     seq: row.seq,
@@ -313,16 +381,7 @@ impl AuditStore {
                     )));
                 }
                 if forged == Some(i) {
-                    return Ok(broken(match unders[i] {
-                        Under::Key(k) => format!(
-                            "row {}'s content does not match its keyed hash under key id {} (the row was edited, forged or re-linked without the key)",
-                            row.seq, k.id
-                        ),
-                        _ => format!(
-                            "row {}'s content does not match its hash (the row was edited or forged)",
-                            row.seq
-                        ),
-                    }));
+                    return Ok(broken(forged_problem(row, unders[i])));
                 }
                 heads.remove(&row.hash);
                 chained.see(row);
@@ -331,38 +390,10 @@ impl AuditStore {
                 count += 1;
             }
         }
-        for p in &passes {
-            let problem =
-                if p.hash.is_some() && p.hash.as_deref() != Some(p.compute_hash().as_str()) {
-                    "its row does not match its hash (its totals, status or times were edited)"
-                        .to_string()
-                } else if p.chain_head.as_ref().is_some_and(|h| heads.contains(h)) {
-                    "the chain head it recorded is not a row of the chain (the events were rebuilt)"
-                        .into()
-                } else if let Some(problem) = chained.problem(p) {
-                    problem
-                } else {
-                    continue;
-                };
-            return Ok(Verification::BrokenPass {
-                id: p.id.clone(),
-                problem,
-            });
+        if let Some(broken) = chained.broken_pass(&passes, &heads) {
+            return Ok(broken);
         }
-        let have: std::collections::HashSet<&str> = passes.iter().map(|p| p.id.as_str()).collect();
-        if let Some((id, seq)) = chained
-            .started
-            .iter()
-            .find(|(id, _)| !have.contains(id.as_str()))
-        {
-            return Ok(Verification::BrokenPass {
-                id: id.clone(),
-                problem: format!(
-                    "its row was deleted: the chain records its start (row {seq}) but the passes table has no such pass"
-                ),
-            });
-        }
-        if keys.is_some() && keyed == Keyed::No {
+        if keys.is_some() && walk.keyed == Keyed::No {
             return Ok(Verification::Broken {
                 seq: last_seq,
                 rows_checked: count,
@@ -372,7 +403,7 @@ impl AuditStore {
         Ok(Verification::Intact {
             rows: count,
             head: prev,
-            keyed,
+            keyed: walk.keyed,
         })
     }
 

@@ -3,6 +3,10 @@
 //! [`on_pool!`] compiles a query once per backend, and [`Backend`] holds what differs.
 
 use sqlx::postgres::PgPool;
+use sqlx::query::Query;
+use sqlx::{Database, Encode, Type};
+
+use super::PassTotals;
 use sqlx::sqlite::SqlitePool;
 
 /// Rows per INSERT statement (21 parameters each).
@@ -135,4 +139,25 @@ pub(super) fn describe_open_error(e: &sqlx::Error) -> String {
     } else {
         text
     }
+}
+
+/// Binds the totals' columns in the order the passes table has them: `cases_seen`,
+/// `planned`, `applied`, `failed`, `skipped`, `status`, `error`.
+pub(super) fn bind_totals<'q, DB>(
+    q: Query<'q, DB, DB::Arguments>,
+    t: &PassTotals,
+) -> Query<'q, DB, DB::Arguments>
+where
+    DB: Database,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+    for<'t> String: Encode<'t, DB> + Type<DB>,
+    for<'t> Option<String>: Encode<'t, DB> + Type<DB>,
+{
+    q.bind(t.cases_seen)
+        .bind(t.planned)
+        .bind(t.applied)
+        .bind(t.failed)
+        .bind(t.skipped)
+        .bind(t.status.clone())
+        .bind(t.error.clone())
 }

@@ -4,158 +4,12 @@
 
 use sqlx::AssertSqlSafe;
 
-use super::db::{Backend, insert_events, on_pool, placeholders};
-use super::key::ChainKeys;
+use super::db::{on_pool, placeholders};
 use super::{
-    AppliedChange, AuditError, AuditStore, DryRow, EventRow, GENESIS, NewEvent, PassRow,
-    PassTotals, RuleErrors, Unsettled, timestamp,
+    AppliedChange, AuditError, AuditStore, DryRow, EventRow, GENESIS, RuleErrors, Unsettled,
 };
 
 impl AuditStore {
-    /// Appends rows in one transaction, extending the hash chain; returns their `seq`s.
-    /// When this returns Ok the rows are on disk (synchronous=FULL).
-    pub async fn append(&self, events: &[NewEvent]) -> Result<Vec<i64>, AuditError> {
-        if events.is_empty() {
-            return Ok(Vec::new());
-        }
-        Ok(self.write_chained(events, None).await?.0)
-    }
-
-    /// Appends `events` to the chain and, with `mark`, starts or seals a pass's row in the
-    /// same transaction, with the chained row of its start or end (which carries the sealed
-    /// row's hash): a pass row exists exactly when its start is chained, and is sealed
-    /// exactly when its end is.
-    pub(super) async fn write_chained(
-        &self,
-        events: &[NewEvent],
-        mark: Option<PassMark<'_>>,
-    ) -> Result<(Vec<i64>, Option<(PassRow, String)>), AuditError> {
-        let _guard = self.write.lock().await;
-        on_pool!(&self.pool, |pool| {
-            // The write lock is taken before reading the head, so two writers (even in two
-            // processes, or on two hosts sharing PostgreSQL) can never fork the chain.
-            let mut tx = pool.begin_write().await?;
-            let head: Option<(i64, String)> =
-                sqlx::query_as("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            // Fencing: a holder that lost the lease (paused past it while another took
-            // over) writes nothing more, so it cannot settle what the new holder settles.
-            let fence = self.fence();
-            if let Some(mine) = &fence {
-                let current: Option<(String, i64)> =
-                    sqlx::query_as("SELECT holder, epoch FROM lease WHERE id = 1")
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                if current
-                    .as_ref()
-                    .is_none_or(|(h, e)| *h != mine.holder || *e != mine.epoch)
-                {
-                    return Err(AuditError::Fenced {
-                        epoch: mine.epoch,
-                        current: current.map(|c| c.1),
-                    });
-                }
-            }
-            let mut sealed = None;
-            let mut end = None;
-            if let Some(PassMark::Start {
-                id,
-                trigger,
-                fingerprint,
-                dry_run,
-            }) = mark
-            {
-                sqlx::query(
-                    "INSERT INTO passes (id, started_at, trigger_kind, rules_fingerprint, dry_run, status, instance) VALUES ($1, $2, $3, $4, $5, 'running', $6)",
-                )
-                .bind(id)
-                .bind(timestamp(chrono::Utc::now()))
-                .bind(trigger)
-                .bind(fingerprint)
-                .bind(dry_run)
-                .bind(self.instance.as_deref())
-                .execute(&mut *tx)
-                .await?;
-                end = Some(super::row::pass_started(id, trigger, fingerprint, dry_run));
-            }
-            if let Some(PassMark::Seal(id, totals)) = mark {
-                let mut row: PassRow = sqlx::query_as("SELECT * FROM passes WHERE id = $1")
-                    .bind(id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                row.finished_at = Some(timestamp(chrono::Utc::now()));
-                row.totals = totals.clone();
-                let at = head.as_ref().map(|h| h.1.clone());
-                row.chain_head = Some(at.unwrap_or_else(|| GENESIS.to_string()));
-                row.hash = Some(row.compute_hash());
-                let update = sqlx::query(
-                    "UPDATE passes SET finished_at = $1, cases_seen = $2, planned = $3, applied = $4, failed = $5, skipped = $6, status = $7, error = $8, chain_head = $9, hash = $10 WHERE id = $11",
-                )
-                .bind(&row.finished_at);
-                super::passes::bind_totals(update, totals)
-                    .bind(&row.chain_head)
-                    .bind(&row.hash)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                end = Some(super::row::pass_finished(&row));
-                sealed = Some(row);
-            }
-            let epoch = fence.map(|f| f.epoch);
-            let rows = self.rows(events.iter().chain(end.as_ref()), head, epoch);
-            insert_events!(&mut *tx, &rows);
-            tx.commit().await?;
-            let head = rows.last().map(|r| r.hash.clone()).unwrap_or_default();
-            Ok((
-                rows.iter().map(|r| r.seq).collect(),
-                sealed.map(|s| (s, head)),
-            ))
-        })
-    }
-
-    /// The rows to append after `head`, hashed into the chain.
-    fn rows<'e>(
-        &self,
-        events: impl Iterator<Item = &'e NewEvent>,
-        head: Option<(i64, String)>,
-        epoch: Option<i64>,
-    ) -> Vec<EventRow> {
-        let (mut seq, mut prev) = head.unwrap_or((0, GENESIS.to_string()));
-        let now = timestamp(chrono::Utc::now());
-        let mut rows = Vec::with_capacity(events.size_hint().0);
-        for e in events {
-            seq += 1;
-            let mut row = EventRow {
-                seq,
-                run_id: e.run_id.clone(),
-                recorded_at: now.clone(),
-                rule: e.rule.clone(),
-                rule_hash: e.rule_hash.clone(),
-                case_id: e.case.id().to_string(),
-                ticket_id: e.case.ticket_id(),
-                field: e.field.clone(),
-                old: e.old.clone(),
-                new: e.new.clone(),
-                reason: e.reason.clone(),
-                dry_run: e.dry_run,
-                outcome: e.outcome,
-                error: e.error.clone(),
-                http_status: e.http_status,
-                planned_seq: e.planned_seq,
-                prev_hash: prev,
-                hash: String::new(),
-                tenant: e.case.tenant().map(str::to_string),
-                instance: self.instance.as_deref().map(str::to_string),
-                epoch,
-            };
-            row.hash = row.hash_with(self.chain_keys.as_deref().map(ChainKeys::current));
-            prev = row.hash.clone();
-            rows.push(row);
-        }
-        rows
-    }
-
     /// The newest row's hash (the chain head) and row count.
     pub async fn head(&self) -> Result<(i64, String), AuditError> {
         let head: Option<(i64, String)> = on_pool!(&self.pool, |pool| {
@@ -364,16 +218,4 @@ impl AuditStore {
         });
         Ok(found.is_some())
     }
-}
-
-/// What [`AuditStore::write_chained`] does to a pass besides appending.
-#[derive(Clone, Copy)]
-pub(super) enum PassMark<'a> {
-    Start {
-        id: &'a str,
-        trigger: &'a str,
-        fingerprint: &'a str,
-        dry_run: bool,
-    },
-    Seal(&'a str, &'a PassTotals),
 }

@@ -19,6 +19,7 @@ mod rule_texts;
 mod stats;
 mod store;
 mod users;
+mod write;
 
 pub use crate::time::timestamp;
 pub use chain::{GENESIS, Keyed, Verification};

@@ -2,11 +2,11 @@
 //! chain head appended to `audit.head_file`), sealing passes a crash interrupted, and
 //! finding passes.
 
-use sqlx::query::Query;
-use sqlx::{AssertSqlSafe, Database, Encode, Type};
+use sqlx::AssertSqlSafe;
 
+use super::db::bind_totals;
 use super::db::on_pool;
-use super::events::PassMark;
+use super::write::PassMark;
 use super::{AuditError, AuditStore, Outcome, PassRow, PassTotals};
 
 impl AuditStore {
@@ -193,25 +193,4 @@ pub(super) async fn insert_pass(
         .execute(&mut **tx)
         .await?;
     Ok(())
-}
-
-/// Binds the totals' columns in the order the passes table has them: `cases_seen`,
-/// `planned`, `applied`, `failed`, `skipped`, `status`, `error`.
-pub(super) fn bind_totals<'q, DB>(
-    q: Query<'q, DB, DB::Arguments>,
-    t: &PassTotals,
-) -> Query<'q, DB, DB::Arguments>
-where
-    DB: Database,
-    for<'t> i64: Encode<'t, DB> + Type<DB>,
-    for<'t> String: Encode<'t, DB> + Type<DB>,
-    for<'t> Option<String>: Encode<'t, DB> + Type<DB>,
-{
-    q.bind(t.cases_seen)
-        .bind(t.planned)
-        .bind(t.applied)
-        .bind(t.failed)
-        .bind(t.skipped)
-        .bind(t.status.clone())
-        .bind(t.error.clone())
 }

@@ -105,8 +105,8 @@ pub(super) fn skip_overridden(
     applied_times: &HashMap<String, usize>,
     who: &Overrides<'_>,
 ) -> Vec<Clash> {
-    let mut overridden_status: Vec<String> = Vec::new();
-    let mut overridden: Vec<String> = Vec::new();
+    // The rules whose change was set back and left so, and its field.
+    let mut overridden: Vec<(String, Field)> = Vec::new();
     let mut clashes = Vec::new();
     for d in plan.decisions.iter_mut().filter(|d| d.is_planned()) {
         let Some(last) = set_back(d, case, memory) else {
@@ -131,47 +131,16 @@ pub(super) fn skip_overridden(
                 "overridden by a person: {set}{}",
                 changer.as_ref().map(Changer::describe).unwrap_or_default()
             ));
-            if d.field == Field::Status {
-                overridden_status.push(d.rule.clone());
-            }
-            overridden.push(d.rule.clone());
+            overridden.push((d.rule.clone(), d.field));
             continue;
         };
         let times = applied_times
             .get(&memory_key(d.field, new))
             .copied()
             .unwrap_or(1);
-        let outcome = match ((who.reapplies)(&d.rule), times) {
-            (false, _) => ClashOutcome::Yielded,
-            (true, 0 | 1) => ClashOutcome::Reapplied,
-            (true, _) => ClashOutcome::Fight,
-        };
-        let by_text = by.describe();
-        match outcome {
-            ClashOutcome::Reapplied => {
-                d.reason = format!(
-                    "{} [set again: another automation set it back{by_text}; RULE.on_automation_revert = \"reapply\"]",
-                    d.reason
-                )
-                .trim_start()
-                .to_string();
-            }
-            ClashOutcome::Yielded => {
-                d.skipped = Some(format!(
-                    "set back by another automation, not a person: {set}{by_text}; yielding (RULE.on_automation_revert = \"yield\")"
-                ));
-            }
-            ClashOutcome::Fight => {
-                d.skipped = Some(format!(
-                    "fight with another automation: {set}{by_text} again after casewarden set it {times} times; stopped (RULE.on_automation_revert = \"reapply\" sets it at most twice)"
-                ));
-            }
-        }
+        let outcome = answer_automation(d, &set, by, times, (who.reapplies)(&d.rule));
         if outcome != ClashOutcome::Reapplied {
-            if d.field == Field::Status {
-                overridden_status.push(d.rule.clone());
-            }
-            overridden.push(d.rule.clone());
+            overridden.push((d.rule.clone(), d.field));
         }
         clashes.push(Clash {
             rule: d.rule.clone(),
@@ -181,15 +150,61 @@ pub(super) fn skip_overridden(
             outcome,
         });
     }
+    follow_overrides(plan, memory, &overridden);
+    clashes
+}
+
+/// What a rule does about a value another automation (`by`) set back after casewarden set
+/// it `times` times: yields, sets it again once (`reapply`), or stops: a fight. Notes it on
+/// the decision.
+fn answer_automation(
+    d: &mut Decision,
+    set: &str,
+    by: &Changer,
+    times: usize,
+    reapply: bool,
+) -> ClashOutcome {
+    let by_text = by.describe();
+    let outcome = match (reapply, times) {
+        (false, _) => ClashOutcome::Yielded,
+        (true, 0 | 1) => ClashOutcome::Reapplied,
+        (true, _) => ClashOutcome::Fight,
+    };
+    match outcome {
+        ClashOutcome::Reapplied => {
+            d.reason = format!(
+                "{} [set again: another automation set it back{by_text}; RULE.on_automation_revert = \"reapply\"]",
+                d.reason
+            )
+            .trim_start()
+            .to_string();
+        }
+        ClashOutcome::Yielded => {
+            d.skipped = Some(format!(
+                "set back by another automation, not a person: {set}{by_text}; yielding (RULE.on_automation_revert = \"yield\")"
+            ));
+        }
+        ClashOutcome::Fight => {
+            d.skipped = Some(format!(
+                "fight with another automation: {set}{by_text} again after casewarden set it {times} times; stopped (RULE.on_automation_revert = \"reapply\" sets it at most twice)"
+            ));
+        }
+    }
+    outcome
+}
+
+/// What follows a change left set back: the resolution that goes with a status, and the
+/// comments explaining it (with all of a rule's changes set back a comment would be posted
+/// again every pass); the same text casewarden posted last is not posted twice.
+fn follow_overrides(plan: &mut CasePlan, memory: &Memory, overridden: &[(String, Field)]) {
     for d in plan.decisions.iter_mut() {
-        if d.field == Field::Resolution && d.is_planned() && overridden_status.contains(&d.rule) {
+        let status_left = overridden.contains(&(d.rule.clone(), Field::Status));
+        if d.field == Field::Resolution && d.is_planned() && status_left {
             d.skipped = Some("overridden: the status it goes with was".into());
         }
     }
-    // A comment explains its rule's changes: with all of them reverted it would be posted
-    // again every pass; the same text casewarden posted last is not posted twice.
     plan.skip_unexplained_comments(
-        |rule| overridden.iter().any(|r| r == rule),
+        |rule| overridden.iter().any(|(r, _)| r == rule),
         "overridden: the changes this comment explains were set back",
     );
     let last_comment = memory.get(&memory_key(Field::Comment, ""));
@@ -203,7 +218,6 @@ pub(super) fn skip_overridden(
                 Some("already posted: casewarden's last comment on this case says the same".into());
         }
     }
-    clashes
 }
 
 /// The case's current value of `field`, in the memory's form.

@@ -51,6 +51,7 @@ pub(super) fn read_rule(
     body: Position,
 ) -> (Checked<Rule>, Vec<String>) {
     let read = Reader { meta, file, text };
+    // Each key read on its own, its problems collected and a default kept in its place.
     let mut errors = Vec::new();
     take(&mut errors, read.known_keys());
     let name = take(&mut errors, read.string("name"))
@@ -65,58 +66,28 @@ pub(super) fn read_rule(
                     .map_err(|e| read.at("schedule", format!("RULE.schedule: {e}"))),
             )
         });
-    let enabled = take(&mut errors, read.flag("enabled", true));
-    let dry_run = take(&mut errors, read.flag("dry_run", false));
+    let enabled = take(&mut errors, read.flag("enabled", true)).unwrap_or(true);
+    let dry_run = take(&mut errors, read.flag("dry_run", false)).unwrap_or_default();
     let max_change_fraction = take(&mut errors, read.fraction()).flatten();
     let max_changes = take(&mut errors, read.count()).flatten();
-    let query = take(&mut errors, read.query());
-    let custom_fields =
-        take(&mut errors, read.strings("custom_fields", "[\"my_field\"]")).unwrap_or_default();
-    let exempt_tags = take(
-        &mut errors,
-        read.strings("exempt_tags", "[\"vip\", \"legal-hold\"]"),
-    );
-    let tenants = take(
-        &mut errors,
-        read.strings("tenants", "[\"<cust_id>\", \"<cust_id>\"]"),
-    );
-    let instances = take(&mut errors, read.strings("instances", "[\"eu\", \"us\"]"));
-    let description = take(&mut errors, read.string("description")).flatten();
-    let reapply = take(&mut errors, read.on_automation_revert());
-    let query = match (query, &tenants) {
-        (Some(mut query), Some(tenants)) => {
-            take(&mut errors, read.scope_to_tenants(tenants, &mut query)).map(|()| query)
-        }
-        _ => None,
+    let mut query = take(&mut errors, read.query()).unwrap_or_default();
+    let list = |key: &str, example: &str, errors: &mut Vec<RuleError>| {
+        take(errors, read.strings(key, example)).unwrap_or_default()
     };
+    let custom_fields = list("custom_fields", "[\"my_field\"]", &mut errors);
+    let exempt_tags = list("exempt_tags", "[\"vip\", \"legal-hold\"]", &mut errors);
+    let tenants = list("tenants", "[\"<cust_id>\", \"<cust_id>\"]", &mut errors);
+    let instances = list("instances", "[\"eu\", \"us\"]", &mut errors);
+    let description = take(&mut errors, read.string("description")).flatten();
+    let reapply = take(&mut errors, read.on_automation_revert()).unwrap_or_default();
+    take(&mut errors, read.scope_to_tenants(&tenants, &mut query));
     if name.is_none() && !errors.iter().any(|e| e.message.starts_with("RULE.name")) {
         errors.extend(read.at(
             "RULE",
             "RULE.name is missing: every rule needs a unique name".into(),
         ));
     }
-    let (
-        Some(name),
-        Some(enabled),
-        Some(dry_run),
-        Some(query),
-        Some(exempt_tags),
-        Some(tenants),
-        Some(instances),
-        Some(reapply),
-        true,
-    ) = (
-        name,
-        enabled,
-        dry_run,
-        query,
-        exempt_tags,
-        tenants,
-        instances,
-        reapply,
-        errors.is_empty(),
-    )
-    else {
+    let (Some(name), true) = (name, errors.is_empty()) else {
         errors.sort_by_key(|e| (e.line, e.col));
         return (Err(errors), custom_fields);
     };
