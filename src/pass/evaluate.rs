@@ -116,14 +116,8 @@ async fn with_activities(
     }
     let read: Vec<(usize, Case)> = futures::stream::iter(wanted)
         .map(|(i, mut case)| async move {
-            if let Some(kept) = ctx.mirror.activities(&case) {
-                case.activities = Some(kept);
-                return Some((i, case));
-            }
-            match ctx.client.list_activities(&case.id).await {
-                Ok(activities) => {
-                    let read = Arc::new(activities);
-                    ctx.mirror.keep_activities(&case, read.clone());
+            match activities_of(ctx, &case).await {
+                Ok(read) => {
                     case.activities = Some(read);
                     Some((i, case))
                 }
@@ -143,4 +137,18 @@ async fn with_activities(
         evaluated[i] = ev;
     }
     Ok(evaluated)
+}
+
+/// A case's `/activities`: kept in the mirror since its last read while the case has not
+/// changed, else read and kept.
+pub(super) async fn activities_of(
+    ctx: &super::PassContext,
+    case: &Case,
+) -> Result<crate::mirror::Activities, crate::stellar::ApiError> {
+    if let Some(kept) = ctx.mirror.activities(case) {
+        return Ok(kept);
+    }
+    let read = Arc::new(ctx.client.list_activities(&case.id).await?);
+    ctx.mirror.keep_activities(case, read.clone());
+    Ok(read)
 }

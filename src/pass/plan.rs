@@ -336,17 +336,8 @@ async fn who_set_back(run: &Run<'_>, case: &mut Case) {
     if case.activities.is_some() || case.raw().get("history").is_some() {
         return;
     }
-    let ctx = run.ctx;
-    if let Some(kept) = ctx.mirror.activities(case) {
-        case.activities = Some(kept);
-        return;
-    }
-    match ctx.client.list_activities(&case.id).await {
-        Ok(read) => {
-            let read = Arc::new(read);
-            ctx.mirror.keep_activities(case, read.clone());
-            case.activities = Some(read);
-        }
+    match super::evaluate::activities_of(run.ctx, case).await {
+        Ok(read) => case.activities = Some(read),
         Err(e) => {
             tracing::warn!(case_id = %case.id, error = %e, "cannot read the case's activities to tell who set back casewarden's change; taken as a person");
         }
