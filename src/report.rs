@@ -66,7 +66,7 @@ fn print_rules(out: &mut impl Write, r: &PassReport) -> std::io::Result<()> {
             s.failed,
             s.skipped,
             s.deferred,
-            if s.guard_halted {
+            if s.halted.is_some() {
                 "HALTED".to_string()
             } else if !s.tenant_halts.is_empty() {
                 format!("HALTED for {} customer(s)", s.tenant_halts.len())
@@ -110,7 +110,7 @@ fn print_tenants(out: &mut impl Write, r: &PassReport) -> std::io::Result<()> {
 
 /// What to look at: guard halts, a spent budget, rule errors, an early stop.
 fn print_warnings(out: &mut impl Write, r: &PassReport) -> std::io::Result<()> {
-    for s in r.rules.iter().filter(|s| s.guard_halted) {
+    for s in r.rules.iter().filter(|s| s.halted.is_some()) {
         writeln!(
             out,
             "  ! rule {} wanted to change {} of the {} cases the pass listed; the blast-radius guard halted it, nothing it asked for was applied. Check the rule, or raise daemon.max_change_fraction (or its RULE.max_change_fraction) if this is intended.",

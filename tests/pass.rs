@@ -363,7 +363,27 @@ async fn the_blast_radius_guard_halts_a_rule_that_hits_everything() {
         text.contains("HALTED") && text.contains("blast-radius guard halted it"),
         "{text}"
     );
-    let skipped = changes(ws.audit(Filter::default()).await);
+    // Halted again in two more passes: its held-back changes are recorded once, and each
+    // pass adds one note with the count.
+    for _ in 0..2 {
+        assert_eq!(ws.run(&["once"]).await.status.code(), Some(1));
+    }
+    let rows = ws.audit(Filter::default()).await;
+    let halts: Vec<_> = rows
+        .iter()
+        .filter(|r| r.field == "rule" && r.new.as_deref() == Some("halted"))
+        .collect();
+    assert_eq!(halts.len(), 3, "{halts:?}");
+    assert!(
+        halts
+            .iter()
+            .all(|r| r.old.as_deref() == Some("60")
+                && r.reason.contains("wanted to change 60 of 60"))
+    );
+    let skipped: Vec<_> = changes(rows)
+        .into_iter()
+        .filter(|r| r.field != "rule")
+        .collect();
     assert_eq!(skipped.len(), 60);
     assert!(
         skipped
@@ -448,8 +468,11 @@ async fn a_person_reverting_a_change_wins() {
     assert_eq!(sim.state().case("esc").unwrap()["priority"], "High");
     sim.state()
         .human_change("esc", "alice@example.com", "priority", json!("Medium"));
-    let out = ws.run(&["once"]).await;
-    assert_eq!(out.status.code(), Some(0));
+    // Five passes leave the person's value alone and record the skip once.
+    for _ in 0..5 {
+        let out = ws.run(&["once"]).await;
+        assert_eq!(out.status.code(), Some(0));
+    }
     assert_eq!(sim.state().case("esc").unwrap()["priority"], "Medium");
     let skipped = ws
         .audit(Filter {
@@ -459,6 +482,11 @@ async fn a_person_reverting_a_change_wins() {
         })
         .await;
     assert_eq!(skipped.len(), 1);
+    // A steady pass records itself and nothing per case.
+    let all = ws.audit(Filter::default()).await;
+    let last = &all.last().unwrap().run_id;
+    let of_last: Vec<_> = all.iter().filter(|r| &r.run_id == last).collect();
+    assert!(of_last.iter().all(|r| r.field == "pass"), "{of_last:?}");
     assert!(
         skipped[0].reason.contains("overridden by a person"),
         "{:?}",

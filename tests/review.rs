@@ -88,12 +88,7 @@ fn counted(rows: &[Value], rules: &[&str]) -> Vec<(String, i64)> {
             }
             "guard_halts" => {
                 let passes: HashSet<(String, String)> = mine
-                    .filter(|r| {
-                        r["reason"]
-                            .as_str()
-                            .unwrap()
-                            .contains("[skipped: blast-radius guard:")
-                    })
+                    .filter(|r| r["field"] == "rule" && r["new"] == "halted")
                     .map(|r| (r["rule"].to_string(), r["run_id"].to_string()))
                     .collect();
                 passes.len() as i64

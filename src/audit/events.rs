@@ -6,7 +6,8 @@ use sqlx::AssertSqlSafe;
 
 use super::db::{on_pool, placeholders};
 use super::{
-    AppliedChange, AuditError, AuditStore, DryRow, EventRow, GENESIS, RuleErrors, Unsettled,
+    AppliedChange, AuditError, AuditStore, DryRow, EventRow, GENESIS, LastChange, RuleErrors,
+    Unsettled,
 };
 
 impl AuditStore {
@@ -189,6 +190,21 @@ impl AuditStore {
                  SELECT e.case_id, e.rule, e.field, e.new, e.outcome FROM events e JOIN runs r \
                  ON e.case_id = r.case_id AND e.rule || '' = r.rule AND e.run_id || '' = r.run_id \
                  WHERE e.dry_run"
+            )
+        })
+        .await
+    }
+
+    /// For each (case, rule, field, value) among `case_ids`, the newest live row of it
+    /// (planned, outcome or skip).
+    pub async fn last_changes(&self, case_ids: &[&str]) -> Result<Vec<LastChange>, AuditError> {
+        let instance = self.instance_filter("");
+        self.for_cases(case_ids, |ids| {
+            format!(
+                "SELECT case_id, rule, rule_hash, field, old, new, reason, outcome FROM events \
+                 WHERE seq IN (SELECT MAX(seq) FROM events WHERE NOT dry_run AND case_id IN ({ids}){instance} \
+                 AND field NOT IN ('rule', 'plan', 'case', 'summary', 'pass', 'chain') \
+                 GROUP BY case_id, rule, field, new)"
             )
         })
         .await

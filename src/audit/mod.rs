@@ -239,6 +239,21 @@ pub struct DryRow {
     pub outcome: Outcome,
 }
 
+/// The newest live row of a rule's change of one value on a case: whether a skip of it
+/// is already recorded.
+#[derive(Debug, Clone, FromRow, PartialEq)]
+pub struct LastChange {
+    pub case_id: String,
+    pub rule: String,
+    pub rule_hash: String,
+    pub field: String,
+    pub old: Option<String>,
+    pub new: Option<String>,
+    pub reason: String,
+    #[sqlx(try_from = "String")]
+    pub outcome: Outcome,
+}
+
 /// One row of the passes table.
 #[derive(Debug, Clone, FromRow, Serialize, PartialEq)]
 pub struct PassRow {

@@ -254,6 +254,39 @@ pub fn rule_errors(
     }
 }
 
+/// A rule the blast-radius guard halted this pass (for one customer when `tenant` names
+/// it): one row per pass, with why and how many changes it wanted (`old`); its held-back
+/// changes are recorded once, not every pass.
+pub fn rule_halted(
+    run_id: &str,
+    rule: &str,
+    rule_hash: &str,
+    tenant: Option<&str>,
+    wanted: usize,
+    why: &str,
+    dry_run: bool,
+) -> NewEvent {
+    let case = match tenant {
+        Some(t) => CaseRef::Case {
+            id: NO_CASE.to_string(),
+            ticket_id: None,
+            tenant: Some(t.to_string()),
+        },
+        None => CaseRef::NoCase,
+    };
+    NewEvent {
+        case,
+        old: Some(wanted.to_string()),
+        new: Some(HALTED_ROW.into()),
+        dry_run,
+        outcome: Outcome::Skipped,
+        ..note(run_id, rule, rule_hash, Note::Rule, why.to_string())
+    }
+}
+
+/// The `new` of a rule's note that the guard halted it.
+pub const HALTED_ROW: &str = "halted";
+
 /// Another automation set back what `rule` applied to a case (`what`: `field=value by
 /// USER`); `outcome`: `yield` or `fight`. Written once per case, rule, value and user.
 pub fn clash(

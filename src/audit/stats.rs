@@ -89,7 +89,7 @@ pub struct GroupCount {
 pub struct CaseCount {
     pub case_id: String,
     pub ticket_id: Option<i64>,
-    /// Outcome rows (applied, failed, skipped, unknown) and dry-run plans.
+    /// Changes applied to it (skips and plans are not touches).
     pub rows: i64,
     pub rules: i64,
     pub last_at: String,
@@ -138,7 +138,8 @@ impl AuditStore {
         let (cond, binds) = p.conditions("e");
         let sql = format!(
             "SELECT rule, substr(recorded_at, 1, 10) AS day, \
-             CASE WHEN field = 'rule' THEN COALESCE(new, '') \
+             CASE WHEN field = 'rule' AND new = 'halted' THEN 'guard' \
+                  WHEN field = 'rule' THEN COALESCE(new, '') \
                   WHEN outcome = 'skipped' AND reason LIKE '%[skipped: blast-radius guard%' THEN 'guard' \
                   ELSE 'change' END AS kind, \
              outcome, dry_run, COUNT(*) AS rows, COUNT(DISTINCT run_id) AS passes, \
@@ -210,8 +211,8 @@ impl AuditStore {
         let (cond, binds) = p.conditions("e");
         let sql = format!(
             "SELECT case_id, MAX(ticket_id) AS ticket_id, COUNT(*) AS rows, COUNT(DISTINCT rule) AS rules, \
-             MAX(recorded_at) AS last_at FROM events e WHERE {cond} AND field NOT IN ('rule', 'plan', 'case', 'summary', 'pass', 'chain') AND {SETTLED} \
-             GROUP BY case_id ORDER BY rows DESC, case_id LIMIT {limit}"
+             MAX(recorded_at) AS last_at FROM events e WHERE {cond} AND field NOT IN ('rule', 'plan', 'case', 'summary', 'pass', 'chain') \
+             AND outcome = 'applied' GROUP BY case_id ORDER BY rows DESC, case_id LIMIT {limit}"
         );
         self.all(sql, binds).await
     }

@@ -25,7 +25,7 @@ fn notice(event: EventKind, text: String, details: serde_json::Value) -> Notice 
 /// Guard halts, a failed pass, an exhausted budget, an audit log that cannot be written.
 pub(super) fn after_pass(r: &PassReport) -> Vec<Notice> {
     let mut out = Vec::new();
-    for rule in r.rules.iter().filter(|s| s.guard_halted) {
+    for rule in r.rules.iter().filter(|s| s.halted.is_some()) {
         out.push(notice(
             EventKind::GuardHalt,
             format!(

@@ -139,7 +139,12 @@ async fn stages(run: &Run<'_>) -> Ran {
         }
     }
     let plans = std::mem::take(&mut planned.plans);
+    let halts = record::halts(run, &plans, &planned.rules).await;
     ran.planned = Some(planned);
+    if let Err(e) = halts {
+        ran.error = Some(e.into());
+        return ran;
+    }
     let (mut recorded, written) = record::intent(run, plans).await;
     if let Err(e) = written {
         ran.error = Some(e.into());

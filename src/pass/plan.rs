@@ -238,7 +238,7 @@ impl Planning {
             stats.matched = passplan.matched[i];
             stats.deferred = passplan.deferred[i];
             if let Some(why) = &passplan.halted[i] {
-                stats.guard_halted = true;
+                stats.halted = Some(why.clone());
                 tracing::warn!(rule = %stats.name, "rule halted for this pass, none of its changes are applied: {why}");
             }
         }

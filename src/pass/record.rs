@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::run::Run;
 use super::stats::RuleStats;
-use crate::audit::{AuditError, Outcome, row};
+use crate::audit::{AuditError, LastChange, Outcome, row};
 use crate::plan::{self, CasePlan, DecisionId};
 
 /// Planned rows committed per transaction: every one of them is committed before the first
@@ -28,6 +28,8 @@ pub(super) struct Recorded {
     /// repeated row was written again).
     pub planned: Vec<usize>,
     pub skipped: Vec<usize>,
+    /// Skipped decisions of a live pass not recorded again: the log holds them as they stand.
+    pub skips_not_again: usize,
     /// Skipped decisions per customer.
     pub skipped_by_tenant: BTreeMap<String, usize>,
 }
@@ -82,6 +84,7 @@ async fn write_intent(
     rec: &mut Recorded,
 ) -> Result<(), AuditError> {
     let repeated = repeated_dry_runs(run, plans).await?;
+    let recorded_skips = repeated_skips(run, plans).await?;
     let (mut rows, mut owners, mut seqs) = (Vec::new(), Vec::new(), Vec::new());
     let mut not_again = 0;
     for (id, p, d) in plan::decisions(plans) {
@@ -94,6 +97,8 @@ async fn write_intent(
         };
         if repeated.contains(&(p.case_id.as_str(), d.rule.as_str())) {
             not_again += 1;
+        } else if recorded_skips.contains(&id) {
+            rec.skips_not_again += 1;
         } else {
             rows.push(decision_row(run, actor, p, d));
             owners.push(id);
@@ -107,6 +112,12 @@ async fn write_intent(
             }
         }
     }
+    if rec.skips_not_again > 0 {
+        tracing::debug!(
+            rows = rec.skips_not_again,
+            "skips not recorded again: the log holds each as it stands"
+        );
+    }
     if not_again > 0 {
         tracing::info!(
             rows = not_again,
@@ -115,6 +126,125 @@ async fn write_intent(
     }
     seqs.extend(run.ctx.audit.append(&rows).await?);
     rec.seq_of = owners.into_iter().zip(seqs).collect();
+    Ok(())
+}
+
+/// The skipped decisions of a live pass that the log already holds as they stand: the
+/// newest row of the same rule, case, field and value is a skip for the same reason, of
+/// the same rule text, while the case held the same value. A person's override, a halted
+/// rule's held-back changes or a conflict are recorded once, not every pass; a skip that
+/// the budget deferred is recorded each time (the next pass puts it first in line).
+async fn repeated_skips(
+    run: &Run<'_>,
+    plans: &[CasePlan],
+) -> Result<HashSet<DecisionId>, AuditError> {
+    if run.dry_run {
+        return Ok(HashSet::new());
+    }
+    let skips: Vec<(DecisionId, &CasePlan, &plan::Decision)> = plan::decisions(plans)
+        .filter(|(_, _, d)| {
+            d.skipped
+                .as_deref()
+                .is_some_and(|why| !why.contains(plan::DEFERRED))
+                && run.actor(&d.rule).is_some_and(|(_, a)| !a.shadow)
+        })
+        .collect();
+    if skips.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let ids: Vec<&str> = skips
+        .iter()
+        .map(|(_, p, _)| p.case_id.as_str())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let last: HashMap<(String, String, String, Option<String>), LastChange> = run
+        .ctx
+        .audit
+        .last_changes(&ids)
+        .await?
+        .into_iter()
+        .map(|r| {
+            (
+                (
+                    r.case_id.clone(),
+                    r.rule.clone(),
+                    r.field.clone(),
+                    r.new.clone(),
+                ),
+                r,
+            )
+        })
+        .collect();
+    Ok(skips
+        .into_iter()
+        .filter(|(_, p, d)| {
+            let key = (
+                p.case_id.clone(),
+                d.rule.clone(),
+                d.field.to_string(),
+                d.new.clone(),
+            );
+            last.get(&key).is_some_and(|r| {
+                r.outcome == Outcome::Skipped
+                    && r.rule_hash == run.hash_of(&d.rule)
+                    && r.old == d.old
+                    && r.reason
+                        .rsplit_once("[skipped: ")
+                        .map(|(_, w)| skip_kind(w))
+                        == d.skipped.as_deref().map(skip_kind)
+            })
+        })
+        .map(|(id, _, _)| id)
+        .collect())
+}
+
+/// What kind of skip a note is: its words before the details (`overridden by a person`,
+/// `blast-radius guard`, `conflict with RULE`), which stay the same from pass to pass.
+fn skip_kind(why: &str) -> &str {
+    why.split(':').next().unwrap_or(why).trim_end_matches(']')
+}
+
+/// One note per rule the guard halted this pass (and per customer it was halted for), with
+/// how many of its changes were held back: the changes themselves are recorded once.
+pub(super) async fn halts(
+    run: &Run<'_>,
+    plans: &[CasePlan],
+    rules: &[RuleStats],
+) -> Result<(), AuditError> {
+    let held = |rule: &str, tenant: Option<&str>, why: &str| {
+        plans
+            .iter()
+            .filter(|p| tenant.is_none() || p.tenant.as_deref() == tenant)
+            .flat_map(|p| &p.decisions)
+            .filter(|d| d.rule == rule && d.skipped.as_deref() == Some(why))
+            .count()
+    };
+    let mut rows = Vec::new();
+    for s in rules {
+        let dry = run.dry_run || run.actor(&s.name).is_some_and(|(_, a)| a.shadow);
+        let hash = run.hash_of(&s.name);
+        let halts = s.halted.iter().map(|why| (None, why));
+        let for_tenants = s
+            .tenant_halts
+            .iter()
+            .map(|(t, why)| (Some(t.as_str()), why));
+        for (tenant, why) in halts.chain(for_tenants) {
+            let n = held(&s.name, tenant, why);
+            rows.push(row::rule_halted(
+                &run.run_id,
+                &s.name,
+                hash,
+                tenant,
+                n,
+                why,
+                dry,
+            ));
+        }
+    }
+    if !rows.is_empty() {
+        run.ctx.audit.append(&rows).await?;
+    }
     Ok(())
 }
 

@@ -102,7 +102,7 @@ impl PassReport {
     pub fn rule_trouble(&self) -> bool {
         self.rules
             .iter()
-            .any(|r| r.guard_halted || !r.tenant_halts.is_empty() || r.errors > 0)
+            .any(|r| r.halted.is_some() || !r.tenant_halts.is_empty() || r.errors > 0)
     }
 
     /// The report of a pass from its stages' results.

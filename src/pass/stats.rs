@@ -22,8 +22,8 @@ pub struct RuleStats {
     /// Distinct errors logged this pass (the same message on many cases is logged once).
     pub logged_errors: usize,
     pub deferred: usize,
-    /// Halted by the blast-radius guard.
-    pub guard_halted: bool,
+    /// Why the blast-radius guard halted it, if it did.
+    pub halted: Option<String>,
     /// Customers (`cust_id`) the guard halted it for, with why, while it ran for the others.
     pub tenant_halts: Vec<(String, String)>,
 }

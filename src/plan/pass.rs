@@ -225,7 +225,7 @@ impl PassPlanner {
                 if self.used_by_rule[i] >= cap {
                     self.plan.deferred[i] += 1;
                     d.skipped = Some(format!(
-                        "the rule's own cap of {cap} changes per pass (RULE.max_changes) is spent; deferred to the next pass"
+                        "the rule's own cap of {cap} changes per pass (RULE.max_changes) is spent; {DEFERRED}"
                     ));
                 } else {
                     self.used_by_rule[i] += 1;
@@ -335,7 +335,7 @@ impl PassPlanner {
         // could never fit is refused instead of blocking every pass.
         let why = if let Some((t, cap, _)) = over_tenant {
             format!(
-                "customer {t}'s budget of {cap} changes per pass ([tenants.\"{t}\"] max_changes_per_run) spent; deferred to the next pass"
+                "customer {t}'s budget of {cap} changes per pass ([tenants.\"{t}\"] max_changes_per_run) spent; {DEFERRED}"
             )
         } else if cost > budget {
             format!(
@@ -343,7 +343,7 @@ impl PassPlanner {
             )
         } else {
             self.plan.budget_exhausted = true;
-            format!("change budget of {budget} per pass spent; deferred to the next pass")
+            format!("change budget of {budget} per pass spent; {DEFERRED}")
         };
         self.plan.deferred[i] += cost;
         self.plan.deferred_changes += cost;
@@ -415,6 +415,9 @@ impl PassPlanner {
         self.plan
     }
 }
+
+/// How the skip note of a change the budget deferred ends; the next pass puts it first.
+pub const DEFERRED: &str = "deferred to the next pass";
 
 /// How the skip note of a change the blast-radius guard held back begins (for the whole
 /// pass, or for one customer); a reviewed plan tells such changes by it.

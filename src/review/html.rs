@@ -416,7 +416,7 @@ fn counts(h: &mut String, title: &str, what: &str, groups: &[GroupCount], least:
 
 fn cases(h: &mut String, r: &Review) {
     h.push_str("<section><h2>Cases touched most</h2><p><input id=\"q\" placeholder=\"case id or ticket number, then Enter\" aria-label=\"find a case\"> <span class=\"muted\">or click a row</span></p><div id=\"timeline\"></div>\
-        <table><tr><th>case</th><th class=\"n\">ticket</th><th class=\"n\">rows</th><th class=\"n\">rules</th><th>last</th></tr>");
+        <table><tr><th>case</th><th class=\"n\">ticket</th><th class=\"n\">changes applied</th><th class=\"n\">rules</th><th>last</th></tr>");
     for c in &r.busiest_cases {
         let _ = write!(
             h,
