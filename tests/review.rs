@@ -598,3 +598,69 @@ async fn hostile_case_text_stays_data_in_the_report_in_a_browser() {
     assert!(dom.contains("data-total=\"applied\">1<"), "the totals");
     assert!(dom.contains("<svg"), "the charts");
 }
+
+/// Cron's `once` alerts too: a guard halt reaches the webhook naming the rule and the
+/// server, a second `once` within the realert window sends none, and once the rule no
+/// longer trips the guard a `resolved` follows, once.
+#[tokio::test(flavor = "multi_thread")]
+async fn once_alerts_a_guard_halt_once_per_window_and_resolves_it() {
+    let sim = start(sim_options(30)).await;
+    let ws = Workspace::new(
+        &sim.url,
+        "legacy",
+        "guard_min_cases = 10\ncomment_changes = false",
+        Some(&TROUBLE[1..2]),
+    );
+    let mut config = std::fs::read_to_string(ws.config()).unwrap();
+    config.push_str(&format!(
+        "\n[[notify]]\nurl = \"{}/hooks/ops\"\nretry_base_ms = 50\n",
+        sim.url
+    ));
+    std::fs::write(ws.config(), config).unwrap();
+    let hooks = |event: &str| -> Vec<Value> {
+        sim.state()
+            .webhooks
+            .iter()
+            .filter(|h| h.event.as_deref() == Some(event))
+            .map(|h| serde_json::from_slice(&h.body).unwrap())
+            .collect()
+    };
+
+    let first = ws.run(&["once"]).await;
+    assert_exit(&first, 1);
+    // `once` waits for the delivery before it exits.
+    let halts = hooks("guard_halt");
+    assert_eq!(halts.len(), 1, "{}", stderr(&first));
+    let host = sim.url.trim_start_matches("http://");
+    let text = halts[0]["text"].as_str().unwrap();
+    assert!(
+        text.contains("rule greedy") && text.contains(host) && text.contains("default"),
+        "{text}"
+    );
+    assert_eq!(halts[0]["details"]["rule"], "greedy");
+    assert_eq!(halts[0]["details"]["instance"], "default");
+    assert_eq!(halts[0]["details"]["server"], host);
+    assert!(halts[0]["details"]["pass"].is_string());
+    assert!(
+        stderr(&first).contains("notifications: 1 delivered"),
+        "{}",
+        stderr(&first)
+    );
+
+    assert_exit(&ws.run(&["once"]).await, 1);
+    assert_eq!(hooks("guard_halt").len(), 1, "not again within the hour");
+    assert!(hooks("resolved").is_empty());
+
+    // The rule is made precise: the next pass clears the alert.
+    std::fs::write(
+        ws.dir.path().join("rules/20-greedy.rhai"),
+        "const RULE = #{ name: \"greedy\" };\nfn evaluate(c) { if c.ticket_id == 1 { add_tag(\"greedy\", \"one\"); } }\n",
+    )
+    .unwrap();
+    assert_exit(&ws.run(&["once"]).await, 0);
+    assert_exit(&ws.run(&["once"]).await, 0);
+    let resolved = hooks("resolved");
+    assert_eq!(resolved.len(), 1, "{resolved:?}");
+    assert_eq!(resolved[0]["details"]["resolved"], "guard_halt");
+    assert_eq!(resolved[0]["details"]["rule"], "greedy");
+}

@@ -4,6 +4,7 @@
 //! `events`, `passes` and `users` hold the SQL of each, `chain` hashes and verifies,
 //! `query` reads back, `export` prints, `lease` keeps to one writer at a time.
 
+mod alerts;
 mod chain;
 mod copy;
 mod db;
@@ -22,6 +23,7 @@ mod users;
 mod write;
 
 pub use crate::time::timestamp;
+pub use alerts::AlertKey;
 pub use chain::{GENESIS, Keyed, Verification};
 pub use copy::{Copied, CopyError};
 pub use lease::{Claim, ClaimError, Fence, Held, Lease, LeaseTimes};

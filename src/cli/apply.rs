@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::Args;
 use futures::StreamExt;
 
+use super::alerts::Alerts;
 use super::exit::unclaimed;
 use super::{Cli, Exit, load_config};
 use crate::app::App;
@@ -110,6 +111,7 @@ pub(super) async fn run(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<u8> {
         wait: Duration::from_secs(args.wait),
     };
     run_given(
+        &config,
         &ctx,
         &set,
         given,
@@ -189,12 +191,14 @@ pub(super) struct Given {
 /// Under the one-writer claim (so two cannot race): refuses what a live pass with the same
 /// trigger already did, makes the plans, runs them as a pass and prints its summary.
 pub(super) async fn run_given(
+    config: &Settings,
     ctx: &PassContext,
     set: &RuleSet,
     given: Given,
     refuse: impl FnOnce(crate::audit::PassRow) -> Exit,
     plans: impl AsyncFnOnce() -> anyhow::Result<Vec<CasePlan>>,
 ) -> anyhow::Result<u8> {
+    let alerts = Alerts::start(config)?;
     ctx.client.authenticate().await.map_err(Exit::server)?;
     let claimed = crate::pass::with_claim(ctx, given.wait, async || {
         if let Some(done) = ctx.audit.live_pass_by(&given.trigger).await? {
@@ -214,6 +218,8 @@ pub(super) async fn run_given(
     .await;
     let report = claimed.map_err(unclaimed)??;
     print_report(&mut std::io::stdout().lock(), &report)?;
+    alerts.after(ctx, &report).await;
+    alerts.finish().await;
     ctx.audit.close().await;
     Ok(if report.has_failures() { 1 } else { 0 })
 }

@@ -1,6 +1,7 @@
 //! The command line: clap definitions and the glue that runs each command and turns its
 //! result into the exit codes of INTERFACE.md.
 
+mod alerts;
 mod apply;
 mod audit;
 mod check;

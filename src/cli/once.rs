@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use super::alerts::Alerts;
 use super::exit::unclaimed;
 use super::{Cli, Exit, load_config};
 use crate::app::App;
@@ -224,8 +225,13 @@ async fn one_server(
         rules = set.rules.len(),
         "one pass"
     );
+    let alerts = Alerts::start(config)?;
     // The server could not be reached or refused the key.
-    ctx.client.authenticate().await.map_err(Exit::server)?;
+    if let Err(e) = ctx.client.authenticate().await {
+        alerts.unreachable(ctx, args.dry_run, &e).await;
+        alerts.finish().await;
+        return Err(Exit::server(e).into());
+    }
     let (bar, progress) = super::progress::pass_bar();
     let saved = SavedCases::open(args.save_cases.as_deref())?;
     let opts = PassOptions {
@@ -246,6 +252,8 @@ async fn one_server(
     if let Some(path) = &args.out {
         write_plan(ctx, set, &report, path, valid_for).await?;
     }
+    alerts.after(ctx, &report).await;
+    alerts.finish().await;
     ctx.audit.close().await;
     if args.detailed_exitcode {
         return Ok(detailed_code(&report));
@@ -324,9 +332,10 @@ async fn every_server(
     servers: Vec<PassContext>,
     args: &OnceArgs,
 ) -> anyhow::Result<u8> {
+    let alerts = Alerts::start(config)?;
     let mut trouble = false;
-    let mut out = std::io::stdout().lock();
     for ctx in &servers {
+        let mut out = std::io::stdout().lock();
         writeln!(out, "instance {} ({})", ctx.instance, ctx.client.base_url())?;
         tracing::info!(
             version = %env!("CARGO_PKG_VERSION"),
@@ -338,6 +347,8 @@ async fn every_server(
         );
         if let Err(e) = ctx.client.authenticate().await {
             writeln!(out, "  ! not run: {e}\n")?;
+            drop(out);
+            alerts.unreachable(ctx, args.dry_run, &e).await;
             trouble = true;
             continue;
         }
@@ -354,10 +365,14 @@ async fn every_server(
         )
         .await;
         let report = claimed.map_err(unclaimed)?;
+        let mut out = std::io::stdout().lock();
         print_report(&mut out, &report)?;
-        trouble |= report.has_failures();
         writeln!(out)?;
+        drop(out);
+        trouble |= report.has_failures();
+        alerts.after(ctx, &report).await;
     }
+    alerts.finish().await;
     servers[0].audit.close().await;
     Ok(u8::from(trouble))
 }

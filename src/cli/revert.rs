@@ -65,6 +65,7 @@ pub(super) async fn run(cli: &Cli, args: &RevertArgs) -> anyhow::Result<u8> {
         actor: &actor,
     };
     run_given(
+        &config,
         &ctx,
         &app.rules,
         given,

@@ -20,6 +20,8 @@ pub struct NotifySettings {
     pub digest_schedule: CronSchedule,
     /// First wait before a failed delivery is tried again (doubling).
     pub retry_base_ms: u64,
+    /// The same alert for the same rule and server at most once per this window.
+    pub realert: Duration,
     /// The secret for the `X-Casewarden-Signature` HMAC header.
     secret: Loaded<Option<Secret>>,
 }
@@ -50,6 +52,19 @@ impl NotifySettings {
         if n.retry_base_ms == 0 || n.retry_base_ms > 600_000 {
             return Err(src.invalid(key("retry_base_ms"), "out of range: 1 to 600000"));
         }
+        let realert = crate::time::parse_duration(&n.realert)
+            .ok()
+            .and_then(|d| d.to_std().ok())
+            .filter(|d| *d <= Duration::from_secs(30 * 86_400))
+            .ok_or_else(|| {
+                src.invalid(
+                    key("realert"),
+                    format!(
+                        "{:?} is not a duration like 0s, 30m, 1h or 1d (at most 30d)",
+                        n.realert
+                    ),
+                )
+            })?;
         // An empty file would sign with an empty key: refused like an empty password.
         let secret = n
             .secret_file
@@ -68,6 +83,7 @@ impl NotifySettings {
             events: n.events,
             digest_schedule,
             retry_base_ms: n.retry_base_ms,
+            realert,
             secret: Loaded::new(secret, None),
         })
     }
@@ -80,6 +96,7 @@ impl NotifySettings {
             events: self.events.clone(),
             secret: self.secret.get()?,
             retry_base: Duration::from_millis(self.retry_base_ms),
+            realert: self.realert,
         })
     }
 }

@@ -204,6 +204,8 @@ pub struct RawNotify {
     pub secret_file: Option<PathBuf>,
     pub digest_schedule: String,
     pub retry_base_ms: u64,
+    /// The same alert for the same rule and server at most once per this window.
+    pub realert: String,
 }
 
 impl Default for RawNotify {
@@ -215,6 +217,7 @@ impl Default for RawNotify {
             secret_file: None,
             digest_schedule: "0 0 7 * * *".into(),
             retry_base_ms: 1_000,
+            realert: "1h".into(),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! against the code's keys and defaults.
 
 use std::path::Path;
+use std::time::Duration;
 
 use super::raw::RawConfig;
 use super::*;
@@ -253,4 +254,25 @@ fn an_empty_webhook_secret_file_is_refused() {
         err.contains("notify[0].secret_file") && err.contains("the file is empty"),
         "{err}"
     );
+}
+
+#[test]
+fn a_realert_window_is_a_duration_of_at_most_thirty_days() {
+    let with = |v: &str| {
+        parse(&format!(
+            "{MINIMAL}[[notify]]\nurl = \"https://h.example\"\nrealert = \"{v}\"\n"
+        ))
+    };
+    assert_eq!(
+        with("15m").unwrap().notify[0].realert,
+        Duration::from_secs(900)
+    );
+    assert_eq!(with("0s").unwrap().notify[0].realert, Duration::ZERO);
+    for bad in ["hourly", "31d"] {
+        let err = with(bad).unwrap_err().to_string();
+        assert!(
+            err.contains("notify[0].realert") && err.contains(bad),
+            "{err}"
+        );
+    }
 }

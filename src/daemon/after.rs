@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
-use super::{Shared, notices, systemd};
+use super::{Shared, systemd};
 use crate::audit::row;
 use crate::metrics::{ChangeLabels, Metrics, RuleLabels, StatusLabel};
+use crate::notify::events;
 use crate::pass::{PassContext, PassReport};
 use crate::rules::RuleSet;
 
@@ -39,9 +40,16 @@ pub(super) async fn pass(
             .find(|r| r.name == name)
             .map(|r| r.source_hash.clone())
     });
-    for notice in notices::after_pass(report) {
-        shared.notifier.send(notice);
-    }
+    let server = events::Server {
+        instance: &ctx.instance,
+        host: ctx.client.host(),
+    };
+    let notices = events::after_pass(report, &server);
+    let evaluated = events::evaluated(report, &server);
+    shared
+        .notifier
+        .settle(&ctx.audit, notices, &evaluated)
+        .await;
     for name in newly_disabled {
         disable(shared, ctx, set, report, &name).await;
     }
@@ -108,7 +116,7 @@ async fn disable(
     let limit = shared.config.daemon.breaker_passes;
     shared
         .notifier
-        .send(notices::breaker_trip(name, &rule.file, limit));
+        .send(events::breaker_trip(name, &rule.file, limit));
     let event = row::rule_disabled(&report.run_id, name, &rule.source_hash, limit, &rule.file);
     if let Err(e) = ctx.audit.append(&[event]).await {
         tracing::error!(error = %e, "cannot record the disabled rule in the audit log");

@@ -174,9 +174,12 @@ pub async fn run_until(
     let code = drain(&shared, passes, force).await;
     digests.abort_all();
     shared.notifier.send(notices::stopped(code));
-    delivery
+    let done = delivery
         .finish(shared.notifier.clone(), NOTIFY_AT_EXIT)
         .await;
+    if shared.notifier.is_on() {
+        tracing::info!("notifications at exit: {done}");
+    }
     Ok(code)
 }
 

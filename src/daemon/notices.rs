@@ -1,7 +1,6 @@
-//! What the daemon tells the `[[notify]]` targets: notices made from a pass's report and
-//! the breaker, start and stop, and the daily digest (a task per target that wants one).
+//! What the daemon alone tells the `[[notify]]` targets: start and stop, and the daily
+//! digest (a task per target that wants one).
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +10,6 @@ use tokio::task::JoinSet;
 use super::Shared;
 use crate::audit::Period;
 use crate::notify::{EventKind, Notice};
-use crate::pass::{PassReport, PassStatus};
 
 fn notice(event: EventKind, text: String, details: serde_json::Value) -> Notice {
     Notice {
@@ -19,86 +17,8 @@ fn notice(event: EventKind, text: String, details: serde_json::Value) -> Notice 
         text,
         details,
         only: None,
+        key: None,
     }
-}
-
-/// Guard halts, a failed pass, an exhausted budget, an audit log that cannot be written.
-pub(super) fn after_pass(r: &PassReport) -> Vec<Notice> {
-    let mut out = Vec::new();
-    for rule in r.rules.iter().filter(|s| s.halted.is_some()) {
-        out.push(notice(
-            EventKind::GuardHalt,
-            format!(
-                "rule {} was halted by the blast-radius guard in pass {}: it wanted to change {} of {} cases; nothing it asked for was applied",
-                rule.name, r.run_id, rule.matched, r.cases_seen
-            ),
-            json!({"rule": rule.name, "pass": r.run_id, "matched": rule.matched, "cases_seen": r.cases_seen}),
-        ));
-    }
-    for rule in &r.rules {
-        for (tenant, why) in &rule.tenant_halts {
-            out.push(notice(
-                EventKind::GuardHalt,
-                format!(
-                    "rule {} was halted for customer {tenant} in pass {}: {why}",
-                    rule.name, r.run_id
-                ),
-                json!({"rule": rule.name, "pass": r.run_id, "tenant": tenant, "why": why}),
-            ));
-        }
-    }
-    if matches!(r.status, PassStatus::Error | PassStatus::FailedChanges) {
-        let why = match &r.error {
-            Some(e) => format!("stopped: {e}"),
-            None => format!("{} change(s) failed", r.failed),
-        };
-        out.push(notice(
-            EventKind::PassFailed,
-            format!("pass {} ended {}: {why}", r.run_id, r.status),
-            json!({"pass": r.run_id, "status": r.status, "applied": r.applied, "failed": r.failed, "error": r.error}),
-        ));
-    }
-    if r.budget_exhausted {
-        out.push(notice(
-            EventKind::BudgetExhausted,
-            format!(
-                "pass {}: the change budget ran out; {} change(s) wait for the next pass",
-                r.run_id, r.deferred_changes
-            ),
-            json!({"pass": r.run_id, "deferred": r.deferred_changes}),
-        ));
-    }
-    for c in &r.clashes {
-        out.push(notice(
-            EventKind::Fight,
-            format!("pass {}: {}", r.run_id, crate::pass::clash_text(c)),
-            json!({"pass": r.run_id, "rule": c.clash.rule, "case_id": c.case_id, "ticket_id": c.ticket_id,
-                   "field": c.clash.field.as_str(), "value": c.clash.value, "by": c.clash.by,
-                   "outcome": c.clash.outcome.as_str()}),
-        ));
-    }
-    if r.audit_failed {
-        out.push(notice(
-            EventKind::AuditFailure,
-            format!(
-                "pass {}: the audit log could not be written; no further change is sent until it can",
-                r.run_id
-            ),
-            json!({"pass": r.run_id, "error": r.error}),
-        ));
-    }
-    out
-}
-
-pub(super) fn breaker_trip(rule: &str, file: &Path, passes: u32) -> Notice {
-    notice(
-        EventKind::BreakerTrip,
-        format!(
-            "rule {rule} failed on every case it saw in {passes} passes in a row; the circuit breaker disabled it until {} changes",
-            file.display()
-        ),
-        json!({"rule": rule, "file": file.display().to_string(), "passes": passes}),
-    )
 }
 
 pub(super) fn started(shared: &Shared) -> Notice {
@@ -228,5 +148,6 @@ async fn digest(shared: &Shared, target: usize) -> Result<Notice, crate::audit::
             "totals": totals, "rules": rules_json, "link": link,
         }),
         only: Some(target),
+        key: None,
     })
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use super::schedule::{self, Schedule};
 use super::{Shared, systemd};
+use crate::notify::events;
 use crate::rules::RuleSet;
 
 /// How often the rules folder is checked for changes.
@@ -87,11 +88,17 @@ pub async fn reload(shared: &Shared, schedule: &mut Schedule) {
                 errors = errors.len(),
                 "rules NOT reloaded: the previous set keeps running"
             );
+            let first = errors.first().map(ToString::to_string).unwrap_or_default();
             shared.state().reload_error = Some(format!(
-                "the last reload failed ({} rule error(s), first: {}); the previous rules keep running",
+                "the last reload failed ({} rule error(s), first: {first}); the previous rules keep running",
                 errors.len(),
-                errors.first().map(ToString::to_string).unwrap_or_default()
             ));
+            let notice = events::reload_failed(errors.len(), &first);
+            let key = [events::reload_key()];
+            shared
+                .notifier
+                .settle(&shared.ctx.audit, vec![notice], &key)
+                .await;
         }
         Ok(set) => {
             set.log_warnings();
@@ -105,19 +112,29 @@ pub async fn reload(shared: &Shared, schedule: &mut Schedule) {
                 .map(|r| (r.name.clone(), r.source_hash.clone()))
                 .collect();
             tracing::info!(rules = set.rules.len(), fingerprint = %set.fingerprint, "rules reloaded");
-            let mut state = shared.state();
-            for name in state.breaker.reloaded(&current) {
-                tracing::info!(rule = %name, "rule file changed: re-enabling the rule the circuit breaker disabled");
-            }
+            take(shared, set, &current);
+            let key = [events::reload_key()];
             shared
-                .metrics
-                .rules_disabled
-                .set(state.breaker.disabled_count() as i64);
-            state.rules = set;
-            state.reload_error = None;
+                .notifier
+                .settle(&shared.ctx.audit, Vec::new(), &key)
+                .await;
         }
     }
     systemd::reloaded();
+}
+
+/// The reloaded rules in place of the old ones; the breaker forgets rules whose file changed.
+fn take(shared: &Shared, set: RuleSet, current: &[(String, String)]) {
+    let mut state = shared.state();
+    for name in state.breaker.reloaded(current) {
+        tracing::info!(rule = %name, "rule file changed: re-enabling the rule the circuit breaker disabled");
+    }
+    shared
+        .metrics
+        .rules_disabled
+        .set(state.breaker.disabled_count() as i64);
+    state.rules = set;
+    state.reload_error = None;
 }
 
 #[cfg(test)]

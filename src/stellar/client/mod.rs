@@ -169,6 +169,12 @@ impl Client {
         &self.inner.base
     }
 
+    /// The server's host and port (never a path or credentials): what metrics, logs and
+    /// notifications name it by.
+    pub fn host(&self) -> &str {
+        &self.inner.host
+    }
+
     /// The configured API user (None for a per-user Bearer key).
     pub fn user(&self) -> Option<&str> {
         self.inner.user.as_deref()

@@ -5,6 +5,8 @@
 //! bounded queue and goes on; a task delivers it, retrying with backoff, each attempt
 //! counted in `/metrics` and logged (by host: a webhook URL is itself a secret).
 
+pub mod events;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +17,7 @@ use sha2::Sha256;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::audit::{AlertKey, AuditStore};
 use crate::metrics::{Metrics, NotifyLabels};
 use crate::secret::Secret;
 
@@ -32,10 +35,14 @@ pub enum EventKind {
     DailyDigest,
     /// Another automation set back what casewarden applied (yielded to, or a fight).
     Fight,
+    /// An alert's condition cleared (a rule no longer halted, passes succeed again).
+    Resolved,
+    /// The daemon could not reload its rules; the previous set keeps running.
+    ReloadFailed,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 11] = [
         EventKind::GuardHalt,
         EventKind::BreakerTrip,
         EventKind::PassFailed,
@@ -45,6 +52,8 @@ impl EventKind {
         EventKind::DaemonStop,
         EventKind::DailyDigest,
         EventKind::Fight,
+        EventKind::Resolved,
+        EventKind::ReloadFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -58,6 +67,8 @@ impl EventKind {
             EventKind::DaemonStop => "daemon_stop",
             EventKind::DailyDigest => "daily_digest",
             EventKind::Fight => "fight",
+            EventKind::Resolved => "resolved",
+            EventKind::ReloadFailed => "reload_failed",
         }
     }
 }
@@ -81,6 +92,9 @@ pub struct Notice {
     pub details: serde_json::Value,
     /// Only to this target (a digest is per target); None: every target subscribed.
     pub only: Option<usize>,
+    /// A condition that lasts (a halted rule, failing passes): sent at most once per
+    /// target's `realert` window, `resolved` when it clears. None: sent every time.
+    pub key: Option<AlertKey>,
 }
 
 /// One `[[notify]]` block, checked.
@@ -92,9 +106,21 @@ pub struct Target {
     pub secret: Option<Secret>,
     /// First wait before a failed delivery is tried again.
     pub retry_base: Duration,
+    /// The same alert at most once per this window.
+    pub realert: Duration,
 }
 
 impl Target {
+    /// How the alert memory names the target: a digest of its URL, which is a secret.
+    fn id(&self) -> String {
+        use sha2::Digest;
+        hex::encode(&Sha256::digest(self.url.as_str().as_bytes())[..8])
+    }
+
+    fn wants(&self, event: EventKind) -> bool {
+        self.events.contains(&event)
+    }
+
     /// Who the logs name: scheme, host and port, never the path (Slack's holds its key).
     fn label(&self) -> String {
         format!(
@@ -119,40 +145,177 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Notifier {
     tx: Option<mpsc::Sender<Notice>>,
     metrics: Arc<Metrics>,
+    targets: Arc<Vec<Target>>,
+    tally: Arc<Tally>,
 }
 
-/// The delivering task, kept to wait for it at shutdown.
+/// The delivering task, kept to wait for it at exit.
 pub struct Delivery {
     task: Option<tokio::task::JoinHandle<()>>,
+    tally: Arc<Tally>,
+}
+
+/// Deliveries to one target each: waiting (queued or being tried), delivered, given up.
+#[derive(Default)]
+struct Tally {
+    counts: std::sync::Mutex<Delivered>,
+    changed: tokio::sync::Notify,
+}
+
+/// What became of the deliveries of a process, as `Delivery::finish` reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Delivered {
+    pub pending: usize,
+    pub delivered: usize,
+    pub given_up: usize,
+    pub dropped: usize,
+}
+
+impl Tally {
+    fn update(&self, f: impl FnOnce(&mut Delivered)) {
+        if let Ok(mut c) = self.counts.lock() {
+            f(&mut c);
+        }
+        self.changed.notify_waiters();
+    }
+
+    fn now(&self) -> Delivered {
+        self.counts.lock().map(|c| *c).unwrap_or_default()
+    }
 }
 
 impl Notifier {
     /// Starts delivering to `targets`; with none, `send` does nothing.
     pub fn start(targets: Vec<Target>, metrics: Arc<Metrics>) -> (Notifier, Delivery) {
-        if targets.is_empty() {
-            return (Notifier { tx: None, metrics }, Delivery { task: None });
-        }
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(deliver_all(rx, Arc::new(targets), metrics.clone()));
-        (
-            Notifier {
-                tx: Some(tx),
-                metrics,
-            },
-            Delivery { task: Some(task) },
-        )
+        let tally = Arc::new(Tally::default());
+        let targets = Arc::new(targets);
+        let (tx, task) = match targets.is_empty() {
+            true => (None, None),
+            false => {
+                let (tx, rx) = mpsc::channel(QUEUE);
+                let task = tokio::spawn(deliver_all(
+                    rx,
+                    targets.clone(),
+                    metrics.clone(),
+                    tally.clone(),
+                ));
+                (Some(tx), Some(task))
+            }
+        };
+        let notifier = Notifier {
+            tx,
+            metrics,
+            targets,
+            tally: tally.clone(),
+        };
+        (notifier, Delivery { task, tally })
+    }
+
+    /// Whether any target is configured.
+    pub fn is_on(&self) -> bool {
+        self.tx.is_some()
     }
 
     pub fn send(&self, notice: Notice) {
         let Some(tx) = &self.tx else { return };
         let event = notice.event;
+        let wanted = self.receivers(&notice).count();
+        self.tally.update(|c| c.pending += wanted);
         if tx.try_send(notice).is_err() {
             tracing::warn!(
                 event = event.as_str(),
                 "notification dropped: {QUEUE} are already waiting (is the receiver down?)"
             );
             self.count(event, "dropped");
+            self.tally.update(|c| {
+                c.pending -= wanted;
+                c.dropped += wanted;
+            });
         }
+    }
+
+    /// The targets a notice goes to.
+    fn receivers<'a>(&'a self, n: &'a Notice) -> impl Iterator<Item = usize> + 'a {
+        self.targets
+            .iter()
+            .enumerate()
+            .filter(move |(i, t)| n.only.map_or(t.wants(n.event), |only| only == *i))
+            .map(|(i, _)| i)
+    }
+
+    /// Sends what a pass (or a reload) found: an alert (a notice with a key) only to the
+    /// targets whose `realert` window since they were last sent it has passed, as
+    /// `store` remembers; and a `resolved` to each target for each key of `evaluated`
+    /// that was firing for it and is not among `notices`. A store that cannot be read
+    /// sends rather than stays silent.
+    pub async fn settle(&self, store: &AuditStore, notices: Vec<Notice>, evaluated: &[AlertKey]) {
+        if !self.is_on() {
+            return;
+        }
+        let now = chrono::Utc::now();
+        let stamp = crate::time::timestamp(now);
+        let active: Vec<&AlertKey> = notices.iter().filter_map(|n| n.key.as_ref()).collect();
+        let cleared = self.cleared(store, evaluated, &active, &stamp).await;
+        for notice in notices {
+            let Some(key) = notice.key.clone() else {
+                self.send(notice);
+                continue;
+            };
+            let targets: Vec<usize> = self.receivers(&notice).collect();
+            for i in targets {
+                let t = &self.targets[i];
+                let window = chrono::Duration::from_std(t.realert).unwrap_or_default();
+                let cutoff = crate::time::timestamp(now - window);
+                let due = store.alert_due(&t.id(), &key, &stamp, &cutoff).await;
+                if due.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "cannot read which alerts were sent; sending");
+                    true
+                }) {
+                    self.send(Notice {
+                        only: Some(i),
+                        ..notice.clone()
+                    });
+                } else {
+                    tracing::info!(event = notice.event.as_str(), rule = %key.rule, instance = %key.instance, "alert already sent within the target's realert window; not sent again");
+                }
+            }
+        }
+        for (i, key) in cleared {
+            self.send(resolved(i, key));
+        }
+    }
+
+    /// The (target, key) pairs among `evaluated` that were firing and are not `active`,
+    /// cleared in `store`.
+    async fn cleared(
+        &self,
+        store: &AuditStore,
+        evaluated: &[AlertKey],
+        active: &[&AlertKey],
+        stamp: &str,
+    ) -> Vec<(usize, AlertKey)> {
+        let firing = match store.firing_alerts().await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read which alerts are firing");
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        for (target, key) in firing {
+            if !evaluated.contains(&key) || active.contains(&&key) {
+                continue;
+            }
+            let Some(i) = self.targets.iter().position(|t| t.id() == target) else {
+                continue;
+            };
+            if let Ok(true) = store.alert_cleared(&target, &key, stamp).await
+                && self.targets[i].wants(EventKind::Resolved)
+            {
+                out.push((i, key));
+            }
+        }
+        out
     }
 
     fn count(&self, event: EventKind, outcome: &str) {
@@ -160,15 +323,66 @@ impl Notifier {
     }
 }
 
+/// The notice that an alert's condition cleared.
+fn resolved(target: usize, key: AlertKey) -> Notice {
+    let what = match key.rule.as_str() {
+        "" => key.event.clone(),
+        rule => format!("{} of rule {rule}", key.event),
+    };
+    let place = match key.instance.as_str() {
+        "" => String::new(),
+        i => format!(" on server {i}"),
+    };
+    Notice {
+        event: EventKind::Resolved,
+        text: format!("resolved: {what}{place} no longer holds"),
+        details: serde_json::json!({"resolved": key.event, "rule": key.rule, "instance": key.instance}),
+        only: Some(target),
+        key: None,
+    }
+}
+
 impl Delivery {
-    /// Waits up to `within` for what is queued and in flight (the daemon's stop notice).
-    pub async fn finish(self, notifier: Notifier, within: Duration) {
+    /// Waits while deliveries are pending, at most `within`, and says what became of them.
+    pub async fn finish(self, notifier: Notifier, within: Duration) -> Delivered {
         drop(notifier);
-        if let Some(task) = self.task
-            && tokio::time::timeout(within, task).await.is_err()
-        {
-            tracing::warn!("notifications still undelivered at exit were abandoned");
+        let waiting = async {
+            loop {
+                let changed = self.tally.changed.notified();
+                if self.tally.now().pending == 0 {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        let _ = tokio::time::timeout(within, waiting).await;
+        let done = self.tally.now();
+        if done.pending > 0 {
+            tracing::warn!(
+                pending = done.pending,
+                "notifications still undelivered at exit were abandoned"
+            );
         }
+        if let Some(task) = self.task {
+            task.abort();
+        }
+        done
+    }
+}
+
+impl std::fmt::Display for Delivered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} delivered", self.delivered)?;
+        if self.given_up > 0 {
+            write!(f, ", {} given up after {ATTEMPTS} attempts", self.given_up)?;
+        }
+        if self.dropped > 0 {
+            write!(f, ", {} dropped (queue full)", self.dropped)?;
+        }
+        if self.pending > 0 {
+            write!(f, ", {} still pending at exit (abandoned)", self.pending)?;
+        }
+        Ok(())
     }
 }
 
@@ -186,6 +400,7 @@ async fn deliver_all(
     mut rx: mpsc::Receiver<Notice>,
     targets: Arc<Vec<Target>>,
     metrics: Arc<Metrics>,
+    tally: Arc<Tally>,
 ) {
     let http = reqwest::Client::builder()
         .timeout(ATTEMPT_TIMEOUT)
@@ -198,16 +413,23 @@ async fn deliver_all(
         for (i, target) in targets.iter().enumerate() {
             let wanted = match notice.only {
                 Some(only) => only == i,
-                None => target.events.contains(&notice.event),
+                None => target.wants(notice.event),
             };
             if !wanted {
                 continue;
             }
             let body = body(target.kind, &notice, &at, &host);
             let (http, target, metrics) = (http.clone(), target.clone(), metrics.clone());
-            let event = notice.event;
+            let (event, tally) = (notice.event, tally.clone());
             sending.spawn(async move {
-                deliver(&http, &target, event, body, &metrics).await;
+                let ok = deliver(&http, &target, event, body, &metrics).await;
+                tally.update(|c| {
+                    c.pending -= 1;
+                    match ok {
+                        true => c.delivered += 1,
+                        false => c.given_up += 1,
+                    }
+                });
             });
         }
         while sending.try_join_next().is_some() {}
@@ -215,14 +437,14 @@ async fn deliver_all(
     while sending.join_next().await.is_some() {}
 }
 
-/// Sends one body to one target, retrying with backoff.
+/// Sends one body to one target, retrying with backoff; whether it was delivered.
 async fn deliver(
     http: &reqwest::Client,
     target: &Target,
     event: EventKind,
     body: Vec<u8>,
     metrics: &Metrics,
-) {
+) -> bool {
     let retry_base = target.retry_base;
     let label = target.label();
     let attempt = || async {
@@ -261,11 +483,13 @@ async fn deliver(
         Ok(()) => {
             count(metrics, event, "delivered");
             tracing::info!(target = %label, event = event.as_str(), "notification delivered");
+            true
         }
         Err(e) => {
             count(metrics, event, "attempt_failed");
             count(metrics, event, "gave_up");
             tracing::error!(target = %label, event = event.as_str(), error = %e, "notification given up after {ATTEMPTS} attempts");
+            false
         }
     }
 }
@@ -345,6 +569,7 @@ mod tests {
             text: "rule x halted".into(),
             details: serde_json::json!({"rule": "x"}),
             only: None,
+            key: None,
         };
         let v: serde_json::Value =
             serde_json::from_slice(&body(Kind::Slack, &n, "t", "h")).unwrap();

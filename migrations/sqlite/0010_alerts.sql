@@ -1,0 +1,13 @@
+-- Which alert each notify target was last sent, so the same event for the same rule and
+-- server goes out at most once per `realert` window, across `once` processes and replicas,
+-- and a `resolved` follows when the condition clears. Not part of the chained record: a
+-- row per (target, event, rule, instance), updated in place.
+CREATE TABLE alerts (
+    target   TEXT NOT NULL,
+    event    TEXT NOT NULL,
+    rule     TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    firing   INTEGER NOT NULL,
+    sent_at  TEXT NOT NULL,
+    PRIMARY KEY (target, event, rule, instance)
+);

@@ -1,0 +1,92 @@
+//! Which alerts each notify target was sent: an alert goes out at most once per target's
+//! `realert` window, in whichever process or replica sees the condition first, and a
+//! `resolved` follows once when the condition clears.
+
+use super::db::on_pool;
+use super::{AuditError, AuditStore};
+
+/// One alert condition: an event about a rule (empty for the whole pass) on a server
+/// (empty for the daemon itself).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AlertKey {
+    pub event: String,
+    pub rule: String,
+    pub instance: String,
+}
+
+impl AuditStore {
+    /// Whether `target` is to be sent alert `key` now: it is not firing for the target, or
+    /// was last sent before `cutoff`. When so it is marked firing, sent `now`, in the same
+    /// statement, so of two processes seeing it at once one sends it.
+    pub async fn alert_due(
+        &self,
+        target: &str,
+        key: &AlertKey,
+        now: &str,
+        cutoff: &str,
+    ) -> Result<bool, AuditError> {
+        let rows = on_pool!(&self.pool, |pool| {
+            sqlx::query(
+                "INSERT INTO alerts (target, event, rule, instance, firing, sent_at) \
+                 VALUES ($1, $2, $3, $4, TRUE, $5) \
+                 ON CONFLICT (target, event, rule, instance) DO UPDATE SET firing = TRUE, sent_at = $5 \
+                 WHERE NOT alerts.firing OR alerts.sent_at < $6",
+            )
+            .bind(target)
+            .bind(&key.event)
+            .bind(&key.rule)
+            .bind(&key.instance)
+            .bind(now)
+            .bind(cutoff)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(rows == 1)
+    }
+
+    /// Whether alert `key` was firing for `target`; it is cleared, so one process sends the
+    /// `resolved`.
+    pub async fn alert_cleared(
+        &self,
+        target: &str,
+        key: &AlertKey,
+        now: &str,
+    ) -> Result<bool, AuditError> {
+        let rows = on_pool!(&self.pool, |pool| {
+            sqlx::query(
+                "UPDATE alerts SET firing = FALSE, sent_at = $5 \
+                 WHERE target = $1 AND event = $2 AND rule = $3 AND instance = $4 AND firing",
+            )
+            .bind(target)
+            .bind(&key.event)
+            .bind(&key.rule)
+            .bind(&key.instance)
+            .bind(now)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(rows == 1)
+    }
+
+    /// The alerts firing for any target: (target, event, rule, instance).
+    pub async fn firing_alerts(&self) -> Result<Vec<(String, AlertKey)>, AuditError> {
+        let rows: Vec<(String, String, String, String)> = on_pool!(&self.pool, |pool| {
+            sqlx::query_as("SELECT target, event, rule, instance FROM alerts WHERE firing")
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|(target, event, rule, instance)| {
+                let key = AlertKey {
+                    event,
+                    rule,
+                    instance,
+                };
+                (target, key)
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,76 @@
+//! Notifications from `once`, `apply` and `revert`: the daemon's notices about a pass, sent
+//! once per target's `realert` window (the audit store remembers, across processes and
+//! replicas), waited for while any is pending, at most [`WAIT`], and reported on stderr.
+
+use std::time::Duration;
+
+use super::Exit;
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use crate::notify::{Delivery, Notifier, events};
+use crate::pass::{PassContext, PassReport};
+
+/// Delivery is retried with backoff; a receiver still failing after this is reported.
+const WAIT: Duration = Duration::from_secs(30);
+
+pub(super) struct Alerts {
+    notifier: Notifier,
+    delivery: Delivery,
+    /// A dry run a person asked for on the command line tells nobody; one the config
+    /// asks for (`daemon.dry_run`, unattended) does.
+    config_dry_run: bool,
+}
+
+impl Alerts {
+    /// Starts the `[[notify]]` targets (none: nothing is sent).
+    pub fn start(config: &Settings) -> Result<Alerts, Exit> {
+        let targets = config.notify_targets().map_err(Exit::config)?;
+        let (notifier, delivery) = Notifier::start(targets, Metrics::new());
+        Ok(Alerts {
+            notifier,
+            delivery,
+            config_dry_run: config.daemon.dry_run,
+        })
+    }
+
+    /// What the pass on `ctx` has to tell, and what it found cleared.
+    pub async fn after(&self, ctx: &PassContext, report: &PassReport) {
+        if !self.notifier.is_on() || (report.dry_run && !self.config_dry_run) {
+            return;
+        }
+        let server = events::Server {
+            instance: &ctx.instance,
+            host: ctx.client.host(),
+        };
+        let notices = events::after_pass(report, &server);
+        let evaluated = events::evaluated(report, &server);
+        self.notifier.settle(&ctx.audit, notices, &evaluated).await;
+    }
+
+    /// A pass on `ctx` that could not start (an attended dry run tells nobody).
+    pub async fn unreachable(
+        &self,
+        ctx: &PassContext,
+        dry_run: bool,
+        error: &dyn std::fmt::Display,
+    ) {
+        if !self.notifier.is_on() || (dry_run && !self.config_dry_run) {
+            return;
+        }
+        let server = events::Server {
+            instance: &ctx.instance,
+            host: ctx.client.host(),
+        };
+        let notice = events::unreachable(&server, &error.to_string());
+        self.notifier.settle(&ctx.audit, vec![notice], &[]).await;
+    }
+
+    /// Waits for what is pending and says what became of it.
+    pub async fn finish(self) {
+        let on = self.notifier.is_on();
+        let done = self.delivery.finish(self.notifier, WAIT).await;
+        if on && done != Default::default() {
+            eprintln!("notifications: {done}");
+        }
+    }
+}

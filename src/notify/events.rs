@@ -1,0 +1,192 @@
+//! The notices a pass, the circuit breaker or a reload makes, the same from `run`, `once`,
+//! `apply` and `revert`. Each names the server (instance and host), the rule and the pass;
+//! lasting conditions carry an [`AlertKey`] so they are sent once per `realert` window and
+//! resolved when they clear.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use super::{EventKind, Notice};
+use crate::audit::AlertKey;
+use crate::pass::{PassReport, PassStatus};
+
+/// Which server a pass ran on: its instance name and host.
+pub struct Server<'a> {
+    pub instance: &'a str,
+    pub host: &'a str,
+}
+
+impl Server<'_> {
+    fn key(&self, event: EventKind, rule: &str) -> Option<AlertKey> {
+        Some(AlertKey {
+            event: event.as_str().to_string(),
+            rule: rule.to_string(),
+            instance: self.instance.to_string(),
+        })
+    }
+
+    /// A notice about a pass on this server: the text begins with where it happened and
+    /// the details carry it.
+    fn notice(&self, event: EventKind, rule: &str, text: String, mut details: Value) -> Notice {
+        details["instance"] = json!(self.instance);
+        details["server"] = json!(self.host);
+        if !rule.is_empty() {
+            details["rule"] = json!(rule);
+        }
+        let key = match event {
+            EventKind::Fight => None,
+            _ => self.key(event, rule),
+        };
+        Notice {
+            event,
+            text: format!("[{} {}] {text}", self.instance, self.host),
+            details,
+            only: None,
+            key,
+        }
+    }
+}
+
+/// Guard halts, a failed pass, an exhausted budget, an audit log that cannot be written,
+/// another automation's fight.
+pub fn after_pass(r: &PassReport, server: &Server<'_>) -> Vec<Notice> {
+    let mut out = Vec::new();
+    for rule in &r.rules {
+        if rule.halted.is_some() {
+            out.push(server.notice(
+                EventKind::GuardHalt,
+                &rule.name,
+                format!(
+                    "rule {} was halted by the blast-radius guard in pass {}: it wanted to change {} of {} cases; nothing it asked for was applied",
+                    rule.name, r.run_id, rule.matched, r.cases_seen
+                ),
+                json!({"pass": r.run_id, "matched": rule.matched, "cases_seen": r.cases_seen}),
+            ));
+        } else if !rule.tenant_halts.is_empty() {
+            let tenants: Vec<&str> = rule.tenant_halts.iter().map(|(t, _)| t.as_str()).collect();
+            let why: Vec<&str> = rule.tenant_halts.iter().map(|(_, w)| w.as_str()).collect();
+            out.push(server.notice(
+                EventKind::GuardHalt,
+                &rule.name,
+                format!(
+                    "rule {} was halted for customer(s) {} in pass {}: {}",
+                    rule.name,
+                    tenants.join(", "),
+                    r.run_id,
+                    why.join("; ")
+                ),
+                json!({"pass": r.run_id, "tenants": tenants, "why": why}),
+            ));
+        }
+    }
+    if matches!(r.status, PassStatus::Error | PassStatus::FailedChanges) {
+        let why = match &r.error {
+            Some(e) => format!("stopped: {e}"),
+            None => format!("{} change(s) failed", r.failed),
+        };
+        out.push(server.notice(
+            EventKind::PassFailed,
+            "",
+            format!("pass {} ended {}: {why}", r.run_id, r.status),
+            json!({"pass": r.run_id, "status": r.status, "applied": r.applied, "failed": r.failed, "error": r.error}),
+        ));
+    }
+    if r.budget_exhausted {
+        out.push(server.notice(
+            EventKind::BudgetExhausted,
+            "",
+            format!(
+                "pass {}: the change budget ran out; {} change(s) wait for the next pass",
+                r.run_id, r.deferred_changes
+            ),
+            json!({"pass": r.run_id, "deferred": r.deferred_changes}),
+        ));
+    }
+    for c in &r.clashes {
+        out.push(server.notice(
+            EventKind::Fight,
+            &c.clash.rule,
+            format!("pass {}: {}", r.run_id, crate::pass::clash_text(c)),
+            json!({"pass": r.run_id, "case_id": c.case_id, "ticket_id": c.ticket_id,
+                   "field": c.clash.field.as_str(), "value": c.clash.value, "by": c.clash.by,
+                   "outcome": c.clash.outcome.as_str()}),
+        ));
+    }
+    if r.audit_failed {
+        out.push(server.notice(
+            EventKind::AuditFailure,
+            "",
+            format!(
+                "pass {}: the audit log could not be written; no further change is sent until it can",
+                r.run_id
+            ),
+            json!({"pass": r.run_id, "error": r.error}),
+        ));
+    }
+    out
+}
+
+/// A pass that could not start: the server could not be reached or refused the key.
+pub fn unreachable(server: &Server<'_>, error: &str) -> Notice {
+    server.notice(
+        EventKind::PassFailed,
+        "",
+        format!("no pass: {error}"),
+        json!({"status": "error", "error": error}),
+    )
+}
+
+/// The conditions a pass looked at, so those that were firing and are no more are
+/// resolved: each rule it ran halted or not, the pass failed or not, the budget, the log.
+pub fn evaluated(r: &PassReport, server: &Server<'_>) -> Vec<AlertKey> {
+    let whole = [
+        EventKind::PassFailed,
+        EventKind::BudgetExhausted,
+        EventKind::AuditFailure,
+    ];
+    let rules = r
+        .rules
+        .iter()
+        .map(|s| (EventKind::GuardHalt, s.name.as_str()));
+    whole
+        .into_iter()
+        .map(|e| (e, ""))
+        .chain(rules)
+        .filter_map(|(e, rule)| server.key(e, rule))
+        .collect()
+}
+
+pub fn breaker_trip(rule: &str, file: &Path, passes: u32) -> Notice {
+    Notice {
+        event: EventKind::BreakerTrip,
+        text: format!(
+            "rule {rule} failed on every case it saw in {passes} passes in a row; the circuit breaker disabled it until {} changes",
+            file.display()
+        ),
+        details: json!({"rule": rule, "file": file.display().to_string(), "passes": passes}),
+        only: None,
+        key: None,
+    }
+}
+
+/// The key of a failed reload (the daemon's, on no server in particular).
+pub fn reload_key() -> AlertKey {
+    AlertKey {
+        event: EventKind::ReloadFailed.as_str().to_string(),
+        rule: String::new(),
+        instance: String::new(),
+    }
+}
+
+pub fn reload_failed(errors: usize, first: &str) -> Notice {
+    Notice {
+        event: EventKind::ReloadFailed,
+        text: format!(
+            "the rules could not be reloaded ({errors} error(s), first: {first}); the previous rules keep running"
+        ),
+        details: json!({"errors": errors, "first": first}),
+        only: None,
+        key: Some(reload_key()),
+    }
+}
