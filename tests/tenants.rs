@@ -273,6 +273,11 @@ async fn a_rule_over_its_guard_in_one_tenant_is_halted_there_and_applied_in_the_
             ..Filter::default()
         })
         .await;
+    // The customer's halt is one note of the pass, with its count; its changes are rows.
+    let (notes, skipped): (Vec<_>, Vec<_>) = skipped.into_iter().partition(|r| r.field == "rule");
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert_eq!(notes[0].new.as_deref(), Some("halted"));
+    assert_eq!(notes[0].old, Some(in_t1.len().to_string()));
     assert_eq!(skipped.len(), in_t1.len());
     assert!(skipped.iter().all(|r| {
         r.outcome.as_str() == "skipped"
@@ -562,4 +567,67 @@ async fn a_reviewed_plan_for_the_second_server_is_applied_there() {
     assert_exit(&out, 0);
     assert!(tagged(&us, "seen").is_empty(), "{}", stdout(&out));
     assert!(changed_by_api(&eu, None).is_empty());
+}
+
+/// `check` probes every server and prints each result, exiting by the worst; `status`
+/// lists every configured server: one never run, one whose last pass failed with its
+/// error, one fine.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_and_status_leave_no_server_out() {
+    let (eu, spare) = (start(sim_options(20)).await, start(sim_options(5)).await);
+    let rule = "const RULE = #{ name: \"r\" };\nfn evaluate(c) {}\n";
+    let ws = Workspace::new(&eu.url, "legacy", "", Some(&[("r.rhai", rule)]));
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    instances_config(
+        &ws,
+        &[
+            ("eu", &eu.url, &[]),
+            ("down", &dead, &[]),
+            ("spare", &spare.url, &[]),
+        ],
+    );
+    let out = ws.run(&["check"]).await;
+    let text = stdout(&out);
+    assert_exit(&out, 3);
+    assert!(
+        text.contains(&format!("server {}: key accepted", eu.url))
+            && text.contains(&format!("server {}: key accepted", spare.url))
+            && text.contains(&format!("server {dead} (down): FAILED")),
+        "{text}"
+    );
+    assert!(stderr(&out).contains("down"), "{}", stderr(&out));
+
+    assert_exit(&ws.run(&["once", "--instance", "eu"]).await, 0);
+    let out = ws.run(&["once", "--instance", "down"]).await;
+    assert_exit(&out, 3);
+    let out = ws.run(&["status"]).await;
+    let text = stdout(&out);
+    assert_exit(&out, 0);
+    assert!(
+        text.contains(&format!("server     eu ({}): ok", eu.url)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("server     spare ({}): never passed", spare.url)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("server     down ({dead}): error"))
+            && text.contains("  last error "),
+        "{text}"
+    );
+    let out = ws.run(&["status", "--format", "json"]).await;
+    let status: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let servers = status["servers"].as_array().unwrap();
+    assert_eq!(servers.len(), 3, "{servers:?}");
+    let down = servers.iter().find(|s| s["instance"] == "down").unwrap();
+    assert!(
+        down["last_error"]["error"].as_str().unwrap().len() > 10,
+        "{down}"
+    );
+    assert!(
+        servers
+            .iter()
+            .any(|s| s["instance"] == "spare" && s["state"] == "never passed")
+    );
 }

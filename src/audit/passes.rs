@@ -84,6 +84,20 @@ impl AuditStore {
         }))
     }
 
+    /// The newest pass of each server that stopped on an error (the server unreachable, the
+    /// listing failed, the log unwritable).
+    pub async fn last_errors(&self) -> Result<Vec<PassRow>, AuditError> {
+        Ok(on_pool!(&self.pool, |pool| {
+            sqlx::query_as(
+                "SELECT * FROM passes p WHERE started_at = (SELECT MAX(started_at) FROM passes q \
+                 WHERE q.error IS NOT NULL AND COALESCE(q.instance, 'default') = COALESCE(p.instance, 'default')) \
+                 AND p.error IS NOT NULL ORDER BY COALESCE(instance, 'default'), id",
+            )
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+
     /// Passes still marked running (a crash or kill interrupted them).
     /// Seals them `interrupted` (this handle's server's only, when it has one), with the
     /// changes their rows record: call it once what they left open is settled.

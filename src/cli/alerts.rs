@@ -47,24 +47,6 @@ impl Alerts {
         self.notifier.settle(&ctx.audit, notices, &evaluated).await;
     }
 
-    /// A pass on `ctx` that could not start (an attended dry run tells nobody).
-    pub async fn unreachable(
-        &self,
-        ctx: &PassContext,
-        dry_run: bool,
-        error: &dyn std::fmt::Display,
-    ) {
-        if !self.notifier.is_on() || (dry_run && !self.config_dry_run) {
-            return;
-        }
-        let server = events::Server {
-            instance: &ctx.instance,
-            host: ctx.client.host(),
-        };
-        let notice = events::unreachable(&server, &error.to_string());
-        self.notifier.settle(&ctx.audit, vec![notice], &[]).await;
-    }
-
     /// Waits for what is pending and says what became of it.
     pub async fn finish(self) {
         let on = self.notifier.is_on();

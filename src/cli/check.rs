@@ -29,22 +29,50 @@ pub(super) async fn run(cli: &Cli, args: &CheckArgs) -> anyhow::Result<u8> {
         return Err(Exit::config_all(&problems, footer).into());
     }
     if !args.offline {
-        let mut unknown = Vec::new();
-        for s in config.servers() {
-            let client = probe_server(&config, s).await?;
-            if let Some(set) = &set {
-                unknown.extend(names_on_server(set, s, &client).await);
-            }
-        }
-        if config.audit.url.is_some() {
-            probe_audit(&config).await?;
-        }
-        if !unknown.is_empty() {
-            let footer = format!("{} rule value(s) the server does not know", unknown.len());
-            return Err(Exit::config_all(&unknown, Some(footer)).into());
-        }
+        online(&config, set.as_ref()).await?;
     }
     Ok(0)
+}
+
+/// Every server probed, each result printed, and the audit database; the exit code is the
+/// worst any of them earned (3 a server unreachable, 2 a config or rule value it refutes).
+async fn online(config: &Settings, set: Option<&RuleSet>) -> Result<(), Exit> {
+    let mut unknown = Vec::new();
+    let mut failed: Vec<(String, Exit)> = Vec::new();
+    let servers = config.servers();
+    for s in &servers {
+        match probe_server(config, s).await {
+            Ok(client) => {
+                if let Some(set) = set {
+                    unknown.extend(names_on_server(set, s, &client).await);
+                }
+            }
+            Err(e) => {
+                println!("server {} ({}): FAILED: {e}", s.url, s.instance_name());
+                failed.push((s.instance_name().to_string(), e));
+            }
+        }
+    }
+    if config.audit.url.is_some()
+        && let Err(e) = probe_audit(config).await
+    {
+        println!("audit log {}: FAILED: {e}", config.audit.location());
+        failed.push(("audit log".to_string(), e));
+    }
+    if let Some(worst) = failed.iter().map(|(_, e)| e.code).max() {
+        let names: Vec<&str> = failed.iter().map(|(n, _)| n.as_str()).collect();
+        let first = &failed[0].1;
+        let message = match (failed.len(), servers.len()) {
+            (1, 1) => first.to_string(),
+            (n, _) => format!("{n} check(s) failed ({}); first: {first}", names.join(", ")),
+        };
+        return Err(Exit::with(worst, message));
+    }
+    if !unknown.is_empty() {
+        let footer = format!("{} rule value(s) the server does not know", unknown.len());
+        return Err(Exit::config_all(&unknown, Some(footer)));
+    }
+    Ok(())
 }
 
 /// The users the rules `assign` by literal and the customers of their `RULE.tenants`, looked

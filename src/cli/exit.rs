@@ -47,7 +47,8 @@ impl Exit {
         Exit::with(4, message)
     }
 
-    fn with(code: u8, message: impl Display) -> Exit {
+    /// A failure with this code (the worst of several, each of which had one).
+    pub(super) fn with(code: u8, message: impl Display) -> Exit {
         Exit {
             code,
             message: message.to_string(),

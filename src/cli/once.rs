@@ -226,12 +226,6 @@ async fn one_server(
         "one pass"
     );
     let alerts = Alerts::start(config)?;
-    // The server could not be reached or refused the key.
-    if let Err(e) = ctx.client.authenticate().await {
-        alerts.unreachable(ctx, args.dry_run, &e).await;
-        alerts.finish().await;
-        return Err(Exit::server(e).into());
-    }
     let (bar, progress) = super::progress::pass_bar();
     let saved = SavedCases::open(args.save_cases.as_deref())?;
     let opts = PassOptions {
@@ -242,6 +236,15 @@ async fn one_server(
         on_page: saved.hook(),
         ..PassOptions::default()
     };
+    // The server could not be reached or refused the key: recorded, told, exit 3.
+    if let Err(e) = ctx.client.authenticate().await {
+        bar.finish_and_clear();
+        let report = crate::pass::record_unreachable(ctx, set, &opts, e).await;
+        alerts.after(ctx, &report).await;
+        alerts.finish().await;
+        ctx.audit.close().await;
+        return Err(Exit::server(report.error.unwrap_or_default()).into());
+    }
     let claimed = crate::pass::run_claimed(ctx, set, &opts, Duration::from_secs(args.wait)).await;
     bar.finish_and_clear();
     // The page hook holds the case file until the options go.
@@ -345,25 +348,22 @@ async fn every_server(
             rules = set.rules.len(),
             "one pass"
         );
+        let opts = PassOptions {
+            work: work(args),
+            only: args.rules.clone(),
+            trigger: format!("once ({})", ctx.instance),
+            ..PassOptions::default()
+        };
         if let Err(e) = ctx.client.authenticate().await {
             writeln!(out, "  ! not run: {e}\n")?;
             drop(out);
-            alerts.unreachable(ctx, args.dry_run, &e).await;
+            let report = crate::pass::record_unreachable(ctx, set, &opts, e).await;
+            alerts.after(ctx, &report).await;
             trouble = true;
             continue;
         }
-        let claimed = crate::pass::run_claimed(
-            ctx,
-            set,
-            &PassOptions {
-                work: work(args),
-                only: args.rules.clone(),
-                trigger: format!("once ({})", ctx.instance),
-                ..PassOptions::default()
-            },
-            Duration::from_secs(args.wait),
-        )
-        .await;
+        let claimed =
+            crate::pass::run_claimed(ctx, set, &opts, Duration::from_secs(args.wait)).await;
         let report = claimed.map_err(unclaimed)?;
         let mut out = std::io::stdout().lock();
         print_report(&mut out, &report)?;

@@ -1,5 +1,5 @@
-//! `casewarden status`: the audit log's lease (on replicas, the leader) and the last pass
-//! on each server, read from the log without writing to it. Exit 1 when replicas share the
+//! `casewarden status`: the audit log's lease (on replicas, the leader), every configured
+//! server (never passed, its last pass, its last error) and the last pass on each server, read from the log without writing to it. Exit 1 when replicas share the
 //! log and none leads.
 
 use std::path::PathBuf;
@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::Cli;
 use crate::audit::{EventRow, Lease, PassRow, RuleErrors};
+use crate::config::{DEFAULT_INSTANCE, Settings};
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -35,6 +36,9 @@ struct Status {
     backend: &'static str,
     /// The lease as the log holds it; `live` says whether it is held now.
     lease: Option<LeaseStatus>,
+    /// Every configured server (and any other the log names): its newest pass and the
+    /// newest that stopped on an error.
+    servers: Vec<ServerStatus>,
     /// The newest pass of each server.
     last_passes: Vec<PassRow>,
     /// The rules that failed on some case in those passes.
@@ -42,6 +46,62 @@ struct Status {
     /// The newest values other automations set back (yielded to, or fights), each
     /// recorded once.
     automation_clashes: Vec<EventRow>,
+}
+
+/// One server as `status` shows it.
+#[derive(Debug, Serialize)]
+struct ServerStatus {
+    instance: String,
+    /// The configured URL (None: the log names a server the config no longer has).
+    url: Option<String>,
+    /// `never passed`, or the newest pass's status.
+    state: String,
+    last_pass: Option<String>,
+    last_pass_at: Option<String>,
+    /// The newest pass that stopped on an error: its id, start and error.
+    last_error: Option<PassError>,
+}
+
+#[derive(Debug, Serialize)]
+struct PassError {
+    pass: String,
+    at: String,
+    error: String,
+}
+
+/// Each configured server, then any other the log's passes name.
+fn servers(config: Option<&Settings>, last: &[PassRow], errors: &[PassRow]) -> Vec<ServerStatus> {
+    let name = |p: &PassRow| {
+        p.instance
+            .clone()
+            .unwrap_or_else(|| DEFAULT_INSTANCE.to_string())
+    };
+    let mut out: Vec<ServerStatus> = Vec::new();
+    let configured = config.map(Settings::servers).unwrap_or_default();
+    let named = configured
+        .iter()
+        .map(|s| (s.instance_name().to_string(), Some(s.url.clone())));
+    let seen = last.iter().map(|p| (name(p), None));
+    for (instance, url) in named.chain(seen) {
+        if out.iter().any(|s| s.instance == instance) {
+            continue;
+        }
+        let pass = last.iter().find(|p| name(p) == instance);
+        let error = errors.iter().find(|p| name(p) == instance);
+        out.push(ServerStatus {
+            state: pass.map_or("never passed".to_string(), |p| p.totals.status.clone()),
+            last_pass: pass.map(|p| p.id.clone()),
+            last_pass_at: pass.map(|p| p.started_at.clone()),
+            last_error: error.map(|p| PassError {
+                pass: p.id.clone(),
+                at: p.started_at.clone(),
+                error: p.totals.error.clone().unwrap_or_default(),
+            }),
+            instance,
+            url,
+        });
+    }
+    out
 }
 
 #[derive(Debug, Serialize)]
@@ -53,8 +113,10 @@ struct LeaseStatus {
 
 pub(super) async fn run(cli: &Cli, args: &StatusArgs) -> anyhow::Result<u8> {
     let store = super::audit::open_audit(cli, &args.db).await?;
+    let config = super::load_config(cli).ok();
     let now = crate::time::timestamp(chrono::Utc::now());
     let last_passes = store.last_passes().await?;
+    let errors = store.last_errors().await?;
     let ids: Vec<&str> = last_passes.iter().map(|p| p.id.as_str()).collect();
     let status = Status {
         audit_log: store.location(),
@@ -69,6 +131,7 @@ pub(super) async fn run(cli: &Cli, args: &StatusArgs) -> anyhow::Result<u8> {
         }),
         erroring_rules: store.rule_errors_in(&ids).await?,
         automation_clashes: store.recent_clashes(10).await?,
+        servers: servers(config.as_ref(), &last_passes, &errors),
         last_passes,
     };
     match args.format {
@@ -103,6 +166,22 @@ fn text(s: &Status) -> String {
             out.push_str(&format!(
                 "{holder:<10} pid {} on {} (holder {}), epoch {}\nlease      {state}\n",
                 r.pid, r.host, r.holder, r.epoch
+            ));
+        }
+    }
+    for v in &s.servers {
+        let url = v.url.as_deref().unwrap_or("not in the config");
+        let at = v.last_pass_at.as_deref().unwrap_or("");
+        out.push_str(&format!(
+            "server     {} ({url}): {} {at}\n",
+            v.instance, v.state
+        ));
+        if let Some(e) = &v.last_error {
+            out.push_str(&format!(
+                "  last error {} (pass {}): {}\n",
+                e.at,
+                e.pass,
+                crate::text::for_terminal(&e.error)
             ));
         }
     }

@@ -127,16 +127,6 @@ pub fn after_pass(r: &PassReport, server: &Server<'_>) -> Vec<Notice> {
     out
 }
 
-/// A pass that could not start: the server could not be reached or refused the key.
-pub fn unreachable(server: &Server<'_>, error: &str) -> Notice {
-    server.notice(
-        EventKind::PassFailed,
-        "",
-        format!("no pass: {error}"),
-        json!({"status": "error", "error": error}),
-    )
-}
-
 /// The conditions a pass looked at, so those that were firing and are no more are
 /// resolved: each rule it ran halted or not, the pass failed or not, the budget, the log.
 pub fn evaluated(r: &PassReport, server: &Server<'_>) -> Vec<AlertKey> {

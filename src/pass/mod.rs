@@ -77,14 +77,45 @@ pub async fn with_claim<T>(
     Ok(out)
 }
 
-/// Runs one pass with `set`'s rules and records it.
-pub async fn run_pass(ctx: &PassContext, set: &RuleSet, opts: &PassOptions) -> PassReport {
-    let run_id = format!(
+/// A new pass's id: when it started, and a random tail.
+fn new_run_id() -> String {
+    format!(
         "{}-{:06x}",
         chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
         fastrand::u32(..0x100_0000)
-    );
-    let run = Run::new(ctx, set, opts, run_id);
+    )
+}
+
+/// A pass that could not reach its server (no answer, the key refused), recorded as a pass
+/// that stopped on that error: `status`, the report and the live view show it.
+pub async fn record_unreachable(
+    ctx: &PassContext,
+    set: &RuleSet,
+    opts: &PassOptions,
+    error: crate::stellar::ApiError,
+) -> PassReport {
+    let run = Run::new(ctx, set, opts, new_run_id());
+    let started = ctx
+        .audit
+        .start_pass(&run.run_id, &opts.trigger, &set.fingerprint, run.dry_run)
+        .await;
+    let ran = Ran {
+        error: Some(error.into()),
+        ..Ran::default()
+    };
+    let report = PassReport::build(&run, ran);
+    match started {
+        Ok(()) => close(&run, report).await,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot record the pass that could not reach its server");
+            report
+        }
+    }
+}
+
+/// Runs one pass with `set`'s rules and records it.
+pub async fn run_pass(ctx: &PassContext, set: &RuleSet, opts: &PassOptions) -> PassReport {
+    let run = Run::new(ctx, set, opts, new_run_id());
     let span = tracing::info_span!("pass", pass_id = %run.run_id, dry_run = run.dry_run);
     async {
         let ran = stages(&run).await;
