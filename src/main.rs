@@ -2,7 +2,7 @@
 
 use std::io::IsTerminal;
 
-use clap::Parser;
+use clap::FromArgMatches;
 use tracing_subscriber::EnvFilter;
 
 use casewarden::cli::{Cli, Command, LogFormat};
@@ -49,7 +49,8 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::from_arg_matches(&casewarden::cli::command().get_matches())
+        .unwrap_or_else(|e| e.exit());
     init_tracing(&cli);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     // One I/O worker: rules run on rayon's threads and SQLite on its own, so a second

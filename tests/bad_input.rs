@@ -2,6 +2,8 @@
 //! answer, command line) and the clear error it must produce, through the real binary.
 //! README's "Reliability" section lists these entries; keep the two in step.
 
+use std::process::Output;
+
 use casewarden::sim::RawAnswer;
 use serde_json::json;
 
@@ -428,4 +430,63 @@ async fn connection_mistakes_are_explained() {
     let err = stderr(&out);
     let expected = format!("{}:2:18", here.dir.path().join("bad.rhai").display());
     assert!(err.contains(&expected) && !err.contains("/./"), "{err}");
+}
+
+/// The exit code `casewarden CMD --help` states for `code`, with its meaning.
+async fn stated(cmd: &[&str], code: i32) -> Vec<String> {
+    let mut args = cmd.to_vec();
+    args.push("--help");
+    let help = stdout(&run_bin(&args, &[]).await);
+    let (_, status) = help
+        .split_once("Exit status:\n")
+        .unwrap_or_else(|| panic!("no exit status in `{cmd:?} --help`:\n{help}"));
+    status
+        .lines()
+        .filter_map(|l| l.trim().split_once("  "))
+        .filter(|(c, _)| c.parse() == Ok(code))
+        .map(|(_, what)| what.trim().to_string())
+        .collect()
+}
+
+/// What each command's `--help` says of its exit codes is what it does: each case runs
+/// the command into a state and finds the code it exits with stated, with that meaning;
+/// every man page has an EXIT STATUS.
+#[tokio::test(flavor = "multi_thread")]
+async fn help_texts_state_the_exit_codes_the_commands_give() {
+    let sim = start(sim_options(30)).await;
+    let ws = Workspace::new(&sim.url, "legacy", "max_change_fraction = 1.0", None);
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let down = Workspace::new(&dead, "legacy", "", None);
+    let heads = ws.dir.path().join("heads");
+    let pending = ws.run(&["once", "--dry-run", "--detailed-exitcode"]).await;
+    assert_exit(&ws.run(&["once"]).await, 0);
+    std::fs::write(&heads, format!("pass x head {}\n", "ab".repeat(32))).unwrap();
+    let verify = ws
+        .run(&["audit", "verify", "--heads", heads.to_str().unwrap()])
+        .await;
+    let cases: Vec<(&[&str], Output, &str)> = vec![
+        (&["once"], down.run(&["once"]).await, "server"),
+        (&["once"], pending, "pending"),
+        (&["check"], down.run(&["check"]).await, "server"),
+        (&["audit", "verify"], verify, "head missing"),
+        (&["status"], ws.run(&["status"]).await, "printed"),
+        (
+            &["diff"],
+            ws.run(&["diff", "--rules-dir", "nowhere"]).await,
+            "error",
+        ),
+    ];
+    for (cmd, out, meaning) in cases {
+        let code = out.status.code().unwrap();
+        let said = stated(cmd, code).await;
+        assert!(
+            said.iter().any(|w| w.contains(meaning)),
+            "`{cmd:?}` exited {code} ({}), its help says of {code}: {said:?}",
+            stderr(&out)
+        );
+    }
+    let man = stdout(&run_bin(&["man"], &[]).await);
+    let pages = man.matches("\n.TH ").count() + usize::from(man.starts_with(".TH "));
+    assert!(pages > 15, "{pages}");
+    assert_eq!(man.matches(".SH \"EXIT STATUS\"").count(), pages);
 }
