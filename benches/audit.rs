@@ -146,10 +146,7 @@ async fn main() {
         rate(verify)
     );
 
-    let source = Source {
-        server_url: "https://stellar.example.com".into(),
-        audit_db: "audit.db".into(),
-    };
+    let source = Source::new(None, Vec::new(), "audit.db".into());
     let start = Instant::now();
     let review = Review::build(&store, &Period::default(), source)
         .await

@@ -631,3 +631,119 @@ async fn check_and_status_leave_no_server_out() {
             .any(|s| s["instance"] == "spare" && s["state"] == "never passed")
     );
 }
+
+/// The report's numbers add up: over rules, customers, passes and servers the sums equal the
+/// totals, for each outcome; every configured rule is listed (one that never changed
+/// anything too), customers by name, and a section per server with its failed passes and
+/// their errors.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reports_numbers_reconcile_over_rules_customers_passes_and_servers() {
+    let (eu, us) = (start(sim_options(300)).await, start(sim_options(200)).await);
+    let failing = eu
+        .state()
+        .cases
+        .iter()
+        .find(|c| c["status"] == "New")
+        .map(|c| c["_id"].as_str().unwrap().to_string())
+        .unwrap();
+    eu.state().faults.fail_updates_for.insert(failing);
+    let high = "const RULE = #{ name: \"to-high\", query: #{ status: \"New\" } };\nfn evaluate(c) { set_priority(\"High\", \"new\"); }\n";
+    let low = "const RULE = #{ name: \"to-low\", query: #{ status: \"New\" } };\nfn evaluate(c) { set_priority(\"Low\", \"new\"); }\n";
+    let never = "const RULE = #{ name: \"never\" };\nfn evaluate(c) { if c.ticket_id < 0 { add_tag(\"x\", \"never\"); } }\n";
+    let ws = Workspace::new(
+        &eu.url,
+        "legacy",
+        "",
+        Some(&[
+            ("10-high.rhai", high),
+            ("20-low.rhai", low),
+            (
+                "30-t3.rhai",
+                &scoped("third-customer", &[TENANTS[2].0], "t3"),
+            ),
+            ("40-never.rhai", never),
+        ]),
+    );
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    instances_config(
+        &ws,
+        &[
+            ("eu", &eu.url, &[]),
+            ("us", &us.url, &[]),
+            ("down", &dead, &[]),
+        ],
+    );
+    assert_exit(&ws.run(&["once", "--dry-run"]).await, 1);
+    assert_exit(&ws.run(&["once"]).await, 1);
+    let out = ws.run(&["report", "--format", "json"]).await;
+    assert_exit(&out, 0);
+    let report: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let totals = &report["totals"];
+    let sum = |list: &str, key: &str| -> i64 {
+        report[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g[key].as_i64().unwrap())
+            .sum()
+    };
+    for key in ["applied", "failed", "unknown", "skipped", "dry_run_planned"] {
+        let total = totals[key].as_i64().unwrap();
+        for list in ["rules", "tenants", "passes", "instances", "servers"] {
+            assert_eq!(sum(list, key), total, "{key} summed over {list}");
+        }
+    }
+    for key in ["applied", "skipped", "dry_run_planned"] {
+        assert!(totals[key].as_i64().unwrap() > 0, "{key}: {totals}");
+    }
+    assert!(totals["unknown"].as_i64().unwrap() + totals["failed"].as_i64().unwrap() > 0);
+    let rules: Vec<&str> = report["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["rule"].as_str().unwrap())
+        .collect();
+    assert_eq!(rules, ["never", "third-customer", "to-high", "to-low"]);
+    let never = &report["rules"][0];
+    assert_eq!(
+        (never["applied"].as_i64(), never["skipped"].as_i64()),
+        (Some(0), Some(0))
+    );
+    for t in report["tenants"].as_array().unwrap() {
+        let id = t["name"].as_str().unwrap();
+        let name = TENANTS.iter().find(|(i, _)| *i == id).unwrap().1;
+        assert_eq!(t["cust_name"], name, "{t}");
+    }
+    let servers = report["servers"].as_array().unwrap();
+    let names: Vec<&str> = servers
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["eu", "us", "down"]);
+    assert_eq!(servers[1]["url"], us.url.as_str());
+    let down = &servers[2]["failed_passes"];
+    assert_eq!(down.as_array().unwrap().len(), 2, "{down}");
+    assert!(
+        down[0]["error"].as_str().unwrap().contains("127.0.0.1"),
+        "{down}"
+    );
+    assert!(!servers[0]["failed_passes"].as_array().unwrap().is_empty());
+    let sources: Vec<&str> = report["source"]["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(sources, ["eu", "us", "down"]);
+    let html = ws.run(&["report"]).await;
+    let page = stdout(&html);
+    for name in [
+        "Server eu",
+        "Server us",
+        "Server down",
+        TENANTS[0].1,
+        "never",
+    ] {
+        assert!(page.contains(name), "{name} not in the page");
+    }
+}

@@ -1,6 +1,9 @@
-//! Which alerts each notify target was sent: an alert goes out at most once per target's
-//! `realert` window, in whichever process or replica sees the condition first, and a
-//! `resolved` follows once when the condition clears.
+//! What the log keeps beside the chained record, updated in place: which alerts each
+//! notify target was sent (an alert goes out at most once per target's `realert` window,
+//! in whichever process or replica sees the condition first, and a `resolved` follows once
+//! when the condition clears), and the names servers give their customers.
+
+use std::collections::HashMap;
 
 use super::db::on_pool;
 use super::{AuditError, AuditStore};
@@ -88,5 +91,42 @@ impl AuditStore {
                 (target, key)
             })
             .collect())
+    }
+}
+
+impl AuditStore {
+    /// The customers' names this log knows: `cust_id` -> `cust_name` (of any server).
+    pub async fn customer_names(&self) -> Result<HashMap<String, String>, AuditError> {
+        let rows: Vec<(String, String)> = on_pool!(&self.pool, |pool| {
+            sqlx::query_as("SELECT cust_id, cust_name FROM customers ORDER BY seen_at")
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows.into_iter().collect())
+    }
+
+    /// Remembers the names server `instance` gives its customers.
+    pub async fn remember_customers(
+        &self,
+        instance: &str,
+        named: &[(String, String)],
+    ) -> Result<(), AuditError> {
+        let now = crate::time::timestamp(chrono::Utc::now());
+        for (id, name) in named {
+            on_pool!(&self.pool, |pool| {
+                sqlx::query(
+                    "INSERT INTO customers (instance, cust_id, cust_name, seen_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (instance, cust_id) DO UPDATE SET cust_name = $3, seen_at = $4",
+                )
+                .bind(instance)
+                .bind(id)
+                .bind(name)
+                .bind(&now)
+                .execute(pool)
+                .await?
+                .rows_affected()
+            });
+        }
+        Ok(())
     }
 }

@@ -40,7 +40,7 @@ pub struct DayCount {
     pub rule: String,
     /// `YYYY-MM-DD` (UTC).
     pub day: String,
-    /// `change` (a field change), `guard` (skipped by the blast-radius guard), `errors`
+    /// `change` (a field change), `guard` (the blast-radius guard halted it), `errors`
     /// (the rule failed on cases), `disabled` (the circuit breaker disabled it).
     pub kind: String,
     pub outcome: String,
@@ -73,15 +73,29 @@ pub struct FailureGroup {
     pub ticket_id: Option<i64>,
 }
 
-/// Changes to one customer's (or one server's) cases by outcome (live rows only).
+/// Changes to one customer's (or one server's, or one pass's) cases by outcome, counted
+/// as a rule's are, so groups add up to the totals.
 #[derive(Debug, Clone, FromRow, Serialize, PartialEq)]
 pub struct GroupCount {
-    /// The customer's `cust_id`, or the server's instance name.
+    /// The customer's `cust_id` (empty: cases that name none), the server's instance name,
+    /// or the pass's id.
     pub name: String,
+    /// The customer's `cust_name`, as the server's `/tenants` last gave it.
+    #[sqlx(default)]
+    pub cust_name: Option<String>,
     pub applied: i64,
     pub failed: i64,
+    pub unknown: i64,
     pub skipped: i64,
+    pub dry_run_planned: i64,
     pub cases: i64,
+}
+
+/// Passes of one server in a period, and the ones that failed.
+#[derive(Debug, Clone, FromRow, Serialize, PartialEq)]
+pub struct PassTally {
+    pub name: String,
+    pub passes: i64,
 }
 
 /// A case and how much was done to it.
@@ -140,7 +154,6 @@ impl AuditStore {
             "SELECT rule, substr(recorded_at, 1, 10) AS day, \
              CASE WHEN field = 'rule' AND new = 'halted' THEN 'guard' \
                   WHEN field = 'rule' THEN COALESCE(new, '') \
-                  WHEN outcome = 'skipped' AND reason LIKE '%[skipped: blast-radius guard%' THEN 'guard' \
                   ELSE 'change' END AS kind, \
              outcome, dry_run, COUNT(*) AS rows, COUNT(DISTINCT run_id) AS passes, \
              SUM(CASE WHEN field = 'rule' AND new = 'errors' THEN CAST(old AS INTEGER) ELSE 0 END) AS cases \
@@ -174,29 +187,54 @@ impl AuditStore {
         self.all(sql, binds).await
     }
 
-    /// Per customer: its changes by outcome and the cases they touched.
+    /// Per customer: its changes by outcome and the cases they touched; cases that name
+    /// no customer are the group with an empty name.
     pub async fn tenant_counts(&self, p: &Period) -> Result<Vec<GroupCount>, AuditError> {
-        self.counts_by("tenant", "tenant IS NOT NULL", p).await
+        self.counts_by("COALESCE(tenant, '')", p).await
     }
 
     /// The same per server (rows from before instances were recorded count as `default`).
     pub async fn instance_counts(&self, p: &Period) -> Result<Vec<GroupCount>, AuditError> {
-        self.counts_by("COALESCE(instance, 'default')", "1 = 1", p)
-            .await
+        self.counts_by("COALESCE(instance, 'default')", p).await
     }
 
-    async fn counts_by(
-        &self,
-        key: &str,
-        only: &str,
-        p: &Period,
-    ) -> Result<Vec<GroupCount>, AuditError> {
+    /// The same per pass.
+    pub async fn pass_counts(&self, p: &Period) -> Result<Vec<GroupCount>, AuditError> {
+        self.counts_by("run_id", p).await
+    }
+
+    /// How many passes each server ran in the period.
+    pub async fn passes_by_server(&self, p: &Period) -> Result<Vec<PassTally>, AuditError> {
+        let (cond, binds) = pass_conditions(p);
+        let sql = format!(
+            "SELECT COALESCE(instance, 'default') AS name, COUNT(*) AS passes FROM passes \
+             WHERE {cond} GROUP BY 1 ORDER BY 1"
+        );
+        self.all(sql, binds).await
+    }
+
+    /// The passes of the period that failed (stopped on an error, or with failed changes),
+    /// newest first.
+    pub async fn failed_passes(&self, p: &Period, limit: i64) -> Result<Vec<PassRow>, AuditError> {
+        let (cond, binds) = pass_conditions(p);
+        let sql = format!(
+            "SELECT * FROM passes WHERE {cond} AND status IN ('error', 'failed-changes') \
+             ORDER BY started_at DESC, id DESC LIMIT {limit}"
+        );
+        self.all(sql, binds).await
+    }
+
+    async fn counts_by(&self, key: &str, p: &Period) -> Result<Vec<GroupCount>, AuditError> {
         let (cond, binds) = p.conditions("e");
         let sql = format!(
-            "SELECT {key} AS name, COUNT(*) FILTER (WHERE outcome = 'applied') AS applied, \
-             COUNT(*) FILTER (WHERE outcome IN ('failed', 'unknown')) AS failed, \
-             COUNT(*) FILTER (WHERE outcome = 'skipped') AS skipped, COUNT(DISTINCT case_id) AS cases FROM events e \
-             WHERE {cond} AND {only} AND NOT dry_run AND outcome != 'planned' \
+            "SELECT {key} AS name, \
+             COUNT(*) FILTER (WHERE outcome = 'applied' AND NOT dry_run) AS applied, \
+             COUNT(*) FILTER (WHERE outcome = 'failed' AND NOT dry_run) AS failed, \
+             COUNT(*) FILTER (WHERE outcome = 'unknown' AND NOT dry_run) AS unknown, \
+             COUNT(*) FILTER (WHERE outcome = 'skipped' AND NOT dry_run) AS skipped, \
+             COUNT(*) FILTER (WHERE outcome = 'planned' AND dry_run) AS dry_run_planned, \
+             COUNT(DISTINCT case_id) AS cases FROM events e \
+             WHERE {cond} AND (outcome != 'planned' OR dry_run) \
              AND field NOT IN ('rule', 'plan', 'case', 'summary', 'pass', 'chain') GROUP BY 1 ORDER BY 1"
         );
         self.all(sql, binds).await

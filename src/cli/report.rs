@@ -45,14 +45,13 @@ pub enum ReportFormat {
 pub(super) async fn run(cli: &Cli, args: &ReportArgs) -> anyhow::Result<u8> {
     let period = period_of(args)?;
     let store = super::audit::open_audit(cli, &args.db).await?;
-    // The server is only named in the header: a report from a copied log needs no config.
-    let server_url = Settings::load(&config_path(cli))
-        .map(|c| c.stellar.url)
-        .unwrap_or_else(|_| "(no config read)".into());
-    let source = Source {
-        server_url,
-        audit_db: store.location(),
-    };
+    // The config names the servers and rules to list: a report from a copied log needs none.
+    let config = Settings::load(&config_path(cli)).ok();
+    let source = Source::new(
+        config.as_ref(),
+        configured_rules(config.as_ref()),
+        store.location(),
+    );
     let progress = super::progress::spinner("reading the audit log");
     let review = Review::build(&store, &period, source).await?;
     progress.finish_and_clear();
@@ -65,6 +64,24 @@ pub(super) async fn run(cli: &Cli, args: &ReportArgs) -> anyhow::Result<u8> {
         return Ok(0);
     }
     Ok(if review.integrity.intact { 0 } else { 1 })
+}
+
+/// The rules of the config's rules folder, each listed by the report (none when they
+/// cannot be loaded: the report then lists the rules its rows name).
+fn configured_rules(config: Option<&Settings>) -> Vec<String> {
+    let Some(c) = config else {
+        return Vec::new();
+    };
+    match crate::rules::RuleSet::load_dir_for(&c.daemon.rules_dir, &c.rule_names()) {
+        Ok(set) => set.rules.iter().map(|r| r.name.clone()).collect(),
+        Err(errors) => {
+            tracing::warn!(
+                errors = errors.len(),
+                "the rules do not load: the report lists only the rules its rows name"
+            );
+            Vec::new()
+        }
+    }
 }
 
 /// The period `--since`, `--until` and `--rule` name.

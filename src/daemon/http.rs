@@ -371,10 +371,14 @@ async fn live_view(State(view): State<Arc<View>>, Query(p): Query<ViewParams>) -
             "since: the live view reaches back at most {MAX_SINCE_DAYS} days; `casewarden report --since` for longer"
         ));
     }
-    let source = Source {
-        server_url: shared.config.stellar.url.clone(),
-        audit_db: shared.config.audit.location(),
-    };
+    let rules = shared
+        .state()
+        .rules
+        .rules
+        .iter()
+        .map(|r| r.name.clone())
+        .collect();
+    let source = Source::new(Some(&shared.config), rules, shared.config.audit.location());
     let Ok(_turn) = view.builds.acquire().await else {
         return server_error("the live view is shutting down");
     };

@@ -156,14 +156,12 @@ fn union_of(rules: &[Arc<Rule>], key: &str) -> Option<Vec<String>> {
     Some(union)
 }
 
-/// Customer names by `cust_id`, from the server's tenants list; empty, with a warning, when
-/// it cannot be read (rules then see no `tenant_name` on cases that do not carry one).
+/// Customer names by `cust_id`, from the server's tenants list (remembered for the
+/// reports too); empty, with a warning, when it cannot be read (rules then see no
+/// `tenant_name` on cases that do not carry one).
 async fn tenant_names(run: &Run<'_>) -> HashMap<String, String> {
-    match run.ctx.client.list_tenants().await {
-        Ok(tenants) => tenants
-            .into_iter()
-            .filter_map(|t| Some((t.id, t.name?)))
-            .collect(),
+    match super::record::read_customers(run).await {
+        Ok(names) => names.into_iter().collect(),
         Err(e) => {
             tracing::warn!(error = %e, "cannot list tenants: cases that do not carry tenant_name have none this pass");
             HashMap::new()

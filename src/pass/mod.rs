@@ -170,6 +170,7 @@ async fn stages(run: &Run<'_>) -> Ran {
         }
     }
     let plans = std::mem::take(&mut planned.plans);
+    record::customers(run, &plans).await;
     let halts = record::halts(run, &plans, &planned.rules).await;
     ran.planned = Some(planned);
     if let Err(e) = halts {

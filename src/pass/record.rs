@@ -346,6 +346,50 @@ pub fn clash_text(c: &plan::CaseClash) -> String {
     }
 }
 
+/// The customers the pass's plans name whose names the log lacks: read from the server's
+/// `/tenants` (once, when there is one) and remembered for the reports. Not knowing them
+/// only costs the reports their names.
+pub(super) async fn customers(run: &Run<'_>, plans: &[CasePlan]) {
+    let named: BTreeSet<&str> = plans.iter().filter_map(|p| p.tenant.as_deref()).collect();
+    if named.is_empty() {
+        return;
+    }
+    let audit = &run.ctx.audit;
+    let known = match audit.customer_names().await {
+        Ok(known) => known,
+        Err(e) => return tracing::warn!(error = %e, "cannot read the customers' names"),
+    };
+    if named.iter().all(|t| known.contains_key(*t)) {
+        return;
+    }
+    if let Err(e) = read_customers(run).await {
+        tracing::warn!(error = %e, "cannot list the server's customers: reports show their ids only");
+    }
+}
+
+/// The server's customers by `cust_id`, remembered in the log for the reports.
+pub(super) async fn read_customers(
+    run: &Run<'_>,
+) -> Result<Vec<(String, String)>, crate::stellar::ApiError> {
+    let names: Vec<(String, String)> = run
+        .ctx
+        .client
+        .list_tenants()
+        .await?
+        .into_iter()
+        .filter_map(|t| Some((t.id, t.name?)))
+        .collect();
+    if let Err(e) = run
+        .ctx
+        .audit
+        .remember_customers(&run.ctx.instance, &names)
+        .await
+    {
+        tracing::warn!(error = %e, "cannot remember the customers' names");
+    }
+    Ok(names)
+}
+
 /// A note per listed case that could not be read, naming it and what was wrong.
 pub(super) async fn unreadable(
     run: &Run<'_>,

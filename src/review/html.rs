@@ -112,8 +112,8 @@ pub fn render(r: &Review, live: bool) -> String {
     rules(&mut h, &r.rules);
     passes(&mut h, &r.passes, r.passes_total);
     failures(&mut h, r);
-    counts(&mut h, "Servers", "server (instance)", &r.instances, 2);
-    counts(&mut h, "Customers", "customer (cust_id)", &r.tenants, 1);
+    servers(&mut h, r);
+    customers(&mut h, &r.tenants);
     cases(&mut h, r);
     let json = script_json(&r.timelines);
     let _ = write!(
@@ -145,17 +145,31 @@ fn header(h: &mut String, r: &Review, title: &str) {
         "<header><h1>{}</h1><dl>\
          <dt>period</dt><dd data-period>{}</dd>\
          <dt>generated</dt><dd>{} by casewarden {}</dd>\
-         <dt>server</dt><dd>{}</dd><dt>audit log</dt><dd>{}</dd>\
+         <dt>servers</dt><dd>{}</dd><dt>audit log</dt><dd>{}</dd>\
          <dt>audit verify</dt><dd>{integrity}</dd>\
          <dt>chain head</dt><dd><code data-head>{}</code></dd></dl></header>",
         esc(title),
         esc(&period),
         esc(&r.generated_at),
         esc(&r.version),
-        esc(&r.source.server_url),
+        esc(&servers_line(r)),
         esc(&r.source.audit_db),
         esc(r.integrity.head.as_deref().unwrap_or("-")),
     );
+}
+
+/// The header's servers: every configured one, with its URL.
+fn servers_line(r: &Review) -> String {
+    if r.source.servers.is_empty() {
+        return "(no config read)".into();
+    }
+    let each: Vec<String> = r
+        .source
+        .servers
+        .iter()
+        .map(|s| format!("{} {}", s.name, s.url))
+        .collect();
+    each.join(", ")
 }
 
 fn card(h: &mut String, key: &str, label: &str, n: i64) {
@@ -336,19 +350,21 @@ fn passes(h: &mut String, passes: &[PassReview], total: usize) {
             p.failed
         );
     }
-    h.push_str("</svg><table><tr><th>pass</th><th>started (UTC)</th><th class=\"n\">seconds</th><th>status</th><th>trigger</th><th class=\"n\">cases seen</th><th class=\"n\">applied</th><th class=\"n\">failed</th><th class=\"n\">skipped</th></tr>");
+    h.push_str("</svg><table><tr><th>pass</th><th>server</th><th>started (UTC)</th><th class=\"n\">seconds</th><th>status</th><th>trigger</th><th class=\"n\">cases seen</th><th class=\"n\">applied</th><th class=\"n\">failed</th><th class=\"n\">skipped</th></tr>");
     for p in passes.iter().take(200) {
         let _ = write!(
             h,
-            "<tr data-pass=\"{}\"><td><code>{}</code>{}</td><td>{}</td><td class=\"n\">{}</td><td style=\"color:{}\">{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\" data-count=\"applied\">{}</td><td class=\"n\" data-count=\"failed\">{}</td><td class=\"n\">{}</td></tr>",
+            "<tr data-pass=\"{}\"><td><code>{}</code>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td style=\"color:{}\" title=\"{}\">{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\" data-count=\"applied\">{}</td><td class=\"n\" data-count=\"failed\">{}</td><td class=\"n\">{}</td></tr>",
             esc(&p.id),
             esc(&p.id),
             if p.dry_run { " (dry run)" } else { "" },
+            esc(&p.instance),
             esc(&p.started_at),
             p.seconds
                 .map(|s| format!("{s:.1}"))
                 .unwrap_or_else(|| "-".into()),
             status_color(&p.status),
+            esc(p.error.as_deref().unwrap_or("")),
             esc(&p.status),
             esc(&p.trigger),
             p.cases_seen,
@@ -360,7 +376,7 @@ fn passes(h: &mut String, passes: &[PassReview], total: usize) {
     if passes.len() > 200 {
         let _ = write!(
             h,
-            "<tr><td colspan=\"9\" class=\"muted\">{} more in the chart above and in the JSON report</td></tr>",
+            "<tr><td colspan=\"10\" class=\"muted\">{} more in the chart above and in the JSON report</td></tr>",
             passes.len() - 200
         );
     }
@@ -392,23 +408,69 @@ fn failures(h: &mut String, r: &Review) {
 
 /// Changes per server or per customer; shown only from `least` groups on (one server is
 /// the whole report already).
-fn counts(h: &mut String, title: &str, what: &str, groups: &[GroupCount], least: usize) {
-    if groups.len() < least {
+/// The columns every group's row shows, so each adds up to the totals.
+const GROUP_COLUMNS: &str = "<th class=\"n\">applied</th><th class=\"n\">failed</th><th class=\"n\">unknown</th><th class=\"n\">skipped</th><th class=\"n\">planned, dry run</th><th class=\"n\">cases</th>";
+
+fn group_cells(g: &GroupCount) -> String {
+    format!(
+        "<td class=\"n\" data-count=\"applied\">{}</td><td class=\"n\" data-count=\"failed\">{}</td><td class=\"n\">{}</td><td class=\"n\" data-count=\"skipped\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>",
+        g.applied, g.failed, g.unknown, g.skipped, g.dry_run_planned, g.cases
+    )
+}
+
+/// A section per server: its numbers, its passes and the failed ones with their errors.
+fn servers(h: &mut String, r: &Review) {
+    for s in &r.servers {
+        let _ = write!(
+            h,
+            "<section data-server=\"{0}\"><h2>Server {0}</h2><p class=\"muted\">{1} · {2} pass(es), {3} failed</p><table><tr>{GROUP_COLUMNS}</tr><tr>{4}</tr></table>",
+            esc(&s.name),
+            esc(s.url.as_deref().unwrap_or("not in the config")),
+            s.passes,
+            s.failed_passes.len(),
+            group_cells(&s.counts)
+        );
+        if !s.failed_passes.is_empty() {
+            h.push_str("<table><tr><th>failed pass</th><th>started (UTC)</th><th>status</th><th class=\"n\">changes failed</th><th>error</th></tr>");
+            for p in &s.failed_passes {
+                let _ = write!(
+                    h,
+                    "<tr><td><code>{}</code></td><td>{}</td><td style=\"color:{}\">{}</td><td class=\"n\">{}</td><td>{}</td></tr>",
+                    esc(&p.id),
+                    esc(&p.started_at),
+                    status_color(&p.status),
+                    esc(&p.status),
+                    p.failed,
+                    esc(p.error.as_deref().unwrap_or("-"))
+                );
+            }
+            h.push_str("</table>");
+        }
+        h.push_str("</section>");
+    }
+}
+
+/// Changes per customer, by name and `cust_id`, when the cases name customers.
+fn customers(h: &mut String, groups: &[GroupCount]) {
+    if groups.iter().all(|g| g.name.is_empty()) {
         return;
     }
     let _ = write!(
         h,
-        "<section><h2>{title}</h2><table><tr><th>{what}</th><th class=\"n\">applied</th><th class=\"n\">failed</th><th class=\"n\">skipped</th><th class=\"n\">cases</th></tr>"
+        "<section><h2>Customers</h2><table><tr><th>customer</th><th>cust_id</th>{GROUP_COLUMNS}</tr>"
     );
     for t in groups {
+        let name = match (&t.cust_name, t.name.as_str()) {
+            (_, "") => "(no customer)",
+            (Some(n), _) => n.as_str(),
+            (None, _) => "?",
+        };
         let _ = write!(
             h,
-            "<tr data-group=\"{0}\"><td><code>{0}</code></td><td class=\"n\">{1}</td><td class=\"n\">{2}</td><td class=\"n\">{3}</td><td class=\"n\">{4}</td></tr>",
+            "<tr data-group=\"{0}\"><td>{1}</td><td><code>{0}</code></td>{2}</tr>",
             esc(&t.name),
-            t.applied,
-            t.failed,
-            t.skipped,
-            t.cases
+            esc(name),
+            group_cells(t)
         );
     }
     h.push_str("</table></section>");

@@ -13,6 +13,7 @@ use crate::audit::{
     AuditError, AuditStore, CaseCount, FailureGroup, GroupCount, Keyed, PassRow, Period,
     RuleVersion, Step, Verification,
 };
+use crate::config::DEFAULT_INSTANCE;
 
 pub use html::render;
 
@@ -23,11 +24,66 @@ const BUSIEST: i64 = 100;
 /// Failure groups listed.
 const FAILURES: i64 = 100;
 
-/// Where a review comes from, for its header.
+/// Where a review comes from, for its header, and what the config holds: every server and
+/// every rule is listed, with nothing to show or not.
 #[derive(Debug, Clone, Serialize)]
 pub struct Source {
-    pub server_url: String,
+    pub servers: Vec<ServerRef>,
     pub audit_db: String,
+    /// The configured rules (a rule of no row in the period is listed with zeros).
+    #[serde(skip)]
+    pub rules: Vec<String>,
+}
+
+impl Source {
+    /// The servers of `config` (none without one), its rules and the log's location.
+    pub fn new(
+        config: Option<&crate::config::Settings>,
+        rules: Vec<String>,
+        audit_db: String,
+    ) -> Source {
+        let servers = config.map(|c| c.servers()).unwrap_or_default();
+        Source {
+            servers: servers
+                .iter()
+                .map(|s| ServerRef {
+                    name: s.instance_name().to_string(),
+                    url: s.url.clone(),
+                })
+                .collect(),
+            audit_db,
+            rules,
+        }
+    }
+}
+
+/// A configured server: its instance name and URL.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ServerRef {
+    pub name: String,
+    pub url: String,
+}
+
+/// One server's part of the period: its changes, its passes and the ones that failed.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ServerReview {
+    pub name: String,
+    /// None: the log names a server the config no longer has.
+    pub url: Option<String>,
+    #[serde(flatten)]
+    pub counts: GroupCount,
+    pub passes: i64,
+    /// Its failed passes (newest first), each with its error.
+    pub failed_passes: Vec<FailedPass>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FailedPass {
+    pub id: String,
+    pub started_at: String,
+    pub status: String,
+    pub error: Option<String>,
+    pub failed: i64,
 }
 
 /// The result of `audit verify` when the review was made.
@@ -92,10 +148,16 @@ pub struct PassReview {
     pub status: String,
     pub trigger: String,
     pub dry_run: bool,
+    /// The server it ran on.
+    pub instance: String,
     pub cases_seen: i64,
+    /// Its rows in the period, counted as the totals are.
     pub applied: i64,
     pub failed: i64,
+    pub unknown: i64,
     pub skipped: i64,
+    pub dry_run_planned: i64,
+    pub error: Option<String>,
 }
 
 /// Everything a report shows.
@@ -114,10 +176,12 @@ pub struct Review {
     pub passes: Vec<PassReview>,
     pub passes_total: usize,
     pub failures: Vec<FailureGroup>,
-    /// Changes per customer, when the rows name customers.
+    /// Changes per customer (`name` the `cust_id`, empty for cases naming none).
     pub tenants: Vec<GroupCount>,
-    /// Changes per server (`tenant` holds the instance name).
+    /// Changes per server.
     pub instances: Vec<GroupCount>,
+    /// Each server: its changes, passes and failed passes with their errors.
+    pub servers: Vec<ServerReview>,
     pub busiest_cases: Vec<CaseCount>,
     /// The busiest and failed cases' timelines, by case id.
     pub timelines: BTreeMap<String, Vec<Step>>,
@@ -142,17 +206,18 @@ impl Review {
         source: Source,
         integrity: Integrity,
     ) -> Result<Review, AuditError> {
-        let (rules, totals) = rule_reviews(store, period).await?;
+        let (mut rules, totals) = rule_reviews(store, period).await?;
+        add_idle_rules(&mut rules, &source.rules, period);
         let passes_total = store.pass_count(period).await? as usize;
-        let passes = store
-            .passes_in(period, MAX_PASSES)
-            .await?
-            .into_iter()
-            .map(PassReview::from)
-            .collect();
+        let passes = pass_reviews(store, period).await?;
         let failures = store.failure_groups(period, FAILURES).await?;
-        let tenants = store.tenant_counts(period).await?;
+        let mut tenants = store.tenant_counts(period).await?;
+        let names = store.customer_names().await?;
+        for t in &mut tenants {
+            t.cust_name = names.get(&t.name).cloned();
+        }
         let instances = store.instance_counts(period).await?;
+        let servers = server_reviews(store, period, &source.servers, &instances).await?;
         let busiest_cases = store.busiest_cases(period, BUSIEST).await?;
         let timelines = timelines(store, period, &busiest_cases, &failures).await?;
         Ok(Review {
@@ -170,31 +235,130 @@ impl Review {
             failures,
             tenants,
             instances,
+            servers,
             busiest_cases,
             timelines,
         })
     }
 }
 
-impl From<PassRow> for PassReview {
-    fn from(p: PassRow) -> PassReview {
-        PassReview {
-            seconds: p
-                .finished_at
-                .as_deref()
-                .and_then(|f| seconds_between(&p.started_at, f)),
-            id: p.id,
-            started_at: p.started_at,
-            finished_at: p.finished_at,
-            status: p.totals.status,
-            trigger: p.trigger_kind,
-            dry_run: p.dry_run,
-            cases_seen: p.totals.cases_seen,
-            applied: p.totals.applied,
-            failed: p.totals.failed,
-            skipped: p.totals.skipped,
+/// The newest passes of the period, each with its rows' counts.
+async fn pass_reviews(store: &AuditStore, period: &Period) -> Result<Vec<PassReview>, AuditError> {
+    let counts: BTreeMap<String, GroupCount> = store
+        .pass_counts(period)
+        .await?
+        .into_iter()
+        .map(|c| (c.name.clone(), c))
+        .collect();
+    Ok(store
+        .passes_in(period, MAX_PASSES)
+        .await?
+        .into_iter()
+        .map(|p| {
+            let c = counts.get(&p.id);
+            let n = |f: fn(&GroupCount) -> i64| c.map_or(0, f);
+            PassReview {
+                seconds: p
+                    .finished_at
+                    .as_deref()
+                    .and_then(|f| seconds_between(&p.started_at, f)),
+                applied: n(|c| c.applied),
+                failed: n(|c| c.failed),
+                unknown: n(|c| c.unknown),
+                skipped: n(|c| c.skipped),
+                dry_run_planned: n(|c| c.dry_run_planned),
+                instance: p.instance.unwrap_or_else(|| DEFAULT_INSTANCE.to_string()),
+                id: p.id,
+                started_at: p.started_at,
+                finished_at: p.finished_at,
+                status: p.totals.status,
+                trigger: p.trigger_kind,
+                dry_run: p.dry_run,
+                cases_seen: p.totals.cases_seen,
+                error: p.totals.error,
+            }
+        })
+        .collect())
+}
+
+/// Every configured server, then any other the period's rows or passes name.
+async fn server_reviews(
+    store: &AuditStore,
+    period: &Period,
+    configured: &[ServerRef],
+    counts: &[GroupCount],
+) -> Result<Vec<ServerReview>, AuditError> {
+    let passes = store.passes_by_server(period).await?;
+    let failed = store.failed_passes(period, FAILURES).await?;
+    let mut names: Vec<String> = configured.iter().map(|s| s.name.clone()).collect();
+    let seen = counts
+        .iter()
+        .map(|c| &c.name)
+        .chain(passes.iter().map(|p| &p.name));
+    for name in seen {
+        if !names.contains(name) {
+            names.push(name.clone());
         }
     }
+    Ok(names
+        .into_iter()
+        .map(|name| {
+            let of = |p: &PassRow| p.instance.as_deref().unwrap_or(DEFAULT_INSTANCE) == name;
+            ServerReview {
+                url: configured
+                    .iter()
+                    .find(|s| s.name == name)
+                    .map(|s| s.url.clone()),
+                counts: counts
+                    .iter()
+                    .find(|c| c.name == name)
+                    .cloned()
+                    .unwrap_or(GroupCount {
+                        name: name.clone(),
+                        cust_name: None,
+                        applied: 0,
+                        failed: 0,
+                        unknown: 0,
+                        skipped: 0,
+                        dry_run_planned: 0,
+                        cases: 0,
+                    }),
+                passes: passes
+                    .iter()
+                    .find(|p| p.name == name)
+                    .map_or(0, |p| p.passes),
+                failed_passes: failed
+                    .iter()
+                    .filter(|p| of(p))
+                    .map(|p| FailedPass {
+                        id: p.id.clone(),
+                        started_at: p.started_at.clone(),
+                        status: p.totals.status.clone(),
+                        error: p.totals.error.clone(),
+                        failed: p.totals.failed,
+                    })
+                    .collect(),
+                name,
+            }
+        })
+        .collect())
+}
+
+/// The configured rules that left no row in the period, listed with zeros (unless the
+/// review is of one rule).
+fn add_idle_rules(rules: &mut Vec<RuleReview>, configured: &[String], period: &Period) {
+    for name in configured {
+        let asked = period.rule.as_ref().is_none_or(|r| r == name);
+        if asked && !rules.iter().any(|r| &r.rule == name) {
+            rules.push(RuleReview {
+                rule: name.clone(),
+                counts: Counts::default(),
+                days: Vec::new(),
+                versions: Vec::new(),
+            });
+        }
+    }
+    rules.sort_by(|a, b| a.rule.cmp(&b.rule));
 }
 
 /// What `audit verify` says of the whole chain now.

@@ -7,7 +7,17 @@ CREATE TABLE alerts (
     event    TEXT NOT NULL,
     rule     TEXT NOT NULL,
     instance TEXT NOT NULL,
-    firing   INTEGER NOT NULL,
+    firing   BOOLEAN NOT NULL,
     sent_at  TEXT NOT NULL,
     PRIMARY KEY (target, event, rule, instance)
+);
+
+-- Each server's customers as its `/tenants` last named them (`cust_id` -> `cust_name`), so
+-- reports show names beside ids. Updated in place when a pass meets a customer it lacks.
+CREATE TABLE customers (
+    instance  TEXT NOT NULL,
+    cust_id   TEXT NOT NULL,
+    cust_name TEXT NOT NULL,
+    seen_at   TEXT NOT NULL,
+    PRIMARY KEY (instance, cust_id)
 );
