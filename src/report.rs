@@ -1,8 +1,39 @@
 //! Pass summaries and plans as people read them; the CLI and the demo both print with these.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 
 use crate::pass::PassReport;
+use crate::plan::{CasePlan, Field};
+use crate::stellar::Client;
+
+/// The people the plans' assignee changes name, by user id, with their emails: the server's
+/// users are read once, and only when a plan names someone. Empty when they cannot be read
+/// (the ids are shown then).
+pub async fn people_of(client: &Client, plans: &[CasePlan]) -> BTreeMap<String, String> {
+    let ids: Vec<&str> = plans
+        .iter()
+        .flat_map(|p| &p.decisions)
+        .filter(|d| d.field == Field::Assignee)
+        .flat_map(|d| [d.old.as_deref(), d.new.as_deref()])
+        .flatten()
+        .filter(|v| !v.is_empty() && !v.contains('@'))
+        .collect();
+    if ids.is_empty() {
+        return BTreeMap::new();
+    }
+    match client.list_users().await {
+        Ok(users) => users
+            .into_iter()
+            .filter(|u| ids.contains(&u.id.as_str()))
+            .filter_map(|u| Some((u.id, u.email?)))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the server's users: people are shown by id");
+            BTreeMap::new()
+        }
+    }
+}
 
 /// The pass summary: the plan (for dry runs), per-rule counts, and what to look at.
 pub fn print_report(out: &mut impl Write, r: &PassReport) -> std::io::Result<()> {
@@ -11,7 +42,7 @@ pub fn print_report(out: &mut impl Write, r: &PassReport) -> std::io::Result<()>
             out,
             "DRY RUN: nothing was sent to the server. These are the changes a real run would make:"
         )?;
-        print_plans(out, &r.plans)?;
+        print_plans_naming(out, &r.plans, &r.people)?;
     }
     writeln!(out)?;
     writeln!(
@@ -144,7 +175,23 @@ fn print_warnings(out: &mut impl Write, r: &PassReport) -> std::io::Result<()> {
 }
 
 /// One line per decision, grouped by case.
-pub fn print_plans(out: &mut impl Write, plans: &[crate::plan::CasePlan]) -> std::io::Result<()> {
+pub fn print_plans(out: &mut impl Write, plans: &[CasePlan]) -> std::io::Result<()> {
+    print_plans_naming(out, plans, &BTreeMap::new())
+}
+
+/// The same, with the people `people` names shown by email.
+fn print_plans_naming(
+    out: &mut impl Write,
+    plans: &[CasePlan],
+    people: &BTreeMap<String, String>,
+) -> std::io::Result<()> {
+    let named = |field: Field, v: Option<&str>| -> Option<String> {
+        let v = v?;
+        Some(match field {
+            Field::Assignee => people.get(v).cloned().unwrap_or_else(|| v.to_string()),
+            _ => v.to_string(),
+        })
+    };
     if plans.is_empty() {
         writeln!(out, "  (no changes)")?;
     }
@@ -158,7 +205,11 @@ pub fn print_plans(out: &mut impl Write, plans: &[crate::plan::CasePlan]) -> std
                 .unwrap_or_else(|| "-".into())
         )?;
         for d in &p.decisions {
-            let change = crate::plan::describe_change(d.field, d.old.as_deref(), d.new.as_deref());
+            let (old, new) = (
+                named(d.field, d.old.as_deref()),
+                named(d.field, d.new.as_deref()),
+            );
+            let change = crate::plan::describe_change(d.field, old.as_deref(), new.as_deref());
             let status = match &d.skipped {
                 Some(why) => format!("  SKIPPED: {why}"),
                 None => String::new(),

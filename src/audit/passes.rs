@@ -182,6 +182,25 @@ impl AuditStore {
             .await?
         }))
     }
+
+    /// What live passes with this trigger decided (applied, left in doubt, or skipped as
+    /// the case had moved on), by (case, rule, field, value): an `apply` of a plan takes
+    /// what earlier ones of it did not. A failed change may be tried again.
+    pub async fn made_by(
+        &self,
+        trigger: &str,
+    ) -> Result<Vec<(String, String, String, Option<String>)>, AuditError> {
+        Ok(on_pool!(&self.pool, |pool| {
+            sqlx::query_as(
+                "SELECT e.case_id, e.rule, e.field, e.new FROM events e JOIN passes p ON p.id = e.run_id \
+                 WHERE p.trigger_kind = $1 AND NOT p.dry_run AND e.outcome IN ('applied', 'unknown', 'skipped') \
+                 AND e.field NOT IN ('rule', 'plan', 'case', 'summary', 'pass', 'chain')",
+            )
+            .bind(trigger)
+            .fetch_all(pool)
+            .await?
+        }))
+    }
 }
 
 /// Inserts a pass's row as it is (sealed or not): a copy of the log keeps its hash.

@@ -3,6 +3,7 @@
 //! A plan for another server, or past its expiry, is refused. Audited as a pass whose
 //! trigger and reasons name the plan.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +18,7 @@ use crate::app::App;
 use crate::config::Settings;
 use crate::pass::{PassContext, PassOptions, Work};
 use crate::plan::CasePlan;
-use crate::plan::reviewed::PlanFile;
+use crate::plan::reviewed::{Approval, ChangeKey, PlanFile, Taken};
 use crate::report::print_report;
 use crate::rules::RuleSet;
 
@@ -25,7 +26,8 @@ use crate::rules::RuleSet;
 #[command(
     after_help = "casewarden once --dry-run --out plan.json     # review plan.json
 casewarden apply plan.json --dry-run           # what would still apply now
-casewarden apply plan.json"
+casewarden apply plan.json --rule escalate     # approve one rule's changes
+casewarden apply plan.json                     # the rest (what earlier applies made is left out)"
 )]
 pub struct ApplyArgs {
     /// The plan written by `casewarden once --dry-run --out`
@@ -39,6 +41,84 @@ pub struct ApplyArgs {
     /// How long to wait for another casewarden pass on the same audit store to finish
     #[arg(long, value_name = "SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub wait: u64,
+    /// Approve only this rule's changes (repeatable)
+    #[arg(long = "rule", value_name = "NAME")]
+    pub rules: Vec<String>,
+    /// Approve only this case's changes, by case id or ticket number (repeatable)
+    #[arg(long = "case", value_name = "ID")]
+    pub cases: Vec<String>,
+    /// Leave this rule's changes for later (repeatable)
+    #[arg(long = "exclude-rule", value_name = "NAME")]
+    pub exclude_rules: Vec<String>,
+    /// Who approved it, recorded on every row [default: the login user]
+    #[arg(long, value_name = "WHO")]
+    pub operator: Option<String>,
+}
+
+/// `--operator`, else the person logged in (the one behind `sudo` too).
+pub(super) fn operator(given: Option<&str>) -> String {
+    given
+        .map(str::to_string)
+        .or_else(|| {
+            ["SUDO_USER", "USER", "LOGNAME"]
+                .iter()
+                .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+        })
+        .unwrap_or_else(|| "unknown (no --operator, no USER)".into())
+}
+
+/// What of the plan this `apply` takes: the approved changes earlier applies of it did not
+/// make, up to the budget. Read under the claim, so two applies never take the same change.
+async fn take(
+    ctx: &PassContext,
+    plan: &PlanFile,
+    approval: &Approval,
+    trigger: &str,
+    file: &str,
+) -> anyhow::Result<(PlanFile, Taken)> {
+    let done: HashSet<ChangeKey> = ctx.audit.made_by(trigger).await?.into_iter().collect();
+    let mut now = plan.clone();
+    let taken = now.take(approval, &done);
+    if now.cases.is_empty()
+        && taken.done > 0
+        && taken.not_approved + taken.halted == 0
+        && let Some(last) = ctx.audit.live_pass_by(trigger).await?
+    {
+        return Err(Exit::config(format!(
+            "{file}: plan {} was already applied by pass {} at {} (the last apply of it): refused (its comments would be posted twice); make a new plan",
+            plan.plan_id, last.id, last.started_at
+        ))
+        .into());
+    }
+    Ok((now, taken))
+}
+
+/// What this apply left of the plan, for the person who runs it.
+fn say_left(taken: &Taken, approval: &Approval, file: &str) {
+    if taken.done > 0 {
+        eprintln!(
+            "{} change(s) of the plan were made by an earlier apply: left out",
+            taken.done
+        );
+    }
+    if taken.not_approved > 0 {
+        eprintln!(
+            "{} change(s) not approved by --rule/--case/--exclude-rule: `casewarden apply {file}` takes them later",
+            taken.not_approved
+        );
+    }
+    if taken.halted > 0 {
+        eprintln!(
+            "{} change(s) the blast-radius guard halted when planned are left: `casewarden apply {file} --include-halted` applies them",
+            taken.halted
+        );
+    }
+    if taken.over_budget > 0 {
+        eprintln!(
+            "{} change(s) remain beyond this run's budget of {} (daemon.max_changes_per_run): run `casewarden apply {file}` again",
+            taken.over_budget, approval.budget
+        );
+    }
 }
 
 /// Each case of the plan as it is now (read concurrently), its changes checked against it.
@@ -104,26 +184,58 @@ pub(super) async fn run(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<u8> {
     if set.fingerprint != plan.rules_fingerprint {
         tracing::warn!("the rules changed since the plan was made; the plan applies as reviewed");
     }
+    check_approval(&plan, args)?;
+    let approval = Approval {
+        rules: args.rules.clone(),
+        cases: args.cases.clone(),
+        exclude_rules: args.exclude_rules.clone(),
+        include_halted: args.include_halted,
+        budget: config.daemon.max_changes_per_run,
+    };
     let given = Given {
         trigger: format!("apply plan {}", plan.plan_id),
         only: rules_of(&plan, &set, &config)?,
         dry_run: args.dry_run,
         wait: Duration::from_secs(args.wait),
+        operator: operator(args.operator.as_deref()),
     };
-    run_given(
-        &config,
-        &ctx,
-        &set,
-        given,
-        |done| {
-            Exit::config(format!(
-                "{file}: plan {} was already applied by pass {} at {}: refused (its comments would be posted twice); make a new plan",
-                plan.plan_id, done.id, done.started_at
-            ))
-        },
-        async || check_cases(&ctx, &plan, args.include_halted).await,
-    )
-    .await
+    let taken = std::sync::Mutex::new(Taken::default());
+    let code = run_given(&config, &ctx, &set, &given, None, async || {
+        let (now, t) = take(&ctx, &plan, &approval, &given.trigger, &file.to_string()).await?;
+        *taken.lock().expect("one apply") = t;
+        check_cases(&ctx, &now, args.include_halted).await
+    })
+    .await?;
+    say_left(
+        &taken.into_inner().unwrap_or_default(),
+        &approval,
+        &file.to_string(),
+    );
+    Ok(code)
+}
+
+/// Every `--rule`, `--exclude-rule` and `--case` names something the plan holds.
+fn check_approval(plan: &PlanFile, args: &ApplyArgs) -> Result<(), Exit> {
+    let rules = plan.rules();
+    for r in args.rules.iter().chain(&args.exclude_rules) {
+        if !rules.contains(r) {
+            return Err(Exit::config(format!(
+                "the plan has no changes of a rule {r:?} (its rules: {})",
+                rules.join(", ")
+            )));
+        }
+    }
+    for c in &args.cases {
+        let named = |p: &crate::plan::reviewed::PlannedCase| {
+            &p.case_id == c || p.ticket_id.is_some_and(|t| &t.to_string() == c)
+        };
+        if !plan.cases.iter().any(named) {
+            return Err(Exit::config(format!(
+                "--case {c}: the plan has no changes of such a case (id or ticket number)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The plan in the file and the file's SHA-256.
@@ -186,27 +298,36 @@ pub(super) struct Given {
     pub only: Vec<String>,
     pub dry_run: bool,
     pub wait: Duration,
+    /// Who approved it: every row's reason names them.
+    pub operator: String,
 }
 
 /// Under the one-writer claim (so two cannot race): refuses what a live pass with the same
-/// trigger already did, makes the plans, runs them as a pass and prints its summary.
+/// trigger already did (when `refuse` is given), makes the plans, runs them as a pass and
+/// prints its summary.
 pub(super) async fn run_given(
     config: &Settings,
     ctx: &PassContext,
     set: &RuleSet,
-    given: Given,
-    refuse: impl FnOnce(crate::audit::PassRow) -> Exit,
+    given: &Given,
+    refuse: Option<&dyn Fn(crate::audit::PassRow) -> Exit>,
     plans: impl AsyncFnOnce() -> anyhow::Result<Vec<CasePlan>>,
 ) -> anyhow::Result<u8> {
     let alerts = Alerts::start(config)?;
     ctx.client.authenticate().await.map_err(Exit::server)?;
     let claimed = crate::pass::with_claim(ctx, given.wait, async || {
-        if let Some(done) = ctx.audit.live_pass_by(&given.trigger).await? {
+        if let Some(refuse) = refuse
+            && let Some(done) = ctx.audit.live_pass_by(&given.trigger).await?
+        {
             return Err(refuse(done).into());
+        }
+        let mut plans = plans().await?;
+        for d in plans.iter_mut().flat_map(|p| &mut p.decisions) {
+            d.reason = format!("{} [operator {}]", d.reason, given.operator);
         }
         let opts = PassOptions {
             work: Work::Given {
-                plans: Arc::new(plans().await?),
+                plans: Arc::new(plans),
                 dry_run: given.dry_run,
             },
             only: given.only.clone(),
@@ -216,7 +337,10 @@ pub(super) async fn run_given(
         Ok::<_, anyhow::Error>(crate::pass::run_pass(ctx, set, &opts).await)
     })
     .await;
-    let report = claimed.map_err(unclaimed)??;
+    let mut report = claimed.map_err(unclaimed)??;
+    if report.dry_run {
+        report.people = crate::report::people_of(&ctx.client, &report.plans).await;
+    }
     print_report(&mut std::io::stdout().lock(), &report)?;
     alerts.after(ctx, &report).await;
     alerts.finish().await;

@@ -13,7 +13,7 @@ use super::{Cli, Exit, load_config};
 use crate::app::App;
 use crate::config::Settings;
 use crate::pass::{Hook, PageHook, PassContext, PassOptions, PassReport, Work};
-use crate::plan::reviewed::{PlanFile, any_pending};
+use crate::plan::reviewed::{Made, Names, PlanFile, any_pending};
 use crate::report::print_report;
 use crate::rules::RuleSet;
 use crate::stellar::Case;
@@ -249,7 +249,10 @@ async fn one_server(
     bar.finish_and_clear();
     // The page hook holds the case file until the options go.
     drop(opts);
-    let report = claimed.map_err(unclaimed)?;
+    let mut report = claimed.map_err(unclaimed)?;
+    if report.dry_run {
+        report.people = crate::report::people_of(&ctx.client, &report.plans).await;
+    }
     print_report(&mut std::io::stdout().lock(), &report)?;
     saved.finish()?;
     if let Some(path) = &args.out {
@@ -286,15 +289,19 @@ async fn write_plan(
     path: &Path,
     valid_for: chrono::Duration,
 ) -> anyhow::Result<()> {
-    let plan = PlanFile::of(
-        &report.plans,
-        uuid::Uuid::new_v4().to_string(),
-        &report.run_id,
-        ctx.client.base_url(),
-        &set.fingerprint,
-        chrono::Utc::now(),
+    let made = Made {
+        plan_id: uuid::Uuid::new_v4().to_string(),
+        pass_id: &report.run_id,
+        server_url: ctx.client.base_url(),
+        fingerprint: &set.fingerprint,
+        now: chrono::Utc::now(),
         valid_for,
-    );
+    };
+    let names = Names {
+        people: report.people.clone(),
+        customers: ctx.audit.customer_names().await?,
+    };
+    let plan = PlanFile::of(&report.plans, made, &names);
     let (text, digest) = plan.to_text().map_err(Exit::config)?;
     std::fs::write(path, &text)
         .map_err(|e| Exit::config(format!("--out {}: {e}", path.display())))?;
@@ -364,7 +371,10 @@ async fn every_server(
         }
         let claimed =
             crate::pass::run_claimed(ctx, set, &opts, Duration::from_secs(args.wait)).await;
-        let report = claimed.map_err(unclaimed)?;
+        let mut report = claimed.map_err(unclaimed)?;
+        if report.dry_run {
+            report.people = crate::report::people_of(&ctx.client, &report.plans).await;
+        }
         let mut out = std::io::stdout().lock();
         print_report(&mut out, &report)?;
         writeln!(out)?;

@@ -36,6 +36,9 @@ pub struct RevertArgs {
     /// How long to wait for another casewarden pass on the same audit store to finish
     #[arg(long, value_name = "SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub wait: u64,
+    /// Who decided it, recorded on every row [default: the login user]
+    #[arg(long, value_name = "WHO")]
+    pub operator: Option<String>,
 }
 
 pub(super) async fn run(cli: &Cli, args: &RevertArgs) -> anyhow::Result<u8> {
@@ -59,22 +62,24 @@ pub(super) async fn run(cli: &Cli, args: &RevertArgs) -> anyhow::Result<u8> {
         only: vec![actor.clone()],
         dry_run: args.dry_run,
         wait: Duration::from_secs(args.wait),
+        operator: super::apply::operator(args.operator.as_deref()),
     };
     let by = Reverter {
         pass,
         actor: &actor,
     };
+    let refuse = |done: crate::audit::PassRow| {
+        Exit::config(format!(
+            "pass {pass} was already reverted by pass {}: refused; `casewarden revert {}` undoes that revert",
+            done.id, done.id
+        ))
+    };
     run_given(
         &config,
         &ctx,
         &app.rules,
-        given,
-        |done| {
-            Exit::config(format!(
-                "pass {pass} was already reverted by pass {}: refused; `casewarden revert {}` undoes that revert",
-                done.id, done.id
-            ))
-        },
+        &given,
+        Some(&refuse),
         async || inverse(&ctx, &rows, by).await,
     )
     .await

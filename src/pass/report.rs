@@ -79,6 +79,9 @@ pub struct PassReport {
     pub clashes: Vec<crate::plan::CaseClash>,
     /// Field changes per customer (`cust_id`): applied, failed, skipped.
     pub by_tenant: std::collections::BTreeMap<String, [usize; 3]>,
+    /// The people its plans' assignee changes name, by user id, with their emails, for
+    /// printing (filled by the command that prints them).
+    pub people: std::collections::BTreeMap<String, String>,
 }
 
 /// What the stages of a pass returned, as far as it got.

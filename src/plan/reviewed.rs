@@ -3,9 +3,11 @@
 //! needs to refuse a stale or foreign one. Its text and digest are made here; the
 //! commands read and write the file.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
+
 use serde::{Deserialize, Serialize};
 
-use super::pass::HALTED;
+use super::pass::{DEFERRED, HALTED};
 use super::{CasePlan, Decision, Field, FieldNow, current, field_now};
 use crate::stellar::Case;
 
@@ -27,16 +29,65 @@ fn is_halted(d: &Decision) -> bool {
     d.skipped.as_deref().is_some_and(|s| s.contains(HALTED))
 }
 
-/// Whether a dry run's plans hold a change a reviewer could apply: a planned one, or one
-/// the guard halted.
-pub fn any_pending(plans: &[CasePlan]) -> bool {
-    plans
-        .iter()
-        .flat_map(|p| &p.decisions)
-        .any(|d| d.is_planned() || is_halted(d))
+/// A change a reviewer could apply: planned, halted by the guard, or deferred by the
+/// budget (the plan holds them all; `apply` spends the budget).
+fn is_pending(d: &Decision) -> bool {
+    d.is_planned() || is_halted(d) || d.skipped.as_deref().is_some_and(|s| s.ends_with(DEFERRED))
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// Whether a dry run's plans hold a change a reviewer could apply.
+pub fn any_pending(plans: &[CasePlan]) -> bool {
+    plans.iter().flat_map(|p| &p.decisions).any(is_pending)
+}
+
+/// Where and when a plan was made.
+pub struct Made<'a> {
+    pub plan_id: String,
+    pub pass_id: &'a str,
+    pub server_url: &'a str,
+    pub fingerprint: &'a str,
+    pub now: chrono::DateTime<chrono::Utc>,
+    pub valid_for: chrono::Duration,
+}
+
+/// What a reviewer reads beside the ids: people's emails by user id, customers' names by
+/// `cust_id`.
+#[derive(Debug, Default)]
+pub struct Names {
+    pub people: BTreeMap<String, String>,
+    pub customers: HashMap<String, String>,
+}
+
+/// A change's key, to tell the ones an earlier `apply` of the plan made.
+pub type ChangeKey = (String, String, String, Option<String>);
+
+/// Which changes of a plan one `apply` takes.
+#[derive(Debug, Default)]
+pub struct Approval {
+    /// Only these rules (all when empty).
+    pub rules: Vec<String>,
+    /// Only these cases, by id or ticket number (all when empty).
+    pub cases: Vec<String>,
+    pub exclude_rules: Vec<String>,
+    pub include_halted: bool,
+    /// At most this many field changes (a case's changes go together).
+    pub budget: usize,
+}
+
+/// What an approval took from a plan, and what it left.
+#[derive(Debug, Default, PartialEq)]
+pub struct Taken {
+    /// Changes an earlier `apply` of the plan made.
+    pub done: usize,
+    /// Changes the filters left out.
+    pub not_approved: usize,
+    /// Changes the guard halted, left out without `include_halted`.
+    pub halted: usize,
+    /// Approved changes beyond the budget: a later `apply` takes them.
+    pub over_budget: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlanFile {
     pub plan_id: String,
@@ -49,15 +100,20 @@ pub struct PlanFile {
     pub cases: Vec<PlannedCase>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlannedCase {
     pub case_id: String,
     pub ticket_id: Option<i64>,
+    /// The customer (`cust_id`) and its name, for the reviewer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_name: Option<String>,
     pub changes: Vec<PlannedChange>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlannedChange {
     pub rule: String,
@@ -68,54 +124,92 @@ pub struct PlannedChange {
     /// Held back by the blast-radius guard: applied only with `apply --include-halted`.
     #[serde(default)]
     pub halted: bool,
+    /// For an assignee: the people `old` and `new` name, by email (the ids are what is sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_email: Option<String>,
 }
 
 impl PlanFile {
-    /// The plan `plan_id` of a dry-run pass made `now`: its planned changes and those the
-    /// guard halted.
-    pub fn of(
-        plans: &[CasePlan],
-        plan_id: String,
-        pass_id: &str,
-        server_url: &str,
-        fingerprint: &str,
-        now: chrono::DateTime<chrono::Utc>,
-        valid_for: chrono::Duration,
-    ) -> PlanFile {
+    /// The plan of a dry-run pass: every change a reviewer could apply (planned, halted by
+    /// the guard, deferred by the budget), people and customers named for reading.
+    pub fn of(plans: &[CasePlan], made: Made<'_>, names: &Names) -> PlanFile {
+        let email = |field: Field, id: &Option<String>| match field {
+            Field::Assignee => id.as_ref().and_then(|i| names.people.get(i)).cloned(),
+            _ => None,
+        };
         let cases = plans
             .iter()
             .filter_map(|p| {
                 let changes: Vec<PlannedChange> = p
                     .decisions
                     .iter()
-                    .filter_map(|d| {
-                        let halted = is_halted(d);
-                        (d.is_planned() || halted).then(|| PlannedChange {
-                            rule: d.rule.clone(),
-                            field: d.field.to_string(),
-                            old: d.old.clone(),
-                            new: d.new.clone(),
-                            reason: d.reason.clone(),
-                            halted,
-                        })
+                    .filter(|d| is_pending(d))
+                    .map(|d| PlannedChange {
+                        rule: d.rule.clone(),
+                        field: d.field.to_string(),
+                        old: d.old.clone(),
+                        new: d.new.clone(),
+                        reason: d.reason.clone(),
+                        halted: is_halted(d),
+                        old_email: email(d.field, &d.old),
+                        new_email: email(d.field, &d.new),
                     })
                     .collect();
                 (!changes.is_empty()).then(|| PlannedCase {
                     case_id: p.case_id.clone(),
                     ticket_id: p.ticket_id,
+                    tenant_name: p
+                        .tenant
+                        .as_ref()
+                        .and_then(|t| names.customers.get(t))
+                        .cloned(),
+                    tenant: p.tenant.clone(),
                     changes,
                 })
             })
             .collect();
         PlanFile {
-            plan_id,
-            pass_id: pass_id.to_string(),
-            created_at: crate::time::timestamp(now),
-            expires_at: crate::time::timestamp(now + valid_for),
-            server_url: server_url.to_string(),
-            rules_fingerprint: fingerprint.to_string(),
+            plan_id: made.plan_id,
+            pass_id: made.pass_id.to_string(),
+            created_at: crate::time::timestamp(made.now),
+            expires_at: crate::time::timestamp(made.now + made.valid_for),
+            server_url: made.server_url.to_string(),
+            rules_fingerprint: made.fingerprint.to_string(),
             cases,
         }
+    }
+
+    /// Keeps what `approval` takes of the changes not in `done`: the approved ones, up to the
+    /// budget, whole cases at a time (a case's comment goes with its changes).
+    pub fn take(&mut self, approval: &Approval, done: &HashSet<ChangeKey>) -> Taken {
+        let mut taken = Taken::default();
+        let mut used = 0;
+        for case in &mut self.cases {
+            let before = case.changes.len();
+            case.changes
+                .retain(|c| !done.contains(&c.key(&case.case_id)));
+            taken.done += before - case.changes.len();
+            let case_ok = approval.takes_case(&case.case_id, case.ticket_id);
+            let before = case.changes.len();
+            case.changes
+                .retain(|c| case_ok && approval.takes_rule(&c.rule));
+            taken.not_approved += before - case.changes.len();
+            let before = case.changes.len();
+            case.changes
+                .retain(|c| approval.include_halted || !c.halted);
+            taken.halted += before - case.changes.len();
+            let cost = case.changes.iter().filter(|c| c.field != "comment").count();
+            if used > 0 && used + cost > approval.budget {
+                taken.over_budget += cost;
+                case.changes.clear();
+            } else {
+                used += cost;
+            }
+        }
+        self.cases.retain(|c| !c.changes.is_empty());
+        taken
     }
 
     /// The file's text, and its SHA-256, which `once` records in the audit log so `apply`
@@ -163,6 +257,35 @@ impl PlanFile {
             .flat_map(|c| &c.changes)
             .filter(|c| include_halted || !c.halted)
             .count()
+    }
+}
+
+impl Approval {
+    /// Whether the approval takes changes of the case with this id and ticket number.
+    fn takes_case(&self, id: &str, ticket: Option<i64>) -> bool {
+        let ticket = ticket.map(|t| t.to_string());
+        self.cases.is_empty()
+            || self
+                .cases
+                .iter()
+                .any(|c| c == id || Some(c) == ticket.as_ref())
+    }
+
+    /// Whether it takes changes of this rule.
+    fn takes_rule(&self, rule: &str) -> bool {
+        (self.rules.is_empty() || self.rules.iter().any(|r| r == rule))
+            && !self.exclude_rules.iter().any(|r| r == rule)
+    }
+}
+
+impl PlannedChange {
+    fn key(&self, case_id: &str) -> ChangeKey {
+        (
+            case_id.to_string(),
+            self.rule.clone(),
+            self.field.clone(),
+            self.new.clone(),
+        )
     }
 }
 
@@ -277,8 +400,15 @@ mod tests {
 
     /// The plan of [`plans`] for `url`, made `now`, valid an hour.
     fn plan_file(url: &str, now: chrono::DateTime<chrono::Utc>) -> PlanFile {
-        let hour = chrono::Duration::hours(1);
-        PlanFile::of(&plans(), "plan-1".into(), "p1", url, "f", now, hour)
+        let made = Made {
+            plan_id: "plan-1".into(),
+            pass_id: "p1",
+            server_url: url,
+            fingerprint: "f",
+            now,
+            valid_for: chrono::Duration::hours(1),
+        };
+        PlanFile::of(&plans(), made, &Names::default())
     }
 
     fn case(priority: &str) -> Case {
@@ -350,6 +480,8 @@ mod tests {
         let planned = PlannedCase {
             case_id: "c1".into(),
             ticket_id: None,
+            tenant: None,
+            tenant_name: None,
             changes: vec![PlannedChange {
                 rule: "r".into(),
                 field: "colour".into(),
@@ -357,6 +489,8 @@ mod tests {
                 new: None,
                 reason: String::new(),
                 halted: false,
+                old_email: None,
+                new_email: None,
             }],
         };
         let e = planned.against(&case("Low"), false, "id").unwrap_err();

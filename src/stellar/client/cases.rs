@@ -24,6 +24,13 @@ impl Client {
                 decode_data,
             )
             .await?;
+        // `auto`: a case read says which flavour the server speaks, so the update that
+        // follows it (`apply`, `revert`) goes in that flavour first.
+        if self.known_flavor().is_none()
+            && let Some(f) = data.flavor()
+        {
+            self.detect_flavor(f, &format!("case {id} carries `{}`", f.priority_key()));
+        }
         data.into_case(self.known_flavor(), &what)?
             .map_err(|e| ApiError::BadResponse {
                 what,
@@ -171,6 +178,14 @@ fn decode_data(body: &[u8]) -> serde_json::Result<Data> {
 }
 
 impl Data {
+    /// The flavour the case in the answer shows by its field names.
+    fn flavor(&self) -> Option<ApiFlavor> {
+        match self {
+            Data::Text(text) => Case::index(text).ok().and_then(|o| ApiFlavor::of_case(&o)),
+            Data::Other(_) => None,
+        }
+    }
+
     /// The case the answer holds, read one field at a time; Err: the answer has no `data`;
     /// `Ok(Err(_))`: its `data` is not a case.
     fn into_case(
