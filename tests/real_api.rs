@@ -159,8 +159,9 @@ async fn a_field_a_person_set_back_is_not_set_again() {
             })
             .await;
         for field in ["priority", "tags"] {
+            // Recorded once over the three passes: the case and the rule stayed as they were.
             let rows: Vec<_> = skipped.iter().filter(|r| r.field == field).collect();
-            assert_eq!(rows.len(), 3, "{flavor} {field}: {skipped:#?}");
+            assert_eq!(rows.len(), 1, "{flavor} {field}: {skipped:#?}");
             assert!(
                 rows.iter()
                     .all(|r| r.reason.contains("overridden by a person")),

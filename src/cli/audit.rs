@@ -24,7 +24,9 @@ pub struct AuditArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check the hash chain; exit 0 with the row count and head, 1 naming the first broken row
+    /// Check the log: every row's hash (a keyed MAC with audit.chain_key_file), the passes
+    /// recorded in the chain, and the heads of --heads; exit 0 intact, 1 naming the first
+    /// break (or NOT PROVEN: keyed rows whose key was not given)
     Verify {
         /// Fail unless the newest row's hash is this (catches truncation)
         #[arg(long, value_name = "HASH")]
