@@ -433,12 +433,20 @@ async fn halted_changes_are_applied_only_when_included() {
     assert_eq!(tagged(), 40, "the reviewed plan went out whole");
 }
 
-/// Review at full size on a v5 server with `api_flavor = "auto"`: the plan holds every
-/// pending change (not only the budget's worth), names customers and people by name and
-/// email; `apply` approves part of it, takes at most the budget per run and says how many
-/// remain, records the operator, and speaks v5 first (no legacy call answered 405).
-#[tokio::test(flavor = "multi_thread")]
-async fn a_plan_holds_every_change_and_apply_takes_it_in_approved_parts() {
+/// A v5 server with `api_flavor = "auto"`, two rules on its New cases (tag them, assign
+/// them to soc-tier2@example.com), a budget of 6, and the plan `once --dry-run --out` wrote.
+struct Reviewed {
+    sim: casewarden::sim::Simulator,
+    ws: Workspace,
+    plan: std::path::PathBuf,
+    /// What the dry run printed.
+    shown: String,
+    written: Value,
+    new: Vec<String>,
+    tier2: String,
+}
+
+async fn reviewed() -> Reviewed {
     let mut opts = sim_options(40);
     opts.flavor = casewarden::stellar::ApiFlavor::V5;
     let sim = start(opts).await;
@@ -450,129 +458,153 @@ async fn a_plan_holds_every_change_and_apply_takes_it_in_approved_parts() {
         "max_change_fraction = 1.0\nmax_changes_per_run = 6\ncomment_changes = false",
         Some(&[("10-tag.rhai", tag), ("20-assign.rhai", assign)]),
     );
-    let new: Vec<String> = sim
-        .state()
+    let (new, tier2) = new_cases_and_tier2(&sim);
+    let plan = ws.dir.path().join("plan.json");
+    let out = ws
+        .run(&["once", "--dry-run", "--out", plan.to_str().unwrap()])
+        .await;
+    assert_exit(&out, 0);
+    let written = serde_json::from_str(&std::fs::read_to_string(&plan).unwrap()).unwrap();
+    Reviewed {
+        shown: stdout(&out),
+        sim,
+        ws,
+        plan,
+        written,
+        new,
+        tier2,
+    }
+}
+
+impl Reviewed {
+    async fn apply(&self, args: &[&str]) -> std::process::Output {
+        let mut all = vec!["apply", self.plan.to_str().unwrap()];
+        all.extend_from_slice(args);
+        self.ws.run(&all).await
+    }
+
+    /// The New cases assigned to tier 2 now.
+    fn assigned(&self) -> usize {
+        let state = self.sim.state();
+        self.new
+            .iter()
+            .filter(|id| state.case(id).unwrap()["assignee"] == self.tier2.as_str())
+            .count()
+    }
+
+    async fn rows(&self, outcome: casewarden::audit::Outcome) -> Vec<casewarden::audit::EventRow> {
+        let all = self
+            .ws
+            .audit(Filter {
+                outcome: Some(outcome),
+                ..Filter::default()
+            })
+            .await;
+        all.into_iter().filter(|r| !r.dry_run).collect()
+    }
+}
+
+/// The reviewed plan holds every pending change (not only the budget's worth) and names
+/// customers and people by name and email; so does the dry run's output.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plan_holds_every_pending_change_named_for_its_reader() {
+    let r = reviewed().await;
+    assert!(
+        r.shown.contains("soc-tier2@example.com") && !r.shown.contains(&r.tier2),
+        "{}",
+        r.shown
+    );
+    let changes = plan_changes(&r.written);
+    let to_tier2: Vec<&Value> = changes.iter().filter(|c| c["rule"] == "to-tier2").collect();
+    assert_eq!(to_tier2.len(), r.new.len());
+    assert_eq!(changes.len(), 2 * r.new.len(), "not the budget's 6");
+    assert!(
+        to_tier2
+            .iter()
+            .all(|c| c["new"] == r.tier2.as_str() && c["new_email"] == "soc-tier2@example.com")
+    );
+    for c in r.written["cases"].as_array().unwrap() {
+        let name = TENANTS.iter().find(|(id, _)| c["tenant"] == *id).unwrap().1;
+        assert_eq!(c["tenant_name"], name, "{c}");
+    }
+}
+
+/// `apply` approves part of a plan, takes at most the budget per run and says how many
+/// remain, records the operator, speaks v5 first (no legacy call answered 405), and makes
+/// each change once over as many runs as it takes.
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_takes_a_plan_in_approved_parts_within_the_budget() {
+    let r = reviewed().await;
+    let n = r.new.len();
+    let first = r
+        .apply(&["--rule", "to-tier2", "--operator", "carol"])
+        .await;
+    assert_exit(&first, 0);
+    let err = stderr(&first);
+    assert!(
+        err.contains(&format!("{n} change(s) not approved")),
+        "{err}"
+    );
+    let left = format!("{} change(s) remain beyond this run's budget of 6", n - 6);
+    assert!(err.contains(&left), "{err}");
+    assert_eq!(r.assigned(), 6);
+    assert_eq!(r.rows(casewarden::audit::Outcome::Applied).await.len(), 6);
+    let intents = r.rows(casewarden::audit::Outcome::Planned).await;
+    assert_eq!(intents.len(), 6);
+    assert!(
+        intents
+            .iter()
+            .all(|i| i.reason.contains("[operator carol]")),
+        "{intents:?}"
+    );
+    assert!(
+        !r.sim.state().requests.iter().any(|q| q.status == 405),
+        "apply spoke the legacy call first"
+    );
+    // Again until the assignments are done, then the tags.
+    while r.assigned() < n {
+        assert_exit(&r.apply(&["--rule", "to-tier2"]).await, 0);
+    }
+    let tagged = |id: &String| {
+        let state = r.sim.state();
+        let tags = state.case(id).unwrap()["tags"].clone();
+        tags.as_array().unwrap().iter().any(|t| t == "triaged")
+    };
+    while !r.new.iter().all(tagged) {
+        assert_exit(&r.apply(&[]).await, 0);
+    }
+    assert_fails_with(&r.apply(&[]).await, 2, "was already applied by pass");
+    let applied = r.rows(casewarden::audit::Outcome::Applied).await;
+    assert_eq!(applied.len(), 2 * n, "each change applied once");
+    let bad = r.apply(&["--rule", "nope"]).await;
+    assert_fails_with(&bad, 2, "the plan has no changes of a rule \"nope\"");
+}
+
+/// The New cases of `sim` and the user id of soc-tier2@example.com.
+fn new_cases_and_tier2(sim: &casewarden::sim::Simulator) -> (Vec<String>, String) {
+    let state = sim.state();
+    let new = state
         .cases
         .iter()
         .filter(|c| c["status"] == "New")
         .map(|c| c["_id"].as_str().unwrap().to_string())
         .collect();
-    let tier2 = sim
-        .state()
+    let tier2 = state
         .users
         .iter()
         .find(|u| u.email == "soc-tier2@example.com")
         .unwrap()
         .user_id
         .clone();
-    let plan = ws.dir.path().join("plan.json");
-    let out = ws
-        .run(&["once", "--dry-run", "--out", plan.to_str().unwrap()])
-        .await;
-    assert_exit(&out, 0);
-    let shown = stdout(&out);
-    assert!(
-        shown.contains("soc-tier2@example.com") && !shown.contains(&tier2),
-        "{shown}"
-    );
-    let written: Value = serde_json::from_str(&std::fs::read_to_string(&plan).unwrap()).unwrap();
-    let changes: Vec<&Value> = written["cases"]
+    (new, tier2)
+}
+
+/// Every change of a written plan.
+fn plan_changes(written: &Value) -> Vec<Value> {
+    written["cases"]
         .as_array()
         .unwrap()
         .iter()
-        .flat_map(|c| c["changes"].as_array().unwrap())
-        .collect();
-    let to_tier2 = changes.iter().filter(|c| c["rule"] == "to-tier2").count();
-    assert!(to_tier2 > 3, "{to_tier2}");
-    assert!(
-        changes.len() > 6,
-        "every pending change, not the budget's 6: {}",
-        changes.len()
-    );
-    assert!(
-        changes
-            .iter()
-            .filter(|c| c["rule"] == "to-tier2")
-            .all(|c| c["new"] == tier2.as_str() && c["new_email"] == "soc-tier2@example.com")
-    );
-    for c in written["cases"].as_array().unwrap() {
-        let name = TENANTS.iter().find(|(id, _)| c["tenant"] == *id).unwrap().1;
-        assert_eq!(c["tenant_name"], name, "{c}");
-    }
-
-    // Only the assignments, by the person on call: six per run (whole cases).
-    let apply = |args: &'static [&'static str]| {
-        let mut all = vec!["apply", plan.to_str().unwrap()];
-        all.extend_from_slice(args);
-        let ws = &ws;
-        async move { ws.run(&all).await }
-    };
-    let first = apply(&["--rule", "to-tier2", "--operator", "carol"]).await;
-    assert_exit(&first, 0);
-    let err = stderr(&first);
-    assert!(
-        err.contains(&format!("{} change(s) not approved", new.len())),
-        "{err}"
-    );
-    assert!(
-        err.contains(&format!(
-            "{} change(s) remain beyond this run's budget of 6",
-            to_tier2 - 6
-        )),
-        "{err}"
-    );
-    let assigned = |sim: &casewarden::sim::Simulator| {
-        let state = sim.state();
-        new.iter()
-            .filter(|id| state.case(id).unwrap()["assignee"] == tier2.as_str())
-            .count()
-    };
-    assert_eq!(assigned(&sim), 6);
-    let rows = ws
-        .audit(Filter {
-            outcome: Some(casewarden::audit::Outcome::Applied),
-            ..Filter::default()
-        })
-        .await;
-    assert_eq!(rows.len(), 6);
-    let intents = ws
-        .audit(Filter {
-            outcome: Some(casewarden::audit::Outcome::Planned),
-            ..Filter::default()
-        })
-        .await;
-    let live: Vec<_> = intents.iter().filter(|r| !r.dry_run).collect();
-    assert_eq!(live.len(), 6);
-    assert!(
-        live.iter().all(|r| r.reason.contains("[operator carol]")),
-        "{live:?}"
-    );
-    assert!(
-        !sim.state().requests.iter().any(|r| r.status == 405),
-        "apply spoke the legacy call first"
-    );
-    // Again until the assignments are done, then the tags; each change once.
-    while assigned(&sim) < to_tier2 {
-        assert_exit(&apply(&["--rule", "to-tier2"]).await, 0);
-    }
-    while new.iter().any(|id| {
-        !sim.state().case(id).unwrap()["tags"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|t| t == "triaged")
-    }) {
-        assert_exit(&apply(&[]).await, 0);
-    }
-    let again = apply(&[]).await;
-    assert_fails_with(&again, 2, "was already applied by pass");
-    let applied = ws
-        .audit(Filter {
-            outcome: Some(casewarden::audit::Outcome::Applied),
-            ..Filter::default()
-        })
-        .await;
-    assert_eq!(applied.len(), changes.len(), "each change applied once");
-    let bad = apply(&["--rule", "nope"]).await;
-    assert_fails_with(&bad, 2, "the plan has no changes of a rule \"nope\"");
+        .flat_map(|c| c["changes"].as_array().unwrap().clone())
+        .collect()
 }

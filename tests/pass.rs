@@ -492,6 +492,25 @@ async fn a_person_reverting_a_change_wins() {
         "{:?}",
         skipped[0]
     );
+    // A second override is a new event: recorded, once.
+    sim.state()
+        .human_change("esc", "bob@example.com", "priority", json!("Low"));
+    for _ in 0..2 {
+        assert_exit(&ws.run(&["once"]).await, 0);
+    }
+    let skipped = ws
+        .audit(Filter {
+            case_id: Some("esc".into()),
+            outcome: Some(casewarden::audit::Outcome::Skipped),
+            ..Filter::default()
+        })
+        .await;
+    assert_eq!(skipped.len(), 2, "{skipped:?}");
+    assert!(
+        skipped[1].reason.contains("the case now holds \"Low\""),
+        "{:?}",
+        skipped[1]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -95,8 +95,13 @@ impl AuditStore {
 }
 
 impl AuditStore {
-    /// The customers' names this log knows: `cust_id` -> `cust_name` (of any server).
+    /// The customers' names this log knows: `cust_id` -> `cust_name` (of any server; empty
+    /// for an id the server's `/tenants` did not name). None in a log written before
+    /// casewarden kept them, opened read-only.
     pub async fn customer_names(&self) -> Result<HashMap<String, String>, AuditError> {
+        if !self.has_table("customers").await? {
+            return Ok(HashMap::new());
+        }
         let rows: Vec<(String, String)> = on_pool!(&self.pool, |pool| {
             sqlx::query_as("SELECT cust_id, cust_name FROM customers ORDER BY seen_at")
                 .fetch_all(pool)
@@ -105,14 +110,18 @@ impl AuditStore {
         Ok(rows.into_iter().collect())
     }
 
-    /// Remembers the names server `instance` gives its customers.
+    /// Remembers the names server `instance` gives its customers, writing only what changed.
     pub async fn remember_customers(
         &self,
         instance: &str,
         named: &[(String, String)],
     ) -> Result<(), AuditError> {
+        let known = self.customer_names().await?;
         let now = crate::time::timestamp(chrono::Utc::now());
-        for (id, name) in named {
+        let changed = named
+            .iter()
+            .filter(|(id, name)| known.get(id) != Some(name));
+        for (id, name) in changed {
             on_pool!(&self.pool, |pool| {
                 sqlx::query(
                     "INSERT INTO customers (instance, cust_id, cust_name, seen_at) VALUES ($1, $2, $3, $4) \
@@ -129,4 +138,69 @@ impl AuditStore {
         }
         Ok(())
     }
+}
+
+/// A row of `customers` or `alerts` as `audit migrate` copies it: the table's columns as
+/// text, and `firing` for an alert.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(super) struct KeptRow {
+    a: String,
+    b: String,
+    c: String,
+    d: String,
+    firing: bool,
+    at: String,
+}
+
+impl AuditStore {
+    /// The customers' names and the alerts' state, for `audit migrate` (none in a log that
+    /// predates them).
+    pub(super) async fn kept_rows(&self) -> Result<(Vec<KeptRow>, Vec<KeptRow>), AuditError> {
+        if !self.has_table("customers").await? {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let (customers, alerts) = on_pool!(&self.pool, |pool| {
+            let customers: Vec<KeptRow> = sqlx::query_as(
+                "SELECT instance AS a, cust_id AS b, cust_name AS c, '' AS d, FALSE AS firing, seen_at AS at FROM customers",
+            )
+            .fetch_all(pool)
+            .await?;
+            let alerts: Vec<KeptRow> = sqlx::query_as(
+                "SELECT target AS a, event AS b, rule AS c, instance AS d, firing, sent_at AS at FROM alerts",
+            )
+            .fetch_all(pool)
+            .await?;
+            (customers, alerts)
+        });
+        Ok((customers, alerts))
+    }
+}
+
+/// Writes what [`AuditStore::kept_rows`] read into a PostgreSQL log.
+pub(super) async fn insert_kept(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    customers: &[KeptRow],
+    alerts: &[KeptRow],
+) -> Result<(), sqlx::Error> {
+    for r in customers {
+        sqlx::query("INSERT INTO customers (instance, cust_id, cust_name, seen_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+            .bind(&r.a)
+            .bind(&r.b)
+            .bind(&r.c)
+            .bind(&r.at)
+            .execute(&mut **tx)
+            .await?;
+    }
+    for r in alerts {
+        sqlx::query("INSERT INTO alerts (target, event, rule, instance, firing, sent_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING")
+            .bind(&r.a)
+            .bind(&r.b)
+            .bind(&r.c)
+            .bind(&r.d)
+            .bind(r.firing)
+            .bind(&r.at)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
 }

@@ -7,6 +7,7 @@ use std::collections::HashSet;
 
 use futures::StreamExt;
 
+use super::alerts::insert_kept;
 use super::db::{Backend, Pool, insert_events, on_pool};
 use super::lease::insert_released;
 use super::passes::insert_pass;
@@ -149,15 +150,17 @@ impl AuditStore {
         Ok(n)
     }
 
-    /// The users' emails, the rule texts, and the lease's epoch (released), so epochs keep
-    /// growing.
+    /// The users' emails, the rule texts, the customers' names, the alerts sent, and the
+    /// lease's epoch (released), so epochs keep growing.
     async fn copy_users_and_lease(&self, to: &sqlx::PgPool) -> Result<(), CopyError> {
         let users = self.user_emails().await?;
         let lease = self.lease().await?;
         let (texts, pass_rules) = (self.rule_texts().await?, self.pass_rules().await?);
+        let (customers, alerts) = self.kept_rows().await?;
         let mut tx = to.begin_write().await?;
         insert_users(&mut tx, &users).await?;
         insert_rule_texts(&mut tx, &texts, &pass_rules).await?;
+        insert_kept(&mut tx, &customers, &alerts).await?;
         if let Some(lease) = &lease {
             insert_released(&mut tx, lease).await?;
         }

@@ -183,9 +183,11 @@ impl AuditStore {
         }))
     }
 
-    /// What live passes with this trigger decided (applied, left in doubt, or skipped as
-    /// the case had moved on), by (case, rule, field, value): an `apply` of a plan takes
-    /// what earlier ones of it did not. A failed change may be tried again.
+    /// What live passes with this trigger decided, by (case, rule, field, value): applied,
+    /// left in doubt or still open (never sent twice), or skipped because the case had moved
+    /// on (when checked against the plan, or read right before sending). An `apply` of a
+    /// plan takes what earlier ones of it did not; a change not sent for a passing reason
+    /// (shutdown, timeout, the lease, a failed read) or that failed is tried again.
     pub async fn made_by(
         &self,
         trigger: &str,
@@ -193,8 +195,13 @@ impl AuditStore {
         Ok(on_pool!(&self.pool, |pool| {
             sqlx::query_as(
                 "SELECT e.case_id, e.rule, e.field, e.new FROM events e JOIN passes p ON p.id = e.run_id \
-                 WHERE p.trigger_kind = $1 AND NOT p.dry_run AND e.outcome IN ('applied', 'unknown', 'skipped') \
-                 AND e.field NOT IN ('rule', 'plan', 'case', 'summary', 'pass', 'chain')",
+                 WHERE p.trigger_kind = $1 AND NOT p.dry_run \
+                 AND e.field NOT IN ('rule', 'plan', 'case', 'summary', 'pass', 'chain') AND ( \
+                 e.outcome IN ('applied', 'unknown') \
+                 OR (e.outcome = 'skipped' AND (e.planned_seq IS NULL OR e.reason NOT LIKE 'not sent:%' \
+                     OR e.reason LIKE 'not sent: the case already holds it%' \
+                     OR e.reason LIKE 'not sent: the changes this comment explains%')) \
+                 OR (e.outcome = 'planned' AND NOT EXISTS (SELECT 1 FROM events o WHERE o.planned_seq = e.seq)))",
             )
             .bind(trigger)
             .fetch_all(pool)

@@ -5,6 +5,7 @@ use serde::Serialize;
 use sqlx::{AssertSqlSafe, FromRow};
 
 use super::db::{numbered, on_pool};
+use super::row::HALTED_ROW;
 use super::{AuditError, AuditStore, PassRow};
 
 /// The rows a report covers: `since <= recorded_at <= until`, one rule or all.
@@ -91,7 +92,7 @@ pub struct GroupCount {
     pub cases: i64,
 }
 
-/// Passes of one server in a period, and the ones that failed.
+/// How many passes one server ran in a period.
 #[derive(Debug, Clone, FromRow, Serialize, PartialEq)]
 pub struct PassTally {
     pub name: String,
@@ -152,7 +153,7 @@ impl AuditStore {
         let (cond, binds) = p.conditions("e");
         let sql = format!(
             "SELECT rule, substr(recorded_at, 1, 10) AS day, \
-             CASE WHEN field = 'rule' AND new = 'halted' THEN 'guard' \
+             CASE WHEN field = 'rule' AND new = '{HALTED_ROW}' THEN 'guard' \
                   WHEN field = 'rule' THEN COALESCE(new, '') \
                   ELSE 'change' END AS kind, \
              outcome, dry_run, COUNT(*) AS rows, COUNT(DISTINCT run_id) AS passes, \

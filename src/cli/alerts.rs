@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use super::Exit;
+use crate::audit::AuditStore;
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::notify::{Delivery, Notifier, events};
@@ -33,8 +34,9 @@ impl Alerts {
         })
     }
 
-    /// What the pass on `ctx` has to tell, and what it found cleared.
-    pub async fn after(&self, ctx: &PassContext, report: &PassReport) {
+    /// What the pass on `ctx` has to tell, and what it found cleared (`listed`: a pass
+    /// over the server's listing, not of given plans).
+    pub async fn after(&self, ctx: &PassContext, report: &PassReport, listed: bool) {
         if !self.notifier.is_on() || (report.dry_run && !self.config_dry_run) {
             return;
         }
@@ -43,15 +45,16 @@ impl Alerts {
             host: ctx.client.host(),
         };
         let notices = events::after_pass(report, &server);
-        let evaluated = events::evaluated(report, &server);
+        let evaluated = events::evaluated(report, &server, listed);
         self.notifier.settle(&ctx.audit, notices, &evaluated).await;
     }
 
-    /// Waits for what is pending and says what became of it.
-    pub async fn finish(self) {
-        let on = self.notifier.is_on();
-        let done = self.delivery.finish(self.notifier, WAIT).await;
-        if on && done != Default::default() {
+    /// Waits for what is pending and says what became of it; an alert that did not reach
+    /// its target is forgotten in `store`, so the next run sends it again.
+    pub async fn finish(self, store: &AuditStore) {
+        let done = self.delivery.finish(WAIT).await;
+        if self.notifier.is_on() && done != Default::default() {
+            self.notifier.forget_lost(store).await;
             eprintln!("notifications: {done}");
         }
     }

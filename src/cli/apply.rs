@@ -314,7 +314,23 @@ pub(super) async fn run_given(
     plans: impl AsyncFnOnce() -> anyhow::Result<Vec<CasePlan>>,
 ) -> anyhow::Result<u8> {
     let alerts = Alerts::start(config)?;
-    ctx.client.authenticate().await.map_err(Exit::server)?;
+    if let Err(e) = ctx.client.authenticate().await {
+        // Recorded under a trigger of its own: a refused attempt is not the pass done.
+        let opts = PassOptions {
+            work: if given.dry_run {
+                Work::DryRun
+            } else {
+                Work::Live
+            },
+            only: given.only.clone(),
+            trigger: format!("{} (server unreachable)", given.trigger),
+            ..PassOptions::default()
+        };
+        let report = crate::pass::record_unreachable(ctx, set, &opts, e, given.wait).await;
+        alerts.after(ctx, &report, false).await;
+        alerts.finish(&ctx.audit).await;
+        return Err(Exit::server(report.error.unwrap_or_default()).into());
+    }
     let claimed = crate::pass::with_claim(ctx, given.wait, async || {
         if let Some(refuse) = refuse
             && let Some(done) = ctx.audit.live_pass_by(&given.trigger).await?
@@ -342,8 +358,8 @@ pub(super) async fn run_given(
         report.people = crate::report::people_of(&ctx.client, &report.plans).await;
     }
     print_report(&mut std::io::stdout().lock(), &report)?;
-    alerts.after(ctx, &report).await;
-    alerts.finish().await;
+    alerts.after(ctx, &report, false).await;
+    alerts.finish(&ctx.audit).await;
     ctx.audit.close().await;
     Ok(if report.has_failures() { 1 } else { 0 })
 }

@@ -60,6 +60,10 @@ async fn online(config: &Settings, set: Option<&RuleSet>) -> Result<(), Exit> {
         failed.push(("audit log".to_string(), e));
     }
     if let Some(worst) = failed.iter().map(|(_, e)| e.code).max() {
+        // What the servers that answered refuted is said too, not lost behind the failure.
+        for u in &unknown {
+            eprintln!("error: {u}");
+        }
         let names: Vec<&str> = failed.iter().map(|(n, _)| n.as_str()).collect();
         let first = &failed[0].1;
         let message = match (failed.len(), servers.len()) {

@@ -1,23 +1,27 @@
 //! What each command's exit codes mean (INTERFACE.md's contract, per command): shown under
 //! "Exit status" in `--help` and as EXIT STATUS in the man pages, from this one table.
 
-/// The codes of the command at `path` (`once`, `audit verify`), or None for the top level.
-pub(super) fn of(path: &str) -> &'static [(u8, &'static str)] {
-    const HELD: (u8, &str) = (
-        4,
-        "another casewarden pass holds the audit store (see --wait)",
-    );
-    const CONFIG: (u8, &str) = (
-        2,
-        "a config, rule or usage error (named with its file and place)",
-    );
-    const SERVER: (u8, &str) = (3, "the server could not be reached or refused the key");
-    const READ: (u8, &str) = (
-        2,
-        "a usage error, or the audit log cannot be opened or read",
-    );
-    match path {
-        "run" => &[
+const HELD: (u8, &str) = (
+    4,
+    "another casewarden pass holds the audit store (see --wait)",
+);
+const CONFIG: (u8, &str) = (
+    2,
+    "a config, rule or usage error (named with its file and place)",
+);
+const SERVER: (u8, &str) = (3, "the server could not be reached or refused the key");
+const READ: (u8, &str) = (
+    2,
+    "a usage error, or the audit log cannot be opened or read",
+);
+
+type Codes = &'static [(u8, &'static str)];
+
+/// Each command (`audit verify` for a subcommand) and its codes.
+const TABLE: &[(&[&str], Codes)] = &[
+    (
+        &["run"],
+        &[
             (
                 0,
                 "stopped on SIGTERM or SIGINT after the running passes finished",
@@ -29,23 +33,32 @@ pub(super) fn of(path: &str) -> &'static [(u8, &'static str)] {
                 "a second signal stopped it before the running passes finished",
             ),
         ],
-        "once" => &[
+    ),
+    (
+        &["once"],
+        &[
             (
                 0,
                 "the pass was ok (dry run: also when changes are pending)",
             ),
             (
                 1,
-                "degraded: a change failed, a rule was halted by the guard or failed on a case",
+                "degraded: a change failed, a rule was halted by the guard or failed on a case; with several servers also one that could not be reached (the others still run)",
             ),
             CONFIG,
-            SERVER,
+            (
+                3,
+                "the server could not be reached or refused the key (one server)",
+            ),
             HELD,
             (0, "with --detailed-exitcode: nothing would change"),
             (2, "with --detailed-exitcode: changes are pending"),
             (1, "with --detailed-exitcode: any error or degraded pass"),
         ],
-        "check" => &[
+    ),
+    (
+        &["check"],
+        &[
             (
                 0,
                 "the config, every rule and (unless --offline) every server are fine",
@@ -59,14 +72,20 @@ pub(super) fn of(path: &str) -> &'static [(u8, &'static str)] {
                 "a server could not be reached or refused the key (each server is still probed; the worst code wins)",
             ),
         ],
-        "test-rule" => &[
+    ),
+    (
+        &["test-rule"],
+        &[
             (0, "the rules ran on every case of the file"),
             (
                 2,
                 "a rule or the case file is bad, or a case in it could not be read",
             ),
         ],
-        "apply" | "revert" => &[
+    ),
+    (
+        &["apply", "revert"],
+        &[
             (
                 0,
                 "every change was applied, or was already in place, or was left as a person set it",
@@ -79,7 +98,10 @@ pub(super) fn of(path: &str) -> &'static [(u8, &'static str)] {
             SERVER,
             HELD,
         ],
-        "diff" => &[
+    ),
+    (
+        &["diff"],
+        &[
             (
                 0,
                 "the comparison ran (with --detailed-exitcode: no case decided differently)",
@@ -91,13 +113,22 @@ pub(super) fn of(path: &str) -> &'static [(u8, &'static str)] {
             (1, "with --detailed-exitcode: any error"),
             SERVER,
         ],
-        "test" => &[
+    ),
+    (
+        &["test"],
+        &[
             (0, "every expectation held"),
             (1, "an expectation failed"),
             CONFIG,
         ],
-        "audit" | "audit show" => &[(0, "the rows were printed"), READ],
-        "audit verify" => &[
+    ),
+    (
+        &["audit", "audit show"],
+        &[(0, "the rows were printed"), READ],
+    ),
+    (
+        &["audit verify"],
+        &[
             (0, "intact: every row, pass and recorded head checked"),
             (
                 1,
@@ -105,12 +136,18 @@ pub(super) fn of(path: &str) -> &'static [(u8, &'static str)] {
             ),
             READ,
         ],
-        "audit migrate" => &[
+    ),
+    (
+        &["audit migrate"],
+        &[
             (0, "copied, and both chains verified to the same head"),
             (1, "the copy's chain does not verify to the source's head"),
             READ,
         ],
-        "report" => &[
+    ),
+    (
+        &["report"],
+        &[
             (0, "written, over an intact chain"),
             (
                 1,
@@ -118,7 +155,10 @@ pub(super) fn of(path: &str) -> &'static [(u8, &'static str)] {
             ),
             READ,
         ],
-        "status" => &[
+    ),
+    (
+        &["status"],
+        &[
             (0, "printed"),
             (
                 1,
@@ -126,18 +166,31 @@ pub(super) fn of(path: &str) -> &'static [(u8, &'static str)] {
             ),
             READ,
         ],
-        "simulate" | "demo" => &[(0, "ran until stopped, or to its end"), CONFIG],
-        _ => &[
-            (0, "ok"),
-            (
-                1,
-                "some change failed, a rule was halted or errored, or audit verify found a break",
-            ),
-            CONFIG,
-            SERVER,
-            HELD,
-        ],
-    }
+    ),
+    (
+        &["simulate", "demo"],
+        &[(0, "ran until stopped, or to its end"), CONFIG],
+    ),
+];
+
+/// What casewarden itself exits with (INTERFACE.md's codes for every command).
+const ANY: Codes = &[
+    (0, "ok"),
+    (
+        1,
+        "some change failed, a rule was halted or errored, or audit verify found a break",
+    ),
+    CONFIG,
+    SERVER,
+    HELD,
+];
+
+/// The codes of the command at `path` (`once`, `audit verify`; empty: the top level).
+pub(super) fn of(path: &str) -> Codes {
+    TABLE
+        .iter()
+        .find(|(names, _)| names.contains(&path))
+        .map_or(ANY, |(_, codes)| codes)
 }
 
 /// The codes as `--help` prints them after the options.

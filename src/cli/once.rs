@@ -239,9 +239,10 @@ async fn one_server(
     // The server could not be reached or refused the key: recorded, told, exit 3.
     if let Err(e) = ctx.client.authenticate().await {
         bar.finish_and_clear();
-        let report = crate::pass::record_unreachable(ctx, set, &opts, e).await;
-        alerts.after(ctx, &report).await;
-        alerts.finish().await;
+        let wait = Duration::from_secs(args.wait);
+        let report = crate::pass::record_unreachable(ctx, set, &opts, e, wait).await;
+        alerts.after(ctx, &report, true).await;
+        alerts.finish(&ctx.audit).await;
         ctx.audit.close().await;
         return Err(Exit::server(report.error.unwrap_or_default()).into());
     }
@@ -258,8 +259,8 @@ async fn one_server(
     if let Some(path) = &args.out {
         write_plan(ctx, set, &report, path, valid_for).await?;
     }
-    alerts.after(ctx, &report).await;
-    alerts.finish().await;
+    alerts.after(ctx, &report, true).await;
+    alerts.finish(&ctx.audit).await;
     ctx.audit.close().await;
     if args.detailed_exitcode {
         return Ok(detailed_code(&report));
@@ -362,10 +363,11 @@ async fn every_server(
             ..PassOptions::default()
         };
         if let Err(e) = ctx.client.authenticate().await {
-            writeln!(out, "  ! not run: {e}\n")?;
+            writeln!(out, "  ! not run: {e} (recorded as a failed pass)\n")?;
             drop(out);
-            let report = crate::pass::record_unreachable(ctx, set, &opts, e).await;
-            alerts.after(ctx, &report).await;
+            let wait = Duration::from_secs(args.wait);
+            let report = crate::pass::record_unreachable(ctx, set, &opts, e, wait).await;
+            alerts.after(ctx, &report, true).await;
             trouble = true;
             continue;
         }
@@ -380,9 +382,9 @@ async fn every_server(
         writeln!(out)?;
         drop(out);
         trouble |= report.has_failures();
-        alerts.after(ctx, &report).await;
+        alerts.after(ctx, &report, true).await;
     }
-    alerts.finish().await;
+    alerts.finish(&servers[0].audit).await;
     servers[0].audit.close().await;
     Ok(u8::from(trouble))
 }

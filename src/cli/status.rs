@@ -1,6 +1,7 @@
 //! `casewarden status`: the audit log's lease (on replicas, the leader), every configured
-//! server (never passed, its last pass, its last error) and the last pass on each server, read from the log without writing to it. Exit 1 when replicas share the
-//! log and none leads.
+//! server (never passed, its last pass, its last error) and the last pass on each server,
+//! read from the log without writing to it. Exit 1 when replicas share the log and none
+//! leads.
 
 use std::path::PathBuf;
 
@@ -144,6 +145,26 @@ pub(super) async fn run(cli: &Cli, args: &StatusArgs) -> anyhow::Result<u8> {
     Ok(u8::from(leaderless))
 }
 
+/// A line per server, and its last error under it.
+fn servers_text(out: &mut String, servers: &[ServerStatus]) {
+    for v in servers {
+        let url = v.url.as_deref().unwrap_or("not in the config");
+        let at = v.last_pass_at.as_deref().unwrap_or("");
+        out.push_str(&format!(
+            "server     {} ({url}): {} {at}\n",
+            v.instance, v.state
+        ));
+        if let Some(e) = &v.last_error {
+            out.push_str(&format!(
+                "  last error {} (pass {}): {}\n",
+                e.at,
+                e.pass,
+                crate::text::for_terminal(&e.error)
+            ));
+        }
+    }
+}
+
 fn text(s: &Status) -> String {
     let mut out = format!("audit log  {} ({})\n", s.audit_log, s.backend);
     let who = if s.backend == "postgres" {
@@ -169,22 +190,7 @@ fn text(s: &Status) -> String {
             ));
         }
     }
-    for v in &s.servers {
-        let url = v.url.as_deref().unwrap_or("not in the config");
-        let at = v.last_pass_at.as_deref().unwrap_or("");
-        out.push_str(&format!(
-            "server     {} ({url}): {} {at}\n",
-            v.instance, v.state
-        ));
-        if let Some(e) = &v.last_error {
-            out.push_str(&format!(
-                "  last error {} (pass {}): {}\n",
-                e.at,
-                e.pass,
-                crate::text::for_terminal(&e.error)
-            ));
-        }
-    }
+    servers_text(&mut out, &s.servers);
     if s.last_passes.is_empty() {
         out.push_str("last pass  none\n");
     }

@@ -45,7 +45,7 @@ pub(super) async fn pass(
         host: ctx.client.host(),
     };
     let notices = events::after_pass(report, &server);
-    let evaluated = events::evaluated(report, &server);
+    let evaluated = events::evaluated(report, &server, true);
     shared
         .notifier
         .settle(&ctx.audit, notices, &evaluated)

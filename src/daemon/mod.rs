@@ -143,7 +143,7 @@ pub async fn run_until(
         rules = shared.state().rules.rules.len(),
         "casewarden started"
     );
-    shared.notifier.send(notices::started(&shared));
+    announce(&shared).await;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -174,13 +174,22 @@ pub async fn run_until(
     let code = drain(&shared, passes, force).await;
     digests.abort_all();
     shared.notifier.send(notices::stopped(code));
-    let done = delivery
-        .finish(shared.notifier.clone(), NOTIFY_AT_EXIT)
-        .await;
+    let done = delivery.finish(NOTIFY_AT_EXIT).await;
     if shared.notifier.is_on() {
         tracing::info!("notifications at exit: {done}");
     }
     Ok(code)
+}
+
+/// Tells the notify targets the daemon started; its rules loaded, so a reload that failed
+/// before a restart is over.
+async fn announce(shared: &Shared) {
+    shared.notifier.send(notices::started(shared));
+    let reload = [crate::notify::events::reload_key()];
+    shared
+        .notifier
+        .settle(&shared.ctx.audit, Vec::new(), &reload)
+        .await;
 }
 
 /// Everything before the loop: the app, the key checked, earlier changes settled, the

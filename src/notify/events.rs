@@ -128,22 +128,24 @@ pub fn after_pass(r: &PassReport, server: &Server<'_>) -> Vec<Notice> {
 }
 
 /// The conditions a pass looked at, so those that were firing and are no more are
-/// resolved: each rule it ran halted or not, the pass failed or not, the budget, the log.
-pub fn evaluated(r: &PassReport, server: &Server<'_>) -> Vec<AlertKey> {
-    let whole = [
-        EventKind::PassFailed,
-        EventKind::BudgetExhausted,
-        EventKind::AuditFailure,
-    ];
+/// resolved. Whether it failed, every pass says. Only a pass that planned a listing to its
+/// end (`listed`, no error, not cut short) says whether its rules were halted, the budget
+/// sufficed and the log took its rows; a pass of given plans (`apply`, `revert`) runs no
+/// guard or budget.
+pub fn evaluated(r: &PassReport, server: &Server<'_>, listed: bool) -> Vec<AlertKey> {
+    let failed = server.key(EventKind::PassFailed, "");
+    if !listed || r.error.is_some() || r.interrupted {
+        return failed.into_iter().collect();
+    }
+    let whole = [EventKind::BudgetExhausted, EventKind::AuditFailure];
     let rules = r
         .rules
         .iter()
         .map(|s| (EventKind::GuardHalt, s.name.as_str()));
-    whole
+    let others = whole.into_iter().map(|e| (e, "")).chain(rules);
+    failed
         .into_iter()
-        .map(|e| (e, ""))
-        .chain(rules)
-        .filter_map(|(e, rule)| server.key(e, rule))
+        .chain(others.filter_map(|(e, rule)| server.key(e, rule)))
         .collect()
 }
 
@@ -178,5 +180,53 @@ pub fn reload_failed(errors: usize, first: &str) -> Notice {
         details: json!({"errors": errors, "first": first}),
         only: None,
         key: Some(reload_key()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pass::RuleStats;
+
+    fn report(error: Option<&str>) -> PassReport {
+        PassReport {
+            rules: vec![RuleStats {
+                name: "r".into(),
+                ..RuleStats::default()
+            }],
+            error: error.map(str::to_string),
+            ..PassReport::default()
+        }
+    }
+
+    fn events(keys: Vec<AlertKey>) -> Vec<String> {
+        keys.into_iter()
+            .map(|k| format!("{} {}", k.event, k.rule))
+            .collect()
+    }
+
+    #[test]
+    fn only_a_pass_that_planned_its_listing_clears_guard_and_budget_alerts() {
+        let server = Server {
+            instance: "eu",
+            host: "eu.example.com:443",
+        };
+        let all = events(evaluated(&report(None), &server, true));
+        assert_eq!(
+            all,
+            [
+                "pass_failed ",
+                "budget_exhausted ",
+                "audit_failure ",
+                "guard_halt r"
+            ]
+        );
+        // A pass that stopped on an error, or one of given plans, ran no guard or budget.
+        for (r, listed) in [
+            (report(Some("listing failed")), true),
+            (report(None), false),
+        ] {
+            assert_eq!(events(evaluated(&r, &server, listed)), ["pass_failed "]);
+        }
     }
 }

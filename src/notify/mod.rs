@@ -155,11 +155,14 @@ pub struct Delivery {
     tally: Arc<Tally>,
 }
 
-/// Deliveries to one target each: waiting (queued or being tried), delivered, given up.
+/// Deliveries to one target each: waiting (queued or being tried), delivered, given up;
+/// and the alerts that never reached their target, to be forgotten by the alert memory so
+/// the next pass sends them again rather than waiting out the realert window.
 #[derive(Default)]
 struct Tally {
     counts: std::sync::Mutex<Delivered>,
     changed: tokio::sync::Notify,
+    lost: std::sync::Mutex<Vec<(usize, AlertKey)>>,
 }
 
 /// What became of the deliveries of a process, as `Delivery::finish` reports it.
@@ -181,6 +184,12 @@ impl Tally {
 
     fn now(&self) -> Delivered {
         self.counts.lock().map(|c| *c).unwrap_or_default()
+    }
+
+    fn lose(&self, target: usize, key: Option<&AlertKey>) {
+        if let (Some(key), Ok(mut lost)) = (key, self.lost.lock()) {
+            lost.push((target, key.clone()));
+        }
     }
 }
 
@@ -219,8 +228,9 @@ impl Notifier {
     pub fn send(&self, notice: Notice) {
         let Some(tx) = &self.tx else { return };
         let event = notice.event;
-        let wanted = self.receivers(&notice).count();
-        self.tally.update(|c| c.pending += wanted);
+        let wanted: Vec<usize> = self.receivers(&notice).collect();
+        let key = notice.key.clone();
+        self.tally.update(|c| c.pending += wanted.len());
         if tx.try_send(notice).is_err() {
             tracing::warn!(
                 event = event.as_str(),
@@ -228,9 +238,27 @@ impl Notifier {
             );
             self.count(event, "dropped");
             self.tally.update(|c| {
-                c.pending -= wanted;
-                c.dropped += wanted;
+                c.pending -= wanted.len();
+                c.dropped += wanted.len();
             });
+            for i in wanted {
+                self.tally.lose(i, key.as_ref());
+            }
+        }
+    }
+
+    /// Forgets, in `store`, the alerts that never reached their target: the next pass that
+    /// finds the condition sends them again.
+    pub async fn forget_lost(&self, store: &AuditStore) {
+        let lost = std::mem::take(&mut *self.tally.lost.lock().unwrap_or_else(|e| e.into_inner()));
+        let stamp = crate::time::timestamp(chrono::Utc::now());
+        for (i, key) in lost {
+            if let Err(e) = store
+                .alert_cleared(&self.targets[i].id(), &key, &stamp)
+                .await
+            {
+                tracing::warn!(error = %e, "cannot forget an alert that was not delivered");
+            }
         }
     }
 
@@ -252,6 +280,7 @@ impl Notifier {
         if !self.is_on() {
             return;
         }
+        self.forget_lost(store).await;
         let now = chrono::Utc::now();
         let stamp = crate::time::timestamp(now);
         let active: Vec<&AlertKey> = notices.iter().filter_map(|n| n.key.as_ref()).collect();
@@ -344,8 +373,7 @@ fn resolved(target: usize, key: AlertKey) -> Notice {
 
 impl Delivery {
     /// Waits while deliveries are pending, at most `within`, and says what became of them.
-    pub async fn finish(self, notifier: Notifier, within: Duration) -> Delivered {
-        drop(notifier);
+    pub async fn finish(self, within: Duration) -> Delivered {
         let waiting = async {
             loop {
                 let changed = self.tally.changed.notified();
@@ -420,9 +448,12 @@ async fn deliver_all(
             }
             let body = body(target.kind, &notice, &at, &host);
             let (http, target, metrics) = (http.clone(), target.clone(), metrics.clone());
-            let (event, tally) = (notice.event, tally.clone());
+            let (event, tally, key) = (notice.event, tally.clone(), notice.key.clone());
             sending.spawn(async move {
                 let ok = deliver(&http, &target, event, body, &metrics).await;
+                if !ok {
+                    tally.lose(i, key.as_ref());
+                }
                 tally.update(|c| {
                     c.pending -= 1;
                     match ok {

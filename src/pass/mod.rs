@@ -87,30 +87,41 @@ fn new_run_id() -> String {
 }
 
 /// A pass that could not reach its server (no answer, the key refused), recorded as a pass
-/// that stopped on that error: `status`, the report and the live view show it.
+/// that stopped on that error, under the one-writer claim (waiting up to `wait`): `status`,
+/// the report and the live view show it. Not recorded when the claim is held elsewhere.
 pub async fn record_unreachable(
     ctx: &PassContext,
     set: &RuleSet,
     opts: &PassOptions,
     error: crate::stellar::ApiError,
+    wait: Duration,
 ) -> PassReport {
     let run = Run::new(ctx, set, opts, new_run_id());
-    let started = ctx
-        .audit
-        .start_pass(&run.run_id, &opts.trigger, &set.fingerprint, run.dry_run)
-        .await;
     let ran = Ran {
         error: Some(error.into()),
         ..Ran::default()
     };
     let report = PassReport::build(&run, ran);
-    match started {
+    let claim = match ctx.audit.claim(wait).await {
+        Ok(claim) => claim,
+        Err(e) => {
+            tracing::warn!(error = %e, "the pass that could not reach its server is not recorded");
+            return report;
+        }
+    };
+    let started = ctx
+        .audit
+        .start_pass(&run.run_id, &opts.trigger, &set.fingerprint, run.dry_run)
+        .await;
+    let report = match started {
         Ok(()) => close(&run, report).await,
         Err(e) => {
             tracing::error!(error = %e, "cannot record the pass that could not reach its server");
             report
         }
-    }
+    };
+    claim.release().await;
+    report
 }
 
 /// Runs one pass with `set`'s rules and records it.

@@ -28,8 +28,6 @@ pub(super) struct Recorded {
     /// repeated row was written again).
     pub planned: Vec<usize>,
     pub skipped: Vec<usize>,
-    /// Skipped decisions of a live pass not recorded again: the log holds them as they stand.
-    pub skips_not_again: usize,
     /// Skipped decisions per customer.
     pub skipped_by_tenant: BTreeMap<String, usize>,
 }
@@ -86,7 +84,7 @@ async fn write_intent(
     let repeated = repeated_dry_runs(run, plans).await?;
     let recorded_skips = repeated_skips(run, plans).await?;
     let (mut rows, mut owners, mut seqs) = (Vec::new(), Vec::new(), Vec::new());
-    let mut not_again = 0;
+    let (mut not_again, mut skips_not_again) = (0, 0);
     for (id, p, d) in plan::decisions(plans) {
         if rows.len() == INTENT_ROWS {
             seqs.extend(run.ctx.audit.append(&rows).await?);
@@ -98,7 +96,7 @@ async fn write_intent(
         if repeated.contains(&(p.case_id.as_str(), d.rule.as_str())) {
             not_again += 1;
         } else if recorded_skips.contains(&id) {
-            rec.skips_not_again += 1;
+            skips_not_again += 1;
         } else {
             rows.push(decision_row(run, actor, p, d));
             owners.push(id);
@@ -112,9 +110,9 @@ async fn write_intent(
             }
         }
     }
-    if rec.skips_not_again > 0 {
+    if skips_not_again > 0 {
         tracing::debug!(
-            rows = rec.skips_not_again,
+            rows = skips_not_again,
             "skips not recorded again: the log holds each as it stands"
         );
     }
@@ -129,16 +127,18 @@ async fn write_intent(
     Ok(())
 }
 
-/// The skipped decisions of a live pass that the log already holds as they stand: the
-/// newest row of the same rule, case, field and value is a skip for the same reason, of
-/// the same rule text, while the case held the same value. A person's override, a halted
-/// rule's held-back changes or a conflict are recorded once, not every pass; a skip that
-/// the budget deferred is recorded each time (the next pass puts it first in line).
+/// The skipped decisions of a live pass over the listing that the log already holds as
+/// they stand: the newest row of the same rule, case, field and value is the same skip
+/// (the same note: a person's override names who and when, so a new override is a new
+/// row), of the same rule text, while the case held the same value. A person's override, a
+/// halted rule's held-back changes or a conflict are recorded once, not every pass; a skip
+/// that the budget deferred is recorded each time (the next pass puts it first in line).
+/// A pass of given plans (`apply`, `revert`) records every decision: each is its own.
 async fn repeated_skips(
     run: &Run<'_>,
     plans: &[CasePlan],
 ) -> Result<HashSet<DecisionId>, AuditError> {
-    if run.dry_run {
+    if run.dry_run || run.opts.work.given().is_some() {
         return Ok(HashSet::new());
     }
     let skips: Vec<(DecisionId, &CasePlan, &plan::Decision)> = plan::decisions(plans)
@@ -191,18 +191,21 @@ async fn repeated_skips(
                     && r.old == d.old
                     && r.reason
                         .rsplit_once("[skipped: ")
-                        .map(|(_, w)| skip_kind(w))
-                        == d.skipped.as_deref().map(skip_kind)
+                        .map(|(_, w)| same_skip(w.strip_suffix(']').unwrap_or(w)))
+                        == d.skipped.as_deref().map(same_skip)
             })
         })
         .map(|(id, _, _)| id)
         .collect())
 }
 
-/// What kind of skip a note is: its words before the details (`overridden by a person`,
-/// `blast-radius guard`, `conflict with RULE`), which stay the same from pass to pass.
-fn skip_kind(why: &str) -> &str {
-    why.split(':').next().unwrap_or(why).trim_end_matches(']')
+/// What of a skip note stays the same while the skip does: all of it, but for the guard's,
+/// whose counts move from pass to pass (`blast-radius guard[ for customer X]`).
+fn same_skip(why: &str) -> &str {
+    match why.starts_with(plan::HALTED) {
+        true => why.split(':').next().unwrap_or(why),
+        false => why,
+    }
 }
 
 /// One note per rule the guard halted this pass (and per customer it was halted for), with
@@ -362,8 +365,21 @@ pub(super) async fn customers(run: &Run<'_>, plans: &[CasePlan]) {
     if named.iter().all(|t| known.contains_key(*t)) {
         return;
     }
-    if let Err(e) = read_customers(run).await {
-        tracing::warn!(error = %e, "cannot list the server's customers: reports show their ids only");
+    match read_customers(run).await {
+        // An id the server does not name is remembered as such: not asked for every pass.
+        Ok(listed) => {
+            let unnamed: Vec<(String, String)> = named
+                .iter()
+                .filter(|t| !listed.iter().any(|(id, _)| id == *t))
+                .map(|t| (t.to_string(), String::new()))
+                .collect();
+            if let Err(e) = audit.remember_customers(&run.ctx.instance, &unnamed).await {
+                tracing::warn!(error = %e, "cannot remember the customers' names");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the server's customers: reports show their ids only");
+        }
     }
 }
 

@@ -19,6 +19,6 @@ pub use case::{
 pub use field::{DecisionId, Field, describe_change, describe_value, memory_key};
 pub use memory::{Clash, ClashOutcome, Memory, current, remember, sets_back};
 pub use pass::{
-    Budgets, CaseClash, CaseFacts, DEFERRED, PassPlan, PassPlanner, RuleSettings, TenantLimits,
-    guard_trips,
+    Budgets, CaseClash, CaseFacts, DEFERRED, HALTED, PassPlan, PassPlanner, RuleSettings,
+    TenantLimits, guard_trips,
 };

@@ -421,7 +421,7 @@ pub const DEFERRED: &str = "deferred to the next pass";
 
 /// How the skip note of a change the blast-radius guard held back begins (for the whole
 /// pass, or for one customer); a reviewed plan tells such changes by it.
-pub(super) const HALTED: &str = "blast-radius guard";
+pub const HALTED: &str = "blast-radius guard";
 
 /// The blast-radius guard: does a rule that wants to change `changed` of the `seen` cases
 /// it looked at exceed the allowed fraction? Below `min_cases` seen, never.

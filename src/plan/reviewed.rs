@@ -164,6 +164,7 @@ impl PlanFile {
                         .tenant
                         .as_ref()
                         .and_then(|t| names.customers.get(t))
+                        .filter(|n| !n.is_empty())
                         .cloned(),
                     tenant: p.tenant.clone(),
                     changes,

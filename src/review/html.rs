@@ -406,9 +406,7 @@ fn failures(h: &mut String, r: &Review) {
     h.push_str("</table></section>");
 }
 
-/// Changes per server or per customer; shown only from `least` groups on (one server is
-/// the whole report already).
-/// The columns every group's row shows, so each adds up to the totals.
+/// The columns of every group's row: the same as the totals', so each adds up to them.
 const GROUP_COLUMNS: &str = "<th class=\"n\">applied</th><th class=\"n\">failed</th><th class=\"n\">unknown</th><th class=\"n\">skipped</th><th class=\"n\">planned, dry run</th><th class=\"n\">cases</th>";
 
 fn group_cells(g: &GroupCount) -> String {

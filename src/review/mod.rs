@@ -175,6 +175,9 @@ pub struct Review {
     /// The newest passes (at most 2,000) and how many there were in all.
     pub passes: Vec<PassReview>,
     pub passes_total: usize,
+    /// The rows of the period's passes not listed (beyond the newest 2,000, or started
+    /// before the period): with `passes` they add up to the totals.
+    pub passes_not_listed: GroupCount,
     pub failures: Vec<FailureGroup>,
     /// Changes per customer (`name` the `cust_id`, empty for cases naming none).
     pub tenants: Vec<GroupCount>,
@@ -209,12 +212,12 @@ impl Review {
         let (mut rules, totals) = rule_reviews(store, period).await?;
         add_idle_rules(&mut rules, &source.rules, period);
         let passes_total = store.pass_count(period).await? as usize;
-        let passes = pass_reviews(store, period).await?;
+        let (passes, passes_not_listed) = pass_reviews(store, period).await?;
         let failures = store.failure_groups(period, FAILURES).await?;
         let mut tenants = store.tenant_counts(period).await?;
         let names = store.customer_names().await?;
         for t in &mut tenants {
-            t.cust_name = names.get(&t.name).cloned();
+            t.cust_name = names.get(&t.name).filter(|n| !n.is_empty()).cloned();
         }
         let instances = store.instance_counts(period).await?;
         let servers = server_reviews(store, period, &source.servers, &instances).await?;
@@ -232,6 +235,7 @@ impl Review {
             rules,
             passes,
             passes_total,
+            passes_not_listed,
             failures,
             tenants,
             instances,
@@ -242,43 +246,78 @@ impl Review {
     }
 }
 
-/// The newest passes of the period, each with its rows' counts.
-async fn pass_reviews(store: &AuditStore, period: &Period) -> Result<Vec<PassReview>, AuditError> {
-    let counts: BTreeMap<String, GroupCount> = store
+/// A group of no rows.
+fn no_rows(name: &str) -> GroupCount {
+    GroupCount {
+        name: name.to_string(),
+        cust_name: None,
+        applied: 0,
+        failed: 0,
+        unknown: 0,
+        skipped: 0,
+        dry_run_planned: 0,
+        cases: 0,
+    }
+}
+
+/// The newest passes of the period, each with its rows' counts, and the counts of the rows
+/// of passes not listed.
+async fn pass_reviews(
+    store: &AuditStore,
+    period: &Period,
+) -> Result<(Vec<PassReview>, GroupCount), AuditError> {
+    let mut counts: BTreeMap<String, GroupCount> = store
         .pass_counts(period)
         .await?
         .into_iter()
         .map(|c| (c.name.clone(), c))
         .collect();
-    Ok(store
-        .passes_in(period, MAX_PASSES)
-        .await?
-        .into_iter()
-        .map(|p| {
-            let c = counts.get(&p.id);
-            let n = |f: fn(&GroupCount) -> i64| c.map_or(0, f);
-            PassReview {
-                seconds: p
-                    .finished_at
-                    .as_deref()
-                    .and_then(|f| seconds_between(&p.started_at, f)),
-                applied: n(|c| c.applied),
-                failed: n(|c| c.failed),
-                unknown: n(|c| c.unknown),
-                skipped: n(|c| c.skipped),
-                dry_run_planned: n(|c| c.dry_run_planned),
-                instance: p.instance.unwrap_or_else(|| DEFAULT_INSTANCE.to_string()),
-                id: p.id,
-                started_at: p.started_at,
-                finished_at: p.finished_at,
-                status: p.totals.status,
-                trigger: p.trigger_kind,
-                dry_run: p.dry_run,
-                cases_seen: p.totals.cases_seen,
-                error: p.totals.error,
-            }
-        })
-        .collect())
+    let listed: Vec<PassRow> = store.passes_in(period, MAX_PASSES).await?;
+    let reviews = listed
+        .iter()
+        .map(|p| review_of(p, counts.get(&p.id)))
+        .collect();
+    for p in &listed {
+        counts.remove(&p.id);
+    }
+    let mut rest = no_rows("(not listed)");
+    for c in counts.values() {
+        rest.applied += c.applied;
+        rest.failed += c.failed;
+        rest.unknown += c.unknown;
+        rest.skipped += c.skipped;
+        rest.dry_run_planned += c.dry_run_planned;
+        rest.cases += c.cases;
+    }
+    Ok((reviews, rest))
+}
+
+/// A pass as the review lists it, with its rows' counts.
+fn review_of(p: &PassRow, c: Option<&GroupCount>) -> PassReview {
+    let n = |f: fn(&GroupCount) -> i64| c.map_or(0, f);
+    PassReview {
+        seconds: p
+            .finished_at
+            .as_deref()
+            .and_then(|f| seconds_between(&p.started_at, f)),
+        applied: n(|c| c.applied),
+        failed: n(|c| c.failed),
+        unknown: n(|c| c.unknown),
+        skipped: n(|c| c.skipped),
+        dry_run_planned: n(|c| c.dry_run_planned),
+        instance: p
+            .instance
+            .clone()
+            .unwrap_or_else(|| DEFAULT_INSTANCE.to_string()),
+        id: p.id.clone(),
+        started_at: p.started_at.clone(),
+        finished_at: p.finished_at.clone(),
+        status: p.totals.status.clone(),
+        trigger: p.trigger_kind.clone(),
+        dry_run: p.dry_run,
+        cases_seen: p.totals.cases_seen,
+        error: p.totals.error.clone(),
+    }
 }
 
 /// Every configured server, then any other the period's rows or passes name.
@@ -313,16 +352,7 @@ async fn server_reviews(
                     .iter()
                     .find(|c| c.name == name)
                     .cloned()
-                    .unwrap_or(GroupCount {
-                        name: name.clone(),
-                        cust_name: None,
-                        applied: 0,
-                        failed: 0,
-                        unknown: 0,
-                        skipped: 0,
-                        dry_run_planned: 0,
-                        cases: 0,
-                    }),
+                    .unwrap_or_else(|| no_rows(&name)),
                 passes: passes
                     .iter()
                     .find(|p| p.name == name)
@@ -454,7 +484,7 @@ pub async fn rule_reviews(
                 c.applied += d.rows;
                 day.applied += d.rows;
             }
-            ("change", "failed", _) => {
+            ("change", "failed", false) => {
                 c.failed += d.rows;
                 day.failed += d.rows;
             }
@@ -462,7 +492,7 @@ pub async fn rule_reviews(
                 c.skipped += d.rows;
                 day.skipped += d.rows;
             }
-            ("change", "unknown", _) => c.unknown += d.rows,
+            ("change", "unknown", false) => c.unknown += d.rows,
             _ => {}
         }
     }
