@@ -474,13 +474,14 @@ async fn a_person_reverting_a_change_wins() {
         assert_eq!(out.status.code(), Some(0));
     }
     assert_eq!(sim.state().case("esc").unwrap()["priority"], "Medium");
-    let skipped = ws
-        .audit(Filter {
+    let skips = || {
+        ws.audit(Filter {
             case_id: Some("esc".into()),
             outcome: Some(casewarden::audit::Outcome::Skipped),
             ..Filter::default()
         })
-        .await;
+    };
+    let skipped = skips().await;
     assert_eq!(skipped.len(), 1);
     // A steady pass records itself and nothing per case.
     let all = ws.audit(Filter::default()).await;
@@ -498,13 +499,7 @@ async fn a_person_reverting_a_change_wins() {
     for _ in 0..2 {
         assert_exit(&ws.run(&["once"]).await, 0);
     }
-    let skipped = ws
-        .audit(Filter {
-            case_id: Some("esc".into()),
-            outcome: Some(casewarden::audit::Outcome::Skipped),
-            ..Filter::default()
-        })
-        .await;
+    let skipped = skips().await;
     assert_eq!(skipped.len(), 2, "{skipped:?}");
     assert!(
         skipped[1].reason.contains("the case now holds \"Low\""),
