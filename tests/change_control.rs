@@ -416,15 +416,13 @@ async fn halted_changes_are_applied_only_when_included() {
     let held = ws
         .run(&["apply", plan.to_str().unwrap(), "--dry-run"])
         .await;
-    assert_exit(&held, 0);
-    assert!(
-        stderr(&held).contains("40 change(s) the blast-radius guard halted when planned are left")
-            && stderr(&held).contains("--include-halted` applies them"),
-        "{}",
-        stderr(&held)
+    // Nothing is left without the reviewer's --include-halted: said, nothing sent or decided.
+    assert_fails_with(&held, 2, "40 halted: --include-halted");
+    assert_fails_with(
+        &ws.run(&["apply", plan.to_str().unwrap()]).await,
+        2,
+        "nothing sent",
     );
-    // Left for later, not decided: the same plan applies them with --include-halted.
-    assert_exit(&ws.run(&["apply", plan.to_str().unwrap()]).await, 0);
     assert_eq!(tagged(), 0);
     let out = ws
         .run(&["apply", plan.to_str().unwrap(), "--include-halted"])
@@ -450,7 +448,7 @@ async fn reviewed() -> Reviewed {
     let mut opts = sim_options(40);
     opts.flavor = casewarden::stellar::ApiFlavor::V5;
     let sim = start(opts).await;
-    let tag = "const RULE = #{ name: \"tag-new\", query: #{ status: \"New\" } };\nfn evaluate(c) { add_tag(\"triaged\", \"new case\"); }\n";
+    let tag = "const RULE = #{ name: \"tag-new\", query: #{ status: \"New\" } };\nfn evaluate(c) { add_tag(\"triaged\", \"new case\"); comment(\"triaged\"); }\n";
     let assign = "const RULE = #{ name: \"to-tier2\", query: #{ status: \"New\" } };\nfn evaluate(c) { assign(\"soc-tier2@example.com\", \"queue\"); }\n";
     let ws = Workspace::new(
         &sim.url,
@@ -517,7 +515,7 @@ async fn a_plan_holds_every_pending_change_named_for_its_reader() {
     let changes = plan_changes(&r.written);
     let to_tier2: Vec<&Value> = changes.iter().filter(|c| c["rule"] == "to-tier2").collect();
     assert_eq!(to_tier2.len(), r.new.len());
-    assert_eq!(changes.len(), 2 * r.new.len(), "not the budget's 6");
+    assert_eq!(changes.len(), 3 * r.new.len(), "not the budget's 6");
     assert!(
         to_tier2
             .iter()
@@ -541,10 +539,9 @@ async fn apply_takes_a_plan_in_approved_parts_within_the_budget() {
         .await;
     assert_exit(&first, 0);
     let err = stderr(&first);
-    assert!(
-        err.contains(&format!("{n} change(s) not approved")),
-        "{err}"
-    );
+    // The tags and their comments wait.
+    let waiting = format!("{} change(s) not approved", 2 * n);
+    assert!(err.contains(&waiting), "{err}");
     let left = format!("{} change(s) remain beyond this run's budget of 6", n - 6);
     assert!(err.contains(&left), "{err}");
     assert_eq!(r.assigned(), 6);
@@ -565,6 +562,8 @@ async fn apply_takes_a_plan_in_approved_parts_within_the_budget() {
     while r.assigned() < n {
         assert_exit(&r.apply(&["--rule", "to-tier2"]).await, 0);
     }
+    let done = r.apply(&["--rule", "to-tier2"]).await;
+    assert_fails_with(&done, 2, "nothing of plan");
     let tagged = |id: &String| {
         let state = r.sim.state();
         let tags = state.case(id).unwrap()["tags"].clone();
@@ -575,7 +574,15 @@ async fn apply_takes_a_plan_in_approved_parts_within_the_budget() {
     }
     assert_fails_with(&r.apply(&[]).await, 2, "was already applied by pass");
     let applied = r.rows(casewarden::audit::Outcome::Applied).await;
-    assert_eq!(applied.len(), 2 * n, "each change applied once");
+    assert_eq!(applied.len(), 3 * n, "each change applied once");
+    let mut per_run: std::collections::HashMap<&str, usize> = Default::default();
+    for row in &applied {
+        *per_run.entry(&row.run_id).or_default() += 1;
+    }
+    assert!(
+        per_run.values().all(|&k| k <= 6),
+        "comments count in the budget: {per_run:?}"
+    );
     let bad = r.apply(&["--rule", "nope"]).await;
     assert_fails_with(&bad, 2, "the plan has no changes of a rule \"nope\"");
 }
@@ -607,4 +614,34 @@ fn plan_changes(written: &Value) -> Vec<Value> {
         .iter()
         .flat_map(|c| c["changes"].as_array().unwrap().clone())
         .collect()
+}
+
+/// `once --dry-run --out` writes the plan before its summary: a reader that stops early
+/// (`| head`) cannot leave an empty plan behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plan_is_written_even_when_the_summarys_reader_stops_early() {
+    let sim = start(sim_options(1500)).await;
+    let rule = "const RULE = #{ name: \"tag-all\", max_change_fraction: 1.0 };\nfn evaluate(c) { add_tag(\"seen\", \"looked at\"); }\n";
+    let ws = Workspace::new(&sim.url, "legacy", "", Some(&[("tag.rhai", rule)]));
+    let plan = ws.dir.path().join("plan.json");
+    // Far more summary than a pipe holds, so the writer meets a closed pipe.
+    let line = format!(
+        "{} --config {} once --dry-run --out {} | head -1",
+        env!("CARGO_BIN_EXE_casewarden"),
+        ws.config().display(),
+        plan.display()
+    );
+    let out = tokio::process::Command::new("sh")
+        .args(["-c", &line])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let written: Value = serde_json::from_str(&std::fs::read_to_string(&plan).unwrap()).unwrap();
+    assert_eq!(plan_changes(&written).len(), 1500);
+    assert_exit(
+        &ws.run(&["apply", plan.to_str().unwrap(), "--dry-run"])
+            .await,
+        0,
+    );
 }

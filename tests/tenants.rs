@@ -586,6 +586,15 @@ async fn check_and_status_leave_no_server_out() {
             ("spare", &spare.url, &[]),
         ],
     );
+    // Before any pass there is no log yet: every server never passed.
+    let before = ws.run(&["status"]).await;
+    assert_exit(&before, 0);
+    assert_eq!(
+        stdout(&before).matches("never passed").count(),
+        3,
+        "{}",
+        stdout(&before)
+    );
     let out = ws.run(&["check"]).await;
     let text = stdout(&out);
     assert_exit(&out, 3);

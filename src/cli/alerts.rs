@@ -43,10 +43,14 @@ impl Alerts {
         let server = events::Server {
             instance: &ctx.instance,
             host: ctx.client.host(),
+            pass: &report.run_id,
         };
         let notices = events::after_pass(report, &server);
         let evaluated = events::evaluated(report, &server, listed);
-        self.notifier.settle(&ctx.audit, notices, &evaluated).await;
+        let about = Some(&server);
+        self.notifier
+            .settle(&ctx.audit, notices, &evaluated, about)
+            .await;
     }
 
     /// Waits for what is pending and says what became of it; an alert that did not reach

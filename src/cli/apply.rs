@@ -79,18 +79,21 @@ async fn take(
     let done: HashSet<ChangeKey> = ctx.audit.made_by(trigger).await?.into_iter().collect();
     let mut now = plan.clone();
     let taken = now.take(approval, &done);
-    if now.cases.is_empty()
-        && taken.done > 0
-        && taken.not_approved + taken.halted == 0
-        && let Some(last) = ctx.audit.live_pass_by(trigger).await?
-    {
-        return Err(Exit::config(format!(
+    if !now.cases.is_empty() {
+        return Ok((now, taken));
+    }
+    let last = ctx.audit.live_pass_by(trigger).await?;
+    Err(Exit::config(match last {
+        Some(last) if taken.not_approved + taken.halted == 0 => format!(
             "{file}: plan {} was already applied by pass {} at {} (the last apply of it): refused (its comments would be posted twice); make a new plan",
             plan.plan_id, last.id, last.started_at
-        ))
-        .into());
-    }
-    Ok((now, taken))
+        ),
+        _ => format!(
+            "{file}: nothing of plan {} is left for this approval ({} change(s) made by earlier applies, {} not approved by --rule/--case/--exclude-rule, {} halted: --include-halted): nothing sent",
+            plan.plan_id, taken.done, taken.not_approved, taken.halted
+        ),
+    })
+    .into())
 }
 
 /// What this apply left of the plan, for the person who runs it.

@@ -43,7 +43,9 @@ fn page(
     path: &str,
     out: &mut dyn std::io::Write,
 ) -> std::io::Result<()> {
-    let man = clap_mangen::Man::new(cmd.clone()).title(title);
+    let man = clap_mangen::Man::new(cmd.clone())
+        .title(title)
+        .source(format!("casewarden {}", env!("CARGO_PKG_VERSION")));
     man.render_title(out)?;
     man.render_name_section(out)?;
     man.render_synopsis_section(out)?;

@@ -254,11 +254,12 @@ async fn one_server(
     if report.dry_run {
         report.people = crate::report::people_of(&ctx.client, &report.plans).await;
     }
-    print_report(&mut std::io::stdout().lock(), &report)?;
-    saved.finish()?;
+    // The plan first: a reader of the summary that stops early (`| head`) cannot lose it.
     if let Some(path) = &args.out {
         write_plan(ctx, set, &report, path, valid_for).await?;
     }
+    print_report(&mut std::io::stdout().lock(), &report)?;
+    saved.finish()?;
     alerts.after(ctx, &report, true).await;
     alerts.finish(&ctx.audit).await;
     ctx.audit.close().await;

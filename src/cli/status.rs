@@ -112,9 +112,38 @@ struct LeaseStatus {
     live: bool,
 }
 
+/// Before the first pass the log's file does not exist yet: every server never passed.
+fn before_any_pass(config: &Settings) -> Status {
+    Status {
+        audit_log: config.audit.location(),
+        backend: "sqlite",
+        lease: None,
+        servers: servers(Some(config), &[], &[]),
+        last_passes: Vec::new(),
+        erroring_rules: Vec::new(),
+        automation_clashes: Vec::new(),
+    }
+}
+
+fn print(status: &Status, format: StatusFormat) -> anyhow::Result<()> {
+    match format {
+        StatusFormat::Json => println!("{}", serde_json::to_string_pretty(status)?),
+        StatusFormat::Text => print!("{}", text(status)),
+    }
+    Ok(())
+}
+
 pub(super) async fn run(cli: &Cli, args: &StatusArgs) -> anyhow::Result<u8> {
-    let store = super::audit::open_audit(cli, &args.db).await?;
     let config = super::load_config(cli).ok();
+    if let Some(c) = &config
+        && args.db.is_none()
+        && c.audit.url.is_none()
+        && !c.audit.path.exists()
+    {
+        print(&before_any_pass(c), args.format)?;
+        return Ok(0);
+    }
+    let store = super::audit::open_audit(cli, &args.db).await?;
     let now = crate::time::timestamp(chrono::Utc::now());
     let last_passes = store.last_passes().await?;
     let errors = store.last_errors().await?;
@@ -135,10 +164,7 @@ pub(super) async fn run(cli: &Cli, args: &StatusArgs) -> anyhow::Result<u8> {
         servers: servers(config.as_ref(), &last_passes, &errors),
         last_passes,
     };
-    match args.format {
-        StatusFormat::Json => println!("{}", serde_json::to_string_pretty(&status)?),
-        StatusFormat::Text => print!("{}", text(&status)),
-    }
+    print(&status, args.format)?;
     // For monitoring: replicas with nobody leading. (On one host the claim is held only
     // while a pass runs.)
     let leaderless = status.backend == "postgres" && !status.lease.is_some_and(|l| l.live);

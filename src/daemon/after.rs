@@ -43,12 +43,13 @@ pub(super) async fn pass(
     let server = events::Server {
         instance: &ctx.instance,
         host: ctx.client.host(),
+        pass: &report.run_id,
     };
     let notices = events::after_pass(report, &server);
     let evaluated = events::evaluated(report, &server, true);
     shared
         .notifier
-        .settle(&ctx.audit, notices, &evaluated)
+        .settle(&ctx.audit, notices, &evaluated, Some(&server))
         .await;
     for name in newly_disabled {
         disable(shared, ctx, set, report, &name).await;

@@ -188,7 +188,7 @@ async fn announce(shared: &Shared) {
     let reload = [crate::notify::events::reload_key()];
     shared
         .notifier
-        .settle(&shared.ctx.audit, Vec::new(), &reload)
+        .settle(&shared.ctx.audit, Vec::new(), &reload, None)
         .await;
 }
 

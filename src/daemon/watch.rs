@@ -97,7 +97,7 @@ pub async fn reload(shared: &Shared, schedule: &mut Schedule) {
             let key = [events::reload_key()];
             shared
                 .notifier
-                .settle(&shared.ctx.audit, vec![notice], &key)
+                .settle(&shared.ctx.audit, vec![notice], &key, None)
                 .await;
         }
         Ok(set) => {
@@ -116,7 +116,7 @@ pub async fn reload(shared: &Shared, schedule: &mut Schedule) {
             let key = [events::reload_key()];
             shared
                 .notifier
-                .settle(&shared.ctx.audit, Vec::new(), &key)
+                .settle(&shared.ctx.audit, Vec::new(), &key, None)
                 .await;
         }
     }

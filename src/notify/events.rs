@@ -11,10 +11,11 @@ use super::{EventKind, Notice};
 use crate::audit::AlertKey;
 use crate::pass::{PassReport, PassStatus};
 
-/// Which server a pass ran on: its instance name and host.
+/// Which server a pass ran on (its instance name and host), and the pass.
 pub struct Server<'a> {
     pub instance: &'a str,
     pub host: &'a str,
+    pub pass: &'a str,
 }
 
 impl Server<'_> {
@@ -26,11 +27,18 @@ impl Server<'_> {
         })
     }
 
+    /// Where a notice happened: the text's prefix, and the details that carry it.
+    pub fn mark(&self, text: &str, details: &mut Value) -> String {
+        details["instance"] = json!(self.instance);
+        details["server"] = json!(self.host);
+        details["pass"] = json!(self.pass);
+        format!("[{} {}] {text}", self.instance, self.host)
+    }
+
     /// A notice about a pass on this server: the text begins with where it happened and
     /// the details carry it.
     fn notice(&self, event: EventKind, rule: &str, text: String, mut details: Value) -> Notice {
-        details["instance"] = json!(self.instance);
-        details["server"] = json!(self.host);
+        let text = self.mark(&text, &mut details);
         if !rule.is_empty() {
             details["rule"] = json!(rule);
         }
@@ -40,7 +48,7 @@ impl Server<'_> {
         };
         Notice {
             event,
-            text: format!("[{} {}] {text}", self.instance, self.host),
+            text,
             details,
             only: None,
             key,
@@ -210,6 +218,7 @@ mod tests {
         let server = Server {
             instance: "eu",
             host: "eu.example.com:443",
+            pass: "p1",
         };
         let all = events(evaluated(&report(None), &server, true));
         assert_eq!(

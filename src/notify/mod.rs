@@ -276,7 +276,13 @@ impl Notifier {
     /// `store` remembers; and a `resolved` to each target for each key of `evaluated`
     /// that was firing for it and is not among `notices`. A store that cannot be read
     /// sends rather than stays silent.
-    pub async fn settle(&self, store: &AuditStore, notices: Vec<Notice>, evaluated: &[AlertKey]) {
+    pub async fn settle(
+        &self,
+        store: &AuditStore,
+        notices: Vec<Notice>,
+        evaluated: &[AlertKey],
+        about: Option<&events::Server<'_>>,
+    ) {
         if !self.is_on() {
             return;
         }
@@ -310,7 +316,7 @@ impl Notifier {
             }
         }
         for (i, key) in cleared {
-            self.send(resolved(i, key));
+            self.send(resolved(i, key, about));
         }
     }
 
@@ -352,8 +358,8 @@ impl Notifier {
     }
 }
 
-/// The notice that an alert's condition cleared.
-fn resolved(target: usize, key: AlertKey) -> Notice {
+/// The notice that an alert's condition cleared (found by the pass `about`, when one did).
+fn resolved(target: usize, key: AlertKey, about: Option<&events::Server<'_>>) -> Notice {
     let what = match key.rule.as_str() {
         "" => key.event.clone(),
         rule => format!("{} of rule {rule}", key.event),
@@ -362,10 +368,16 @@ fn resolved(target: usize, key: AlertKey) -> Notice {
         "" => String::new(),
         i => format!(" on server {i}"),
     };
+    let mut details =
+        serde_json::json!({"resolved": key.event, "rule": key.rule, "instance": key.instance});
+    let mut text = format!("resolved: {what}{place} no longer holds");
+    if let Some(server) = about {
+        text = server.mark(&text, &mut details);
+    }
     Notice {
         event: EventKind::Resolved,
-        text: format!("resolved: {what}{place} no longer holds"),
-        details: serde_json::json!({"resolved": key.event, "rule": key.rule, "instance": key.instance}),
+        text,
+        details,
         only: Some(target),
         key: None,
     }

@@ -70,7 +70,7 @@ pub struct Approval {
     pub cases: Vec<String>,
     pub exclude_rules: Vec<String>,
     pub include_halted: bool,
-    /// At most this many field changes (a case's changes go together).
+    /// At most this many changes, comments included (a case's changes go together).
     pub budget: usize,
 }
 
@@ -201,7 +201,8 @@ impl PlanFile {
             case.changes
                 .retain(|c| approval.include_halted || !c.halted);
             taken.halted += before - case.changes.len();
-            let cost = case.changes.iter().filter(|c| c.field != "comment").count();
+            // Counted as a pass counts them: comments too.
+            let cost = case.changes.len();
             if used > 0 && used + cost > approval.budget {
                 taken.over_budget += cost;
                 case.changes.clear();
