@@ -274,7 +274,7 @@ async fn a_server_that_goes_away_mid_pass_and_comes_back() {
     let ws = workspace(&sim, "");
     set_stellar(
         &ws,
-        "timeout_secs = 2\nmax_in_flight = 2\nmax_attempts = 2\nretry_base_ms = 10",
+        "timeout_secs = 2\nmax_in_flight = 2\nmax_attempts = 2\nretry_base_ms = 10\nsettle_after_secs = 4",
     );
     let child = tokio::spawn({
         let config = ws.config();
@@ -295,6 +295,9 @@ async fn a_server_that_goes_away_mid_pass_and_comes_back() {
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     assert_agreement(&sim, &ws.audit(Filter::default()).await);
     sim.state().faults.down = false;
+    // An update whose answer was lost as the server went (a slow machine's late answer is
+    // one) stays in doubt, never re-sent, until settle_after_secs have passed.
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
     let out = ws.run(&["once"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     assert_eq!(tagged_by_api(&sim).len(), 200);
