@@ -3,7 +3,9 @@
 //! an exhausted budget, an audit log that cannot be written, the daemon starting and
 //! stopping, and a daily digest. Sent off the pass path: a pass hands a notice to a
 //! bounded queue and goes on; a task delivers it, retrying with backoff, each attempt
-//! counted in `/metrics` and logged (by host: a webhook URL is itself a secret).
+//! counted in `/metrics` and logged (by host: a webhook URL is itself a secret). A lasting
+//! condition goes to a target once per its `realert` window, whichever process finds it
+//! (the audit store remembers), and a `resolved` follows when a pass finds it cleared.
 
 pub mod events;
 
