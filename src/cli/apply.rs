@@ -357,12 +357,13 @@ pub(super) async fn run_given(
     })
     .await;
     let mut report = claimed.map_err(unclaimed)??;
+    alerts.after(ctx, &report, false).await;
     if report.dry_run {
         report.people = crate::report::people_of(&ctx.client, &report.plans).await;
     }
-    print_report(&mut std::io::stdout().lock(), &report)?;
-    alerts.after(ctx, &report, false).await;
+    let printed = print_report(&mut std::io::stdout().lock(), &report);
     alerts.finish(&ctx.audit).await;
     ctx.audit.close().await;
+    printed?;
     Ok(if report.has_failures() { 1 } else { 0 })
 }

@@ -254,15 +254,21 @@ async fn one_server(
     if report.dry_run {
         report.people = crate::report::people_of(&ctx.client, &report.plans).await;
     }
-    // The plan first: a reader of the summary that stops early (`| head`) cannot lose it.
-    if let Some(path) = &args.out {
-        write_plan(ctx, set, &report, path, valid_for).await?;
-    }
-    print_report(&mut std::io::stdout().lock(), &report)?;
-    saved.finish()?;
+    // What the pass found goes out whatever happens to its summary and files below.
     alerts.after(ctx, &report, true).await;
+    let written = async {
+        // The plan first: a reader of the summary that stops early (`| head`) cannot lose it.
+        if let Some(path) = &args.out {
+            write_plan(ctx, set, &report, path, valid_for).await?;
+        }
+        print_report(&mut std::io::stdout().lock(), &report)?;
+        saved.finish()?;
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
     alerts.finish(&ctx.audit).await;
     ctx.audit.close().await;
+    written?;
     if args.detailed_exitcode {
         return Ok(detailed_code(&report));
     }
