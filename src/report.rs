@@ -7,10 +7,17 @@ use crate::pass::PassReport;
 use crate::plan::{CasePlan, Field};
 use crate::stellar::Client;
 
+/// A dry run's report gets the people its plans name, by email, for printing.
+pub async fn name_people(client: &Client, report: &mut PassReport) {
+    if report.dry_run {
+        report.people = people_of(client, &report.plans).await;
+    }
+}
+
 /// The people the plans' assignee changes name, by user id, with their emails: the server's
 /// users are read once, and only when a plan names someone. Empty when they cannot be read
 /// (the ids are shown then).
-pub async fn people_of(client: &Client, plans: &[CasePlan]) -> BTreeMap<String, String> {
+async fn people_of(client: &Client, plans: &[CasePlan]) -> BTreeMap<String, String> {
     let ids: Vec<&str> = plans
         .iter()
         .flat_map(|p| &p.decisions)

@@ -43,3 +43,13 @@ pub fn parse_duration(text: &str) -> Result<chrono::Duration, DurationError> {
         .ok_or_else(|| DurationError::TooLong(text.into()))?;
     Ok(chrono::Duration::seconds(secs))
 }
+
+/// This machine's name, as leases and notifications name it.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
+}

@@ -236,7 +236,7 @@ impl AuditStore {
         holder: &str,
         os_locked: bool,
     ) -> Result<(Option<Lease>, i64), ClaimError> {
-        let host = hostname();
+        let host = crate::time::hostname();
         let now = chrono::Utc::now();
         Ok(on_pool!(&self.pool, |pool| {
             let mut tx = pool.begin_write().await.map_err(AuditError::from)?;
@@ -428,13 +428,4 @@ async fn heartbeat(store: AuditStore, fence: Fence) {
             Err(e) => tracing::warn!(error = %e, "cannot renew the audit store's claim"),
         }
     }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".into())
 }

@@ -76,7 +76,7 @@ pub struct FailureGroup {
 
 /// Changes to one customer's (or one server's, or one pass's) cases by outcome, counted
 /// as a rule's are, so groups add up to the totals.
-#[derive(Debug, Clone, FromRow, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, FromRow, Serialize, PartialEq)]
 pub struct GroupCount {
     /// The customer's `cust_id` (empty: cases that name none), the server's instance name,
     /// or the pass's id.
@@ -90,6 +90,26 @@ pub struct GroupCount {
     pub skipped: i64,
     pub dry_run_planned: i64,
     pub cases: i64,
+}
+
+impl GroupCount {
+    /// A group of no rows.
+    pub fn named(name: &str) -> GroupCount {
+        GroupCount {
+            name: name.to_string(),
+            ..GroupCount::default()
+        }
+    }
+
+    /// Adds another group's counts (its cases too, counted apart: a case in both counts twice).
+    pub fn add(&mut self, o: &GroupCount) {
+        self.applied += o.applied;
+        self.failed += o.failed;
+        self.unknown += o.unknown;
+        self.skipped += o.skipped;
+        self.dry_run_planned += o.dry_run_planned;
+        self.cases += o.cases;
+    }
 }
 
 /// How many passes one server ran in a period.

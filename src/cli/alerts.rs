@@ -8,7 +8,7 @@ use super::Exit;
 use crate::audit::AuditStore;
 use crate::config::Settings;
 use crate::metrics::Metrics;
-use crate::notify::{Delivery, Notifier, events};
+use crate::notify::{Delivery, Notifier};
 use crate::pass::{PassContext, PassReport};
 
 /// Delivery is retried with backoff; a receiver still failing after this is reported.
@@ -40,17 +40,7 @@ impl Alerts {
         if !self.notifier.is_on() || (report.dry_run && !self.config_dry_run) {
             return;
         }
-        let server = events::Server {
-            instance: &ctx.instance,
-            host: ctx.client.host(),
-            pass: &report.run_id,
-        };
-        let notices = events::after_pass(report, &server);
-        let evaluated = events::evaluated(report, &server, listed);
-        let about = Some(&server);
-        self.notifier
-            .settle(&ctx.audit, notices, &evaluated, about)
-            .await;
+        self.notifier.tell_pass(ctx, report, listed).await;
     }
 
     /// Waits for what is pending and says what became of it; an alert that did not reach

@@ -98,29 +98,33 @@ async fn take(
 
 /// What this apply left of the plan, for the person who runs it.
 fn say_left(taken: &Taken, approval: &Approval, file: &str) {
-    if taken.done > 0 {
-        eprintln!(
-            "{} change(s) of the plan were made by an earlier apply: left out",
-            taken.done
-        );
-    }
-    if taken.not_approved > 0 {
-        eprintln!(
-            "{} change(s) not approved by --rule/--case/--exclude-rule: `casewarden apply {file}` takes them later",
-            taken.not_approved
-        );
-    }
-    if taken.halted > 0 {
-        eprintln!(
-            "{} change(s) the blast-radius guard halted when planned are left: `casewarden apply {file} --include-halted` applies them",
-            taken.halted
-        );
-    }
-    if taken.over_budget > 0 {
-        eprintln!(
-            "{} change(s) remain beyond this run's budget of {} (daemon.max_changes_per_run): run `casewarden apply {file}` again",
-            taken.over_budget, approval.budget
-        );
+    let budget = approval.budget;
+    let lines = [
+        (
+            taken.done,
+            "of the plan were made by an earlier apply: left out".to_string(),
+        ),
+        (
+            taken.not_approved,
+            format!(
+                "not approved by --rule/--case/--exclude-rule: `casewarden apply {file}` takes them later"
+            ),
+        ),
+        (
+            taken.halted,
+            format!(
+                "the blast-radius guard halted when planned are left: `casewarden apply {file} --include-halted` applies them"
+            ),
+        ),
+        (
+            taken.over_budget,
+            format!(
+                "remain beyond this run's budget of {budget} (daemon.max_changes_per_run): run `casewarden apply {file}` again"
+            ),
+        ),
+    ];
+    for (n, what) in lines.iter().filter(|(n, _)| *n > 0) {
+        eprintln!("{n} change(s) {what}");
     }
 }
 
@@ -202,18 +206,14 @@ pub(super) async fn run(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<u8> {
         wait: Duration::from_secs(args.wait),
         operator: operator(args.operator.as_deref()),
     };
-    let taken = std::sync::Mutex::new(Taken::default());
+    let mut taken = Taken::default();
     let code = run_given(&config, &ctx, &set, &given, None, async || {
         let (now, t) = take(&ctx, &plan, &approval, &given.trigger, &file.to_string()).await?;
-        *taken.lock().expect("one apply") = t;
+        taken = t;
         check_cases(&ctx, &now, args.include_halted).await
     })
     .await?;
-    say_left(
-        &taken.into_inner().unwrap_or_default(),
-        &approval,
-        &file.to_string(),
-    );
+    say_left(&taken, &approval, &file.to_string());
     Ok(code)
 }
 
@@ -358,9 +358,7 @@ pub(super) async fn run_given(
     .await;
     let mut report = claimed.map_err(unclaimed)??;
     alerts.after(ctx, &report, false).await;
-    if report.dry_run {
-        report.people = crate::report::people_of(&ctx.client, &report.plans).await;
-    }
+    crate::report::name_people(&ctx.client, &mut report).await;
     let printed = print_report(&mut std::io::stdout().lock(), &report);
     alerts.finish(&ctx.audit).await;
     ctx.audit.close().await;

@@ -251,9 +251,7 @@ async fn one_server(
     // The page hook holds the case file until the options go.
     drop(opts);
     let mut report = claimed.map_err(unclaimed)?;
-    if report.dry_run {
-        report.people = crate::report::people_of(&ctx.client, &report.plans).await;
-    }
+    crate::report::name_people(&ctx.client, &mut report).await;
     // What the pass found goes out whatever happens to its summary and files below.
     alerts.after(ctx, &report, true).await;
     let written = async {
@@ -381,9 +379,7 @@ async fn every_server(
         let claimed =
             crate::pass::run_claimed(ctx, set, &opts, Duration::from_secs(args.wait)).await;
         let mut report = claimed.map_err(unclaimed)?;
-        if report.dry_run {
-            report.people = crate::report::people_of(&ctx.client, &report.plans).await;
-        }
+        crate::report::name_people(&ctx.client, &mut report).await;
         let mut out = std::io::stdout().lock();
         print_report(&mut out, &report)?;
         writeln!(out)?;

@@ -40,17 +40,7 @@ pub(super) async fn pass(
             .find(|r| r.name == name)
             .map(|r| r.source_hash.clone())
     });
-    let server = events::Server {
-        instance: &ctx.instance,
-        host: ctx.client.host(),
-        pass: &report.run_id,
-    };
-    let notices = events::after_pass(report, &server);
-    let evaluated = events::evaluated(report, &server, true);
-    shared
-        .notifier
-        .settle(&ctx.audit, notices, &evaluated, Some(&server))
-        .await;
+    shared.notifier.tell_pass(ctx, report, true).await;
     for name in newly_disabled {
         disable(shared, ctx, set, report, &name).await;
     }

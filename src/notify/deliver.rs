@@ -127,7 +127,7 @@ pub(super) async fn deliver_all(
         .timeout(ATTEMPT_TIMEOUT)
         .build()
         .unwrap_or_default();
-    let host = hostname();
+    let host = crate::time::hostname();
     let mut sending = JoinSet::new();
     while let Some(notice) = rx.recv().await {
         let at = crate::time::timestamp(chrono::Utc::now());
@@ -264,12 +264,6 @@ fn body(kind: Kind, n: &Notice, at: &str, host: &str) -> Vec<u8> {
         }),
     };
     value.to_string().into_bytes()
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "unknown-host".into())
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::{EventKind, Notice};
 use crate::audit::AlertKey;
-use crate::pass::{PassReport, PassStatus};
+use crate::pass::{PassContext, PassReport, PassStatus};
 
 /// Which server a pass ran on (its instance name and host), and the pass.
 pub struct Server<'a> {
@@ -155,6 +155,22 @@ pub fn evaluated(r: &PassReport, server: &Server<'_>, listed: bool) -> Vec<Alert
         .into_iter()
         .chain(others.filter_map(|(e, rule)| server.key(e, rule)))
         .collect()
+}
+
+impl super::Notifier {
+    /// What a pass on `ctx` has to tell, and the alerts it found cleared (`listed`: a pass
+    /// over the server's listing, not one of given plans).
+    pub async fn tell_pass(&self, ctx: &PassContext, report: &PassReport, listed: bool) {
+        let server = Server {
+            instance: &ctx.instance,
+            host: ctx.client.host(),
+            pass: &report.run_id,
+        };
+        let notices = after_pass(report, &server);
+        let evaluated = evaluated(report, &server, listed);
+        self.settle(&ctx.audit, notices, &evaluated, Some(&server))
+            .await;
+    }
 }
 
 pub fn breaker_trip(rule: &str, file: &Path, passes: u32) -> Notice {

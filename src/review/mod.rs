@@ -246,20 +246,6 @@ impl Review {
     }
 }
 
-/// A group of no rows.
-fn no_rows(name: &str) -> GroupCount {
-    GroupCount {
-        name: name.to_string(),
-        cust_name: None,
-        applied: 0,
-        failed: 0,
-        unknown: 0,
-        skipped: 0,
-        dry_run_planned: 0,
-        cases: 0,
-    }
-}
-
 /// The newest passes of the period, each with its rows' counts, and the counts of the rows
 /// of passes not listed.
 async fn pass_reviews(
@@ -280,14 +266,9 @@ async fn pass_reviews(
     for p in &listed {
         counts.remove(&p.id);
     }
-    let mut rest = no_rows("(not listed)");
+    let mut rest = GroupCount::named("(not listed)");
     for c in counts.values() {
-        rest.applied += c.applied;
-        rest.failed += c.failed;
-        rest.unknown += c.unknown;
-        rest.skipped += c.skipped;
-        rest.dry_run_planned += c.dry_run_planned;
-        rest.cases += c.cases;
+        rest.add(c);
     }
     Ok((reviews, rest))
 }
@@ -352,7 +333,7 @@ async fn server_reviews(
                     .iter()
                     .find(|c| c.name == name)
                     .cloned()
-                    .unwrap_or_else(|| no_rows(&name)),
+                    .unwrap_or_else(|| GroupCount::named(&name)),
                 passes: passes
                     .iter()
                     .find(|p| p.name == name)
