@@ -114,7 +114,7 @@ async fn passes_run_on_schedule_and_the_endpoints_answer() {
     );
     // ... from memory: the mirror file beside the log is for `once`.
     let db = ws.mirror_db().await;
-    let (rows,): (i64,) = sqlx::query_as("SELECT count(*) FROM mirror_cases")
+    let (rows,): (i64,) = sqlx::query_as("SELECT count(*) FROM mirror_segments")
         .fetch_one(&db)
         .await
         .unwrap();

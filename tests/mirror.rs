@@ -4,6 +4,7 @@
 //! filter), through the binary against the simulator.
 
 use casewarden::audit::{EventRow, Filter, Outcome};
+use casewarden::mirror::{Mirror, MirrorFile};
 use serde_json::json;
 
 use crate::common::*;
@@ -113,16 +114,20 @@ async fn a_second_pass_lists_only_what_changed_and_rules_still_see_every_case() 
     assert_eq!(sim.state().write_requests(), tagged_first + 1 + critical);
 }
 
-/// Whether the mirror file holds the case `id`.
+/// Whether the mirror file holds the case `id`, as the next `once` loads it.
 async fn mirrored(ws: &Workspace, id: &str) -> bool {
     let db = ws.mirror_db().await;
-    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM mirror_cases WHERE id = ?")
-        .bind(id)
+    let (instance,): (String,) = sqlx::query_as("SELECT instance FROM mirror_sync")
         .fetch_one(&db)
         .await
         .unwrap();
     db.close().await;
-    n == 1
+    let file = MirrorFile::open(&ws.dir.path().join("state/audit.mirror.db"))
+        .await
+        .unwrap();
+    let held = Mirror::new(Some(file), &instance).lock().await;
+    let found = (held.cases.after(None, usize::MAX).iter()).any(|((_, i), _)| &**i == id);
+    found
 }
 
 #[tokio::test(flavor = "multi_thread")]

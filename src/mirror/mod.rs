@@ -10,6 +10,8 @@
 //! pass left it. The daemon, which lists every case at its start, keeps it in memory only.
 
 mod store;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
@@ -19,7 +21,7 @@ use std::time::Duration;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::stellar::{Case, CaseParseError, HistoryEntry, filter};
-use store::PageWrite;
+use store::{CASES_PER_SEGMENT, Segment, Write};
 pub use store::{MirrorFile, path_beside};
 
 /// One server's mirror; clones share it.
@@ -41,6 +43,10 @@ pub struct Held {
     loaded: bool,
     /// The next sync lists every case whatever the checkpoint says.
     resync: bool,
+    /// A full listing is under way.
+    filling: bool,
+    /// Case versions the file's segments hold, live or not.
+    records: usize,
     pub sync: Sync,
     pub cases: Cases,
     /// The filters and left-out fields of this process's last sync, for what a pass learns
@@ -104,6 +110,18 @@ impl Cases {
             .insert((modified_at, id), Stored { generation, text });
     }
 
+    /// A version read back from the file: a newer one held stays, seen as late as either.
+    fn replay(&mut self, id: &str, modified_at: i64, generation: i64, text: &str) {
+        match self.at.get_key_value(id).map(|(id, &m)| (m, id.clone())) {
+            Some((m, id)) if m > modified_at => {
+                if let Some(s) = self.by_time.get_mut(&(m, id)) {
+                    s.generation = s.generation.max(generation);
+                }
+            }
+            _ => self.put(Arc::from(id), modified_at, generation, text.into()),
+        }
+    }
+
     fn remove(&mut self, id: &str) -> bool {
         match self.at.remove_entry(id) {
             Some((id, m)) => self.by_time.remove(&(m, id)).is_some(),
@@ -118,6 +136,13 @@ impl Cases {
         {
             s.generation = generation;
         }
+    }
+
+    /// A case's `modified_at` and text.
+    fn get(&self, id: &str) -> Option<(i64, &str)> {
+        let (id, &m) = self.at.get_key_value(id)?;
+        let s = self.by_time.get(&(m, id.clone()))?;
+        Some((m, &s.text))
     }
 
     /// Drops the cases no listing of `generation` or later saw; how many.
@@ -140,6 +165,19 @@ impl Cases {
 
     pub fn is_empty(&self) -> bool {
         self.at.is_empty()
+    }
+
+    /// Every case, for a segment each `CASES_PER_SEGMENT` of them.
+    fn segments(&self) -> Vec<Segment> {
+        let mut out: Vec<Segment> = Vec::new();
+        for (i, ((m, id), s)) in self.by_time.iter().enumerate() {
+            if i % CASES_PER_SEGMENT == 0 {
+                out.push(Segment::default());
+            }
+            let segment = out.last_mut().expect("pushed above");
+            segment.put(id, *m, s.generation, &s.text);
+        }
+        out
     }
 
     /// Up to `n` cases after `after`, oldest `modified_at` first, as their JSON text.
@@ -165,6 +203,8 @@ impl Mirror {
                 instance: instance.to_string(),
                 loaded: false,
                 resync: false,
+                filling: false,
+                records: 0,
                 sync: Sync::default(),
                 cases: Cases::default(),
                 kept: None,
@@ -193,7 +233,9 @@ impl Mirror {
             held.loaded = true;
             if let Some(file) = &held.file {
                 match file.load(&held.instance).await {
-                    Ok((sync, cases)) => (held.sync, held.cases) = (sync, cases),
+                    Ok((sync, cases, records)) => {
+                        (held.sync, held.cases, held.records) = (sync, cases, records)
+                    }
                     Err(e) => {
                         tracing::warn!(file = %file.path.display(), error = %e, "cannot read the mirror of the server's cases; listing every case");
                     }
@@ -201,6 +243,14 @@ impl Mirror {
             }
         }
         held
+    }
+
+    /// Waits until the file holds what this process merged so far.
+    pub async fn flush(&self) {
+        let file = self.inner.lock().await.file.clone();
+        if let Some(file) = file {
+            file.flush().await;
+        }
     }
 
     /// The next pass lists every case (a daemon's start, a replica taking the lead).
@@ -281,6 +331,7 @@ impl Held {
     /// Starts a full listing with `scope`'s filters.
     pub fn begin_full(&mut self, scope: &str) {
         self.sync.generation += 1;
+        self.filling = true;
         self.sync.scope = scope.to_string();
     }
 
@@ -298,7 +349,8 @@ impl Held {
     ) {
         let generation = self.sync.generation;
         let mut stored: Vec<(Arc<str>, i64, Box<str>)> = Vec::with_capacity(cases.len());
-        let mut write = PageWrite::default();
+        let mut segment = Segment::default();
+        let mut removes: Vec<&str> = Vec::new();
         for case in cases {
             let m = modified_at(case);
             if self
@@ -308,25 +360,30 @@ impl Held {
                 .is_some_and(|&held| held > m)
             {
                 self.cases.seen(&case.id, generation);
-                write.seen.push(&case.id);
+                // The listing's segments must hold every case it saw: the file keeps no
+                // segment before it.
+                if self.filling
+                    && let Some((held, text)) = self.cases.get(&case.id)
+                {
+                    segment.put(&case.id, held, generation, text);
+                }
             } else if filter::recheck(case.raw(), scope) {
                 let text = case.raw().project(|k| !unread.contains(&k));
+                segment.put(&case.id, m, generation, &text);
                 stored.push((Arc::from(case.id.as_str()), m, text.into()));
             } else {
-                write.removes.push(&case.id);
+                removes.push(&case.id);
             }
         }
-        write
-            .removes
-            .extend(refused.iter().filter_map(|e| e.id.as_deref()));
-        for id in &write.removes {
+        removes.extend(refused.iter().filter_map(|e| e.id.as_deref()));
+        for id in removes {
             self.cases.remove(id);
+            segment.remove(id);
         }
         if let Some(c) = checkpoint {
             self.sync.checkpoint = Some(self.sync.checkpoint.map_or(c, |old| old.max(c)));
         }
-        write.upserts = stored.iter().map(|(id, m, t)| (&**id, *m, &**t)).collect();
-        self.write(write, false).await;
+        self.write(Write::Append(segment)).await;
         for (id, m, text) in stored {
             self.cases.put(id, m, generation, text);
         }
@@ -338,23 +395,34 @@ impl Held {
         self.sync.checkpoint = Some(checkpoint);
         self.sync.last_full_ms = Some(crate::now_ms());
         self.resync = false;
+        self.filling = false;
         let gone = match sweep {
             true => self.cases.sweep(self.sync.generation),
             false => 0,
         };
-        self.write(PageWrite::default(), sweep).await;
+        if sweep {
+            self.records = self.cases.len();
+            self.write(Write::Sweep).await;
+        } else {
+            self.write(Write::Append(Segment::default())).await;
+        }
         gone
     }
 
-    /// Writes to the file; a file that cannot be written is left for the rest of the
-    /// process (the mirror stays in memory, and the file's checkpoint where it was).
-    async fn write(&mut self, page: PageWrite<'_>, sweep: bool) {
+    /// Queues a write to the file, rewriting it whole when most of what it holds is stale.
+    async fn write(&mut self, what: Write) {
         let Some(file) = &self.file else {
             return;
         };
-        if let Err(e) = file.write(&self.instance, page, &self.sync, sweep).await {
-            tracing::warn!(file = %file.path.display(), error = %e, "cannot write the mirror of the server's cases; it is kept in memory only until casewarden restarts");
-            self.file = None;
+        if let Write::Append(segment) = &what {
+            self.records += segment.puts;
+        }
+        file.write(&self.instance, what, &self.sync).await;
+        if self.records > 2 * self.cases.len() + CASES_PER_SEGMENT && !self.filling {
+            let segments = self.cases.segments();
+            file.write(&self.instance, Write::Rewrite(segments), &self.sync)
+                .await;
+            self.records = self.cases.len();
         }
     }
 }

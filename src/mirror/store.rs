@@ -1,14 +1,18 @@
-//! The mirror's file: a SQLite database beside the audit log, one transaction per merged
-//! page (its rows and the checkpoint together), so a crash leaves rows and checkpoint in
-//! step.
+//! The mirror's file: a SQLite database beside the audit log. Each merged page is one
+//! segment (its cases as records, compressed as one LZ4 block) written with the sync row
+//! in one transaction, so a crash leaves cases and checkpoint in step; a row per case cost
+//! more than the rest of a first pass's listing. One task compresses and writes them, in
+//! order, while the pass goes on; a pass waits for it only at its end. Loading replays the
+//! segments in order. A full listing that ends deletes the segments before it; a mirror
+//! whose segments hold more than twice its cases is rewritten whole.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
 
 use futures::TryStreamExt;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{QueryBuilder, Sqlite, SqlitePool};
+use sqlx::{Sqlite, SqlitePool, Transaction};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{Cases, Sync};
 
@@ -17,16 +21,20 @@ use super::{Cases, Sync};
 pub struct MirrorFile {
     pool: SqlitePool,
     pub path: PathBuf,
+    jobs: mpsc::Sender<Job>,
 }
 
-/// What one merged page changes in the file.
-#[derive(Default)]
-pub(super) struct PageWrite<'a> {
-    pub upserts: Vec<(&'a str, i64, &'a str)>,
-    pub removes: Vec<&'a str>,
-    /// Cases listed in an older version than the one held: only marked as seen.
-    pub seen: Vec<&'a str>,
+enum Job {
+    Write {
+        instance: String,
+        what: Write,
+        sync: Sync,
+    },
+    Flush(oneshot::Sender<()>),
 }
+
+/// Segments a pass may run ahead of the writer by (~0.5 MB each before compression).
+const QUEUED: usize = 8;
 
 #[derive(sqlx::FromRow)]
 struct SyncRow {
@@ -36,16 +44,107 @@ struct SyncRow {
     last_full_ms: Option<i64>,
 }
 
-#[derive(sqlx::FromRow)]
-struct CaseRow {
-    id: String,
-    modified_at: i64,
-    generation: i64,
-    body: String,
+/// Cases per segment when the mirror is rewritten whole (a listed page's size).
+pub(super) const CASES_PER_SEGMENT: usize = 500;
+
+/// The records of one segment, encoded as they are added.
+#[derive(Default)]
+pub(super) struct Segment {
+    bytes: Vec<u8>,
+    /// Cases stored (removals not counted).
+    pub puts: usize,
 }
 
-/// Rows per INSERT (5 values each, well under SQLite's limit of bound values).
-const ROWS_PER_INSERT: usize = 500;
+const PUT: u8 = b'P';
+const REMOVE: u8 = b'R';
+
+impl Segment {
+    /// A case's version: `id`, `modified_at`, the full listing that last saw it, its text.
+    pub fn put(&mut self, id: &str, modified_at: i64, generation: i64, text: &str) {
+        self.bytes.push(PUT);
+        self.bytes.extend_from_slice(&generation.to_le_bytes());
+        self.bytes.extend_from_slice(&modified_at.to_le_bytes());
+        self.push_text(id);
+        self.push_text(text);
+        self.puts += 1;
+    }
+
+    /// The case left the mirror.
+    pub fn remove(&mut self, id: &str) {
+        self.bytes.push(REMOVE);
+        self.push_text(id);
+    }
+
+    fn push_text(&mut self, text: &str) {
+        let len = u32::try_from(text.len()).expect("a case's text is under 4 GiB");
+        self.bytes.extend_from_slice(&len.to_le_bytes());
+        self.bytes.extend_from_slice(text.as_bytes());
+    }
+
+    fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Replays a stored segment's records onto `cases`; how many it stored. Err: why the
+    /// segment cannot be read.
+    fn replay(stored: &[u8], cases: &mut Cases) -> Result<usize, String> {
+        let bytes = lz4_flex::decompress_size_prepended(stored)
+            .map_err(|e| format!("a segment does not decompress ({e})"))?;
+        let mut read = Reader { bytes: &bytes };
+        let mut puts = 0;
+        while let Some(kind) = read.take(1) {
+            match kind[0] {
+                PUT => {
+                    let generation = read.number()?;
+                    let modified_at = read.number()?;
+                    let (id, text) = (read.text()?, read.text()?);
+                    cases.replay(id, modified_at, generation, text);
+                    puts += 1;
+                }
+                REMOVE => {
+                    cases.remove(read.text()?);
+                }
+                other => return Err(format!("a record of unknown kind {other}")),
+            }
+        }
+        Ok(puts)
+    }
+}
+
+/// Reads a decompressed segment's fields in order.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = self.bytes.split_at_checked(n)?;
+        self.bytes = rest;
+        Some(head)
+    }
+
+    fn number(&mut self) -> Result<i64, String> {
+        let b = self.take(8).ok_or("a record is cut short")?;
+        Ok(i64::from_le_bytes(b.try_into().expect("8 bytes")))
+    }
+
+    fn text(&mut self) -> Result<&'a str, String> {
+        let len = self.take(4).ok_or("a record is cut short")?;
+        let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+        let text = self.take(len).ok_or("a record is cut short")?;
+        std::str::from_utf8(text).map_err(|_| "a record is not UTF-8".to_string())
+    }
+}
+
+/// What a transaction does besides recording the sync.
+pub(super) enum Write {
+    /// Appends a segment (when it holds any record).
+    Append(Segment),
+    /// A full listing ended: the segments before its generation are deleted.
+    Sweep,
+    /// The mirror rewritten whole: these segments replace all the server's others.
+    Rewrite(Vec<Segment>),
+}
 
 impl MirrorFile {
     /// Opens (creating) the file; Err: why, for a warning (the mirror then lives in memory).
@@ -58,12 +157,7 @@ impl MirrorFile {
             // A cache: a power loss may lose the last pages, never split a page from its
             // checkpoint.
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(std::time::Duration::from_secs(10))
-            // Cases are ~1 KB rows: larger pages, fewer of them written per listing, and
-            // the WAL folded back into the file less often.
-            .page_size(16_384)
-            .pragma("cache_size", "-16384")
-            .pragma("wal_autocheckpoint", "4000");
+            .busy_timeout(std::time::Duration::from_secs(10));
         // One writer at a time holds the mirror anyway.
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
@@ -74,31 +168,56 @@ impl MirrorFile {
             .run(&pool)
             .await
             .map_err(|e| e.to_string())?;
+        let (jobs, queue) = mpsc::channel(QUEUED);
+        tokio::spawn(writer(pool.clone(), path.to_path_buf(), queue));
         Ok(MirrorFile {
             pool,
             path: path.to_path_buf(),
+            jobs,
         })
     }
 
-    /// A server's mirror as the file holds it (empty when it holds none).
-    pub(super) async fn load(&self, instance: &str) -> Result<(Sync, Cases), sqlx::Error> {
+    /// Queues a write: `what`, and `sync` in the same transaction.
+    pub(super) async fn write(&self, instance: &str, what: Write, sync: &Sync) {
+        let job = Job::Write {
+            instance: instance.to_string(),
+            what,
+            sync: sync.clone(),
+        };
+        // The writer only stops when every handle on the file is dropped.
+        let _ = self.jobs.send(job).await;
+    }
+
+    /// Waits until every write queued so far is done (or given up).
+    pub async fn flush(&self) {
+        let (done, written) = oneshot::channel();
+        if self.jobs.send(Job::Flush(done)).await.is_ok() {
+            let _ = written.await;
+        }
+    }
+
+    /// A server's mirror as the file holds it (empty when it holds none), and how many case
+    /// versions its segments hold. Err: why it cannot be read.
+    pub(super) async fn load(&self, instance: &str) -> Result<(Sync, Cases, usize), String> {
+        let db = |e: sqlx::Error| crate::audit::db_message(&e);
         let sync: Option<SyncRow> = sqlx::query_as(
             "SELECT scope, generation, checkpoint_ms, last_full_ms FROM mirror_sync WHERE instance = ?",
         )
         .bind(instance)
         .fetch_optional(&self.pool)
-        .await?;
+        .await
+        .map_err(db)?;
         let Some(sync) = sync else {
-            return Ok((Sync::default(), Cases::default()));
+            return Ok((Sync::default(), Cases::default(), 0));
         };
-        let mut rows = sqlx::query_as::<_, CaseRow>(
-            "SELECT id, modified_at, generation, body FROM mirror_cases WHERE instance = ?",
+        let mut rows = sqlx::query_scalar::<_, Vec<u8>>(
+            "SELECT cases FROM mirror_segments WHERE instance = ? ORDER BY seq",
         )
         .bind(instance)
         .fetch(&self.pool);
-        let mut cases = Cases::default();
-        while let Some(r) = rows.try_next().await? {
-            cases.put(Arc::from(r.id), r.modified_at, r.generation, r.body.into());
+        let (mut cases, mut records) = (Cases::default(), 0);
+        while let Some(stored) = rows.try_next().await.map_err(db)? {
+            records += Segment::replay(&stored, &mut cases)?;
         }
         drop(rows);
         let sync = Sync {
@@ -107,76 +226,93 @@ impl MirrorFile {
             checkpoint: sync.checkpoint_ms,
             last_full_ms: sync.last_full_ms,
         };
-        Ok((sync, cases))
+        Ok((sync, cases, records))
     }
+}
 
-    /// Merges one page and records `sync` in the same transaction.
-    pub(super) async fn write(
-        &self,
-        instance: &str,
-        page: PageWrite<'_>,
-        sync: &Sync,
-        sweep: bool,
-    ) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        for chunk in page.upserts.chunks(ROWS_PER_INSERT) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO mirror_cases (instance, id, modified_at, generation, body) ",
-            );
-            q.push_values(chunk, |mut b, (id, modified_at, body)| {
-                b.push_bind(instance)
-                    .push_bind(*id)
-                    .push_bind(*modified_at)
-                    .push_bind(sync.generation)
-                    .push_bind(*body);
-            });
-            // Another process may have written a newer version meanwhile: it stays.
-            q.push(
-                " ON CONFLICT (instance, id) DO UPDATE SET generation = excluded.generation, \
-                 modified_at = CASE WHEN excluded.modified_at >= modified_at \
-                 THEN excluded.modified_at ELSE modified_at END, \
-                 body = CASE WHEN excluded.modified_at >= modified_at \
-                 THEN excluded.body ELSE body END",
-            );
-            q.build().execute(&mut *tx).await?;
+/// Writes the queued jobs in order; a file that cannot be written is left for the rest of
+/// the process (the mirror stays in memory, and the file's checkpoint where it was).
+async fn writer(pool: SqlitePool, path: PathBuf, mut jobs: mpsc::Receiver<Job>) {
+    let mut failed = false;
+    while let Some(job) = jobs.recv().await {
+        match job {
+            Job::Flush(done) => {
+                let _ = done.send(());
+            }
+            Job::Write { .. } if failed => {}
+            Job::Write {
+                instance,
+                what,
+                sync,
+            } => {
+                if let Err(e) = write(&pool, &instance, what, &sync).await {
+                    tracing::warn!(file = %path.display(), error = %crate::audit::db_message(&e), "cannot write the mirror of the server's cases; it is kept in memory only until casewarden restarts");
+                    failed = true;
+                }
+            }
         }
-        for id in page.seen {
-            sqlx::query("UPDATE mirror_cases SET generation = ? WHERE instance = ? AND id = ?")
-                .bind(sync.generation)
-                .bind(instance)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        for id in page.removes {
-            sqlx::query("DELETE FROM mirror_cases WHERE instance = ? AND id = ?")
-                .bind(instance)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        if sweep {
-            sqlx::query("DELETE FROM mirror_cases WHERE instance = ? AND generation < ?")
+    }
+}
+
+/// Does `what` and records `sync` in one transaction.
+async fn write(
+    pool: &SqlitePool,
+    instance: &str,
+    what: Write,
+    sync: &Sync,
+) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    match what {
+        Write::Append(segment) => append(&mut tx, instance, sync.generation, &segment).await?,
+        Write::Sweep => {
+            sqlx::query("DELETE FROM mirror_segments WHERE instance = ? AND generation < ?")
                 .bind(instance)
                 .bind(sync.generation)
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query(
-            "INSERT INTO mirror_sync (instance, scope, generation, checkpoint_ms, last_full_ms) \
+        Write::Rewrite(segments) => {
+            sqlx::query("DELETE FROM mirror_segments WHERE instance = ?")
+                .bind(instance)
+                .execute(&mut *tx)
+                .await?;
+            for segment in &segments {
+                append(&mut tx, instance, sync.generation, segment).await?;
+            }
+        }
+    }
+    sqlx::query(
+        "INSERT INTO mirror_sync (instance, scope, generation, checkpoint_ms, last_full_ms) \
              VALUES (?, ?, ?, ?, ?) ON CONFLICT (instance) DO UPDATE SET scope = excluded.scope, \
              generation = excluded.generation, checkpoint_ms = excluded.checkpoint_ms, \
              last_full_ms = excluded.last_full_ms",
-        )
-        .bind(instance)
-        .bind(&sync.scope)
-        .bind(sync.generation)
-        .bind(sync.checkpoint)
-        .bind(sync.last_full_ms)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await
+    )
+    .bind(instance)
+    .bind(&sync.scope)
+    .bind(sync.generation)
+    .bind(sync.checkpoint)
+    .bind(sync.last_full_ms)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+async fn append(
+    tx: &mut Transaction<'_, Sqlite>,
+    instance: &str,
+    generation: i64,
+    segment: &Segment,
+) -> Result<(), sqlx::Error> {
+    if segment.is_empty() {
+        return Ok(());
     }
+    sqlx::query("INSERT INTO mirror_segments (instance, generation, cases) VALUES (?, ?, ?)")
+        .bind(instance)
+        .bind(generation)
+        .bind(lz4_flex::compress_prepend_size(&segment.bytes))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// Where the mirror of the audit log at `audit` is kept: `audit.db` -> `audit.mirror.db`.

@@ -250,6 +250,8 @@ async fn close(run: &Run<'_>, mut report: PassReport) -> PassReport {
         status: report.status.to_string(),
         error: report.error.clone(),
     };
+    // A `once` that ends next leaves the file holding what the pass merged.
+    run.ctx.mirror.flush().await;
     let audit = &run.ctx.audit;
     if let Err(e) = audit.finish_pass(&run.run_id, &totals).await {
         tracing::error!(error = %e, "cannot record the end of the pass");
