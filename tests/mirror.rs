@@ -126,8 +126,7 @@ async fn mirrored(ws: &Workspace, id: &str) -> bool {
         .await
         .unwrap();
     let held = Mirror::new(Some(file), &instance).lock().await;
-    let found = (held.cases.after(None, usize::MAX).iter()).any(|((_, i), _)| &**i == id);
-    found
+    (held.cases.after(None, usize::MAX).iter()).any(|((_, i), _)| &**i == id)
 }
 
 #[tokio::test(flavor = "multi_thread")]
