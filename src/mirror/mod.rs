@@ -95,14 +95,14 @@ pub struct Cases {
 struct Stored {
     generation: i64,
     /// The case as listed, without the fields no rule reads.
-    text: Box<str>,
+    text: Arc<str>,
 }
 
 /// Where an iteration over the cases has got to.
 pub type Cursor = (i64, Arc<str>);
 
 impl Cases {
-    fn put(&mut self, id: Arc<str>, modified_at: i64, generation: i64, text: Box<str>) {
+    fn put(&mut self, id: Arc<str>, modified_at: i64, generation: i64, text: Arc<str>) {
         if let Some(old) = self.at.insert(id.clone(), modified_at) {
             self.by_time.remove(&(old, id.clone()));
         }
@@ -181,7 +181,7 @@ impl Cases {
     }
 
     /// Up to `n` cases after `after`, oldest `modified_at` first, as their JSON text.
-    pub fn after(&self, after: Option<&Cursor>, n: usize) -> Vec<(&Cursor, &str)> {
+    pub fn after(&self, after: Option<&Cursor>, n: usize) -> Vec<(&Cursor, &Arc<str>)> {
         let from = match after {
             Some(c) => Bound::Excluded(c.clone()),
             None => Bound::Unbounded,
@@ -189,7 +189,7 @@ impl Cases {
         self.by_time
             .range((from, Bound::Unbounded))
             .take(n)
-            .map(|(k, s)| (k, &*s.text))
+            .map(|(k, s)| (k, &s.text))
             .collect()
     }
 }
@@ -348,7 +348,7 @@ impl Held {
         checkpoint: Option<i64>,
     ) {
         let generation = self.sync.generation;
-        let mut stored: Vec<(Arc<str>, i64, Box<str>)> = Vec::with_capacity(cases.len());
+        let mut stored: Vec<(Arc<str>, i64, Arc<str>)> = Vec::with_capacity(cases.len());
         let mut segment = Segment::default();
         let mut removes: Vec<&str> = Vec::new();
         for case in cases {

@@ -1,5 +1,5 @@
-//! Stage: evaluate every due rule on every case of a page, on all cores, and read the
-//! activities of the cases that need them.
+//! Stage: read a page's cases and evaluate every due rule on them, on all cores and beside
+//! the planning of the page before; then read the activities of the cases that need them.
 
 use std::sync::Arc;
 
@@ -10,7 +10,7 @@ use super::fetch::Fetched;
 use super::run::Run;
 use crate::plan::RuleChanges;
 use crate::rules::{EvalEnv, EvalError, Rule, RuleSet};
-use crate::stellar::Case;
+use crate::stellar::{Case, CaseParseError};
 
 /// One case after evaluation.
 pub(super) struct Evaluated {
@@ -68,15 +68,22 @@ fn evaluate_page(
         .collect()
 }
 
-/// Every due rule on every case of a listed page, then again with their activities on
-/// the cases a rule needs them for.
-pub(super) async fn page(
+/// A page's cases read and evaluated by every due rule: on a blocking thread, started now
+/// and awaited when the page is planned. Its cases that need their activities are
+/// evaluated again by [`with_activities`].
+pub(super) fn start(
     run: &Run<'_>,
     env: &EvalEnv,
     page: Fetched,
-) -> Result<Vec<Evaluated>, PassError> {
-    let evaluated = evaluate_cases(run.set, &run.rules, page.cases, env).await?;
-    with_activities(run, env, evaluated).await
+) -> tokio::task::JoinHandle<(Vec<Evaluated>, Vec<CaseParseError>)> {
+    let (set, rules, env) = (run.set.clone(), run.rules.clone(), env.clone());
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || {
+        span.in_scope(|| {
+            let (cases, unparsable) = page.read();
+            (evaluate_page(&set, &rules, cases, &env), unparsable)
+        })
+    })
 }
 
 /// `evaluate_page` on a blocking thread, in the current span.
@@ -99,7 +106,7 @@ async fn evaluate_cases(
 /// the mirror until the case changes) and evaluates the case again with them. A case whose
 /// activities cannot be read keeps its first evaluation, which took it as recently touched
 /// and new in its status.
-async fn with_activities(
+pub(super) async fn with_activities(
     run: &Run<'_>,
     env: &EvalEnv,
     mut evaluated: Vec<Evaluated>,

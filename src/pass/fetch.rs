@@ -1,6 +1,7 @@
 //! Stage: bring the server's mirror up to date (see [`super::sync`]), then hand the rules
 //! every case it holds, a page at a time, with only this server's customers and their
-//! names.
+//! names. A page leaves as text and is read on all cores by [`Fetched::read`], beside the
+//! planning of the page before it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,18 +9,28 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 use tokio::sync::OwnedMutexGuard;
 
-use super::options::Step;
+use super::options::{PageHook, Step};
 use super::run::Run;
 use super::sync::sync;
 use crate::mirror::{Cursor, Held};
 use crate::rules::Rule;
-use crate::stellar::{ApiError, Case, CaseParseError};
+use crate::stellar::{ApiError, ApiFlavor, Case, CaseParseError};
 
-/// One page of cases, as the rules will see them.
+/// One page of the mirror's cases, as their text.
 pub(super) struct Fetched {
-    pub cases: Vec<Case>,
+    texts: Vec<Arc<str>>,
+    flavor: Option<ApiFlavor>,
     /// Cases the listing skipped because they could not be read, and why.
     pub unparsable: Vec<CaseParseError>,
+    reading: Arc<Reading>,
+}
+
+/// What turns a page's text into the cases the rules see.
+struct Reading {
+    /// The customers this server is limited to (empty: all).
+    tenants: Vec<String>,
+    tenant_names: HashMap<String, String>,
+    on_page: Option<PageHook>,
 }
 
 /// The cases of one pass, from the mirror, held for the pass.
@@ -27,7 +38,7 @@ pub(super) struct Fetch {
     held: OwnedMutexGuard<Held>,
     cursor: Option<Cursor>,
     unparsable: Vec<CaseParseError>,
-    tenant_names: HashMap<String, String>,
+    reading: Arc<Reading>,
     /// Cases handed out so far, for the progress bar.
     listed: u64,
     /// Shutdown stopped the listing before its end.
@@ -54,69 +65,82 @@ impl Fetch {
             held,
             cursor: None,
             unparsable: synced.unparsable,
-            tenant_names,
+            reading: Arc::new(Reading {
+                tenants: ctx.tenants.to_vec(),
+                tenant_names,
+                on_page: run.opts.on_page.clone(),
+            }),
             listed: 0,
             cut_short: !synced.complete || run.opts.cancelled(),
         })
     }
 
-    /// The next page of the mirror's cases, shown to the hooks; None at the end or on
-    /// shutdown.
-    pub async fn next(&mut self, run: &Run<'_>) -> Result<Option<Fetched>, ApiError> {
+    /// The next page of the mirror's cases; None at the end or on shutdown.
+    pub fn next(&mut self, run: &Run<'_>) -> Option<Fetched> {
         if self.cut_short {
-            return Ok(None);
+            return None;
         }
         if run.opts.cancelled() {
             self.cut_short = true;
-            return Ok(None);
+            return None;
         }
         let limit = run.ctx.client.page_size() as usize;
-        let flavor = run.ctx.client.known_flavor();
         let chunk = self.held.cases.after(self.cursor.as_ref(), limit);
-        let Some((last, _)) = chunk.last() else {
-            let unparsable = std::mem::take(&mut self.unparsable);
-            return Ok((!unparsable.is_empty()).then_some(Fetched {
-                cases: Vec::new(),
-                unparsable,
-            }));
+        let texts: Vec<Arc<str>> = chunk.iter().map(|(_, text)| Arc::clone(text)).collect();
+        let cursor = chunk.last().map(|(last, _)| (*last).clone());
+        let unparsable = match cursor {
+            Some(_) => std::mem::take(&mut self.unparsable),
+            None if self.unparsable.is_empty() => return None,
+            None => std::mem::take(&mut self.unparsable),
         };
-        let cursor = (*last).clone();
-        let mut cases: Vec<Case> = chunk
-            .into_iter()
-            .filter_map(|(_, text)| {
+        self.cursor = cursor.or(self.cursor.take());
+        self.listed += texts.len() as u64;
+        run.opts.tell(Step::Listed {
+            cases: self.listed,
+            total: Some(self.held.cases.len() as u64),
+        });
+        Some(Fetched {
+            texts,
+            flavor: run.ctx.client.known_flavor(),
+            unparsable,
+            reading: self.reading.clone(),
+        })
+    }
+}
+
+impl Fetched {
+    /// The page's cases, parsed on all cores (call it off the async threads), with only
+    /// this server's customers and their names, shown to the page hook.
+    pub fn read(self) -> (Vec<Case>, Vec<CaseParseError>) {
+        use rayon::prelude::*;
+        let reading = &self.reading;
+        let tenants = &reading.tenants;
+        let cases: Vec<Case> = self
+            .texts
+            .par_iter()
+            .filter_map(|text| {
                 let read = serde_json::from_str::<&RawValue>(text)
                     .map_err(|e| CaseParseError {
                         id: None,
                         reason: e.to_string(),
                     })
                     .and_then(Case::index)
-                    .and_then(|o| Case::from_object(o, flavor));
-                read.inspect_err(|e| tracing::warn!(error = %e, "a case of the mirror cannot be read; it is listed again at the next full listing"))
-                    .ok()
+                    .and_then(|o| Case::from_object(o, self.flavor));
+                let mut case = read.inspect_err(|e| tracing::warn!(error = %e, "a case of the mirror cannot be read; it is listed again at the next full listing"))
+                    .ok()?;
+                if !tenants.is_empty() && !case.tenant().is_some_and(|t| tenants.iter().any(|x| x == t)) {
+                    return None;
+                }
+                if !reading.tenant_names.is_empty() {
+                    case.name_tenant(&reading.tenant_names);
+                }
+                Some(case)
             })
             .collect();
-        self.cursor = Some(cursor);
-        self.listed += cases.len() as u64;
-        let tenants = &run.ctx.tenants;
-        if !tenants.is_empty() {
-            cases.retain(|c| c.tenant().is_some_and(|t| tenants.iter().any(|x| x == t)));
-        }
-        if !self.tenant_names.is_empty() {
-            cases
-                .iter_mut()
-                .for_each(|c| c.name_tenant(&self.tenant_names));
-        }
-        if let Some(hook) = &run.opts.on_page {
+        if let Some(hook) = &reading.on_page {
             (hook.0)(&cases);
         }
-        run.opts.tell(Step::Listed {
-            cases: self.listed,
-            total: Some(self.held.cases.len() as u64),
-        });
-        Ok(Some(Fetched {
-            cases,
-            unparsable: std::mem::take(&mut self.unparsable),
-        }))
+        (cases, self.unparsable)
     }
 }
 

@@ -221,10 +221,18 @@ async fn plan_listing(run: &Run<'_>) -> Result<Planned, (Planned, Option<PassErr
         Err(e) => return Err((planning.abandon(), Some(e.into()))),
     };
     let listed = async {
-        while let Some(page) = fetch.next(run).await? {
-            planning.listed(&page);
-            record::unreadable(run, &page.unparsable).await?;
-            let evaluated = evaluate::page(run, planning.env(), page).await?;
+        let mut ahead = fetch
+            .next(run)
+            .map(|p| evaluate::start(run, planning.env(), p));
+        while let Some(job) = ahead.take() {
+            let (evaluated, unparsable) = job.await?;
+            // The next page is read and evaluated while this one is planned.
+            ahead = fetch
+                .next(run)
+                .map(|p| evaluate::start(run, planning.env(), p));
+            planning.listed(&evaluated, &unparsable);
+            record::unreadable(run, &unparsable).await?;
+            let evaluated = evaluate::with_activities(run, planning.env(), evaluated).await?;
             planning.add(run, evaluated).await?;
         }
         Ok::<_, PassError>(())

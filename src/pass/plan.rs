@@ -6,14 +6,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::evaluate::Evaluated;
-use super::fetch::Fetched;
 use super::reconcile;
 use super::run::Run;
 use super::stats::{self, RuleStats};
 use crate::audit::AuditError;
 use crate::plan::{self, CasePlan, ChangeKind, Field};
 use crate::rules::{EvalEnv, EvalError};
-use crate::stellar::{Case, Directory};
+use crate::stellar::{Case, CaseParseError, Directory};
 
 /// Errors logged in full per rule and pass; the rest are counted.
 pub(super) const LOGGED_ERRORS_PER_RULE: usize = 5;
@@ -114,10 +113,10 @@ impl Planning {
     }
 
     /// Counts a listed page.
-    pub fn listed(&mut self, page: &Fetched) {
-        self.tally.unparsable += page.unparsable.len();
-        self.tally.cases_seen += page.cases.len();
-        for t in page.cases.iter().filter_map(Case::tenant) {
+    pub fn listed(&mut self, cases: &[Evaluated], unparsable: &[CaseParseError]) {
+        self.tally.unparsable += unparsable.len();
+        self.tally.cases_seen += cases.len();
+        for t in cases.iter().filter_map(|ev| ev.case.tenant()) {
             *self.seen_by_tenant.entry(t.to_string()).or_default() += 1;
         }
     }
