@@ -222,3 +222,57 @@ async fn a_server_that_ignores_the_delta_filter_costs_a_full_listing_and_misses_
     assert_eq!(high.len(), tagged + 1);
     assert!(high.iter().any(|r| r.case_id == raised));
 }
+
+/// The simulator answers a delta listing from its index by `modified_at`: the same cases,
+/// in the same order (ties by position), as a scan of every case, after changes too.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_simulators_delta_listing_matches_a_scan_of_every_case() {
+    let sim = start(sim_options(600)).await;
+    let client = casewarden::stellar::Client::new(settings(&sim)).unwrap();
+    let delta = |from: i64| {
+        vec![
+            ("FROM~modified_at".to_string(), from.to_string()),
+            ("sort".into(), "modified_at".into()),
+            ("order".into(), "asc".into()),
+        ]
+    };
+    let scan = |from: i64| -> Vec<String> {
+        let s = sim.state();
+        let mut hits: Vec<(i64, usize, String)> = (s.cases.iter().enumerate())
+            .filter_map(|(i, c)| {
+                let m = c["modified_at"].as_i64().filter(|&m| m >= from)?;
+                Some((m, i, c["_id"].as_str()?.to_string()))
+            })
+            .collect();
+        hits.sort();
+        hits.into_iter().map(|h| h.2).collect()
+    };
+    let ids = |cases: Vec<casewarden::stellar::Case>| -> Vec<String> {
+        cases.into_iter().map(|c| c.id).collect()
+    };
+    let median = {
+        let mut s = sim.state();
+        let mut times: Vec<i64> = (s.cases.iter())
+            .filter_map(|c| c["modified_at"].as_i64())
+            .collect();
+        times.sort();
+        let median = times[times.len() / 2];
+        // Ties at the bound, and a case whose modified_at no range can match.
+        for (i, m) in [(3, json!(median)), (9, json!(median)), (12, json!("soon"))] {
+            let mut case = s.cases[i].clone();
+            case["modified_at"] = m;
+            s.put_case(case);
+        }
+        median
+    };
+    let first = ids(list_all(&client, delta(median)).await.unwrap());
+    assert!(first.len() > 250, "{}", first.len());
+    assert_eq!(first, scan(median));
+
+    // A person's change moves a case to the end of the next delta.
+    let moved = sim.state().cases[0]["_id"].as_str().unwrap().to_string();
+    (sim.state()).human_change(&moved, "alice@example.com", "status", json!("Resolved"));
+    let after = ids(list_all(&client, delta(median)).await.unwrap());
+    assert_eq!(after, scan(median));
+    assert_eq!(after.last(), Some(&moved));
+}

@@ -77,6 +77,9 @@ pub struct SimState {
     /// With a listing lag: each case's earlier versions, with when each was replaced.
     past: HashMap<String, Vec<(std::time::Instant, Value)>>,
     pub(super) list_cache: Option<(String, u64, Arc<Vec<usize>>)>,
+    /// The positions of the cases with a numeric `modified_at`, in its order (ties by
+    /// position), at a version: delta listings start at a binary search instead of a scan.
+    pub(super) by_modified: Option<(u64, Arc<Vec<usize>>)>,
     /// Each case's JSON as served, written once and kept until the case changes (a page
     /// or a read copies bytes instead of walking a `Value`).
     served: HashMap<usize, Arc<[u8]>>,
@@ -135,6 +138,7 @@ impl SimState {
             version: 0,
             past: HashMap::new(),
             list_cache: None,
+            by_modified: None,
             served: HashMap::new(),
         })
     }

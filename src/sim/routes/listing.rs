@@ -54,6 +54,16 @@ impl ListQuery {
         Ok(q)
     }
 
+    /// The lower bound of a delta listing: `FROM~modified_at`, sorted by `modified_at`
+    /// ascending.
+    fn modified_from(&self) -> Option<f64> {
+        if self.sort.as_deref() != Some("modified_at") || self.desc {
+            return None;
+        }
+        let (_, from) = self.filters.iter().find(|(k, _)| k == "FROM~modified_at")?;
+        Some(from.trim().parse::<f64>().unwrap_or(f64::MIN))
+    }
+
     /// The ticket numbers of a listing that asks for nothing else.
     fn tickets_only(&self) -> Option<Vec<i64>> {
         match self.filters.as_slice() {
@@ -147,12 +157,48 @@ fn matching(s: &mut SimState, q: &ListQuery) -> Arc<Vec<usize>> {
         None if let Some(tickets) = q.tickets_only() => Arc::new(s.by_tickets(&tickets)),
         // The whole population in its own order: nothing to compute or remember.
         None if q.filters.is_empty() && q.sort.is_none() => Arc::new((0..s.cases.len()).collect()),
+        None if let Some(from) = q.modified_from() => {
+            let hits = Arc::new(modified_from(s, q, from));
+            s.list_cache = Some((query_key, s.version, hits.clone()));
+            hits
+        }
         None => {
             let hits = Arc::new(select(&s.cases, q));
             s.list_cache = Some((query_key, s.version, hits.clone()));
             hits
         }
     }
+}
+
+/// A delta listing's cases (`FROM~modified_at`, sorted by it ascending), from the index by
+/// `modified_at`: in the order `select` gives, without walking the whole population.
+fn modified_from(s: &mut SimState, q: &ListQuery, from: f64) -> Vec<usize> {
+    let modified = |c: &Value| c.get("modified_at").and_then(Value::as_f64);
+    let order = match &s.by_modified {
+        Some((version, order)) if *version == s.version => order.clone(),
+        _ => {
+            let mut order: Vec<(f64, usize)> = (s.cases.iter().enumerate())
+                .filter_map(|(i, c)| Some((modified(c)?, i)))
+                .collect();
+            order.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            let order = Arc::new(order.into_iter().map(|(_, i)| i).collect::<Vec<_>>());
+            s.by_modified = Some((s.version, order.clone()));
+            order
+        }
+    };
+    let cases = &s.cases;
+    let start = order.partition_point(|&i| modified(&cases[i]).is_some_and(|m| m < from));
+    order[start..]
+        .iter()
+        .copied()
+        .filter(|&i| {
+            (q.filters.iter()).all(|(k, v)| {
+                cases[i]
+                    .as_object()
+                    .is_some_and(|o| filter::matches(o, k, v))
+            })
+        })
+        .collect()
 }
 
 /// The positions of the `cases` that `q`'s filters match, in its order.
