@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::stellar::{Case, CaseParseError, HistoryEntry, filter};
-use store::{CASES_PER_SEGMENT, Segment, Write};
+use store::{CASES_PER_SEGMENT, LoadError, Segment, Write};
 pub use store::{MirrorFile, path_beside};
 
 /// One server's mirror; clones share it.
@@ -138,7 +138,7 @@ impl Cases {
         }
     }
 
-    /// A case's `modified_at` and text.
+    /// A case's `modified_at` and text, to write it again.
     fn get(&self, id: &str) -> Option<(i64, &str)> {
         let (id, &m) = self.at.get_key_value(id)?;
         let s = self.by_time.get(&(m, id.clone()))?;
@@ -236,8 +236,16 @@ impl Mirror {
                     Ok((sync, cases, records)) => {
                         (held.sync, held.cases, held.records) = (sync, cases, records)
                     }
-                    Err(e) => {
-                        tracing::warn!(file = %file.path.display(), error = %e, "cannot read the mirror of the server's cases; listing every case");
+                    Err(LoadError::Damaged(e)) => {
+                        tracing::warn!(file = %file.path.display(), error = %e, "the mirror of the server's cases is damaged; listing every case");
+                        // What it held goes, or it would be replayed after the listing's
+                        // segments again.
+                        let empty = Write::Rewrite(Vec::new());
+                        file.write(&held.instance, empty, &Sync::default()).await;
+                    }
+                    Err(e @ LoadError::Database(_)) => {
+                        tracing::warn!(file = %file.path.display(), error = %e, "cannot read the mirror of the server's cases; listing every case and keeping them in memory only");
+                        held.file = None;
                     }
                 }
             }
@@ -284,9 +292,10 @@ impl Held {
     ) -> Listing {
         let overlap = overlap.as_millis() as i64;
         let full = |why: &str| Listing::Full(why.to_string());
-        let (Some(checkpoint), Some(last_full)) = (self.sync.checkpoint, self.sync.last_full_ms)
-        else {
-            return full("no mirror of this server's cases yet");
+        let (checkpoint, last_full) = match (self.sync.checkpoint, self.sync.last_full_ms) {
+            (Some(c), Some(l)) => (c, l),
+            (Some(_), None) => return full("the last full listing did not finish"),
+            _ => return full("no mirror of this server's cases yet"),
         };
         if self.resync {
             full("casewarden started, or took the lead")
@@ -332,6 +341,8 @@ impl Held {
     pub fn begin_full(&mut self, scope: &str) {
         self.sync.generation += 1;
         self.filling = true;
+        // Until it ends, the mirror may lack cases of these filters.
+        self.sync.last_full_ms = None;
         self.sync.scope = scope.to_string();
     }
 
@@ -369,7 +380,6 @@ impl Held {
                 }
             } else if filter::recheck(case.raw(), scope) {
                 let text = case.raw().project(|k| !unread.contains(&k));
-                segment.put(&case.id, m, generation, &text);
                 stored.push((Arc::from(case.id.as_str()), m, text.into()));
             } else {
                 removes.push(&case.id);
@@ -383,10 +393,12 @@ impl Held {
         if let Some(c) = checkpoint {
             self.sync.checkpoint = Some(self.sync.checkpoint.map_or(c, |old| old.max(c)));
         }
-        self.write(Write::Append(segment)).await;
+        // In memory before the write: a rewrite of the whole file must hold this page.
         for (id, m, text) in stored {
+            segment.put(&id, m, generation, &text);
             self.cases.put(id, m, generation, text);
         }
+        self.write(Write::Append(segment)).await;
     }
 
     /// Ends a full listing: the checkpoint is set to `checkpoint` and, with `sweep`, the
@@ -411,7 +423,7 @@ impl Held {
 
     /// Queues a write to the file, rewriting it whole when most of what it holds is stale.
     async fn write(&mut self, what: Write) {
-        let Some(file) = &self.file else {
+        let Some(file) = self.file.as_ref().filter(|f| !f.failed()) else {
             return;
         };
         if let Write::Append(segment) = &what {

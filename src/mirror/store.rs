@@ -3,11 +3,15 @@
 //! in one transaction, so a crash leaves cases and checkpoint in step; a row per case cost
 //! more than the rest of a first pass's listing. One task compresses and writes them, in
 //! order, while the pass goes on; a pass waits for it only at its end. Loading replays the
-//! segments in order. A full listing that ends deletes the segments before it; a mirror
-//! whose segments hold more than twice its cases is rewritten whole.
+//! segments in order. A full listing that ends with the server's total unchanged deletes
+//! the segments before it; a mirror whose segments hold more than twice its cases is
+//! rewritten whole. One process writes at a time: the passes that write it hold the audit
+//! log's claim.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::TryStreamExt;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -22,6 +26,18 @@ pub struct MirrorFile {
     pool: SqlitePool,
     pub path: PathBuf,
     jobs: mpsc::Sender<Job>,
+    /// A write failed: the file is left for the rest of the process.
+    failed: Arc<AtomicBool>,
+}
+
+/// Why a server's mirror cannot be read from the file.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum LoadError {
+    #[error("{0}")]
+    Database(String),
+    /// What the file holds cannot be read: it is cleared for a full listing.
+    #[error("{0}")]
+    Damaged(String),
 }
 
 enum Job {
@@ -33,7 +49,7 @@ enum Job {
     Flush(oneshot::Sender<()>),
 }
 
-/// Segments a pass may run ahead of the writer by (~0.5 MB each before compression).
+/// Writes a pass may run ahead of the writer by (a page's segment each, while it lists).
 const QUEUED: usize = 8;
 
 #[derive(sqlx::FromRow)]
@@ -44,10 +60,13 @@ struct SyncRow {
     last_full_ms: Option<i64>,
 }
 
-/// Cases per segment when the mirror is rewritten whole (a listed page's size).
+/// Cases per segment when the mirror is rewritten whole (the largest page a server lists).
 pub(super) const CASES_PER_SEGMENT: usize = 500;
 
-/// The records of one segment, encoded as they are added.
+/// The records of one segment, encoded as they are added: a format byte, then per record
+/// its kind, and for a put the generation and `modified_at` (i64 LE), then the id and for
+/// a put the text (each a u32 LE length and UTF-8); stored LZ4-compressed with its size
+/// before it.
 #[derive(Default)]
 pub(super) struct Segment {
     bytes: Vec<u8>,
@@ -55,13 +74,15 @@ pub(super) struct Segment {
     pub puts: usize,
 }
 
+/// The layout above, should it ever change.
+const FORMAT: u8 = 1;
 const PUT: u8 = b'P';
 const REMOVE: u8 = b'R';
 
 impl Segment {
     /// A case's version: `id`, `modified_at`, the full listing that last saw it, its text.
     pub fn put(&mut self, id: &str, modified_at: i64, generation: i64, text: &str) {
-        self.bytes.push(PUT);
+        self.record(PUT);
         self.bytes.extend_from_slice(&generation.to_le_bytes());
         self.bytes.extend_from_slice(&modified_at.to_le_bytes());
         self.push_text(id);
@@ -71,8 +92,22 @@ impl Segment {
 
     /// The case left the mirror.
     pub fn remove(&mut self, id: &str) {
-        self.bytes.push(REMOVE);
+        self.record(REMOVE);
         self.push_text(id);
+    }
+
+    fn record(&mut self, kind: u8) {
+        if self.bytes.is_empty() {
+            self.bytes.push(FORMAT);
+        }
+        self.bytes.push(kind);
+    }
+
+    /// Compressed for the file (its size first), once it is complete.
+    fn compress(&mut self) {
+        if !self.bytes.is_empty() {
+            self.bytes = lz4_flex::compress_prepend_size(&self.bytes);
+        }
     }
 
     fn push_text(&mut self, text: &str) {
@@ -88,9 +123,20 @@ impl Segment {
     /// Replays a stored segment's records onto `cases`; how many it stored. Err: why the
     /// segment cannot be read.
     fn replay(stored: &[u8], cases: &mut Cases) -> Result<usize, String> {
+        // LZ4 expands at most 255-fold: a larger size is damage, not worth allocating.
+        let size = stored
+            .first_chunk::<4>()
+            .map(|s| u32::from_le_bytes(*s) as usize);
+        if size.is_none_or(|size| size > stored.len().saturating_mul(255)) {
+            return Err("a segment's size is damaged".into());
+        }
         let bytes = lz4_flex::decompress_size_prepended(stored)
             .map_err(|e| format!("a segment does not decompress ({e})"))?;
         let mut read = Reader { bytes: &bytes };
+        match read.take(1) {
+            Some([FORMAT]) => {}
+            other => return Err(format!("a segment of an unknown format {other:?}")),
+        }
         let mut puts = 0;
         while let Some(kind) = read.take(1) {
             match kind[0] {
@@ -146,6 +192,16 @@ pub(super) enum Write {
     Rewrite(Vec<Segment>),
 }
 
+impl Write {
+    fn compress(&mut self) {
+        match self {
+            Write::Append(segment) => segment.compress(),
+            Write::Sweep => {}
+            Write::Rewrite(segments) => segments.iter_mut().for_each(Segment::compress),
+        }
+    }
+}
+
 impl MirrorFile {
     /// Opens (creating) the file; Err: why, for a warning (the mirror then lives in memory).
     pub async fn open(path: &Path) -> Result<MirrorFile, String> {
@@ -169,12 +225,24 @@ impl MirrorFile {
             .await
             .map_err(|e| e.to_string())?;
         let (jobs, queue) = mpsc::channel(QUEUED);
-        tokio::spawn(writer(pool.clone(), path.to_path_buf(), queue));
+        let failed = Arc::new(AtomicBool::new(false));
+        let file = Written {
+            pool: pool.clone(),
+            path: path.to_path_buf(),
+            failed: failed.clone(),
+        };
+        tokio::spawn(file.writer(queue));
         Ok(MirrorFile {
             pool,
             path: path.to_path_buf(),
             jobs,
+            failed,
         })
+    }
+
+    /// A write failed: nothing more is written this process.
+    pub(super) fn failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
     }
 
     /// Queues a write: `what`, and `sync` in the same transaction.
@@ -198,8 +266,8 @@ impl MirrorFile {
 
     /// A server's mirror as the file holds it (empty when it holds none), and how many case
     /// versions its segments hold. Err: why it cannot be read.
-    pub(super) async fn load(&self, instance: &str) -> Result<(Sync, Cases, usize), String> {
-        let db = |e: sqlx::Error| crate::audit::db_message(&e);
+    pub(super) async fn load(&self, instance: &str) -> Result<(Sync, Cases, usize), LoadError> {
+        let db = |e: sqlx::Error| LoadError::Database(crate::audit::db_message(&e));
         let sync: Option<SyncRow> = sqlx::query_as(
             "SELECT scope, generation, checkpoint_ms, last_full_ms FROM mirror_sync WHERE instance = ?",
         )
@@ -217,7 +285,7 @@ impl MirrorFile {
         .fetch(&self.pool);
         let (mut cases, mut records) = (Cases::default(), 0);
         while let Some(stored) = rows.try_next().await.map_err(db)? {
-            records += Segment::replay(&stored, &mut cases)?;
+            records += Segment::replay(&stored, &mut cases).map_err(LoadError::Damaged)?;
         }
         drop(rows);
         let sync = Sync {
@@ -230,25 +298,45 @@ impl MirrorFile {
     }
 }
 
-/// Writes the queued jobs in order; a file that cannot be written is left for the rest of
-/// the process (the mirror stays in memory, and the file's checkpoint where it was).
-async fn writer(pool: SqlitePool, path: PathBuf, mut jobs: mpsc::Receiver<Job>) {
-    let mut failed = false;
-    while let Some(job) = jobs.recv().await {
-        match job {
-            Job::Flush(done) => {
-                let _ = done.send(());
-            }
-            Job::Write { .. } if failed => {}
-            Job::Write {
-                instance,
-                what,
-                sync,
-            } => {
-                if let Err(e) = write(&pool, &instance, what, &sync).await {
-                    tracing::warn!(file = %path.display(), error = %crate::audit::db_message(&e), "cannot write the mirror of the server's cases; it is kept in memory only until casewarden restarts");
-                    failed = true;
+/// What the writer task needs.
+struct Written {
+    pool: SqlitePool,
+    path: PathBuf,
+    failed: Arc<AtomicBool>,
+}
+
+impl Written {
+    /// Writes the queued jobs in order, compressing off the async threads; a file that
+    /// cannot be written is left for the rest of the process (the mirror stays in memory,
+    /// and the file's checkpoint where it was).
+    async fn writer(self, mut jobs: mpsc::Receiver<Job>) {
+        while let Some(job) = jobs.recv().await {
+            let (instance, mut what, sync) = match job {
+                Job::Flush(done) => {
+                    let _ = done.send(());
+                    continue;
                 }
+                _ if self.failed.load(Ordering::Relaxed) => continue,
+                Job::Write {
+                    instance,
+                    what,
+                    sync,
+                } => (instance, what, sync),
+            };
+            let compressed = tokio::task::spawn_blocking(move || {
+                what.compress();
+                what
+            })
+            .await;
+            let done = match compressed {
+                Ok(what) => write(&self.pool, &instance, what, &sync)
+                    .await
+                    .map_err(|e| crate::audit::db_message(&e)),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = done {
+                tracing::warn!(file = %self.path.display(), error = %e, "cannot write the mirror of the server's cases; it is kept in memory only until casewarden restarts");
+                self.failed.store(true, Ordering::Relaxed);
             }
         }
     }
@@ -309,7 +397,7 @@ async fn append(
     sqlx::query("INSERT INTO mirror_segments (instance, generation, cases) VALUES (?, ?, ?)")
         .bind(instance)
         .bind(generation)
-        .bind(lz4_flex::compress_prepend_size(&segment.bytes))
+        .bind(&segment.bytes)
         .execute(&mut **tx)
         .await?;
     Ok(())

@@ -30,10 +30,27 @@ async fn loaded(path: &std::path::Path) -> Vec<(String, i64, String)> {
         .collect()
 }
 
-async fn segments(path: &std::path::Path) -> i64 {
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+/// The file as an operator opens it.
+async fn file_db(path: &std::path::Path) -> sqlx::SqlitePool {
+    sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// A mirror kept in a new file at `path`, filled by a full listing of `cases`.
+async fn filled(path: &std::path::Path, cases: &[Case]) -> Mirror {
+    let mirror = Mirror::new(Some(MirrorFile::open(path).await.unwrap()), "sim");
+    let mut held = mirror.lock().await;
+    held.begin_full("[]");
+    held.merge(cases, &[], &[], &["event_ids"], None).await;
+    let newest = cases.iter().map(modified_at).max().unwrap_or(0);
+    held.end_full(newest, true).await;
+    drop(held);
+    mirror
+}
+
+async fn segments(path: &std::path::Path) -> i64 {
+    let pool = file_db(path).await;
     let n = sqlx::query_scalar("SELECT count(*) FROM mirror_segments")
         .fetch_one(&pool)
         .await
@@ -95,45 +112,32 @@ async fn a_file_replays_to_what_the_process_held() {
 async fn a_file_of_mostly_stale_versions_is_rewritten_whole() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.mirror.db");
-    let mirror = Mirror::new(Some(MirrorFile::open(&path).await.unwrap()), "sim");
-    let mut held = mirror.lock().await;
-    held.begin_full("[]");
     let all: Vec<Case> = (0..100).map(|i| case(&format!("c{i}"), i, "New")).collect();
-    held.merge(&all, &[], &[], &["event_ids"], None).await;
-    held.end_full(100, true).await;
-    // Each pass changes every case one at a time: 1,200 versions for 100 cases.
-    for round in 1..=12 {
-        for c in &all {
-            let m = 100 * round + modified_at(c);
-            let changed = [case(&c.id, m, "New")];
-            held.merge(&changed, &[], &[], &["event_ids"], Some(m))
-                .await;
-        }
+    let mirror = filled(&path, &all).await;
+    let mut held = mirror.lock().await;
+    // Seven pages each change every case: the seventh brings the file to 800 versions of
+    // 100 cases, and it is rewritten whole, with that page's versions in it.
+    for round in 1..=7 {
+        let changed: Vec<Case> = (all.iter())
+            .map(|c| case(&c.id, 100 * round + modified_at(c), "New"))
+            .collect();
+        let newest = changed.iter().map(modified_at).max();
+        held.merge(&changed, &[], &[], &["event_ids"], newest).await;
     }
     drop(held);
     mirror.flush().await;
-    let rows = segments(&path).await;
-    assert!(rows < 700, "{rows} segments for 100 cases");
+    assert_eq!(segments(&path).await, 1);
     let back = loaded(&path).await;
     assert_eq!(back.len(), 100);
-    assert!(back.iter().all(|(_, m, _)| *m >= 1200), "{back:?}");
+    assert!(back.iter().all(|(_, m, _)| *m >= 700), "{back:?}");
 }
 
 #[tokio::test]
 async fn a_damaged_file_costs_a_full_listing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.mirror.db");
-    let mirror = Mirror::new(Some(MirrorFile::open(&path).await.unwrap()), "sim");
-    let mut held = mirror.lock().await;
-    held.begin_full("[]");
-    held.merge(&[case("a", 1, "New")], &[], &[], &[], None)
-        .await;
-    held.end_full(1, true).await;
-    drop(held);
-    mirror.flush().await;
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
-        .await
-        .unwrap();
+    filled(&path, &[case("a", 1, "New")]).await.flush().await;
+    let pool = file_db(&path).await;
     sqlx::query("UPDATE mirror_segments SET cases = x'05000000ff'")
         .execute(&pool)
         .await
@@ -141,8 +145,46 @@ async fn a_damaged_file_costs_a_full_listing() {
     pool.close().await;
 
     let file = MirrorFile::open(&path).await.unwrap();
-    let held = Mirror::new(Some(file), "sim").lock().await;
+    let mirror = Mirror::new(Some(file), "sim");
+    let mut held = mirror.lock().await;
     assert!(held.cases.is_empty());
     let listing = held.listing("[]", 2, Duration::ZERO, Duration::from_secs(60));
     assert!(matches!(listing, Listing::Full(_)), "{listing:?}");
+    // The listing that follows leaves a file that reads again.
+    held.begin_full("[]");
+    held.merge(&[case("b", 2, "New")], &[], &[], &["event_ids"], None)
+        .await;
+    held.end_full(2, true).await;
+    drop(held);
+    mirror.flush().await;
+    assert_eq!(ids(&loaded(&path).await), ["b"]);
+}
+
+#[tokio::test]
+async fn a_full_listing_cut_short_is_made_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.mirror.db");
+    let mirror = filled(&path, &[case("a", 1, "New")]).await;
+    let mut held = mirror.lock().await;
+    let delta = held.listing("[]", 2, Duration::ZERO, Duration::from_secs(60));
+    assert_eq!(delta, Listing::Delta { from: 1 });
+    // New filters: a full listing starts, and its process ends after one page.
+    held.begin_full("[[\"status\",\"New\"]]");
+    held.merge(&[case("b", 2, "New")], &[], &[], &["event_ids"], None)
+        .await;
+    drop(held);
+    mirror.flush().await;
+
+    let file = MirrorFile::open(&path).await.unwrap();
+    let held = Mirror::new(Some(file), "sim").lock().await;
+    let listing = held.listing(
+        "[[\"status\",\"New\"]]",
+        3,
+        Duration::ZERO,
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        listing,
+        Listing::Full("the last full listing did not finish".into())
+    );
 }

@@ -21,7 +21,7 @@ pub(super) struct Fetched {
     texts: Vec<Arc<str>>,
     flavor: Option<ApiFlavor>,
     /// Cases the listing skipped because they could not be read, and why.
-    pub unparsable: Vec<CaseParseError>,
+    unparsable: Vec<CaseParseError>,
     reading: Arc<Reading>,
 }
 
@@ -88,11 +88,10 @@ impl Fetch {
         let chunk = self.held.cases.after(self.cursor.as_ref(), limit);
         let texts: Vec<Arc<str>> = chunk.iter().map(|(_, text)| Arc::clone(text)).collect();
         let cursor = chunk.last().map(|(last, _)| (*last).clone());
-        let unparsable = match cursor {
-            Some(_) => std::mem::take(&mut self.unparsable),
-            None if self.unparsable.is_empty() => return None,
-            None => std::mem::take(&mut self.unparsable),
-        };
+        if cursor.is_none() && self.unparsable.is_empty() {
+            return None;
+        }
+        let unparsable = std::mem::take(&mut self.unparsable);
         self.cursor = cursor.or(self.cursor.take());
         self.listed += texts.len() as u64;
         run.opts.tell(Step::Listed {

@@ -7,7 +7,8 @@
 //!  time)
 //! ```
 //!
-//! Pages are evaluated and planned while the next ones download; every change is committed
+//! The server's cases are synced into the mirror first; then each page of the mirror is
+//! read and evaluated on all cores while the page before it is planned. Every change is committed
 //! to the audit log as `planned` before its request goes out, and its outcome after the
 //! answer. What a pass does is its [`Work`], chosen up front.
 
@@ -220,13 +221,14 @@ async fn plan_listing(run: &Run<'_>) -> Result<Planned, (Planned, Option<PassErr
         Ok(fetch) => fetch,
         Err(e) => return Err((planning.abandon(), Some(e.into()))),
     };
+    // Users read lazily by `planning.add` (an email to assign) are not needed to evaluate,
+    // so a page may be evaluated before the one before it is planned.
+    let mut ahead = fetch
+        .next(run)
+        .map(|p| evaluate::start(run, planning.env(), p));
     let listed = async {
-        let mut ahead = fetch
-            .next(run)
-            .map(|p| evaluate::start(run, planning.env(), p));
         while let Some(job) = ahead.take() {
             let (evaluated, unparsable) = job.await?;
-            // The next page is read and evaluated while this one is planned.
             ahead = fetch
                 .next(run)
                 .map(|p| evaluate::start(run, planning.env(), p));
@@ -238,6 +240,10 @@ async fn plan_listing(run: &Run<'_>) -> Result<Planned, (Planned, Option<PassErr
         Ok::<_, PassError>(())
     }
     .await;
+    // A page read after a failure is not planned; its reading (and page hook) ends first.
+    if let Some(job) = ahead.take() {
+        let _ = job.await;
+    }
     match listed {
         Err(e) => Err((planning.abandon(), Some(e))),
         Ok(()) if fetch.cut_short => Err((planning.abandon(), None)),

@@ -73,8 +73,8 @@ impl PassOptions {
     }
 }
 
-/// A callback of a pass (progress, listed pages), called on the pass's task: it must be
-/// quick.
+/// A callback of a pass (progress, listed pages), called on the pass's task or, for pages,
+/// on the thread that reads them (in page order): it must be quick.
 pub struct Hook<A: ?Sized>(pub Arc<dyn Fn(&A) + Send + Sync>);
 
 impl<A: ?Sized> Clone for Hook<A> {
