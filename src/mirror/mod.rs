@@ -167,7 +167,7 @@ impl Cases {
         self.at.is_empty()
     }
 
-    /// Every case, for a segment each `CASES_PER_SEGMENT` of them.
+    /// Every case, for a segment each `CASES_PER_SEGMENT` of them, sharing their text.
     fn segments(&self) -> Vec<Segment> {
         let mut out: Vec<Segment> = Vec::new();
         for (i, ((m, id), s)) in self.by_time.iter().enumerate() {
@@ -175,7 +175,7 @@ impl Cases {
                 out.push(Segment::default());
             }
             let segment = out.last_mut().expect("pushed above");
-            segment.put(id, *m, s.generation, &s.text);
+            segment.put_shared(id.clone(), *m, s.generation, s.text.clone());
         }
         out
     }

@@ -72,6 +72,9 @@ pub(super) struct Segment {
     bytes: Vec<u8>,
     /// Cases stored (removals not counted).
     pub puts: usize,
+    /// Cases encoded only when the segment is compressed, off the pass's thread (a rewrite
+    /// of the whole mirror shares their text instead of copying it).
+    shared: Vec<(Arc<str>, i64, i64, Arc<str>)>,
 }
 
 /// The layout above, should it ever change.
@@ -82,12 +85,22 @@ const REMOVE: u8 = b'R';
 impl Segment {
     /// A case's version: `id`, `modified_at`, the full listing that last saw it, its text.
     pub fn put(&mut self, id: &str, modified_at: i64, generation: i64, text: &str) {
+        self.encode_put(id, modified_at, generation, text);
+        self.puts += 1;
+    }
+
+    /// [`Segment::put`], encoded when the segment is compressed.
+    pub fn put_shared(&mut self, id: Arc<str>, modified_at: i64, generation: i64, text: Arc<str>) {
+        self.shared.push((id, modified_at, generation, text));
+        self.puts += 1;
+    }
+
+    fn encode_put(&mut self, id: &str, modified_at: i64, generation: i64, text: &str) {
         self.record(PUT);
         self.bytes.extend_from_slice(&generation.to_le_bytes());
         self.bytes.extend_from_slice(&modified_at.to_le_bytes());
         self.push_text(id);
         self.push_text(text);
-        self.puts += 1;
     }
 
     /// The case left the mirror.
@@ -105,6 +118,9 @@ impl Segment {
 
     /// Compressed for the file (its size first), once it is complete.
     fn compress(&mut self) {
+        for (id, modified_at, generation, text) in std::mem::take(&mut self.shared) {
+            self.encode_put(&id, modified_at, generation, &text);
+        }
         if !self.bytes.is_empty() {
             self.bytes = lz4_flex::compress_prepend_size(&self.bytes);
         }
