@@ -43,8 +43,6 @@ pub struct Held {
     loaded: bool,
     /// The next sync lists every case whatever the checkpoint says.
     resync: bool,
-    /// A full listing is under way.
-    filling: bool,
     /// Case versions the file's segments hold, live or not.
     records: usize,
     pub sync: Sync,
@@ -203,7 +201,6 @@ impl Mirror {
                 instance: instance.to_string(),
                 loaded: false,
                 resync: false,
-                filling: false,
                 records: 0,
                 sync: Sync::default(),
                 cases: Cases::default(),
@@ -337,10 +334,14 @@ impl Held {
         }
     }
 
+    /// A full listing is under way (or the last one did not end, so the next pass makes one).
+    fn filling(&self) -> bool {
+        self.sync.last_full_ms.is_none()
+    }
+
     /// Starts a full listing with `scope`'s filters.
     pub fn begin_full(&mut self, scope: &str) {
         self.sync.generation += 1;
-        self.filling = true;
         // Until it ends, the mirror may lack cases of these filters.
         self.sync.last_full_ms = None;
         self.sync.scope = scope.to_string();
@@ -373,7 +374,7 @@ impl Held {
                 self.cases.seen(&case.id, generation);
                 // The listing's segments must hold every case it saw: the file keeps no
                 // segment before it.
-                if self.filling
+                if self.filling()
                     && let Some((held, text)) = self.cases.get(&case.id)
                 {
                     segment.put(&case.id, held, generation, text);
@@ -407,7 +408,6 @@ impl Held {
         self.sync.checkpoint = Some(checkpoint);
         self.sync.last_full_ms = Some(crate::now_ms());
         self.resync = false;
-        self.filling = false;
         let gone = match sweep {
             true => self.cases.sweep(self.sync.generation),
             false => 0,
@@ -430,7 +430,7 @@ impl Held {
             self.records += segment.puts;
         }
         file.write(&self.instance, what, &self.sync).await;
-        if self.records > 2 * self.cases.len() + CASES_PER_SEGMENT && !self.filling {
+        if self.records > 2 * self.cases.len() + CASES_PER_SEGMENT && !self.filling() {
             let segments = self.cases.segments();
             file.write(&self.instance, Write::Rewrite(segments), &self.sync)
                 .await;
