@@ -64,6 +64,12 @@ impl ListQuery {
         Some(from.trim().parse::<f64>().unwrap_or(f64::MIN))
     }
 
+    /// Whether `case` passes every filter.
+    fn matches(&self, case: &Value) -> bool {
+        (self.filters.iter())
+            .all(|(k, v)| case.as_object().is_some_and(|o| filter::matches(o, k, v)))
+    }
+
     /// The ticket numbers of a listing that asks for nothing else.
     fn tickets_only(&self) -> Option<Vec<i64>> {
         match self.filters.as_slice() {
@@ -191,27 +197,13 @@ fn modified_from(s: &mut SimState, q: &ListQuery, from: f64) -> Vec<usize> {
     order[start..]
         .iter()
         .copied()
-        .filter(|&i| {
-            (q.filters.iter()).all(|(k, v)| {
-                cases[i]
-                    .as_object()
-                    .is_some_and(|o| filter::matches(o, k, v))
-            })
-        })
+        .filter(|&i| q.matches(&cases[i]))
         .collect()
 }
 
 /// The positions of the `cases` that `q`'s filters match, in its order.
 fn select(cases: &[Value], q: &ListQuery) -> Vec<usize> {
-    let mut hits: Vec<usize> = (0..cases.len())
-        .filter(|&i| {
-            (q.filters.iter()).all(|(k, v)| {
-                cases[i]
-                    .as_object()
-                    .is_some_and(|o| filter::matches(o, k, v))
-            })
-        })
-        .collect();
+    let mut hits: Vec<usize> = (0..cases.len()).filter(|&i| q.matches(&cases[i])).collect();
     if let Some(key) = &q.sort {
         sort(cases, &mut hits, key, q.desc);
     }
