@@ -136,11 +136,11 @@ impl Cases {
         }
     }
 
-    /// A case's `modified_at` and text, to write it again.
-    fn get(&self, id: &str) -> Option<(i64, &str)> {
+    /// A case's id, `modified_at` and text, to write it again.
+    fn get(&self, id: &str) -> Option<(Arc<str>, i64, Arc<str>)> {
         let (id, &m) = self.at.get_key_value(id)?;
         let s = self.by_time.get(&(m, id.clone()))?;
-        Some((m, &s.text))
+        Some((id.clone(), m, s.text.clone()))
     }
 
     /// Drops the cases no listing of `generation` or later saw; how many.
@@ -173,7 +173,7 @@ impl Cases {
                 out.push(Segment::default());
             }
             let segment = out.last_mut().expect("pushed above");
-            segment.put_shared(id.clone(), *m, s.generation, s.text.clone());
+            segment.put(id.clone(), *m, s.generation, s.text.clone());
         }
         out
     }
@@ -375,9 +375,9 @@ impl Held {
                 // The listing's segments must hold every case it saw: the file keeps no
                 // segment before it.
                 if self.filling()
-                    && let Some((held, text)) = self.cases.get(&case.id)
+                    && let Some((id, held, text)) = self.cases.get(&case.id)
                 {
-                    segment.put(&case.id, held, generation, text);
+                    segment.put(id, held, generation, text);
                 }
             } else if filter::recheck(case.raw(), scope) {
                 let text = case.raw().project(|k| !unread.contains(&k));
@@ -396,7 +396,7 @@ impl Held {
         }
         // In memory before the write: a rewrite of the whole file must hold this page.
         for (id, m, text) in stored {
-            segment.put(&id, m, generation, &text);
+            segment.put(id.clone(), m, generation, text.clone());
             self.cases.put(id, m, generation, text);
         }
         self.write(Write::Append(segment)).await;

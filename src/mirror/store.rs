@@ -63,18 +63,24 @@ struct SyncRow {
 /// Cases per segment when the mirror is rewritten whole (the largest page a server lists).
 pub(super) const CASES_PER_SEGMENT: usize = 500;
 
-/// The records of one segment, encoded as they are added: a format byte, then per record
-/// its kind, and for a put the generation and `modified_at` (i64 LE), then the id and for
-/// a put the text (each a u32 LE length and UTF-8); stored LZ4-compressed with its size
-/// before it.
+/// The records of one segment, in order; encoded off the pass's thread when compressed:
+/// a format byte, then per record its kind, and for a put the generation and `modified_at`
+/// (i64 LE), then the id and for a put the text (each a u32 LE length and UTF-8); stored
+/// LZ4-compressed with its size before it.
 #[derive(Default)]
 pub(super) struct Segment {
-    bytes: Vec<u8>,
+    records: Vec<Record>,
     /// Cases stored (removals not counted).
     pub puts: usize,
-    /// Cases encoded only when the segment is compressed, off the pass's thread (a rewrite
-    /// of the whole mirror shares their text instead of copying it).
-    shared: Vec<(Arc<str>, i64, i64, Arc<str>)>,
+    /// The compressed bytes, once [`Segment::compress`]ed.
+    bytes: Vec<u8>,
+}
+
+enum Record {
+    /// id, `modified_at`, the full listing that last saw it, the text: shared with the
+    /// mirror, not copied.
+    Put(Arc<str>, i64, i64, Arc<str>),
+    Remove(Box<str>),
 }
 
 /// The layout above, should it ever change.
@@ -84,52 +90,44 @@ const REMOVE: u8 = b'R';
 
 impl Segment {
     /// A case's version: `id`, `modified_at`, the full listing that last saw it, its text.
-    pub fn put(&mut self, id: &str, modified_at: i64, generation: i64, text: &str) {
-        self.encode_put(id, modified_at, generation, text);
+    pub fn put(&mut self, id: Arc<str>, modified_at: i64, generation: i64, text: Arc<str>) {
+        self.records
+            .push(Record::Put(id, modified_at, generation, text));
         self.puts += 1;
-    }
-
-    /// [`Segment::put`], encoded when the segment is compressed.
-    pub fn put_shared(&mut self, id: Arc<str>, modified_at: i64, generation: i64, text: Arc<str>) {
-        self.shared.push((id, modified_at, generation, text));
-        self.puts += 1;
-    }
-
-    fn encode_put(&mut self, id: &str, modified_at: i64, generation: i64, text: &str) {
-        self.record(PUT);
-        self.bytes.extend_from_slice(&generation.to_le_bytes());
-        self.bytes.extend_from_slice(&modified_at.to_le_bytes());
-        self.push_text(id);
-        self.push_text(text);
     }
 
     /// The case left the mirror.
     pub fn remove(&mut self, id: &str) {
-        self.record(REMOVE);
-        self.push_text(id);
+        self.records.push(Record::Remove(id.into()));
     }
 
-    fn record(&mut self, kind: u8) {
-        if self.bytes.is_empty() {
-            self.bytes.push(FORMAT);
-        }
-        self.bytes.push(kind);
-    }
-
-    /// Compressed for the file (its size first), once it is complete.
+    /// Encoded and compressed for the file (its size first).
     fn compress(&mut self) {
-        for (id, modified_at, generation, text) in std::mem::take(&mut self.shared) {
-            self.encode_put(&id, modified_at, generation, &text);
+        if self.records.is_empty() {
+            return;
         }
-        if !self.bytes.is_empty() {
-            self.bytes = lz4_flex::compress_prepend_size(&self.bytes);
+        let mut out = vec![FORMAT];
+        let text = |out: &mut Vec<u8>, text: &str| {
+            let len = u32::try_from(text.len()).expect("a case's text is under 4 GiB");
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(text.as_bytes());
+        };
+        for record in std::mem::take(&mut self.records) {
+            match record {
+                Record::Put(id, modified_at, generation, t) => {
+                    out.push(PUT);
+                    out.extend_from_slice(&generation.to_le_bytes());
+                    out.extend_from_slice(&modified_at.to_le_bytes());
+                    text(&mut out, &id);
+                    text(&mut out, &t);
+                }
+                Record::Remove(id) => {
+                    out.push(REMOVE);
+                    text(&mut out, &id);
+                }
+            }
         }
-    }
-
-    fn push_text(&mut self, text: &str) {
-        let len = u32::try_from(text.len()).expect("a case's text is under 4 GiB");
-        self.bytes.extend_from_slice(&len.to_le_bytes());
-        self.bytes.extend_from_slice(text.as_bytes());
+        self.bytes = lz4_flex::compress_prepend_size(&out);
     }
 
     fn is_empty(&self) -> bool {
