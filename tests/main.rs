@@ -14,6 +14,7 @@ mod fuzz;
 mod mirror;
 mod pass;
 mod real_api;
+mod remembered;
 mod replicas;
 mod review;
 mod rules_cli;

@@ -126,7 +126,7 @@ async fn mirrored(ws: &Workspace, id: &str) -> bool {
         .await
         .unwrap();
     let held = Mirror::new(Some(file), &instance).lock().await;
-    (held.cases.after(None, usize::MAX).iter()).any(|((_, i), _)| &**i == id)
+    (held.cases.after(None, usize::MAX).iter()).any(|l| &*l.at.1 == id)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -50,6 +50,8 @@ pub struct Held {
     /// The filters and left-out fields of this process's last sync, for what a pass learns
     /// from its own writes.
     kept: Option<Kept>,
+    /// Verdicts reached since the last write of them, for the file.
+    verdicts: Segment,
 }
 
 /// A sync's filters and the fields it leaves out.
@@ -88,12 +90,43 @@ pub enum Listing {
 pub struct Cases {
     by_time: BTreeMap<(i64, Arc<str>), Stored>,
     at: HashMap<Arc<str>, i64>,
+    /// Cases holding a verdict.
+    verdicts: usize,
 }
 
 struct Stored {
     generation: i64,
     /// The case as listed, without the fields no rule reads.
     text: Arc<str>,
+    /// What the rules made of this version, when they asked nothing of it.
+    verdict: Option<Verdict>,
+}
+
+/// What the rules made of a case's version when none of them asked anything of it, failed
+/// on it or needed its activities: a pass whose rules, inputs and clock give the same
+/// answers counts the case from it instead of reading and evaluating it again. Kept in
+/// memory only; a new version of the case drops it.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    /// The rule set and what the rules were given besides the case.
+    pub key: u64,
+    /// When it was reached, and until when the clock the rules read gives the same answers
+    /// (ms, this machine's clock).
+    pub at: i64,
+    pub until: i64,
+    pub tenant: Option<Arc<str>>,
+    /// Rules by their place in the rule set (a bit each): the ones that were due, the ones
+    /// whose query selected the case and looked at it, and the ones an exemption kept off.
+    pub due: u64,
+    pub seen: u64,
+    pub exempt: u64,
+}
+
+/// A case of the mirror as a pass reads it.
+pub struct Listed<'a> {
+    pub at: &'a Cursor,
+    pub text: &'a Arc<str>,
+    pub verdict: Option<&'a Verdict>,
 }
 
 /// Where an iteration over the cases has got to.
@@ -101,11 +134,26 @@ pub type Cursor = (i64, Arc<str>);
 
 impl Cases {
     fn put(&mut self, id: Arc<str>, modified_at: i64, generation: i64, text: Arc<str>) {
-        if let Some(old) = self.at.insert(id.clone(), modified_at) {
-            self.by_time.remove(&(old, id.clone()));
+        let mut verdict = None;
+        if let Some(old) = self.at.insert(id.clone(), modified_at)
+            && let Some(was) = self.by_time.remove(&(old, id.clone()))
+        {
+            if old == modified_at && was.text == text {
+                // The same version listed again (a delta's overlap, a resync) keeps its
+                // verdict.
+                verdict = was.verdict;
+            } else if was.verdict.is_some() {
+                self.verdicts -= 1;
+            }
         }
-        self.by_time
-            .insert((modified_at, id), Stored { generation, text });
+        self.by_time.insert(
+            (modified_at, id),
+            Stored {
+                generation,
+                text,
+                verdict,
+            },
+        );
     }
 
     /// A version read back from the file: a newer one held stays, seen as late as either.
@@ -121,10 +169,14 @@ impl Cases {
     }
 
     fn remove(&mut self, id: &str) -> bool {
-        match self.at.remove_entry(id) {
-            Some((id, m)) => self.by_time.remove(&(m, id)).is_some(),
-            None => false,
-        }
+        let Some((id, m)) = self.at.remove_entry(id) else {
+            return false;
+        };
+        let Some(was) = self.by_time.remove(&(m, id)) else {
+            return false;
+        };
+        self.verdicts -= usize::from(was.verdict.is_some());
+        true
     }
 
     /// Marks a case as seen by the listing of `generation`.
@@ -146,11 +198,12 @@ impl Cases {
     /// Drops the cases no listing of `generation` or later saw; how many.
     fn sweep(&mut self, generation: i64) -> usize {
         let before = self.at.len();
-        let at = &mut self.at;
+        let (at, verdicts) = (&mut self.at, &mut self.verdicts);
         self.by_time.retain(|(_, id), s| {
             let keep = s.generation >= generation;
             if !keep {
                 at.remove(id);
+                *verdicts -= usize::from(s.verdict.is_some());
             }
             keep
         });
@@ -174,12 +227,48 @@ impl Cases {
             }
             let segment = out.last_mut().expect("pushed above");
             segment.put(id.clone(), *m, s.generation, s.text.clone());
+            if let Some(v) = &s.verdict {
+                segment.verdict(id.clone(), *m, v.clone());
+            }
         }
         out
     }
 
+    /// Keeps what the rules made of the case's version of `modified_at` (None: its
+    /// current one); the case's id and that version's `modified_at`, when it is held.
+    fn remember(
+        &mut self,
+        id: &str,
+        modified_at: Option<i64>,
+        verdict: Verdict,
+    ) -> Option<(Arc<str>, i64)> {
+        let (id, &m) = self.at.get_key_value(id)?;
+        if modified_at.is_some_and(|at| at != m) {
+            return None;
+        }
+        let s = self.by_time.get_mut(&(m, id.clone()))?;
+        self.verdicts += usize::from(s.verdict.is_none());
+        s.verdict = Some(verdict);
+        Some((id.clone(), m))
+    }
+
+    /// A verdict read back from the file, for the version it is of.
+    fn recall(&mut self, id: &str, modified_at: i64, verdict: Verdict) {
+        self.remember(id, Some(modified_at), verdict);
+    }
+
+    /// Every verdict held: the case's id, its version's `modified_at`, the verdict.
+    fn verdicts(&self) -> impl Iterator<Item = (Arc<str>, i64, Verdict)> + '_ {
+        (self.by_time.iter()).filter_map(|((m, id), s)| Some((id.clone(), *m, s.verdict.clone()?)))
+    }
+
+    /// The records a file holding only the live cases and their verdicts holds.
+    fn live(&self) -> usize {
+        self.at.len() + self.verdicts
+    }
+
     /// Up to `n` cases after `after`, oldest `modified_at` first, as their JSON text.
-    pub fn after(&self, after: Option<&Cursor>, n: usize) -> Vec<(&Cursor, &Arc<str>)> {
+    pub fn after(&self, after: Option<&Cursor>, n: usize) -> Vec<Listed<'_>> {
         let from = match after {
             Some(c) => Bound::Excluded(c.clone()),
             None => Bound::Unbounded,
@@ -187,7 +276,11 @@ impl Cases {
         self.by_time
             .range((from, Bound::Unbounded))
             .take(n)
-            .map(|(k, s)| (k, &s.text))
+            .map(|(at, s)| Listed {
+                at,
+                text: &s.text,
+                verdict: s.verdict.as_ref(),
+            })
             .collect()
     }
 }
@@ -205,6 +298,7 @@ impl Mirror {
                 sync: Sync::default(),
                 cases: Cases::default(),
                 kept: None,
+                verdicts: Segment::default(),
             })),
             activities: Arc::default(),
         }
@@ -339,6 +433,22 @@ impl Held {
         self.sync.last_full_ms.is_none()
     }
 
+    /// Keeps what the rules made of a case's current version, in the file at the next
+    /// [`Held::save_verdicts`].
+    pub fn remember(&mut self, id: &str, verdict: Verdict) {
+        if let Some((id, m)) = self.cases.remember(id, None, verdict.clone()) {
+            self.verdicts.verdict(id, m, verdict);
+        }
+    }
+
+    /// Writes the verdicts reached since the last call to the file.
+    pub async fn save_verdicts(&mut self) {
+        let verdicts = std::mem::take(&mut self.verdicts);
+        if verdicts.puts > 0 {
+            self.write(Write::Append(verdicts)).await;
+        }
+    }
+
     /// Starts a full listing with `scope`'s filters.
     pub fn begin_full(&mut self, scope: &str) {
         self.sync.generation += 1;
@@ -415,6 +525,11 @@ impl Held {
         if sweep {
             self.records = self.cases.len();
             self.write(Write::Sweep).await;
+            // The sweep deleted the segments holding the verdicts: they are written again.
+            self.verdicts = Segment::default();
+            for (id, m, v) in self.cases.verdicts() {
+                self.verdicts.verdict(id, m, v);
+            }
         } else {
             self.write(Write::Append(Segment::default())).await;
         }
@@ -430,11 +545,11 @@ impl Held {
             self.records += segment.puts;
         }
         file.write(&self.instance, what, &self.sync).await;
-        if self.records > 2 * self.cases.len() + CASES_PER_SEGMENT && !self.filling() {
+        if self.records > 2 * self.cases.live() + CASES_PER_SEGMENT && !self.filling() {
             let segments = self.cases.segments();
             file.write(&self.instance, Write::Rewrite(segments), &self.sync)
                 .await;
-            self.records = self.cases.len();
+            self.records = self.cases.live();
         }
     }
 }

@@ -18,7 +18,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqlitePool, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Cases, Sync};
+use super::{Cases, Sync, Verdict};
 
 /// The open file, shared by every server's mirror.
 #[derive(Clone, Debug)]
@@ -65,12 +65,13 @@ pub(super) const CASES_PER_SEGMENT: usize = 500;
 
 /// The records of one segment, in order; encoded off the pass's thread when compressed:
 /// a format byte, then per record its kind, and for a put the generation and `modified_at`
-/// (i64 LE), then the id and for a put the text (each a u32 LE length and UTF-8); stored
-/// LZ4-compressed with its size before it.
+/// (i64 LE), then the id and for a put the text (each a u32 LE length and UTF-8); for a
+/// verdict `modified_at`, key, at, until, due, seen, exempt (64 bits LE each), the id and the
+/// tenant (a byte 1 and its text, or 0); stored LZ4-compressed with its size before it.
 #[derive(Default)]
 pub(super) struct Segment {
     records: Vec<Record>,
-    /// Cases stored (removals not counted).
+    /// Case versions and verdicts stored (removals not counted).
     pub puts: usize,
     /// The compressed bytes, once [`Segment::compress`]ed.
     bytes: Vec<u8>,
@@ -81,12 +82,15 @@ enum Record {
     /// mirror, not copied.
     Put(Arc<str>, i64, i64, Arc<str>),
     Remove(Box<str>),
+    /// id, `modified_at` of the version it is of, what the rules made of it.
+    Verdict(Arc<str>, i64, Verdict),
 }
 
 /// The layout above, should it ever change.
 const FORMAT: u8 = 1;
 const PUT: u8 = b'P';
 const REMOVE: u8 = b'R';
+const VERDICT: u8 = b'V';
 
 impl Segment {
     /// A case's version: `id`, `modified_at`, the full listing that last saw it, its text.
@@ -99,6 +103,12 @@ impl Segment {
     /// The case left the mirror.
     pub fn remove(&mut self, id: &str) {
         self.records.push(Record::Remove(id.into()));
+    }
+
+    /// What the rules made of the case's version of `modified_at`.
+    pub fn verdict(&mut self, id: Arc<str>, modified_at: i64, verdict: Verdict) {
+        self.records.push(Record::Verdict(id, modified_at, verdict));
+        self.puts += 1;
     }
 
     /// Encoded and compressed for the file (its size first).
@@ -124,6 +134,23 @@ impl Segment {
                 Record::Remove(id) => {
                     out.push(REMOVE);
                     text(&mut out, &id);
+                }
+                Record::Verdict(id, modified_at, v) => {
+                    out.push(VERDICT);
+                    for n in [modified_at, v.key as i64, v.at, v.until] {
+                        out.extend_from_slice(&n.to_le_bytes());
+                    }
+                    for bits in [v.due, v.seen, v.exempt] {
+                        out.extend_from_slice(&bits.to_le_bytes());
+                    }
+                    text(&mut out, &id);
+                    match &v.tenant {
+                        Some(t) => {
+                            out.push(1);
+                            text(&mut out, t);
+                        }
+                        None => out.push(0),
+                    }
                 }
             }
         }
@@ -163,6 +190,27 @@ impl Segment {
                 }
                 REMOVE => {
                     cases.remove(read.text()?);
+                }
+                VERDICT => {
+                    let modified_at = read.number()?;
+                    let [key, at, until, due, seen, exempt] = [(); 6].map(|_| read.number());
+                    let id = read.text()?;
+                    let tenant = match read.take(1) {
+                        Some([0]) => None,
+                        Some([1]) => Some(Arc::from(read.text()?)),
+                        _ => return Err("a verdict's tenant is damaged".into()),
+                    };
+                    let verdict = Verdict {
+                        key: key? as u64,
+                        at: at?,
+                        until: until?,
+                        tenant,
+                        due: due? as u64,
+                        seen: seen? as u64,
+                        exempt: exempt? as u64,
+                    };
+                    cases.recall(id, modified_at, verdict);
+                    puts += 1;
                 }
                 other => return Err(format!("a record of unknown kind {other}")),
             }

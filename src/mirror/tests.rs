@@ -15,8 +15,9 @@ async fn loaded(path: &std::path::Path) -> Vec<(String, i64, String)> {
     let file = MirrorFile::open(path).await.expect("opens");
     let held = Mirror::new(Some(file), "sim").lock().await;
     (held.cases.after(None, usize::MAX).into_iter())
-        .map(|((m, id), text)| {
-            let v: serde_json::Value = serde_json::from_str(text).expect("JSON");
+        .map(|listed| {
+            let (m, id) = listed.at;
+            let v: serde_json::Value = serde_json::from_str(listed.text).expect("JSON");
             assert!(
                 v.get("event_ids").is_none(),
                 "an unread field was kept: {v}"

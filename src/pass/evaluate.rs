@@ -6,7 +6,8 @@ use std::sync::Arc;
 use futures::StreamExt;
 
 use super::error::PassError;
-use super::fetch::Fetched;
+use super::fetch::{Fetched, Read};
+use super::remember::Known;
 use super::run::Run;
 use crate::plan::RuleChanges;
 use crate::rules::{EvalEnv, EvalError, Rule, RuleSet};
@@ -22,6 +23,16 @@ pub(super) struct Evaluated {
     pub(super) errors: Vec<(usize, EvalError)>,
     /// A rule needed the case's activities to tell when a person last touched it.
     pub(super) wants_activities: bool,
+    /// Until when (ms) the clock the rules read gives them the same answers.
+    pub(super) until: i64,
+}
+
+/// A page after evaluation.
+pub(super) struct Page {
+    pub(super) evaluated: Vec<Evaluated>,
+    /// Cases counted from their remembered verdicts.
+    pub(super) known: Vec<Known>,
+    pub(super) unparsable: Vec<CaseParseError>,
 }
 
 /// Evaluates every due rule on one case.
@@ -32,6 +43,7 @@ fn evaluate_one(set: &RuleSet, rules: &[Arc<Rule>], case: Case, env: &EvalEnv) -
         exempt_from: Vec::new(),
         errors: Vec::new(),
         wants_activities: false,
+        until: i64::MAX,
         case,
     };
     for (i, result) in set.evaluate_case_noting_exempt(rules, &ev.case, env, &mut ev.exempt_from) {
@@ -39,6 +51,7 @@ fn evaluate_one(set: &RuleSet, rules: &[Arc<Rule>], case: Case, env: &EvalEnv) -
         match result {
             Ok(asked) => {
                 ev.wants_activities |= asked.wants_activities;
+                ev.until = ev.until.min(asked.until);
                 if !asked.changes.is_empty() {
                     ev.requests.push(RuleChanges {
                         rule: rules[i].name.clone(),
@@ -71,17 +84,21 @@ fn evaluate_page(
 /// A page's cases read and evaluated by every due rule: on a blocking thread, started now
 /// and awaited when the page is planned. Its cases that need their activities are
 /// evaluated again by [`with_activities`].
-pub(super) fn start(
-    run: &Run<'_>,
-    env: &EvalEnv,
-    page: Fetched,
-) -> tokio::task::JoinHandle<(Vec<Evaluated>, Vec<CaseParseError>)> {
+pub(super) fn start(run: &Run<'_>, env: &EvalEnv, page: Fetched) -> tokio::task::JoinHandle<Page> {
     let (set, rules, env) = (run.set.clone(), run.rules.clone(), env.clone());
     let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || {
         span.in_scope(|| {
-            let (cases, unparsable) = page.read();
-            (evaluate_page(&set, &rules, cases, &env), unparsable)
+            let Read {
+                cases,
+                known,
+                unparsable,
+            } = page.read();
+            Page {
+                evaluated: evaluate_page(&set, &rules, cases, &env),
+                known,
+                unparsable,
+            }
         })
     })
 }

@@ -1,7 +1,8 @@
 //! Stage: bring the server's mirror up to date (see [`super::sync`]), then hand the rules
 //! every case it holds, a page at a time, with only this server's customers and their
 //! names. A page leaves as text and is read on all cores by [`Fetched::read`], beside the
-//! planning of the page before it.
+//! planning of the page before it; a case whose remembered verdict still holds is counted
+//! from it instead (see [`super::remember`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,16 +10,19 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 use tokio::sync::OwnedMutexGuard;
 
+use super::evaluate::Evaluated;
 use super::options::{PageHook, Step};
+use super::remember::{Known, Recall};
 use super::run::Run;
 use super::sync::sync;
-use crate::mirror::{Cursor, Held};
-use crate::rules::Rule;
+use crate::mirror::{Cursor, Held, Verdict};
+use crate::rules::{EvalEnv, Rule};
 use crate::stellar::{ApiError, ApiFlavor, Case, CaseParseError};
 
-/// One page of the mirror's cases, as their text.
+/// One page of the mirror's cases, as their text, with what the rules made of each
+/// version, when remembered.
 pub(super) struct Fetched {
-    texts: Vec<Arc<str>>,
+    texts: Vec<(Arc<str>, Option<Verdict>)>,
     flavor: Option<ApiFlavor>,
     /// Cases the listing skipped because they could not be read, and why.
     unparsable: Vec<CaseParseError>,
@@ -31,6 +35,16 @@ struct Reading {
     tenants: Vec<String>,
     tenant_names: HashMap<String, String>,
     on_page: Option<PageHook>,
+    recall: Option<Recall>,
+}
+
+/// A page as the rules get it.
+pub(super) struct Read {
+    /// The cases to evaluate.
+    pub cases: Vec<Case>,
+    /// The cases counted from their verdicts.
+    pub known: Vec<Known>,
+    pub unparsable: Vec<CaseParseError>,
 }
 
 /// The cases of one pass, from the mirror, held for the pass.
@@ -47,8 +61,8 @@ pub(super) struct Fetch {
 
 impl Fetch {
     /// Reads the customers' names when a rule needs them, then syncs the mirror with the
-    /// filters every due rule agrees on; `own`: who casewarden is in `modified_by`.
-    pub async fn start(run: &Run<'_>, own: &[String]) -> Result<Fetch, ApiError> {
+    /// filters every due rule agrees on; `env`: what the rules are evaluated with.
+    pub async fn start(run: &Run<'_>, env: &EvalEnv) -> Result<Fetch, ApiError> {
         let ctx = run.ctx;
         let tenant_names = match run.set.needs_tenants {
             true => tenant_names(run).await,
@@ -60,7 +74,8 @@ impl Fetch {
             scope.push(("tenantid".into(), ctx.tenants.join(",")));
         }
         let mut held = ctx.mirror.lock().await;
-        let synced = sync(run, &mut held, &scope, own).await?;
+        let synced = sync(run, &mut held, &scope, &env.own_users).await?;
+        let recall = Recall::new(run, env, &tenant_names, ctx.client.known_flavor());
         Ok(Fetch {
             held,
             cursor: None,
@@ -69,6 +84,7 @@ impl Fetch {
                 tenants: ctx.tenants.to_vec(),
                 tenant_names,
                 on_page: run.opts.on_page.clone(),
+                recall,
             }),
             listed: 0,
             cut_short: !synced.complete || run.opts.cancelled(),
@@ -86,8 +102,10 @@ impl Fetch {
         }
         let limit = run.ctx.client.page_size() as usize;
         let chunk = self.held.cases.after(self.cursor.as_ref(), limit);
-        let texts: Vec<Arc<str>> = chunk.iter().map(|(_, text)| Arc::clone(text)).collect();
-        let cursor = chunk.last().map(|(last, _)| (*last).clone());
+        let texts: Vec<(Arc<str>, Option<Verdict>)> = (chunk.iter())
+            .map(|c| (Arc::clone(c.text), c.verdict.cloned()))
+            .collect();
+        let cursor = chunk.last().map(|last| last.at.clone());
         if cursor.is_none() && self.unparsable.is_empty() {
             return None;
         }
@@ -105,17 +123,49 @@ impl Fetch {
             reading: self.reading.clone(),
         })
     }
+
+    /// Keeps what the rules made of the cases of a page that asked nothing of them.
+    pub fn remember(&mut self, evaluated: &[Evaluated]) {
+        let Some(recall) = &self.reading.recall else {
+            return;
+        };
+        let at = recall.now();
+        for ev in evaluated {
+            if let Some(v) = recall.verdict(ev, at) {
+                self.held.remember(&ev.case.id, v);
+            }
+        }
+    }
+
+    /// Writes the verdicts of the pass to the mirror's file.
+    pub async fn save_verdicts(&mut self) {
+        self.held.save_verdicts().await;
+    }
 }
 
 impl Fetched {
     /// The page's cases, parsed on all cores (call it off the async threads), with only
-    /// this server's customers and their names, shown to the page hook.
-    pub fn read(self) -> (Vec<Case>, Vec<CaseParseError>) {
+    /// this server's customers and their names, shown to the page hook; but the cases
+    /// whose verdicts still hold, counted from them.
+    pub fn read(self) -> Read {
         use rayon::prelude::*;
         let reading = &self.reading;
         let tenants = &reading.tenants;
-        let cases: Vec<Case> = self
-            .texts
+        let mut known = Vec::new();
+        let mut texts = Vec::with_capacity(self.texts.len());
+        match &reading.recall {
+            Some(recall) => {
+                let now = recall.now();
+                for (text, verdict) in &self.texts {
+                    match verdict.as_ref().and_then(|v| recall.reuse(v, now)) {
+                        Some(k) => known.push(k),
+                        None => texts.push(text),
+                    }
+                }
+            }
+            None => texts.extend(self.texts.iter().map(|(text, _)| text)),
+        }
+        let cases: Vec<Case> = texts
             .par_iter()
             .filter_map(|text| {
                 let read = serde_json::from_str::<&RawValue>(text)
@@ -139,7 +189,11 @@ impl Fetched {
         if let Some(hook) = &reading.on_page {
             (hook.0)(&cases);
         }
-        (cases, self.unparsable)
+        Read {
+            cases,
+            known,
+            unparsable: self.unparsable,
+        }
     }
 }
 

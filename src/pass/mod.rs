@@ -25,6 +25,7 @@ mod options;
 mod plan;
 mod reconcile;
 mod record;
+mod remember;
 mod report;
 mod run;
 mod send;
@@ -216,8 +217,7 @@ async fn plan_listing(run: &Run<'_>) -> Result<Planned, (Planned, Option<PassErr
     let mut planning = Planning::start(run)
         .await
         .map_err(|e| (Planned::default(), Some(e.into())))?;
-    let own = planning.env().own_users.clone();
-    let mut fetch = match Fetch::start(run, &own).await {
+    let mut fetch = match Fetch::start(run, planning.env()).await {
         Ok(fetch) => fetch,
         Err(e) => return Err((planning.abandon(), Some(e.into()))),
     };
@@ -228,13 +228,14 @@ async fn plan_listing(run: &Run<'_>) -> Result<Planned, (Planned, Option<PassErr
         .map(|p| evaluate::start(run, planning.env(), p));
     let listed = async {
         while let Some(job) = ahead.take() {
-            let (evaluated, unparsable) = job.await?;
+            let page = job.await?;
+            fetch.remember(&page.evaluated);
             ahead = fetch
                 .next(run)
                 .map(|p| evaluate::start(run, planning.env(), p));
-            planning.listed(&evaluated, &unparsable);
-            record::unreadable(run, &unparsable).await?;
-            let evaluated = evaluate::with_activities(run, planning.env(), evaluated).await?;
+            planning.listed(&page);
+            record::unreadable(run, &page.unparsable).await?;
+            let evaluated = evaluate::with_activities(run, planning.env(), page.evaluated).await?;
             planning.add(run, evaluated).await?;
         }
         Ok::<_, PassError>(())
@@ -244,6 +245,7 @@ async fn plan_listing(run: &Run<'_>) -> Result<Planned, (Planned, Option<PassErr
     if let Some(job) = ahead.take() {
         let _ = job.await;
     }
+    fetch.save_verdicts().await;
     match listed {
         Err(e) => Err((planning.abandon(), Some(e))),
         Ok(()) if fetch.cut_short => Err((planning.abandon(), None)),

@@ -5,14 +5,14 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use super::evaluate::Evaluated;
+use super::evaluate::{Evaluated, Page};
 use super::reconcile;
 use super::run::Run;
 use super::stats::{self, RuleStats};
 use crate::audit::AuditError;
 use crate::plan::{self, CasePlan, ChangeKind, Field};
 use crate::rules::{EvalEnv, EvalError};
-use crate::stellar::{Case, CaseParseError, Directory};
+use crate::stellar::{Case, Directory};
 
 /// Errors logged in full per rule and pass; the rest are counted.
 pub(super) const LOGGED_ERRORS_PER_RULE: usize = 5;
@@ -112,12 +112,24 @@ impl Planning {
         &self.env
     }
 
-    /// Counts a listed page.
-    pub fn listed(&mut self, cases: &[Evaluated], unparsable: &[CaseParseError]) {
-        self.tally.unparsable += unparsable.len();
-        self.tally.cases_seen += cases.len();
-        for t in cases.iter().filter_map(|ev| ev.case.tenant()) {
+    /// Counts a listed page; the cases counted from their verdicts in full, as the rules
+    /// made of them.
+    pub fn listed(&mut self, page: &Page) {
+        self.tally.unparsable += page.unparsable.len();
+        self.tally.cases_seen += page.evaluated.len() + page.known.len();
+        let evaluated = page.evaluated.iter().filter_map(|ev| ev.case.tenant());
+        let known = page.known.iter().filter_map(|k| k.tenant.as_deref());
+        for t in evaluated.chain(known) {
             *self.seen_by_tenant.entry(t.to_string()).or_default() += 1;
+        }
+        let rules = &mut self.tally.rules;
+        for k in &page.known {
+            for &i in &k.seen_by {
+                rules[i].seen += 1;
+            }
+            for &i in &k.exempt_from {
+                rules[i].exempt += 1;
+            }
         }
     }
 

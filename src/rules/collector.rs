@@ -43,15 +43,31 @@ pub(super) struct Collector {
     /// `last_human_activity` needed the case's activities and they were not read.
     pub wants_activities: bool,
     pub changes: Vec<Change>,
+    /// Until when (ms) the clock the rule read keeps giving it the same answers.
+    pub until: i64,
 }
 
 /// What one evaluation asked for.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Asked {
     pub changes: Vec<Change>,
     /// The rule asked when a person last touched a case whose answer is only in its
     /// `/activities`, which were not read: evaluate again once they are.
     pub wants_activities: bool,
+    /// Until when (ms, the evaluation's clock) the same case would get the same answer:
+    /// `i64::MAX` when the rule read no clock, the next whole unit of a `*_since` it read,
+    /// now + 1 ms after `now()`, a calendar, the users list or a print.
+    pub until: i64,
+}
+
+impl Default for Asked {
+    fn default() -> Self {
+        Asked {
+            changes: Vec::new(),
+            wants_activities: false,
+            until: i64::MAX,
+        }
+    }
 }
 
 thread_local! {
@@ -72,6 +88,7 @@ pub(super) fn begin(env: &EvalEnv, rule: &str, activities: Option<Arc<Vec<Histor
             activities,
             wants_activities: false,
             changes: Vec::new(),
+            until: i64::MAX,
         })
     });
 }
@@ -85,6 +102,7 @@ pub(super) fn finish() -> Asked {
             .map(|c| Asked {
                 changes: c.changes,
                 wants_activities: c.wants_activities,
+                until: c.until,
             })
             .unwrap_or_default()
     })
@@ -95,14 +113,29 @@ pub(super) fn with<T>(f: impl FnOnce(&mut Collector) -> T, fallback: T) -> T {
     CURRENT.with(|c| c.borrow_mut().as_mut().map(f).unwrap_or(fallback))
 }
 
-/// The evaluation's clock, in ms.
+/// The evaluation's clock, in ms, to the millisecond: its answer changes at once.
 pub(super) fn now() -> INT {
+    volatile();
     with(|c| c.now_ms, crate::now_ms())
 }
 
-/// Whole `unit`s (in ms) from `ms` to the evaluation's now.
+/// The rule read something that may give another answer at any time (the clock to the
+/// millisecond, a calendar, the users list) or printed: its evaluation is not reused.
+pub(super) fn volatile() {
+    with(|c| c.until = c.until.min(c.now_ms.saturating_add(1)), ());
+}
+
+/// Whole `unit`s (in ms) from `ms` to the evaluation's now; the same until the next one.
 pub(super) fn since(ms: INT, unit: INT) -> INT {
-    (now() - ms).div_euclid(unit)
+    with(
+        |c| {
+            let whole = (c.now_ms - ms).div_euclid(unit);
+            let next = ms.saturating_add(whole.saturating_add(1).saturating_mul(unit));
+            c.until = c.until.min(next);
+            whole
+        },
+        (crate::now_ms() - ms).div_euclid(unit),
+    )
 }
 
 /// The name of the rule running on this thread, for its log lines.
@@ -112,6 +145,7 @@ pub(super) fn rule_name() -> String {
 
 /// Whether the rule running on this thread may log one more line this pass.
 pub(super) fn may_print() -> bool {
+    volatile();
     with(
         |c| c.env.prints.allow(&c.rule, c.env.limits.prints_per_pass),
         true,

@@ -59,10 +59,19 @@ pub(super) mod tests {
         script: &str,
         env: &EvalEnv,
     ) -> (Result<Dynamic, Box<EvalAltResult>>, Vec<Change>) {
+        let (r, asked) = run_asking(script, env);
+        (r, asked.changes)
+    }
+
+    /// Runs `script` as one evaluation; what it gave and all it asked.
+    pub(in crate::rules) fn run_asking(
+        script: &str,
+        env: &EvalEnv,
+    ) -> (Result<Dynamic, Box<EvalAltResult>>, crate::rules::Asked) {
         let e = engine();
         begin(env, "t", None);
         let r = e.eval::<Dynamic>(script);
-        (r, finish().changes)
+        (r, finish())
     }
 
     /// An environment whose clock says `now` and whose own user is "me".

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use rhai::{AST, Engine, FnPtr, Position};
 
 pub use collector::{Asked, EvalEnv};
-pub use eval::{EvalError, case_arg, exempt, hints_match};
+pub use eval::{EvalError, SNOOZE_PREFIX, case_arg, exempt, hints_match};
 pub use lint::did_you_mean as nearest;
 pub use meta::locate;
 

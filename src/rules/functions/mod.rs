@@ -8,7 +8,7 @@ mod tests;
 
 use rhai::{Dynamic, Engine, EvalAltResult, INT, ImmutableString, Map, Variant};
 
-use super::collector::{now, since, with};
+use super::collector::{now, since, volatile, with};
 use super::matching;
 use super::view::{CaseView, Fields};
 use crate::stellar::{Directory, priority_rank};
@@ -103,6 +103,7 @@ type Found = Result<Dynamic, Box<EvalAltResult>>;
 
 /// Looks a user up in the server's users list; () when nobody matches.
 fn lookup(what: &str, f: impl FnOnce(&Directory) -> Option<String>) -> Found {
+    volatile();
     with(
         |c| {
             match &c.env.users {
@@ -142,6 +143,7 @@ fn on_calendar<T>(
     f: impl FnOnce(&crate::calendar::Calendar, INT) -> T,
     outside: T,
 ) -> Result<T, Box<EvalAltResult>> {
+    volatile();
     with(
         |c| match c.env.calendars.get(calendar) {
             Some(cal) => Ok(f(cal, c.now_ms)),

@@ -5,7 +5,7 @@ use rhai::{Dynamic, INT};
 
 use crate::plan::ChangeKind;
 use crate::rules::engine::engine;
-use crate::rules::engine::tests::{fixed, run};
+use crate::rules::engine::tests::{fixed, run, run_asking};
 
 #[test]
 fn time_helpers_use_the_injected_clock() {
@@ -15,6 +15,32 @@ fn time_helpers_use_the_injected_clock() {
     );
     let v: Vec<INT> = r.unwrap().into_typed_array().unwrap();
     assert_eq!(v, [2 * 86_400_000, 48, 2, 2880]);
+}
+
+#[test]
+fn an_evaluation_holds_until_the_clock_it_read_gives_another_answer() {
+    let now = 10 * 86_400_000 + 5_000;
+    let until = |script: &str| {
+        let (r, asked) = run_asking(script, &fixed(now));
+        assert!(r.is_ok(), "{script}: {r:?}");
+        asked.until
+    };
+    assert_eq!(until("priority_rank(\"High\")"), i64::MAX, "no clock read");
+    // 23 whole hours since `now - 23.5h`: 24 at `now + 0.5h`.
+    let created = now - 23 * 3_600_000 - 1_800_000;
+    assert_eq!(until(&format!("hours_since({created})")), now + 1_800_000);
+    assert_eq!(
+        until(&format!("hours_since({created}); days_since({created})")),
+        now + 1_800_000,
+        "the nearest change wins"
+    );
+    assert_eq!(until(&format!("minutes_since({now})")), now + 60_000);
+    assert_eq!(until("days_since(0)"), 11 * 86_400_000);
+    for volatile in ["now()", "print(\"x\")", "user_email(\"u1\")"] {
+        // Without a users list `user_email` is the rule's error, but it read it.
+        let (_, asked) = run_asking(volatile, &fixed(now));
+        assert_eq!(asked.until, now + 1, "{volatile}");
+    }
 }
 
 #[test]

@@ -1,0 +1,113 @@
+//! Remembered verdicts: a case whose version, rules, inputs and clock give the rules the
+//! same answers as at an earlier pass of this process is counted from what they made of it
+//! then, without reading or evaluating it again. Only what rules that asked nothing, failed
+//! nowhere and needed no activities made of a case is kept (see [`Verdict`]), so
+//! every case a rule wants something of is evaluated afresh.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use super::evaluate::Evaluated;
+use super::run::Run;
+use crate::mirror::Verdict;
+use crate::rules::{EvalEnv, SNOOZE_PREFIX};
+use crate::stellar::ApiFlavor;
+
+/// What a pass needs to reuse and keep verdicts.
+pub(super) struct Recall {
+    /// The rule set and the rules' inputs besides the case and the clock.
+    key: u64,
+    /// The place in the rule set of each due rule, in the pass's order.
+    places: Vec<u32>,
+    /// Those places as bits.
+    due: u64,
+    /// The evaluation's fixed clock, when it has one.
+    fixed_now: Option<i64>,
+}
+
+/// A case counted from its verdict.
+pub(super) struct Known {
+    pub tenant: Option<Arc<str>>,
+    /// Due rules (places in the pass's rules) that looked at the case, and that an
+    /// exemption kept off it.
+    pub seen_by: Vec<usize>,
+    pub exempt_from: Vec<usize>,
+}
+
+impl Recall {
+    /// None when verdicts cannot be used this pass: more rules than bits, or a page hook
+    /// (`--save-cases`) that must see every case.
+    pub fn new(
+        run: &Run<'_>,
+        env: &EvalEnv,
+        tenant_names: &HashMap<String, String>,
+        flavor: Option<ApiFlavor>,
+    ) -> Option<Recall> {
+        if run.opts.on_page.is_some() || run.set.rules.len() > 64 {
+            return None;
+        }
+        let places = (run.rules.iter())
+            .map(|r| (run.set.rules.iter()).position(|s| Arc::ptr_eq(s, r)))
+            .map(|p| p.map(|p| p as u32))
+            .collect::<Option<Vec<u32>>>()?;
+        let mut names: Vec<_> = tenant_names.iter().collect();
+        names.sort_unstable();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&run.set.fingerprint, names, format!("{flavor:?}")).hash(&mut h);
+        (&env.own_users, &env.exempt_tags, env.limits.eval_time).hash(&mut h);
+        Some(Recall {
+            key: h.finish(),
+            due: places.iter().fold(0, |bits, p| bits | 1 << p),
+            places,
+            fixed_now: env.now_ms,
+        })
+    }
+
+    /// The clock verdicts are reached and checked by.
+    pub fn now(&self) -> i64 {
+        self.fixed_now.unwrap_or_else(crate::now_ms)
+    }
+
+    /// The case as its verdict counts it, when the verdict still holds at `now` for every
+    /// due rule.
+    pub fn reuse(&self, v: &Verdict, now: i64) -> Option<Known> {
+        let holds = v.key == self.key && v.at <= now && now < v.until;
+        if !holds || self.due & !v.due != 0 {
+            return None;
+        }
+        let of = |bits: u64| {
+            (self.places.iter().enumerate())
+                .filter(|(_, p)| bits & 1 << **p != 0)
+                .map(|(i, _)| i)
+                .collect()
+        };
+        Some(Known {
+            tenant: v.tenant.clone(),
+            seen_by: of(v.seen),
+            exempt_from: of(v.exempt),
+        })
+    }
+
+    /// The verdict to keep for an evaluated case, reached `at` (after its evaluation), if
+    /// the rules asked nothing of it, failed nowhere, read no activities and no snooze
+    /// date decides for them.
+    pub fn verdict(&self, ev: &Evaluated, at: i64) -> Option<Verdict> {
+        let quiet = ev.requests.is_empty() && ev.errors.is_empty();
+        let plain = !ev.wants_activities && ev.case.activities.is_none();
+        let snoozed = ev.case.tags().any(|t| t.starts_with(SNOOZE_PREFIX));
+        if !quiet || !plain || snoozed || ev.until <= at {
+            return None;
+        }
+        let bits = |rules: &[usize]| rules.iter().fold(0, |b, &i| b | 1 << self.places[i]);
+        Some(Verdict {
+            key: self.key,
+            at,
+            until: ev.until,
+            tenant: ev.case.tenant().map(Arc::from),
+            due: self.due,
+            seen: bits(&ev.seen_by),
+            exempt: bits(&ev.exempt_from),
+        })
+    }
+}
