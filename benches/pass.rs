@@ -10,9 +10,10 @@
 //!     on the same simulators and config, to measure a change)
 //!
 //! Each run gets a freshly started simulator (`casewarden simulate --cases N --seed 7`) so
-//! both see the same cases, and makes two passes on it: the first, and one right after it
-//! with nothing changed (casewarden keeps its mirror between the two `once` processes; the
-//! peer has none). Printed per pass: wall time, the client's CPU seconds and peak RSS (from
+//! both see the same cases, and makes three passes on it: the first, one right after it with
+//! nothing changed by anyone else (casewarden keeps its mirror between the `once` processes;
+//! the peer has none; casewarden evaluates again the cases its first pass changed), and a
+//! settled one after that (casewarden counts every case from its remembered verdict). Printed per pass: wall time, the client's CPU seconds and peak RSS (from
 //! wait4), the simulator's CPU seconds during the pass (/proc), the requests and bytes the
 //! simulator served (`/sim/stats`), and how many cases it saw changed; then the medians and
 //! their ratios.
@@ -62,11 +63,25 @@ struct Run {
     mib: f64,
 }
 
-/// The two passes of a run.
+/// The passes of a run: the first, one right after it (casewarden evaluates again the cases
+/// its first pass changed), and one after that (nothing changed since the one before).
 #[derive(Clone, Copy, PartialEq)]
 enum Pass {
     First,
     Unchanged,
+    Settled,
+}
+
+impl Pass {
+    const ALL: [Pass; 3] = [Pass::First, Pass::Unchanged, Pass::Settled];
+
+    fn name(self) -> &'static str {
+        match self {
+            Pass::First => "first",
+            Pass::Unchanged => "unchanged",
+            Pass::Settled => "settled",
+        }
+    }
 }
 
 fn main() {
@@ -135,15 +150,11 @@ fn main() {
                 binary,
                 dir.path(),
             );
-            for (pass, run) in [Pass::First, Pass::Unchanged].into_iter().zip(passes) {
+            for (pass, run) in Pass::ALL.into_iter().zip(passes) {
                 println!(
                     "  round {round} {:<18} {:<9} wall {:>7.2} s  client CPU {:>6.2} s  peak RSS {:>5.0} MiB  simulator CPU {:>6.2} s  requests {:>7}  {:>8.2} MiB  cases changed {}",
                     w.name(),
-                    if pass == Pass::First {
-                        "first"
-                    } else {
-                        "unchanged"
-                    },
+                    pass.name(),
                     run.wall,
                     run.cpu,
                     run.rss_mib,
@@ -165,12 +176,10 @@ fn main() {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    for (pass, title) in [
-        (Pass::First, "first pass"),
-        (Pass::Unchanged, "unchanged pass"),
-    ] {
+    for pass in Pass::ALL {
         println!(
-            "\n{title}, medians | wall | client CPU | simulator CPU | client CPU / simulator CPU | peak RSS | requests | MiB served"
+            "\n{} pass, medians | wall | client CPU | simulator CPU | client CPU / simulator CPU | peak RSS | requests | MiB served",
+            pass.name()
         );
         for &w in &who {
             println!(
@@ -278,7 +287,7 @@ fn one_run(
     python: Option<&Path>,
     binary: Option<PathBuf>,
     dir: &Path,
-) -> [Run; 2] {
+) -> [Run; 3] {
     let mut sims: Vec<(Child, String)> = (0..shape.instances)
         .map(|i| simulator(cases / shape.instances, shape, 7 + i))
         .collect();
@@ -326,7 +335,7 @@ fn one_run(
             c
         }
     };
-    let passes = [0, 1].map(|_| {
+    let passes = Pass::ALL.map(|_| {
         let stats_before = sims.iter().map(|(_, url)| served(url)).fold((0, 0), add);
         let mut client = command
             .stdout(Stdio::null())

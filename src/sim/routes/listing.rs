@@ -60,14 +60,28 @@ impl ListQuery {
         if self.sort.as_deref() != Some("modified_at") || self.desc {
             return None;
         }
-        let (_, from) = self.filters.iter().find(|(k, _)| k == "FROM~modified_at")?;
-        Some(from.trim().parse::<f64>().unwrap_or(f64::MIN))
+        let (_, from) = self.filters.iter().find(|(k, _)| k == FROM_MODIFIED)?;
+        from.trim().parse::<f64>().ok()
     }
 
     /// Whether `case` passes every filter.
     fn matches(&self, case: &Value) -> bool {
+        self.matches_but(case, None)
+    }
+
+    /// Whether `case` passes every filter but the one of key `but`.
+    fn matches_but(&self, case: &Value, but: Option<&str>) -> bool {
         (self.filters.iter())
+            .filter(|(k, _)| Some(k.as_str()) != but)
             .all(|(k, v)| case.as_object().is_some_and(|o| filter::matches(o, k, v)))
+    }
+
+    /// What identifies the listing for the cache, without the filter of key `but`.
+    fn key_but(&self, but: Option<&str>) -> String {
+        let filters: Vec<_> = (self.filters.iter())
+            .filter(|(k, _)| Some(k.as_str()) != but)
+            .collect();
+        format!("{but:?} {filters:?} {:?} {}", self.sort, self.desc)
     }
 
     /// The ticket numbers of a listing that asks for nothing else.
@@ -152,34 +166,45 @@ fn edit_before_read(s: &mut SimState, filters: &[(String, String)]) {
 /// growing `skip`; filtering and sorting a large population once per query (until a case
 /// changes) keeps big listings linear.
 fn matching(s: &mut SimState, q: &ListQuery) -> Arc<Vec<usize>> {
-    let query_key = format!("{:?} {:?} {}", q.filters, q.sort, q.desc);
+    // A delta listing's pages differ only in their bound (keyset paging moves it): they
+    // share the cases its other filters select, in `modified_at` order.
+    let but = q.modified_from().map(|_| FROM_MODIFIED);
+    let query_key = q.key_but(but);
     let cached = s
         .list_cache
         .as_ref()
         .filter(|(k, v, _)| *k == query_key && *v == s.version)
         .map(|(_, _, hits)| hits.clone());
-    match cached {
+    let hits = match cached {
         Some(hits) => hits,
-        None if let Some(tickets) = q.tickets_only() => Arc::new(s.by_tickets(&tickets)),
+        None if let Some(tickets) = q.tickets_only() => return Arc::new(s.by_tickets(&tickets)),
         // The whole population in its own order: nothing to compute or remember.
-        None if q.filters.is_empty() && q.sort.is_none() => Arc::new((0..s.cases.len()).collect()),
-        None if let Some(from) = q.modified_from() => {
-            let hits = Arc::new(modified_from(s, q, from));
-            s.list_cache = Some((query_key, s.version, hits.clone()));
-            hits
+        None if q.filters.is_empty() && q.sort.is_none() => {
+            return Arc::new((0..s.cases.len()).collect());
         }
-        None => {
-            let hits = Arc::new(select(&s.cases, q));
-            s.list_cache = Some((query_key, s.version, hits.clone()));
-            hits
+        None if but.is_some() => Arc::new(modified_order(s, q)),
+        None => Arc::new(select(&s.cases, q)),
+    };
+    s.list_cache = Some((query_key, s.version, hits.clone()));
+    match q.modified_from() {
+        Some(from) => {
+            let start = hits.partition_point(|&i| modified(&s.cases[i]).is_some_and(|m| m < from));
+            Arc::new(hits[start..].to_vec())
         }
+        None => hits,
     }
 }
 
-/// A delta listing's cases (`FROM~modified_at`, sorted by it ascending), from the index by
-/// `modified_at`: in the order `select` gives, without walking the whole population.
-fn modified_from(s: &mut SimState, q: &ListQuery, from: f64) -> Vec<usize> {
-    let modified = |c: &Value| c.get("modified_at").and_then(Value::as_f64);
+const FROM_MODIFIED: &str = "FROM~modified_at";
+
+fn modified(case: &Value) -> Option<f64> {
+    case.get("modified_at").and_then(Value::as_f64)
+}
+
+/// A delta listing's cases (`FROM~modified_at`, sorted by it ascending) before its bound,
+/// from the index by `modified_at`: in the order `select` gives, the bound left to the
+/// caller's binary search.
+fn modified_order(s: &mut SimState, q: &ListQuery) -> Vec<usize> {
     let order = match &s.by_modified {
         Some((version, order)) if *version == s.version => order.clone(),
         _ => {
@@ -193,11 +218,8 @@ fn modified_from(s: &mut SimState, q: &ListQuery, from: f64) -> Vec<usize> {
         }
     };
     let cases = &s.cases;
-    let start = order.partition_point(|&i| modified(&cases[i]).is_some_and(|m| m < from));
-    order[start..]
-        .iter()
-        .copied()
-        .filter(|&i| q.matches(&cases[i]))
+    (order.iter().copied())
+        .filter(|&i| q.matches_but(&cases[i], Some(FROM_MODIFIED)))
         .collect()
 }
 
