@@ -38,6 +38,17 @@ pub struct Webhook {
     pub at: std::time::Instant,
 }
 
+/// The positions of the cases a listing selected, remembered for its next pages.
+pub(super) struct ListCache {
+    /// The listing's filters (without a delta's bound), sort and order.
+    pub key: String,
+    /// The state's version it was made at.
+    pub version: u64,
+    /// A delta listing's bound (`FROM~modified_at`): the positions hold the cases from it on.
+    pub from: f64,
+    pub hits: Arc<Vec<usize>>,
+}
+
 /// The simulator's data and counters; tests lock it to inspect or rig the server.
 pub struct SimState {
     pub flavor: ApiFlavor,
@@ -76,7 +87,7 @@ pub struct SimState {
     pub(super) version: u64,
     /// With a listing lag: each case's earlier versions, with when each was replaced.
     past: HashMap<String, Vec<(std::time::Instant, Value)>>,
-    pub(super) list_cache: Option<(String, u64, Arc<Vec<usize>>)>,
+    pub(super) list_cache: Option<ListCache>,
     /// The positions of the cases with a numeric `modified_at`, in its order (ties by
     /// position), at a version: delta listings start at a binary search instead of a scan.
     pub(super) by_modified: Option<(u64, Arc<Vec<usize>>)>,

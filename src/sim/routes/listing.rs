@@ -8,7 +8,7 @@ use axum::response::Response;
 use serde_json::Value;
 
 use crate::sim::answer::{error, json_bytes, raw_response, truncated};
-use crate::sim::state::{Shared, SimState, lock};
+use crate::sim::state::{ListCache, Shared, SimState, lock};
 use crate::stellar::filter;
 
 /// What a listing asks for.
@@ -166,15 +166,14 @@ fn edit_before_read(s: &mut SimState, filters: &[(String, String)]) {
 /// growing `skip`; filtering and sorting a large population once per query (until a case
 /// changes) keeps big listings linear.
 fn matching(s: &mut SimState, q: &ListQuery) -> Arc<Vec<usize>> {
-    // A delta listing's pages differ only in their bound (keyset paging moves it): they
-    // share the cases its other filters select, in `modified_at` order.
-    let but = q.modified_from().map(|_| FROM_MODIFIED);
-    let query_key = q.key_but(but);
-    let cached = s
-        .list_cache
-        .as_ref()
-        .filter(|(k, v, _)| *k == query_key && *v == s.version)
-        .map(|(_, _, hits)| hits.clone());
+    // A delta listing's pages differ only in their bound, which keyset paging moves on:
+    // a page reuses what the page before selected, from its own bound on.
+    let from = q.modified_from();
+    let query_key = q.key_but(from.map(|_| FROM_MODIFIED));
+    let bound = from.unwrap_or(f64::MIN);
+    let cached = (s.list_cache.as_ref())
+        .filter(|c| c.key == query_key && c.version == s.version && c.from <= bound)
+        .map(|c| c.hits.clone());
     let hits = match cached {
         Some(hits) => hits,
         None if let Some(tickets) = q.tickets_only() => return Arc::new(s.by_tickets(&tickets)),
@@ -182,11 +181,16 @@ fn matching(s: &mut SimState, q: &ListQuery) -> Arc<Vec<usize>> {
         None if q.filters.is_empty() && q.sort.is_none() => {
             return Arc::new((0..s.cases.len()).collect());
         }
-        None if but.is_some() => Arc::new(modified_order(s, q)),
+        None if let Some(from) = from => Arc::new(modified_from(s, q, from)),
         None => Arc::new(select(&s.cases, q)),
     };
-    s.list_cache = Some((query_key, s.version, hits.clone()));
-    match q.modified_from() {
+    s.list_cache = Some(ListCache {
+        key: query_key,
+        version: s.version,
+        from: bound,
+        hits: hits.clone(),
+    });
+    match from {
         Some(from) => {
             let start = hits.partition_point(|&i| modified(&s.cases[i]).is_some_and(|m| m < from));
             Arc::new(hits[start..].to_vec())
@@ -201,10 +205,9 @@ fn modified(case: &Value) -> Option<f64> {
     case.get("modified_at").and_then(Value::as_f64)
 }
 
-/// A delta listing's cases (`FROM~modified_at`, sorted by it ascending) before its bound,
-/// from the index by `modified_at`: in the order `select` gives, the bound left to the
-/// caller's binary search.
-fn modified_order(s: &mut SimState, q: &ListQuery) -> Vec<usize> {
+/// A delta listing's cases (`FROM~modified_at`, sorted by it ascending), from the index by
+/// `modified_at`: in the order `select` gives, without walking the whole population.
+fn modified_from(s: &mut SimState, q: &ListQuery, from: f64) -> Vec<usize> {
     let order = match &s.by_modified {
         Some((version, order)) if *version == s.version => order.clone(),
         _ => {
@@ -218,7 +221,8 @@ fn modified_order(s: &mut SimState, q: &ListQuery) -> Vec<usize> {
         }
     };
     let cases = &s.cases;
-    (order.iter().copied())
+    let start = order.partition_point(|&i| modified(&cases[i]).is_some_and(|m| m < from));
+    (order[start..].iter().copied())
         .filter(|&i| q.matches_but(&cases[i], Some(FROM_MODIFIED)))
         .collect()
 }
