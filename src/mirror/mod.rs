@@ -436,7 +436,9 @@ impl Held {
     /// Keeps what the rules made of a case's current version, in the file at the next
     /// [`Held::save_verdicts`].
     pub fn remember(&mut self, id: &str, verdict: Verdict) {
-        if let Some((id, m)) = self.cases.remember(id, None, verdict.clone()) {
+        if let Some((id, m)) = self.cases.remember(id, None, verdict.clone())
+            && self.file.is_some()
+        {
             self.verdicts.verdict(id, m, verdict);
         }
     }
@@ -527,8 +529,10 @@ impl Held {
             self.write(Write::Sweep).await;
             // The sweep deleted the segments holding the verdicts: they are written again.
             self.verdicts = Segment::default();
-            for (id, m, v) in self.cases.verdicts() {
-                self.verdicts.verdict(id, m, v);
+            if self.file.is_some() {
+                for (id, m, v) in self.cases.verdicts() {
+                    self.verdicts.verdict(id, m, v);
+                }
             }
         } else {
             self.write(Write::Append(Segment::default())).await;
