@@ -47,13 +47,16 @@ const AGING: &str = "const RULE = #{ name: \"aging\" };\nfn evaluate(c) {\n    i
 #[tokio::test(flavor = "multi_thread")]
 async fn a_remembered_case_is_evaluated_again_when_the_hour_its_rule_waits_for_comes() {
     let sim = start(sim_options(100)).await;
-    let margin = 10_000;
-    let created = casewarden::now_ms() - 24 * 3_600_000 + margin;
-    plant(&sim, "aging-case", &["aging"], created);
+    let day = 24 * 3_600_000;
+    // One case turns a day old in half an hour, one in a few seconds.
+    let far = casewarden::now_ms() - day + 30 * 60_000;
+    let near = casewarden::now_ms() - day + 8_000;
+    plant(&sim, "aging-far", &["aging"], far);
+    plant(&sim, "aging-near", &["aging"], near);
     let ws = Workspace::new(
         &sim.url,
         "legacy",
-        GUARD_OFF,
+        &format!("{GUARD_OFF}\n{EVERY_SECOND}"),
         Some(&[("aging.rhai", AGING)]),
     );
     assert_exit(&ws.run(&["once"]).await, 0);
@@ -62,11 +65,14 @@ async fn a_remembered_case_is_evaluated_again_when_the_hour_its_rule_waits_for_c
         "nothing is a day old yet"
     );
     let kept = verdicts(&ws).await;
-    let v = &kept["aging-case"];
     assert_eq!(
-        v.until,
-        created + 24 * 3_600_000,
+        kept["aging-far"].until,
+        far + day,
         "the verdict holds until its 24th hour, not longer"
+    );
+    assert!(
+        !kept.contains_key("aging-near"),
+        "a verdict ending within minutes is not worth a write"
     );
     assert!(
         kept.len() > 90,
@@ -74,16 +80,32 @@ async fn a_remembered_case_is_evaluated_again_when_the_hour_its_rule_waits_for_c
         kept.len()
     );
 
-    // Nobody touches the case; its hour comes.
-    let wait = (created + 24 * 3_600_000 + 300 - casewarden::now_ms()).max(0);
-    tokio::time::sleep(std::time::Duration::from_millis(wait as u64)).await;
-    assert_exit(&ws.run(&["once"]).await, 0);
+    // The daemon keeps every verdict in memory and passes every second; nobody touches
+    // the case; its hour comes.
+    let daemon = Daemon::start(&ws, &[]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !sim.state().update_calls.contains_key("aging-near") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rule never fired: {}",
+            daemon.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     let applied: Vec<_> = (ws.audit(Filter::default()).await.into_iter())
         .filter(|r| r.outcome == Outcome::Applied)
-        .map(|r| (r.case_id, r.new))
         .collect();
-    assert_eq!(applied, [("aging-case".into(), Some("High".into()))]);
-    assert_eq!(sim.state().case("aging-case").unwrap()["priority"], "High");
+    assert_eq!(applied.len(), 1, "{applied:?}");
+    assert_eq!(applied[0].case_id, "aging-near");
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(&applied[0].recorded_at)
+            .unwrap()
+            .timestamp_millis()
+            >= near + day,
+        "not before its time: {:?}",
+        applied[0].recorded_at
+    );
+    assert_eq!(sim.state().case("aging-near").unwrap()["priority"], "High");
 }
 
 const RULES: [(&str, &str); 3] = [
@@ -139,6 +161,12 @@ async fn a_pass_counts_remembered_cases_as_the_rules_made_of_them() {
     let second = ws.run(&["once", "--dry-run"]).await;
     assert_exit(&second, 0);
     assert_eq!(table(&second), table(&first));
+    // Reused, not reached again: a verdict keeps when it was reached.
+    let again = verdicts(&ws).await;
+    let reused = (kept.iter())
+        .filter(|(id, v)| again.get(*id).is_some_and(|a| a.at == v.at))
+        .count();
+    assert_eq!(reused, kept.len(), "every verdict was reused");
     assert!(
         table(&first).contains("400 case(s) seen"),
         "{}",
@@ -152,5 +180,17 @@ async fn a_pass_counts_remembered_cases_as_the_rules_made_of_them() {
         exempt.is_some_and(|n| n.parse::<usize>().unwrap() >= 7),
         "{}",
         table(&first)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_constant_made_of_the_clock_at_load_keeps_every_case_evaluated() {
+    let sim = start(sim_options(50)).await;
+    let rule = "const RULE = #{ name: \"since-load\" };\nconst LOADED = now();\nfn evaluate(c) { if c.created_at > global::LOADED { add_tag(\"new\", \"after load\"); } }\n";
+    let ws = Workspace::new(&sim.url, "legacy", GUARD_OFF, Some(&[("r.rhai", rule)]));
+    assert_exit(&ws.run(&["once"]).await, 0);
+    assert!(
+        verdicts(&ws).await.is_empty(),
+        "a verdict would keep the clock of the process that loaded the rules"
     );
 }

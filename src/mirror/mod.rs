@@ -43,7 +43,7 @@ pub struct Held {
     loaded: bool,
     /// The next sync lists every case whatever the checkpoint says.
     resync: bool,
-    /// Case versions the file's segments hold, live or not.
+    /// Case versions and verdicts the file's segments hold, live or not.
     records: usize,
     pub sync: Sync,
     pub cases: Cases,
@@ -104,8 +104,8 @@ struct Stored {
 
 /// What the rules made of a case's version when none of them asked anything of it, failed
 /// on it or needed its activities: a pass whose rules, inputs and clock give the same
-/// answers counts the case from it instead of reading and evaluating it again. Kept in
-/// memory only; a new version of the case drops it.
+/// answers counts the case from it instead of reading and evaluating it again. A new
+/// version of the case drops it; the file keeps those that hold for a while.
 #[derive(Debug, Clone)]
 pub struct Verdict {
     /// The rule set and what the rules were given besides the case.
@@ -367,6 +367,12 @@ impl Mirror {
     }
 }
 
+/// Whether a verdict holds long enough to be worth a write: one that ends within minutes
+/// (a rule counting minutes) would be stale before the next `once` from cron reads it.
+fn worth_keeping(v: &Verdict) -> bool {
+    v.until.saturating_sub(v.at) >= 5 * 60_000
+}
+
 /// The modified time of a case as the server wrote it (0 when it has none).
 pub fn modified_at(case: &Case) -> i64 {
     case.modified_at().unwrap_or(0)
@@ -433,11 +439,18 @@ impl Held {
         self.sync.last_full_ms.is_none()
     }
 
+    /// What the rules made of the case's current version, if remembered.
+    pub fn verdict(&self, id: &str) -> Option<&Verdict> {
+        let (id, &m) = self.cases.at.get_key_value(id)?;
+        self.cases.by_time.get(&(m, id.clone()))?.verdict.as_ref()
+    }
+
     /// Keeps what the rules made of a case's current version, in the file at the next
-    /// [`Held::save_verdicts`].
+    /// [`Held::save_verdicts`] when it holds for a while.
     pub fn remember(&mut self, id: &str, verdict: Verdict) {
         if let Some((id, m)) = self.cases.remember(id, None, verdict.clone())
             && self.file.is_some()
+            && worth_keeping(&verdict)
         {
             self.verdicts.verdict(id, m, verdict);
         }
@@ -530,7 +543,7 @@ impl Held {
             // The sweep deleted the segments holding the verdicts: they are written again.
             self.verdicts = Segment::default();
             if self.file.is_some() {
-                for (id, m, v) in self.cases.verdicts() {
+                for (id, m, v) in self.cases.verdicts().filter(|(_, _, v)| worth_keeping(v)) {
                     self.verdicts.verdict(id, m, v);
                 }
             }

@@ -3,10 +3,11 @@
 //! in one transaction, so a crash leaves cases and checkpoint in step; a row per case cost
 //! more than the rest of a first pass's listing. One task compresses and writes them, in
 //! order, while the pass goes on; a pass waits for it only at its end. Loading replays the
-//! segments in order. A full listing that ends with the server's total unchanged deletes
-//! the segments before it; a mirror whose segments hold more than twice its cases is
-//! rewritten whole. One process writes at a time: the passes that write it hold the audit
-//! log's claim.
+//! segments in order. The verdicts a pass reached (see `Verdict`) are one segment more,
+//! applied on load to the versions they are of. A full listing that ends with the server's
+//! total unchanged deletes the segments before it (and the pass writes its verdicts again);
+//! a mirror whose segments hold more than twice its cases and verdicts is rewritten whole.
+//! One process writes at a time: the passes that write it hold the audit log's claim.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -327,7 +328,7 @@ impl MirrorFile {
     }
 
     /// A server's mirror as the file holds it (empty when it holds none), and how many case
-    /// versions its segments hold. Err: why it cannot be read.
+    /// versions and verdicts its segments hold. Err: why it cannot be read.
     pub(super) async fn load(&self, instance: &str) -> Result<(Sync, Cases, usize), LoadError> {
         let db = |e: sqlx::Error| LoadError::Database(crate::audit::db_message(&e));
         let sync: Option<SyncRow> = sqlx::query_as(

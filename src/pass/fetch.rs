@@ -75,6 +75,7 @@ impl Fetch {
         }
         let mut held = ctx.mirror.lock().await;
         let synced = sync(run, &mut held, &scope, &env.own_users).await?;
+        flavor_of_mirror(run, &held);
         let recall = Recall::new(run, env, &tenant_names, ctx.client.known_flavor());
         Ok(Fetch {
             held,
@@ -131,7 +132,8 @@ impl Fetch {
         };
         let at = recall.now();
         for ev in evaluated {
-            if let Some(v) = recall.verdict(ev, at) {
+            let before = self.held.verdict(&ev.case.id);
+            if let Some(v) = recall.verdict(ev, at, before) {
                 self.held.remember(&ev.case.id, v);
             }
         }
@@ -194,6 +196,24 @@ impl Fetched {
             known,
             unparsable: self.unparsable,
         }
+    }
+}
+
+/// With `api_flavor = "auto"` and a listing that showed no case this process, the flavour
+/// the mirrored cases carry: the cases are read as a listing would have read them, and
+/// a verdict reached under a flavour is reused only under it.
+fn flavor_of_mirror(run: &Run<'_>, held: &Held) {
+    let client = &run.ctx.client;
+    if client.known_flavor().is_some() {
+        return;
+    }
+    let found = (held.cases.after(None, 20).iter()).find_map(|l| {
+        let raw = serde_json::from_str::<&RawValue>(l.text).ok()?;
+        ApiFlavor::of_case(&Case::index(raw).ok()?)
+    });
+    if let Some(f) = found {
+        let why = format!("the mirrored cases carry `{}`", f.priority_key());
+        client.detect_flavor(f, &why);
     }
 }
 

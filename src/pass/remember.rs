@@ -1,8 +1,9 @@
 //! Remembered verdicts: a case whose version, rules, inputs and clock give the rules the
-//! same answers as at an earlier pass of this process is counted from what they made of it
-//! then, without reading or evaluating it again. Only what rules that asked nothing, failed
-//! nowhere and needed no activities made of a case is kept (see [`Verdict`]), so
-//! every case a rule wants something of is evaluated afresh.
+//! same answers as at an earlier pass (of this process, or of one before it through the
+//! mirror's file) is counted from what they made of it then, without reading or evaluating
+//! it again. Only what rules that asked nothing, failed nowhere and needed no activities
+//! made of a case is kept (see [`Verdict`]), so every case a rule wants something of is
+//! evaluated afresh.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -22,8 +23,6 @@ pub(super) struct Recall {
     places: Vec<u32>,
     /// Those places as bits.
     due: u64,
-    /// The evaluation's fixed clock, when it has one.
-    fixed_now: Option<i64>,
 }
 
 /// A case counted from its verdict.
@@ -36,15 +35,16 @@ pub(super) struct Known {
 }
 
 impl Recall {
-    /// None when verdicts cannot be used this pass: more rules than bits, or a page hook
-    /// (`--save-cases`) that must see every case.
+    /// None when verdicts cannot be used this pass: more rules than bits, a page hook
+    /// (`--save-cases`) that must see every case, or constants made of the clock when the
+    /// rules were loaded.
     pub fn new(
         run: &Run<'_>,
         env: &EvalEnv,
         tenant_names: &HashMap<String, String>,
         flavor: Option<ApiFlavor>,
     ) -> Option<Recall> {
-        if run.opts.on_page.is_some() || run.set.rules.len() > 64 {
+        if run.opts.on_page.is_some() || run.set.rules.len() > 64 || run.set.clock_at_load {
             return None;
         }
         let places = (run.rules.iter())
@@ -55,18 +55,20 @@ impl Recall {
         names.sort_unstable();
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (&run.set.fingerprint, names, format!("{flavor:?}")).hash(&mut h);
-        (&env.own_users, &env.exempt_tags, env.limits.eval_time).hash(&mut h);
+        (&env.own_users, &env.exempt_tags, &run.ctx.tenants).hash(&mut h);
+        // The limits a rule can catch running into (`try { ... } catch`).
+        let l = &env.limits;
+        (l.changes_per_case, l.comments_per_case, l.comment_chars).hash(&mut h);
         Some(Recall {
             key: h.finish(),
             due: places.iter().fold(0, |bits, p| bits | 1 << p),
             places,
-            fixed_now: env.now_ms,
         })
     }
 
     /// The clock verdicts are reached and checked by.
     pub fn now(&self) -> i64 {
-        self.fixed_now.unwrap_or_else(crate::now_ms)
+        crate::now_ms()
     }
 
     /// The case as its verdict counts it, when the verdict still holds at `now` for every
@@ -91,8 +93,9 @@ impl Recall {
 
     /// The verdict to keep for an evaluated case, reached `at` (after its evaluation), if
     /// the rules asked nothing of it, failed nowhere, read no activities and no snooze
-    /// date decides for them.
-    pub fn verdict(&self, ev: &Evaluated, at: i64) -> Option<Verdict> {
+    /// date decides for them; with what the verdict `before` it (of the same version) says
+    /// of rules not due this pass, while it holds.
+    pub fn verdict(&self, ev: &Evaluated, at: i64, before: Option<&Verdict>) -> Option<Verdict> {
         let quiet = ev.requests.is_empty() && ev.errors.is_empty();
         let plain = !ev.wants_activities && ev.case.activities.is_none();
         let snoozed = ev.case.tags().any(|t| t.starts_with(SNOOZE_PREFIX));
@@ -100,7 +103,7 @@ impl Recall {
             return None;
         }
         let bits = |rules: &[usize]| rules.iter().fold(0, |b, &i| b | 1 << self.places[i]);
-        Some(Verdict {
+        let mut v = Verdict {
             key: self.key,
             at,
             until: ev.until,
@@ -108,6 +111,16 @@ impl Recall {
             due: self.due,
             seen: bits(&ev.seen_by),
             exempt: bits(&ev.exempt_from),
-        })
+        };
+        // A pass of some rules (their own schedules, `--rule`) keeps what the verdict
+        // before it says of the others.
+        if let Some(b) = before.filter(|b| b.key == self.key && b.at <= at && at < b.until) {
+            let others = b.due & !self.due;
+            v.due |= b.due;
+            v.seen |= b.seen & others;
+            v.exempt |= b.exempt & others;
+            v.until = v.until.min(b.until);
+        }
+        Some(v)
     }
 }

@@ -27,6 +27,8 @@ pub(super) struct Build {
     /// Users given as literals to `assign`, located.
     people_refs: Vec<RuleError>,
     lib_calendar_refs: Vec<RuleError>,
+    /// A shared module's top level read the clock.
+    lib_clock: bool,
 }
 
 impl Build {
@@ -42,6 +44,7 @@ impl Build {
             calendar_refs: Vec::new(),
             people_refs: Vec::new(),
             lib_calendar_refs: Vec::new(),
+            lib_clock: false,
         }
     }
 
@@ -61,8 +64,9 @@ impl Build {
             hash_file(&mut self.hasher, "lib/", file, text);
             let name = module_name(file);
             match compile_lib(&self.engine, &self.library, file, text) {
-                Ok((module, ast, mut calendars)) => {
+                Ok((module, ast, mut calendars, clock_at_load)) => {
                     self.lib_calendar_refs.append(&mut calendars);
+                    self.lib_clock |= clock_at_load;
                     self.library.add_module(&name, &ast);
                     resolver.insert(name, module);
                     self.engine.set_module_resolver(resolver.clone());
@@ -123,6 +127,7 @@ impl Build {
         }
         let texts = || sources.iter().chain(libs).map(|(_, text)| text);
         self.calendar_refs.append(&mut self.lib_calendar_refs);
+        let clock_at_load = self.lib_clock || self.rules.iter().any(|r| r.clock_at_load);
         Ok(RuleSet {
             rules: self.rules,
             engine: Arc::new(self.engine),
@@ -130,6 +135,7 @@ impl Build {
             warnings: self.warnings,
             needs_users: texts().any(|t| t.contains("user_email") || t.contains("user_id")),
             needs_tenants: texts().any(|t| t.contains("tenant_name")),
+            clock_at_load,
             unread_fields: UNREAD_UNLESS_NAMED
                 .iter()
                 .filter(|(_, words)| !texts().any(|t| words.iter().any(|w| t.contains(w))))

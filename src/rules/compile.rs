@@ -35,8 +35,12 @@ pub(super) fn compile(
     };
     let param = evaluate.params[0].to_string();
     let body = evaluate.body.start_position();
-    let (meta, module) = load(engine, library, file, &ast)?;
+    let (meta, module, clock_at_load) = load(engine, library, file, &ast)?;
     let (rule, custom_fields) = read_rule(&meta, file, text, AST::new_from_module(module), body);
+    let rule = rule.map(|rule| Rule {
+        clock_at_load,
+        ..rule
+    });
     let mut found = lint(file, &ast, library, &param, &custom_fields);
     match rule {
         Ok(rule) if found.errors.is_empty() => Ok((rule, found)),
@@ -58,13 +62,14 @@ pub(super) fn compile(
 }
 
 /// Compiles and lints one shared module of `rules_dir/lib`: its functions and constants,
-/// with its top level run once (in the sandbox, with no case); the calendars it names.
+/// with its top level run once (in the sandbox, with no case); the calendars it names, and
+/// whether its top level read the clock.
 pub(super) fn compile_lib(
     engine: &Engine,
     library: &Library,
     file: &Path,
     text: &str,
-) -> Result<(Module, AST, Vec<RuleError>), Vec<RuleError>> {
+) -> Result<(Module, AST, Vec<RuleError>, bool), Vec<RuleError>> {
     let ast = parse(engine, file, text)?;
     let found = lint(file, &ast, library, "", &[]);
     if !found.errors.is_empty() {
@@ -85,7 +90,7 @@ pub(super) fn compile_lib(
                 .into(),
         ));
     }
-    Ok((module, ast, found.calendars))
+    Ok((module, ast, found.calendars, asked.until < i64::MAX))
 }
 
 /// The file's AST, its errors named by the file.
@@ -102,13 +107,13 @@ fn parse(engine: &Engine, file: &Path, text: &str) -> Result<AST, Vec<RuleError>
 }
 
 /// Runs a rule's top level once, only to read its `RULE` constant; and builds the module
-/// its functions run from.
+/// its functions run from; and whether either read the clock (a constant made of it).
 fn load(
     engine: &Engine,
     library: &Library,
     file: &Path,
     ast: &AST,
-) -> Result<(rhai::Map, Module), Vec<RuleError>> {
+) -> Result<(rhai::Map, Module, bool), Vec<RuleError>> {
     let loading_error = |e: Box<rhai::EvalAltResult>| {
         let (mut message, pos) = innermost(*e);
         if message.starts_with("Module not found") {
@@ -119,11 +124,11 @@ fn load(
     let mut scope = Scope::new();
     collector::begin(&EvalEnv::default(), "<loading>", None);
     let run = engine.run_ast_with_scope(&mut scope, ast);
-    collector::finish();
-    run.map_err(loading_error)?;
     // Functions called later without re-running the top level still need its constants
     // (`global::MAX_HOURS`): a module built from the AST encapsulates them with each function.
-    let module = Module::eval_ast_as_new(Scope::new(), ast, engine).map_err(loading_error)?;
+    let module = run.and_then(|()| Module::eval_ast_as_new(Scope::new(), ast, engine));
+    let clock_at_load = collector::finish().until < i64::MAX;
+    let module = module.map_err(loading_error)?;
     let Some(meta) = scope.get_value::<rhai::Map>("RULE") else {
         return Err(located(
             file,
@@ -131,7 +136,7 @@ fn load(
             "no `const RULE = #{ name: \"...\", ... };` map at the top level".into(),
         ));
     };
-    Ok((meta, module))
+    Ok((meta, module, clock_at_load))
 }
 
 /// One error at `pos` of `file`; 0:0 when Rhai does not locate it.

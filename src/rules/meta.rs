@@ -110,6 +110,7 @@ pub(super) fn read_rule(
         module,
         evaluate: FnPtr::new("evaluate").expect("a valid function name"),
         body,
+        clock_at_load: false,
     };
     (Ok(rule), custom_fields)
 }

@@ -79,6 +79,8 @@ pub struct Rule {
     evaluate: FnPtr,
     /// Where `evaluate`'s body starts: the position given for a stop Rhai does not locate.
     body: Position,
+    /// Its top level read the clock: a constant may hold when the rules were loaded.
+    clock_at_load: bool,
 }
 
 impl fmt::Debug for Rule {
@@ -116,6 +118,9 @@ pub struct RuleSet {
     /// Bulky case fields no rule or module names (nor a helper that reads them): the
     /// mirror does not keep them.
     pub unread_fields: Vec<&'static str>,
+    /// A rule's or shared module's top level read the clock, so a constant may hold when
+    /// the rules were loaded: no evaluation is reused across passes.
+    pub clock_at_load: bool,
     /// Calendar names given as literals, located, to check against the config.
     calendar_refs: Vec<RuleError>,
     /// Users given as literals to `assign` (the email or id in `message`), located, for

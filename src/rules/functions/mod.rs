@@ -52,6 +52,11 @@ fn with_or_without_reason(e: &mut Engine, name: &str, change: fn(&str, &str) -> 
 }
 
 fn register_time_and_people(e: &mut Engine) {
+    // Rhai's own clock, tracked like ours (an `Instant` its `elapsed` reads later).
+    e.register_fn("timestamp", || {
+        volatile();
+        std::time::Instant::now()
+    });
     e.register_fn("now", now)
         .register_fn("minutes_since", |ms: INT| since(ms, 60_000))
         .register_fn("hours_since", |ms: INT| since(ms, 3_600_000))

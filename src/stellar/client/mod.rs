@@ -149,7 +149,7 @@ impl Client {
     }
 
     /// `auto`: takes `flavor` from `evidence` unless one was already chosen, and logs it.
-    pub(in crate::stellar) fn detect_flavor(&self, flavor: ApiFlavor, evidence: &str) {
+    pub fn detect_flavor(&self, flavor: ApiFlavor, evidence: &str) {
         if self.inner.flavor_fixed {
             return;
         }
