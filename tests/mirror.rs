@@ -4,7 +4,6 @@
 //! filter), through the binary against the simulator.
 
 use casewarden::audit::{EventRow, Filter, Outcome};
-use casewarden::mirror::{Mirror, MirrorFile};
 use serde_json::json;
 
 use crate::common::*;
@@ -116,16 +115,7 @@ async fn a_second_pass_lists_only_what_changed_and_rules_still_see_every_case() 
 
 /// Whether the mirror file holds the case `id`, as the next `once` loads it.
 async fn mirrored(ws: &Workspace, id: &str) -> bool {
-    let db = ws.mirror_db().await;
-    let (instance,): (String,) = sqlx::query_as("SELECT instance FROM mirror_sync")
-        .fetch_one(&db)
-        .await
-        .unwrap();
-    db.close().await;
-    let file = MirrorFile::open(&ws.dir.path().join("state/audit.mirror.db"))
-        .await
-        .unwrap();
-    let held = Mirror::new(Some(file), &instance).lock().await;
+    let held = ws.loaded_mirror().await;
     (held.cases.after(None, usize::MAX).iter()).any(|l| &*l.at.1 == id)
 }
 

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use casewarden::audit::{Filter, Outcome};
-use casewarden::mirror::{Mirror, MirrorFile, Verdict};
+use casewarden::mirror::Verdict;
 use serde_json::json;
 
 use crate::common::*;
@@ -13,16 +13,7 @@ use crate::faults::GUARD_OFF;
 
 /// The verdicts the mirror file holds, by case id, as the next `once` loads them.
 async fn verdicts(ws: &Workspace) -> HashMap<String, Verdict> {
-    let db = ws.mirror_db().await;
-    let (instance,): (String,) = sqlx::query_as("SELECT instance FROM mirror_sync")
-        .fetch_one(&db)
-        .await
-        .unwrap();
-    db.close().await;
-    let file = MirrorFile::open(&ws.dir.path().join("state/audit.mirror.db"))
-        .await
-        .unwrap();
-    let held = Mirror::new(Some(file), &instance).lock().await;
+    let held = ws.loaded_mirror().await;
     (held.cases.after(None, usize::MAX).into_iter())
         .filter_map(|l| Some((l.at.1.to_string(), l.verdict?.clone())))
         .collect()

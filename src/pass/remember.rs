@@ -6,8 +6,9 @@
 //! evaluated afresh.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
 
 use super::evaluate::Evaluated;
 use super::run::Run;
@@ -53,14 +54,22 @@ impl Recall {
             .collect::<Option<Vec<u32>>>()?;
         let mut names: Vec<_> = tenant_names.iter().collect();
         names.sort_unstable();
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        (&run.set.fingerprint, names, format!("{flavor:?}")).hash(&mut h);
-        (&env.own_users, &env.exempt_tags, &run.ctx.tenants).hash(&mut h);
-        // The limits a rule can catch running into (`try { ... } catch`).
+        // The limits a rule can catch running into (`try { ... } catch`) count too. SHA-256,
+        // not std's hasher, whose output may change with the compiler that built casewarden.
         let l = &env.limits;
-        (l.changes_per_case, l.comments_per_case, l.comment_chars).hash(&mut h);
+        let inputs = format!(
+            "{}\0{names:?}\0{flavor:?}\0{:?}\0{:?}\0{:?}\0{} {} {}",
+            run.set.fingerprint,
+            env.own_users,
+            env.exempt_tags,
+            run.ctx.tenants,
+            l.changes_per_case,
+            l.comments_per_case,
+            l.comment_chars
+        );
+        let digest = Sha256::digest(inputs.as_bytes());
         Some(Recall {
-            key: h.finish(),
+            key: u64::from_le_bytes(digest[..8].try_into().expect("8 bytes")),
             due: places.iter().fold(0, |bits, p| bits | 1 << p),
             places,
         })

@@ -95,6 +95,23 @@ impl Workspace {
         self.dir.path().join("casewarden.toml")
     }
 
+    /// The mirror of the server the file holds, as the next `once` loads it.
+    pub async fn loaded_mirror(&self) -> tokio::sync::OwnedMutexGuard<casewarden::mirror::Held> {
+        let db = self.mirror_db().await;
+        let (instance,): (String,) = sqlx::query_as("SELECT instance FROM mirror_sync")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        db.close().await;
+        let file =
+            casewarden::mirror::MirrorFile::open(&self.dir.path().join("state/audit.mirror.db"))
+                .await
+                .unwrap();
+        casewarden::mirror::Mirror::new(Some(file), &instance)
+            .lock()
+            .await
+    }
+
     /// The mirror's SQLite file beside the audit log, opened as an operator would.
     pub async fn mirror_db(&self) -> sqlx::SqlitePool {
         let file = self.dir.path().join("state/audit.mirror.db");
