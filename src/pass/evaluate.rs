@@ -7,7 +7,7 @@ use futures::StreamExt;
 
 use super::error::PassError;
 use super::fetch::{Fetched, Read};
-use super::remember::Known;
+use super::remember::{Known, Quiet};
 use super::run::Run;
 use crate::plan::RuleChanges;
 use crate::rules::{EvalEnv, EvalError, Rule, RuleSet};
@@ -25,6 +25,21 @@ pub(super) struct Evaluated {
     pub(super) wants_activities: bool,
     /// Until when (ms) the clock the rules read gives them the same answers.
     pub(super) until: i64,
+}
+
+impl Evaluated {
+    /// The case as a verdict remembers it, if the rules asked nothing of it, failed nowhere
+    /// on it and read no activities for it.
+    pub(super) fn quiet(&self) -> Option<Quiet<'_>> {
+        let asked = !self.requests.is_empty() || !self.errors.is_empty();
+        let activities = self.wants_activities || self.case.activities.is_some();
+        (!asked && !activities).then_some(Quiet {
+            case: &self.case,
+            until: self.until,
+            seen_by: &self.seen_by,
+            exempt_from: &self.exempt_from,
+        })
+    }
 }
 
 /// A page after evaluation.

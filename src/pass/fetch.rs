@@ -10,9 +10,8 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 use tokio::sync::OwnedMutexGuard;
 
-use super::evaluate::Evaluated;
 use super::options::{PageHook, Step};
-use super::remember::{Known, Recall};
+use super::remember::{Known, Quiet, Recall};
 use super::run::Run;
 use super::sync::sync;
 use crate::mirror::{Cursor, Held, Verdict};
@@ -125,16 +124,16 @@ impl Fetch {
         })
     }
 
-    /// Keeps what the rules made of the cases of a page that asked nothing of them.
-    pub fn remember(&mut self, evaluated: &[Evaluated]) {
+    /// Keeps what the rules made of the quiet cases of a page.
+    pub fn remember<'a>(&mut self, quiet: impl Iterator<Item = Quiet<'a>>) {
         let Some(recall) = &self.reading.recall else {
             return;
         };
         let at = recall.now();
-        for ev in evaluated {
-            let before = self.held.verdict(&ev.case.id);
-            if let Some(v) = recall.verdict(ev, at, before) {
-                self.held.remember(&ev.case.id, v);
+        for q in quiet {
+            let before = self.held.verdict(&q.case.id);
+            if let Some(v) = recall.verdict(&q, at, before) {
+                self.held.remember(&q.case.id, v);
             }
         }
     }

@@ -44,6 +44,7 @@ pub use stats::RuleStats;
 
 use crate::audit::{ClaimError, PassTotals};
 use crate::rules::RuleSet;
+use evaluate::Evaluated;
 use fetch::Fetch;
 use plan::{Planned, Planning};
 use report::Ran;
@@ -229,7 +230,7 @@ async fn plan_listing(run: &Run<'_>) -> Result<Planned, (Planned, Option<PassErr
     let listed = async {
         while let Some(job) = ahead.take() {
             let page = job.await?;
-            fetch.remember(&page.evaluated);
+            fetch.remember(page.evaluated.iter().filter_map(Evaluated::quiet));
             ahead = fetch
                 .next(run)
                 .map(|p| evaluate::start(run, planning.env(), p));

@@ -10,11 +10,10 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use super::evaluate::Evaluated;
 use super::run::Run;
 use crate::mirror::Verdict;
 use crate::rules::{EvalEnv, SNOOZE_PREFIX};
-use crate::stellar::ApiFlavor;
+use crate::stellar::{ApiFlavor, Case};
 
 /// What a pass needs to reuse and keep verdicts.
 pub(super) struct Recall {
@@ -24,6 +23,16 @@ pub(super) struct Recall {
     places: Vec<u32>,
     /// Those places as bits.
     due: u64,
+}
+
+/// An evaluated case the rules asked nothing of, failed nowhere on and read no activities
+/// for: what a verdict remembers of it.
+pub(super) struct Quiet<'a> {
+    pub case: &'a Case,
+    /// Until when the clock the rules read gives them the same answers.
+    pub until: i64,
+    pub seen_by: &'a [usize],
+    pub exempt_from: &'a [usize],
 }
 
 /// A case counted from its verdict.
@@ -100,26 +109,23 @@ impl Recall {
         })
     }
 
-    /// The verdict to keep for an evaluated case, reached `at` (after its evaluation), if
-    /// the rules asked nothing of it, failed nowhere, read no activities and no snooze
-    /// date decides for them; with what the verdict `before` it (of the same version) says
-    /// of rules not due this pass, while it holds.
-    pub fn verdict(&self, ev: &Evaluated, at: i64, before: Option<&Verdict>) -> Option<Verdict> {
-        let quiet = ev.requests.is_empty() && ev.errors.is_empty();
-        let plain = !ev.wants_activities && ev.case.activities.is_none();
-        let snoozed = ev.case.tags().any(|t| t.starts_with(SNOOZE_PREFIX));
-        if !quiet || !plain || snoozed || ev.until <= at {
+    /// The verdict to keep for a quiet case, reached `at` (after its evaluation), unless a
+    /// snooze date decides for the rules; with what the verdict `before` it (of the same
+    /// version) says of rules not due this pass, while it holds.
+    pub fn verdict(&self, q: &Quiet<'_>, at: i64, before: Option<&Verdict>) -> Option<Verdict> {
+        let snoozed = q.case.tags().any(|t| t.starts_with(SNOOZE_PREFIX));
+        if snoozed || q.until <= at {
             return None;
         }
         let bits = |rules: &[usize]| rules.iter().fold(0, |b, &i| b | 1 << self.places[i]);
         let mut v = Verdict {
             key: self.key,
             at,
-            until: ev.until,
-            tenant: ev.case.tenant().map(Arc::from),
+            until: q.until,
+            tenant: q.case.tenant().map(Arc::from),
             due: self.due,
-            seen: bits(&ev.seen_by),
-            exempt: bits(&ev.exempt_from),
+            seen: bits(q.seen_by),
+            exempt: bits(q.exempt_from),
         };
         // A pass of some rules (their own schedules, `--rule`) keeps what the verdict
         // before it says of the others.
