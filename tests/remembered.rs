@@ -158,6 +158,10 @@ async fn a_pass_counts_remembered_cases_as_the_rules_made_of_them() {
         .filter(|(id, v)| again.get(*id).is_some_and(|a| a.at == v.at))
         .count();
     assert_eq!(reused, kept.len(), "every verdict was reused");
+    let log = |out: &std::process::Output| String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(log(&first).contains("remembered=0"), "{}", log(&first));
+    let said = format!("remembered={}", kept.len());
+    assert!(log(&second).contains(&said), "{said}: {}", log(&second));
     assert!(
         table(&first).contains("400 case(s) seen"),
         "{}",

@@ -275,7 +275,7 @@ async fn close(run: &Run<'_>, mut report: PassReport) -> PassReport {
         report.audit_failed = true;
     }
     if let Ok((rows, head)) = audit.head().await {
-        tracing::info!(log_rows = rows, chain_head = %head, status = %report.status, cases = report.cases_seen, applied = report.applied, failed = report.failed, "pass finished");
+        tracing::info!(log_rows = rows, chain_head = %head, status = %report.status, cases = report.cases_seen, remembered = report.cases_remembered, applied = report.applied, failed = report.failed, "pass finished");
         report.chain_head = head;
     }
     report

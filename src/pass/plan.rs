@@ -25,6 +25,8 @@ pub(super) struct Planned {
     /// Per actor: seen, exempt, errors, matched, deferred, halts.
     pub rules: Vec<RuleStats>,
     pub cases_seen: usize,
+    /// Of those, the cases counted from their remembered verdicts.
+    pub cases_remembered: usize,
     pub unparsable: usize,
     pub budget_exhausted: bool,
     pub deferred_changes: usize,
@@ -117,6 +119,7 @@ impl Planning {
     pub fn listed(&mut self, page: &Page) {
         self.tally.unparsable += page.unparsable.len();
         self.tally.cases_seen += page.evaluated.len() + page.known.len();
+        self.tally.cases_remembered += page.known.len();
         let evaluated = page.evaluated.iter().filter_map(|ev| ev.case.tenant());
         let known = page.known.iter().filter_map(|k| k.tenant.as_deref());
         for t in evaluated.chain(known) {

@@ -58,6 +58,8 @@ pub struct PassReport {
     pub instance: String,
     pub dry_run: bool,
     pub cases_seen: usize,
+    /// Of those, the cases counted from their remembered verdicts, not evaluated again.
+    pub cases_remembered: usize,
     pub cases_unparsable: usize,
     pub rules: Vec<RuleStats>,
     /// The plans that were (or in a dry run, would be) sent, in order.
@@ -121,6 +123,7 @@ impl PassReport {
             instance: run.ctx.instance.clone(),
             dry_run: run.dry_run,
             cases_seen: planned.cases_seen,
+            cases_remembered: planned.cases_remembered,
             cases_unparsable: planned.unparsable,
             rules: planned.rules,
             deferred_changes: planned.deferred_changes,
