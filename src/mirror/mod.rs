@@ -156,9 +156,14 @@ impl Cases {
         );
     }
 
+    /// Where the case `id` is held: its `modified_at` and shared id, the key of `by_time`.
+    fn key(&self, id: &str) -> Option<(i64, Arc<str>)> {
+        self.at.get_key_value(id).map(|(id, &m)| (m, id.clone()))
+    }
+
     /// A version read back from the file: a newer one held stays, seen as late as either.
     fn replay(&mut self, id: &str, modified_at: i64, generation: i64, text: &str) {
-        match self.at.get_key_value(id).map(|(id, &m)| (m, id.clone())) {
+        match self.key(id) {
             Some((m, id)) if m > modified_at => {
                 if let Some(s) = self.by_time.get_mut(&(m, id)) {
                     s.generation = s.generation.max(generation);
@@ -181,8 +186,8 @@ impl Cases {
 
     /// Marks a case as seen by the listing of `generation`.
     fn seen(&mut self, id: &str, generation: i64) {
-        if let Some((m, id)) = self.at.get_key_value(id).map(|(id, &m)| (m, id.clone()))
-            && let Some(s) = self.by_time.get_mut(&(m, id))
+        if let Some(key) = self.key(id)
+            && let Some(s) = self.by_time.get_mut(&key)
         {
             s.generation = generation;
         }
@@ -190,9 +195,9 @@ impl Cases {
 
     /// A case's id, `modified_at` and text, to write it again.
     fn get(&self, id: &str) -> Option<(Arc<str>, i64, Arc<str>)> {
-        let (id, &m) = self.at.get_key_value(id)?;
-        let s = self.by_time.get(&(m, id.clone()))?;
-        Some((id.clone(), m, s.text.clone()))
+        let (m, id) = self.key(id)?;
+        let text = self.by_time.get(&(m, id.clone()))?.text.clone();
+        Some((id, m, text))
     }
 
     /// Drops the cases no listing of `generation` or later saw; how many.
@@ -242,14 +247,14 @@ impl Cases {
         modified_at: Option<i64>,
         verdict: Verdict,
     ) -> Option<(Arc<str>, i64)> {
-        let (id, &m) = self.at.get_key_value(id)?;
+        let (m, id) = self.key(id)?;
         if modified_at.is_some_and(|at| at != m) {
             return None;
         }
         let s = self.by_time.get_mut(&(m, id.clone()))?;
         self.verdicts += usize::from(s.verdict.is_none());
         s.verdict = Some(verdict);
-        Some((id.clone(), m))
+        Some((id, m))
     }
 
     /// A verdict read back from the file, for the version it is of.
@@ -441,8 +446,8 @@ impl Held {
 
     /// What the rules made of the case's current version, if remembered.
     pub fn verdict(&self, id: &str) -> Option<&Verdict> {
-        let (id, &m) = self.cases.at.get_key_value(id)?;
-        self.cases.by_time.get(&(m, id.clone()))?.verdict.as_ref()
+        let key = self.cases.key(id)?;
+        self.cases.by_time.get(&key)?.verdict.as_ref()
     }
 
     /// Keeps what the rules made of a case's current version, in the file at the next

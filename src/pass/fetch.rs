@@ -129,7 +129,7 @@ impl Fetch {
         let Some(recall) = &self.reading.recall else {
             return;
         };
-        let at = recall.now();
+        let at = crate::now_ms();
         for q in quiet {
             let before = self.held.verdict(&q.case.id);
             if let Some(v) = recall.verdict(&q, at, before) {
@@ -156,7 +156,7 @@ impl Fetched {
         let mut texts = Vec::with_capacity(self.texts.len());
         match &reading.recall {
             Some(recall) => {
-                let now = recall.now();
+                let now = crate::now_ms();
                 for (text, verdict) in &self.texts {
                     match verdict.as_ref().and_then(|v| recall.reuse(v, now)) {
                         Some(k) => known.push(k),
@@ -206,14 +206,10 @@ fn flavor_of_mirror(run: &Run<'_>, held: &Held) {
     if client.known_flavor().is_some() {
         return;
     }
-    let found = (held.cases.after(None, 20).iter()).find_map(|l| {
-        let raw = serde_json::from_str::<&RawValue>(l.text).ok()?;
-        ApiFlavor::of_case(&Case::index(raw).ok()?)
-    });
-    if let Some(f) = found {
-        let why = format!("the mirrored cases carry `{}`", f.priority_key());
-        client.detect_flavor(f, &why);
-    }
+    let read: Vec<_> = (held.cases.after(None, 20).iter())
+        .filter_map(|l| Case::index(serde_json::from_str::<&RawValue>(l.text).ok()?).ok())
+        .collect();
+    client.learn_flavor(&read, "the mirrored");
 }
 
 /// Server-side filters: the hints every due rule agrees on (status lists are unioned),

@@ -84,11 +84,6 @@ impl Recall {
         })
     }
 
-    /// The clock verdicts are reached and checked by.
-    pub fn now(&self) -> i64 {
-        crate::now_ms()
-    }
-
     /// The case as its verdict counts it, when the verdict still holds at `now` for every
     /// due rule.
     pub fn reuse(&self, v: &Verdict, now: i64) -> Option<Known> {

@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 
 use super::client::{Call, Client, data_of, short};
 use super::object::CaseObject;
-use super::{ApiError, ApiFlavor, Case, CaseParseError};
+use super::{ApiError, Case, CaseParseError};
 
 /// One page of cases: the cases that parsed and the ones skipped, with reasons.
 #[derive(Debug, Default)]
@@ -297,16 +297,7 @@ async fn fetch(
             (items.into_iter().map(Case::object).collect(), total)
         }
     };
-    if client.known_flavor().is_none()
-        && let Some(f) = items
-            .iter()
-            .find_map(|c| c.as_ref().ok().and_then(ApiFlavor::of_case))
-    {
-        client.detect_flavor(
-            f,
-            &format!("the server's cases carry `{}`", f.priority_key()),
-        );
-    }
+    client.learn_flavor(items.iter().filter_map(|c| c.as_ref().ok()), "the server's");
     let flavor = client.known_flavor();
     Ok(Fetched {
         skip,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::ApiFlavor;
 use super::auth::{self, Credentials};
 use super::error::ApiError;
+use super::object::CaseObject;
 use super::window::Window;
 use crate::secret::Secret;
 
@@ -148,8 +149,20 @@ impl Client {
         }
     }
 
+    /// `auto` with no flavour known yet: the one the first of `cases` that shows one carries
+    /// (`whose`: where they come from, for the log).
+    pub fn learn_flavor<'a>(&self, cases: impl IntoIterator<Item = &'a CaseObject>, whose: &str) {
+        if self.known_flavor().is_some() {
+            return;
+        }
+        if let Some(f) = cases.into_iter().find_map(ApiFlavor::of_case) {
+            let why = format!("{whose} cases carry `{}`", f.priority_key());
+            self.detect_flavor(f, &why);
+        }
+    }
+
     /// `auto`: takes `flavor` from `evidence` unless one was already chosen, and logs it.
-    pub fn detect_flavor(&self, flavor: ApiFlavor, evidence: &str) {
+    pub(in crate::stellar) fn detect_flavor(&self, flavor: ApiFlavor, evidence: &str) {
         if self.inner.flavor_fixed {
             return;
         }
