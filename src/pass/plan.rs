@@ -125,14 +125,8 @@ impl Planning {
         for t in evaluated.chain(known) {
             *self.seen_by_tenant.entry(t.to_string()).or_default() += 1;
         }
-        let rules = &mut self.tally.rules;
         for k in &page.known {
-            for &i in &k.seen_by {
-                rules[i].seen += 1;
-            }
-            for &i in &k.exempt_from {
-                rules[i].exempt += 1;
-            }
+            self.seen(&k.seen_by, &k.exempt_from);
         }
     }
 
@@ -172,15 +166,21 @@ impl Planning {
         Ok(())
     }
 
-    /// Counts what the rules made of one case.
-    fn count(&mut self, ev: &Evaluated) {
+    /// Counts the rules that looked at a case, and the ones an exemption kept off it.
+    fn seen(&mut self, seen_by: &[usize], exempt_from: &[usize]) {
         let rules = &mut self.tally.rules;
-        for &i in &ev.seen_by {
+        for &i in seen_by {
             rules[i].seen += 1;
         }
-        for &i in &ev.exempt_from {
+        for &i in exempt_from {
             rules[i].exempt += 1;
         }
+    }
+
+    /// Counts what the rules made of one case.
+    fn count(&mut self, ev: &Evaluated) {
+        self.seen(&ev.seen_by, &ev.exempt_from);
+        let rules = &mut self.tally.rules;
         for (i, e) in &ev.errors {
             let stats = &mut rules[*i];
             stats.errors += 1;
