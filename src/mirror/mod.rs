@@ -9,6 +9,7 @@
 //! the audit log ([`path_beside`]), so the next `once` from cron starts from where the last
 //! pass left it. The daemon, which lists every case at its start, keeps it in memory only.
 
+mod block;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -21,6 +22,10 @@ use std::time::Duration;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::stellar::{Case, CaseParseError, HistoryEntry, filter};
+use block::Block;
+#[cfg(test)]
+use block::Unpacker;
+pub use block::{Body, Opened};
 use store::{CASES_PER_SEGMENT, LoadError, Segment, Write};
 pub use store::{MirrorFile, path_beside};
 
@@ -43,7 +48,8 @@ pub struct Held {
     loaded: bool,
     /// The next sync lists every case whatever the checkpoint says.
     resync: bool,
-    /// Case versions and verdicts the file's segments hold, live or not.
+    /// Case versions and verdicts written since the cases were last packed anew (the
+    /// file's segments and the blocks in memory hold them, live or not).
     records: usize,
     pub sync: Sync,
     pub cases: Cases,
@@ -97,7 +103,7 @@ pub struct Cases {
 struct Stored {
     generation: i64,
     /// The case as listed, without the fields no rule reads.
-    text: Arc<str>,
+    body: Body,
     /// What the rules made of this version, when they asked nothing of it.
     verdict: Option<Verdict>,
 }
@@ -125,7 +131,7 @@ pub struct Verdict {
 /// A case of the mirror as a pass reads it.
 pub struct Listed<'a> {
     pub at: &'a Cursor,
-    pub text: &'a Arc<str>,
+    pub body: &'a Body,
     pub verdict: Option<&'a Verdict>,
 }
 
@@ -133,12 +139,12 @@ pub struct Listed<'a> {
 pub type Cursor = (i64, Arc<str>);
 
 impl Cases {
-    fn put(&mut self, id: Arc<str>, modified_at: i64, generation: i64, text: Arc<str>) {
+    fn put(&mut self, id: Arc<str>, modified_at: i64, generation: i64, body: Body) {
         let mut verdict = None;
         if let Some(old) = self.at.insert(id.clone(), modified_at)
             && let Some(was) = self.by_time.remove(&(old, id.clone()))
         {
-            if old == modified_at && was.text == text {
+            if old == modified_at && was.body.same_text(&body) {
                 // The same version listed again (a delta's overlap, a resync) keeps its
                 // verdict.
                 verdict = was.verdict;
@@ -150,7 +156,7 @@ impl Cases {
             (modified_at, id),
             Stored {
                 generation,
-                text,
+                body,
                 verdict,
             },
         );
@@ -162,14 +168,15 @@ impl Cases {
     }
 
     /// A version read back from the file: a newer one held stays, seen as late as either.
-    fn replay(&mut self, id: &str, modified_at: i64, generation: i64, text: &str) {
+    fn replay(&mut self, id: &str, modified_at: i64, generation: i64, body: Body) {
         match self.key(id) {
             Some((m, id)) if m > modified_at => {
                 if let Some(s) = self.by_time.get_mut(&(m, id)) {
                     s.generation = s.generation.max(generation);
                 }
             }
-            _ => self.put(Arc::from(id), modified_at, generation, text.into()),
+            Some((_, id)) => self.put(id, modified_at, generation, body),
+            None => self.put(Arc::from(id), modified_at, generation, body),
         }
     }
 
@@ -191,13 +198,6 @@ impl Cases {
         {
             s.generation = generation;
         }
-    }
-
-    /// A case's id, `modified_at` and text, to write it again.
-    fn get(&self, id: &str) -> Option<(Arc<str>, i64, Arc<str>)> {
-        let (m, id) = self.key(id)?;
-        let text = self.by_time.get(&(m, id.clone()))?.text.clone();
-        Some((id, m, text))
     }
 
     /// Drops the cases no listing of `generation` or later saw; how many.
@@ -223,20 +223,33 @@ impl Cases {
         self.at.is_empty()
     }
 
-    /// Every case, for a segment each `CASES_PER_SEGMENT` of them, sharing their text.
+    /// Every case, for a segment each `CASES_PER_SEGMENT` of them (their verdicts after
+    /// their texts, which then keep their blocks), sharing their text.
     fn segments(&self) -> Vec<Segment> {
-        let mut out: Vec<Segment> = Vec::new();
-        for (i, ((m, id), s)) in self.by_time.iter().enumerate() {
-            if i % CASES_PER_SEGMENT == 0 {
-                out.push(Segment::default());
+        let cases: Vec<_> = self.by_time.iter().collect();
+        let segment = |chunk: &[(&Cursor, &Stored)]| {
+            let mut segment = Segment::default();
+            for ((m, id), s) in chunk {
+                segment.put(id.clone(), *m, s.generation, s.body.clone());
             }
-            let segment = out.last_mut().expect("pushed above");
-            segment.put(id.clone(), *m, s.generation, s.text.clone());
-            if let Some(v) = &s.verdict {
-                segment.verdict(id.clone(), *m, v.clone());
+            for ((m, id), s) in chunk {
+                if let Some(v) = s.verdict.as_ref().filter(|v| worth_keeping(v)) {
+                    segment.verdict(id.clone(), *m, v.clone());
+                }
             }
+            segment
+        };
+        cases.chunks(CASES_PER_SEGMENT).map(segment).collect()
+    }
+
+    /// Packs the texts anew, `CASES_PER_SEGMENT` a block in `modified_at` order, leaving
+    /// behind the texts of versions no longer held.
+    async fn repack(&mut self) {
+        let bodies: Vec<Body> = self.by_time.values().map(|s| s.body.clone()).collect();
+        let packed = block::pack(bodies, CASES_PER_SEGMENT, Block::repack).await;
+        for (s, body) in self.by_time.values_mut().zip(packed) {
+            s.body = body;
         }
-        out
     }
 
     /// Keeps what the rules made of the case's version of `modified_at` (None: its
@@ -262,17 +275,12 @@ impl Cases {
         self.remember(id, Some(modified_at), verdict);
     }
 
-    /// Every verdict held: the case's id, its version's `modified_at`, the verdict.
-    fn verdicts(&self) -> impl Iterator<Item = (Arc<str>, i64, Verdict)> + '_ {
-        (self.by_time.iter()).filter_map(|((m, id), s)| Some((id.clone(), *m, s.verdict.clone()?)))
-    }
-
     /// The records a file holding only the live cases and their verdicts holds.
     fn live(&self) -> usize {
         self.at.len() + self.verdicts
     }
 
-    /// Up to `n` cases after `after`, oldest `modified_at` first, as their JSON text.
+    /// Up to `n` cases after `after`, oldest `modified_at` first.
     pub fn after(&self, after: Option<&Cursor>, n: usize) -> Vec<Listed<'_>> {
         let from = match after {
             Some(c) => Bound::Excluded(c.clone()),
@@ -283,7 +291,7 @@ impl Cases {
             .take(n)
             .map(|(at, s)| Listed {
                 at,
-                text: &s.text,
+                body: &s.body,
                 verdict: s.verdict.as_ref(),
             })
             .collect()
@@ -489,8 +497,8 @@ impl Held {
         unread: &[&str],
         checkpoint: Option<i64>,
     ) {
-        let generation = self.sync.generation;
-        let mut stored: Vec<(Arc<str>, i64, Arc<str>)> = Vec::with_capacity(cases.len());
+        let (generation, filling) = (self.sync.generation, self.filling());
+        let mut stored: Vec<(Arc<str>, i64, String)> = Vec::with_capacity(cases.len());
         let mut segment = Segment::default();
         let mut removes: Vec<&str> = Vec::new();
         for case in cases {
@@ -502,16 +510,9 @@ impl Held {
                 .is_some_and(|&held| held > m)
             {
                 self.cases.seen(&case.id, generation);
-                // The listing's segments must hold every case it saw: the file keeps no
-                // segment before it.
-                if self.filling()
-                    && let Some((id, held, text)) = self.cases.get(&case.id)
-                {
-                    segment.put(id, held, generation, text);
-                }
             } else if filter::recheck(case.raw(), scope) {
                 let text = case.raw().project(|k| !unread.contains(&k));
-                stored.push((Arc::from(case.id.as_str()), m, text.into()));
+                stored.push((Arc::from(case.id.as_str()), m, text));
             } else {
                 removes.push(&case.id);
             }
@@ -524,16 +525,31 @@ impl Held {
         if let Some(c) = checkpoint {
             self.sync.checkpoint = Some(self.sync.checkpoint.map_or(c, |old| old.max(c)));
         }
-        // In memory before the write: a rewrite of the whole file must hold this page.
-        for (id, m, text) in stored {
-            segment.put(id.clone(), m, generation, text.clone());
-            self.cases.put(id, m, generation, text);
+        // Packed in the order a pass reads them: a delta's pages and a pass's own writes
+        // now, a full listing's (in creation order) at its end, when the file is written.
+        stored.sort_unstable_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+        let (keys, texts): (Vec<_>, Vec<_>) = stored
+            .into_iter()
+            .map(|(id, m, text)| ((id, m), text))
+            .unzip();
+        let bodies = match filling {
+            true => texts.into_iter().map(Body::text).collect(),
+            false => block::pack(texts, CASES_PER_SEGMENT, Block::pack).await,
+        };
+        for ((id, m), body) in keys.into_iter().zip(bodies) {
+            if !filling {
+                segment.put(id.clone(), m, generation, body.clone());
+            }
+            self.cases.put(id, m, generation, body);
         }
-        self.write(Write::Append(segment)).await;
+        if !filling {
+            self.write(Write::Append(segment)).await;
+        }
     }
 
     /// Ends a full listing: the checkpoint is set to `checkpoint` and, with `sweep`, the
-    /// cases it did not see leave the mirror (how many).
+    /// cases it did not see leave the mirror (how many). Its texts are packed and the file
+    /// written whole (until then it holds the mirror as it was before the listing).
     pub async fn end_full(&mut self, checkpoint: i64, sweep: bool) -> usize {
         self.sync.checkpoint = Some(checkpoint);
         self.sync.last_full_ms = Some(crate::now_ms());
@@ -542,35 +558,35 @@ impl Held {
             true => self.cases.sweep(self.sync.generation),
             false => 0,
         };
-        if sweep {
-            self.records = self.cases.len();
-            self.write(Write::Sweep).await;
-            // The sweep deleted the segments holding the verdicts: they are written again.
-            self.verdicts = Segment::default();
-            if self.file.is_some() {
-                for (id, m, v) in self.cases.verdicts().filter(|(_, _, v)| worth_keeping(v)) {
-                    self.verdicts.verdict(id, m, v);
-                }
-            }
-        } else {
-            self.write(Write::Append(Segment::default())).await;
-        }
-        gone
-    }
-
-    /// Queues a write to the file, rewriting it whole when most of what it holds is stale.
-    async fn write(&mut self, what: Write) {
-        let Some(file) = self.file.as_ref().filter(|f| !f.failed()) else {
-            return;
-        };
-        if let Write::Append(segment) = &what {
-            self.records += segment.puts;
-        }
-        file.write(&self.instance, what, &self.sync).await;
-        if self.records > 2 * self.cases.live() + CASES_PER_SEGMENT && !self.filling() {
+        self.cases.repack().await;
+        // The file written whole holds the verdicts.
+        self.verdicts = Segment::default();
+        if let Some(file) = self.file.as_ref().filter(|f| !f.failed()) {
             let segments = self.cases.segments();
             file.write(&self.instance, Write::Rewrite(segments), &self.sync)
                 .await;
+        }
+        self.records = self.cases.live();
+        gone
+    }
+
+    /// Queues a write to the file; when most of what the blocks and the file hold is
+    /// stale, the texts are packed anew and the file rewritten whole.
+    async fn write(&mut self, what: Write) {
+        if let Write::Append(segment) = &what {
+            self.records += segment.puts;
+        }
+        let file = self.file.clone().filter(|f| !f.failed());
+        if let Some(file) = &file {
+            file.write(&self.instance, what, &self.sync).await;
+        }
+        if self.records > 2 * self.cases.live() + CASES_PER_SEGMENT && !self.filling() {
+            self.cases.repack().await;
+            if let Some(file) = &file {
+                let segments = self.cases.segments();
+                file.write(&self.instance, Write::Rewrite(segments), &self.sync)
+                    .await;
+            }
             self.records = self.cases.live();
         }
     }

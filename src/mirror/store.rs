@@ -1,13 +1,14 @@
-//! The mirror's file: a SQLite database beside the audit log. Each merged page is one
-//! segment (its cases as records, compressed as one LZ4 block) written with the sync row
-//! in one transaction, so a crash leaves cases and checkpoint in step; a row per case cost
-//! more than the rest of a first pass's listing. One task compresses and writes them, in
-//! order, while the pass goes on; a pass waits for it only at its end. Loading replays the
-//! segments in order. The verdicts a pass reached (see `Verdict`) are one segment more,
-//! applied on load to the versions they are of. A full listing that ends with the server's
-//! total unchanged deletes the segments before it (and the pass writes its verdicts again);
-//! a mirror whose segments hold more than twice its cases and verdicts is rewritten whole.
-//! One process writes at a time: the passes that write it hold the audit log's claim.
+//! The mirror's file: a SQLite database beside the audit log. Each merged page of a delta
+//! (and each pass's own writes) is one segment (its cases as records, and their texts as
+//! the blocks the mirror holds in memory) written with the sync row in one transaction, so
+//! a crash leaves cases and checkpoint in step; a row per case cost more than the rest of a
+//! first pass's listing. One task encodes and writes them, in order, while the pass goes
+//! on; a pass waits for it only at its end. Loading replays the segments in order, keeping
+//! the blocks packed. The verdicts a pass reached (see `Verdict`) are one segment more,
+//! applied on load to the versions they are of. A full listing writes the file whole when
+//! it ends (until then the file holds the mirror as it was before it), as does a mirror
+//! whose segments hold more than twice its cases and verdicts. One process writes at a
+//! time: the passes that write it hold the audit log's claim.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -19,6 +20,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqlitePool, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
+use super::block::{Block, Body};
 use super::{Cases, Sync, Verdict};
 
 /// The open file, shared by every server's mirror.
@@ -64,40 +66,44 @@ struct SyncRow {
 /// Cases per segment when the mirror is rewritten whole (the largest page a server lists).
 pub(super) const CASES_PER_SEGMENT: usize = 500;
 
-/// The records of one segment, in order; encoded off the pass's thread when compressed:
-/// a format byte, then per record its kind, and for a put the generation and `modified_at`
-/// (i64 LE), then the id and for a put the text (each a u32 LE length and UTF-8); for a
-/// verdict `modified_at`, key, at, until, due, seen, exempt (64 bits LE each), the id and the
-/// tenant (a byte 1 and its text, or 0); stored LZ4-compressed with its size before it.
+/// The records of one segment, in order; encoded off the pass's thread: the records
+/// LZ4-compressed (their size first), that block's length (u32 LE) before it, then the
+/// blocks of the texts, each its length (u32 LE) and its bytes. The records: a format
+/// byte, then per record its kind; for a block of texts, their count (u32 LE) and each
+/// one's length (u32 LE) and XXH3 hash (u64 LE), its puts following; for a put the
+/// generation and `modified_at` (i64 LE) and the id (a u32 LE length and UTF-8); for a
+/// removal the id; for a verdict `modified_at`, key, at, until, due, seen, exempt (64 bits
+/// LE each), the id and the tenant (a byte 1 and its text, or 0).
 #[derive(Default)]
 pub(super) struct Segment {
     records: Vec<Record>,
     /// Case versions and verdicts stored (removals not counted).
     pub puts: usize,
-    /// The compressed bytes, once [`Segment::compress`]ed.
+    /// The encoded bytes, once [`Segment::compress`]ed.
     bytes: Vec<u8>,
 }
 
 enum Record {
     /// id, `modified_at`, the full listing that last saw it, the text: shared with the
     /// mirror, not copied.
-    Put(Arc<str>, i64, i64, Arc<str>),
+    Put(Arc<str>, i64, i64, Body),
     Remove(Box<str>),
     /// id, `modified_at` of the version it is of, what the rules made of it.
     Verdict(Arc<str>, i64, Verdict),
 }
 
 /// The layout above, should it ever change.
-const FORMAT: u8 = 1;
+const FORMAT: u8 = 2;
+const BLOCK: u8 = b'B';
 const PUT: u8 = b'P';
 const REMOVE: u8 = b'R';
 const VERDICT: u8 = b'V';
 
 impl Segment {
     /// A case's version: `id`, `modified_at`, the full listing that last saw it, its text.
-    pub fn put(&mut self, id: Arc<str>, modified_at: i64, generation: i64, text: Arc<str>) {
+    pub fn put(&mut self, id: Arc<str>, modified_at: i64, generation: i64, body: Body) {
         self.records
-            .push(Record::Put(id, modified_at, generation, text));
+            .push(Record::Put(id, modified_at, generation, body));
         self.puts += 1;
     }
 
@@ -112,81 +118,101 @@ impl Segment {
         self.puts += 1;
     }
 
-    /// Encoded and compressed for the file (its size first).
+    /// Encoded for the file: a run of puts that is a whole block in order (a merged page)
+    /// keeps that block's bytes; other runs are packed anew (a text that cannot be read is
+    /// left out: that case is listed again at the next full listing).
     fn compress(&mut self) {
         if self.records.is_empty() {
             return;
         }
-        let mut out = vec![FORMAT];
-        let text = |out: &mut Vec<u8>, text: &str| {
-            let len = u32::try_from(text.len()).expect("a case's text is under 4 GiB");
-            out.extend_from_slice(&len.to_le_bytes());
-            out.extend_from_slice(text.as_bytes());
-        };
-        for record in std::mem::take(&mut self.records) {
-            match record {
-                Record::Put(id, modified_at, generation, t) => {
-                    out.push(PUT);
-                    out.extend_from_slice(&generation.to_le_bytes());
-                    out.extend_from_slice(&modified_at.to_le_bytes());
-                    text(&mut out, &id);
-                    text(&mut out, &t);
+        let mut index = vec![FORMAT];
+        let mut blocks: Vec<Arc<Block>> = Vec::new();
+        let records = std::mem::take(&mut self.records);
+        for run in records.chunk_by(|a, b| matches!((a, b), (Record::Put(..), Record::Put(..)))) {
+            let Record::Put(..) = run[0] else {
+                run.iter().for_each(|r| encode(&mut index, r));
+                continue;
+            };
+            let puts = run.chunk_by(|a, b| match (a, b) {
+                (Record::Put(_, _, _, a), Record::Put(_, _, _, b)) => a.in_block_of(b),
+                _ => false,
+            });
+            for puts in puts {
+                let bodies: Vec<&Body> = (puts.iter())
+                    .filter_map(|r| match r {
+                        Record::Put(_, _, _, body) => Some(body),
+                        _ => None,
+                    })
+                    .collect();
+                let Some(block) = Block::holding(&bodies) else {
+                    continue;
+                };
+                index.push(BLOCK);
+                put_u32(&mut index, block.len());
+                for (len, hash) in block.texts() {
+                    index.extend_from_slice(&len.to_le_bytes());
+                    index.extend_from_slice(&hash.to_le_bytes());
                 }
-                Record::Remove(id) => {
-                    out.push(REMOVE);
-                    text(&mut out, &id);
-                }
-                Record::Verdict(id, modified_at, v) => {
-                    out.push(VERDICT);
-                    for n in [modified_at, v.key as i64, v.at, v.until] {
-                        out.extend_from_slice(&n.to_le_bytes());
-                    }
-                    for bits in [v.due, v.seen, v.exempt] {
-                        out.extend_from_slice(&bits.to_le_bytes());
-                    }
-                    text(&mut out, &id);
-                    match &v.tenant {
-                        Some(t) => {
-                            out.push(1);
-                            text(&mut out, t);
-                        }
-                        None => out.push(0),
-                    }
-                }
+                puts.iter().for_each(|r| encode(&mut index, r));
+                blocks.push(block);
             }
         }
-        self.bytes = lz4_flex::compress_prepend_size(&out);
+        let index = lz4_flex::compress_prepend_size(&index);
+        let mut out = Vec::with_capacity(
+            index.len() + 4 + blocks.iter().map(|b| b.packed().len() + 4).sum::<usize>(),
+        );
+        put_u32(&mut out, index.len());
+        out.extend_from_slice(&index);
+        for block in &blocks {
+            put_u32(&mut out, block.packed().len());
+            out.extend_from_slice(block.packed());
+        }
+        self.bytes = out;
     }
 
     fn is_empty(&self) -> bool {
         self.bytes.is_empty()
     }
 
-    /// Replays a stored segment's records onto `cases`; how many it stored. Err: why the
-    /// segment cannot be read.
+    /// Replays a stored segment's records onto `cases`, its blocks kept packed; how many
+    /// case versions and verdicts it stored. Err: why the segment cannot be read.
     fn replay(stored: &[u8], cases: &mut Cases) -> Result<usize, String> {
+        let mut blob = Reader { bytes: stored };
+        let index = blob.bytes()?;
         // LZ4 expands at most 255-fold: a larger size is damage, not worth allocating.
-        let size = stored
+        let size = index
             .first_chunk::<4>()
             .map(|s| u32::from_le_bytes(*s) as usize);
-        if size.is_none_or(|size| size > stored.len().saturating_mul(255)) {
+        if size.is_none_or(|size| size > index.len().saturating_mul(255)) {
             return Err("a segment's size is damaged".into());
         }
-        let bytes = lz4_flex::decompress_size_prepended(stored)
+        let index = lz4_flex::decompress_size_prepended(index)
             .map_err(|e| format!("a segment does not decompress ({e})"))?;
-        let mut read = Reader { bytes: &bytes };
+        let mut read = Reader { bytes: &index };
         match read.take(1) {
             Some([FORMAT]) => {}
             other => return Err(format!("a segment of an unknown format {other:?}")),
         }
+        let mut texts = Vec::new().into_iter();
         let mut puts = 0;
         while let Some(kind) = read.take(1) {
             match kind[0] {
+                BLOCK => {
+                    if texts.len() > 0 {
+                        return Err("a block holds more texts than puts".into());
+                    }
+                    let count = read.length()?;
+                    let stored =
+                        (0..count).map(|_| Ok((read.length()? as u32, read.number()? as u64)));
+                    let stored = stored.collect::<Result<Vec<_>, String>>()?;
+                    texts = Block::stored(blob.bytes()?, &stored)?.into_iter();
+                }
                 PUT => {
                     let generation = read.number()?;
                     let modified_at = read.number()?;
-                    let (id, text) = (read.text()?, read.text()?);
-                    cases.replay(id, modified_at, generation, text);
+                    let id = read.text()?;
+                    let body = texts.next().ok_or("a put without its text")?;
+                    cases.replay(id, modified_at, generation, body);
                     puts += 1;
                 }
                 REMOVE => {
@@ -220,7 +246,49 @@ impl Segment {
     }
 }
 
-/// Reads a decompressed segment's fields in order.
+fn put_u32(out: &mut Vec<u8>, n: usize) {
+    let n = u32::try_from(n).expect("a segment is under 4 GiB");
+    out.extend_from_slice(&n.to_le_bytes());
+}
+
+/// A record's fields (a put's text is in its block).
+fn encode(out: &mut Vec<u8>, record: &Record) {
+    let text = |out: &mut Vec<u8>, text: &str| {
+        put_u32(out, text.len());
+        out.extend_from_slice(text.as_bytes());
+    };
+    match record {
+        Record::Put(id, modified_at, generation, _) => {
+            out.push(PUT);
+            out.extend_from_slice(&generation.to_le_bytes());
+            out.extend_from_slice(&modified_at.to_le_bytes());
+            text(out, id);
+        }
+        Record::Remove(id) => {
+            out.push(REMOVE);
+            text(out, id);
+        }
+        Record::Verdict(id, modified_at, v) => {
+            out.push(VERDICT);
+            for n in [*modified_at, v.key as i64, v.at, v.until] {
+                out.extend_from_slice(&n.to_le_bytes());
+            }
+            for bits in [v.due, v.seen, v.exempt] {
+                out.extend_from_slice(&bits.to_le_bytes());
+            }
+            text(out, id);
+            match &v.tenant {
+                Some(t) => {
+                    out.push(1);
+                    text(out, t);
+                }
+                None => out.push(0),
+            }
+        }
+    }
+}
+
+/// Reads a segment's fields in order.
 struct Reader<'a> {
     bytes: &'a [u8],
 }
@@ -237,10 +305,20 @@ impl<'a> Reader<'a> {
         Ok(i64::from_le_bytes(b.try_into().expect("8 bytes")))
     }
 
-    fn text(&mut self) -> Result<&'a str, String> {
+    fn length(&mut self) -> Result<usize, String> {
         let len = self.take(4).ok_or("a record is cut short")?;
-        let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
-        let text = self.take(len).ok_or("a record is cut short")?;
+        Ok(u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize)
+    }
+
+    /// Bytes that have their length before them.
+    fn bytes(&mut self) -> Result<&'a [u8], String> {
+        let len = self.length()?;
+        self.take(len)
+            .ok_or_else(|| "a record is cut short".to_string())
+    }
+
+    fn text(&mut self) -> Result<&'a str, String> {
+        let text = self.bytes()?;
         std::str::from_utf8(text).map_err(|_| "a record is not UTF-8".to_string())
     }
 }
@@ -249,8 +327,6 @@ impl<'a> Reader<'a> {
 pub(super) enum Write {
     /// Appends a segment (when it holds any record).
     Append(Segment),
-    /// A full listing ended: the segments before its generation are deleted.
-    Sweep,
     /// The mirror rewritten whole: these segments replace all the server's others.
     Rewrite(Vec<Segment>),
 }
@@ -259,7 +335,6 @@ impl Write {
     fn compress(&mut self) {
         match self {
             Write::Append(segment) => segment.compress(),
-            Write::Sweep => {}
             Write::Rewrite(segments) => segments.iter_mut().for_each(Segment::compress),
         }
     }
@@ -415,13 +490,6 @@ async fn write(
     let mut tx = pool.begin().await?;
     match what {
         Write::Append(segment) => append(&mut tx, instance, sync.generation, &segment).await?,
-        Write::Sweep => {
-            sqlx::query("DELETE FROM mirror_segments WHERE instance = ? AND generation < ?")
-                .bind(instance)
-                .bind(sync.generation)
-                .execute(&mut *tx)
-                .await?;
-        }
         Write::Rewrite(segments) => {
             sqlx::query("DELETE FROM mirror_segments WHERE instance = ?")
                 .bind(instance)

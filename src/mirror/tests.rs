@@ -14,10 +14,12 @@ fn case(id: &str, modified_at: i64, status: &str) -> Case {
 async fn loaded(path: &std::path::Path) -> Vec<(String, i64, String)> {
     let file = MirrorFile::open(path).await.expect("opens");
     let held = Mirror::new(Some(file), "sim").lock().await;
+    let mut unpacker = Unpacker::default();
     (held.cases.after(None, usize::MAX).into_iter())
         .map(|listed| {
             let (m, id) = listed.at;
-            let v: serde_json::Value = serde_json::from_str(listed.text).expect("JSON");
+            let text = unpacker.text(listed.body).expect("unpacks");
+            let v: serde_json::Value = serde_json::from_str(text).expect("JSON");
             assert!(
                 v.get("event_ids").is_none(),
                 "an unread field was kept: {v}"
@@ -80,12 +82,8 @@ async fn a_file_replays_to_what_the_process_held() {
     held.merge(&page, &[], &[], &unread, None).await;
     // A listing that trails a write this process learned: the newer version stays, and
     // survives the end of the listing, which deletes every segment before it.
-    held.cases.put(
-        Arc::from("d"),
-        50,
-        0,
-        r#"{"_id":"d","status":"Closed"}"#.into(),
-    );
+    let body = Block::pack(&[r#"{"_id":"d","status":"Closed"}"#]).remove(0);
+    held.cases.put(Arc::from("d"), 50, 0, body);
     held.merge(&[case("d", 40, "New")], &[], &[], &unread, None)
         .await;
     held.end_full(45, true).await;
@@ -125,6 +123,10 @@ async fn a_file_of_mostly_stale_versions_is_rewritten_whole() {
         let newest = changed.iter().map(modified_at).max();
         held.merge(&changed, &[], &[], &["event_ids"], newest).await;
     }
+    // In memory too, the texts of versions no longer held went: one block holds them all.
+    let listed = held.cases.after(None, usize::MAX);
+    assert!(listed.iter().all(|l| l.body.in_block_of(listed[0].body)));
+    drop(listed);
     drop(held);
     mirror.flush().await;
     assert_eq!(segments(&path).await, 1);
@@ -176,6 +178,8 @@ async fn a_full_listing_cut_short_is_made_again() {
     drop(held);
     mirror.flush().await;
 
+    // The file holds the mirror as it was before that listing, which is made again.
+    assert_eq!(ids(&loaded(&path).await), ["a"]);
     let file = MirrorFile::open(&path).await.unwrap();
     let held = Mirror::new(Some(file), "sim").lock().await;
     let listing = held.listing(
@@ -186,6 +190,76 @@ async fn a_full_listing_cut_short_is_made_again() {
     );
     assert_eq!(
         listing,
-        Listing::Full("the last full listing did not finish".into())
+        Listing::Full("the rules' filters changed since the mirror was filled".into())
     );
+    // A first listing cut short leaves no mirror at all.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.mirror.db");
+    let mirror = Mirror::new(Some(MirrorFile::open(&path).await.unwrap()), "sim");
+    let mut held = mirror.lock().await;
+    held.begin_full("[]");
+    held.merge(&[case("b", 2, "New")], &[], &[], &["event_ids"], None)
+        .await;
+    drop(held);
+    mirror.flush().await;
+    assert!(loaded(&path).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_full_listing_is_packed_in_the_order_a_pass_reads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.mirror.db");
+    let mirror = Mirror::new(Some(MirrorFile::open(&path).await.unwrap()), "sim");
+    let mut held = mirror.lock().await;
+    held.begin_full("[]");
+    // Creation order is not `modified_at` order: packed page by page, a pass reading by
+    // `modified_at` would unpack a block for every case.
+    let pages = [
+        [case("a", 40, "New"), case("b", 10, "New")],
+        [case("c", 30, "New"), case("d", 20, "New")],
+    ];
+    for page in &pages {
+        held.merge(page, &[], &[], &["event_ids"], None).await;
+    }
+    held.end_full(40, true).await;
+    let listed = held.cases.after(None, usize::MAX);
+    assert!(listed.iter().all(|l| l.body.in_block_of(listed[0].body)));
+    drop(listed);
+    drop(held);
+    mirror.flush().await;
+    assert_eq!(segments(&path).await, 1);
+    assert_eq!(ids(&loaded(&path).await), ["b", "d", "c", "a"]);
+}
+
+#[tokio::test]
+async fn the_same_version_listed_again_keeps_its_verdict_a_changed_text_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.mirror.db");
+    let mirror = filled(&path, &[case("a", 10, "New"), case("b", 10, "New")]).await;
+    let mut held = mirror.lock().await;
+    let verdict = Verdict {
+        key: 7,
+        at: 1,
+        until: i64::MAX,
+        tenant: None,
+        due: 1,
+        seen: 1,
+        exempt: 0,
+    };
+    held.remember("a", verdict.clone());
+    held.remember("b", verdict);
+    held.save_verdicts().await;
+    // A delta's overlap lists both again at the same `modified_at`; "b" changed without
+    // its time moving.
+    let again = [case("a", 10, "New"), case("b", 10, "In Progress")];
+    held.merge(&again, &[], &[], &["event_ids"], Some(10)).await;
+    assert!(held.verdict("a").is_some_and(|v| v.key == 7));
+    assert!(held.verdict("b").is_none());
+    drop(held);
+    mirror.flush().await;
+
+    let file = MirrorFile::open(&path).await.unwrap();
+    let back = Mirror::new(Some(file), "sim").lock().await;
+    assert!(back.verdict("a").is_some_and(|v| v.key == 7));
+    assert!(back.verdict("b").is_none());
 }

@@ -1,6 +1,6 @@
 //! Stage: bring the server's mirror up to date (see [`super::sync`]), then hand the rules
 //! every case it holds, a page at a time, with only this server's customers and their
-//! names. A page leaves as text and is read on all cores by [`Fetched::read`], beside the
+//! names. A page leaves packed and is read on all cores by [`Fetched::read`], beside the
 //! planning of the page before it; a case whose remembered verdict still holds is counted
 //! from it instead (see [`super::remember`]).
 
@@ -14,14 +14,14 @@ use super::options::{PageHook, Step};
 use super::remember::{Known, Quiet, Recall};
 use super::run::Run;
 use super::sync::sync;
-use crate::mirror::{Cursor, Held, Verdict};
+use crate::mirror::{Body, Cursor, Held, Opened, Verdict};
 use crate::rules::{EvalEnv, Rule};
 use crate::stellar::{ApiError, ApiFlavor, Case, CaseParseError};
 
-/// One page of the mirror's cases, as their text, with what the rules made of each
+/// One page of the mirror's cases, as their packed text, with what the rules made of each
 /// version, when remembered.
 pub(super) struct Fetched {
-    texts: Vec<(Arc<str>, Option<Verdict>)>,
+    texts: Vec<(Body, Option<Verdict>)>,
     flavor: Option<ApiFlavor>,
     /// Cases the listing skipped because they could not be read, and why.
     unparsable: Vec<CaseParseError>,
@@ -102,8 +102,8 @@ impl Fetch {
         }
         let limit = run.ctx.client.page_size() as usize;
         let chunk = self.held.cases.after(self.cursor.as_ref(), limit);
-        let texts: Vec<(Arc<str>, Option<Verdict>)> = (chunk.iter())
-            .map(|c| (Arc::clone(c.text), c.verdict.cloned()))
+        let texts: Vec<(Body, Option<Verdict>)> = (chunk.iter())
+            .map(|c| (c.body.clone(), c.verdict.cloned()))
             .collect();
         let cursor = chunk.last().map(|last| last.at.clone());
         if cursor.is_none() && self.unparsable.is_empty() {
@@ -157,23 +157,22 @@ impl Fetched {
         match &reading.recall {
             Some(recall) => {
                 let now = crate::now_ms();
-                for (text, verdict) in &self.texts {
+                for (body, verdict) in self.texts {
                     match verdict.as_ref().and_then(|v| recall.reuse(v, now)) {
                         Some(k) => known.push(k),
-                        None => texts.push(text),
+                        None => texts.push(body),
                     }
                 }
             }
-            None => texts.extend(self.texts.iter().map(|(text, _)| text)),
+            None => texts.extend(self.texts.into_iter().map(|(body, _)| body)),
         }
-        let cases: Vec<Case> = texts
-            .par_iter()
-            .filter_map(|text| {
-                let read = serde_json::from_str::<&RawValue>(text)
-                    .map_err(|e| CaseParseError {
-                        id: None,
-                        reason: e.to_string(),
-                    })
+        let texts = Opened::open(texts);
+        let cases: Vec<Case> = (0..texts.count())
+            .into_par_iter()
+            .filter_map(|i| {
+                let read = (texts.text(i))
+                    .and_then(|text| serde_json::from_str::<&RawValue>(text).map_err(|e| e.to_string()))
+                    .map_err(|reason| CaseParseError { id: None, reason })
                     .and_then(Case::index)
                     .and_then(|o| Case::from_object(o, self.flavor));
                 let mut case = read.inspect_err(|e| tracing::warn!(error = %e, "a case of the mirror cannot be read; it is listed again at the next full listing"))
@@ -206,8 +205,12 @@ fn flavor_of_mirror(run: &Run<'_>, held: &Held) {
     if client.known_flavor().is_some() {
         return;
     }
-    let read: Vec<_> = (held.cases.after(None, 20).iter())
-        .filter_map(|l| Case::index(serde_json::from_str::<&RawValue>(l.text).ok()?).ok())
+    let first = held.cases.after(None, 20);
+    let texts = Opened::open(first.iter().map(|l| l.body.clone()).collect());
+    let read: Vec<_> = (0..texts.count())
+        .filter_map(|i| {
+            Case::index(serde_json::from_str::<&RawValue>(texts.text(i).ok()?).ok()?).ok()
+        })
         .collect();
     client.learn_flavor(&read, "the mirrored");
 }
