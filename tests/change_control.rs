@@ -555,7 +555,7 @@ async fn apply_takes_a_plan_in_approved_parts_within_the_budget() {
         "{intents:?}"
     );
     assert!(
-        !r.sim.state().requests.iter().any(|q| q.status == 405),
+        !r.sim.state().requests().iter().any(|q| q.status == 405),
         "apply spoke the legacy call first"
     );
     // Again until the assignments are done, then the tags.

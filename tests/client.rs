@@ -22,7 +22,7 @@ async fn paging_returns_every_case_once() {
     assert_eq!(ids.len(), 1234);
     let pages: Vec<String> = sim
         .state()
-        .requests
+        .requests()
         .iter()
         .filter(|r| r.path.ends_with("/cases"))
         .map(|r| r.query.clone())
@@ -74,7 +74,7 @@ async fn tokens_are_renewed_when_they_expire_during_a_listing() {
         s.issued_tokens.len()
     );
     assert!(
-        s.requests.iter().all(|r| r.status == 200),
+        s.requests().iter().all(|r| r.status == 200),
         "a request failed"
     );
 }
@@ -90,7 +90,7 @@ async fn a_401_mid_run_renews_once_and_succeeds() {
     assert_eq!(first.cases.len() + second.cases.len(), 200);
     let s = sim.state();
     assert_eq!(s.issued_tokens.len(), 2);
-    assert_eq!(s.requests.iter().filter(|r| r.status == 401).count(), 1);
+    assert_eq!(s.requests().iter().filter(|r| r.status == 401).count(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -124,8 +124,8 @@ async fn retry_after_is_honoured() {
     let page = pager.next_page().await.unwrap().unwrap();
     assert_eq!(page.cases.len(), 50);
     let s = sim.state();
-    let api: Vec<_> = s
-        .requests
+    let requests = s.requests();
+    let api: Vec<_> = requests
         .iter()
         .filter(|r| r.path.ends_with("/cases"))
         .collect();
@@ -148,7 +148,7 @@ async fn server_errors_are_retried_then_succeed() {
     assert_eq!(cases.len(), 30);
     let statuses: Vec<u16> = sim
         .state()
-        .requests
+        .requests()
         .iter()
         .filter(|r| r.path.ends_with("/cases"))
         .map(|r| r.status)
@@ -167,7 +167,7 @@ async fn server_errors_forever_give_a_clear_error_after_bounded_attempts() {
     assert!(msg.contains("GET /connect/api/v1/cases"), "{msg}");
     assert_eq!(
         sim.state()
-            .requests
+            .requests()
             .iter()
             .filter(|r| r.path.ends_with("/cases"))
             .count(),
@@ -206,8 +206,8 @@ async fn update_round_trip(flavor: ApiFlavor) {
     let api = s.api_changes(&case.id);
     assert!(api.iter().any(|h| h["field"] == key && h["to"] == target));
     assert!(api.iter().any(|h| h["field"] == "tags"));
-    let write = s
-        .requests
+    let requests = s.requests();
+    let write = requests
         .iter()
         .rev()
         .find(|r| r.method != "GET" && r.path.contains("/cases"))
@@ -473,11 +473,11 @@ async fn pages_are_requested_several_at_a_time_and_yielded_in_order() {
     s.page_size = 100;
     let client = Client::new(s).unwrap();
     let one_at_a_time = listed_ids(&client, 1).await;
-    let first_run = sim.state().requests.len();
+    let first_run = sim.state().requests().len();
     let four_at_a_time = listed_ids(&client, 4).await;
     assert_eq!(one_at_a_time.len(), 2_345);
     assert_eq!(four_at_a_time, one_at_a_time, "same cases, same order");
-    let requests = sim.state().requests.clone();
+    let requests = sim.state().requests().clone();
     let lists =
         |rs: &[casewarden::sim::SeenRequest]| -> Vec<(std::time::Instant, std::time::Instant)> {
             rs.iter()
@@ -545,7 +545,7 @@ async fn a_failing_token_service_is_retried() {
     assert_eq!(cases.len(), 5);
     let tokens: Vec<u16> = sim
         .state()
-        .requests
+        .requests()
         .iter()
         .filter(|r| r.path.ends_with("/access_token"))
         .map(|r| r.status)

@@ -103,7 +103,7 @@ async fn passes_run_on_schedule_and_the_endpoints_answer() {
         );
     }
     // The daemon listed every case at its start, then only what changed.
-    let listings: Vec<String> = (sim.state().requests.iter())
+    let listings: Vec<String> = (sim.state().requests().iter())
         .filter(|r| r.method == "GET" && r.path == "/connect/api/v1/cases")
         .map(|r| r.query.clone())
         .collect();

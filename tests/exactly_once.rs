@@ -197,7 +197,7 @@ async fn a_kill_while_comments_are_posted_leaves_each_changed_case_exactly_one_c
             .spawn()
             .unwrap();
         let posting = |sim: &casewarden::sim::Simulator| {
-            (sim.state().requests.iter())
+            (sim.state().requests().iter())
                 .any(|r| r.method == "POST" && r.path.ends_with("/comments"))
         };
         assert!(

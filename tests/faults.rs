@@ -259,7 +259,7 @@ async fn rate_limits_and_short_lived_tokens_are_ridden_out() {
     assert_exit(&out, 0);
     {
         let s = sim.state();
-        assert!(s.requests.iter().filter(|r| r.status == 429).count() >= 4);
+        assert!(s.requests().iter().filter(|r| r.status == 429).count() >= 4);
         assert!(s.issued_tokens.len() >= 2);
     }
     assert_eq!(tagged_by_api(&sim).len(), 120);
@@ -642,7 +642,7 @@ async fn each_case_is_read_by_id_right_before_its_update() {
     let state = sim.state();
     assert!(
         state
-            .requests
+            .requests()
             .iter()
             .all(|r| !r.query.contains("ticket_id=")),
         "no listing stands in for the read"
@@ -650,7 +650,7 @@ async fn each_case_is_read_by_id_right_before_its_update() {
     for case in &state.cases {
         let id = case["_id"].as_str().unwrap();
         let at = |method: &str| {
-            (state.requests.iter())
+            (state.requests().iter())
                 .position(|r| {
                     r.method == method
                         && (r.path.ends_with(id) || r.query.contains(&format!("id={id}")))
@@ -679,7 +679,7 @@ async fn a_kill_while_slow_updates_are_in_flight_then_an_immediate_restart_agree
         let deadline = Instant::now() + Duration::from_secs(10);
         while sim
             .state()
-            .requests
+            .requests()
             .iter()
             .all(|r| r.method != "POST" || !r.path.ends_with("/cases"))
             && Instant::now() < deadline

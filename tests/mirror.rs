@@ -14,7 +14,7 @@ const TAG_CRITICAL: &str = "const RULE = #{ name: \"tag-critical\" };\nfn evalua
 
 /// The listing requests the simulator received from `from` on, as query strings.
 fn listings_since(sim: &casewarden::sim::Simulator, from: usize) -> Vec<String> {
-    sim.state().requests[from..]
+    sim.state().requests()[from..]
         .iter()
         .filter(|r| r.method == "GET" && r.path == "/connect/api/v1/cases")
         .map(|r| r.query.clone())
@@ -64,7 +64,7 @@ async fn a_second_pass_lists_only_what_changed_and_rules_still_see_every_case() 
     let sim = start(sim_options(600)).await;
     let ws = workspace(&sim);
     assert_exit(&ws.run(&["once"]).await, 0);
-    let first_bytes = sim.state().bytes_served;
+    let first_bytes = sim.state().bytes_served();
     let first = listings_since(&sim, 0);
     assert!(
         !first.is_empty() && first.iter().all(|q| !is_delta(q)),
@@ -83,7 +83,7 @@ async fn a_second_pass_lists_only_what_changed_and_rules_still_see_every_case() 
         .filter(|c| c["priority"] == "Critical")
         .count();
     std::fs::write(ws.dir.path().join("rules/critical.rhai"), TAG_CRITICAL).unwrap();
-    let before = sim.state().requests.len();
+    let before = sim.state().requests().len();
     let out = ws.run(&["once"]).await;
     assert_exit(&out, 0);
     let second = listings_since(&sim, before);
@@ -101,11 +101,11 @@ async fn a_second_pass_lists_only_what_changed_and_rules_still_see_every_case() 
 
     // A third pass right after: nothing to do, a delta that leaves out casewarden's own
     // changes (the mirror learned them from the answers), a fraction of the first's bytes.
-    let before = sim.state().requests.len();
-    let served = sim.state().bytes_served;
+    let before = sim.state().requests().len();
+    let served = sim.state().bytes_served();
     assert_exit(&ws.run(&["once"]).await, 0);
     assert!(listings_since(&sim, before).iter().all(|q| is_delta(q)));
-    let bytes = sim.state().bytes_served - served;
+    let bytes = sim.state().bytes_served() - served;
     assert!(
         bytes * 50 <= first_bytes,
         "an unchanged pass downloaded {bytes} bytes, the first {first_bytes}"
@@ -142,7 +142,7 @@ async fn a_deleted_case_leaves_the_mirror_at_the_next_full_listing() {
     assert!(mirrored(&ws, &gone).await);
     // After resync_interval a full listing removes it.
     tokio::time::sleep(std::time::Duration::from_millis(3_100)).await;
-    let before = sim.state().requests.len();
+    let before = sim.state().requests().len();
     let out = ws.run(&["once"]).await;
     assert_exit(&out, 0);
     assert!(
@@ -176,7 +176,7 @@ async fn a_checkpoint_in_the_future_falls_back_to_a_full_listing_saying_so() {
     db.close().await;
     // A person's change now would be missed by a delta from a year ahead.
     let raised = raise(&sim, "Medium");
-    let before = sim.state().requests.len();
+    let before = sim.state().requests().len();
     let out = ws.run(&["once"]).await;
     assert_exit(&out, 0);
     assert!(

@@ -163,7 +163,7 @@ async fn dry_run_sends_nothing_and_prints_the_plan_a_real_run_applies() {
     assert_eq!(sim.state().write_requests(), 0);
     assert!(
         sim.state()
-            .requests
+            .requests()
             .iter()
             .all(|r| r.method == "GET" || r.path.ends_with("/access_token"))
     );
@@ -643,9 +643,9 @@ async fn v5_servers_get_severity_and_resolution() {
         (stale["status"].as_str(), stale["resolution"].as_str()),
         (Some("Resolved"), Some("Benign"))
     );
-    assert!(s.requests.iter().any(|r| r.method == "PUT"));
+    assert!(s.requests().iter().any(|r| r.method == "PUT"));
     assert!(
-        !s.requests
+        !s.requests()
             .iter()
             .any(|r| r.method == "POST" && r.path.ends_with("/cases"))
     );
@@ -696,7 +696,7 @@ async fn casewardens_own_writes_do_not_reset_the_time_in_status_on_v5() {
     std::fs::write(ws.dir.path().join("rules/20-escalate.rhai"), escalate).unwrap();
     let activities = || {
         sim.state()
-            .requests
+            .requests()
             .iter()
             .filter(|r| r.path.ends_with("/activities"))
             .count()

@@ -54,7 +54,7 @@ fn own_modifier(sim: &Simulator, flavor: ApiFlavor) -> String {
 
 fn activity_requests(sim: &Simulator) -> Vec<String> {
     sim.state()
-        .requests
+        .requests()
         .iter()
         .filter(|r| r.path.ends_with("/activities"))
         .map(|r| r.path.split('/').nth(5).unwrap().to_string())
@@ -193,7 +193,7 @@ async fn numeric_and_negated_filters_match_as_on_the_server() {
         assert_eq!(tagged, [target], "{flavor}");
         let query = &sim
             .state()
-            .requests
+            .requests()
             .iter()
             .find(|r| r.path.ends_with("/cases") && r.method == "GET")
             .unwrap()
@@ -243,7 +243,7 @@ async fn the_flavour_is_found_and_a_wrong_one_stops_sending() {
     );
     let puts = sim
         .state()
-        .requests
+        .requests()
         .iter()
         .filter(|r| r.method == "POST" && r.path.contains("/cases"))
         .count();

@@ -103,7 +103,7 @@ async fn rules_change_only_the_tenants_they_are_scoped_to_and_rows_say_whose_cas
     }
     let tenant_reads = sim
         .state()
-        .requests
+        .requests()
         .iter()
         .filter(|r| r.path.ends_with("/tenants"))
         .count();

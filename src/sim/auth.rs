@@ -10,7 +10,7 @@ use base64::Engine as _;
 use serde_json::json;
 
 use super::answer::error;
-use super::state::{Shared, SimState, lock};
+use super::state::{Shared, SimState, lock, read};
 
 /// `POST /access_token`: a JWT for Basic credentials or the API key as a Bearer token.
 pub(super) async fn access_token(State(state): State<Shared>, headers: HeaderMap) -> Response {
@@ -47,7 +47,7 @@ pub(super) async fn access_token(State(state): State<Shared>, headers: HeaderMap
 /// else it gets the server's 401. It runs inside the fault layer, as a real server checks
 /// the token only for a request that reached it.
 pub(super) async fn authorized(State(state): State<Shared>, req: Request, next: Next) -> Response {
-    let verdict = authorize(&lock(&state), req.headers());
+    let verdict = authorize(&read(&state), req.headers());
     match verdict {
         Ok(()) => next.run(req).await,
         Err(msg) => error(StatusCode::UNAUTHORIZED, msg),

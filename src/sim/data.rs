@@ -1,8 +1,11 @@
 //! A deterministic, realistic population of cases, users and tenants for the simulator.
 
+use std::path::Path;
+
 use serde_json::{Value, json};
 
-use crate::stellar::{ApiFlavor, priority_rank};
+use super::error::SimError;
+use crate::stellar::{ApiFlavor, cases_in_answer, parse_lenient, priority_rank};
 
 /// A user of the simulated server.
 #[derive(Debug, Clone)]
@@ -344,4 +347,28 @@ fn to_v5(
         obj.remove("acknowledged");
         obj.remove("closed");
     }
+}
+
+/// Cases from a file: a case, an array, or any saved answer that holds cases (see
+/// [`cases_in_answer`]), strict JSON or with the trailing commas real documentation prints.
+pub(super) fn load_cases(path: &Path) -> Result<Vec<Value>, SimError> {
+    let text = std::fs::read_to_string(path).map_err(|e| SimError::CasesFile {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    let (v, repaired) = parse_lenient(&text).map_err(|error| SimError::NotJson {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    if repaired {
+        tracing::warn!(file = %path.display(), "not strict JSON (trailing commas); read without them");
+    }
+    let cases = cases_in_answer(v).map_err(|detail| SimError::CasesFile {
+        path: path.to_path_buf(),
+        detail,
+    })?;
+    if cases.is_empty() {
+        tracing::warn!(file = %path.display(), "the file holds no case; serving none");
+    }
+    Ok(cases)
 }

@@ -2,6 +2,7 @@
 //! token expiry, cut-short or redirected answers), injected by a middleware that also
 //! records every request.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::extract::{Request, State};
@@ -10,7 +11,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use super::answer::error;
-use super::state::{RedirectFault, SeenRequest, Shared, SimState, lock};
+use super::state::{RedirectFault, SeenRequest, Shared, SimState, lock, read};
 
 /// Injects latency, outages, 5xx and 429 bursts, and records every request.
 pub(super) async fn faults_and_log(
@@ -22,16 +23,23 @@ pub(super) async fn faults_and_log(
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let arrived = std::time::Instant::now();
-    let latency = lock(&state).faults.latency_ms;
+    let latency = read(&state).faults.latency_ms;
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
     let (injected, apply_delay) = {
-        let mut s = lock(&state);
-        (
-            injected(&mut s, &method, &path),
-            s.faults.slow_write_apply_ms,
-        )
+        let s = read(&state);
+        if may_answer(&s) {
+            drop(s);
+            let mut s = lock(&state);
+            let injected = injected(&mut s, &method, &path);
+            (injected, s.faults.slow_write_apply_ms)
+        } else {
+            if !path.ends_with("/access_token") {
+                s.api_requests.fetch_add(1, Ordering::Relaxed);
+            }
+            (None, s.faults.slow_write_apply_ms)
+        }
     };
     let is_write = (method == "POST" || method == "PUT") && !path.ends_with("/access_token");
     let resp = match injected {
@@ -47,24 +55,37 @@ pub(super) async fn faults_and_log(
     };
     // Logged before a held-back answer, which a client that gives up never waits for.
     let slow = {
-        let mut s = lock(&state);
-        s.bytes_served += axum::body::HttpBody::size_hint(resp.body())
-            .exact()
-            .unwrap_or(0);
-        s.requests.push(SeenRequest {
+        let s = read(&state);
+        let bytes = axum::body::HttpBody::size_hint(resp.body()).exact();
+        let seen = SeenRequest {
             method,
             path,
             query,
             status: resp.status().as_u16(),
             arrived,
             at: std::time::Instant::now(),
-        });
+        };
+        s.log(seen, bytes.unwrap_or(0));
         s.faults.slow_write_answers_ms
     };
     if slow > 0 && is_write {
         tokio::time::sleep(Duration::from_millis(slow)).await;
     }
     resp
+}
+
+/// Whether a fault may answer instead of the route (or count down): only then does a
+/// request take the state's lock exclusively.
+fn may_answer(s: &SimState) -> bool {
+    let f = &s.faults;
+    f.redirect.is_some()
+        || f.down
+        || f.token_fail_next > 0
+        || f.rate_limit_every > 0
+        || f.throttle_next > 0
+        || f.fail_next > 0
+        || f.error_rate > 0.0
+        || s.burst_left > 0
 }
 
 /// The answer a fault gives instead of the route's, if one does: a redirect, an outage, a
@@ -106,9 +127,9 @@ fn redirected(r: &RedirectFault) -> Response {
 
 /// Counts an API call and answers it with a 429 of a burst or an injected 5xx when due.
 fn api_fault(s: &mut SimState) -> Option<Response> {
-    s.api_requests += 1;
+    let calls = s.api_requests.fetch_add(1, Ordering::Relaxed) + 1;
     let every = s.faults.rate_limit_every;
-    if every > 0 && s.api_requests.is_multiple_of(every) {
+    if every > 0 && calls.is_multiple_of(every) {
         s.burst_left = s.faults.rate_limit_burst.max(1);
     }
     if s.faults.throttle_next > 0 {

@@ -13,7 +13,7 @@ mod tls;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, RwLock, RwLockWriteGuard};
 
 use axum_server::tls_rustls::RustlsConfig;
 use routes::router;
@@ -42,7 +42,7 @@ impl Simulator {
         listen: SocketAddr,
         tls_cert_out: Option<&Path>,
     ) -> Result<Simulator, SimError> {
-        let state: Shared = Arc::new(Mutex::new(SimState::new(&opts)?));
+        let state: Shared = Arc::new(RwLock::new(SimState::new(&opts)?));
         let app = router(state.clone());
         let listener = std::net::TcpListener::bind(listen).map_err(|error| SimError::Listen {
             addr: listen,
@@ -84,7 +84,7 @@ impl Simulator {
     }
 
     /// Locks the server's state for inspection or rigging.
-    pub fn state(&self) -> MutexGuard<'_, SimState> {
+    pub fn state(&self) -> RwLockWriteGuard<'_, SimState> {
         lock(&self.state)
     }
 

@@ -1,16 +1,18 @@
 //! The simulated server's state: cases, activities, comments, users, tokens and the
-//! requests seen, behind one lock.
+//! requests seen. Reads (listings, a case by id, the request log) share it: the lock is
+//! taken exclusively only by writes and by faults that change what they answer; the read
+//! path's own caches and counters have their own small locks and atomics.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde_json::{Map, Value, json};
 
 use super::data::{self, SimUser};
 use super::error::SimError;
 use crate::stellar::ApiFlavor;
-use crate::stellar::{cases_in_answer, parse_lenient};
 
 /// One request as the simulator saw it.
 #[derive(Debug, Clone)]
@@ -55,7 +57,7 @@ pub struct SimState {
     pub cases: Vec<Value>,
     pub(super) index: HashMap<String, usize>,
     /// Where each ticket number's case is; rebuilt when found stale (`cases` is public).
-    tickets: HashMap<i64, usize>,
+    tickets: Mutex<HashMap<i64, usize>>,
     pub comments: HashMap<String, Vec<Value>>,
     /// v5: each case's change history, served at `/cases/{id}/activities` (v5 case
     /// objects carry no `history`).
@@ -69,9 +71,9 @@ pub struct SimState {
     pub(super) tokens: HashMap<String, i64>,
     /// Every JWT handed out, so tests can grep logs for them.
     pub issued_tokens: Vec<String>,
-    pub requests: Vec<SeenRequest>,
+    requests: Mutex<Vec<SeenRequest>>,
     /// Bytes of every answer body sent (the API's and the token service's).
-    pub bytes_served: u64,
+    bytes_served: AtomicU64,
     pub faults: Faults,
     /// Update requests that reached the update handler, per case id (whatever their
     /// answer, even one its client never received).
@@ -81,19 +83,19 @@ pub struct SimState {
     /// Cases `edit_before_read` has edited.
     pub(super) edited: HashSet<String>,
     pub(super) rng: fastrand::Rng,
-    pub(super) api_requests: u64,
+    pub(super) api_requests: AtomicU64,
     pub(super) burst_left: u64,
     /// Bumped on every change to `cases`; invalidates `list_cache`.
     pub(super) version: u64,
     /// With a listing lag: each case's earlier versions, with when each was replaced.
     past: HashMap<String, Vec<(std::time::Instant, Value)>>,
-    pub(super) list_cache: Option<ListCache>,
+    pub(super) list_cache: Mutex<Option<ListCache>>,
     /// The positions of the cases with a numeric `modified_at`, in its order (ties by
     /// position), at a version: delta listings start at a binary search instead of a scan.
-    pub(super) by_modified: Option<(u64, Arc<Vec<usize>>)>,
-    /// Each case's JSON as served, written once and kept until the case changes (a page
-    /// or a read copies bytes instead of walking a `Value`).
-    served: HashMap<usize, Arc<[u8]>>,
+    pub(super) by_modified: Mutex<Option<(u64, Arc<Vec<usize>>)>>,
+    /// Each case's JSON as served, by position, written once and kept until the case
+    /// changes (a page or a read copies bytes instead of walking a `Value`).
+    served: Vec<OnceLock<Arc<[u8]>>>,
 }
 
 impl SimState {
@@ -101,7 +103,7 @@ impl SimState {
         let users = data::users(&opts.user);
         let tenants = data::tenants(opts.tenants.max(1));
         let mut cases = match &opts.cases_file {
-            Some(path) => load_cases(path)?,
+            Some(path) => data::load_cases(path)?,
             None => data::generate(
                 opts.cases,
                 opts.seed,
@@ -124,9 +126,10 @@ impl SimState {
             .collect();
         Ok(SimState {
             flavor: opts.flavor,
+            served: cases.iter().map(|_| OnceLock::new()).collect(),
             cases,
             index,
-            tickets: HashMap::new(),
+            tickets: Mutex::default(),
             comments: HashMap::new(),
             activities,
             users,
@@ -137,20 +140,19 @@ impl SimState {
             token_ttl_secs: opts.token_ttl_secs,
             tokens: HashMap::new(),
             issued_tokens: Vec::new(),
-            requests: Vec::new(),
-            bytes_served: 0,
+            requests: Mutex::default(),
+            bytes_served: AtomicU64::new(0),
             faults: opts.faults.clone(),
             update_calls: HashMap::new(),
             webhooks: Vec::new(),
             edited: HashSet::new(),
             rng: fastrand::Rng::with_seed(opts.seed ^ 0xfa17),
-            api_requests: 0,
+            api_requests: AtomicU64::new(0),
             burst_left: 0,
             version: 0,
             past: HashMap::new(),
-            list_cache: None,
-            by_modified: None,
-            served: HashMap::new(),
+            list_cache: Mutex::default(),
+            by_modified: Mutex::default(),
         })
     }
 
@@ -160,31 +162,60 @@ impl SimState {
     }
 
     /// The JSON of the case at `i` as served.
-    pub(super) fn served(&mut self, i: usize) -> Arc<[u8]> {
-        let case = &self.cases[i];
-        self.served
-            .entry(i)
-            .or_insert_with(|| serde_json::to_vec(case).expect("a Value serializes").into())
-            .clone()
+    pub(super) fn served(&self, i: usize) -> Arc<[u8]> {
+        let json = || {
+            serde_json::to_vec(&self.cases[i])
+                .expect("a Value serializes")
+                .into()
+        };
+        match self.served.get(i) {
+            Some(cell) => cell.get_or_init(json).clone(),
+            // A case a test pushed onto `cases` itself.
+            None => json(),
+        }
+    }
+
+    /// The case at `i` changed: its JSON is written again when next served.
+    fn changed(&mut self, i: usize) {
+        if let Some(cell) = self.served.get_mut(i) {
+            cell.take();
+        }
+    }
+
+    /// Every request seen so far, in order of their answers.
+    pub fn requests(&self) -> MutexGuard<'_, Vec<SeenRequest>> {
+        small(&self.requests)
+    }
+
+    /// Bytes of every answer body sent (the API's and the token service's).
+    pub fn bytes_served(&self) -> u64 {
+        self.bytes_served.load(Ordering::Relaxed)
+    }
+
+    /// Logs a request and the size of its answer's body.
+    pub(super) fn log(&self, request: SeenRequest, bytes: u64) {
+        self.bytes_served.fetch_add(bytes, Ordering::Relaxed);
+        self.requests().push(request);
     }
 
     /// The positions of the cases with these ticket numbers, in population order, as a
     /// server answers `ticket_id=1,2,3` from its index rather than by scanning.
-    pub(super) fn by_tickets(&mut self, tickets: &[i64]) -> Vec<usize> {
+    pub(super) fn by_tickets(&self, tickets: &[i64]) -> Vec<usize> {
         let ticket_at = |cases: &[Value], i: usize| cases.get(i)?.get("ticket_id")?.as_i64();
+        let mut index = small(&self.tickets);
         let stale = tickets.iter().any(|t| {
-            self.tickets
+            index
                 .get(t)
                 .is_none_or(|&i| ticket_at(&self.cases, i) != Some(*t))
         });
         if stale {
-            self.tickets = (0..self.cases.len())
+            *index = (0..self.cases.len())
                 .filter_map(|i| Some((ticket_at(&self.cases, i)?, i)))
                 .collect();
         }
         let mut hits: Vec<usize> = tickets
             .iter()
-            .filter_map(|t| self.tickets.get(t).copied())
+            .filter_map(|t| index.get(t).copied())
             .collect();
         hits.sort_unstable();
         hits.dedup();
@@ -195,7 +226,7 @@ impl SimState {
     /// while listings lag (and only as long as they can still serve it).
     pub(super) fn remember(&mut self, i: usize) {
         self.version += 1;
-        self.served.remove(&i);
+        self.changed(i);
         let lag = std::time::Duration::from_millis(self.faults.list_lag_ms);
         if lag.is_zero() {
             return;
@@ -235,19 +266,26 @@ impl SimState {
             take_history(&mut case, &mut self.activities, &self.users);
         }
         let Some(id) = case.get("_id").and_then(Value::as_str).map(str::to_string) else {
-            self.cases.push(case);
+            self.push(case);
             return;
         };
         match self.index.get(&id) {
             Some(&i) => {
-                self.served.remove(&i);
+                self.changed(i);
                 self.cases[i] = case;
             }
             None => {
                 self.index.insert(id, self.cases.len());
-                self.cases.push(case);
+                self.push(case);
             }
         }
+    }
+
+    fn push(&mut self, case: Value) {
+        // A test may have pushed onto `cases` itself.
+        self.served.resize_with(self.cases.len(), OnceLock::new);
+        self.served.push(OnceLock::new());
+        self.cases.push(case);
     }
 
     /// Deletes a case, as a person deleting it in the UI; false when there is none.
@@ -256,7 +294,9 @@ impl SimState {
             return false;
         };
         self.version += 1;
-        self.served.clear();
+        if i < self.served.len() {
+            self.served.remove(i);
+        }
         self.cases.remove(i);
         for at in self.index.values_mut().filter(|at| **at > i) {
             *at -= 1;
@@ -271,7 +311,7 @@ impl SimState {
 
     /// Update and comment requests received (POST/PUT on cases), whatever their answer.
     pub fn write_requests(&self) -> usize {
-        self.requests
+        self.requests()
             .iter()
             .filter(|r| (r.method == "POST" || r.method == "PUT") && r.path.contains("/cases"))
             .count()
@@ -345,7 +385,7 @@ impl SimState {
         let Some(&i) = self.index.get(case_id) else {
             return;
         };
-        self.served.remove(&i);
+        self.changed(i);
         let case = self.cases[i].as_object_mut().expect("cases are objects");
         match self.flavor {
             ApiFlavor::Legacy => push_history(case, entry),
@@ -398,35 +438,22 @@ pub(super) fn take_history(
     }
 }
 
-/// Cases from a file: a case, an array, or any saved answer that holds cases (see
-/// [`cases_in_answer`]), strict JSON or with the trailing commas real documentation prints.
-pub(super) fn load_cases(path: &Path) -> Result<Vec<Value>, SimError> {
-    let text = std::fs::read_to_string(path).map_err(|e| SimError::CasesFile {
-        path: path.to_path_buf(),
-        detail: e.to_string(),
-    })?;
-    let (v, repaired) = parse_lenient(&text).map_err(|error| SimError::NotJson {
-        path: path.to_path_buf(),
-        error,
-    })?;
-    if repaired {
-        tracing::warn!(file = %path.display(), "not strict JSON (trailing commas); read without them");
-    }
-    let cases = cases_in_answer(v).map_err(|detail| SimError::CasesFile {
-        path: path.to_path_buf(),
-        detail,
-    })?;
-    if cases.is_empty() {
-        tracing::warn!(file = %path.display(), "the file holds no case; serving none");
-    }
-    Ok(cases)
+pub(super) type Shared = Arc<RwLock<SimState>>;
+
+/// The state for a write (or a fault that changes what it answers).
+pub(super) fn lock(state: &Shared) -> RwLockWriteGuard<'_, SimState> {
+    // A handler that panicked left the data as it was; keep serving.
+    state.write().unwrap_or_else(|p| p.into_inner())
 }
 
-pub(super) type Shared = Arc<Mutex<SimState>>;
+/// The state for a read, shared with the other reads.
+pub(super) fn read(state: &Shared) -> RwLockReadGuard<'_, SimState> {
+    state.read().unwrap_or_else(|p| p.into_inner())
+}
 
-pub(super) fn lock(state: &Shared) -> MutexGuard<'_, SimState> {
-    // A handler that panicked left the data as it was; keep serving.
-    state.lock().unwrap_or_else(|p| p.into_inner())
+/// One of the read path's own caches or logs, held for a moment.
+pub(super) fn small<T>(lock: &Mutex<T>) -> MutexGuard<'_, T> {
+    lock.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// How the simulator starts.

@@ -7,25 +7,35 @@ use axum::response::Response;
 use serde_json::{Value, json};
 
 use crate::sim::answer::{data_answer, data_bytes, error, no_case};
-use crate::sim::state::{Shared, lock};
+use crate::sim::state::{Shared, SimState, lock, read};
 
 pub(super) async fn get_case(
     State(state): State<Shared>,
     UrlPath(id): UrlPath<String>,
 ) -> Response {
-    let mut s = lock(&state);
-    if s.faults.fail_reads_after_updates && s.update_calls.contains_key(&id) {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "injected fault");
+    {
+        let s = read(&state);
+        if s.faults.fail_reads_after_updates && s.update_calls.contains_key(&id) {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "injected fault");
+        }
+        if s.faults.edit_before_read.is_none() {
+            return case_answer(&s, &id);
+        }
     }
+    let mut s = lock(&state);
     if let Some((who, field, value)) = s.faults.edit_before_read.clone()
         && s.case(&id).is_some()
         && s.edited.insert(id.clone())
     {
         s.human_change(&id, &who, &field, value);
     }
-    match s.index.get(&id).copied() {
+    case_answer(&s, &id)
+}
+
+fn case_answer(s: &SimState, id: &str) -> Response {
+    match s.index.get(id).copied() {
         Some(i) => data_bytes(&s.served(i)),
-        None => no_case(&id),
+        None => no_case(id),
     }
 }
 
@@ -34,7 +44,7 @@ pub(super) async fn case_part(
     State(state): State<Shared>,
     UrlPath((id, part)): UrlPath<(String, String)>,
 ) -> Response {
-    let s = lock(&state);
+    let s = read(&state);
     let Some(case) = s.case(&id) else {
         return no_case(&id);
     };

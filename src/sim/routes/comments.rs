@@ -10,14 +10,14 @@ use serde_json::{Value, json};
 
 use crate::sim::answer::{data_answer, error, no_case};
 use crate::sim::data;
-use crate::sim::state::{Shared, lock};
+use crate::sim::state::{Shared, lock, read};
 use crate::stellar::ApiFlavor;
 
 pub(super) async fn list_comments(
     State(state): State<Shared>,
     UrlPath(id): UrlPath<String>,
 ) -> Response {
-    let s = lock(&state);
+    let s = read(&state);
     match s.case(&id) {
         Some(_) => listed(&s.comments, &id),
         None => no_case(&id),
@@ -63,7 +63,7 @@ pub(super) async fn list_activities(
     State(state): State<Shared>,
     UrlPath(id): UrlPath<String>,
 ) -> Response {
-    let s = lock(&state);
+    let s = read(&state);
     if s.case(&id).is_none() {
         return no_case(&id);
     }

@@ -7,10 +7,10 @@ use serde_json::{Value, json};
 
 use crate::sim::answer::{data_answer, error};
 use crate::sim::data::SimUser;
-use crate::sim::state::{Shared, lock};
+use crate::sim::state::{Shared, read};
 
 pub(super) async fn list_users(State(state): State<Shared>) -> Response {
-    let s = lock(&state);
+    let s = read(&state);
     let users: Vec<Value> = s.users.iter().map(user_json).collect();
     data_answer(&users)
 }
@@ -19,7 +19,7 @@ pub(super) async fn get_user(
     State(state): State<Shared>,
     UrlPath(id): UrlPath<String>,
 ) -> Response {
-    let s = lock(&state);
+    let s = read(&state);
     match s.users.iter().find(|u| u.user_id == id) {
         Some(u) => data_answer(&user_json(u)),
         None => error(StatusCode::NOT_FOUND, format!("user {id} not found")),
@@ -31,7 +31,7 @@ fn user_json(u: &SimUser) -> Value {
 }
 
 pub(super) async fn list_tenants(State(state): State<Shared>) -> Response {
-    let s = lock(&state);
+    let s = read(&state);
     let tenants: Vec<Value> = s
         .tenants
         .iter()

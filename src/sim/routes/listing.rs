@@ -8,7 +8,7 @@ use axum::response::Response;
 use serde_json::Value;
 
 use crate::sim::answer::{error, json_bytes, raw_response, truncated};
-use crate::sim::state::{ListCache, Shared, SimState, lock};
+use crate::sim::state::{ListCache, RawAnswer, Shared, SimState, lock, read, small};
 use crate::stellar::filter;
 
 /// What a listing asks for.
@@ -99,21 +99,56 @@ pub(super) async fn list_cases(
     State(state): State<Shared>,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Response {
-    let mut s = lock(&state);
-    if let Some(raw) = s.faults.list_answer.clone() {
-        return raw_response(raw);
+    {
+        let s = read(&state);
+        if s.faults.edit_before_read.is_none() && s.faults.truncate_next_lists == 0 {
+            return listing(&s, &params).map_or_else(NoPage::answer, json_bytes);
+        }
     }
-    let q = match ListQuery::parse(
-        &params,
-        s.faults.refuse_filter.as_deref(),
-        s.faults.ignore_filter.as_deref(),
-    ) {
-        Ok(q) => q,
-        Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
+    let mut s = lock(&state);
+    if let Ok(q) = query(&s, &params) {
+        edit_before_read(&mut s, &q.filters);
+    }
+    let body = match listing(&s, &params) {
+        Ok(body) => body,
+        Err(no) => return no.answer(),
     };
-    edit_before_read(&mut s, &q.filters);
+    if s.faults.truncate_next_lists > 0 {
+        s.faults.truncate_next_lists -= 1;
+        return truncated(body);
+    }
+    json_bytes(body)
+}
+
+/// Why a listing answers with something else than a page.
+enum NoPage {
+    Rigged(RawAnswer),
+    /// A 400's message.
+    Bad(String),
+}
+
+impl NoPage {
+    fn answer(self) -> Response {
+        match self {
+            NoPage::Rigged(raw) => raw_response(raw),
+            NoPage::Bad(msg) => error(StatusCode::BAD_REQUEST, msg),
+        }
+    }
+}
+
+fn query(s: &SimState, params: &[(String, String)]) -> Result<ListQuery, NoPage> {
+    let refused = s.faults.refuse_filter.as_deref();
+    ListQuery::parse(params, refused, s.faults.ignore_filter.as_deref()).map_err(NoPage::Bad)
+}
+
+/// A page of the listing `params` ask for, as its body.
+fn listing(s: &SimState, params: &[(String, String)]) -> Result<Vec<u8>, NoPage> {
+    if let Some(raw) = s.faults.list_answer.clone() {
+        return Err(NoPage::Rigged(raw));
+    }
+    let q = query(s, params)?;
     let bad = s.faults.invalid_utf8_case.clone();
-    let body = if s.faults.list_lag_ms > 0 {
+    Ok(if s.faults.list_lag_ms > 0 {
         // Rare and for tests of lag: the lagged population is copied per listing.
         let cases = s.lagged();
         let hits = select(&cases, &q);
@@ -123,7 +158,7 @@ pub(super) async fn list_cases(
             text.into()
         })
     } else {
-        let hits = matching(&mut s, &q);
+        let hits = matching(s, &q);
         page(&hits, q.skip, q.limit, |i| match bad.as_deref() {
             Some(_) => {
                 let mut text = s.served(i).to_vec();
@@ -132,12 +167,7 @@ pub(super) async fn list_cases(
             }
             None => s.served(i),
         })
-    };
-    if s.faults.truncate_next_lists > 0 {
-        s.faults.truncate_next_lists -= 1;
-        return truncated(body);
-    }
-    json_bytes(body)
+    })
 }
 
 /// A person's edit lands before the first read of a case, by ticket number too.
@@ -165,13 +195,13 @@ fn edit_before_read(s: &mut SimState, filters: &[(String, String)]) {
 /// The positions of the cases `q` lists, in its order. Paging re-runs the same query with a
 /// growing `skip`; filtering and sorting a large population once per query (until a case
 /// changes) keeps big listings linear.
-fn matching(s: &mut SimState, q: &ListQuery) -> Arc<Vec<usize>> {
+fn matching(s: &SimState, q: &ListQuery) -> Arc<Vec<usize>> {
     // A delta listing's pages differ only in their bound, which keyset paging moves on:
     // a page reuses what the page before selected, from its own bound on.
     let from = q.modified_from();
     let query_key = q.key_but(from.map(|_| FROM_MODIFIED));
     let bound = from.unwrap_or(f64::MIN);
-    let cached = (s.list_cache.as_ref())
+    let cached = (small(&s.list_cache).as_ref())
         .filter(|c| c.key == query_key && c.version == s.version && c.from <= bound)
         .map(|c| c.hits.clone());
     let hits = match cached {
@@ -184,7 +214,7 @@ fn matching(s: &mut SimState, q: &ListQuery) -> Arc<Vec<usize>> {
         None if let Some(from) = from => Arc::new(modified_from(s, q, from)),
         None => Arc::new(select(&s.cases, q)),
     };
-    s.list_cache = Some(ListCache {
+    *small(&s.list_cache) = Some(ListCache {
         key: query_key,
         version: s.version,
         from: bound,
@@ -207,16 +237,17 @@ fn modified(case: &Value) -> Option<f64> {
 
 /// A delta listing's cases (`FROM~modified_at`, sorted by it ascending), from the index by
 /// `modified_at`: in the order `select` gives, without walking the whole population.
-fn modified_from(s: &mut SimState, q: &ListQuery, from: f64) -> Vec<usize> {
-    let order = match &s.by_modified {
-        Some((version, order)) if *version == s.version => order.clone(),
+fn modified_from(s: &SimState, q: &ListQuery, from: f64) -> Vec<usize> {
+    let held = small(&s.by_modified).clone();
+    let order = match held {
+        Some((version, order)) if version == s.version => order,
         _ => {
             let mut order: Vec<(f64, usize)> = (s.cases.iter().enumerate())
                 .filter_map(|(i, c)| Some((modified(c)?, i)))
                 .collect();
             order.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
             let order = Arc::new(order.into_iter().map(|(_, i)| i).collect::<Vec<_>>());
-            s.by_modified = Some((s.version, order.clone()));
+            *small(&s.by_modified) = Some((s.version, order.clone()));
             order
         }
     };

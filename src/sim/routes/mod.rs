@@ -15,16 +15,16 @@ use axum::routing::{MethodRouter, get, post};
 
 use super::auth::{access_token, authorized};
 use super::faults::faults_and_log;
-use super::state::{Shared, lock};
+use super::state::{Shared, read};
 
 /// What the simulator has served so far, for benchmarks run against its process.
 async fn stats(
     axum::extract::State(state): axum::extract::State<Shared>,
 ) -> axum::Json<serde_json::Value> {
-    let s = lock(&state);
+    let s = read(&state);
     axum::Json(serde_json::json!({
-        "requests": s.requests.len(),
-        "bytes": s.bytes_served,
+        "requests": s.requests().len(),
+        "bytes": s.bytes_served(),
         "cases": s.cases.len(),
     }))
 }
