@@ -266,3 +266,67 @@ async fn the_simulators_delta_listing_matches_a_scan_of_every_case() {
     assert_eq!(after, scan(median));
     assert_eq!(after.last(), Some(&moved));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_case_in_the_mirror_file_has_the_next_pass_list_every_case() {
+    let sim = start(sim_options(300)).await;
+    // A first pass that changes nothing: the full listing's texts all stay live.
+    let quiet = "const RULE = #{ name: \"quiet\" };\nfn evaluate(c) { }\n";
+    let ws = Workspace::new(
+        &sim.url,
+        "legacy",
+        GUARD_OFF,
+        Some(&[("quiet.rhai", quiet)]),
+    );
+    assert_exit(&ws.run(&["once"]).await, 0);
+    // The full listing wrote one segment: its records (LZ4), then its block. The hash
+    // recorded for the block's first text (the oldest case, outside the next delta's
+    // overlap) changes: the file still loads (blocks stay packed), that case reads damaged.
+    let db = ws.mirror_db().await;
+    let (seq, blob): (i64, Vec<u8>) =
+        sqlx::query_as("SELECT seq, cases FROM mirror_segments ORDER BY seq LIMIT 1")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    let len = u32::from_le_bytes(blob[..4].try_into().unwrap()) as usize;
+    let mut records = lz4_flex::decompress_size_prepended(&blob[4..4 + len]).unwrap();
+    // The format byte, 'B', the texts' count, the first one's length, then its hash.
+    assert_eq!(&records[..2], &[2, b'B']);
+    records[10] ^= 1;
+    let records = lz4_flex::compress_prepend_size(&records);
+    let mut damaged = (records.len() as u32).to_le_bytes().to_vec();
+    damaged.extend_from_slice(&records);
+    damaged.extend_from_slice(&blob[4 + len..]);
+    sqlx::query("UPDATE mirror_segments SET cases = ? WHERE seq = ?")
+        .bind(damaged)
+        .bind(seq)
+        .execute(&db)
+        .await
+        .unwrap();
+    db.close().await;
+
+    // A new rule has every case evaluated again, the damaged one unpacked.
+    std::fs::write(ws.dir.path().join("rules/critical.rhai"), TAG_CRITICAL).unwrap();
+    let out = ws.run(&["once"]).await;
+    assert_exit(&out, 0);
+    let err = stderr(&out);
+    assert!(err.contains("a case of the mirror is damaged"), "{err}");
+    assert!(err.contains("the next pass lists every case"), "{err}");
+
+    let before = sim.state().requests().len();
+    let out = ws.run(&["once"]).await;
+    assert_exit(&out, 0);
+    let err = stderr(&out);
+    assert!(
+        err.contains("reason=the mirror held damaged cases"),
+        "{err}"
+    );
+    assert!(listings_since(&sim, before).iter().all(|q| !is_delta(q)));
+    assert!(!err.contains("damaged cases;"), "{err}");
+    // The file written whole by that listing reads back, every case.
+    let held = ws.loaded_mirror().await;
+    let bodies = (held.cases.after(None, usize::MAX).into_iter()).map(|l| l.body.clone());
+    let opened = casewarden::mirror::Opened::open(bodies.collect());
+    assert_eq!(opened.count(), held.cases.len());
+    assert!((0..opened.count()).all(|i| opened.text(i).is_ok()));
+}

@@ -1,10 +1,12 @@
 //! The cases' text as the mirror holds it in memory: the texts of up to a page of cases
 //! packed together as one LZ4 block (a page of case JSON repeats its keys and many values,
-//! so a block is ~5x smaller than its text), unpacked only when a case must be read. A
+//! so a block is about a third of its text), unpacked only when a case must be read. A
 //! case counted from its verdict is never unpacked. A block lives while any of its cases
 //! is the version held; the file stores the same bytes. Each text's hash tells the same
-//! version listed again (which keeps its verdict) without unpacking it.
+//! version listed again (which keeps its verdict) without unpacking it, and a damaged
+//! text when it is unpacked.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The texts of some cases, packed.
@@ -123,12 +125,17 @@ impl Block {
             .map_err(|e| format!("a block of the mirror does not unpack ({e})"))
     }
 
+    /// The text at `index`, checked against its hash (a damaged file's block loads
+    /// without being unpacked).
     fn text<'a>(&self, unpacked: &'a [u8], index: u32) -> Result<&'a str, String> {
         let i = index as usize;
         let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
         let bytes = unpacked
             .get(start..self.ends[i] as usize)
             .ok_or("a block of the mirror is cut short")?;
+        if xxhash_rust::xxh3::xxh3_64(bytes) != self.hashes[i] {
+            return Err("a case of the mirror is damaged".into());
+        }
         std::str::from_utf8(bytes).map_err(|_| "a case of the mirror is not UTF-8".into())
     }
 }
@@ -198,24 +205,36 @@ fn texts<'a>(bodies: impl Iterator<Item = &'a Body>) -> Option<Vec<String>> {
 /// A block's texts unpacked, or why they cannot be.
 type Unpacked = Result<Vec<u8>, String>;
 
-/// Reads bodies one after another, unpacking each block once while its bodies follow.
+/// Reads bodies one after another, keeping the last few blocks unpacked (a pass's own
+/// writes and the changes of others in the same minutes alternate in `modified_at` order).
 #[derive(Default)]
 pub struct Unpacker {
-    last: Option<(Arc<Block>, Unpacked)>,
+    recent: Vec<(Arc<Block>, Unpacked)>,
 }
 
 impl Unpacker {
+    const KEPT: usize = 4;
+
     pub fn text<'a>(&'a mut self, body: &'a Body) -> Result<&'a str, String> {
-        if let Some(block) = body.block()
-            && !matches!(&self.last, Some((b, _)) if Arc::ptr_eq(b, block))
-        {
-            self.last = Some((block.clone(), block.unpack()));
-        }
-        body.read(self.last.as_ref().map(|(_, bytes)| bytes))
+        let Some(block) = body.block() else {
+            return body.read(None);
+        };
+        let at = match self.recent.iter().position(|(b, _)| Arc::ptr_eq(b, block)) {
+            Some(at) => at,
+            None => {
+                if self.recent.len() == Self::KEPT {
+                    self.recent.drain(..1);
+                }
+                self.recent.push((block.clone(), block.unpack()));
+                self.recent.len() - 1
+            }
+        };
+        body.read(Some(&self.recent[at].1))
     }
 }
 
-/// Bodies with their blocks unpacked (on all cores), to read their texts in any order.
+/// Bodies with their blocks unpacked, each once (on all cores), to read their texts in any
+/// order.
 pub struct Opened {
     bodies: Vec<Body>,
     /// Each body's block, unpacked: an index into `unpacked`.
@@ -227,14 +246,15 @@ impl Opened {
     pub fn open(bodies: Vec<Body>) -> Opened {
         use rayon::prelude::*;
         let mut blocks: Vec<&Block> = Vec::new();
+        let mut seen: HashMap<*const Block, usize> = HashMap::new();
         let mut of = Vec::with_capacity(bodies.len());
-        for (i, body) in bodies.iter().enumerate() {
-            if let Some(block) = body.block()
-                && (i == 0 || !body.in_block_of(&bodies[i - 1]))
-            {
-                blocks.push(block);
-            }
-            of.push(blocks.len().wrapping_sub(1));
+        for body in &bodies {
+            of.push(body.block().map_or(usize::MAX, |block| {
+                *seen.entry(Arc::as_ptr(block)).or_insert_with(|| {
+                    blocks.push(block);
+                    blocks.len() - 1
+                })
+            }));
         }
         let unpacked = blocks.par_iter().map(|b| b.unpack()).collect();
         Opened {
@@ -281,5 +301,22 @@ mod tests {
         longer[2].0 += 1;
         assert!(Block::stored(block.packed(), &longer).is_err());
         assert!(Block::stored(&block.packed()[..3], &stored).is_err());
+    }
+
+    #[test]
+    fn bodies_of_alternating_blocks_unpack_each_block_once() {
+        let (a, b) = (Block::pack(&["a1", "a2"]), Block::pack(&["b1", "b2"]));
+        let mixed = vec![a[0].clone(), b[0].clone(), a[1].clone(), b[1].clone()];
+        let opened = Opened::open(mixed.clone());
+        assert_eq!(opened.unpacked.len(), 2);
+        let read: Vec<&str> = (0..opened.count())
+            .map(|i| opened.text(i).unwrap())
+            .collect();
+        assert_eq!(read, ["a1", "b1", "a2", "b2"]);
+        let mut unpacker = Unpacker::default();
+        for body in &mixed {
+            unpacker.text(body).unwrap();
+        }
+        assert_eq!(unpacker.recent.len(), 2);
     }
 }

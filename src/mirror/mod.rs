@@ -13,6 +13,7 @@ mod block;
 mod store;
 #[cfg(test)]
 mod tests;
+mod verdict;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
@@ -28,6 +29,8 @@ use block::Unpacker;
 pub use block::{Body, Opened};
 use store::{CASES_PER_SEGMENT, LoadError, Segment, Write};
 pub use store::{MirrorFile, path_beside};
+pub use verdict::Verdict;
+use verdict::worth_keeping;
 
 /// One server's mirror; clones share it.
 #[derive(Clone)]
@@ -46,8 +49,6 @@ pub struct Held {
     file: Option<MirrorFile>,
     instance: String,
     loaded: bool,
-    /// The next sync lists every case whatever the checkpoint says.
-    resync: bool,
     /// Case versions and verdicts written since the cases were last packed anew (the
     /// file's segments and the blocks in memory hold them, live or not).
     records: usize,
@@ -80,6 +81,8 @@ pub struct Sync {
     pub checkpoint: Option<i64>,
     /// When the last full listing ended (this machine's clock, epoch ms).
     pub last_full_ms: Option<i64>,
+    /// Why the next sync lists every case whatever the checkpoint says, if it must.
+    pub relist: Option<String>,
 }
 
 /// How a pass lists the server's cases.
@@ -106,26 +109,6 @@ struct Stored {
     body: Body,
     /// What the rules made of this version, when they asked nothing of it.
     verdict: Option<Verdict>,
-}
-
-/// What the rules made of a case's version when none of them asked anything of it, failed
-/// on it or needed its activities: a pass whose rules, inputs and clock give the same
-/// answers counts the case from it instead of reading and evaluating it again. A new
-/// version of the case drops it; the file keeps those that hold for a while.
-#[derive(Debug, Clone)]
-pub struct Verdict {
-    /// The rule set and what the rules were given besides the case.
-    pub key: u64,
-    /// When it was reached, and until when the clock the rules read gives the same answers
-    /// (ms, this machine's clock).
-    pub at: i64,
-    pub until: i64,
-    pub tenant: Option<Arc<str>>,
-    /// Rules by their place in the rule set (a bit each): the ones that were due, the ones
-    /// whose query selected the case and looked at it, and the ones an exemption kept off.
-    pub due: u64,
-    pub seen: u64,
-    pub exempt: u64,
 }
 
 /// A case of the mirror as a pass reads it.
@@ -306,7 +289,6 @@ impl Mirror {
                 file,
                 instance: instance.to_string(),
                 loaded: false,
-                resync: false,
                 records: 0,
                 sync: Sync::default(),
                 cases: Cases::default(),
@@ -367,7 +349,7 @@ impl Mirror {
 
     /// The next pass lists every case (a daemon's start, a replica taking the lead).
     pub async fn resync_next(&self) {
-        self.inner.lock().await.resync = true;
+        self.inner.lock().await.sync.relist = Some(STARTED.into());
     }
 
     /// Kept in memory only, from a full listing (a daemon: it lists every case at its start,
@@ -376,15 +358,12 @@ impl Mirror {
         let mut held = self.inner.lock().await;
         held.file = None;
         held.loaded = true;
-        held.resync = true;
+        held.sync.relist = Some(STARTED.into());
     }
 }
 
-/// Whether a verdict holds long enough to be worth a write: one that ends within minutes
-/// (a rule counting minutes) would be stale before the next `once` from cron reads it.
-fn worth_keeping(v: &Verdict) -> bool {
-    v.until.saturating_sub(v.at) >= 5 * 60_000
-}
+/// Why a daemon's first pass (or a replica's taking the lead) lists every case.
+const STARTED: &str = "casewarden started, or took the lead";
 
 /// The modified time of a case as the server wrote it (0 when it has none).
 pub fn modified_at(case: &Case) -> i64 {
@@ -407,8 +386,8 @@ impl Held {
             (Some(_), None) => return full("the last full listing did not finish"),
             _ => return full("no mirror of this server's cases yet"),
         };
-        if self.resync {
-            full("casewarden started, or took the lead")
+        if let Some(why) = &self.sync.relist {
+            full(why)
         } else if self.sync.scope != scope {
             full("the rules' filters changed since the mirror was filled")
         } else if checkpoint > now_ms + overlap {
@@ -475,6 +454,13 @@ impl Held {
         if verdicts.puts > 0 {
             self.write(Write::Append(verdicts)).await;
         }
+    }
+
+    /// The next sync (this process's or the next one's) lists every case whatever the
+    /// checkpoint says.
+    pub async fn list_all_next(&mut self, why: &str) {
+        self.sync.relist = Some(why.to_string());
+        self.write(Write::Append(Segment::default())).await;
     }
 
     /// Starts a full listing with `scope`'s filters.
@@ -553,7 +539,7 @@ impl Held {
     pub async fn end_full(&mut self, checkpoint: i64, sweep: bool) -> usize {
         self.sync.checkpoint = Some(checkpoint);
         self.sync.last_full_ms = Some(crate::now_ms());
-        self.resync = false;
+        self.sync.relist = None;
         let gone = match sweep {
             true => self.cases.sweep(self.sync.generation),
             false => 0,
@@ -582,6 +568,8 @@ impl Held {
         }
         if self.records > 2 * self.cases.live() + CASES_PER_SEGMENT && !self.filling() {
             self.cases.repack().await;
+            // The file written whole holds the verdicts.
+            self.verdicts = Segment::default();
             if let Some(file) = &file {
                 let segments = self.cases.segments();
                 file.write(&self.instance, Write::Rewrite(segments), &self.sync)

@@ -61,6 +61,7 @@ struct SyncRow {
     generation: i64,
     checkpoint_ms: Option<i64>,
     last_full_ms: Option<i64>,
+    relist: Option<String>,
 }
 
 /// Cases per segment when the mirror is rewritten whole (the largest page a server lists).
@@ -119,11 +120,11 @@ impl Segment {
     }
 
     /// Encoded for the file: a run of puts that is a whole block in order (a merged page)
-    /// keeps that block's bytes; other runs are packed anew (a text that cannot be read is
-    /// left out: that case is listed again at the next full listing).
-    fn compress(&mut self) {
+    /// keeps that block's bytes; other runs are packed anew. Err: a text cannot be read
+    /// (the write fails whole, leaving the file as it was).
+    fn compress(&mut self) -> Result<(), String> {
         if self.records.is_empty() {
-            return;
+            return Ok(());
         }
         let mut index = vec![FORMAT];
         let mut blocks: Vec<Arc<Block>> = Vec::new();
@@ -144,9 +145,7 @@ impl Segment {
                         _ => None,
                     })
                     .collect();
-                let Some(block) = Block::holding(&bodies) else {
-                    continue;
-                };
+                let block = Block::holding(&bodies).ok_or("a case of the mirror is damaged")?;
                 index.push(BLOCK);
                 put_u32(&mut index, block.len());
                 for (len, hash) in block.texts() {
@@ -168,6 +167,7 @@ impl Segment {
             out.extend_from_slice(block.packed());
         }
         self.bytes = out;
+        Ok(())
     }
 
     fn is_empty(&self) -> bool {
@@ -241,6 +241,9 @@ impl Segment {
                 }
                 other => return Err(format!("a record of unknown kind {other}")),
             }
+        }
+        if texts.len() > 0 {
+            return Err("a block holds more texts than puts".into());
         }
         Ok(puts)
     }
@@ -332,10 +335,10 @@ pub(super) enum Write {
 }
 
 impl Write {
-    fn compress(&mut self) {
+    fn compress(&mut self) -> Result<(), String> {
         match self {
             Write::Append(segment) => segment.compress(),
-            Write::Rewrite(segments) => segments.iter_mut().for_each(Segment::compress),
+            Write::Rewrite(segments) => segments.iter_mut().try_for_each(Segment::compress),
         }
     }
 }
@@ -407,7 +410,7 @@ impl MirrorFile {
     pub(super) async fn load(&self, instance: &str) -> Result<(Sync, Cases, usize), LoadError> {
         let db = |e: sqlx::Error| LoadError::Database(crate::audit::db_message(&e));
         let sync: Option<SyncRow> = sqlx::query_as(
-            "SELECT scope, generation, checkpoint_ms, last_full_ms FROM mirror_sync WHERE instance = ?",
+            "SELECT scope, generation, checkpoint_ms, last_full_ms, relist FROM mirror_sync WHERE instance = ?",
         )
         .bind(instance)
         .fetch_optional(&self.pool)
@@ -431,6 +434,7 @@ impl MirrorFile {
             generation: sync.generation,
             checkpoint: sync.checkpoint_ms,
             last_full_ms: sync.last_full_ms,
+            relist: sync.relist,
         };
         Ok((sync, cases, records))
     }
@@ -461,15 +465,12 @@ impl Written {
                     sync,
                 } => (instance, what, sync),
             };
-            let compressed = tokio::task::spawn_blocking(move || {
-                what.compress();
-                what
-            })
-            .await;
-            let done = match compressed {
-                Ok(what) => write(&self.pool, &instance, what, &sync)
+            let compressed = tokio::task::spawn_blocking(move || what.compress().map(|()| what));
+            let done = match compressed.await {
+                Ok(Ok(what)) => write(&self.pool, &instance, what, &sync)
                     .await
                     .map_err(|e| crate::audit::db_message(&e)),
+                Ok(Err(e)) => Err(e),
                 Err(e) => Err(e.to_string()),
             };
             if let Err(e) = done {
@@ -501,16 +502,17 @@ async fn write(
         }
     }
     sqlx::query(
-        "INSERT INTO mirror_sync (instance, scope, generation, checkpoint_ms, last_full_ms) \
-             VALUES (?, ?, ?, ?, ?) ON CONFLICT (instance) DO UPDATE SET scope = excluded.scope, \
+        "INSERT INTO mirror_sync (instance, scope, generation, checkpoint_ms, last_full_ms, relist) \
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (instance) DO UPDATE SET scope = excluded.scope, \
              generation = excluded.generation, checkpoint_ms = excluded.checkpoint_ms, \
-             last_full_ms = excluded.last_full_ms",
+             last_full_ms = excluded.last_full_ms, relist = excluded.relist",
     )
     .bind(instance)
     .bind(&sync.scope)
     .bind(sync.generation)
     .bind(sync.checkpoint)
     .bind(sync.last_full_ms)
+    .bind(&sync.relist)
     .execute(&mut *tx)
     .await?;
     tx.commit().await

@@ -1,3 +1,5 @@
+use std::path::Path;
+
 use serde_json::json;
 
 use super::*;
@@ -62,6 +64,21 @@ async fn segments(path: &std::path::Path) -> i64 {
     n
 }
 
+/// Asserts that one block holds the texts of all the mirror's cases, in memory and as the
+/// next process loads its file (one segment).
+async fn one_block_one_segment(mirror: &Mirror, held: OwnedMutexGuard<Held>, path: &Path) {
+    let in_one = |held: &Held| {
+        let listed = held.cases.after(None, usize::MAX);
+        listed.iter().all(|l| l.body.in_block_of(listed[0].body))
+    };
+    assert!(in_one(&held));
+    drop(held);
+    mirror.flush().await;
+    assert_eq!(segments(path).await, 1);
+    let file = MirrorFile::open(path).await.unwrap();
+    assert!(in_one(&*Mirror::new(Some(file), "sim").lock().await));
+}
+
 fn ids(cases: &[(String, i64, String)]) -> Vec<&str> {
     cases.iter().map(|c| c.0.as_str()).collect()
 }
@@ -81,7 +98,7 @@ async fn a_file_replays_to_what_the_process_held() {
     ];
     held.merge(&page, &[], &[], &unread, None).await;
     // A listing that trails a write this process learned: the newer version stays, and
-    // survives the end of the listing, which deletes every segment before it.
+    // survives the end of the listing, which writes the file whole.
     let body = Block::pack(&[r#"{"_id":"d","status":"Closed"}"#]).remove(0);
     held.cases.put(Arc::from("d"), 50, 0, body);
     held.merge(&[case("d", 40, "New")], &[], &[], &unread, None)
@@ -123,13 +140,8 @@ async fn a_file_of_mostly_stale_versions_is_rewritten_whole() {
         let newest = changed.iter().map(modified_at).max();
         held.merge(&changed, &[], &[], &["event_ids"], newest).await;
     }
-    // In memory too, the texts of versions no longer held went: one block holds them all.
-    let listed = held.cases.after(None, usize::MAX);
-    assert!(listed.iter().all(|l| l.body.in_block_of(listed[0].body)));
-    drop(listed);
-    drop(held);
-    mirror.flush().await;
-    assert_eq!(segments(&path).await, 1);
+    // In memory too, the texts of versions no longer held went.
+    one_block_one_segment(&mirror, held, &path).await;
     let back = loaded(&path).await;
     assert_eq!(back.len(), 100);
     assert!(back.iter().all(|(_, m, _)| *m >= 700), "{back:?}");
@@ -222,12 +234,7 @@ async fn a_full_listing_is_packed_in_the_order_a_pass_reads_it() {
         held.merge(page, &[], &[], &["event_ids"], None).await;
     }
     held.end_full(40, true).await;
-    let listed = held.cases.after(None, usize::MAX);
-    assert!(listed.iter().all(|l| l.body.in_block_of(listed[0].body)));
-    drop(listed);
-    drop(held);
-    mirror.flush().await;
-    assert_eq!(segments(&path).await, 1);
+    one_block_one_segment(&mirror, held, &path).await;
     assert_eq!(ids(&loaded(&path).await), ["b", "d", "c", "a"]);
 }
 

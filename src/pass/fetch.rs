@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::value::RawValue;
 use tokio::sync::OwnedMutexGuard;
@@ -35,6 +36,8 @@ struct Reading {
     tenant_names: HashMap<String, String>,
     on_page: Option<PageHook>,
     recall: Option<Recall>,
+    /// A case's text in the mirror could not be read (a damaged file).
+    damaged: AtomicBool,
 }
 
 /// A page as the rules get it.
@@ -85,6 +88,7 @@ impl Fetch {
                 tenant_names,
                 on_page: run.opts.on_page.clone(),
                 recall,
+                damaged: AtomicBool::new(false),
             }),
             listed: 0,
             cut_short: !synced.complete || run.opts.cancelled(),
@@ -138,9 +142,18 @@ impl Fetch {
         }
     }
 
-    /// Writes the verdicts of the pass to the mirror's file.
-    pub async fn save_verdicts(&mut self) {
+    /// Writes the verdicts of the pass to the mirror's file; a case whose text could not
+    /// be read has the next pass list every case.
+    pub async fn finish(&mut self) {
         self.held.save_verdicts().await;
+        if self.reading.damaged.load(Ordering::Relaxed) {
+            tracing::warn!(
+                "the mirror of the server's cases holds damaged cases; the next pass lists every case"
+            );
+            self.held
+                .list_all_next("the mirror held damaged cases")
+                .await;
+        }
     }
 }
 
@@ -171,6 +184,7 @@ impl Fetched {
             .into_par_iter()
             .filter_map(|i| {
                 let read = (texts.text(i))
+                    .inspect_err(|_| reading.damaged.store(true, Ordering::Relaxed))
                     .and_then(|text| serde_json::from_str::<&RawValue>(text).map_err(|e| e.to_string()))
                     .map_err(|reason| CaseParseError { id: None, reason })
                     .and_then(Case::index)

@@ -246,7 +246,7 @@ async fn plan_listing(run: &Run<'_>) -> Result<Planned, (Planned, Option<PassErr
     if let Some(job) = ahead.take() {
         let _ = job.await;
     }
-    fetch.save_verdicts().await;
+    fetch.finish().await;
     match listed {
         Err(e) => Err((planning.abandon(), Some(e))),
         Ok(()) if fetch.cut_short => Err((planning.abandon(), None)),

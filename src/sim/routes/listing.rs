@@ -106,7 +106,9 @@ pub(super) async fn list_cases(
         }
     }
     let mut s = lock(&state);
-    if let Ok(q) = query(&s, &params) {
+    if s.faults.list_answer.is_none()
+        && let Ok(q) = query(&s, &params)
+    {
         edit_before_read(&mut s, &q.filters);
     }
     let body = match listing(&s, &params) {
