@@ -101,6 +101,8 @@ pub struct Cases {
     at: HashMap<Arc<str>, i64>,
     /// Cases holding a verdict.
     verdicts: usize,
+    /// The customers' ids the verdicts name, one copy each.
+    tenants: std::collections::HashSet<Arc<str>>,
 }
 
 struct Stored {
@@ -241,16 +243,27 @@ impl Cases {
         &mut self,
         id: &str,
         modified_at: Option<i64>,
-        verdict: Verdict,
+        mut verdict: Verdict,
     ) -> Option<(Arc<str>, i64)> {
         let (m, id) = self.key(id)?;
         if modified_at.is_some_and(|at| at != m) {
             return None;
         }
+        verdict.tenant = verdict.tenant.map(|t| self.tenant(&t));
         let s = self.by_time.get_mut(&(m, id.clone()))?;
         self.verdicts += usize::from(s.verdict.is_none());
         s.verdict = Some(verdict);
         Some((id, m))
+    }
+
+    /// The one copy of a customer's id the verdicts share.
+    fn tenant(&mut self, id: &str) -> Arc<str> {
+        if let Some(t) = self.tenants.get(id) {
+            return t.clone();
+        }
+        let t: Arc<str> = Arc::from(id);
+        self.tenants.insert(t.clone());
+        t
     }
 
     /// A verdict read back from the file, for the version it is of.

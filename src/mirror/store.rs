@@ -224,7 +224,7 @@ impl Segment {
                     let id = read.text()?;
                     let tenant = match read.take(1) {
                         Some([0]) => None,
-                        Some([1]) => Some(Arc::from(read.text()?)),
+                        Some([1]) => Some(cases.tenant(read.text()?)),
                         _ => return Err("a verdict's tenant is damaged".into()),
                     };
                     let verdict = Verdict {
