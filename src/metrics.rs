@@ -56,6 +56,8 @@ pub struct NotifyLabels {
 pub struct Metrics {
     registry: Registry,
     pub passes: Family<StatusLabel, Counter>,
+    pub cases_seen: Counter,
+    pub cases_remembered: Counter,
     pub changes: Family<ChangeLabels, Counter>,
     pub api_requests: Family<StatusLabel, Counter>,
     pub token_renewals: Counter,
@@ -80,6 +82,8 @@ impl Metrics {
         let mut metrics = Metrics {
             registry: Registry::with_prefix("casewarden"),
             passes: Family::default(),
+            cases_seen: Counter::default(),
+            cases_remembered: Counter::default(),
             changes: Family::default(),
             api_requests: Family::default(),
             token_renewals: Counter::default(),
@@ -138,6 +142,16 @@ impl Metrics {
             self.last_success.clone(),
         );
         r.register("passes", "Passes by final status", self.passes.clone());
+        r.register(
+            "cases_seen",
+            "Cases the passes' rules saw (counted from remembered verdicts or evaluated)",
+            self.cases_seen.clone(),
+        );
+        r.register(
+            "cases_remembered",
+            "Cases a pass counted from the verdict remembered for their version instead of evaluating them again",
+            self.cases_remembered.clone(),
+        );
         r.register(
             "changes",
             "Changes by rule, outcome (applied, failed, skipped, deferred) and server (instance), and cases an exempt or snooze tag kept a rule off (exempt)",

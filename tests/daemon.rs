@@ -80,6 +80,17 @@ async fn passes_run_on_schedule_and_the_endpoints_answer() {
     ] {
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");
     }
+    let value = |name: &str| -> f64 {
+        let line = (metrics.lines()).find(|l| l.starts_with(name));
+        let line = line.unwrap_or_else(|| panic!("{name} missing:\n{metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    // Two passes or more over the 50 cases: from the second on, the cases nobody changed
+    // are counted from their verdicts.
+    let seen = value("casewarden_cases_seen_total ");
+    let remembered = value("casewarden_cases_remembered_total ");
+    assert!(seen >= 100.0, "{metrics}");
+    assert!(remembered > 0.0 && remembered <= seen - 50.0, "{metrics}");
     // Requests in flight, the adaptive window and latency, by server (host:port only).
     let server = format!("server=\"{}\"", sim.addr);
     let window = |text: &str| -> f64 {

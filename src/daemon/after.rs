@@ -54,6 +54,8 @@ fn count_pass(m: &Metrics, report: &PassReport, took: Duration) {
         status: report.status.to_string(),
     };
     m.passes.get_or_create(&status).inc();
+    m.cases_seen.inc_by(report.cases_seen as u64);
+    m.cases_remembered.inc_by(report.cases_remembered as u64);
     m.pass_duration.observe(took.as_secs_f64());
     for s in report.rules.iter().filter(|s| s.errors > 0) {
         let rule = RuleLabels {
