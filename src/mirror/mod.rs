@@ -453,9 +453,9 @@ impl Held {
     /// Keeps what the rules made of a case's current version, in the file at the next
     /// [`Held::save_verdicts`] when it holds for a while.
     pub fn remember(&mut self, id: &str, verdict: Verdict) {
-        if let Some((id, m)) = self.cases.remember(id, None, verdict.clone())
-            && self.file.is_some()
-            && worth_keeping(&verdict)
+        let for_file = (self.file.is_some() && worth_keeping(&verdict)).then(|| verdict.clone());
+        if let Some((id, m)) = self.cases.remember(id, None, verdict)
+            && let Some(verdict) = for_file
         {
             self.verdicts.verdict(id, m, verdict);
         }
@@ -557,8 +557,13 @@ impl Held {
             true => self.cases.sweep(self.sync.generation),
             false => 0,
         };
+        self.rewrite().await;
+        gone
+    }
+
+    /// Packs the texts anew and writes the file whole, with the verdicts.
+    async fn rewrite(&mut self) {
         self.cases.repack().await;
-        // The file written whole holds the verdicts.
         self.verdicts = Segment::default();
         if let Some(file) = self.file.as_ref().filter(|f| !f.failed()) {
             let segments = self.cases.segments();
@@ -566,7 +571,6 @@ impl Held {
                 .await;
         }
         self.records = self.cases.live();
-        gone
     }
 
     /// Queues a write to the file; when most of what the blocks and the file hold is
@@ -575,20 +579,11 @@ impl Held {
         if let Write::Append(segment) = &what {
             self.records += segment.puts;
         }
-        let file = self.file.clone().filter(|f| !f.failed());
-        if let Some(file) = &file {
+        if let Some(file) = self.file.as_ref().filter(|f| !f.failed()) {
             file.write(&self.instance, what, &self.sync).await;
         }
         if self.records > 2 * self.cases.live() + CASES_PER_SEGMENT && !self.filling() {
-            self.cases.repack().await;
-            // The file written whole holds the verdicts.
-            self.verdicts = Segment::default();
-            if let Some(file) = &file {
-                let segments = self.cases.segments();
-                file.write(&self.instance, Write::Rewrite(segments), &self.sync)
-                    .await;
-            }
-            self.records = self.cases.live();
+            self.rewrite().await;
         }
     }
 }

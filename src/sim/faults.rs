@@ -75,7 +75,7 @@ pub(super) async fn faults_and_log(
 }
 
 /// Whether a fault may answer instead of the route (or count down): only then does a
-/// request take the state's lock exclusively.
+/// request take the state's lock exclusively. Every fault `injected` acts on is listed.
 fn may_answer(s: &SimState) -> bool {
     let f = &s.faults;
     f.redirect.is_some()
